@@ -1,0 +1,3 @@
+from gponsim.cli import main
+
+main()

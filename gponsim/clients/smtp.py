@@ -1,0 +1,224 @@
+"""A scripted, narrated SMTP client: the client's side of the same Steps.
+
+``gponsim send`` and the lessons use it to act like Thunderbird does
+(lab-facts §5.3): ``EHLO [ip]`` → ``STARTTLS`` → ``EHLO [ip]`` →
+``AUTH PLAIN <b64>`` → ``MAIL FROM:<a> BODY=8BITMIME SIZE=n`` → ``RCPT TO:<b>``
+→ ``DATA`` → ``QUIT``. It is plain blocking sockets, so it runs the same from
+the command line or from a thread beside the lab's reactor.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import socket
+import ssl
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from gponsim.steps import Emit, new_session, null_emit
+from gponsim.wire import smtp as wire
+
+
+class SmtpClientError(Exception):
+    """The server could not be reached, or answered with a failure."""
+
+    def __init__(self, message: str, reply: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply or []
+
+
+@dataclass
+class SendResult:
+    queue_id: str | None
+    replies: list[list[str]] = field(default_factory=list)
+    tls: bool = False
+    authenticated: bool = False
+
+
+class SmtpClient:
+    def __init__(self, host: str = "127.0.0.1", port: int = 587, *, emit: Emit = null_emit,
+                 timeout: float = 30.0, verify: bool = False, cafile: str | None = None,
+                 server_name: str = "mail.gponlab.local", session: str | None = None) -> None:
+        self.host, self.port, self.emit, self.timeout = host, port, emit, timeout
+        self.verify, self.cafile, self.server_name = verify, cafile, server_name
+        self.session = session or new_session("client")
+        self.tls = False
+        self.sock: socket.socket | None = None
+        self._file = None
+        self.last_verb = "CONNECT"
+        self.extensions: dict[str, str] = {}
+
+    # ------------------------------------------------------------ plumbing
+
+    def connect(self) -> list[str]:
+        try:
+            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:
+            raise SmtpClientError(f"cannot connect to {self.host} port {self.port}: "
+                                  f"{exc.strerror or exc}. Is `gponsim serve` running, "
+                                  f"and with the same --port-offset?") from exc
+        self._file = self.sock.makefile("rb")
+        return self.read_reply("CONNECT")
+
+    def local_name(self) -> str:
+        """Thunderbird's EHLO argument: the local address as a literal."""
+        ip = self.sock.getsockname()[0] if self.sock else "127.0.0.1"
+        return f"[IPV6:{ip}]" if ":" in ip else f"[{ip}]"
+
+    def read_reply(self, answers: str) -> list[str]:
+        lines = []
+        while True:
+            raw = self._file.readline(65536)
+            if not raw:
+                raise SmtpClientError(f"the server closed the connection (after {answers})", lines)
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                break
+        self.emit(wire.reply_step(lines, session=self.session, answers=answers, src="smtpd",
+                                  dst="client", tls=self.tls))
+        return lines
+
+    def _send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def command(self, line: str, *, auth_data: bool = False) -> list[str]:
+        if auth_data:
+            step = wire.auth_data_step(line, session=self.session, tls=self.tls)
+        else:
+            step = wire.command_step(line, session=self.session, tls=self.tls)
+            self.last_verb = step.verb or "UNKNOWN"
+        self.emit(step)
+        self._send_raw(line.encode("utf-8") + b"\r\n")
+        return self.read_reply("AUTH" if auth_data else self.last_verb)
+
+    @staticmethod
+    def code(reply: list[str]) -> int:
+        return int(reply[-1][:3]) if reply and reply[-1][:3].isdigit() else 0
+
+    def expect(self, reply: list[str], *codes: int) -> list[str]:
+        if self.code(reply) not in codes:
+            raise SmtpClientError(f"the server answered: {' / '.join(reply)}", reply)
+        return reply
+
+    # ------------------------------------------------------------ commands
+
+    def ehlo(self, name: str | None = None) -> list[str]:
+        reply = self.expect(self.command(f"EHLO {name or self.local_name()}"), 250)
+        self.extensions = {}
+        for line in reply[1:]:
+            word, _, rest = line[4:].partition(" ")
+            self.extensions[word.upper()] = rest
+        return reply
+
+    def starttls(self) -> list[str]:
+        if "STARTTLS" not in self.extensions:
+            raise SmtpClientError("the server does not offer STARTTLS")
+        reply = self.expect(self.command("STARTTLS"), 220)
+        context = ssl.create_default_context(cafile=self.cafile) if self.verify else \
+            ssl._create_unverified_context()  # the lab's self-signed certificate
+        self.sock = context.wrap_socket(self.sock, server_hostname=self.server_name)
+        self._file = self.sock.makefile("rb")
+        self.tls = True
+        version, cipher = self.sock.version(), self.sock.cipher()[0]
+        self.emit(wire.event_step("STARTTLS", f"TLS established: {version} with cipher {cipher}",
+                                  session=self.session, proto="tls", tls=True,
+                                  meta={"version": version, "cipher": cipher,
+                                        "verified": self.verify}))
+        return reply
+
+    def auth_plain(self, user: str, password: str, initial: bool = True) -> list[str]:
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        if initial:
+            return self.command(f"AUTH PLAIN {token}")
+        reply = self.command("AUTH PLAIN")
+        if self.code(reply) != 334:
+            return reply
+        return self.command(token, auth_data=True)
+
+    def auth_login(self, user: str, password: str) -> list[str]:
+        reply = self.command("AUTH LOGIN")
+        for value in (user, password):
+            if self.code(reply) != 334:
+                return reply
+            reply = self.command(base64.b64encode(value.encode()).decode(), auth_data=True)
+        return reply
+
+    def send_data(self, message: bytes) -> list[str]:
+        self.expect(self.command("DATA"), 354)
+        body = message.replace(b"\r\n", b"\n").split(b"\n")
+        if body and body[-1] == b"":
+            body.pop()
+        stuffed = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in body)
+        self.emit(wire.message_step(message, session=self.session, tls=self.tls))
+        self._send_raw(stuffed + b".\r\n")
+        self.last_verb = "DATA"
+        return self.read_reply("DATA")
+
+    def quit(self) -> None:
+        try:
+            self.command("QUIT")
+        except (SmtpClientError, OSError):
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+
+def build_message(sender: str, recipients: list[str], subject: str, body: str,
+                  domain: str = "gponlab.local") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate(localtime=True)
+    msg["Message-ID"] = email.utils.make_msgid(domain=domain)
+    msg["User-Agent"] = "gponsim send"
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+def send_mail(*, host: str, port: int, sender: str, recipients: list[str], message: bytes,
+              user: str | None = None, password: str | None = None, starttls: bool = True,
+              mechanism: str = "PLAIN", initial_response: bool = True, emit: Emit = null_emit,
+              verify: bool = False, cafile: str | None = None, timeout: float = 30.0) -> SendResult:
+    """One submission, step by step, as a mail client does it."""
+    client = SmtpClient(host, port, emit=emit, verify=verify, cafile=cafile, timeout=timeout)
+    result = SendResult(queue_id=None)
+    try:
+        client.expect(client.connect(), 220)
+        client.ehlo()
+        if starttls:
+            client.starttls()
+            client.ehlo()
+            result.tls = True
+        if user is not None:
+            if mechanism.upper() == "LOGIN":
+                reply = client.auth_login(user, password or "")
+            else:
+                reply = client.auth_plain(user, password or "", initial=initial_response)
+            client.expect(reply, 235)
+            result.authenticated = True
+        size = len(message)
+        client.expect(client.command(f"MAIL FROM:<{sender}> BODY=8BITMIME SIZE={size}"), 250)
+        for rcpt in recipients:
+            client.expect(client.command(f"RCPT TO:<{rcpt}>"), 250, 251)
+        reply = client.expect(client.send_data(message), 250)
+        text = reply[-1]
+        if "queued as " in text:
+            result.queue_id = text.rsplit("queued as ", 1)[1].strip()
+        client.quit()
+        return result
+    except BaseException:
+        try:
+            if client.sock is not None:
+                client.quit()
+        finally:
+            client.close()
+        raise

@@ -1,0 +1,172 @@
+"""Commentary: explanations of protocol steps, kept as data (es + en).
+
+Each ``*.toml`` file beside this module holds entries keyed by a dotted
+commentary key::
+
+    ["smtp.reply.RCPT.554-5.7.1"]
+    match = "Relay access denied"      # optional: a substring of the line
+    rfc = "RFC 5321 §3.6.2"
+    actor = "smtpd"                      # the lab-document component acting
+    en = "..."
+    es = "..."
+
+Several entries may share a key when they differ by ``match``; such an
+entry is stored under ``key`` plus ``#n`` in the file (``["smtp.reply.554#2"]``)
+and chosen when its ``match`` text occurs in the line.
+
+Keys are resolved from the most specific to the most general (see
+:meth:`Catalog.candidates`), so a new explanation is usually one entry added
+to a data file, never code.
+"""
+
+from __future__ import annotations
+
+import locale
+import os
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from gponsim.steps import Step
+
+LANGS = ("en", "es")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    en: str
+    es: str
+    rfc: str = ""
+    actor: str = ""
+    match: str = ""
+
+    def text(self, lang: str) -> str:
+        return self.es if lang == "es" else self.en
+
+
+class Catalog:
+    def __init__(self, entries: dict[str, list[Entry]]) -> None:
+        self._entries = entries
+
+    @classmethod
+    def load(cls) -> "Catalog":
+        entries: dict[str, list[Entry]] = {}
+        folder = resources.files(__package__)
+        for item in sorted(folder.iterdir(), key=lambda p: p.name):
+            if not item.name.endswith(".toml"):
+                continue
+            try:
+                data = tomllib.loads(item.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"commentary file {item.name}: {exc}") from exc
+            for raw_key, body in data.items():
+                key = raw_key.split("#", 1)[0]
+                missing = [f for f in ("en", "es") if not body.get(f)]
+                if missing:
+                    raise ValueError(f"commentary {item.name} [{raw_key}]: missing {', '.join(missing)}")
+                entry = Entry(key=key, en=body["en"].strip(), es=body["es"].strip(),
+                              rfc=body.get("rfc", ""), actor=body.get("actor", ""),
+                              match=body.get("match", ""))
+                entries.setdefault(key, []).append(entry)
+        return cls(entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def keys(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, key: str | None, line: str = "") -> Entry | None:
+        if not key:
+            return None
+        options = self._entries.get(key)
+        if not options:
+            return None
+        for entry in options:
+            if entry.match and entry.match.lower() in line.lower():
+                return entry
+        for entry in options:
+            if not entry.match:
+                return entry
+        return None
+
+    @staticmethod
+    def candidates(step: Step) -> list[str]:
+        """Keys to try for a Step, most specific first.
+
+        Commands: ``<proto>.cmd.<VERB>`` then ``<proto>.cmd.unknown``.
+        Replies: ``<proto>.reply.<VERB>.<code>-<enh>``, ``<proto>.reply.<code>-<enh>``,
+        ``<proto>.reply.<VERB>.<code>``, ``<proto>.reply.<code>``,
+        ``<proto>.reply.<d>xx`` (``<VERB>`` is the command being answered;
+        ``<code>`` is the numeric code or the status word: OK, NO, +OK, ...).
+        Other kinds: ``<proto>.<kind>.<verb>`` then ``<proto>.<kind>``.
+        An explicit ``step.key`` always comes first.
+        """
+        out: list[str] = []
+        if step.key:
+            out.append(step.key)
+        p = step.proto
+        if step.kind == "command":
+            if step.verb:
+                out.append(f"{p}.cmd.{step.verb}")
+            out.append(f"{p}.cmd.unknown")
+        elif step.kind == "reply":
+            code = str(step.code) if step.code is not None else (step.status or "")
+            verb = step.verb or ""
+            if step.enhanced and code:
+                if verb:
+                    out.append(f"{p}.reply.{verb}.{code}-{step.enhanced}")
+                out.append(f"{p}.reply.{code}-{step.enhanced}")
+            if verb and code:
+                out.append(f"{p}.reply.{verb}.{code}")
+            if code:
+                out.append(f"{p}.reply.{code}")
+            if step.code is not None:
+                out.append(f"{p}.reply.{str(step.code)[0]}xx")
+        else:
+            if step.verb:
+                out.append(f"{p}.{step.kind}.{step.verb}")
+            out.append(f"{p}.{step.kind}")
+        return out
+
+    def resolve(self, step: Step) -> Entry | None:
+        """The best explanation for a Step, or None."""
+        line = step.line
+        for key in self.candidates(step):
+            entry = self.get(key, line)
+            if entry is not None:
+                return entry
+        return None
+
+    def key_for(self, step: Step) -> str | None:
+        entry = self.resolve(step)
+        return entry.key if entry else None
+
+
+@lru_cache(maxsize=1)
+def catalog() -> Catalog:
+    """The shipped catalog, loaded once."""
+    return Catalog.load()
+
+
+def annotate(step: Step) -> Step:
+    """Set ``step.key`` to the resolved commentary key (sources call this)."""
+    key = catalog().key_for(step)
+    if key:
+        step.key = key
+    return step
+
+
+def default_lang() -> str:
+    """``es`` when the locale is Spanish, else ``en``."""
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG", "LANGUAGE"):
+        value = os.environ.get(var)
+        if value:
+            return "es" if value.lower().startswith("es") else "en"
+    try:
+        loc = locale.getlocale()[0] or ""
+    except ValueError:
+        loc = ""
+    return "es" if loc.lower().startswith("es") else "en"

@@ -1,0 +1,238 @@
+"""The lab: assembles the services of the GPON mail server from its profile.
+
+Start order is the real server's: Dovecot's auth socket first, then the
+queue (which delivers whatever a previous run left queued), then Postfix's
+smtpd listeners from master.cf (smtp on 25, submission on 587).
+
+The lab root is the lab server's "/": every absolute path of the profile
+(``/var/mail``, ``/var/spool/postfix/private/auth``,
+``/etc/ssl/certs/ssl-cert-snakeoil.pem``) lives under it, and nothing is
+written anywhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+
+from gponsim.config import LabProfile, load_profile
+from gponsim.server import cleanup, tls
+from gponsim.server.maillog import MailLog, pid_for
+from gponsim.server.queue import MailQueue
+from gponsim.server.restrictions import parse_networks
+from gponsim.server.sasl import AuthServer
+from gponsim.server.sasl_client import AuthClient, valid_base64
+from gponsim.server.smtp import SmtpdContext, SmtpdFactory, SmtpdSettings
+from gponsim.server.users import Users
+from gponsim.steps import Emit, null_emit
+
+
+class LabError(Exception):
+    """Something that keeps the lab from starting, told in plain words."""
+
+
+@dataclass
+class LabOptions:
+    lab_root: Path = Path("gponlab")
+    config_dir: Path | None = None
+    listen: str = "127.0.0.1"
+    port_offset: int = 0
+    ports: dict[str, int] = field(default_factory=dict)   # per-service override, 0 = any free
+    keylog: Path | None = None
+    auth_failure_delay: float | None = None                # None = from 10-auth.conf
+
+
+def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
+    """The effective settings of one smtpd service (main.cf + its -o overrides)."""
+    p = lambda name: profile.service_param(service, name)  # noqa: E731
+    yes = lambda name: p(name).strip().lower() == "yes"  # noqa: E731
+    lst = lambda name: profile.split_list(p(name))  # noqa: E731
+    level = p("smtpd_tls_security_level").strip() or "none"
+    return SmtpdSettings(
+        service=service,
+        syslog_name=p("syslog_name"),
+        myhostname=p("myhostname"),
+        banner=p("smtpd_banner"),
+        local_domains=frozenset(d.lower() for d in lst("mydestination")),
+        myorigin=profile.myorigin(),
+        mynetworks=parse_networks(lst("mynetworks")),
+        relay_domains=frozenset(d.lower() for d in lst("relay_domains")),
+        tls_level=level,
+        tls_auth_only=yes("smtpd_tls_auth_only"),
+        sasl_enabled=yes("smtpd_sasl_auth_enable"),
+        sasl_service=p("smtpd_sasl_service"),
+        client_restrictions=lst("smtpd_client_restrictions"),
+        helo_restrictions=lst("smtpd_helo_restrictions"),
+        sender_restrictions=lst("smtpd_sender_restrictions"),
+        relay_restrictions=lst("smtpd_relay_restrictions"),
+        recipient_restrictions=lst("smtpd_recipient_restrictions"),
+        reject_unlisted_recipient=yes("smtpd_reject_unlisted_recipient"),
+        message_size_limit=int(p("message_size_limit") or 0),
+        recipient_limit=int(p("smtpd_recipient_limit") or 1000),
+        timeout=profile.time_value(p("smtpd_timeout"), "s"),
+        hard_error_limit=int(p("smtpd_hard_error_limit") or 20),
+        disable_vrfy=yes("disable_vrfy_command"),
+    )
+
+
+class Lab:
+    """The running lab. ``start()`` returns a Deferred firing with the ports."""
+
+    def __init__(self, options: LabOptions, emit: Emit = null_emit, reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self.options = options
+        self.emit = emit
+        self.root = Path(options.lab_root).resolve()
+        self.profile = load_profile(options.config_dir)
+        self.ports: dict[str, int] = {}
+        self._listeners: list = []
+        self.keylog = tls.KeyLog(options.keylog) if options.keylog else None
+        self.auth_server = self.auth_client = self.queue = self.log = self.users = None
+
+    # ---------------------------------------------------------------- paths
+
+    def path(self, value: str, relative_to: str | None = None) -> Path:
+        return self.profile.path(value, self.root, relative_to)
+
+    @property
+    def auth_socket(self) -> Path:
+        return self.profile.auth_socket_path(self.root)
+
+    # ---------------------------------------------------------------- start
+
+    @defer.inlineCallbacks
+    def start(self):
+        profile = self.profile
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in ("var/mail", "var/log", "var/spool/postfix"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LabError(f"cannot create the lab root {self.root}: {exc.strerror}") from exc
+        hostname = profile.main("myhostname")
+        self.log = MailLog(self.root / "var/log/mail.log", hostname=hostname.split(".")[0])
+        self.users = Users.ensure_default(self.path(profile.passwd_file()))
+        cert = self.path(profile.main("smtpd_tls_cert_file"))
+        key = self.path(profile.main("smtpd_tls_key_file"))
+        try:
+            tls.ensure_certificate(cert, key, hostname)
+            tls_options = tls.server_options(cert, key, self.keylog)
+        except tls.TLSSetupError as exc:
+            raise LabError(str(exc)) from exc
+
+        failure_delay = self.options.auth_failure_delay
+        if failure_delay is None:
+            failure_delay = profile.auth_failure_delay()
+        self.auth_server = AuthServer(self.users, mechanisms=profile.auth_mechanisms(),
+                                      emit=self.emit, failure_delay=failure_delay,
+                                      reactor=self.reactor)
+        try:
+            self._listeners.append(self.auth_server.listen(self.auth_socket))
+        except Exception as exc:  # noqa: BLE001 - told to the user below
+            raise LabError(f"cannot open Dovecot's auth socket {self.auth_socket}: {exc}") from exc
+        self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)
+        mechanisms = yield self.auth_client.mechanisms()
+
+        local_domains = frozenset(d.lower() for d in profile.list("mydestination"))
+        self.queue = MailQueue(
+            self.root, myhostname=hostname, myorigin=profile.myorigin(),
+            is_local_domain=lambda d: d.lower() in local_domains,
+            local_user_exists=self.users.exists, emit=self.emit, log=self.log,
+            reactor=self.reactor, interface_addresses=(self.options.listen, "127.0.0.1", "::1"),
+            recipient_delimiter=profile.main("recipient_delimiter"),
+            mailbox_size_limit=profile.size("mailbox_size_limit"),
+            queue_run_delay=profile.time("queue_run_delay"),
+            minimal_backoff_time=profile.time("minimal_backoff_time"),
+            maximal_backoff_time=profile.time("maximal_backoff_time"),
+            maximal_queue_lifetime=profile.time("maximal_queue_lifetime"))
+        self.queue.start()
+
+        context = SmtpdContext(emit=self.emit, log=self._log, auth=_AuthGlue(self.auth_client),
+                               queue=self.queue, mechanisms=mechanisms,
+                               local_user_exists=self.users.exists,
+                               received_header=self._received_header)
+        for svc in profile.smtpd_services():
+            settings = smtpd_settings(profile, svc.name)
+            factory = SmtpdFactory(context, settings, tls_options,
+                                   implicit_tls=svc.name == "smtps")
+            port = self.options.ports.get(svc.name, svc.port + self.options.port_offset)
+            self.ports[svc.name] = self._listen(svc.name, port, factory)
+        self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
+        return dict(self.ports)
+
+    def _listen(self, name: str, port: int, factory) -> int:
+        try:
+            listener = self.reactor.listenTCP(port, factory, interface=self.options.listen)
+        except CannotListenError as exc:
+            code = getattr(exc.socketError, "errno", None)
+            if code == errno.EACCES:
+                raise LabError(
+                    f"port {port} ({name}) needs root: ports below 1024 are privileged. "
+                    f"Run as root, or add --port-offset 10000 (then {name} is on port {port + 10000})."
+                ) from exc
+            if code == errno.EADDRINUSE:
+                raise LabError(
+                    f"port {port} ({name}) on {self.options.listen} is already in use by another "
+                    f"program (a real Postfix, or another gponsim?). Stop it, or use --port-offset."
+                ) from exc
+            raise LabError(f"cannot listen on {self.options.listen} port {port} ({name}): "
+                           f"{exc.socketError}") from exc
+        self._listeners.append(listener)
+        return listener.getHost().port
+
+    def _log(self, program: str, text: str) -> None:
+        self.log.write(program, pid_for(program), text)
+
+    def _received_header(self, session, qid: str) -> str:
+        return cleanup.received_header(
+            helo=session.helo_name or session.client_ip, client_name="unknown",
+            client_ip=session.client_ip, protocol=session._protocol(), qid=qid,
+            recipients=session.recipients, myhostname=session.settings.myhostname)
+
+    def write_ready_file(self, path: Path) -> None:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps({"ports": self.ports, "lab_root": str(self.root),
+                                   "pid": os.getpid()}))
+        tmp.replace(path)
+
+    # ----------------------------------------------------------------- stop
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for listener in reversed(self._listeners):
+            yield defer.maybeDeferred(listener.stopListening)
+        self._listeners = []
+        if self.auth_client is not None:
+            self.auth_client.close()
+        if self.queue is not None:
+            yield defer.maybeDeferred(self.queue.stop)
+        if self.log is not None:
+            self.log.write("postfix/master", pid_for("master"), "terminating on signal 15")
+        if self.keylog is not None:
+            self.keylog.close()
+
+
+class _AuthGlue:
+    """What smtpd needs of the auth client (plus Postfix's base64 pre-check)."""
+
+    def __init__(self, client: AuthClient) -> None:
+        self._client = client
+        self.valid_base64 = staticmethod(valid_base64)
+
+    def start(self, mech, **kw):
+        return self._client.start(mech, **kw)
+
+    def respond(self, request_id, resp_b64, session):
+        return self._client.respond(request_id, resp_b64, session=session)
+
+    def abort(self, request_id):
+        self._client.abort(request_id)

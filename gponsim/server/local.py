@@ -1,0 +1,554 @@
+"""local(8): delivery to ``/var/mail/<user>`` in mbox format, as Postfix does it.
+
+Each message is appended (``src/local/mailbox.c``, ``src/global/mail_copy.c``)
+as::
+
+    From user1@gponlab.local  Mon Jan  1 12:00:00 2024      <- From_ line (RFC 4155)
+    Return-Path: <user1@gponlab.local>
+    X-Original-To: user2@gponlab.local                      <- the RCPT TO address
+    Delivered-To: user2@gponlab.local                       <- the final recipient
+    Received: from ...                                      <- the queued message
+    ...
+    >From the body, quoted                                  <- mboxo quoting
+                                                            <- one blank line
+
+- From_ line: ``From``, the envelope sender (``MAILER-DAEMON`` for the null
+  sender ``<>``), **two** spaces, the 24-character ``asctime()`` of the
+  delivery time in local time (day padded with a space, unlike Dovecot's own
+  zero-padded From_ lines).
+- Every line that starts with ``From `` gets a ``>`` in front (the mboxo
+  variant: ``>From`` lines are left alone, so the quoting cannot be undone).
+- A message without a final newline gets one, then the blank line.
+- The file is opened ``O_APPEND|O_CREAT`` mode 0600 and locked the way
+  ``mailbox_delivery_lock = fcntl, dotlock`` does on Debian: first the
+  dotlock ``/var/mail/user.lock`` (``O_CREAT|O_EXCL``; up to 20 attempts
+  1 s apart; a lock file older than 500 s is stale and removed; like
+  Dovecot, gponsim writes ``pid:hostname`` in its lock files and also breaks
+  a lock whose process is gone), then a kernel ``fcntl`` lock. Dovecot takes the same locks in the same order
+  (``mbox_write_locks = dotlock fcntl``), so the two never deadlock.
+- After writing, the file is ``fsync``-ed; on any error it is truncated back
+  to its original size, so a reader never sees half a message.
+- ``mailbox_size_limit`` (default 51200000, 0 = unlimited) is enforced like
+  Postfix's file size resource limit: a message that would make the mailbox
+  larger fails with ``EFBIG`` and bounces (``dsn=5.2.2``)::
+
+    cannot update mailbox /var/mail/user2 for user user2. error writing message: File too large
+
+The kernel lock is an open-file-description lock (``F_OFD_SETLK``) where
+the platform has it: it conflicts with the classic ``fcntl`` locks that real
+Postfix and Dovecot take, *and* between threads of this process (classic
+POSIX locks do not exclude threads of one process). Code in gponsim that reads
+or rewrites a mailbox (the IMAP/POP3 servers) should use :class:`MailboxLock`.
+
+gponsim batches: :meth:`LocalAgent.deliver` appends several queued messages
+for the same mailbox under one lock and one ``fsync``; the log still shows one
+``status=sent`` line per recipient, as Postfix writes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from gponsim.server.cleanup import MAILER_DAEMON, asctime, quote_822_local
+from gponsim.server.maillog import MailLog, delivery_line
+
+#: postconf(5) defaults (Debian 12, Postfix 3.7).
+MAILBOX_SIZE_LIMIT = 51_200_000
+DELIVER_LOCK_ATTEMPTS = 20
+DELIVER_LOCK_DELAY = 1.0
+STALE_LOCK_TIME = 500.0
+
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+_FLOCK_FORMAT = "=hh4xqqi4x"   # struct flock on Linux (x86_64, aarch64)
+
+
+class MailboxError(Exception):
+    """A delivery to a mailbox failed: ``dsn`` (``4.x.x`` defers, ``5.x.x`` bounces)."""
+
+    def __init__(self, dsn: str, reason: str) -> None:
+        super().__init__(reason)
+        self.dsn = dsn
+        self.reason = reason
+
+
+def mbox_dsn(err: int, default: str) -> str:
+    """Map an errno to a mailbox DSN detail (Postfix ``mbox_dsn``)."""
+    if err in (errno.EAGAIN, errno.ESTALE):
+        return "4.2.0"
+    if err == errno.ENOSPC:
+        return "4.3.0"
+    if err in (errno.EDQUOT, errno.EFBIG):
+        return "5.2.2"
+    return default
+
+
+# --------------------------------------------------------------------------
+# The mbox entry
+
+def render_entry(content: bytes, *, sender: str, orig_rcpt: str, delivered_to: str,
+                 when: float) -> bytes:
+    """The bytes local(8) appends for one message (see the module docstring).
+
+    ``content`` is the queued message with LF line ends (it already starts
+    with the ``Received:`` header). ``orig_rcpt`` empty: no X-Original-To.
+    """
+    quoted_sender = quote_822_local(sender) if sender else ""
+    head = [f"From {quoted_sender or MAILER_DAEMON}  {asctime(when)}",
+            f"Return-Path: <{quoted_sender}>"]
+    if orig_rcpt:
+        head.append(f"X-Original-To: {quote_822_local(orig_rcpt)}")
+    head.append(f"Delivered-To: {quote_822_local(delivered_to)}")
+    out = bytearray("\n".join(head).encode("utf-8"))
+    out += b"\n"
+    if content.startswith(b"From "):
+        out += b">"
+    out += content.replace(b"\nFrom ", b"\n>From ")
+    if content and not content.endswith(b"\n"):
+        out += b"\n"
+    out += b"\n"
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------
+# Locking
+
+#: What gponsim writes in its dotlock files: ``pid:hostname``, as Dovecot does.
+_LOCK_OWNER = f"{os.getpid()}:{socket.gethostname()}"
+
+
+def _owner_is_gone(lock_path: Path) -> bool:
+    """True when a dotlock says ``pid:thishost`` and that process no longer exists.
+
+    Postfix leaves its dotlocks empty and waits for ``stale_lock_time``;
+    Dovecot writes ``pid:host`` and breaks the lock of a dead process at once.
+    gponsim does the latter, so a lab killed while delivering does not leave
+    its mailboxes locked for 500 s.
+    """
+    try:
+        with open(lock_path, "rb") as fh:
+            text = fh.read(256).decode("ascii", "replace").strip()
+    except OSError:
+        return False
+    pid, _, host = text.partition(":")
+    if not pid.isdigit() or host != socket.gethostname() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class MailboxLock:
+    """``dotlock`` + ``fcntl`` exclusive lock on an mbox file, Postfix style.
+
+    The dotlock file holds ``pid:hostname`` (like Dovecot's): a lock left by
+    a process that died is broken at the next attempt.
+
+    ``display`` is the path shown in error texts (the lab's ``/var/mail/x``,
+    not the real path under the lab root). ``on_wait(attempt, reason)`` is
+    called each time an attempt failed and the lock will be retried after
+    ``delay`` seconds.
+    """
+
+    def __init__(self, path: str | Path, display: str | None = None, *,
+                 attempts: int = DELIVER_LOCK_ATTEMPTS, delay: float = DELIVER_LOCK_DELAY,
+                 stale: float = STALE_LOCK_TIME, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_wait: Callable[[int, str], None] | None = None) -> None:
+        self.path = Path(path)
+        self.display = display or str(path)
+        self.lock_path = Path(str(self.path) + ".lock")
+        self.attempts = max(1, attempts)
+        self.delay = delay
+        self.stale = stale
+        self.clock = clock
+        self.sleep = sleep
+        self.on_wait = on_wait
+        self._dotlocked = False
+        self._fd: int | None = None
+
+    # dotlock (src/global/dot_lockfile.c)
+    def _dotlock(self) -> None:
+        count = 1
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0)
+            except OSError as exc:
+                err = exc.errno
+            else:
+                try:
+                    os.write(fd, _LOCK_OWNER.encode())
+                finally:
+                    os.close(fd)
+                self._dotlocked = True
+                return
+            if count >= self.attempts or err != errno.EEXIST:
+                break
+            try:
+                st = os.stat(self.lock_path)
+                if self.clock() > st.st_ctime + self.stale:
+                    os.unlink(self.lock_path)
+                elif _owner_is_gone(self.lock_path):
+                    os.unlink(self.lock_path)
+                    count += 1
+                    continue            # a dead owner: no need to wait
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                err = exc.errno
+                break
+            if self.on_wait:
+                self.on_wait(count, "dotlock")
+            self.sleep(self.delay)
+            count += 1
+        dsn = mbox_dsn(errno.EAGAIN if err == errno.EEXIST else err, "5.2.0")
+        raise MailboxError(dsn, f"unable to create lock file {self.display}.lock: "
+                                f"{os.strerror(err)}")
+
+    # kernel lock (src/global/deliver_flock.c)
+    def _kernel_lock(self, fd: int) -> None:
+        for count in range(1, self.attempts + 1):
+            try:
+                if _F_OFD_SETLK is not None:
+                    fcntl.fcntl(fd, _F_OFD_SETLK,
+                                struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+                else:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                err = exc.errno
+                if err not in (errno.EAGAIN, errno.EACCES):
+                    break
+                if count >= self.attempts:
+                    break
+                if self.on_wait:
+                    self.on_wait(count, "fcntl")
+                self.sleep(self.delay)
+        raise MailboxError(mbox_dsn(errno.EAGAIN if err == errno.EACCES else err, "5.2.0"),
+                           f"unable to lock for exclusive access: {os.strerror(err)}")
+
+    def acquire(self, fd: int) -> None:
+        """Dotlock, then the kernel lock on ``fd`` (an open descriptor of the mbox)."""
+        self._dotlock()
+        try:
+            self._kernel_lock(fd)
+        except BaseException:
+            self._remove_dotlock()
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                if _F_OFD_SETLK is not None:
+                    fcntl.fcntl(self._fd, _F_OFD_SETLK,
+                                struct.pack(_FLOCK_FORMAT, fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0))
+                else:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+            self._fd = None
+        self._remove_dotlock()
+
+    def _remove_dotlock(self) -> None:
+        if self._dotlocked:
+            try:
+                os.unlink(self.lock_path)
+            except FileNotFoundError:
+                pass
+            self._dotlocked = False
+
+
+# --------------------------------------------------------------------------
+# The delivery agent
+
+@dataclass
+class LocalJob:
+    """One recipient of one queued message, for local delivery."""
+
+    qid: str
+    index: int                 #: recipient index in the queue file
+    sender: str
+    recipient: str             #: final address (Delivered-To, ``to=<>`` in the log)
+    orig_rcpt: str             #: as given in RCPT TO (X-Original-To, ``orig_to=``)
+    content: bytes
+    arrival: float             #: message arrival
+    active_arrival: float      #: entered the active queue
+    session: str = ""
+    ref: object = None         #: the queue's own handle for the message
+
+
+@dataclass
+class LocalResult:
+    job: LocalJob
+    status: str                #: sent | bounced | deferred
+    dsn: str
+    reason: str                #: text inside ``status=... (reason)``
+    line: str = ""             #: the log text written (after ``local[pid]: ``)
+    mailbox: str = ""          #: the lab path of the mailbox
+    offset: int = -1           #: where the entry starts in the mailbox (sent)
+    length: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.status in ("sent", "bounced")
+
+
+@dataclass
+class Intent:
+    """What local(8) is about to append (for the queue's crash journal)."""
+
+    job: LocalJob
+    user: str
+    offset: int
+    length: int
+    when: float
+
+
+@dataclass
+class _Plan:
+    n: int                     #: position of the job in the batch
+    job: LocalJob
+    entry: bytes
+    offset: int
+
+
+class LocalAgent:
+    """Delivers to ``<lab root>/var/mail/<user>`` and logs like ``postfix/local``."""
+
+    def __init__(self, lab_root: str | Path, *, user_exists: Callable[[str], bool],
+                 log: MailLog, syslog_name: str = "postfix", recipient_delimiter: str = "+",
+                 mailbox_size_limit: int = MAILBOX_SIZE_LIMIT,
+                 lock_attempts: int = DELIVER_LOCK_ATTEMPTS, lock_delay: float = DELIVER_LOCK_DELAY,
+                 stale_lock_time: float = STALE_LOCK_TIME, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_lock_wait: Callable[[str, int, str], None] | None = None) -> None:
+        self.root = Path(lab_root)
+        self.spool = self.root / "var" / "mail"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.user_exists = user_exists
+        self.log = log
+        self.syslog_name = syslog_name
+        self.delimiter = recipient_delimiter
+        self.size_limit = mailbox_size_limit
+        self.lock_attempts = lock_attempts
+        self.lock_delay = lock_delay
+        self.stale = stale_lock_time
+        self.clock = clock
+        self.sleep = sleep
+        self.on_lock_wait = on_lock_wait
+
+    # -- names
+    def split_recipient(self, address: str) -> tuple[str, str]:
+        """``(user, localpart)``: the mailbox owner and the full local part.
+
+        The local part is folded to lower case; ``user`` drops the address
+        extension after ``recipient_delimiter`` (``user2+lab`` -> ``user2``).
+        """
+        local = address.rpartition("@")[0] if "@" in address else address
+        local = local.lower()
+        user = local
+        if self.delimiter and self.delimiter in local:
+            head = local.split(self.delimiter, 1)[0]
+            if head:
+                user = head
+        return user, local
+
+    def mailbox_path(self, user: str) -> tuple[Path, str]:
+        """The real path under the lab root, and the path as the lab shows it."""
+        return self.spool / user, f"/var/mail/{user}"
+
+    def lock_for(self, user: str) -> MailboxLock:
+        path, display = self.mailbox_path(user)
+        on_wait = None
+        if self.on_lock_wait is not None:
+            hook = self.on_lock_wait
+            on_wait = lambda attempt, kind: hook(user, attempt, kind)  # noqa: E731
+        return MailboxLock(path, display, attempts=self.lock_attempts, delay=self.lock_delay,
+                           stale=self.stale, clock=self.clock, sleep=self.sleep, on_wait=on_wait)
+
+    @staticmethod
+    def _valid_user(user: str) -> bool:
+        return bool(user) and "/" not in user and "\0" not in user and not user.startswith(".")
+
+    # -- delivery
+    def deliver(self, user: str, jobs: Sequence[LocalJob],
+                journal: Callable[[list[Intent], list[LocalResult]], None] | None = None
+                ) -> list[LocalResult]:
+        """Deliver ``jobs`` (all for mailbox ``user``, in order) and log each.
+
+        ``journal(intents, finals)`` is called, before the mailbox is written,
+        with what is about to be appended and with the recipients that
+        already have a final status (bounced), so the queue can record them
+        durably first. Returns one result per job, in order.
+        """
+        handoff = self.clock()
+        results: list[LocalResult] = []
+        path, display = self.mailbox_path(user)
+        if not (self._valid_user(user) and self.user_exists(user)):
+            for job in jobs:
+                local = self.split_recipient(job.recipient)[1]
+                results.append(LocalResult(job, "bounced", "5.1.1", f'unknown user: "{local}"'))
+            if journal:
+                journal([], results)
+            return self._log(results, handoff)
+
+        fd = -1
+        lock = self.lock_for(user)
+        try:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+                             | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                st = os.fstat(fd)
+            except OSError as exc:
+                raise MailboxError(mbox_dsn(exc.errno, "5.2.0"),
+                                   f"cannot open file: {os.strerror(exc.errno)}") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise MailboxError("5.2.0", f"destination {display} is not a regular file")
+            lock.acquire(fd)
+            try:
+                results = self._append(fd, user, display, jobs, journal)
+            finally:
+                lock.release()
+        except MailboxError as exc:
+            reason = f"cannot update mailbox {display} for user {user}. {exc.reason}"
+            status = "deferred" if exc.dsn.startswith("4") else "bounced"
+            results = [LocalResult(job, status, exc.dsn, reason, mailbox=display) for job in jobs]
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return self._log(results, handoff)
+
+    def _append(self, fd: int, user: str, display: str, jobs: Sequence[LocalJob],
+                journal: Callable[[list[Intent], list[LocalResult]], None] | None
+                ) -> list[LocalResult]:
+        original = os.fstat(fd).st_size
+        when = self.clock()
+        outcome: dict[int, LocalResult] = {}
+        plans: list[_Plan] = []
+        size = original
+        for n, job in enumerate(jobs):
+            entry = render_entry(job.content, sender=job.sender, orig_rcpt=job.orig_rcpt,
+                                 delivered_to=job.recipient, when=when)
+            if self.size_limit and size + len(entry) > self.size_limit:
+                outcome[n] = LocalResult(
+                    job, "bounced", mbox_dsn(errno.EFBIG, "5.3.0"),
+                    f"cannot update mailbox {display} for user {user}. "
+                    f"error writing message: {os.strerror(errno.EFBIG)}", mailbox=display)
+                continue
+            plans.append(_Plan(n, job, entry, size))
+            size += len(entry)
+        if journal:
+            journal([Intent(p.job, user, p.offset, len(p.entry), when) for p in plans],
+                    list(outcome.values()))
+        if plans:
+            try:
+                data = memoryview(b"".join(p.entry for p in plans))
+                while data:
+                    written = os.write(fd, data)
+                    data = data[written:]
+                os.fsync(fd)
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, original)
+                    os.fsync(fd)
+                except OSError:
+                    pass
+                dsn = mbox_dsn(exc.errno or errno.EIO, "5.3.0")
+                status = "deferred" if dsn.startswith("4") else "bounced"
+                reason = (f"cannot update mailbox {display} for user {user}. "
+                          f"error writing message: {os.strerror(exc.errno or errno.EIO)}")
+                for p in plans:
+                    outcome[p.n] = LocalResult(p.job, status, dsn, reason, mailbox=display)
+            else:
+                for p in plans:
+                    outcome[p.n] = LocalResult(
+                        p.job, "sent", "2.0.0", "delivered to mailbox", mailbox=display,
+                        offset=p.offset, length=len(p.entry))
+        return [outcome[n] for n in range(len(jobs))]
+
+    def _log(self, results: list[LocalResult], handoff: float) -> list[LocalResult]:
+        done = self.clock()
+        for r in results:
+            job = r.job
+            delays = (max(0.0, job.active_arrival - job.arrival),
+                      max(0.0, handoff - job.active_arrival), 0.0, max(0.0, done - handoff))
+            r.line = delivery_line(job.qid, job.recipient, orig_to=job.orig_rcpt, relay="local",
+                                   delays=delays, dsn=r.dsn, status=r.status, reason=r.reason)
+            self.log.postfix("local", r.line, self.syslog_name)
+        return results
+
+    # -- crash recovery
+    def find_delivered(self, user: str, job: LocalJob, offset: int, length: int,
+                       when: float) -> bool:
+        """After a crash: was ``job`` (journaled at ``offset``/``length``) appended?
+
+        Looks for the exact bytes at the journaled offset; a partial entry at
+        the end of the mailbox (a write cut short) is truncated away. If the
+        mailbox changed since (a reader rewrote it), falls back to looking for
+        an entry whose headers carry both ``Delivered-To: <recipient>`` and
+        the queue id of smtpd's ``Received:`` header.
+        """
+        path, _display = self.mailbox_path(user)
+        expected = render_entry(job.content, sender=job.sender, orig_rcpt=job.orig_rcpt,
+                                delivered_to=job.recipient, when=when)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return False
+        lock = self.lock_for(user)
+        try:
+            lock.acquire(fd)
+            try:
+                size = os.fstat(fd).st_size
+                if size >= offset + length and len(expected) == length:
+                    if os.pread(fd, length, offset) == expected:
+                        return True
+                if offset <= size < offset + length:
+                    tail = os.pread(fd, size - offset, offset)
+                    if expected.startswith(tail):
+                        os.ftruncate(fd, offset)
+                        os.fsync(fd)
+                        return False
+                if size == offset:
+                    return False
+                return _scan_for(fd, size, job)
+            finally:
+                lock.release()
+        except MailboxError:
+            # Cannot lock it now: assume not delivered would risk a duplicate;
+            # scanning without the lock is still better than guessing.
+            return _scan_for(fd, os.fstat(fd).st_size, job)
+        finally:
+            os.close(fd)
+
+
+def _scan_for(fd: int, size: int, job: LocalJob) -> bool:
+    data = os.pread(fd, size, 0)
+    marker_to = f"\nDelivered-To: {quote_822_local(job.recipient)}\n".encode()
+    marker_ids = (f" id {job.qid}\n".encode(), f" id {job.qid};\n".encode())
+    pos = 0
+    while pos < len(data):
+        start = pos
+        nxt = data.find(b"\n\nFrom ", pos)
+        end = len(data) if nxt < 0 else nxt + 2
+        header_end = data.find(b"\n\n", start)
+        if header_end < 0 or header_end > end:
+            header_end = end
+        headers = data[start:header_end + 1]
+        if marker_to in headers and any(m in headers for m in marker_ids):
+            return True
+        pos = end
+    return False

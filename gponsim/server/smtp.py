@@ -1,0 +1,807 @@
+"""smtpd: Postfix's SMTP server (ports 25 and 587) on Twisted's ESMTP.
+
+Twisted's :class:`~twisted.mail.smtp.ESMTP` gives us the line-driven state
+machine (``mode`` COMMAND/DATA/AUTH, ``do_<VERB>`` dispatch, ``sendCode``,
+the idle timeout and ``startTLS``); this subclass makes it answer like
+Postfix 3.7 on Debian (lab-facts §2): the banner, EHLO keywords in Postfix's
+order, STARTTLS gating on submission, AUTH through the Dovecot auth socket,
+restrictions evaluated at RCPT, the queue file opened at the first accepted
+recipient and fsync'd before ``250 ... queued as``, BDAT, correct ordering of
+pipelined replies, and Postfix's log lines. Every line in and out is a Step.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from twisted.internet import defer, interfaces
+from twisted.python import log as twlog
+from zope.interface import implementer
+
+from gponsim.server.offline import smtp
+from gponsim.server.restrictions import (
+    RcptContext, UnsupportedRestriction, Verdict, check_recipient,
+)
+from gponsim.server.tls import describe_connection
+from gponsim.steps import null_emit, new_session
+from gponsim.wire import smtp as wire
+
+COMMAND, DATA, AUTH = smtp.COMMAND, smtp.DATA, smtp.AUTH
+
+#: Postfix's smtpd command table order, used for the disconnect log counts.
+COMMAND_ORDER = ("helo", "ehlo", "xclient", "xforward", "starttls", "auth", "mail", "rcpt",
+                 "data", "bdat", "rset", "noop", "vrfy", "etrn", "quit")
+#: Commands allowed before STARTTLS when TLS is enforced (smtpd.c PRE_TLS).
+PRE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "QUIT", "XCLIENT"})
+
+_ADDR = re.compile(r"^\s*<([^<>]*)>(.*)$")
+_BARE_ADDR = re.compile(r"^\s*([^\s<>]+)(.*)$")
+_HEADER = re.compile(r"^[!-9;-~]+:")
+#: smtpd_forbidden_commands: a web browser or proxy talking to port 25.
+FORBIDDEN = frozenset({"CONNECT", "GET", "POST"})
+
+
+@dataclass
+class SmtpdSettings:
+    """What one smtpd service (a master.cf line) needs from the lab profile."""
+
+    service: str = "smtp"
+    syslog_name: str = "postfix"
+    myhostname: str = "mail.gponlab.local"
+    banner: str = "mail.gponlab.local ESMTP Postfix (Debian/GNU)"
+    local_domains: frozenset = frozenset({"mail.gponlab.local", "gponlab.local",
+                                          "localhost.localdomain", "localhost"})
+    myorigin: str = "gponlab.local"
+    mynetworks: list = field(default_factory=list)
+    relay_domains: frozenset = frozenset()
+    tls_level: str = "may"              # none | may | encrypt
+    tls_auth_only: bool = False
+    sasl_enabled: bool = False
+    sasl_service: str = "smtp"
+    client_restrictions: list = field(default_factory=list)
+    helo_restrictions: list = field(default_factory=list)
+    sender_restrictions: list = field(default_factory=list)
+    relay_restrictions: list = field(default_factory=lambda: [
+        "permit_mynetworks", "permit_sasl_authenticated", "defer_unauth_destination"])
+    recipient_restrictions: list = field(default_factory=list)
+    reject_unlisted_recipient: bool = True
+    message_size_limit: int = 10240000
+    recipient_limit: int = 1000
+    timeout: float = 300.0
+    hard_error_limit: int = 20
+    disable_vrfy: bool = False
+
+    @property
+    def log_tag(self) -> str:
+        return f"{self.syslog_name}/smtpd"
+
+
+@implementer(interfaces.IHandshakeListener)
+class Smtpd(smtp.ESMTP):
+    """One SMTP session, as Postfix's smtpd would hold it."""
+
+    delimiter = b"\n"           # Postfix accepts bare LF too; CR is stripped
+    MAX_LENGTH = 1 << 24        # message lines are unlimited in length
+
+    def __init__(self, lab: "SmtpdContext", settings: SmtpdSettings, tls_options=None,
+                 implicit_tls: bool = False):
+        super().__init__(chal={}, contextFactory=tls_options)
+        self.lab = lab
+        self.settings = settings
+        self.host = settings.myhostname
+        self.timeout = settings.timeout
+        self.session = new_session(settings.service)
+        self.tls = implicit_tls
+        self._starttls = False
+        self._inbuf = b""
+        self._busy = False
+        self._raw_remaining = 0      # BDAT bytes still to read
+        self._counts: dict[str, list[int]] = {}
+        self._errors = 0
+        self._last_verb = "CONNECT"
+        self._closed = False
+        self._reset_session_state()
+
+    # ------------------------------------------------------------------ state
+
+    def _reset_session_state(self) -> None:
+        self.helo_name: str | None = None
+        self.esmtp = False
+        self.sasl_username: str | None = None
+        self.sasl_method: str | None = None
+        self._reset_transaction()
+
+    def _reset_transaction(self) -> None:
+        qf = getattr(self, "queue_file", None)
+        if qf is not None:
+            qf.abort()
+        self.sender: str | None = None
+        self.mail_params: dict[str, str] = {}
+        self.recipients: list[str] = []
+        self.queue_file = None
+        self._data_lines: list[bytes] = []
+        self._data_size = 0
+        self._data_too_big = False
+        self._bdat_chunks: list[bytes] = []
+        self._bdat_failed: tuple[int, str] | None = None
+        self._bdat_active = False
+        self._bdat_last = False
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.sender is not None
+
+    @property
+    def client_ip(self) -> str:
+        peer = self.transport.getPeer()
+        return getattr(peer, "host", "127.0.0.1")
+
+    @property
+    def server_ip(self) -> str:
+        return getattr(self.transport.getHost(), "host", "127.0.0.1")
+
+    @property
+    def client(self) -> str:
+        return f"unknown[{self.client_ip}]"
+
+    def log(self, text: str, program: str | None = None) -> None:
+        self.lab.log(program or self.settings.log_tag, text)
+
+    def emit(self, step) -> None:
+        self.lab.emit(step)
+
+    # ------------------------------------------------------------- connection
+
+    def connectionMade(self) -> None:
+        # Not ESMTP.connectionMade: Postfix's banner text and Steps instead.
+        self.canStartTLS = (interfaces.ITLSTransport.providedBy(self.transport)
+                            and self.ctx is not None and self.settings.tls_level != "none")
+        self.log(f"connect from {self.client}")
+        self.emit(wire.event_step("CONNECT", f"connect from {self.client}", session=self.session,
+                                  meta={"service": self.settings.service,
+                                        "port": getattr(self.transport.getHost(), "port", None),
+                                        "client_ip": self.client_ip}))
+        self.setTimeout(self.timeout)
+        self.reply(220, self.settings.banner, answers="CONNECT")
+
+    def handshakeCompleted(self) -> None:
+        """Called by Twisted's TLS layer once the handshake is done."""
+        info = describe_connection(self.transport)
+        if info is None:
+            return
+        version, cipher, used, alg = info
+        text = (f"Anonymous TLS connection established from {self.client}: "
+                f"{version} with cipher {cipher} ({used}/{alg} bits)")
+        self.log(text)
+        self.emit(wire.event_step("STARTTLS" if self._starttls else "IMPLICIT",
+                                  text, session=self.session, proto="tls", tls=True,
+                                  src="client", dst="smtpd",
+                                  meta={"version": version, "cipher": cipher}))
+
+    def connectionLost(self, reason=None) -> None:
+        self.setTimeout(None)
+        if not self._closed:
+            self._closed = True
+            if self._last_verb != "QUIT":
+                self.log(f"lost connection after {self._last_verb} from {self.client}")
+            self._reset_transaction()
+            self._log_disconnect()
+
+    def _log_disconnect(self) -> None:
+        parts, total = [], 0
+        for name in COMMAND_ORDER + ("unknown",):
+            if name in self._counts:
+                ok, n = self._counts[name]
+                total += n
+                parts.append(f"{name}={n}" if ok == n else f"{name}={ok}/{n}")
+        oks = sum(ok for ok, _ in self._counts.values())
+        parts.append(f"commands={total}" if oks == total else f"commands={oks}/{total}")
+        text = f"disconnect from {self.client} " + " ".join(parts)
+        self.log(text)
+        self.emit(wire.event_step("DISCONNECT", text, session=self.session,
+                                  meta={"counts": {k: v for k, v in self._counts.items()}}))
+
+    def timeoutConnection(self) -> None:
+        self.log(f"timeout after {self._last_verb} from {self.client}")
+        self.reply(421, f"4.4.2 {self.settings.myhostname} Error: timeout exceeded", answers="TIMEOUT")
+        self._last_verb = "QUIT"  # no "lost connection" line after a timeout
+        self.transport.loseConnection()
+
+    # ------------------------------------------------------------------ input
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split input into lines (or BDAT bytes) and handle one at a time.
+
+        While a command waits on something slow (the auth server, the queue
+        fsync), later pipelined lines wait in the buffer, so replies always
+        come out in command order (unlike stock Twisted, twisted #8126).
+        """
+        self._inbuf += data
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._inbuf and not self._busy and not self._closed:
+            if self.transport is None or self.transport.disconnecting:
+                return
+            if self._raw_remaining:
+                chunk = self._inbuf[:self._raw_remaining]
+                self._inbuf = self._inbuf[len(chunk):]
+                self._raw_remaining -= len(chunk)
+                self._bdat_chunks.append(chunk)
+                if self._raw_remaining == 0:
+                    self._bdat_done()
+                continue
+            nl = self._inbuf.find(b"\n")
+            if nl < 0:
+                if len(self._inbuf) > self.MAX_LENGTH:
+                    self._inbuf = b""
+                    self.reply(500, "5.5.2 Error: line too long", answers="UNKNOWN")
+                return
+            line, self._inbuf = self._inbuf[:nl], self._inbuf[nl + 1:]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self.resetTimeout()
+            getattr(self, "state_" + self.mode)(line)
+
+    def _wait_for(self, d: defer.Deferred) -> defer.Deferred:
+        """Hold later input until ``d`` fires (add the reply callbacks first)."""
+        self._busy = True
+
+        def release(result):
+            self._busy = False
+            if not self._closed:
+                self._drain()
+            return result
+        d.addBoth(release)
+        return d
+
+    # ---------------------------------------------------------------- output
+
+    def sendLine(self, line: bytes) -> None:
+        self.transport.write(line + b"\r\n")
+
+    def reply(self, code: int, text: str | list[str], answers: str | None = None) -> None:
+        lines = text if isinstance(text, list) else [text]
+        wire_lines = [f"{code}-{t}" for t in lines[:-1]] + [f"{code} {lines[-1]}"]
+        self.emit(wire.reply_step(wire_lines, session=self.session, answers=answers or self._last_verb,
+                                  tls=self.tls))
+        for wl in wire_lines:
+            self.sendLine(wl.encode("utf-8", "surrogateescape"))
+
+    def sendCode(self, code, message=b"") -> None:  # Twisted internals that reply
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        self.reply(code, text.splitlines() or [""])
+
+    def _count(self, name: str, ok: bool) -> None:
+        entry = self._counts.setdefault(name, [0, 0])
+        entry[1] += 1
+        if ok:
+            entry[0] += 1
+
+    def _fail(self, code: int, text: str, verb: str) -> None:
+        """A rejected command: reply, count it as failed, enforce the error limit."""
+        self.reply(code, text, answers=verb)
+        self._count(verb.lower() if verb.lower() in COMMAND_ORDER else "unknown", False)
+        self._errors += 1
+        if self._errors >= self.settings.hard_error_limit:
+            self.log(f"too many errors after {verb} from {self.client}")
+            self.reply(421, f"4.7.0 {self.settings.myhostname} Error: too many errors", answers=verb)
+            self._hangup()
+
+    def _ok(self, code: int, text, verb: str) -> None:
+        self.reply(code, text, answers=verb)
+        self._count(verb.lower(), True)
+
+    # ------------------------------------------------------------- commands
+
+    def state_COMMAND(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "surrogateescape")
+        step = wire.command_step(line, session=self.session, tls=self.tls)
+        self.emit(step)
+        verb, args = wire.split_command(line)
+        if not verb:
+            self._fail(500, "5.5.2 Error: bad syntax", "UNKNOWN")
+            return
+        handler = getattr(self, "cmd_" + verb, None) if verb.isalpha() else None
+        if handler is None:
+            if _HEADER.match(line) or verb in FORBIDDEN:
+                self._last_verb = "UNKNOWN"
+                self.log(f"warning: non-SMTP command from {self.client}: {line[:100]}")
+                self._last_verb = "QUIT"  # Postfix logs no "lost connection" after this
+                self.reply(221, "2.7.0 Error: I can break rules, too. Goodbye.", answers="UNKNOWN")
+                self._count("unknown", False)
+                self._hangup()
+                return
+            self._last_verb = "UNKNOWN"
+            self._fail(500, "5.5.2 Error: command not recognized", "UNKNOWN")
+            return
+        self._last_verb = verb
+        if (self.settings.tls_level == "encrypt" and not self.tls and verb not in PRE_TLS):
+            self._fail(530, "5.7.0 Must issue a STARTTLS command first", verb)
+            return
+        handler(args)
+
+    def cmd_HELO(self, args: str) -> None:
+        if not args.strip():
+            self._fail(501, "Syntax: HELO hostname", "HELO")
+            return
+        self._reset_transaction()
+        self.helo_name, self.esmtp = args.strip(), False
+        self._ok(250, self.settings.myhostname, "HELO")
+
+    def ehlo_keywords(self) -> list[str]:
+        s = self.settings
+        words = [s.myhostname, "PIPELINING",
+                 f"SIZE {s.message_size_limit}" if s.message_size_limit else "SIZE"]
+        if not s.disable_vrfy:
+            words.append("VRFY")
+        words.append("ETRN")
+        if self.canStartTLS and not self.tls:
+            words.append("STARTTLS")
+        if self._auth_offered():
+            words.append("AUTH " + " ".join(self.lab.mechanisms))
+        words += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING"]
+        return words
+
+    def _auth_offered(self) -> bool:
+        s = self.settings
+        if not s.sasl_enabled or not self.lab.mechanisms:
+            return False
+        return self.tls or not (s.tls_auth_only or s.tls_level == "encrypt")
+
+    def cmd_EHLO(self, args: str) -> None:
+        if not args.strip():
+            self._fail(501, "Syntax: EHLO hostname", "EHLO")
+            return
+        self._reset_transaction()
+        self.helo_name, self.esmtp = args.strip(), True
+        self._ok(250, self.ehlo_keywords(), "EHLO")
+
+    def cmd_STARTTLS(self, args: str) -> None:
+        if args.strip():
+            self._fail(501, "5.5.4 Syntax: STARTTLS", "STARTTLS")
+        elif self.tls:
+            self._fail(554, "5.5.1 Error: TLS already active", "STARTTLS")
+        elif not self.canStartTLS:
+            self._fail(454, "4.7.0 TLS not available due to local problem", "STARTTLS")
+        else:
+            self._ok(220, "2.0.0 Ready to start TLS", "STARTTLS")
+            # Anything pipelined after STARTTLS was sent in clear: Postfix
+            # discards it (CVE-2011-0411), and so do we.
+            self._inbuf = b""
+            self.transport.startTLS(self.ctx)
+            self.tls = self._starttls = True
+            self._reset_session_state()
+
+    # ---- AUTH (through the Dovecot auth socket)
+
+    def cmd_AUTH(self, args: str) -> None:
+        s = self.settings
+        if not s.sasl_enabled:
+            self._fail(503, "5.5.1 Error: authentication not enabled", "AUTH")
+            return
+        if not self.tls and (s.tls_auth_only or s.tls_level == "encrypt"):
+            self._fail(504, "5.5.4 Encryption required for requested authentication mechanism", "AUTH")
+            return
+        if self.sasl_username:
+            self._fail(503, "5.5.1 Error: already authenticated", "AUTH")
+            return
+        if self.in_transaction:
+            self._fail(503, "5.5.1 Error: MAIL transaction in progress", "AUTH")
+            return
+        parts = args.split()
+        if not parts or len(parts) > 2:
+            self._fail(501, "5.5.4 Syntax: AUTH mechanism", "AUTH")
+            return
+        mech = parts[0]   # forwarded to Dovecot as the client typed it, as Postfix does
+        initial = parts[1] if len(parts) == 2 else None
+        if initial == "=":
+            initial = ""
+        if mech.upper() not in self.lab.mechanisms:
+            self._auth_failed(mech, "Invalid authentication mechanism")
+            return
+        if initial and not self.lab.auth.valid_base64(initial):
+            self._auth_failed(mech, "Invalid base64 data in initial response")
+            return
+        self.sasl_method = mech
+        d = self.lab.auth.start(mech, service=s.sasl_service, lip=self.server_ip,
+                                rip=self.client_ip, secured=self.tls, resp_b64=initial,
+                                session=self.session)
+        d.addCallbacks(self._auth_reply, self._auth_lost)
+        self._wait_for(d)
+
+    def _auth_reply(self, reply) -> None:
+        if self._closed:
+            return
+        if reply.kind == "CONT":
+            self._auth_request = reply.request_id
+            self.mode = AUTH
+            self.reply(334, reply.challenge or "", answers="AUTH")
+        elif reply.kind == "OK":
+            self.mode = COMMAND
+            self.sasl_username = reply.user
+            self._ok(235, "2.7.0 Authentication successful", "AUTH")
+        else:
+            self.mode = COMMAND
+            self._auth_failed(self.sasl_method, reply.reason or "", user=reply.user)
+
+    def _auth_failed(self, mech: str, reason: str, user: str | None = None) -> None:
+        shown = reason or "(reason unavailable)"
+        text = f"warning: {self.client}: SASL {mech} authentication failed: {shown}"
+        if user:
+            text += f", sasl_username={user}"
+        self.log(text)
+        self.sasl_method = None
+        self._fail(535, f"5.7.8 Error: authentication failed: {shown}", "AUTH")
+
+    def _auth_lost(self, failure) -> None:
+        if self._closed:
+            return
+        self.mode = COMMAND
+        self.sasl_method = None
+        self.log(f"warning: {failure.getErrorMessage()}")
+        self._fail(454, "4.7.0 Temporary authentication failure: Connection lost to authentication server", "AUTH")
+
+    def state_AUTH(self, raw: bytes) -> None:
+        line = raw.decode("ascii", "replace").strip()
+        self.emit(wire.auth_data_step(line, session=self.session, tls=self.tls))
+        if line == "*":
+            self.mode = COMMAND
+            self.lab.auth.abort(self._auth_request)
+            self.sasl_method = None
+            self._fail(501, "5.7.0 Authentication aborted", "AUTH")
+            return
+        if not self.lab.auth.valid_base64(line):
+            self.mode = COMMAND
+            self.lab.auth.abort(self._auth_request)
+            self._auth_failed(self.sasl_method, "Invalid base64 data in continued response")
+            return
+        d = self.lab.auth.respond(self._auth_request, line, session=self.session)
+        d.addCallbacks(self._auth_reply, self._auth_lost)
+        self._wait_for(d)
+
+    # ---- the mail transaction
+
+    def _parse_path(self, args: str, keyword: str) -> tuple[str, str] | None:
+        if not args[:len(keyword)].upper() == keyword:
+            return None
+        rest = args[len(keyword):]
+        m = _ADDR.match(rest) or _BARE_ADDR.match(rest)
+        if not m:
+            return None
+        return m.group(1), m.group(2)
+
+    def cmd_MAIL(self, args: str) -> None:
+        s = self.settings
+        if self._after_bdat("MAIL"):
+            return
+        if self.in_transaction:
+            self._fail(503, "5.5.1 Error: nested MAIL command", "MAIL")
+            return
+        parsed = self._parse_path(args, "FROM:")
+        if parsed is None:
+            self._fail(501, "5.5.4 Syntax: MAIL FROM:<address>", "MAIL")
+            return
+        address, rest = parsed
+        if not _valid_address(address, allow_empty=True):
+            self._fail(501, "5.1.7 Bad sender address syntax", "MAIL")
+            return
+        params: dict[str, str] = {}
+        for word in rest.split():
+            name, _, value = word.partition("=")
+            name = name.upper()
+            if name == "SIZE":
+                if not value.isdigit():
+                    self._fail(501, "5.5.4 Bad message size syntax", "MAIL")
+                    return
+                if s.message_size_limit and int(value) > s.message_size_limit:
+                    self._fail(552, "5.3.4 Message size exceeds fixed limit", "MAIL")
+                    return
+            elif name == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    self._fail(501, "5.5.4 Bad BODY keyword value", "MAIL")
+                    return
+            elif name in ("SMTPUTF8",):
+                pass
+            elif name in ("RET", "ENVID", "AUTH"):
+                pass
+            else:
+                self._fail(555, f"5.5.4 Unsupported option: {word}", "MAIL")
+                return
+            params[name] = value
+        self.sender, self.mail_params = address, params
+        self._ok(250, "2.1.0 Ok", "MAIL")
+
+    def cmd_RCPT(self, args: str) -> None:
+        s = self.settings
+        if self._after_bdat("RCPT"):
+            return
+        if not self.in_transaction:
+            self._fail(503, "5.5.1 Error: need MAIL command", "RCPT")
+            return
+        parsed = self._parse_path(args, "TO:")
+        if parsed is None:
+            self._fail(501, "5.5.4 Syntax: RCPT TO:<address>", "RCPT")
+            return
+        address, _rest = parsed
+        if not address or not _valid_address(address, allow_empty=False):
+            self._fail(501, "5.1.3 Bad recipient address syntax", "RCPT")
+            return
+        if len(self.recipients) >= s.recipient_limit:
+            self._fail(452, "4.5.3 Error: too many recipients", "RCPT")
+            return
+        domain = address.rsplit("@", 1)[1].lower() if "@" in address else ""
+        ctx = RcptContext(client_ip=self.client_ip, client_name="unknown",
+                          sasl_username=self.sasl_username, recipient=address,
+                          recipient_domain=domain, mynetworks=s.mynetworks,
+                          local_domains=s.local_domains, relay_domains=s.relay_domains,
+                          local_user_exists=self.lab.local_user_exists,
+                          reject_unlisted=s.reject_unlisted_recipient)
+        try:
+            verdict = check_recipient(ctx, [
+                ("smtpd_client_restrictions", s.client_restrictions),
+                ("smtpd_helo_restrictions", s.helo_restrictions),
+                ("smtpd_sender_restrictions", s.sender_restrictions),
+                ("smtpd_relay_restrictions", s.relay_restrictions),
+                ("smtpd_recipient_restrictions", s.recipient_restrictions),
+            ])
+        except UnsupportedRestriction as exc:
+            self.log(f"warning: unknown smtpd restriction: \"{exc}\"")
+            verdict = Verdict(451, "4.3.5", "Server configuration error", str(exc))
+        if verdict is not None:
+            self._reject_rcpt(verdict, address)
+            return
+        final = address if "@" in address else f"{address}@{s.myorigin}"
+        if self.queue_file is None:
+            self.queue_file = self.lab.queue.open(self._envelope(), log_tag=s.log_tag)
+        self.queue_file.add_recipient(final, original=address)
+        self.recipients.append(final)
+        self._ok(250, "2.1.5 Ok", "RCPT")
+
+    def _reject_rcpt(self, verdict: Verdict, address: str) -> None:
+        proto = "ESMTP" if self.esmtp else "SMTP"
+        helo = f" helo=<{self.helo_name}>" if self.helo_name else ""
+        self.log(f"NOQUEUE: reject: RCPT from {self.client}: {verdict.reply}; "
+                 f"from=<{self.sender}> to=<{address}> proto={proto}{helo}")
+        self._fail(verdict.code, f"{verdict.enhanced} {verdict.text}", "RCPT")
+
+    def _protocol(self) -> str:
+        return ("ESMTP" if self.esmtp else "SMTP") + ("S" if self.tls else "") + \
+            ("A" if self.sasl_username else "")
+
+    def _envelope(self):
+        from gponsim.server.queue import Envelope
+
+        return Envelope(sender=self.sender or "", recipients=list(self.recipients),
+                        helo=self.helo_name or "", client_ip=self.client_ip,
+                        client_name="unknown", protocol=self._protocol(),
+                        sasl_method=self.sasl_method if self.sasl_username else None,
+                        sasl_username=self.sasl_username, session=self.session,
+                        service=self.settings.service,
+                        size_param=int(self.mail_params["SIZE"]) if "SIZE" in self.mail_params else None,
+                        body_param=self.mail_params.get("BODY"), arrival=time.time())
+
+    def _no_recipients(self, verb: str) -> bool:
+        if self.recipients:
+            return False
+        if not self.in_transaction:
+            self._fail(503, "5.5.1 Error: need RCPT command", verb)
+        else:
+            self._fail(554, "5.5.1 Error: no valid recipients", verb)
+        return True
+
+    def cmd_DATA(self, args: str) -> None:
+        if self._after_bdat("DATA"):
+            return
+        if args.strip():
+            self._fail(501, "5.5.4 Syntax: DATA", "DATA")
+            return
+        if self._no_recipients("DATA"):
+            return
+        self.mode = DATA
+        self._data_lines, self._data_size, self._data_too_big = [], 0, False
+        self.reply(354, "End data with <CR><LF>.<CR><LF>", answers="DATA")
+
+    def state_DATA(self, line: bytes) -> None:
+        if line[:1] == b".":
+            if line == b".":
+                self.mode = COMMAND
+                message = b"".join(self._data_lines)
+                self._data_lines = []
+                self.emit(wire.message_step(message, session=self.session, tls=self.tls))
+                self._finish_message(message, "DATA")
+                return
+            line = line[1:]
+        if self._data_too_big:
+            return
+        self._data_size += len(line) + 1
+        limit = self.settings.message_size_limit
+        if limit and self._data_size > limit:
+            self._data_too_big = True
+            self._data_lines = []
+            return
+        self._data_lines.append(line + b"\n")
+
+    def _finish_message(self, message: bytes, verb: str,
+                        ok_text: str = "2.0.0 Ok: queued as {qid}") -> None:
+        if self._data_too_big:
+            self.log(f"warning: {self.queue_file.qid}: queue file size limit exceeded")
+            self._reset_transaction()
+            self._fail(552, "5.3.4 Error: message file too big", verb)
+            return
+        received = self.lab.received_header(self, self.queue_file.qid)
+        d = self.queue_file.commit(received.encode("utf-8") + message)
+
+        def queued(qid):
+            self.queue_file = None
+            self._reset_transaction()
+            if not self._closed:
+                self._ok(250, ok_text.format(qid=qid), verb)
+
+        def failed(failure):
+            # cleanup's refusals carry their reply (554 5.4.0 too many hops);
+            # anything else is a queue file write error, as Postfix says.
+            self.queue_file = None
+            self._reset_transaction()
+            reply = getattr(failure.value, "reply", None)
+            if reply is None:
+                twlog.err(failure, "queue file write error")
+                self.log(f"warning: queue file write error: {failure.getErrorMessage()}")
+                reply = "451 4.3.0 Error: queue file write error"
+            if not self._closed:
+                code, text = reply.split(" ", 1)
+                self._fail(int(code), text, verb)
+        d.addCallbacks(queued, failed)
+        self._wait_for(d)
+
+    def cmd_BDAT(self, args: str) -> None:
+        parts = args.split()
+        if not parts or len(parts) > 2 or not parts[0].isdigit() or \
+                (len(parts) == 2 and parts[1].upper() != "LAST"):
+            # Without a valid count Postfix cannot tell where the chunk ends: it hangs up.
+            self._fail(521, "5.5.4 Syntax: BDAT count [LAST]", "BDAT")
+            self._hangup()
+            return
+        size, self._bdat_last = int(parts[0]), len(parts) == 2
+        if self._bdat_failed is None and not self.recipients:
+            self._bdat_failed = ((503, "5.5.1 Error: need RCPT command") if not self.in_transaction
+                                 else (554, "5.5.1 Error: no valid recipients"))
+        if self._bdat_failed is None and size == 0 and not self._bdat_last:
+            self._fail(551, "5.7.1 Null BDAT request", "BDAT")
+            return
+        self._bdat_active = True
+        self._bdat_chunk_size = size
+        self._raw_remaining = size
+        if size == 0:
+            self._bdat_done()
+
+    def _bdat_done(self) -> None:
+        failed, self._bdat_failed = self._bdat_failed, None
+        if failed or self._bdat_last:
+            self._bdat_active = False
+        if failed:
+            self._bdat_chunks = []
+            self._fail(*failed, "BDAT")
+            return
+        self._data_size += self._bdat_chunk_size
+        limit = self.settings.message_size_limit
+        if limit and self._data_size > limit:
+            self._bdat_active = False
+            self._reset_transaction()
+            self._fail(552, "5.3.4 Chunk exceeds message size limit", "BDAT")
+            return
+        if not self._bdat_last:
+            self._ok(250, f"2.0.0 Ok: {self._bdat_chunk_size} bytes", "BDAT")
+            return
+        message = b"".join(self._bdat_chunks).replace(b"\r\n", b"\n")
+        self._bdat_chunks = []
+        self.emit(wire.message_step(message, session=self.session, verb="BDAT", tls=self.tls))
+        total = self._data_size
+        self._finish_message(message, "BDAT", ok_text=f"2.0.0 Ok: {total} bytes queued as {{qid}}")
+
+    def _after_bdat(self, verb: str) -> bool:
+        """DATA, MAIL or RCPT while BDAT chunks are pending is refused."""
+        if self._bdat_active:
+            self._fail(503, f"5.5.1 Error: {verb} after BDAT", verb)
+            return True
+        return False
+
+    def _hangup(self) -> None:
+        self._last_verb = "QUIT"
+        self.transport.loseConnection()
+
+    def cmd_RSET(self, args: str) -> None:
+        if args.strip():
+            self._fail(501, "5.5.4 Syntax: RSET", "RSET")
+            return
+        self._reset_transaction()
+        self._ok(250, "2.0.0 Ok", "RSET")
+
+    def cmd_NOOP(self, args: str) -> None:
+        self._ok(250, "2.0.0 Ok", "NOOP")
+
+    def cmd_VRFY(self, args: str) -> None:
+        if self.settings.disable_vrfy:
+            self._fail(502, "5.5.1 VRFY command is disabled", "VRFY")
+            return
+        arg = args.strip()
+        if not arg:
+            self._fail(501, "5.5.4 Syntax: VRFY address", "VRFY")
+            return
+        address = arg.strip("<>")
+        domain = address.rsplit("@", 1)[1].lower() if "@" in address else ""
+        ctx = RcptContext(client_ip=self.client_ip, client_name="unknown", sasl_username=None,
+                          recipient=address, recipient_domain=domain,
+                          local_domains=self.settings.local_domains,
+                          local_user_exists=self.lab.local_user_exists)
+        from gponsim.server.restrictions import unlisted_recipient
+
+        verdict = unlisted_recipient(ctx)
+        if verdict is not None:
+            self._fail(verdict.code, f"{verdict.enhanced} {verdict.text}", "VRFY")
+            return
+        self._ok(252, f"2.0.0 {arg}", "VRFY")
+
+    def cmd_ETRN(self, args: str) -> None:
+        # ETRN replies carry no enhanced status codes (smtpd.c etrn_cmd).
+        if self.in_transaction:
+            self._fail(503, "Error: MAIL transaction in progress", "ETRN")
+        elif not args.strip():
+            self._fail(500, "Syntax: ETRN domain", "ETRN")
+        else:
+            # fast_flush_domains = $relay_domains, empty in the lab profile.
+            self._fail(459, f"<{args.strip()}>: service unavailable", "ETRN")
+
+    def cmd_QUIT(self, args: str) -> None:
+        self._ok(221, "2.0.0 Bye", "QUIT")
+        self.transport.loseConnection()
+
+
+
+def _valid_address(address: str, allow_empty: bool) -> bool:
+    if address == "":
+        return allow_empty
+    if any(c in address for c in " \t\r\n<>()[]\\,;:\"") and not address.startswith("@"):
+        # Quoted local parts and address literals are rare in the lab; keep
+        # Postfix's common rejections simple and visible.
+        return "[" in address and address.endswith("]")
+    return address.count("@") <= 1
+
+
+class SmtpdContext:
+    """What all smtpd sessions of the lab share (set up by lab.py)."""
+
+    def __init__(self, *, emit=null_emit, log=None, auth=None, queue=None, mechanisms=(),
+                 local_user_exists=None, received_header=None) -> None:
+        self.emit = emit
+        self._log = log
+        self.auth = auth
+        self.queue = queue
+        self.mechanisms = list(mechanisms)
+        self.local_user_exists = local_user_exists
+        self._received = received_header
+
+    def log(self, program: str, text: str) -> None:
+        if self._log is not None:
+            self._log(program, text)
+
+    def received_header(self, session: Smtpd, qid: str) -> str:
+        return self._received(session, qid)
+
+
+class SmtpdFactory(smtp.SMTPFactory):
+    protocol = Smtpd
+
+    def __init__(self, context: SmtpdContext, settings: SmtpdSettings, tls_options=None,
+                 implicit_tls: bool = False) -> None:
+        super().__init__()
+        self.context, self.settings = context, settings
+        self.tls_options, self.implicit_tls = tls_options, implicit_tls
+        self.sessions: set[Smtpd] = set()
+
+    def buildProtocol(self, addr):
+        p = self.protocol(self.context, self.settings, self.tls_options, self.implicit_tls)
+        p.factory = self
+        return p

@@ -1,0 +1,271 @@
+"""The Step: one observed protocol unit, and the bus that carries Steps to sinks.
+
+Every source (the live lab, a capture) produces Steps; every consumer (the
+terminal narrator, the JSON-lines recorder, diagrams, lessons) is a sink that
+receives them through a :class:`StepBus` and never cares where they came from.
+
+The JSON-lines form (one object per line, see docs/steps.md) is
+``Step.to_dict()``: fields whose value is empty (None, "", False, {}) are
+left out, except the always-present ``t session proto src dst dir kind``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, Protocol
+
+#: Actor names, taken from the components of the lab document.
+ACTORS = frozenset({
+    "client", "smtpd", "cleanup", "qmgr", "local", "smtp", "auth",
+    "imap", "pop3", "mailbox", "relay", "internet",
+})
+PROTOCOLS = frozenset({
+    "smtp", "imap", "pop3", "sasl", "tls", "queue", "delivery", "relay",
+})
+DIRECTIONS = frozenset({"c2s", "s2c", "internal"})
+KINDS = frozenset({"command", "reply", "data", "handshake", "event"})
+
+#: What replaces a secret in ``line`` unless revealing was asked for.
+MASK = "********"
+
+_ALWAYS = ("t", "session", "proto", "src", "dst", "dir", "kind")
+
+
+@dataclass(slots=True)
+class Step:
+    """One protocol unit as it crossed the wire (or happened inside the server).
+
+    ``line`` holds the raw text, without the line terminator. ``secret`` is
+    a ``(start, end)`` character span of ``line`` that holds a credential
+    (a base64 SASL response, a password); sinks show it masked unless they
+    were asked to reveal it. ``meta`` carries protocol extras (queue id,
+    recipient, size, ...), always JSON-serialisable.
+    """
+
+    t: float
+    session: str
+    proto: str
+    src: str
+    dst: str
+    dir: str
+    kind: str
+    line: str = ""
+    verb: str | None = None
+    args: str | None = None
+    code: int | None = None
+    enhanced: str | None = None
+    status: str | None = None
+    tag: str | None = None
+    tls: bool = False
+    key: str | None = None
+    secret: tuple[int, int] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.src not in ACTORS or self.dst not in ACTORS:
+            raise ValueError(f"unknown actor in step: {self.src!r} -> {self.dst!r}")
+        if self.proto not in PROTOCOLS:
+            raise ValueError(f"unknown protocol in step: {self.proto!r}")
+        if self.dir not in DIRECTIONS:
+            raise ValueError(f"unknown direction in step: {self.dir!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind in step: {self.kind!r}")
+        if self.secret is not None:
+            self.secret = (int(self.secret[0]), int(self.secret[1]))
+
+    def shown_line(self, reveal: bool = False) -> str:
+        """``line`` with the secret span masked, unless ``reveal``."""
+        if reveal or self.secret is None:
+            return self.line
+        start, end = self.secret
+        return self.line[:start] + MASK + self.line[end:]
+
+    @property
+    def failed(self) -> bool:
+        """True for a failure reply: 4xx/5xx, NO/BAD, -ERR, FAIL."""
+        if self.code is not None:
+            return self.code >= 400
+        return self.status in ("NO", "BAD", "-ERR", "FAIL")
+
+    def to_dict(self, reveal: bool = False) -> dict:
+        out: dict = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "line":
+                value = self.shown_line(reveal)
+            elif f.name == "args" and value and self.secret is not None and not reveal:
+                secret = self.line[self.secret[0]:self.secret[1]]
+                value = value.replace(secret, MASK) if secret else value
+            if f.name == "secret" and value is not None:
+                if not reveal:
+                    # The span now points at the mask; keep it so readers know.
+                    value = (value[0], value[0] + len(MASK))
+                value = list(value)
+            if f.name in _ALWAYS or value not in (None, "", False, {}):
+                out[f.name] = value
+        if self.secret is not None and not reveal:
+            out["masked"] = True
+        return out
+
+    def to_json(self, reveal: bool = False) -> str:
+        return json.dumps(self.to_dict(reveal), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Step":
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        if known.get("secret") is not None:
+            known["secret"] = tuple(known["secret"])
+        return cls(**known)
+
+
+# --------------------------------------------------------------------------
+# Session ids
+
+_session_counter = itertools.count(1)
+_session_lock = threading.Lock()
+_run_prefix = format(int(time.time()) % 0x100000, "05x")
+
+
+def new_session(kind: str) -> str:
+    """A fresh session id, e.g. ``smtp-1a2b3-7``: one per connection.
+
+    ``kind`` names the listener or client (smtp, submission, imap, sasl,
+    relay, send, ...); the middle part tells runs of the lab apart, so ids
+    in one JSONL file never collide across restarts.
+    """
+    with _session_lock:
+        n = next(_session_counter)
+    return f"{kind}-{_run_prefix}-{n}"
+
+
+# --------------------------------------------------------------------------
+# The bus and sinks
+
+class Sink(Protocol):
+    """Anything that consumes Steps. ``close`` is optional."""
+
+    def step(self, step: Step) -> None: ...
+
+
+class StepBus:
+    """Fan-out of Steps to sinks, in the order they were added.
+
+    A sink that raises is reported once on stderr and dropped, so a broken
+    add-on never takes the lab down. Thread-safe: scripted clients running
+    in threads may emit too.
+    """
+
+    def __init__(self, sinks: Iterable[Sink] = ()) -> None:
+        self._sinks: list[Sink] = list(sinks)
+        self._lock = threading.RLock()
+
+    def add(self, sink: Sink) -> Sink:
+        with self._lock:
+            self._sinks.append(sink)
+        return sink
+
+    def remove(self, sink: Sink) -> None:
+        with self._lock:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
+    def emit(self, step: Step) -> Step:
+        with self._lock:
+            for sink in list(self._sinks):
+                try:
+                    sink.step(step)
+                except Exception as exc:  # noqa: BLE001 - isolate add-ons
+                    import sys
+
+                    print(f"gponsim: sink {type(sink).__name__} failed and was "
+                          f"removed: {exc!r}", file=sys.stderr)
+                    self._sinks.remove(sink)
+        return step
+
+    __call__ = emit
+
+    def close(self) -> None:
+        with self._lock:
+            for sink in self._sinks:
+                close = getattr(sink, "close", None)
+                if close is not None:
+                    close()
+
+
+Emit = Callable[[Step], object]
+
+
+def null_emit(step: Step) -> Step:
+    """An ``emit`` for code run without any sink."""
+    return step
+
+
+class ListSink:
+    """Keeps every Step in memory (tests, lessons)."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+        self._cond = threading.Condition()
+
+    def step(self, step: Step) -> None:
+        with self._cond:
+            self.steps.append(step)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[Step], bool], timeout: float = 10.0) -> Step | None:
+        """Block (in a thread other than the reactor's) until a Step matches."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for s in self.steps[seen:]:
+                    if predicate(s):
+                        return s
+                seen = len(self.steps)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+
+# --------------------------------------------------------------------------
+# JSON lines
+
+class JsonlRecorder:
+    """Sink writing one JSON object per Step (``--steps FILE``)."""
+
+    def __init__(self, path: str | Path, reveal: bool = False, append: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Line-buffered: a lesson or a test reads the file while the lab runs.
+        self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8", buffering=1)
+        self.reveal = reveal
+
+    def step(self, step: Step) -> None:
+        self._fh.write(step.to_json(self.reveal) + "\n")
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def read_jsonl(path: str | Path) -> Iterator[Step]:
+    """Read Steps back from a JSON-lines file; a bad line names file:line."""
+    with open(path, encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, 1):
+            raw = raw.strip()
+            if not raw:
+                continue
+            try:
+                yield Step.from_dict(json.loads(raw))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: not a Step: {exc}") from exc

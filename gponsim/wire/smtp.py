@@ -1,0 +1,112 @@
+"""SMTP's wire grammar as Steps: one place that turns lines into Steps.
+
+The live smtpd, the scripted clients and the capture analyzer all build their
+SMTP Steps here, so the same conversation gives the same Steps whatever
+observed it.
+
+- A command line → :func:`command_step` (verb, args, the AUTH secret masked).
+- A (possibly multi-line) reply → :func:`reply_step` (code, enhanced status,
+  the command it answers in ``verb``; lines joined with ``\\n``).
+- A SASL response line after ``334`` → :func:`auth_data_step`.
+- The message after ``354`` (or a BDAT chunk) → :func:`message_step`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from gponsim.commentary import annotate
+from gponsim.steps import Step
+
+#: Actors that play the SMTP client role (the others answer).
+CLIENT_SIDE = frozenset({"client", "smtp", "internet"})
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+
+
+def _step(session: str, src: str, dst: str, kind: str, line: str, *, tls: bool,
+          t: float | None, **fields) -> Step:
+    d = "c2s" if src in CLIENT_SIDE else "s2c"
+    return annotate(Step(t=time.time() if t is None else t, session=session, proto="smtp",
+                         src=src, dst=dst, dir=d, kind=kind, line=line, tls=tls, **fields))
+
+
+def split_command(line: str) -> tuple[str, str]:
+    """(VERB, args) as Postfix sees them: first word upper-cased."""
+    stripped = line.strip()
+    if not stripped:
+        return "", ""
+    parts = stripped.split(None, 1)
+    return parts[0].upper(), (parts[1] if len(parts) > 1 else "")
+
+
+def command_step(line: str, *, session: str, src: str = "client", dst: str = "smtpd",
+                 tls: bool = False, t: float | None = None) -> Step:
+    verb, args = split_command(line)
+    secret = None
+    if verb == "AUTH":
+        # AUTH <mech> <initial-response>: the response is a credential.
+        m = re.match(r"\s*\S+\s+\S+\s+(\S+)", line)
+        if m and m.group(1) != "=":
+            secret = (m.start(1), m.end(1))
+    known = verb if re.fullmatch(r"[A-Z][A-Z0-9-]{0,19}", verb or "") else None
+    return _step(session, src, dst, "command", line, tls=tls, t=t, verb=known,
+                 args=args or None, secret=secret)
+
+
+def auth_data_step(line: str, *, session: str, src: str = "client", dst: str = "smtpd",
+                   tls: bool = False, t: float | None = None) -> Step:
+    secret = None if line.strip() == "*" else (0, len(line))
+    return _step(session, src, dst, "data", line, tls=tls, t=t, verb="AUTH", secret=secret)
+
+
+def parse_reply(lines: list[str]) -> tuple[int | None, str | None, str]:
+    """(code, enhanced, text of the last line) of a reply's lines."""
+    if not lines:
+        return None, None, ""
+    first = lines[0]
+    code = int(first[:3]) if first[:3].isdigit() else None
+    text = lines[-1][4:]
+    m = _ENHANCED.match(lines[-1][4:]) or _ENHANCED.match(first[4:])
+    enhanced = ".".join(m.groups()) if m else None
+    return code, enhanced, text
+
+
+def reply_step(lines: list[str], *, session: str, answers: str | None, src: str = "smtpd",
+               dst: str = "client", tls: bool = False, t: float | None = None) -> Step:
+    code, enhanced, _ = parse_reply(lines)
+    return _step(session, src, dst, "reply", "\n".join(lines), tls=tls, t=t, verb=answers,
+                 code=code, enhanced=enhanced)
+
+
+def message_summary(message: bytes) -> dict:
+    """Size, line count and the headers a student looks at first."""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(message[:65536])
+    meta = {"size": len(message), "lines": message.count(b"\n")}
+    for name in ("From", "To", "Subject", "Message-ID"):
+        value = headers.get(name)
+        if value is not None:
+            meta[name.lower().replace("-", "_")] = " ".join(str(value).split())
+    return meta
+
+
+def message_step(message: bytes, *, session: str, verb: str = "DATA", src: str = "client",
+                 dst: str = "smtpd", tls: bool = False, t: float | None = None) -> Step:
+    meta = message_summary(message)
+    subject = meta.get("subject")
+    line = f"[message: {meta['size']} bytes, {meta['lines']} lines"
+    line += f", Subject: {subject}]" if subject else "]"
+    return _step(session, src, dst, "data", line, tls=tls, t=t, verb=verb, meta=meta)
+
+
+def event_step(verb: str, line: str, *, session: str, src: str = "client", dst: str = "smtpd",
+               tls: bool = False, t: float | None = None, meta: dict | None = None,
+               proto: str = "smtp") -> Step:
+    step = Step(t=time.time() if t is None else t, session=session, proto=proto, src=src,
+                dst=dst, dir="internal" if proto != "tls" else "c2s",
+                kind="handshake" if proto == "tls" else "event", line=line, verb=verb,
+                tls=tls, meta=meta or {})
+    return annotate(step)

@@ -1,0 +1,32 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from labproc import LabProcess  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A running `gponsim serve` on free loopback ports, in its own lab root."""
+    proc = LabProcess(tmp_path / "gponlab").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def lab_factory(tmp_path):
+    """Start labs with options; every one started is stopped at the end."""
+    started = []
+
+    def make(name="gponlab", **kw):
+        proc = LabProcess(tmp_path / name, **kw)
+        started.append(proc)
+        return proc
+    yield make
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,123 @@
+"""A Twisted reactor running in a background thread, for tests.
+
+Twisted's global reactor can run only once per process, so one reactor
+thread serves the whole test session. Tests talk to it with
+:meth:`ReactorThread.call`: the function runs in the reactor thread and, if
+it returns a Deferred, ``call`` waits for its result (or failure) with a
+timeout. Blocking clients (smtplib, imaplib...) run in the test's own thread
+while the servers run in the reactor.
+
+Use in a test module (or a conftest.py)::
+
+    from reactor_thread import reactor_thread  # noqa: F401  (the fixture)
+
+    def test_something(reactor_thread):
+        port = reactor_thread.call(start_server)
+        ...
+        reactor_thread.call(port.stopListening)
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import pytest
+
+
+class ReactorTimeout(AssertionError):
+    """The reactor did not finish a call in time."""
+
+
+class ReactorThread:
+    def __init__(self, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 10.0) -> "ReactorThread":
+        if self.running:
+            return self
+        started = threading.Event()
+        self.reactor.callWhenRunning(started.set)
+        self._thread = threading.Thread(
+            target=self.reactor.run, kwargs={"installSignalHandlers": False},
+            name="reactor", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise ReactorTimeout("the reactor did not start")
+        return self
+
+    def in_reactor_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0,
+             **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` in the reactor thread and return its result.
+
+        A Deferred result is waited for; a failure is re-raised here. Raises
+        :class:`ReactorTimeout` after ``timeout`` seconds.
+        """
+        from twisted.internet import defer
+
+        if self.in_reactor_thread():
+            raise RuntimeError("call() from the reactor thread would deadlock")
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def finished(result: Any) -> None:
+            box["result"] = result
+            done.set()
+
+        def run() -> None:
+            d = defer.maybeDeferred(fn, *args, **kwargs)
+            d.addBoth(finished)
+
+        self.reactor.callFromThread(run)
+        if not done.wait(timeout):
+            raise ReactorTimeout(f"{getattr(fn, '__qualname__', fn)!r} did not finish "
+                                 f"within {timeout} s")
+        result = box["result"]
+        from twisted.python.failure import Failure
+
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+
+    def wait(self, deferred_factory: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Alias of :meth:`call` for a function that returns a Deferred."""
+        return self.call(deferred_factory, timeout=timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.running:
+            return
+        self.reactor.callFromThread(self.reactor.stop)
+        assert self._thread is not None
+        self._thread.join(timeout)
+
+
+_shared: ReactorThread | None = None
+
+
+def shared_reactor_thread() -> ReactorThread:
+    """The process-wide reactor thread, started on first use."""
+    global _shared
+    if _shared is None:
+        _shared = ReactorThread()
+    return _shared.start()
+
+
+@pytest.fixture(scope="session")
+def reactor_thread() -> ReactorThread:
+    rt = shared_reactor_thread()
+    yield rt
+    # A reactor cannot be restarted, so it stops only when the session ends
+    # (stopping also ends its thread pool, whose threads would keep the
+    # interpreter alive).
+    rt.stop()

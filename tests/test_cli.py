@@ -1,0 +1,172 @@
+"""The command line: helpful errors, exit codes, and the commands working for real."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gponsim.cli import main
+from labproc import LabProcess
+
+
+def run(*args, cwd=None, timeout=60, input=None):
+    return subprocess.run([sys.executable, "-m", "gponsim", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, input=input,
+                          env={**os.environ, "LANG": "C.UTF-8"})
+
+
+def test_help_is_instant_and_does_not_import_heavy_modules():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "gponsim", "--help"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert "serve" in out.stdout and "send" in out.stdout
+    imported = out.stderr
+    for heavy in ("scapy", "twisted.internet.reactor", "rich.console"):
+        assert f" {heavy}\n" not in imported and f"| {heavy}\n" not in imported, heavy
+
+
+def test_bad_port_argument_is_a_usage_error():
+    result = CliRunner().invoke(main, ["serve", "--port", "submission=abc"])
+    assert result.exit_code == 2
+    assert "expected SERVICE=PORT" in result.output
+
+
+def test_broken_main_cf_names_file_and_line(tmp_path):
+    from gponsim.config import init_config
+
+    conf = tmp_path / "conf"
+    init_config(conf)
+    main_cf = conf / "postfix" / "main.cf"
+    lines = main_cf.read_text().splitlines()
+    lines.insert(5, "this line has no equals sign")
+    main_cf.write_text("\n".join(lines) + "\n")
+    out = run("serve", "--lab-root", str(tmp_path / "lab"), "--config", str(conf),
+              "--port", "smtp=0", "--port", "submission=0")
+    assert out.returncode == 2
+    assert f"{main_cf}:6" in out.stderr
+    assert not (tmp_path / "lab").exists()  # nothing started, nothing written
+
+
+def test_port_in_use_is_named(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        out = run("serve", "--lab-root", str(tmp_path / "lab"), "--port", f"smtp={port}",
+                  "--port", "submission=0", "--quiet")
+    finally:
+        busy.close()
+    assert out.returncode == 1
+    assert f"port {port} (smtp) on 127.0.0.1 is already in use" in out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the lab as an unprivileged user")
+def test_low_port_without_root_suggests_offset():
+    import shutil
+    import tempfile
+
+    # Run as 'nobody', in a folder it may write, so binding port 25 is refused by the kernel.
+    work = Path(tempfile.mkdtemp(prefix="gponsim-nobody-", dir="/tmp"))
+    work.chmod(0o777)
+    try:
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              sys.executable, "-m", "gponsim", "serve", "--lab-root", str(work / "lab"),
+                              "--quiet"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "HOME": str(work)}, cwd=str(work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert out.returncode == 1, out.stderr
+    assert "port 25 (smtp) needs root" in out.stderr and "--port-offset 10000" in out.stderr
+
+
+def test_send_without_a_server_says_what_to_do():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    out = run("send", "--as", "user1", "--to", "user2@gponlab.local", "--port", str(free), "--quiet")
+    assert out.returncode == 1
+    assert f"cannot connect to 127.0.0.1 port {free}" in out.stderr
+    assert "gponsim serve" in out.stderr
+
+
+def test_send_command_end_to_end(lab, tmp_path):
+    steps = tmp_path / "client.jsonl"
+    out = run("send", "--as", "user1", "--to", "user2@gponlab.local", "--subject", "Hola",
+              "--port", str(lab.ports["submission"]), "--lang", "es", "--steps", str(steps))
+    assert out.returncode == 0, out.stderr
+    assert "queue id" in out.stderr
+    assert "AUTH PLAIN ********" in out.stdout       # narrated, secret masked
+    assert "STARTTLS" in out.stdout
+    [m] = lab.wait_for_mail("user2")
+    assert m["Subject"] == "Hola"
+    assert m["User-Agent"] == "gponsim send"
+    from gponsim.steps import read_jsonl
+
+    client_steps = list(read_jsonl(steps))
+    assert client_steps[0].line.startswith("220 mail.gponlab.local ESMTP Postfix")
+    assert any(s.verb == "QUIT" for s in client_steps)
+
+
+def test_send_wrong_password_and_no_tls(lab):
+    out = run("send", "--as", "user1", "--password", "wrong", "--to", "user2@gponlab.local",
+              "--port", str(lab.ports["submission"]), "--quiet")
+    assert out.returncode == 1
+    assert "535 5.7.8 Error: authentication failed" in out.stderr
+    out = run("send", "--as", "user1", "--no-tls", "--to", "user2@gponlab.local",
+              "--port", str(lab.ports["submission"]), "--quiet")
+    assert out.returncode == 1
+    assert "530 5.7.0 Must issue a STARTTLS command first" in out.stderr
+
+
+def test_users_commands(tmp_path):
+    root = tmp_path / "lab"
+    out = run("users", "list", "--lab-root", str(root))
+    assert out.stdout.split() == ["user1", "user2"]
+    assert run("users", "add", "user3", "--password", "s3creto", "--lab-root", str(root)).returncode == 0
+    assert "user3" in run("users", "list", "--lab-root", str(root)).stdout.split()
+    dup = run("users", "add", "user3", "--password", "x", "--lab-root", str(root))
+    assert dup.returncode == 1 and "user3" in dup.stderr
+    bad = run("users", "add", "../evil", "--password", "x", "--lab-root", str(root))
+    assert bad.returncode == 1
+    assert run("users", "del", "user3", "--lab-root", str(root)).returncode == 0
+    assert run("users", "del", "user3", "--lab-root", str(root)).returncode == 1
+    text = (root / "etc" / "dovecot" / "users").read_text()
+    assert text.startswith("user1:{BLF-CRYPT}$2y$05$")
+
+
+def test_new_user_can_log_in_on_a_running_lab(lab):
+    import smtplib
+    import ssl
+
+    assert run("users", "add", "user9", "--password", "nueve", "--lab-root", str(lab.root)).returncode == 0
+    with smtplib.SMTP("127.0.0.1", lab.ports["submission"], timeout=15) as c:
+        c.starttls(context=ssl._create_unverified_context())
+        assert c.login("user9", "nueve")[0] == 235
+
+
+def test_config_init_and_explain(tmp_path):
+    dest = tmp_path / "profile"
+    out = run("config", "init", str(dest))
+    assert out.returncode == 0
+    assert (dest / "postfix" / "main.cf").exists()
+    again = run("config", "init", str(dest))
+    assert again.returncode == 2 and "main.cf" in again.stderr
+    out = run("config", "explain", "--config", str(dest), "--lang", "es")
+    assert out.returncode == 0
+    assert "smtpd_relay_restrictions" in out.stdout
+
+
+def test_demo_runs_the_tour(tmp_path):
+    out = run("demo", "--lab-root", str(tmp_path / "lab"), "--lang", "en", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Done: message" in out.stdout
+    assert "235 2.7.0 Authentication successful" in out.stdout
+    mbox = (tmp_path / "lab" / "var" / "mail" / "user2").read_text()
+    assert "Subject: Hola desde el laboratorio GPON" in mbox
