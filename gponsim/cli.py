@@ -6,6 +6,7 @@ module (gponsim.server.lab, gponsim.clients.smtp, gponsim.config, ...).
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -137,6 +138,15 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         failure.append(f.value)
         reactor.stop()
 
+    def on_signal(signum, _frame):
+        lab.stop_signal = signum
+        reactor.callFromThread(reactor.stop)
+
+    def install_signals():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
+    reactor.callWhenRunning(install_signals)
     reactor.callWhenRunning(lambda: lab.start().addCallbacks(started, failed))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: lab.stop())
     reactor.run()
@@ -181,9 +191,9 @@ def demo(lab_root, lang, quiet, steps_file, explain, reveal_secrets):
     console = Console(highlight=False)
     es = _lang(lang) == "es"
     console.rule(f"{result.mbox}")
-    console.print(result.mbox.read_text(errors="replace"), markup=False)
+    console.print(result.mbox.read_text(errors="replace"), markup=False, soft_wrap=True)
     console.rule(f"{result.log}")
-    console.print(result.log.read_text(errors="replace"), markup=False)
+    console.print(result.log.read_text(errors="replace"), markup=False, soft_wrap=True)
     console.print(("Listo: el mensaje {qid} está en {mbox}. Ábrelo, o lee el registro en {log}."
                    if es else "Done: message {qid} is in {mbox}. Open it, or read the log in {log}.")
                   .format(qid=result.queue_id, mbox=result.mbox, log=result.log), markup=False)

@@ -262,10 +262,15 @@ def test_malformed_input_never_breaks_the_server(lab):
     assert s.cmd("MAIL TO:<x>") == ["501 5.5.4 Syntax: MAIL FROM:<address>"]
     assert s.cmd("MAIL FROM:<a@b> FOO=1") == ["555 5.5.4 Unsupported option: FOO=1"]
     assert s.cmd("VRFY user2") == ["252 2.0.0 user2"]
-    s.send("\xff\xfe garbage \x00\r\n")
-    assert s.reply()[0].startswith("500 5.5.2")
+    s.sock.sendall(b"\xff\xfe garbage\r\n")
+    assert s.reply() == ["500 5.5.2 Error: bad UTF-8 syntax"]
+    assert s.cmd("NOOP " + "x" * 5000) == ["250 2.0.0 Ok"]   # truncated to 2048, still a NOOP
+    assert s.cmd("") == ["500 5.5.2 Error: bad syntax"]
     assert s.cmd("Subject: hello") == ["221 2.7.0 Error: I can break rules, too. Goodbye."]
     s.close()
+    log = wait_until(lambda: "non-SMTP command" in (t := lab.log_text()) and t, what="log")
+    assert "warning: unknown[127.0.0.1]: request longer than 2048: NOOP xxxx" in log
+    assert "warning: non-SMTP command from unknown[127.0.0.1]: Subject: hello" in log
     # The server is still fine for the next client.
     with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=10) as c:
         assert c.noop()[0] == 250

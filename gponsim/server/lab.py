@@ -74,6 +74,7 @@ def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
         recipient_restrictions=lst("smtpd_recipient_restrictions"),
         reject_unlisted_recipient=yes("smtpd_reject_unlisted_recipient"),
         message_size_limit=int(p("message_size_limit") or 0),
+        line_length_limit=int(p("line_length_limit") or 2048),
         recipient_limit=int(p("smtpd_recipient_limit") or 1000),
         timeout=profile.time_value(p("smtpd_timeout"), "s"),
         hard_error_limit=int(p("smtpd_hard_error_limit") or 20),
@@ -96,6 +97,7 @@ class Lab:
         self.ports: dict[str, int] = {}
         self._listeners: list = []
         self.keylog = tls.KeyLog(options.keylog) if options.keylog else None
+        self.stop_signal = 15      # what `postfix stop` sends; Ctrl-C records 2
         self.auth_server = self.auth_client = self.queue = self.log = self.users = None
 
     # ---------------------------------------------------------------- paths
@@ -216,7 +218,8 @@ class Lab:
         if self.queue is not None:
             yield defer.maybeDeferred(self.queue.stop)
         if self.log is not None:
-            self.log.write("postfix/master", pid_for("master"), "terminating on signal 15")
+            self.log.write("postfix/master", pid_for("master"),
+                           f"terminating on signal {self.stop_signal}")
         if self.keylog is not None:
             self.keylog.close()
 

@@ -68,6 +68,7 @@ class SmtpdSettings:
     recipient_restrictions: list = field(default_factory=list)
     reject_unlisted_recipient: bool = True
     message_size_limit: int = 10240000
+    line_length_limit: int = 2048
     recipient_limit: int = 1000
     timeout: float = 300.0
     hard_error_limit: int = 20
@@ -296,10 +297,27 @@ class Smtpd(smtp.ESMTP):
 
     # ------------------------------------------------------------- commands
 
+    def _bounded(self, raw: bytes) -> bytes:
+        """Postfix reads at most line_length_limit bytes of a command and skips the rest."""
+        limit = self.settings.line_length_limit
+        if len(raw) > limit:
+            shown = raw[:30].decode("ascii", "replace")
+            self.log(f"warning: {self.client}: request longer than {limit}: {shown}...")
+            raw = raw[:limit]
+        return raw
+
     def state_COMMAND(self, raw: bytes) -> None:
+        raw = self._bounded(raw)
         line = raw.decode("utf-8", "surrogateescape")
         step = wire.command_step(line, session=self.session, tls=self.tls)
         self.emit(step)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # Postfix protects its internals from malformed UTF-8 before parsing.
+            self._errors += 1
+            self.reply(500, "5.5.2 Error: bad UTF-8 syntax", answers="UNKNOWN")
+            return
         verb, args = wire.split_command(line)
         if not verb:
             self._fail(500, "5.5.2 Error: bad syntax", "UNKNOWN")
@@ -445,7 +463,7 @@ class Smtpd(smtp.ESMTP):
         self._fail(454, "4.7.0 Temporary authentication failure: Connection lost to authentication server", "AUTH")
 
     def state_AUTH(self, raw: bytes) -> None:
-        line = raw.decode("ascii", "replace").strip()
+        line = self._bounded(raw).decode("ascii", "replace").strip()
         self.emit(wire.auth_data_step(line, session=self.session, tls=self.tls))
         if line == "*":
             self.mode = COMMAND
@@ -755,6 +773,7 @@ class Smtpd(smtp.ESMTP):
             self._fail(459, f"<{args.strip()}>: service unavailable", "ETRN")
 
     def cmd_QUIT(self, args: str) -> None:
+        self._reset_transaction()   # an unfinished message is thrown away
         self._ok(221, "2.0.0 Bye", "QUIT")
         self.transport.loseConnection()
 

@@ -48,7 +48,8 @@ class Narrator:
         head.append(f"{step.src} → {step.dst}", style=f"bold {style}")
         lock = " 🔒" if step.tls else ""
         head.append(f"{lock}  ")
-        lines = step.shown_line(self.reveal).split("\n")
+        # A TAB separates the fields of Dovecot's auth protocol: make it visible.
+        lines = step.shown_line(self.reveal).replace("\t", " ␉ ").split("\n")
         indent = " " * len(head.plain)
         head.append(lines[0], style=style)
         self.console.print(head)

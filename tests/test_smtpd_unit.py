@@ -1,0 +1,144 @@
+"""smtpd as a protocol unit: lines in, Postfix's replies out, over an in-memory transport."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.testing import StringTransport
+
+from gponsim.server.queue import MailQueue
+from gponsim.server.restrictions import parse_networks
+from gponsim.server.smtp import Smtpd, SmtpdContext, SmtpdSettings
+from gponsim.steps import ListSink
+
+
+class Session:
+    def __init__(self, tmp_path, **settings):
+        self.logged: list[tuple[str, str]] = []
+        self.steps = ListSink()
+        queue = MailQueue(tmp_path / "lab", myhostname="mail.gponlab.local",
+                          is_local_domain=lambda d: d in {"gponlab.local"},
+                          local_user_exists=lambda u: u in {"user1", "user2"}, emit=self.steps.step)
+        context = SmtpdContext(emit=self.steps.step, log=lambda prog, text: self.logged.append((prog, text)),
+                               auth=None, queue=queue, mechanisms=["PLAIN", "LOGIN"],
+                               local_user_exists=lambda u: u in {"user1", "user2"})
+        base = dict(mynetworks=parse_networks(["127.0.0.0/8"]))
+        base.update(settings)
+        self.proto = Smtpd(context, SmtpdSettings(**base))
+        self.transport = StringTransport(peerAddress=_addr("192.168.1.50"), hostAddress=_addr("192.168.40.50"))
+        self.proto.makeConnection(self.transport)
+
+    def out(self) -> list[str]:
+        data = self.transport.value().decode()
+        self.transport.clear()
+        return [line for line in data.split("\r\n") if line]
+
+    def send(self, data: str) -> list[str]:
+        self.proto.dataReceived(data.encode())
+        return self.out()
+
+    def cmd(self, line: str) -> list[str]:
+        return self.send(line + "\r\n")
+
+
+def _addr(host):
+    from twisted.internet.address import IPv4Address
+
+    return IPv4Address("TCP", host, 12345)
+
+
+@pytest.fixture
+def s(tmp_path):
+    session = Session(tmp_path)
+    assert session.out() == ["220 mail.gponlab.local ESMTP Postfix (Debian/GNU)"]
+    return session
+
+
+def test_ehlo_without_tls_transport_offers_no_starttls(s):
+    # StringTransport cannot start TLS, so the extension is not offered, as Postfix
+    # does when TLS is unavailable.
+    assert s.cmd("EHLO pc1") == ["250-mail.gponlab.local", "250-PIPELINING", "250-SIZE 10240000",
+                                "250-VRFY", "250-ETRN", "250-ENHANCEDSTATUSCODES", "250-8BITMIME",
+                                "250-DSN", "250-SMTPUTF8", "250 CHUNKING"]
+    assert s.cmd("STARTTLS") == ["454 4.7.0 TLS not available due to local problem"]
+
+
+def test_size_zero_and_vrfy_disabled(tmp_path):
+    s = Session(tmp_path, message_size_limit=0, disable_vrfy=True)
+    s.out()
+    words = [line[4:] for line in s.cmd("EHLO pc1")]
+    assert "SIZE" in words and "VRFY" not in words
+    assert s.cmd("VRFY user2") == ["502 5.5.1 VRFY command is disabled"]
+
+
+def test_lines_with_bare_lf_and_pipelined_in_one_segment(s):
+    out = s.send("HELO pc1\nMAIL FROM:<a@example.org>\r\nRCPT TO:<user2@gponlab.local>\r\nRSET\r\n")
+    assert out == ["250 mail.gponlab.local", "250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 Ok"]
+
+
+def test_outsider_relay_denied_and_logged(s):
+    s.cmd("EHLO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    assert s.cmd("RCPT TO:<bob@gmail.com>") == ["454 4.7.1 <bob@gmail.com>: Relay access denied"]
+    assert ("postfix/smtpd", "NOQUEUE: reject: RCPT from unknown[192.168.1.50]: 454 4.7.1 "
+            "<bob@gmail.com>: Relay access denied; from=<a@example.org> to=<bob@gmail.com> "
+            "proto=ESMTP helo=<pc1>") in s.logged
+
+
+def test_bare_local_part_is_qualified_with_myorigin(s):
+    s.cmd("HELO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    assert s.cmd("RCPT TO:<user2>") == ["250 2.1.5 Ok"]
+    assert s.proto.recipients == ["user2@gponlab.local"]
+    qf = s.proto.queue_file
+    assert qf.envelope.orig_recipients == ["user2"] and qf.state == "open"
+    s.cmd("QUIT")
+    assert s.proto.queue_file is None and qf.state == "aborted"  # thrown away on QUIT
+
+
+def test_auth_on_port_25_and_counts_in_disconnect_line(s):
+    s.cmd("EHLO pc1")
+    assert s.cmd("AUTH PLAIN AHVzZXIxAHBhc3M=") == ["503 5.5.1 Error: authentication not enabled"]
+    s.cmd("NOOP")
+    s.cmd("QUIT")
+    s.proto.connectionLost()
+    assert s.logged[-1] == ("postfix/smtpd",
+                            "disconnect from unknown[192.168.1.50] ehlo=1 auth=0/1 noop=1 quit=1 commands=3/4")
+
+
+def test_lost_connection_is_logged_with_last_command(s):
+    s.cmd("EHLO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    s.proto.connectionLost()
+    assert ("postfix/smtpd", "lost connection after MAIL from unknown[192.168.1.50]") in s.logged
+
+
+def test_submission_gates_everything_before_tls(tmp_path):
+    s = Session(tmp_path, service="submission", syslog_name="postfix/submission", tls_level="encrypt",
+                sasl_enabled=True, client_restrictions=["permit_sasl_authenticated", "reject"],
+                reject_unlisted_recipient=False)
+    s.out()
+    words = [line[4:] for line in s.cmd("EHLO pc1")]
+    assert not any(w.startswith("AUTH") for w in words)
+    assert s.cmd("AUTH PLAIN") == ["530 5.7.0 Must issue a STARTTLS command first"]
+    assert s.cmd("HELP") == ["500 5.5.2 Error: command not recognized"]
+
+
+def test_message_too_big_in_data(tmp_path):
+    s = Session(tmp_path, message_size_limit=100)
+    s.out()
+    s.cmd("HELO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    s.cmd("RCPT TO:<user2@gponlab.local>")
+    assert s.cmd("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
+    assert s.send("Subject: big\r\n\r\n" + "x" * 200 + "\r\n.\r\n") == ["552 5.3.4 Error: message file too big"]
+    assert s.cmd("MAIL FROM:<a@example.org>") == ["250 2.1.0 Ok"]  # the session goes on
+
+
+def test_every_step_has_commentary(s):
+    s.cmd("EHLO pc1")
+    s.cmd("FOO")
+    s.cmd("MAIL FROM:<a@example.org>")
+    s.cmd("RCPT TO:<nobody@gponlab.local>")
+    s.cmd("QUIT")
+    for step in s.steps.steps:
+        assert step.key, step.line
