@@ -1,4 +1,6 @@
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from labproc import LabProcess  # noqa: E402
+from reactor_thread import reactor, reactor_thread  # noqa: E402,F401  (fixtures for every test)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -30,3 +33,17 @@ def lab_factory(tmp_path):
     yield make
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def utc():
+    """Run the test with TZ=UTC (mbox From_ lines and Received dates use local time)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()

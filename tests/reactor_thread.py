@@ -121,3 +121,15 @@ def reactor_thread() -> ReactorThread:
     # (stopping also ends its thread pool, whose threads would keep the
     # interpreter alive).
     rt.stop()
+
+
+@pytest.fixture
+def reactor(reactor_thread):  # noqa: F811 - the fixture above
+    """The reactor itself, running in the shared thread."""
+    return reactor_thread.reactor
+
+
+def call(reactor, fn, *args, timeout: float = 10.0, **kwargs):
+    """Run ``fn`` in the reactor thread; wait (bounded) for its Deferred."""
+    assert reactor is shared_reactor_thread().reactor
+    return shared_reactor_thread().call(fn, *args, timeout=timeout, **kwargs)

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from gponsim.cli import main
-from labproc import LabProcess
 
 
 def run(*args, cwd=None, timeout=60, input=None):

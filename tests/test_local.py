@@ -48,16 +48,9 @@ ENTRY = (b"From user1@gponlab.local  Mon Jan  1 12:00:00 2024\n"
 
 
 @pytest.fixture(autouse=True)
-def utc():
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
+def _in_utc(utc):
+    """Every test here compares From_ lines: run them all in UTC (conftest's utc)."""
     yield
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
 
 
 def job(qid: str = "4F1A2C0D9E", rcpt: str = "user2@gponlab.local", content: bytes | None = None,

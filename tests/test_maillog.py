@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
+
 
 import pytest
 
@@ -13,19 +13,6 @@ from gponsim.server.maillog import MailLog, delivery_line, format_delay, pid_for
 
 NOV_27 = 1701128446.25      # Mon Nov 27 23:40:46 2023 UTC
 JAN_1 = 1704110400.0        # Mon Jan  1 12:00:00 2024 UTC
-
-
-@pytest.fixture
-def utc():
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
 
 
 def test_line_format_is_rsyslog_traditional(tmp_path, utc):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from reactor_thread import reactor_thread, shared_reactor_thread  # noqa: F401 (fixture)
+from reactor_thread import call
 
 from gponsim.server.sasl import AuthServer, socket_path
 from gponsim.server.users import Users
@@ -37,15 +37,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def reactor(reactor_thread):  # noqa: F811 - the imported fixture
-    return reactor_thread.reactor
-
-
-def call(reactor, fn, *args, timeout: float = WAIT, **kwargs):
-    """Run ``fn`` in the reactor thread; wait (bounded) for its Deferred."""
-    assert reactor is shared_reactor_thread().reactor
-    return shared_reactor_thread().call(fn, *args, timeout=timeout, **kwargs)
 
 
 # -- a throwaway Postfix instance ------------------------------------------

@@ -20,7 +20,6 @@ from gponsim.server.cleanup import received_header
 from gponsim.server.queue import (Envelope, MailQueue, RecipientStatus, list_queue)
 from gponsim.steps import ListSink
 from labproc import wait_until
-from reactor_thread import reactor_thread  # noqa: F401  (fixture)
 
 TESTS = Path(__file__).resolve().parent
 HOST = "mail.gponlab.local"

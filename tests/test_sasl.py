@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from reactor_thread import reactor_thread, shared_reactor_thread  # noqa: F401 (fixture)
+from reactor_thread import call
 
 from gponsim.server.sasl import AuthServer, AuthSocketError, parse_mechanisms, socket_path
 from gponsim.server.sasl_client import (
@@ -33,15 +33,6 @@ WAIT = 10.0
 # --------------------------------------------------------------------------
 # The session-wide reactor thread (tests/reactor_thread.py)
 
-@pytest.fixture
-def reactor(reactor_thread):  # noqa: F811 - the imported fixture
-    return reactor_thread.reactor
-
-
-def call(reactor, fn, *args, timeout: float = WAIT, **kwargs):
-    """Run ``fn`` in the reactor thread; wait (bounded) for its Deferred."""
-    assert reactor is shared_reactor_thread().reactor
-    return shared_reactor_thread().call(fn, *args, timeout=timeout, **kwargs)
 
 
 def b64(data: bytes) -> str:
