@@ -93,22 +93,23 @@ class Step:
         return self.status in ("NO", "BAD", "-ERR", "FAIL")
 
     def to_dict(self, reveal: bool = False) -> dict:
-        out: dict = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "line":
-                value = self.shown_line(reveal)
-            elif f.name == "args" and value and self.secret is not None and not reveal:
-                secret = self.line[self.secret[0]:self.secret[1]]
-                value = value.replace(secret, MASK) if secret else value
-            if f.name == "secret" and value is not None:
-                if not reveal:
-                    # The span now points at the mask; keep it so readers know.
-                    value = (value[0], value[0] + len(MASK))
-                value = list(value)
-            if f.name in _ALWAYS or value not in (None, "", False, {}):
-                out[f.name] = value
-        if self.secret is not None and not reveal:
+        out = {name: getattr(self, name) for name in _ALWAYS}
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None and value != "" and value is not False and value != {}:
+                out[name] = value
+        masked = self.secret is not None and not reveal
+        if "line" in out and masked:
+            out["line"] = self.shown_line(False)
+        if "args" in out and masked:
+            secret = self.line[self.secret[0]:self.secret[1]]
+            if secret:
+                out["args"] = out["args"].replace(secret, MASK)
+        if self.secret is not None:
+            start, end = self.secret
+            # Masked, the span points at the mask; keep it so readers know.
+            out["secret"] = [start, start + len(MASK)] if masked else [start, end]
+        if masked:
             out["masked"] = True
         return out
 
@@ -122,6 +123,9 @@ class Step:
         if known.get("secret") is not None:
             known["secret"] = tuple(known["secret"])
         return cls(**known)
+
+
+_OPTIONAL = tuple(f.name for f in fields(Step) if f.name not in _ALWAYS and f.name != "secret")
 
 
 # --------------------------------------------------------------------------
@@ -238,24 +242,53 @@ class ListSink:
 # JSON lines
 
 class JsonlRecorder:
-    """Sink writing one JSON object per Step (``--steps FILE``)."""
+    """Sink writing one JSON object per Step (``--steps FILE``).
 
-    def __init__(self, path: str | Path, reveal: bool = False, append: bool = True) -> None:
+    Writes are buffered and flushed at most ``flush_interval`` seconds after
+    a Step arrives (a small thread does it), so a lesson or a test reading
+    the file while the lab runs sees every Step almost at once, and a busy
+    lab does not pay a system call per Step.
+    """
+
+    def __init__(self, path: str | Path, reveal: bool = False, append: bool = True,
+                 flush_interval: float = 0.1) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Line-buffered: a lesson or a test reads the file while the lab runs.
-        self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8", buffering=1)
+        self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")
         self.reveal = reveal
+        self._lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._closing = False
+        self._interval = flush_interval
+        self._flusher = threading.Thread(target=self._flush_loop, name="gponsim-jsonl", daemon=True)
+        self._flusher.start()
 
     def step(self, step: Step) -> None:
-        self._fh.write(step.to_json(self.reveal) + "\n")
+        text = step.to_json(self.reveal) + "\n"
+        with self._lock:
+            self._fh.write(text)
+        self._dirty.set()
+
+    def _flush_loop(self) -> None:
+        while not self._closing:
+            self._dirty.wait()
+            if self._closing:
+                return
+            time.sleep(self._interval)      # gather a burst of Steps into one write
+            self._dirty.clear()
+            self.flush()
 
     def flush(self) -> None:
-        self._fh.flush()
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.flush()
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        self._closing = True
+        self._dirty.set()
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.close()
 
 
 def read_jsonl(path: str | Path) -> Iterator[Step]:

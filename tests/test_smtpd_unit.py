@@ -142,3 +142,28 @@ def test_every_step_has_commentary(s):
     s.cmd("QUIT")
     for step in s.steps.steps:
         assert step.key, step.line
+
+
+def test_data_in_any_segmentation_gives_the_same_message(tmp_path):
+    # On the wire a client doubles a leading dot (RFC 5321 §4.5.2): "..leading dot"
+    # arrives as "...leading dot" and a line holding one dot as "..". A bare LF ends
+    # a line too. The message must come out the same however TCP splits it.
+    wire_text = "Subject: dots\r\n\r\n...leading dot\r\n..\r\nnot the end\r\nlast\n.\r\n"
+    results = []
+    for size in (1, 2, 3, 7, len(wire_text)):
+        s = Session(tmp_path / str(size))
+        s.out()
+        s.cmd("HELO pc1")
+        s.cmd("MAIL FROM:<a@example.org>")
+        s.cmd("RCPT TO:<user2@gponlab.local>")
+        assert s.cmd("DATA") == ["354 End data with <CR><LF>.<CR><LF>"]
+        captured = []
+        # Catch the message where smtpd hands it to cleanup (the queue itself is
+        # tested in test_queue.py and end to end in test_smtp_integration.py).
+        s.proto._finish_message = lambda message, verb, **kw: captured.append(message)
+        for i in range(0, len(wire_text), size):
+            s.proto.dataReceived(wire_text[i:i + size].encode())
+        assert s.proto.mode == "COMMAND"
+        results.append(captured[0])
+    assert all(r == results[0] for r in results)
+    assert results[0] == b"Subject: dots\n\n..leading dot\n.\nnot the end\nlast\n"

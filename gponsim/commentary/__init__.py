@@ -135,6 +135,11 @@ class Catalog:
         """The best explanation for a Step, or None."""
         line = step.line
         for key in self.candidates(step):
+            options = self._entries.get(key)
+            if not options:
+                continue
+            if len(options) == 1 and not options[0].match:   # the common case
+                return options[0]
             entry = self.get(key, line)
             if entry is not None:
                 return entry

@@ -234,6 +234,10 @@ class Smtpd(smtp.ESMTP):
                 if self._raw_remaining == 0:
                     self._bdat_done()
                 continue
+            if self.mode == DATA:
+                if not self._drain_data():
+                    return
+                continue
             nl = self._inbuf.find(b"\n")
             if nl < 0:
                 if len(self._inbuf) > self.MAX_LENGTH:
@@ -622,25 +626,47 @@ class Smtpd(smtp.ESMTP):
         self._data_lines, self._data_size, self._data_too_big = [], 0, False
         self.reply(354, "End data with <CR><LF>.<CR><LF>", answers="DATA")
 
-    def state_DATA(self, line: bytes) -> None:
-        if line[:1] == b".":
-            if line == b".":
-                self.mode = COMMAND
-                message = b"".join(self._data_lines)
-                self._data_lines = []
-                self.emit(wire.message_step(message, session=self.session, tls=self.tls))
-                self._finish_message(message, "DATA")
-                return
-            line = line[1:]
-        if self._data_too_big:
+    def _drain_data(self) -> bool:
+        """The message after 354, taken a block of whole lines at a time.
+
+        Same rules as line by line (a CRLF or a bare LF ends a line, a
+        leading dot is removed, a line holding only a dot ends the message),
+        without a Python call per line. False when no whole line is buffered.
+        """
+        buf = self._inbuf
+        end = _data_end(buf)
+        if end is not None:
+            cut, after = end
+            self._inbuf = buf[after:]
+            self._data_block(buf[:cut])
+            self.resetTimeout()
+            self.mode = COMMAND
+            message = b"".join(self._data_lines)
+            self._data_lines = []
+            self.emit(wire.message_step(message, session=self.session, tls=self.tls))
+            self._finish_message(message, "DATA")
+            return True
+        last = buf.rfind(b"\n")
+        if last < 0:
+            return False
+        self._inbuf = buf[last + 1:]
+        self._data_block(buf[:last + 1])
+        self.resetTimeout()
+        return True
+
+    def _data_block(self, block: bytes) -> None:
+        if self._data_too_big or not block:
             return
-        self._data_size += len(line) + 1
+        data = block.replace(b"\r\n", b"\n")
+        if data.startswith(b".") or b"\n." in data:
+            data = _DOT_STUFFED.sub(b"", data)
+        self._data_size += len(data)
         limit = self.settings.message_size_limit
         if limit and self._data_size > limit:
             self._data_too_big = True
             self._data_lines = []
             return
-        self._data_lines.append(line + b"\n")
+        self._data_lines.append(data)
 
     def _finish_message(self, message: bytes, verb: str,
                         ok_text: str = "2.0.0 Ok: queued as {qid}") -> None:
@@ -777,6 +803,19 @@ class Smtpd(smtp.ESMTP):
         self._ok(221, "2.0.0 Bye", "QUIT")
         self.transport.loseConnection()
 
+
+
+_DOT_STUFFED = re.compile(rb"^\.", re.M)
+
+
+def _data_end(buf: bytes) -> tuple[int, int] | None:
+    """Where the line holding only "." starts and ends in ``buf`` (at a line start)."""
+    for start_marker, length in ((b".\r\n", 3), (b".\n", 2)):
+        if buf.startswith(start_marker):
+            return 0, length
+    found = [(i + 1, i + 1 + length) for marker, length in ((b"\n.\r\n", 3), (b"\n.\n", 2))
+             if (i := buf.find(marker)) >= 0]
+    return min(found) if found else None
 
 
 def _valid_address(address: str, allow_empty: bool) -> bool:

@@ -1,0 +1,76 @@
+"""The Step model, its JSON-lines form and the bus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gponsim.steps import MASK, JsonlRecorder, ListSink, Step, StepBus, new_session, read_jsonl
+from labproc import wait_until
+
+
+def auth_step():
+    line = "AUTH PLAIN AHVzZXIxAHBhc3M="
+    return Step(t=1.5, session="s-1", proto="smtp", src="client", dst="smtpd", dir="c2s",
+                kind="command", line=line, verb="AUTH", args="PLAIN AHVzZXIxAHBhc3M=",
+                tls=True, key="smtp.cmd.AUTH", secret=(11, len(line)))
+
+
+def test_secrets_are_masked_in_line_and_args_unless_revealed():
+    step = auth_step()
+    masked = step.to_dict()
+    assert masked["line"] == f"AUTH PLAIN {MASK}"
+    assert masked["args"] == f"PLAIN {MASK}"
+    assert masked["masked"] is True and masked["secret"] == [11, 11 + len(MASK)]
+    shown = step.to_dict(reveal=True)
+    assert shown["line"] == step.line and shown["args"] == step.args and "masked" not in shown
+
+
+def test_empty_fields_are_left_out_but_the_first_seven_stay():
+    step = Step(t=0.0, session="s", proto="queue", src="qmgr", dst="qmgr", dir="internal",
+                kind="event", line="")
+    assert list(step.to_dict()) == ["t", "session", "proto", "src", "dst", "dir", "kind"]
+
+
+def test_round_trip_through_jsonl(tmp_path):
+    path = tmp_path / "steps.jsonl"
+    rec = JsonlRecorder(path, reveal=True)
+    original = auth_step()
+    rec.step(original)
+    # Readable while the recorder is still open (flushed within its interval).
+    back = wait_until(lambda: list(read_jsonl(path)), timeout=5, what="the flushed step")
+    rec.close()
+    assert back == [original]
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(auth_step().to_json() + "\n" + json.dumps({"t": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a Step"):
+        list(read_jsonl(path))
+
+
+def test_unknown_actor_or_protocol_is_refused():
+    with pytest.raises(ValueError, match="unknown actor"):
+        Step(t=0, session="s", proto="smtp", src="postfix", dst="client", dir="s2c", kind="reply")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        Step(t=0, session="s", proto="http", src="client", dst="smtpd", dir="c2s", kind="command")
+
+
+def test_bus_drops_a_failing_sink_and_keeps_the_others(capsys):
+    class Broken:
+        def step(self, step):
+            raise RuntimeError("boom")
+
+    good = ListSink()
+    bus = StepBus([Broken(), good])
+    bus.emit(auth_step())
+    bus.emit(auth_step())
+    assert len(good.steps) == 2
+    assert capsys.readouterr().err.count("sink Broken failed") == 1
+
+
+def test_session_ids_are_unique():
+    ids = {new_session("smtp") for _ in range(1000)}
+    assert len(ids) == 1000
