@@ -63,6 +63,8 @@ def main() -> None:
     """gponsim: learn how e-mail really works on the GPON lab's mail server.
 
     \b
+    Follow a guided lesson (its own lab on free ports, narrated, with checkpoints):
+      gponsim lesson send-mail --lang es
     Start the lab (Postfix SMTP on 25 and 587, Dovecot's auth socket, mbox delivery):
       gponsim serve --port-offset 10000
     Send a mail through it, narrated step by step:
@@ -99,8 +101,11 @@ def _parse_ports(values: tuple[str, ...]) -> dict[str, int]:
               help="Write TLS secrets (NSS key log) so captures can be decrypted.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the bound ports as JSON to this file once the lab is listening.")
+@click.option("--relay", type=click.Choice(["sim", "real", "none"]), default="sim", show_default=True,
+              help="Outgoing mail: the built-in Gmail simulator (smtp.gmail.com mapped to it), "
+                   "the real relayhost (a lab with internet), or none (mail stays deferred).")
 @narration_options
-def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, ready_file,
+def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, ready_file, relay,
           lang, quiet, steps_file, explain, reveal_secrets):
     """Run the lab's mail server, narrating every protocol step.
 
@@ -116,20 +121,27 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     ports = _parse_ports(port_overrides)
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
     options = LabOptions(lab_root=lab_root, config_dir=config_dir, listen=listen,
-                         port_offset=port_offset, ports=ports, keylog=keylog)
+                         port_offset=port_offset, ports=ports, keylog=keylog, relay=relay)
     from twisted.internet import reactor
 
     try:
         lab = Lab(options, emit=bus.emit, reactor=reactor)
     except ConfigError as exc:
         raise _config_error(exc)
-    for where in lab.profile.unsimulated():
-        click.echo(f"gponsim: note: {where} is not simulated by gponsim (see `gponsim config explain`)", err=True)
+    unsimulated = lab.profile.unsimulated()
+    if unsimulated:
+        names = ", ".join(f"{u.name} ({Path(u.file).name}:{u.line})" for u in unsimulated)
+        click.echo(f"gponsim: note: {len(unsimulated)} setting(s) of the profile are read but not "
+                   f"simulated: {names}. `gponsim config explain` says why.", err=True)
     failure: list[BaseException] = []
 
     def started(bound):
         click.echo(f"gponsim: lab running in {lab.root}  ({', '.join(f'{k} on {listen}:{v}' for k, v in bound.items())})",
                    err=True)
+        if "gmail" in bound:
+            click.echo(f"gponsim: outgoing mail: relayhost {lab.profile.main('relayhost')} goes to the "
+                       f"Gmail simulator on 127.0.0.1:{bound['gmail']} (mail it accepts lands in "
+                       f"{lab.root / 'internet'}/<domain>/<user>)", err=True)
         click.echo("gponsim: press Ctrl-C to stop", err=True)
         if ready_file:
             lab.write_ready_file(ready_file)
@@ -158,45 +170,6 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         if isinstance(exc, LabError):
             raise click.ClickException(str(exc))
         raise exc
-
-
-# ----------------------------------------------------------------------- demo
-
-@main.command()
-@click.option("--lab-root", type=click.Path(file_okay=False, path_type=Path), default=Path("gponlab"),
-              show_default=True, help="Folder holding all lab state.")
-@narration_options
-def demo(lab_root, lang, quiet, steps_file, explain, reveal_secrets):
-    """A first tour: start the lab, send user1 → user2 through 587, show the mailbox.
-
-    Every step is narrated: the banner, EHLO, STARTTLS, AUTH through Dovecot's
-    auth socket, MAIL/RCPT/DATA, the queue, local delivery to the mbox.
-    Needs no root and no other program: the lab uses free loopback ports.
-    """
-    from rich.console import Console
-
-    from gponsim.config import ConfigError
-    from gponsim.lessons.tour import run_tour
-    from gponsim.server.lab import LabError
-
-    bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
-    try:
-        result = run_tour(lab_root, bus)
-    except ConfigError as exc:
-        raise _config_error(exc)
-    except (LabError, OSError, TimeoutError) as exc:
-        raise click.ClickException(str(exc))
-    finally:
-        bus.close()
-    console = Console(highlight=False)
-    es = _lang(lang) == "es"
-    console.rule(f"{result.mbox}")
-    console.print(result.mbox.read_text(errors="replace"), markup=False, soft_wrap=True)
-    console.rule(f"{result.log}")
-    console.print(result.log.read_text(errors="replace"), markup=False, soft_wrap=True)
-    console.print(("Listo: el mensaje {qid} está en {mbox}. Ábrelo, o lee el registro en {log}."
-                   if es else "Done: message {qid} is in {mbox}. Open it, or read the log in {log}.")
-                  .format(qid=result.queue_id, mbox=result.mbox, log=result.log), markup=False)
 
 
 # ----------------------------------------------------------------------- send
@@ -241,6 +214,200 @@ def send(user, password, recipients, sender, subject, body, server, port_offset,
         raise click.ClickException(str(exc))
     bus.close()
     click.echo(f"gponsim: accepted by the server, queue id {result.queue_id}", err=True)
+
+
+# -------------------------------------------------------------------- diagram
+
+@main.group()
+def diagram():
+    """Architecture and sequence diagrams, drawn by Graphviz from what was observed."""
+
+
+def _diagram_output(out, fmt, default_stem):
+    from gponsim.diagrams import FORMATS
+
+    if fmt not in FORMATS:
+        raise click.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+    suffix = {"mermaid": ".mmd"}.get(fmt, "." + fmt)
+    return out or Path(default_stem + suffix)
+
+
+def _load_steps_or_fail(source):
+    from gponsim.diagrams import load_steps
+
+    try:
+        return load_steps(source)
+    except (OSError, ValueError) as exc:
+        raise _config_error(exc)
+
+
+def _drawn(fn):
+    from gponsim.diagrams import DotMissing
+
+    try:
+        return fn()
+    except DotMissing as exc:
+        raise click.ClickException(f"{exc}. The .dot and .mmd sources were written beside "
+                                   f"the requested file.")
+
+
+format_option = click.option("--format", "fmt", default="svg", show_default=True,
+                             help="svg, png, pdf, dot (Graphviz source) or mermaid (the lab document's style).")
+
+
+@diagram.command("architecture")
+@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Steps (*.steps.jsonl) to label the edges with; without it, the documented architecture.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.")
+@format_option
+@click.option("--lang", type=LANG, help="Language of the labels.")
+def diagram_architecture(source, out, fmt, lang):
+    """The lab document's architecture: client, Postfix, Dovecot, queue, mailboxes, SASL, Gmail.
+
+    With --from, each edge says what was observed on it and unused parts are faded.
+    """
+    from gponsim.diagrams import draw_architecture
+
+    target = _diagram_output(out, fmt, "architecture")
+    steps = _load_steps_or_fail(source) if source else None
+    written = _drawn(lambda: draw_architecture(steps, target, fmt=fmt, lang=_lang(lang)))
+    click.echo(str(written))
+
+
+@diagram.command("sequence")
+@click.option("--from", "source", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Steps (*.steps.jsonl, from --steps) to draw.")
+@click.option("--flow", type=click.Choice(["all", "send", "receive", "sasl"]), default="all", show_default=True,
+              help="Which of the lab document's flows to draw.")
+@click.option("--session", help="Only this session id.")
+@click.option("--notes", is_flag=True, help="Add the commentary as notes.")
+@click.option("--no-collapse", is_flag=True, help="Draw repeated runs one by one.")
+@click.option("--page-rows", type=click.IntRange(10, 2000), default=120, show_default=True,
+              help="Rows per page; longer sessions become several files.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.")
+@format_option
+@click.option("--lang", type=LANG, help="Language of the labels.")
+def diagram_sequence(source, flow, session, notes, no_collapse, page_rows, out, fmt, lang):
+    """One arrow per Step between the lab's components (TLS in blue, failures in red)."""
+    from gponsim.diagrams import draw_sequence
+
+    target = _diagram_output(out, fmt, f"sequence-{flow}")
+    steps = _load_steps_or_fail(source)
+    written = _drawn(lambda: draw_sequence(steps, target, fmt=fmt, lang=_lang(lang), flow=flow,
+                                           session=session, notes=notes, collapse=not no_collapse,
+                                           page_rows=page_rows))
+    for path in written:
+        click.echo(str(path))
+
+
+# --------------------------------------------------------------------- lesson
+
+def _run_lesson_options(f):
+    f = click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True,
+                     help="With --interactive: seconds to wait for each thing the student does.")(f)
+    f = click.option("--interactive", is_flag=True,
+                     help="The student acts with their own mail client (Thunderbird); "
+                          "the lesson says what to do and waits for it.")(f)
+    f = click.option("--listen", default="127.0.0.1", show_default=True,
+                     help="Address the lesson's lab listens on (0.0.0.0 for students' own PCs).")(f)
+    f = click.option("--port-offset", type=click.IntRange(0, 64000),
+                     help="Standard ports + N instead of free ports (e.g. to point Thunderbird at it).")(f)
+    f = click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                     help="Folder for the run's files (default: captures/<lesson>-<time>/).")(f)
+    f = click.option("--quiz", is_flag=True, help="Ask the lesson's questions at the end.")(f)
+    f = click.option("--pace", type=click.Choice(["step", "none"]), default="none", show_default=True,
+                     help="step: wait for Enter between steps (teaching live).")(f)
+    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True,
+                     help="Commentary: the first time each step appears, every time, or never.")(f)
+    f = click.option("--quiet", "-q", is_flag=True, help="No protocol narration (lesson text and results only).")(f)
+    f = click.option("--lang", type=LANG, help="Language (default: from the locale, else en).")(f)
+    return f
+
+
+def _run_lesson(lesson, lang, quiet, explain, pace, quiz, out, port_offset, listen, interactive, timeout):
+    from gponsim.lessons.runner import RunOptions, run_lesson
+    from gponsim.server.lab import LabError
+    from gponsim.steps import StepBus
+
+    bus = StepBus()
+    if not quiet:
+        from gponsim.sinks.narrator import Narrator
+
+        bus.add(Narrator(lang=_lang(lang), explain=explain))
+    try:
+        summary = run_lesson(lesson, RunOptions(lang=_lang(lang), pace=pace, quiz=quiz, out=out,
+                                                port_offset=port_offset, listen=listen,
+                                                interactive=interactive, timeout=timeout), bus)
+    except LabError as exc:
+        raise click.ClickException(str(exc))
+    if not summary.passed:
+        raise SystemExit(1)
+
+
+class _LessonGroup(click.Group):
+    """`gponsim lesson ID` runs a lesson by its id; `list` and `run FILE` are commands."""
+
+    def list_commands(self, ctx):
+        from gponsim.lessons.model import lesson_files
+
+        return list(self.commands) + [p.stem for p in lesson_files()]
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        from gponsim.lessons.model import LessonError, find_lesson
+
+        try:
+            lesson = find_lesson(name)
+        except LessonError:
+            return None
+
+        @_run_lesson_options
+        def run_by_id(**kw):
+            _run_lesson(lesson, **kw)
+        return click.Command(name, callback=run_by_id, params=run_by_id.__click_params__,
+                             help=f"{lesson.title['en']} / {lesson.title['es']}",
+                             short_help=lesson.title["en"])
+
+
+@main.group(cls=_LessonGroup)
+def lesson():
+    """Guided lessons on the lab, with narration, checkpoints, diagrams and a quiz.
+
+    \b
+      gponsim lesson list
+      gponsim lesson send-mail --lang es
+      gponsim lesson run my-lesson.toml
+    """
+
+
+@lesson.command("list")
+@click.option("--lang", type=LANG, help="Language of the titles.")
+def lesson_list(lang):
+    """The lessons of the course."""
+    from gponsim.lessons.model import LessonError, lesson_files, load_lesson
+
+    for path in lesson_files():
+        try:
+            les = load_lesson(path)
+        except LessonError as exc:
+            click.echo(f"{path.stem:18} (broken: {exc})")
+            continue
+        click.echo(f"{les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
+
+
+@lesson.command("run")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_run_lesson_options
+def lesson_run(file, **kw):
+    """Run a lesson from its TOML file (an instructor's own lesson, for example)."""
+    from gponsim.lessons.model import LessonError, load_lesson
+
+    try:
+        les = load_lesson(file)
+    except LessonError as exc:
+        raise _config_error(exc)
+    _run_lesson(les, **kw)
 
 
 # --------------------------------------------------------------------- config
@@ -350,6 +517,200 @@ def users_passwd(name, password, lab_root):
     """Change a user's password."""
     _users_call(lambda: _users(lab_root).set_password(name, password))
     click.echo(f"password of {name} changed")
+
+
+# ---------------------------------------------------------------------- queue
+
+@main.command()
+@lab_root_option
+@click.option("--flush", is_flag=True, help="Retry every deferred message now (postqueue -f).")
+@click.option("--delete", "delete_ids", multiple=True, metavar="QID",
+              help="Delete a queued message (postsuper -d QID); repeatable, ALL for every one.")
+def queue(lab_root, flush, delete_ids):
+    """The lab's mail queue, like mailq; --flush like postqueue -f; --delete like postsuper -d."""
+    from gponsim.server import control
+    from gponsim.server.maillog import MailLog
+    from gponsim.server.queue import list_queue
+
+    root = lab_root.resolve()
+    if delete_ids:
+        ids = [e.qid for e in list_queue(root) if e.state != "active"] \
+            if "ALL" in delete_ids else list(delete_ids)
+        log = MailLog(root / "var" / "log" / "mail.log", hostname="mail")
+        deleted = 0
+        for qid in ids:
+            try:
+                control.delete(root, qid, log)
+                click.echo(f"postsuper: {qid}: removed")
+                deleted += 1
+            except control.QueueControlError as exc:
+                click.echo(f"postsuper: warning: {exc}", err=True)
+        log.close()
+        click.echo(f"postsuper: Deleted: {deleted} message{'s' if deleted != 1 else ''}")
+        if deleted != len(ids):
+            raise SystemExit(1)
+        return
+    if flush:
+        try:
+            n = control.request_flush(root)
+        except control.QueueControlError as exc:
+            click.echo(f"postqueue: fatal: {exc}", err=True)
+            click.echo("gponsim: the lab is not running; deferred mail is retried when it starts.",
+                       err=True)
+            raise SystemExit(69)
+        click.echo(f"gponsim: flush requested: {n} deferred message{'s' if n != 1 else ''} "
+                   f"will be retried now", err=True)
+        return
+    click.echo(control.mailq_text(root), nl=False)
+
+
+# ---------------------------------------------------------------------- gmail
+
+@main.group(invoke_without_command=True)
+@click.option("--lab-root", type=click.Path(file_okay=False, path_type=Path), default=Path("gponlab"),
+              show_default=True, help="The lab's folder (CA, gmail-sim.conf, internet/ mailboxes).")
+@click.option("--listen", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=2587, show_default=True,
+              help="Port to listen on (0 = any free port).")
+@click.option("--fault", type=click.Choice(["keep", "none", "refuse", "no-starttls", "greeting-421",
+                                            "mail-451", "mail-550", "rcpt-450", "rcpt-550",
+                                            "data-451", "data-552", "slow"]),
+              default="keep", show_default=True,
+              help="Set the fault in <lab root>/etc/gmail-sim.conf (keep: leave it as it is).")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the bound port as JSON to this file once listening.")
+@narration_options
+@click.pass_context
+def gmail(ctx, lab_root, listen, port, fault, ready_file, lang, quiet, steps_file, explain,
+          reveal_secrets):
+    """The Gmail simulator (smtp.gmail.com) on its own, narrating what it sees.
+
+    \b
+    gponsim gmail --port 2587                 # then: swaks --server 127.0.0.1 --port 2587 --tls ...
+    gponsim gmail --fault rcpt-550            # a deterministic fault (see etc/gmail-sim.conf)
+    gponsim gmail fault refuse                # the same for a running lab (gponsim serve)
+    gponsim gmail send-to-lab --from alice@example.org --to user2@gponlab.local --port-offset 10000
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"lab_root": lab_root}
+        return
+    import json
+
+    from gponsim.server import gmail as gm
+
+    root = lab_root.resolve()
+    if fault != "keep":
+        gm.set_fault(root, fault)
+    bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
+    from twisted.internet import reactor
+
+    sim = gm.GmailSimulator(root, emit=bus.emit, reactor=reactor, listen=listen, port=port,
+                            wire_steps=True)
+
+    def started():
+        try:
+            bound = sim.start()
+        except Exception as exc:  # noqa: BLE001 - told to the user
+            click.echo(f"gponsim: cannot listen on {listen}:{port}: {exc}", err=True)
+            reactor.stop()
+            return
+        click.echo(f"gponsim: Gmail simulator (smtp.gmail.com) on {listen}:{bound}; CA in "
+                   f"{sim.pki.ca_cert}; settings in {sim.conf_path}; mail lands in "
+                   f"{root / gm.INTERNET_DIR}/<domain>/<user>", err=True)
+        if ready_file:
+            tmp = Path(str(ready_file) + ".tmp")
+            tmp.write_text(json.dumps({"port": bound, "lab_root": str(root)}))
+            tmp.replace(ready_file)
+
+    def on_signal(signum, _frame):
+        reactor.callFromThread(reactor.stop)
+
+    def install():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+    reactor.callWhenRunning(install)
+    reactor.callWhenRunning(started)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: sim.stop())
+    reactor.run()
+    bus.close()
+
+
+@gmail.command("fault")
+@click.argument("fault", type=click.Choice(["none", "refuse", "no-starttls", "greeting-421",
+                                            "mail-451", "mail-550", "rcpt-450", "rcpt-550",
+                                            "data-451", "data-552", "slow"]))
+@click.option("--delay", type=float, help="Seconds before each reply (with slow).")
+@click.pass_context
+def gmail_fault(ctx, fault, delay):
+    """Choose the simulator's fault; a running lab or simulator applies it at once.
+
+    \b
+    gponsim gmail fault refuse      # relay down: mail waits in the deferred queue
+    gponsim gmail fault none        # back to normal: the next retry delivers it
+    """
+    from gponsim.server import gmail as gm
+
+    root = ctx.obj["lab_root"].resolve()
+    gm.set_fault(root, fault, delay)
+    click.echo(f"gponsim: Gmail simulator fault = {fault} ({root / gm.CONF_NAME})", err=True)
+
+
+@gmail.command("send-to-lab")
+@click.option("--from", "sender", default="alice@example.org", show_default=True)
+@click.option("--to", "recipients", multiple=True, required=True, help="Lab recipient (repeatable).")
+@click.option("--subject", default="Hello from the internet", show_default=True)
+@click.option("--body", default="Hi,\n\nThis mail comes from outside the lab, through port 25.\n")
+@click.option("--server", default="127.0.0.1", show_default=True, help="Address of the lab.")
+@click.option("--port-offset", type=click.IntRange(0, 64000), default=0, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), help="Exact port of the lab's smtp service.")
+@click.option("--helo", default="mail-sor-f41.google.com", show_default=True,
+              help="The name the internet MTA gives in EHLO.")
+@click.option("--no-tls", is_flag=True, help="Do not use STARTTLS even if offered.")
+@narration_options
+def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, port, helo, no_tls,
+                      lang, quiet, steps_file, explain, reveal_secrets):
+    """The internet delivers a mail to the lab on port 25 (MTA to MTA, no AUTH), narrated."""
+    from gponsim.clients.smtp import SmtpClientError, build_message
+    from gponsim.server.gmail import send_to_lab
+
+    bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
+    domain = sender.rpartition("@")[2] or "example.org"
+    message = build_message(sender, list(recipients), subject, body, domain=domain)
+    try:
+        qid = send_to_lab(host=server, port=port or 25 + port_offset, sender=sender,
+                          recipients=list(recipients), message=message, helo=helo,
+                          starttls=not no_tls, emit=bus.emit)
+    except SmtpClientError as exc:
+        bus.close()
+        raise click.ClickException(str(exc))
+    bus.close()
+    click.echo(f"gponsim: the lab accepted the mail, queue id {qid}", err=True)
+
+
+# -------------------------------------------------------------------- analyze
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--keylog", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="NSS key log (SSLKEYLOGFILE, gponsim serve --keylog) to decrypt TLS 1.2 and 1.3.")
+@click.option("--json", "as_json", is_flag=True, help="Steps and summary as JSON on stdout.")
+@click.option("--credentials", is_flag=True,
+              help="List every password / AUTH exchange seen, decoded, in clear or inside TLS.")
+@click.option("--extract", type=click.Path(file_okay=False, path_type=Path),
+              help="Save every transferred message as .eml in this folder.")
+@narration_options
+def analyze(file, keylog, as_json, credentials, extract, lang, quiet, steps_file, explain,
+            reveal_secrets):
+    """Explain a capture (pcap or pcapng) of SMTP, IMAP or POP3 traffic, step by step.
+
+    A summary first (connections, clients, TLS, failures), then the same
+    narration as the live lab. Exit code 2 when nothing could be read.
+    """
+    from gponsim.capture.command import run
+
+    sys.exit(run(file, keylog=keylog, steps_file=steps_file, as_json=as_json, lang=_lang(lang),
+                 credentials=credentials, extract=extract, quiet=quiet, explain=explain,
+                 reveal=reveal_secrets))
 
 
 if __name__ == "__main__":  # pragma: no cover

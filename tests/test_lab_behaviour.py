@@ -72,7 +72,10 @@ def test_unknown_user_on_submission_is_accepted_then_bounced_by_local(lab):
                      log), log
 
 
-def test_mail_for_other_domains_stays_queued(lab):
+def test_mail_for_other_domains_stays_queued(lab_factory):
+    # --relay none: no SMTP client to the relay (defer_transports = smtp behaviour);
+    # the relay itself is tested in test_relay.py
+    lab = lab_factory(extra=["--relay", "none"]).start()
     with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=15) as c:
         c.sendmail("user1@gponlab.local", ["bob@gmail.com"], b"Subject: out\r\n\r\nx\r\n")
     log = wait_until(lambda: "status=deferred" in (t := lab.log_text()) and t, what="deferral")

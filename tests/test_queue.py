@@ -237,6 +237,7 @@ def test_unknown_local_user_bounces(lab):
                      rf'status=bounced \(unknown user: "nosuchuser"\)', lab.log())
     assert not (lab.root / "var/mail/nosuchuser").exists()
     assert lab.mbox("user2").count(b"\nDelivered-To: ") == 1
+    wait_until(lambda: notices, what="the bounce notice")   # posted after REMOVED
     assert [(n.qid, n.recipient, n.dsn) for n in notices] == \
         [(qid, "nosuchuser@gponlab.local", "5.1.1")]
     bounced = lab.wait("BOUNCED", qid)
@@ -287,6 +288,7 @@ def test_expired_message_is_returned(lab):
     qid = lab.send(["bob@gmail.com"])
     lab.wait("REMOVED", qid)
     assert f"{qid}: from=<user1@gponlab.local>, status=expired, returned to sender" in lab.log()
+    wait_until(lambda: notices, what="the bounce notice")   # posted with REMOVED
     assert [(n.recipient, n.dsn) for n in notices] == [("bob@gmail.com", "5.3.2")]
     assert lab.spool_files() == []
 

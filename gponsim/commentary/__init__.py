@@ -49,6 +49,8 @@ class Entry:
 class Catalog:
     def __init__(self, entries: dict[str, list[Entry]]) -> None:
         self._entries = entries
+        self._matching = {key for key, options in entries.items() if any(e.match for e in options)}
+        self._memo: dict[tuple, Entry | None] = {}
 
     @classmethod
     def load(cls) -> "Catalog":
@@ -132,7 +134,28 @@ class Catalog:
         return out
 
     def resolve(self, step: Step) -> Entry | None:
-        """The best explanation for a Step, or None."""
+        """The best explanation for a Step, or None.
+
+        Most Steps resolve by their fields alone (no ``match`` text involved),
+        so those answers are remembered: a busy lab resolves each kind of
+        Step once.
+        """
+        signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced,
+                     step.status)
+        if signature in self._memo:
+            return self._memo[signature]
+        line = step.line
+        for key in self.candidates(step):
+            if key in self._matching:
+                return self._resolve_by_line(step)
+            options = self._entries.get(key)
+            if options:
+                self._memo[signature] = options[0]
+                return options[0]
+        self._memo[signature] = None
+        return None
+
+    def _resolve_by_line(self, step: Step) -> Entry | None:
         line = step.line
         for key in self.candidates(step):
             options = self._entries.get(key)

@@ -15,22 +15,29 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 
+from gponsim.commentary import annotate
 from gponsim.config import LabProfile, load_profile
 from gponsim.server import cleanup, tls
 from gponsim.server.maillog import MailLog, pid_for
 from gponsim.server.queue import MailQueue
+from gponsim.server import control as queue_control
+from gponsim.server.bounce import Bouncer
+from gponsim.server.gmail import GmailSimulator
+from gponsim.server.relay import SmtpRelayClient, ensure_hosts, settings_from_profile
 from gponsim.server.restrictions import parse_networks
 from gponsim.server.sasl import AuthServer
 from gponsim.server.sasl_client import AuthClient, valid_base64
 from gponsim.server.smtp import SmtpdContext, SmtpdFactory, SmtpdSettings
+from gponsim.server.dovecot_services import start_dovecot_services
 from gponsim.server.users import Users
-from gponsim.steps import Emit, null_emit
+from gponsim.steps import Emit, Step, null_emit
 
 
 class LabError(Exception):
@@ -44,8 +51,10 @@ class LabOptions:
     listen: str = "127.0.0.1"
     port_offset: int = 0
     ports: dict[str, int] = field(default_factory=dict)   # per-service override, 0 = any free
+    free_ports: bool = False        # every service on any free port (lessons, tests)
     keylog: Path | None = None
     auth_failure_delay: float | None = None                # None = from 10-auth.conf
+    relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none
 
 
 def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
@@ -144,6 +153,9 @@ class Lab:
         self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)
         mechanisms = yield self.auth_client.mechanisms()
 
+        relay_transport = self._setup_relay()
+        bouncer = Bouncer(lambda: self.queue, myhostname=hostname, log=self.log,
+                          emit=self.emit, reactor=self.reactor)
         local_domains = frozenset(d.lower() for d in profile.list("mydestination"))
         self.queue = MailQueue(
             self.root, myhostname=hostname, myorigin=profile.myorigin(),
@@ -155,8 +167,14 @@ class Lab:
             queue_run_delay=profile.time("queue_run_delay"),
             minimal_backoff_time=profile.time("minimal_backoff_time"),
             maximal_backoff_time=profile.time("maximal_backoff_time"),
-            maximal_queue_lifetime=profile.time("maximal_queue_lifetime"))
+            maximal_queue_lifetime=profile.time("maximal_queue_lifetime"),
+            relay_transport=relay_transport, on_bounce=bouncer)
         self.queue.start()
+        try:      # postqueue -f's way in (gponsim queue --flush)
+            self._listeners.append(queue_control.listen_flush(self.reactor, self.root,
+                                                              self._flush_queue))
+        except Exception as exc:  # noqa: BLE001 - e.g. a socket path over 107 bytes
+            self.log.postfix("postqueue", f"warning: cannot listen on public/flush: {exc}")
 
         context = SmtpdContext(emit=self.emit, log=self._log, auth=_AuthGlue(self.auth_client),
                                queue=self.queue, mechanisms=mechanisms,
@@ -166,10 +184,57 @@ class Lab:
             settings = smtpd_settings(profile, svc.name)
             factory = SmtpdFactory(context, settings, tls_options,
                                    implicit_tls=svc.name == "smtps")
-            port = self.options.ports.get(svc.name, svc.port + self.options.port_offset)
-            self.ports[svc.name] = self._listen(svc.name, port, factory)
+            self.ports[svc.name] = self._listen(svc.name, self.port_for(svc.name, svc.port), factory)
+        start_dovecot_services(self, tls_options)     # IMAP 143/993, POP3 110/995
         self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
         return dict(self.ports)
+
+    def _setup_relay(self):
+        """smtp(8) towards relayhost; with ``relay = sim`` the Gmail simulator
+        is started first and the relay host is mapped to it."""
+        self.gmail = None
+        mode = self.options.relay
+        if mode == "none" or self.profile.relayhost() is None:
+            return None
+        ensure_hosts(self.root / "etc" / "hosts")
+        connect_port = None
+        settings = settings_from_profile(self.profile, self.root, real=(mode == "real"))
+        if mode == "sim":
+            creds = self.profile.sasl_credentials(settings.host, settings.nexthop)
+            self.gmail = GmailSimulator(self.root, emit=self.emit, reactor=self.reactor,
+                                        listen="127.0.0.1", port=self.options.ports.get("gmail", 0),
+                                        wire_steps=False, cafile=settings.cafile,
+                                        # Gmail's account is the relay user of sasl_passwd;
+                                        # its app password is the lab document's (written
+                                        # in etc/gmail-sim.conf at first start)
+                                        account=creds[0] if creds else None,
+                                        keylog=self.keylog)
+            try:
+                connect_port = self.gmail.start()
+            except CannotListenError as exc:
+                raise LabError(f"cannot start the Gmail simulator: {exc.socketError}") from exc
+            self.ports["gmail"] = connect_port
+            settings.connect_port = connect_port
+            self.emit(annotate(Step(
+                t=time.time(), session="lab", proto="relay", src="smtp", dst="relay",
+                dir="internal", kind="event", verb="SIMULATOR",
+                line=(f"relayhost = {settings.nexthop} -> Gmail simulator on "
+                      f"127.0.0.1:{connect_port} ({settings.host} is 127.0.0.1 in "
+                      f"etc/hosts; the real one cannot be reached from the lab)"),
+                meta={"host": settings.host, "port": settings.port,
+                      "simulator_port": connect_port})))
+        return SmtpRelayClient(settings, emit=self.emit, log=self.log, reactor=self.reactor,
+                               keylog=self.keylog)
+
+    def _flush_queue(self) -> int:
+        return self.queue.flush() if self.queue is not None else 0
+
+    def port_for(self, name: str, standard: int) -> int:
+        """Where a service listens: --port NAME=N, else any free port with
+        ``free_ports``, else its standard port plus --port-offset."""
+        if name in self.options.ports:
+            return self.options.ports[name]
+        return 0 if self.options.free_ports else standard + self.options.port_offset
 
     def _listen(self, name: str, port: int, factory) -> int:
         try:
@@ -217,6 +282,8 @@ class Lab:
             self.auth_client.close()
         if self.queue is not None:
             yield defer.maybeDeferred(self.queue.stop)
+        if getattr(self, "gmail", None) is not None:
+            yield self.gmail.stop()
         if self.log is not None:
             self.log.write("postfix/master", pid_for("master"),
                            f"terminating on signal {self.stop_signal}")

@@ -418,6 +418,15 @@ class LocalAgent:
             if not stat.S_ISREG(st.st_mode):
                 raise MailboxError("5.2.0", f"destination {display} is not a regular file")
             lock.acquire(fd)
+            if _replaced(fd, path):
+                # A reader (IMAP/POP3) rewrote the mailbox (new file renamed
+                # over it) while we waited for the lock: append to the new one.
+                lock.release()
+                os.close(fd)
+                fd = -1
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+                             | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                lock.acquire(fd)
             try:
                 results = self._append(fd, user, display, jobs, journal)
             finally:
@@ -533,6 +542,14 @@ class LocalAgent:
             return _scan_for(fd, os.fstat(fd).st_size, job)
         finally:
             os.close(fd)
+
+
+def _replaced(fd: int, path: Path) -> bool:
+    """True when ``path`` no longer names the file open as ``fd``."""
+    try:
+        return os.fstat(fd).st_ino != os.stat(path).st_ino
+    except FileNotFoundError:
+        return True
 
 
 def _scan_for(fd: int, size: int, job: LocalJob) -> bool:

@@ -82,13 +82,14 @@ Routing (qmgr)
   ``var/mail/<localpart>`` (``+extension`` stripped; unknown user →
   ``status=bounced (unknown user: "name")``).
 - Otherwise → ``relay_transport`` when there is one (the SMTP client to the
-  relay, a later component); without it, Postfix's ``defer_transports = smtp``
+  relay, :mod:`gponsim.server.relay`); without it, Postfix's ``defer_transports = smtp``
   behaviour: ``postfix/error[pid]: QID: to=<...>, relay=none, ...,
   dsn=4.3.2, status=deferred (deferred transport)`` and the message waits in
   the deferred queue, retried on each queue run (``queue_run_delay``) with
   the usual backoff (message age clamped to [minimal_backoff_time,
   maximal_backoff_time]) and bounced after ``maximal_queue_lifetime``.
-- Bounce notifications (DSN) to the sender are a hook: ``on_bounce``.
+- Bounce notifications (DSN) to the sender are a hook: ``on_bounce``
+  (the lab's is :class:`gponsim.server.bounce.Bouncer`).
 """
 
 from __future__ import annotations
@@ -632,7 +633,8 @@ class MailQueue:
             fn(*args)
 
     # ------------------------------------------------------------ smtpd side
-    def open(self, envelope: Envelope, *, log_tag: str = "postfix/smtpd") -> QueueFile:
+    def open(self, envelope: Envelope, *, log_tag: str = "postfix/smtpd",
+             log_client: bool = True) -> QueueFile:
         """Create a queue file in ``incoming/`` (smtpd calls this at the first
         accepted RCPT TO) and log ``QID: client=unknown[ip]``.
 
@@ -653,10 +655,11 @@ class MailQueue:
         text = f"{qid}: client={env.client_name or 'unknown'}[{env.client_ip}]"
         if env.sasl_method:
             text += f", sasl_method={env.sasl_method}, sasl_username={env.sasl_username or ''}"
-        self.log.write(log_tag, pid_for(log_tag), text)
-        self.emit(self._step("queue", "smtpd", "cleanup", "CLIENT", text, env.session,
-                             qid=qid, client=env.client_ip,
-                             sasl_username=env.sasl_username))
+        if log_client:   # bounce(8) posts its notifications without this line
+            self.log.write(log_tag, pid_for(log_tag), text)
+            self.emit(self._step("queue", "smtpd", "cleanup", "CLIENT", text, env.session,
+                                 qid=qid, client=env.client_ip,
+                                 sasl_username=env.sasl_username))
         qf = QueueFile(self, qid, fd, env, created, spare)
         self._submit(("place", qf))
         if len(self._spares) < SPARE_FILES // 2:
@@ -1179,12 +1182,13 @@ class MailQueue:
             self._submit(("reactivate", qid))
         self._timer = self.reactor.callLater(self.queue_run_delay, self._queue_run)
 
-    def flush(self) -> None:
-        """``postqueue -f``: retry every deferred message now."""
+    def flush(self) -> int:
+        """``postqueue -f``: retry every deferred message now; returns how many."""
         with self._lock:
             qids = list(self._deferred)
         for qid in qids:
             self._submit(("reactivate", qid))
+        return len(qids)
 
     # ------------------------------------------------------- start and stop
     def start(self) -> None:

@@ -37,6 +37,7 @@ from twisted.internet import threads
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
+from gponsim.server.unixpath import socket_address
 from gponsim.commentary import annotate
 from gponsim.server.users import Users
 from gponsim.steps import Emit, Step, new_session, null_emit
@@ -454,7 +455,7 @@ class AuthServer(Factory):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         _clear_stale_socket(path)
-        self.port = self.reactor.listenUNIX(str(path), self, mode=0o666)
+        self.port = self.reactor.listenUNIX(socket_address(path), self, mode=0o666)
         return self.port
 
     def stop(self):
@@ -480,7 +481,7 @@ def _clear_stale_socket(path: Path) -> None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
-        probe.connect(str(path))
+        probe.connect(socket_address(path))
     except OSError as exc:
         if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
             raise AuthSocketError(f"{path}: cannot check the existing socket: "

@@ -25,6 +25,7 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from gponsim.server.unixpath import socket_address
 from gponsim.steps import Emit, new_session, null_emit
 from gponsim.wire.sasl import MAX_LINE, decode_line, parse, sasl_step
 
@@ -229,7 +230,8 @@ class AuthClient:
             self._connecting.append(waiter)
             return waiter
         self._connecting = [waiter]
-        endpoint = UNIXClientEndpoint(self.reactor, self.socket_path, timeout=self.timeout)
+        endpoint = UNIXClientEndpoint(self.reactor, socket_address(self.socket_path),
+                                      timeout=self.timeout)
         d = endpoint.connect(_ConnectionFactory(self, session, actor))
 
         def connected(proto: _Connection):

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import re
 import time
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 from gponsim.commentary import annotate
 from gponsim.steps import Step
@@ -82,14 +80,29 @@ def reply_step(lines: list[str], *, session: str, answers: str | None, src: str 
                  code=code, enhanced=enhanced)
 
 
+_SUMMARY_HEADERS = {b"from": "from", b"to": "to", b"subject": "subject", b"message-id": "message_id"}
+
+
 def message_summary(message: bytes) -> dict:
-    """Size, line count and the headers a student looks at first."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(message[:65536])
-    meta = {"size": len(message), "lines": message.count(b"\n")}
-    for name in ("From", "To", "Subject", "Message-ID"):
-        value = headers.get(name)
-        if value is not None:
-            meta[name.lower().replace("-", "_")] = " ".join(str(value).split())
+    """Size, line count and the headers a student looks at first.
+
+    A light scan of the header block (unfolding continuation lines), not a
+    full MIME parse: it runs for every message the lab receives.
+    """
+    meta: dict = {"size": len(message), "lines": message.count(b"\n")}
+    end = message.find(b"\n\n")
+    block = message[:end if end >= 0 else 65536].replace(b"\r\n", b"\n")
+    current = None
+    for raw in block.split(b"\n"):
+        if raw[:1] in (b" ", b"\t") and current:
+            meta[current] += " " + raw.strip().decode("utf-8", "replace")
+            continue
+        name, sep, value = raw.partition(b":")
+        current = _SUMMARY_HEADERS.get(name.strip().lower()) if sep else None
+        if current and current not in meta:
+            meta[current] = value.strip().decode("utf-8", "replace")
+        elif current:
+            current = None          # keep the first occurrence only
     return meta
 
 

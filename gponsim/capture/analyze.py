@@ -1,0 +1,260 @@
+"""A capture file → Steps, plus what the summary needs.
+
+:func:`analyze` reads a pcap/pcapng file packet by packet (never whole),
+reassembles every TCP connection, finds the mail connections (by port, else
+by their first bytes) and decodes them into Steps sent to ``emit``. It returns
+an :class:`Analysis`: connections, clients, TLS, failures, credentials,
+messages and the problems met (each naming the packet).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from gponsim.capture.decoders import (DECODERS, IMPLICIT, PORTS, ConnInfo, Context, Credential,
+                                      Message, sniff)
+from gponsim.capture.pcap import (SUPPORTED_LINKS, CaptureError, ReadReport, UnknownLink,
+                                  read_packets, tcp_segment)
+from gponsim.capture.tcp import Connection, Tracker
+from gponsim.capture.tls import TlsObserver, looks_like_tls
+from gponsim.steps import Step, new_session, null_emit
+
+__all__ = ["Analysis", "CaptureError", "analyze"]
+
+#: Connections and messages listed one by one in the summary (the rest are counted).
+MAX_LISTED = 10000
+
+
+@dataclass
+class Analysis:
+    path: str
+    report: ReadReport
+    connections: list[ConnInfo] = field(default_factory=list)
+    credentials: list[Credential] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+    failures: list[Step] = field(default_factory=list)
+    tcp_packets: int = 0
+    steps: int = 0
+    elapsed: float = 0.0
+    unknown_links: dict = field(default_factory=dict)
+    #: Connections and messages beyond the listed ones (memory stays bounded).
+    more_connections: dict = field(default_factory=dict)
+    more_messages: int = 0
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.connections) + sum(self.more_connections.values())
+
+    @property
+    def readable(self) -> bool:
+        """False when not a single packet could be understood."""
+        return self.report.packets > 0 and (
+            self.tcp_packets > 0 or len(self.unknown_links) < len(self.report.linktypes))
+
+    def to_dict(self, reveal: bool = False) -> dict:
+        return {
+            "file": self.path, "format": self.report.format, "packets": self.report.packets,
+            "tcp_packets": self.tcp_packets, "steps": self.steps,
+            "link_types": sorted(self.report.linktypes),
+            "connections": [{
+                "session": c.session, "proto": c.proto, "endpoints": c.endpoints,
+                "start": c.start, "first_packet": c.first_packet, "midstream": c.midstream,
+                "one_direction": len(c.directions) == 1, "client_name": c.client_name,
+                "software": c.software, "tls": c.tls, "steps": c.steps, "failures": c.failures,
+                "gaps": c.gaps, "messages": c.messages} for c in self.connections],
+            "failures": [s.to_dict(reveal) for s in self.failures],
+            "credentials": [{
+                "session": c.session, "proto": c.proto, "mechanism": c.mechanism, "user": c.user,
+                "password": c.password if reveal else "********",
+                "where": "inside TLS" if c.inside_tls else "in clear", "result": c.result}
+                for c in self.credentials],
+            "messages": self.messages,
+            "more_connections": self.more_connections, "more_messages": self.more_messages,
+            "problems": self.report.problems,
+        }
+
+
+class _Sniffer:
+    """A connection on an unknown port: wait for its first bytes to tell."""
+
+    def __init__(self, owner: "_Run", conn: Connection) -> None:
+        self.owner = owner
+        self.conn = conn
+        self.held: list[tuple[str, bytes, float]] = []
+        self.first = {"c2s": b"", "s2c": b""}
+        self.decoder = None
+        self.dropped = False
+        self.tls: TlsObserver | None = None
+
+    def data(self, direction: str, data: bytes, t: float) -> None:
+        if self.decoder is not None:
+            self.decoder.data(direction, data, t)
+            return
+        if self.dropped:
+            return
+        self.held.append((direction, data, t))
+        if self.tls is None and not self.first["c2s"] and not self.first["s2c"] \
+                and looks_like_tls(data):
+            # TLS from the first byte on an unknown port: only the plaintext can tell.
+            self.tls = TlsObserver(self.owner.ctx.keylog)
+        if self.tls is not None:
+            for chunk in self.tls.feed(direction, data):
+                self.first[direction] += chunk[:512]
+            if self.tls.not_tls[direction] or (self.tls.server_hello and self.tls.keys is None) \
+                    or any(self.tls.failed.values()) or len(self.held) > 64:
+                self.dropped = True      # TLS we cannot read: not known to be mail
+                self.held = []
+                return
+        elif len(self.first[direction]) < 512:
+            self.first[direction] += data[:512]
+        proto = sniff(self.first["c2s"], self.first["s2c"])
+        if proto is not None:
+            self.decoder = self.owner.decoder_for(self.conn, proto, implicit=self.tls is not None)
+            held, self.held = self.held, []
+            for d, chunk, when in held:
+                self.decoder.data(d, chunk, when)
+        elif self.tls is None and (len(self.held) >= 4
+                                   or sum(len(v) for v in self.first.values()) >= 1024):
+            self.dropped = True       # not mail: forget it
+            self.held = []
+
+    def gap(self, direction: str, nbytes: int, t: float) -> None:
+        if self.decoder is not None:
+            self.decoder.gap(direction, nbytes, t)
+
+    def close(self, t: float) -> None:
+        if self.decoder is not None:
+            self.decoder.close(t)
+
+
+class _Run:
+    def __init__(self, analysis: Analysis, emit: Callable[[Step], object],
+                 keep_messages: bool, on_message: Callable[[Message], None] | None,
+                 keylog=None) -> None:
+        self.analysis = analysis
+        self.emit_out = emit
+        self.keep_messages = keep_messages
+        self.user_on_message = on_message
+        self.ctx = Context(self.emit, self.on_message, analysis.credentials.append, keylog)
+
+    def emit(self, step: Step) -> None:
+        self.analysis.steps += 1
+        if step.kind == "reply" and step.failed and len(self.analysis.failures) < 200:
+            self.analysis.failures.append(step)
+        self.emit_out(step)
+
+    def on_message(self, message: Message) -> None:
+        meta = dict(message.meta)
+        meta.update(session=message.session, proto=message.proto, verb=message.verb)
+        if message.truncated:
+            meta["incomplete"] = True
+        meta["attachments"] = _attachments(message.data)
+        if len(self.analysis.messages) < MAX_LISTED:
+            self.analysis.messages.append(meta)
+        else:
+            self.analysis.more_messages += 1
+        if self.user_on_message is not None:
+            self.user_on_message(message)
+
+    def opened(self, conn: Connection):
+        port = conn.server[1]
+        proto = PORTS.get(port)
+        if proto is None:
+            return _Sniffer(self, conn)
+        return self.decoder_for(conn, proto)
+
+    def decoder_for(self, conn: Connection, proto: str, implicit: bool = False):
+        info = ConnInfo(number=self.analysis.connection_count + 1, session=new_session("capture"),
+                        proto=proto, endpoints=conn.four_tuple, server_port=conn.server[1],
+                        start=conn.first_t, first_packet=conn.first_packet, midstream=not conn.syn)
+        if len(self.analysis.connections) < MAX_LISTED:
+            self.analysis.connections.append(info)
+        else:
+            more = self.analysis.more_connections
+            more[proto] = more.get(proto, 0) + 1
+        decoder = DECODERS[proto](self.ctx, info, implicit_tls=implicit or conn.server[1] in IMPLICIT)
+        server = decoder.server
+        how = "SYN seen" if conn.syn else "the capture starts in the middle of this connection"
+        step = Step(t=conn.first_t, session=info.session, proto=proto, src="client", dst=server,
+                    dir="internal", kind="event", verb="CONNECT", key="capture.connect",
+                    line=f"connection {conn.four_tuple} (packet {conn.first_packet}; {how})",
+                    meta={"client": list(conn.client), "server": list(conn.server),
+                          "packet": conn.first_packet, "midstream": not conn.syn})
+        from gponsim.commentary import annotate
+
+        decoder.t = conn.first_t
+        decoder.emit(annotate(step))
+        return decoder
+
+
+_NAME = None
+
+
+def _attachments(message: bytes) -> list[str]:
+    """File names of attachments (name= / filename= MIME parameters)."""
+    global _NAME
+    if b"name" not in message and b"NAME" not in message and b"Name" not in message:
+        return []
+    if _NAME is None:
+        import re
+
+        _NAME = re.compile(rb'name\*?=(?:"([^"\r\n]+)"|([^\s;]+))', re.I)
+    out: list[str] = []
+    for quoted, bare in _NAME.findall(message, 0, 1 << 22):
+        name = (quoted or bare).decode("utf-8", "replace")
+        if name not in out:
+            out.append(name)
+    return out[:20]
+
+
+def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
+            on_message: Callable[[Message], None] | None = None,
+            keylog: str | Path | None = None) -> Analysis:
+    """Decode every mail connection of a capture file; Steps go to ``emit``.
+
+    Raises :class:`CaptureError` only when the file cannot be read at all;
+    later problems are in ``analysis.report.problems``.
+    """
+    report = ReadReport()
+    analysis = Analysis(path=str(path), report=report)
+    from gponsim.capture.tlsdecrypt import KeyLog
+
+    keys = KeyLog.from_file(keylog) if keylog else KeyLog()
+    run = _Run(analysis, emit, False, on_message, keys)
+    tracker = Tracker(run.opened)
+    started = time.perf_counter()
+    unknown = analysis.unknown_links
+    segment = tracker.segment
+    tcp_packets = 0
+    embedded = 0
+    for number, t, link, frame in read_packets(path, report):
+        if len(report.keylog) > embedded:          # pcapng Decryption Secrets Blocks
+            keys.add_lines(report.keylog[embedded:])
+            embedded = len(report.keylog)
+        try:
+            seg = tcp_segment(link, frame)
+        except UnknownLink:
+            if link not in unknown:
+                unknown[link] = number
+                report.problem(f"packet {number}: unknown link type {link} (supported: "
+                               + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKS.items()))
+                               + "); such packets are skipped")
+            continue
+        except (IndexError, ValueError) as exc:
+            report.problem(f"packet {number}: malformed headers ({exc}); skipped")
+            continue
+        if seg is None:
+            continue
+        tcp_packets += 1
+        try:
+            segment(number, t, seg)
+        except Exception as exc:  # noqa: BLE001 - one bad connection must not end the analysis
+            report.problem(f"packet {number}: could not decode ({type(exc).__name__}: {exc}); "
+                           "decoding goes on with the next packet")
+    tracker.finish()
+    analysis.tcp_packets = tcp_packets
+    analysis.elapsed = time.perf_counter() - started
+    return analysis

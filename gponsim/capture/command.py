@@ -1,0 +1,111 @@
+"""`gponsim analyze`: the library side of the command (cli.py only parses options)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+
+def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bool, lang: str,
+        credentials: bool, extract: Path | None, quiet: bool, explain: str, reveal: bool) -> int:
+    """Analyze ``file``; print summary, narration, tables. Returns the exit code."""
+    from gponsim.capture.analyze import CaptureError, analyze
+    from gponsim.capture.report import Extractor, credentials_text, messages_text, summary_text
+    from gponsim.steps import Step
+
+    sinks = []
+    recorder = None
+    if steps_file:
+        # Offline: a plain buffered file is enough (no flusher thread as in the live lab).
+        Path(steps_file).parent.mkdir(parents=True, exist_ok=True)
+        recorder = open(steps_file, "w", encoding="utf-8")
+
+        encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+        def to_file(step: Step, write=recorder.write) -> None:
+            # Same text as Step.to_json, without json.dumps' per-call set-up.
+            write(encode(step.to_dict(reveal)) + "\n")
+        sinks.append(to_file)
+    spool = None
+    first_json = [True]
+    if as_json:
+        out = sys.stdout
+        out.write('{"steps": [\n')
+
+        def to_stdout(step: Step) -> None:
+            if not first_json[0]:
+                out.write(",\n")
+            first_json[0] = False
+            out.write(step.to_json(reveal))
+        sinks.append(to_stdout)
+    elif not quiet:
+        # The summary comes first, so the narration is replayed after the analysis.
+        fd, name = tempfile.mkstemp(prefix="gponsim-steps-", suffix=".jsonl")
+        spool = (open(fd, "w", encoding="utf-8"), name)
+
+        def to_spool(step: Step) -> None:
+            spool[0].write(step.to_json(True) + "\n")
+        sinks.append(to_spool)
+
+    if len(sinks) == 1:
+        emit = sinks[0]
+    else:
+        def emit(step: Step) -> None:
+            for sink in sinks:
+                sink(step)
+
+    extractor = Extractor(extract) if extract else None
+    try:
+        analysis = analyze(file, emit, on_message=extractor, keylog=keylog)
+    except CaptureError as exc:
+        if spool:
+            spool[0].close()
+            os.unlink(spool[1])
+        if as_json:
+            sys.stdout.write("]}\n")
+        click.echo(f"gponsim: {exc}", err=True)
+        return 2
+    finally:
+        if recorder is not None:
+            recorder.close()
+    if as_json:
+        data = analysis.to_dict(reveal or credentials)
+        if not credentials:
+            data.pop("credentials", None)
+        sys.stdout.write('\n], "summary": ' + json.dumps(data, ensure_ascii=False) + "}\n")
+    else:
+        click.echo(summary_text(analysis, lang))
+        if spool:
+            spool[0].close()
+            try:
+                if analysis.steps:
+                    from gponsim.sinks.narrator import Narrator
+                    from gponsim.steps import read_jsonl
+
+                    click.echo("")
+                    narrator = Narrator(lang=lang, explain=explain, reveal=reveal)
+                    for step in read_jsonl(spool[1]):
+                        narrator.step(step)
+            finally:
+                os.unlink(spool[1])
+        if credentials:
+            click.echo("")
+            click.echo(credentials_text(analysis, lang, reveal=True))
+        if analysis.messages and (extractor or not quiet):
+            click.echo("")
+            click.echo(messages_text(analysis, lang, extractor.saved if extractor else None))
+        if not quiet:
+            click.echo("")
+            click.echo(f"gponsim: {analysis.steps} Steps, {analysis.report.packets} packets "
+                       f"in {analysis.elapsed:.2f} s", err=True)
+    for problem in analysis.report.problems if as_json else ():
+        click.echo(f"gponsim: warning: {file}: {problem}", err=True)
+    if not analysis.readable:
+        click.echo(f"gponsim: {file}: nothing could be read from this capture", err=True)
+        return 2
+    return 0

@@ -1,0 +1,699 @@
+"""Reassembled TCP streams → Steps, one decoder per mail connection.
+
+The line → Step grammar is not here: SMTP uses :mod:`gponsim.wire.smtp`,
+IMAP :class:`gponsim.wire.imap.ImapConversation` and POP3
+:class:`gponsim.wire.pop3.Pop3Conversation`, the same code the live lab
+narrates with, so a capture gives the same Steps as the lab for the same
+conversation. This module adds what only a capture needs: TLS switching
+(STARTTLS/STLS accepted, implicit TLS, TLS records found by content), gaps,
+packet times, credentials and client identification for the summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from gponsim.capture.tls import TlsObserver, looks_like_tls
+from gponsim.commentary import annotate
+from gponsim.steps import Step
+from gponsim.wire import smtp as wire
+
+_DOT_STUFFED = re.compile(rb"(?m)^\.")
+_TLS_FIRST = frozenset((20, 21, 22, 23))
+#: The largest message kept whole for --extract and the summary (the rest is counted).
+MAX_MESSAGE = 64 << 20
+
+
+@dataclass
+class ConnInfo:
+    """What the summary says about one connection."""
+
+    number: int
+    session: str
+    proto: str
+    endpoints: str
+    server_port: int
+    start: float
+    first_packet: int
+    midstream: bool = False
+    client_name: str | None = None        # EHLO/HELO name
+    software: list = field(default_factory=list)   # User-Agent / X-Mailer / IMAP ID
+    tls: dict = field(default_factory=dict)
+    steps: int = 0
+    failures: int = 0
+    gaps: int = 0
+    directions: set = field(default_factory=set)
+    messages: int = 0
+
+
+@dataclass
+class Credential:
+    session: str
+    proto: str
+    mechanism: str
+    user: str
+    password: str
+    inside_tls: bool
+    t: float
+    result: str = "?"
+
+
+@dataclass
+class Message:
+    session: str
+    proto: str
+    verb: str
+    data: bytes
+    meta: dict
+    t: float
+    truncated: bool = False
+
+
+class Context:
+    """What a decoder reports to: the emit function and the collectors."""
+
+    def __init__(self, emit: Callable[[Step], object], on_message: Callable[[Message], None],
+                 on_credential: Callable[[Credential], None], keylog=None) -> None:
+        self.keylog = keylog
+        self.emit = emit
+        self.on_message = on_message
+        self.on_credential = on_credential
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text.strip() + "=" * (-len(text.strip()) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def mailer_of(message: bytes) -> str | None:
+    """User-Agent or X-Mailer of a message (header section only)."""
+    head = message[:32768]
+    end = head.find(b"\n\n")
+    if end >= 0:
+        head = head[:end]
+    m = re.search(rb"(?im)^(?:user-agent|x-mailer):[ \t]*(.+(?:\n[ \t].+)*)", head)
+    return " ".join(_text(m.group(1)).split()) if m else None
+
+
+class Decoder:
+    """Common part: TLS switching, gaps, Steps stamped with packet time."""
+
+    proto = "smtp"
+    server = "smtpd"
+
+    def __init__(self, ctx: Context, info: ConnInfo, implicit_tls: bool = False) -> None:
+        self.ctx = ctx
+        self.info = info
+        self.session = info.session
+        self.tls = False                 # plaintext seen inside TLS (a decrypted capture)
+        self.mode = {"c2s": "text", "s2c": "text"}
+        self.observer: TlsObserver | None = None
+        self._seen_events = 0
+        self.implicit = implicit_tls
+        self.t = 0.0
+        self.pending_cred: Credential | None = None
+
+    # ------------------------------------------------------------- plumbing
+
+    def emit(self, step: Step) -> None:
+        step.t = self.t
+        self.info.steps += 1
+        if step.failed and step.kind == "reply":
+            self.info.failures += 1
+        self.ctx.emit(step)
+
+    def data(self, direction: str, data: bytes, t: float) -> None:
+        self.t = t
+        self.info.directions.add(direction)
+        if data[0] in _TLS_FIRST and self.mode[direction] == "text" and looks_like_tls(data) \
+                and self.at_boundary(direction):
+            self.start_tls("STARTTLS" if not self.implicit else "IMPLICIT", direction_only=direction)
+        if self.mode[direction] == "tls":
+            obs = self.observer
+            plain = obs.feed(direction, data)
+            if obs.not_tls[direction] and obs.dirs[direction].records == 0:
+                # Plain text after STARTTLS: the capture was stored decrypted.
+                self.mode[direction] = "text"
+                obs.not_tls[direction] = False
+                self.tls = True
+                self.info.tls["decrypted"] = True
+                self.text(direction, data)
+                return
+            self._tls_events()
+            for chunk in plain:
+                self.tls = True
+                self.text(direction, chunk)
+            return
+        self.text(direction, data)
+
+    def at_boundary(self, direction: str) -> bool:
+        return True
+
+    def start_tls(self, how: str, direction_only: str | None = None) -> None:
+        if self.observer is None:
+            self.observer = TlsObserver(self.ctx.keylog)
+            self.info.tls.setdefault("how", how)
+        for d in ((direction_only,) if direction_only else ("c2s", "s2c")):
+            self.mode[d] = "tls"
+
+    def _tls_events(self) -> None:
+        obs = self.observer
+        while self._seen_events < len(obs.events):
+            name, info = obs.events[self._seen_events]
+            self._seen_events += 1
+            self._tls_step(name, info)
+
+    def _tls_step(self, name: str, info: dict) -> None:
+        client, server = "client", self.server
+        if name == "ClientHello":
+            line = (f"ClientHello: offers {', '.join(info['versions'])}, "
+                    f"{len(info['ciphers'])} cipher suites")
+            if info.get("sni"):
+                line += f", SNI {info['sni']}"
+            self.info.tls.update({"offered": info["versions"], "sni": info.get("sni")})
+            meta = {"versions": info["versions"], "ciphers": info["ciphers"][:60]}
+            if info.get("sni"):
+                meta["sni"] = info["sni"]
+            step = Step(t=self.t, session=self.session, proto="tls", src=client, dst=server,
+                        dir="c2s", kind="handshake", line=line, verb="ClientHello", meta=meta)
+        elif name == "ServerHello":
+            line = f"ServerHello: {info['version']} with {info['cipher']}"
+            meta = {"version": info["version"], "cipher": info["cipher"]}
+            self.info.tls.update(meta)
+            step = Step(t=self.t, session=self.session, proto="tls", src=server, dst=client,
+                        dir="s2c", kind="handshake", line=line, verb="ServerHello", meta=meta)
+        elif name == "Certificate":
+            self.info.tls["subject"] = info["subject"]
+            step = Step(t=self.t, session=self.session, proto="tls", src=server, dst=client,
+                        dir="s2c", kind="handshake", line=f"Certificate: {info['subject']}",
+                        verb="Certificate", meta=dict(info))
+        elif name == "Alert":
+            d = info["direction"]
+            src, dst = (client, server) if d == "c2s" else (server, client)
+            level = "fatal" if info["level"] == 2 else "warning"
+            step = Step(t=self.t, session=self.session, proto="tls", src=src, dst=dst, dir=d,
+                        kind="handshake", line=f"Alert: {level}, description {info['description']}",
+                        verb="Alert", meta={"level": level, "description": info["description"]})
+            self.info.failures += 1
+        elif name == "Decrypted":
+            self.info.tls["decrypted"] = True
+            step = Step(t=self.t, session=self.session, proto="tls", src=client, dst=server,
+                        dir="c2s", kind="handshake", verb="DECRYPTED", tls=True,
+                        line="[TLS decrypted with the key log: what follows was encrypted on the wire]")
+        elif name == "DecryptFailed":
+            self.info.tls["decrypt_error"] = info["reason"]
+            step = Step(t=self.t, session=self.session, proto="tls", src=client, dst=server,
+                        dir="c2s", kind="handshake", verb="UNDECRYPTABLE", meta=dict(info),
+                        line=f"[TLS not decrypted: {info['reason']}]")
+        else:
+            return
+        self.emit(annotate(step))
+
+    def gap(self, direction: str, nbytes: int, t: float) -> None:
+        self.t = t
+        self.info.gaps += 1
+        src, dst = ("client", self.server) if direction == "c2s" else (self.server, "client")
+        step = Step(t=t, session=self.session, proto=self.proto, src=src, dst=dst, dir=direction,
+                    kind="event", verb="GAP", key="capture.gap", meta={"bytes": nbytes},
+                    line=f"[gap: {nbytes} bytes of this direction are missing from the capture; "
+                         "decoding resumes after them]")
+        self.emit(annotate(step))
+        if self.mode[direction] == "text":
+            self.text_gap(direction)
+
+    def close(self, t: float) -> None:
+        self.t = t
+        self.finish()
+        obs = self.observer
+        if obs is not None:
+            enc = {d: obs.dirs[d].bytes for d in ("c2s", "s2c")}
+            if any(obs.dirs[d].encrypted for d in enc) and not self.tls:
+                step = Step(t=t, session=self.session, proto="tls", src="client", dst=self.server,
+                            dir="c2s", kind="data", verb="ENCRYPTED", meta=enc,
+                            line=f"[TLS: {enc['c2s']} bytes from the client, {enc['s2c']} from the "
+                                 "server, encrypted (not decrypted: no key log)]")
+                self.emit(annotate(step))
+                self.info.tls["bytes"] = enc
+
+    # ------------------------------------------------------------- per protocol
+
+    def text(self, direction: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def text_gap(self, direction: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def credential(self, mechanism: str, user: str, password: str) -> None:
+        cred = Credential(self.session, self.proto, mechanism, user, password,
+                          inside_tls=self.tls, t=self.t)
+        self.pending_cred = cred
+        self.ctx.on_credential(cred)
+
+    def credential_result(self, ok: bool) -> None:
+        if self.pending_cred is not None:
+            self.pending_cred.result = "ok" if ok else "failed"
+            self.pending_cred = None
+
+    def sasl(self, mech: str, responses: list[str]) -> None:
+        """Decode PLAIN / LOGIN responses (base64) into a credential."""
+        mech = mech.upper()
+        decoded = [_b64(r) for r in responses]
+        if mech == "PLAIN" and decoded and decoded[0] is not None:
+            parts = decoded[0].split(b"\0")
+            if len(parts) >= 3:
+                self.credential("PLAIN", _text(parts[1]), _text(parts[2]))
+        elif mech == "LOGIN" and len(decoded) >= 2 and None not in decoded[:2]:
+            self.credential("LOGIN", _text(decoded[0]), _text(decoded[1]))
+        elif decoded and decoded[0] is not None and mech in ("CRAM-MD5", "DIGEST-MD5"):
+            self.credential(mech, _text(decoded[0]).split(" ")[0], "(challenge-response)")
+
+
+class SmtpDecoder(Decoder):
+    proto = "smtp"
+    server = "smtpd"
+
+    def __init__(self, ctx: Context, info: ConnInfo, implicit_tls: bool = False) -> None:
+        super().__init__(ctx, info, implicit_tls)
+        self.cbuf = b""
+        self.sbuf = b""
+        self.state = "cmd"               # cmd, data, bdat
+        self.pending: deque = deque()    # (verb, what) awaiting a reply
+        self.banner = info.midstream      # mid-connection: the greeting is long gone
+        self.reply_lines: list[str] = []
+        self.msg: list[bytes] = []
+        self.msg_size = 0
+        self.msg_gap = False
+        self.bdat_left = 0
+        self.bdat_last = False
+        self.auth: list | None = None    # [mech, responses] while AUTH is going on
+        self.auth_cont = False           # the server asked (334) for more
+        self.last_verb: str | None = None
+
+    def at_boundary(self, direction: str) -> bool:
+        return not (self.cbuf if direction == "c2s" else self.sbuf) and self.state == "cmd"
+
+    def text(self, direction: str, data: bytes) -> None:
+        if direction == "c2s":
+            self.cbuf += data
+            self._client()
+        else:
+            self.sbuf += data
+            self._server()
+
+    def text_gap(self, direction: str) -> None:
+        if direction == "c2s":
+            if self.state == "cmd":
+                self.cbuf = b""
+            else:
+                self.msg_gap = True
+                if self.state == "bdat":
+                    self.cbuf = b""
+        else:
+            self.sbuf = b""
+            self.reply_lines = []
+
+    # --------------------------------------------------------------- client
+
+    def _client(self) -> None:
+        while self.cbuf:
+            if self.state == "data":
+                if not self._data_block():
+                    return
+                continue
+            if self.state == "bdat":
+                take = self.cbuf[:self.bdat_left]
+                self.cbuf = self.cbuf[len(take):]
+                self.bdat_left -= len(take)
+                self._keep(take)
+                if self.bdat_left:
+                    return
+                self.state = "cmd"
+                if self.bdat_last:
+                    self._message("BDAT")
+                continue
+            if not self.banner and not self.pending and looks_like_tls(self.cbuf) and not self.tls:
+                self.start_tls("IMPLICIT" if self.implicit else "STARTTLS", "c2s")
+                data, self.cbuf = self.cbuf, b""
+                self.data("c2s", data, self.t)
+                return
+            nl = self.cbuf.find(b"\n")
+            if nl < 0:
+                if len(self.cbuf) > 1 << 16:
+                    self.cbuf = b""
+                return
+            raw, self.cbuf = self.cbuf[:nl], self.cbuf[nl + 1:]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            self._command(raw.decode("utf-8", "surrogateescape"))
+
+    def _command(self, line: str) -> None:
+        if self.auth is not None and self.auth_cont:
+            self.auth_cont = False
+            self.emit(wire.auth_data_step(line, session=self.session, tls=self.tls, t=self.t))
+            self.pending.append(("AUTH", "data"))
+            if line.strip() != "*":
+                self.auth[1].append(line.strip())
+            return
+        step = wire.command_step(line, session=self.session, tls=self.tls, t=self.t)
+        self.emit(step)
+        verb, args = wire.split_command(line)
+        self.last_verb = verb
+        self.pending.append((step.verb or "UNKNOWN", "cmd"))
+        if verb in ("EHLO", "HELO", "LHLO"):
+            self.info.client_name = args.strip() or None
+        elif verb == "DATA":
+            self.state = "data"
+            self.msg, self.msg_size, self.msg_gap = [], 0, False
+        elif verb == "BDAT":
+            parts = args.split()
+            if parts and parts[0].isdigit():
+                self.bdat_left = int(parts[0])
+                self.bdat_last = len(parts) > 1 and parts[1].upper() == "LAST"
+                self.state = "bdat"
+                if self.bdat_left == 0:
+                    self.state = "cmd"
+                    if self.bdat_last:
+                        self._message("BDAT")
+        elif verb == "AUTH":
+            words = args.split()
+            self.auth = [words[0].upper() if words else "", words[1:2] if len(words) > 1 and words[1] != "=" else []]
+
+    def _keep(self, block: bytes) -> None:
+        if self.msg_size < MAX_MESSAGE:
+            self.msg.append(block)
+        self.msg_size += len(block)
+
+    def _data_block(self) -> bool:
+        buf = self.cbuf
+        if buf.startswith(b".\r\n") or buf.startswith(b".\n"):
+            cut, after = 0, (3 if buf[1:2] == b"\r" else 2)
+        else:
+            i = buf.find(b"\n.\r\n")
+            j = buf.find(b"\n.\n")
+            cands = [(i + 1, i + 4)] if i >= 0 else []
+            if j >= 0:
+                cands.append((j + 1, j + 3))
+            if not cands:
+                last = buf.rfind(b"\n")
+                if last < 0:
+                    return False
+                self.cbuf = buf[last + 1:]
+                self._keep(buf[:last + 1])
+                return True
+            cut, after = min(cands)
+        self._keep(buf[:cut])
+        self.cbuf = buf[after:]
+        self.state = "cmd"
+        self._message("DATA")
+        return True
+
+    def _message(self, verb: str) -> None:
+        raw = b"".join(self.msg)
+        self.msg = []
+        if verb == "DATA":
+            raw = raw.replace(b"\r\n", b"\n")
+            if raw.startswith(b".") or b"\n." in raw:
+                raw = _DOT_STUFFED.sub(b"", raw)
+        else:
+            raw = raw.replace(b"\r\n", b"\n")
+        step = wire.message_step(raw, session=self.session, verb=verb, tls=self.tls, t=self.t)
+        if self.msg_gap:
+            step.meta["gap"] = True
+        self.emit(step)
+        if verb == "DATA":        # BDAT's reply answers the command and its chunk at once
+            self.pending.append((verb, "msg"))
+        self.info.messages += 1
+        mailer = mailer_of(raw)
+        if mailer and mailer not in self.info.software:
+            self.info.software.append(mailer)
+        self.ctx.on_message(Message(self.session, "smtp", verb, raw, step.meta, self.t,
+                                    truncated=self.msg_size > MAX_MESSAGE or self.msg_gap))
+        self.msg_size = 0
+
+    # --------------------------------------------------------------- server
+
+    def _server(self) -> None:
+        while self.sbuf:
+            nl = self.sbuf.find(b"\n")
+            if nl < 0:
+                if len(self.sbuf) > 1 << 16:
+                    self.sbuf = b""
+                return
+            raw, self.sbuf = self.sbuf[:nl], self.sbuf[nl + 1:]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            line = raw.decode("utf-8", "replace")
+            self.reply_lines.append(line)
+            if len(line) >= 4 and line[3] == "-" and line[:3].isdigit() and len(self.reply_lines) < 1000:
+                continue
+            lines, self.reply_lines = self.reply_lines, []
+            self._reply(lines)
+
+    def _reply(self, lines: list[str]) -> None:
+        if not self.banner:                     # a server speaks first: its greeting
+            verb, what = "CONNECT", "banner"
+        elif self.pending:
+            verb, what = self.pending.popleft()
+        else:
+            verb, what = None, None
+        self.banner = True
+        step = wire.reply_step(lines, session=self.session, answers=verb, tls=self.tls, t=self.t)
+        self.emit(step)
+        code = step.code or 0
+        if verb == "STARTTLS" and code == 220:
+            self.start_tls("STARTTLS")
+            self.pending.clear()
+            rest_c, rest_s = self.cbuf, self.sbuf
+            self.cbuf = self.sbuf = b""
+            if rest_s:
+                self.data("s2c", rest_s, self.t)
+            if rest_c:
+                self.data("c2s", rest_c, self.t)
+        elif verb == "DATA" and what == "cmd" and code != 354 and self.state == "data" \
+                and not self.msg_size:
+            self.state = "cmd"
+        elif verb == "AUTH" and self.auth is not None:
+            if code == 334:
+                self.auth_cont = True
+            else:
+                self.auth_cont = False
+                mech, responses = self.auth
+                self.auth = None
+                self.sasl(mech, responses)
+                self.credential_result(200 <= code < 300)
+
+    def finish(self) -> None:
+        if self.reply_lines:
+            lines, self.reply_lines = self.reply_lines, []
+            self._reply(lines)
+        if self.auth is not None and self.auth[1]:
+            self.sasl(*self.auth)
+            self.auth = None
+        if self.state == "data" and self.msg_size:
+            self.msg_gap = True
+            self._message("DATA")
+
+
+class _ConversationDecoder(Decoder):
+    """IMAP and POP3: the wire module's conversation does the grammar."""
+
+    def __init__(self, ctx: Context, info: ConnInfo, implicit_tls: bool = False) -> None:
+        super().__init__(ctx, info, implicit_tls)
+        self.conv = self.make(info.session)
+        self.fresh = {"c2s": True, "s2c": True}
+
+    def make(self, session: str):
+        raise NotImplementedError
+
+    def at_boundary(self, direction: str) -> bool:
+        buf = self.conv._cin if direction == "c2s" else self.conv._sin
+        return not buf
+
+    def text(self, direction: str, data: bytes) -> None:
+        self.conv.tls = self.tls
+        steps = self.conv.client_data(data) if direction == "c2s" else self.conv.server_data(data)
+        for step in steps:
+            self.emit(step)
+            self.after(step)
+
+    def text_gap(self, direction: str) -> None:
+        # Drop the partial line or literal of that direction (wire module internals).
+        if direction == "c2s":
+            self.conv._cin = b""
+            for name in ("_c_literal",):
+                if hasattr(self.conv, name):
+                    setattr(self.conv, name, 0)
+            if hasattr(self.conv, "_cmd"):
+                self.conv._cmd = None
+        else:
+            self.conv._sin = b""
+            for name in ("_s_literal",):
+                if hasattr(self.conv, name):
+                    setattr(self.conv, name, 0)
+            if hasattr(self.conv, "_resp"):
+                self.conv._resp = []
+            if getattr(self.conv, "_body", None) is not None:
+                self.conv._body = None
+
+    def after(self, step: Step) -> None:
+        pass
+
+
+class ImapDecoder(_ConversationDecoder):
+    proto = "imap"
+    server = "imap"
+
+    def make(self, session: str):
+        from gponsim.wire.imap import ImapConversation
+
+        self.auth: list | None = None
+        return ImapConversation(session)
+
+    def after(self, step: Step) -> None:
+        if step.kind == "command":
+            if step.verb == "LOGIN" and step.secret:
+                user = _imap_first_arg(step.line, step.args or "")
+                password = step.line[step.secret[0]:step.secret[1]]
+                self.credential("LOGIN", user, password)
+            elif step.verb == "AUTHENTICATE":
+                words = (step.args or "").split()
+                self.auth = [words[0].upper() if words else "", words[1:2] if len(words) > 1 else []]
+            elif step.verb == "ID" and step.args and step.args.upper() != "NIL":
+                pairs = re.findall(r'"([^"]*)"', step.args)
+                fields = dict(zip(pairs[::2], pairs[1::2]))
+                name = " ".join(x for x in (fields.get("name"), fields.get("version")) if x)
+                if name and name not in self.info.software:
+                    self.info.software.append(name)
+        elif step.kind == "data" and step.verb == "AUTHENTICATE" and self.auth is not None:
+            if step.line.strip() != "*":
+                self.auth[1].append(step.line.strip())
+        elif step.kind == "reply" and step.tag:
+            if step.verb == "STARTTLS" and step.status == "OK":
+                self.start_tls("STARTTLS")
+            elif step.verb == "AUTHENTICATE" and self.auth is not None:
+                mech, responses = self.auth
+                self.auth = None
+                self.sasl(mech, responses)
+                self.credential_result(step.status == "OK")
+            elif step.verb == "LOGIN":
+                self.credential_result(step.status == "OK")
+
+
+def _imap_first_arg(line: str, args: str) -> str:
+    args = args.lstrip()
+    if args.startswith('"'):
+        m = re.match(r'"((?:[^"\\]|\\.)*)"', args)
+        return m.group(1) if m else args
+    if args.startswith("{") and "\n" in args:
+        return args.split("\n", 1)[1].split(" ", 1)[0]
+    return args.split(" ", 1)[0]
+
+
+class Pop3Decoder(_ConversationDecoder):
+    proto = "pop3"
+    server = "pop3"
+
+    def make(self, session: str):
+        from gponsim.wire.pop3 import Pop3Conversation
+
+        decoder = self
+        self.user: str | None = None
+        self.auth: list | None = None
+
+        class Conversation(Pop3Conversation):
+            def _finish_multi(self, body: bytes) -> Step:
+                if self._verb in ("RETR", "TOP"):
+                    decoder._retrieved(self._verb, body)
+                return super()._finish_multi(body)
+
+        conv = Conversation(session)
+        if self.info.midstream:
+            conv.pending.clear()      # no greeting to wait for
+        return conv
+
+    def _retrieved(self, verb: str, body: bytes) -> None:
+        if verb != "RETR":
+            return
+        message = body.replace(b"\r\n..", b"\r\n.")
+        if message.startswith(b".."):
+            message = message[1:]
+        message = message.replace(b"\r\n", b"\n")
+        self.info.messages += 1
+        from gponsim.wire.smtp import message_summary
+
+        self.ctx.on_message(Message(self.session, "pop3", "RETR", message,
+                                    message_summary(message), self.t))
+
+    def after(self, step: Step) -> None:
+        if step.kind == "command":
+            args = step.args or ""
+            if step.verb == "USER":
+                self.user = args.strip()
+            elif step.verb == "PASS":
+                self.credential("USER/PASS", self.user or "?", args)
+            elif step.verb == "APOP":
+                self.credential("APOP", args.split(" ")[0], "(digest)")
+            elif step.verb == "AUTH":
+                words = args.split()
+                if words:
+                    self.auth = [words[0].upper(), words[1:2] if len(words) > 1 else []]
+        elif step.kind == "data" and step.verb == "AUTH" and self.auth is not None:
+            if step.line.strip() != "*":
+                self.auth[1].append(step.line.strip())
+        elif step.kind == "reply" and step.status in ("+OK", "-ERR"):
+            if step.verb == "STLS" and step.status == "+OK":
+                self.start_tls("STARTTLS")
+            elif step.verb == "AUTH" and self.auth is not None:
+                mech, responses = self.auth
+                self.auth = None
+                self.sasl(mech, responses)
+                self.credential_result(step.status == "+OK")
+            elif step.verb in ("PASS", "APOP"):
+                self.credential_result(step.status == "+OK")
+
+
+DECODERS = {"smtp": SmtpDecoder, "imap": ImapDecoder, "pop3": Pop3Decoder}
+PORTS = {25: "smtp", 465: "smtp", 587: "smtp", 2525: "smtp", 143: "imap", 993: "imap",
+         110: "pop3", 995: "pop3"}
+IMPLICIT = frozenset({465, 993, 995})
+
+_IMAP_CMD = re.compile(rb"^[A-Za-z0-9.]{1,20} (CAPABILITY|LOGIN|AUTHENTICATE|STARTTLS|ID|NOOP|SELECT|"
+                       rb"EXAMINE|LIST|LSUB|STATUS|LOGOUT|ENABLE)\b", re.I)
+
+
+def sniff(c2s: bytes, s2c: bytes) -> str | None:
+    """The mail protocol these first bytes belong to, or None."""
+    if s2c:
+        if re.match(rb"^220[ -]", s2c):
+            return "smtp"
+        if re.match(rb"^\* (OK|PREAUTH)\b", s2c, re.I):
+            return "imap"
+        if s2c.startswith(b"+OK"):
+            return "pop3"
+    if c2s:
+        if re.match(rb"^(EHLO|HELO|LHLO|MAIL FROM:)", c2s, re.I):
+            return "smtp"
+        if _IMAP_CMD.match(c2s):
+            return "imap"
+        if re.match(rb"^(USER|CAPA|STLS|APOP|STAT|UIDL|RETR) ?", c2s, re.I) and len(c2s) < 512:
+            return "pop3"
+    return None
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,404 @@
+"""Streaming pcap / pcapng reader and link → IP → TCP header parsing.
+
+The per-packet path is plain :mod:`struct` on a reused read buffer: the file is
+read a block at a time (never whole), and only the headers that matter are
+looked at. Scapy is not needed to read a capture (it is imported lazily by the
+parts that dissect TLS or sniff live).
+
+:func:`read_packets` yields ``(number, time, linktype, frame)``;
+:func:`tcp_segment` turns a frame into a :class:`Segment` (or None when the
+frame is not TCP over IPv4/IPv6).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+# Link types (https://www.tcpdump.org/linktypes.html)
+LINK_NULL = 0
+LINK_ETHERNET = 1
+LINK_RAW = 101
+LINK_RAW_BSD = (12, 14)
+LINK_LOOP = 108
+LINK_SLL = 113
+LINK_IPV4 = 228
+LINK_IPV6 = 229
+LINK_SLL2 = 276
+SUPPORTED_LINKS = {
+    LINK_NULL: "BSD loopback", LINK_ETHERNET: "Ethernet", LINK_RAW: "raw IP", 12: "raw IP",
+    14: "raw IP", LINK_LOOP: "OpenBSD loopback", LINK_SLL: "Linux cooked (SLL)",
+    LINK_IPV4: "raw IPv4", LINK_IPV6: "raw IPv6", LINK_SLL2: "Linux cooked v2 (SLL2)",
+}
+
+#: pcapng Decryption Secrets Block type and its TLS key log secrets type.
+_DSB = 0x0000000A
+_DSB_TLS_KEYLOG = 0x544C534B
+
+_BLOCK = 1 << 20
+
+
+class CaptureError(Exception):
+    """The file cannot be read as a capture at all (message says what and where)."""
+
+
+@dataclass
+class ReadReport:
+    """What the reader found besides packets: format, link types, problems."""
+
+    format: str = ""
+    packets: int = 0
+    linktypes: set = field(default_factory=set)
+    problems: list = field(default_factory=list)
+    #: TLS key log lines found in pcapng Decryption Secrets Blocks.
+    keylog: list = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < 50:
+            self.problems.append(text)
+
+
+class _Buffered:
+    """A file read in blocks; ``need(n)`` makes ``n`` bytes available at ``pos``."""
+
+    __slots__ = ("fh", "buf", "pos", "offset", "eof")
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+        self.buf = b""
+        self.pos = 0
+        self.offset = 0       # file offset of buf[0]
+        self.eof = False
+
+    def need(self, n: int) -> bool:
+        if len(self.buf) - self.pos >= n:
+            return True
+        if self.eof:
+            return False
+        rest = self.buf[self.pos:]
+        self.offset += self.pos
+        chunks = [rest]
+        have = len(rest)
+        while have < n:
+            chunk = self.fh.read(max(_BLOCK, n - have))
+            if not chunk:
+                self.eof = True
+                break
+            chunks.append(chunk)
+            have += len(chunk)
+        self.buf = b"".join(chunks)
+        self.pos = 0
+        return have >= n
+
+    def tell(self) -> int:
+        return self.offset + self.pos
+
+
+def read_packets(path: str | Path, report: ReadReport | None = None
+                 ) -> Iterator[tuple[int, float, int, bytes]]:
+    """Every packet of a pcap or pcapng file: ``(number, epoch time, linktype, frame)``.
+
+    Raises :class:`CaptureError` when the file is empty or not a capture;
+    a problem later in the file (truncated record, bad block) is recorded in
+    ``report.problems`` with the packet number and offset, and reading stops
+    there with what was read so far kept.
+    """
+    report = report if report is not None else ReadReport()
+    path = Path(path)
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    with fh:
+        head = fh.read(4)
+        if not head:
+            raise CaptureError(f"{path}: empty file (0 bytes): not a capture")
+        fh.seek(0)
+        if head in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
+            yield from _read_pcap(path, fh, report)
+        elif head == b"\x0a\x0d\x0d\x0a":
+            yield from _read_pcapng(path, fh, report)
+        else:
+            raise CaptureError(f"{path}: not a pcap or pcapng file (starts with bytes "
+                               f"{head.hex(' ')}; a capture starts with a1b2c3d4 or 0a0d0d0a)")
+
+
+def _read_pcap(path: Path, fh, report: ReadReport):
+    header = fh.read(24)
+    if len(header) < 24:
+        raise CaptureError(f"{path}: truncated pcap header ({len(header)} of 24 bytes)")
+    magic = header[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    _vmaj, _vmin, _tz, _sig, _snap, link = struct.unpack(endian + "HHiIII", header[4:])
+    link &= 0x0FFFFFFF
+    report.format = "pcap"
+    report.linktypes.add(link)
+    div = 1e9 if nano else 1e6
+    rec = struct.Struct(endian + "IIII")
+    unpack = rec.unpack_from
+    src = _Buffered(fh)
+    src.offset = 24
+    n = 0
+    while True:
+        if not src.need(16):
+            left = len(src.buf) - src.pos
+            if left:
+                report.problem(f"packet {n + 1}: truncated record header at byte {src.tell()} "
+                               f"({left} of 16 bytes): the file ends there")
+            break
+        sec, frac, incl, orig = unpack(src.buf, src.pos)
+        if incl > 0x4000000:
+            report.problem(f"packet {n + 1}: impossible record length {incl} at byte {src.tell()}: "
+                           "the rest of the file is not readable")
+            break
+        if not src.need(16 + incl):
+            report.problem(f"packet {n + 1}: truncated at byte {src.tell()} "
+                           f"({len(src.buf) - src.pos - 16} of {incl} bytes): the file ends there")
+            break
+        p = src.pos + 16
+        src.pos = p + incl
+        n += 1
+        report.packets = n
+        yield n, sec + frac / div, link, src.buf[p:p + incl]
+
+
+def _read_pcapng(path: Path, fh, report: ReadReport):
+    report.format = "pcapng"
+    src = _Buffered(fh)
+    endian = "<"
+    interfaces: list[tuple[int, float]] = []   # (linktype, seconds per tick)
+    n = 0
+    while True:
+        if not src.need(12):
+            left = len(src.buf) - src.pos
+            if left:
+                report.problem(f"after packet {n}: truncated block header at byte {src.tell()}: "
+                               "the file ends there")
+            break
+        buf, pos = src.buf, src.pos
+        btype = struct.unpack_from(endian + "I", buf, pos)[0]
+        if btype == 0x0A0D0D0A:
+            bom = buf[pos + 8:pos + 12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                endian = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                endian = ">"
+            else:
+                if n == 0:
+                    raise CaptureError(f"{path}: bad pcapng byte-order magic {bom.hex()}")
+                report.problem(f"after packet {n}: bad section header at byte {src.tell()}")
+                break
+            interfaces = []
+        blen = struct.unpack_from(endian + "I", buf, pos + 4)[0]
+        if blen < 12 or blen % 4 or blen > 0x4000000:
+            if n == 0 and src.tell() == 0:
+                raise CaptureError(f"{path}: bad pcapng section header length {blen}")
+            report.problem(f"packet {n + 1}: bad block length {blen} at byte {src.tell()}: "
+                           "the rest of the file is not readable")
+            break
+        if not src.need(blen):
+            report.problem(f"packet {n + 1}: truncated block at byte {src.tell()} "
+                           f"({len(src.buf) - src.pos} of {blen} bytes): the file ends there")
+            break
+        buf, pos = src.buf, src.pos
+        src.pos = pos + blen
+        body = pos + 8
+        if btype == 6:                                 # Enhanced Packet Block
+            iface, hi, lo, cap, _orig = struct.unpack_from(endian + "IIIII", buf, body)
+            n += 1
+            report.packets = n
+            if iface >= len(interfaces) or cap > blen - 32:
+                report.problem(f"packet {n}: bad enhanced packet block at byte {pos + src.offset}")
+                continue
+            link, tick = interfaces[iface]
+            yield n, ((hi << 32) | lo) * tick, link, buf[body + 20:body + 20 + cap]
+        elif btype == 1:                               # Interface Description Block
+            link = struct.unpack_from(endian + "H", buf, body)[0]
+            tick = 1e-6
+            opt = body + 8
+            end = pos + blen - 4
+            while opt + 4 <= end:
+                code, olen = struct.unpack_from(endian + "HH", buf, opt)
+                if code == 0:
+                    break
+                if code == 9 and olen >= 1:
+                    r = buf[opt + 4]
+                    tick = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+                opt += 4 + ((olen + 3) & ~3)
+            interfaces.append((link, tick))
+            report.linktypes.add(link)
+        elif btype == 3:                               # Simple Packet Block
+            n += 1
+            report.packets = n
+            if not interfaces:
+                report.problem(f"packet {n}: simple packet block before any interface")
+                continue
+            orig = struct.unpack_from(endian + "I", buf, body)[0]
+            cap = min(orig, blen - 16)
+            yield n, 0.0, interfaces[0][0], buf[body + 4:body + 4 + cap]
+        elif btype == 2:                               # obsolete Packet Block
+            iface, _drops, hi, lo, cap, _orig = struct.unpack_from(endian + "HHIIII", buf, body)
+            n += 1
+            report.packets = n
+            if iface >= len(interfaces):
+                continue
+            link, tick = interfaces[iface]
+            yield n, ((hi << 32) | lo) * tick, link, buf[body + 20:body + 20 + cap]
+        elif btype == _DSB:
+            stype, slen = struct.unpack_from(endian + "II", buf, body)
+            if stype == _DSB_TLS_KEYLOG:
+                text = buf[body + 8:body + 8 + slen].decode("ascii", "replace")
+                report.keylog.extend(line for line in text.splitlines() if line.strip())
+
+
+# --------------------------------------------------------------------------
+# Headers
+
+@dataclass(slots=True)
+class Segment:
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    payload: bytes
+
+
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+_u16 = struct.Struct("!H").unpack_from
+_tcp = struct.Struct("!HHIIBB").unpack_from
+
+
+_names: dict[bytes, str] = {}
+
+
+def _ip4(b: bytes) -> str:
+    name = _names.get(b)
+    if name is None:
+        name = _names[b] = f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
+        if len(_names) > 100000:
+            _names.clear()
+    return name
+
+
+def _ip6(b: bytes) -> str:
+    name = _names.get(b)
+    if name is None:
+        import ipaddress
+
+        name = _names[b] = str(ipaddress.IPv6Address(b))
+    return name
+
+
+class UnknownLink(Exception):
+    pass
+
+
+def tcp_segment(link: int, frame: bytes) -> Segment | None:
+    """The TCP segment in a frame, or None (not IP, not TCP, a fragment).
+
+    Raises :class:`UnknownLink` for a link type this reader does not know.
+    """
+    if link == LINK_ETHERNET:
+        if len(frame) < 14:
+            return None
+        etype = (frame[12] << 8) | frame[13]
+        off = 14
+        while etype in (0x8100, 0x88A8, 0x9100) and len(frame) >= off + 4:
+            etype = (frame[off + 2] << 8) | frame[off + 3]
+            off += 4
+        if etype == 0x0800:
+            return _ipv4(frame, off)
+        if etype == 0x86DD:
+            return _ipv6(frame, off)
+        return None
+    if link == LINK_SLL or link == LINK_SLL2:
+        if link == LINK_SLL:
+            if len(frame) < 16:
+                return None
+            etype, off = (frame[14] << 8) | frame[15], 16
+        else:
+            if len(frame) < 20:
+                return None
+            etype, off = (frame[0] << 8) | frame[1], 20
+        while etype == 0x8100 and len(frame) >= off + 4:
+            etype = (frame[off + 2] << 8) | frame[off + 3]
+            off += 4
+        if etype == 0x0800:
+            return _ipv4(frame, off)
+        if etype == 0x86DD:
+            return _ipv6(frame, off)
+        return None
+    if link == LINK_NULL or link == LINK_LOOP:
+        if len(frame) < 5:
+            return None
+        version = frame[4] >> 4
+    elif link in (LINK_RAW, 12, 14, LINK_IPV4, LINK_IPV6):
+        if not frame:
+            return None
+        version = frame[0] >> 4
+        off = 0
+        return _ipv4(frame, 0) if version == 4 else _ipv6(frame, 0) if version == 6 else None
+    else:
+        raise UnknownLink(link)
+    # BSD loopback: a 4-byte address family (host order); the IP version tells.
+    if version == 4:
+        return _ipv4(frame, 4)
+    if version == 6:
+        return _ipv6(frame, 4)
+    return None
+
+
+def _ipv4(frame: bytes, off: int) -> Segment | None:
+    if len(frame) < off + 20:
+        return None
+    ihl = (frame[off] & 0x0F) * 4
+    total = _u16(frame, off + 2)[0]
+    if frame[off + 6] & 0x3F or frame[off + 7]:       # MF set or fragment offset: skip
+        return None
+    proto = frame[off + 9]
+    end = off + total if total else len(frame)         # total 0: TSO on the capturing host
+    if proto == 6:
+        return _tcp_at(frame, off + ihl, min(end, len(frame)),
+                       _ip4(frame[off + 12:off + 16]), _ip4(frame[off + 16:off + 20]))
+    if proto == 41:                                     # 6in4
+        return _ipv6(frame[:min(end, len(frame))], off + ihl)
+    return None
+
+
+def _ipv6(frame: bytes, off: int) -> Segment | None:
+    if len(frame) < off + 40:
+        return None
+    plen = _u16(frame, off + 4)[0]
+    nxt = frame[off + 6]
+    src, dst = frame[off + 8:off + 24], frame[off + 24:off + 40]
+    end = min(off + 40 + plen, len(frame)) if plen else len(frame)
+    p = off + 40
+    while nxt in (0, 43, 60, 44, 51):
+        if p + 8 > end:
+            return None
+        if nxt == 44:
+            if _u16(frame, p + 2)[0] & 0xFFF9:         # not the first and only fragment
+                return None
+            nxt, p = frame[p], p + 8
+        elif nxt == 51:
+            nxt, p = frame[p], p + (frame[p + 1] + 2) * 4
+        else:
+            nxt, p = frame[p], p + (frame[p + 1] + 1) * 8
+    if nxt != 6:
+        return None
+    return _tcp_at(frame, p, end, _ip6(src), _ip6(dst))
+
+
+def _tcp_at(frame: bytes, p: int, end: int, src: str, dst: str) -> Segment | None:
+    if end < p + 20:
+        return None
+    sport, dport, seq, ack, doff, flags = _tcp(frame, p)
+    start = p + (doff >> 4) * 4
+    return Segment(src, sport, dst, dport, seq, ack, flags, frame[start:end] if start < end else b"")

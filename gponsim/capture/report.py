@@ -1,0 +1,182 @@
+"""Text for `gponsim analyze`: the summary, the credentials table, the messages (es + en)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from gponsim.capture.analyze import Analysis
+from gponsim.capture.decoders import Message
+from gponsim.commentary import catalog
+from gponsim.steps import MASK
+
+_T = {
+    "en": {
+        "file": "Capture {path}: {format}, {packets} packets ({tcp} TCP), link type {links}",
+        "conns": "{n} mail connection(s):",
+        "none": "No mail traffic (SMTP, IMAP, POP3) found in this capture.",
+        "mid": "starts mid-connection",
+        "onedir": "one direction only",
+        "client": "client",
+        "software": "software",
+        "tls": "TLS",
+        "notls": "no TLS: everything in clear",
+        "gaps": "{n} gap(s)",
+        "failures": "Failures:",
+        "nofail": "No failures.",
+        "problems": "Problems reading the file:",
+        "creds": "Credentials seen ({n}):",
+        "nocreds": "No credentials seen.",
+        "clear": "in clear",
+        "inside": "inside TLS",
+        "creds_note": "Anyone who can capture this traffic reads these passwords: that is why "
+                      "the lab's port 587 refuses AUTH before STARTTLS.",
+        "msgs": "Messages ({n}):",
+        "saved": "saved in {path}",
+        "steps": "{n} Steps decoded in {s:.2f} s.",
+        "more": "  ... and {n} more connection(s) ({protos}); --json lists them all",
+    },
+    "es": {
+        "file": "Captura {path}: {format}, {packets} paquetes ({tcp} TCP), tipo de enlace {links}",
+        "conns": "{n} conexión(es) de correo:",
+        "none": "No hay tráfico de correo (SMTP, IMAP, POP3) en esta captura.",
+        "mid": "empieza a mitad de conexión",
+        "onedir": "solo un sentido",
+        "client": "cliente",
+        "software": "programa",
+        "tls": "TLS",
+        "notls": "sin TLS: todo en claro",
+        "gaps": "{n} hueco(s)",
+        "failures": "Fallos:",
+        "nofail": "Sin fallos.",
+        "problems": "Problemas al leer el fichero:",
+        "creds": "Credenciales vistas ({n}):",
+        "nocreds": "No se ven credenciales.",
+        "clear": "en claro",
+        "inside": "dentro de TLS",
+        "creds_note": "Cualquiera que pueda capturar este tráfico lee estas contraseñas: por eso "
+                      "el puerto 587 del laboratorio rechaza AUTH antes de STARTTLS.",
+        "msgs": "Mensajes ({n}):",
+        "saved": "guardado en {path}",
+        "steps": "{n} Steps decodificados en {s:.2f} s.",
+        "more": "  ... y {n} conexión(es) más ({protos}); --json las lista todas",
+    },
+}
+
+
+def _tr(lang: str) -> dict:
+    return _T.get(lang, _T["en"])
+
+
+def summary_text(a: Analysis, lang: str = "en") -> str:
+    t = _tr(lang)
+    rep = a.report
+    out = [t["file"].format(path=a.path, format=rep.format or "?", packets=rep.packets,
+                            tcp=a.tcp_packets, links=", ".join(str(x) for x in sorted(rep.linktypes)) or "?")]
+    if not a.connections:
+        out.append(t["none"])
+    else:
+        out.append(t["conns"].format(n=a.connection_count))
+    shown = a.connections if len(a.connections) <= 30 else a.connections[:25]
+    for c in shown:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.start)) if c.start else "?"
+        flags = []
+        if c.midstream:
+            flags.append(t["mid"])
+        if len(c.directions) == 1:
+            flags.append(t["onedir"])
+        if c.gaps:
+            flags.append(t["gaps"].format(n=c.gaps))
+        head = f"  {c.session}  {c.proto.upper():4} {c.endpoints}  {when} UTC"
+        if flags:
+            head += f"  ({', '.join(flags)})"
+        out.append(head)
+        who = []
+        if c.client_name:
+            who.append(f"{t['client']}: {c.client_name}")
+        if c.software:
+            who.append(f"{t['software']}: {'; '.join(c.software)}")
+        if who:
+            out.append("      " + "  ".join(who))
+        if c.tls:
+            parts = [c.tls.get("how", "TLS")]
+            for name in ("version", "cipher"):
+                if c.tls.get(name):
+                    parts.append(str(c.tls[name]))
+            if c.tls.get("sni"):
+                parts.append(f"SNI {c.tls['sni']}")
+            if c.tls.get("subject"):
+                parts.append(f"cert {c.tls['subject']}")
+            out.append(f"      {t['tls']}: " + ", ".join(parts))
+        else:
+            out.append(f"      {t['notls']}")
+    if len(shown) < a.connection_count:
+        protos = {c.proto.upper() for c in a.connections} | {p.upper() for p in a.more_connections}
+        out.append(t["more"].format(n=a.connection_count - len(shown), protos=", ".join(sorted(protos))))
+    if a.failures:
+        out.append(t["failures"])
+        cat = catalog()
+        shown = set()
+        for step in a.failures[:20]:
+            first = step.shown_line().split("\n")[-1]
+            out.append(f"  {step.session}  {step.verb or '?'} → {first}")
+            entry = cat.resolve(step)
+            if entry is not None and entry.key not in shown:
+                shown.add(entry.key)
+                out.append("      ↳ " + entry.text(lang))
+        if len(a.failures) > 20:
+            out.append(f"  ... (+{len(a.failures) - 20})")
+    elif a.connections:
+        out.append(t["nofail"])
+    if rep.problems:
+        out.append(t["problems"])
+        out.extend(f"  {p}" for p in rep.problems)
+    return "\n".join(out)
+
+
+def credentials_text(a: Analysis, lang: str = "en", reveal: bool = True) -> str:
+    t = _tr(lang)
+    if not a.credentials:
+        return t["nocreds"]
+    rows = [(c.session, c.proto.upper(), c.mechanism, c.user, c.password if reveal else MASK,
+             t["inside"] if c.inside_tls else t["clear"], c.result) for c in a.credentials]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(7)]
+    out = [t["creds"].format(n=len(rows))]
+    for r in rows:
+        out.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    if any(not c.inside_tls for c in a.credentials):
+        out.append("  " + t["creds_note"])
+    return "\n".join(out)
+
+
+def messages_text(a: Analysis, lang: str = "en", saved: list[Path] | None = None) -> str:
+    t = _tr(lang)
+    out = [t["msgs"].format(n=len(a.messages) + a.more_messages)]
+    for i, m in enumerate(a.messages):
+        line = (f"  {i + 1}. [{m['proto']} {m['verb']}] {m.get('size', 0)} bytes  "
+                f"From: {m.get('from', '-')}  To: {m.get('to', '-')}  Subject: {m.get('subject', '-')}")
+        if m.get("attachments"):
+            line += "  [" + ", ".join(m["attachments"]) + "]"
+        if m.get("incomplete"):
+            line += "  (incomplete)"
+        out.append(line)
+        if saved and i < len(saved):
+            out.append("     " + t["saved"].format(path=saved[i]))
+    return "\n".join(out)
+
+
+class Extractor:
+    """Saves each message as DIR/NNN-session-subject.eml."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.saved: list[Path] = []
+
+    def __call__(self, message: Message) -> None:
+        subject = message.meta.get("subject") or "message"
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", subject)[:40].strip("_") or "message"
+        path = self.folder / f"{len(self.saved) + 1:03d}-{message.session}-{slug}.eml"
+        path.write_bytes(message.data)
+        self.saved.append(path)

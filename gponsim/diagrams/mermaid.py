@@ -1,0 +1,40 @@
+"""Mermaid text, in the lab document's own style (``sequenceDiagram``, ``graph TB``)."""
+
+from __future__ import annotations
+
+from gponsim.diagrams.labels import participant_name
+from gponsim.diagrams.sequence import Page
+
+#: Aliases as the lab document writes them (``participant SMTPD as Postfix SMTPD``).
+ALIASES = {"client": "User", "internet": "Ext", "smtpd": "SMTPD", "auth": "SASL",
+           "cleanup": "Cleanup", "qmgr": "Queue", "local": "Local", "mailbox": "Mailbox",
+           "smtp": "SMTP", "relay": "Gmail", "imap": "IMAP", "pop3": "POP3"}
+
+
+def _text(label: str) -> str:
+    # Mermaid message text ends at a newline; ';' and '#' have meanings there.
+    return label.replace(";", ",").replace("#", "＃").replace("\n", " ")
+
+
+def sequence_mermaid(page: Page, lang: str = "en") -> str:
+    lines = ["sequenceDiagram"]
+    for p in page.participants:
+        lines.append(f"    participant {ALIASES[p]} as {participant_name(p, lang)}")
+    lines.append("    ")
+    in_tls = False
+    for row in page.rows:
+        if row.tls and not in_tls:
+            lines.append("    rect rgb(225, 236, 252)")
+            in_tls = True
+        elif not row.tls and in_tls:
+            lines.append("    end")
+            in_tls = False
+        arrow = "-x" if row.failed else ("-->>" if row.kind == "reply" else "->>")
+        label = row.label + (f" (×{row.repeat})" if row.repeat > 1 else "")
+        indent = "        " if in_tls else "    "
+        lines.append(f"{indent}{ALIASES[row.src]}{arrow}{ALIASES[row.dst]}: {_text(label)}")
+        if row.note:
+            lines.append(f"{indent}Note over {ALIASES[row.dst]}: {_text(row.note)[:200]}")
+    if in_tls:
+        lines.append("    end")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,194 @@
+"""What a lesson step can do: act as a client, show a file, draw a diagram.
+
+Each action runs in the lesson's worker thread, beside the lab's reactor, and
+talks to the lab only as a real client would (sockets) or by reading its
+files; everything it causes shows up as Steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from gponsim.clients.smtp import SmtpClientError, build_message, send_mail
+from gponsim.lessons.model import Action
+from gponsim.steps import ListSink
+
+
+@dataclass
+class Context:
+    """What actions may use: the lab's ports and root, the Steps so far, the output."""
+
+    ports: dict[str, int]
+    lab_root: Path
+    out: Path
+    record: ListSink
+    lang: str
+    say: Callable[[str], None]
+    show_text: Callable[[str, str], None]
+    artifacts: list[Path] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    interactive: bool = False      # the student acts with their own mail client
+    timeout: float = 300.0         # how long to wait for the student
+    host: str = "127.0.0.1"
+
+
+def do_send(ctx: Context, o: dict) -> None:
+    """Send a mail like Thunderbird (587 + STARTTLS + AUTH) or an MTA (port 25)."""
+    user = o.get("as", "user1")
+    domain = o.get("domain", "gponlab.local")
+    sender = o.get("from", f"{user}@{domain}")
+    recipients = o.get("to", [f"user2@{domain}"])
+    service = o.get("port", "submission")
+    body = o.get("body", "Hola,\n\nMensaje de la lección de gponsim.\n")
+    if o.get("size"):
+        body += "x" * int(o["size"]) + "\n"
+    message = build_message(sender, recipients, o.get("subject", "gponsim"), body)
+    auth = o.get("auth", service == "submission")
+    try:
+        result = send_mail(host="127.0.0.1", port=ctx.ports[service], sender=sender,
+                           recipients=recipients, message=message,
+                           user=user if auth else None, password=o.get("password", "pass"),
+                           starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"))
+        ctx.results["queue_id"] = result.queue_id
+        outcome = "accepted"
+    except SmtpClientError as exc:
+        ctx.results["refused"] = " / ".join(exc.reply) if exc.reply else str(exc)
+        outcome = "refused"
+    expect = o.get("expect", "accepted")
+    if outcome != expect:
+        raise RuntimeError(f"the mail was {outcome}, the lesson expected it {expect}"
+                           + (f": {ctx.results.get('refused')}" if outcome == "refused" else ""))
+
+
+def do_wait_delivery(ctx: Context, o: dict) -> None:
+    """Wait until ``count`` messages of this lesson reached var/mail/<user>."""
+    user = o.get("user", "user2")
+    count = int(o.get("count", 1))
+    timeout = float(o.get("timeout", 15))
+    seen: list = []
+
+    def delivered(step) -> bool:
+        if step.src == "local" and step.dst == "mailbox" and step.verb == "DELIVERED" \
+                and str(step.meta.get("recipient", "")).startswith(f"{user}@"):
+            seen.append(step)
+        return len(seen) >= count
+    if ctx.record.wait_for(delivered, timeout) is None:
+        raise RuntimeError(f"{len(seen)} of {count} message(s) reached var/mail/{user} "
+                           f"within {timeout:.0f} s")
+
+
+def do_show(ctx: Context, o: dict) -> None:
+    rel = o["file"]
+    path = (ctx.lab_root / rel).resolve()
+    if ctx.lab_root.resolve() not in path.parents:
+        raise RuntimeError(f"{rel}: only files inside the lab root can be shown")
+    content = path.read_text(errors="replace") if path.exists() else ""
+    lines = content.splitlines()
+    if o.get("tail"):
+        lines = lines[-int(o["tail"]):]
+    if o.get("grep"):
+        lines = [line for line in lines if o["grep"] in line]
+    ctx.show_text(str(path), "\n".join(lines))
+
+
+def do_diagram(ctx: Context, o: dict) -> None:
+    from gponsim.diagrams import DotMissing, draw_architecture, draw_sequence
+
+    kind = o.get("kind", "sequence")
+    name = o.get("name", f"{kind}-{o.get('flow', 'all')}")
+    target = ctx.out / f"{name}.svg"
+    try:
+        if kind == "architecture":
+            written = [draw_architecture(ctx.record.steps, target, lang=ctx.lang)]
+        else:
+            written = draw_sequence(ctx.record.steps, target, lang=ctx.lang, flow=o.get("flow", "all"),
+                                    notes=bool(o.get("notes")))
+    except DotMissing as exc:
+        ctx.say(f"{exc}; the .dot/.mmd sources are in {ctx.out}")
+        return
+    ctx.artifacts.extend(written)
+    for path in written:
+        ctx.say(f"→ {path}")
+
+
+# -------------------------------------------------------------- interactive
+
+ASK = {
+    "submission": {
+        "es": ("Ahora tú, con tu cliente de correo (Thunderbird): como {user}, envía un mensaje a {to}"
+               "{subject}.\nServidor de salida (SMTP): {host}, puerto {port}, seguridad STARTTLS, "
+               "autenticación «contraseña normal», usuario {user}, contraseña {password}.\n"
+               "Si Thunderbird avisa del certificado: es el certificado autofirmado del laboratorio "
+               "(como el snakeoil de Debian); confírmalo para seguir."),
+        "en": ("Now you, with your mail client (Thunderbird): as {user}, send a message to {to}"
+               "{subject}.\nOutgoing server (SMTP): {host}, port {port}, security STARTTLS, "
+               "authentication 'normal password', user {user}, password {password}.\n"
+               "If Thunderbird warns about the certificate: it is the lab's self-signed certificate "
+               "(like Debian's snakeoil); confirm it to go on."),
+    },
+    "smtp": {
+        "es": ("Ahora tú, como un servidor de Internet: entrega por el puerto {port} de {host} (sin "
+               "autenticación) un mensaje de {sender} para {to}{subject} (por ejemplo con swaks)."),
+        "en": ("Now you, as an Internet server: deliver on {host} port {port} (no authentication) a "
+               "message from {sender} to {to}{subject} (with swaks, for example)."),
+    },
+}
+
+HINTS = {
+    530: {"es": "Pista: el servidor pide STARTTLS (530). En Thunderbird, seguridad de la conexión: STARTTLS.",
+          "en": "Hint: the server wants STARTTLS (530). In Thunderbird, connection security: STARTTLS."},
+    535: {"es": "Pista: usuario o contraseña incorrectos (535). Revisa el usuario ({user}, sin @dominio) "
+                "y la contraseña.",
+          "en": "Hint: wrong user or password (535). Check the user name ({user}, without @domain) "
+                "and the password."},
+    554: {"es": "Pista: el servidor rechazó al cliente o al destinatario (554): ¿te autenticaste?",
+          "en": "Hint: the server refused the client or the recipient (554): did you authenticate?"},
+    550: {"es": "Pista: ese usuario no existe en el laboratorio (550). Los usuarios son user1 y user2.",
+          "en": "Hint: that user does not exist in the lab (550). The users are user1 and user2."},
+}
+
+
+def do_send_interactively(ctx: Context, o: dict) -> None:
+    """Ask the student to send the mail themselves; wait for the Steps to show it."""
+    user = o.get("as", "user1")
+    domain = o.get("domain", "gponlab.local")
+    service = o.get("port", "submission")
+    to = ", ".join(o.get("to", [f"user2@{domain}"]))
+    subject = f" ({'asunto' if ctx.lang == 'es' else 'subject'}: {o['subject']})" if o.get("subject") else ""
+    ctx.say(ASK[service][ctx.lang].format(user=user, to=to, subject=subject, host=ctx.host,
+                                          port=ctx.ports[service], password=o.get("password", "pass"),
+                                          sender=o.get("from", f"{user}@{domain}")))
+    hinted: set[int] = set()
+    services: dict[str, str] = {}
+    expect_refused = o.get("expect") == "refused"
+
+    def progress(step) -> bool:
+        if step.kind == "event" and step.verb == "CONNECT" and "service" in step.meta:
+            services[step.session] = step.meta["service"]
+        if services.get(step.session) != service or step.proto != "smtp" or step.kind != "reply":
+            return False
+        if step.code in HINTS and step.code not in hinted:
+            hinted.add(step.code)
+            if not expect_refused:
+                ctx.say(HINTS[step.code][ctx.lang].format(user=user))
+            return expect_refused
+        return step.code == 250 and "queued as" in step.line
+    if ctx.record.wait_for(progress, ctx.timeout) is None:
+        raise RuntimeError(f"nothing arrived on the {service} port within {ctx.timeout:.0f} s")
+
+
+ACTIONS: dict[str, Callable[[Context, dict], None]] = {
+    "send": do_send,
+    "wait_delivery": do_wait_delivery,
+    "show": do_show,
+    "diagram": do_diagram,
+}
+
+
+def run_action(ctx: Context, action: Action) -> None:
+    if ctx.interactive and action.do == "send":
+        do_send_interactively(ctx, action.options)
+    else:
+        ACTIONS[action.do](ctx, action.options)

@@ -1,0 +1,65 @@
+"""Checkpoints: facts about the observed Steps and the lab's files."""
+
+from __future__ import annotations
+
+import mailbox
+import re
+from email.header import decode_header, make_header
+from dataclasses import dataclass
+from pathlib import Path
+
+from gponsim.lessons.model import Check, text
+from gponsim.steps import Step
+
+
+@dataclass
+class Outcome:
+    check: Check
+    passed: bool
+    detail: str = ""
+
+    def to_dict(self, lang: str) -> dict:
+        return {"what": self.check.what, "says": text(self.check.says, lang), "passed": self.passed,
+                "detail": self.detail}
+
+
+def _matches(step: Step, check: Check) -> bool:
+    for name, want in check.where.items():
+        if getattr(step, name) != want:
+            return False
+    return not check.line_contains or check.line_contains in step.line
+
+
+def evaluate(check: Check, steps: list[Step], lab_root: Path) -> Outcome:
+    if check.what in ("step", "no_step"):
+        found = [s for s in steps if _matches(s, check)]
+        if check.what == "step":
+            ok = len(found) >= check.count
+            detail = found[0].shown_line().split("\n")[0] if found else "no such step was observed"
+        else:
+            ok = not found
+            detail = "" if ok else f"observed: {found[0].shown_line().splitlines()[0]}"
+        return Outcome(check, ok, detail)
+    if check.what == "mailbox":
+        path = lab_root / "var" / "mail" / check.user
+        if not path.exists():
+            return Outcome(check, False, f"{path} does not exist")
+        box = mailbox.mbox(str(path), create=False)
+        try:
+            subjects = [str(make_header(decode_header(m.get("Subject", "")))) for m in box]
+        finally:
+            box.close()
+        ok = any(check.contains in s for s in subjects) if check.contains else bool(subjects)
+        return Outcome(check, ok, f"{len(subjects)} message(s) in var/mail/{check.user}")
+    if check.what == "log":
+        path = lab_root / "var" / "log" / "mail.log"
+        log = path.read_text(errors="replace") if path.exists() else ""
+        m = re.search(check.pattern, log, re.M)
+        return Outcome(check, bool(m), m.group(0) if m else "no matching line in mail.log")
+    if check.what == "file":
+        path = (lab_root / check.file).resolve()
+        if lab_root.resolve() not in path.parents or not path.exists():
+            return Outcome(check, False, f"{check.file} is not a file of the lab")
+        found = check.contains in path.read_text(errors="replace")
+        return Outcome(check, found, f"{check.file}: {'found' if found else 'not found'}: {check.contains!r}")
+    raise ValueError(f"unknown check {check.what}")

@@ -1,0 +1,210 @@
+"""Lessons as data: the TOML schema (docs/lessons.md), loading and validation.
+
+A lesson file is read once, checked completely, and turned into plain
+dataclasses; a mistake is reported as ``file:line: what is wrong`` so an
+instructor writing their own lesson finds it at once.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gponsim.commentary import LANGS
+
+#: The top-level lessons/ folder of a source checkout (the Quick start's install).
+LESSONS_DIR = Path(__file__).resolve().parents[2] / "lessons"
+
+ACTIONS = {"send", "show", "diagram", "wait_delivery"}
+CHECKS = {"step", "no_step", "mailbox", "log", "file"}
+STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
+
+
+class LessonError(Exception):
+    """A lesson file that cannot be used; ``str()`` is ``file:line: message``."""
+
+    def __init__(self, path: Path, line: int | None, message: str) -> None:
+        self.path, self.line, self.message = path, line, message
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+Text = dict  # {"es": str, "en": str}
+
+
+def text(value: Text | None, lang: str) -> str:
+    if not value:
+        return ""
+    return value.get(lang) or value.get("en") or ""
+
+
+@dataclass
+class Check:
+    what: str
+    says: Text
+    where: dict = field(default_factory=dict)
+    line_contains: str = ""
+    count: int = 1
+    user: str = ""
+    contains: str = ""
+    pattern: str = ""
+    file: str = ""                 # a path inside the lab root (check "file")
+    scope: str = "step"            # step | lesson
+
+
+@dataclass
+class Action:
+    do: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class LessonStep:
+    id: str
+    say: Text
+    actions: list[Action] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+
+@dataclass
+class Question:
+    question: Text
+    choices: dict                  # lang -> list[str]
+    answer: int
+    explain: Text
+
+
+@dataclass
+class Lesson:
+    id: str
+    title: Text
+    section: str
+    objectives: dict               # lang -> list[str]
+    steps: list[LessonStep]
+    quiz: list[Question] = field(default_factory=list)
+    lab: dict = field(default_factory=dict)    # main_cf overrides, ...
+    diagrams: list[dict] = field(default_factory=list)
+    path: Path | None = None
+
+
+class _Locator:
+    """Finds the line of the n-th ``[[steps]]`` (etc.) in the raw text, for messages."""
+
+    def __init__(self, raw: str) -> None:
+        self.lines = raw.splitlines()
+
+    def table(self, header: str, index: int) -> int | None:
+        seen = -1
+        for n, line in enumerate(self.lines, 1):
+            if line.strip() == f"[[{header}]]":
+                seen += 1
+                if seen == index:
+                    return n
+        return None
+
+    def key(self, key: str) -> int | None:
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for n, line in enumerate(self.lines, 1):
+            if pattern.match(line):
+                return n
+        return None
+
+
+def _need_text(value, path: Path, line: int | None, what: str) -> Text:
+    if not isinstance(value, dict) or not all(isinstance(value.get(lang), str) and value[lang].strip()
+                                              for lang in LANGS):
+        raise LessonError(path, line, f"{what} needs both an 'es' and an 'en' text")
+    return value
+
+
+def load_lesson(path: str | Path) -> Lesson:
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LessonError(path, None, f"cannot read the lesson: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise LessonError(path, int(m.group(1)) if m else None, f"not valid TOML: {exc}") from exc
+    loc = _Locator(raw)
+    for key in ("id", "title", "section", "objectives", "steps"):
+        if key not in data:
+            raise LessonError(path, None, f"missing '{key}'")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", str(data["id"])):
+        raise LessonError(path, loc.key("id"), "id must be lower-case letters, digits and '-'")
+    title = _need_text(data["title"], path, loc.key("title"), "title")
+    objectives = data["objectives"]
+    if not all(isinstance(objectives.get(lang), list) and objectives[lang] for lang in LANGS):
+        raise LessonError(path, loc.key("objectives"), "objectives needs es and en lists")
+    steps = []
+    for i, raw_step in enumerate(data["steps"]):
+        line = loc.table("steps", i)
+        sid = raw_step.get("id") or f"step-{i + 1}"
+        say = _need_text(raw_step.get("say"), path, line, f"step '{sid}': say")
+        actions = []
+        for a in raw_step.get("actions", []):
+            do = a.get("do")
+            if do not in ACTIONS:
+                raise LessonError(path, line, f"step '{sid}': unknown action {do!r} "
+                                              f"(known: {', '.join(sorted(ACTIONS))})")
+            actions.append(Action(do=do, options={k: v for k, v in a.items() if k != "do"}))
+        checks = []
+        for c in raw_step.get("checks", []):
+            what = c.get("what")
+            if what not in CHECKS:
+                raise LessonError(path, line, f"step '{sid}': unknown check {what!r} "
+                                              f"(known: {', '.join(sorted(CHECKS))})")
+            says = _need_text(c.get("says"), path, line, f"step '{sid}': a check's 'says'")
+            where = c.get("where", {})
+            unknown = set(where) - STEP_FIELDS
+            if unknown:
+                raise LessonError(path, line, f"step '{sid}': a check looks at unknown Step fields "
+                                              f"{sorted(unknown)} (known: {sorted(STEP_FIELDS)})")
+            if what == "mailbox" and not c.get("user"):
+                raise LessonError(path, line, f"step '{sid}': a mailbox check needs 'user'")
+            if what == "file" and not (c.get("file") and c.get("contains")):
+                raise LessonError(path, line, f"step '{sid}': a file check needs 'file' and 'contains'")
+            if what == "log":
+                try:
+                    re.compile(c.get("pattern", ""))
+                except re.error as exc:
+                    raise LessonError(path, line, f"step '{sid}': bad log pattern: {exc}") from exc
+            checks.append(Check(what=what, says=says, where=where,
+                                line_contains=c.get("line_contains", ""), count=int(c.get("count", 1)),
+                                user=c.get("user", ""), contains=c.get("contains", ""),
+                                pattern=c.get("pattern", ""), file=c.get("file", ""),
+                                scope=c.get("scope", "step")))
+        steps.append(LessonStep(id=sid, say=say, actions=actions, checks=checks))
+    quiz = []
+    for i, q in enumerate(data.get("quiz", [])):
+        line = loc.table("quiz", i)
+        question = _need_text(q.get("question"), path, line, "quiz question")
+        choices = q.get("choices", {})
+        if not all(isinstance(choices.get(lang), list) and len(choices[lang]) >= 2 for lang in LANGS):
+            raise LessonError(path, line, "quiz choices need es and en lists of 2 or more")
+        if len(choices["es"]) != len(choices["en"]):
+            raise LessonError(path, line, "quiz choices: es and en must have as many choices")
+        answer = q.get("answer")
+        if not isinstance(answer, int) or not 1 <= answer <= len(choices["en"]):
+            raise LessonError(path, line, f"quiz answer must be a choice number from 1 to {len(choices['en'])}")
+        quiz.append(Question(question=question, choices=choices, answer=answer,
+                             explain=_need_text(q.get("explain"), path, line, "quiz explain")))
+    return Lesson(id=data["id"], title=title, section=str(data["section"]), objectives=objectives,
+                  steps=steps, quiz=quiz, lab=data.get("lab", {}), diagrams=data.get("diagrams", []),
+                  path=path)
+
+
+def lesson_files(folder: Path = LESSONS_DIR) -> list[Path]:
+    return sorted(folder.glob("*.toml")) if folder.is_dir() else []
+
+
+def find_lesson(lesson_id: str, folder: Path = LESSONS_DIR) -> Lesson:
+    for path in lesson_files(folder):
+        if path.stem == lesson_id:
+            return load_lesson(path)
+    known = ", ".join(p.stem for p in lesson_files(folder)) or "none"
+    raise LessonError(folder / f"{lesson_id}.toml", None, f"no lesson '{lesson_id}' (lessons: {known})")

@@ -1,0 +1,53 @@
+"""Dovecot's mail-reading services in the lab: IMAP (143, 993) and POP3 (110, 995).
+
+Which services run, and on which ports, comes from the profile as Dovecot
+reads it: ``protocols`` and each ``service imap-login { inet_listener imap
+{ port, ssl } }`` (port 0 disables a listener). ``--port NAME=PORT``
+(NAME: imap, imaps, pop3, pop3s) and ``--port-offset`` apply as for smtpd.
+"""
+
+from __future__ import annotations
+
+from gponsim.server.imap import ImapContext, ImapFactory, ImapSettings, listening_factory
+from gponsim.server.maillog import pid_for
+
+
+def imap_settings(profile) -> ImapSettings:
+    location = profile.mail_location()
+    greeting = profile.dovecot("login_greeting") or "Dovecot ready."
+    return ImapSettings(
+        greeting=greeting,
+        disable_plaintext_auth=profile.dovecot_bool("disable_plaintext_auth"),
+        mechanisms=profile.auth_mechanisms(),
+        inbox_template=location.inbox or "/var/mail/%u",
+        mail_dir=location.root or "~/mail",
+        special_use=[(box.name, box.special_use, box.auto) for box in profile.mailboxes()],
+    )
+
+
+def start_dovecot_services(lab, tls_options) -> dict[str, int]:
+    """Listen for every enabled IMAP/POP3 listener; adds them to ``lab.ports``."""
+    from gponsim.server.pop3 import Pop3Factory
+
+    profile = lab.profile
+    settings = imap_settings(profile)
+
+    def log(text: str) -> None:
+        lab.log.write("dovecot", pid_for("dovecot"), text)
+
+    ctx = ImapContext(lab_root=lab.root, emit=lab.emit, log=log, auth=lab.auth_client,
+                      settings=settings, reactor=lab.reactor)
+    lab.dovecot_context = ctx
+    started = {}
+    for listener in profile.inet_listeners():
+        if listener.protocol == "imap":
+            factory = ImapFactory(ctx, tls_options, implicit_tls=listener.ssl)
+        elif listener.protocol == "pop3":
+            factory = Pop3Factory(ctx, tls_options, implicit_tls=listener.ssl)
+        else:
+            continue
+        port = lab.port_for(listener.name, listener.port)
+        started[listener.name] = lab._listen(
+            listener.name, port, listening_factory(factory, tls_options, listener.ssl))
+    lab.ports.update(started)
+    return started

@@ -1,0 +1,1477 @@
+"""Dovecot's IMAP (ports 143 and 993) on Twisted's IMAP4Server.
+
+Twisted's :class:`~twisted.mail.imap4.IMAP4Server` gives us the line and
+literal machinery, the command dispatch (``<state>_<COMMAND>`` tuples of a
+handler and argument parsers) and its argument parsers; this subclass
+answers like Dovecot 2.3 on Debian (lab-facts §4.1) on the lab's mbox store
+(:mod:`gponsim.server.mbox_store`):
+
+- the greeting and capability lists before and after login, LOGINDISABLED
+  and Dovecot's refusal texts before TLS (``disable_plaintext_auth``; a
+  client whose address is the server's counts as secured), STARTTLS, 993;
+- LOGIN and AUTHENTICATE PLAIN/LOGIN (with SASL-IR) through the lab's
+  Dovecot auth socket (``service=imap``);
+- what Twisted lacks (lab-facts §8): ID, ENABLE, IDLE ended only by DONE with
+  new mail pushed while idling, UIDPLUS, MOVE, UNSELECT, LIST-EXTENDED with
+  SPECIAL-USE and CHILDREN, LITERAL+, and partial FETCH answered as
+  ``BODY[]<origin>``; FETCH, STORE, SEARCH, COPY are answered here from the
+  store, with Twisted's ENVELOPE/BODYSTRUCTURE builders;
+- Dovecot's log lines (``imap-login: Login: user=<...>``, ``imap(user): Logged out``).
+
+Every byte in and out goes through :class:`gponsim.wire.imap.ImapConversation`,
+which turns it into Steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import io
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from twisted.internet import defer, interfaces, protocol
+from twisted.mail import imap4
+from twisted.python import log as twlog
+from zope.interface import implementer
+
+from gponsim.server.mbox_store import (
+    DELETED, RECENT, SEEN, SYSTEM_FLAGS, MailStore, StoreError, StoredMessage,
+    parse_internal_date,
+)
+from gponsim.server.sasl_client import AuthUnavailable
+from gponsim.server.tls import describe_connection
+from gponsim.steps import new_session, null_emit
+from gponsim.wire import smtp as smtp_wire
+from gponsim.wire.imap import ImapConversation
+
+PRE_LOGIN_CAPS = ["IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "IDLE", "LITERAL+"]
+POST_LOGIN_CAPS = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
+    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
+    "NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES "
+    "WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW "
+    "STATUS=SIZE SAVEDATE LITERAL+ NOTIFY").split()
+FLAGS_LIST = r"\Answered \Flagged \Deleted \Seen \Draft"
+#: Largest literal accepted (APPEND): Dovecot has no fixed limit; the lab caps it.
+MAX_LITERAL = 50 * 1024 * 1024
+#: How often a selected INBOX file is checked for new deliveries.
+WATCH_INTERVAL = 0.2
+IDLE_NOTIFY_INTERVAL = 120.0
+_LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}$")
+_LITERAL_ANY = re.compile(rb"\{(\d{1,20})\+?\}$")
+
+
+@dataclass
+class ImapSettings:
+    greeting: str = "Dovecot (Debian) ready."
+    disable_plaintext_auth: bool = True
+    mechanisms: list = field(default_factory=lambda: ["PLAIN", "LOGIN"])
+    inbox_template: str = "/var/mail/%u"
+    mail_dir: str = "~/mail"
+    special_use: list = field(default_factory=list)   # [(name, "\\Sent", auto)]
+    timeout: float = 1800.0
+    login_timeout: float = 60.0
+
+
+@dataclass
+class ImapContext:
+    """What an IMAP or POP3 session needs from the lab."""
+
+    lab_root: object
+    emit: Callable = null_emit
+    log: Callable[[str], None] = lambda text: None      # writes "<text>" as dovecot
+    auth: object = None                                 # AuthClient
+    settings: ImapSettings = field(default_factory=ImapSettings)
+    reactor: object = None
+
+    def store_for(self, user: str) -> MailStore:
+        store = MailStore(self.lab_root, user, inbox_template=self.settings.inbox_template,
+                          mail_dir=self.settings.mail_dir)
+        for name, _use, auto in self.settings.special_use:
+            if auto in ("create", "subscribe"):
+                try:
+                    store.ensure(name, subscribe=auto == "subscribe")
+                except (StoreError, OSError):
+                    pass
+        return store
+
+
+# --------------------------------------------------------------------------
+# Message parts for Twisted's ENVELOPE / BODYSTRUCTURE builders
+
+@implementer(imap4.IMessagePart)
+class _Part:
+    def __init__(self, msg: email.message.Message, raw: bytes | None = None) -> None:
+        self.msg = msg
+        self.raw = raw
+
+    def getHeaders(self, negate, *names):
+        wanted = {n.lower() if isinstance(n, str) else n.decode().lower() for n in names}
+        out = {}
+        for key, value in self.msg.items():
+            k = key.lower()
+            if (k in wanted) != bool(negate) or (not names and negate):
+                out[k] = str(value)
+        return out
+
+    def _bytes(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return self.msg.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
+
+    def body_bytes(self) -> bytes:
+        data = self._bytes()
+        cut = data.find(b"\r\n\r\n")
+        return data[cut + 4:] if cut >= 0 else b""
+
+    def header_bytes(self) -> bytes:
+        data = self._bytes()
+        cut = data.find(b"\r\n\r\n")
+        return data[:cut + 4] if cut >= 0 else data + b"\r\n"
+
+    def getBodyFile(self):
+        return io.BytesIO(self.body_bytes())
+
+    def getSize(self):
+        return len(self.body_bytes())
+
+    def isMultipart(self):
+        return self.msg.is_multipart()
+
+    def getSubPart(self, part):
+        payload = self.msg.get_payload()
+        if not isinstance(payload, list) or part >= len(payload):
+            raise IndexError(part)
+        return _Part(payload[part])
+
+
+def _message_part(msg: StoredMessage) -> _Part:
+    wire = msg.wire()
+    parsed = email.message_from_bytes(wire, policy=email.policy.compat32)
+    return _Part(parsed, wire)
+
+
+# --------------------------------------------------------------------------
+# Small IMAP argument tokenizer (for LIST, SEARCH, STATUS, ID, ENABLE)
+
+def tokenize(data: bytes) -> list:
+    """Atoms and quoted strings as str, parenthesized lists as Python lists."""
+    stack: list[list] = [[]]
+    i, n = 0, len(data)
+    while i < n:
+        c = data[i:i + 1]
+        if c == b" ":
+            i += 1
+        elif c == b"(":
+            stack.append([])
+            i += 1
+        elif c == b")":
+            if len(stack) == 1:
+                raise imap4.IllegalClientResponse("Unexpected ')'")
+            done = stack.pop()
+            stack[-1].append(done)
+            i += 1
+        elif c == b'"':
+            j = i + 1
+            buf = bytearray()
+            while j < n and data[j:j + 1] != b'"':
+                if data[j:j + 1] == b"\\" and j + 1 < n:
+                    j += 1
+                buf += data[j:j + 1]
+                j += 1
+            if j >= n:
+                raise imap4.IllegalClientResponse("Missing '\"'")
+            stack[-1].append(buf.decode("utf-8", "replace"))
+            i = j + 1
+        else:
+            j = i
+            while j < n and data[j:j + 1] not in (b" ", b"(", b")"):
+                if data[j:j + 1] == b"[":
+                    close = data.find(b"]", j)
+                    j = close if close > 0 else j
+                j += 1
+            stack[-1].append(data[i:j].decode("utf-8", "replace"))
+            i = j
+    if len(stack) != 1:
+        raise imap4.IllegalClientResponse("Missing ')'")
+    return stack[0]
+
+
+def parse_set(text: str, last: int) -> list[tuple[int, int]]:
+    """A sequence set (``1:3,5,7:*``) as ranges; ``*`` is ``last``."""
+    out = []
+    if not text:
+        raise imap4.IllegalClientResponse("Invalid messageset")
+    for part in text.split(","):
+        a, _, b = part.partition(":")
+        try:
+            lo = last if a == "*" else int(a)
+            hi = lo if not _ else (last if b == "*" else int(b))
+        except ValueError:
+            raise imap4.IllegalClientResponse("Invalid messageset") from None
+        if lo <= 0 and a != "*" or hi <= 0 and b not in ("*", ""):
+            raise imap4.IllegalClientResponse("Invalid messageset")
+        out.append((min(lo, hi), max(lo, hi)))
+    return out
+
+
+def in_set(value: int, ranges) -> bool:
+    return any(lo <= value <= hi for lo, hi in ranges)
+
+
+def quote(text: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_.\-/&+,]+", text) and text.upper() != "NIL":
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _arg_rawset(server, line: bytes):
+    """A sequence set, kept as text (resolved against the view later)."""
+    head, _, rest = line.partition(b" ")
+    if not head:
+        raise imap4.IllegalClientResponse("Missing messageset")
+    return head, rest
+
+
+class _Tap:
+    """The transport as seen by the protocol: every write is also a Step."""
+
+    def __init__(self, transport, server: "ImapServer") -> None:
+        self._t = transport
+        self._server = server
+
+    def write(self, data: bytes) -> None:
+        self._server._wrote(data)
+        self._t.write(data)
+
+    def writeSequence(self, seq) -> None:
+        for data in seq:
+            self.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+
+class _Discard:
+    """A literal nobody will read (too large, or after an error): count it off."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def write(self, data: bytes):
+        if len(data) < self.size:
+            self.size -= len(data)
+            return None
+        rest = data[self.size:]
+        self.size = 0
+        return rest
+
+
+@implementer(interfaces.IHandshakeListener)
+class ImapServer(imap4.IMAP4Server):
+    """One IMAP connection: imap-login until logged in, then imap."""
+
+    MAX_LENGTH = 65536
+    delimiter = b"\r\n"
+
+    def __init__(self, ctx: ImapContext, tls_options=None, implicit_tls: bool = False) -> None:
+        super().__init__(chal={}, contextFactory=tls_options)
+        self.lab = ctx
+        self.settings = ctx.settings
+        self.session = new_session("imaps" if implicit_tls else "imap")
+        self.conv = ImapConversation(self.session, tls=implicit_tls)
+        self.tls = implicit_tls
+        self._starttls = False
+        self.user: str | None = None
+        self.store: MailStore | None = None
+        self.folder = None
+        self.readonly = False
+        self.view: list[int] = []            # UIDs, index = sequence number - 1
+        self.recent: set[int] = set()
+        self.uidvalidity = 0
+        self._idle_tag: bytes | None = None
+        self._idle_timer = None
+        self._watch = None
+        self._watch_stat = None
+        self._auth_pending: tuple | None = None
+        self._literal_plus = 0
+        self._cmd_start = time.monotonic()
+        self._failed_auths = 0
+        self._auth_method = None
+        self._connected_at = time.time()
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._logged_out = False
+        self._dovecot_session = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
+        self.mpid = os.getpid() + 33
+        self.counts = {"expunged": 0, "deleted": 0}
+
+    # ------------------------------------------------------------ plumbing
+
+    def makeConnection(self, transport):
+        super().makeConnection(_Tap(transport, self))
+
+    def _emit_all(self, steps) -> None:
+        for step in steps:
+            self.lab.emit(step)
+
+    def _wrote(self, data: bytes) -> None:
+        if self.user:
+            self._bytes_out += len(data)
+        self._emit_all(self.conv.server_data(data))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.user:
+            self._bytes_in += len(data)
+        self._emit_all(self.conv.client_data(data))
+        super().dataReceived(data)
+
+    _addrs: tuple | None = None
+
+    def _addresses(self) -> tuple:
+        if self._addrs is None:
+            self._addrs = (getattr(self.transport.getPeer(), "host", "127.0.0.1"),
+                           getattr(self.transport.getHost(), "host", "127.0.0.1"))
+        return self._addrs
+
+    @property
+    def client_ip(self) -> str:
+        return self._addresses()[0]
+
+    @property
+    def server_ip(self) -> str:
+        return self._addresses()[1]
+
+    @property
+    def secured(self) -> bool:
+        return self.tls or self.client_ip == self.server_ip
+
+    def log(self, text: str) -> None:
+        self.lab.log(text)
+
+    def connectionMade(self) -> None:
+        self._addresses()
+        self.tags = {}
+        self.canStartTLS = self.ctx is not None and not self.tls
+        self.setTimeout(self.settings.login_timeout)
+        self.lab.emit(smtp_wire.event_step(
+            "CONNECT", f"connect from {self.client_ip}", session=self.session, proto="imap",
+            src="client", dst="imap", tls=self.tls,
+            meta={"port": getattr(self.transport.getHost(), "port", None),
+                  "client_ip": self.client_ip}))
+        self.sendLine(("* OK [CAPABILITY " + " ".join(self.pre_login_caps()) + "] "
+                       + self.settings.greeting).encode())
+
+    def handshakeCompleted(self) -> None:
+        info = describe_connection(self.transport)
+        if info is None:
+            return
+        version, cipher, used, alg = info
+        self.lab.emit(smtp_wire.event_step(
+            "STARTTLS" if self._starttls else "IMPLICIT",
+            f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
+            session=self.session, proto="tls", tls=True, src="client", dst="imap",
+            meta={"version": version, "cipher": cipher}))
+
+    def connectionLost(self, reason=None) -> None:
+        self._stop_watch()
+        self._stop_idle_timer()
+        if self.user and not self._logged_out:
+            self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
+                     f"Disconnected: Connection closed {self._stats()}")
+        elif not self.user:
+            secs = int(time.time() - self._connected_at)
+            if self._failed_auths:
+                what = (f"auth failed, {self._failed_auths} attempts in {secs} secs")
+                user = self._last_user or ""
+                self.log(f"imap-login: Disconnected ({what}): user=<{user}>, "
+                         f"method={self._auth_method}, {self._addr_text()}")
+            else:
+                self.log(f"imap-login: Disconnected (no auth attempts in {secs} secs): "
+                         f"user=<>, {self._addr_text()}")
+        self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
+                                           proto="imap", src="client", dst="imap", tls=self.tls))
+        super().connectionLost(reason)
+
+    _last_user = None
+
+    def _addr_text(self) -> str:
+        text = f"rip={self.client_ip}, lip={self.server_ip}"
+        if self.tls:
+            text += ", TLS"
+        elif self.secured:
+            text += ", secured"
+        return text + f", session=<{self._dovecot_session}>"
+
+    def _stats(self) -> str:
+        return (f"in={self._bytes_in} out={self._bytes_out} deleted={self.counts['deleted']} "
+                f"expunged={self.counts['expunged']} trashed=0 hdr_count=0 hdr_bytes=0 "
+                f"body_count=0 body_bytes=0")
+
+    def timeoutConnection(self) -> None:
+        self.sendLine(b"* BYE Disconnected for inactivity.")
+        self.transport.loseConnection()
+
+    # ---------------------------------------------------------- capabilities
+
+    def pre_login_caps(self) -> list[str]:
+        caps = list(PRE_LOGIN_CAPS)
+        if self.canStartTLS and not self.tls:
+            caps.append("STARTTLS")
+        if not self.secured and self.settings.disable_plaintext_auth:
+            caps.append("LOGINDISABLED")
+        else:
+            caps += [f"AUTH={m}" for m in self.settings.mechanisms]
+        return caps
+
+    def listCapabilities(self):
+        caps = POST_LOGIN_CAPS if self.user else self.pre_login_caps()
+        if self.user and any(use for _n, use, _a in self.settings.special_use):
+            caps = caps + ["SPECIAL-USE"]
+        return [c.encode() for c in caps]
+
+    # -------------------------------------------------------------- output
+
+    def _ok(self, tag, text: str) -> None:
+        if self.user:
+            elapsed = time.monotonic() - self._cmd_start
+            text = text.rstrip(".") + f" ({elapsed:.3f} + 0.000 secs)."
+        self.sendLine(_b(tag) + b" OK " + text.encode("utf-8"))
+
+    def _no(self, tag, text: str) -> None:
+        self.sendLine(_b(tag) + b" NO " + text.encode("utf-8"))
+
+    def _bad(self, tag, text: str) -> None:
+        self.sendLine(_b(tag or b"*") + b" BAD " + text.encode("utf-8"))
+
+    def _untagged(self, text: str | bytes) -> None:
+        self.sendLine(b"* " + (text if isinstance(text, bytes) else text.encode("utf-8")))
+
+    def sendBadResponse(self, tag=None, message=b""):
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        text = text.replace("Illegal syntax: ", "")
+        if self.user:
+            self._bad(tag, f"Error in IMAP command: {text}")
+        else:
+            self._bad(tag, "Error in IMAP command received by server.")
+
+    def sendNegativeResponse(self, tag=None, message=b""):
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        self._no(tag or b"*", text)
+
+    def sendPositiveResponse(self, tag=None, message=b""):
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        self.sendLine(_b(tag or b"*") + b" OK " + text.encode())
+
+    # --------------------------------------------------------------- input
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._idle_tag is not None:
+            self._idle_line(line)
+            return
+        if self.parseState == "discard":
+            self.parseState = "command"
+            return
+        if self.parseState == "command":
+            self._cmd_start = time.monotonic()
+            if self._start_literal(line):
+                return
+        elif self.parseState == "pending" and self._start_literal(line):
+            return
+        super().lineReceived(line)
+
+    def _start_literal(self, line: bytes) -> bool:
+        """LITERAL+ (``{n+}``): no continuation request; too large: refused."""
+        m = _LITERAL_ANY.search(line)
+        if not m:
+            return False
+        size = int(m.group(1))
+        plus = line.endswith(b"+}")
+        if size > MAX_LITERAL:
+            tag = line.split(b" ", 1)[0]
+            if plus:
+                self.parseState = "discard"
+                self._pendingLiteral = _Discard(size)
+                self._bad(tag, "Error in IMAP command: Literal too large.")
+                self.setRawMode()
+            else:
+                self._bad(tag, "Error in IMAP command: Literal too large.")
+            return True
+        if plus:
+            self._literal_plus += 1
+            line = line[:m.start()] + b"{%d}" % size
+            if self.parseState == "command":
+                super().lineReceived(line)
+            else:
+                super().lineReceived(line)
+            return True
+        return False
+
+    def rawDataReceived(self, data):
+        if self.parseState == "discard":
+            rest = self._pendingLiteral.write(data)
+            if rest is not None:
+                self._pendingLiteral = None
+                self.setLineMode(rest)
+            return
+        super().rawDataReceived(data)
+
+    def sendContinuationRequest(self, msg=b"Ready for additional command text"):
+        if self._literal_plus:
+            self._literal_plus -= 1
+            return
+        if msg and msg.startswith(b"Ready for"):
+            msg = b"OK"
+        super().sendContinuationRequest(msg)
+
+    def lineLengthExceeded(self, line):
+        self._bad(b"*", "Error in IMAP command received by server: Too long argument.")
+        self.clearLineBuffer()
+
+    def _stringLiteral(self, size):
+        if size > self._literalStringLimit:
+            raise imap4.IllegalClientResponse("Literal too large.")
+        return super()._stringLiteral(size)
+
+    def dispatchCommand(self, tag, cmd, rest, uid=None):
+        name = cmd.decode("ascii", "replace").upper()
+        if self.lookupCommand(cmd) is None:
+            if self.user is None:
+                self._bad(tag, "Error in IMAP command received by server.")
+            elif self.state == "auth" and getattr(self, f"select_{name}", None):
+                self._bad(tag, "No mailbox selected.")
+            else:
+                self._bad(tag, f"Error in IMAP command {name}: Unknown command.")
+            return
+        super().dispatchCommand(tag, cmd, rest, uid)
+
+    # ------------------------------------------------------ any state
+
+    def do_CAPABILITY(self, tag):
+        self._untagged(b"CAPABILITY " + b" ".join(self.listCapabilities()))
+        if self.user:
+            self._ok(tag, "Capability completed.")
+        else:
+            self._ok(tag, "Pre-login capabilities listed, post-login capabilities have more.")
+
+    def do_NOOP(self, tag):
+        self._refresh(expunges=True)
+        self._ok(tag, "NOOP completed.")
+
+    def do_LOGOUT(self, tag):
+        self._untagged("BYE Logging out")
+        self._ok(tag, "Logout completed.")
+        if self.user:
+            self._logged_out = True
+            self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: Logged out "
+                     f"{self._stats()}")
+        self.transport.loseConnection()
+
+    def do_ID(self, tag, line):
+        try:
+            tokenize(line)
+        except imap4.IllegalClientResponse:
+            self._bad(tag, "Error in IMAP command ID: Invalid parameters.")
+            return
+        self._untagged('ID ("name" "Dovecot")')
+        self._ok(tag, "ID completed.")
+
+    unauth_CAPABILITY = auth_CAPABILITY = select_CAPABILITY = (do_CAPABILITY,)
+    unauth_NOOP = auth_NOOP = select_NOOP = (do_NOOP,)
+    unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = (do_LOGOUT,)
+    unauth_ID = auth_ID = select_ID = (do_ID, imap4.IMAP4Server.arg_line)
+
+    # ---------------------------------------------------------- not logged in
+
+    def do_STARTTLS(self, tag):
+        if self.tls:
+            self._bad(tag, "TLS is already active.")
+            return
+        if not self.canStartTLS:
+            self._bad(tag, "TLS support isn't enabled.")
+            return
+        self._ok(tag, "Begin TLS negotiation now.")
+        # Commands pipelined after STARTTLS came in clear: discard them, as
+        # Dovecot does (no plaintext injection into the TLS session).
+        self.clearLineBuffer()
+        self.transport.startTLS(self.ctx)
+        self.tls = self.conv.tls = self._starttls = True
+        self.canStartTLS = False
+
+    def do_LOGIN(self, tag, user, passwd):
+        if not self.secured and self.settings.disable_plaintext_auth:
+            self._untagged("BAD [ALERT] Plaintext authentication not allowed without SSL/TLS, "
+                           "but your client did it anyway. If anyone was listening, the "
+                           "password was exposed.")
+            self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disallowed on "
+                          "non-secure (SSL/TLS) connections.")
+            return
+        resp = base64.b64encode(b"\0" + user + b"\0" + passwd).decode()
+        self._last_user = user.decode("utf-8", "replace")
+        self._auth_method = "PLAIN"
+        self._sasl("PLAIN", resp, tag)
+
+    def do_AUTHENTICATE(self, tag, args):
+        words = args.split()
+        if not words:
+            self._bad(tag, "Error in IMAP command received by server.")
+            return
+        mech = words[0].decode("ascii", "replace").upper()
+        if mech not in self.settings.mechanisms:
+            self._no(tag, "Unsupported authentication mechanism.")
+            return
+        if not self.secured and self.settings.disable_plaintext_auth:
+            self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disallowed on "
+                          "non-secure (SSL/TLS) connections.")
+            return
+        initial = None
+        if len(words) > 1:
+            initial = words[1].decode("ascii", "replace")
+            if initial == "=":
+                initial = ""
+        self._auth_method = mech
+        self._sasl(mech, initial, tag)
+
+    unauth_STARTTLS = (do_STARTTLS,)
+    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_line)
+
+    def _sasl(self, mech: str, resp: str | None, tag) -> None:
+        if self.lab.auth is None:
+            self._no(tag, "[UNAVAILABLE] Temporary authentication failure.")
+            return
+        self.blocked = []
+        d = self.lab.auth.start(mech, service="imap", lip=self.server_ip, rip=self.client_ip,
+                                secured=self.secured, resp_b64=resp, session=self.session,
+                                nologin=False)
+        d.addCallbacks(self._sasl_reply, self._sasl_error, (tag,), None, (tag,), None)
+
+    def _sasl_reply(self, reply, tag) -> None:
+        if reply.kind == "CONT":
+            self._auth_pending = (tag, reply.request_id)
+            self.parseState = "authresp"
+            self.sendLine(b"+ " + reply.challenge.encode("ascii"))
+            self._unblock()
+            return
+        self._auth_pending = None
+        if reply.kind == "OK":
+            self._logged_in(reply.user, tag)
+        else:
+            self._failed_auths += 1
+            if reply.user:
+                self._last_user = reply.user
+            if reply.reason and "aborted" in reply.reason.lower():
+                self._bad(tag, "Authentication aborted by client.")
+            else:
+                self._no(tag, "[AUTHENTICATIONFAILED] Authentication failed.")
+        self._unblock()
+
+    def _sasl_error(self, failure, tag) -> None:
+        self._auth_pending = None
+        self.parseState = "command"
+        if not failure.check(AuthUnavailable):
+            twlog.err(failure)
+        self._no(tag, "[UNAVAILABLE] Temporary authentication failure.")
+        self._unblock()
+
+    def parse_authresp(self, line: bytes) -> None:
+        self.parseState = "command"
+        tag, rid = self._auth_pending
+        text = line.decode("ascii", "replace").strip()
+        if text == "*":
+            self._auth_pending = None
+            self.lab.auth.abort(rid)
+            self._failed_auths += 1
+            self._bad(tag, "Authentication aborted by client.")
+            return
+        self.blocked = []
+        self.lab.auth.respond(rid, text, session=self.session).addCallbacks(
+            self._sasl_reply, self._sasl_error, (tag,), None, (tag,), None)
+
+    def _logged_in(self, user: str, tag) -> None:
+        try:
+            self.store = self.lab.store_for(user)
+        except StoreError as exc:
+            self._no(tag, f"[SERVERBUG] {exc}")
+            return
+        self.user = user
+        self.state = "auth"
+        self.setTimeout(self.settings.timeout)
+        method = self._auth_method or "PLAIN"
+        self.log(f"imap-login: Login: user=<{user}>, method={method}, rip={self.client_ip}, "
+                 f"lip={self.server_ip}, mpid={self.mpid}"
+                 + (", TLS" if self.tls else ", secured" if self.secured else "")
+                 + f", session=<{self._dovecot_session}>")
+        caps = " ".join(c.decode() for c in self.listCapabilities())
+        self.sendLine(_b(tag) + f" OK [CAPABILITY {caps}] Logged in".encode())
+
+    # ------------------------------------------------------------ logged in
+
+    def do_NAMESPACE(self, tag):
+        self._untagged('NAMESPACE (("" "/")) NIL NIL')
+        self._ok(tag, "Namespace completed.")
+
+    def do_ENABLE(self, tag, line):
+        self._untagged("ENABLED")
+        self._ok(tag, "Enabled.")
+
+    auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
+    auth_ENABLE = select_ENABLE = (do_ENABLE, imap4.IMAP4Server.arg_line)
+
+    def _name(self, raw) -> str:
+        name = imap4._parseMbox(raw) if isinstance(raw, bytes) else raw
+        return "INBOX" if name.upper() == "INBOX" else name
+
+    def _store_call(self, tag, fn, *args):
+        try:
+            return True, fn(*args)
+        except StoreError as exc:
+            self._no(tag, f"[{exc.code}] {exc}")
+        except OSError as exc:
+            self._no(tag, f"[SERVERBUG] Internal error occurred: {exc.strerror}")
+        return False, None
+
+    def do_SELECT(self, tag, name, readonly=False):
+        self._close_folder()
+        name = self._name(name)
+        ok, folder = self._store_call(tag, self.store.folder, name)
+        if not ok:
+            return
+        ok, state = self._store_call(tag, folder.sync, not readonly)
+        if not ok:
+            return
+        self.folder, self.readonly = folder, readonly
+        self.uidvalidity = state.uidvalidity
+        self.view = [m.uid for m in state.messages]
+        self.recent = {m.uid for m in state.messages if m.recent} if not readonly else set()
+        flags = FLAGS_LIST + "".join(" " + k for k in state.keywords)
+        self._untagged(f"FLAGS ({flags})")
+        if readonly:
+            self._untagged("OK [PERMANENTFLAGS ()] Read-only mailbox.")
+        else:
+            self._untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
+        self._untagged(f"{len(self.view)} EXISTS")
+        self._untagged(f"{len(self.recent)} RECENT")
+        for seq, msg in enumerate(state.messages, 1):
+            if SEEN not in msg.flags:
+                self._untagged(f"OK [UNSEEN {seq}] First unseen.")
+                break
+        self._untagged(f"OK [UIDVALIDITY {state.uidvalidity}] UIDs valid")
+        self._untagged(f"OK [UIDNEXT {state.uidnext}] Predicted next UID")
+        self.state = "select"
+        self._start_watch()
+        if readonly:
+            self._ok(tag, "[READ-ONLY] Examine completed.")
+        else:
+            self._ok(tag, "[READ-WRITE] Select completed.")
+
+    def do_EXAMINE(self, tag, name):
+        self.do_SELECT(tag, name, readonly=True)
+
+    auth_SELECT = select_SELECT = (do_SELECT, imap4.IMAP4Server.arg_finalastring)
+    auth_EXAMINE = select_EXAMINE = (do_EXAMINE, imap4.IMAP4Server.arg_finalastring)
+
+    def _close_folder(self) -> None:
+        self._stop_watch()
+        self.folder = None
+        self.view = []
+        self.recent = set()
+        if self.state == "select":
+            self.state = "auth"
+
+    def do_CREATE(self, tag, name):
+        name = self._name(name)
+        if self._store_call(tag, self.store.create, name)[0]:
+            self._ok(tag, "Create completed.")
+
+    def do_DELETE(self, tag, name):
+        name = self._name(name)
+        if self.folder is not None and self.folder.name == name:
+            self._close_folder()
+        if self._store_call(tag, self.store.delete, name)[0]:
+            self._ok(tag, "Delete completed.")
+
+    def do_RENAME(self, tag, old, new):
+        if self._store_call(tag, self.store.rename, self._name(old), self._name(new))[0]:
+            self._ok(tag, "Rename completed.")
+
+    def do_SUBSCRIBE(self, tag, name):
+        if self._store_call(tag, self.store.subscribe, self._name(name))[0]:
+            self._ok(tag, "Subscribe completed.")
+
+    def do_UNSUBSCRIBE(self, tag, name):
+        if self._store_call(tag, self.store.unsubscribe, self._name(name))[0]:
+            self._ok(tag, "Unsubscribe completed.")
+
+    _A = imap4.IMAP4Server.arg_astring
+    _F = imap4.IMAP4Server.arg_finalastring
+    auth_CREATE = select_CREATE = (do_CREATE, _F)
+    auth_DELETE = select_DELETE = (do_DELETE, _F)
+    auth_RENAME = select_RENAME = (do_RENAME, _A, _F)
+    auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, _F)
+    auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_UNSUBSCRIBE, _F)
+
+    # ---- LIST / LSUB (LIST-EXTENDED, SPECIAL-USE, CHILDREN, LIST-STATUS)
+
+    def do_LIST(self, tag, line, lsub=False):
+        try:
+            args = tokenize(line)
+        except imap4.IllegalClientResponse:
+            self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
+            return
+        select_opts: list[str] = []
+        if args and isinstance(args[0], list) and not lsub:
+            select_opts = [str(o).upper() for o in args.pop(0)]
+        if len(args) < 2:
+            self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
+            return
+        ref, patterns = args[0], args[1]
+        if isinstance(ref, list):
+            self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
+            return
+        patterns = patterns if isinstance(patterns, list) else [patterns]
+        return_opts: list = []
+        if len(args) >= 4 and str(args[2]).upper() == "RETURN" and isinstance(args[3], list):
+            return_opts = args[3]
+        returns = {str(o).upper() for o in return_opts if not isinstance(o, list)}
+        status_items = None
+        for i, o in enumerate(return_opts):
+            if str(o).upper() == "STATUS" and i + 1 < len(return_opts):
+                status_items = [str(x).upper() for x in return_opts[i + 1]]
+        verb = "LSUB" if lsub else "LIST"
+        if patterns == [""]:
+            self._untagged(f'{verb} (\\Noselect) "/" ""')
+            self._ok(tag, f"{verb.title()} completed.")
+            return
+        subscribed = set(self.store.subscriptions())
+        special = {n: use for n, use, _a in self.settings.special_use}
+        want_sub = lsub or "SUBSCRIBED" in select_opts
+        regexes = [imap4.wildcardToRegexp(ref + p, "/") for p in patterns]
+        for info in self.store.list():
+            if not any(r.fullmatch(info.name) for r in regexes):
+                continue
+            if want_sub and info.name not in subscribed:
+                continue
+            if "SPECIAL-USE" in select_opts and not special.get(info.name):
+                continue
+            attrs = []
+            if not info.selectable:
+                attrs.append("\\Noselect")
+            if not lsub:
+                attrs.append("\\HasChildren" if info.children else "\\HasNoChildren")
+            if info.name in subscribed and ("SUBSCRIBED" in select_opts
+                                           or "SUBSCRIBED" in returns):
+                attrs.append("\\Subscribed")
+            if special.get(info.name) and not lsub:
+                attrs.append(special[info.name])
+            self._untagged(f'{verb} ({" ".join(attrs)}) "/" {quote(info.name)}')
+            if status_items and info.selectable:
+                self._status_line(info.name, status_items)
+        self._ok(tag, f"{verb.title()} completed.")
+
+    def do_LSUB(self, tag, line):
+        self.do_LIST(tag, line, lsub=True)
+
+    auth_LIST = select_LIST = (do_LIST, imap4.IMAP4Server.arg_line)
+    auth_LSUB = select_LSUB = (do_LSUB, imap4.IMAP4Server.arg_line)
+
+    def _status_line(self, name: str, items: list[str]) -> bool:
+        folder = self.store.folder(name)
+        state = folder.sync()
+        values = {
+            "MESSAGES": len(state.messages),
+            "RECENT": sum(1 for m in state.messages if m.recent),
+            "UIDNEXT": state.uidnext,
+            "UIDVALIDITY": state.uidvalidity,
+            "UNSEEN": sum(1 for m in state.messages if SEEN not in m.flags),
+            "SIZE": sum(m.size for m in state.messages),
+        }
+        parts = []
+        for item in items:
+            if item not in values:
+                raise imap4.IllegalClientResponse(f"Unknown STATUS item {item}")
+            parts.append(f"{item} {values[item]}")
+        self._untagged(f"STATUS {quote(name)} ({' '.join(parts)})")
+        return True
+
+    def do_STATUS(self, tag, name, line):
+        try:
+            items = tokenize(line)
+            if len(items) != 1 or not isinstance(items[0], list):
+                raise imap4.IllegalClientResponse("Invalid arguments")
+            name = self._name(name)
+            if self._store_call(tag, self._status_line, name, [str(i).upper() for i in items[0]])[0]:
+                self._ok(tag, "Status completed.")
+        except imap4.IllegalClientResponse as exc:
+            self._bad(tag, f"Error in IMAP command STATUS: {exc}")
+
+    auth_STATUS = select_STATUS = (do_STATUS, imap4.IMAP4Server.arg_astring,
+                                   imap4.IMAP4Server.arg_line)
+
+    # ---- APPEND
+
+    def do_APPEND(self, tag, name, flags, date, message):
+        name = self._name(name)
+        data = message.read()
+        when = parse_internal_date(date.decode() if isinstance(date, bytes) else date)
+        flag_list = [f.decode() if isinstance(f, bytes) else str(f) for f in (flags or [])]
+        if not self.store.exists(name):
+            self._no(tag, f"[TRYCREATE] Mailbox doesn't exist: {name}")
+            return
+        ok, result = self._store_call(tag, lambda: self.store.folder(name).append(
+            data, flag_list, when, envelope=self.user))
+        if ok:
+            validity, uid = result
+            self._refresh(expunges=True)
+            self._ok(tag, f"[APPENDUID {validity} {uid}] Append completed.")
+
+    auth_APPEND = select_APPEND = (do_APPEND, imap4.IMAP4Server.arg_astring,
+                                   imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime,
+                                   imap4.IMAP4Server.arg_literal)
+
+    # ---- IDLE (ended by DONE only) and new-mail notification
+
+    def do_IDLE(self, tag):
+        self._refresh(expunges=True)
+        self._idle_tag = tag
+        self.sendLine(b"+ idling")
+        self._idle_timer = self.lab.reactor.callLater(IDLE_NOTIFY_INTERVAL, self._still_here)
+
+    auth_IDLE = select_IDLE = (do_IDLE,)
+
+    def _still_here(self) -> None:
+        self._idle_timer = None
+        if self._idle_tag is not None:
+            self._untagged("OK Still here")
+            self._idle_timer = self.lab.reactor.callLater(IDLE_NOTIFY_INTERVAL, self._still_here)
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def _idle_line(self, line: bytes) -> None:
+        tag, self._idle_tag = self._idle_tag, None
+        self._stop_idle_timer()
+        if line.strip().upper() == b"DONE":
+            self._cmd_start = time.monotonic()
+            self._ok(tag, "Idle completed.")
+        else:
+            self._bad(tag, "Expected DONE.")
+
+    def _start_watch(self) -> None:
+        from twisted.internet.task import LoopingCall
+        self._stop_watch()
+        self._watch_stat = self._stat()
+        self._watch = LoopingCall(self._check_watch)
+        self._watch.clock = self.lab.reactor
+        self._watch.start(WATCH_INTERVAL, now=False)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
+        self._watch = None
+
+    def _stat(self):
+        try:
+            st = os.stat(self.folder.path)
+        except (OSError, AttributeError):
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _check_watch(self) -> None:
+        now = self._stat()
+        if now == self._watch_stat:
+            return
+        self._watch_stat = now
+        if self._idle_tag is not None:
+            self._refresh(expunges=True)
+
+    def _refresh(self, expunges: bool) -> None:
+        """Tell the client what changed in the selected folder (EXISTS/EXPUNGE/RECENT)."""
+        if self.folder is None:
+            return
+        try:
+            state = self.folder.sync(mark_old=not self.readonly)
+        except (StoreError, OSError):
+            return
+        self._watch_stat = self._stat()
+        if state.uidvalidity != self.uidvalidity:
+            self._untagged("BYE Mailbox UIDVALIDITY changed")
+            self.transport.loseConnection()
+            return
+        uids = [m.uid for m in state.messages]
+        present = set(uids)
+        if expunges:
+            seq = 0
+            while seq < len(self.view):
+                if self.view[seq] not in present:
+                    self._untagged(f"{seq + 1} EXPUNGE")
+                    del self.view[seq]
+                else:
+                    seq += 1
+        known = set(self.view)
+        new = [m for m in state.messages if m.uid not in known
+               and (not self.view or m.uid > self.view[-1])]
+        if new:
+            self.view.extend(m.uid for m in new)
+            if not self.readonly:
+                self.recent |= {m.uid for m in new if m.recent}
+            self._untagged(f"{len(self.view)} EXISTS")
+            self._untagged(f"{len(self.recent)} RECENT")
+
+    # ---- selected state
+
+    def do_CHECK(self, tag):
+        self._refresh(expunges=True)
+        self._ok(tag, "Check completed.")
+
+    def do_CLOSE(self, tag):
+        if self.folder is not None and not self.readonly:
+            try:
+                gone = self.folder.expunge()
+                self.counts["expunged"] += len(gone)
+            except (StoreError, OSError):
+                pass
+        self._close_folder()
+        self._ok(tag, "Close completed.")
+
+    def do_UNSELECT(self, tag):
+        self._close_folder()
+        self._ok(tag, "Unselect completed.")
+
+    select_CHECK = (do_CHECK,)
+    select_CLOSE = (do_CLOSE,)
+    select_UNSELECT = (do_UNSELECT,)
+
+    def _expunge(self, tag, uids=None) -> None:
+        if self.readonly:
+            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
+            return
+        ok, gone = self._store_call(tag, self.folder.expunge, uids)
+        if not ok:
+            return
+        self.counts["expunged"] += len(gone)
+        self._refresh(expunges=True)
+        self._ok(tag, "Expunge completed.")
+
+    def do_EXPUNGE(self, tag):
+        self._expunge(tag)
+
+    select_EXPUNGE = (do_EXPUNGE,)
+
+    def _messages(self, state, set_text: str, uid: bool):
+        """(seq, message) pairs of the view matching a sequence/UID set."""
+        by_uid = {m.uid: m for m in state.messages}
+        if uid:
+            last = self.view[-1] if self.view else 0
+            ranges = parse_set(set_text, last)
+            return [(i + 1, by_uid[u]) for i, u in enumerate(self.view)
+                    if in_set(u, ranges) and u in by_uid]
+        ranges = parse_set(set_text, len(self.view))
+        if any(hi > len(self.view) for _lo, hi in ranges):
+            raise imap4.IllegalClientResponse("Invalid messageset")
+        return [(i + 1, by_uid[u]) for i, u in enumerate(self.view)
+                if in_set(i + 1, ranges) and u in by_uid]
+
+    def _current(self):
+        state = self.folder.sync(mark_old=not self.readonly)
+        return state
+
+    # ---- FETCH
+
+    def do_FETCH(self, tag, seqset, query, uid=0):
+        try:
+            state = self._current()
+            chosen = self._messages(state, seqset.decode("ascii", "replace"), bool(uid))
+        except imap4.IllegalClientResponse:
+            self._bad(tag, "Error in IMAP command FETCH: Invalid messageset")
+            return
+        except (StoreError, OSError) as exc:
+            self._no(tag, f"[SERVERBUG] {exc}")
+            return
+        wants_seen = any(
+            (q.type == "body" and not q.peek and (q.header or q.text or q.mime or q.empty))
+            or q.type in ("rfc822", "rfc822text") for q in query)
+        seen_now: set[int] = set()
+        if wants_seen and not self.readonly:
+            unseen = [m.uid for _s, m in chosen if SEEN not in m.flags]
+            if unseen:
+                try:
+                    self.folder.store(unseen, [SEEN], 1)
+                    for _s, m in chosen:
+                        if m.uid in unseen:
+                            m.flags.add(SEEN)
+                    seen_now = set(unseen)
+                except (StoreError, OSError):
+                    pass
+        for seq, msg in chosen:
+            items: list[bytes] = []
+            names = [q.type for q in query]
+            if uid and "uid" not in names:
+                items.append(b"UID %d" % msg.uid)
+            for q in query:
+                items.append(self._fetch_item(q, msg))
+            if msg.uid in seen_now and "flags" not in names:
+                items.append(self._flags_item(msg))
+            self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+        self._refresh(expunges=False)
+        self._ok(tag, "Fetch completed.")
+
+    def _flags_item(self, msg: StoredMessage) -> bytes:
+        flags = [f for f in SYSTEM_FLAGS if f in msg.flags] + list(msg.keywords)
+        if msg.uid in self.recent:
+            flags.append(RECENT)
+        return b"FLAGS (" + " ".join(flags).encode() + b")"
+
+    def _fetch_item(self, q, msg: StoredMessage) -> bytes:
+        t = q.type
+        if t == "uid":
+            return b"UID %d" % msg.uid
+        if t == "flags":
+            return self._flags_item(msg)
+        if t == "rfc822size":
+            return b"RFC822.SIZE %d" % msg.size
+        if t == "internaldate":
+            tm = time.localtime(msg.internal_date or time.time())
+            off = -time.altzone if tm.tm_isdst > 0 else -time.timezone
+            sign = "+" if off >= 0 else "-"
+            text = time.strftime("%d-", tm) + ("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec"
+                                               .split()[tm.tm_mon - 1]) + time.strftime(
+                "-%Y %H:%M:%S ", tm) + f"{sign}{abs(off) // 3600:02d}{abs(off) % 3600 // 60:02d}"
+            return b'INTERNALDATE "' + text.encode() + b'"'
+        if t == "envelope":
+            return b"ENVELOPE " + imap4.collapseNestedLists([imap4.getEnvelope(_message_part(msg))])
+        if t == "bodystructure":
+            return b"BODYSTRUCTURE " + imap4.collapseNestedLists(
+                [imap4.getBodyStructure(_message_part(msg), True)])
+        wire = msg.wire()
+        cut = wire.find(b"\r\n\r\n")
+        head = wire[:cut + 4] if cut >= 0 else wire
+        text = wire[cut + 4:] if cut >= 0 else b""
+        if t == "rfc822":
+            return b"RFC822 " + _lit(wire)
+        if t == "rfc822header":
+            return b"RFC822.HEADER " + _lit(head)
+        if t == "rfc822text":
+            return b"RFC822.TEXT " + _lit(text)
+        if t == "body":
+            return self._fetch_body(q, msg, wire, head, text)
+        raise imap4.IllegalClientResponse(f"Unknown FETCH item {t}")
+
+    def _fetch_body(self, q, msg, wire, head, text) -> bytes:
+        if not (q.header or q.text or q.mime or q.empty):
+            return b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(_message_part(msg))])
+        part = _message_part(msg)
+        section = ".".join(str(p + 1) for p in q.part)
+        if q.part:
+            try:
+                for p in q.part:
+                    if part.isMultipart():
+                        part = part.getSubPart(p)
+                    elif p > 0:
+                        raise IndexError(p)
+            except IndexError:
+                part = None
+        if q.header:
+            name = "HEADER"
+            source = head if not q.part else (part.header_bytes() if part else b"")
+            if q.header.fields:
+                fields = [f.decode() if isinstance(f, bytes) else f for f in q.header.fields]
+                name = "HEADER.FIELDS" + (".NOT" if q.header.negate else "")
+                name += " (" + " ".join(f.upper() for f in fields) + ")"
+                source = _filter_headers(source, {f.lower() for f in fields}, q.header.negate)
+        elif q.text:
+            name = "TEXT"
+            source = text if not q.part else (part.body_bytes() if part else b"")
+        elif q.mime:
+            name = "MIME"
+            source = part.header_bytes() if part is not None else b""
+        else:
+            name = ""
+            if not q.part:
+                source = wire
+            elif part is None:
+                source = b""
+            else:
+                source = part.body_bytes()
+        label = section + ("." if section and name else "") + name
+        out = b"BODY[" + label.encode() + b"]"
+        if q.partialBegin is not None:
+            start = q.partialBegin
+            source = source[start:start + q.partialLength]
+            out += b"<%d>" % start
+        return out + b" " + _lit(source)
+
+    select_FETCH = (do_FETCH, _arg_rawset, imap4.IMAP4Server.arg_fetchatt)
+
+    # ---- STORE
+
+    def do_STORE(self, tag, seqset, mode, flags, uid=0):
+        if self.readonly:
+            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
+            return
+        mode = mode.upper()
+        silent = mode.endswith(b".SILENT")
+        how = 1 if mode.startswith(b"+") else -1 if mode.startswith(b"-") else 0
+        if mode.lstrip(b"+-").split(b".")[0] != b"FLAGS":
+            self._bad(tag, "Error in IMAP command STORE: Invalid arguments.")
+            return
+        flag_list = [f.decode() for f in flags]
+        try:
+            state = self._current()
+            chosen = self._messages(state, seqset.decode("ascii", "replace"), bool(uid))
+        except imap4.IllegalClientResponse:
+            self._bad(tag, "Error in IMAP command STORE: Invalid messageset")
+            return
+        ok, result = self._store_call(tag, self.folder.store, [m.uid for _s, m in chosen],
+                                      flag_list, how)
+        if not ok:
+            return
+        if DELETED in flag_list and how >= 0:
+            self.counts["deleted"] += len(chosen)
+        if not silent:
+            for seq, msg in chosen:
+                new = result.get(msg.uid, [])
+                if msg.uid in self.recent:
+                    new = new + [RECENT]
+                prefix = f"UID {msg.uid} " if uid else ""
+                self._untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(new)}))")
+        self._refresh(expunges=False)
+        self._ok(tag, "Store completed.")
+
+    select_STORE = (do_STORE, _arg_rawset, imap4.IMAP4Server.arg_atom,
+                    imap4.IMAP4Server.arg_flaglist)
+
+    # ---- COPY / MOVE (UIDPLUS)
+
+    def _copy(self, tag, seqset, name, uid, move: bool) -> None:
+        name = self._name(name)
+        verb = "Move" if move else "Copy"
+        try:
+            state = self._current()
+            chosen = self._messages(state, seqset.decode("ascii", "replace"), bool(uid))
+        except imap4.IllegalClientResponse:
+            self._bad(tag, f"Error in IMAP command {verb.upper()}: Invalid messageset")
+            return
+        if not self.store.exists(name):
+            self._no(tag, f"[TRYCREATE] Mailbox doesn't exist: {name}")
+            return
+        if move and self.readonly:
+            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
+            return
+        if not chosen:
+            self._ok(tag, f"No messages found.")
+            return
+        ok, result = self._store_call(tag, lambda: self.store.folder(name).add_messages(
+            [m for _s, m in chosen]))
+        if not ok:
+            return
+        validity, new_uids = result
+        src = ",".join(str(m.uid) for _s, m in chosen)
+        dst = ",".join(str(u) for u in new_uids)
+        code = f"[COPYUID {validity} {src} {dst}]"
+        if move:
+            self._untagged(f"OK {code} Moved UIDs.")
+            if not self._store_call(tag, self.folder.remove, [m.uid for _s, m in chosen])[0]:
+                return
+            self._refresh(expunges=True)
+            self._ok(tag, "Move completed.")
+        else:
+            self._refresh(expunges=False)
+            self._ok(tag, f"{code} Copy completed.")
+
+    def do_COPY(self, tag, seqset, name, uid=0):
+        self._copy(tag, seqset, name, uid, move=False)
+
+    def do_MOVE(self, tag, seqset, name, uid=0):
+        self._copy(tag, seqset, name, uid, move=True)
+
+    select_COPY = (do_COPY, _arg_rawset, imap4.IMAP4Server.arg_finalastring)
+    select_MOVE = (do_MOVE, _arg_rawset, imap4.IMAP4Server.arg_finalastring)
+
+    # ---- SEARCH
+
+    def do_SEARCH(self, tag, line, uid=0):
+        try:
+            keys = tokenize(line)
+            if keys and str(keys[0]).upper() == "CHARSET":
+                keys = keys[2:]
+            if not keys:
+                raise imap4.IllegalClientResponse("Missing search parameters")
+            state = self._current()
+            by_uid = {m.uid: m for m in state.messages}
+            hits = []
+            last_uid = self.view[-1] if self.view else 0
+            for seq, u in enumerate(self.view, 1):
+                msg = by_uid.get(u)
+                if msg is None:
+                    continue
+                if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent):
+                    hits.append(u if uid else seq)
+        except (imap4.IllegalClientResponse, IndexError, ValueError) as exc:
+            self._bad(tag, f"Error in IMAP command SEARCH: {exc or 'Invalid arguments'}")
+            return
+        self._untagged("SEARCH" + "".join(f" {h}" for h in hits))
+        self._ok(tag, "Search completed.")
+
+    select_SEARCH = (do_SEARCH, imap4.IMAP4Server.arg_line)
+
+    # ---- UID
+
+    def do_UID(self, tag, command, line):
+        command = command.upper()
+        if command == b"EXPUNGE":
+            try:
+                ranges = parse_set(line.strip().decode("ascii", "replace"),
+                                   self.view[-1] if self.view else 0)
+            except imap4.IllegalClientResponse:
+                self._bad(tag, "Error in IMAP command UID EXPUNGE: Invalid uidset")
+                return
+            self._expunge(tag, [u for u in self.view if in_set(u, ranges)])
+            return
+        if command not in (b"FETCH", b"STORE", b"COPY", b"MOVE", b"SEARCH"):
+            self._bad(tag, f"Error in IMAP command UID {command.decode('ascii', 'replace')}: "
+                           f"Unknown command.")
+            return
+        imap4.IMAP4Server.dispatchCommand(self, tag, command, line, uid=1)
+
+    select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
+
+
+def _b(tag) -> bytes:
+    if tag is None:
+        return b"*"
+    return tag if isinstance(tag, bytes) else str(tag).encode()
+
+
+def _lit(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _filter_headers(head: bytes, names: set[str], negate: bool) -> bytes:
+    out = []
+    keep = False
+    for line in head.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        keep = (name in names) != negate
+        if keep:
+            out.append(line)
+    return b"".join(x + b"\r\n" for x in out) + b"\r\n"
+
+
+# --------------------------------------------------------------------------
+# SEARCH evaluation (RFC 3501 §6.4.4)
+
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+
+
+def _search_all(keys: list, seq: int, msg: StoredMessage, count: int, last_uid: int,
+                recent: set) -> bool:
+    while keys:
+        if not _search_one(keys, seq, msg, count, last_uid, recent):
+            return False
+    return True
+
+
+def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent) -> bool:
+    key = keys.pop(0)
+    if isinstance(key, list):
+        return _search_all(list(key), seq, msg, count, last_uid, recent)
+    k = key.upper()
+    flags = msg.flags
+    simple = {
+        "ALL": True, "ANSWERED": "\\Answered" in flags, "DELETED": DELETED in flags,
+        "DRAFT": "\\Draft" in flags, "FLAGGED": "\\Flagged" in flags, "SEEN": SEEN in flags,
+        "UNANSWERED": "\\Answered" not in flags, "UNDELETED": DELETED not in flags,
+        "UNDRAFT": "\\Draft" not in flags, "UNFLAGGED": "\\Flagged" not in flags,
+        "UNSEEN": SEEN not in flags, "RECENT": msg.uid in recent,
+        "OLD": msg.uid not in recent, "NEW": msg.uid in recent and SEEN not in flags,
+    }
+    if k in simple:
+        return simple[k]
+    if k == "NOT":
+        return not _search_one(keys, seq, msg, count, last_uid, recent)
+    if k == "OR":
+        a = _search_one(keys, seq, msg, count, last_uid, recent)
+        b = _search_one(keys, seq, msg, count, last_uid, recent)
+        return a or b
+    if k == "UID":
+        return in_set(msg.uid, parse_set(keys.pop(0), last_uid))
+    if k in ("KEYWORD", "UNKEYWORD"):
+        has = keys.pop(0) in msg.keywords
+        return has if k == "KEYWORD" else not has
+    if k in ("LARGER", "SMALLER"):
+        n = int(keys.pop(0))
+        return msg.size > n if k == "LARGER" else msg.size < n
+    if k in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        return _header_contains(msg, k.lower(), keys.pop(0))
+    if k == "HEADER":
+        name = keys.pop(0)
+        return _header_contains(msg, name.lower(), keys.pop(0))
+    if k in ("BODY", "TEXT"):
+        needle = keys.pop(0).lower().encode()
+        hay = msg.body if k == "BODY" else msg.content
+        return needle in hay.lower()
+    if k in _DATE_KEYS:
+        when = _search_date(keys.pop(0))
+        if k.startswith("SENT"):
+            parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
+            try:
+                stamp = email.utils.parsedate_to_datetime(parsed.get("Date", "")).timestamp()
+            except (TypeError, ValueError):
+                stamp = msg.internal_date
+        else:
+            stamp = msg.internal_date
+        day = time.strftime("%Y%m%d", time.localtime(stamp))
+        wanted = time.strftime("%Y%m%d", time.localtime(when))
+        k2 = k.removeprefix("SENT")
+        return {"BEFORE": day < wanted, "ON": day == wanted, "SINCE": day >= wanted}[k2]
+    if re.fullmatch(r"[0-9*:,]+", key):
+        return in_set(seq, parse_set(key, count))
+    raise imap4.IllegalClientResponse(f"Unknown argument {key}")
+
+
+def _search_date(text: str) -> float:
+    t = time.strptime(text, "%d-%b-%Y")
+    return time.mktime(t)
+
+
+def _header_contains(msg: StoredMessage, name: str, needle: str) -> bool:
+    parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
+    values = parsed.get_all(name) or []
+    if not needle:
+        return bool(values)
+    return any(needle.lower() in str(v).lower() for v in values)
+
+
+class ImapFactory(protocol.ServerFactory):
+    def __init__(self, ctx: ImapContext, tls_options=None, implicit_tls: bool = False) -> None:
+        self.ctx = ctx
+        self.tls_options = tls_options
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr):
+        p = ImapServer(self.ctx, self.tls_options, self.implicit_tls)
+        p.factory = self
+        return p
+
+
+def listening_factory(factory, tls_options, implicit_tls: bool):
+    """The factory to listen with: wrapped in TLS from the first byte for 993/995."""
+    if not implicit_tls:
+        return factory
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    return TLSMemoryBIOFactory(tls_options, False, factory)

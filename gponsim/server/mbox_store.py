@@ -1,0 +1,766 @@
+"""The lab's mail store: Dovecot's ``mbox:~/mail:INBOX=/var/mail/%u``.
+
+Under the lab root (the lab server's ``/``):
+
+- INBOX is ``var/mail/<user>``, the file Postfix's local(8) appends to;
+- every other folder is a file under ``home/<user>/mail/`` (``Sent``,
+  ``Trash``, ``a/b`` for a child folder, whose parent is the directory
+  ``mail/a``); subscriptions are the lines of ``home/<user>/mail/.subscriptions``.
+
+UIDs, UIDVALIDITY and flags live in the mbox itself, in the private headers
+Dovecot writes (lab-facts §4.3), so they survive restarts and real Dovecot
+reads the same state:
+
+- ``X-IMAPbase: <uidvalidity> <last uid, %010u> [keywords]`` on the first
+  message (or ``X-IMAP:`` on the "DON'T DELETE THIS MESSAGE" pseudo message
+  kept in a folder whose messages were all expunged);
+- ``X-UID: n``; ``Status: RO`` (R = \\Seen, O = no longer \\Recent);
+  ``X-Status: AFTD`` (\\Answered \\Flagged \\Draft \\Deleted);
+  ``X-Keywords:``; ``Content-Length:`` (body size).
+
+These headers are hidden from clients. Messages appended by local delivery
+have none: the next sync gives them the next UIDs, in file order.
+
+Locking is local(8)'s: dotlock then fcntl (:class:`~gponsim.server.local.MailboxLock`),
+the order Dovecot uses with ``mbox_write_locks = dotlock fcntl``, so a reader
+here and a delivery never deadlock. Every change (new UIDs, flags, append,
+expunge) reads the whole file under the lock and writes a complete new file
+beside it, fsync'd, renamed over the old one, then fsyncs the directory: a
+crash leaves either the old file or the new one, never half of each. A
+writer that opened the old file before the rename notices (the inode it
+locked is no longer the one at the path) and opens it again.
+
+Bodies are stored as written (the ``>From`` quoting of local(8) is never
+undone, as in Dovecot); messages appended here are written mboxo-quoted
+*and* with ``Content-Length``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_tz, mktime_tz
+from pathlib import Path
+from typing import Callable, Iterable
+
+from gponsim.server.local import MailboxError, MailboxLock
+
+#: IMAP system flags and the letters Dovecot stores them as.
+SEEN, ANSWERED, FLAGGED, DELETED, DRAFT, RECENT = (
+    "\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "\\Recent")
+SYSTEM_FLAGS = (ANSWERED, FLAGGED, DELETED, SEEN, DRAFT)
+_XSTATUS = {"A": ANSWERED, "F": FLAGGED, "T": DRAFT, "D": DELETED}
+_XSTATUS_ORDER = (("A", ANSWERED), ("F", FLAGGED), ("T", DRAFT), ("D", DELETED))
+
+#: Headers Dovecot keeps for itself and never shows to clients.
+PRIVATE_HEADERS = ("x-imapbase", "x-imap", "x-uid", "status", "x-status", "x-keywords",
+                   "content-length")
+PSEUDO_SUBJECT = "DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA"
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_KEYWORD = re.compile(r"^[!#$&'+-Z^-z|~]+$")   # atom chars without \ ( ) { % * " ]
+
+#: Lock retries while the reactor waits: short, a delivery holds it briefly.
+READER_LOCK_ATTEMPTS = 50
+READER_LOCK_DELAY = 0.1
+
+
+class StoreError(Exception):
+    """A refused folder operation; ``code`` is the IMAP response code."""
+
+    def __init__(self, text: str, code: str = "CANNOT") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+# --------------------------------------------------------------------------
+# Names and paths
+
+def valid_name(name: str) -> bool:
+    """A folder name that stays inside the user's mail directory."""
+    if not name or len(name) > 255 or name.startswith("/") or name.endswith("/"):
+        return False
+    if any(ord(c) < 0x20 or c == "\x7f" for c in name) or "~" in name[:1]:
+        return False
+    for part in name.split("/"):
+        if not part or part in (".", "..") or part.startswith("."):
+            return False
+    return True
+
+
+def is_inbox(name: str) -> bool:
+    return name.upper() == "INBOX"
+
+
+# --------------------------------------------------------------------------
+# The message
+
+@dataclass
+class StoredMessage:
+    """One message of a folder as Dovecot sees it."""
+
+    uid: int
+    from_line: bytes              # without the newline
+    headers: bytes                # visible header block, LF line ends, ends with "\n"
+    body: bytes                   # as stored, LF line ends
+    flags: set = field(default_factory=set)
+    keywords: list = field(default_factory=list)
+    recent: bool = False          # no "O" in Status when first synced
+
+    @property
+    def content(self) -> bytes:
+        """The message as a client gets it (LF line ends)."""
+        return self.headers + b"\n" + self.body
+
+    def wire(self) -> bytes:
+        """The message with CRLF line ends, as IMAP and POP3 send it."""
+        return to_crlf(self.content)
+
+    @property
+    def size(self) -> int:
+        return len(self.wire())
+
+    @property
+    def internal_date(self) -> float:
+        return from_line_time(self.from_line)
+
+    def all_flags(self) -> list[str]:
+        out = [f for f in SYSTEM_FLAGS if f in self.flags]
+        out += list(self.keywords)
+        if self.recent:
+            out.append(RECENT)
+        return out
+
+
+def to_crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def from_line_time(from_line: bytes) -> float:
+    """The date of a From_ line (``From a@b  Mon Jan  1 12:00:00 2024``), local time."""
+    text = from_line.decode("ascii", "replace")
+    m = re.search(r"(\w{3}) +(\w{3}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) (\d{4})", text)
+    if m:
+        try:
+            month = _MONTHS.index(m.group(2).title()) + 1
+            return time.mktime((int(m.group(7)), month, int(m.group(3)), int(m.group(4)),
+                                int(m.group(5)), int(m.group(6)), 0, 0, -1))
+        except (ValueError, OverflowError):
+            pass
+    return 0.0
+
+
+def dovecot_from_line(envelope: str, when: float) -> bytes:
+    """Dovecot's own From_ line: zero-padded day (``src/lib-mail/mbox-from.c``)."""
+    tm = time.localtime(when)
+    date = (f"{_DAYS[tm.tm_wday]} {_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:02d} "
+            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {tm.tm_year}")
+    return f"From {envelope or 'MAILER-DAEMON'}  {date}".encode()
+
+
+def parse_internal_date(text: str | None) -> float | None:
+    """IMAP date-time ``"01-Jan-2024 12:00:00 +0100"`` → epoch seconds."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d{1,2})-(\w{3})-(\d{4}) (\d\d:\d\d:\d\d) ([+-]\d{4})\s*", text)
+    if not m:
+        return None
+    parsed = parsedate_tz(f"{m.group(1)} {m.group(2)} {m.group(3)} {m.group(4)} {m.group(5)}")
+    return float(mktime_tz(parsed)) if parsed else None
+
+
+# --------------------------------------------------------------------------
+# Parsing and writing mbox files
+
+@dataclass
+class _Raw:
+    from_line: bytes
+    header_lines: list          # list of (name_lower, raw bytes incl. continuation lines)
+    body: bytes
+
+
+def _split_headers(block: bytes) -> list:
+    out: list = []
+    for line in block.split(b"\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and out:
+            name, raw = out[-1]
+            out[-1] = (name, raw + b"\n" + line)
+        else:
+            name = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+            out.append((name, line))
+    return out
+
+
+def parse_mbox(data: bytes) -> list[_Raw]:
+    """Split an mbox into messages (any variant; Content-Length honoured when it fits)."""
+    messages: list[_Raw] = []
+    pos = 0
+    n = len(data)
+    # Skip anything before the first From_ line (a broken file).
+    if not data.startswith(b"From "):
+        first = data.find(b"\nFrom ")
+        if first < 0:
+            return []
+        pos = first + 1
+    while pos < n:
+        eol = data.find(b"\n", pos)
+        if eol < 0:
+            eol = n
+        from_line = data[pos:eol]
+        hstart = eol + 1
+        hend = data.find(b"\n\n", hstart - 1)
+        if hend < 0:
+            header_block, bstart = data[hstart:], n
+        else:
+            header_block, bstart = data[hstart:hend + 1], hend + 2
+        headers = _split_headers(header_block)
+        end = None
+        for name, raw in headers:
+            if name == "content-length":
+                try:
+                    length = int(raw.split(b":", 1)[1].strip())
+                except ValueError:
+                    break
+                cand = bstart + length
+                if cand == n or (cand < n and data.startswith(b"\nFrom ", cand)):
+                    end = cand
+                elif cand + 1 == n and data[cand:cand + 1] == b"\n":
+                    end = cand
+                break
+        if end is None:
+            nxt = data.find(b"\n\nFrom ", max(bstart - 2, hstart))
+            if hend < 0 or nxt < 0:
+                end = n
+                if data.endswith(b"\n\n") and end - 1 >= bstart:
+                    end -= 1           # the blank line that ends the last message
+            else:
+                end = nxt + 1          # the body keeps its last newline
+        body = data[bstart:end] if bstart <= end else b""
+        messages.append(_Raw(from_line, headers, body))
+        # Skip the separator blank line.
+        pos = end
+        while pos < n and data[pos:pos + 1] == b"\n":
+            pos += 1
+    return messages
+
+
+def _header_value(raw: bytes) -> str:
+    return raw.split(b":", 1)[1].decode("utf-8", "replace").strip() if b":" in raw else ""
+
+
+@dataclass
+class FolderState:
+    uidvalidity: int
+    uidnext: int
+    messages: list[StoredMessage]
+    keywords: list[str] = field(default_factory=list)
+    changed: bool = False        # new UIDs were assigned: the file needs writing
+
+
+def decode(data: bytes, now: Callable[[], float] = time.time) -> FolderState:
+    raws = parse_mbox(data)
+    uidvalidity = 0
+    last_uid = 0
+    keywords: list[str] = []
+    messages: list[StoredMessage] = []
+    changed = False
+    for index, raw in enumerate(raws):
+        values = {name: _header_value(line) for name, line in raw.header_lines
+                  if name in PRIVATE_HEADERS}
+        base = values.get("x-imapbase") if index == 0 else None
+        pseudo = "x-imap" in values and index == 0
+        if base or pseudo:
+            parts = (base or values.get("x-imap", "")).split()
+            try:
+                uidvalidity = int(parts[0])
+                last_uid = int(parts[1])
+            except (IndexError, ValueError):
+                pass
+            keywords = parts[2:]
+        if pseudo:
+            continue
+        uid = 0
+        try:
+            uid = int(values.get("x-uid", "0").split()[0] or 0)
+        except (ValueError, IndexError):
+            uid = 0
+        status = values.get("status", "")
+        xstatus = values.get("x-status", "")
+        flags = {flag for letter, flag in _XSTATUS.items() if letter in xstatus}
+        if "R" in status:
+            flags.add(SEEN)
+        visible = b"".join(line + b"\n" for name, line in raw.header_lines
+                           if name not in PRIVATE_HEADERS)
+        msg = StoredMessage(uid=uid, from_line=raw.from_line, headers=visible, body=raw.body,
+                            flags=flags, keywords=values.get("x-keywords", "").split(),
+                            recent="O" not in status)
+        messages.append(msg)
+    if not uidvalidity:
+        uidvalidity = int(now())
+        changed = True
+    # UIDs must grow in file order; a message without one (a new delivery)
+    # or out of order gets the next UID, as Dovecot's mbox sync does.
+    previous = 0
+    for msg in messages:
+        if msg.uid <= previous or msg.uid <= 0:
+            last_uid = max(last_uid, previous)
+            last_uid += 1
+            msg.uid = last_uid
+            changed = True
+        previous = msg.uid
+        last_uid = max(last_uid, msg.uid)
+    return FolderState(uidvalidity, last_uid + 1, messages, keywords, changed)
+
+
+def encode(state: FolderState) -> bytes:
+    """The whole mbox file for ``state`` (Dovecot's header order)."""
+    out = bytearray()
+    last_uid = state.uidnext - 1
+    if not state.messages:
+        out += b"From MAILER_DAEMON  " + time.strftime(
+            "%a %b %d %H:%M:%S %Y", time.localtime()).encode() + b"\n"
+        out += b"Date: " + time.strftime("%d %b %Y %H:%M:%S %z").encode() + b"\n"
+        out += b"From: Mail System Internal Data <MAILER-DAEMON@gponlab.local>\n"
+        out += f"Subject: {PSEUDO_SUBJECT}\n".encode()
+        out += b"Message-ID: <" + str(int(time.time())).encode() + b"@gponlab.local>\n"
+        out += f"X-IMAP: {state.uidvalidity} {last_uid:010d}".encode()
+        if state.keywords:
+            out += b" " + " ".join(state.keywords).encode()
+        out += b"\nStatus: RO\n\n"
+        out += (b"This text is part of the internal format of your mail folder, and is not\n"
+                b"a real message.  It is created automatically by the mail system software.\n"
+                b"If deleted, important folder data will be lost, and it will be re-created\n"
+                b"with the data reset to initial values.\n\n")
+        return bytes(out)
+    for index, msg in enumerate(state.messages):
+        out += msg.from_line + b"\n"
+        out += msg.headers
+        if index == 0:
+            out += f"X-IMAPbase: {state.uidvalidity} {last_uid:010d}".encode()
+            if state.keywords:
+                out += b" " + " ".join(state.keywords).encode()
+            out += b"\n"
+        out += f"X-UID: {msg.uid}\n".encode()
+        status = ("R" if SEEN in msg.flags else "") + "O"
+        out += f"Status: {status}\n".encode()
+        xstatus = "".join(letter for letter, flag in _XSTATUS_ORDER if flag in msg.flags)
+        if xstatus:
+            out += f"X-Status: {xstatus}\n".encode()
+        if msg.keywords:
+            out += ("X-Keywords: " + " ".join(msg.keywords) + "\n").encode()
+        out += f"Content-Length: {len(msg.body)}\n".encode()
+        out += b"\n" + msg.body
+        if msg.body and not msg.body.endswith(b"\n"):
+            out += b"\n"
+        out += b"\n"
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------
+# A folder file
+
+class Folder:
+    """One mbox file: every operation locks, reads the current file, and
+    (when something changed) writes it back safely."""
+
+    def __init__(self, path: Path, name: str, *, lock_attempts: int = READER_LOCK_ATTEMPTS,
+                 lock_delay: float = READER_LOCK_DELAY, create: bool = True) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.lock_attempts = lock_attempts
+        self.lock_delay = lock_delay
+        self.create = create
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def _locked(self, mutate: Callable[[FolderState], object] | None = None):
+        """Run ``mutate(state)`` under the lock; write back if it changed.
+
+        Returns ``(state, result)``. ``mutate`` returns a value and may set
+        ``state.changed``.
+        """
+        for _attempt in range(5):
+            flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
+            if self.create:
+                flags |= os.O_CREAT
+            try:
+                fd = os.open(self.path, flags, 0o600)
+            except FileNotFoundError:
+                raise StoreError(f"Mailbox doesn't exist: {self.name}", "NONEXISTENT") from None
+            except OSError as exc:
+                raise StoreError(f"Internal error: {exc.strerror}", "SERVERBUG") from None
+            lock = MailboxLock(self.path, attempts=self.lock_attempts, delay=self.lock_delay)
+            try:
+                try:
+                    lock.acquire(fd)
+                except MailboxError as exc:
+                    raise StoreError(f"Mailbox is locked: {exc.reason}", "INUSE") from None
+                try:
+                    try:
+                        same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                    except FileNotFoundError:
+                        same = False
+                    if not same:
+                        continue            # replaced by a rewrite meanwhile: reopen
+                    data = _read_all(fd)
+                    state = decode(data)
+                    result = mutate(state) if mutate is not None else None
+                    if state.changed:
+                        self._write(state)
+                        state.changed = False
+                    return state, result
+                finally:
+                    lock.release()
+            finally:
+                os.close(fd)
+        raise StoreError("Mailbox keeps being replaced; try again", "INUSE")
+
+    def _write(self, state: FolderState) -> None:
+        data = encode(state)
+        tmp = self.path.with_name(f".{self.path.name}.gponsim-{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # ---------------------------------------------------------------- API
+
+    def sync(self, mark_old: bool = False) -> FolderState:
+        """The current state; new deliveries get their UIDs (written back).
+
+        ``mark_old``: a read-write SELECT has reported the \\Recent ones,
+        store them as no longer recent (``Status: O``). The returned state
+        still says which were recent.
+        """
+        def mutate(state: FolderState):
+            recent = [m.uid for m in state.messages if m.recent]
+            if mark_old and recent:
+                state.changed = True
+            return recent
+        state, recent = self._locked(mutate)
+        for m in state.messages:
+            m.recent = m.uid in recent
+        return state
+
+    def append(self, content: bytes, flags: Iterable[str] = (), when: float | None = None,
+               envelope: str = "") -> tuple[int, int]:
+        """Append a message; returns (uidvalidity, uid)."""
+        content = content.replace(b"\r\n", b"\n")
+        head, sep, body = content.partition(b"\n\n")
+        if not sep:
+            head, body = content.rstrip(b"\n"), b""
+        headers = b"".join(line + b"\n" for name, line in _split_headers(head + b"\n")
+                           if name not in PRIVATE_HEADERS)
+        if body.startswith(b"From "):
+            body = b">" + body
+        body = body.replace(b"\nFrom ", b"\n>From ")
+        if body and not body.endswith(b"\n"):
+            body += b"\n"
+        system, keywords = split_flags(flags)
+
+        def mutate(state: FolderState):
+            uid = state.uidnext
+            state.uidnext += 1
+            for kw in keywords:
+                if kw not in state.keywords:
+                    state.keywords.append(kw)
+            state.messages.append(StoredMessage(
+                uid=uid, from_line=dovecot_from_line(envelope, time.time() if when is None else when),
+                headers=headers, body=body, flags=set(system), keywords=keywords))
+            state.changed = True
+            return uid
+        state, uid = self._locked(mutate)
+        return state.uidvalidity, uid
+
+    def store(self, uids: Iterable[int], flags: Iterable[str], mode: int) -> dict[int, list[str]]:
+        """Set (0), add (+1) or remove (-1) flags; returns {uid: new flags}."""
+        wanted = set(uids)
+        system, keywords = split_flags(flags)
+
+        def mutate(state: FolderState):
+            out = {}
+            for msg in state.messages:
+                if msg.uid not in wanted:
+                    continue
+                if mode == 0:
+                    msg.flags, msg.keywords = set(system), list(keywords)
+                elif mode > 0:
+                    msg.flags |= set(system)
+                    msg.keywords += [k for k in keywords if k not in msg.keywords]
+                else:
+                    msg.flags -= set(system)
+                    msg.keywords = [k for k in msg.keywords if k not in keywords]
+                out[msg.uid] = msg
+            for kw in keywords:
+                if mode >= 0 and kw not in state.keywords:
+                    state.keywords.append(kw)
+            if out:
+                state.changed = True
+            return out
+        _state, touched = self._locked(mutate)
+        return {uid: [f for f in SYSTEM_FLAGS if f in m.flags] + list(m.keywords)
+                for uid, m in touched.items()}
+
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove the \\Deleted messages (only those in ``uids`` if given)."""
+        only = set(uids) if uids is not None else None
+
+        def mutate(state: FolderState):
+            gone = [m.uid for m in state.messages
+                    if DELETED in m.flags and (only is None or m.uid in only)]
+            if gone:
+                state.messages = [m for m in state.messages if m.uid not in gone]
+                state.changed = True
+            return gone
+        return self._locked(mutate)[1]
+
+    def add_messages(self, messages: list[StoredMessage]) -> tuple[int, list[int]]:
+        """Copy messages in (COPY/MOVE): new UIDs here, flags kept, not \\Recent."""
+        def mutate(state: FolderState):
+            uids = []
+            for src in messages:
+                uid = state.uidnext
+                state.uidnext += 1
+                state.messages.append(StoredMessage(
+                    uid=uid, from_line=src.from_line, headers=src.headers, body=src.body,
+                    flags=set(src.flags), keywords=list(src.keywords)))
+                uids.append(uid)
+            state.changed = True
+            return uids
+        state, uids = self._locked(mutate)
+        return state.uidvalidity, uids
+
+    def remove(self, uids: Iterable[int]) -> list[int]:
+        """Remove messages whatever their flags (the second half of MOVE)."""
+        wanted = set(uids)
+
+        def mutate(state: FolderState):
+            gone = [m.uid for m in state.messages if m.uid in wanted]
+            if gone:
+                state.messages = [m for m in state.messages if m.uid not in wanted]
+                state.changed = True
+            return gone
+        return self._locked(mutate)[1]
+
+
+def split_flags(flags: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(system flags, keywords); \\Recent and unknown \\flags are dropped."""
+    system, keywords = [], []
+    for flag in flags:
+        if flag.startswith("\\"):
+            for known in SYSTEM_FLAGS:
+                if flag.lower() == known.lower() and known not in system:
+                    system.append(known)
+        elif _KEYWORD.match(flag) and flag not in keywords:
+            keywords.append(flag)
+    return system, keywords
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------
+# A user's store
+
+@dataclass
+class FolderInfo:
+    name: str
+    selectable: bool
+    children: bool
+
+
+class MailStore:
+    """The folders of one user under the lab root."""
+
+    def __init__(self, lab_root: str | os.PathLike, user: str, *,
+                 inbox_template: str = "/var/mail/%u", mail_dir: str = "~/mail",
+                 home_template: str = "/home/%u") -> None:
+        if not user or "/" in user or user.startswith(".") or "\0" in user:
+            raise StoreError(f"invalid user name {user!r}")
+        self.root = Path(lab_root).resolve()
+        self.user = user
+        home = home_template.replace("%u", user).replace("%n", user)
+        self.home = self._under_root(home)
+        mail_dir = mail_dir.replace("%u", user)
+        if mail_dir.startswith("~/"):
+            self.mail_dir = self.home / mail_dir[2:]
+        elif mail_dir == "~":
+            self.mail_dir = self.home
+        else:
+            self.mail_dir = self._under_root(mail_dir)
+        self.inbox_path = self._under_root(inbox_template.replace("%u", user).replace("%n", user))
+
+    def _under_root(self, lab_path: str) -> Path:
+        path = (self.root / lab_path.lstrip("/")).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise StoreError(f"{lab_path} leaves the lab root")
+        return path
+
+    # ---------------------------------------------------------------- paths
+
+    def path_for(self, name: str) -> Path:
+        if is_inbox(name):
+            return self.inbox_path
+        if not valid_name(name):
+            raise StoreError(f"Invalid mailbox name: {name}"[:200], "CANNOT")
+        path = (self.mail_dir / name).resolve()
+        if self.mail_dir.resolve() not in path.parents:
+            raise StoreError(f"Invalid mailbox name: {name}"[:200], "CANNOT")
+        return path
+
+    def folder(self, name: str, create: bool = False) -> Folder:
+        path = self.path_for(name)
+        if is_inbox(name):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return Folder(path, "INBOX", create=True)
+        if not path.is_file():
+            if path.is_dir():
+                raise StoreError(f"Mailbox isn't selectable: {name}", "NONEXISTENT")
+            if not create:
+                raise StoreError(f"Mailbox doesn't exist: {name}", "NONEXISTENT")
+        return Folder(path, name, create=create)
+
+    # -------------------------------------------------------------- folders
+
+    def exists(self, name: str) -> bool:
+        try:
+            path = self.path_for(name)
+        except StoreError:
+            return False
+        return is_inbox(name) or path.exists()
+
+    def list(self) -> list[FolderInfo]:
+        out = [FolderInfo("INBOX", True, False)]
+        base = self.mail_dir
+        if base.is_dir():
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                rel = Path(dirpath).relative_to(base)
+                for d in dirnames:
+                    name = str(rel / d) if str(rel) != "." else d
+                    has = any(not e.startswith(".") for e in os.listdir(Path(dirpath) / d))
+                    out.append(FolderInfo(name, False, has))
+                for f in sorted(filenames):
+                    if f.startswith(".") or f.endswith(".lock"):
+                        continue
+                    name = str(rel / f) if str(rel) != "." else f
+                    if is_inbox(name):
+                        continue
+                    out.append(FolderInfo(name, True, False))
+        return out
+
+    def create(self, name: str) -> None:
+        if is_inbox(name):
+            raise StoreError("Mailbox already exists", "ALREADYEXISTS")
+        directory = name.endswith("/")
+        clean = name.rstrip("/")
+        path = self.path_for(clean)
+        if path.exists():
+            raise StoreError("Mailbox already exists", "ALREADYEXISTS")
+        for parent in reversed(path.relative_to(self.mail_dir).parents):
+            p = self.mail_dir / parent
+            if p.is_file():
+                raise StoreError(f"Mailbox doesn't allow inferior mailboxes: {parent}", "CANNOT")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if directory:
+            path.mkdir()
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+
+    def delete(self, name: str) -> None:
+        if is_inbox(name):
+            raise StoreError("INBOX can't be deleted.", "CANNOT")
+        path = self.path_for(name)
+        if path.is_dir():
+            if any(path.iterdir()):
+                raise StoreError("Mailbox has children, delete them first", "INUSE")
+            path.rmdir()
+        elif path.is_file():
+            path.unlink()
+        else:
+            raise StoreError(f"Mailbox doesn't exist: {name}", "NONEXISTENT")
+        self.unsubscribe(name)
+
+    def rename(self, old: str, new: str) -> None:
+        if is_inbox(old) or is_inbox(new):
+            raise StoreError("Renaming INBOX isn't supported.", "CANNOT")
+        src, dst = self.path_for(old), self.path_for(new)
+        if not src.exists():
+            raise StoreError(f"Mailbox doesn't exist: {old}", "NONEXISTENT")
+        if dst.exists():
+            raise StoreError("Target mailbox already exists", "ALREADYEXISTS")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dst)
+
+    def ensure(self, name: str, subscribe: bool = False) -> None:
+        """Create a folder if missing (Dovecot's ``auto = create|subscribe``)."""
+        if not self.exists(name):
+            self.create(name)
+        if subscribe and name not in self.subscriptions():
+            self.subscribe(name)
+
+    # --------------------------------------------------------- subscriptions
+
+    @property
+    def subscriptions_path(self) -> Path:
+        return self.mail_dir / ".subscriptions"
+
+    def subscriptions(self) -> list[str]:
+        try:
+            text = self.subscriptions_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if line]
+
+    def _write_subscriptions(self, names: list[str]) -> None:
+        self.mail_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.subscriptions_path.with_name(".subscriptions.tmp")
+        tmp.write_text("".join(n + "\n" for n in names), encoding="utf-8")
+        os.replace(tmp, self.subscriptions_path)
+
+    def subscribe(self, name: str) -> None:
+        if not is_inbox(name) and not valid_name(name):
+            raise StoreError(f"Invalid mailbox name: {name}"[:200], "CANNOT")
+        name = "INBOX" if is_inbox(name) else name
+        names = self.subscriptions()
+        if name not in names:
+            self._write_subscriptions(names + [name])
+
+    def unsubscribe(self, name: str) -> None:
+        name = "INBOX" if is_inbox(name) else name
+        names = self.subscriptions()
+        if name in names:
+            self._write_subscriptions([n for n in names if n != name])

@@ -1,0 +1,507 @@
+"""Dovecot's POP3 (ports 110 and 995) on Twisted's POP3 protocol.
+
+Twisted's :class:`~twisted.mail.pop3.POP3` gives the line handling, the
+idle timeout and command pipelining (``blocked``); this subclass answers like
+Dovecot 2.3 (lab-facts §4.2): greeting, CAPA with RFC 2449 names before and
+after login (not Twisted's ``PIPELINE`` or its joke capabilities), STLS,
+USER/PASS and AUTH (SASL PLAIN/LOGIN, with initial response) through the
+lab's Dovecot auth socket (``service=pop3``), ``-ERR [AUTH]`` texts, and
+STAT LIST UIDL TOP RETR DELE RSET NOOP QUIT on the user's INBOX in the mbox
+store. Messages marked with DELE are removed at QUIT; retrieved ones become
+\\Seen. Every line is a Step (:mod:`gponsim.wire.pop3`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+
+from twisted.internet import interfaces, protocol
+from twisted.mail import pop3
+from twisted.python import log as twlog
+from zope.interface import implementer
+
+from gponsim.server.imap import ImapContext
+from gponsim.server.mbox_store import SEEN, StoreError
+from gponsim.server.sasl_client import AuthUnavailable
+from gponsim.server.tls import describe_connection
+from gponsim.steps import new_session
+from gponsim.wire import smtp as smtp_wire
+from gponsim.wire.pop3 import Pop3Conversation
+
+PRE_AUTH = frozenset({"CAPA", "USER", "PASS", "AUTH", "STLS", "QUIT", "APOP"})
+
+
+class _Tap:
+    def __init__(self, transport, server: "Pop3Server") -> None:
+        self._t = transport
+        self._server = server
+
+    def write(self, data: bytes) -> None:
+        self._server._emit_all(self._server.conv.server_data(data))
+        self._t.write(data)
+
+    def writeSequence(self, seq) -> None:
+        for data in seq:
+            self.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+
+@implementer(interfaces.IHandshakeListener)
+class Pop3Server(pop3.POP3):
+    MAX_LENGTH = 16384
+    delimiter = b"\r\n"
+
+    def __init__(self, ctx: ImapContext, tls_options=None, implicit_tls: bool = False) -> None:
+        self.lab = ctx
+        self.settings = ctx.settings
+        self.ctx = tls_options
+        self.tls = implicit_tls
+        self._starttls = False
+        self.session = new_session("pop3s" if implicit_tls else "pop3")
+        self.conv = Pop3Conversation(self.session, tls=implicit_tls)
+        self.user: str | None = None
+        self.pending_user: str | None = None
+        self.folder = None
+        self.messages = []
+        self.deleted: set[int] = set()
+        self.retrieved: set[int] = set()
+        self.stats = {"top": [0, 0], "retr": [0, 0]}
+        self._auth = None          # (request id, mech) while AUTH is in progress
+        self._mech = None
+        self._failed = 0
+        self._last_user = None
+        self._logged_out = False
+        self._connected_at = time.time()
+        self._session_id = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
+        self.mpid = os.getpid() + 35
+        self.blocked = None
+        self.state = "COMMAND"
+
+    # ------------------------------------------------------------ plumbing
+
+    def makeConnection(self, transport):
+        super().makeConnection(_Tap(transport, self))
+
+    def _emit_all(self, steps) -> None:
+        for step in steps:
+            self.lab.emit(step)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._emit_all(self.conv.client_data(data))
+        super().dataReceived(data)
+
+    _addrs: tuple | None = None
+
+    def _addresses(self) -> tuple:
+        if self._addrs is None:
+            self._addrs = (getattr(self.transport.getPeer(), "host", "127.0.0.1"),
+                           getattr(self.transport.getHost(), "host", "127.0.0.1"))
+        return self._addrs
+
+    @property
+    def client_ip(self) -> str:
+        return self._addresses()[0]
+
+    @property
+    def server_ip(self) -> str:
+        return self._addresses()[1]
+
+    @property
+    def secured(self) -> bool:
+        return self.tls or self.client_ip == self.server_ip
+
+    @property
+    def plaintext_ok(self) -> bool:
+        return self.secured or not self.settings.disable_plaintext_auth
+
+    def ok(self, text: str = "") -> None:
+        self.sendLine(("+OK " + text if text else "+OK").encode("utf-8"))
+
+    def err(self, text: str) -> None:
+        self.sendLine(("-ERR " + text).encode("utf-8"))
+
+    def connectionMade(self) -> None:
+        self._addresses()
+        self.lab.emit(smtp_wire.event_step(
+            "CONNECT", f"connect from {self.client_ip}", session=self.session, proto="pop3",
+            src="client", dst="pop3", tls=self.tls,
+            meta={"port": getattr(self.transport.getHost(), "port", None),
+                  "client_ip": self.client_ip}))
+        self.setTimeout(self.settings.login_timeout)
+        self.ok(self.settings.greeting)
+
+    def handshakeCompleted(self) -> None:
+        info = describe_connection(self.transport)
+        if info is None:
+            return
+        version, cipher, used, alg = info
+        self.lab.emit(smtp_wire.event_step(
+            "STLS" if self._starttls else "IMPLICIT",
+            f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
+            session=self.session, proto="tls", tls=True, src="client", dst="pop3",
+            meta={"version": version, "cipher": cipher}))
+
+    def _addr(self) -> str:
+        text = f"rip={self.client_ip}, lip={self.server_ip}"
+        if self.tls:
+            text += ", TLS"
+        elif self.secured:
+            text += ", secured"
+        return text + f", session=<{self._session_id}>"
+
+    def connectionLost(self, reason=None) -> None:
+        self.setTimeout(None)
+        if self.user and not self._logged_out:
+            self.lab.log(f"pop3({self.user})<{self.mpid}><{self._session_id}>: "
+                         f"Disconnected: Connection closed {self._stats()}")
+        elif not self.user:
+            secs = int(time.time() - self._connected_at)
+            if self._failed:
+                self.lab.log(f"pop3-login: Disconnected (auth failed, {self._failed} attempts in "
+                             f"{secs} secs): user=<{self._last_user or ''}>, method={self._mech}, "
+                             f"{self._addr()}")
+            else:
+                self.lab.log(f"pop3-login: Disconnected (no auth attempts in {secs} secs): "
+                             f"user=<>, {self._addr()}")
+        self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
+                                           proto="pop3", src="client", dst="pop3", tls=self.tls))
+
+    def _stats(self) -> str:
+        size = sum(m.size for m in self.messages)
+        dels = sum(self.messages[i].size for i in self.deleted)
+        return (f"top={self.stats['top'][0]}/{self.stats['top'][1]}, "
+                f"retr={self.stats['retr'][0]}/{self.stats['retr'][1]}, "
+                f"del={len(self.deleted)}/{len(self.messages)}, size={size}"
+                + ("" if not dels else ""))
+
+    def timeoutConnection(self) -> None:
+        self.err("Disconnected for inactivity.")
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line):
+        self.err("Input line too long.")
+        self.transport.loseConnection()
+
+    # -------------------------------------------------------------- dispatch
+
+    def state_COMMAND(self, line: bytes) -> None:
+        if self._auth is not None:
+            self._auth_line(line)
+            return
+        text = line.decode("utf-8", "replace")
+        verb, _, args = text.strip().partition(" ")
+        verb = verb.upper()
+        if self.blocked is not None:
+            self.blocked.append((verb, (args,)))
+            return
+        self.processCommand(verb, args)
+
+    def processCommand(self, verb, *args):
+        if self.blocked is not None:
+            self.blocked.append((verb, args))
+            return
+        args_text = args[0] if args else ""
+        if isinstance(verb, bytes):
+            verb = verb.decode()
+        handler = getattr(self, "cmd_" + verb, None) if verb.isalpha() else None
+        if self.user is None:
+            if handler is None or verb not in PRE_AUTH:
+                self.err("Unknown command.")
+                return
+        elif handler is None or verb in ("USER", "PASS", "AUTH", "STLS", "APOP"):
+            self.err(f"Unknown command: {verb}")
+            return
+        handler(args_text)
+
+    def _hold(self):
+        self.blocked = []
+
+    def _release(self):
+        if self.blocked is not None:
+            commands, self.blocked = self.blocked, None
+            while commands and self.blocked is None:
+                verb, args = commands.pop(0)
+                self.processCommand(verb, *args)
+            if self.blocked is not None:
+                self.blocked.extend(commands)
+
+    # ------------------------------------------------------------ pre-login
+
+    def capabilities(self) -> list[str]:
+        caps = ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE"]
+        if self.user is None:
+            if self.ctx is not None and not self.tls:
+                caps.append("STLS")
+            if self.plaintext_ok:
+                caps.append("USER")
+                caps.append("SASL " + " ".join(self.settings.mechanisms))
+            else:
+                caps.append("SASL")
+        return caps
+
+    def cmd_CAPA(self, args: str) -> None:
+        lines = ["+OK"] + self.capabilities() + ["."]
+        self.transport.write("".join(line + "\r\n" for line in lines).encode())
+
+    def cmd_STLS(self, args: str) -> None:
+        if self.tls:
+            self.err("TLS is already active.")
+            return
+        if self.ctx is None:
+            self.err("TLS support isn't enabled.")
+            return
+        self.ok("Begin TLS negotiation now.")
+        self.clearLineBuffer()          # pipelined plaintext is discarded, as Dovecot does
+        self.transport.startTLS(self.ctx)
+        self.tls = self.conv.tls = self._starttls = True
+
+    def cmd_QUIT(self, args: str) -> None:
+        if self.user is None:
+            self.ok("Logging out")
+            self.transport.loseConnection()
+            return
+        removed = False
+        try:
+            if self.retrieved - self.deleted:
+                self.folder.store([self.messages[i].uid for i in self.retrieved - self.deleted],
+                                  [SEEN], 1)
+            if self.deleted:
+                self.folder.remove([self.messages[i].uid for i in self.deleted])
+                removed = True
+        except (StoreError, OSError) as exc:
+            self.err(f"[SYS/TEMP] Couldn't delete messages: {exc}")
+            self.transport.loseConnection()
+            return
+        self.ok("Logging out, messages deleted." if removed else "Logging out.")
+        self._logged_out = True
+        self.lab.log(f"pop3({self.user})<{self.mpid}><{self._session_id}>: Disconnected: "
+                     f"Logged out {self._stats()}")
+        self.transport.loseConnection()
+
+    def cmd_USER(self, args: str) -> None:
+        if not self.plaintext_ok:
+            self.err("[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
+                     "connections.")
+            return
+        if not args.strip():
+            self.err("No username given.")
+            return
+        self.pending_user = args.strip()
+        self.ok()
+
+    def cmd_PASS(self, args: str) -> None:
+        if self.pending_user is None:
+            self.err("No username given.")
+            return
+        user, self.pending_user = self.pending_user, None
+        self._last_user = user
+        resp = base64.b64encode(b"\0" + user.encode() + b"\0" + args.encode()).decode()
+        self._mech = "PLAIN"
+        self._start_sasl("PLAIN", resp)
+
+    def cmd_AUTH(self, args: str) -> None:
+        words = args.split()
+        if not words:
+            lines = ["+OK"] + list(self.settings.mechanisms) + ["."]
+            self.transport.write("".join(line + "\r\n" for line in lines).encode())
+            self.conv.in_auth = False
+            return
+        mech = words[0].upper()
+        if mech not in self.settings.mechanisms:
+            self.conv.in_auth = False
+            self.err("Unsupported authentication mechanism.")
+            return
+        if not self.plaintext_ok:
+            self.conv.in_auth = False
+            self.err("[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
+                     "connections.")
+            return
+        initial = words[1] if len(words) > 1 else None
+        if initial == "=":
+            initial = ""
+        self._mech = mech
+        self._start_sasl(mech, initial)
+
+    def _start_sasl(self, mech: str, resp: str | None) -> None:
+        if self.lab.auth is None:
+            self.err("[SYS/TEMP] Temporary authentication failure.")
+            return
+        self._hold()
+        d = self.lab.auth.start(mech, service="pop3", lip=self.server_ip, rip=self.client_ip,
+                                secured=self.secured, resp_b64=resp, session=self.session,
+                                nologin=False)
+        d.addCallbacks(self._sasl_reply, self._sasl_error)
+
+    def _sasl_reply(self, reply) -> None:
+        if reply.kind == "CONT":
+            self._auth = reply.request_id
+            self.sendLine(b"+ " + reply.challenge.encode("ascii"))
+            self.blocked = None        # the next line is the client's answer
+            return
+        self._auth = None
+        self.conv.in_auth = False
+        if reply.kind == "OK":
+            self._logged_in(reply.user)
+        else:
+            self._failed += 1
+            if reply.user:
+                self._last_user = reply.user
+            if reply.reason and "aborted" in reply.reason.lower():
+                self.err("Authentication aborted by client.")
+            else:
+                self.err("[AUTH] Authentication failed.")
+        self._release()
+
+    def _sasl_error(self, failure) -> None:
+        self._auth = None
+        self.conv.in_auth = False
+        if not failure.check(AuthUnavailable):
+            twlog.err(failure)
+        self.err("[SYS/TEMP] Temporary authentication failure.")
+        self._release()
+
+    def _auth_line(self, line: bytes) -> None:
+        rid, self._auth = self._auth, None
+        text = line.decode("ascii", "replace").strip()
+        if text == "*":
+            self.lab.auth.abort(rid)
+            self._failed += 1
+            self.conv.in_auth = False
+            self.err("Authentication aborted by client.")
+            return
+        self._hold()
+        self.lab.auth.respond(rid, text, session=self.session).addCallbacks(
+            self._sasl_reply, self._sasl_error)
+
+    def _logged_in(self, user: str) -> None:
+        try:
+            store = self.lab.store_for(user)
+            self.folder = store.folder("INBOX")
+            state = self.folder.sync()
+        except (StoreError, OSError) as exc:
+            self.err(f"[SYS/TEMP] {exc}")
+            return
+        self.user = user
+        self.uidvalidity = state.uidvalidity
+        self.messages = state.messages
+        self.setTimeout(600)
+        self.lab.log(f"pop3-login: Login: user=<{user}>, method={self._mech}, "
+                     f"rip={self.client_ip}, lip={self.server_ip}, mpid={self.mpid}"
+                     + (", TLS" if self.tls else ", secured" if self.secured else "")
+                     + f", session=<{self._session_id}>")
+        self.ok("Logged in.")
+
+    # ------------------------------------------------------------- logged in
+
+    def _index(self, text: str) -> int | None:
+        text = text.strip()
+        try:
+            n = int(text)
+        except ValueError:
+            self.err(f"Invalid message number: {text}")
+            return None
+        if n < 1 or n > len(self.messages) or (n - 1) in self.deleted:
+            self.err(f"There's no message {n}.")
+            return None
+        return n - 1
+
+    def cmd_STAT(self, args: str) -> None:
+        alive = [m for i, m in enumerate(self.messages) if i not in self.deleted]
+        self.ok(f"{len(alive)} {sum(m.size for m in alive)}")
+
+    def cmd_LIST(self, args: str) -> None:
+        if args.strip():
+            i = self._index(args)
+            if i is not None:
+                self.ok(f"{i + 1} {self.messages[i].size}")
+            return
+        alive = [(i, m) for i, m in enumerate(self.messages) if i not in self.deleted]
+        lines = [f"+OK {len(alive)} messages:"] + [f"{i + 1} {m.size}" for i, m in alive] + ["."]
+        self.transport.write("".join(line + "\r\n" for line in lines).encode())
+
+    def _uidl(self, msg) -> str:
+        # Dovecot's default pop3_uidl_format = %08Xu%08Xv
+        return f"{msg.uid:08X}{self.uidvalidity:08X}"
+
+    def cmd_UIDL(self, args: str) -> None:
+        if args.strip():
+            i = self._index(args)
+            if i is not None:
+                self.ok(f"{i + 1} {self._uidl(self.messages[i])}")
+            return
+        lines = ["+OK"] + [f"{i + 1} {self._uidl(m)}" for i, m in enumerate(self.messages)
+                           if i not in self.deleted] + ["."]
+        self.transport.write("".join(line + "\r\n" for line in lines).encode())
+
+    def _send_message(self, data: bytes, first: str) -> None:
+        lines = data.split(b"\r\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        body = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n"
+                        for line in lines)
+        self.transport.write(first.encode() + b"\r\n" + body + b".\r\n")
+
+    def cmd_RETR(self, args: str) -> None:
+        i = self._index(args)
+        if i is None:
+            return
+        msg = self.messages[i]
+        data = msg.wire()
+        self.retrieved.add(i)
+        self.stats["retr"][0] += 1
+        self.stats["retr"][1] += len(data)
+        self._send_message(data, f"+OK {len(data)} octets")
+
+    def cmd_TOP(self, args: str) -> None:
+        words = args.split()
+        if len(words) != 2:
+            self.err("Invalid number of arguments.")
+            return
+        i = self._index(words[0])
+        if i is None:
+            return
+        try:
+            n = int(words[1])
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            self.err(f"Invalid number of lines: {words[1]}")
+            return
+        data = self.messages[i].wire()
+        cut = data.find(b"\r\n\r\n")
+        head, body = (data[:cut + 4], data[cut + 4:]) if cut >= 0 else (data, b"")
+        kept = b"".join(line + b"\r\n" for line in body.split(b"\r\n")[:n]) if n else b""
+        part = head + kept
+        self.stats["top"][0] += 1
+        self.stats["top"][1] += len(part)
+        self._send_message(part, "+OK")
+
+    def cmd_DELE(self, args: str) -> None:
+        i = self._index(args)
+        if i is not None:
+            self.deleted.add(i)
+            self.ok("Marked to be deleted.")
+
+    def cmd_RSET(self, args: str) -> None:
+        self.deleted.clear()
+        self.ok()
+
+    def cmd_NOOP(self, args: str) -> None:
+        self.ok()
+
+
+class Pop3Factory(protocol.ServerFactory):
+    def __init__(self, ctx: ImapContext, tls_options=None, implicit_tls: bool = False) -> None:
+        self.ctx = ctx
+        self.tls_options = tls_options
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr):
+        p = Pop3Server(self.ctx, self.tls_options, self.implicit_tls)
+        p.factory = self
+        return p

@@ -1,0 +1,354 @@
+"""Capture analysis on captures built byte by byte: link types, reassembly, decoders, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from pcapgen import (LINKTYPES, Conversation, link, smtp_session, write_pcap,  # noqa: E402
+                     write_pcapng)
+
+from gponsim.capture.analyze import CaptureError, analyze  # noqa: E402
+from gponsim.capture.pcap import ReadReport, read_packets  # noqa: E402
+from gponsim.cli import main  # noqa: E402
+from gponsim.steps import ListSink  # noqa: E402
+
+
+def run(path):
+    sink = ListSink()
+    a = analyze(path, sink.step)
+    return a, sink.steps
+
+
+def smtp_view(steps):
+    out = []
+    for s in steps:
+        if s.proto != "smtp":
+            continue
+        if s.kind == "command":
+            out.append(s.verb)
+        elif s.kind == "reply":
+            out.append(s.code)
+        elif s.kind == "data":
+            out.append(f"data:{s.verb}")
+    return out
+
+
+EXPECTED = ["220", "EHLO", "250", "AUTH", "235", "MAIL", "RCPT", "DATA", "250", "250", "354",
+            "data:DATA", "250", "QUIT", "221"]
+
+
+def norm(view):
+    return [str(v) for v in view]
+
+
+@pytest.mark.parametrize("kind", sorted(LINKTYPES))
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_every_link_type_and_format(tmp_path, kind, fmt):
+    conv = smtp_session(Conversation())
+    writer = write_pcap if fmt == "pcap" else write_pcapng
+    path = writer(tmp_path / f"x.{fmt}", conv.frames(kind), LINKTYPES[kind])
+    a, steps = run(path)
+    assert norm(smtp_view(steps)) == EXPECTED
+    assert a.report.format == fmt and a.report.problems == []
+
+
+def test_ipv6_vlan_big_endian_pcap(tmp_path):
+    conv = smtp_session(Conversation(client=("2001:db8::1", 40000), server=("2001:db8::2", 587)))
+    path = write_pcap(tmp_path / "v6.pcap", conv.frames("ether", vlan=125), 1, endian=">")
+    a, steps = run(path)
+    assert norm(smtp_view(steps)) == EXPECTED
+    assert a.connections[0].endpoints == "[2001:db8::1]:40000 → [2001:db8::2]:587"
+
+
+def test_message_dot_stuffing_mailer_and_credentials(tmp_path):
+    conv = smtp_session(Conversation(), mss=700)
+    a, steps = run(write_pcap(tmp_path / "s.pcap", conv.frames()))
+    msg = [s for s in steps if s.kind == "data" and s.proto == "smtp"][0]
+    assert msg.line.startswith("[message: ") and "Subject: Hola" in msg.line
+    # Same size as the lab computes: CRLF → LF and the stuffed dot removed.
+    body = ("From: user1@gponlab.local\nTo: user2@gponlab.local\nSubject: Hola\n"
+            "User-Agent: Mozilla/5.0 Thunderbird/128.0\n\nline one\n.a stuffed dot\n" + "x" * 3000 + "\n")
+    assert msg.meta["size"] == len(body)
+    info = a.connections[0]
+    assert info.client_name == "[10.0.0.1]"
+    assert info.software == ["Mozilla/5.0 Thunderbird/128.0"]
+    assert [(c.mechanism, c.user, c.password, c.inside_tls, c.result) for c in a.credentials] == \
+        [("PLAIN", "user1", "pass", False, "ok")]
+    auth = [s for s in steps if s.verb == "AUTH" and s.kind == "command"][0]
+    assert "AHVzZXIxAHBhc3M=" not in auth.to_json()          # masked in the Steps
+
+
+def test_reassembly_retransmission_reorder_overlap(tmp_path):
+    conv = Conversation()
+    smtp_session(conv, mss=500)
+    packets = conv.packets
+    data_idx = [i for i, p in enumerate(packets) if len(p) >= 40 + 500]   # full-size segments
+    assert len(data_idx) >= 5
+    # An overlapping segment: the second half of one segment and the first half of the next.
+    first, second = packets[data_idx[3]], packets[data_idx[4]]
+    seq = struct.unpack("!I", first[24:28])[0] + 250
+    overlap = first[:24] + struct.pack("!I", seq) + first[28:40] + first[40 + 250:] + second[40:40 + 250]
+    packets.insert(data_idx[4], overlap)
+    packets.insert(data_idx[3], packets[data_idx[0]])                     # a retransmission
+    a, b = data_idx[1], data_idx[2]
+    packets[a], packets[b] = packets[b], packets[a]                       # out of order
+    a_, steps = run(write_pcap(tmp_path / "r.pcap", [link("ether", p) for p in packets]))
+    assert norm(smtp_view(steps)) == EXPECTED
+    msg = [s for s in steps if s.kind == "data"][0]
+    _, clean = run(write_pcap(tmp_path / "clean.pcap", smtp_session(Conversation(), mss=500).frames()))
+    assert msg.meta == [s for s in clean if s.kind == "data"][0].meta
+    assert a_.connections[0].gaps == 0
+
+
+def test_gap_is_marked_and_decoding_resumes(tmp_path):
+    conv = Conversation()
+    conv.s("220 hi\r\n")
+    conv.c("EHLO a\r\n")
+    conv.s("250 ok\r\n")
+    lost = conv.c("MAIL FROM:<a@b>\r\n")
+    conv.s("250 2.1.0 Ok\r\n")
+    conv.c("RCPT TO:<c@d>\r\n")
+    conv.s("250 2.1.5 Ok\r\n")
+    conv.c("QUIT\r\n")
+    conv.s("221 Bye\r\n")
+    conv.close()
+    packets = [p for p in conv.packets if p not in lost]
+    a, steps = run(write_pcap(tmp_path / "g.pcap", [link("ether", p) for p in packets]))
+    gaps = [s for s in steps if s.verb == "GAP"]
+    assert len(gaps) == 1 and gaps[0].meta["bytes"] == len("MAIL FROM:<a@b>\r\n")
+    assert gaps[0].key == "capture.gap"
+    view = norm(smtp_view(steps))
+    assert view[:3] == ["220", "EHLO", "250"] and "RCPT" in view and view[-2:] == ["QUIT", "221"]
+    assert a.connections[0].gaps == 1
+
+
+def test_mid_session_and_one_direction(tmp_path):
+    conv = Conversation(handshake=False)
+    conv.c("RCPT TO:<x@y>\r\nDATA\r\n")
+    conv.c("Subject: one side\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    a, steps = run(write_pcap(tmp_path / "m.pcap", conv.frames()))
+    assert norm(smtp_view(steps)) == ["RCPT", "DATA", "data:DATA", "QUIT"]
+    assert a.connections[0].midstream and a.connections[0].directions == {"c2s"}
+
+
+def test_bdat_and_auth_login_two_steps(tmp_path):
+    conv = Conversation(server=("10.0.0.2", 2525))           # not a mail port: found by content
+    conv.s("220 x ESMTP\r\n")
+    conv.c("EHLO c\r\n")
+    conv.s("250 CHUNKING\r\n")
+    conv.c("AUTH LOGIN\r\n")
+    conv.s("334 VXNlcm5hbWU6\r\n")
+    conv.c("dXNlcjE=\r\n")
+    conv.s("334 UGFzc3dvcmQ6\r\n")
+    conv.c("d3Jvbmc=\r\n")
+    conv.s("535 5.7.8 Error: authentication failed: authentication failure\r\n")
+    conv.c("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 10\r\n0123456789BDAT 5 LAST\r\nabcde")
+    conv.s("250 Ok\r\n250 Ok\r\n250 Ok: 10 bytes\r\n250 Ok: 15 bytes queued as X\r\n")
+    conv.close()
+    a, steps = run(write_pcap(tmp_path / "b.pcap", conv.frames()))
+    assert norm(smtp_view(steps)) == ["220", "EHLO", "250", "AUTH", "334", "data:AUTH", "334",
+                                      "data:AUTH", "535", "MAIL", "RCPT", "BDAT", "BDAT",
+                                      "data:BDAT", "250", "250", "250", "250"]
+    replies = [s for s in steps if s.kind == "reply"]
+    assert [r.verb for r in replies[-4:]] == ["MAIL", "RCPT", "BDAT", "BDAT"]
+    assert [s.meta["size"] for s in steps if s.verb == "BDAT" and s.kind == "data"] == [15]
+    assert [(c.mechanism, c.user, c.password, c.result) for c in a.credentials] == \
+        [("LOGIN", "user1", "wrong", "failed")]
+    assert a.failures and a.failures[0].code == 535
+
+
+def test_imap_literals_idle_and_login(tmp_path):
+    conv = Conversation(server=("10.0.0.2", 143))
+    conv.s("* OK [CAPABILITY IMAP4rev1 LITERAL+] Dovecot ready.\r\n")
+    conv.c("a1 LOGIN {5+}\r\nuser1 pass\r\n")
+    conv.s("a1 OK Logged in\r\n")
+    conv.c("a2 SELECT INBOX\r\n")
+    conv.s("* 1 EXISTS\r\na2 OK [READ-WRITE] Select completed\r\n")
+    conv.c("a3 FETCH 1 BODY[]\r\n")
+    conv.s("* 1 FETCH (BODY[] {12}\r\nHello\r\nWorld)\r\na3 OK Fetch completed\r\n")
+    conv.c("a4 IDLE\r\n")
+    conv.s("+ idling\r\n")
+    conv.c("DONE\r\n")
+    conv.s("a4 OK Idle completed\r\n")
+    conv.close()
+    a, steps = run(write_pcap(tmp_path / "i.pcap", conv.frames()))
+    cmds = [(s.tag, s.verb) for s in steps if s.kind == "command"]
+    assert cmds == [("a1", "LOGIN"), ("a2", "SELECT"), ("a3", "FETCH"), ("a4", "IDLE"),
+                    (None, "DONE")]
+    tagged = [(s.tag, s.status) for s in steps if s.kind == "reply" and s.tag]
+    assert tagged == [("a1", "OK"), ("a2", "OK"), ("a3", "OK"), ("a4", "OK")]
+    assert [(c.proto, c.user, c.password) for c in a.credentials] == [("imap", "user1", "pass")]
+
+
+def test_pop3_and_extract(tmp_path):
+    conv = Conversation(server=("10.0.0.2", 110))
+    conv.s("+OK Dovecot ready.\r\n")
+    conv.c("USER user2\r\n")
+    conv.s("+OK\r\n")
+    conv.c("PASS pass\r\n")
+    conv.s("+OK Logged in.\r\n")
+    conv.c("RETR 1\r\n")
+    conv.s("+OK 40 octets\r\nSubject: hi\r\n\r\n..dot\r\nbody\r\n.\r\n")
+    conv.c("QUIT\r\n")
+    conv.s("+OK Logging out.\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "p.pcap", conv.frames())
+    out = tmp_path / "eml"
+    res = CliRunner().invoke(main, ["analyze", str(path), "--quiet", "--credentials",
+                                    "--extract", str(out), "--lang", "en"])
+    assert res.exit_code == 0, res.output
+    assert "USER/PASS" in res.output and "in clear" in res.output and "pass" in res.output
+    files = sorted(out.glob("*.eml"))
+    assert len(files) == 1 and files[0].read_bytes() == b"Subject: hi\n\n.dot\nbody\n"
+
+
+def test_starttls_handshake_summarised(tmp_path):
+    # A real TLS 1.2 handshake from zeek's capture is used in test_capture_pcaps; here the
+    # switch itself: after 220 to STARTTLS, bytes are TLS records, not commands.
+    conv = Conversation(server=("10.0.0.2", 587))
+    conv.s("220 x ESMTP\r\n")
+    conv.c("EHLO c\r\n")
+    conv.s("250 STARTTLS\r\n")
+    conv.c("STARTTLS\r\n")
+    conv.s("220 2.0.0 Ready to start TLS\r\n")
+    hello = _client_hello("mail.gponlab.local")
+    conv.c(hello)
+    conv.c(b"\x17\x03\x03\x00\x05hello")
+    conv.close()
+    a, steps = run(write_pcap(tmp_path / "t.pcap", conv.frames()))
+    tls = [s for s in steps if s.proto == "tls"]
+    assert tls[0].verb == "ClientHello" and "SNI mail.gponlab.local" in tls[0].line
+    assert tls[0].meta["versions"] == ["TLSv1.3", "TLSv1.2"]
+    assert not [s for s in steps if s.kind == "command" and s.verb not in ("EHLO", "STARTTLS")]
+    assert a.connections[0].tls["how"] == "STARTTLS"
+
+
+def _client_hello(sni: str) -> bytes:
+    name = sni.encode()
+    sni_ext = struct.pack("!HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name)) + name
+    ver_ext = struct.pack("!HHB", 43, 5, 4) + b"\x03\x04\x03\x03"
+    exts = sni_ext + ver_ext
+    body = (b"\x03\x03" + b"\0" * 32 + b"\x00" + struct.pack("!H", 4) + b"\x13\x01\xc0\x2f"
+            + b"\x01\x00" + struct.pack("!H", len(exts)) + exts)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pcap"
+    path.write_bytes(b"")
+    with pytest.raises(CaptureError, match="empty"):
+        analyze(path)
+    res = CliRunner().invoke(main, ["analyze", str(path), "--quiet"])
+    assert res.exit_code == 2 and "empty file" in res.output
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "junk.pcap"
+    path.write_bytes(bytes(random.Random(1).randrange(256) for _ in range(3000)))
+    res = CliRunner().invoke(main, ["analyze", str(path), "--quiet"])
+    assert res.exit_code == 2 and "not a pcap or pcapng file" in res.output
+
+
+def test_truncated_file_keeps_what_was_read(tmp_path):
+    conv = smtp_session(Conversation())
+    path = write_pcap(tmp_path / "t.pcap", conv.frames())
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 30])
+    a, steps = run(path)
+    assert a.report.problems and "truncated" in a.report.problems[0]
+    assert a.report.problems[0].startswith(f"packet {len(conv.packets)}:")
+    assert "EHLO" in smtp_view(steps)
+    res = CliRunner().invoke(main, ["analyze", str(path), "--quiet", "--lang", "en"])
+    assert res.exit_code == 0 and "truncated" in res.output
+
+
+def test_unknown_link_type(tmp_path):
+    conv = smtp_session(Conversation())
+    path = write_pcap(tmp_path / "u.pcap", conv.frames(), linktype=147)
+    a, _ = run(path)
+    assert not a.readable and "packet 1: unknown link type 147" in a.report.problems[0]
+    res = CliRunner().invoke(main, ["analyze", str(path), "--quiet"])
+    assert res.exit_code == 2 and "unknown link type 147" in res.output
+
+
+def test_non_mail_traffic(tmp_path):
+    conv = Conversation(server=("10.0.0.2", 80))
+    conv.c("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conv.s("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "http.pcap", conv.frames())
+    a, steps = run(path)
+    assert a.readable and not a.connections and not steps
+    res = CliRunner().invoke(main, ["analyze", str(path), "--lang", "en"])
+    assert res.exit_code == 0 and "No mail traffic" in res.output
+
+
+def test_reader_streams_in_blocks(tmp_path, monkeypatch):
+    import gponsim.capture.pcap as pcap
+
+    monkeypatch.setattr(pcap, "_BLOCK", 64)          # tiny blocks: records cross block edges
+    conv = smtp_session(Conversation(), mss=300)
+    path = write_pcapng(tmp_path / "b.pcapng", conv.frames())
+    report = ReadReport()
+    frames = [f for _, _, _, f in read_packets(path, report)]
+    assert frames == conv.frames() and report.problems == []
+
+
+def test_pcapng_decryption_secrets_block_is_read(tmp_path):
+    conv = smtp_session(Conversation())
+    path = write_pcapng(tmp_path / "k.pcapng", conv.frames(),
+                        keylog="CLIENT_RANDOM 00 11\n")
+    report = ReadReport()
+    list(read_packets(path, report))
+    assert report.keylog == ["CLIENT_RANDOM 00 11"]
+
+
+def test_cli_json_and_steps_file(tmp_path):
+    conv = smtp_session(Conversation())
+    path = write_pcap(tmp_path / "j.pcap", conv.frames())
+    steps_file = tmp_path / "out.jsonl"
+    res = CliRunner().invoke(main, ["analyze", str(path), "--json", "--steps", str(steps_file)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["summary"]["connections"][0]["client_name"] == "[10.0.0.1]"
+    assert [s.get("verb") for s in data["steps"] if s["kind"] == "command"][:2] == ["EHLO", "AUTH"]
+    assert "AHVzZXIxAHBhc3M=" not in res.output
+    assert len(steps_file.read_text().splitlines()) == len(data["steps"])
+
+
+def test_cli_narration_summary_first(tmp_path):
+    conv = smtp_session(Conversation())
+    path = write_pcap(tmp_path / "n.pcap", conv.frames())
+    res = CliRunner().invoke(main, ["analyze", str(path), "--lang", "es"])
+    assert res.exit_code == 0, res.output
+    assert res.output.index("conexión(es) de correo") < res.output.index("EHLO [10.0.0.1]")
+    assert "AHVzZXIxAHBhc3M=" not in res.output
+
+
+def test_many_connections_are_counted_not_all_listed(tmp_path, monkeypatch):
+    import gponsim.capture.analyze as mod
+
+    monkeypatch.setattr(mod, "MAX_LISTED", 2)
+    frames = []
+    for i in range(5):
+        frames += smtp_session(Conversation(client=("10.0.0.1", 40000 + i))).frames()
+    a, steps = run(write_pcap(tmp_path / "many.pcap", frames))
+    assert len(a.connections) == 2 and a.more_connections == {"smtp": 3}
+    assert a.connection_count == 5 and len(a.messages) == 2 and a.more_messages == 3
+    assert len({s.session for s in steps}) == 5
+    from gponsim.capture.report import summary_text
+
+    text = summary_text(a, "en")
+    assert "5 mail connection(s)" in text and "and 3 more connection(s) (SMTP)" in text

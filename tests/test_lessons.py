@@ -1,0 +1,142 @@
+"""Every lesson runs end to end in both languages; broken lessons and labs are reported clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gponsim.lessons.model import LESSONS_DIR, LessonError, lesson_files, load_lesson
+
+LESSONS = [p.stem for p in lesson_files()]
+
+
+def run(*args, cwd, timeout=180):
+    return subprocess.run([sys.executable, "-m", "gponsim", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "COLUMNS": "120"})
+
+
+def test_the_course_has_its_lessons():
+    for wanted in ("send-mail", "sasl", "relay-denied", "mbox", "troubleshooting"):
+        assert wanted in LESSONS
+    for path in lesson_files():
+        lesson = load_lesson(path)
+        assert lesson.id == path.stem
+        assert lesson.steps and all(s.checks or s.actions for s in lesson.steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lang", ["es", "en"])
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_lesson_runs_and_every_checkpoint_passes(lesson, lang, tmp_path):
+    out = tmp_path / "run"
+    result = run("lesson", lesson, "--lang", lang, "--out", str(out), "--quiz", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] and summary["checkpoints"]
+    assert all(c["passed"] for c in summary["checkpoints"])
+    for name in ("steps.jsonl", "transcript.txt", "mail.log", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    text = result.stdout
+    assert ("comprobaciones superadas" if lang == "es" else "checkpoints passed") in text
+    # Secrets never reach the artifacts.
+    for name in ("steps.jsonl", "transcript.txt", "summary.json"):
+        assert "AHVzZXIxAHBhc3M" not in (out / name).read_text(), name
+
+
+def test_send_mail_leaves_the_promised_artifacts(tmp_path):
+    result = run("lesson", "send-mail", "--lang", "es", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [out] = list((tmp_path / "captures").iterdir())       # the default output folder
+    assert out.name.startswith("send-mail-")
+    for name in ("architecture-observed.svg", "sequence-send.svg", "steps.jsonl", "summary.json"):
+        assert (out / name).exists(), name
+    assert "Subject: Hola desde la" in (out / "gponlab" / "var" / "mail" / "user2").read_text()
+
+
+def test_a_broken_lab_is_reported_as_failed_checkpoints(tmp_path):
+    """Break the lab on purpose: gponlab.local is no longer a local domain."""
+    text = (LESSONS_DIR / "send-mail.toml").read_text()
+    text = text.replace('section = "Flujo de Envío de Correo"',
+                        'section = "Flujo de Envío de Correo"\n\n[lab.main_cf]\n'
+                        'mydestination = "localhost"\n', 1)
+    broken = tmp_path / "broken.toml"
+    broken.write_text(text)
+    result = run("lesson", "run", str(broken), "--lang", "en", "--quiet", "--out", str(tmp_path / "o"),
+                 cwd=tmp_path)
+    assert result.returncode == 1
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert not summary["passed"]
+    failed = [c["says"] for c in summary["checkpoints"] if not c["passed"]]
+    assert "The message is in var/mail/user2." in failed
+    assert "✘ The message is in var/mail/user2." in result.stdout
+    assert any("wait_delivery" in e for e in summary["errors"])
+
+
+@pytest.mark.parametrize("mutation, message", [
+    (lambda t: t.replace('do = "diagram"', 'do = "teleport"', 1), "unknown action 'teleport'"),
+    (lambda t: t.replace('en = "Sending a mail: from the client to the mailbox, step by step"\n', "", 1),
+     "title needs both an 'es' and an 'en' text"),
+    (lambda t: t.replace("[[steps]]", "[[steps]", 1), "not valid TOML"),
+    (lambda t: t.replace('where = { proto = "smtp", kind = "reply", verb = "STARTTLS", code = 220 }',
+                         'where = { protocol = "smtp" }', 1), "unknown Step fields"),
+    (lambda t: t.replace("answer = 2", "answer = 7", 1), "quiz answer must be a choice number"),
+])
+def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(mutation((LESSONS_DIR / "send-mail.toml").read_text()))
+    with pytest.raises(LessonError) as err:
+        load_lesson(bad)
+    assert message in str(err.value)
+    assert str(err.value).startswith(f"{bad}:")
+    result = run("lesson", "run", str(bad), cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_lesson_list_and_unknown_lesson(tmp_path):
+    result = run("lesson", "list", "--lang", "es", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "send-mail" in result.stdout and "Enviar un correo" in result.stdout
+    result = run("lesson", "no-such-lesson", cwd=tmp_path)
+    assert result.returncode == 2 and "No such command 'no-such-lesson'" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("swaks") is None, reason="swaks (Debian package swaks) is not installed")
+def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
+    from labproc import wait_until
+
+    out = tmp_path / "run"
+    lesson = subprocess.Popen([sys.executable, "-m", "gponsim", "lesson", "send-mail", "--interactive",
+                               "--lang", "en", "--quiet", "--timeout", "60", "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "COLUMNS": "200"})
+    try:
+        info = wait_until(lambda: (out / "lab.json").exists() and json.loads((out / "lab.json").read_text()),
+                          timeout=30, what="the lesson's lab")
+        port = str(info["ports"]["submission"])
+        swaks = ["swaks", "--server", "127.0.0.1", "--port", port, "--from", "user1@gponlab.local",
+                 "--to", "user2@gponlab.local",
+                 "--header", "Subject: =?utf-8?q?Hola_desde_la_lecci=C3=B3n_send-mail?="]
+        # First the student forgets STARTTLS: the server says 530 and the lesson gives a hint.
+        first = subprocess.run(swaks + ["--auth-optional", "PLAIN", "--auth-user", "user1",
+                                        "--auth-password", "pass"],
+                               capture_output=True, text=True, timeout=60)
+        assert "530 5.7.0 Must issue a STARTTLS command first" in first.stdout
+        second = subprocess.run(swaks + ["--tls", "--auth", "PLAIN", "--auth-user", "user1",
+                                         "--auth-password", "pass"], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 0, second.stdout
+        stdout, _ = lesson.communicate(timeout=120)
+    finally:
+        if lesson.poll() is None:
+            lesson.kill()
+    assert lesson.returncode == 0, stdout[-4000:]
+    assert "Now you, with your mail client (Thunderbird): as user1" in stdout
+    assert f"port {port}, security STARTTLS" in stdout
+    assert "Hint: the server wants STARTTLS (530)" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"], summary

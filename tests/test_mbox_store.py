@@ -1,0 +1,180 @@
+"""The Dovecot-style mbox store: UIDs/flags in the file, locking, safe rewrites."""
+
+from __future__ import annotations
+
+import mailbox
+import threading
+import time
+
+import pytest
+
+from gponsim.server.local import LocalAgent, LocalJob, render_entry
+from gponsim.server.maillog import MailLog
+from gponsim.server.mbox_store import (
+    DELETED, SEEN, MailStore, StoreError, decode, parse_mbox, valid_name,
+)
+
+
+def deliver(root, user, body: bytes, n: int = 1, when: float = 1700000000.0) -> None:
+    path = root / "var" / "mail" / user
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as fh:
+        for i in range(n):
+            fh.write(render_entry(body.replace(b"#", str(i).encode()), sender="user1@gponlab.local",
+                                  orig_rcpt=f"{user}@gponlab.local",
+                                  delivered_to=f"{user}@gponlab.local", when=when))
+
+
+def test_uids_assigned_in_order_and_persisted_as_dovecot_headers(tmp_path):
+    deliver(tmp_path, "user2", b"Subject: m#\n\nFrom the body\nline\n", n=2)
+    store = MailStore(tmp_path, "user2")
+    state = store.folder("INBOX").sync(mark_old=True)
+    assert [m.uid for m in state.messages] == [1, 2]
+    assert all(m.recent for m in state.messages)
+    text = (tmp_path / "var/mail/user2").read_text()
+    assert f"X-IMAPbase: {state.uidvalidity} 0000000002\n" in text
+    assert "X-UID: 1\nStatus: O\nContent-Length:" in text
+    # Hidden from clients; body kept byte for byte (mboxo quoting not undone).
+    assert b"X-UID" not in state.messages[0].content
+    assert state.messages[0].content.endswith(b"\n\n>From the body\nline\n")
+    # A new delivery gets the next UID; the others keep theirs, and are no longer recent.
+    deliver(tmp_path, "user2", b"Subject: third\n\nx\n")
+    again = MailStore(tmp_path, "user2").folder("INBOX").sync()
+    assert [m.uid for m in again.messages] == [1, 2, 3]
+    assert [m.recent for m in again.messages] == [False, False, True]
+    assert again.uidvalidity == state.uidvalidity
+    # Python's mailbox module (a third-party mbox reader) still sees 3 messages.
+    assert len(mailbox.mbox(str(tmp_path / "var/mail/user2"))) == 3
+
+
+def test_flags_persist_and_expunge_keeps_uidnext(tmp_path):
+    deliver(tmp_path, "user2", b"Subject: m#\n\nbody\n", n=3)
+    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    folder.sync()
+    assert folder.store([1, 2], [SEEN, "\\Flagged", "$Label1"], 1) == {
+        1: ["\\Flagged", "\\Seen", "$Label1"], 2: ["\\Flagged", "\\Seen", "$Label1"]}
+    folder.store([2], [DELETED], 1)
+    text = (tmp_path / "var/mail/user2").read_text()
+    assert "Status: RO\nX-Status: F\nX-Keywords: $Label1\n" in text
+    assert "X-Status: FD\n" in text
+    assert folder.expunge() == [2]
+    state = folder.sync()
+    assert [(m.uid, m.all_flags()) for m in state.messages] == [
+        (1, ["\\Flagged", "\\Seen", "$Label1"]), (3, [])]
+    folder.store([1, 3], [DELETED], 1)
+    assert folder.expunge() == [1, 3]
+    state = folder.sync()
+    assert state.messages == [] and state.uidnext == 4
+    # Dovecot's pseudo message keeps UIDVALIDITY and the next UID.
+    text = (tmp_path / "var/mail/user2").read_text()
+    assert "DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA" in text
+    assert f"X-IMAP: {state.uidvalidity} 0000000003" in text
+    deliver(tmp_path, "user2", b"Subject: new\n\nx\n")
+    assert [m.uid for m in folder.sync().messages] == [4]
+
+
+def test_append_quotes_from_and_writes_content_length(tmp_path):
+    store = MailStore(tmp_path, "user2")
+    store.create("Sent")
+    validity, uid = store.folder("Sent").append(b"Subject: s\r\n\r\nFrom me\r\nbye\r\n",
+                                                ["\\Seen"], envelope="user2")
+    assert uid == 1
+    raw = (tmp_path / "home/user2/mail/Sent").read_bytes()
+    assert raw.startswith(b"From user2  ")
+    assert b"\n>From me\nbye\n" in raw and b"Content-Length: 13\n" in raw
+    msg = store.folder("Sent").sync().messages[0]
+    assert msg.flags == {SEEN} and msg.wire() == b"Subject: s\r\n\r\n>From me\r\nbye\r\n"
+
+
+def test_content_length_lets_unquoted_from_lines_through():
+    body = b"From inside, unquoted\nend\n"
+    data = (b"From a@b  Mon Jan  1 00:00:00 2024\nSubject: x\nX-UID: 7\nContent-Length: "
+            + str(len(body)).encode() + b"\n\n" + body + b"\n"
+            + b"From a@b  Mon Jan  1 00:00:01 2024\nSubject: y\n\nz\n\n")
+    raws = parse_mbox(data)
+    assert [r.body for r in raws] == [body, b"z\n"]
+    state = decode(data)
+    assert [m.uid for m in state.messages] == [7, 8]
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", ".subscriptions",
+                                  "a//b", "", "~root/x", "x/.imap", "bad\x01name"])
+def test_names_leaving_the_mail_directory_are_refused(tmp_path, name):
+    assert not valid_name(name)
+    store = MailStore(tmp_path, "user2")
+    with pytest.raises(StoreError):
+        store.create(name)
+    with pytest.raises(StoreError):
+        store.folder(name)
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["home"])
+
+
+def test_folders_children_and_subscriptions(tmp_path):
+    store = MailStore(tmp_path, "user2")
+    store.create("Work/2024")
+    store.create("Sent")
+    store.subscribe("Sent")
+    store.subscribe("INBOX")
+    listed = {f.name: (f.selectable, f.children) for f in store.list()}
+    assert listed == {"INBOX": (True, False), "Sent": (True, False),
+                      "Work": (False, True), "Work/2024": (True, False)}
+    assert (tmp_path / "home/user2/mail/.subscriptions").read_text() == "Sent\nINBOX\n"
+    with pytest.raises(StoreError) as err:
+        store.create("Sent")
+    assert err.value.code == "ALREADYEXISTS"
+    store.rename("Sent", "Enviados")
+    store.delete("Work/2024")
+    assert [f.name for f in store.list()] == ["INBOX", "Work", "Enviados"]
+
+
+def test_concurrent_delivery_while_a_reader_rewrites(tmp_path):
+    """Local delivery (dotlock + fcntl) and store rewrites (new file renamed over)
+    in two threads: nothing lost, nothing duplicated, UIDs strictly increasing."""
+    agent = LocalAgent(tmp_path, user_exists=lambda u: True, log=MailLog(None),
+                       lock_delay=0.01, lock_attempts=500)
+    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    total = 40
+    errors = []
+
+    def writer():
+        try:
+            for i in range(total):
+                job = LocalJob(qid=f"Q{i}", index=0, sender="user1@gponlab.local",
+                               recipient="user2@gponlab.local", orig_rcpt="user2@gponlab.local",
+                               content=f"Subject: n{i}\nMessage-ID: <{i}@t>\n\nbody {i}\n".encode(),
+                               arrival=time.time(), active_arrival=time.time())
+                result = agent.deliver("user2", [job])
+                assert result[0].status == "sent", result[0].reason
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen_uids: dict[int, bytes] = {}
+    deadline = time.monotonic() + 60
+    while thread.is_alive() and time.monotonic() < deadline:
+        state = folder.sync(mark_old=True)
+        if state.messages:
+            folder.store([state.messages[-1].uid], [SEEN], 1)   # forces a rewrite
+        for m in state.messages:
+            assert seen_uids.setdefault(m.uid, m.content) == m.content
+    thread.join(30)
+    assert not errors
+    state = folder.sync()
+    uids = [m.uid for m in state.messages]
+    subjects = [m.content.split(b"Subject: ")[1].split(b"\n")[0] for m in state.messages]
+    assert len(state.messages) == total
+    assert sorted(set(subjects)) == sorted(f"n{i}".encode() for i in range(total))
+    assert uids == sorted(set(uids))
+    assert not list((tmp_path / "var/mail").glob("*.tmp")) and not list(
+        (tmp_path / "var/mail").glob("*.lock"))
+
+
+def test_special_use_mailboxes_created_only_with_auto(tmp_path):
+    from gponsim.server.imap import ImapContext, ImapSettings
+    settings = ImapSettings(special_use=[("Sent", "\\Sent", "subscribe"),
+                                         ("Trash", "\\Trash", "create"),
+                                         ("Junk", "\\Junk", "no")])
+    store = ImapContext(lab_root=tmp_path, settings=settings).store_for("user2")
+    assert [f.name for f in store.list()] == ["INBOX", "Sent", "Trash"]
+    assert store.subscriptions() == ["Sent"]
