@@ -410,6 +410,61 @@ def lesson_run(file, **kw):
     _run_lesson(les, **kw)
 
 
+# --------------------------------------------------------------------- slides
+
+@main.command()
+@click.argument("lessons", nargs=-1)
+@click.option("--all", "all_lessons", is_flag=True, help="Every lesson of the course, and an index page.")
+@click.option("--from", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A lesson's run folder (from `gponsim lesson ID --out DIR`); without it the lesson runs first.")
+@click.option("--format", "fmt", type=click.Choice(["html", "pptx", "both"]), default="html", show_default=True)
+@click.option("--lang", type=LANG, help="Language of the slides.")
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("slides"),
+              show_default=True, help="Folder for the decks.")
+def slides(lessons, all_lessons, run_dir, fmt, lang, out):
+    """Instructor decks from lessons and what really happened in a run.
+
+    \b
+      gponsim slides send-mail --format both --lang es
+      gponsim slides --all -o course-slides
+      gponsim slides sasl --from captures/sasl-20261127-101500
+    """
+    import subprocess
+    import tempfile
+
+    from gponsim.lessons.model import LessonError, find_lesson, lesson_files
+    from gponsim.slides import make_slides, write_index
+
+    lang = _lang(lang)
+    ids = [p.stem for p in lesson_files()] if all_lessons else list(lessons)
+    if not ids:
+        raise click.UsageError("name at least one lesson, or --all")
+    if run_dir and len(ids) != 1:
+        raise click.UsageError("--from goes with exactly one lesson")
+    formats = ("html", "pptx") if fmt == "both" else (fmt,)
+    built = []
+    for lesson_id in ids:
+        try:
+            les = find_lesson(lesson_id)
+        except LessonError as exc:
+            raise _config_error(exc)
+        source = run_dir
+        if source is None:
+            source = Path(tempfile.mkdtemp(prefix=f"gponsim-{lesson_id}-"))
+            click.echo(f"gponsim: running the lesson {lesson_id} to record it…", err=True)
+            # Each run in its own process: Twisted's reactor runs once per process.
+            done = subprocess.run([sys.executable, "-m", "gponsim", "lesson", lesson_id, "--quiet",
+                                   "--lang", lang, "--out", str(source)], capture_output=True, text=True)
+            if not (source / "summary.json").exists():
+                raise click.ClickException(f"the lesson {lesson_id} could not run:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        written = make_slides(les, source, out, formats=formats, lang=lang)
+        built.append((les, written))
+        for path in written:
+            click.echo(str(path))
+    if all_lessons:
+        click.echo(str(write_index(built, out, lang)))
+
+
 # --------------------------------------------------------------------- config
 
 @main.group()

@@ -222,10 +222,12 @@ class ListSink:
             self.steps.append(step)
             self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[Step], bool], timeout: float = 10.0) -> Step | None:
-        """Block (in a thread other than the reactor's) until a Step matches."""
+    def wait_for(self, predicate: Callable[[Step], bool], timeout: float = 10.0,
+                 start: int = 0) -> Step | None:
+        """Block (in a thread other than the reactor's) until a Step from
+        index ``start`` on matches; None after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = start
         with self._cond:
             while True:
                 for s in self.steps[seen:]:

@@ -295,12 +295,13 @@ def test_non_mail_traffic(tmp_path):
     assert res.exit_code == 0 and "No mail traffic" in res.output
 
 
-def test_reader_streams_in_blocks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer", [write_pcap, write_pcapng])
+def test_reader_streams_in_blocks(tmp_path, monkeypatch, writer):
     import gponsim.capture.pcap as pcap
 
     monkeypatch.setattr(pcap, "_BLOCK", 64)          # tiny blocks: records cross block edges
     conv = smtp_session(Conversation(), mss=300)
-    path = write_pcapng(tmp_path / "b.pcapng", conv.frames())
+    path = writer(tmp_path / "b.cap", conv.frames())
     report = ReadReport()
     frames = [f for _, _, _, f in read_packets(path, report)]
     assert frames == conv.frames() and report.problems == []
@@ -352,3 +353,57 @@ def test_many_connections_are_counted_not_all_listed(tmp_path, monkeypatch):
 
     text = summary_text(a, "en")
     assert "5 mail connection(s)" in text and "and 3 more connection(s) (SMTP)" in text
+
+
+def test_bytes_that_are_not_utf8_keep_json_valid(tmp_path):
+    conv = Conversation()
+    conv.s("220 x ESMTP\r\n")
+    conv.c(b"\xe4\xf1\xff garbage\r\n")
+    conv.s("500 5.5.2 Error: bad UTF-8 syntax\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "bin.pcap", conv.frames())
+    steps_file = tmp_path / "s.jsonl"
+    res = CliRunner().invoke(main, ["analyze", str(path), "--json", "--steps", str(steps_file)])
+    assert res.exit_code == 0
+    data = json.loads(res.output)
+    assert [s["kind"] for s in data["steps"]] == ["event", "reply", "command", "reply"]
+    from gponsim.steps import read_jsonl
+
+    assert len(list(read_jsonl(steps_file))) == 4
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "captures"
+
+
+@pytest.mark.parametrize("name, cmds, codes, creds, version", [
+    ("swaks-smtp25-plain", "EHLO MAIL RCPT DATA QUIT", "220 250 250 250 354 250 221", [], None),
+    ("swaks-submission-starttls-plain-auth", "EHLO STARTTLS EHLO AUTH MAIL RCPT DATA QUIT",
+     "220 250 220 250 235 250 250 354 250 221", [("smtp", "PLAIN", "user1", "pass", True)], "TLSv1.3"),
+    ("curl-imaps-fetch", "CAPABILITY AUTHENTICATE SELECT UID FETCH LOGOUT", "",
+     [("imap", "PLAIN", "user2", "pass", True)], "TLSv1.3"),
+])
+def test_shipped_captures_with_their_keys(name, cmds, codes, creds, version):
+    pcap, keys = SHIPPED / f"{name}.pcap", SHIPPED / f"{name}.keys"
+    sink = ListSink()
+    a = analyze(pcap, sink.step, keylog=keys if keys.exists() else None)
+    assert " ".join(s.verb for s in sink.steps if s.kind == "command") == cmds
+    assert " ".join(str(s.code) for s in sink.steps if s.proto == "smtp" and s.kind == "reply") == codes
+    assert [(c.proto, c.mechanism, c.user, c.password, c.inside_tls) for c in a.credentials] == creds
+    assert a.connections[0].tls.get("version") == version
+    if version:
+        assert all(s.tls for s in sink.steps if s.kind == "command" and s.verb not in ("EHLO", "STARTTLS")
+                   or s.kind == "command" and s.proto == "imap")
+        # Without the keys only the handshake and the plaintext before STARTTLS are readable.
+        bare = ListSink()
+        b = analyze(pcap, bare.step)
+        assert not [s for s in bare.steps if s.tls] and b.credentials == []
+
+
+def test_steps_from_capture_feeds_the_diagrams():
+    from gponsim.capture import steps_from_capture
+    from gponsim.diagrams import load_steps
+
+    path = SHIPPED / "swaks-smtp25-plain.pcap"
+    steps = load_steps(path)
+    assert [s.line for s in steps] == [s.line for s in steps_from_capture(path)]
+    assert steps[1].line.startswith("220 ")

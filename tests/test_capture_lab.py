@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import smtplib
 import socket
-import struct
 import sys
 import threading
 from pathlib import Path
@@ -33,71 +32,16 @@ def _view(steps, proto):
             if s.proto == proto and s.kind in ("command", "reply", "data")]
 
 
-class LoopbackSniffer:
-    """What tcpdump does on Linux: an AF_PACKET socket on lo, with a large buffer.
+def LoopbackSniffer(ports, path):
+    from gponsim.capture.live import Sniffer
 
-    Frames of the given TCP ports are kept with their arrival time; the kernel's
-    second copy of each loopback frame (PACKET_OUTGOING) is skipped.
-    """
-
-    def __init__(self, ports) -> None:
-        self.ports = set(ports)
-        self.frames: list[tuple[float, bytes]] = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.sock.bind(("lo", 0))
-        self.sock.settimeout(0.2)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        import time
-
-        while not self.stopping.is_set():
-            try:
-                frame, addr = self.sock.recvfrom(262144)
-            except socket.timeout:
-                continue
-            if addr[2] == socket.PACKET_OUTGOING or len(frame) < 54 or frame[12:14] != b"\x08\x00":
-                continue
-            ihl = (frame[14] & 15) * 4
-            if frame[23] != 6:
-                continue
-            sport, dport = struct.unpack_from("!HH", frame, 14 + ihl)
-            if sport in self.ports or dport in self.ports:
-                with self.lock:
-                    self.frames.append((time.time(), frame))
-
-    def seen(self, marker: bytes) -> bool:
-        with self.lock:
-            return any(marker in f for _, f in self.frames)
-
-    def closed(self) -> bool:
-        """A FIN or RST for every port."""
-        done = set()
-        with self.lock:
-            for _, f in self.frames:
-                ihl = (f[14] & 15) * 4
-                sport, dport = struct.unpack_from("!HH", f, 14 + ihl)
-                if f[14 + ihl + 13] & 0x05:
-                    done.add(sport if sport in self.ports else dport)
-        return done == self.ports
-
-    def stop(self, path: Path) -> Path:
-        self.stopping.set()
-        self.thread.join(5)
-        self.sock.close()
-        with open(path, "wb") as fh:                      # classic pcap, Ethernet
-            fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
-            for t, f in self.frames:
-                fh.write(struct.pack("<IIII", int(t), int(t % 1 * 1e6), len(f), len(f)) + f)
-        return path
+    sniffer = Sniffer(path, ports, iface="lo")
+    sniffer.watch(b"221 2.0.0 Bye", b"a3 OK")
+    return sniffer
 
 
 def test_capture_of_lab_session_matches_lab_steps(lab, tmp_path):
-    sniffer = LoopbackSniffer({lab.ports["smtp"], lab.ports["imap"]})
+    sniffer = LoopbackSniffer({lab.ports["smtp"], lab.ports["imap"]}, tmp_path / "lab.pcap")
     try:
         with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=15) as c:
             c.ehlo("capture.test")
@@ -120,7 +64,7 @@ def test_capture_of_lab_session_matches_lab_steps(lab, tmp_path):
         wait_until(lambda: sniffer.seen(b"221 2.0.0 Bye") and sniffer.seen(b"a3 OK"),
                    what="the last replies on lo")
     finally:
-        pcap = sniffer.stop(tmp_path / "lab.pcap")
+        pcap = sniffer.stop()
 
     lab_steps = wait_until(lambda: (st := lab.steps()) and any(
         s.proto == "imap" and s.tag == "a3" and s.kind == "reply" for s in st) and st,
@@ -153,7 +97,7 @@ def test_tls_capture_of_lab_decrypted_with_its_key_log(lab_factory, tmp_path, ve
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.maximum_version = getattr(ssl.TLSVersion, version)
-    sniffer = LoopbackSniffer({lab.ports["submission"], lab.ports["imaps"]})
+    sniffer = LoopbackSniffer({lab.ports["submission"], lab.ports["imaps"]}, tmp_path / "tls.pcap")
     try:
         with smtplib.SMTP("127.0.0.1", lab.ports["submission"], timeout=15) as c:
             c.starttls(context=ctx)
@@ -166,7 +110,7 @@ def test_tls_capture_of_lab_decrypted_with_its_key_log(lab_factory, tmp_path, ve
         m.logout()
         wait_until(sniffer.closed, what="both connections closed on lo")
     finally:
-        pcap = sniffer.stop(tmp_path / "tls.pcap")
+        pcap = sniffer.stop()
     lab_steps = wait_until(lambda: (st := lab.steps()) and any(
         s.proto == "imap" and s.verb == "LOGOUT" and s.kind == "reply" and s.tag for s in st) and st,
         what="the lab's Steps")

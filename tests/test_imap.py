@@ -217,7 +217,7 @@ def test_select_responses_exactly_as_dovecot(lab):
     assert c.cmd("d", "ID (\"name\" \"Thunderbird\")")[0] == '* ID ("name" "Dovecot")'
     assert c.cmd("e", "NAMESPACE")[0] == '* NAMESPACE (("" "/")) NIL NIL'
     assert c.cmd("f", "UNSELECT")[-1].startswith("f OK Unselect completed")
-    assert c.cmd("g", "FETCH 1 FLAGS") == ["g BAD No mailbox selected."]
+    assert re.fullmatch("g BAD No mailbox selected" + TIMING, c.cmd("g", "FETCH 1 FLAGS")[0])
     bye, done = c.cmd("h", "LOGOUT")
     assert bye == "* BYE Logging out" and re.fullmatch("h OK Logout completed" + TIMING, done)
     c.close()
@@ -234,7 +234,7 @@ def test_idle_pushes_new_mail_and_ends_only_with_done(lab):
     pushed = c.until("* ", timeout=10)
     assert pushed[-1] == f"* {before + 1} EXISTS"
     c.send("NOOP\r\n")                  # not DONE: an error, IDLE over
-    assert c.until("c ") [-1] == "c BAD Expected DONE."
+    assert re.fullmatch("c BAD Expected DONE" + TIMING, c.until("c ")[-1])
     c.send("d IDLE\r\n")
     assert c.line() == "+ idling"
     c.send("DONE\r\n")
@@ -339,21 +339,24 @@ def test_bad_input_gets_protocol_errors_and_server_is_unharmed(lab):
     assert c.cmd("a", "FOO") == ["a BAD Error in IMAP command received by server."]
     assert c.cmd("b", "LOGIN {abc}")[-1].startswith("b BAD")
     c.cmd("c", "LOGIN user1 pass")
-    assert c.cmd("d", "BLAH x") == ["d BAD Error in IMAP command BLAH: Unknown command."]
-    assert c.cmd("e", "APPEND INBOX {999999999}") == [
-        "e BAD Error in IMAP command: Literal too large."]
+    assert re.fullmatch("d BAD Error in IMAP command BLAH: Unknown command" + TIMING,
+                        c.cmd("d", "BLAH x")[0])
+    assert re.fullmatch("e BAD Error in IMAP command: Literal too large" + TIMING,
+                        c.cmd("e", "APPEND INBOX {999999999}")[0])
     c.send("e2 APPEND INBOX {60000000+}\r\n")      # LITERAL+: the bytes come anyway
     chunk = b"x" * 1_000_000
     for _ in range(60):
         c.send(chunk)
     c.send(b"\r\n")
-    assert c.until("e2 ") == ["e2 BAD Error in IMAP command: Literal too large."]
+    assert re.fullmatch("e2 BAD Error in IMAP command: Literal too large" + TIMING,
+                        c.until("e2 ")[0])
     for n, name in enumerate(("../../../etc/evil", "/tmp/evil", "a/../../x", ".subscriptions")):
         reply = c.cmd(f"f{n}", f'CREATE "{name}"')[-1]
         assert reply.startswith(f"f{n} NO [CANNOT] Invalid mailbox name"), reply
         assert c.cmd(f"g{n}", f'SELECT "{name}"')[-1].startswith(f"g{n} NO")
     assert c.cmd("h", "SELECT INBOX")[-1].startswith("h OK")
-    assert c.cmd("i", "FETCH 999 FLAGS") == ["i BAD Error in IMAP command FETCH: Invalid messageset"]
+    assert re.fullmatch("i BAD Error in IMAP command FETCH: Invalid messageset" + TIMING,
+                        c.cmd("i", "FETCH 999 FLAGS")[0])
     assert c.cmd("j", "FETCH 1:* (FLAGS").pop().startswith("j BAD")
     c.send("k APPEND INBOX {4+}\r\nab\r\n\r\n")          # LITERAL+: no continuation
     assert c.until("k ")[-1].startswith("k OK [APPENDUID")

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,8 @@ def run(*args, cwd, timeout=180):
 
 
 def test_the_course_has_its_lessons():
-    for wanted in ("send-mail", "sasl", "relay-denied", "mbox", "troubleshooting"):
+    for wanted in ("send-mail", "receive-mail", "read-imap", "read-pop3", "sasl", "relay-denied",
+                   "relay-gmail", "mbox", "troubleshooting"):
         assert wanted in LESSONS
     for path in lesson_files():
         lesson = load_lesson(path)
@@ -115,10 +115,17 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
                                "--lang", "en", "--quiet", "--timeout", "60", "--out", str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "COLUMNS": "200"})
+    lines: list[str] = []
+    reader = __import__("threading").Thread(target=lambda: lines.extend(iter(lesson.stdout.readline, "")),
+                                            daemon=True)
+    reader.start()
     try:
         info = wait_until(lambda: (out / "lab.json").exists() and json.loads((out / "lab.json").read_text()),
                           timeout=30, what="the lesson's lab")
         port = str(info["ports"]["submission"])
+        # A student acts when asked: wait for the lesson's instruction.
+        wait_until(lambda: any("Now you, with your mail client" in line for line in lines), timeout=30,
+                   what="the lesson to ask the student")
         swaks = ["swaks", "--server", "127.0.0.1", "--port", port, "--from", "user1@gponlab.local",
                  "--to", "user2@gponlab.local",
                  "--header", "Subject: =?utf-8?q?Hola_desde_la_lecci=C3=B3n_send-mail?="]
@@ -130,7 +137,9 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
         second = subprocess.run(swaks + ["--tls", "--auth", "PLAIN", "--auth-user", "user1",
                                          "--auth-password", "pass"], capture_output=True, text=True, timeout=60)
         assert second.returncode == 0, second.stdout
-        stdout, _ = lesson.communicate(timeout=120)
+        lesson.wait(timeout=120)
+        reader.join(10)
+        stdout = "".join(lines)
     finally:
         if lesson.poll() is None:
             lesson.kill()

@@ -159,3 +159,14 @@ def test_curl_pop3_and_pop3s(lab):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "Delivered-To: user2@gponlab.local" in out.stdout
+
+
+def test_lines_pipelined_after_stls_are_discarded(lab):
+    c = Raw(lab.ports["pop3"], source="127.0.0.2")
+    c.line()
+    c.send("STLS\r\nUSER user2\r\nPASS pass\r\n")
+    assert c.line() == "+OK Begin TLS negotiation now."
+    c.starttls()
+    c.send("STAT\r\n")
+    assert c.line() == "-ERR Unknown command."          # not logged in: USER/PASS were dropped
+    c.close()

@@ -225,6 +225,44 @@ def test_commit_fires_only_with_the_file_in_the_active_queue(lab):
     assert os.stat(next((lab.root / "var/spool/postfix").rglob(qid))).st_mode & 0o700 == 0o700
 
 
+def test_local_delivery_waits_briefly_to_batch_a_mailbox():
+    sched = queue_mod._Scheduler(linger=0.2)
+    first, second = object(), object()
+    threading.Timer(0.02, lambda: sched.add([("user2", second)])).start()
+    sched.add([("user2", first)])
+    start = time.monotonic()
+    user, batch = sched.take()
+    assert (user, batch) == ("user2", [first, second])
+    assert time.monotonic() - start >= 0.15          # it did wait for the second one
+    sched.done("user2")
+    sched.stop()
+    assert sched.take() is None
+
+
+def test_journal_is_kept_until_the_removal_is_durable(lab, monkeypatch):
+    events = []
+    real_fsync_dir, real_ftruncate = queue_mod._fsync_dir, os.ftruncate
+    monkeypatch.setattr(queue_mod, "_fsync_dir",
+                        lambda d: (events.append("fsync " + Path(d).name), real_fsync_dir(d)))
+    monkeypatch.setattr(os, "ftruncate",
+                        lambda fd, n: (events.append("truncate"), real_ftruncate(fd, n)))
+    real_unlink = os.unlink
+    monkeypatch.setattr(os, "unlink", lambda p, *a, **kw: (
+        events.append("unlink " + os.path.basename(p)), real_unlink(p, *a, **kw)))
+    lab = lab(delivery_workers=1)
+    journal = lab.root / "var/spool/postfix/gponsim/journal.0"
+    qid = lab.send(["user2@gponlab.local"])
+    lab.wait("REMOVED", qid)
+    assert qid.encode() in journal.read_bytes()          # the intent is kept
+    qid2 = lab.send(["user2@gponlab.local"])
+    lab.wait("REMOVED", qid2)
+    assert qid.encode() not in journal.read_bytes()
+    assert qid2.encode() in journal.read_bytes()
+    # active/ was fsync-ed after the removal and before the journal forgot it.
+    after = events[events.index("unlink " + qid):]
+    assert "fsync active" in after[:after.index("truncate")]
+
+
 # -- failures
 
 def test_unknown_local_user_bounces(lab):

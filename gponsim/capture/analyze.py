@@ -254,7 +254,8 @@ def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
         except Exception as exc:  # noqa: BLE001 - one bad connection must not end the analysis
             report.problem(f"packet {number}: could not decode ({type(exc).__name__}: {exc}); "
                            "decoding goes on with the next packet")
-    tracker.finish()
+    for problem in tracker.finish():
+        report.problem(problem)
     analysis.tcp_packets = tcp_packets
     analysis.elapsed = time.perf_counter() - started
     return analysis

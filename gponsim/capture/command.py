@@ -23,7 +23,9 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
     if steps_file:
         # Offline: a plain buffered file is enough (no flusher thread as in the live lab).
         Path(steps_file).parent.mkdir(parents=True, exist_ok=True)
-        recorder = open(steps_file, "w", encoding="utf-8")
+        # Bytes that were not UTF-8 on the wire (kept as surrogates, as the lab does)
+        # are written as \udcXX escapes, so the file stays valid UTF-8 and JSON.
+        recorder = open(steps_file, "w", encoding="utf-8", errors="backslashreplace")
 
         encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -35,6 +37,8 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
     first_json = [True]
     if as_json:
         out = sys.stdout
+        if hasattr(out, "reconfigure"):
+            out.reconfigure(errors="backslashreplace")
         out.write('{"steps": [\n')
 
         def to_stdout(step: Step) -> None:

@@ -142,27 +142,36 @@ def _read_pcap(path: Path, fh, report: ReadReport):
     src = _Buffered(fh)
     src.offset = 24
     n = 0
+    buf, pos = src.buf, src.pos
     while True:
-        if not src.need(16):
-            left = len(src.buf) - src.pos
-            if left:
-                report.problem(f"packet {n + 1}: truncated record header at byte {src.tell()} "
-                               f"({left} of 16 bytes): the file ends there")
-            break
-        sec, frac, incl, orig = unpack(src.buf, src.pos)
-        if incl > 0x4000000:
-            report.problem(f"packet {n + 1}: impossible record length {incl} at byte {src.tell()}: "
-                           "the rest of the file is not readable")
-            break
-        if not src.need(16 + incl):
-            report.problem(f"packet {n + 1}: truncated at byte {src.tell()} "
-                           f"({len(src.buf) - src.pos - 16} of {incl} bytes): the file ends there")
-            break
-        p = src.pos + 16
-        src.pos = p + incl
+        if len(buf) - pos < 16:
+            src.pos = pos
+            if not src.need(16):
+                left = len(src.buf) - src.pos
+                if left:
+                    report.problem(f"packet {n + 1}: truncated record header at byte {src.tell()} "
+                                   f"({left} of 16 bytes): the file ends there")
+                break
+            buf, pos = src.buf, src.pos
+        sec, frac, incl, orig = unpack(buf, pos)
+        end = pos + 16 + incl
+        if end > len(buf):
+            if incl > 0x4000000:
+                src.pos = pos
+                report.problem(f"packet {n + 1}: impossible record length {incl} at byte {src.tell()}: "
+                               "the rest of the file is not readable")
+                break
+            src.pos = pos
+            if not src.need(16 + incl):
+                report.problem(f"packet {n + 1}: truncated at byte {src.tell()} "
+                               f"({len(src.buf) - src.pos - 16} of {incl} bytes): the file ends there")
+                break
+            buf, pos = src.buf, src.pos
+            end = pos + 16 + incl
         n += 1
         report.packets = n
-        yield n, sec + frac / div, link, src.buf[p:p + incl]
+        yield n, sec + frac / div, link, buf[pos + 16:end]
+        pos = end
 
 
 def _read_pcapng(path: Path, fh, report: ReadReport):

@@ -65,6 +65,12 @@ _T = {
 }
 
 
+def _printable(text: str, limit: int = 110) -> str:
+    """A line fit for a summary: control and undecodable characters as '.', cut."""
+    clean = "".join(c if c.isprintable() else "." for c in text)
+    return clean if len(clean) <= limit else clean[:limit - 1] + "…"
+
+
 def _tr(lang: str) -> dict:
     return _T.get(lang, _T["en"])
 
@@ -119,8 +125,8 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
         cat = catalog()
         shown = set()
         for step in a.failures[:20]:
-            first = step.shown_line().split("\n")[-1]
-            out.append(f"  {step.session}  {step.verb or '?'} → {first}")
+            first = _printable(step.shown_line().split("\n")[-1])
+            out.append(f"  {step.session}  {_printable(step.verb or '?', 20)} → {first}")
             entry = cat.resolve(step)
             if entry is not None and entry.key not in shown:
                 shown.add(entry.key)

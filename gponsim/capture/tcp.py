@@ -244,7 +244,17 @@ class Tracker:
             for old in list(self.ended)[:10000]:
                 del self.ended[old]
 
-    def finish(self) -> None:
-        """End of the capture: every open connection is flushed and closed."""
+    def finish(self) -> list[str]:
+        """End of the capture: every open connection is flushed and closed.
+
+        Returns what went wrong closing some of them (one connection's trouble
+        does not keep the others from being closed).
+        """
+        errors = []
         for key, conn in list(self.conns.items()):
-            self._close(key, conn, conn.last_t)
+            try:
+                self._close(key, conn, conn.last_t)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"connection {conn.four_tuple} (first packet {conn.first_packet}): "
+                              f"could not finish decoding ({type(exc).__name__}: {exc})")
+        return errors

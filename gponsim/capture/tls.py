@@ -280,7 +280,11 @@ def _subject(msg: bytes) -> str | None:
     try:
         from cryptography import x509
 
-        return x509.load_der_x509_certificate(first).subject.rfc4514_string()
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # odd serial numbers and the like: still read
+            return x509.load_der_x509_certificate(first).subject.rfc4514_string()
     except Exception:  # noqa: BLE001 - an odd certificate is still a certificate
         return "(unreadable certificate)"
 

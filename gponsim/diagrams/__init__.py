@@ -62,10 +62,13 @@ def draw_architecture(steps: Iterable[Step] | None, out: str | Path, *, fmt: str
 
 def draw_sequence(steps: Iterable[Step], out: str | Path, *, fmt: str = "svg", lang: str = "en",
                   flow: str = "all", session: str | None = None, notes: bool = False,
-                  collapse: bool = True, page_rows: int = 120, title: str | None = None) -> list[Path]:
-    """One file per page: ``out`` itself for one page, ``name-2.svg``... after it."""
+                  collapse: bool = True, page_rows: int = 120, title: str | None = None,
+                  label_width: int = 80) -> list[Path]:
+    """One file per page: ``out`` itself for one page, ``name-2.svg``... after it.
+
+    ``label_width`` shortens the arrows' texts (narrower columns, e.g. for slides)."""
     pages = build_sequence(steps, flow=flow, session=session, lang=lang, notes=notes,
-                           collapse_runs=collapse, page_rows=page_rows)
+                           collapse_runs=collapse, page_rows=page_rows, label_width=label_width)
     out = Path(out)
 
     def one(page: Page) -> Path:

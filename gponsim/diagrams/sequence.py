@@ -78,7 +78,7 @@ def select(steps: Iterable[Step], flow: str = "all", session: str | None = None)
 _LOG_NOISE = re.compile(r"(?:, )?(?:relay|delay|delays|dsn)=[^,]*(?=,|$)")
 
 
-def _label(step: Step) -> str:
+def _label(step: Step, width: int = MAX_LABEL) -> str:
     text = step.shown_line().split("\n")[0]
     if step.proto in ("queue", "delivery"):
         # A log line: keep what a student follows (who, what status), not the timings.
@@ -86,8 +86,8 @@ def _label(step: Step) -> str:
     if "\n" in step.line:
         text += " …"
     text = text.replace("\t", " ")
-    if len(text) > MAX_LABEL:
-        text = text[:MAX_LABEL - 1] + "…"
+    if len(text) > width:
+        text = text[:width - 1] + "…"
     return text
 
 
@@ -124,7 +124,7 @@ def collapse(steps: list[Step], min_repeats: int = 3, max_period: int = 4) -> li
 
 def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | None = None,
                    lang: str = "en", notes: bool = False, collapse_runs: bool = True,
-                   page_rows: int = 120) -> list[Page]:
+                   page_rows: int = 120, label_width: int = MAX_LABEL) -> list[Page]:
     chosen = select(steps, flow, session)
     pairs = collapse(chosen) if collapse_runs else [(s, 1) for s in chosen]
     rows = []
@@ -134,7 +134,7 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
         if notes:
             entry = cat.resolve(step)
             note = entry.text(lang) if entry else ""
-        rows.append(Row(src=step.src, dst=step.dst, label=_label(step), tls=step.tls,
+        rows.append(Row(src=step.src, dst=step.dst, label=_label(step, label_width), tls=step.tls,
                         failed=step.failed or step.meta.get("status") in ("bounced", "deferred"),
                         kind=step.kind, note=note, repeat=repeat))
     pages: list[Page] = []

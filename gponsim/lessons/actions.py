@@ -7,6 +7,7 @@ files; everything it causes shows up as Steps.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,8 @@ class Context:
     show_text: Callable[[str, str], None]
     artifacts: list[Path] = field(default_factory=list)
     results: dict = field(default_factory=dict)
+    profile: Path | None = None    # this run's copy of the lab profile (editable)
+    mark: int = 0                  # index of the first Step of the current lesson step
     interactive: bool = False      # the student acts with their own mail client
     timeout: float = 300.0         # how long to wait for the student
     host: str = "127.0.0.1"
@@ -63,7 +66,7 @@ def do_send(ctx: Context, o: dict) -> None:
 
 
 def do_wait_delivery(ctx: Context, o: dict) -> None:
-    """Wait until ``count`` messages of this lesson reached var/mail/<user>."""
+    """Wait until ``count`` messages of this lesson (so far) reached var/mail/<user>."""
     user = o.get("user", "user2")
     count = int(o.get("count", 1))
     timeout = float(o.get("timeout", 15))
@@ -74,6 +77,8 @@ def do_wait_delivery(ctx: Context, o: dict) -> None:
                 and str(step.meta.get("recipient", "")).startswith(f"{user}@"):
             seen.append(step)
         return len(seen) >= count
+    # Counted over the whole lesson: a delivery often lands while the step that
+    # sent the mail is still being checked.
     if ctx.record.wait_for(delivered, timeout) is None:
         raise RuntimeError(f"{len(seen)} of {count} message(s) reached var/mail/{user} "
                            f"within {timeout:.0f} s")
@@ -111,6 +116,149 @@ def do_diagram(ctx: Context, o: dict) -> None:
     ctx.artifacts.extend(written)
     for path in written:
         ctx.say(f"→ {path}")
+
+
+def do_wait_step(ctx: Context, o: dict) -> None:
+    """Wait for a Step with these fields (e.g. the relay's deferral)."""
+    where = o.get("where", {})
+    text = o.get("line_contains", "")
+    timeout = float(o.get("timeout", 15))
+
+    def match(step) -> bool:
+        return all(getattr(step, k) == v for k, v in where.items()) and text in step.line
+    if ctx.record.wait_for(match, timeout, start=ctx.mark) is None:
+        raise RuntimeError(f"no step with {where} {text!r} within {timeout:.0f} s")
+
+
+def do_edit(ctx: Context, o: dict) -> None:
+    """Change a file of this run's lab profile, as an administrator edits /etc."""
+    if ctx.profile is None:
+        raise RuntimeError("this lesson's lab has no editable profile")
+    path = (ctx.profile / o["file"]).resolve()
+    if ctx.profile.resolve() not in path.parents:
+        raise RuntimeError(f"{o['file']}: only files of the profile can be edited")
+    content = path.read_text(encoding="utf-8")
+    if o["replace"] not in content:
+        raise RuntimeError(f"{o['file']}: {o['replace']!r} not found")
+    path.write_text(content.replace(o["replace"], o["with"]), encoding="utf-8")
+    ctx.say(f"{o['file']}: {o['replace']} → {o['with']}")
+
+
+def do_flush(ctx: Context, o: dict) -> None:
+    """``postqueue -f``: retry the deferred mail now."""
+    from gponsim.server.control import request_flush
+
+    request_flush(ctx.lab_root)
+
+
+def do_gmail(ctx: Context, o: dict) -> None:
+    """Make the Gmail simulator misbehave (or behave again): ``fault = "none"``."""
+    from gponsim.server.gmail import set_fault
+
+    set_fault(ctx.lab_root, o.get("fault", "none"), o.get("delay"))
+
+
+def _source(o: dict) -> str | None:
+    """``remote = true``: connect from 127.0.0.2, so the lab sees a client that is
+    not on the server itself (Dovecot treats same-address clients as secured)."""
+    return "127.0.0.2" if o.get("remote") else None
+
+
+def do_read_imap(ctx: Context, o: dict) -> None:
+    """Read the INBOX like a mail client: CAPABILITY, STARTTLS, login, SELECT, FETCH."""
+    import imaplib
+    import ssl
+
+    source = _source(o)
+    tls = o.get("tls", "starttls")
+    context = ssl._create_unverified_context()     # the lab's self-signed certificate
+
+    class Imap(imaplib.IMAP4):
+        def _create_socket(self, timeout):
+            return socket.create_connection((self.host, self.port), timeout,
+                                            source_address=(source, 0) if source else None)
+
+    class ImapSSL(imaplib.IMAP4_SSL):
+        def _create_socket(self, timeout):
+            sock = socket.create_connection((self.host, self.port), timeout,
+                                            source_address=(source, 0) if source else None)
+            return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+    if tls == "implicit":
+        client = ImapSSL("127.0.0.1", ctx.ports["imaps"], ssl_context=context, timeout=15)
+    else:
+        client = Imap("127.0.0.1", ctx.ports["imap"], timeout=15)
+    try:
+        client.capability()
+        if tls == "starttls":
+            client.starttls(ssl_context=context)
+        user, password = o.get("user", "user2"), o.get("password", "pass")
+        try:
+            if o.get("mech", "plain").lower() == "login":
+                client.login(user, password)
+            else:
+                client.authenticate("PLAIN", lambda _: f"\0{user}\0{password}".encode())
+        except imaplib.IMAP4.error as exc:
+            if o.get("expect") == "refused":
+                return
+            raise RuntimeError(f"IMAP login refused: {exc}") from exc
+        if o.get("expect") == "refused":
+            raise RuntimeError("the IMAP login was accepted; the lesson expected a refusal")
+        client.select("INBOX")
+        if o.get("fetch", True):
+            client.uid("FETCH", "1:*", "(FLAGS)")
+            client.uid("FETCH", "1:*", "(UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Subject Date)])")
+            client.fetch("1", "(BODY[])")
+        client.logout()
+    finally:
+        try:
+            client.shutdown()
+        except OSError:
+            pass
+
+
+def do_read_pop3(ctx: Context, o: dict) -> None:
+    """Download the mail like a POP3 client: CAPA, STLS, USER/PASS, STAT, LIST, UIDL, RETR."""
+    import poplib
+    import ssl
+
+    context = ssl._create_unverified_context()
+    tls = o.get("tls", "stls")
+    source = _source(o)
+
+    class Pop3(poplib.POP3):
+        def _create_socket(self, timeout):
+            return socket.create_connection((self.host, self.port), timeout,
+                                            source_address=(source, 0) if source else None)
+
+    if tls == "implicit":
+        client = poplib.POP3_SSL("127.0.0.1", ctx.ports["pop3s"], context=context, timeout=15)
+    else:
+        client = Pop3("127.0.0.1", ctx.ports["pop3"], timeout=15)
+    try:
+        client.capa()
+        if tls == "stls":
+            client.stls(context=context)
+        try:
+            client.user(o.get("user", "user2"))
+            client.pass_(o.get("password", "pass"))
+        except poplib.error_proto as exc:
+            if o.get("expect") == "refused":
+                return
+            raise RuntimeError(f"POP3 login refused: {exc}") from exc
+        count, _size = client.stat()
+        client.list()
+        client.uidl()
+        for n in range(1, count + 1):
+            client.retr(n)
+            if o.get("delete"):
+                client.dele(n)
+        client.quit()
+    finally:
+        try:
+            client.close()
+        except OSError:
+            pass
 
 
 # -------------------------------------------------------------- interactive
@@ -175,7 +323,7 @@ def do_send_interactively(ctx: Context, o: dict) -> None:
                 ctx.say(HINTS[step.code][ctx.lang].format(user=user))
             return expect_refused
         return step.code == 250 and "queued as" in step.line
-    if ctx.record.wait_for(progress, ctx.timeout) is None:
+    if ctx.record.wait_for(progress, ctx.timeout, start=ctx.mark) is None:
         raise RuntimeError(f"nothing arrived on the {service} port within {ctx.timeout:.0f} s")
 
 
@@ -184,6 +332,12 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
     "wait_delivery": do_wait_delivery,
     "show": do_show,
     "diagram": do_diagram,
+    "wait_step": do_wait_step,
+    "edit": do_edit,
+    "flush": do_flush,
+    "gmail": do_gmail,
+    "read_imap": do_read_imap,
+    "read_pop3": do_read_pop3,
 }
 
 

@@ -72,6 +72,8 @@ class Summary:
     errors: list[str] = field(default_factory=list)
     quiz: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    #: Which Steps (indices in steps.jsonl) each lesson step produced: id -> [first, end).
+    ranges: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -100,18 +102,21 @@ def default_out(lesson_id: str) -> Path:
     return Path("captures") / f"{lesson_id}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _profile_for(lesson: Lesson, out: Path) -> Path | None:
-    """A copy of the lab profile with the lesson's main.cf settings, if it has any."""
-    main_cf = lesson.lab.get("main_cf", {})
-    if not main_cf:
-        return None
+def _profile_for(lesson: Lesson, out: Path) -> Path:
+    """This run's copy of the lab profile, with the lesson's main.cf settings.
+
+    A copy, so a lesson (or the student) may edit it while the lab runs, as on
+    the real server's /etc, without touching the shipped profile.
+    """
     from gponsim.config import init_config
 
     folder = out / "profile"
     init_config(folder, force=True)
-    path = folder / "postfix" / "main.cf"
-    extra = "".join(f"{name} = {value}\n" for name, value in main_cf.items())
-    path.write_text(path.read_text() + f"\n# Set by the lesson {lesson.id}\n" + extra)
+    main_cf = lesson.lab.get("main_cf", {})
+    if main_cf:
+        path = folder / "postfix" / "main.cf"
+        extra = "".join(f"{name} = {value}\n" for name, value in main_cf.items())
+        path.write_text(path.read_text() + f"\n# Set by the lesson {lesson.id}\n" + extra)
     return folder
 
 
@@ -130,7 +135,8 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
     record = bus.add(ListSink())
     recorder = bus.add(JsonlRecorder(out / "steps.jsonl", append=False))
     transcript = bus.add(Transcript(out / "transcript.txt"))
-    lab_options = LabOptions(lab_root=out / "gponlab", config_dir=_profile_for(lesson, out),
+    profile = _profile_for(lesson, out)
+    lab_options = LabOptions(lab_root=out / "gponlab", config_dir=profile,
                              free_ports=options.port_offset is None,
                              port_offset=options.port_offset or 0, listen=options.listen)
     lab = Lab(lab_options, emit=bus.emit, reactor=reactor)
@@ -143,7 +149,8 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
     def teach(ports: dict) -> None:
         ctx = Context(ports=ports, lab_root=lab.root, out=out, record=record, lang=lang,
                       say=lambda s: console.print(s, markup=False), show_text=show_text,
-                      interactive=options.interactive, timeout=options.timeout, host=options.listen)
+                      interactive=options.interactive, timeout=options.timeout, host=options.listen,
+                      profile=profile)
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")
         console.rule(text(lesson.title, lang))
@@ -154,7 +161,7 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
             console.print(Panel(Text(reflow(text(step.say, lang))),
                                 title=word("step", lang, n=n, total=len(lesson.steps)),
                                 title_align="left", border_style="cyan"))
-            mark = len(record.steps)
+            mark = ctx.mark = len(record.steps)
             try:
                 for action in step.actions:
                     run_action(ctx, action)
@@ -169,6 +176,7 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
                 key = "passed" if outcome.passed else "failed"
                 console.print(Text(word(key, lang, says=text(check.says, lang), detail=outcome.detail),
                                    style="green" if outcome.passed else "bold red"))
+            summary.ranges[step.id] = [mark, len(record.steps)]
             if options.pace == "step" and sys.stdin.isatty() and n < len(lesson.steps):
                 input(word("enter", lang))
         if options.quiz:
@@ -231,6 +239,8 @@ def write_summary(summary: Summary, lang: str) -> None:
         "checkpoints": [{"step": sid, **o.to_dict(lang)} for sid, o in summary.outcomes],
         "errors": summary.errors,
         "quiz": summary.quiz,
+        "ranges": summary.ranges,
+        "lang": lang,
         "files": sorted(p.name for p in summary.out.iterdir() if p.is_file()),
     }
     (summary.out / "summary.json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")

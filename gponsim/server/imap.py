@@ -438,17 +438,27 @@ class ImapServer(imap4.IMAP4Server):
 
     # -------------------------------------------------------------- output
 
-    def _ok(self, tag, text: str) -> None:
-        if self.user:
+    def _timed(self, tag, text: str) -> str:
+        """After login, Dovecot's tagged replies end with the command's timing."""
+        if self.user and _b(tag) != b"*" and text.endswith("."):
             elapsed = time.monotonic() - self._cmd_start
-            text = text.rstrip(".") + f" ({elapsed:.3f} + 0.000 secs)."
-        self.sendLine(_b(tag) + b" OK " + text.encode("utf-8"))
+            text = text[:-1] + f" ({elapsed:.3f} + 0.000 secs)."
+        return text
+
+    def _ok(self, tag, text: str) -> None:
+        if self.user and not text.endswith("."):
+            text += "."
+        self.sendLine(_b(tag) + b" OK " + self._timed(tag, text).encode("utf-8"))
 
     def _no(self, tag, text: str) -> None:
-        self.sendLine(_b(tag) + b" NO " + text.encode("utf-8"))
+        if self.user and not text.endswith("."):
+            text += "."
+        self.sendLine(_b(tag) + b" NO " + self._timed(tag, text).encode("utf-8"))
 
     def _bad(self, tag, text: str) -> None:
-        self.sendLine(_b(tag or b"*") + b" BAD " + text.encode("utf-8"))
+        if self.user and not text.endswith("."):
+            text += "."
+        self.sendLine(_b(tag or b"*") + b" BAD " + self._timed(tag, text).encode("utf-8"))
 
     def _untagged(self, text: str | bytes) -> None:
         self.sendLine(b"* " + (text if isinstance(text, bytes) else text.encode("utf-8")))

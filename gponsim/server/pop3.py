@@ -91,8 +91,11 @@ class Pop3Server(pop3.POP3):
         for step in steps:
             self.lab.emit(step)
 
+    _after_stls = False
+
     def dataReceived(self, data: bytes) -> None:
         self._emit_all(self.conv.client_data(data))
+        self._after_stls = False
         super().dataReceived(data)
 
     _addrs: tuple | None = None
@@ -190,6 +193,8 @@ class Pop3Server(pop3.POP3):
     # -------------------------------------------------------------- dispatch
 
     def state_COMMAND(self, line: bytes) -> None:
+        if self._after_stls:
+            return                      # plaintext that followed STLS in the same read
         if self._auth is not None:
             self._auth_line(line)
             return
@@ -256,7 +261,9 @@ class Pop3Server(pop3.POP3):
             self.err("TLS support isn't enabled.")
             return
         self.ok("Begin TLS negotiation now.")
-        self.clearLineBuffer()          # pipelined plaintext is discarded, as Dovecot does
+        # Lines pipelined after STLS came in clear: discard them, as Dovecot does.
+        self._buffer = b""
+        self._after_stls = True
         self.transport.startTLS(self.ctx)
         self.tls = self.conv.tls = self._starttls = True
 

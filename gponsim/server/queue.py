@@ -10,10 +10,11 @@ Layout (all under the lab root, as on the lab server)
   Mode 0600 while being written.
 - ``active/`` — at the end of DATA (:meth:`QueueFile.commit`) the message is
   written, the file gets mode **0700** (Postfix's "this queue file is
-  complete" mark), is ``fsync``-ed, renamed into ``active/`` and the
-  directory is ``fsync``-ed. Only then does smtpd answer
-  ``250 2.0.0 Ok: queued as QID``. (Real Postfix hands the file to qmgr,
-  which moves it from incoming to active; gponsim does both in one step.)
+  complete" mark) and is ``fsync``-ed in ``incoming/``, then renamed into
+  ``active/``. Only then does smtpd answer ``250 2.0.0 Ok: queued as QID``.
+  (Real Postfix hands the file to qmgr, which moves it from incoming to
+  active; gponsim does both in one step.) See *Durability* below for why
+  one ``fsync`` of the file is enough.
 - ``deferred/X/QID`` — messages with recipients that could not be delivered
   yet (hashed by the first character of the id, ``hash_queue_depth = 1``).
   The file's modification time is the time of the next attempt, as in
@@ -45,17 +46,49 @@ as ``REC_TYPE_DONE`` in place), ``R`` keeps the latest deferral reason of a
 recipient (what ``mailq`` prints). A torn last record (crash while appending)
 is ignored and cut off at recovery.
 
+Durability
+----------
+Like Postfix (cleanup fsyncs the queue file once, local(8) the mailbox
+once; neither fsyncs a directory after a rename or an unlink), gponsim
+relies on the file system journal for directory entries:
+
+- A process crash (``kill -9``) loses nothing the process wrote: the page
+  cache belongs to the kernel. Everything below is about power loss or a
+  kernel crash.
+- The queue file gets its name in ``incoming/`` (a rename from
+  ``gponsim/spare/``) before it is written; ``fsync`` of the file then
+  also makes that name durable on ext4 (all modes, with or without
+  ``fast_commit``: the rename changed the inode, so the journal commit that
+  fsync waits for contains it) and XFS (fsync forces the log up to the
+  inode's last change, the rename included); btrfs's fsync logs a renamed
+  file's new name too. So a 250 is only sent for a file that is complete
+  (mode 0700) and durable under its queue id. On file systems without such
+  ordering (ext2, vfat, some network file systems) neither Postfix's queue
+  nor this one is power-loss safe.
+- The rename ``incoming/`` → ``active/`` after the fsync is not waited for:
+  after a power loss the file is in one of the two directories, and
+  recovery treats a mode-0700 file in ``incoming/`` as committed.
+- A queue file removed after local delivery stays covered by the worker's
+  journal (below) until ``active/`` has been ``fsync``-ed after the removal:
+  that is done once per delivery batch, just before a journal forgets its
+  previous batch (and when a worker runs out of work), instead of once per
+  removal. This part does not depend on
+  the file system's ordering. Removals after relaying, and moves to
+  ``deferred/``, have their directories fsync-ed at once (as before).
+
 Exactly once
 ------------
-A message acknowledged with 250 is on disk (file and directory fsync-ed).
+A message acknowledged with 250 is on disk (see *Durability*).
 Each finished recipient is recorded before anything could deliver it again:
 
 - local(8) appends several messages to one mailbox under one lock. Before
   writing, the worker writes an *intent* (queue id, recipient, mailbox,
   offset, length, From_ time) to its journal and ``fsync``-s it; then the
   mailbox is written and ``fsync``-ed; then the queue file gets its ``D``
-  records (or is removed, with a directory ``fsync``) before the journal is
-  reused. After a crash, :meth:`MailQueue.start` compares each journaled
+  records (``fsync``-ed) or is removed. The journal keeps the intents until
+  the worker starts its next batch; only then, after an ``fsync`` of
+  ``active/`` covering every removal made so far (by any worker), is the
+  journal truncated. After a crash, :meth:`MailQueue.start` compares each journaled
   intent with the mailbox: the exact bytes at the offset mean "delivered";
   a partial entry at the end is truncated away and the message delivered
   again; if a reader rewrote the mailbox meanwhile, the entry is looked up
@@ -69,11 +102,13 @@ queue file (``gponsim/spare/``, kept filled by a small thread) and runs
 cleanup's header processing. A *cleanup/qmgr* thread moves the file into
 ``incoming/QID`` and group-commits: it writes and ``fsync``-s every queue
 file committed since its last pass (the fsyncs side by side, so the file
-system journal commits them together), renames them all into ``active/``
-and ``fsync``-s the directory once. Delivery workers (2 by default) take, per
-mailbox, every waiting message and append them under one lock and one
-``fsync``; a mailbox is served by one worker at a time (per-mailbox order
-is kept) and a 1-s dotlock retry only holds up that mailbox. Steps and
+system journal commits them together) and renames them all into
+``active/``. Delivery workers (2 by default) take, per mailbox, every
+waiting message and append them under one lock and one ``fsync``; a
+mailbox's first waiting message waits up to ``BATCH_LINGER`` (10 ms) for
+others, so that under load a batch holds many messages. A mailbox is
+served by one worker at a time (per-mailbox order is kept) and a 1-s
+dotlock retry only holds up that mailbox. Steps and
 Deferred results are handed back to the reactor thread.
 
 Routing (qmgr)
@@ -120,6 +155,10 @@ WRITING_MODE = 0o600
 READY_MODE = 0o700
 #: Jobs handed to local(8) in one batch (one lock, one fsync) at most.
 BATCH_LIMIT = 256
+#: A mailbox's first waiting job waits this long (seconds) for more mail to
+#: the same mailbox before local(8) starts a batch, unless BATCH_LIMIT jobs
+#: are waiting: under load, one lock and three fsyncs serve many messages.
+BATCH_LINGER = 0.01
 #: Empty queue files kept ready for open() (see MailQueue._new_spare).
 SPARE_FILES = 32
 
@@ -386,9 +425,12 @@ class _Journal:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self._dirty = os.fstat(self.fd).st_size > 0
 
-    def begin(self) -> None:
-        """Forget the previous batch (all its outcomes are in the queue files now)."""
+    def begin(self, before_forgetting: Callable[[], None] | None = None) -> None:
+        """Forget the previous batch (all its outcomes are in the queue files
+        now); ``before_forgetting`` makes queue file removals durable first."""
         if self._dirty:
+            if before_forgetting is not None:
+                before_forgetting()
             os.ftruncate(self.fd, 0)
             self._dirty = False
 
@@ -430,34 +472,67 @@ class _Journal:
 # Scheduling of local deliveries: one worker per mailbox at a time
 
 class _Scheduler:
-    def __init__(self) -> None:
+    def __init__(self, linger: float = BATCH_LINGER) -> None:
         self._cond = threading.Condition()
         self._pending: collections.OrderedDict[str, list[LocalJob]] = collections.OrderedDict()
+        self._since: dict[str, float] = {}     # when the user's oldest waiting job came
         self._busy: set[str] = set()
         self._stopping = False
+        self.linger = linger
 
     def add(self, jobs: list[tuple[str, LocalJob]]) -> None:
         with self._cond:
+            wake = False
             for user, job in jobs:
-                self._pending.setdefault(user, []).append(job)
-            self._cond.notify_all()
+                waiting = self._pending.get(user)
+                if waiting is None:
+                    self._pending[user] = [job]
+                    self._since[user] = time.monotonic()
+                    wake = True
+                else:
+                    waiting.append(job)
+                    wake = wake or len(waiting) == BATCH_LIMIT
+            if wake:        # more jobs for an already waiting mailbox change nothing
+                self._cond.notify()
 
-    def take(self) -> tuple[str, list[LocalJob]] | None:
+    def take(self, idle: Callable[[], None] | None = None
+             ) -> tuple[str, list[LocalJob]] | None:
+        """The next batch (None when stopping); ``idle()`` is called, without
+        the lock, before waiting with nothing at all to do."""
         with self._cond:
             while True:
                 if self._stopping:
                     return None
+                now = time.monotonic()
+                timeout: float | None = None
                 for user, jobs in self._pending.items():
-                    if user not in self._busy:
-                        batch, rest = jobs[:BATCH_LIMIT], jobs[BATCH_LIMIT:]
-                        if rest:
-                            self._pending[user] = rest
-                            self._pending.move_to_end(user)
-                        else:
-                            del self._pending[user]
-                        self._busy.add(user)
-                        return user, batch
-                self._cond.wait()
+                    if user in self._busy:
+                        continue
+                    due = self._since[user] + self.linger
+                    if len(jobs) < BATCH_LIMIT and now < due:
+                        timeout = due - now if timeout is None else min(timeout, due - now)
+                        continue
+                    batch, rest = jobs[:BATCH_LIMIT], jobs[BATCH_LIMIT:]
+                    if rest:
+                        self._pending[user] = rest
+                        self._pending.move_to_end(user)
+                        self._since[user] = now
+                    else:
+                        del self._pending[user]
+                        del self._since[user]
+                    self._busy.add(user)
+                    if timeout is not None or any(u not in self._busy for u in self._pending):
+                        self._cond.notify()     # another mailbox for another worker
+                    return user, batch
+                if timeout is None and idle is not None:
+                    self._cond.release()
+                    try:
+                        idle()
+                    finally:
+                        self._cond.acquire()
+                    idle = None
+                    continue
+                self._cond.wait(timeout)
 
     def done(self, user: str) -> None:
         with self._cond:
@@ -607,6 +682,8 @@ class MailQueue:
         self._spares: collections.deque[tuple[int, str, int]] = collections.deque()
         self._spare_cond = threading.Condition()
         self._fsync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._removals = 0              # queue files removed from active/ so far
+        self._removals_synced = 0       # ... of which active/ was fsync-ed after
         self._started = False
         self._stopping = False
         for name in QUEUE_DIRS + ("gponsim", "gponsim/spare"):
@@ -806,7 +883,7 @@ class MailQueue:
         if len(commits) > 1 and self._fsync_pool is not None:
             outcomes = list(self._fsync_pool.map(write, commits))
         else:
-            outcomes = [write(commits[0])]
+            outcomes = [write(item) for item in commits]
         for (_, qf, msg, d), exc in outcomes:
             if exc is None:
                 qf._close()
@@ -823,16 +900,24 @@ class MailQueue:
                 continue
             written.append((qf, msg, d))
         _fault("after-fsync")
-        if written:
+        # The files are durable and complete (mode 0700) in incoming/, which
+        # recovery treats as committed: the move to active/ needs no
+        # directory fsync (see *Durability* in the module docstring).
+        moved: list[tuple[QueueFile, _Message, Any]] = []
+        for qf, msg, d in written:
             try:
-                for qf, msg, _d in written:
-                    os.rename(qf.path, active / qf.qid)
-                    msg.path = active / qf.qid
-                _fsync_dir(active)
+                os.rename(qf.path, active / qf.qid)
             except OSError as exc:
-                for qf, _msg, d in written:
-                    failed.append((d.errback, (QueueWriteError(str(exc)),)))
-                written = []
+                try:
+                    os.unlink(qf.path)          # not acknowledged: not queued
+                except OSError:
+                    pass
+                qf.state = "aborted"
+                failed.append((d.errback, (QueueWriteError(str(exc)),)))
+                continue
+            msg.path = active / qf.qid
+            moved.append((qf, msg, d))
+        written = moved
         _fault("after-commit")
         now = self.clock()
         steps: list[Step] = []
@@ -999,9 +1084,18 @@ class MailQueue:
         if self._user_lock_hook is not None:
             self._user_lock_hook(user, attempt, kind)
 
+    def _idle_sync(self) -> None:
+        """A worker with nothing to do makes the removals durable now rather
+        than at its next batch (fewer journaled intents to look up after a crash)."""
+        try:
+            self._sync_removals()
+        except OSError as exc:
+            self.log.postfix("qmgr", f"warning: fsync of the active queue: {exc.strerror}",
+                             self.syslog_name)
+
     def _worker_loop(self, journal: _Journal) -> None:
         while True:
-            item = self._sched.take()
+            item = self._sched.take(self._idle_sync)
             if item is None:
                 return
             user, jobs = item
@@ -1015,8 +1109,22 @@ class MailQueue:
             finally:
                 self._sched.done(user)
 
+    def _sync_removals(self) -> None:
+        """``fsync`` active/ if queue files were removed from it since the last time.
+
+        Called before a delivery journal forgets its previous batch: the
+        removals that stand for those outcomes (see :meth:`_record_outcomes`)
+        are durable by then, whichever worker made them.
+        """
+        with self._lock:
+            upto = self._removals
+        if upto > self._removals_synced:
+            _fsync_dir(self.spool / "active")
+            with self._lock:
+                self._removals_synced = max(self._removals_synced, upto)
+
     def _deliver_batch(self, journal: _Journal, user: str, jobs: list[LocalJob]) -> None:
-        journal.begin()
+        journal.begin(self._sync_removals)
         self._post([self._step("queue", "qmgr", "local", "DELIVER",
                                f"{job.qid}: qmgr -> local: to=<{job.recipient}>", job.session,
                                qid=job.qid, recipient=job.recipient, logged=False)
@@ -1043,17 +1151,23 @@ class MailQueue:
                                         status=r.status, dsn=r.dsn, reason=r.reason))
                 if r.status == "bounced":
                     bounces.append(r)
-        self._post(steps)
         self._record_outcomes([(r.job.ref, r.job.index, r.status, r.dsn, r.reason)
-                               for r in results])
+                               for r in results], journal=journal, steps=steps)
 
     def _record_outcomes(self, outcomes: list[tuple[_Message, int, str, str, str]],
-                         already_counted: int | None = None) -> None:
+                         already_counted: int | None = None, journal: _Journal | None = None,
+                         steps: list[Step] | None = None) -> None:
         """Apply delivery verdicts; make finals durable; finish done messages.
 
         Each outcome counts one unit of ``outstanding``, except relay
         results, which count ``already_counted`` units for the whole batch.
+        ``journal``: the delivery worker's journal, which holds every one of
+        these outcomes (intent or bounce) until its next batch: a queue file
+        removed here has its directory fsync-ed then (:meth:`_sync_removals`),
+        not now. ``steps`` are posted first, with the REMOVED steps, in one
+        hand-off.
         """
+        steps = list(steps or [])
         touched: dict[str, _Message] = {}
         with self._lock:
             for msg, index, status, dsn, reason in outcomes:
@@ -1075,17 +1189,21 @@ class MailQueue:
                 calls.append((self.on_bounce, (BounceNotice(
                     msg.qid, msg.env, msg.env.recipients[index], msg.env.original(index), dsn,
                     reason, msg.content or b""),)))
+        # Only local(8)'s "sent" outcomes are surely journaled (intents); a
+        # bounce or deferral may not be, so its removal is fsync-ed at once.
+        unjournaled = {m.qid for m, _i, status, _d, _r in outcomes if status != "sent"}
         for msg in touched.values():
             with msg.lock:
                 if msg.done:
                     continue
                 if msg.outstanding <= 0:
-                    dirs |= self._finalize_locked(msg)
+                    dirs |= self._finalize_locked(
+                        msg, steps, journaled=journal is not None and msg.qid not in unjournaled)
                 elif msg.unsynced:
                     self._append_records(msg, [])
         for d in dirs:
             _fsync_dir(d)
-        self._post([], calls)
+        self._post(steps, calls)
 
     def _append_records(self, msg: _Message, extra: list[bytes], mtime: float | None = None) -> None:
         with self._lock:       # other workers add to ``unsynced`` under this lock
@@ -1106,10 +1224,14 @@ class MailQueue:
         with self._lock:
             msg.unsynced = [i for i in msg.unsynced if i not in synced]
 
-    def _finalize_locked(self, msg: _Message) -> set[Path]:
+    def _finalize_locked(self, msg: _Message, steps: list[Step] | None = None,
+                         journaled: bool = False) -> set[Path]:
         """All recipients handled for now: remove the file or move it to deferred.
 
         Returns the directories to fsync. Caller holds ``msg.lock``.
+        ``steps``: append the REMOVED step there instead of posting it.
+        ``journaled``: the outcomes are in a delivery journal, so a removal
+        is made durable later, by :meth:`_sync_removals`.
         """
         msg.done = True
         now = self.clock()
@@ -1119,9 +1241,14 @@ class MailQueue:
             self.log.postfix("qmgr", text, self.syslog_name)
             with self._lock:
                 self._messages.pop(msg.qid, None)
-            self._post([self._step("queue", "qmgr", "qmgr", "REMOVED", text, msg.env.session,
-                                   qid=msg.qid)])
-            return {msg.path.parent}
+                self._removals += 1
+            step = self._step("queue", "qmgr", "qmgr", "REMOVED", text, msg.env.session,
+                              qid=msg.qid)
+            if steps is not None:
+                steps.append(step)
+            else:
+                self._post([step])
+            return set() if journaled else {msg.path.parent}
         if now - msg.env.arrival > self.maximal_queue_lifetime:
             return self._expire_locked(msg)
         age = now - msg.env.arrival

@@ -1,1 +1,45 @@
+"""Instructor slides (HTML and PowerPoint) from a lesson and a recorded run of it.
 
+    from gponsim.slides import make_slides
+    make_slides(lesson, run_dir, out_dir, formats=("html", "pptx"), lang="es")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gponsim.lessons.model import Lesson
+
+
+def make_slides(lesson: Lesson, run_dir: Path, out_dir: Path, *, formats=("html",), lang: str = "en") -> list[Path]:
+    from gponsim.slides.deck import build_deck
+
+    out_dir = Path(out_dir)
+    deck = build_deck(lesson, Path(run_dir), lang, work=out_dir / f".{lesson.id}-{lang}-diagrams")
+    written = []
+    if "html" in formats:
+        from gponsim.slides.html import write_html
+
+        written.append(write_html(deck, out_dir / f"{lesson.id}.{lang}.html"))
+    if "pptx" in formats:
+        from gponsim.slides.pptx import write_pptx
+
+        written.append(write_pptx(deck, out_dir / f"{lesson.id}.{lang}.pptx"))
+    return written
+
+
+def write_index(decks: list[tuple[Lesson, list[Path]]], out_dir: Path, lang: str) -> Path:
+    """An index page of every deck built with --all."""
+    import html
+
+    rows = "".join(
+        f"<li>{html.escape(lesson.title[lang])} — "
+        + " · ".join(f'<a href="{p.name}">{p.suffix[1:].upper()}</a>' for p in paths) + "</li>"
+        for lesson, paths in decks)
+    title = "Diapositivas del curso gponsim" if lang == "es" else "gponsim course slides"
+    page = (f'<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title>'
+            f'<style>body{{font-family:sans-serif;font-size:20px;margin:2em}}li{{margin:.5em 0}}</style>'
+            f"</head><body><h1>{title}</h1><ul>{rows}</ul></body></html>\n")
+    path = Path(out_dir) / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
