@@ -148,3 +148,50 @@ def test_tls_capture_of_lab_decrypted_with_its_key_log(lab_factory, tmp_path, ve
     assert creds == [("smtp", "PLAIN", "user1", "pass", True), ("imap", "LOGIN", "user1", "pass", True)]
     assert any("Subject: secret" in s.line for s in sink.steps if s.kind == "data")
     assert {c.tls["version"] for c in analysis.connections} == {version.replace("_", ".")}
+
+
+def test_gponsim_capture_live_narrates_and_writes_the_file(lab, tmp_path):
+    """`gponsim capture` on lo: narration as it happens, Ctrl-C ends it with the file complete."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "live.pcap"
+    proc = subprocess.Popen([sys.executable, "-m", "gponsim", "capture", "-o", str(out), "--port",
+                             str(lab.ports["smtp"]), "--lang", "en", "--explain", "none"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "capturing on lo" in proc.stderr.readline()
+        with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=15) as c:
+            c.ehlo("live.test")
+            c.sendmail("alice@example.org", ["user2@gponlab.local"], b"Subject: live\r\n\r\nhi\r\n")
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "221 2.0.0 Bye" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    text = "".join(seen) + rest
+    assert "ehlo live.test" in text.lower() and "[message: " in text
+    assert "1 mail connection(s)" in rest                  # the summary at the end
+    sink = ListSink()
+    a = analyze(out, sink.step)
+    assert a.report.problems == [] and [c.client_name for c in a.connections] == ["live.test"]
+    assert [s.verb for s in sink.steps if s.kind == "command"] == ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+def test_gponsim_capture_without_permission_says_what_to_do(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import gponsim.capture.live as live
+    from gponsim.cli import main
+
+    def refuse(*a, **k):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(live.socket, "socket", refuse)
+    res = CliRunner().invoke(main, ["capture", "-o", str(tmp_path / "x.pcap"), "--count", "1"])
+    assert res.exit_code == 2 and "CAP_NET_RAW" in res.output

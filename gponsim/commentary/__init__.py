@@ -144,7 +144,6 @@ class Catalog:
                      step.status)
         if signature in self._memo:
             return self._memo[signature]
-        line = step.line
         for key in self.candidates(step):
             if key in self._matching:
                 return self._resolve_by_line(step)

@@ -44,13 +44,20 @@ def do_send(ctx: Context, o: dict) -> None:
     sender = o.get("from", f"{user}@{domain}")
     recipients = o.get("to", [f"user2@{domain}"])
     service = o.get("port", "submission")
+    if service == "closed":
+        # A port where nothing listens: what a client with a wrong port number meets.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            target = probe.getsockname()[1]
+    else:
+        target = ctx.ports[service]
     body = o.get("body", "Hola,\n\nMensaje de la lección de gponsim.\n")
     if o.get("size"):
         body += "x" * int(o["size"]) + "\n"
     message = build_message(sender, recipients, o.get("subject", "gponsim"), body)
     auth = o.get("auth", service == "submission")
     try:
-        result = send_mail(host="127.0.0.1", port=ctx.ports[service], sender=sender,
+        result = send_mail(host="127.0.0.1", port=target, sender=sender,
                            recipients=recipients, message=message,
                            user=user if auth else None, password=o.get("password", "pass"),
                            starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"))
@@ -59,6 +66,7 @@ def do_send(ctx: Context, o: dict) -> None:
     except SmtpClientError as exc:
         ctx.results["refused"] = " / ".join(exc.reply) if exc.reply else str(exc)
         outcome = "refused"
+        ctx.say(f"✉ {ctx.results['refused']}")
     expect = o.get("expect", "accepted")
     if outcome != expect:
         raise RuntimeError(f"the mail was {outcome}, the lesson expected it {expect}"
@@ -209,12 +217,34 @@ def do_read_imap(ctx: Context, o: dict) -> None:
             client.uid("FETCH", "1:*", "(FLAGS)")
             client.uid("FETCH", "1:*", "(UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Subject Date)])")
             client.fetch("1", "(BODY[])")
+        if o.get("flag"):
+            client.store("1", "+FLAGS", f"({o['flag']})")
+        if o.get("idle"):
+            _idle_until_new_mail(ctx, client, o)
         client.logout()
     finally:
         try:
             client.shutdown()
         except OSError:
             pass
+
+
+def _idle_until_new_mail(ctx: Context, client, o: dict) -> None:
+    """IDLE (RFC 2177) like Thunderbird, deliver a mail from the Internet, see it pushed."""
+    tag = client._new_tag().decode()
+    client.send(f"{tag} IDLE\r\n".encode())
+    if not client.readline().startswith(b"+"):
+        raise RuntimeError("the server did not accept IDLE")
+    message = build_message("alice@example.org", [f"{o.get('user', 'user2')}@gponlab.local"],
+                            o.get("idle_subject", "Llega mientras esperas"), "IDLE push\n")
+    send_mail(host="127.0.0.1", port=ctx.ports["smtp"], sender="alice@example.org",
+              recipients=[f"{o.get('user', 'user2')}@gponlab.local"], message=message, starttls=False)
+    line = client.readline()             # the server pushes "* n EXISTS" without being asked
+    if b"EXISTS" not in line:
+        raise RuntimeError(f"expected * n EXISTS while idling, got {line!r}")
+    client.send(b"DONE\r\n")
+    while not client.readline().startswith(tag.encode()):
+        pass
 
 
 def do_read_pop3(ctx: Context, o: dict) -> None:

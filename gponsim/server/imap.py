@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from twisted.internet import defer, interfaces, protocol
+from twisted.internet import interfaces, protocol
 from twisted.mail import imap4
 from twisted.python import log as twlog
 from zope.interface import implementer
@@ -44,6 +44,7 @@ from gponsim.server.mbox_store import (
     DELETED, RECENT, SEEN, SYSTEM_FLAGS, MailStore, StoreError, StoredMessage,
     parse_internal_date,
 )
+from gponsim.server.login_common import LoginCommon
 from gponsim.server.sasl_client import AuthUnavailable
 from gponsim.server.tls import describe_connection
 from gponsim.steps import new_session, null_emit
@@ -274,7 +275,7 @@ class _Discard:
 
 
 @implementer(interfaces.IHandshakeListener)
-class ImapServer(imap4.IMAP4Server):
+class ImapServer(LoginCommon, imap4.IMAP4Server):
     """One IMAP connection: imap-login until logged in, then imap."""
 
     MAX_LENGTH = 65536
@@ -317,10 +318,6 @@ class ImapServer(imap4.IMAP4Server):
     def makeConnection(self, transport):
         super().makeConnection(_Tap(transport, self))
 
-    def _emit_all(self, steps) -> None:
-        for step in steps:
-            self.lab.emit(step)
-
     def _wrote(self, data: bytes) -> None:
         if self.user:
             self._bytes_out += len(data)
@@ -331,26 +328,6 @@ class ImapServer(imap4.IMAP4Server):
             self._bytes_in += len(data)
         self._emit_all(self.conv.client_data(data))
         super().dataReceived(data)
-
-    _addrs: tuple | None = None
-
-    def _addresses(self) -> tuple:
-        if self._addrs is None:
-            self._addrs = (getattr(self.transport.getPeer(), "host", "127.0.0.1"),
-                           getattr(self.transport.getHost(), "host", "127.0.0.1"))
-        return self._addrs
-
-    @property
-    def client_ip(self) -> str:
-        return self._addresses()[0]
-
-    @property
-    def server_ip(self) -> str:
-        return self._addresses()[1]
-
-    @property
-    def secured(self) -> bool:
-        return self.tls or self.client_ip == self.server_ip
 
     def log(self, text: str) -> None:
         self.lab.log(text)
@@ -1277,7 +1254,7 @@ class ImapServer(imap4.IMAP4Server):
             self._no(tag, "[READ-ONLY] Mailbox is read-only.")
             return
         if not chosen:
-            self._ok(tag, f"No messages found.")
+            self._ok(tag, "No messages found.")
             return
         ok, result = self._store_call(tag, lambda: self.store.folder(name).add_messages(
             [m for _s, m in chosen]))

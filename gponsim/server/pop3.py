@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from gponsim.server.imap import ImapContext
 from gponsim.server.mbox_store import SEEN, StoreError
+from gponsim.server.login_common import LoginCommon
 from gponsim.server.sasl_client import AuthUnavailable
 from gponsim.server.tls import describe_connection
 from gponsim.steps import new_session
@@ -52,7 +53,7 @@ class _Tap:
 
 
 @implementer(interfaces.IHandshakeListener)
-class Pop3Server(pop3.POP3):
+class Pop3Server(LoginCommon, pop3.POP3):
     MAX_LENGTH = 16384
     delimiter = b"\r\n"
 
@@ -87,36 +88,12 @@ class Pop3Server(pop3.POP3):
     def makeConnection(self, transport):
         super().makeConnection(_Tap(transport, self))
 
-    def _emit_all(self, steps) -> None:
-        for step in steps:
-            self.lab.emit(step)
-
     _after_stls = False
 
     def dataReceived(self, data: bytes) -> None:
         self._emit_all(self.conv.client_data(data))
         self._after_stls = False
         super().dataReceived(data)
-
-    _addrs: tuple | None = None
-
-    def _addresses(self) -> tuple:
-        if self._addrs is None:
-            self._addrs = (getattr(self.transport.getPeer(), "host", "127.0.0.1"),
-                           getattr(self.transport.getHost(), "host", "127.0.0.1"))
-        return self._addrs
-
-    @property
-    def client_ip(self) -> str:
-        return self._addresses()[0]
-
-    @property
-    def server_ip(self) -> str:
-        return self._addresses()[1]
-
-    @property
-    def secured(self) -> bool:
-        return self.tls or self.client_ip == self.server_ip
 
     @property
     def plaintext_ok(self) -> bool:

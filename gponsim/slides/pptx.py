@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gponsim.slides.deck import Deck, Slide
+from gponsim.slides.deck import Deck
 
 SPEAKER_COLORS = {"client": (0x00, 0x6D, 0x77), "server": (0x2E, 0x7D, 0x32), "internal": (0x8A, 0x6D, 0x00)}
 ACCENT = (0x1F, 0x4F, 0xA8)
@@ -65,9 +65,8 @@ def write_pptx(deck: Deck, out: Path) -> Path:
         if s.kind == "title":
             textbox(slide, margin, y, width - 2 * margin, Inches(0.8), [s.body], 20, (0x44, 0x44, 0x44))
         elif s.body:
-            box = textbox(slide, margin, y, width - 2 * margin, Inches(1.2), [s.body], 15)
+            textbox(slide, margin, y, width - 2 * margin, Inches(1.2), [s.body], 15)
             y += Inches(1.25) if len(s.body) > 220 else Inches(0.8)
-            del box
         if s.bullets:
             textbox(slide, margin, y, width - 2 * margin, Inches(4.5), [f"• {b}" for b in s.bullets], 18)
             y += Inches(0.5) * min(len(s.bullets), 8)
