@@ -768,5 +768,32 @@ def analyze(file, keylog, as_json, credentials, extract, lang, quiet, steps_file
                  reveal=reveal_secrets))
 
 
+@main.command()
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("capture.pcap"), show_default=True, help="The capture file (pcap).")
+@click.option("--iface", default="lo", show_default=True, help="Interface to capture on.")
+@click.option("--port-offset", type=click.IntRange(0, 64000), default=0, show_default=True,
+              help="The lab's --port-offset (its ports are 25, 587, 465, 143, 993, 110, 995 + N).")
+@click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535),
+              help="Capture this TCP port instead (repeatable).")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), help="Stop after N seconds.")
+@click.option("--count", type=click.IntRange(1), help="Stop after N packets.")
+@click.option("--keylog", type=click.Path(dir_okay=False, path_type=Path),
+              help="The lab's key log (gponsim serve --keylog), to narrate TLS decrypted.")
+@narration_options
+def capture(out, iface, port_offset, ports, duration, count, keylog, lang, quiet, steps_file,
+            explain, reveal_secrets):
+    """Capture the lab's traffic live (needs root or CAP_NET_RAW), narrating it.
+
+    The file can be analyzed again later with `gponsim analyze FILE --keylog KEYS`.
+    """
+    from gponsim.capture.command import LAB_PORTS, run_capture
+
+    chosen = list(ports) or [p + port_offset for p in LAB_PORTS]
+    sys.exit(run_capture(out, iface=iface, ports=chosen, duration=duration, count=count,
+                         keylog=keylog, lang=_lang(lang), quiet=quiet, steps_file=steps_file,
+                         explain=explain, reveal=reveal_secrets))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

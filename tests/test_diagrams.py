@@ -170,3 +170,23 @@ def test_cli_draws_and_rejects_bad_input(session_steps, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "bad.jsonl:1" in out.stderr
     assert load_steps(steps_file) == session_steps
+
+
+def test_diagrams_from_a_real_capture(tmp_path):
+    """Thunderbird-era capture: Postfix relay on 25, then IMAP with STARTTLS (no keys)."""
+    from conftest import SHARED
+
+    pcap = SHARED / "pcaps" / "chrissanders-packets" / "mail_receiver_server_3.pcapng"
+    if not pcap.exists():
+        pytest.skip(f"{pcap} is absent (the shared captures are not beside the project)")
+    steps = load_steps(pcap)
+    arch = architecture_text = None
+    if shutil.which("dot"):
+        arch = draw_architecture(steps, tmp_path / "arch.svg")
+        architecture_text = arch.read_text()
+        assert "Receive Incoming" in architecture_text and "IMAP Port 143/993" in architecture_text
+    [page] = build_sequence(steps, flow="receive")
+    labels = [r.label for r in page.rows]
+    assert any(label.startswith("EHLO") or label.startswith("HELO") for label in labels)
+    assert any("STARTTLS" in label for label in labels)
+    assert {"client", "smtpd", "imap"} <= set(page.participants)

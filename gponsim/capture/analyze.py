@@ -210,6 +210,58 @@ def _attachments(message: bytes) -> list[str]:
     return out[:20]
 
 
+class Analyzer:
+    """Packets in, Steps out: the engine of :func:`analyze`, also fed live by a sniffer."""
+
+    def __init__(self, emit: Callable[[Step], object] = null_emit, *, name: str = "",
+                 on_message: Callable[[Message], None] | None = None,
+                 keylog: str | Path | None = None, report: ReadReport | None = None) -> None:
+        from gponsim.capture.tlsdecrypt import KeyLog
+
+        self.report = report if report is not None else ReadReport()
+        self.analysis = Analysis(path=name, report=self.report)
+        self.keys = KeyLog.from_file(keylog) if keylog else KeyLog()
+        self.run = _Run(self.analysis, emit, False, on_message, self.keys)
+        self.tracker = Tracker(self.run.opened)
+        self.started = time.perf_counter()
+        self.tcp_packets = 0
+        self._embedded = 0
+
+    def packet(self, number: int, t: float, link: int, frame: bytes) -> None:
+        report = self.report
+        if len(report.keylog) > self._embedded:          # pcapng Decryption Secrets Blocks
+            self.keys.add_lines(report.keylog[self._embedded:])
+            self._embedded = len(report.keylog)
+        try:
+            seg = tcp_segment(link, frame)
+        except UnknownLink:
+            unknown = self.analysis.unknown_links
+            if link not in unknown:
+                unknown[link] = number
+                report.problem(f"packet {number}: unknown link type {link} (supported: "
+                               + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKS.items()))
+                               + "); such packets are skipped")
+            return
+        except (IndexError, ValueError) as exc:
+            report.problem(f"packet {number}: malformed headers ({exc}); skipped")
+            return
+        if seg is None:
+            return
+        self.tcp_packets += 1
+        try:
+            self.tracker.segment(number, t, seg)
+        except Exception as exc:  # noqa: BLE001 - one bad connection must not end the analysis
+            report.problem(f"packet {number}: could not decode ({type(exc).__name__}: {exc}); "
+                           "decoding goes on with the next packet")
+
+    def finish(self) -> Analysis:
+        for problem in self.tracker.finish():
+            self.report.problem(problem)
+        self.analysis.tcp_packets = self.tcp_packets
+        self.analysis.elapsed = time.perf_counter() - self.started
+        return self.analysis
+
+
 def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
             on_message: Callable[[Message], None] | None = None,
             keylog: str | Path | None = None) -> Analysis:
@@ -218,44 +270,8 @@ def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
     Raises :class:`CaptureError` only when the file cannot be read at all;
     later problems are in ``analysis.report.problems``.
     """
-    report = ReadReport()
-    analysis = Analysis(path=str(path), report=report)
-    from gponsim.capture.tlsdecrypt import KeyLog
-
-    keys = KeyLog.from_file(keylog) if keylog else KeyLog()
-    run = _Run(analysis, emit, False, on_message, keys)
-    tracker = Tracker(run.opened)
-    started = time.perf_counter()
-    unknown = analysis.unknown_links
-    segment = tracker.segment
-    tcp_packets = 0
-    embedded = 0
-    for number, t, link, frame in read_packets(path, report):
-        if len(report.keylog) > embedded:          # pcapng Decryption Secrets Blocks
-            keys.add_lines(report.keylog[embedded:])
-            embedded = len(report.keylog)
-        try:
-            seg = tcp_segment(link, frame)
-        except UnknownLink:
-            if link not in unknown:
-                unknown[link] = number
-                report.problem(f"packet {number}: unknown link type {link} (supported: "
-                               + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKS.items()))
-                               + "); such packets are skipped")
-            continue
-        except (IndexError, ValueError) as exc:
-            report.problem(f"packet {number}: malformed headers ({exc}); skipped")
-            continue
-        if seg is None:
-            continue
-        tcp_packets += 1
-        try:
-            segment(number, t, seg)
-        except Exception as exc:  # noqa: BLE001 - one bad connection must not end the analysis
-            report.problem(f"packet {number}: could not decode ({type(exc).__name__}: {exc}); "
-                           "decoding goes on with the next packet")
-    for problem in tracker.finish():
-        report.problem(problem)
-    analysis.tcp_packets = tcp_packets
-    analysis.elapsed = time.perf_counter() - started
-    return analysis
+    engine = Analyzer(emit, name=str(path), on_message=on_message, keylog=keylog)
+    packet = engine.packet
+    for number, t, link, frame in read_packets(path, engine.report):
+        packet(number, t, link, frame)
+    return engine.finish()

@@ -113,3 +113,63 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
         click.echo(f"gponsim: {file}: nothing could be read from this capture", err=True)
         return 2
     return 0
+
+
+#: The lab's mail ports (master.cf and Dovecot's defaults), before --port-offset.
+LAB_PORTS = (25, 587, 465, 143, 993, 110, 995)
+
+
+def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | None,
+                count: int | None, keylog: Path | None, lang: str, quiet: bool,
+                steps_file: Path | None, explain: str, reveal: bool) -> int:
+    """Capture the lab's ports live into ``out`` (pcap), narrating as it goes.
+
+    Ends at Ctrl-C (or SIGTERM), after ``duration`` seconds or ``count``
+    packets, with the file complete; then prints the summary.
+    """
+    import signal
+    import threading
+
+    from gponsim.capture.analyze import Analyzer
+    from gponsim.capture.live import CapturePermission, Sniffer
+    from gponsim.capture.report import summary_text
+    from gponsim.steps import JsonlRecorder, StepBus
+
+    bus = StepBus()
+    if not quiet:
+        from gponsim.sinks.narrator import Narrator
+
+        bus.add(Narrator(lang=lang, explain=explain, reveal=reveal))
+    if steps_file:
+        bus.add(JsonlRecorder(steps_file, reveal=reveal, append=False))
+    analyzer = Analyzer(bus.emit, name=str(out), keylog=keylog)
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def on_frame(number, t, link, frame):
+        with lock:
+            analyzer.packet(number, t, link, frame)
+        if count and number >= count:
+            done.set()
+
+    try:
+        sniffer = Sniffer(out, ports, iface=iface, on_frame=on_frame)
+    except CapturePermission as exc:
+        click.echo(f"gponsim: {exc}", err=True)
+        return 2
+    old = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    click.echo(f"gponsim: capturing on {iface}, TCP ports {', '.join(map(str, sorted(ports)))}, "
+               f"into {out} (Ctrl-C to stop)", err=True)
+    try:
+        done.wait(duration)
+    finally:
+        sniffer.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    with lock:
+        analysis = analyzer.finish()
+    bus.close()
+    click.echo("")
+    click.echo(summary_text(analysis, lang))
+    click.echo(f"gponsim: {sniffer.count} packets written to {out}", err=True)
+    return 0

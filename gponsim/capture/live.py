@@ -23,8 +23,11 @@ class CapturePermission(Exception):
 
 
 class Sniffer:
-    def __init__(self, path: str | Path, ports, iface: str = "lo") -> None:
+    def __init__(self, path: str | Path, ports, iface: str = "lo", on_frame=None) -> None:
+        """``on_frame(number, time, linktype, frame)`` is called (in the sniffer's
+        thread) for every frame kept, e.g. a live :class:`~gponsim.capture.analyze.Analyzer`."""
         self.path = Path(path)
+        self.on_frame = on_frame
         self.ports = set(ports)
         self.iface = iface
         self.count = 0
@@ -35,12 +38,16 @@ class Sniffer:
         self._closed_ports: set[int] = set()
         try:
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        except PermissionError as exc:
+        except (PermissionError, AttributeError) as exc:
             raise CapturePermission(
                 "capturing packets needs root or the CAP_NET_RAW capability: run as root, or "
                 "`sudo setcap cap_net_raw+ep $(readlink -f $(which python3))`") from exc
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.sock.bind((iface, 0))
+        try:
+            self.sock.bind((iface, 0))
+        except OSError as exc:
+            self.sock.close()
+            raise CapturePermission(f"cannot capture on interface {iface!r}: {exc.strerror or exc}") from exc
         self.sock.settimeout(0.2)
         self.fh = open(self.path, "wb")
         self.fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
@@ -82,6 +89,9 @@ class Sniffer:
                 for m in self._markers:
                     if m in frame:
                         self._seen.add(m)
+                number = self.count
+            if self.on_frame is not None:
+                self.on_frame(number, t, 1, frame)
 
     def stop(self) -> Path:
         self.stopping.set()

@@ -19,6 +19,8 @@ class KeyLog:
 
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, bytes], bytes] = {}
+        self.path: Path | None = None
+        self._size = -1
 
     def add_lines(self, lines) -> int:
         n = 0
@@ -36,15 +38,35 @@ class KeyLog:
     @classmethod
     def from_file(cls, path: str | Path) -> "KeyLog":
         log = cls()
-        with open(path, encoding="ascii", errors="replace") as fh:
-            log.add_lines(fh)
+        log.path = Path(path)
+        log.reload()
         return log
 
+    def reload(self) -> None:
+        """Read the file again if it grew (a live lab appends a session at a time)."""
+        if self.path is None:
+            return
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size != self._size:
+            self._size = size
+            with open(self.path, encoding="ascii", errors="replace") as fh:
+                self.add_lines(fh)
+
     def get(self, label: str, client_random: bytes) -> bytes | None:
-        return self.secrets.get((label, client_random))
+        value = self.secrets.get((label, client_random))
+        if value is None and self.path is not None:
+            self.reload()
+            value = self.secrets.get((label, client_random))
+        return value
 
     def __len__(self) -> int:
         return len(self.secrets)
+
+    def __bool__(self) -> bool:
+        return bool(self.secrets) or self.path is not None
 
 
 # cipher suite → (algorithm, key length, hash) for AEAD suites

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from gponsim.diagrams.dot import FONT, q
 from gponsim.diagrams.labels import caption, component_name, edge_name
+from gponsim.diagrams.sequence import service_of
 from gponsim.steps import Step
 
 INSIDE = ("Client", "Postfix", "Dovecot", "Queue", "Mailbox", "SASL")
@@ -46,12 +47,12 @@ def observe(steps: Iterable[Step]) -> dict[str, Observed]:
     tls_sessions: set[str] = set()
     session_edge: dict[str, str] = {}
     for s in steps:
-        if s.tls:
+        if s.tls or s.proto == "tls":      # a capture without keys still shows the handshake
             tls_sessions.add(s.session)
         if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp":
-            service[s.session] = s.meta.get("service", "smtp")
+            service[s.session] = service_of(s)
             nominal = STANDARD_PORTS.get(service[s.session])
-            actual = s.meta.get("port")
+            actual = s.meta.get("port") or (s.meta.get("server") or [None, None])[1]
             if nominal or actual:
                 # The standard port students know; the real one too when it differs
                 # (--port-offset, tests on free ports).

@@ -45,6 +45,18 @@ class Page:
     total: int = 1
 
 
+#: master.cf service of an SMTP server port, for Steps from captures (no service name there).
+SERVICE_OF_PORT = {25: "smtp", 587: "submission", 465: "smtps"}
+
+
+def service_of(connect: Step) -> str:
+    """The smtpd service a CONNECT Step reached: the lab says it, a capture gives the port."""
+    if "service" in connect.meta:
+        return connect.meta["service"]
+    server = connect.meta.get("server") or [None, None]
+    return SERVICE_OF_PORT.get(server[1], "smtp")
+
+
 def select(steps: Iterable[Step], flow: str = "all", session: str | None = None) -> list[Step]:
     """The Steps a flow of the lab document shows (see ``--flow``)."""
     if flow not in FLOWS:
@@ -53,8 +65,8 @@ def select(steps: Iterable[Step], flow: str = "all", session: str | None = None)
     sessions_of_service: dict[str, str] = {}
     steps = list(steps)
     for s in steps:
-        if s.kind == "event" and s.verb == "CONNECT" and "service" in s.meta:
-            sessions_of_service[s.session] = s.meta["service"]
+        if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp":
+            sessions_of_service[s.session] = service_of(s)
     for s in steps:
         if session and s.session != session:
             continue
