@@ -15,6 +15,7 @@ from gponsim.steps import Step, read_jsonl
 
 SMTPD_SERVICES = ("smtp", "submission")
 DOVECOT_SERVICES = ("imap", "imaps", "pop3", "pop3s")
+OTHER_SERVICES = ("autoconfig",)
 
 
 def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
@@ -46,7 +47,7 @@ class LabProcess:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "gponsim", "serve", "--lab-root", str(self.root),
                "--quiet", "--steps", str(self.steps_file), "--ready-file", str(self.ready_file)]
-        for svc in SMTPD_SERVICES + DOVECOT_SERVICES:
+        for svc in SMTPD_SERVICES + DOVECOT_SERVICES + OTHER_SERVICES:
             cmd += ["--port", f"{svc}=0"]
         if self.config_dir:
             cmd += ["--config", str(self.config_dir)]

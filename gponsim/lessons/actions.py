@@ -291,6 +291,55 @@ def do_read_pop3(ctx: Context, o: dict) -> None:
             pass
 
 
+def do_capture(ctx: Context, o: dict) -> None:
+    """Capture the lab's traffic on the loopback interface, then read it like an eavesdropper.
+
+    ``action = "start"`` starts capturing; ``"stop"`` writes ``capture.pcap`` into the
+    run folder and analyzes it twice: as an eavesdropper (no keys) and with the lab's
+    TLS key log. Without permission to capture, the lesson says why and goes on.
+    """
+    from gponsim.capture.live import CapturePermission, Sniffer
+
+    if o.get("action", "start") == "start":
+        try:
+            ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcap", set(ctx.ports.values()))
+        except CapturePermission as exc:
+            ctx.results["capture_unavailable"] = str(exc)
+            ctx.say(("No se puede capturar: " if ctx.lang == "es" else "Cannot capture: ") + str(exc))
+        return
+    sniffer = ctx.results.pop("sniffer", None)
+    if sniffer is None:
+        return
+    from gponsim.capture.analyze import analyze
+
+    path = sniffer.stop()
+    ctx.artifacts.append(path)
+    keys = ctx.lab_root / "keys.log"
+    ctx.results["capture"] = {"plain": analyze(path), "keys": analyze(path, keylog=keys)}
+    for label, analysis in (("eavesdropper", ctx.results["capture"]["plain"]),
+                            ("key log", ctx.results["capture"]["keys"])):
+        title = {"eavesdropper": {"es": "Lo que ve quien escucha (sin claves)", "en": "What an eavesdropper sees (no keys)"},
+                 "key log": {"es": "Con el registro de claves TLS del servidor", "en": "With the server's TLS key log"}}
+        rows = [f"  {c.proto:5} {c.mechanism:6} user={c.user} password={c.password}  "
+                f"({'dentro de TLS' if ctx.lang == 'es' and c.inside_tls else 'en claro' if ctx.lang == 'es' else 'inside TLS' if c.inside_tls else 'in clear'})"
+                for c in analysis.credentials]
+        subjects = [f"  ✉ {m.get('subject', '')}" for m in analysis.messages]
+        ctx.show_text(title[label][ctx.lang], "\n".join(rows + subjects) or "  —")
+
+
+def do_autoconfig(ctx: Context, o: dict) -> None:
+    """Ask the lab for Thunderbird's config-v1.1.xml, as Thunderbird's account wizard does."""
+    from urllib.parse import quote
+    from urllib.request import urlopen
+
+    address = o.get("address", "user1@gponlab.local")
+    url = f"http://127.0.0.1:{ctx.ports['autoconfig']}/mail/config-v1.1.xml?emailaddress={quote(address)}"
+    with urlopen(url, timeout=10) as answer:       # loopback only: the lab's own web service
+        document = answer.read().decode("utf-8")
+    ctx.results["autoconfig"] = document
+    ctx.show_text(url, document)
+
+
 # -------------------------------------------------------------- interactive
 
 ASK = {
@@ -368,11 +417,32 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
     "gmail": do_gmail,
     "read_imap": do_read_imap,
     "read_pop3": do_read_pop3,
+    "capture": do_capture,
+    "autoconfig": do_autoconfig,
 }
+
+
+def do_read_imap_interactively(ctx: Context, o: dict) -> None:
+    """Ask the student to open the mailbox in their client; wait for the IMAP SELECT."""
+    user = o.get("user", "user2")
+    ctx.say({"es": f"Ahora tú: en Thunderbird, como {user} (contraseña {o.get('password', 'pass')}), abre la "
+                   f"Bandeja de entrada. Servidor de entrada IMAP: {ctx.host}, puerto {ctx.ports['imap']}, "
+                   f"seguridad STARTTLS (o {ctx.ports['imaps']} con SSL/TLS).",
+             "en": f"Now you: in Thunderbird, as {user} (password {o.get('password', 'pass')}), open the "
+                   f"Inbox. Incoming IMAP server: {ctx.host}, port {ctx.ports['imap']}, security "
+                   f"STARTTLS (or {ctx.ports['imaps']} with SSL/TLS)."}[ctx.lang])
+
+    def selected(step) -> bool:
+        return step.proto == "imap" and step.kind == "reply" and step.verb in ("SELECT", "EXAMINE") \
+            and step.status == "OK"
+    if ctx.record.wait_for(selected, ctx.timeout, start=ctx.mark) is None:
+        raise RuntimeError(f"no IMAP client opened a mailbox within {ctx.timeout:.0f} s")
 
 
 def run_action(ctx: Context, action: Action) -> None:
     if ctx.interactive and action.do == "send":
         do_send_interactively(ctx, action.options)
+    elif ctx.interactive and action.do == "read_imap":
+        do_read_imap_interactively(ctx, action.options)
     else:
         ACTIONS[action.do](ctx, action.options)

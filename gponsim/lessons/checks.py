@@ -15,7 +15,7 @@ from gponsim.steps import Step
 @dataclass
 class Outcome:
     check: Check
-    passed: bool
+    passed: bool | None            # None: could not be checked here (said why in detail)
     detail: str = ""
 
     def to_dict(self, lang: str) -> dict:
@@ -30,7 +30,7 @@ def _matches(step: Step, check: Check) -> bool:
     return not check.line_contains or check.line_contains in step.line
 
 
-def evaluate(check: Check, steps: list[Step], lab_root: Path) -> Outcome:
+def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | None = None) -> Outcome:
     if check.what in ("step", "no_step"):
         found = [s for s in steps if _matches(s, check)]
         if check.what == "step":
@@ -56,6 +56,18 @@ def evaluate(check: Check, steps: list[Step], lab_root: Path) -> Outcome:
         log = path.read_text(errors="replace") if path.exists() else ""
         m = re.search(check.pattern, log, re.M)
         return Outcome(check, bool(m), m.group(0) if m else "no matching line in mail.log")
+    if check.what == "capture":
+        results = results or {}
+        if "capture" not in results:
+            return Outcome(check, None, results.get("capture_unavailable", "nothing was captured"))
+        analysis = results["capture"]["keys" if check.keys else "plain"]
+        in_clear = sum(1 for c in analysis.credentials if not c.inside_tls)
+        inside = sum(1 for c in analysis.credentials if c.inside_tls)
+        ok = (check.in_clear is None or in_clear == check.in_clear) and \
+             (check.inside_tls is None or inside == check.inside_tls) and \
+             (not check.contains or any(check.contains in m.get("subject", "") for m in analysis.messages))
+        return Outcome(check, ok, f"credentials in clear: {in_clear}, inside TLS: {inside}; "
+                                  f"messages: {len(analysis.messages)}")
     if check.what == "file":
         path = (lab_root / check.file).resolve()
         if lab_root.resolve() not in path.parents or not path.exists():

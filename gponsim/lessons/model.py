@@ -18,8 +18,8 @@ from gponsim.commentary import LANGS
 LESSONS_DIR = Path(__file__).resolve().parents[2] / "lessons"
 
 ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "flush", "gmail",
-           "read_imap", "read_pop3"}
-CHECKS = {"step", "no_step", "mailbox", "log", "file"}
+           "read_imap", "read_pop3", "capture", "autoconfig"}
+CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
 
 
@@ -52,6 +52,9 @@ class Check:
     contains: str = ""
     pattern: str = ""
     file: str = ""                 # a path inside the lab root (check "file")
+    keys: bool = False             # check "capture": read with the TLS key log
+    in_clear: int | None = None    # check "capture": credentials readable without TLS
+    inside_tls: int | None = None  # check "capture": credentials found inside TLS
     scope: str = "step"            # step | lesson
 
 
@@ -178,6 +181,8 @@ def load_lesson(path: str | Path) -> Lesson:
                                 line_contains=c.get("line_contains", ""), count=int(c.get("count", 1)),
                                 user=c.get("user", ""), contains=c.get("contains", ""),
                                 pattern=c.get("pattern", ""), file=c.get("file", ""),
+                                keys=bool(c.get("keys", False)), in_clear=c.get("in_clear"),
+                                inside_tls=c.get("inside_tls"),
                                 scope=c.get("scope", "step")))
         steps.append(LessonStep(id=sid, say=say, actions=actions, checks=checks))
     quiz = []

@@ -30,6 +30,7 @@ WORDS = {
     "step": {"es": "Paso {n} de {total}", "en": "Step {n} of {total}"},
     "passed": {"es": "✔ {says}", "en": "✔ {says}"},
     "failed": {"es": "✘ {says} — {detail}", "en": "✘ {says} — {detail}"},
+    "skipped": {"es": "– {says} (no se pudo comprobar: {detail})", "en": "– {says} (could not be checked: {detail})"},
     "enter": {"es": "Pulsa Intro para seguir…", "en": "Press Enter to go on…"},
     "summary": {"es": "{ok} de {total} comprobaciones superadas. Todo está en {out}",
                 "en": "{ok} of {total} checkpoints passed. Everything is in {out}"},
@@ -77,7 +78,7 @@ class Summary:
 
     @property
     def passed(self) -> bool:
-        return not self.errors and all(o.passed for _, o in self.outcomes)
+        return not self.errors and all(o.passed is not False for _, o in self.outcomes)
 
 
 class Transcript:
@@ -137,6 +138,7 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
     transcript = bus.add(Transcript(out / "transcript.txt"))
     profile = _profile_for(lesson, out)
     lab_options = LabOptions(lab_root=out / "gponlab", config_dir=profile,
+                             keylog=out / "gponlab" / "keys.log",
                              free_ports=options.port_offset is None,
                              port_offset=options.port_offset or 0, listen=options.listen)
     lab = Lab(lab_options, emit=bus.emit, reactor=reactor)
@@ -171,11 +173,11 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
                 console.print(Text(msg, style="bold red"))
             for check in step.checks:
                 scope = record.steps if check.scope == "lesson" else record.steps[mark:]
-                outcome = evaluate(check, list(scope), lab.root)
+                outcome = evaluate(check, list(scope), lab.root, ctx.results)
                 summary.outcomes.append((step.id, outcome))
-                key = "passed" if outcome.passed else "failed"
+                key = {True: "passed", False: "failed", None: "skipped"}[outcome.passed]
                 console.print(Text(word(key, lang, says=text(check.says, lang), detail=outcome.detail),
-                                   style="green" if outcome.passed else "bold red"))
+                                   style={True: "green", False: "bold red", None: "yellow"}[outcome.passed]))
             summary.ranges[step.id] = [mark, len(record.steps)]
             if options.pace == "step" and sys.stdin.isatty() and n < len(lesson.steps):
                 input(word("enter", lang))

@@ -186,6 +186,7 @@ class Lab:
                                    implicit_tls=svc.name == "smtps")
             self.ports[svc.name] = self._listen(svc.name, self.port_for(svc.name, svc.port), factory)
         start_dovecot_services(self, tls_options)     # IMAP 143/993, POP3 110/995
+        self._start_autoconfig(hostname)
         self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
         return dict(self.ports)
 
@@ -228,6 +229,19 @@ class Lab:
 
     def _flush_queue(self) -> int:
         return self.queue.flush() if self.queue is not None else 0
+
+    def _start_autoconfig(self, hostname: str) -> None:
+        """Thunderbird's autoconfig on port 80 (+ offset): the lab's servers and ports."""
+        from gponsim.server import autoconfig
+
+        domain = self.profile.myorigin()
+        # Students' clients reach the lab at the address it listens on; on all
+        # addresses, at its name (the lab's DNS resolves it).
+        host = hostname if self.options.listen in ("0.0.0.0", "::") else self.options.listen
+        factory = autoconfig.site(lambda: autoconfig.client_config(domain, host, self.ports),
+                                  log=lambda text: self.log.write("gponsim/autoconfig",
+                                                                  pid_for("autoconfig"), text))
+        self.ports["autoconfig"] = self._listen("autoconfig", self.port_for("autoconfig", 80), factory)
 
     def port_for(self, name: str, standard: int) -> int:
         """Where a service listens: --port NAME=N, else any free port with
