@@ -259,6 +259,7 @@ class JsonlRecorder:
         self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")
         self.reveal = reveal
         self._lock = threading.Lock()
+        self._pending: list[Step] = []
         self._dirty = threading.Event()
         self._closing = False
         self._interval = flush_interval
@@ -266,9 +267,10 @@ class JsonlRecorder:
         self._flusher.start()
 
     def step(self, step: Step) -> None:
-        text = step.to_json(self.reveal) + "\n"
+        # Encoding waits for the flusher thread: the lab's reactor only queues the Step.
+        # (Steps are not changed after they are emitted.)
         with self._lock:
-            self._fh.write(text)
+            self._pending.append(step)
         self._dirty.set()
 
     def _flush_loop(self) -> None:
@@ -282,12 +284,17 @@ class JsonlRecorder:
 
     def flush(self) -> None:
         with self._lock:
-            if not self._fh.closed:
-                self._fh.flush()
+            pending, self._pending = self._pending, []
+            if self._fh.closed:
+                return
+            reveal = self.reveal
+            self._fh.write("".join(s.to_json(reveal) + "\n" for s in pending))
+            self._fh.flush()
 
     def close(self) -> None:
         self._closing = True
         self._dirty.set()
+        self.flush()
         with self._lock:
             if not self._fh.closed:
                 self._fh.close()
