@@ -92,8 +92,15 @@ class LabProcess:
     # -------------------------------------------------------------- reading
 
     def steps(self) -> list[Step]:
+        """The lab's Steps so far. Its recorder writes them at most 0.1 s after
+        they happen, so wait (bounded) until the file has stopped growing."""
         if not self.steps_file.exists():
             return []
+        deadline = time.monotonic() + 5
+        size = -1
+        while size != self.steps_file.stat().st_size and time.monotonic() < deadline:
+            size = self.steps_file.stat().st_size
+            time.sleep(0.15)
         return list(read_jsonl(self.steps_file))
 
     def mbox_path(self, user: str) -> Path:

@@ -46,7 +46,6 @@ from gponsim.server.mbox_store import (
 )
 from gponsim.server.login_common import LoginCommon
 from gponsim.server.sasl_client import AuthUnavailable
-from gponsim.server.tls import describe_connection
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.imap import ImapConversation
@@ -276,6 +275,7 @@ class _Discard:
 
 @implementer(interfaces.IHandshakeListener)
 class ImapServer(LoginCommon, imap4.IMAP4Server):
+    ACTOR, STARTTLS_VERB = "imap", "STARTTLS"
     """One IMAP connection: imap-login until logged in, then imap."""
 
     MAX_LENGTH = 65536
@@ -344,17 +344,6 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                   "client_ip": self.client_ip}))
         self.sendLine(("* OK [CAPABILITY " + " ".join(self.pre_login_caps()) + "] "
                        + self.settings.greeting).encode())
-
-    def handshakeCompleted(self) -> None:
-        info = describe_connection(self.transport)
-        if info is None:
-            return
-        version, cipher, used, alg = info
-        self.lab.emit(smtp_wire.event_step(
-            "STARTTLS" if self._starttls else "IMPLICIT",
-            f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
-            session=self.session, proto="tls", tls=True, src="client", dst="imap",
-            meta={"version": version, "cipher": cipher}))
 
     def connectionLost(self, reason=None) -> None:
         self._stop_watch()

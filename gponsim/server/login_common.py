@@ -3,12 +3,20 @@ to whom, and whether the connection counts as secured."""
 
 from __future__ import annotations
 
+from gponsim.server.tls import describe_connection
+from gponsim.wire import smtp as smtp_wire
+
 
 class LoginCommon:
     """Mixed into the IMAP and POP3 servers (before their Twisted base class).
 
-    Expects ``self.lab`` (with ``emit``), ``self.tls`` and ``self.transport``.
+    Expects ``self.lab`` (with ``emit``), ``self.tls``, ``self._starttls``,
+    ``self.session`` and ``self.transport``; the class names its ``ACTOR``
+    (imap, pop3) and its ``STARTTLS_VERB`` (STARTTLS, STLS).
     """
+
+    ACTOR = "imap"
+    STARTTLS_VERB = "STARTTLS"
 
     _addrs: tuple | None = None
 
@@ -34,3 +42,15 @@ class LoginCommon:
     def _emit_all(self, steps) -> None:
         for step in steps:
             self.lab.emit(step)
+
+    def handshakeCompleted(self) -> None:
+        """Twisted's TLS layer says the handshake is done: a ``tls`` Step."""
+        info = describe_connection(self.transport)
+        if info is None:
+            return
+        version, cipher, used, alg = info
+        self.lab.emit(smtp_wire.event_step(
+            self.STARTTLS_VERB if self._starttls else "IMPLICIT",
+            f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
+            session=self.session, proto="tls", tls=True, src="client", dst=self.ACTOR,
+            meta={"version": version, "cipher": cipher}))

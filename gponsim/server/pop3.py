@@ -27,7 +27,6 @@ from gponsim.server.imap import ImapContext
 from gponsim.server.mbox_store import SEEN, StoreError
 from gponsim.server.login_common import LoginCommon
 from gponsim.server.sasl_client import AuthUnavailable
-from gponsim.server.tls import describe_connection
 from gponsim.steps import new_session
 from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.pop3 import Pop3Conversation
@@ -54,6 +53,7 @@ class _Tap:
 
 @implementer(interfaces.IHandshakeListener)
 class Pop3Server(LoginCommon, pop3.POP3):
+    ACTOR, STARTTLS_VERB = "pop3", "STLS"
     MAX_LENGTH = 16384
     delimiter = b"\r\n"
 
@@ -114,17 +114,6 @@ class Pop3Server(LoginCommon, pop3.POP3):
                   "client_ip": self.client_ip}))
         self.setTimeout(self.settings.login_timeout)
         self.ok(self.settings.greeting)
-
-    def handshakeCompleted(self) -> None:
-        info = describe_connection(self.transport)
-        if info is None:
-            return
-        version, cipher, used, alg = info
-        self.lab.emit(smtp_wire.event_step(
-            "STLS" if self._starttls else "IMPLICIT",
-            f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
-            session=self.session, proto="tls", tls=True, src="client", dst="pop3",
-            meta={"version": version, "cipher": cipher}))
 
     def _addr(self) -> str:
         text = f"rip={self.client_ip}, lip={self.server_ip}"
