@@ -10,6 +10,7 @@ Needs ``thunderbird``, ``xvfb`` and ``xauth`` (apt); skipped without them.
 
 from __future__ import annotations
 
+import json
 import smtplib
 import socket
 import time
@@ -17,6 +18,7 @@ import uuid
 
 import pytest
 
+from gponsim.steps import Step
 from labproc import wait_until
 from thunderbird_driver import ImapAccount, Profile, SmtpServer, Thunderbird, missing_tools
 
@@ -56,13 +58,22 @@ def first(steps, pred, what, after=-1):
     raise AssertionError(f"no Step for {what} after #{after} in Thunderbird's session:\n{dump(steps)}")
 
 
+def all_steps(lab) -> list[Step]:
+    """The lab's Steps so far; a last line still being written is left for
+    the next poll."""
+    if not lab.steps_file.exists():
+        return []
+    text = lab.steps_file.read_text(encoding="utf-8")
+    return [Step.from_dict(json.loads(line)) for line in text.split("\n")[:-1] if line.strip()]
+
+
 def session_steps(lab, session, protos=("imap", "smtp", "tls")):
     """The client's side of one connection (without the auth-socket dialogue)."""
-    return [s for s in lab.steps() if s.session == session and s.proto in protos]
+    return [s for s in all_steps(lab) if s.session == session and s.proto in protos]
 
 
 def thunderbird_imap_session(lab) -> str | None:
-    for s in lab.steps():
+    for s in all_steps(lab):
         if s.proto == "imap" and s.dir == "c2s" and s.verb == "ID" and "Thunderbird" in s.line:
             return s.session
     return None
@@ -91,12 +102,16 @@ def test_thunderbird_reads_with_idle_and_sends_through_submission(lab_factory, t
     )
     tb = Thunderbird(profile, tmp_path / "tb")
     started = time.monotonic()
+
+    def phase(what: str) -> None:      # shown by pytest when the test fails
+        print(f"[{time.monotonic() - started:5.1f}s] {what}")
     try:
         tb.start(timeout=60)
         cert = (lab.root / "etc/ssl/certs/ssl-cert-snakeoil.pem").read_text()
         version = tb.trust(host, [lab.ports["imap"], lab.ports["submission"]], cert,
                            [(f"imap://{host}", "user2", PASSWORD), (f"smtp://{host}", "user1", PASSWORD)])
-        assert not any(s.proto == "imap" for s in lab.steps()), "Thunderbird connected before the test asked"
+        assert not any(s.proto == "imap" for s in all_steps(lab)), "Thunderbird connected before the test asked"
+        phase(f"Thunderbird {version} up, password and certificate given")
         tb.check_inbox()
 
         # ---- IMAP: STARTTLS, AUTHENTICATE PLAIN in TLS, LIST, SELECT, FETCH, IDLE
@@ -107,6 +122,7 @@ def test_thunderbird_reads_with_idle_and_sends_through_submission(lab_factory, t
             return any(s.dir == "s2c" and s.line.startswith("+ idling") for s in st)
         wait_until(idling, 30, "Thunderbird to go IDLE")
         steps = session_steps(lab, session)
+        phase("Thunderbird is IDLE")
 
         greet = first(steps, lambda s: s.dir == "s2c" and "Dovecot (Debian) ready." in s.line, "greeting")
         assert "STARTTLS" in steps[greet].line and not steps[greet].tls
@@ -122,7 +138,7 @@ def test_thunderbird_reads_with_idle_and_sends_through_submission(lab_factory, t
         assert not any(s.dir == "c2s" and s.verb == "LOGIN" for s in steps), "no plaintext LOGIN"
         assert all(s.tls for s in steps[i + 1:] if s.kind in ("command", "reply", "data")), \
             f"everything after STARTTLS travels inside TLS:\n{dump(steps)}"
-        sasl = [s for s in lab.steps() if s.session == session and s.proto == "sasl"
+        sasl = [s for s in all_steps(lab) if s.session == session and s.proto == "sasl"
                 and s.dir == "c2s" and s.verb == "AUTH"]
         assert sasl and "\tsecured" in sasl[0].line and "service=imap" in sasl[0].line, dump(sasl)
         if host != "127.0.0.1":
@@ -159,6 +175,7 @@ def test_thunderbird_reads_with_idle_and_sends_through_submission(lab_factory, t
             except AssertionError:
                 return None
             return st
+        phase("second message delivered")
         steps = wait_until(pushed_and_fetched, 30, "the push (* 2 EXISTS during IDLE) and Thunderbird's fetch")
         push = first(steps, lambda s: s.dir == "s2c" and s.t >= before and s.line == "* 2 EXISTS", "push", idle)
         assert steps[push].verb == "IDLE", "the EXISTS arrived while Thunderbird was idling"
@@ -167,10 +184,13 @@ def test_thunderbird_reads_with_idle_and_sends_through_submission(lab_factory, t
         wait_until(lambda: "Nuevo correo durante IDLE" in (tb.inbox_subjects() or []), 30,
                    "the new message in Thunderbird's INBOX")
 
+        phase("pushed, fetched, shown in Thunderbird's INBOX")
+
         # ---- user1 sends through submission: EHLO, STARTTLS, AUTH PLAIN in TLS, MAIL/RCPT/DATA
         subject = f"Enviado desde Thunderbird {uuid.uuid4().hex[:8]}"
         assert tb.send("user1@gponlab.local", "user2@gponlab.local", subject,
                        "Hola user2, esto lo manda Thunderbird.\r\n")
+        phase("Thunderbird reports the message sent")
         msgs = lab.wait_for_mail("user2", 3, timeout=30)
         sent = [m for m in msgs if m["Subject"] == subject]
         assert len(sent) == 1, [m["Subject"] for m in msgs]
@@ -178,12 +198,15 @@ def test_thunderbird_reads_with_idle_and_sends_through_submission(lab_factory, t
         assert "Thunderbird" in (sent[0]["User-Agent"] or ""), sent[0]["User-Agent"]
         assert "ESMTPSA" in sent[0]["Received"], sent[0]["Received"]
 
-        sub_sessions = {s.session for s in lab.steps()
-                        if s.session.startswith("submission") and s.verb == "MAIL" and "user1@" in s.line}
+        def submission_sessions():
+            return {s.session for s in all_steps(lab) if s.proto == "smtp" and s.dir == "c2s"
+                    and s.session.startswith("submission") and s.verb == "MAIL" and "user1@" in s.line}
+        sub_sessions = wait_until(submission_sessions, 15, "Thunderbird's MAIL FROM Step on submission")
         assert len(sub_sessions) == 1, sub_sessions
         [sub] = sub_sessions
         steps = wait_until(lambda: (st := session_steps(lab, sub)) and any(
             s.dir == "c2s" and s.verb == "QUIT" for s in st) and st, 15, "Thunderbird's QUIT")
+        phase("Thunderbird's QUIT seen")
         e1 = first(steps, lambda s: s.dir == "c2s" and s.verb == "EHLO", "EHLO")
         assert not steps[e1].tls and steps[e1].args.startswith("["), steps[e1].line
         st = first(steps, lambda s: s.dir == "c2s" and s.verb == "STARTTLS", "STARTTLS", e1)
@@ -203,5 +226,6 @@ def test_thunderbird_reads_with_idle_and_sends_through_submission(lab_factory, t
         assert all(s.tls for s in steps[e2:queued + 1] if s.kind in ("command", "reply", "data"))
     finally:
         tb.stop()
+        phase("Thunderbird and Xvfb stopped")
     assert tb.proc.poll() is not None and tb.xvfb.poll() is not None
     assert time.monotonic() - started < 110
