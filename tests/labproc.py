@@ -120,6 +120,15 @@ class LabProcess:
         return wait_until(lambda: (m := self.mbox(user)) and len(m) >= count and m,
                           timeout, f"{count} message(s) in var/mail/{user}")
 
+    def wait_queue_empty(self, timeout: float = 15.0) -> None:
+        """Until nothing is waiting in the incoming or active queue (all delivered)."""
+        spool = self.root / "var" / "spool" / "postfix"
+
+        def empty() -> bool:
+            return all(not any(p.is_file() for p in (spool / q).rglob("*"))
+                       for q in ("incoming", "active") if (spool / q).exists())
+        wait_until(empty, timeout, "the queue to be empty")
+
     def log_text(self) -> str:
         path = self.root / "var" / "log" / "mail.log"
         return path.read_text() if path.exists() else ""

@@ -224,6 +224,7 @@ def test_select_responses_exactly_as_dovecot(lab):
 
 
 def test_idle_pushes_new_mail_and_ends_only_with_done(lab):
+    lab.wait_queue_empty()      # the shared lab: earlier tests' mail must not arrive mid-IDLE
     c = Raw(lab.ports["imap"])
     c.line()
     c.cmd("a", "LOGIN user2 pass")

@@ -976,6 +976,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         try:
             state = self.folder.sync(mark_old=not self.readonly)
         except (StoreError, OSError):
+            self._watch_stat = None      # look again at the next tick: nothing is missed
             return
         self._watch_stat = self._stat()
         if state.uidvalidity != self.uidvalidity:
