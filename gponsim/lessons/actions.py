@@ -153,9 +153,22 @@ def do_edit(ctx: Context, o: dict) -> None:
 
 
 def do_flush(ctx: Context, o: dict) -> None:
-    """``postqueue -f``: retry the deferred mail now."""
-    from gponsim.server.control import request_flush
+    """``postqueue -f``: retry the deferred mail now.
 
+    A relay's verdict is narrated a moment before qmgr files the message in
+    the deferred queue; wait (bounded) until it is there, so the flush finds it.
+    """
+    import time
+
+    from gponsim.server.control import request_flush
+    from gponsim.server.queue import list_queue
+
+    deadline = time.monotonic() + float(o.get("timeout", 10))
+    while time.monotonic() < deadline:
+        entries = list_queue(ctx.lab_root)
+        if not entries or any(e.state == "deferred" for e in entries):
+            break
+        time.sleep(0.05)
     request_flush(ctx.lab_root)
 
 
