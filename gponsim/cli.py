@@ -104,9 +104,12 @@ def _parse_ports(values: tuple[str, ...]) -> dict[str, int]:
 @click.option("--relay", type=click.Choice(["sim", "real", "none"]), default="sim", show_default=True,
               help="Outgoing mail: the built-in Gmail simulator (smtp.gmail.com mapped to it), "
                    "the real relayhost (a lab with internet), or none (mail stays deferred).")
+@click.option("--capture", "capture_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also capture the lab's traffic on loopback into this pcap file "
+                   "(needs root or CAP_NET_RAW; without it the lab runs anyway).")
 @narration_options
 def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, ready_file, relay,
-          lang, quiet, steps_file, explain, reveal_secrets):
+          capture_file, lang, quiet, steps_file, explain, reveal_secrets):
     """Run the lab's mail server, narrating every protocol step.
 
     Services come from the profile's master.cf (smtp = 25, submission = 587),
@@ -134,6 +137,7 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         click.echo(f"gponsim: note: {len(unsimulated)} setting(s) of the profile are read but not "
                    f"simulated: {names}. `gponsim config explain` says why.", err=True)
     failure: list[BaseException] = []
+    sniffer: list = []
 
     def started(bound):
         click.echo(f"gponsim: lab running in {lab.root}  ({', '.join(f'{k} on {listen}:{v}' for k, v in bound.items())})",
@@ -142,6 +146,8 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
             click.echo(f"gponsim: outgoing mail: relayhost {lab.profile.main('relayhost')} goes to the "
                        f"Gmail simulator on 127.0.0.1:{bound['gmail']} (mail it accepts lands in "
                        f"{lab.root / 'internet'}/<domain>/<user>)", err=True)
+        if capture_file:
+            sniffer.extend(_start_capture(capture_file, bound.values()))
         click.echo("gponsim: press Ctrl-C to stop", err=True)
         if ready_file:
             lab.write_ready_file(ready_file)
@@ -162,6 +168,8 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     reactor.callWhenRunning(lambda: lab.start().addCallbacks(started, failed))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: lab.stop())
     reactor.run()
+    for running in sniffer:
+        click.echo(f"gponsim: capture written to {running.stop()} ({running.count} packets)", err=True)
     bus.close()
     if failure:
         exc = failure[0]
@@ -170,6 +178,19 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         if isinstance(exc, LabError):
             raise click.ClickException(str(exc))
         raise exc
+
+
+def _start_capture(path: Path, ports) -> list:
+    """A capture beside the lab; without permission, say so and go on without it."""
+    from gponsim.capture.live import CapturePermission, Sniffer
+
+    try:
+        running = Sniffer(path, set(ports))
+    except CapturePermission as exc:
+        click.echo(f"gponsim: not capturing: {exc}. The lab runs without a capture.", err=True)
+        return []
+    click.echo(f"gponsim: capturing the lab's traffic into {path}", err=True)
+    return [running]
 
 
 # ----------------------------------------------------------------------- send

@@ -86,3 +86,28 @@ def test_mail_for_other_domains_stays_queued(lab_factory):
                          what="the message in the deferred queue")
     assert entry.recipients == ["bob@gmail.com"] and entry.sender == "user1@gponlab.local"
     assert entry.reason == "deferred transport"
+
+
+def test_serve_with_capture_records_the_session(lab_factory, tmp_path):
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("capturing needs root or CAP_NET_RAW")
+    from gponsim.capture.analyze import analyze
+
+    pcap = tmp_path / "lab.pcap"
+    lab = lab_factory(extra=["--capture", str(pcap)]).start()
+    with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=15) as c:
+        c.sendmail("alice@example.org", ["user2@gponlab.local"], b"Subject: captured\r\n\r\nx\r\n")
+    lab.wait_for_mail("user2")
+    assert lab.stop() == 0
+    assert "capture written to" in lab.stderr()
+    from gponsim.steps import ListSink
+
+    sink = ListSink()
+    analyze(pcap, sink.step)
+    lines = [s.line for s in sink.steps if s.proto == "smtp"]
+    assert any(line.startswith("220 mail.gponlab.local ESMTP Postfix") for line in lines)
+    assert any(line.startswith("250 2.0.0 Ok: queued as") for line in lines)
