@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labproc import wait_until
+
 
 def missing_tools() -> list[str]:
     """Programs this driver needs that are not installed."""
@@ -31,17 +33,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------
@@ -463,10 +454,10 @@ class Thunderbird:
                 return Marionette("127.0.0.1", self.profile.marionette_port)
             except OSError:
                 return None
-        self.marionette = _wait(connect, timeout, "Thunderbird's Marionette port")
+        self.marionette = wait_until(connect, timeout, "Thunderbird's Marionette port")
         self.marionette.start_chrome_session()
         # the 3-pane window and the account manager are up
-        _wait(lambda: self.marionette.js(
+        wait_until(lambda: self.marionette.js(
             "const w = Services.wm.getMostRecentWindow('mail:3pane');"
             "if (!w || w.document.readyState != 'complete') return false;"
             "const { MailServices } = ChromeUtils.importESModule('resource:///modules/MailServices.sys.mjs');"

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from twisted.internet import interfaces, protocol
+from twisted.internet import interfaces
 from twisted.mail import imap4
 from twisted.python import log as twlog
 from zope.interface import implementer
@@ -44,7 +44,7 @@ from gponsim.server.mbox_store import (
     DELETED, RECENT, SEEN, SYSTEM_FLAGS, MailStore, StoreError, StoredMessage,
     parse_internal_date,
 )
-from gponsim.server.login_common import LoginCommon
+from gponsim.server.login_common import LoginCommon, LoginFactory
 from gponsim.server.sasl_client import AuthUnavailable
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
@@ -1434,16 +1434,8 @@ def _header_contains(msg: StoredMessage, name: str, needle: str) -> bool:
     return any(needle.lower() in str(v).lower() for v in values)
 
 
-class ImapFactory(protocol.ServerFactory):
-    def __init__(self, ctx: ImapContext, tls_options=None, implicit_tls: bool = False) -> None:
-        self.ctx = ctx
-        self.tls_options = tls_options
-        self.implicit_tls = implicit_tls
-
-    def buildProtocol(self, addr):
-        p = ImapServer(self.ctx, self.tls_options, self.implicit_tls)
-        p.factory = self
-        return p
+class ImapFactory(LoginFactory):
+    protocol = ImapServer
 
 
 def listening_factory(factory, tls_options, implicit_tls: bool):

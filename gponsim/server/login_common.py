@@ -3,6 +3,8 @@ to whom, and whether the connection counts as secured."""
 
 from __future__ import annotations
 
+from twisted.internet import protocol
+
 from gponsim.server.tls import describe_connection
 from gponsim.wire import smtp as smtp_wire
 
@@ -54,3 +56,17 @@ class LoginCommon:
             f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
             session=self.session, proto="tls", tls=True, src="client", dst=self.ACTOR,
             meta={"version": version, "cipher": cipher}))
+
+
+class LoginFactory(protocol.ServerFactory):
+    """Builds ``protocol(ctx, tls_options, implicit_tls)`` sessions (IMAP, POP3)."""
+
+    def __init__(self, ctx, tls_options=None, implicit_tls: bool = False) -> None:
+        self.ctx = ctx
+        self.tls_options = tls_options
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr):
+        p = self.protocol(self.ctx, self.tls_options, self.implicit_tls)
+        p.factory = self
+        return p

@@ -18,14 +18,14 @@ import os
 import secrets
 import time
 
-from twisted.internet import interfaces, protocol
+from twisted.internet import interfaces
 from twisted.mail import pop3
 from twisted.python import log as twlog
 from zope.interface import implementer
 
 from gponsim.server.imap import ImapContext
 from gponsim.server.mbox_store import SEEN, StoreError
-from gponsim.server.login_common import LoginCommon
+from gponsim.server.login_common import LoginCommon, LoginFactory
 from gponsim.server.sasl_client import AuthUnavailable
 from gponsim.steps import new_session
 from gponsim.wire import smtp as smtp_wire
@@ -468,13 +468,5 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self.ok()
 
 
-class Pop3Factory(protocol.ServerFactory):
-    def __init__(self, ctx: ImapContext, tls_options=None, implicit_tls: bool = False) -> None:
-        self.ctx = ctx
-        self.tls_options = tls_options
-        self.implicit_tls = implicit_tls
-
-    def buildProtocol(self, addr):
-        p = Pop3Server(self.ctx, self.tls_options, self.implicit_tls)
-        p.factory = self
-        return p
+class Pop3Factory(LoginFactory):
+    protocol = Pop3Server
