@@ -39,6 +39,7 @@ import email.parser
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -70,6 +71,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+LAB_PORTS = (25, 80, 110, 143, 465, 587, 993, 995)   # the lab's standard ports
+
+
+def free_port_offset() -> int:
+    """A --port-offset that puts the lab's other services (IMAP, POP3,
+    autoconfig...) on free ports, so the benchmark runs beside a real mail
+    server or another lab."""
+    rng = random.Random()
+    for _ in range(200):
+        offset = rng.randrange(20000, 60000)
+        try:
+            for port in LAB_PORTS:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return offset
+    raise BenchError("no free --port-offset for the lab's other services")
 
 
 def wait_port(port: int, deadline: float) -> None:
@@ -270,6 +291,7 @@ class GponsimServer(Server):
         self._spawn([self.python, "-m", "gponsim", "serve", "--lab-root", str(root),
                      "--quiet", "--steps", str(self.workdir / "steps.jsonl"),
                      "--port", f"smtp={port}", "--port", "submission=0",
+                     "--port-offset", str(free_port_offset()),
                      "--ready-file", str(ready)])
         info = self._wait_ready(ready, timeout)
         self.port = find_port(info, "smtp") or port

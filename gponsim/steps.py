@@ -114,7 +114,7 @@ class Step:
         return out
 
     def to_json(self, reveal: bool = False) -> str:
-        return json.dumps(self.to_dict(reveal), ensure_ascii=False, separators=(",", ":"))
+        return _ENCODER.encode(self.to_dict(reveal))
 
     @classmethod
     def from_dict(cls, data: dict) -> "Step":
@@ -126,6 +126,7 @@ class Step:
 
 
 _OPTIONAL = tuple(f.name for f in fields(Step) if f.name not in _ALWAYS and f.name != "secret")
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))   # one, not one per call
 
 
 # --------------------------------------------------------------------------
@@ -259,6 +260,7 @@ class JsonlRecorder:
         self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")
         self.reveal = reveal
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._pending: list[Step] = []
         self._dirty = threading.Event()
         self._closing = False
@@ -268,10 +270,13 @@ class JsonlRecorder:
 
     def step(self, step: Step) -> None:
         # Encoding waits for the flusher thread: the lab's reactor only queues the Step.
-        # (Steps are not changed after they are emitted.)
+        # (Steps are not changed after they are emitted.) Only the first Step of a
+        # burst wakes the flusher: the others would pay for waking a sleeping thread.
         with self._lock:
+            first = not self._pending
             self._pending.append(step)
-        self._dirty.set()
+        if first:
+            self._dirty.set()
 
     def _flush_loop(self) -> None:
         while not self._closing:
@@ -283,9 +288,10 @@ class JsonlRecorder:
             self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-            if self._fh.closed:
+        with self._write_lock:       # one flush at a time keeps the file in order
+            with self._lock:         # held only to take the batch: step() never waits on encoding
+                pending, self._pending = self._pending, []
+            if self._fh.closed or not pending:
                 return
             reveal = self.reveal
             self._fh.write("".join(s.to_json(reveal) + "\n" for s in pending))
@@ -295,7 +301,7 @@ class JsonlRecorder:
         self._closing = True
         self._dirty.set()
         self.flush()
-        with self._lock:
+        with self._write_lock:
             if not self._fh.closed:
                 self._fh.close()
 

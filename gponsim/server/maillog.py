@@ -25,6 +25,7 @@ delivery agent writes (``log_adhoc`` in Postfix): :func:`format_delay` and
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -62,6 +63,17 @@ _PID_OFFSETS = {
 }
 
 
+_our_pid = [os.getpid()]      # getpid() is a system call; kept current across fork()
+os.register_at_fork(after_in_child=lambda: _our_pid.__setitem__(0, os.getpid()))
+
+
+@functools.lru_cache(maxsize=256)
+def _pid_offset(component: str) -> int:
+    name = component.split("/", 1)[1] if component.startswith("postfix/") else component
+    offset = _PID_OFFSETS.get(name)
+    return offset if offset is not None else 40 + zlib.crc32(name.encode()) % 50
+
+
 def pid_for(component: str, base: int | None = None) -> int:
     """A stable fake pid for a Postfix/Dovecot component.
 
@@ -69,16 +81,17 @@ def pid_for(component: str, base: int | None = None) -> int:
     without the ``postfix/`` prefix (``smtpd``, ``postfix/submission/smtpd``,
     ``cleanup``...). The same name always gives the same pid within one run.
     """
-    name = component.split("/", 1)[1] if component.startswith("postfix/") else component
-    offset = _PID_OFFSETS.get(name)
-    if offset is None:
-        offset = 40 + zlib.crc32(name.encode()) % 50
-    return (os.getpid() if base is None else base) + offset
+    return (_our_pid[0] if base is None else base) + _pid_offset(component)
 
 
 def syslog_timestamp(when: float) -> str:
     """``Nov 27 23:40:46`` / ``Jan  1 09:05:00`` (local time, C locale)."""
-    tm = time.localtime(when)
+    return _second_stamp(int(when))
+
+
+@functools.lru_cache(maxsize=4)
+def _second_stamp(second: int) -> str:
+    tm = time.localtime(second)
     return (f"{_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} "
             f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}")
 

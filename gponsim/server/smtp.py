@@ -20,6 +20,7 @@ from twisted.internet import defer, interfaces
 from twisted.python import log as twlog
 from zope.interface import implementer
 
+from gponsim.server.directwrite import write_now
 from gponsim.server.offline import smtp
 from gponsim.server.restrictions import (
     RcptContext, UnsupportedRestriction, Verdict, check_recipient,
@@ -265,15 +266,15 @@ class Smtpd(smtp.ESMTP):
     # ---------------------------------------------------------------- output
 
     def sendLine(self, line: bytes) -> None:
-        self.transport.write(line + b"\r\n")
+        write_now(self.transport, line + b"\r\n")
 
     def reply(self, code: int, text: str | list[str], answers: str | None = None) -> None:
         lines = text if isinstance(text, list) else [text]
         wire_lines = [f"{code}-{t}" for t in lines[:-1]] + [f"{code} {lines[-1]}"]
         self.emit(wire.reply_step(wire_lines, session=self.session, answers=answers or self._last_verb,
                                   tls=self.tls))
-        for wl in wire_lines:
-            self.sendLine(wl.encode("utf-8", "surrogateescape"))
+        write_now(self.transport, "".join(wl + "\r\n" for wl in wire_lines)
+                  .encode("utf-8", "surrogateescape"))
 
     def sendCode(self, code, message=b"") -> None:  # Twisted internals that reply
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
