@@ -167,22 +167,21 @@ class StepBus:
     """
 
     def __init__(self, sinks: Iterable[Sink] = ()) -> None:
-        self._sinks: list[Sink] = list(sinks)
+        self._sinks: tuple[Sink, ...] = tuple(sinks)   # replaced, never changed in place
         self._lock = threading.RLock()
 
     def add(self, sink: Sink) -> Sink:
         with self._lock:
-            self._sinks.append(sink)
+            self._sinks += (sink,)
         return sink
 
     def remove(self, sink: Sink) -> None:
         with self._lock:
-            if sink in self._sinks:
-                self._sinks.remove(sink)
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
 
     def emit(self, step: Step) -> Step:
         with self._lock:
-            for sink in list(self._sinks):
+            for sink in self._sinks:
                 try:
                     sink.step(step)
                 except Exception as exc:  # noqa: BLE001 - isolate add-ons
@@ -190,7 +189,7 @@ class StepBus:
 
                     print(f"gponsim: sink {type(sink).__name__} failed and was "
                           f"removed: {exc!r}", file=sys.stderr)
-                    self._sinks.remove(sink)
+                    self.remove(sink)
         return step
 
     __call__ = emit

@@ -104,6 +104,8 @@ class Smtpd(smtp.ESMTP):
         self._errors = 0
         self._last_verb = "CONNECT"
         self._closed = False
+        self._client_ip: str | None = None
+        self._host = None
         self._reset_session_state()
 
     # ------------------------------------------------------------------ state
@@ -137,12 +139,18 @@ class Smtpd(smtp.ESMTP):
 
     @property
     def client_ip(self) -> str:
-        peer = self.transport.getPeer()
-        return getattr(peer, "host", "127.0.0.1")
+        if self._client_ip is None:     # asked once: getPeer() builds a new address each time
+            self._client_ip = getattr(self.transport.getPeer(), "host", "127.0.0.1")
+        return self._client_ip
 
     @property
     def server_ip(self) -> str:
-        return getattr(self.transport.getHost(), "host", "127.0.0.1")
+        return getattr(self._local_address(), "host", "127.0.0.1")
+
+    def _local_address(self):
+        if self._host is None:          # getHost() is a getsockname() system call
+            self._host = self.transport.getHost()
+        return self._host
 
     @property
     def client(self) -> str:
@@ -163,7 +171,7 @@ class Smtpd(smtp.ESMTP):
         self.log(f"connect from {self.client}")
         self.emit(wire.event_step("CONNECT", f"connect from {self.client}", session=self.session,
                                   meta={"service": self.settings.service,
-                                        "port": getattr(self.transport.getHost(), "port", None),
+                                        "port": getattr(self._local_address(), "port", None),
                                         "client_ip": self.client_ip}))
         self.setTimeout(self.timeout)
         self.reply(220, self.settings.banner, answers="CONNECT")
