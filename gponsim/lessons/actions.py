@@ -353,73 +353,72 @@ def do_autoconfig(ctx: Context, o: dict) -> None:
     ctx.show_text(url, document)
 
 
-# -------------------------------------------------------------- interactive
-
-ASK = {
-    "submission": {
-        "es": ("Ahora tú, con tu cliente de correo (Thunderbird): como {user}, envía un mensaje a {to}"
-               "{subject}.\nServidor de salida (SMTP): {host}, puerto {port}, seguridad STARTTLS, "
-               "autenticación «contraseña normal», usuario {user}, contraseña {password}.\n"
-               "Si Thunderbird avisa del certificado: es el certificado autofirmado del laboratorio "
-               "(como el snakeoil de Debian); confírmalo para seguir."),
-        "en": ("Now you, with your mail client (Thunderbird): as {user}, send a message to {to}"
-               "{subject}.\nOutgoing server (SMTP): {host}, port {port}, security STARTTLS, "
-               "authentication 'normal password', user {user}, password {password}.\n"
-               "If Thunderbird warns about the certificate: it is the lab's self-signed certificate "
-               "(like Debian's snakeoil); confirm it to go on."),
-    },
-    "smtp": {
-        "es": ("Ahora tú, como un servidor de Internet: entrega por el puerto {port} de {host} (sin "
-               "autenticación) un mensaje de {sender} para {to}{subject} (por ejemplo con swaks)."),
-        "en": ("Now you, as an Internet server: deliver on {host} port {port} (no authentication) a "
-               "message from {sender} to {to}{subject} (with swaks, for example)."),
-    },
-}
-
-HINTS = {
-    530: {"es": "Pista: el servidor pide STARTTLS (530). En Thunderbird, seguridad de la conexión: STARTTLS.",
-          "en": "Hint: the server wants STARTTLS (530). In Thunderbird, connection security: STARTTLS."},
-    535: {"es": "Pista: usuario o contraseña incorrectos (535). Revisa el usuario ({user}, sin @dominio) "
-                "y la contraseña.",
-          "en": "Hint: wrong user or password (535). Check the user name ({user}, without @domain) "
-                "and the password."},
-    554: {"es": "Pista: el servidor rechazó al cliente o al destinatario (554): ¿te autenticaste?",
-          "en": "Hint: the server refused the client or the recipient (554): did you authenticate?"},
-    550: {"es": "Pista: ese usuario no existe en el laboratorio (550). Los usuarios son user1 y user2.",
-          "en": "Hint: that user does not exist in the lab (550). The users are user1 and user2."},
+CERT_WORDS = {
+    "es": {"title": "El certificado del servidor ({service}, puerto {port})",
+           "refused": "Un cliente que comprueba certificados, como Thunderbird, lo rechaza: {error}",
+           "subject": "Sujeto (a quién identifica)", "issuer": "Emisor (quién lo firma)",
+           "valid": "Válido", "names": "Nombres", "fingerprint": "Huella SHA-256",
+           "self": "Emisor = sujeto: es autofirmado. Ninguna autoridad de confianza lo respalda, por eso avisa Thunderbird.",
+           "compare": "Compara esta huella con la que muestra Thunderbird en «Ver certificado» antes de confirmar la excepción."},
+    "en": {"title": "The server's certificate ({service}, port {port})",
+           "refused": "A client that checks certificates, like Thunderbird, refuses it: {error}",
+           "subject": "Subject (whom it identifies)", "issuer": "Issuer (who signed it)",
+           "valid": "Valid", "names": "Names", "fingerprint": "SHA-256 fingerprint",
+           "self": "Issuer = subject: it is self-signed. No trusted authority vouches for it, so Thunderbird warns.",
+           "compare": "Compare this fingerprint with the one Thunderbird shows under 'View Certificate' before confirming the exception."},
 }
 
 
-def do_send_interactively(ctx: Context, o: dict) -> None:
-    """Ask the student to send the mail themselves; wait for the Steps to show it."""
-    user = o.get("as", "user1")
-    domain = o.get("domain", "gponlab.local")
-    service = o.get("port", "submission")
-    to = ", ".join(o.get("to", [f"user2@{domain}"]))
-    subject = f" ({'asunto' if ctx.lang == 'es' else 'subject'}: {o['subject']})" if o.get("subject") else ""
-    ctx.say(ASK[service][ctx.lang].format(user=user, to=to, subject=subject, host=ctx.host,
-                                          port=ctx.ports[service], password=o.get("password", "pass"),
-                                          sender=o.get("from", f"{user}@{domain}")))
-    hinted: set[int] = set()
-    services: dict[str, str] = {}
-    expect_refused = o.get("expect") == "refused"
+def do_certificate(ctx: Context, o: dict) -> None:
+    """Connect like a client that checks certificates (and fails, as Thunderbird warns),
+    then show the certificate the lab presents: subject, issuer, dates, names, fingerprint."""
+    import ssl
 
-    def progress(step) -> bool:
-        if step.kind == "event" and step.verb == "CONNECT" and "service" in step.meta:
-            services[step.session] = step.meta["service"]
-        if services.get(step.session) != service or step.proto != "smtp" or step.kind != "reply":
-            return False
-        if step.code in HINTS and step.code not in hinted:
-            hinted.add(step.code)
-            if not expect_refused:
-                ctx.say(HINTS[step.code][ctx.lang].format(user=user))
-            return expect_refused
-        return step.code == 250 and "queued as" in step.line
-    if ctx.record.wait_for(progress, ctx.timeout, start=ctx.mark) is None:
-        raise RuntimeError(f"nothing arrived on the {service} port within {ctx.timeout:.0f} s")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    service = o.get("port", "imaps")
+    port = ctx.ports[service]
+    words = CERT_WORDS[ctx.lang]
+    checking = ssl.create_default_context()        # the system's trusted authorities
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with checking.wrap_socket(raw, server_hostname=o.get("hostname", "mail.gponlab.local")):
+                error = ""
+    except ssl.SSLCertVerificationError as exc:
+        error = exc.verify_message or str(exc)
+    der = None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ssl._create_unverified_context().wrap_socket(raw) as tls:   # accept it, to look at it
+            der = tls.getpeercert(binary_form=True)
+            # the server's side of the handshake is narrated a moment later: wait for it
+            ctx.record.wait_for(lambda s: s.proto == "tls"
+                                and s.verb == "IMPLICIT", 10, start=ctx.mark)
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        alt = ", ".join(str(n.value) for n in names)
+    except x509.ExtensionNotFound:
+        alt = "—"
+    digest = cert.fingerprint(hashes.SHA256()).hex().upper()
+    fingerprint = ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    ctx.results["certificate"] = {"self_signed": cert.issuer == cert.subject, "fingerprint": fingerprint,
+                                  "refused": error}
+    lines = [words["refused"].format(error=error) if error else "",
+             f"{words['subject']}: {cert.subject.rfc4514_string()}",
+             f"{words['issuer']}: {cert.issuer.rfc4514_string()}",
+             f"{words['valid']}: {cert.not_valid_before_utc:%Y-%m-%d} → {cert.not_valid_after_utc:%Y-%m-%d}",
+             f"{words['names']}: {alt}",
+             f"{words['fingerprint']}: {fingerprint}",
+             "", words["self"] if cert.issuer == cert.subject else "", words["compare"]]
+    ctx.show_text(words["title"].format(service=service, port=port),
+                  "\n".join(line for line in lines if line is not None).strip())
+    if not error and o.get("expect", "refused") == "refused":
+        raise RuntimeError("a client that checks certificates accepted the lab's certificate")
 
 
 ACTIONS: dict[str, Callable[[Context, dict], None]] = {
+    "certificate": do_certificate,
     "send": do_send,
     "wait_delivery": do_wait_delivery,
     "show": do_show,
@@ -435,27 +434,11 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
 }
 
 
-def do_read_imap_interactively(ctx: Context, o: dict) -> None:
-    """Ask the student to open the mailbox in their client; wait for the IMAP SELECT."""
-    user = o.get("user", "user2")
-    ctx.say({"es": f"Ahora tú: en Thunderbird, como {user} (contraseña {o.get('password', 'pass')}), abre la "
-                   f"Bandeja de entrada. Servidor de entrada IMAP: {ctx.host}, puerto {ctx.ports['imap']}, "
-                   f"seguridad STARTTLS (o {ctx.ports['imaps']} con SSL/TLS).",
-             "en": f"Now you: in Thunderbird, as {user} (password {o.get('password', 'pass')}), open the "
-                   f"Inbox. Incoming IMAP server: {ctx.host}, port {ctx.ports['imap']}, security "
-                   f"STARTTLS (or {ctx.ports['imaps']} with SSL/TLS)."}[ctx.lang])
-
-    def selected(step) -> bool:
-        return step.proto == "imap" and step.kind == "reply" and step.verb in ("SELECT", "EXAMINE") \
-            and step.status == "OK"
-    if ctx.record.wait_for(selected, ctx.timeout, start=ctx.mark) is None:
-        raise RuntimeError(f"no IMAP client opened a mailbox within {ctx.timeout:.0f} s")
-
-
 def run_action(ctx: Context, action: Action) -> None:
-    if ctx.interactive and action.do == "send":
-        do_send_interactively(ctx, action.options)
-    elif ctx.interactive and action.do == "read_imap":
-        do_read_imap_interactively(ctx, action.options)
+    """Run a lesson action; with ``--interactive`` the student does the client's part."""
+    from gponsim.lessons import student
+
+    if ctx.interactive and action.do in student.ACTIONS:
+        student.ACTIONS[action.do](ctx, action.options)
     else:
         ACTIONS[action.do](ctx, action.options)

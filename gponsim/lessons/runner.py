@@ -173,7 +173,7 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
                 console.print(Text(msg, style="bold red"))
             for check in step.checks:
                 scope = record.steps if check.scope == "lesson" else record.steps[mark:]
-                outcome = evaluate(check, list(scope), lab.root, ctx.results)
+                outcome = evaluate(check, list(scope), lab.root, ctx.results, every=list(record.steps))
                 summary.outcomes.append((step.id, outcome))
                 key = {True: "passed", False: "failed", None: "skipped"}[outcome.passed]
                 console.print(Text(word(key, lang, says=text(check.says, lang), detail=outcome.detail),
