@@ -34,7 +34,12 @@ class Context:
     mark: int = 0                  # index of the first Step of the current lesson step
     interactive: bool = False      # the student acts with their own mail client
     timeout: float = 300.0         # how long to wait for the student
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"        # where the lab listens (--listen)
+
+    @property
+    def connect_host(self) -> str:
+        """Where a scripted client connects: the lab's address, or loopback if it listens on all."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
 def do_send(ctx: Context, o: dict) -> None:
@@ -57,7 +62,7 @@ def do_send(ctx: Context, o: dict) -> None:
     message = build_message(sender, recipients, o.get("subject", "gponsim"), body)
     auth = o.get("auth", service == "submission")
     try:
-        result = send_mail(host="127.0.0.1", port=target, sender=sender,
+        result = send_mail(host=ctx.connect_host, port=target, sender=sender,
                            recipients=recipients, message=message,
                            user=user if auth else None, password=o.get("password", "pass"),
                            starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"))
@@ -206,9 +211,9 @@ def do_read_imap(ctx: Context, o: dict) -> None:
             return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
 
     if tls == "implicit":
-        client = ImapSSL("127.0.0.1", ctx.ports["imaps"], ssl_context=context, timeout=15)
+        client = ImapSSL(ctx.connect_host, ctx.ports["imaps"], ssl_context=context, timeout=15)
     else:
-        client = Imap("127.0.0.1", ctx.ports["imap"], timeout=15)
+        client = Imap(ctx.connect_host, ctx.ports["imap"], timeout=15)
     try:
         client.capability()
         if tls == "starttls":
@@ -250,7 +255,7 @@ def _idle_until_new_mail(ctx: Context, client, o: dict) -> None:
         raise RuntimeError("the server did not accept IDLE")
     message = build_message("alice@example.org", [f"{o.get('user', 'user2')}@gponlab.local"],
                             o.get("idle_subject", "Llega mientras esperas"), "IDLE push\n")
-    send_mail(host="127.0.0.1", port=ctx.ports["smtp"], sender="alice@example.org",
+    send_mail(host=ctx.connect_host, port=ctx.ports["smtp"], sender="alice@example.org",
               recipients=[f"{o.get('user', 'user2')}@gponlab.local"], message=message, starttls=False)
     line = client.readline()             # the server pushes "* n EXISTS" without being asked
     if b"EXISTS" not in line:
@@ -275,9 +280,9 @@ def do_read_pop3(ctx: Context, o: dict) -> None:
                                             source_address=(source, 0) if source else None)
 
     if tls == "implicit":
-        client = poplib.POP3_SSL("127.0.0.1", ctx.ports["pop3s"], context=context, timeout=15)
+        client = poplib.POP3_SSL(ctx.connect_host, ctx.ports["pop3s"], context=context, timeout=15)
     else:
-        client = Pop3("127.0.0.1", ctx.ports["pop3"], timeout=15)
+        client = Pop3(ctx.connect_host, ctx.ports["pop3"], timeout=15)
     try:
         client.capa()
         if tls == "stls":
@@ -346,7 +351,7 @@ def do_autoconfig(ctx: Context, o: dict) -> None:
     from urllib.request import urlopen
 
     address = o.get("address", "user1@gponlab.local")
-    url = f"http://127.0.0.1:{ctx.ports['autoconfig']}/mail/config-v1.1.xml?emailaddress={quote(address)}"
+    url = f"http://{ctx.connect_host}:{ctx.ports['autoconfig']}/mail/config-v1.1.xml?emailaddress={quote(address)}"
     with urlopen(url, timeout=10) as answer:       # loopback only: the lab's own web service
         document = answer.read().decode("utf-8")
     ctx.results["autoconfig"] = document
@@ -382,13 +387,13 @@ def do_certificate(ctx: Context, o: dict) -> None:
     words = CERT_WORDS[ctx.lang]
     checking = ssl.create_default_context()        # the system's trusted authorities
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with socket.create_connection((ctx.connect_host, port), timeout=10) as raw:
             with checking.wrap_socket(raw, server_hostname=o.get("hostname", "mail.gponlab.local")):
                 error = ""
     except ssl.SSLCertVerificationError as exc:
         error = exc.verify_message or str(exc)
     der = None
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+    with socket.create_connection((ctx.connect_host, port), timeout=10) as raw:
         with ssl._create_unverified_context().wrap_socket(raw) as tls:   # accept it, to look at it
             der = tls.getpeercert(binary_form=True)
             # the server's side of the handshake is narrated a moment later: wait for it
