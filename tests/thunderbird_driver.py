@@ -362,7 +362,7 @@ return subjects;
 """
 
 JS_SEND = """
-const [fromEmail, to, subject, body] = args;
+const [fromEmail, to, subject, body, wait] = args;
 const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
 let identity = null, accountKey = "";
 for (const account of MailServices.accounts.accounts) {
@@ -404,9 +404,16 @@ try {
   // Older releases: sendMsg(mode, identity, accountKey, msgWindow, progress).
   sent = msgCompose.sendMsg(Ci.nsIMsgSend.nsMsgDeliverNow, identity, accountKey, null, progress);
 }
-if (sent && typeof sent.then == "function") await sent;
-await done;
-return true;
+const win = Services.wm.getMostRecentWindow("mail:3pane");
+win.__gponsimSend = { state: "sending" };
+const finished = (async () => {
+  if (sent && typeof sent.then == "function") await sent;
+  await done;
+})().then(() => { win.__gponsimSend = { state: "sent" }; },
+          e => { win.__gponsimSend = { state: "failed", error: String(e) }; });
+if (args[4]) await finished;   // wait: the caller wants the outcome
+if (win.__gponsimSend.state == "failed") throw new Error(win.__gponsimSend.error);
+return win.__gponsimSend.state;
 """
 
 
@@ -468,6 +475,27 @@ if (!inbox) return null;
 const subjects = [];
 for (const hdr of inbox.messages) subjects.push(hdr.mime2DecodedSubject);
 return subjects;
+"""
+
+JS_DIALOGS = """
+// Thunderbird's open dialog windows (e.g. "Send Message Error"): title, text and
+// buttons; with args = [title, button] that dialog's button is pressed.
+const [pick, button] = args;
+const found = [];
+for (const win of Services.wm.getEnumerator(null)) {
+  const dialog = win.document.getElementById("commonDialog");
+  if (!dialog) continue;
+  const title = win.document.title;
+  const text = (win.document.getElementById("infoBody") || {}).textContent || "";
+  found.push({ title, text });
+  if (pick && title == pick) dialog.getButton(button || "accept").click();
+}
+return found;
+"""
+
+JS_SEND_STATE = """
+const win = Services.wm.getMostRecentWindow("mail:3pane");
+return win.__gponsimSend || null;
 """
 
 JS_SET_PASSWORD = JS_ACCOUNT_PREAMBLE + """
@@ -595,8 +623,18 @@ class Thunderbird:
     def set_password(self, email: str, password: str) -> bool:
         return self.js(JS_SET_PASSWORD, email, password)
 
-    def send(self, from_email: str, to: str, subject: str, body: str) -> bool:
-        return self.js(JS_SEND, from_email, to, subject, body)
+    def send(self, from_email: str, to: str, subject: str, body: str, wait: bool = True):
+        """Compose and send; ``wait=False`` returns at once ("sending"): a dialog Thunderbird
+        opens on an error would hold the send, ``send_state()`` tells how it ended."""
+        result = self.js(JS_SEND, from_email, to, subject, body, wait)
+        return True if wait else result
+
+    def send_state(self) -> dict | None:
+        return self.js(JS_SEND_STATE)
+
+    def dialogs(self, press: str | None = None, button: str = "accept") -> list[dict]:
+        """Thunderbird's open dialogs (title, text); ``press`` = a title presses its ``button``."""
+        return self.js(JS_DIALOGS, press, button)
 
     def stop(self) -> None:
         """Quit Thunderbird (Marionette, then SIGTERM/SIGKILL to its own PID and

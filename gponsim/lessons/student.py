@@ -288,7 +288,7 @@ def send(ctx, o: dict) -> None:
 
 def read_imap(ctx, o: dict) -> None:
     """Ask the student to open the mailbox; wait until their client, logged in as that user,
-    opens a mailbox or fetches from it."""
+    downloads a message (its headers at least, as Thunderbird does on opening the Inbox)."""
     user = o.get("user", "user2")
     ctx.say(READ[ctx.lang].format(user=user, password=o.get("password", "pass")))
     ctx.say(settings_text(ctx, user).split("\n")[0].strip())
@@ -296,12 +296,12 @@ def read_imap(ctx, o: dict) -> None:
     watch = Watch(ctx, user)
 
     def done(step: Step, s: Session) -> bool:
-        if step.proto != "imap" or step.kind != "reply" or s.user != user:
-            return False
-        return (step.verb in ("SELECT", "EXAMINE") and step.status == "OK") \
-            or (step.line.startswith("* ") and " FETCH (" in step.line)
+        # The client, logged in as the user, got a message's headers or body (not only flags).
+        return step.proto == "imap" and step.kind == "reply" and s.user == user \
+            and step.line.startswith("* ") and " FETCH (" in step.line \
+            and ("BODY[" in step.line or "RFC822" in step.line)
     if watch.wait(done) is None:
-        raise RuntimeError(f"no IMAP client logged in as {user} opened a mailbox within {ctx.timeout:.0f} s")
+        raise RuntimeError(f"no IMAP client logged in as {user} downloaded a message within {ctx.timeout:.0f} s")
 
 
 ACTIONS = {"autoconfig": create_account, "send": send, "read_imap": read_imap}
