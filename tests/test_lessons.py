@@ -134,6 +134,17 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
                                         "--auth-password", "pass"],
                                capture_output=True, text=True, timeout=60)
         assert "530 5.7.0 Must issue a STARTTLS command first" in first.stdout
+        # Then a client that checks certificates refuses the lab's self-signed one.
+        refused = subprocess.run(swaks + ["--tls", "--tls-verify", "--auth", "PLAIN", "--auth-user", "user1",
+                                          "--auth-password", "pass"], capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "220 2.0.0 Ready to start TLS" in refused.stdout, refused.stdout
+        # Then the mail goes to port 25 (server to server) instead of the submission port.
+        wrong_port = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(info["ports"]["smtp"]),
+                                     "--from", "user1@gponlab.local", "--to", "user2@gponlab.local",
+                                     "--header", "Subject: por el 25"], capture_output=True, text=True, timeout=60)
+        assert wrong_port.returncode == 0, wrong_port.stdout
+        wait_until(lambda: any("Hint: that message came in on port" in line for line in lines), timeout=30,
+                   what="the port-25 hint")
         second = subprocess.run(swaks + ["--tls", "--auth", "PLAIN", "--auth-user", "user1",
                                          "--auth-password", "pass"], capture_output=True, text=True, timeout=60)
         assert second.returncode == 0, second.stdout
@@ -147,5 +158,25 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
     assert "Now you, with your mail client (Thunderbird): as user1" in stdout
     assert f"port {port}, security STARTTLS" in stdout
     assert "Hint: the server wants STARTTLS (530)" in stdout
+    assert "Hint: the client hung up without finishing the TLS handshake: it did not accept the certificate" in stdout
+    assert f"port {info['ports']['smtp']} (smtp, server to server), not on the submission port ({port})" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"], summary
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or __import__("shutil").which("setpriv") is None,
+                    reason="needs root and setpriv (util-linux) to take CAP_NET_RAW away")
+def test_capture_lesson_without_permission_to_capture_says_why_and_goes_on(tmp_path):
+    """The capture lesson run without CAP_NET_RAW (as a student without sudo would)."""
+    out = tmp_path / "run"
+    result = subprocess.run(["setpriv", "--bounding-set", "-net_raw", "--inh-caps=-net_raw", "--",
+                             sys.executable, "-m", "gponsim", "lesson", "capture", "--lang", "es", "--quiet",
+                             "--out", str(out)], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                            env={**os.environ, "COLUMNS": "250"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "No se puede capturar aquí" in result.stdout and "CAP_NET_RAW" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    captured = [c for c in summary["checkpoints"] if c["what"] == "capture"]
+    assert captured and all(c["passed"] is None for c in captured), captured
+    assert all(c["passed"] for c in summary["checkpoints"] if c["what"] != "capture")
+    assert not (out / "capture.pcap").exists()

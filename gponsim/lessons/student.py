@@ -11,6 +11,7 @@ of the submission port, 550 / 554.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -282,8 +283,12 @@ def send(ctx, o: dict) -> None:
         if refused:
             return step.code in (530, 535, 550, 554)
         return step.code == 250 and "queued as" in step.line
-    if watch.wait(done) is None:
+    found = watch.wait(done)
+    if found is None:
         raise RuntimeError(f"nothing arrived on the {service} port within {ctx.timeout:.0f} s")
+    queued = re.search(r"queued as (\w+)", found.line)
+    if queued:
+        ctx.results["queue_id"] = queued.group(1)
 
 
 def read_imap(ctx, o: dict) -> None:
