@@ -190,7 +190,7 @@ def test_thunderbird_lesson_with_real_thunderbird_as_the_student(tmp_path):
     assert any("autoconfig" in c["says"] for c in checks.values())
     # What the lab saw was Thunderbird: its autoconfig request and its User-Agent.
     log = (out / "mail.log").read_text()
-    assert re.search(rf"autoconfig: /mail/config-v1\.1\.xml for user1@gponlab\.local from 127\.0\.0\.\d+", log)
+    assert re.search(r"autoconfig: /mail/config-v1\.1\.xml for user1@gponlab\.local from 127\.0\.0\.\d+", log)
     mbox = (out / "gponlab" / "var" / "mail" / "user2").read_text()
     assert "User-Agent: Mozilla Thunderbird" in mbox and "with ESMTPSA" in mbox
     assert "8 de 8 comprobaciones superadas" in text
