@@ -32,8 +32,7 @@ import time
 import pytest
 
 from labproc import wait_until
-from thunderbird_driver import Profile, Thunderbird, missing_tools
-from test_thunderbird import remote_loopback
+from thunderbird_driver import Profile, Thunderbird, missing_tools, remote_loopback
 
 MISSING = missing_tools()
 
@@ -142,7 +141,8 @@ def test_thunderbird_lesson_with_real_thunderbird_as_the_student(tmp_path):
         # (the lab document's note), and the lesson explains what happened.
         tb.send("user1@gponlab.local", ask.group(2), ask.group(3), body, wait=False)
         lesson.expect(r"Pista: el cliente cortó la conexión sin terminar el saludo TLS: no aceptó el certificado")
-        [error] = wait_until(tb.dialogs, 30, "Thunderbird's Send Message Error dialog")
+        [error] = wait_until(lambda: [d for d in tb.dialogs() if d["text"]], 30,
+                             "Thunderbird's Send Message Error dialog")
         assert "The certificate is not trusted because it is self-signed" in error["text"], error
         tb.dialogs(press=error["title"])
         outcome = wait_until(lambda: (st := tb.send_state()) and st["state"] != "sending" and st, 30,

@@ -29,6 +29,19 @@ def missing_tools() -> list[str]:
     return [tool for tool in ("thunderbird", "xvfb-run", "Xvfb") if shutil.which(tool) is None]
 
 
+def remote_loopback() -> str:
+    """The lab listens on 127.0.0.2 and Thunderbird connects from 127.0.0.1:
+    client IP != server IP, so Dovecot treats it as a remote student
+    (LOGINDISABLED until STARTTLS). Falls back to 127.0.0.1 where the
+    system has no 127/8 beyond 127.0.0.1."""
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+        return "127.0.0.2"
+    except OSError:
+        return "127.0.0.1"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
