@@ -156,7 +156,7 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
             lesson.kill()
     assert lesson.returncode == 0, stdout[-4000:]
     assert "Now you, with your mail client (Thunderbird): as user1" in stdout
-    assert f"port {port}, security STARTTLS" in stdout
+    assert f"Outgoing: SMTP  server 127.0.0.1  port {port}  STARTTLS" in stdout
     assert "Hint: the server wants STARTTLS (530)" in stdout
     assert "Hint: the client hung up without finishing the TLS handshake: it did not accept the certificate" in stdout
     assert f"port {info['ports']['smtp']} (smtp, server to server), not on the submission port ({port})" in stdout

@@ -45,14 +45,12 @@ ACCOUNT = {
 }
 
 SETTINGS = {
-    "es": ("  Servidor de entrada: IMAP, servidor {host}, puerto {imap}, seguridad STARTTLS "
-           "(o puerto {imaps} con SSL/TLS), autenticación «contraseña normal», usuario {user}\n"
-           "  Servidor de salida: SMTP, servidor {host}, puerto {submission}, seguridad STARTTLS, "
-           "autenticación «contraseña normal», usuario {user}"),
-    "en": ("  Incoming server: IMAP, server {host}, port {imap}, security STARTTLS "
-           "(or port {imaps} with SSL/TLS), authentication 'normal password', user {user}\n"
-           "  Outgoing server: SMTP, server {host}, port {submission}, security STARTTLS, "
-           "authentication 'normal password', user {user}"),
+    "es": ("  Entrada: IMAP  servidor {host}  puerto {imap}  STARTTLS  (o puerto {imaps} con SSL/TLS)\n"
+           "  Salida:  SMTP  servidor {host}  puerto {submission}  STARTTLS\n"
+           "  Usuario: {user}   Autenticación: contraseña normal"),
+    "en": ("  Incoming: IMAP  server {host}  port {imap}  STARTTLS  (or port {imaps} with SSL/TLS)\n"
+           "  Outgoing: SMTP  server {host}  port {submission}  STARTTLS\n"
+           "  User name: {user}   Authentication: normal password"),
 }
 
 CERTIFICATE = {
@@ -84,6 +82,15 @@ READ = {
            "entrada (o pulsa «Recibir mensajes») y mira el mensaje nuevo."),
     "en": ("Now you: in Thunderbird, as {user} (password {password}), open the Inbox (or press "
            "'Get Messages') and look at the new message."),
+}
+
+TIMED_OUT = {
+    "autoconfig": {"es": "Thunderbird no pidió la configuración de {address} ni inició sesión como {user} en {timeout:.0f} s",
+                   "en": "Thunderbird neither asked for the settings of {address} nor logged in as {user} within {timeout:.0f} s"},
+    "send": {"es": "no llegó ningún mensaje al puerto {service} en {timeout:.0f} s",
+             "en": "nothing arrived on the {service} port within {timeout:.0f} s"},
+    "read": {"es": "ningún cliente con sesión de {user} descargó un mensaje en {timeout:.0f} s",
+             "en": "no IMAP client logged in as {user} downloaded a message within {timeout:.0f} s"},
 }
 
 WAITING = {
@@ -245,8 +252,8 @@ def create_account(ctx, o: dict) -> None:
     found = watch.wait(lambda step, s: step.proto == "sasl" and step.status == "OK" and s.user == user,
                        poll=fetched)
     if found is None:
-        raise RuntimeError(f"Thunderbird neither asked for the autoconfig of {address} nor logged in "
-                           f"as {user} within {ctx.timeout:.0f} s")
+        raise RuntimeError(TIMED_OUT["autoconfig"][ctx.lang].format(address=address, user=user,
+                                                                    timeout=ctx.timeout))
     if found is True or fetched():
         ctx.results.setdefault("autoconfig_fetched", []).append(address)
     else:
@@ -269,8 +276,9 @@ def send(ctx, o: dict) -> None:
     ctx.say(SEND[service][ctx.lang].format(user=user, to=to, subject=subject, host=student_host(ctx),
                                            port=ctx.ports[service], sender=o.get("from", f"{user}@{domain}")))
     if service == "submission":
-        ctx.say(settings_text(ctx, user).split("\n")[1].strip())
-        ctx.say(("Contraseña: " if ctx.lang == "es" else "Password: ") + o.get("password", "pass"))
+        lines = settings_text(ctx, user).split("\n")
+        ctx.say("\n".join([lines[1], lines[2]]))
+        ctx.say(("  Contraseña: " if ctx.lang == "es" else "  Password: ") + o.get("password", "pass"))
         ctx.say(CERTIFICATE[ctx.lang])
     ctx.say(WAITING[ctx.lang].format(timeout=ctx.timeout))
     refused = o.get("expect") == "refused"
@@ -286,7 +294,7 @@ def send(ctx, o: dict) -> None:
         return step.code == 250 and "queued as" in step.line
     found = watch.wait(done)
     if found is None:
-        raise RuntimeError(f"nothing arrived on the {service} port within {ctx.timeout:.0f} s")
+        raise RuntimeError(TIMED_OUT["send"][ctx.lang].format(service=service, timeout=ctx.timeout))
     queued = re.search(r"queued as (\w+)", found.line)
     if queued:
         ctx.results["queue_id"] = queued.group(1)
@@ -297,7 +305,8 @@ def read_imap(ctx, o: dict) -> None:
     downloads a message (its headers at least, as Thunderbird does on opening the Inbox)."""
     user = o.get("user", "user2")
     ctx.say(READ[ctx.lang].format(user=user, password=o.get("password", "pass")))
-    ctx.say(settings_text(ctx, user).split("\n")[0].strip())
+    lines = settings_text(ctx, user).split("\n")
+    ctx.say("\n".join([lines[0], lines[2]]))
     ctx.say(WAITING[ctx.lang].format(timeout=ctx.timeout))
     watch = Watch(ctx, user)
 
@@ -307,7 +316,7 @@ def read_imap(ctx, o: dict) -> None:
             and step.line.startswith("* ") and " FETCH (" in step.line \
             and ("BODY[" in step.line or "RFC822" in step.line)
     if watch.wait(done) is None:
-        raise RuntimeError(f"no IMAP client logged in as {user} downloaded a message within {ctx.timeout:.0f} s")
+        raise RuntimeError(TIMED_OUT["read"][ctx.lang].format(user=user, timeout=ctx.timeout))
 
 
 ACTIONS = {"autoconfig": create_account, "send": send, "read_imap": read_imap}
