@@ -22,9 +22,9 @@ from gponsim.steps import Step
 # ------------------------------------------------------------------ texts
 
 ACCOUNT = {
-    "es": ("Ahora tú: abre Thunderbird y crea la cuenta de {address} (menú ☰ → Nueva cuenta → "
-           "Correo electrónico existente). Escribe tu nombre, la dirección {address} y la contraseña "
-           "{password}, y pulsa «Continuar».\n"
+    "es": ("Ahora tú: abre Thunderbird y crea la cuenta de {address} (menú ☰ → Nuevo → "
+           "Cuenta de correo existente…; la primera vez que se abre, el asistente aparece solo). "
+           "Escribe tu nombre, la dirección {address} y la contraseña {password}, y pulsa «Continuar».\n"
            "Thunderbird pide la configuración a http://autoconfig.{domain}/mail/config-v1.1.xml "
            "(y a http://{domain}/.well-known/autoconfig/mail/config-v1.1.xml). El servicio "
            "autoconfig de este laboratorio escucha en:\n"
@@ -32,9 +32,9 @@ ACCOUNT = {
            "Si Thunderbird no encuentra la configuración (el nombre autoconfig.{domain} no se "
            "resuelve en tu red, o el laboratorio no usa el puerto 80), pulsa «Configurar "
            "manualmente» y escribe lo mismo que diría ese XML:"),
-    "en": ("Now you: open Thunderbird and create the account of {address} (menu ☰ → New account → "
-           "Existing email). Type your name, the address {address} and the password {password}, "
-           "and press 'Continue'.\n"
+    "en": ("Now you: open Thunderbird and create the account of {address} (menu ☰ → New → "
+           "Existing Mail Account…; the first time it opens, the wizard comes up by itself). "
+           "Type your name, the address {address} and the password {password}, and press 'Continue'.\n"
            "Thunderbird asks http://autoconfig.{domain}/mail/config-v1.1.xml (and "
            "http://{domain}/.well-known/autoconfig/mail/config-v1.1.xml) for the settings. This "
            "lab's autoconfig service listens on:\n"
