@@ -134,6 +134,17 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
                                         "--auth-password", "pass"],
                                capture_output=True, text=True, timeout=60)
         assert "530 5.7.0 Must issue a STARTTLS command first" in first.stdout
+        # Then a client that checks certificates refuses the lab's self-signed one.
+        refused = subprocess.run(swaks + ["--tls", "--tls-verify", "--auth", "PLAIN", "--auth-user", "user1",
+                                          "--auth-password", "pass"], capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "220 2.0.0 Ready to start TLS" in refused.stdout, refused.stdout
+        # Then the mail goes to port 25 (server to server) instead of the submission port.
+        wrong_port = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(info["ports"]["smtp"]),
+                                     "--from", "user1@gponlab.local", "--to", "user2@gponlab.local",
+                                     "--header", "Subject: por el 25"], capture_output=True, text=True, timeout=60)
+        assert wrong_port.returncode == 0, wrong_port.stdout
+        wait_until(lambda: any("Hint: that message came in on port" in line for line in lines), timeout=30,
+                   what="the port-25 hint")
         second = subprocess.run(swaks + ["--tls", "--auth", "PLAIN", "--auth-user", "user1",
                                          "--auth-password", "pass"], capture_output=True, text=True, timeout=60)
         assert second.returncode == 0, second.stdout
@@ -145,7 +156,86 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
             lesson.kill()
     assert lesson.returncode == 0, stdout[-4000:]
     assert "Now you, with your mail client (Thunderbird): as user1" in stdout
-    assert f"port {port}, security STARTTLS" in stdout
+    assert f"Outgoing: SMTP  server 127.0.0.1  port {port}  STARTTLS" in stdout
     assert "Hint: the server wants STARTTLS (530)" in stdout
+    assert "Hint: the client hung up without finishing the TLS handshake: it did not accept the certificate" in stdout
+    assert f"port {info['ports']['smtp']} (smtp, server to server), not on the submission port ({port})" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"], summary
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or __import__("shutil").which("setpriv") is None,
+                    reason="needs root and setpriv (util-linux) to take CAP_NET_RAW away")
+def test_capture_lesson_without_permission_to_capture_says_why_and_goes_on(tmp_path):
+    """The capture lesson run without CAP_NET_RAW (as a student without sudo would)."""
+    out = tmp_path / "run"
+    result = subprocess.run(["setpriv", "--bounding-set", "-net_raw", "--inh-caps=-net_raw", "--",
+                             sys.executable, "-m", "gponsim", "lesson", "capture", "--lang", "es", "--quiet",
+                             "--out", str(out)], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                            env={**os.environ, "COLUMNS": "250"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "No se puede capturar aquí" in result.stdout and "CAP_NET_RAW" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    captured = [c for c in summary["checkpoints"] if c["what"] == "capture"]
+    assert captured and all(c["passed"] is None for c in captured), captured
+    assert all(c["passed"] for c in summary["checkpoints"] if c["what"] != "capture")
+    assert not (out / "capture.pcap").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("swaks") is None, reason="swaks (Debian package swaks) is not installed")
+def test_interactive_thunderbird_lesson_with_settings_typed_by_hand(tmp_path):
+    """A student whose Thunderbird cannot reach the autoconfig service types the settings by
+    hand: the lesson notices the login, says so, and the autoconfig checkpoint is not checkable
+    rather than failed. Played with swaks (sending) and imaplib (reading)."""
+    import imaplib
+    import re
+    import ssl
+    import threading
+
+    from labproc import wait_until
+
+    out = tmp_path / "run"
+    lesson = subprocess.Popen([sys.executable, "-m", "gponsim", "lesson", "thunderbird", "--interactive",
+                               "--lang", "en", "--quiet", "--timeout", "60", "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "COLUMNS": "200"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(lesson.stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def printed(pattern: str):
+        return wait_until(lambda: next((m for line in lines if (m := re.search(pattern, line))), None),
+                          timeout=30, what=f"the lesson to print {pattern!r}")
+    try:
+        incoming = printed(r"Incoming: IMAP  server (\S+)  port (\d+)  STARTTLS")
+        outgoing = printed(r"Outgoing: SMTP  server (\S+)  port (\d+)  STARTTLS")
+        host, imap_port, smtp_port = incoming.group(1), int(incoming.group(2)), outgoing.group(2)
+        swaks = ["swaks", "--server", host, "--port", smtp_port, "--tls", "--auth", "PLAIN",
+                 "--auth-user", "user1", "--auth-password", "pass", "--from", "user1@gponlab.local"]
+        # "Configure manually": the first login as user1 (here a test message to themselves).
+        done = subprocess.run(swaks + ["--to", "user1@gponlab.local"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout
+        printed(r"You typed the settings by hand")
+        ask = printed(r"as user1, send a message to (\S+) \(subject: ([^)]+)\)")
+        done = subprocess.run(swaks + ["--to", ask.group(1), "--header", f"Subject: {ask.group(2)}"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout
+        printed(r"Now you: in Thunderbird, as user2")
+        client = imaplib.IMAP4(host, imap_port, timeout=15)
+        client.starttls(ssl_context=ssl._create_unverified_context())
+        client.login("user2", "pass")
+        client.select("INBOX")
+        client.uid("FETCH", "1:*", "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (From Subject)])")
+        client.shutdown()           # the lesson (and its lab) may end as soon as it saw the FETCH
+        lesson.wait(timeout=60)
+        reader.join(10)
+    finally:
+        if lesson.poll() is None:
+            lesson.kill()
+    stdout = "".join(lines)
+    assert lesson.returncode == 0, stdout[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    [autoconfig] = [c for c in summary["checkpoints"] if c["what"] == "autoconfig"]
+    assert autoconfig["passed"] is None and autoconfig["detail"] == "the settings were typed by hand"
+    assert all(c["passed"] for c in summary["checkpoints"] if c["what"] != "autoconfig"), summary

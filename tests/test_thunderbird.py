@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import socket
 import time
 import uuid
 
@@ -20,7 +19,7 @@ import pytest
 
 from gponsim.steps import Step
 from labproc import wait_until
-from thunderbird_driver import ImapAccount, Profile, SmtpServer, Thunderbird, missing_tools
+from thunderbird_driver import ImapAccount, Profile, SmtpServer, Thunderbird, missing_tools, remote_loopback
 
 MISSING = missing_tools()
 
@@ -31,19 +30,6 @@ pytestmark = [
 ]
 
 PASSWORD = "pass"
-
-
-def remote_loopback() -> str:
-    """The lab listens on 127.0.0.2 and Thunderbird connects from 127.0.0.1:
-    client IP != server IP, so Dovecot treats it as a remote student
-    (LOGINDISABLED until STARTTLS). Falls back to 127.0.0.1 where the
-    system has no 127/8 beyond 127.0.0.1."""
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.2", 0))
-        return "127.0.0.2"
-    except OSError:
-        return "127.0.0.1"
 
 
 def dump(steps) -> str:

@@ -29,6 +29,19 @@ def missing_tools() -> list[str]:
     return [tool for tool in ("thunderbird", "xvfb-run", "Xvfb") if shutil.which(tool) is None]
 
 
+def remote_loopback() -> str:
+    """The lab listens on 127.0.0.2 and Thunderbird connects from 127.0.0.1:
+    client IP != server IP, so Dovecot treats it as a remote student
+    (LOGINDISABLED until STARTTLS). Falls back to 127.0.0.1 where the
+    system has no 127/8 beyond 127.0.0.1."""
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+        return "127.0.0.2"
+    except OSError:
+        return "127.0.0.1"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -137,17 +150,36 @@ class SmtpServer:
 class Profile:
     """A Thunderbird profile: one IMAP account (its own identity) and one SMTP
     server; ``extra_identities`` are more (email, full name) identities on the
-    same account that send through the same SMTP server."""
+    same account that send through the same SMTP server. Without ``imap`` and
+    ``smtp`` the profile has only Local Folders: a Thunderbird just installed,
+    whose accounts the test creates as a student does (``create_account``)."""
 
     path: Path
-    imap: ImapAccount
-    smtp: SmtpServer
+    imap: ImapAccount | None = None
+    smtp: SmtpServer | None = None
     extra_identities: list[tuple[str, str]] = field(default_factory=list)
     marionette_port: int = 0
     prefs: dict[str, object] = field(default_factory=dict)
 
     def all_prefs(self) -> dict[str, object]:
         p = dict(QUIET_PREFS)
+        if self.imap is None:
+            p.update({
+                "marionette.port": self.marionette_port,
+                "mail.accountmanager.accounts": "account1",
+                "mail.accountmanager.localfoldersserver": "server1",
+                "mail.account.account1.server": "server1",
+                "mail.server.server1.type": "none",
+                "mail.server.server1.name": "Local Folders",
+                "mail.server.server1.hostname": "Local Folders",
+                "mail.server.server1.userName": "nobody",
+                "mail.server.server1.directory-rel": "[ProfD]Mail/Local Folders",
+                # accounts made later: no Sent copies, no offline downloads
+                "mail.identity.default.fcc": False,
+                "mail.server.default.offline_download": False,
+            })
+            p.update(self.prefs)
+            return p
         ids = ["id1"] + [f"id{i + 2}" for i in range(len(self.extra_identities))]
         p.update({
             "marionette.port": self.marionette_port,
@@ -260,8 +292,11 @@ class Marionette:
                                   f"{error.get('stacktrace', '')}")
         return result
 
-    def start_chrome_session(self) -> None:
-        self.command("WebDriver:NewSession", {"capabilities": {"alwaysMatch": {}}})
+    def start_chrome_session(self, prompts: str = "dismiss and notify") -> None:
+        """``prompts``: what Marionette does with a dialog it did not expect (WebDriver's
+        unhandledPromptBehavior); "ignore" leaves it open for ``alert()`` to read and answer."""
+        self.command("WebDriver:NewSession",
+                     {"capabilities": {"alwaysMatch": {"unhandledPromptBehavior": prompts}}})
         self.command("Marionette:SetContext", {"value": "chrome"})
         self.command("WebDriver:SetTimeouts", {"script": 30000})
 
@@ -340,7 +375,7 @@ return subjects;
 """
 
 JS_SEND = """
-const [fromEmail, to, subject, body] = args;
+const [fromEmail, to, subject, body, wait] = args;
 const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
 let identity = null, accountKey = "";
 for (const account of MailServices.accounts.accounts) {
@@ -382,8 +417,105 @@ try {
   // Older releases: sendMsg(mode, identity, accountKey, msgWindow, progress).
   sent = msgCompose.sendMsg(Ci.nsIMsgSend.nsMsgDeliverNow, identity, accountKey, null, progress);
 }
-if (sent && typeof sent.then == "function") await sent;
-await done;
+const win = Services.wm.getMostRecentWindow("mail:3pane");
+win.__gponsimSend = { state: "sending" };
+const finished = (async () => {
+  if (sent && typeof sent.then == "function") await sent;
+  await done;
+})().then(() => { win.__gponsimSend = { state: "sent" }; },
+          e => { win.__gponsimSend = { state: "failed", error: String(e) }; });
+if (args[4]) await finished;   // wait: the caller wants the outcome
+if (win.__gponsimSend.state == "failed") throw new Error(win.__gponsimSend.error);
+return win.__gponsimSend.state;
+"""
+
+
+JS_CREATE_ACCOUNT = """
+// What the account wizard does after "Continue": fetch the provider's
+// config-v1.1.xml (FetchConfig.fromISP asks http://autoconfig.<domain>/mail/
+// config-v1.1.xml?emailaddress=...; here the URL is the one the lab prints,
+// as the lab's name and port 80 are not reachable from a test), read it with
+// Thunderbird's own parser, fill in %EMAILLOCALPART% and the password, and
+// create the account ("Done"). The first incoming server of the XML wins, as
+// in the wizard.
+const [url, email, realname, password] = args;
+const { fetchHTTP } = ChromeUtils.importESModule("resource:///modules/accountcreation/FetchHTTP.sys.mjs");
+const { readFromXML } = ChromeUtils.importESModule("resource:///modules/accountcreation/readFromXML.sys.mjs");
+const { AccountConfig } = ChromeUtils.importESModule("resource:///modules/accountcreation/AccountConfig.sys.mjs");
+const { CreateInBackend } = ChromeUtils.importESModule("resource:///modules/accountcreation/CreateInBackend.sys.mjs");
+const xml = await fetchHTTP(url, { urlArgs: { emailaddress: email } });
+const config = readFromXML(xml, "isp-http").copy();
+AccountConfig.replaceVariables(config, realname, email, password);
+config.rememberPassword = true;
+const account = await CreateInBackend.createAccountInBackend(config);
+const inc = account.incomingServer;
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+const smtp = MailServices.outgoingServer.getServerByIdentity(account.defaultIdentity);
+return {
+  key: account.key,
+  incoming: { type: inc.type, hostname: inc.hostName ?? inc.hostname ?? inc.realHostName, port: inc.port, socketType: inc.socketType,
+              username: inc.username, authMethod: inc.authMethod },
+  outgoing: { hostname: smtp.QueryInterface(Ci.nsISmtpServer).hostname, port: smtp.QueryInterface(Ci.nsISmtpServer).port,
+              socketType: smtp.socketType, username: smtp.username, authMethod: smtp.authMethod },
+  alternatives: config.incomingAlternatives.map(a => [a.type, a.port, a.socketType]),
+};
+"""
+
+JS_ACCOUNT_PREAMBLE = """
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+function accountOf(email) {
+  if (!email) return MailServices.accounts.defaultAccount;
+  for (const account of MailServices.accounts.accounts) {
+    for (const id of account.identities) if (id.email == email) return account;
+  }
+  throw new Error("no account for " + email);
+}
+"""
+
+JS_CHECK_INBOX_OF = JS_ACCOUNT_PREAMBLE + """
+const server = accountOf(args[0]).incomingServer;
+const inbox = server.rootFolder.getFolderWithFlags(Ci.nsMsgFolderFlags.Inbox);
+const win = Services.wm.getMostRecentWindow("mail:3pane");
+const msgWindow = win && win.msgWindow ? win.msgWindow : null;
+if (inbox) inbox.getNewMessages(msgWindow, null);
+else server.getNewMessages(server.rootFolder, msgWindow, null);
+return !!inbox;
+"""
+
+JS_INBOX_SUBJECTS_OF = JS_ACCOUNT_PREAMBLE + """
+const inbox = accountOf(args[0]).incomingServer.rootFolder.getFolderWithFlags(Ci.nsMsgFolderFlags.Inbox);
+if (!inbox) return null;
+const subjects = [];
+for (const hdr of inbox.messages) subjects.push(hdr.mime2DecodedSubject);
+return subjects;
+"""
+
+JS_DIALOGS = """
+// Thunderbird's open dialog windows (e.g. "Send Message Error"): title, text and
+// buttons; with args = [title, button] that dialog's button is pressed.
+const [pick, button] = args;
+const found = [];
+for (const win of Services.wm.getEnumerator(null)) {
+  const dialog = win.document.getElementById("commonDialog");
+  if (!dialog) continue;
+  const title = win.document.title;
+  const text = (win.document.getElementById("infoBody") || {}).textContent || "";
+  found.push({ title, text });
+  if (pick && title == pick) dialog.getButton(button || "accept").click();
+}
+return found;
+"""
+
+JS_SEND_STATE = """
+const win = Services.wm.getMostRecentWindow("mail:3pane");
+return win.__gponsimSend || null;
+"""
+
+JS_SET_PASSWORD = JS_ACCOUNT_PREAMBLE + """
+const [email, password] = args;
+const server = accountOf(email).incomingServer;
+server.forgetPassword();
+server.password = password;
 return true;
 """
 
@@ -394,7 +526,9 @@ return true;
 class Thunderbird:
     """Xvfb + Thunderbird, started by PID and stopped by PID."""
 
-    def __init__(self, profile: Profile, workdir: Path, *, keylog: Path | None = None):
+    def __init__(self, profile: Profile, workdir: Path, *, keylog: Path | None = None,
+                 prompts: str = "dismiss and notify"):
+        self.prompts = prompts
         self.profile = profile
         self.workdir = Path(workdir)
         self.keylog = keylog
@@ -455,13 +589,14 @@ class Thunderbird:
             except OSError:
                 return None
         self.marionette = wait_until(connect, timeout, "Thunderbird's Marionette port")
-        self.marionette.start_chrome_session()
+        self.marionette.start_chrome_session(self.prompts)
         # the 3-pane window and the account manager are up
         wait_until(lambda: self.marionette.js(
             "const w = Services.wm.getMostRecentWindow('mail:3pane');"
             "if (!w || w.document.readyState != 'complete') return false;"
             "const { MailServices } = ChromeUtils.importESModule('resource:///modules/MailServices.sys.mjs');"
-            "return !!MailServices.accounts.defaultAccount;"), timeout, "Thunderbird's main window")
+            + ("return !!MailServices.accounts.defaultAccount;" if self.profile.imap is not None
+               else "return MailServices.accounts.accounts.length > 0;")), timeout, "Thunderbird's main window")
         return self
 
     def log(self) -> str:
@@ -474,14 +609,45 @@ class Thunderbird:
     def trust(self, host: str, ports: list[int], cert_pem: str, logins: list[tuple[str, str, str]]) -> str:
         return self.js(JS_TRUST, host, ports, cert_pem, [list(x) for x in logins])
 
-    def check_inbox(self) -> bool:
-        return self.js(JS_CHECK_INBOX)
+    def check_inbox(self, email: str | None = None) -> bool:
+        """"Get Messages" for the default account, or for the account of ``email``."""
+        return self.js(JS_CHECK_INBOX_OF, email) if email else self.js(JS_CHECK_INBOX)
 
-    def inbox_subjects(self):
-        return self.js(JS_INBOX_COUNT)
+    def inbox_subjects(self, email: str | None = None):
+        return self.js(JS_INBOX_SUBJECTS_OF, email) if email else self.js(JS_INBOX_COUNT)
 
-    def send(self, from_email: str, to: str, subject: str, body: str) -> bool:
-        return self.js(JS_SEND, from_email, to, subject, body)
+    def create_account(self, autoconfig_url: str, email: str, name: str, password: str) -> dict:
+        """The account wizard with autoconfig: the settings come from the lab's XML."""
+        return self.js(JS_CREATE_ACCOUNT, autoconfig_url, email, name, password)
+
+    def alert(self) -> str | None:
+        """The text of the dialog Thunderbird shows (e.g. "Login to account ... failed"), or None."""
+        try:
+            return self.marionette.command("WebDriver:GetAlertText")["value"]
+        except MarionetteError as exc:
+            if "no such alert" in str(exc):
+                return None
+            raise
+
+    def answer_alert(self, accept: bool) -> None:
+        """Press the dialog's first button (accept) or Cancel."""
+        self.marionette.command("WebDriver:AcceptAlert" if accept else "WebDriver:DismissAlert")
+
+    def set_password(self, email: str, password: str) -> bool:
+        return self.js(JS_SET_PASSWORD, email, password)
+
+    def send(self, from_email: str, to: str, subject: str, body: str, wait: bool = True):
+        """Compose and send; ``wait=False`` returns at once ("sending"): a dialog Thunderbird
+        opens on an error would hold the send, ``send_state()`` tells how it ended."""
+        result = self.js(JS_SEND, from_email, to, subject, body, wait)
+        return True if wait else result
+
+    def send_state(self) -> dict | None:
+        return self.js(JS_SEND_STATE)
+
+    def dialogs(self, press: str | None = None, button: str = "accept") -> list[dict]:
+        """Thunderbird's open dialogs (title, text); ``press`` = a title presses its ``button``."""
+        return self.js(JS_DIALOGS, press, button)
 
     def stop(self) -> None:
         """Quit Thunderbird (Marionette, then SIGTERM/SIGKILL to its own PID and

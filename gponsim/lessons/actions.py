@@ -34,7 +34,12 @@ class Context:
     mark: int = 0                  # index of the first Step of the current lesson step
     interactive: bool = False      # the student acts with their own mail client
     timeout: float = 300.0         # how long to wait for the student
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"        # where the lab listens (--listen)
+
+    @property
+    def connect_host(self) -> str:
+        """Where a scripted client connects: the lab's address, or loopback if it listens on all."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
 def do_send(ctx: Context, o: dict) -> None:
@@ -57,7 +62,7 @@ def do_send(ctx: Context, o: dict) -> None:
     message = build_message(sender, recipients, o.get("subject", "gponsim"), body)
     auth = o.get("auth", service == "submission")
     try:
-        result = send_mail(host="127.0.0.1", port=target, sender=sender,
+        result = send_mail(host=ctx.connect_host, port=target, sender=sender,
                            recipients=recipients, message=message,
                            user=user if auth else None, password=o.get("password", "pass"),
                            starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"))
@@ -80,9 +85,14 @@ def do_wait_delivery(ctx: Context, o: dict) -> None:
     timeout = float(o.get("timeout", 15))
     seen: list = []
 
+    # One message: the one the lesson's last send got accepted (its queue id), when known, so
+    # that another mail (a student's earlier try through port 25, say) does not count.
+    queue_id = ctx.results.get("queue_id") if count == 1 else None
+
     def delivered(step) -> bool:
         if step.src == "local" and step.dst == "mailbox" and step.verb == "DELIVERED" \
-                and str(step.meta.get("recipient", "")).startswith(f"{user}@"):
+                and str(step.meta.get("recipient", "")).startswith(f"{user}@") \
+                and (queue_id is None or step.meta.get("qid") == queue_id):
             seen.append(step)
         return len(seen) >= count
     # Counted over the whole lesson: a delivery often lands while the step that
@@ -206,9 +216,9 @@ def do_read_imap(ctx: Context, o: dict) -> None:
             return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
 
     if tls == "implicit":
-        client = ImapSSL("127.0.0.1", ctx.ports["imaps"], ssl_context=context, timeout=15)
+        client = ImapSSL(ctx.connect_host, ctx.ports["imaps"], ssl_context=context, timeout=15)
     else:
-        client = Imap("127.0.0.1", ctx.ports["imap"], timeout=15)
+        client = Imap(ctx.connect_host, ctx.ports["imap"], timeout=15)
     try:
         client.capability()
         if tls == "starttls":
@@ -250,7 +260,7 @@ def _idle_until_new_mail(ctx: Context, client, o: dict) -> None:
         raise RuntimeError("the server did not accept IDLE")
     message = build_message("alice@example.org", [f"{o.get('user', 'user2')}@gponlab.local"],
                             o.get("idle_subject", "Llega mientras esperas"), "IDLE push\n")
-    send_mail(host="127.0.0.1", port=ctx.ports["smtp"], sender="alice@example.org",
+    send_mail(host=ctx.connect_host, port=ctx.ports["smtp"], sender="alice@example.org",
               recipients=[f"{o.get('user', 'user2')}@gponlab.local"], message=message, starttls=False)
     line = client.readline()             # the server pushes "* n EXISTS" without being asked
     if b"EXISTS" not in line:
@@ -275,9 +285,9 @@ def do_read_pop3(ctx: Context, o: dict) -> None:
                                             source_address=(source, 0) if source else None)
 
     if tls == "implicit":
-        client = poplib.POP3_SSL("127.0.0.1", ctx.ports["pop3s"], context=context, timeout=15)
+        client = poplib.POP3_SSL(ctx.connect_host, ctx.ports["pop3s"], context=context, timeout=15)
     else:
-        client = Pop3("127.0.0.1", ctx.ports["pop3"], timeout=15)
+        client = Pop3(ctx.connect_host, ctx.ports["pop3"], timeout=15)
     try:
         client.capa()
         if tls == "stls":
@@ -304,6 +314,25 @@ def do_read_pop3(ctx: Context, o: dict) -> None:
             pass
 
 
+NO_CAPTURE = {
+    "es": ("No se puede capturar aquí ({reason}). Capturar es leer todos los paquetes que pasan por "
+           "una interfaz, los de cualquier usuario, y por eso el sistema solo lo permite a root o a un "
+           "programa con la capacidad CAP_NET_RAW, igual que a tcpdump o Wireshark. Para verlo, repite "
+           "la lección con sudo. La lección sigue: las sesiones se narran igual, y las comprobaciones "
+           "de la captura quedan marcadas como no comprobables."),
+    "en": ("Cannot capture here ({reason}). Capturing means reading every packet crossing an "
+           "interface, anybody's, so the system only lets root or a program with the CAP_NET_RAW "
+           "capability do it, as with tcpdump or Wireshark. To see it, run the lesson again with sudo. "
+           "The lesson goes on: the sessions are narrated all the same, and the capture's checks are "
+           "marked as not checkable."),
+}
+
+CAPTURING = {
+    "es": "Capturando en la interfaz de loopback (lo) los puertos del laboratorio ({ports}) en {path}",
+    "en": "Capturing on the loopback interface (lo) the lab's ports ({ports}) into {path}",
+}
+
+
 def do_capture(ctx: Context, o: dict) -> None:
     """Capture the lab's traffic on the loopback interface, then read it like an eavesdropper.
 
@@ -317,8 +346,12 @@ def do_capture(ctx: Context, o: dict) -> None:
         try:
             ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcap", set(ctx.ports.values()))
         except CapturePermission as exc:
-            ctx.results["capture_unavailable"] = str(exc)
-            ctx.say(("No se puede capturar: " if ctx.lang == "es" else "Cannot capture: ") + str(exc))
+            ctx.results["capture_unavailable"] = {"es": "no hay captura: falta permiso para capturar",
+                                                  "en": "no capture: no permission to capture"}[ctx.lang]
+            ctx.say(NO_CAPTURE[ctx.lang].format(reason=exc))
+            return
+        ctx.say(CAPTURING[ctx.lang].format(path=ctx.out / "capture.pcap",
+                                           ports=" ".join(str(p) for p in sorted(set(ctx.ports.values())))))
         return
     sniffer = ctx.results.pop("sniffer", None)
     if sniffer is None:
@@ -346,80 +379,79 @@ def do_autoconfig(ctx: Context, o: dict) -> None:
     from urllib.request import urlopen
 
     address = o.get("address", "user1@gponlab.local")
-    url = f"http://127.0.0.1:{ctx.ports['autoconfig']}/mail/config-v1.1.xml?emailaddress={quote(address)}"
+    url = f"http://{ctx.connect_host}:{ctx.ports['autoconfig']}/mail/config-v1.1.xml?emailaddress={quote(address)}"
     with urlopen(url, timeout=10) as answer:       # loopback only: the lab's own web service
         document = answer.read().decode("utf-8")
     ctx.results["autoconfig"] = document
     ctx.show_text(url, document)
 
 
-# -------------------------------------------------------------- interactive
-
-ASK = {
-    "submission": {
-        "es": ("Ahora tú, con tu cliente de correo (Thunderbird): como {user}, envía un mensaje a {to}"
-               "{subject}.\nServidor de salida (SMTP): {host}, puerto {port}, seguridad STARTTLS, "
-               "autenticación «contraseña normal», usuario {user}, contraseña {password}.\n"
-               "Si Thunderbird avisa del certificado: es el certificado autofirmado del laboratorio "
-               "(como el snakeoil de Debian); confírmalo para seguir."),
-        "en": ("Now you, with your mail client (Thunderbird): as {user}, send a message to {to}"
-               "{subject}.\nOutgoing server (SMTP): {host}, port {port}, security STARTTLS, "
-               "authentication 'normal password', user {user}, password {password}.\n"
-               "If Thunderbird warns about the certificate: it is the lab's self-signed certificate "
-               "(like Debian's snakeoil); confirm it to go on."),
-    },
-    "smtp": {
-        "es": ("Ahora tú, como un servidor de Internet: entrega por el puerto {port} de {host} (sin "
-               "autenticación) un mensaje de {sender} para {to}{subject} (por ejemplo con swaks)."),
-        "en": ("Now you, as an Internet server: deliver on {host} port {port} (no authentication) a "
-               "message from {sender} to {to}{subject} (with swaks, for example)."),
-    },
-}
-
-HINTS = {
-    530: {"es": "Pista: el servidor pide STARTTLS (530). En Thunderbird, seguridad de la conexión: STARTTLS.",
-          "en": "Hint: the server wants STARTTLS (530). In Thunderbird, connection security: STARTTLS."},
-    535: {"es": "Pista: usuario o contraseña incorrectos (535). Revisa el usuario ({user}, sin @dominio) "
-                "y la contraseña.",
-          "en": "Hint: wrong user or password (535). Check the user name ({user}, without @domain) "
-                "and the password."},
-    554: {"es": "Pista: el servidor rechazó al cliente o al destinatario (554): ¿te autenticaste?",
-          "en": "Hint: the server refused the client or the recipient (554): did you authenticate?"},
-    550: {"es": "Pista: ese usuario no existe en el laboratorio (550). Los usuarios son user1 y user2.",
-          "en": "Hint: that user does not exist in the lab (550). The users are user1 and user2."},
+CERT_WORDS = {
+    "es": {"title": "El certificado del servidor ({service}, puerto {port})",
+           "refused": "Un cliente que comprueba certificados, como Thunderbird, lo rechaza: {error}",
+           "subject": "Sujeto (a quién identifica)", "issuer": "Emisor (quién lo firma)",
+           "valid": "Válido", "names": "Nombres", "fingerprint": "Huella SHA-256",
+           "self": "Emisor = sujeto: es autofirmado. Ninguna autoridad de confianza lo respalda, por eso avisa Thunderbird.",
+           "compare": "Compara esta huella con la que muestra Thunderbird en «Ver certificado» antes de confirmar la excepción."},
+    "en": {"title": "The server's certificate ({service}, port {port})",
+           "refused": "A client that checks certificates, like Thunderbird, refuses it: {error}",
+           "subject": "Subject (whom it identifies)", "issuer": "Issuer (who signed it)",
+           "valid": "Valid", "names": "Names", "fingerprint": "SHA-256 fingerprint",
+           "self": "Issuer = subject: it is self-signed. No trusted authority vouches for it, so Thunderbird warns.",
+           "compare": "Compare this fingerprint with the one Thunderbird shows under 'View Certificate' before confirming the exception."},
 }
 
 
-def do_send_interactively(ctx: Context, o: dict) -> None:
-    """Ask the student to send the mail themselves; wait for the Steps to show it."""
-    user = o.get("as", "user1")
-    domain = o.get("domain", "gponlab.local")
-    service = o.get("port", "submission")
-    to = ", ".join(o.get("to", [f"user2@{domain}"]))
-    subject = f" ({'asunto' if ctx.lang == 'es' else 'subject'}: {o['subject']})" if o.get("subject") else ""
-    ctx.say(ASK[service][ctx.lang].format(user=user, to=to, subject=subject, host=ctx.host,
-                                          port=ctx.ports[service], password=o.get("password", "pass"),
-                                          sender=o.get("from", f"{user}@{domain}")))
-    hinted: set[int] = set()
-    services: dict[str, str] = {}
-    expect_refused = o.get("expect") == "refused"
+def do_certificate(ctx: Context, o: dict) -> None:
+    """Connect like a client that checks certificates (and fails, as Thunderbird warns),
+    then show the certificate the lab presents: subject, issuer, dates, names, fingerprint."""
+    import ssl
 
-    def progress(step) -> bool:
-        if step.kind == "event" and step.verb == "CONNECT" and "service" in step.meta:
-            services[step.session] = step.meta["service"]
-        if services.get(step.session) != service or step.proto != "smtp" or step.kind != "reply":
-            return False
-        if step.code in HINTS and step.code not in hinted:
-            hinted.add(step.code)
-            if not expect_refused:
-                ctx.say(HINTS[step.code][ctx.lang].format(user=user))
-            return expect_refused
-        return step.code == 250 and "queued as" in step.line
-    if ctx.record.wait_for(progress, ctx.timeout, start=ctx.mark) is None:
-        raise RuntimeError(f"nothing arrived on the {service} port within {ctx.timeout:.0f} s")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    service = o.get("port", "imaps")
+    port = ctx.ports[service]
+    words = CERT_WORDS[ctx.lang]
+    checking = ssl.create_default_context()        # the system's trusted authorities
+    try:
+        with socket.create_connection((ctx.connect_host, port), timeout=10) as raw:
+            with checking.wrap_socket(raw, server_hostname=o.get("hostname", "mail.gponlab.local")):
+                error = ""
+    except ssl.SSLCertVerificationError as exc:
+        error = exc.verify_message or str(exc)
+    der = None
+    with socket.create_connection((ctx.connect_host, port), timeout=10) as raw:
+        with ssl._create_unverified_context().wrap_socket(raw) as tls:   # accept it, to look at it
+            der = tls.getpeercert(binary_form=True)
+            # the server's side of the handshake is narrated a moment later: wait for it
+            ctx.record.wait_for(lambda s: s.proto == "tls"
+                                and s.verb == "IMPLICIT", 10, start=ctx.mark)
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        alt = ", ".join(str(n.value) for n in names)
+    except x509.ExtensionNotFound:
+        alt = "—"
+    digest = cert.fingerprint(hashes.SHA256()).hex().upper()
+    fingerprint = ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    ctx.results["certificate"] = {"self_signed": cert.issuer == cert.subject, "fingerprint": fingerprint,
+                                  "refused": error}
+    lines = [words["refused"].format(error=error) if error else "",
+             f"{words['subject']}: {cert.subject.rfc4514_string()}",
+             f"{words['issuer']}: {cert.issuer.rfc4514_string()}",
+             f"{words['valid']}: {cert.not_valid_before_utc:%Y-%m-%d} → {cert.not_valid_after_utc:%Y-%m-%d}",
+             f"{words['names']}: {alt}",
+             f"{words['fingerprint']}: {fingerprint}",
+             "", words["self"] if cert.issuer == cert.subject else "", words["compare"]]
+    ctx.show_text(words["title"].format(service=service, port=port),
+                  "\n".join(line for line in lines if line is not None).strip())
+    if not error and o.get("expect", "refused") == "refused":
+        raise RuntimeError("a client that checks certificates accepted the lab's certificate")
 
 
 ACTIONS: dict[str, Callable[[Context, dict], None]] = {
+    "certificate": do_certificate,
     "send": do_send,
     "wait_delivery": do_wait_delivery,
     "show": do_show,
@@ -435,27 +467,11 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
 }
 
 
-def do_read_imap_interactively(ctx: Context, o: dict) -> None:
-    """Ask the student to open the mailbox in their client; wait for the IMAP SELECT."""
-    user = o.get("user", "user2")
-    ctx.say({"es": f"Ahora tú: en Thunderbird, como {user} (contraseña {o.get('password', 'pass')}), abre la "
-                   f"Bandeja de entrada. Servidor de entrada IMAP: {ctx.host}, puerto {ctx.ports['imap']}, "
-                   f"seguridad STARTTLS (o {ctx.ports['imaps']} con SSL/TLS).",
-             "en": f"Now you: in Thunderbird, as {user} (password {o.get('password', 'pass')}), open the "
-                   f"Inbox. Incoming IMAP server: {ctx.host}, port {ctx.ports['imap']}, security "
-                   f"STARTTLS (or {ctx.ports['imaps']} with SSL/TLS)."}[ctx.lang])
-
-    def selected(step) -> bool:
-        return step.proto == "imap" and step.kind == "reply" and step.verb in ("SELECT", "EXAMINE") \
-            and step.status == "OK"
-    if ctx.record.wait_for(selected, ctx.timeout, start=ctx.mark) is None:
-        raise RuntimeError(f"no IMAP client opened a mailbox within {ctx.timeout:.0f} s")
-
-
 def run_action(ctx: Context, action: Action) -> None:
-    if ctx.interactive and action.do == "send":
-        do_send_interactively(ctx, action.options)
-    elif ctx.interactive and action.do == "read_imap":
-        do_read_imap_interactively(ctx, action.options)
+    """Run a lesson action; with ``--interactive`` the student does the client's part."""
+    from gponsim.lessons import student
+
+    if ctx.interactive and action.do in student.ACTIONS:
+        student.ACTIONS[action.do](ctx, action.options)
     else:
         ACTIONS[action.do](ctx, action.options)

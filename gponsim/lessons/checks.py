@@ -23,6 +23,17 @@ class Outcome:
                 "detail": self.detail}
 
 
+def session_users(steps: list[Step]) -> dict[str, str]:
+    """Who logged in on each session: the auth socket's OK (or FAIL) names the user."""
+    users: dict[str, str] = {}
+    for s in steps:
+        if s.proto == "sasl" and s.kind == "reply" and s.status in ("OK", "FAIL"):
+            user = (s.meta or {}).get("params", {}).get("user")
+            if user:
+                users[s.session] = str(user)
+    return users
+
+
 def _matches(step: Step, check: Check) -> bool:
     for name, want in check.where.items():
         if getattr(step, name) != want:
@@ -30,9 +41,15 @@ def _matches(step: Step, check: Check) -> bool:
     return not check.line_contains or check.line_contains in step.line
 
 
-def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | None = None) -> Outcome:
+def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | None = None,
+             every: list[Step] | None = None) -> Outcome:
+    """``steps``: the Steps in the check's scope; ``every``: all of the lesson's (to know
+    who logged in on a session that began earlier)."""
     if check.what in ("step", "no_step"):
         found = [s for s in steps if _matches(s, check)]
+        if check.user:
+            users = session_users(every if every is not None else steps)
+            found = [s for s in found if users.get(s.session) == check.user]
         if check.what == "step":
             ok = len(found) >= check.count
             detail = found[0].shown_line().split("\n")[0] if found else "no such step was observed"
@@ -68,6 +85,14 @@ def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | No
              (not check.contains or any(check.contains in m.get("subject", "") for m in analysis.messages))
         return Outcome(check, ok, f"credentials in clear: {in_clear}, inside TLS: {inside}; "
                                   f"messages: {len(analysis.messages)}")
+    if check.what == "autoconfig":
+        results = results or {}
+        if check.address in results.get("autoconfig_by_hand", []):
+            return Outcome(check, None, "the settings were typed by hand")
+        path = lab_root / "var" / "log" / "mail.log"
+        log = path.read_text(errors="replace") if path.exists() else ""
+        m = re.search(rf"autoconfig: \S*config-v1\.1\.xml for {re.escape(check.address)} from \S+", log)
+        return Outcome(check, bool(m), m.group(0) if m else f"nobody asked for the settings of {check.address}")
     if check.what == "file":
         path = (lab_root / check.file).resolve()
         if lab_root.resolve() not in path.parents or not path.exists():

@@ -18,8 +18,8 @@ from gponsim.commentary import LANGS
 LESSONS_DIR = Path(__file__).resolve().parents[2] / "lessons"
 
 ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "flush", "gmail",
-           "read_imap", "read_pop3", "capture", "autoconfig"}
-CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture"}
+           "read_imap", "read_pop3", "capture", "autoconfig", "certificate"}
+CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
 
 
@@ -56,6 +56,7 @@ class Check:
     in_clear: int | None = None    # check "capture": credentials readable without TLS
     inside_tls: int | None = None  # check "capture": credentials found inside TLS
     scope: str = "step"            # step | lesson
+    address: str = ""              # check "autoconfig": the address Thunderbird asked for
 
 
 @dataclass
@@ -172,6 +173,8 @@ def load_lesson(path: str | Path) -> Lesson:
                 raise LessonError(path, line, f"step '{sid}': a mailbox check needs 'user'")
             if what == "file" and not (c.get("file") and c.get("contains")):
                 raise LessonError(path, line, f"step '{sid}': a file check needs 'file' and 'contains'")
+            if what == "autoconfig" and "@" not in str(c.get("address", "")):
+                raise LessonError(path, line, f"step '{sid}': an autoconfig check needs an e-mail 'address'")
             if what == "log":
                 try:
                     re.compile(c.get("pattern", ""))
@@ -183,7 +186,7 @@ def load_lesson(path: str | Path) -> Lesson:
                                 pattern=c.get("pattern", ""), file=c.get("file", ""),
                                 keys=bool(c.get("keys", False)), in_clear=c.get("in_clear"),
                                 inside_tls=c.get("inside_tls"),
-                                scope=c.get("scope", "step")))
+                                scope=c.get("scope", "step"), address=c.get("address", "")))
         steps.append(LessonStep(id=sid, say=say, actions=actions, checks=checks))
     quiz = []
     for i, q in enumerate(data.get("quiz", [])):

@@ -39,6 +39,8 @@ WORDS = {
     "your_answer": {"es": "Tu respuesta (número): ", "en": "Your answer (number): "},
     "right": {"es": "¡Correcto!", "en": "Right!"},
     "wrong": {"es": "No exactamente.", "en": "Not quite."},
+    "stop": {"es": "Pulsa Intro para parar el laboratorio (tu cliente de correo perderá la conexión)…",
+             "en": "Press Enter to stop the lab (your mail client will lose its connection)…"},
     "action_failed": {"es": "La acción «{do}» falló: {error}", "en": "The action '{do}' failed: {error}"},
 }
 
@@ -173,7 +175,7 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
                 console.print(Text(msg, style="bold red"))
             for check in step.checks:
                 scope = record.steps if check.scope == "lesson" else record.steps[mark:]
-                outcome = evaluate(check, list(scope), lab.root, ctx.results)
+                outcome = evaluate(check, list(scope), lab.root, ctx.results, every=list(record.steps))
                 summary.outcomes.append((step.id, outcome))
                 key = {True: "passed", False: "failed", None: "skipped"}[outcome.passed]
                 console.print(Text(word(key, lang, says=text(check.says, lang), detail=outcome.detail),
@@ -183,6 +185,8 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
                 input(word("enter", lang))
         if options.quiz:
             summary.quiz = ask_quiz(lesson, lang, console)
+        if options.interactive and sys.stdin.isatty():
+            input(word("stop", lang))      # the student's Thunderbird is still connected
 
     outcome: dict = {}
 
