@@ -46,3 +46,16 @@ def test_config_names_the_lab_servers_and_their_real_ports(lab, path):
 def test_other_paths_are_404(lab):
     code, body = fetch(lab, "/index.html")
     assert code == 404 and "autoconfig" in body
+
+
+@pytest.mark.parametrize("url", ["http://autoconfig.gponlab.local/mail/config-v1.1.xml",
+                                 "http://gponlab.local/.well-known/autoconfig/mail/config-v1.1.xml"])
+def test_the_lab_as_http_proxy_answers_thunderbirds_real_lookup(lab, url):
+    """curl -x sends the absolute form (RFC 9112 §3.2.2) to the proxy and resolves nothing."""
+    out = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", "-x",
+                          f"http://127.0.0.1:{lab.ports['autoconfig']}", url],
+                         capture_output=True, text=True, timeout=30)
+    body, _, code = out.stdout.rpartition("\n")
+    assert int(code) == 200, out.stderr
+    assert ET.fromstring(body).find("emailProvider/domain").text == "gponlab.local"
+    assert "autoconfig: /" + url.split("/", 3)[3] in lab.log_text()

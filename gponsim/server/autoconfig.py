@@ -11,6 +11,7 @@ really listens on, so it stays right with ``--port-offset``.
 from __future__ import annotations
 
 from typing import Callable
+from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 from twisted.web import resource, server
@@ -49,6 +50,19 @@ def client_config(domain: str, hostname: str, ports: dict[str, int],
     return "".join(parts)
 
 
+def request_path(target: bytes) -> bytes:
+    """The path of a request target, also in absolute form (RFC 9112 §3.2.2).
+
+    A client told to use the lab as its HTTP proxy asks for
+    ``http://autoconfig.gponlab.local/mail/config-v1.1.xml``: the lab
+    answers it like the plain path, so Thunderbird's real lookup of the
+    lab's names reaches it with no DNS.
+    """
+    if target[:7].lower() == b"http://":
+        return urlsplit(target).path or b"/"
+    return target
+
+
 class AutoconfigResource(resource.Resource):
     isLeaf = True
 
@@ -58,13 +72,14 @@ class AutoconfigResource(resource.Resource):
         self._log = log
 
     def render_GET(self, request) -> bytes:
-        if request.path not in PATHS:
+        path = request_path(request.path)
+        if path not in PATHS:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"not found: this server only answers Thunderbird's autoconfig\n"
         if self._log:
             address = request.args.get(b"emailaddress", [b""])[0].decode("utf-8", "replace")
-            self._log(f"autoconfig: {request.path.decode()} for {address or 'no address'} "
+            self._log(f"autoconfig: {path.decode()} for {address or 'no address'} "
                       f"from {request.getClientAddress().host}")
         request.setHeader(b"content-type", b"text/xml; charset=utf-8")
         return self._document().encode("utf-8")
