@@ -407,3 +407,33 @@ def test_steps_from_capture_feeds_the_diagrams():
     steps = load_steps(path)
     assert [s.line for s in steps] == [s.line for s in steps_from_capture(path)]
     assert steps[1].line.startswith("220 ")
+
+
+def test_pcapng_writer_blocks_read_back_by_our_reader_and_tshark(tmp_path):
+    """SHB, IDB (link type, snap length, ns resolution), EPBs and a DSB, written then read."""
+    import shutil
+    import subprocess
+
+    from gponsim.capture.pcap import ReadReport, read_packets
+    from gponsim.capture.pcapng_writer import PcapNgWriter
+
+    frame = bytes(range(14)) + b"\x45" + bytes(40)           # 55 bytes: padding needed
+    path = tmp_path / "w.pcapng"
+    with PcapNgWriter(path, linktype=1, snaplen=60, ifname="lo") as w:
+        w.packet(1_700_000_000_123_456_789, frame)
+        w.tls_secrets(b"CLIENT_RANDOM " + b"ab" * 32 + b" " + b"cd" * 48)
+        w.packet(1_700_000_001_000_000_001, frame * 2)     # cut at the snap length
+    report = ReadReport()
+    got = list(read_packets(path, report))
+    assert report.format == "pcapng" and report.problems == [] and report.linktypes == {1}
+    assert [(n, link, data) for n, _t, link, data in got] == [(1, 1, frame), (2, 1, (frame * 2)[:60])]
+    assert abs(got[0][1] - 1_700_000_000.123456789) < 1e-6
+    assert report.keylog == ["CLIENT_RANDOM " + "ab" * 32 + " " + "cd" * 48]
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch",
+                          "-e", "frame.cap_len", "-e", "frame.len"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1700000000.123456789", "55", "55",
+                                  "1700000001.000000001", "60", "110"]

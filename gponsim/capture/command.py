@@ -122,10 +122,11 @@ LAB_PORTS = (25, 587, 465, 143, 993, 110, 995)
 def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | None,
                 count: int | None, keylog: Path | None, lang: str, quiet: bool,
                 steps_file: Path | None, explain: str, reveal: bool) -> int:
-    """Capture the lab's ports live into ``out`` (pcap), narrating as it goes.
+    """Capture the lab's ports live into ``out`` (pcapng), narrating as it goes.
 
-    Ends at Ctrl-C (or SIGTERM), after ``duration`` seconds or ``count``
-    packets, with the file complete; then prints the summary.
+    With ``keylog`` (the lab's ``serve --keylog`` file) its secrets are embedded
+    in the file as they appear. Ends at Ctrl-C (or SIGTERM), after ``duration``
+    seconds or ``count`` packets, with the file complete; then prints the summary.
     """
     import signal
     import threading
@@ -153,7 +154,7 @@ def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | No
             done.set()
 
     try:
-        sniffer = Sniffer(out, ports, iface=iface, on_frame=on_frame)
+        sniffer = Sniffer(out, ports, iface=iface, on_frame=on_frame, keylog=keylog, limit=count)
     except CapturePermission as exc:
         click.echo(f"gponsim: {exc}", err=True)
         return 2
@@ -171,5 +172,6 @@ def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | No
     bus.close()
     click.echo("")
     click.echo(summary_text(analysis, lang))
-    click.echo(f"gponsim: {sniffer.count} packets written to {out}", err=True)
+    embedded = f", {sniffer.writer.secrets} TLS key-log block(s) embedded" if sniffer.writer.secrets else ""
+    click.echo(f"gponsim: {sniffer.count} packets written to {out}{embedded}", err=True)
     return 0
