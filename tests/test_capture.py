@@ -437,3 +437,54 @@ def test_pcapng_writer_blocks_read_back_by_our_reader_and_tshark(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1700000000.123456789", "55", "55",
                                   "1700000001.000000001", "60", "110"]
+
+
+def test_imap_fetch_and_append_bodies_extracted_once_each(tmp_path):
+    """FETCH BODY[]/RFC822 literals, chunks of BODY[]<origin>, APPEND literals → .eml;
+    headers-only fetches are not messages; a message fetched twice is saved once."""
+    m1 = b"From: a@x.org\r\nSubject: first\r\n\r\nbody one\r\n"
+    m2 = b"From: b@x.org\r\nSubject: second\r\nX-Mailer: Tester 1.0\r\n\r\n" + b"z" * 300 + b"\r\n"
+    m3 = b"From: user1@gponlab.local\r\nSubject: sent copy\r\n\r\nappended\r\n"
+    conv = Conversation(server=("10.0.0.2", 143))
+    conv.s("* OK Dovecot ready.\r\n")
+    conv.c("a1 LOGIN user1 pass\r\n")
+    conv.s("a1 OK Logged in\r\n")
+    conv.c("a2 FETCH 1 (BODY.PEEK[HEADER])\r\n")
+    conv.s(b"* 1 FETCH (BODY[HEADER] {32}\r\n" + m1[:32] + b")\r\na2 OK Fetch completed.\r\n")
+    conv.c("a3 UID FETCH 7 (UID RFC822.SIZE BODY.PEEK[])\r\n")
+    conv.s(b"* 1 FETCH (UID 7 RFC822.SIZE %d BODY[] {%d}\r\n" % (len(m1), len(m1)) + m1
+           + b")\r\na3 OK Fetch completed.\r\n", mss=20)
+    conv.c("a4 FETCH 1 RFC822\r\n")                     # the same message again
+    conv.s(b"* 1 FETCH (RFC822 {%d}\r\n" % len(m1) + m1 + b" FLAGS (\\Seen))\r\na4 OK done\r\n")
+    for origin in (0, 200):                             # Thunderbird-style chunks
+        chunk = m2[origin:origin + 200]
+        conv.c(f"a5{origin} UID FETCH 8 (UID BODY.PEEK[]<{origin}.200>)\r\n")
+        conv.s(b"* 2 FETCH (UID 8 BODY[]<%d> {%d}\r\n" % (origin, len(chunk)) + chunk
+               + b")\r\na5%d OK done\r\n" % origin)
+    conv.c(b"a6 APPEND Sent (\\Seen) {%d}\r\n" % len(m3))
+    conv.s("+ OK\r\n")
+    conv.c(m3 + b"\r\n")
+    conv.s("a6 OK [APPENDUID 1 3] Append completed.\r\n")
+    conv.c("a7 LOGOUT\r\n")
+    conv.s("* BYE Logging out\r\na7 OK Logout completed.\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "imap.pcap", conv.frames())
+
+    sink = []
+    a = analyze(path, sink.append)
+    assert a.report.problems == []
+    assert [(m["verb"], m.get("subject")) for m in a.messages] == [
+        ("FETCH", "first"), ("FETCH", "first"), ("APPEND", "sent copy"), ("FETCH", "second")]
+    assert [c.software for c in a.connections] == [["Tester 1.0"]]
+    verbs = [s.verb for s in sink if s.kind == "command"]
+    assert verbs == ["LOGIN", "FETCH", "UID FETCH", "FETCH", "UID FETCH", "UID FETCH", "APPEND", "LOGOUT"]
+
+    out = tmp_path / "eml"
+    res = CliRunner().invoke(main, ["analyze", str(path), "--quiet", "--extract", str(out),
+                                    "--lang", "en"])
+    assert res.exit_code == 0, res.output
+    files = sorted(out.glob("*.eml"))
+    assert [f.read_bytes() for f in files] == [m.replace(b"\r\n", b"\n") for m in (m1, m3, m2)]
+    assert "Messages (4):" in res.output
+    assert "the same message as 1" in res.output and res.output.count("saved in") == 3
+    assert "[imap APPEND]" in res.output and "Subject: sent copy" in res.output

@@ -554,7 +554,38 @@ class _ConversationDecoder(Decoder):
         pass
 
 
+#: A FETCH response item whose literal is a whole message: BODY[] (or BODY.PEEK[] echoed
+#: as BODY[]), BINARY[], RFC822; ``<origin>`` marks a partial fetch (a chunk).
+_FETCH_MESSAGE = re.compile(r"(?:BODY\[\]|BINARY\[\]|RFC822)(?:<(\d+)>)? \{(\d+)\+?\}$", re.I)
+_FETCH_UID = re.compile(r"\bUID (\d+)", re.I)
+_APPEND = re.compile(r"^\S+ (?:UID )?APPEND ", re.I)
+
+
+class _Literal:
+    """A message-carrying literal being collected from one direction."""
+
+    __slots__ = ("verb", "key", "origin", "size", "chunks", "have")
+
+    def __init__(self, verb: str, key, origin: int, size: int) -> None:
+        self.verb, self.key, self.origin, self.size = verb, key, origin, size
+        self.chunks: list[bytes] = []
+        self.have = 0
+
+    def add(self, data: bytes) -> None:
+        if self.have < MAX_MESSAGE:
+            self.chunks.append(data)
+        self.have += len(data)
+
+
 class ImapDecoder(_ConversationDecoder):
+    """IMAP, plus the messages in FETCH (BODY[], RFC822) and APPEND literals.
+
+    The wire conversation summarises literals; to keep their bytes, each
+    direction is fed to it a line at a time, and the bytes of a literal that
+    carries a message (seen from the line that announced it) are collected as
+    they pass.
+    """
+
     proto = "imap"
     server = "imap"
 
@@ -562,7 +593,103 @@ class ImapDecoder(_ConversationDecoder):
         from gponsim.wire.imap import ImapConversation
 
         self.auth: list | None = None
+        self.lit: dict[str, _Literal | None] = {"c2s": None, "s2c": None}
+        self.partial: dict = {}          # message number -> [chunks, size]: BODY[]<origin>
         return ImapConversation(session)
+
+    def text(self, direction: str, data: bytes) -> None:
+        conv = self.conv
+        conv.tls = self.tls
+        client = direction == "c2s"
+        feed = conv.client_data if client else conv.server_data
+        steps: list[Step] = []
+        while data:
+            pending = conv._c_literal if client else conv._s_literal
+            buffered = conv._cin if client else conv._sin
+            lit = self.lit[direction]
+            if pending and not buffered:
+                chunk, data = data[:pending], data[pending:]
+                if lit is not None:
+                    lit.add(chunk)
+                steps += feed(chunk)
+                if lit is not None and not (conv._c_literal if client else conv._s_literal):
+                    self.lit[direction] = None
+                    self._literal_done(lit)
+                continue
+            if lit is not None and not pending:
+                self.lit[direction] = None         # refused before it was sent (NO to {n})
+            nl = data.find(b"\n")
+            if nl < 0:
+                steps += feed(data)
+                break
+            line, data = data[:nl + 1], data[nl + 1:]
+            steps += feed(line)
+            pending = conv._c_literal if client else conv._s_literal
+            if pending and not (conv._cin if client else conv._sin):
+                self.lit[direction] = self._literal_start(client, pending)
+        for step in steps:
+            self.emit(step)
+            self.after(step)
+
+    def _literal_start(self, client: bool, size: int) -> _Literal | None:
+        """What the literal just announced carries (the line is whole in the conversation)."""
+        if client:
+            cmd = self.conv._cmd
+            if cmd is None or not cmd.parts:
+                return None
+            head, text = cmd.parts[0], cmd.parts[-1]
+            # The message is APPEND's literal that follows the mailbox (and flags, date).
+            if _APPEND.match(head) and len(cmd.parts) > 1 or (
+                    _APPEND.match(text) and not re.match(r"^\S+ (?:UID )?APPEND \{", text, re.I)):
+                return _Literal("APPEND", None, 0, size)
+            return None
+        if not self.conv._resp:
+            return None
+        first, text = self.conv._resp[0], self.conv._resp[-1]
+        m = _FETCH_MESSAGE.search(text)
+        if not m or not first.startswith("* "):
+            return None
+        number = first.split(" ", 2)[1]
+        uid = _FETCH_UID.search(first)
+        return _Literal("FETCH", (number, uid.group(1) if uid else None),
+                        int(m.group(1)) if m.group(1) is not None else -1, size)
+
+    def _literal_done(self, lit: _Literal) -> None:
+        data = b"".join(lit.chunks)
+        if lit.origin < 0 or lit.verb == "APPEND":
+            self._message(lit.verb, data, lit.have > MAX_MESSAGE)
+            return
+        key = lit.key[0]                               # a chunk of BODY[]<origin>
+        have = self.partial.get(key)
+        if lit.origin == 0 or have is None or have[1] != lit.origin:
+            if have is not None:                      # fetched again from the start
+                self._message("FETCH", b"".join(have[0]), False)
+            if lit.origin != 0:
+                self.partial.pop(key, None)
+                return                                # the start of it is not in the capture
+            have = self.partial[key] = [[], 0]
+        have[0].append(data)
+        have[1] += len(data)
+
+    def _message(self, verb: str, data: bytes, truncated: bool) -> None:
+        message = data.replace(b"\r\n", b"\n")
+        self.info.messages += 1
+        mailer = mailer_of(message)
+        if mailer and mailer not in self.info.software:
+            self.info.software.append(mailer)
+        self.ctx.on_message(Message(self.session, "imap", verb, message,
+                                    wire.message_summary(message), self.t, truncated=truncated))
+
+    def text_gap(self, direction: str) -> None:
+        super().text_gap(direction)
+        self.lit[direction] = None
+
+    def finish(self) -> None:
+        """Chunks of partial fetches (Thunderbird's BODY.PEEK[]<0.N>...) are joined at the end."""
+        super().finish()
+        for chunks, _size in self.partial.values():
+            self._message("FETCH", b"".join(chunks), False)
+        self.partial.clear()
 
     def after(self, step: Step) -> None:
         if step.kind == "command":
