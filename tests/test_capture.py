@@ -381,9 +381,15 @@ SHIPPED = Path(__file__).resolve().parents[1] / "captures"
      "220 250 220 250 235 250 250 354 250 221", [("smtp", "PLAIN", "user1", "pass", True)], "TLSv1.3"),
     ("curl-imaps-fetch", "CAPABILITY AUTHENTICATE SELECT UID FETCH LOGOUT", "",
      [("imap", "PLAIN", "user2", "pass", True)], "TLSv1.3"),
+    # TLS 1.2 CBC: AES-128 + HMAC-SHA1 with encrypt-then-MAC; AES-256 + HMAC-SHA384 MAC-then-encrypt.
+    ("openssl-submission-tls12-aes128-sha-etm", "EHLO STARTTLS EHLO AUTH MAIL RCPT DATA QUIT",
+     "220 250 220 250 235 250 250 354 250 221", [("smtp", "PLAIN", "user1", "pass", True)], "TLSv1.2"),
+    ("openssl-submission-tls12-aes256-sha384-mte", "EHLO STARTTLS EHLO AUTH MAIL RCPT DATA QUIT",
+     "220 250 220 250 235 250 250 354 250 221", [("smtp", "PLAIN", "user1", "pass", True)], "TLSv1.2"),
 ])
 def test_shipped_captures_with_their_keys(name, cmds, codes, creds, version):
-    pcap, keys = SHIPPED / f"{name}.pcap", SHIPPED / f"{name}.keys"
+    [pcap] = [p for p in SHIPPED.glob(f"{name}.pcap*")]
+    keys = SHIPPED / f"{name}.keys"
     sink = ListSink()
     a = analyze(pcap, sink.step, keylog=keys if keys.exists() else None)
     assert " ".join(s.verb for s in sink.steps if s.kind == "command") == cmds
@@ -397,6 +403,32 @@ def test_shipped_captures_with_their_keys(name, cmds, codes, creds, version):
         bare = ListSink()
         b = analyze(pcap, bare.step)
         assert not [s for s in bare.steps if s.tls] and b.credentials == []
+
+
+@pytest.mark.parametrize("name, cipher, etm", [
+    ("openssl-submission-tls12-aes128-sha-etm", "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA", True),
+    ("openssl-submission-tls12-aes256-sha384-mte", "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384", False),
+])
+def test_tls12_cbc_capture_decrypted_and_a_wrong_secret_is_said(name, cipher, etm, tmp_path):
+    pcap, keys = SHIPPED / f"{name}.pcapng", SHIPPED / f"{name}.keys"
+    sink = ListSink()
+    a = analyze(pcap, sink.step, keylog=keys)
+    assert a.report.problems == []
+    [hello] = [s for s in sink.steps if s.verb == "ServerHello"]
+    assert hello.meta["cipher"] == cipher and bool(hello.meta.get("encrypt_then_mac")) is etm
+    [data] = [s for s in sink.steps if s.kind == "data" and s.proto == "smtp"]
+    assert data.tls and data.meta["subject"] == "TLS 1.2 " + cipher.split("_WITH_")[0].replace(
+        "TLS_", "").replace("_", "-") + "-" + {True: "AES128-SHA", False: "AES256-SHA384"}[etm]
+    # One bit changed in the master secret: the first record's MAC (or padding) says no.
+    label, random, secret = keys.read_text().split()
+    wrong = tmp_path / "wrong.keys"
+    wrong.write_text(f"{label} {random} {secret[:-1]}{'0' if secret[-1] != '0' else '1'}\n")
+    bad = ListSink()
+    b = analyze(pcap, bad.step, keylog=wrong)
+    undecryptable = [s for s in bad.steps if s.verb == "UNDECRYPTABLE"]    # each direction
+    assert [s.meta["direction"] for s in undecryptable] == ["c2s", "s2c"]
+    assert all("MAC" in s.line or "padding" in s.line for s in undecryptable)
+    assert not [s for s in bad.steps if s.tls and s.kind == "command"] and b.credentials == []
 
 
 def test_steps_from_capture_feeds_the_diagrams():

@@ -191,6 +191,9 @@ class Decoder:
         elif name == "ServerHello":
             line = f"ServerHello: {info['version']} with {info['cipher']}"
             meta = {"version": info["version"], "cipher": info["cipher"]}
+            if info.get("etm"):
+                line += ", encrypt-then-MAC"
+                meta["encrypt_then_mac"] = True
             self.info.tls.update(meta)
             step = Step(t=self.t, session=self.session, proto="tls", src=server, dst=client,
                         dir="s2c", kind="handshake", line=line, verb="ServerHello", meta=meta)
