@@ -17,7 +17,7 @@ from typing import Callable
 from gponsim.capture.decoders import (DECODERS, IMPLICIT, PORTS, ConnInfo, Context, Credential,
                                       Message, sniff)
 from gponsim.capture.pcap import (SUPPORTED_LINKS, CaptureError, ReadReport, UnknownLink,
-                                  read_packets, tcp_segment)
+                                  ether_ipv4_tcp, read_packets, tcp_segment)
 from gponsim.capture.tcp import Connection, Tracker
 from gponsim.capture.tls import TlsObserver, looks_like_tls
 from gponsim.steps import Step, new_session, null_emit
@@ -223,6 +223,7 @@ class Analyzer:
         self.keys = KeyLog.from_file(keylog) if keylog else KeyLog()
         self.run = _Run(self.analysis, emit, False, on_message, self.keys)
         self.tracker = Tracker(self.run.opened)
+        self._tcp = self.tracker.tcp
         self.started = time.perf_counter()
         self.tcp_packets = 0
         self._embedded = 0
@@ -232,6 +233,16 @@ class Analyzer:
         if len(report.keylog) > self._embedded:          # pcapng Decryption Secrets Blocks
             self.keys.add_lines(report.keylog[self._embedded:])
             self._embedded = len(report.keylog)
+        if link == 1:
+            fields = ether_ipv4_tcp(frame)               # the common case, without a Segment
+            if fields is not None:
+                self.tcp_packets += 1
+                try:
+                    self._tcp(number, t, *fields)
+                except Exception as exc:  # noqa: BLE001 - one bad connection must not end it all
+                    report.problem(f"packet {number}: could not decode ({type(exc).__name__}: "
+                                   f"{exc}); decoding goes on with the next packet")
+                return
         try:
             seg = tcp_segment(link, frame)
         except UnknownLink:
@@ -270,8 +281,21 @@ def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
     Raises :class:`CaptureError` only when the file cannot be read at all;
     later problems are in ``analysis.report.problems``.
     """
+    import gc
+
     engine = Analyzer(emit, name=str(path), on_message=on_message, keylog=keylog)
     packet = engine.packet
-    for number, t, link, frame in read_packets(path, engine.report):
-        packet(number, t, link, frame)
+    # The decoders make no reference cycles per packet: the collector's passes over
+    # the many short-lived Steps are wasted work. A young-generation pass now and
+    # then keeps memory bounded all the same.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for number, t, link, frame in read_packets(path, engine.report):
+            packet(number, t, link, frame)
+            if not number & 0x1FFFF:
+                gc.collect(1)
+    finally:
+        if enabled:
+            gc.enable()
     return engine.finish()

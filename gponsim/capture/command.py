@@ -27,11 +27,12 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
         # are written as \udcXX escapes, so the file stays valid UTF-8 and JSON.
         recorder = open(steps_file, "w", encoding="utf-8", errors="backslashreplace")
 
-        encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        from gponsim.capture.jsonl import step_line
 
         def to_file(step: Step, write=recorder.write) -> None:
-            # Same text as Step.to_json, without json.dumps' per-call set-up.
-            write(encode(step.to_dict(reveal)) + "\n")
+            # Same text as Step.to_json, built directly (see gponsim.capture.jsonl).
+            write(step_line(step, reveal))
+            write("\n")
         sinks.append(to_file)
     spool = None
     first_json = [True]

@@ -286,6 +286,15 @@ class Decoder:
             self.credential(mech, _text(decoded[0]).split(" ")[0], "(challenge-response)")
 
 
+#: SMTP lines seen before → the fields wire.command_step / wire.reply_step gave them
+#: (verb, args, commentary key...): a busy capture repeats the same lines, and a Step
+#: built from the template is the same Step, for less work. Lines with secrets are
+#: not kept.
+_COMMANDS: dict[str, tuple] = {}
+_REPLIES: dict[tuple, tuple] = {}
+_TEMPLATES = 4096
+
+
 class SmtpDecoder(Decoder):
     proto = "smtp"
     server = "smtpd"
@@ -372,9 +381,19 @@ class SmtpDecoder(Decoder):
             if line.strip() != "*":
                 self.auth[1].append(line.strip())
             return
-        step = wire.command_step(line, session=self.session, tls=self.tls, t=self.t)
+        tpl = _COMMANDS.get(line)
+        if tpl is None:
+            step = wire.command_step(line, session=self.session, tls=self.tls, t=self.t)
+            verb, args = wire.split_command(line)
+            if step.secret is None:
+                if len(_COMMANDS) > _TEMPLATES:
+                    _COMMANDS.clear()
+                _COMMANDS[line] = (step.verb, step.args, step.key, verb, args)
+        else:
+            known, known_args, key, verb, args = tpl
+            step = Step(self.t, self.session, "smtp", "client", "smtpd", "c2s", "command", line,
+                        known, known_args, None, None, None, None, self.tls, key)
         self.emit(step)
-        verb, args = wire.split_command(line)
         self.last_verb = verb
         self.pending.append((step.verb or "UNKNOWN", "cmd"))
         if verb in ("EHLO", "HELO", "LHLO"):
@@ -475,7 +494,17 @@ class SmtpDecoder(Decoder):
         else:
             verb, what = None, None
         self.banner = True
-        step = wire.reply_step(lines, session=self.session, answers=verb, tls=self.tls, t=self.t)
+        text = lines[0] if len(lines) == 1 else "\n".join(lines)
+        tpl = _REPLIES.get((verb, text))
+        if tpl is None:
+            step = wire.reply_step(lines, session=self.session, answers=verb, tls=self.tls, t=self.t)
+            if len(_REPLIES) > _TEMPLATES:
+                _REPLIES.clear()
+            _REPLIES[(verb, text)] = (step.code, step.enhanced, step.key)
+        else:
+            code, enhanced, key = tpl
+            step = Step(self.t, self.session, "smtp", "smtpd", "client", "s2c", "reply", text,
+                        verb, None, code, enhanced, None, None, self.tls, key)
         self.emit(step)
         code = step.code or 0
         if verb == "STARTTLS" and code == 220:

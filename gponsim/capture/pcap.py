@@ -405,6 +405,32 @@ def _ipv6(frame: bytes, off: int) -> Segment | None:
     return _tcp_at(frame, p, end, _ip6(src), _ip6(dst))
 
 
+#: Ethernet + IPv4 without options + the first 14 bytes of TCP, from byte 12, in one go:
+#: ethertype, version/IHL, total length, flags/fragment offset, protocol, addresses,
+#: ports, sequence and acknowledgment numbers, data offset, TCP flags.
+_ETH_IP4_TCP = struct.Struct("!HB1xH2xH1xB2x4s4sHHIIBB")
+
+
+def ether_ipv4_tcp(frame: bytes):
+    """The common case, fast: an Ethernet frame with IPv4 (no options, not a fragment)
+    and TCP → ``(src, sport, dst, dport, seq, ack, flags, payload)``; None for anything
+    else (:func:`tcp_segment` then reads it the long way)."""
+    if len(frame) < 54:
+        return None
+    etype, vihl, total, frag, proto, src, dst, sport, dport, seq, ack, doff, flags = \
+        _ETH_IP4_TCP.unpack_from(frame, 12)
+    if etype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
+        return None
+    end = 14 + total if total else len(frame)
+    if end > len(frame):
+        end = len(frame)
+    if end < 54:
+        return None
+    start = 34 + (doff >> 4) * 4
+    return (_ip4(src), sport, _ip4(dst), dport, seq, ack, flags,
+            frame[start:end] if start < end else b"")
+
+
 def _tcp_at(frame: bytes, p: int, end: int, src: str, dst: str) -> Segment | None:
     if end < p + 20:
         return None

@@ -98,19 +98,25 @@ class Tracker:
         self.ended: dict[tuple, bool] = {}
 
     def segment(self, number: int, t: float, seg: Segment) -> None:
-        a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
+        self.tcp(number, t, seg.src, seg.sport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags,
+                 seg.payload)
+
+    def tcp(self, number: int, t: float, src: str, sport: int, dst: str, dport: int, seq: int,
+            ack: int, flags: int, payload: bytes) -> None:
+        """One TCP segment, by its fields (what :meth:`segment` does with a Segment)."""
+        a, b = (src, sport), (dst, dport)
         key = (a, b) if a < b else (b, a)
         conn = self.conns.get(key)
-        flags = seg.flags
         if conn is not None and flags & SYN and not flags & ACK and (
                 conn.closed or conn.c2s.bytes or conn.s2c.bytes) and conn.client == a \
-                and conn.c2s.next is not None and _rel(seg.seq + 1, conn.c2s.next) != 0:
+                and conn.c2s.next is not None and _rel(seq + 1, conn.c2s.next) != 0:
             self._close(key, conn, t)          # the port pair reused for a new connection
             conn = None
         if conn is None:
             if key in self.ended and not flags & SYN:
                 return
-            conn = self._open(key, number, t, seg)
+            conn = self._open(key, number, t, Segment(src, sport, dst, dport, seq, ack, flags,
+                                                      payload))
         if conn.handler is None:
             if flags & (FIN | RST):
                 self._close(key, conn, t)
@@ -121,14 +127,13 @@ class Tracker:
         else:
             stream, other = conn.s2c, conn.c2s
         if flags & ACK and other.next is not None:
-            ack = seg.ack
             if other.acked is None or (ack - other.acked) & 0xFFFFFFFF < 0x80000000:
                 other.acked = ack
                 if other.pending and _rel(ack, other.next) > 0:
                     self._flush(conn, other, t, upto=ack)
-        if not seg.payload and not flags & (SYN | FIN | RST):
+        if not payload and not flags & (SYN | FIN | RST):
             return                               # a pure ACK: nothing more to do
-        self._data(conn, stream, seg.seq, seg.payload, flags, t)
+        self._data(conn, stream, seq, payload, flags, t)
         if flags & RST:
             conn.rst = True
             self._close(key, conn, t)
