@@ -20,6 +20,7 @@ from gponsim.capture.pcap import (SUPPORTED_LINKS, CaptureError, ReadReport, Unk
                                   ether_ipv4_tcp, read_packets, tcp_segment)
 from gponsim.capture.tcp import Connection, Tracker
 from gponsim.capture.tls import TlsObserver, looks_like_tls
+from gponsim.commentary import annotate
 from gponsim.steps import Step, new_session, null_emit
 
 __all__ = ["Analysis", "CaptureError", "analyze"]
@@ -113,6 +114,8 @@ class _Sniffer:
         proto = sniff(self.first["c2s"], self.first["s2c"])
         if proto is not None:
             self.decoder = self.owner.decoder_for(self.conn, proto, implicit=self.tls is not None)
+            if self.tls is None and self.conn.handler is self:
+                self.conn.handler = self.decoder      # from now on, straight to the decoder
             held, self.held = self.held, []
             for d, chunk, when in held:
                 self.decoder.data(d, chunk, when)
@@ -183,8 +186,6 @@ class _Run:
                     line=f"connection {conn.four_tuple} (packet {conn.first_packet}; {how})",
                     meta={"client": list(conn.client), "server": list(conn.server),
                           "packet": conn.first_packet, "midstream": not conn.syn})
-        from gponsim.commentary import annotate
-
         decoder.t = conn.first_t
         decoder.emit(annotate(step))
         return decoder
@@ -285,17 +286,33 @@ def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
 
     engine = Analyzer(emit, name=str(path), on_message=on_message, keylog=keylog)
     packet = engine.packet
-    # The decoders make no reference cycles per packet: the collector's passes over
-    # the many short-lived Steps are wasted work. A young-generation pass now and
-    # then keeps memory bounded all the same.
+    # The decoders make no reference cycles per packet (a closed connection lets go of
+    # its handler): the collector's passes over the many short-lived Steps are wasted
+    # work. A young-generation pass now and then keeps memory bounded all the same.
     enabled = gc.isenabled()
     gc.disable()
+    report = engine.report
+    tcp = engine.tracker.tcp
+    fast = 0
     try:
-        for number, t, link, frame in read_packets(path, engine.report):
-            packet(number, t, link, frame)
-            if not number & 0x1FFFF:
-                gc.collect(1)
+        for number, t, link, frame in read_packets(path, report):
+            # Ethernet + IPv4 + TCP, the common case, straight to the tracker (what
+            # Analyzer.packet does, without its checks for the other cases).
+            fields = ether_ipv4_tcp(frame) if link == 1 and len(report.keylog) == engine._embedded \
+                else None
+            if fields is None:
+                packet(number, t, link, frame)
+            else:
+                fast += 1
+                try:
+                    tcp(number, t, *fields)
+                except Exception as exc:  # noqa: BLE001 - one bad connection must not end it all
+                    report.problem(f"packet {number}: could not decode ({type(exc).__name__}: "
+                                   f"{exc}); decoding goes on with the next packet")
+            if not number & 0x3FFFF:
+                gc.collect(0)
     finally:
         if enabled:
             gc.enable()
+    engine.tcp_packets += fast
     return engine.finish()

@@ -242,6 +242,7 @@ class Tracker:
                 if st.pending:
                     self._flush(conn, st, t)
             conn.handler.close(t)
+            conn.handler = None           # handlers that keep their connection: no cycle left
         if self.conns.get(key) is conn:
             del self.conns[key]
         self.ended[key] = True
