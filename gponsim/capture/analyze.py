@@ -295,11 +295,15 @@ def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
     tcp = engine.tracker.tcp
     fast = 0
     try:
-        for number, t, link, frame in read_packets(path, report):
+        for number, t, link, frame in read_packets(path, report, tcp4=True):
             # Ethernet + IPv4 + TCP, the common case, straight to the tracker (what
             # Analyzer.packet does, without its checks for the other cases).
-            fields = ether_ipv4_tcp(frame) if link == 1 and len(report.keylog) == engine._embedded \
-                else None
+            if link is None:
+                fields = frame                       # the reader's fast lane: parsed already
+            elif link == 1 and len(report.keylog) == engine._embedded:
+                fields = ether_ipv4_tcp(frame)
+            else:
+                fields = None
             if fields is None:
                 packet(number, t, link, frame)
             else:

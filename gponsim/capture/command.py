@@ -29,10 +29,20 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
 
         from gponsim.capture.jsonl import step_line
 
-        def to_file(step: Step, write=recorder.write) -> None:
-            # Same text as Step.to_json, built directly (see gponsim.capture.jsonl).
-            write(step_line(step, reveal))
-            write("\n")
+        lines: list[str] = []
+
+        def to_file(step: Step, add=lines.append) -> None:
+            # Same text as Step.to_json, built directly (see gponsim.capture.jsonl);
+            # written a few hundred lines at a time.
+            add(step_line(step, reveal))
+            if len(lines) >= 512:
+                flush_lines()
+
+        def flush_lines() -> None:
+            if lines:
+                lines.append("")
+                recorder.write("\n".join(lines))
+                lines.clear()
         sinks.append(to_file)
     spool = None
     first_json = [True]
@@ -77,6 +87,7 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
         return 2
     finally:
         if recorder is not None:
+            flush_lines()
             recorder.close()
     if as_json:
         data = analysis.to_dict(reveal or credentials)

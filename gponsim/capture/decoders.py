@@ -129,9 +129,10 @@ class Decoder:
 
     def emit(self, step: Step) -> None:
         step.t = self.t
-        self.info.steps += 1
-        if step.failed and step.kind == "reply":
-            self.info.failures += 1
+        info = self.info
+        info.steps += 1
+        if step.kind == "reply" and step.failed:
+            info.failures += 1
         self.ctx.emit(step)
 
     def data(self, direction: str, data: bytes, t: float) -> None:

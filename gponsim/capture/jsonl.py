@@ -17,7 +17,19 @@ from json.encoder import encode_basestring as _quote   # ensure_ascii=False's en
 
 from gponsim.steps import MASK, Step
 
-_value = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_value = _encoder.encode
+try:
+    # What JSONEncoder.encode builds for every call, built once (no cycle check:
+    # Step meta is plain JSON data). Same text: the same C encoder does the work.
+    from json.encoder import c_make_encoder as _c_make_encoder
+
+    _c_meta = _c_make_encoder(None, _encoder.default, _quote, None, ":", ",", False, False, True)
+
+    def _dict(value: dict) -> str:
+        return "".join(_c_meta(value, 0))
+except (ImportError, TypeError):           # no C accelerator: the plain encoder
+    _dict = _value
 _heads: dict[tuple, str] = {}
 _tails: dict[tuple, tuple[str, str]] = {}
 _LIMIT = 20000
@@ -54,7 +66,7 @@ def step_line(step: Step, reveal: bool = False) -> str:
 def _with_meta(after: str, meta: dict, step: Step) -> str:
     """The text after ``tls`` with ``meta`` in its place (after ``key``, before ``secret``)."""
     at = len(_key(step))
-    return after[:at] + ',"meta":' + _value(meta) + after[at:]
+    return after[:at] + ',"meta":' + _dict(meta) + after[at:]
 
 
 def _key(step: Step) -> str:

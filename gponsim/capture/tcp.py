@@ -107,6 +107,19 @@ class Tracker:
         a, b = (src, sport), (dst, dport)
         key = (a, b) if a < b else (b, a)
         conn = self.conns.get(key)
+        if flags == ACK and not payload and conn is not None:
+            # A pure ACK of a known connection (a third of a mail capture): only the
+            # acknowledgment number matters (the peer has the bytes before it).
+            if conn.handler is None:
+                return
+            conn.last_t = t
+            other = conn.s2c if a == conn.client else conn.c2s
+            if other.next is not None and (other.acked is None
+                                           or (ack - other.acked) & _M < 0x80000000):
+                other.acked = ack
+                if other.pending and _rel(ack, other.next) > 0:
+                    self._flush(conn, other, t, upto=ack)
+            return
         if conn is not None and flags & SYN and not flags & ACK and (
                 conn.closed or conn.c2s.bytes or conn.s2c.bytes) and conn.client == a \
                 and conn.c2s.next is not None and _rel(seq + 1, conn.c2s.next) != 0:
