@@ -142,6 +142,7 @@ class _Run:
         self.keep_messages = keep_messages
         self.user_on_message = on_message
         self.ctx = Context(self.emit, self.on_message, analysis.credentials.append, keylog)
+        self._connect_keys: dict[tuple, str | None] = {}
 
     def emit(self, step: Step) -> None:
         self.analysis.steps += 1
@@ -170,8 +171,9 @@ class _Run:
         return self.decoder_for(conn, proto)
 
     def decoder_for(self, conn: Connection, proto: str, implicit: bool = False):
+        endpoints = conn.four_tuple
         info = ConnInfo(number=self.analysis.connection_count + 1, session=new_session("capture"),
-                        proto=proto, endpoints=conn.four_tuple, server_port=conn.server[1],
+                        proto=proto, endpoints=endpoints, server_port=conn.server[1],
                         start=conn.first_t, first_packet=conn.first_packet, midstream=not conn.syn)
         if len(self.analysis.connections) < MAX_LISTED:
             self.analysis.connections.append(info)
@@ -183,11 +185,16 @@ class _Run:
         how = "SYN seen" if conn.syn else "the capture starts in the middle of this connection"
         step = Step(t=conn.first_t, session=info.session, proto=proto, src="client", dst=server,
                     dir="internal", kind="event", verb="CONNECT", key="capture.connect",
-                    line=f"connection {conn.four_tuple} (packet {conn.first_packet}; {how})",
+                    line=f"connection {endpoints} (packet {conn.first_packet}; {how})",
                     meta={"client": list(conn.client), "server": list(conn.server),
                           "packet": conn.first_packet, "midstream": not conn.syn})
         decoder.t = conn.first_t
-        decoder.emit(annotate(step))
+        # Every CONNECT Step of a protocol resolves to the same commentary: once.
+        key = self._connect_keys.get((proto, server, conn.syn))
+        if key is None:
+            key = self._connect_keys[(proto, server, conn.syn)] = annotate(step).key
+        step.key = key
+        decoder.emit(step)
         return decoder
 
 

@@ -14,6 +14,12 @@ import click
 def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bool, lang: str,
         credentials: bool, extract: Path | None, quiet: bool, explain: str, reveal: bool) -> int:
     """Analyze ``file``; print summary, narration, tables. Returns the exit code."""
+    import gc
+
+    # One analysis, then the process ends: what survives it (connections, messages)
+    # lives to the end, and the decoders make no reference cycles per packet, so the
+    # cyclic collector would only walk the survivors again and again.
+    gc.disable()
     from gponsim.capture.analyze import CaptureError, analyze
     from gponsim.capture.report import Extractor, credentials_text, messages_text, summary_text
     from gponsim.steps import Step

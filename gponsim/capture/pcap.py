@@ -150,6 +150,7 @@ def _read_pcap(path: Path, fh, report: ReadReport, tcp4: bool = False):
     buf, pos = src.buf, src.pos
     fast = tcp4 and link == LINK_ETHERNET
     headers = _ETH_IP4_TCP.unpack_from
+    names = _names.get
     while True:
         if len(buf) - pos < 16:
             src.pos = pos
@@ -188,8 +189,8 @@ def _read_pcap(path: Path, fh, report: ReadReport, tcp4: bool = False):
                 if fend >= pos + 70:
                     start = pos + 50 + (doff >> 4) * 4
                     yield n, sec + frac / div, None, (
-                        _ip4(s_ip), sport, _ip4(d_ip), dport, seq, ack, flags,
-                        buf[start:fend] if start < fend else b"")
+                        names(s_ip) or _ip4(s_ip), sport, names(d_ip) or _ip4(d_ip), dport,
+                        seq, ack, flags, buf[start:fend] if start < fend else b"")
                     pos = end
                     continue
         yield n, sec + frac / div, link, buf[pos + 16:end]
