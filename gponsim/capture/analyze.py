@@ -202,8 +202,16 @@ _NAME = None
 
 
 def _attachments(message: bytes) -> list[str]:
-    """File names of attachments (name= / filename= MIME parameters)."""
+    """File names of attachments (name= / filename= MIME parameters).
+
+    A message without a Content-Type or Content-Disposition header has no MIME
+    parts, so no attachments: its header (the first lines) is enough to tell.
+    """
     global _NAME
+    end = message.find(b"\n\n")
+    head = message[:end if end >= 0 else 65536].lower()
+    if b"content-type" not in head and b"content-disposition" not in head:
+        return []
     if b"name" not in message and b"NAME" not in message and b"Name" not in message:
         return []
     if _NAME is None:
@@ -246,7 +254,7 @@ class Analyzer:
             if fields is not None:
                 self.tcp_packets += 1
                 try:
-                    self._tcp(number, t, *fields)
+                    self._tcp(number, t, fields)
                 except Exception as exc:  # noqa: BLE001 - one bad connection must not end it all
                     report.problem(f"packet {number}: could not decode ({type(exc).__name__}: "
                                    f"{exc}); decoding goes on with the next packet")
@@ -316,7 +324,7 @@ def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
             else:
                 fast += 1
                 try:
-                    tcp(number, t, *fields)
+                    tcp(number, t, fields)
                 except Exception as exc:  # noqa: BLE001 - one bad connection must not end it all
                     report.problem(f"packet {number}: could not decode ({type(exc).__name__}: "
                                    f"{exc}); decoding goes on with the next packet")

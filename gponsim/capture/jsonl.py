@@ -49,13 +49,12 @@ def step_line(step: Step, reveal: bool = False) -> str:
     meta = step.meta
     tail_key = (step.line, step.verb, step.args, step.code, step.enhanced, step.status,
                 step.tag, step.key, step.secret, reveal)
-    tail = _tails.get(tail_key) if not meta else None
+    tail = _tails.get(tail_key)
     if tail is None:
         tail = _fields(step, reveal)
-        if not meta:
-            if len(_tails) > _LIMIT:
-                _tails.clear()
-            _tails[tail_key] = tail
+        if len(_tails) > _LIMIT:
+            _tails.clear()
+        _tails[tail_key] = tail
     t = step.t
     tls = step.tls
     return ('{"t":' + (repr(t) if type(t) is float else _value(t)) + head + tail[0]

@@ -98,12 +98,13 @@ class Tracker:
         self.ended: dict[tuple, bool] = {}
 
     def segment(self, number: int, t: float, seg: Segment) -> None:
-        self.tcp(number, t, seg.src, seg.sport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags,
-                 seg.payload)
+        self.tcp(number, t, (seg.src, seg.sport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags,
+                             seg.payload))
 
-    def tcp(self, number: int, t: float, src: str, sport: int, dst: str, dport: int, seq: int,
-            ack: int, flags: int, payload: bytes) -> None:
-        """One TCP segment, by its fields (what :meth:`segment` does with a Segment)."""
+    def tcp(self, number: int, t: float, fields: tuple) -> None:
+        """One TCP segment, by its fields ``(src, sport, dst, dport, seq, ack, flags,
+        payload)``, as :func:`gponsim.capture.pcap.ether_ipv4_tcp` gives them."""
+        src, sport, dst, dport, seq, ack, flags, payload = fields
         a, b = (src, sport), (dst, dport)
         key = (a, b) if a < b else (b, a)
         conn = self.conns.get(key)
