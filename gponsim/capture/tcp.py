@@ -190,7 +190,18 @@ class Tracker:
                 st.fin = True
                 st.next = (st.next + 1) & _M
             return
-        rel = _rel(seq, st.next)
+        rel = (seq - st.next) & _M                     # _rel(seq, st.next), inline
+        if rel & 0x80000000:
+            rel -= 0x100000000
+        if rel == 0 and not st.pending:                 # the common case: the next bytes
+            st.next = (seq + n) & _M
+            st.bytes += n
+            st.seen = True
+            conn.handler.data(st.direction, payload, t)
+            if flags & FIN and not st.pending:
+                st.fin = True
+                st.next = (st.next + 1) & _M
+            return
         if rel < 0:
             if rel + n <= 0:
                 st.retrans += 1
