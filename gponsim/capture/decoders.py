@@ -294,6 +294,19 @@ class Decoder:
 _COMMANDS: dict[str, tuple] = {}
 _REPLIES: dict[tuple, tuple] = {}
 _TEMPLATES = 4096
+_LINES: dict[bytes, str] = {}
+
+
+def _line_text(data: bytes, errors: str = "surrogateescape") -> str:
+    """The text of one whole line (``data`` ends with its only LF), as _client and
+    _server decode it (client bytes keep their non-UTF-8 bytes; server's are replaced)."""
+    raw = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+    line = raw.decode("utf-8", errors)
+    if line.isascii():               # ASCII reads the same both ways: kept for both sides
+        if len(_LINES) > _TEMPLATES:
+            _LINES.clear()
+        _LINES[data] = line
+    return line
 
 
 class SmtpDecoder(Decoder):
@@ -321,10 +334,27 @@ class SmtpDecoder(Decoder):
         return not (self.cbuf if direction == "c2s" else self.sbuf) and self.state == "cmd"
 
     def text(self, direction: str, data: bytes) -> None:
+        # A segment that is exactly one whole line (most of them) skips the line
+        # splitting; the text of lines seen before is kept (_LINES).
         if direction == "c2s":
+            if not self.cbuf and self.state == "cmd" and data[0] not in _TLS_FIRST:
+                line = _LINES.get(data)
+                if line is None and data.find(b"\n") == len(data) - 1:
+                    line = _line_text(data)
+                if line is not None:
+                    self._command(line)
+                    return
             self.cbuf += data
             self._client()
         else:
+            if not self.sbuf and not self.reply_lines:
+                line = _LINES.get(data)
+                if line is None and data.find(b"\n") == len(data) - 1:
+                    line = _line_text(data, "replace")
+                if line is not None and not (len(line) >= 4 and line[3] == "-"
+                                             and line[:3].isdigit()):
+                    self._reply([line])
+                    return
             self.sbuf += data
             self._server()
 
