@@ -141,14 +141,9 @@ class _Run:
         self.emit_out = emit
         self.keep_messages = keep_messages
         self.user_on_message = on_message
-        self.ctx = Context(self.emit, self.on_message, analysis.credentials.append, keylog)
+        self.ctx = Context(emit, self.on_message, analysis.credentials.append, keylog,
+                           failures=analysis.failures)
         self._connect_keys: dict[tuple, str | None] = {}
-
-    def emit(self, step: Step) -> None:
-        self.analysis.steps += 1
-        if step.kind == "reply" and step.failed and len(self.analysis.failures) < 200:
-            self.analysis.failures.append(step)
-        self.emit_out(step)
 
     def on_message(self, message: Message) -> None:
         meta = dict(message.meta)
@@ -285,6 +280,7 @@ class Analyzer:
         for problem in self.tracker.finish():
             self.report.problem(problem)
         self.analysis.tcp_packets = self.tcp_packets
+        self.analysis.steps = self.run.ctx.steps
         self.analysis.elapsed = time.perf_counter() - self.started
         return self.analysis
 

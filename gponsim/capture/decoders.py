@@ -76,14 +76,25 @@ class Message:
 
 
 class Context:
-    """What a decoder reports to: the emit function and the collectors."""
+    """What a decoder reports to: where Steps go, the collectors, the counts.
+
+    ``emit`` receives every Step; ``steps`` counts them and ``failures`` keeps
+    the first :data:`MAX_FAILURES` failure replies (the summary's list).
+    """
 
     def __init__(self, emit: Callable[[Step], object], on_message: Callable[[Message], None],
-                 on_credential: Callable[[Credential], None], keylog=None) -> None:
+                 on_credential: Callable[[Credential], None], keylog=None,
+                 failures: list | None = None) -> None:
         self.keylog = keylog
         self.emit = emit
         self.on_message = on_message
         self.on_credential = on_credential
+        self.steps = 0
+        self.failures = failures if failures is not None else []
+
+
+#: Failure replies kept for the summary (the rest are counted per connection).
+MAX_FAILURES = 200
 
 
 def _b64(text: str) -> bytes | None:
@@ -131,9 +142,13 @@ class Decoder:
         step.t = self.t
         info = self.info
         info.steps += 1
+        ctx = self.ctx
+        ctx.steps += 1
         if step.kind == "reply" and step.failed:
             info.failures += 1
-        self.ctx.emit(step)
+            if len(ctx.failures) < MAX_FAILURES:
+                ctx.failures.append(step)
+        ctx.emit(step)
 
     def data(self, direction: str, data: bytes, t: float) -> None:
         self.t = t
