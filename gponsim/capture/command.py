@@ -18,8 +18,25 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
 
     # One analysis, then the process ends: what survives it (connections, messages)
     # lives to the end, and the decoders make no reference cycles per packet, so the
-    # cyclic collector would only walk the survivors again and again.
+    # cyclic collector would only walk the survivors again and again (and once more
+    # at exit: frozen objects are left out of that last pass).
+    enabled = gc.isenabled()
     gc.disable()
+    try:
+        return _run(file, keylog=keylog, steps_file=steps_file, as_json=as_json, lang=lang,
+                    credentials=credentials, extract=extract, quiet=quiet, explain=explain,
+                    reveal=reveal)
+    finally:
+        # What is alive now (the analysis) lives until the command ends: out of the
+        # collector's sight, so switching it back on (and the interpreter's last
+        # collection at exit) does not walk it all again.
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bool, lang: str,
+         credentials: bool, extract: Path | None, quiet: bool, explain: str, reveal: bool) -> int:
     from gponsim.capture.analyze import CaptureError, analyze
     from gponsim.capture.report import Extractor, credentials_text, messages_text, summary_text
     from gponsim.steps import Step
