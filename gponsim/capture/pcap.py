@@ -2,8 +2,10 @@
 
 The per-packet path is plain :mod:`struct` on a reused read buffer: the file is
 read a block at a time (never whole), and only the headers that matter are
-looked at. Scapy is not needed to read a capture (it is imported lazily by the
-parts that dissect TLS or sniff live).
+looked at. Scapy's ``RawPcapReader`` was measured on a 235,000-packet SMTP
+capture at about 930,000 packets/s against 2,700,000 for this reader (see
+bench/README.md), and it does not read pcapng Decryption Secrets Blocks, so
+the capture package does not use it.
 
 :func:`read_packets` yields ``(number, time, linktype, frame)``;
 :func:`tcp_segment` turns a frame into a :class:`Segment` (or None when the

@@ -1,6 +1,6 @@
 """Writing pcapng: the blocks a live capture needs, TLS secrets included.
 
-Scapy's ``RawPcapNgWriter`` (2.6) writes packets but no Decryption Secrets
+Scapy's ``RawPcapNgWriter`` (2.8.0, installed here) writes packets but no Decryption Secrets
 Block, and its header blocks are private methods; the format is simple enough
 to write here with :mod:`struct` (pcapng, draft-ietf-opsawg-pcapng):
 
