@@ -551,3 +551,42 @@ def steps_from_capture_list(path, keys):
     sink = ListSink()
     analyze(path, sink.step, keylog=keys)
     return sink.steps
+
+
+def test_pcap_fast_lane_reads_what_the_generic_path_reads(tmp_path):
+    """read_packets(tcp4=True) gives, for every Ethernet/IPv4/TCP packet, the fields
+    tcp_segment gives; every other packet (IPv6, VLAN, IP options, fragments,
+    padding, other link types) comes as a frame, as before."""
+    from gponsim.capture.pcap import ReadReport, read_packets, tcp_segment
+
+    conv = Conversation()
+    smtp_session(conv, mss=40)
+    frames = conv.frames()
+    seg = frames[5]
+    eth, ip = seg[:14], seg[14:]
+    options = bytes([0x46]) + ip[1:2] + (int.from_bytes(ip[2:4], "big") + 4).to_bytes(2, "big") \
+        + ip[4:10] + b"\0\0" + ip[12:20] + b"\x01\x01\x01\x00" + ip[20:]      # IHL 6 (NOPs)
+    fragment = eth + ip[:6] + b"\x20\x00" + ip[8:]                              # MF set
+    padded = frames[2] + b"\0" * 6                                              # Ethernet padding
+    ipv6 = link("ether", __import__("pcapgen").ipv6("2001:db8::1", "2001:db8::2",
+                                                     seg[34:]))
+    path = write_pcap(tmp_path / "mix.pcap", frames + [eth + options, fragment, padded, ipv6,
+                                                        link("ether", ip, vlan=7)])
+    pcaps = [path] + sorted(SHIPPED.glob("*.pcap*"))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+    if shared.is_dir():
+        pcaps += sorted(shared.rglob("*.pcap*"))
+    fast = 0
+    for pcap in pcaps:
+        generic = list(read_packets(pcap, ReadReport()))
+        lane = list(read_packets(pcap, ReadReport(), tcp4=True))
+        assert [p[:2] for p in lane] == [p[:2] for p in generic], pcap
+        for (n, _t, link_type, frame), (_n, _t2, lane_link, got) in zip(generic, lane):
+            if lane_link is None:
+                fast += 1
+                s = tcp_segment(link_type, frame)
+                assert s is not None and got == (s.src, s.sport, s.dst, s.dport, s.seq, s.ack,
+                                                 s.flags, s.payload), (pcap, n)
+            else:
+                assert (lane_link, got) == (link_type, frame), (pcap, n)
+    assert fast > len(frames)
