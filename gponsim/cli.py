@@ -105,8 +105,9 @@ def _parse_ports(values: tuple[str, ...]) -> dict[str, int]:
               help="Outgoing mail: the built-in Gmail simulator (smtp.gmail.com mapped to it), "
                    "the real relayhost (a lab with internet), or none (mail stays deferred).")
 @click.option("--capture", "capture_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also capture the lab's traffic on loopback into this pcap file "
-                   "(needs root or CAP_NET_RAW; without it the lab runs anyway).")
+              help="Also capture the lab's traffic on loopback into this pcapng file, with the "
+                   "--keylog secrets embedded (needs root or CAP_NET_RAW; without it the lab "
+                   "runs anyway).")
 @narration_options
 def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, ready_file, relay,
           capture_file, lang, quiet, steps_file, explain, reveal_secrets):
@@ -147,7 +148,7 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
                        f"Gmail simulator on 127.0.0.1:{bound['gmail']} (mail it accepts lands in "
                        f"{lab.root / 'internet'}/<domain>/<user>)", err=True)
         if capture_file:
-            sniffer.extend(_start_capture(capture_file, bound.values()))
+            sniffer.extend(_start_capture(capture_file, bound.values(), keylog))
         click.echo("gponsim: press Ctrl-C to stop", err=True)
         if ready_file:
             lab.write_ready_file(ready_file)
@@ -180,16 +181,17 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         raise exc
 
 
-def _start_capture(path: Path, ports) -> list:
+def _start_capture(path: Path, ports, keylog: Path | None = None) -> list:
     """A capture beside the lab; without permission, say so and go on without it."""
     from gponsim.capture.live import CapturePermission, Sniffer
 
     try:
-        running = Sniffer(path, set(ports))
+        running = Sniffer(path, set(ports), keylog=keylog)
     except CapturePermission as exc:
         click.echo(f"gponsim: not capturing: {exc}. The lab runs without a capture.", err=True)
         return []
-    click.echo(f"gponsim: capturing the lab's traffic into {path}", err=True)
+    click.echo(f"gponsim: capturing the lab's traffic into {path} (pcapng"
+               + (f", with the TLS secrets of {keylog} embedded)" if keylog else ")"), err=True)
     return [running]
 
 
@@ -793,7 +795,8 @@ def analyze(file, keylog, as_json, credentials, extract, lang, quiet, steps_file
 
 @main.command()
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("capture.pcap"), show_default=True, help="The capture file (pcap).")
+              default=Path("capture.pcapng"), show_default=True,
+              help="The capture file (pcapng; TLS secrets of --keylog embedded).")
 @click.option("--iface", default="lo", show_default=True, help="Interface to capture on.")
 @click.option("--port-offset", type=click.IntRange(0, 64000), default=0, show_default=True,
               help="The lab's --port-offset (its ports are 25, 587, 465, 143, 993, 110, 995 + N).")
@@ -801,14 +804,16 @@ def analyze(file, keylog, as_json, credentials, extract, lang, quiet, steps_file
               help="Capture this TCP port instead (repeatable).")
 @click.option("--duration", type=click.FloatRange(0, min_open=True), help="Stop after N seconds.")
 @click.option("--count", type=click.IntRange(1), help="Stop after N packets.")
-@click.option("--keylog", type=click.Path(dir_okay=False, path_type=Path),
-              help="The lab's key log (gponsim serve --keylog), to narrate TLS decrypted.")
+@click.option("--keylog", type=click.Path(dir_okay=False, path_type=Path), envvar="SSLKEYLOGFILE",
+              help="The lab's key log (gponsim serve --keylog), to narrate TLS decrypted; its "
+                   "secrets are embedded in the file as they appear.")
 @narration_options
 def capture(out, iface, port_offset, ports, duration, count, keylog, lang, quiet, steps_file,
             explain, reveal_secrets):
     """Capture the lab's traffic live (needs root or CAP_NET_RAW), narrating it.
 
-    The file can be analyzed again later with `gponsim analyze FILE --keylog KEYS`.
+    The file can be analyzed again later with `gponsim analyze FILE` (the
+    --keylog secrets are in it) or opened in Wireshark, decrypted as well.
     """
     from gponsim.capture.command import LAB_PORTS, run_capture
 

@@ -381,9 +381,15 @@ SHIPPED = Path(__file__).resolve().parents[1] / "captures"
      "220 250 220 250 235 250 250 354 250 221", [("smtp", "PLAIN", "user1", "pass", True)], "TLSv1.3"),
     ("curl-imaps-fetch", "CAPABILITY AUTHENTICATE SELECT UID FETCH LOGOUT", "",
      [("imap", "PLAIN", "user2", "pass", True)], "TLSv1.3"),
+    # TLS 1.2 CBC: AES-128 + HMAC-SHA1 with encrypt-then-MAC; AES-256 + HMAC-SHA384 MAC-then-encrypt.
+    ("openssl-submission-tls12-aes128-sha-etm", "EHLO STARTTLS EHLO AUTH MAIL RCPT DATA QUIT",
+     "220 250 220 250 235 250 250 354 250 221", [("smtp", "PLAIN", "user1", "pass", True)], "TLSv1.2"),
+    ("openssl-submission-tls12-aes256-sha384-mte", "EHLO STARTTLS EHLO AUTH MAIL RCPT DATA QUIT",
+     "220 250 220 250 235 250 250 354 250 221", [("smtp", "PLAIN", "user1", "pass", True)], "TLSv1.2"),
 ])
 def test_shipped_captures_with_their_keys(name, cmds, codes, creds, version):
-    pcap, keys = SHIPPED / f"{name}.pcap", SHIPPED / f"{name}.keys"
+    [pcap] = [p for p in SHIPPED.glob(f"{name}.pcap*")]
+    keys = SHIPPED / f"{name}.keys"
     sink = ListSink()
     a = analyze(pcap, sink.step, keylog=keys if keys.exists() else None)
     assert " ".join(s.verb for s in sink.steps if s.kind == "command") == cmds
@@ -399,6 +405,32 @@ def test_shipped_captures_with_their_keys(name, cmds, codes, creds, version):
         assert not [s for s in bare.steps if s.tls] and b.credentials == []
 
 
+@pytest.mark.parametrize("name, cipher, etm", [
+    ("openssl-submission-tls12-aes128-sha-etm", "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA", True),
+    ("openssl-submission-tls12-aes256-sha384-mte", "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384", False),
+])
+def test_tls12_cbc_capture_decrypted_and_a_wrong_secret_is_said(name, cipher, etm, tmp_path):
+    pcap, keys = SHIPPED / f"{name}.pcapng", SHIPPED / f"{name}.keys"
+    sink = ListSink()
+    a = analyze(pcap, sink.step, keylog=keys)
+    assert a.report.problems == []
+    [hello] = [s for s in sink.steps if s.verb == "ServerHello"]
+    assert hello.meta["cipher"] == cipher and bool(hello.meta.get("encrypt_then_mac")) is etm
+    [data] = [s for s in sink.steps if s.kind == "data" and s.proto == "smtp"]
+    assert data.tls and data.meta["subject"] == "TLS 1.2 " + cipher.split("_WITH_")[0].replace(
+        "TLS_", "").replace("_", "-") + "-" + {True: "AES128-SHA", False: "AES256-SHA384"}[etm]
+    # One bit changed in the master secret: the first record's MAC (or padding) says no.
+    label, random, secret = keys.read_text().split()
+    wrong = tmp_path / "wrong.keys"
+    wrong.write_text(f"{label} {random} {secret[:-1]}{'0' if secret[-1] != '0' else '1'}\n")
+    bad = ListSink()
+    b = analyze(pcap, bad.step, keylog=wrong)
+    undecryptable = [s for s in bad.steps if s.verb == "UNDECRYPTABLE"]    # each direction
+    assert [s.meta["direction"] for s in undecryptable] == ["c2s", "s2c"]
+    assert all("MAC" in s.line or "padding" in s.line for s in undecryptable)
+    assert not [s for s in bad.steps if s.tls and s.kind == "command"] and b.credentials == []
+
+
 def test_steps_from_capture_feeds_the_diagrams():
     from gponsim.capture import steps_from_capture
     from gponsim.diagrams import load_steps
@@ -407,3 +439,154 @@ def test_steps_from_capture_feeds_the_diagrams():
     steps = load_steps(path)
     assert [s.line for s in steps] == [s.line for s in steps_from_capture(path)]
     assert steps[1].line.startswith("220 ")
+
+
+def test_pcapng_writer_blocks_read_back_by_our_reader_and_tshark(tmp_path):
+    """SHB, IDB (link type, snap length, ns resolution), EPBs and a DSB, written then read."""
+    import shutil
+    import subprocess
+
+    from gponsim.capture.pcap import ReadReport, read_packets
+    from gponsim.capture.pcapng_writer import PcapNgWriter
+
+    frame = bytes(range(14)) + b"\x45" + bytes(40)           # 55 bytes: padding needed
+    path = tmp_path / "w.pcapng"
+    with PcapNgWriter(path, linktype=1, snaplen=60, ifname="lo") as w:
+        w.packet(1_700_000_000_123_456_789, frame)
+        w.tls_secrets(b"CLIENT_RANDOM " + b"ab" * 32 + b" " + b"cd" * 48)
+        w.packet(1_700_000_001_000_000_001, frame * 2)     # cut at the snap length
+    report = ReadReport()
+    got = list(read_packets(path, report))
+    assert report.format == "pcapng" and report.problems == [] and report.linktypes == {1}
+    assert [(n, link, data) for n, _t, link, data in got] == [(1, 1, frame), (2, 1, (frame * 2)[:60])]
+    assert abs(got[0][1] - 1_700_000_000.123456789) < 1e-6
+    assert report.keylog == ["CLIENT_RANDOM " + "ab" * 32 + " " + "cd" * 48]
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch",
+                          "-e", "frame.cap_len", "-e", "frame.len"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1700000000.123456789", "55", "55",
+                                  "1700000001.000000001", "60", "110"]
+
+
+def test_imap_fetch_and_append_bodies_extracted_once_each(tmp_path):
+    """FETCH BODY[]/RFC822 literals, chunks of BODY[]<origin>, APPEND literals → .eml;
+    headers-only fetches are not messages; a message fetched twice is saved once."""
+    m1 = b"From: a@x.org\r\nSubject: first\r\n\r\nbody one\r\n"
+    m2 = b"From: b@x.org\r\nSubject: second\r\nX-Mailer: Tester 1.0\r\n\r\n" + b"z" * 300 + b"\r\n"
+    m3 = b"From: user1@gponlab.local\r\nSubject: sent copy\r\n\r\nappended\r\n"
+    conv = Conversation(server=("10.0.0.2", 143))
+    conv.s("* OK Dovecot ready.\r\n")
+    conv.c("a1 LOGIN user1 pass\r\n")
+    conv.s("a1 OK Logged in\r\n")
+    conv.c("a2 FETCH 1 (BODY.PEEK[HEADER])\r\n")
+    conv.s(b"* 1 FETCH (BODY[HEADER] {32}\r\n" + m1[:32] + b")\r\na2 OK Fetch completed.\r\n")
+    conv.c("a3 UID FETCH 7 (UID RFC822.SIZE BODY.PEEK[])\r\n")
+    conv.s(b"* 1 FETCH (UID 7 RFC822.SIZE %d BODY[] {%d}\r\n" % (len(m1), len(m1)) + m1
+           + b")\r\na3 OK Fetch completed.\r\n", mss=20)
+    conv.c("a4 FETCH 1 RFC822\r\n")                     # the same message again
+    conv.s(b"* 1 FETCH (RFC822 {%d}\r\n" % len(m1) + m1 + b" FLAGS (\\Seen))\r\na4 OK done\r\n")
+    for origin in (0, 200):                             # Thunderbird-style chunks
+        chunk = m2[origin:origin + 200]
+        conv.c(f"a5{origin} UID FETCH 8 (UID BODY.PEEK[]<{origin}.200>)\r\n")
+        conv.s(b"* 2 FETCH (UID 8 BODY[]<%d> {%d}\r\n" % (origin, len(chunk)) + chunk
+               + b")\r\na5%d OK done\r\n" % origin)
+    conv.c(b"a6 APPEND Sent (\\Seen) {%d}\r\n" % len(m3))
+    conv.s("+ OK\r\n")
+    conv.c(m3 + b"\r\n")
+    conv.s("a6 OK [APPENDUID 1 3] Append completed.\r\n")
+    conv.c("a7 LOGOUT\r\n")
+    conv.s("* BYE Logging out\r\na7 OK Logout completed.\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "imap.pcap", conv.frames())
+
+    sink = []
+    a = analyze(path, sink.append)
+    assert a.report.problems == []
+    assert [(m["verb"], m.get("subject")) for m in a.messages] == [
+        ("FETCH", "first"), ("FETCH", "first"), ("APPEND", "sent copy"), ("FETCH", "second")]
+    assert [c.software for c in a.connections] == [["Tester 1.0"]]
+    verbs = [s.verb for s in sink if s.kind == "command"]
+    assert verbs == ["LOGIN", "FETCH", "UID FETCH", "FETCH", "UID FETCH", "UID FETCH", "APPEND", "LOGOUT"]
+
+    out = tmp_path / "eml"
+    res = CliRunner().invoke(main, ["analyze", str(path), "--quiet", "--extract", str(out),
+                                    "--lang", "en"])
+    assert res.exit_code == 0, res.output
+    files = sorted(out.glob("*.eml"))
+    assert [f.read_bytes() for f in files] == [m.replace(b"\r\n", b"\n") for m in (m1, m3, m2)]
+    assert "Messages (4):" in res.output
+    assert "the same message as 1" in res.output and res.output.count("saved in") == 3
+    assert "[imap APPEND]" in res.output and "Subject: sent copy" in res.output
+
+
+def test_fast_jsonl_lines_are_step_to_json_exactly(tmp_path):
+    """gponsim.capture.jsonl.step_line writes what Step.to_json writes, for every kind of Step."""
+    from gponsim.capture.jsonl import step_line
+    from gponsim.steps import Step
+
+    steps = []
+    for pcap in sorted(SHIPPED.glob("*.pcap*")):
+        keys = pcap.with_suffix(".keys")
+        steps += steps_from_capture_list(pcap, keys if keys.exists() else None)
+    assert len(steps) > 100 and any(s.secret for s in steps) and any(s.meta for s in steps)
+    steps += [
+        Step(t=1.5, session="s-1", proto="smtp", src="client", dst="smtpd", dir="c2s",
+             kind="command", line='AUTH PLAIN AHVz\u00f1"\\\udce4\x01', verb="AUTH",
+             args='PLAIN AHVz\u00f1"\\\udce4\x01', secret=(11, 22), code=0, tag="",
+             meta={"a": [1, 2.5, None, "ñ"], "b": {"c": True}}),
+        Step(t=2, session="s-2", proto="imap", src="imap", dst="client", dir="s2c", kind="reply",
+             line="", status="OK", tag="a1", tls=True, key="imap.reply.LOGIN.OK", enhanced="2.0.0"),
+        Step(t=3.0, session="s-3", proto="pop3", src="client", dst="pop3", dir="c2s",
+             kind="command", line="PASS ", verb="PASS", args="", secret=(5, 5)),
+    ]
+    for step in steps:
+        for reveal in (False, True):
+            assert step_line(step, reveal) == step.to_json(reveal)
+
+
+def steps_from_capture_list(path, keys):
+    sink = ListSink()
+    analyze(path, sink.step, keylog=keys)
+    return sink.steps
+
+
+def test_pcap_fast_lane_reads_what_the_generic_path_reads(tmp_path):
+    """read_packets(tcp4=True) gives, for every Ethernet/IPv4/TCP packet, the fields
+    tcp_segment gives; every other packet (IPv6, VLAN, IP options, fragments,
+    padding, other link types) comes as a frame, as before."""
+    from gponsim.capture.pcap import ReadReport, read_packets, tcp_segment
+
+    conv = Conversation()
+    smtp_session(conv, mss=40)
+    frames = conv.frames()
+    seg = frames[5]
+    eth, ip = seg[:14], seg[14:]
+    options = bytes([0x46]) + ip[1:2] + (int.from_bytes(ip[2:4], "big") + 4).to_bytes(2, "big") \
+        + ip[4:10] + b"\0\0" + ip[12:20] + b"\x01\x01\x01\x00" + ip[20:]      # IHL 6 (NOPs)
+    fragment = eth + ip[:6] + b"\x20\x00" + ip[8:]                              # MF set
+    padded = frames[2] + b"\0" * 6                                              # Ethernet padding
+    ipv6 = link("ether", __import__("pcapgen").ipv6("2001:db8::1", "2001:db8::2",
+                                                     seg[34:]))
+    path = write_pcap(tmp_path / "mix.pcap", frames + [eth + options, fragment, padded, ipv6,
+                                                        link("ether", ip, vlan=7)])
+    pcaps = [path] + sorted(SHIPPED.glob("*.pcap*"))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+    if shared.is_dir():
+        pcaps += sorted(shared.rglob("*.pcap*"))
+    fast = 0
+    for pcap in pcaps:
+        generic = list(read_packets(pcap, ReadReport()))
+        lane = list(read_packets(pcap, ReadReport(), tcp4=True))
+        assert [p[:2] for p in lane] == [p[:2] for p in generic], pcap
+        for (n, _t, link_type, frame), (_n, _t2, lane_link, got) in zip(generic, lane):
+            if lane_link is None:
+                fast += 1
+                s = tcp_segment(link_type, frame)
+                assert s is not None and got == (s.src, s.sport, s.dst, s.dport, s.seq, s.ack,
+                                                 s.flags, s.payload), (pcap, n)
+            else:
+                assert (lane_link, got) == (link_type, frame), (pcap, n)
+    assert fast > len(frames)

@@ -195,3 +195,118 @@ def test_gponsim_capture_without_permission_says_what_to_do(tmp_path, monkeypatc
     monkeypatch.setattr(live.socket, "socket", refuse)
     res = CliRunner().invoke(main, ["capture", "-o", str(tmp_path / "x.pcap"), "--count", "1"])
     assert res.exit_code == 2 and "CAP_NET_RAW" in res.output
+
+
+def _tshark(pcap, *args, ports=None):
+    """tshark on a capture; the lab's random ports are told as submission and imaps."""
+    import subprocess
+
+    decode = []
+    if ports:
+        decode = ["-d", f"tcp.port=={ports['submission']},smtp",
+                  "-d", f"tcp.port=={ports['imaps']},tls", "-d", f"tls.port=={ports['imaps']},imap"]
+    res = subprocess.run(["tshark", "-n", "-r", str(pcap), *decode, *args], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_serve_capture_writes_pcapng_with_the_key_log_embedded(lab_factory, tmp_path, version):
+    """`serve --keylog K --capture F`: F is pcapng whose Decryption Secrets Blocks let
+    tshark and `gponsim analyze` (with no --keylog) read the SMTP and IMAP inside TLS."""
+    import imaplib
+    import shutil
+    import ssl
+
+    from gponsim.capture.pcap import read_packets, ReadReport
+
+    keylog, pcap = tmp_path / "keys.log", tmp_path / "lab.pcapng"
+    lab = lab_factory(extra=["--keylog", str(keylog), "--capture", str(pcap)]).start()
+    wait_until(lambda: "capturing the lab's traffic" in lab.stderr(), what="the capture to start")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    with smtplib.SMTP("127.0.0.1", lab.ports["submission"], timeout=15) as c:
+        c.starttls(context=ctx)
+        c.login("user1", "pass")
+        c.sendmail("user1@gponlab.local", ["user2@gponlab.local"],
+                   b"Subject: embedded\r\n\r\nread me with the DSB\r\n")
+    m = imaplib.IMAP4_SSL("127.0.0.1", lab.ports["imaps"], ssl_context=ctx, timeout=15)
+    m.login("user1", "pass")
+    m.select("INBOX")
+    m.logout()
+    assert lab.stop() == 0
+    assert "capture written to" in lab.stderr()
+
+    report = ReadReport()
+    frames = list(read_packets(pcap, report))
+    assert report.format == "pcapng" and report.problems == [] and report.linktypes == {1}
+    assert len(frames) > 20 and all(f[2] == 1 for f in frames)
+    lines = keylog.read_text().splitlines()
+    assert lines and set(report.keylog) == set(lines)      # every secret of the lab, embedded
+    assert frames == sorted(frames, key=lambda f: f[1])     # nanosecond times, in order
+
+    sink = ListSink()
+    analysis = analyze(pcap, sink.step)                      # no --keylog: the file has the keys
+    assert analysis.report.problems == []
+    assert not [s for s in sink.steps if s.verb == "UNDECRYPTABLE"]
+    creds = [(c.proto, c.mechanism, c.user, c.inside_tls) for c in analysis.credentials]
+    assert creds == [("smtp", "PLAIN", "user1", True), ("imap", "LOGIN", "user1", True)]
+    assert [s.verb for s in sink.steps if s.proto == "smtp" and s.kind == "command" and s.tls] \
+        == ["EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"]
+
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed: the Wireshark side is not checked")
+    ports = lab.ports
+    smtp = _tshark(pcap, "-Y", "smtp.req", "-T", "fields", "-e", "smtp.req.command", ports=ports)
+    # (Wireshark's smtp.req.command holds the first 4 letters: STARTTLS is "STAR".)
+    assert smtp.upper().split() == ["EHLO", "STAR", "EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"]
+    imap = _tshark(pcap, "-Y", "imap.request", "-T", "fields", "-e", "imap.request.command",
+                   ports=ports)
+    ours = [s.verb for s in sink.steps if s.proto == "imap" and s.kind == "command"]
+    assert imap.upper().split() == ours and ours[-3:] == ["LOGIN", "SELECT", "LOGOUT"]
+    # Without the embedded secrets tshark sees only TLS records on those connections.
+    bare = tmp_path / "bare.pcap"
+    _tshark(pcap, "-F", "pcap", "-w", str(bare))
+    assert _tshark(bare, "-Y", "imap.request", ports=ports).strip() == ""
+    assert _tshark(bare, "-Y", "smtp.req", "-T", "fields", "-e", "smtp.req.command",
+                   ports=ports).upper().split() == ["EHLO", "STAR"]
+
+
+def test_gponsim_capture_count_keylog_embeds_secrets_and_stops(lab_factory, tmp_path):
+    """`gponsim capture --keylog K --count N`: exactly N packets, the secrets in the file."""
+    import ssl
+    import subprocess
+
+    from gponsim.capture.pcap import ReadReport, read_packets
+
+    keylog, out = tmp_path / "keys.log", tmp_path / "c.pcapng"
+    lab = lab_factory(extra=["--keylog", str(keylog)]).start()
+    proc = subprocess.Popen([sys.executable, "-m", "gponsim", "capture", "-o", str(out), "--port",
+                             str(lab.ports["submission"]), "--keylog", str(keylog), "--count", "30",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "capturing on lo" in proc.stderr.readline()
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", lab.ports["submission"], timeout=15) as c:
+            c.starttls(context=ctx)
+            c.login("user1", "pass")
+            for _ in range(20):                  # more packets than --count keeps
+                c.noop()
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "30 packets written" in err and "key-log block(s) embedded" in err
+    report = ReadReport()
+    assert len(list(read_packets(out, report))) == 30 and report.problems == []
+    assert report.keylog and set(report.keylog) <= set(keylog.read_text().splitlines())
+    sink = ListSink()
+    analyze(out, sink.step)
+    assert [s.verb for s in sink.steps if s.kind == "command"][:3] == ["EHLO", "STARTTLS", "EHLO"]
+    assert "AUTH" in [s.verb for s in sink.steps if s.kind == "command" and s.tls]

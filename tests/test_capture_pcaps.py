@@ -71,7 +71,8 @@ FACTS = {
     "arkime/imap.pcap": dict(
         cmds="CAPABILITY LOGIN LIST SELECT FETCH NOOP NOOP FETCH " + "NOOP " * 11
              + "STORE STORE EXPUNGE SELECT FETCH NOOP CLOSE",
-        creds=[("LOGIN", "neulingern", "XXXXXX")]),
+        creds=[("LOGIN", "neulingern", "XXXXXX")],
+        messages=1),             # "* 12 FETCH (RFC822 {3339}" (the rest: BODY[HEADER.FIELDS])
     "arkime/smtp-data-250.pcap": dict(cmds="EHLO AUTH MAIL RCPT DATA",
                                       codes="220 250 235 250 250 354 250 421", auth=["PLAIN"],
                                       creds=[("PLAIN", "12345678@aol.com", "passwd")]),
@@ -109,7 +110,8 @@ FACTS = {
     "suricata-verify/pop3-02-bug-7709-foxmail.pcap": dict(
         cmds="USER PASS QUIT USER PASS STAT LIST UIDL RETR QUIT",
         creds=[("USER/PASS", "test@tt.com", "123456"), ("USER/PASS", "test", "123456")]),
-    "suricata-verify/tcp-async-01-imap-server-side.pcap": dict(cmds="", one_direction=True),
+    "suricata-verify/tcp-async-01-imap-server-side.pcap": dict(cmds="", one_direction=True,
+                                                               messages=1),  # BODY[] {180237}
     "chrissanders-packets/mail_sender_client_1.pcapng": dict(
         cmds="EHLO MAIL RCPT DATA QUIT", codes="220 250 250 250 354 250 221",
         clients=["[172.16.16.225]"], software=["Thunderbird/38.5.0"]),

@@ -17,9 +17,10 @@ from typing import Callable
 from gponsim.capture.decoders import (DECODERS, IMPLICIT, PORTS, ConnInfo, Context, Credential,
                                       Message, sniff)
 from gponsim.capture.pcap import (SUPPORTED_LINKS, CaptureError, ReadReport, UnknownLink,
-                                  read_packets, tcp_segment)
+                                  ether_ipv4_tcp, read_packets, tcp_segment)
 from gponsim.capture.tcp import Connection, Tracker
 from gponsim.capture.tls import TlsObserver, looks_like_tls
+from gponsim.commentary import annotate
 from gponsim.steps import Step, new_session, null_emit
 
 __all__ = ["Analysis", "CaptureError", "analyze"]
@@ -113,6 +114,8 @@ class _Sniffer:
         proto = sniff(self.first["c2s"], self.first["s2c"])
         if proto is not None:
             self.decoder = self.owner.decoder_for(self.conn, proto, implicit=self.tls is not None)
+            if self.tls is None and self.conn.handler is self:
+                self.conn.handler = self.decoder      # from now on, straight to the decoder
             held, self.held = self.held, []
             for d, chunk, when in held:
                 self.decoder.data(d, chunk, when)
@@ -138,13 +141,9 @@ class _Run:
         self.emit_out = emit
         self.keep_messages = keep_messages
         self.user_on_message = on_message
-        self.ctx = Context(self.emit, self.on_message, analysis.credentials.append, keylog)
-
-    def emit(self, step: Step) -> None:
-        self.analysis.steps += 1
-        if step.kind == "reply" and step.failed and len(self.analysis.failures) < 200:
-            self.analysis.failures.append(step)
-        self.emit_out(step)
+        self.ctx = Context(emit, self.on_message, analysis.credentials.append, keylog,
+                           failures=analysis.failures)
+        self._connect_keys: dict[tuple, str | None] = {}
 
     def on_message(self, message: Message) -> None:
         meta = dict(message.meta)
@@ -167,8 +166,9 @@ class _Run:
         return self.decoder_for(conn, proto)
 
     def decoder_for(self, conn: Connection, proto: str, implicit: bool = False):
+        endpoints = conn.four_tuple
         info = ConnInfo(number=self.analysis.connection_count + 1, session=new_session("capture"),
-                        proto=proto, endpoints=conn.four_tuple, server_port=conn.server[1],
+                        proto=proto, endpoints=endpoints, server_port=conn.server[1],
                         start=conn.first_t, first_packet=conn.first_packet, midstream=not conn.syn)
         if len(self.analysis.connections) < MAX_LISTED:
             self.analysis.connections.append(info)
@@ -180,13 +180,16 @@ class _Run:
         how = "SYN seen" if conn.syn else "the capture starts in the middle of this connection"
         step = Step(t=conn.first_t, session=info.session, proto=proto, src="client", dst=server,
                     dir="internal", kind="event", verb="CONNECT", key="capture.connect",
-                    line=f"connection {conn.four_tuple} (packet {conn.first_packet}; {how})",
+                    line=f"connection {endpoints} (packet {conn.first_packet}; {how})",
                     meta={"client": list(conn.client), "server": list(conn.server),
                           "packet": conn.first_packet, "midstream": not conn.syn})
-        from gponsim.commentary import annotate
-
         decoder.t = conn.first_t
-        decoder.emit(annotate(step))
+        # Every CONNECT Step of a protocol resolves to the same commentary: once.
+        key = self._connect_keys.get((proto, server, conn.syn))
+        if key is None:
+            key = self._connect_keys[(proto, server, conn.syn)] = annotate(step).key
+        step.key = key
+        decoder.emit(step)
         return decoder
 
 
@@ -194,8 +197,16 @@ _NAME = None
 
 
 def _attachments(message: bytes) -> list[str]:
-    """File names of attachments (name= / filename= MIME parameters)."""
+    """File names of attachments (name= / filename= MIME parameters).
+
+    A message without a Content-Type or Content-Disposition header has no MIME
+    parts, so no attachments: its header (the first lines) is enough to tell.
+    """
     global _NAME
+    end = message.find(b"\n\n")
+    head = message[:end if end >= 0 else 65536].lower()
+    if b"content-type" not in head and b"content-disposition" not in head:
+        return []
     if b"name" not in message and b"NAME" not in message and b"Name" not in message:
         return []
     if _NAME is None:
@@ -223,6 +234,7 @@ class Analyzer:
         self.keys = KeyLog.from_file(keylog) if keylog else KeyLog()
         self.run = _Run(self.analysis, emit, False, on_message, self.keys)
         self.tracker = Tracker(self.run.opened)
+        self._tcp = self.tracker.tcp
         self.started = time.perf_counter()
         self.tcp_packets = 0
         self._embedded = 0
@@ -232,6 +244,16 @@ class Analyzer:
         if len(report.keylog) > self._embedded:          # pcapng Decryption Secrets Blocks
             self.keys.add_lines(report.keylog[self._embedded:])
             self._embedded = len(report.keylog)
+        if link == 1:
+            fields = ether_ipv4_tcp(frame)               # the common case, without a Segment
+            if fields is not None:
+                self.tcp_packets += 1
+                try:
+                    self._tcp(number, t, fields)
+                except Exception as exc:  # noqa: BLE001 - one bad connection must not end it all
+                    report.problem(f"packet {number}: could not decode ({type(exc).__name__}: "
+                                   f"{exc}); decoding goes on with the next packet")
+                return
         try:
             seg = tcp_segment(link, frame)
         except UnknownLink:
@@ -258,6 +280,7 @@ class Analyzer:
         for problem in self.tracker.finish():
             self.report.problem(problem)
         self.analysis.tcp_packets = self.tcp_packets
+        self.analysis.steps = self.run.ctx.steps
         self.analysis.elapsed = time.perf_counter() - self.started
         return self.analysis
 
@@ -270,8 +293,41 @@ def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
     Raises :class:`CaptureError` only when the file cannot be read at all;
     later problems are in ``analysis.report.problems``.
     """
+    import gc
+
     engine = Analyzer(emit, name=str(path), on_message=on_message, keylog=keylog)
     packet = engine.packet
-    for number, t, link, frame in read_packets(path, engine.report):
-        packet(number, t, link, frame)
+    # The decoders make no reference cycles per packet (a closed connection lets go of
+    # its handler): the collector's passes over the many short-lived Steps are wasted
+    # work. A young-generation pass now and then keeps memory bounded all the same.
+    enabled = gc.isenabled()
+    gc.disable()
+    report = engine.report
+    tcp = engine.tracker.tcp
+    fast = 0
+    try:
+        for number, t, link, frame in read_packets(path, report, tcp4=True):
+            # Ethernet + IPv4 + TCP, the common case, straight to the tracker (what
+            # Analyzer.packet does, without its checks for the other cases).
+            if link is None:
+                fields = frame                       # the reader's fast lane: parsed already
+            elif link == 1 and len(report.keylog) == engine._embedded:
+                fields = ether_ipv4_tcp(frame)
+            else:
+                fields = None
+            if fields is None:
+                packet(number, t, link, frame)
+            else:
+                fast += 1
+                try:
+                    tcp(number, t, fields)
+                except Exception as exc:  # noqa: BLE001 - one bad connection must not end it all
+                    report.problem(f"packet {number}: could not decode ({type(exc).__name__}: "
+                                   f"{exc}); decoding goes on with the next packet")
+            if not number & 0x3FFFF:
+                gc.collect(0)
+    finally:
+        if enabled:
+            gc.enable()
+    engine.tcp_packets += fast
     return engine.finish()

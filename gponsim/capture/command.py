@@ -14,6 +14,29 @@ import click
 def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bool, lang: str,
         credentials: bool, extract: Path | None, quiet: bool, explain: str, reveal: bool) -> int:
     """Analyze ``file``; print summary, narration, tables. Returns the exit code."""
+    import gc
+
+    # One analysis, then the process ends: what survives it (connections, messages)
+    # lives to the end, and the decoders make no reference cycles per packet, so the
+    # cyclic collector would only walk the survivors again and again (and once more
+    # at exit: frozen objects are left out of that last pass).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(file, keylog=keylog, steps_file=steps_file, as_json=as_json, lang=lang,
+                    credentials=credentials, extract=extract, quiet=quiet, explain=explain,
+                    reveal=reveal)
+    finally:
+        # What is alive now (the analysis) lives until the command ends: out of the
+        # collector's sight, so switching it back on (and the interpreter's last
+        # collection at exit) does not walk it all again.
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bool, lang: str,
+         credentials: bool, extract: Path | None, quiet: bool, explain: str, reveal: bool) -> int:
     from gponsim.capture.analyze import CaptureError, analyze
     from gponsim.capture.report import Extractor, credentials_text, messages_text, summary_text
     from gponsim.steps import Step
@@ -27,11 +50,22 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
         # are written as \udcXX escapes, so the file stays valid UTF-8 and JSON.
         recorder = open(steps_file, "w", encoding="utf-8", errors="backslashreplace")
 
-        encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        from gponsim.capture.jsonl import step_line
 
-        def to_file(step: Step, write=recorder.write) -> None:
-            # Same text as Step.to_json, without json.dumps' per-call set-up.
-            write(encode(step.to_dict(reveal)) + "\n")
+        lines: list[str] = []
+
+        def to_file(step: Step, add=lines.append) -> None:
+            # Same text as Step.to_json, built directly (see gponsim.capture.jsonl);
+            # written a few hundred lines at a time.
+            add(step_line(step, reveal))
+            if len(lines) >= 512:
+                flush_lines()
+
+        def flush_lines() -> None:
+            if lines:
+                lines.append("")
+                recorder.write("\n".join(lines))
+                lines.clear()
         sinks.append(to_file)
     spool = None
     first_json = [True]
@@ -76,6 +110,7 @@ def run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: bo
         return 2
     finally:
         if recorder is not None:
+            flush_lines()
             recorder.close()
     if as_json:
         data = analysis.to_dict(reveal or credentials)
@@ -122,10 +157,11 @@ LAB_PORTS = (25, 587, 465, 143, 993, 110, 995)
 def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | None,
                 count: int | None, keylog: Path | None, lang: str, quiet: bool,
                 steps_file: Path | None, explain: str, reveal: bool) -> int:
-    """Capture the lab's ports live into ``out`` (pcap), narrating as it goes.
+    """Capture the lab's ports live into ``out`` (pcapng), narrating as it goes.
 
-    Ends at Ctrl-C (or SIGTERM), after ``duration`` seconds or ``count``
-    packets, with the file complete; then prints the summary.
+    With ``keylog`` (the lab's ``serve --keylog`` file) its secrets are embedded
+    in the file as they appear. Ends at Ctrl-C (or SIGTERM), after ``duration``
+    seconds or ``count`` packets, with the file complete; then prints the summary.
     """
     import signal
     import threading
@@ -153,7 +189,7 @@ def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | No
             done.set()
 
     try:
-        sniffer = Sniffer(out, ports, iface=iface, on_frame=on_frame)
+        sniffer = Sniffer(out, ports, iface=iface, on_frame=on_frame, keylog=keylog, limit=count)
     except CapturePermission as exc:
         click.echo(f"gponsim: {exc}", err=True)
         return 2
@@ -171,5 +207,6 @@ def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | No
     bus.close()
     click.echo("")
     click.echo(summary_text(analysis, lang))
-    click.echo(f"gponsim: {sniffer.count} packets written to {out}", err=True)
+    embedded = f", {sniffer.writer.secrets} TLS key-log block(s) embedded" if sniffer.writer.secrets else ""
+    click.echo(f"gponsim: {sniffer.count} packets written to {out}{embedded}", err=True)
     return 0

@@ -76,14 +76,25 @@ class Message:
 
 
 class Context:
-    """What a decoder reports to: the emit function and the collectors."""
+    """What a decoder reports to: where Steps go, the collectors, the counts.
+
+    ``emit`` receives every Step; ``steps`` counts them and ``failures`` keeps
+    the first :data:`MAX_FAILURES` failure replies (the summary's list).
+    """
 
     def __init__(self, emit: Callable[[Step], object], on_message: Callable[[Message], None],
-                 on_credential: Callable[[Credential], None], keylog=None) -> None:
+                 on_credential: Callable[[Credential], None], keylog=None,
+                 failures: list | None = None) -> None:
         self.keylog = keylog
         self.emit = emit
         self.on_message = on_message
         self.on_credential = on_credential
+        self.steps = 0
+        self.failures = failures if failures is not None else []
+
+
+#: Failure replies kept for the summary (the rest are counted per connection).
+MAX_FAILURES = 200
 
 
 def _b64(text: str) -> bytes | None:
@@ -129,10 +140,15 @@ class Decoder:
 
     def emit(self, step: Step) -> None:
         step.t = self.t
-        self.info.steps += 1
-        if step.failed and step.kind == "reply":
-            self.info.failures += 1
-        self.ctx.emit(step)
+        info = self.info
+        info.steps += 1
+        ctx = self.ctx
+        ctx.steps += 1
+        if step.kind == "reply" and step.failed:
+            info.failures += 1
+            if len(ctx.failures) < MAX_FAILURES:
+                ctx.failures.append(step)
+        ctx.emit(step)
 
     def data(self, direction: str, data: bytes, t: float) -> None:
         self.t = t
@@ -191,6 +207,9 @@ class Decoder:
         elif name == "ServerHello":
             line = f"ServerHello: {info['version']} with {info['cipher']}"
             meta = {"version": info["version"], "cipher": info["cipher"]}
+            if info.get("etm"):
+                line += ", encrypt-then-MAC"
+                meta["encrypt_then_mac"] = True
             self.info.tls.update(meta)
             step = Step(t=self.t, session=self.session, proto="tls", src=server, dst=client,
                         dir="s2c", kind="handshake", line=line, verb="ServerHello", meta=meta)
@@ -283,6 +302,28 @@ class Decoder:
             self.credential(mech, _text(decoded[0]).split(" ")[0], "(challenge-response)")
 
 
+#: SMTP lines seen before → the fields wire.command_step / wire.reply_step gave them
+#: (verb, args, commentary key...): a busy capture repeats the same lines, and a Step
+#: built from the template is the same Step, for less work. Lines with secrets are
+#: not kept.
+_COMMANDS: dict[str, tuple] = {}
+_REPLIES: dict[tuple, tuple] = {}
+_TEMPLATES = 4096
+_LINES: dict[bytes, str] = {}
+
+
+def _line_text(data: bytes, errors: str = "surrogateescape") -> str:
+    """The text of one whole line (``data`` ends with its only LF), as _client and
+    _server decode it (client bytes keep their non-UTF-8 bytes; server's are replaced)."""
+    raw = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+    line = raw.decode("utf-8", errors)
+    if line.isascii():               # ASCII reads the same both ways: kept for both sides
+        if len(_LINES) > _TEMPLATES:
+            _LINES.clear()
+        _LINES[data] = line
+    return line
+
+
 class SmtpDecoder(Decoder):
     proto = "smtp"
     server = "smtpd"
@@ -308,10 +349,27 @@ class SmtpDecoder(Decoder):
         return not (self.cbuf if direction == "c2s" else self.sbuf) and self.state == "cmd"
 
     def text(self, direction: str, data: bytes) -> None:
+        # A segment that is exactly one whole line (most of them) skips the line
+        # splitting; the text of lines seen before is kept (_LINES).
         if direction == "c2s":
+            if not self.cbuf and self.state == "cmd" and data[0] not in _TLS_FIRST:
+                line = _LINES.get(data)
+                if line is None and data.find(b"\n") == len(data) - 1:
+                    line = _line_text(data)
+                if line is not None:
+                    self._command(line)
+                    return
             self.cbuf += data
             self._client()
         else:
+            if not self.sbuf and not self.reply_lines:
+                line = _LINES.get(data)
+                if line is None and data.find(b"\n") == len(data) - 1:
+                    line = _line_text(data, "replace")
+                if line is not None and not (len(line) >= 4 and line[3] == "-"
+                                             and line[:3].isdigit()):
+                    self._reply([line])
+                    return
             self.sbuf += data
             self._server()
 
@@ -369,9 +427,19 @@ class SmtpDecoder(Decoder):
             if line.strip() != "*":
                 self.auth[1].append(line.strip())
             return
-        step = wire.command_step(line, session=self.session, tls=self.tls, t=self.t)
+        tpl = _COMMANDS.get(line)
+        if tpl is None:
+            step = wire.command_step(line, session=self.session, tls=self.tls, t=self.t)
+            verb, args = wire.split_command(line)
+            if step.secret is None:
+                if len(_COMMANDS) > _TEMPLATES:
+                    _COMMANDS.clear()
+                _COMMANDS[line] = (step.verb, step.args, step.key, verb, args)
+        else:
+            known, known_args, key, verb, args = tpl
+            step = Step(self.t, self.session, "smtp", "client", "smtpd", "c2s", "command", line,
+                        known, known_args, None, None, None, None, self.tls, key)
         self.emit(step)
-        verb, args = wire.split_command(line)
         self.last_verb = verb
         self.pending.append((step.verb or "UNKNOWN", "cmd"))
         if verb in ("EHLO", "HELO", "LHLO"):
@@ -472,7 +540,17 @@ class SmtpDecoder(Decoder):
         else:
             verb, what = None, None
         self.banner = True
-        step = wire.reply_step(lines, session=self.session, answers=verb, tls=self.tls, t=self.t)
+        text = lines[0] if len(lines) == 1 else "\n".join(lines)
+        tpl = _REPLIES.get((verb, text))
+        if tpl is None:
+            step = wire.reply_step(lines, session=self.session, answers=verb, tls=self.tls, t=self.t)
+            if len(_REPLIES) > _TEMPLATES:
+                _REPLIES.clear()
+            _REPLIES[(verb, text)] = (step.code, step.enhanced, step.key)
+        else:
+            code, enhanced, key = tpl
+            step = Step(self.t, self.session, "smtp", "smtpd", "client", "s2c", "reply", text,
+                        verb, None, code, enhanced, None, None, self.tls, key)
         self.emit(step)
         code = step.code or 0
         if verb == "STARTTLS" and code == 220:
@@ -554,7 +632,38 @@ class _ConversationDecoder(Decoder):
         pass
 
 
+#: A FETCH response item whose literal is a whole message: BODY[] (or BODY.PEEK[] echoed
+#: as BODY[]), BINARY[], RFC822; ``<origin>`` marks a partial fetch (a chunk).
+_FETCH_MESSAGE = re.compile(r"(?:BODY\[\]|BINARY\[\]|RFC822)(?:<(\d+)>)? \{(\d+)\+?\}$", re.I)
+_FETCH_UID = re.compile(r"\bUID (\d+)", re.I)
+_APPEND = re.compile(r"^\S+ (?:UID )?APPEND ", re.I)
+
+
+class _Literal:
+    """A message-carrying literal being collected from one direction."""
+
+    __slots__ = ("verb", "key", "origin", "size", "chunks", "have")
+
+    def __init__(self, verb: str, key, origin: int, size: int) -> None:
+        self.verb, self.key, self.origin, self.size = verb, key, origin, size
+        self.chunks: list[bytes] = []
+        self.have = 0
+
+    def add(self, data: bytes) -> None:
+        if self.have < MAX_MESSAGE:
+            self.chunks.append(data)
+        self.have += len(data)
+
+
 class ImapDecoder(_ConversationDecoder):
+    """IMAP, plus the messages in FETCH (BODY[], RFC822) and APPEND literals.
+
+    The wire conversation summarises literals; to keep their bytes, each
+    direction is fed to it a line at a time, and the bytes of a literal that
+    carries a message (seen from the line that announced it) are collected as
+    they pass.
+    """
+
     proto = "imap"
     server = "imap"
 
@@ -562,7 +671,103 @@ class ImapDecoder(_ConversationDecoder):
         from gponsim.wire.imap import ImapConversation
 
         self.auth: list | None = None
+        self.lit: dict[str, _Literal | None] = {"c2s": None, "s2c": None}
+        self.partial: dict = {}          # message number -> [chunks, size]: BODY[]<origin>
         return ImapConversation(session)
+
+    def text(self, direction: str, data: bytes) -> None:
+        conv = self.conv
+        conv.tls = self.tls
+        client = direction == "c2s"
+        feed = conv.client_data if client else conv.server_data
+        steps: list[Step] = []
+        while data:
+            pending = conv._c_literal if client else conv._s_literal
+            buffered = conv._cin if client else conv._sin
+            lit = self.lit[direction]
+            if pending and not buffered:
+                chunk, data = data[:pending], data[pending:]
+                if lit is not None:
+                    lit.add(chunk)
+                steps += feed(chunk)
+                if lit is not None and not (conv._c_literal if client else conv._s_literal):
+                    self.lit[direction] = None
+                    self._literal_done(lit)
+                continue
+            if lit is not None and not pending:
+                self.lit[direction] = None         # refused before it was sent (NO to {n})
+            nl = data.find(b"\n")
+            if nl < 0:
+                steps += feed(data)
+                break
+            line, data = data[:nl + 1], data[nl + 1:]
+            steps += feed(line)
+            pending = conv._c_literal if client else conv._s_literal
+            if pending and not (conv._cin if client else conv._sin):
+                self.lit[direction] = self._literal_start(client, pending)
+        for step in steps:
+            self.emit(step)
+            self.after(step)
+
+    def _literal_start(self, client: bool, size: int) -> _Literal | None:
+        """What the literal just announced carries (the line is whole in the conversation)."""
+        if client:
+            cmd = self.conv._cmd
+            if cmd is None or not cmd.parts:
+                return None
+            head, text = cmd.parts[0], cmd.parts[-1]
+            # The message is APPEND's literal that follows the mailbox (and flags, date).
+            if _APPEND.match(head) and len(cmd.parts) > 1 or (
+                    _APPEND.match(text) and not re.match(r"^\S+ (?:UID )?APPEND \{", text, re.I)):
+                return _Literal("APPEND", None, 0, size)
+            return None
+        if not self.conv._resp:
+            return None
+        first, text = self.conv._resp[0], self.conv._resp[-1]
+        m = _FETCH_MESSAGE.search(text)
+        if not m or not first.startswith("* "):
+            return None
+        number = first.split(" ", 2)[1]
+        uid = _FETCH_UID.search(first)
+        return _Literal("FETCH", (number, uid.group(1) if uid else None),
+                        int(m.group(1)) if m.group(1) is not None else -1, size)
+
+    def _literal_done(self, lit: _Literal) -> None:
+        data = b"".join(lit.chunks)
+        if lit.origin < 0 or lit.verb == "APPEND":
+            self._message(lit.verb, data, lit.have > MAX_MESSAGE)
+            return
+        key = lit.key[0]                               # a chunk of BODY[]<origin>
+        have = self.partial.get(key)
+        if lit.origin == 0 or have is None or have[1] != lit.origin:
+            if have is not None:                      # fetched again from the start
+                self._message("FETCH", b"".join(have[0]), False)
+            if lit.origin != 0:
+                self.partial.pop(key, None)
+                return                                # the start of it is not in the capture
+            have = self.partial[key] = [[], 0]
+        have[0].append(data)
+        have[1] += len(data)
+
+    def _message(self, verb: str, data: bytes, truncated: bool) -> None:
+        message = data.replace(b"\r\n", b"\n")
+        self.info.messages += 1
+        mailer = mailer_of(message)
+        if mailer and mailer not in self.info.software:
+            self.info.software.append(mailer)
+        self.ctx.on_message(Message(self.session, "imap", verb, message,
+                                    wire.message_summary(message), self.t, truncated=truncated))
+
+    def text_gap(self, direction: str) -> None:
+        super().text_gap(direction)
+        self.lit[direction] = None
+
+    def finish(self) -> None:
+        """Chunks of partial fetches (Thunderbird's BODY.PEEK[]<0.N>...) are joined at the end."""
+        super().finish()
+        for chunks, _size in self.partial.values():
+            self._message("FETCH", b"".join(chunks), False)
+        self.partial.clear()
 
     def after(self, step: Step) -> None:
         if step.kind == "command":

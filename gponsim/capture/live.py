@@ -1,21 +1,36 @@
 """Live capture on Linux, the way tcpdump does it: an AF_PACKET socket.
 
 :class:`Sniffer` records the TCP frames of some ports on one interface
-(default ``lo``) into a classic pcap file as they arrive, from a thread. It
-needs root or CAP_NET_RAW; without it, :class:`CapturePermission` says what
-to do. On loopback the kernel hands every frame twice (outgoing and
+(default ``lo``) into a pcapng file (or classic pcap with ``fmt="pcap"``), from
+a thread. It needs root or CAP_NET_RAW; without it, :class:`CapturePermission`
+says what to do. On loopback the kernel hands every frame twice (outgoing and
 incoming); the outgoing copy is skipped.
+
+With ``keylog`` (the lab's ``serve --keylog`` file), the key-log lines are
+embedded in the pcapng file as Decryption Secrets Blocks as they appear, so
+Wireshark and ``gponsim analyze`` decrypt the file on their own. A DSB must
+come before the packets it decrypts, yet a client's first encrypted record
+(TLS 1.2 Finished) is on the wire before the server has logged its secret: so
+frames are held back :data:`HOLD` seconds and the key log is read again before
+they are written. :meth:`Sniffer.stop` writes everything left: the file is
+complete.
 """
 
 from __future__ import annotations
 
+import collections
 import socket
 import struct
 import threading
 import time
 from pathlib import Path
 
+from gponsim.capture.pcapng_writer import PcapNgWriter, PcapWriter
+
 ETH_P_ALL = 0x0003
+
+#: Seconds a frame waits before it is written (for the secrets to be logged first).
+HOLD = 0.3
 
 
 class CapturePermission(Exception):
@@ -23,10 +38,21 @@ class CapturePermission(Exception):
 
 
 class Sniffer:
-    def __init__(self, path: str | Path, ports, iface: str = "lo", on_frame=None) -> None:
+    def __init__(self, path: str | Path, ports, iface: str = "lo", on_frame=None, *,
+                 keylog: str | Path | None = None, fmt: str = "pcapng",
+                 limit: int | None = None) -> None:
         """``on_frame(number, time, linktype, frame)`` is called (in the sniffer's
-        thread) for every frame kept, e.g. a live :class:`~gponsim.capture.analyze.Analyzer`."""
+        thread) for every frame kept, e.g. a live :class:`~gponsim.capture.analyze.Analyzer`.
+        ``keylog``: an NSS key-log file to follow and embed (pcapng only);
+        ``limit``: keep at most this many frames."""
+        if fmt not in ("pcapng", "pcap"):
+            raise ValueError(f"capture format {fmt!r}: pcapng or pcap")
         self.path = Path(path)
+        self.fmt = fmt
+        self.keylog = Path(keylog) if keylog else None
+        self.limit = limit
+        self._keylog_at = 0
+        self._pending: collections.deque = collections.deque()
         self.on_frame = on_frame
         self.ports = set(ports)
         self.iface = iface
@@ -48,9 +74,14 @@ class Sniffer:
         except OSError as exc:
             self.sock.close()
             raise CapturePermission(f"cannot capture on interface {iface!r}: {exc.strerror or exc}") from exc
-        self.sock.settimeout(0.2)
-        self.fh = open(self.path, "wb")
-        self.fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        self.sock.settimeout(0.1)
+        try:
+            writer = PcapNgWriter if fmt == "pcapng" else PcapWriter
+            self.writer = writer(self.path, linktype=1, snaplen=262144, ifname=iface)
+        except OSError as exc:
+            self.sock.close()
+            raise CapturePermission(f"cannot write the capture file {self.path}: "
+                                    f"{exc.strerror or exc}") from exc
         self.thread = threading.Thread(target=self._run, name="gponsim-sniffer", daemon=True)
         self.thread.start()
 
@@ -69,36 +100,97 @@ class Sniffer:
             return self._closed_ports >= self.ports
 
     def _run(self) -> None:
+        last = time.monotonic()
         while not self.stopping.is_set():
             try:
                 frame, addr = self.sock.recvfrom(262144)
             except (socket.timeout, OSError):
-                continue
-            if addr[2] == socket.PACKET_OUTGOING and self.iface == "lo":
-                continue
-            port, flags = _tcp_ports(frame, self.ports)
-            if port is None:
-                continue
-            t = time.time()
-            with self.lock:
-                self.fh.write(struct.pack("<IIII", int(t), int(t % 1 * 1e6), len(frame), len(frame)))
-                self.fh.write(frame)
-                self.count += 1
-                if flags & 0x05:
-                    self._closed_ports.add(port)
-                for m in self._markers:
-                    if m in frame:
-                        self._seen.add(m)
-                number = self.count
-            if self.on_frame is not None:
-                self.on_frame(number, t, 1, frame)
+                frame = None
+            if frame is not None and not (addr[2] == socket.PACKET_OUTGOING and self.iface == "lo"):
+                self._keep(frame)
+            now = time.monotonic()
+            if now - last >= 0.05 and self._pending:
+                last = now
+                self._write(time.time_ns() - int(HOLD * 1e9))
+
+    def _keep(self, frame: bytes) -> None:
+        port, flags = _tcp_ports(frame, self.ports)
+        if port is None:
+            return
+        t_ns = time.time_ns()
+        with self.lock:
+            if self.limit is not None and self.count >= self.limit:
+                return
+            self._pending.append((t_ns, frame))
+            self.count += 1
+            if flags & 0x05:
+                self._closed_ports.add(port)
+            for m in self._markers:
+                if m in frame:
+                    self._seen.add(m)
+            number = self.count
+        if self.on_frame is not None:
+            self.on_frame(number, t_ns / 1e9, 1, frame)
+
+    def _new_secrets(self) -> bytes:
+        """Whole key-log lines added since the last look (the file may not exist yet)."""
+        if self.keylog is None:
+            return b""
+        try:
+            with open(self.keylog, "rb") as fh:
+                size = fh.seek(0, 2)
+                if size < self._keylog_at:          # truncated: a new key log
+                    self._keylog_at = 0
+                if size == self._keylog_at:
+                    return b""
+                fh.seek(self._keylog_at)
+                data = fh.read(size - self._keylog_at)
+        except OSError:
+            return b""
+        end = data.rfind(b"\n") + 1
+        self._keylog_at += end
+        return data[:end]
+
+    def _write(self, up_to_ns: int | None) -> None:
+        """Write the secrets logged so far, then the frames captured before ``up_to_ns``."""
+        with self.lock:
+            if self.writer.fh.closed:
+                return
+            secrets = self._new_secrets()
+            if secrets:
+                self.writer.tls_secrets(secrets)
+            pending = self._pending
+            while pending and (up_to_ns is None or pending[0][0] <= up_to_ns):
+                t_ns, frame = pending.popleft()
+                self.writer.packet(t_ns, frame)
+            self.writer.flush()
+
+    def _drain(self) -> None:
+        """Keep the frames the kernel has queued already (captured before the stop)."""
+        if self.thread.is_alive() or self.sock.fileno() < 0:
+            return
+        self.sock.setblocking(False)
+        for _ in range(100000):
+            try:
+                frame, addr = self.sock.recvfrom(262144)
+            except OSError:
+                break
+            if not (addr[2] == socket.PACKET_OUTGOING and self.iface == "lo"):
+                self._keep(frame)
+
+    @property
+    def fh(self):
+        """The open capture file (kept for callers of the classic-pcap Sniffer)."""
+        return self.writer.fh
 
     def stop(self) -> Path:
         self.stopping.set()
         self.thread.join(5)
+        self._drain()
         self.sock.close()
+        self._write(None)
         with self.lock:
-            self.fh.close()
+            self.writer.close()
         return self.path
 
 

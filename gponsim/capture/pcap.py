@@ -2,8 +2,10 @@
 
 The per-packet path is plain :mod:`struct` on a reused read buffer: the file is
 read a block at a time (never whole), and only the headers that matter are
-looked at. Scapy is not needed to read a capture (it is imported lazily by the
-parts that dissect TLS or sniff live).
+looked at. Scapy's ``RawPcapReader`` was measured on a 235,000-packet SMTP
+capture at about 930,000 packets/s against 2,700,000 for this reader (see
+bench/README.md), and it does not read pcapng Decryption Secrets Blocks, so
+the capture package does not use it.
 
 :func:`read_packets` yields ``(number, time, linktype, frame)``;
 :func:`tcp_segment` turns a frame into a :class:`Segment` (or None when the
@@ -96,9 +98,14 @@ class _Buffered:
         return self.offset + self.pos
 
 
-def read_packets(path: str | Path, report: ReadReport | None = None
+def read_packets(path: str | Path, report: ReadReport | None = None, *, tcp4: bool = False
                  ) -> Iterator[tuple[int, float, int, bytes]]:
     """Every packet of a pcap or pcapng file: ``(number, epoch time, linktype, frame)``.
+
+    With ``tcp4``, a classic pcap of Ethernet frames takes a fast lane: an IPv4 TCP
+    packet comes as ``(number, time, None, fields)``, ``fields`` as
+    :func:`ether_ipv4_tcp` gives them, read from the file buffer without copying
+    the frame; every other packet comes as usual.
 
     Raises :class:`CaptureError` when the file is empty or not a capture;
     a problem later in the file (truncated record, bad block) is recorded in
@@ -117,7 +124,7 @@ def read_packets(path: str | Path, report: ReadReport | None = None
             raise CaptureError(f"{path}: empty file (0 bytes): not a capture")
         fh.seek(0)
         if head in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
-            yield from _read_pcap(path, fh, report)
+            yield from _read_pcap(path, fh, report, tcp4)
         elif head == b"\x0a\x0d\x0d\x0a":
             yield from _read_pcapng(path, fh, report)
         else:
@@ -125,7 +132,7 @@ def read_packets(path: str | Path, report: ReadReport | None = None
                                f"{head.hex(' ')}; a capture starts with a1b2c3d4 or 0a0d0d0a)")
 
 
-def _read_pcap(path: Path, fh, report: ReadReport):
+def _read_pcap(path: Path, fh, report: ReadReport, tcp4: bool = False):
     header = fh.read(24)
     if len(header) < 24:
         raise CaptureError(f"{path}: truncated pcap header ({len(header)} of 24 bytes)")
@@ -143,6 +150,9 @@ def _read_pcap(path: Path, fh, report: ReadReport):
     src.offset = 24
     n = 0
     buf, pos = src.buf, src.pos
+    fast = tcp4 and link == LINK_ETHERNET
+    headers = _ETH_IP4_TCP.unpack_from
+    names = _names.get
     while True:
         if len(buf) - pos < 16:
             src.pos = pos
@@ -170,6 +180,21 @@ def _read_pcap(path: Path, fh, report: ReadReport):
             end = pos + 16 + incl
         n += 1
         report.packets = n
+        if fast and incl >= 54:
+            # ether_ipv4_tcp, on the record in place
+            etype, vihl, total, frag, proto, s_ip, d_ip, sport, dport, seq, ack, doff, flags = \
+                headers(buf, pos + 28)
+            if etype == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
+                fend = pos + 30 + total if total else end
+                if fend > end:
+                    fend = end
+                if fend >= pos + 70:
+                    start = pos + 50 + (doff >> 4) * 4
+                    yield n, sec + frac / div, None, (
+                        names(s_ip) or _ip4(s_ip), sport, names(d_ip) or _ip4(d_ip), dport,
+                        seq, ack, flags, buf[start:fend] if start < fend else b"")
+                    pos = end
+                    continue
         yield n, sec + frac / div, link, buf[pos + 16:end]
         pos = end
 
@@ -403,6 +428,32 @@ def _ipv6(frame: bytes, off: int) -> Segment | None:
     if nxt != 6:
         return None
     return _tcp_at(frame, p, end, _ip6(src), _ip6(dst))
+
+
+#: Ethernet + IPv4 without options + the first 14 bytes of TCP, from byte 12, in one go:
+#: ethertype, version/IHL, total length, flags/fragment offset, protocol, addresses,
+#: ports, sequence and acknowledgment numbers, data offset, TCP flags.
+_ETH_IP4_TCP = struct.Struct("!HB1xH2xH1xB2x4s4sHHIIBB")
+
+
+def ether_ipv4_tcp(frame: bytes):
+    """The common case, fast: an Ethernet frame with IPv4 (no options, not a fragment)
+    and TCP → ``(src, sport, dst, dport, seq, ack, flags, payload)``; None for anything
+    else (:func:`tcp_segment` then reads it the long way)."""
+    if len(frame) < 54:
+        return None
+    etype, vihl, total, frag, proto, src, dst, sport, dport, seq, ack, doff, flags = \
+        _ETH_IP4_TCP.unpack_from(frame, 12)
+    if etype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
+        return None
+    end = 14 + total if total else len(frame)
+    if end > len(frame):
+        end = len(frame)
+    if end < 54:
+        return None
+    start = 34 + (doff >> 4) * 4
+    return (_ip4(src), sport, _ip4(dst), dport, seq, ack, flags,
+            frame[start:end] if start < end else b"")
 
 
 def _tcp_at(frame: bytes, p: int, end: int, src: str, dst: str) -> Segment | None:

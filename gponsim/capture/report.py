@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ _T = {
                       "the lab's port 587 refuses AUTH before STARTTLS.",
         "msgs": "Messages ({n}):",
         "saved": "saved in {path}",
+        "same": "the same message as {n} ({path}): not saved again",
         "steps": "{n} Steps decoded in {s:.2f} s.",
         "more": "  ... and {n} more connection(s) ({protos}); --json lists them all",
     },
@@ -59,6 +61,7 @@ _T = {
                       "el puerto 587 del laboratorio rechaza AUTH antes de STARTTLS.",
         "msgs": "Mensajes ({n}):",
         "saved": "guardado en {path}",
+        "same": "el mismo mensaje que el {n} ({path}): no se guarda otra vez",
         "steps": "{n} Steps decodificados en {s:.2f} s.",
         "more": "  ... y {n} conexión(es) más ({protos}); --json las lista todas",
     },
@@ -168,21 +171,41 @@ def messages_text(a: Analysis, lang: str = "en", saved: list[Path] | None = None
             line += "  (incomplete)"
         out.append(line)
         if saved and i < len(saved):
-            out.append("     " + t["saved"].format(path=saved[i]))
+            path, first = saved[i]
+            if first == i:
+                out.append("     " + t["saved"].format(path=path))
+            else:
+                out.append("     " + t["same"].format(n=first + 1, path=path))
     return "\n".join(out)
 
 
 class Extractor:
-    """Saves each message as DIR/NNN-session-subject.eml."""
+    """Saves each message as DIR/NNN-session-subject.eml, each distinct message once.
+
+    The same bytes seen again (a message fetched twice over IMAP, or read by
+    POP3 and IMAP) are not written again: ``saved[i]`` is ``(path, first)``,
+    the file and the index of the transfer that first carried the message.
+    A message as sent (SMTP DATA) and as delivered (with the server's
+    Received: line) are different bytes, and both are kept.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.saved: list[Path] = []
+        self.saved: list[tuple[Path, int]] = []
+        self.files: list[Path] = []
+        self._seen: dict[bytes, tuple[Path, int]] = {}
 
     def __call__(self, message: Message) -> None:
+        digest = hashlib.sha256(message.data).digest()
+        known = self._seen.get(digest)
+        if known is not None:
+            self.saved.append(known)
+            return
         subject = message.meta.get("subject") or "message"
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", subject)[:40].strip("_") or "message"
-        path = self.folder / f"{len(self.saved) + 1:03d}-{message.session}-{slug}.eml"
+        path = self.folder / f"{len(self.files) + 1:03d}-{message.session}-{message.verb.lower()}-{slug}.eml"
         path.write_bytes(message.data)
-        self.saved.append(path)
+        self.files.append(path)
+        self._seen[digest] = (path, len(self.saved))
+        self.saved.append((path, len(self.saved)))

@@ -98,19 +98,39 @@ class Tracker:
         self.ended: dict[tuple, bool] = {}
 
     def segment(self, number: int, t: float, seg: Segment) -> None:
-        a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
+        self.tcp(number, t, (seg.src, seg.sport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags,
+                             seg.payload))
+
+    def tcp(self, number: int, t: float, fields: tuple) -> None:
+        """One TCP segment, by its fields ``(src, sport, dst, dport, seq, ack, flags,
+        payload)``, as :func:`gponsim.capture.pcap.ether_ipv4_tcp` gives them."""
+        src, sport, dst, dport, seq, ack, flags, payload = fields
+        a, b = (src, sport), (dst, dport)
         key = (a, b) if a < b else (b, a)
         conn = self.conns.get(key)
-        flags = seg.flags
+        if flags == ACK and not payload and conn is not None:
+            # A pure ACK of a known connection (a third of a mail capture): only the
+            # acknowledgment number matters (the peer has the bytes before it).
+            if conn.handler is None:
+                return
+            conn.last_t = t
+            other = conn.s2c if a == conn.client else conn.c2s
+            if other.next is not None and (other.acked is None
+                                           or (ack - other.acked) & _M < 0x80000000):
+                other.acked = ack
+                if other.pending and _rel(ack, other.next) > 0:
+                    self._flush(conn, other, t, upto=ack)
+            return
         if conn is not None and flags & SYN and not flags & ACK and (
                 conn.closed or conn.c2s.bytes or conn.s2c.bytes) and conn.client == a \
-                and conn.c2s.next is not None and _rel(seg.seq + 1, conn.c2s.next) != 0:
+                and conn.c2s.next is not None and _rel(seq + 1, conn.c2s.next) != 0:
             self._close(key, conn, t)          # the port pair reused for a new connection
             conn = None
         if conn is None:
             if key in self.ended and not flags & SYN:
                 return
-            conn = self._open(key, number, t, seg)
+            conn = self._open(key, number, t, Segment(src, sport, dst, dport, seq, ack, flags,
+                                                      payload))
         if conn.handler is None:
             if flags & (FIN | RST):
                 self._close(key, conn, t)
@@ -121,14 +141,13 @@ class Tracker:
         else:
             stream, other = conn.s2c, conn.c2s
         if flags & ACK and other.next is not None:
-            ack = seg.ack
             if other.acked is None or (ack - other.acked) & 0xFFFFFFFF < 0x80000000:
                 other.acked = ack
                 if other.pending and _rel(ack, other.next) > 0:
                     self._flush(conn, other, t, upto=ack)
-        if not seg.payload and not flags & (SYN | FIN | RST):
+        if not payload and not flags & (SYN | FIN | RST):
             return                               # a pure ACK: nothing more to do
-        self._data(conn, stream, seg.seq, seg.payload, flags, t)
+        self._data(conn, stream, seq, payload, flags, t)
         if flags & RST:
             conn.rst = True
             self._close(key, conn, t)
@@ -171,7 +190,18 @@ class Tracker:
                 st.fin = True
                 st.next = (st.next + 1) & _M
             return
-        rel = _rel(seq, st.next)
+        rel = (seq - st.next) & _M                     # _rel(seq, st.next), inline
+        if rel & 0x80000000:
+            rel -= 0x100000000
+        if rel == 0 and not st.pending:                 # the common case: the next bytes
+            st.next = (seq + n) & _M
+            st.bytes += n
+            st.seen = True
+            conn.handler.data(st.direction, payload, t)
+            if flags & FIN and not st.pending:
+                st.fin = True
+                st.next = (st.next + 1) & _M
+            return
         if rel < 0:
             if rel + n <= 0:
                 st.retrans += 1
@@ -237,6 +267,7 @@ class Tracker:
                 if st.pending:
                     self._flush(conn, st, t)
             conn.handler.close(t)
+            conn.handler = None           # handlers that keep their connection: no cycle left
         if self.conns.get(key) is conn:
             del self.conns[key]
         self.ended[key] = True

@@ -173,7 +173,9 @@ class TlsObserver:
             if self.server_hello.get("version") == "TLSv1.3":
                 self.keys = Tls13Keys(self.keylog, cr, suite)
             else:
-                self.keys = Tls12Keys(self.keylog, cr, self.server_hello.get("random"), suite)
+                self.keys = Tls12Keys(self.keylog, cr, self.server_hello.get("random"), suite,
+                                      version=self.server_hello.get("version", ""),
+                                      encrypt_then_mac=self.server_hello.get("etm", False))
         except DecryptError as exc:
             self.events.append(("DecryptFailed", {"direction": "both", "reason": str(exc)}))
 
@@ -268,8 +270,11 @@ def _server_hello(msg: bytes) -> dict:
     version = legacy
     if 43 in ext and len(ext[43]) >= 2:
         version = struct.unpack_from("!H", ext[43])[0]
-    return {"version": VERSIONS.get(version, f"0x{version:04X}"), "cipher": cipher_name(cipher),
+    info = {"version": VERSIONS.get(version, f"0x{version:04X}"), "cipher": cipher_name(cipher),
             "suite": cipher, "random": msg[2:34]}
+    if 22 in ext:
+        info["etm"] = True            # encrypt_then_mac (RFC 7366): CBC records MAC'd after
+    return info
 
 
 def _subject(msg: bytes) -> str | None:

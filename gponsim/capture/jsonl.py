@@ -1,0 +1,106 @@
+"""Steps as JSON lines, fast: the text of :meth:`gponsim.steps.Step.to_json`, built directly.
+
+``analyze --steps`` writes one line per Step, hundreds of thousands for a big
+capture; building a dict per Step and handing it to :mod:`json` costs more
+than decoding the Step did. :func:`step_line` writes the same text (same keys,
+same order, same escaping: the json module's own string encoder). Most of a
+Step repeats from one to the next (the session's actors; a command's verb,
+arguments and commentary key), so that text is made once and kept: only the
+time, the session and TLS are written every time. ``tests/test_capture.py``
+checks it against ``Step.to_json``.
+"""
+
+from __future__ import annotations
+
+import json
+from json.encoder import encode_basestring as _quote   # ensure_ascii=False's encoder
+
+from gponsim.steps import MASK, Step
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_value = _encoder.encode
+try:
+    # What JSONEncoder.encode builds for every call, built once (no cycle check:
+    # Step meta is plain JSON data). Same text: the same C encoder does the work.
+    from json.encoder import c_make_encoder as _c_make_encoder
+
+    _c_meta = _c_make_encoder(None, _encoder.default, _quote, None, ":", ",", False, False, True)
+
+    def _dict(value: dict) -> str:
+        return "".join(_c_meta(value, 0))
+except (ImportError, TypeError):           # no C accelerator: the plain encoder
+    _dict = _value
+_heads: dict[tuple, str] = {}
+_tails: dict[tuple, tuple[str, str]] = {}
+_LIMIT = 20000
+
+
+def step_line(step: Step, reveal: bool = False) -> str:
+    """``step.to_json(reveal)``, the same text, without the dict and the generic encoder."""
+    head_key = (step.session, step.proto, step.src, step.dst, step.dir, step.kind)
+    head = _heads.get(head_key)
+    if head is None:
+        if len(_heads) > _LIMIT:
+            _heads.clear()
+        head = _heads[head_key] = (
+            f',"session":{_quote(step.session)},"proto":{_quote(step.proto)},"src":'
+            f'{_quote(step.src)},"dst":{_quote(step.dst)},"dir":{_quote(step.dir)},'
+            f'"kind":{_quote(step.kind)}')
+    meta = step.meta
+    tail_key = (step.line, step.verb, step.args, step.code, step.enhanced, step.status,
+                step.tag, step.key, step.secret, reveal)
+    tail = _tails.get(tail_key)
+    if tail is None:
+        tail = _fields(step, reveal)
+        if len(_tails) > _LIMIT:
+            _tails.clear()
+        _tails[tail_key] = tail
+    t = step.t
+    tls = step.tls
+    return ('{"t":' + (repr(t) if type(t) is float else _value(t)) + head + tail[0]
+            + ((',"tls":true' if tls is True else ',"tls":' + _value(tls)) if tls else "")
+            + (tail[1] if not meta else _with_meta(tail[1], meta, step)))
+
+
+def _with_meta(after: str, meta: dict, step: Step) -> str:
+    """The text after ``tls`` with ``meta`` in its place (after ``key``, before ``secret``)."""
+    at = len(_key(step))
+    return after[:at] + ',"meta":' + _dict(meta) + after[at:]
+
+
+def _key(step: Step) -> str:
+    return ',"key":' + _quote(step.key) if step.key else ""
+
+
+def _fields(step: Step, reveal: bool) -> tuple[str, str]:
+    """The text of the fields before ``tls`` (line ... tag) and after it (key, secret,
+    masked, and the closing brace), as Step.to_dict writes them; ``meta`` is not in it."""
+    parts = []
+    secret = step.secret
+    masked = secret is not None and not reveal
+    line = step.line
+    if line:
+        if masked:
+            line = line[:secret[0]] + MASK + line[secret[1]:]
+        parts.append(',"line":' + _quote(line))
+    if step.verb:
+        parts.append(',"verb":' + _value(step.verb))
+    args = step.args
+    if args:
+        if masked:
+            hidden = step.line[secret[0]:secret[1]]
+            if hidden:
+                args = args.replace(hidden, MASK)
+        parts.append(',"args":' + _value(args))
+    for name in ("code", "enhanced", "status", "tag"):
+        value = getattr(step, name)
+        if value is not None and value != "" and value is not False and value != {}:
+            parts.append(f',"{name}":' + _value(value))
+    after = [_key(step)]
+    if secret is not None:
+        start, end = secret
+        after.append(f',"secret":[{start},{start + len(MASK) if masked else end}]')
+    if masked:
+        after.append(',"masked":true')
+    after.append("}")
+    return "".join(parts), "".join(after)
