@@ -179,7 +179,7 @@ def test_capture_lesson_without_permission_to_capture_says_why_and_goes_on(tmp_p
     captured = [c for c in summary["checkpoints"] if c["what"] == "capture"]
     assert captured and all(c["passed"] is None for c in captured), captured
     assert all(c["passed"] for c in summary["checkpoints"] if c["what"] != "capture")
-    assert not (out / "capture.pcap").exists()
+    assert not (out / "capture.pcapng").exists()
 
 
 @pytest.mark.slow

@@ -336,7 +336,7 @@ CAPTURING = {
 def do_capture(ctx: Context, o: dict) -> None:
     """Capture the lab's traffic on the loopback interface, then read it like an eavesdropper.
 
-    ``action = "start"`` starts capturing; ``"stop"`` writes ``capture.pcap`` into the
+    ``action = "start"`` starts capturing; ``"stop"`` writes ``capture.pcapng`` into the
     run folder and analyzes it twice: as an eavesdropper (no keys) and with the lab's
     TLS key log. Without permission to capture, the lesson says why and goes on.
     """
@@ -344,13 +344,13 @@ def do_capture(ctx: Context, o: dict) -> None:
 
     if o.get("action", "start") == "start":
         try:
-            ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcap", set(ctx.ports.values()))
+            ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcapng", set(ctx.ports.values()))
         except CapturePermission as exc:
             ctx.results["capture_unavailable"] = {"es": "no hay captura: falta permiso para capturar",
                                                   "en": "no capture: no permission to capture"}[ctx.lang]
             ctx.say(NO_CAPTURE[ctx.lang].format(reason=exc))
             return
-        ctx.say(CAPTURING[ctx.lang].format(path=ctx.out / "capture.pcap",
+        ctx.say(CAPTURING[ctx.lang].format(path=ctx.out / "capture.pcapng",
                                            ports=" ".join(str(p) for p in sorted(set(ctx.ports.values())))))
         return
     sniffer = ctx.results.pop("sniffer", None)
