@@ -29,18 +29,10 @@ import sys
 import threading
 import time
 
-import pytest
-
 from labproc import wait_until
-from thunderbird_driver import Profile, Thunderbird, missing_tools, remote_loopback
+from thunderbird_driver import Profile, Thunderbird, remote_loopback, thunderbird_marks
 
-MISSING = missing_tools()
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(MISSING), reason=f"real-Thunderbird test needs {', '.join(MISSING)} "
-                       "(apt-get install thunderbird xvfb xauth)"),
-]
+pytestmark = thunderbird_marks()
 
 
 class Lesson:

@@ -15,19 +15,11 @@ import smtplib
 import time
 import uuid
 
-import pytest
-
 from gponsim.steps import Step
 from labproc import wait_until
-from thunderbird_driver import ImapAccount, Profile, SmtpServer, Thunderbird, missing_tools, remote_loopback
+from thunderbird_driver import ImapAccount, Profile, SmtpServer, Thunderbird, remote_loopback, thunderbird_marks
 
-MISSING = missing_tools()
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(MISSING), reason=f"real-Thunderbird test needs {', '.join(MISSING)} "
-                       "(apt-get install thunderbird xvfb xauth)"),
-]
+pytestmark = thunderbird_marks()
 
 PASSWORD = "pass"
 

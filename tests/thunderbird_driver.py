@@ -29,6 +29,17 @@ def missing_tools() -> list[str]:
     return [tool for tool in ("thunderbird", "xvfb-run", "Xvfb") if shutil.which(tool) is None]
 
 
+def thunderbird_marks() -> list:
+    """``pytestmark`` for a real-Thunderbird test module: slow, and skipped
+    (naming what is missing) where Thunderbird or Xvfb is not installed."""
+    import pytest
+
+    missing = missing_tools()
+    return [pytest.mark.slow,
+            pytest.mark.skipif(bool(missing), reason=f"real-Thunderbird test needs {', '.join(missing)} "
+                               "(apt-get install thunderbird xvfb xauth)")]
+
+
 def remote_loopback() -> str:
     """The lab listens on 127.0.0.2 and Thunderbird connects from 127.0.0.1:
     client IP != server IP, so Dovecot treats it as a remote student
