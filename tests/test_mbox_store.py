@@ -178,3 +178,48 @@ def test_special_use_mailboxes_created_only_with_auto(tmp_path):
     store = ImapContext(lab_root=tmp_path, settings=settings).store_for("user2")
     assert [f.name for f in store.list()] == ["INBOX", "Sent", "Trash"]
     assert store.subscriptions() == ["Sent"]
+
+
+def test_cache_reads_only_what_a_delivery_appended_and_matches_a_whole_parse(tmp_path,
+                                                                             monkeypatch):
+    import gponsim.server.mbox_store as ms
+    deliver(tmp_path, "user2", b"Subject: m#\n\nFrom the body\n", n=3)
+    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    first = folder.sync(mark_old=True)
+    parsed = []
+    real_parse = ms.parse_mbox
+    monkeypatch.setattr(ms, "parse_mbox", lambda data: parsed.append(len(data)) or real_parse(data))
+    # Unchanged file: nothing parsed, nothing locked (no dotlock left behind either).
+    assert [m.uid for m in folder.sync().messages] == [1, 2, 3]
+    assert parsed == []
+    size = (tmp_path / "var/mail/user2").stat().st_size
+    deliver(tmp_path, "user2", b"Subject: new #\n\nhello\n", n=2)
+    grown = (tmp_path / "var/mail/user2").stat().st_size
+    state = folder.sync()
+    assert parsed == [grown - size]                       # only the appended bytes
+    assert [m.uid for m in state.messages] == [1, 2, 3, 4, 5]
+    assert [m.recent for m in state.messages] == [False, False, False, True, True]
+    # What the cache says is what a fresh parse of the file says.
+    whole = decode((tmp_path / "var/mail/user2").read_bytes())
+    assert [(m.uid, m.headers, m.body, m.flags) for m in whole.messages] == [
+        (m.uid, m.headers, m.body, m.flags) for m in state.messages]
+    assert whole.uidvalidity == first.uidvalidity and whole.uidnext == state.uidnext == 6
+    # Callers get copies: changing them does not change the shared cache.
+    state.messages[0].flags.add(DELETED)
+    assert DELETED not in folder.sync().messages[0].flags
+
+
+def test_cache_notices_a_rewrite_by_another_program(tmp_path):
+    deliver(tmp_path, "user2", b"Subject: m#\n\nbody\n", n=2)
+    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    folder.sync()
+    path = tmp_path / "var/mail/user2"
+    text = path.read_bytes()
+    # Another program (Dovecot, an editor) rewrites the file in place: flags change.
+    with open(path, "r+b") as fh:
+        fh.write(text.replace(b"X-UID: 2\nStatus: O\n", b"X-UID: 2\nStatus: RO\n"))
+    assert [SEEN in m.flags for m in folder.sync().messages] == [False, True]
+    # Truncated to nothing but the first message: the second is gone.
+    cut = text.index(b"\nFrom ", 10) + 1
+    path.write_bytes(text[:cut])
+    assert [m.uid for m in folder.sync().messages] == [1]
