@@ -25,6 +25,8 @@ which turns it into Steps.
 from __future__ import annotations
 
 import base64
+import binascii
+import codecs
 import email
 import email.policy
 import io
@@ -44,6 +46,7 @@ from gponsim.server.mbox_store import (
     DELETED, RECENT, SEEN, SYSTEM_FLAGS, MailStore, StoreError, StoredMessage,
     parse_internal_date,
 )
+from gponsim.server import imap_sort
 from gponsim.server.login_common import LoginCommon, LoginFactory
 from gponsim.server.sasl_client import AuthUnavailable
 from gponsim.steps import new_session, null_emit
@@ -51,12 +54,15 @@ from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.imap import ImapConversation
 
 PRE_LOGIN_CAPS = ["IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "IDLE", "LITERAL+"]
+#: Dovecot 2.3's post-login list without what gponsim does not implement:
+#: THREAD=REFS (Dovecot's own algorithm), URL-PARTIAL and CATENATE (URLAUTH),
+#: CONDSTORE and QRESYNC (modification sequences), ESORT, SEARCHRES and
+#: CONTEXT=SEARCH (search results kept or updated on the server), SNIPPET=FUZZY,
+#: PREVIEW=FUZZY, PREVIEW, SAVEDATE and NOTIFY (docs/imap.md says why).
 POST_LOGIN_CAPS = (
     "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
-    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
-    "NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES "
-    "WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW "
-    "STATUS=SIZE SAVEDATE LITERAL+ NOTIFY").split()
+    "THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED "
+    "I18NLEVEL=1 ESEARCH WITHIN LIST-STATUS BINARY MOVE STATUS=SIZE LITERAL+").split()
 FLAGS_LIST = r"\Answered \Flagged \Deleted \Seen \Draft"
 #: Largest literal accepted (APPEND): Dovecot has no fixed limit; the lab caps it.
 MAX_LITERAL = 50 * 1024 * 1024
@@ -65,6 +71,13 @@ WATCH_INTERVAL = 0.2
 IDLE_NOTIFY_INTERVAL = 120.0
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}$")
 _LITERAL_ANY = re.compile(rb"\{(\d{1,20})\+?\}$")
+_LITERAL8 = re.compile(rb"~(\{\d{1,20}\+?\})$")
+#: FETCH BINARY items (RFC 3516), which Twisted's FETCH parser does not know.
+_BINARY_ITEM = re.compile(
+    rb"(?i)\bBINARY(?P<size>\.SIZE)?(?P<peek>\.PEEK)?\[(?P<section>[0-9.]*)\]"
+    rb"(?:<(?P<start>\d+)\.(?P<length>\d+)>)?")
+#: Listed in a BADCHARSET reply (any charset Python knows is accepted).
+SEARCH_CHARSETS = ("UTF-8", "US-ASCII")
 
 
 @dataclass
@@ -451,6 +464,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if self._idle_tag is not None:
             self._idle_line(line)
             return
+        if line.endswith(b"}") and _LITERAL8.search(line):
+            # BINARY's literal8 (~{n}): taken like a literal, bytes kept as sent.
+            line = _LITERAL8.sub(rb"\1", line)
         if self.parseState == "discard":
             self.parseState = "command"
             return
@@ -892,24 +908,51 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     # ---- APPEND
 
-    def do_APPEND(self, tag, name, flags, date, message):
+    def do_APPEND(self, tag, name, flags, date, message, more=()):
+        """APPEND, and MULTIAPPEND (RFC 3502): more (flags) "date" {literal}
+        groups after the first; all are appended in one rewrite, or none."""
         name = self._name(name)
-        data = message.read()
-        when = parse_internal_date(date.decode() if isinstance(date, bytes) else date)
-        flag_list = [f.decode() if isinstance(f, bytes) else str(f) for f in (flags or [])]
+        groups = [(flags, date, message)] + list(more or [])
+        batch = []
+        for g_flags, g_date, g_message in groups:
+            text = g_date.decode() if isinstance(g_date, bytes) else g_date
+            when = parse_internal_date(text)
+            if text and when is None:
+                self._bad(tag, "Error in IMAP command APPEND: Invalid internal date.")
+                return
+            flag_list = [f.decode() if isinstance(f, bytes) else str(f) for f in (g_flags or [])]
+            batch.append((g_message.read(), flag_list, when))
         if not self.store.exists(name):
             self._no(tag, f"[TRYCREATE] Mailbox doesn't exist: {name}")
             return
-        ok, result = self._store_call(tag, lambda: self.store.folder(name).append(
-            data, flag_list, when, envelope=self.user))
+        ok, result = self._store_call(tag, lambda: self.store.folder(name).append_many(
+            batch, envelope=self.user))
         if ok:
-            validity, uid = result
+            validity, uids = result
             self._refresh(expunges=True)
-            self._ok(tag, f"[APPENDUID {validity} {uid}] Append completed.")
+            self._ok(tag, f"[APPENDUID {validity} {_uid_set(uids)}] Append completed.")
+
+    def _arg_more_appends(self, line):
+        """The MULTIAPPEND groups after the first message: [(flags, date, file)]."""
+        groups: list = []
+
+        def step(line: bytes):
+            line = line.lstrip(b" ")
+            if not line:
+                return groups, b""
+            flags, line = imap4.IMAP4Server.opt_plist(self, line)
+            date, line = imap4.IMAP4Server.opt_datetime(self, line.lstrip(b" "))
+            d = imap4.IMAP4Server.arg_literal(self, line.lstrip(b" "))
+
+            def got(result):
+                groups.append((flags, date, result[0]))
+                return step(result[1])
+            return d.addCallback(got)
+        return step(line)
 
     auth_APPEND = select_APPEND = (do_APPEND, imap4.IMAP4Server.arg_astring,
                                    imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime,
-                                   imap4.IMAP4Server.arg_literal)
+                                   imap4.IMAP4Server.arg_literal, _arg_more_appends)
 
     # ---- IDLE (ended by DONE only) and new-mail notification
 
@@ -1063,7 +1106,37 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     # ---- FETCH
 
+    def _arg_fetchatt(self, line):
+        """Twisted's FETCH attribute parser, with RFC 3516's BINARY[...],
+        BINARY.PEEK[...] and BINARY.SIZE[...] taken out first (Twisted does
+        not know them): returns ((twisted query, [binary items]), rest)."""
+        binaries = []
+
+        def take(m):
+            binaries.append({
+                "size": bool(m.group("size")), "peek": bool(m.group("peek")),
+                "section": m.group("section").decode("ascii"),
+                "start": int(m.group("start")) if m.group("start") is not None else None,
+                "length": int(m.group("length")) if m.group("length") is not None else None})
+            return b""
+        rest = _BINARY_ITEM.sub(take, line)
+        if not binaries:
+            query, rest = imap4.IMAP4Server.arg_fetchatt(self, line)
+            return (query, []), rest
+        for item in binaries:
+            if item["size"] and (item["peek"] or item["start"] is not None):
+                raise imap4.IllegalClientResponse("Invalid BINARY.SIZE")
+            if any(not p.isdigit() or p == "0" for p in item["section"].split(".") if
+                   item["section"]) or item["section"].endswith("."):
+                raise imap4.IllegalClientResponse("Invalid BINARY section")
+        rest = b" ".join(rest.split()).replace(b"( ", b"(").replace(b" )", b")")
+        if rest in (b"", b"()"):
+            return ([], binaries), b""
+        query, rest = imap4.IMAP4Server.arg_fetchatt(self, rest)
+        return (query, binaries), rest
+
     def do_FETCH(self, tag, seqset, query, uid=0):
+        query, binaries = query
         try:
             state = self._current()
             chosen = self._messages(state, seqset.decode("ascii", "replace"), bool(uid))
@@ -1075,7 +1148,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             return
         wants_seen = any(
             (q.type == "body" and not q.peek and (q.header or q.text or q.mime or q.empty))
-            or q.type in ("rfc822", "rfc822text") for q in query)
+            or q.type in ("rfc822", "rfc822text") for q in query) or any(
+            not b["peek"] and not b["size"] for b in binaries)
         seen_now: set[int] = set()
         if wants_seen and not self.readonly:
             unseen = [m.uid for _s, m in chosen if SEEN not in m.flags]
@@ -1095,6 +1169,12 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 items.append(b"UID %d" % msg.uid)
             for q in query:
                 items.append(self._fetch_item(q, msg))
+            for b in binaries:
+                try:
+                    items.append(_binary_item(b, msg))
+                except _UnknownCTE:
+                    self._no(tag, "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding.")
+                    return
             if msg.uid in seen_now and "flags" not in names:
                 items.append(self._flags_item(msg))
             self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
@@ -1186,7 +1266,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             out += b"<%d>" % start
         return out + b" " + _lit(source)
 
-    select_FETCH = (do_FETCH, _arg_rawset, imap4.IMAP4Server.arg_fetchatt)
+    select_FETCH = (do_FETCH, _arg_rawset, _arg_fetchatt)
 
     # ---- STORE
 
@@ -1273,32 +1353,127 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     select_COPY = (do_COPY, _arg_rawset, imap4.IMAP4Server.arg_finalastring)
     select_MOVE = (do_MOVE, _arg_rawset, imap4.IMAP4Server.arg_finalastring)
 
-    # ---- SEARCH
+    # ---- SEARCH (ESEARCH, WITHIN), SORT, THREAD
+
+    def _search(self, keys: list) -> list[tuple[int, StoredMessage]]:
+        """(seq, message) of the view matching SEARCH criteria."""
+        if not keys:
+            raise imap4.IllegalClientResponse("Missing search parameters")
+        state = self._current()
+        by_uid = {m.uid: m for m in state.messages}
+        hits = []
+        last_uid = self.view[-1] if self.view else 0
+        now = time.time()
+        for seq, u in enumerate(self.view, 1):
+            msg = by_uid.get(u)
+            if msg is None:
+                continue
+            if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent, now):
+                hits.append((seq, msg))
+        return hits
+
+    def _charset(self, tag, name: str) -> bool:
+        try:
+            codecs.lookup(name)
+            return True
+        except LookupError:
+            pass
+        self._no(tag, f"[BADCHARSET ({' '.join(SEARCH_CHARSETS)})] Unsupported charset: {name}")
+        return False
 
     def do_SEARCH(self, tag, line, uid=0):
+        verb = "UID SEARCH" if uid else "SEARCH"
         try:
             keys = tokenize(line)
-            if keys and str(keys[0]).upper() == "CHARSET":
+            returns = None
+            if len(keys) >= 2 and str(keys[0]).upper() == "RETURN" and isinstance(keys[1], list):
+                returns = [str(r).upper() for r in keys[1]] or ["ALL"]
+                unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL")]
+                if unknown:
+                    raise imap4.IllegalClientResponse(f"Unknown return option: {unknown[0]}")
                 keys = keys[2:]
-            if not keys:
-                raise imap4.IllegalClientResponse("Missing search parameters")
-            state = self._current()
-            by_uid = {m.uid: m for m in state.messages}
-            hits = []
-            last_uid = self.view[-1] if self.view else 0
-            for seq, u in enumerate(self.view, 1):
-                msg = by_uid.get(u)
-                if msg is None:
-                    continue
-                if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent):
-                    hits.append(u if uid else seq)
+            if keys and str(keys[0]).upper() == "CHARSET":
+                if len(keys) < 2:
+                    raise imap4.IllegalClientResponse("Missing charset")
+                if not self._charset(tag, str(keys[1])):
+                    return
+                keys = keys[2:]
+            hits = [msg.uid if uid else seq for seq, msg in self._search(keys)]
         except (imap4.IllegalClientResponse, IndexError, ValueError) as exc:
-            self._bad(tag, f"Error in IMAP command SEARCH: {exc or 'Invalid arguments'}")
+            self._bad(tag, f"Error in IMAP command {verb}: {exc or 'Invalid arguments'}")
             return
-        self._untagged("SEARCH" + "".join(f" {h}" for h in hits))
+        except (StoreError, OSError) as exc:
+            self._no(tag, f"[SERVERBUG] {exc}")
+            return
+        if returns is None:
+            self._untagged("SEARCH" + "".join(f" {h}" for h in hits))
+        else:
+            # RFC 4731 ESEARCH, items in Dovecot's order.
+            text = f'ESEARCH (TAG "{_b(tag).decode("ascii", "replace")}")'
+            if uid:
+                text += " UID"
+            if "MIN" in returns and hits:
+                text += f" MIN {min(hits)}"
+            if "MAX" in returns and hits:
+                text += f" MAX {max(hits)}"
+            if "ALL" in returns and hits:
+                text += f" ALL {_uid_set(hits)}"
+            if "COUNT" in returns:
+                text += f" COUNT {len(hits)}"
+            self._untagged(text)
         self._ok(tag, "Search completed.")
 
     select_SEARCH = (do_SEARCH, imap4.IMAP4Server.arg_line)
+
+    def _sort_items(self, tag, verb: str, line: bytes, uid: int, first_is_list: bool):
+        """(first argument, [Info]) for SORT/THREAD, or None after an error reply."""
+        try:
+            args = tokenize(line)
+            if len(args) < 3 or isinstance(args[0], list) != first_is_list \
+                    or isinstance(args[1], list):
+                raise imap4.IllegalClientResponse("Invalid arguments.")
+            first = args[0]
+            if first_is_list:
+                first = imap_sort.parse_sort_criteria(first)
+            else:
+                first = str(first).upper()
+                if first not in imap_sort.THREAD_ALGORITHMS:
+                    raise imap4.IllegalClientResponse(f"Unknown thread algorithm: {args[0]}")
+            if not self._charset(tag, str(args[1])):
+                return None
+            hits = self._search(args[2:])
+        except (imap4.IllegalClientResponse, imap_sort.SortError, IndexError, ValueError) as exc:
+            self._bad(tag, f"Error in IMAP command {verb}: {exc or 'Invalid arguments'}")
+            return None
+        except (StoreError, OSError) as exc:
+            self._no(tag, f"[SERVERBUG] {exc}")
+            return None
+        return first, [imap_sort.info(msg.uid if uid else seq, seq, msg) for seq, msg in hits]
+
+    def do_SORT(self, tag, line, uid=0):
+        got = self._sort_items(tag, "UID SORT" if uid else "SORT", line, uid, True)
+        if got is None:
+            return
+        criteria, items = got
+        numbers = imap_sort.sort(items, criteria)
+        self._untagged("SORT" + "".join(f" {n}" for n in numbers))
+        self._ok(tag, "Sort completed.")
+
+    def do_THREAD(self, tag, line, uid=0):
+        got = self._sort_items(tag, "UID THREAD" if uid else "THREAD", line, uid, False)
+        if got is None:
+            return
+        algorithm, items = got
+        if algorithm == "ORDEREDSUBJECT":
+            roots = imap_sort.thread_orderedsubject(items)
+        else:
+            roots = imap_sort.thread_references(items)
+        threads = imap_sort.format_threads(roots)
+        self._untagged("THREAD" + (f" {threads}" if threads else ""))
+        self._ok(tag, "Thread completed.")
+
+    select_SORT = (do_SORT, imap4.IMAP4Server.arg_line)
+    select_THREAD = (do_THREAD, imap4.IMAP4Server.arg_line)
 
     # ---- UID
 
@@ -1313,7 +1488,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 return
             self._expunge(tag, [u for u in self.view if in_set(u, ranges)])
             return
-        if command not in (b"FETCH", b"STORE", b"COPY", b"MOVE", b"SEARCH"):
+        if command not in (b"FETCH", b"STORE", b"COPY", b"MOVE", b"SEARCH", b"SORT", b"THREAD"):
             self._bad(tag, f"Error in IMAP command UID {command.decode('ascii', 'replace')}: "
                            f"Unknown command.")
             return
@@ -1330,6 +1505,77 @@ def _b(tag) -> bytes:
 
 def _lit(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+def _uid_set(uids) -> str:
+    """``[3, 4, 5, 9]`` → ``3:5,9``."""
+    out: list[str] = []
+    uids = sorted(uids)
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+class _UnknownCTE(Exception):
+    """A part whose Content-Transfer-Encoding BINARY cannot undo."""
+
+
+def _find_part(msg: StoredMessage, section: str):
+    """The _Part of a section number ("1.2"), the whole message for ""; None if absent."""
+    part = _message_part(msg)
+    if not section:
+        return part
+    try:
+        for p in (int(x) - 1 for x in section.split(".")):
+            if part.isMultipart():
+                part = part.getSubPart(p)
+            elif p > 0:
+                return None
+    except IndexError:
+        return None
+    return part
+
+
+def _binary_item(b: dict, msg: StoredMessage) -> bytes:
+    """One ``BINARY[section]`` / ``BINARY.SIZE[section]`` item (RFC 3516):
+    the part's content with its transfer encoding (base64, quoted-printable)
+    undone; 7bit, 8bit and binary parts as they are."""
+    section = b["section"]
+    if not section:
+        data = msg.wire()
+    else:
+        part = _find_part(msg, section)
+        if part is None:
+            data = b""
+        elif part.isMultipart():
+            raise _UnknownCTE()
+        else:
+            cte = str(part.msg.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+            body = part.body_bytes()
+            if cte in ("7bit", "8bit", "binary", ""):
+                data = body
+            elif cte == "base64":
+                try:
+                    data = base64.b64decode(b"".join(body.split()), validate=False)
+                except (binascii.Error, ValueError):
+                    raise _UnknownCTE() from None
+            elif cte == "quoted-printable":
+                data = binascii.a2b_qp(body)
+            else:
+                raise _UnknownCTE()
+    if b["size"]:
+        return b"BINARY.SIZE[%s] %d" % (section.encode(), len(data))
+    label = b"BINARY[%s]" % section.encode()
+    if b["start"] is not None:
+        data = data[b["start"]:b["start"] + b["length"]]
+        label += b"<%d>" % b["start"]
+    prefix = b"~" if b"\0" in data else b""
+    return label + b" " + prefix + b"{%d}\r\n" % len(data) + data
 
 
 def _filter_headers(head: bytes, names: set[str], negate: bool) -> bytes:
@@ -1356,17 +1602,17 @@ _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 
 
 def _search_all(keys: list, seq: int, msg: StoredMessage, count: int, last_uid: int,
-                recent: set) -> bool:
+                recent: set, now: float = 0.0) -> bool:
     while keys:
-        if not _search_one(keys, seq, msg, count, last_uid, recent):
+        if not _search_one(keys, seq, msg, count, last_uid, recent, now):
             return False
     return True
 
 
-def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent) -> bool:
+def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, now=0.0) -> bool:
     key = keys.pop(0)
     if isinstance(key, list):
-        return _search_all(list(key), seq, msg, count, last_uid, recent)
+        return _search_all(list(key), seq, msg, count, last_uid, recent, now)
     k = key.upper()
     flags = msg.flags
     simple = {
@@ -1380,11 +1626,15 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent) ->
     if k in simple:
         return simple[k]
     if k == "NOT":
-        return not _search_one(keys, seq, msg, count, last_uid, recent)
+        return not _search_one(keys, seq, msg, count, last_uid, recent, now)
     if k == "OR":
-        a = _search_one(keys, seq, msg, count, last_uid, recent)
-        b = _search_one(keys, seq, msg, count, last_uid, recent)
+        a = _search_one(keys, seq, msg, count, last_uid, recent, now)
+        b = _search_one(keys, seq, msg, count, last_uid, recent, now)
         return a or b
+    if k in ("YOUNGER", "OLDER"):          # RFC 5032 WITHIN: seconds, on INTERNALDATE
+        age = (now or time.time()) - msg.internal_date
+        limit = int(keys.pop(0))
+        return age <= limit if k == "YOUNGER" else age > limit
     if k == "UID":
         return in_set(msg.uid, parse_set(keys.pop(0), last_uid))
     if k in ("KEYWORD", "UNKEYWORD"):

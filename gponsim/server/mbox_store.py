@@ -589,32 +589,45 @@ class Folder:
     def append(self, content: bytes, flags: Iterable[str] = (), when: float | None = None,
                envelope: str = "") -> tuple[int, int]:
         """Append a message; returns (uidvalidity, uid)."""
-        content = content.replace(b"\r\n", b"\n")
-        head, sep, body = content.partition(b"\n\n")
-        if not sep:
-            head, body = content.rstrip(b"\n"), b""
-        headers = b"".join(line + b"\n" for name, line in _split_headers(head + b"\n")
-                           if name not in PRIVATE_HEADERS)
-        if body.startswith(b"From "):
-            body = b">" + body
-        body = body.replace(b"\nFrom ", b"\n>From ")
-        if body and not body.endswith(b"\n"):
-            body += b"\n"
-        system, keywords = split_flags(flags)
+        validity, uids = self.append_many([(content, flags, when)], envelope)
+        return validity, uids[0]
+
+    def append_many(self, messages: list, envelope: str = "") -> tuple[int, list[int]]:
+        """Append ``[(content, flags, when)]`` all at once, in one rewrite
+        (MULTIAPPEND: all or none); returns (uidvalidity, [uids])."""
+        prepared = []
+        for content, flags, when in messages:
+            content = content.replace(b"\r\n", b"\n")
+            head, sep, body = content.partition(b"\n\n")
+            if not sep:
+                head, body = content.rstrip(b"\n"), b""
+            headers = b"".join(line + b"\n" for name, line in _split_headers(head + b"\n")
+                               if name not in PRIVATE_HEADERS)
+            if body.startswith(b"From "):
+                body = b">" + body
+            body = body.replace(b"\nFrom ", b"\n>From ")
+            if body and not body.endswith(b"\n"):
+                body += b"\n"
+            system, keywords = split_flags(flags)
+            from_line = dovecot_from_line(envelope, time.time() if when is None else when)
+            prepared.append((from_line, headers, body, system, keywords))
 
         def mutate(state: FolderState):
-            uid = state.uidnext
-            state.uidnext += 1
-            for kw in keywords:
-                if kw not in state.keywords:
-                    state.keywords.append(kw)
-            state.messages.append(StoredMessage(
-                uid=uid, from_line=dovecot_from_line(envelope, time.time() if when is None else when),
-                headers=headers, body=body, flags=set(system), keywords=keywords))
+            uids = []
+            for from_line, headers, body, system, keywords in prepared:
+                uid = state.uidnext
+                state.uidnext += 1
+                for kw in keywords:
+                    if kw not in state.keywords:
+                        state.keywords.append(kw)
+                state.messages.append(StoredMessage(
+                    uid=uid, from_line=from_line, headers=headers, body=body,
+                    flags=set(system), keywords=keywords))
+                uids.append(uid)
             state.changed = True
-            return uid
-        state, uid = self._locked(mutate)
-        return state.uidvalidity, uid
+            return uids
+        state, uids = self._locked(mutate)
+        return state.uidvalidity, uids
 
     def store(self, uids: Iterable[int], flags: Iterable[str], mode: int) -> dict[int, list[str]]:
         """Set (0), add (+1) or remove (-1) flags; returns {uid: new flags}."""
