@@ -223,3 +223,31 @@ def test_cache_notices_a_rewrite_by_another_program(tmp_path):
     cut = text.index(b"\nFrom ", 10) + 1
     path.write_bytes(text[:cut])
     assert [m.uid for m in folder.sync().messages] == [1]
+
+
+def test_mailwatch_tells_when_a_delivery_finishes(tmp_path, reactor_thread):
+    """inotify on the mail directory: a delivery (dotlock, append, close)
+    and a rewrite (rename over) each reach the subscriber; others do not."""
+    import sys
+    from gponsim.server.mailwatch import MailWatch
+    from labproc import wait_until
+    if not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux's")
+    calls = []
+    deliver(tmp_path, "user2", b"Subject: first\n\nx\n")
+    path = tmp_path / "var/mail/user2"
+    watch = reactor_thread.call(lambda: MailWatch.for_reactor(reactor_thread.reactor))
+    handle = reactor_thread.call(watch.watch, path, lambda: calls.append("user2"))
+    assert handle is not None
+    reactor_thread.call(watch.watch, tmp_path / "var/mail/user1", lambda: calls.append("user1"))
+    deliver(tmp_path, "user2", b"Subject: second\n\nx\n")
+    wait_until(lambda: "user2" in calls, 5, "the watch to fire for a delivery")
+    MailStore(tmp_path, "user2").folder("INBOX").sync()           # a rewrite: rename over
+    wait_until(lambda: calls.count("user2") >= 2, 5, "the watch to fire for a rewrite")
+    assert "user1" not in calls
+    reactor_thread.call(watch.unwatch, handle)
+    before = len(calls)
+    deliver(tmp_path, "user2", b"Subject: third\n\nx\n")
+    deliver(tmp_path, "user1", b"Subject: other\n\nx\n")
+    wait_until(lambda: "user1" in calls, 5, "user1's watch")
+    assert calls.count("user2") == before

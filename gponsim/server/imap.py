@@ -48,6 +48,7 @@ from gponsim.server.mbox_store import (
 )
 from gponsim.server import imap_sort
 from gponsim.server.login_common import LoginCommon, LoginFactory
+from gponsim.server.mailwatch import MailWatch
 from gponsim.server.sasl_client import AuthUnavailable
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
@@ -66,8 +67,12 @@ POST_LOGIN_CAPS = (
 FLAGS_LIST = r"\Answered \Flagged \Deleted \Seen \Draft"
 #: Largest literal accepted (APPEND): Dovecot has no fixed limit; the lab caps it.
 MAX_LITERAL = 50 * 1024 * 1024
-#: How often a selected INBOX file is checked for new deliveries.
+#: How often a selected INBOX file is checked for new deliveries without inotify...
 WATCH_INTERVAL = 0.2
+#: ...and with it (a safety net only).
+SAFETY_POLL = 2.0
+#: A change seen while a delivery holds the lock is looked at again after this.
+RETRY_DELAY = 0.02
 IDLE_NOTIFY_INTERVAL = 120.0
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}$")
 _LITERAL_ANY = re.compile(rb"\{(\d{1,20})\+?\}$")
@@ -313,6 +318,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._idle_timer = None
         self._watch = None
         self._watch_stat = None
+        self._watch_handle = None
+        self._retry = None
         self._auth_pending: tuple | None = None
         self._literal_plus = 0
         self._cmd_start = time.monotonic()
@@ -985,17 +992,29 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bad(tag, "Expected DONE.")
 
     def _start_watch(self) -> None:
+        """Learn of deliveries to the selected folder: inotify (pushed to an
+        idling client at once), with a slow poll as a safety net; where
+        inotify is unavailable, the poll every WATCH_INTERVAL seconds."""
         from twisted.internet.task import LoopingCall
         self._stop_watch()
         self._watch_stat = self._stat()
+        watcher = MailWatch.for_reactor(self.lab.reactor)
+        self._watch_handle = watcher.watch(self.folder.path, self._check_watch)
         self._watch = LoopingCall(self._check_watch)
         self._watch.clock = self.lab.reactor
-        self._watch.start(WATCH_INTERVAL, now=False)
+        self._watch.start(WATCH_INTERVAL if self._watch_handle is None else SAFETY_POLL,
+                          now=False)
 
     def _stop_watch(self) -> None:
         if self._watch is not None and self._watch.running:
             self._watch.stop()
         self._watch = None
+        if self._watch_handle is not None:
+            MailWatch.for_reactor(self.lab.reactor).unwatch(self._watch_handle)
+            self._watch_handle = None
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     def _stat(self):
         try:
@@ -1005,27 +1024,35 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _check_watch(self) -> None:
+        self._retry = None
+        if self.folder is None:
+            return
         now = self._stat()
         if now == self._watch_stat:
             return
         self._watch_stat = now
         if self._idle_tag is not None:
-            self._refresh(expunges=True)
+            if not self._refresh(expunges=True, wait=False):
+                # Someone (a delivery) holds the lock: look again shortly.
+                self._retry = self.lab.reactor.callLater(RETRY_DELAY, self._check_watch)
 
-    def _refresh(self, expunges: bool) -> None:
-        """Tell the client what changed in the selected folder (EXISTS/EXPUNGE/RECENT)."""
+    def _refresh(self, expunges: bool, wait: bool = True) -> bool:
+        """Tell the client what changed in the selected folder (EXISTS/EXPUNGE/RECENT).
+
+        ``wait=False``: do not wait for a busy lock (False is returned)."""
         if self.folder is None:
-            return
+            return True
         try:
-            state = self.folder.sync(mark_old=not self.readonly)
+            state = self.folder.sync(mark_old=not self.readonly,
+                                     lock_attempts=None if wait else 1)
         except (StoreError, OSError):
             self._watch_stat = None      # look again at the next tick: nothing is missed
-            return
+            return False
         self._watch_stat = self._stat()
         if state.uidvalidity != self.uidvalidity:
             self._untagged("BYE Mailbox UIDVALIDITY changed")
             self.transport.loseConnection()
-            return
+            return True
         uids = [m.uid for m in state.messages]
         present = set(uids)
         if expunges:
@@ -1045,6 +1072,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 self.recent |= {m.uid for m in new if m.recent}
             self._untagged(f"{len(self.view)} EXISTS")
             self._untagged(f"{len(self.recent)} RECENT")
+        return True
 
     # ---- selected state
 

@@ -484,7 +484,8 @@ class Folder:
             tail = b"\0"                    # never matches: a later append is parsed whole
         _CACHE[self._key()] = _Cached(_ident(st), state, tail)
 
-    def _locked(self, mutate: Callable[[FolderState], object] | None = None):
+    def _locked(self, mutate: Callable[[FolderState], object] | None = None,
+                lock_attempts: int | None = None):
         """Run ``mutate(state)`` under the lock; write back if it changed.
 
         Returns ``(state, result)``: a copy of the state callers may change.
@@ -500,7 +501,8 @@ class Folder:
                 raise StoreError(f"Mailbox doesn't exist: {self.name}", "NONEXISTENT") from None
             except OSError as exc:
                 raise StoreError(f"Internal error: {exc.strerror}", "SERVERBUG") from None
-            lock = MailboxLock(self.path, attempts=self.lock_attempts, delay=self.lock_delay)
+            lock = MailboxLock(self.path, attempts=lock_attempts or self.lock_attempts,
+                               delay=self.lock_delay)
             try:
                 try:
                     lock.acquire(fd)
@@ -565,12 +567,13 @@ class Folder:
 
     # ---------------------------------------------------------------- API
 
-    def sync(self, mark_old: bool = False) -> FolderState:
+    def sync(self, mark_old: bool = False, lock_attempts: int | None = None) -> FolderState:
         """The current state; new deliveries get their UIDs (written back).
 
         ``mark_old``: a read-write SELECT has reported the \\Recent ones,
         store them as no longer recent (``Status: O``). The returned state
-        still says which were recent.
+        still says which were recent. ``lock_attempts=1``: fail at once
+        (StoreError INUSE) rather than wait for a busy lock.
         """
         cached = self.cached()
         if cached is not None and not (mark_old and any(m.recent for m in cached.messages)):
@@ -581,7 +584,7 @@ class Folder:
             if mark_old and recent:
                 state.changed = True
             return recent
-        state, recent = self._locked(mutate)
+        state, recent = self._locked(mutate, lock_attempts)
         for m in state.messages:
             m.recent = m.uid in recent
         return state
