@@ -455,3 +455,26 @@ def test_login_with_literals_synchronizing_and_literal_plus(lab):
     c.send("b LOGIN {5+}\r\nuser2 {4+}\r\npass\r\n")       # no continuation requests
     assert c.until("b ") == [f"b OK [CAPABILITY {POST}] Logged in"]
     c.close()
+
+
+def test_auth_replies_to_imap_login_are_narrated_for_imap_not_postfix(lab):
+    from gponsim.commentary import catalog
+    m = login(lab)
+    m.logout()
+    c = Raw(lab.ports["imap"])
+    c.line()
+    c.send("a AUTHENTICATE PLAIN\r\n")
+    assert c.line() == "+ "
+    c.send(base64.b64encode(b"\0user2\0wrong").decode() + "\r\n")
+    assert c.until("a ")[-1] == "a NO [AUTHENTICATIONFAILED] Authentication failed."
+    c.close()
+    replies = [s for s in lab.steps() if s.proto == "sasl" and s.kind == "reply"
+               and s.dst == "imap"]
+    by_verb = {s.verb: s for s in replies}
+    assert {"OK", "CONT", "FAIL"} <= set(by_verb)
+    for verb in ("OK", "CONT", "FAIL"):
+        step = by_verb[verb]
+        assert step.key == f"sasl.reply.{verb}.imap"
+        entry = catalog().resolve(step)
+        assert "imap-login" in entry.en and "imap-login" in entry.es
+        assert "Postfix" not in entry.en + entry.es
