@@ -1574,6 +1574,7 @@ def _binary_item(b: dict, msg: StoredMessage) -> bytes:
     the part's content with its transfer encoding (base64, quoted-printable)
     undone; 7bit, 8bit and binary parts as they are."""
     section = b["section"]
+    decoded = False
     if not section:
         data = msg.wire()
     else:
@@ -1592,8 +1593,10 @@ def _binary_item(b: dict, msg: StoredMessage) -> bytes:
                     data = base64.b64decode(b"".join(body.split()), validate=False)
                 except (binascii.Error, ValueError):
                     raise _UnknownCTE() from None
+                decoded = True
             elif cte == "quoted-printable":
                 data = binascii.a2b_qp(body)
+                decoded = True
             else:
                 raise _UnknownCTE()
     if b["size"]:
@@ -1602,7 +1605,8 @@ def _binary_item(b: dict, msg: StoredMessage) -> bytes:
     if b["start"] is not None:
         data = data[b["start"]:b["start"] + b["length"]]
         label += b"<%d>" % b["start"]
-    prefix = b"~" if b"\0" in data else b""
+    # Dovecot sends a decoded part as a literal8 (~{n}), 7bit/8bit ones as {n}.
+    prefix = b"~" if decoded or b"\0" in data else b""
     return label + b" " + prefix + b"{%d}\r\n" % len(data) + data
 
 

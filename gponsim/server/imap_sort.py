@@ -12,8 +12,9 @@ the reply lists (sequence number, or UID for ``UID SORT`` / ``UID THREAD``):
   threading algorithms, returning nested lists that :func:`format_threads`
   writes as ``(1 2 (3)(4 5))``.
 
-Strings are compared case-insensitively (upper-cased, the ``i;ascii-casemap``
-and ``i;unicode-casemap`` comparators), as Dovecot does.
+Strings are compared with the ``i;unicode-casemap`` comparator as Dovecot
+does: upper-cased and decomposed. ``tests/test_dovecot_interop.py`` runs the
+same commands against Dovecot's own imap binary.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import email.parser
 import email.policy
 import email.utils
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
@@ -50,7 +52,9 @@ def _decoded(value) -> str:
 
 
 def _casemap(text: str) -> str:
-    return text.upper()
+    """i;unicode-casemap as Dovecot does it: upper (title) case, decomposed
+    (Á is A + U+0301), compared code point by code point."""
+    return unicodedata.normalize("NFKD", text.upper())
 
 
 @dataclass
