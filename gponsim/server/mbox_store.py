@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from email.utils import parsedate_tz, mktime_tz
 from pathlib import Path
@@ -416,9 +417,30 @@ class _Cached:
     tail: bytes
 
 
+class _LRU(OrderedDict):
+    """At most MAX_CACHED folders kept; the least recently used go first."""
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > MAX_CACHED:
+            self.popitem(last=False)
+
+
+#: How many parsed folders the cache keeps (a class's INBOXes and folders).
+MAX_CACHED = 256
+
 #: Parsed folders of this process, by path: every session shares them, and a
 #: command on an unchanged file parses nothing. Only the reactor thread uses it.
-_CACHE: dict[str, _Cached] = {}
+_CACHE: dict[str, _Cached] = _LRU()
 
 class Folder:
     """One mbox file: every operation locks, reads the current file, and
