@@ -346,3 +346,32 @@ def test_new_commands_and_replies_are_narrated(ext):
         step = next(s for s in steps if s.key == key)
         note = catalog().resolve(step)
         assert note is not None
+
+
+def test_examine_reports_recent_without_taking_it_and_status_as_dovecot(lab):
+    import smtplib
+    from labproc import wait_until
+    with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=10) as s:
+        s.sendmail("user2@gponlab.local", ["user1@gponlab.local"],
+                   b"Subject: reciente\r\n\r\nhola\r\n")
+    lab.wait_for_mail("user1", 1)
+    m = imaplib.IMAP4("127.0.0.1", lab.ports["imap"])
+    m.login("user1", "pass")
+    assert m.select("INBOX", readonly=True) == ("OK", [b"1"])
+    assert m.untagged_responses.pop("RECENT") == [b"1"]
+    assert b"\\Recent" in m.fetch("1", "(FLAGS)")[1][0]
+    # STATUS items come in Dovecot's order; on the selected folder: [CLIENTBUG].
+    typ, data = m.status("INBOX", "(UIDNEXT MESSAGES RECENT)")
+    assert typ == "OK" and data == [b"INBOX (MESSAGES 1 RECENT 1 UIDNEXT 2)"]
+    tag = m._command("STATUS", "INBOX", "(MESSAGES)")
+    assert m._command_complete("STATUS", tag)[1][0].startswith(
+        b"[CLIENTBUG] Status on selected mailbox completed")
+    m.logout()
+    # The first read-write SELECT still gets it as \Recent, and takes it: the next does not.
+    for expected in (b"1", b"0"):
+        m = imaplib.IMAP4("127.0.0.1", lab.ports["imap"])
+        m.login("user1", "pass")
+        m.select("INBOX")
+        assert m.untagged_responses.pop("RECENT") == [expected]
+        m.logout()
+    wait_until(lambda: b"Status: O" in lab.mbox_path("user1").read_bytes(), 5, "Status: O")

@@ -50,7 +50,7 @@ def test_uids_assigned_in_order_and_persisted_as_dovecot_headers(tmp_path):
 def test_flags_persist_and_expunge_keeps_uidnext(tmp_path):
     deliver(tmp_path, "user2", b"Subject: m#\n\nbody\n", n=3)
     folder = MailStore(tmp_path, "user2").folder("INBOX")
-    folder.sync()
+    folder.sync(mark_old=True)              # a read-write SELECT: no longer \Recent ("O")
     assert folder.store([1, 2], [SEEN, "\\Flagged", "$Label1"], 1) == {
         1: ["\\Flagged", "\\Seen", "$Label1"], 2: ["\\Flagged", "\\Seen", "$Label1"]}
     folder.store([2], [DELETED], 1)
@@ -212,7 +212,7 @@ def test_cache_reads_only_what_a_delivery_appended_and_matches_a_whole_parse(tmp
 def test_cache_notices_a_rewrite_by_another_program(tmp_path):
     deliver(tmp_path, "user2", b"Subject: m#\n\nbody\n", n=2)
     folder = MailStore(tmp_path, "user2").folder("INBOX")
-    folder.sync()
+    folder.sync(mark_old=True)
     path = tmp_path / "var/mail/user2"
     text = path.read_bytes()
     # Another program (Dovecot, an editor) rewrites the file in place: flags change.

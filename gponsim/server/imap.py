@@ -748,7 +748,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.folder, self.readonly = folder, readonly
         self.uidvalidity = state.uidvalidity
         self.view = [m.uid for m in state.messages]
-        self.recent = {m.uid for m in state.messages if m.recent} if not readonly else set()
+        # EXAMINE reports \Recent too (as Dovecot does), without taking it away.
+        self.recent = {m.uid for m in state.messages if m.recent}
         flags = FLAGS_LIST + "".join(" " + k for k in state.keywords)
         self._untagged(f"FLAGS ({flags})")
         if readonly:
@@ -891,11 +892,11 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             "UNSEEN": sum(1 for m in state.messages if SEEN not in m.flags),
             "SIZE": sum(m.size for m in state.messages),
         }
-        parts = []
         for item in items:
             if item not in values:
                 raise imap4.IllegalClientResponse(f"Unknown STATUS item {item}")
-            parts.append(f"{item} {values[item]}")
+        # Dovecot's order, whatever the order asked.
+        parts = [f"{item} {values[item]}" for item in values if item in items]
         self._untagged(f"STATUS {quote(name)} ({' '.join(parts)})")
         return True
 
@@ -906,7 +907,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 raise imap4.IllegalClientResponse("Invalid arguments")
             name = self._name(name)
             if self._store_call(tag, self._status_line, name, [str(i).upper() for i in items[0]])[0]:
-                self._ok(tag, "Status completed.")
+                if self.folder is not None and self.folder.name == name:
+                    self._ok(tag, "[CLIENTBUG] Status on selected mailbox completed.")
+                else:
+                    self._ok(tag, "Status completed.")
         except imap4.IllegalClientResponse as exc:
             self._bad(tag, f"Error in IMAP command STATUS: {exc}")
 
@@ -1068,8 +1072,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                and (not self.view or m.uid > self.view[-1])]
         if new:
             self.view.extend(m.uid for m in new)
-            if not self.readonly:
-                self.recent |= {m.uid for m in new if m.recent}
+            self.recent |= {m.uid for m in new if m.recent}
             self._untagged(f"{len(self.view)} EXISTS")
             self._untagged(f"{len(self.recent)} RECENT")
         return True
@@ -1690,8 +1693,8 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, no
             parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
             try:
                 stamp = email.utils.parsedate_to_datetime(parsed.get("Date", "")).timestamp()
-            except (TypeError, ValueError):
-                stamp = msg.internal_date
+            except (TypeError, ValueError, IndexError, OverflowError):
+                stamp = 0.0            # no usable Date: as Dovecot, before any date
         else:
             stamp = msg.internal_date
         day = time.strftime("%Y%m%d", time.localtime(stamp))

@@ -384,8 +384,11 @@ def encode(state: FolderState) -> bytes:
                 out += b" " + " ".join(state.keywords).encode()
             out += b"\n"
         out += f"X-UID: {msg.uid}\n".encode()
-        status = ("R" if SEEN in msg.flags else "") + "O"
-        out += f"Status: {status}\n".encode()
+        # "O" (old) once a read-write session has reported the message as
+        # \Recent; until then, like Dovecot, no O (and no Status at all if unread).
+        status = ("R" if SEEN in msg.flags else "") + ("" if msg.recent else "O")
+        if status:
+            out += f"Status: {status}\n".encode()
         xstatus = "".join(letter for letter, flag in _XSTATUS_ORDER if flag in msg.flags)
         if xstatus:
             out += f"X-Status: {xstatus}\n".encode()
@@ -542,8 +545,6 @@ class Folder:
                     if state.changed:
                         written = self._write(state, fd)
                         state.changed = False
-                        for msg in state.messages:
-                            msg.recent = False      # the file now says "Status: O"
                         self._remember(state, None, written)
                     else:
                         self._remember(state, fd)
@@ -604,6 +605,8 @@ class Folder:
         def mutate(state: FolderState):
             recent = [m.uid for m in state.messages if m.recent]
             if mark_old and recent:
+                for m in state.messages:
+                    m.recent = False
                 state.changed = True
             return recent
         state, recent = self._locked(mutate, lock_attempts)
