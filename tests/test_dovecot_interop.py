@@ -203,6 +203,19 @@ COMPARE_MESSAGES = [
      "Message-ID: <m@t>\n\ncatorce\n"),
     (1705320000, "Subject: Re: [lab] Re: Fwd: Horario (fwd) (fwd)\nFrom: l@x\n"
      "Date: Sat, 13 Jan 2024 10:00:00 +0000\nMessage-ID: <n@t>\n\nquince\n"),
+    # MIME structure: nested multipart, an attached message, dispositions, no charset.
+    (1705406400, "Subject: estructura\nFrom: m@x\nMIME-Version: 1.0\n"
+     "Content-Type: multipart/mixed; boundary=\"Out\"\n\npreambulo\n"
+     "--Out\nContent-Type: multipart/alternative; boundary=in\n\n"
+     "--in\nContent-Type: text/plain\n\nhola\nadios\n"
+     "--in\nContent-Type: text/html; charset=\"UTF-8\"\nContent-Transfer-Encoding: 7bit\n\n"
+     "<p>hola</p>\n--in--\n"
+     "--Out\nContent-Type: application/pdf; name=\"practica.pdf\"\n"
+     "Content-Disposition: attachment; filename=\"practica.pdf\"\n"
+     "Content-Transfer-Encoding: base64\nContent-ID: <pdf@t>\nContent-Description: la practica\n\n"
+     "JVBERi0xLjQK\n"
+     "--Out\nContent-Type: message/rfc822\n\nSubject: dentro\nFrom: n@x\nTo: o@x\n\ncuerpo\n"
+     "--Out--\nepilogo\n"),
 ]
 
 COMPARE_COMMANDS = [
@@ -226,6 +239,8 @@ COMPARE_COMMANDS = [
     "Message-ID Priority X-Priority References Newsgroups In-Reply-To Content-Type Reply-To)])",
     "FETCH 7 (ENVELOPE)", "FETCH 7 (BODY.PEEK[1.MIME] BODY.PEEK[2])",
     "SEARCH HEADER Message-ID <a@t>", "SEARCH OR FROM ana FROM bruno", "SEARCH TEXT GPON",
+    "FETCH 1 (BODYSTRUCTURE)", "FETCH 7 (BODYSTRUCTURE)", "FETCH 7 (BODY)",
+    "FETCH 16 (BODYSTRUCTURE)", "FETCH 16 (BODY)", "FETCH 16 (BODY.PEEK[3.1])",
 ]
 
 

@@ -47,6 +47,7 @@ from gponsim.server.mbox_store import (
     parse_internal_date,
 )
 from gponsim.server import imap_sort
+from gponsim.server.imap_bodystructure import bodystructure
 from gponsim.server.login_common import LoginCommon, LoginFactory
 from gponsim.server.mailwatch import MailWatch
 from gponsim.server.sasl_client import AuthUnavailable
@@ -1237,8 +1238,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if t == "envelope":
             return b"ENVELOPE " + imap4.collapseNestedLists([imap4.getEnvelope(_message_part(msg))])
         if t == "bodystructure":
-            return b"BODYSTRUCTURE " + imap4.collapseNestedLists(
-                [imap4.getBodyStructure(_message_part(msg), True)])
+            return b"BODYSTRUCTURE " + bodystructure(msg.wire(), extended=True)
         wire = msg.wire()
         cut = wire.find(b"\r\n\r\n")
         head = wire[:cut + 4] if cut >= 0 else wire
@@ -1255,7 +1255,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     def _fetch_body(self, q, msg, wire, head, text) -> bytes:
         if not (q.header or q.text or q.mime or q.empty):
-            return b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(_message_part(msg))])
+            return b"BODY " + bodystructure(msg.wire(), extended=False)
         part = _message_part(msg)
         section = ".".join(str(p + 1) for p in q.part)
         if q.part:
