@@ -1,4 +1,6 @@
-"""Interop with real Dovecot (Debian's doveadm): both read the same UIDs, UIDVALIDITY and flags.
+"""Interop with real Dovecot (Debian's doveadm): both read the same UIDs, UIDVALIDITY and flags;
+and Dovecot's own imap binary (package dovecot-imapd) answers SORT, THREAD, ESEARCH, WITHIN
+and BINARY exactly as gponsim does on the same mbox.
 
 doveadm opens the mbox files directly (no Dovecot server running), with a
 throwaway configuration: ``mail_location = mbox:...:INBOX=...:INDEX=MEMORY``,
@@ -149,3 +151,182 @@ def test_gponsim_reads_what_dovecot_wrote(where):
 def visible(records):
     """Dovecot's view without \\Recent (a per-session flag, not stored in the file)."""
     return [(u, f - {"\\Recent"}, s) for u, f, s in records]
+
+
+# ---------------------------------------------------------------------------
+# The same IMAP commands against real Dovecot's imap and gponsim, on the same mbox.
+
+DOVECOT_IMAP = os.environ.get("GPONSIM_DOVECOT_IMAP", "/usr/lib/dovecot/imap")
+
+#: (From_ line date, message) – replies, forwards, list tags, missing parents,
+#: dates in other zones, a MIME message with every transfer encoding.
+COMPARE_MESSAGES = [
+    (1704456000, "Subject: Practica GPON\nFrom: Ana Zoe <zoe@gponlab.local>\n"
+     "To: user2@gponlab.local\nCc: bea@gponlab.local\nDate: Tue, 02 Jan 2024 10:00:00 +0000\n"
+     "Message-ID: <a@t>\n\nuno\n"),
+    (1704110400, "Subject: Re: Practica GPON\nFrom: ana@gponlab.local\nTo: carlos@gponlab.local\n"
+     "Date: Wed, 03 Jan 2024 10:00:00 +0000\nMessage-ID: <b@t>\nIn-Reply-To: <a@t>\n\n"
+     "dos dos dos dos\n"),
+    (1704283200, "Subject: [lab] Horario\nFrom: Bruno <bruno@gponlab.local>\nTo: ana@gponlab.local\n"
+     "Date: Mon, 01 Jan 2024 09:00:00 +0100\nMessage-ID: <c@t>\n\ntres\n"),
+    (1704196800, "Subject: Fwd: Horario (fwd)\nFrom: Carla <carla@gponlab.local>\n"
+     "Date: Thu, 04 Jan 2024 10:00:00 +0000\nMessage-ID: <d@t>\nReferences: <zz@t>\n\n"
+     "cuatro cuatro cuatro cuatro cuatro cuatro\n"),
+    (1704369600, "Subject: Re: Practica GPON\nFrom: zoe@gponlab.local\n"
+     "Date: Wed, 03 Jan 2024 09:00:00 +0000\nMessage-ID: <e@t>\nReferences: <a@t> <b@t>\n\n"
+     "cinco\n"),
+    (1704542400, "Subject: Horario\nFrom: dario@gponlab.local\nTo: user2@gponlab.local\n"
+     "Date: Fri, 05 Jan 2024 10:00:00 +0000\nMessage-ID: <f@t>\n\nseis seis\n"),
+    (1704628800, "Subject: =?utf-8?q?Re=3A_=C3=BAltima?= [lab]\nFrom: =?utf-8?q?=C3=81lvaro?= <alvaro@x>\n"
+     "Date: Sat, 06 Jan 2024 10:00:00 -0500\nMessage-ID: <g@t>\nReferences: <f@t>\n"
+     "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"XX\"\n\n"
+     "--XX\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+     "Hola, esto es una pr=C3=A1ctica=\n de GPON.\n"
+     "--XX\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+     "AAECAwRHUE9O\n"
+     "--XX\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+     "l\u00ednea en 8 bits\n--XX--\n"),
+    (1704715200, "Subject: sin fecha ni id\nFrom: eva@gponlab.local\n\nsiete\n"),
+    # Threading corner cases: a duplicate Message-ID, a wrapped forward, a
+    # References loop, a reply whose parent arrives later, an empty subject.
+    (1704801600, "Subject: Re: Re: Horario\nFrom: f@x\nDate: Sun, 07 Jan 2024 10:00:00 +0000\n"
+     "Message-ID: <a@t>\nReferences: <c@t>\n\nnueve\n"),
+    (1704888000, "Subject: [Fwd: Practica GPON]\nFrom: g@x\nDate: Mon, 08 Jan 2024 10:00:00 +0000\n"
+     "Message-ID: <h@t>\n\ndiez\n"),
+    (1704974400, "Subject: bucle\nFrom: h@x\nDate: Tue, 09 Jan 2024 10:00:00 +0000\n"
+     "Message-ID: <j@t>\nReferences: <i@t> <j@t> <i@t>\n\nonce\n"),
+    (1705060800, "Subject: Re: perdido\nFrom: i@x\nDate: Wed, 10 Jan 2024 10:00:00 +0000\n"
+     "Message-ID: <l@t>\nIn-Reply-To: <k@t>\n\ndoce\n"),
+    (1705147200, "Subject: perdido\nFrom: j@x\nDate: Wed, 10 Jan 2024 09:00:00 +0000\n"
+     "Message-ID: <k@t>\n\ntrece\n"),
+    (1705233600, "Subject: \nFrom: k@x\nDate: Fri, 12 Jan 2024 10:00:00 +0000\n"
+     "Message-ID: <m@t>\n\ncatorce\n"),
+    (1705320000, "Subject: Re: [lab] Re: Fwd: Horario (fwd) (fwd)\nFrom: l@x\n"
+     "Date: Sat, 13 Jan 2024 10:00:00 +0000\nMessage-ID: <n@t>\n\nquince\n"),
+    # MIME structure: nested multipart, an attached message, dispositions, no charset.
+    (1705406400, "Subject: estructura\nFrom: m@x\nMIME-Version: 1.0\n"
+     "Content-Type: multipart/mixed; boundary=\"Out\"\n\npreambulo\n"
+     "--Out\nContent-Type: multipart/alternative; boundary=in\n\n"
+     "--in\nContent-Type: text/plain\n\nhola\nadios\n"
+     "--in\nContent-Type: text/html; charset=\"UTF-8\"\nContent-Transfer-Encoding: 7bit\n\n"
+     "<p>hola</p>\n--in--\n"
+     "--Out\nContent-Type: application/pdf; name=\"practica.pdf\"\n"
+     "Content-Disposition: attachment; filename=\"practica.pdf\"\n"
+     "Content-Transfer-Encoding: base64\nContent-ID: <pdf@t>\nContent-Description: la practica\n\n"
+     "JVBERi0xLjQK\n"
+     "--Out\nContent-Type: message/rfc822\n\nSubject: dentro\nFrom: n@x\nTo: o@x\n\ncuerpo\n"
+     "--Out--\nepilogo\n"),
+]
+
+COMPARE_COMMANDS = [
+    "SORT (ARRIVAL) UTF-8 ALL", "SORT (DATE) UTF-8 ALL", "SORT (REVERSE DATE) UTF-8 ALL",
+    "SORT (SUBJECT) UTF-8 ALL", "SORT (SUBJECT DATE) UTF-8 ALL", "SORT (FROM) UTF-8 ALL",
+    "SORT (REVERSE FROM) UTF-8 ALL", "SORT (TO) UTF-8 ALL", "SORT (CC) UTF-8 ALL",
+    "SORT (SIZE) UTF-8 ALL", "SORT (DISPLAYFROM) UTF-8 ALL", "SORT (DISPLAYTO ARRIVAL) UTF-8 ALL",
+    "SORT (REVERSE ARRIVAL) UTF-8 NOT FROM zoe",
+    "SORT (SUBJECT REVERSE DATE) UTF-8 ALL", "SORT (REVERSE SUBJECT SIZE) UTF-8 ALL",
+    "THREAD ORDEREDSUBJECT UTF-8 ALL", "THREAD REFERENCES UTF-8 ALL",
+    "THREAD REFERENCES UTF-8 NOT FROM zoe", "UID THREAD REFERENCES UTF-8 ALL",
+    "SEARCH RETURN (MIN MAX COUNT ALL) ALL", "SEARCH RETURN (COUNT) FROM nadie",
+    "SEARCH RETURN () SUBJECT horario", "UID SEARCH RETURN (MIN MAX) SUBJECT practica",
+    "SEARCH OLDER 3600", "SEARCH YOUNGER 3600",
+    "FETCH 7 (BINARY.SIZE[1] BINARY.SIZE[2] BINARY.SIZE[3])",
+    "FETCH 7 (BINARY.PEEK[1])", "FETCH 7 (BINARY.PEEK[2])", "FETCH 7 (BINARY.PEEK[3]<2.5>)",
+    # EXAMINE shows \Recent; STATUS in Dovecot's item order; SENT* without Date:.
+    "UID FETCH 1:* (FLAGS)", "STATUS INBOX (UIDNEXT UNSEEN MESSAGES RECENT SIZE)",
+    "SEARCH SENTBEFORE 03-Jan-2024", "SEARCH SENTSINCE 05-Jan-2024",
+    "FETCH 1:3 (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Bcc Subject Date "
+    "Message-ID Priority X-Priority References Newsgroups In-Reply-To Content-Type Reply-To)])",
+    "FETCH 7 (ENVELOPE)", "FETCH 7 (BODY.PEEK[1.MIME] BODY.PEEK[2])",
+    "SEARCH HEADER Message-ID <a@t>", "SEARCH OR FROM ana FROM bruno", "SEARCH TEXT GPON",
+    "FETCH 1 (BODYSTRUCTURE)", "FETCH 7 (BODYSTRUCTURE)", "FETCH 7 (BODY)",
+    "FETCH 16 (BODYSTRUCTURE)", "FETCH 16 (BODY)", "FETCH 16 (BODY.PEEK[3.1])",
+]
+
+
+def _answers(raw: bytes, tags: list[str]) -> dict[str, bytes]:
+    """The untagged bytes each tagged command got, from a whole transcript."""
+    out, start = {}, 0
+    for tag in tags:
+        mark = f"{tag} ".encode()
+        end = start if raw.startswith(mark, start) else raw.index(b"\r\n" + mark, start) + 2
+        out[tag] = raw[start:end]
+        start = raw.index(b"\r\n", end) + 2
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists(DOVECOT_IMAP),
+                    reason=f"Dovecot's imap binary not found at {DOVECOT_IMAP} "
+                           "(apt-get install dovecot-imapd, or GPONSIM_DOVECOT_IMAP=path)")
+def test_sort_thread_esearch_binary_as_dovecot(where, extra_commands=()):
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from imapclient import Raw
+    from labproc import LabProcess
+
+    lab_root, dove_root = where / "lab", where / "dove"
+    path = lab_root / "var/mail/user2"
+    path.parent.mkdir(parents=True)
+    with open(path, "ab") as fh:
+        for when, text in COMPARE_MESSAGES:
+            fh.write(render_entry(text.encode(), sender="user1@gponlab.local",
+                                  orig_rcpt="user2@gponlab.local",
+                                  delivered_to="user2@gponlab.local", when=when))
+    shutil.copytree(lab_root, dove_root)
+    commands = COMPARE_COMMANDS + list(extra_commands)
+    tags = [f"q{i}" for i in range(len(commands))]
+
+    # Real Dovecot: its imap binary, pre-authenticated, the commands on stdin.
+    dove = Doveadm(where, dove_root)
+    dove("mailbox", "status", "messages", "INBOX")            # chowns the tree for Dovecot
+    env = {**os.environ, "USER": "user2", "HOME": str(dove_root / "home/user2")}
+    proc = subprocess.Popen([DOVECOT_IMAP, "-c", str(dove.conf)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    theirs = {}
+    try:
+        # One command at a time: Dovecot runs pipelined commands in parallel.
+        for tag, command in [("x", "EXAMINE INBOX")] + list(zip(tags, commands)):
+            proc.stdin.write(f"{tag} {command}\r\n".encode())
+            proc.stdin.flush()
+            block = b""
+            while True:
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read().decode(errors="replace")
+                literal = re.search(rb"~?\{(\d+)\}\r\n$", line)
+                if literal:
+                    line += proc.stdout.read(int(literal.group(1)))
+                    continue_line = proc.stdout.readline()
+                    line += continue_line
+                if line.startswith(f"{tag} ".encode()):
+                    break
+                block += line
+            theirs[tag] = block
+        proc.stdin.write(b"z LOGOUT\r\n")
+        proc.stdin.close()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    # gponsim, over the network.
+    lab = LabProcess(lab_root).start()
+    try:
+        c = Raw(lab.ports["imap"])
+        c.line()
+        c.cmd("a", "LOGIN user2 pass")
+        c.cmd("x", "EXAMINE INBOX")
+        c.send("".join(f"{t} {cmd}\r\n" for t, cmd in zip(tags, commands)))
+        raw = c.buf
+        while not re.search(rf"\r\n{tags[-1]} [^\r\n]*\r\n".encode(), raw):
+            raw += c.sock.recv(65536)
+        ours = _answers(raw, tags)
+        c.close()
+    finally:
+        lab.stop()
+    if os.environ.get("GPONSIM_SHOW_DIFF"):
+        for tag, command in zip(tags, commands):
+            if ours[tag] != theirs[tag]:
+                print(f"### {command}\n gponsim: {ours[tag]!r}\n Dovecot: {theirs[tag]!r}")
+        return
+    for tag, command in zip(tags, commands):
+        assert ours[tag] == theirs[tag], f"{command}\n gponsim: {ours[tag]!r}\n Dovecot: {theirs[tag]!r}"

@@ -50,7 +50,7 @@ def test_uids_assigned_in_order_and_persisted_as_dovecot_headers(tmp_path):
 def test_flags_persist_and_expunge_keeps_uidnext(tmp_path):
     deliver(tmp_path, "user2", b"Subject: m#\n\nbody\n", n=3)
     folder = MailStore(tmp_path, "user2").folder("INBOX")
-    folder.sync()
+    folder.sync(mark_old=True)              # a read-write SELECT: no longer \Recent ("O")
     assert folder.store([1, 2], [SEEN, "\\Flagged", "$Label1"], 1) == {
         1: ["\\Flagged", "\\Seen", "$Label1"], 2: ["\\Flagged", "\\Seen", "$Label1"]}
     folder.store([2], [DELETED], 1)
@@ -178,3 +178,76 @@ def test_special_use_mailboxes_created_only_with_auto(tmp_path):
     store = ImapContext(lab_root=tmp_path, settings=settings).store_for("user2")
     assert [f.name for f in store.list()] == ["INBOX", "Sent", "Trash"]
     assert store.subscriptions() == ["Sent"]
+
+
+def test_cache_reads_only_what_a_delivery_appended_and_matches_a_whole_parse(tmp_path,
+                                                                             monkeypatch):
+    import gponsim.server.mbox_store as ms
+    deliver(tmp_path, "user2", b"Subject: m#\n\nFrom the body\n", n=3)
+    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    first = folder.sync(mark_old=True)
+    parsed = []
+    real_parse = ms.parse_mbox
+    monkeypatch.setattr(ms, "parse_mbox", lambda data: parsed.append(len(data)) or real_parse(data))
+    # Unchanged file: nothing parsed, nothing locked (no dotlock left behind either).
+    assert [m.uid for m in folder.sync().messages] == [1, 2, 3]
+    assert parsed == []
+    size = (tmp_path / "var/mail/user2").stat().st_size
+    deliver(tmp_path, "user2", b"Subject: new #\n\nhello\n", n=2)
+    grown = (tmp_path / "var/mail/user2").stat().st_size
+    state = folder.sync()
+    assert parsed == [grown - size]                       # only the appended bytes
+    assert [m.uid for m in state.messages] == [1, 2, 3, 4, 5]
+    assert [m.recent for m in state.messages] == [False, False, False, True, True]
+    # What the cache says is what a fresh parse of the file says.
+    whole = decode((tmp_path / "var/mail/user2").read_bytes())
+    assert [(m.uid, m.headers, m.body, m.flags) for m in whole.messages] == [
+        (m.uid, m.headers, m.body, m.flags) for m in state.messages]
+    assert whole.uidvalidity == first.uidvalidity and whole.uidnext == state.uidnext == 6
+    # Callers get copies: changing them does not change the shared cache.
+    state.messages[0].flags.add(DELETED)
+    assert DELETED not in folder.sync().messages[0].flags
+
+
+def test_cache_notices_a_rewrite_by_another_program(tmp_path):
+    deliver(tmp_path, "user2", b"Subject: m#\n\nbody\n", n=2)
+    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    folder.sync(mark_old=True)
+    path = tmp_path / "var/mail/user2"
+    text = path.read_bytes()
+    # Another program (Dovecot, an editor) rewrites the file in place: flags change.
+    with open(path, "r+b") as fh:
+        fh.write(text.replace(b"X-UID: 2\nStatus: O\n", b"X-UID: 2\nStatus: RO\n"))
+    assert [SEEN in m.flags for m in folder.sync().messages] == [False, True]
+    # Truncated to nothing but the first message: the second is gone.
+    cut = text.index(b"\nFrom ", 10) + 1
+    path.write_bytes(text[:cut])
+    assert [m.uid for m in folder.sync().messages] == [1]
+
+
+def test_mailwatch_tells_when_a_delivery_finishes(tmp_path, reactor_thread):
+    """inotify on the mail directory: a delivery (dotlock, append, close)
+    and a rewrite (rename over) each reach the subscriber; others do not."""
+    import sys
+    from gponsim.server.mailwatch import MailWatch
+    from labproc import wait_until
+    if not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux's")
+    calls = []
+    deliver(tmp_path, "user2", b"Subject: first\n\nx\n")
+    path = tmp_path / "var/mail/user2"
+    watch = reactor_thread.call(lambda: MailWatch.for_reactor(reactor_thread.reactor))
+    handle = reactor_thread.call(watch.watch, path, lambda: calls.append("user2"))
+    assert handle is not None
+    reactor_thread.call(watch.watch, tmp_path / "var/mail/user1", lambda: calls.append("user1"))
+    deliver(tmp_path, "user2", b"Subject: second\n\nx\n")
+    wait_until(lambda: "user2" in calls, 5, "the watch to fire for a delivery")
+    MailStore(tmp_path, "user2").folder("INBOX").sync()           # a rewrite: rename over
+    wait_until(lambda: calls.count("user2") >= 2, 5, "the watch to fire for a rewrite")
+    assert "user1" not in calls
+    reactor_thread.call(watch.unwatch, handle)
+    before = len(calls)
+    deliver(tmp_path, "user2", b"Subject: third\n\nx\n")
+    deliver(tmp_path, "user1", b"Subject: other\n\nx\n")
+    wait_until(lambda: "user1" in calls, 5, "user1's watch")
+    assert calls.count("user2") == before

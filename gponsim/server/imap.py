@@ -25,6 +25,8 @@ which turns it into Steps.
 from __future__ import annotations
 
 import base64
+import binascii
+import codecs
 import email
 import email.policy
 import io
@@ -44,27 +46,44 @@ from gponsim.server.mbox_store import (
     DELETED, RECENT, SEEN, SYSTEM_FLAGS, MailStore, StoreError, StoredMessage,
     parse_internal_date,
 )
+from gponsim.server import imap_sort
+from gponsim.server.imap_bodystructure import bodystructure
 from gponsim.server.login_common import LoginCommon, LoginFactory
+from gponsim.server.mailwatch import MailWatch
 from gponsim.server.sasl_client import AuthUnavailable
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.imap import ImapConversation
 
 PRE_LOGIN_CAPS = ["IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "IDLE", "LITERAL+"]
+#: Dovecot 2.3's post-login list without what gponsim does not implement:
+#: THREAD=REFS (Dovecot's own algorithm), URL-PARTIAL and CATENATE (URLAUTH),
+#: CONDSTORE and QRESYNC (modification sequences), ESORT, SEARCHRES and
+#: CONTEXT=SEARCH (search results kept or updated on the server), SNIPPET=FUZZY,
+#: PREVIEW=FUZZY, PREVIEW, SAVEDATE and NOTIFY (docs/imap.md says why).
 POST_LOGIN_CAPS = (
     "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
-    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
-    "NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES "
-    "WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW "
-    "STATUS=SIZE SAVEDATE LITERAL+ NOTIFY").split()
+    "THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED "
+    "I18NLEVEL=1 ESEARCH WITHIN LIST-STATUS BINARY MOVE STATUS=SIZE LITERAL+").split()
 FLAGS_LIST = r"\Answered \Flagged \Deleted \Seen \Draft"
 #: Largest literal accepted (APPEND): Dovecot has no fixed limit; the lab caps it.
 MAX_LITERAL = 50 * 1024 * 1024
-#: How often a selected INBOX file is checked for new deliveries.
+#: How often a selected INBOX file is checked for new deliveries without inotify...
 WATCH_INTERVAL = 0.2
+#: ...and with it (a safety net only).
+SAFETY_POLL = 2.0
+#: A change seen while a delivery holds the lock is looked at again after this.
+RETRY_DELAY = 0.02
 IDLE_NOTIFY_INTERVAL = 120.0
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}$")
 _LITERAL_ANY = re.compile(rb"\{(\d{1,20})\+?\}$")
+_LITERAL8 = re.compile(rb"~(\{\d{1,20}\+?\})$")
+#: FETCH BINARY items (RFC 3516), which Twisted's FETCH parser does not know.
+_BINARY_ITEM = re.compile(
+    rb"(?i)\bBINARY(?P<size>\.SIZE)?(?P<peek>\.PEEK)?\[(?P<section>[0-9.]*)\]"
+    rb"(?:<(?P<start>\d+)\.(?P<length>\d+)>)?")
+#: Listed in a BADCHARSET reply (any charset Python knows is accepted).
+SEARCH_CHARSETS = ("UTF-8", "US-ASCII")
 
 
 @dataclass
@@ -300,6 +319,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._idle_timer = None
         self._watch = None
         self._watch_stat = None
+        self._watch_handle = None
+        self._retry = None
         self._auth_pending: tuple | None = None
         self._literal_plus = 0
         self._cmd_start = time.monotonic()
@@ -451,6 +472,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if self._idle_tag is not None:
             self._idle_line(line)
             return
+        if line.endswith(b"}") and _LITERAL8.search(line):
+            # BINARY's literal8 (~{n}): taken like a literal, bytes kept as sent.
+            line = _LITERAL8.sub(rb"\1", line)
         if self.parseState == "discard":
             self.parseState = "command"
             return
@@ -725,7 +749,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.folder, self.readonly = folder, readonly
         self.uidvalidity = state.uidvalidity
         self.view = [m.uid for m in state.messages]
-        self.recent = {m.uid for m in state.messages if m.recent} if not readonly else set()
+        # EXAMINE reports \Recent too (as Dovecot does), without taking it away.
+        self.recent = {m.uid for m in state.messages if m.recent}
         flags = FLAGS_LIST + "".join(" " + k for k in state.keywords)
         self._untagged(f"FLAGS ({flags})")
         if readonly:
@@ -868,11 +893,11 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             "UNSEEN": sum(1 for m in state.messages if SEEN not in m.flags),
             "SIZE": sum(m.size for m in state.messages),
         }
-        parts = []
         for item in items:
             if item not in values:
                 raise imap4.IllegalClientResponse(f"Unknown STATUS item {item}")
-            parts.append(f"{item} {values[item]}")
+        # Dovecot's order, whatever the order asked.
+        parts = [f"{item} {values[item]}" for item in values if item in items]
         self._untagged(f"STATUS {quote(name)} ({' '.join(parts)})")
         return True
 
@@ -883,7 +908,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 raise imap4.IllegalClientResponse("Invalid arguments")
             name = self._name(name)
             if self._store_call(tag, self._status_line, name, [str(i).upper() for i in items[0]])[0]:
-                self._ok(tag, "Status completed.")
+                if self.folder is not None and self.folder.name == name:
+                    self._ok(tag, "[CLIENTBUG] Status on selected mailbox completed.")
+                else:
+                    self._ok(tag, "Status completed.")
         except imap4.IllegalClientResponse as exc:
             self._bad(tag, f"Error in IMAP command STATUS: {exc}")
 
@@ -892,24 +920,51 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     # ---- APPEND
 
-    def do_APPEND(self, tag, name, flags, date, message):
+    def do_APPEND(self, tag, name, flags, date, message, more=()):
+        """APPEND, and MULTIAPPEND (RFC 3502): more (flags) "date" {literal}
+        groups after the first; all are appended in one rewrite, or none."""
         name = self._name(name)
-        data = message.read()
-        when = parse_internal_date(date.decode() if isinstance(date, bytes) else date)
-        flag_list = [f.decode() if isinstance(f, bytes) else str(f) for f in (flags or [])]
+        groups = [(flags, date, message)] + list(more or [])
+        batch = []
+        for g_flags, g_date, g_message in groups:
+            text = g_date.decode() if isinstance(g_date, bytes) else g_date
+            when = parse_internal_date(text)
+            if text and when is None:
+                self._bad(tag, "Error in IMAP command APPEND: Invalid internal date.")
+                return
+            flag_list = [f.decode() if isinstance(f, bytes) else str(f) for f in (g_flags or [])]
+            batch.append((g_message.read(), flag_list, when))
         if not self.store.exists(name):
             self._no(tag, f"[TRYCREATE] Mailbox doesn't exist: {name}")
             return
-        ok, result = self._store_call(tag, lambda: self.store.folder(name).append(
-            data, flag_list, when, envelope=self.user))
+        ok, result = self._store_call(tag, lambda: self.store.folder(name).append_many(
+            batch, envelope=self.user))
         if ok:
-            validity, uid = result
+            validity, uids = result
             self._refresh(expunges=True)
-            self._ok(tag, f"[APPENDUID {validity} {uid}] Append completed.")
+            self._ok(tag, f"[APPENDUID {validity} {_uid_set(uids)}] Append completed.")
+
+    def _arg_more_appends(self, line):
+        """The MULTIAPPEND groups after the first message: [(flags, date, file)]."""
+        groups: list = []
+
+        def step(line: bytes):
+            line = line.lstrip(b" ")
+            if not line:
+                return groups, b""
+            flags, line = imap4.IMAP4Server.opt_plist(self, line)
+            date, line = imap4.IMAP4Server.opt_datetime(self, line.lstrip(b" "))
+            d = imap4.IMAP4Server.arg_literal(self, line.lstrip(b" "))
+
+            def got(result):
+                groups.append((flags, date, result[0]))
+                return step(result[1])
+            return d.addCallback(got)
+        return step(line)
 
     auth_APPEND = select_APPEND = (do_APPEND, imap4.IMAP4Server.arg_astring,
                                    imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime,
-                                   imap4.IMAP4Server.arg_literal)
+                                   imap4.IMAP4Server.arg_literal, _arg_more_appends)
 
     # ---- IDLE (ended by DONE only) and new-mail notification
 
@@ -942,17 +997,29 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bad(tag, "Expected DONE.")
 
     def _start_watch(self) -> None:
+        """Learn of deliveries to the selected folder: inotify (pushed to an
+        idling client at once), with a slow poll as a safety net; where
+        inotify is unavailable, the poll every WATCH_INTERVAL seconds."""
         from twisted.internet.task import LoopingCall
         self._stop_watch()
         self._watch_stat = self._stat()
+        watcher = MailWatch.for_reactor(self.lab.reactor)
+        self._watch_handle = watcher.watch(self.folder.path, self._check_watch)
         self._watch = LoopingCall(self._check_watch)
         self._watch.clock = self.lab.reactor
-        self._watch.start(WATCH_INTERVAL, now=False)
+        self._watch.start(WATCH_INTERVAL if self._watch_handle is None else SAFETY_POLL,
+                          now=False)
 
     def _stop_watch(self) -> None:
         if self._watch is not None and self._watch.running:
             self._watch.stop()
         self._watch = None
+        if self._watch_handle is not None:
+            MailWatch.for_reactor(self.lab.reactor).unwatch(self._watch_handle)
+            self._watch_handle = None
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     def _stat(self):
         try:
@@ -962,27 +1029,35 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _check_watch(self) -> None:
+        self._retry = None
+        if self.folder is None:
+            return
         now = self._stat()
         if now == self._watch_stat:
             return
         self._watch_stat = now
         if self._idle_tag is not None:
-            self._refresh(expunges=True)
+            if not self._refresh(expunges=True, wait=False):
+                # Someone (a delivery) holds the lock: look again shortly.
+                self._retry = self.lab.reactor.callLater(RETRY_DELAY, self._check_watch)
 
-    def _refresh(self, expunges: bool) -> None:
-        """Tell the client what changed in the selected folder (EXISTS/EXPUNGE/RECENT)."""
+    def _refresh(self, expunges: bool, wait: bool = True) -> bool:
+        """Tell the client what changed in the selected folder (EXISTS/EXPUNGE/RECENT).
+
+        ``wait=False``: do not wait for a busy lock (False is returned)."""
         if self.folder is None:
-            return
+            return True
         try:
-            state = self.folder.sync(mark_old=not self.readonly)
+            state = self.folder.sync(mark_old=not self.readonly,
+                                     lock_attempts=None if wait else 1)
         except (StoreError, OSError):
             self._watch_stat = None      # look again at the next tick: nothing is missed
-            return
+            return False
         self._watch_stat = self._stat()
         if state.uidvalidity != self.uidvalidity:
             self._untagged("BYE Mailbox UIDVALIDITY changed")
             self.transport.loseConnection()
-            return
+            return True
         uids = [m.uid for m in state.messages]
         present = set(uids)
         if expunges:
@@ -998,10 +1073,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                and (not self.view or m.uid > self.view[-1])]
         if new:
             self.view.extend(m.uid for m in new)
-            if not self.readonly:
-                self.recent |= {m.uid for m in new if m.recent}
+            self.recent |= {m.uid for m in new if m.recent}
             self._untagged(f"{len(self.view)} EXISTS")
             self._untagged(f"{len(self.recent)} RECENT")
+        return True
 
     # ---- selected state
 
@@ -1063,7 +1138,37 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     # ---- FETCH
 
+    def _arg_fetchatt(self, line):
+        """Twisted's FETCH attribute parser, with RFC 3516's BINARY[...],
+        BINARY.PEEK[...] and BINARY.SIZE[...] taken out first (Twisted does
+        not know them): returns ((twisted query, [binary items]), rest)."""
+        binaries = []
+
+        def take(m):
+            binaries.append({
+                "size": bool(m.group("size")), "peek": bool(m.group("peek")),
+                "section": m.group("section").decode("ascii"),
+                "start": int(m.group("start")) if m.group("start") is not None else None,
+                "length": int(m.group("length")) if m.group("length") is not None else None})
+            return b""
+        rest = _BINARY_ITEM.sub(take, line)
+        if not binaries:
+            query, rest = imap4.IMAP4Server.arg_fetchatt(self, line)
+            return (query, []), rest
+        for item in binaries:
+            if item["size"] and (item["peek"] or item["start"] is not None):
+                raise imap4.IllegalClientResponse("Invalid BINARY.SIZE")
+            if any(not p.isdigit() or p == "0" for p in item["section"].split(".") if
+                   item["section"]) or item["section"].endswith("."):
+                raise imap4.IllegalClientResponse("Invalid BINARY section")
+        rest = b" ".join(rest.split()).replace(b"( ", b"(").replace(b" )", b")")
+        if rest in (b"", b"()"):
+            return ([], binaries), b""
+        query, rest = imap4.IMAP4Server.arg_fetchatt(self, rest)
+        return (query, binaries), rest
+
     def do_FETCH(self, tag, seqset, query, uid=0):
+        query, binaries = query
         try:
             state = self._current()
             chosen = self._messages(state, seqset.decode("ascii", "replace"), bool(uid))
@@ -1075,7 +1180,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             return
         wants_seen = any(
             (q.type == "body" and not q.peek and (q.header or q.text or q.mime or q.empty))
-            or q.type in ("rfc822", "rfc822text") for q in query)
+            or q.type in ("rfc822", "rfc822text") for q in query) or any(
+            not b["peek"] and not b["size"] for b in binaries)
         seen_now: set[int] = set()
         if wants_seen and not self.readonly:
             unseen = [m.uid for _s, m in chosen if SEEN not in m.flags]
@@ -1095,6 +1201,12 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 items.append(b"UID %d" % msg.uid)
             for q in query:
                 items.append(self._fetch_item(q, msg))
+            for b in binaries:
+                try:
+                    items.append(_binary_item(b, msg))
+                except _UnknownCTE:
+                    self._no(tag, "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding.")
+                    return
             if msg.uid in seen_now and "flags" not in names:
                 items.append(self._flags_item(msg))
             self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
@@ -1126,8 +1238,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if t == "envelope":
             return b"ENVELOPE " + imap4.collapseNestedLists([imap4.getEnvelope(_message_part(msg))])
         if t == "bodystructure":
-            return b"BODYSTRUCTURE " + imap4.collapseNestedLists(
-                [imap4.getBodyStructure(_message_part(msg), True)])
+            return b"BODYSTRUCTURE " + bodystructure(msg.wire(), extended=True)
         wire = msg.wire()
         cut = wire.find(b"\r\n\r\n")
         head = wire[:cut + 4] if cut >= 0 else wire
@@ -1144,7 +1255,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     def _fetch_body(self, q, msg, wire, head, text) -> bytes:
         if not (q.header or q.text or q.mime or q.empty):
-            return b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(_message_part(msg))])
+            return b"BODY " + bodystructure(msg.wire(), extended=False)
         part = _message_part(msg)
         section = ".".join(str(p + 1) for p in q.part)
         if q.part:
@@ -1186,7 +1297,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             out += b"<%d>" % start
         return out + b" " + _lit(source)
 
-    select_FETCH = (do_FETCH, _arg_rawset, imap4.IMAP4Server.arg_fetchatt)
+    select_FETCH = (do_FETCH, _arg_rawset, _arg_fetchatt)
 
     # ---- STORE
 
@@ -1273,32 +1384,127 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     select_COPY = (do_COPY, _arg_rawset, imap4.IMAP4Server.arg_finalastring)
     select_MOVE = (do_MOVE, _arg_rawset, imap4.IMAP4Server.arg_finalastring)
 
-    # ---- SEARCH
+    # ---- SEARCH (ESEARCH, WITHIN), SORT, THREAD
+
+    def _search(self, keys: list) -> list[tuple[int, StoredMessage]]:
+        """(seq, message) of the view matching SEARCH criteria."""
+        if not keys:
+            raise imap4.IllegalClientResponse("Missing search parameters")
+        state = self._current()
+        by_uid = {m.uid: m for m in state.messages}
+        hits = []
+        last_uid = self.view[-1] if self.view else 0
+        now = time.time()
+        for seq, u in enumerate(self.view, 1):
+            msg = by_uid.get(u)
+            if msg is None:
+                continue
+            if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent, now):
+                hits.append((seq, msg))
+        return hits
+
+    def _charset(self, tag, name: str) -> bool:
+        try:
+            codecs.lookup(name)
+            return True
+        except LookupError:
+            pass
+        self._no(tag, f"[BADCHARSET ({' '.join(SEARCH_CHARSETS)})] Unsupported charset: {name}")
+        return False
 
     def do_SEARCH(self, tag, line, uid=0):
+        verb = "UID SEARCH" if uid else "SEARCH"
         try:
             keys = tokenize(line)
-            if keys and str(keys[0]).upper() == "CHARSET":
+            returns = None
+            if len(keys) >= 2 and str(keys[0]).upper() == "RETURN" and isinstance(keys[1], list):
+                returns = [str(r).upper() for r in keys[1]] or ["ALL"]
+                unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL")]
+                if unknown:
+                    raise imap4.IllegalClientResponse(f"Unknown return option: {unknown[0]}")
                 keys = keys[2:]
-            if not keys:
-                raise imap4.IllegalClientResponse("Missing search parameters")
-            state = self._current()
-            by_uid = {m.uid: m for m in state.messages}
-            hits = []
-            last_uid = self.view[-1] if self.view else 0
-            for seq, u in enumerate(self.view, 1):
-                msg = by_uid.get(u)
-                if msg is None:
-                    continue
-                if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent):
-                    hits.append(u if uid else seq)
+            if keys and str(keys[0]).upper() == "CHARSET":
+                if len(keys) < 2:
+                    raise imap4.IllegalClientResponse("Missing charset")
+                if not self._charset(tag, str(keys[1])):
+                    return
+                keys = keys[2:]
+            hits = [msg.uid if uid else seq for seq, msg in self._search(keys)]
         except (imap4.IllegalClientResponse, IndexError, ValueError) as exc:
-            self._bad(tag, f"Error in IMAP command SEARCH: {exc or 'Invalid arguments'}")
+            self._bad(tag, f"Error in IMAP command {verb}: {exc or 'Invalid arguments'}")
             return
-        self._untagged("SEARCH" + "".join(f" {h}" for h in hits))
+        except (StoreError, OSError) as exc:
+            self._no(tag, f"[SERVERBUG] {exc}")
+            return
+        if returns is None:
+            self._untagged("SEARCH" + "".join(f" {h}" for h in hits))
+        else:
+            # RFC 4731 ESEARCH, items in Dovecot's order.
+            text = f'ESEARCH (TAG "{_b(tag).decode("ascii", "replace")}")'
+            if uid:
+                text += " UID"
+            if "MIN" in returns and hits:
+                text += f" MIN {min(hits)}"
+            if "MAX" in returns and hits:
+                text += f" MAX {max(hits)}"
+            if "ALL" in returns and hits:
+                text += f" ALL {_uid_set(hits)}"
+            if "COUNT" in returns:
+                text += f" COUNT {len(hits)}"
+            self._untagged(text)
         self._ok(tag, "Search completed.")
 
     select_SEARCH = (do_SEARCH, imap4.IMAP4Server.arg_line)
+
+    def _sort_items(self, tag, verb: str, line: bytes, uid: int, first_is_list: bool):
+        """(first argument, [Info]) for SORT/THREAD, or None after an error reply."""
+        try:
+            args = tokenize(line)
+            if len(args) < 3 or isinstance(args[0], list) != first_is_list \
+                    or isinstance(args[1], list):
+                raise imap4.IllegalClientResponse("Invalid arguments.")
+            first = args[0]
+            if first_is_list:
+                first = imap_sort.parse_sort_criteria(first)
+            else:
+                first = str(first).upper()
+                if first not in imap_sort.THREAD_ALGORITHMS:
+                    raise imap4.IllegalClientResponse(f"Unknown thread algorithm: {args[0]}")
+            if not self._charset(tag, str(args[1])):
+                return None
+            hits = self._search(args[2:])
+        except (imap4.IllegalClientResponse, imap_sort.SortError, IndexError, ValueError) as exc:
+            self._bad(tag, f"Error in IMAP command {verb}: {exc or 'Invalid arguments'}")
+            return None
+        except (StoreError, OSError) as exc:
+            self._no(tag, f"[SERVERBUG] {exc}")
+            return None
+        return first, [imap_sort.info(msg.uid if uid else seq, seq, msg) for seq, msg in hits]
+
+    def do_SORT(self, tag, line, uid=0):
+        got = self._sort_items(tag, "UID SORT" if uid else "SORT", line, uid, True)
+        if got is None:
+            return
+        criteria, items = got
+        numbers = imap_sort.sort(items, criteria)
+        self._untagged("SORT" + "".join(f" {n}" for n in numbers))
+        self._ok(tag, "Sort completed.")
+
+    def do_THREAD(self, tag, line, uid=0):
+        got = self._sort_items(tag, "UID THREAD" if uid else "THREAD", line, uid, False)
+        if got is None:
+            return
+        algorithm, items = got
+        if algorithm == "ORDEREDSUBJECT":
+            roots = imap_sort.thread_orderedsubject(items)
+        else:
+            roots = imap_sort.thread_references(items)
+        threads = imap_sort.format_threads(roots)
+        self._untagged("THREAD" + (f" {threads}" if threads else ""))
+        self._ok(tag, "Thread completed.")
+
+    select_SORT = (do_SORT, imap4.IMAP4Server.arg_line)
+    select_THREAD = (do_THREAD, imap4.IMAP4Server.arg_line)
 
     # ---- UID
 
@@ -1313,7 +1519,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 return
             self._expunge(tag, [u for u in self.view if in_set(u, ranges)])
             return
-        if command not in (b"FETCH", b"STORE", b"COPY", b"MOVE", b"SEARCH"):
+        if command not in (b"FETCH", b"STORE", b"COPY", b"MOVE", b"SEARCH", b"SORT", b"THREAD"):
             self._bad(tag, f"Error in IMAP command UID {command.decode('ascii', 'replace')}: "
                            f"Unknown command.")
             return
@@ -1330,6 +1536,81 @@ def _b(tag) -> bytes:
 
 def _lit(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+def _uid_set(uids) -> str:
+    """``[3, 4, 5, 9]`` → ``3:5,9``."""
+    out: list[str] = []
+    uids = sorted(uids)
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+class _UnknownCTE(Exception):
+    """A part whose Content-Transfer-Encoding BINARY cannot undo."""
+
+
+def _find_part(msg: StoredMessage, section: str):
+    """The _Part of a section number ("1.2"), the whole message for ""; None if absent."""
+    part = _message_part(msg)
+    if not section:
+        return part
+    try:
+        for p in (int(x) - 1 for x in section.split(".")):
+            if part.isMultipart():
+                part = part.getSubPart(p)
+            elif p > 0:
+                return None
+    except IndexError:
+        return None
+    return part
+
+
+def _binary_item(b: dict, msg: StoredMessage) -> bytes:
+    """One ``BINARY[section]`` / ``BINARY.SIZE[section]`` item (RFC 3516):
+    the part's content with its transfer encoding (base64, quoted-printable)
+    undone; 7bit, 8bit and binary parts as they are."""
+    section = b["section"]
+    decoded = False
+    if not section:
+        data = msg.wire()
+    else:
+        part = _find_part(msg, section)
+        if part is None:
+            data = b""
+        elif part.isMultipart():
+            raise _UnknownCTE()
+        else:
+            cte = str(part.msg.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+            body = part.body_bytes()
+            if cte in ("7bit", "8bit", "binary", ""):
+                data = body
+            elif cte == "base64":
+                try:
+                    data = base64.b64decode(b"".join(body.split()), validate=False)
+                except (binascii.Error, ValueError):
+                    raise _UnknownCTE() from None
+                decoded = True
+            elif cte == "quoted-printable":
+                data = binascii.a2b_qp(body)
+                decoded = True
+            else:
+                raise _UnknownCTE()
+    if b["size"]:
+        return b"BINARY.SIZE[%s] %d" % (section.encode(), len(data))
+    label = b"BINARY[%s]" % section.encode()
+    if b["start"] is not None:
+        data = data[b["start"]:b["start"] + b["length"]]
+        label += b"<%d>" % b["start"]
+    # Dovecot sends a decoded part as a literal8 (~{n}), 7bit/8bit ones as {n}.
+    prefix = b"~" if decoded or b"\0" in data else b""
+    return label + b" " + prefix + b"{%d}\r\n" % len(data) + data
 
 
 def _filter_headers(head: bytes, names: set[str], negate: bool) -> bytes:
@@ -1356,17 +1637,17 @@ _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 
 
 def _search_all(keys: list, seq: int, msg: StoredMessage, count: int, last_uid: int,
-                recent: set) -> bool:
+                recent: set, now: float = 0.0) -> bool:
     while keys:
-        if not _search_one(keys, seq, msg, count, last_uid, recent):
+        if not _search_one(keys, seq, msg, count, last_uid, recent, now):
             return False
     return True
 
 
-def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent) -> bool:
+def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, now=0.0) -> bool:
     key = keys.pop(0)
     if isinstance(key, list):
-        return _search_all(list(key), seq, msg, count, last_uid, recent)
+        return _search_all(list(key), seq, msg, count, last_uid, recent, now)
     k = key.upper()
     flags = msg.flags
     simple = {
@@ -1380,11 +1661,15 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent) ->
     if k in simple:
         return simple[k]
     if k == "NOT":
-        return not _search_one(keys, seq, msg, count, last_uid, recent)
+        return not _search_one(keys, seq, msg, count, last_uid, recent, now)
     if k == "OR":
-        a = _search_one(keys, seq, msg, count, last_uid, recent)
-        b = _search_one(keys, seq, msg, count, last_uid, recent)
+        a = _search_one(keys, seq, msg, count, last_uid, recent, now)
+        b = _search_one(keys, seq, msg, count, last_uid, recent, now)
         return a or b
+    if k in ("YOUNGER", "OLDER"):          # RFC 5032 WITHIN: seconds, on INTERNALDATE
+        age = (now or time.time()) - msg.internal_date
+        limit = int(keys.pop(0))
+        return age <= limit if k == "YOUNGER" else age > limit
     if k == "UID":
         return in_set(msg.uid, parse_set(keys.pop(0), last_uid))
     if k in ("KEYWORD", "UNKEYWORD"):
@@ -1408,8 +1693,8 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent) ->
             parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
             try:
                 stamp = email.utils.parsedate_to_datetime(parsed.get("Date", "")).timestamp()
-            except (TypeError, ValueError):
-                stamp = msg.internal_date
+            except (TypeError, ValueError, IndexError, OverflowError):
+                stamp = 0.0            # no usable Date: as Dovecot, before any date
         else:
             stamp = msg.internal_date
         day = time.strftime("%Y%m%d", time.localtime(stamp))

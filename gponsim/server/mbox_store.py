@@ -24,11 +24,17 @@ have none: the next sync gives them the next UIDs, in file order.
 Locking is local(8)'s: dotlock then fcntl (:class:`~gponsim.server.local.MailboxLock`),
 the order Dovecot uses with ``mbox_write_locks = dotlock fcntl``, so a reader
 here and a delivery never deadlock. Every change (new UIDs, flags, append,
-expunge) reads the whole file under the lock and writes a complete new file
+expunge) reads the file under the lock and writes a complete new file
 beside it, fsync'd, renamed over the old one, then fsyncs the directory: a
 crash leaves either the old file or the new one, never half of each. A
 writer that opened the old file before the rename notices (the inode it
 locked is no longer the one at the path) and opens it again.
+
+Parsing is cached per process (every session of the lab shares it): a file
+whose inode, size, mtime and ctime are those last read or written here is
+not read again (no lock needed to see that nothing changed), and a file that
+only grew, its old end still in place, gets just the appended messages
+parsed (a delivery); anything else is parsed whole.
 
 Bodies are stored as written (the ``>From`` quoting of local(8) is never
 undone, as in Dovecot); messages appended here are written mboxo-quoted
@@ -40,6 +46,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from email.utils import parsedate_tz, mktime_tz
 from pathlib import Path
@@ -262,16 +269,51 @@ class FolderState:
     changed: bool = False        # new UIDs were assigned: the file needs writing
 
 
+def _message(raw: _Raw) -> tuple[StoredMessage, dict]:
+    """One parsed message and its private header values."""
+    values = {name: _header_value(line) for name, line in raw.header_lines
+              if name in PRIVATE_HEADERS}
+    try:
+        uid = int(values.get("x-uid", "0").split()[0] or 0)
+    except (ValueError, IndexError):
+        uid = 0
+    status = values.get("status", "")
+    xstatus = values.get("x-status", "")
+    flags = {flag for letter, flag in _XSTATUS.items() if letter in xstatus}
+    if "R" in status:
+        flags.add(SEEN)
+    visible = b"".join(line + b"\n" for name, line in raw.header_lines
+                       if name not in PRIVATE_HEADERS)
+    msg = StoredMessage(uid=uid, from_line=raw.from_line, headers=visible, body=raw.body,
+                        flags=flags, keywords=values.get("x-keywords", "").split(),
+                        recent="O" not in status)
+    return msg, values
+
+
+def _assign_uids(messages: list[StoredMessage], last_uid: int, previous: int = 0) -> tuple[int, bool]:
+    """UIDs must grow in file order; a message without one (a new delivery)
+    or out of order gets the next UID, as Dovecot's mbox sync does.
+    Returns (last UID, whether any was assigned)."""
+    changed = False
+    for msg in messages:
+        if msg.uid <= previous or msg.uid <= 0:
+            last_uid = max(last_uid, previous)
+            last_uid += 1
+            msg.uid = last_uid
+            changed = True
+        previous = msg.uid
+        last_uid = max(last_uid, msg.uid)
+    return last_uid, changed
+
+
 def decode(data: bytes, now: Callable[[], float] = time.time) -> FolderState:
     raws = parse_mbox(data)
     uidvalidity = 0
     last_uid = 0
     keywords: list[str] = []
     messages: list[StoredMessage] = []
-    changed = False
     for index, raw in enumerate(raws):
-        values = {name: _header_value(line) for name, line in raw.header_lines
-                  if name in PRIVATE_HEADERS}
+        msg, values = _message(raw)
         base = values.get("x-imapbase") if index == 0 else None
         pseudo = "x-imap" in values and index == 0
         if base or pseudo:
@@ -284,37 +326,33 @@ def decode(data: bytes, now: Callable[[], float] = time.time) -> FolderState:
             keywords = parts[2:]
         if pseudo:
             continue
-        uid = 0
-        try:
-            uid = int(values.get("x-uid", "0").split()[0] or 0)
-        except (ValueError, IndexError):
-            uid = 0
-        status = values.get("status", "")
-        xstatus = values.get("x-status", "")
-        flags = {flag for letter, flag in _XSTATUS.items() if letter in xstatus}
-        if "R" in status:
-            flags.add(SEEN)
-        visible = b"".join(line + b"\n" for name, line in raw.header_lines
-                           if name not in PRIVATE_HEADERS)
-        msg = StoredMessage(uid=uid, from_line=raw.from_line, headers=visible, body=raw.body,
-                            flags=flags, keywords=values.get("x-keywords", "").split(),
-                            recent="O" not in status)
         messages.append(msg)
+    changed = False
     if not uidvalidity:
         uidvalidity = int(now())
         changed = True
-    # UIDs must grow in file order; a message without one (a new delivery)
-    # or out of order gets the next UID, as Dovecot's mbox sync does.
-    previous = 0
-    for msg in messages:
-        if msg.uid <= previous or msg.uid <= 0:
-            last_uid = max(last_uid, previous)
-            last_uid += 1
-            msg.uid = last_uid
-            changed = True
-        previous = msg.uid
-        last_uid = max(last_uid, msg.uid)
-    return FolderState(uidvalidity, last_uid + 1, messages, keywords, changed)
+    last_uid, assigned = _assign_uids(messages, last_uid)
+    return FolderState(uidvalidity, last_uid + 1, messages, keywords, changed or assigned)
+
+
+def decode_appended(state: FolderState, tail: bytes) -> None:
+    """Add the messages appended after the part of the file ``state`` was
+    read from (a delivery): they get the next UIDs, as a whole-file
+    :func:`decode` would give them."""
+    new = [_message(raw)[0] for raw in parse_mbox(tail)]
+    previous = state.messages[-1].uid if state.messages else 0
+    last_uid, assigned = _assign_uids(new, state.uidnext - 1, previous)
+    state.messages.extend(new)
+    state.uidnext = last_uid + 1
+    state.changed = state.changed or assigned
+
+
+def clone(state: FolderState) -> FolderState:
+    """A copy callers may change without touching the shared cache."""
+    return FolderState(state.uidvalidity, state.uidnext,
+                       [StoredMessage(m.uid, m.from_line, m.headers, m.body, set(m.flags),
+                                      list(m.keywords), m.recent) for m in state.messages],
+                       list(state.keywords), state.changed)
 
 
 def encode(state: FolderState) -> bytes:
@@ -346,8 +384,11 @@ def encode(state: FolderState) -> bytes:
                 out += b" " + " ".join(state.keywords).encode()
             out += b"\n"
         out += f"X-UID: {msg.uid}\n".encode()
-        status = ("R" if SEEN in msg.flags else "") + "O"
-        out += f"Status: {status}\n".encode()
+        # "O" (old) once a read-write session has reported the message as
+        # \Recent; until then, like Dovecot, no O (and no Status at all if unread).
+        status = ("R" if SEEN in msg.flags else "") + ("" if msg.recent else "O")
+        if status:
+            out += f"Status: {status}\n".encode()
         xstatus = "".join(letter for letter, flag in _XSTATUS_ORDER if flag in msg.flags)
         if xstatus:
             out += f"X-Status: {xstatus}\n".encode()
@@ -364,6 +405,46 @@ def encode(state: FolderState) -> bytes:
 # --------------------------------------------------------------------------
 # A folder file
 
+#: Bytes of a file's end kept to recognise an append (the old end still there).
+_TAIL = 256
+
+
+def _ident(st: os.stat_result) -> tuple:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev)
+
+
+@dataclass
+class _Cached:
+    ident: tuple
+    state: FolderState
+    tail: bytes
+
+
+class _LRU(OrderedDict):
+    """At most MAX_CACHED folders kept; the least recently used go first."""
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > MAX_CACHED:
+            self.popitem(last=False)
+
+
+#: How many parsed folders the cache keeps (a class's INBOXes and folders).
+MAX_CACHED = 256
+
+#: Parsed folders of this process, by path: every session shares them, and a
+#: command on an unchanged file parses nothing. Only the reactor thread uses it.
+_CACHE: dict[str, _Cached] = _LRU()
+
 class Folder:
     """One mbox file: every operation locks, reads the current file, and
     (when something changed) writes it back safely."""
@@ -379,11 +460,61 @@ class Folder:
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def _locked(self, mutate: Callable[[FolderState], object] | None = None):
+    def _key(self) -> str:
+        return os.fspath(self.path)
+
+    def cached(self) -> FolderState | None:
+        """The shared cached state if the file is unchanged since it was read
+        or written here (same inode, size, mtime and ctime), without locking:
+        a writer that has not yet changed a byte is not visible yet anyway."""
+        entry = _CACHE.get(self._key())
+        if entry is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return entry.state if entry.ident == _ident(st) else None
+
+    def _read_state(self, fd: int) -> FolderState:
+        """The folder's state under the lock: the cache when the file is
+        unchanged, the cache plus the appended messages when the file only
+        grew (a delivery), else the whole file parsed."""
+        key = self._key()
+        st = os.fstat(fd)
+        entry = _CACHE.pop(key, None)       # back in the cache only once consistent
+        if entry is not None:
+            if entry.ident == _ident(st):
+                return entry.state
+            ino, size = entry.ident[0], entry.ident[1]
+            if (st.st_ino == ino and st.st_size > size and size >= len(entry.tail)
+                    and os.pread(fd, len(entry.tail), size - len(entry.tail)) == entry.tail):
+                tail = _read_all(fd, size)
+                if tail.startswith(b"From "):
+                    decode_appended(entry.state, tail)
+                    return entry.state
+        return decode(_read_all(fd))
+
+    def _remember(self, state: FolderState, fd: int | None, written: bytes | None = None) -> None:
+        """Cache ``state`` as what the file now holds (still under the lock)."""
+        try:
+            st = os.fstat(fd) if fd is not None else os.stat(self.path)
+        except OSError:
+            return
+        if written is not None:
+            tail = written[-_TAIL:]
+        else:
+            tail = os.pread(fd, _TAIL, max(0, st.st_size - _TAIL))
+        if st.st_size and not tail.endswith(b"\n\n"):
+            tail = b"\0"                    # never matches: a later append is parsed whole
+        _CACHE[self._key()] = _Cached(_ident(st), state, tail)
+
+    def _locked(self, mutate: Callable[[FolderState], object] | None = None,
+                lock_attempts: int | None = None):
         """Run ``mutate(state)`` under the lock; write back if it changed.
 
-        Returns ``(state, result)``. ``mutate`` returns a value and may set
-        ``state.changed``.
+        Returns ``(state, result)``: a copy of the state callers may change.
+        ``mutate`` returns a value and may set ``state.changed``.
         """
         for _attempt in range(5):
             flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
@@ -395,7 +526,8 @@ class Folder:
                 raise StoreError(f"Mailbox doesn't exist: {self.name}", "NONEXISTENT") from None
             except OSError as exc:
                 raise StoreError(f"Internal error: {exc.strerror}", "SERVERBUG") from None
-            lock = MailboxLock(self.path, attempts=self.lock_attempts, delay=self.lock_delay)
+            lock = MailboxLock(self.path, attempts=lock_attempts or self.lock_attempts,
+                               delay=self.lock_delay)
             try:
                 try:
                     lock.acquire(fd)
@@ -408,24 +540,33 @@ class Folder:
                         same = False
                     if not same:
                         continue            # replaced by a rewrite meanwhile: reopen
-                    data = _read_all(fd)
-                    state = decode(data)
+                    state = self._read_state(fd)
                     result = mutate(state) if mutate is not None else None
                     if state.changed:
-                        self._write(state)
+                        written = self._write(state, fd)
                         state.changed = False
-                    return state, result
+                        self._remember(state, None, written)
+                    else:
+                        self._remember(state, fd)
+                    return clone(state), result
                 finally:
                     lock.release()
             finally:
                 os.close(fd)
         raise StoreError("Mailbox keeps being replaced; try again", "INUSE")
 
-    def _write(self, state: FolderState) -> None:
+    def _write(self, state: FolderState, old_fd: int | None = None) -> bytes:
         data = encode(state)
         tmp = self.path.with_name(f".{self.path.name}.gponsim-{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            if old_fd is not None:
+                # The new file keeps the old one's owner and mode, as Dovecot's
+                # rewrite does: a real local(8) delivering as the user still can.
+                st = os.fstat(old_fd)
+                if os.geteuid() == 0:
+                    os.fchown(fd, st.st_uid, st.st_gid)
+                os.fchmod(fd, st.st_mode & 0o7777)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -445,22 +586,30 @@ class Folder:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+        return data
 
     # ---------------------------------------------------------------- API
 
-    def sync(self, mark_old: bool = False) -> FolderState:
+    def sync(self, mark_old: bool = False, lock_attempts: int | None = None) -> FolderState:
         """The current state; new deliveries get their UIDs (written back).
 
         ``mark_old``: a read-write SELECT has reported the \\Recent ones,
         store them as no longer recent (``Status: O``). The returned state
-        still says which were recent.
+        still says which were recent. ``lock_attempts=1``: fail at once
+        (StoreError INUSE) rather than wait for a busy lock.
         """
+        cached = self.cached()
+        if cached is not None and not (mark_old and any(m.recent for m in cached.messages)):
+            return clone(cached)
+
         def mutate(state: FolderState):
             recent = [m.uid for m in state.messages if m.recent]
             if mark_old and recent:
+                for m in state.messages:
+                    m.recent = False
                 state.changed = True
             return recent
-        state, recent = self._locked(mutate)
+        state, recent = self._locked(mutate, lock_attempts)
         for m in state.messages:
             m.recent = m.uid in recent
         return state
@@ -468,32 +617,45 @@ class Folder:
     def append(self, content: bytes, flags: Iterable[str] = (), when: float | None = None,
                envelope: str = "") -> tuple[int, int]:
         """Append a message; returns (uidvalidity, uid)."""
-        content = content.replace(b"\r\n", b"\n")
-        head, sep, body = content.partition(b"\n\n")
-        if not sep:
-            head, body = content.rstrip(b"\n"), b""
-        headers = b"".join(line + b"\n" for name, line in _split_headers(head + b"\n")
-                           if name not in PRIVATE_HEADERS)
-        if body.startswith(b"From "):
-            body = b">" + body
-        body = body.replace(b"\nFrom ", b"\n>From ")
-        if body and not body.endswith(b"\n"):
-            body += b"\n"
-        system, keywords = split_flags(flags)
+        validity, uids = self.append_many([(content, flags, when)], envelope)
+        return validity, uids[0]
+
+    def append_many(self, messages: list, envelope: str = "") -> tuple[int, list[int]]:
+        """Append ``[(content, flags, when)]`` all at once, in one rewrite
+        (MULTIAPPEND: all or none); returns (uidvalidity, [uids])."""
+        prepared = []
+        for content, flags, when in messages:
+            content = content.replace(b"\r\n", b"\n")
+            head, sep, body = content.partition(b"\n\n")
+            if not sep:
+                head, body = content.rstrip(b"\n"), b""
+            headers = b"".join(line + b"\n" for name, line in _split_headers(head + b"\n")
+                               if name not in PRIVATE_HEADERS)
+            if body.startswith(b"From "):
+                body = b">" + body
+            body = body.replace(b"\nFrom ", b"\n>From ")
+            if body and not body.endswith(b"\n"):
+                body += b"\n"
+            system, keywords = split_flags(flags)
+            from_line = dovecot_from_line(envelope, time.time() if when is None else when)
+            prepared.append((from_line, headers, body, system, keywords))
 
         def mutate(state: FolderState):
-            uid = state.uidnext
-            state.uidnext += 1
-            for kw in keywords:
-                if kw not in state.keywords:
-                    state.keywords.append(kw)
-            state.messages.append(StoredMessage(
-                uid=uid, from_line=dovecot_from_line(envelope, time.time() if when is None else when),
-                headers=headers, body=body, flags=set(system), keywords=keywords))
+            uids = []
+            for from_line, headers, body, system, keywords in prepared:
+                uid = state.uidnext
+                state.uidnext += 1
+                for kw in keywords:
+                    if kw not in state.keywords:
+                        state.keywords.append(kw)
+                state.messages.append(StoredMessage(
+                    uid=uid, from_line=from_line, headers=headers, body=body,
+                    flags=set(system), keywords=keywords))
+                uids.append(uid)
             state.changed = True
-            return uid
-        state, uid = self._locked(mutate)
-        return state.uidvalidity, uid
+            return uids
+        state, uids = self._locked(mutate)
+        return state.uidvalidity, uids
 
     def store(self, uids: Iterable[int], flags: Iterable[str], mode: int) -> dict[int, list[str]]:
         """Set (0), add (+1) or remove (-1) flags; returns {uid: new flags}."""
@@ -579,9 +741,8 @@ def split_flags(flags: Iterable[str]) -> tuple[list[str], list[str]]:
     return system, keywords
 
 
-def _read_all(fd: int) -> bytes:
+def _read_all(fd: int, offset: int = 0) -> bytes:
     chunks = []
-    offset = 0
     while True:
         chunk = os.pread(fd, 1 << 20, offset)
         if not chunk:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from gponsim.commentary import annotate
+from gponsim.commentary import annotate, catalog
 from gponsim.steps import MASK, Step
 
 #: Longest line either side accepts (``src/lib-auth/auth-client-interface.h``).
@@ -113,6 +113,10 @@ def secret_span(line: str, direction: str) -> tuple[int, int] | None:
     return None
 
 
+#: Dovecot's login processes, clients of the auth server besides Postfix's smtpd.
+LOGIN_ACTORS = ("imap", "pop3")
+
+
 def _kind(cmd: str, direction: str) -> str:
     if cmd in HANDSHAKE:
         return "handshake"
@@ -145,10 +149,18 @@ def sasl_step(line: str, *, direction: str, session: str, src: str, dst: str,
     if flags:
         meta["flags"] = flags
     status = cmd if kind == "reply" and cmd in _REPLY_STATUS else None
-    step = Step(
+    step = annotate(Step(
         t=time.time() if t is None else t,
         session=session, proto="sasl", src=src, dst=dst, dir=direction,
         kind=kind, line=line, verb=cmd or None, args=rest or None,
         status=status, secret=secret, meta=meta,
-    )
-    return annotate(step)
+    ))
+    if kind == "reply" and dst in LOGIN_ACTORS:
+        # The auth server answering Dovecot's imap-login / pop3-login, not
+        # Postfix: their own texts (sasl.reply.OK.imap...), except for the
+        # protocol errors that have a specific explanation whoever asked.
+        alt = f"sasl.reply.{cmd}.{dst}"
+        entry = catalog().get(step.key, line) if step.key else None
+        if alt in catalog() and (cmd != "FAIL" or entry is None or not entry.match):
+            step.key = alt
+    return step
