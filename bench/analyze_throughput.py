@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchutil import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAPTURE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gponsim" \
     / "bench" / "smtp-load.pcap"
@@ -223,11 +225,7 @@ def main() -> int:
     print(f"ratio gponsim/tshark {result['ratio']:.2f} in wall time (target >= {args.target}), "
           f"{result['cpu_ratio']:.2f} in CPU time; {'PASS' if ok else 'FAIL'}", file=sys.stderr)
     if args.json:
-        text = json.dumps(result, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(result, args.json)
     return 0 if ok else 1
 
 

@@ -55,6 +55,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchutil import write_json
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SERVICES = ("smtp", "submission", "imap", "imaps", "pop3", "pop3s", "autoconfig")
@@ -446,11 +448,7 @@ def main(argv=None) -> int:
     finally:
         lab.stop()
         if args.json:
-            text = json.dumps(result, indent=2)
-            if args.json == "-":
-                print(text)
-            else:
-                Path(args.json).write_text(text + "\n")
+            write_json(result, args.json)
         if not args.keep:
             import shutil
             shutil.rmtree(workdir, ignore_errors=True)

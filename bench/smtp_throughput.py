@@ -52,6 +52,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchutil import write_json
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SENDER = "user1@gponlab.local"
@@ -616,11 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             **summary,
         }
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(doc, args.json)
     return status
 
 

@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +35,16 @@ def lab_factory(tmp_path):
     yield make
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def reachable_dir():
+    """A fresh folder under /tmp that other users can reach (pytest's tmp dirs are
+    0700): for a real Postfix whose daemons run as the postfix user or deliver as one."""
+    path = Path(tempfile.mkdtemp(prefix="gponsim-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import signal
 import smtplib
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -178,12 +177,9 @@ def hide_private(message: bytes) -> bytes:
 
 
 @pytest.fixture
-def where():
-    """A folder the unprivileged delivery user can reach (pytest's tmp dirs are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="gponsim-pflocal-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def where(reachable_dir):
+    """A folder the unprivileged delivery user can reach."""
+    return reachable_dir
 
 
 def test_gponsim_serves_the_mbox_real_postfix_local_wrote(where):

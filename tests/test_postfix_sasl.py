@@ -10,12 +10,10 @@ from __future__ import annotations
 import base64
 import os
 import pwd
-import shutil
 import signal
 import smtplib
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -137,12 +135,9 @@ anvil     unix  -       -       n       -       1       anvil
 
 
 @pytest.fixture
-def labroot():
-    # /tmp/pytest-of-root is 0700: the postfix user must reach the socket
-    root = Path(tempfile.mkdtemp(prefix="gsp-", dir="/tmp"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+def labroot(reachable_dir):
+    # the postfix user must reach the socket
+    return reachable_dir
 
 
 @pytest.fixture
