@@ -28,6 +28,9 @@ Accounts: ``--accounts own`` (default) gives every client its own user
 scheme) and each delivery is one message to all of them; ``--accounts
 shared`` logs every client in as user2 and delivers to user2 only (one mbox,
 40 sessions on it). The hash scheme is read from the users file and reported.
+Every client connects from its own loopback address (127.0.1.N; the session
+workers from 127.0.2.N), as each student's machine would: Dovecot's
+mail_max_userip_connections (10) counts a user's sessions per address.
 
 Targets (issue 4, for a 2-core machine): command p99 < 100 ms, notification
 p99 < 1 s. Exit status 0 when both are met, 1 when not, 2 on error.
@@ -47,6 +50,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -63,6 +67,15 @@ SERVICES = ("smtp", "submission", "imap", "imaps", "pop3", "pop3s", "autoconfig"
 HEADERS = "BODY.PEEK[HEADER.FIELDS (From To Subject Date Message-ID)]"
 TARGET_COMMAND_P99 = 0.100
 TARGET_NOTIFY_P99 = 1.0
+
+
+def connect(port: int, source: str, timeout: float) -> imaplib.IMAP4:
+    """imaplib to the lab's port from ``source`` (an address of the loopback network)."""
+    class FromSource(imaplib.IMAP4):
+        def _create_socket(self, timeout):
+            return socket.create_connection((self.host, self.port), timeout,
+                                            source_address=(source, 0))
+    return FromSource("127.0.0.1", port, timeout=timeout)
 
 
 class BenchError(RuntimeError):
@@ -166,6 +179,7 @@ class Client(threading.Thread):
         super().__init__(name=f"client-{index}", daemon=True)
         self.bench = bench
         self.user = user
+        self.index = index
         self.latencies: list[tuple[str, float]] = []
         self.seen: list[tuple[int, float]] = []          # (EXISTS count, when)
         self.error: str | None = None
@@ -196,8 +210,7 @@ class Client(threading.Thread):
             self.idling.set()
 
     def _run(self) -> None:
-        port = self.bench.lab.ports["imap"]
-        m = imaplib.IMAP4("127.0.0.1", port, timeout=60)
+        m = connect(self.bench.lab.ports["imap"], f"127.0.1.{self.index + 1}", 60)
         self.imap = m
         self.timed("STARTTLS", m.starttls, self.bench.tls)
         self.timed("AUTHENTICATE", m.authenticate, "PLAIN",
@@ -363,7 +376,7 @@ class Bench:
         def worker(i: int) -> None:
             while time.monotonic() < stop:
                 try:
-                    m = imaplib.IMAP4("127.0.0.1", self.lab.ports["imap"], timeout=30)
+                    m = connect(self.lab.ports["imap"], f"127.0.2.{i + 1}", 30)
                     if a.session_tls:
                         m.starttls(self.tls)
                     m.authenticate("PLAIN", lambda _c: f"\0{user}\0pass".encode())

@@ -555,6 +555,14 @@ class LabProfile:
         """auth_mechanisms in Dovecot's MECH spelling: ``["PLAIN", "LOGIN"]``."""
         return [mechanism.upper() for mechanism in self.dovecot_list("auth_mechanisms")]
 
+    def mail_max_userip_connections(self, protocol: str) -> int:
+        """The limit for ``protocol`` (imap, pop3): from its ``protocol NAME { }``
+        section if set there, else the top-level setting (0 = no limit)."""
+        section = self.dovecot_section("protocol", protocol)
+        if section is not None and section.setting("mail_max_userip_connections") is not None:
+            return self._dovecot_typed("mail_max_userip_connections", section, _params.parse_int)
+        return self._dovecot_typed("mail_max_userip_connections", None, _params.parse_int)
+
     def auth_failure_delay(self) -> float:
         return self.dovecot_time("auth_failure_delay")
 

@@ -22,6 +22,8 @@ def imap_settings(profile) -> ImapSettings:
         inbox_template=location.inbox or "/var/mail/%u",
         mail_dir=location.root or "~/mail",
         special_use=[(box.name, box.special_use, box.auto) for box in profile.mailboxes()],
+        max_userip_connections={protocol: profile.mail_max_userip_connections(protocol)
+                                for protocol in ("imap", "pop3")},
     )
 
 

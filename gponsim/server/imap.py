@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import collections
 import email
 import email.policy
 import io
@@ -96,6 +97,8 @@ class ImapSettings:
     special_use: list = field(default_factory=list)   # [(name, "\\Sent", auto)]
     timeout: float = 1800.0
     login_timeout: float = 60.0
+    #: mail_max_userip_connections per protocol (0 = no limit)
+    max_userip_connections: dict = field(default_factory=lambda: {"imap": 10, "pop3": 10})
 
 
 @dataclass
@@ -108,6 +111,23 @@ class ImapContext:
     auth: object = None                                 # AuthClient
     settings: ImapSettings = field(default_factory=ImapSettings)
     reactor: object = None
+    #: Dovecot's anvil: logged-in sessions per (protocol, client address, user)
+    sessions: collections.Counter = field(default_factory=collections.Counter)
+
+    def userip_refusal(self, protocol: str, ip: str, user: str) -> str | None:
+        limit = self.settings.max_userip_connections.get(protocol, 0)
+        if limit and self.sessions[(protocol, ip, user)] >= limit:
+            return ("Maximum number of connections from user+IP exceeded "
+                    f"(mail_max_userip_connections={limit})")
+        return None
+
+    def anvil_connect(self, key: tuple) -> None:
+        self.sessions[key] += 1
+
+    def anvil_disconnect(self, key: tuple) -> None:
+        self.sessions[key] -= 1
+        if self.sessions[key] <= 0:
+            del self.sessions[key]
 
     def store_for(self, user: str) -> MailStore:
         store = MailStore(self.lab_root, user, inbox_template=self.settings.inbox_template,
@@ -369,7 +389,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     def connectionLost(self, reason=None) -> None:
         self._stop_watch()
         self._stop_idle_timer()
-        if self.user and not self._logged_out:
+        self._anvil_disconnect()
+        if self._refused:
+            pass                      # logged when refused
+        elif self.user and not self._logged_out:
             self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
                      f"Disconnected: Connection closed {self._stats()}")
         elif not self.user:
@@ -387,14 +410,6 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         super().connectionLost(reason)
 
     _last_user = None
-
-    def _addr_text(self) -> str:
-        text = f"rip={self.client_ip}, lip={self.server_ip}"
-        if self.tls:
-            text += ", TLS"
-        elif self.secured:
-            text += ", secured"
-        return text + f", session=<{self._dovecot_session}>"
 
     def _stats(self) -> str:
         return (f"in={self._bytes_in} out={self._bytes_out} deleted={self.counts['deleted']} "
@@ -660,7 +675,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._unblock()
             return
         self._auth_pending = None
-        if reply.kind == "OK":
+        if reply.kind == "OK" and (refusal := self._userip_refusal(reply.user)):
+            self._no(tag, f"[UNAVAILABLE] {refusal}")
+            self._refuse_userip(reply.user, self._auth_method or "PLAIN", refusal)
+        elif reply.kind == "OK":
             self._logged_in(reply.user, tag)
         else:
             self._failed_auths += 1
@@ -701,6 +719,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._no(tag, f"[SERVERBUG] {exc}")
             return
         self.user = user
+        self._anvil_connect(user)
         self.state = "auth"
         self.setTimeout(self.settings.timeout)
         method = self._auth_method or "PLAIN"

@@ -41,6 +41,41 @@ class LoginCommon:
         """Dovecot's rule: TLS, or a client on the server's own address."""
         return self.tls or self.client_ip == self.server_ip
 
+    def _addr_text(self) -> str:
+        """How Dovecot's login processes end a log line: addresses, TLS, session."""
+        text = f"rip={self.client_ip}, lip={self.server_ip}"
+        if self.tls:
+            text += ", TLS"
+        elif self.secured:
+            text += ", secured"
+        return text + f", session=<{self._dovecot_session}>"
+
+    # anvil: the logged-in sessions of each user from each address, per protocol
+    _anvil_key: tuple | None = None
+    _refused: bool = False
+
+    def _userip_refusal(self, user: str) -> str | None:
+        """login-common's check once auth said OK: the refusal text when the
+        user already has mail_max_userip_connections sessions from this address."""
+        return self.lab.userip_refusal(self.ACTOR, self.client_ip, user)
+
+    def _refuse_userip(self, user: str, method: str, text: str) -> None:
+        """Dovecot logs the reason with the login's details and closes the
+        connection (the reply, sent by the caller, goes first)."""
+        self.lab.log(f"{self.ACTOR}-login: {text}: user=<{user}>, method={method}, "
+                     f"{self._addr_text()}")
+        self._refused = True
+        self.transport.loseConnection()
+
+    def _anvil_connect(self, user: str) -> None:
+        self._anvil_key = (self.ACTOR, self.client_ip, user)
+        self.lab.anvil_connect(self._anvil_key)
+
+    def _anvil_disconnect(self) -> None:
+        if self._anvil_key is not None:
+            self.lab.anvil_disconnect(self._anvil_key)
+            self._anvil_key = None
+
     def _emit_all(self, steps) -> None:
         for step in steps:
             self.lab.emit(step)

@@ -78,7 +78,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self._last_user = None
         self._logged_out = False
         self._connected_at = time.time()
-        self._session_id = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
+        self._dovecot_session = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
         self.mpid = os.getpid() + 35
         self.blocked = None
         self.state = "COMMAND"
@@ -115,28 +115,23 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self.setTimeout(self.settings.login_timeout)
         self.ok(self.settings.greeting)
 
-    def _addr(self) -> str:
-        text = f"rip={self.client_ip}, lip={self.server_ip}"
-        if self.tls:
-            text += ", TLS"
-        elif self.secured:
-            text += ", secured"
-        return text + f", session=<{self._session_id}>"
-
     def connectionLost(self, reason=None) -> None:
         self.setTimeout(None)
-        if self.user and not self._logged_out:
-            self.lab.log(f"pop3({self.user})<{self.mpid}><{self._session_id}>: "
+        self._anvil_disconnect()
+        if self._refused:
+            pass                      # logged when refused
+        elif self.user and not self._logged_out:
+            self.lab.log(f"pop3({self.user})<{self.mpid}><{self._dovecot_session}>: "
                          f"Disconnected: Connection closed {self._stats()}")
         elif not self.user:
             secs = int(time.time() - self._connected_at)
             if self._failed:
                 self.lab.log(f"pop3-login: Disconnected (auth failed, {self._failed} attempts in "
                              f"{secs} secs): user=<{self._last_user or ''}>, method={self._mech}, "
-                             f"{self._addr()}")
+                             f"{self._addr_text()}")
             else:
                 self.lab.log(f"pop3-login: Disconnected (no auth attempts in {secs} secs): "
-                             f"user=<>, {self._addr()}")
+                             f"user=<>, {self._addr_text()}")
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
                                            proto="pop3", src="client", dst="pop3", tls=self.tls))
 
@@ -252,7 +247,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
             return
         self.ok("Logging out, messages deleted." if removed else "Logging out.")
         self._logged_out = True
-        self.lab.log(f"pop3({self.user})<{self.mpid}><{self._session_id}>: Disconnected: "
+        self.lab.log(f"pop3({self.user})<{self.mpid}><{self._dovecot_session}>: Disconnected: "
                      f"Logged out {self._stats()}")
         self.transport.loseConnection()
 
@@ -318,7 +313,10 @@ class Pop3Server(LoginCommon, pop3.POP3):
             return
         self._auth = None
         self.conv.in_auth = False
-        if reply.kind == "OK":
+        if reply.kind == "OK" and (refusal := self._userip_refusal(reply.user)):
+            self.err(f"[SYS/TEMP] {refusal}")
+            self._refuse_userip(reply.user, self._mech or "PLAIN", refusal)
+        elif reply.kind == "OK":
             self._logged_in(reply.user)
         else:
             self._failed += 1
@@ -360,13 +358,14 @@ class Pop3Server(LoginCommon, pop3.POP3):
             self.err(f"[SYS/TEMP] {exc}")
             return
         self.user = user
+        self._anvil_connect(user)
         self.uidvalidity = state.uidvalidity
         self.messages = state.messages
         self.setTimeout(600)
         self.lab.log(f"pop3-login: Login: user=<{user}>, method={self._mech}, "
                      f"rip={self.client_ip}, lip={self.server_ip}, mpid={self.mpid}"
                      + (", TLS" if self.tls else ", secured" if self.secured else "")
-                     + f", session=<{self._session_id}>")
+                     + f", session=<{self._dovecot_session}>")
         self.ok("Logged in.")
 
     # ------------------------------------------------------------- logged in
