@@ -292,8 +292,9 @@ class JsonlRecorder:
                 pending, self._pending = self._pending, []
             if self._fh.closed or not pending:
                 return
+            from gponsim.stepjson import step_line     # (it imports this module)
             reveal = self.reveal
-            self._fh.write("".join(s.to_json(reveal) + "\n" for s in pending))
+            self._fh.write("".join(step_line(s, reveal) + "\n" for s in pending))
             self._fh.flush()
 
     def close(self) -> None:

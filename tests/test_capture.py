@@ -523,8 +523,8 @@ def test_imap_fetch_and_append_bodies_extracted_once_each(tmp_path):
 
 
 def test_fast_jsonl_lines_are_step_to_json_exactly(tmp_path):
-    """gponsim.capture.jsonl.step_line writes what Step.to_json writes, for every kind of Step."""
-    from gponsim.capture.jsonl import step_line
+    """gponsim.stepjson.step_line writes what Step.to_json writes, for every kind of Step."""
+    from gponsim.stepjson import step_line
     from gponsim.steps import Step
 
     steps = []

@@ -44,6 +44,23 @@ def test_round_trip_through_jsonl(tmp_path):
     assert back == [original]
 
 
+def test_recorded_lines_are_step_to_json_for_a_lab_session(lab):
+    """The recorder's fast writer (gponsim.stepjson) writes what Step.to_json writes:
+    every Step of a real submission (SMTP, SASL, TLS, queue, delivery), masked."""
+    import smtplib
+    import ssl
+    with smtplib.SMTP("127.0.0.1", lab.ports["submission"], timeout=10) as s:
+        s.starttls(context=ssl._create_unverified_context())
+        s.login("user1", "pass")
+        s.sendmail("user1@gponlab.local", ["user2@gponlab.local"], b"Subject: x\r\n\r\nhola\r\n")
+    wait_until(lambda: any(s.proto == "delivery" for s in lab.steps()), 10, "the delivery Step")
+    lines = [ln for ln in lab.steps_file.read_text().splitlines() if ln]
+    steps = list(read_jsonl(lab.steps_file))
+    assert len(steps) > 20 and {"smtp", "sasl", "tls", "queue", "delivery"} <= {s.proto for s in steps}
+    assert any(s.secret for s in steps) and any(s.meta for s in steps)
+    assert lines == [s.to_json() for s in steps]
+
+
 def test_bad_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(auth_step().to_json() + "\n" + json.dumps({"t": 1}) + "\n")

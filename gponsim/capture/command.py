@@ -50,12 +50,12 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
         # are written as \udcXX escapes, so the file stays valid UTF-8 and JSON.
         recorder = open(steps_file, "w", encoding="utf-8", errors="backslashreplace")
 
-        from gponsim.capture.jsonl import step_line
+        from gponsim.stepjson import step_line
 
         lines: list[str] = []
 
         def to_file(step: Step, add=lines.append) -> None:
-            # Same text as Step.to_json, built directly (see gponsim.capture.jsonl);
+            # Same text as Step.to_json, built directly (see gponsim.stepjson);
             # written a few hundred lines at a time.
             add(step_line(step, reveal))
             if len(lines) >= 512:
