@@ -390,12 +390,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._stop_watch()
         self._stop_idle_timer()
         self._anvil_disconnect()
-        if self._refused:
-            pass                      # logged when refused
-        elif self.user and not self._logged_out:
+        if self.user and not self._logged_out:
             self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
                      f"Disconnected: Connection closed {self._stats()}")
-        elif not self.user:
+        elif not self.user and not self._refused:     # (a refusal logged its own line)
             secs = int(time.time() - self._connected_at)
             if self._failed_auths:
                 what = (f"auth failed, {self._failed_auths} attempts in {secs} secs")

@@ -118,12 +118,10 @@ class Pop3Server(LoginCommon, pop3.POP3):
     def connectionLost(self, reason=None) -> None:
         self.setTimeout(None)
         self._anvil_disconnect()
-        if self._refused:
-            pass                      # logged when refused
-        elif self.user and not self._logged_out:
+        if self.user and not self._logged_out:
             self.lab.log(f"pop3({self.user})<{self.mpid}><{self._dovecot_session}>: "
                          f"Disconnected: Connection closed {self._stats()}")
-        elif not self.user:
+        elif not self.user and not self._refused:     # (a refusal logged its own line)
             secs = int(time.time() - self._connected_at)
             if self._failed:
                 self.lab.log(f"pop3-login: Disconnected (auth failed, {self._failed} attempts in "
