@@ -94,7 +94,7 @@ class MailWatch:
             from twisted.python.filepath import FilePath
             try:
                 self._notifier.ignore(FilePath(directory).asBytesMode())
-            except (KeyError, Exception):
+            except Exception:        # not watched any more, or the notifier is gone
                 pass
 
     def _event(self, _watch, filepath, _mask) -> None:
