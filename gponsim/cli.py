@@ -618,6 +618,12 @@ def queue(lab_root, flush, delete_ids):
     from gponsim.server.queue import list_queue
 
     root = lab_root.resolve()
+    spool = root / "var" / "spool" / "postfix"
+    if not spool.is_dir():        # what postqueue says, and where the lab could be
+        click.echo(f"postqueue: fatal: chdir {spool}: No such file or directory", err=True)
+        click.echo(f"gponsim: no lab in {root}: give the --lab-root that `gponsim serve` used "
+                   "(the queue appears when a lab first starts).", err=True)
+        raise SystemExit(2)
     if delete_ids:
         ids = [e.qid for e in list_queue(root) if e.state != "active"] \
             if "ALL" in delete_ids else list(delete_ids)

@@ -95,6 +95,14 @@ def test_send_without_a_server_says_what_to_do():
     assert "gponsim serve" in out.stderr
 
 
+def test_queue_of_a_folder_that_is_no_lab_says_so_and_creates_nothing(tmp_path):
+    for extra in ([], ["--delete", "ALL"], ["--flush"]):
+        out = run("queue", "--lab-root", str(tmp_path / "nolab"), *extra)
+        assert out.returncode == 2, (extra, out.stdout, out.stderr)
+        assert "postqueue: fatal: chdir" in out.stderr and "no lab in" in out.stderr
+    assert not (tmp_path / "nolab").exists()
+
+
 def test_send_command_end_to_end(lab, tmp_path):
     steps = tmp_path / "client.jsonl"
     out = run("send", "--as", "user1", "--to", "user2@gponlab.local", "--subject", "Hola",
