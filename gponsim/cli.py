@@ -471,6 +471,10 @@ def slides(lessons, all_lessons, run_dir, fmt, lang, out):
         raise click.UsageError("name at least one lesson, or --all")
     if run_dir and len(ids) != 1:
         raise click.UsageError("--from goes with exactly one lesson")
+    if run_dir and not (run_dir / "summary.json").is_file():
+        raise click.BadParameter(f"{run_dir} is not a lesson's run folder (it has no summary.json); "
+                                 "give one that `gponsim lesson ID` wrote, e.g. captures/ID-<time>",
+                                 param_hint="--from")
     formats = ("html", "pptx") if fmt == "both" else (fmt,)
     built = []
     for lesson_id in ids:

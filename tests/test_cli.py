@@ -132,6 +132,12 @@ def test_send_wrong_password_and_no_tls(lab):
     assert "530 5.7.0 Must issue a STARTTLS command first" in out.stderr
 
 
+def test_slides_from_a_folder_that_is_no_lesson_run(tmp_path):
+    out = run("slides", "send-mail", "--from", str(tmp_path), "-o", str(tmp_path / "deck"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "is not a lesson's run folder (it has no summary.json)" in out.stderr
+
+
 def test_users_commands(tmp_path):
     root = tmp_path / "lab"
     out = run("users", "list", "--lab-root", str(root))
