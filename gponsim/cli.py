@@ -355,7 +355,7 @@ def _run_lesson_options(f):
 
 
 def _run_lesson(lesson, lang, quiet, explain, pace, quiz, out, port_offset, listen, interactive, timeout):
-    from gponsim.lessons.runner import RunOptions, run_lesson
+    from gponsim.lessons.runner import OutputFolderError, RunOptions, run_lesson
     from gponsim.server.lab import LabError
     from gponsim.steps import StepBus
 
@@ -368,6 +368,8 @@ def _run_lesson(lesson, lang, quiet, explain, pace, quiz, out, port_offset, list
         summary = run_lesson(lesson, RunOptions(lang=_lang(lang), pace=pace, quiz=quiz, out=out,
                                                 port_offset=port_offset, listen=listen,
                                                 interactive=interactive, timeout=timeout), bus)
+    except OutputFolderError as exc:
+        raise _config_error(exc)
     except LabError as exc:
         raise click.ClickException(str(exc))
     if not summary.passed:
@@ -520,6 +522,8 @@ def config_init(directory, force):
         written = init_config(directory, force=force)
     except (ConfigError, FileExistsError) as exc:
         raise _config_error(exc)
+    except OSError as exc:
+        raise _config_error(f"cannot write the profile in {directory}: {exc.strerror or exc}")
     for path in written:
         click.echo(str(path))
 

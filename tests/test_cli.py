@@ -132,6 +132,17 @@ def test_send_wrong_password_and_no_tls(lab):
     assert "530 5.7.0 Must issue a STARTTLS command first" in out.stderr
 
 
+def test_output_folders_that_cannot_be_made_are_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    out = run("lesson", "send-mail", "--pace", "none", "--quiet", "--out", str(blocker / "run"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot write the lesson's results in {blocker / 'run'}: Not a directory" in out.stderr
+    out = run("config", "init", str(blocker / "conf"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot write the profile in {blocker / 'conf'}: Not a directory" in out.stderr
+
+
 def test_slides_from_a_folder_that_is_no_lesson_run(tmp_path):
     out = run("slides", "send-mail", "--from", str(tmp_path), "-o", str(tmp_path / "deck"))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

@@ -25,6 +25,10 @@ from gponsim.lessons.checks import Outcome, evaluate
 from gponsim.lessons.model import Lesson, text
 from gponsim.steps import JsonlRecorder, ListSink, Step, StepBus
 
+
+class OutputFolderError(Exception):
+    """The lesson's results folder cannot be made or written (a bad ``--out``)."""
+
 WORDS = {
     "objectives": {"es": "Objetivos", "en": "Objectives"},
     "step": {"es": "Paso {n} de {total}", "en": "Step {n} of {total}"},
@@ -131,12 +135,17 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
     lang = options.lang
     console = options.console or Console(highlight=False)
     out = Path(options.out or default_out(lesson.id)).resolve()
-    if (out / "gponlab").exists():
-        shutil.rmtree(out / "gponlab")          # each run starts from a fresh lab
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if (out / "gponlab").exists():
+            shutil.rmtree(out / "gponlab")          # each run starts from a fresh lab
+        out.mkdir(parents=True, exist_ok=True)
+        recorder = JsonlRecorder(out / "steps.jsonl", append=False)
+    except OSError as exc:
+        raise OutputFolderError(f"cannot write the lesson's results in {out}: "
+                                f"{exc.strerror or exc} (choose another folder with --out)") from exc
     summary = Summary(lesson=lesson.id, out=out)
     record = bus.add(ListSink())
-    recorder = bus.add(JsonlRecorder(out / "steps.jsonl", append=False))
+    bus.add(recorder)
     transcript = bus.add(Transcript(out / "transcript.txt"))
     profile = _profile_for(lesson, out)
     lab_options = LabOptions(lab_root=out / "gponlab", config_dir=profile,
