@@ -6,6 +6,7 @@ module (gponsim.server.lab, gponsim.clients.smtp, gponsim.config, ...).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -57,7 +58,23 @@ def narration_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _MainGroup(click.Group):
+    """A file or folder the user named that cannot be read or written ends the
+    command with one line naming it (exit 2), not a traceback.
+    ``GPONSIM_DEBUG=1`` shows the traceback instead."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.filename is None or os.environ.get("GPONSIM_DEBUG"):
+                raise
+            err = click.ClickException(f"{exc.filename}: {exc.strerror or exc}")
+            err.exit_code = 2
+            raise err from exc
+
+
+@click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gponsim")
 def main() -> None:
     """gponsim: learn how e-mail really works on the GPON lab's mail server.
@@ -323,6 +340,11 @@ def diagram_sequence(source, flow, session, notes, no_collapse, page_rows, out, 
 
     target = _diagram_output(out, fmt, f"sequence-{flow}")
     steps = _load_steps_or_fail(source)
+    if session is not None and not any(s.session == session for s in steps):
+        known = list(dict.fromkeys(s.session for s in steps))
+        shown = ", ".join(known[:12]) + (f" … ({len(known)} in all)" if len(known) > 12 else "")
+        raise click.BadParameter(f"no session {session!r} in {source} (sessions: {shown or 'none'})",
+                                 param_hint="--session")
     written = _drawn(lambda: draw_sequence(steps, target, fmt=fmt, lang=_lang(lang), flow=flow,
                                            session=session, notes=notes, collapse=not no_collapse,
                                            page_rows=page_rows))

@@ -590,3 +590,21 @@ def test_pcap_fast_lane_reads_what_the_generic_path_reads(tmp_path):
             else:
                 assert (lane_link, got) == (link_type, frame), (pcap, n)
     assert fast > len(frames)
+
+
+def test_tls_on_another_port_without_keys_gets_a_hint_not_silence(tmp_path):
+    """An IMAPS capture of a lab on a free port, read without its keys: gponsim cannot know
+    it is mail, and says so, with how to read it; with the keys it is IMAP."""
+    path = SHIPPED / "curl-imaps-fetch.pcap"
+    for lang, words in (("en", "1 TLS connection(s) on ports that are not mail ports could not be read"),
+                        ("es", "1 conexión(es) TLS en puertos que no son de correo no se pudieron leer")):
+        res = CliRunner().invoke(main, ["analyze", str(path), "--quiet", "--lang", lang])
+        assert res.exit_code == 0, res.output
+        assert words in res.output and "--keylog" in res.output, res.output
+        assert "127.0.0.1:55890 → 127.0.0.1:38101" in res.output
+    res = CliRunner().invoke(main, ["analyze", str(path), "--json"])
+    data = json.loads(res.output)["summary"]
+    assert data["unread_tls_count"] == 1 and data["connections"] == []
+    res = CliRunner().invoke(main, ["analyze", str(path), "--quiet", "--lang", "en",
+                                    "--keylog", str(path.with_suffix(".keys"))])
+    assert "IMAP 127.0.0.1:55890" in res.output and "could not be read" not in res.output

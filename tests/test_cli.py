@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -141,6 +142,30 @@ def test_output_folders_that_cannot_be_made_are_named(tmp_path):
     out = run("config", "init", str(blocker / "conf"))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"cannot write the profile in {blocker / 'conf'}: Not a directory" in out.stderr
+
+
+def test_output_files_that_cannot_be_written_are_named_not_a_traceback(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    capture = Path(__file__).resolve().parents[1] / "captures" / "curl-imaps-fetch.pcap"
+    for args in (["analyze", str(capture), "--quiet", "--steps", str(blocker / "s.jsonl")],
+                 ["analyze", str(capture), "--quiet", "--extract", str(blocker / "mail")],
+                 ["diagram", "sequence", "--from", str(capture), "-o", str(blocker / "d")],
+                 ["serve", "--lab-root", str(tmp_path / "lab"), "--port-offset", "0",
+                  "--keylog", str(blocker / "keys")]):
+        out = run(*args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+        # the OS says what went wrong with the path (mkdir -p says "File exists")
+        assert re.search(re.escape(f"Error: {blocker}") + r"\S*: (Not a directory|File exists)$",
+                         out.stderr.strip()), out.stderr
+
+
+def test_diagram_of_a_session_that_is_not_there(tmp_path):
+    capture = Path(__file__).resolve().parents[1] / "captures" / "curl-imaps-fetch.pcap"
+    out = run("diagram", "sequence", "--from", str(capture), "--session", "nosuch",
+              "-o", str(tmp_path / "d.svg"))
+    assert out.returncode == 2 and "no session 'nosuch'" in out.stderr, out.stderr
+    assert "(sessions: " in out.stderr and not (tmp_path / "d.svg").exists()
 
 
 def test_slides_from_a_folder_that_is_no_lesson_run(tmp_path):

@@ -28,6 +28,10 @@ __all__ = ["Analysis", "CaptureError", "analyze"]
 #: Connections and messages listed one by one in the summary (the rest are counted).
 MAX_LISTED = 10000
 
+#: TLS ports of other services (HTTPS, DNS over TLS, LDAPS, XMPP, SIP, RDP, MQTT, AMQP):
+#: unreadable TLS there is not worth a hint that it could be mail.
+NOT_MAIL_TLS_PORTS = frozenset({443, 8443, 853, 636, 5223, 5061, 3389, 8883, 5671})
+
 
 @dataclass
 class Analysis:
@@ -44,6 +48,10 @@ class Analysis:
     #: Connections and messages beyond the listed ones (memory stays bounded).
     more_connections: dict = field(default_factory=dict)
     more_messages: int = 0
+    #: TLS connections on ports that are not mail ports, unreadable without their keys
+    #: (the first few endpoints, and how many in all)
+    unread_tls: list = field(default_factory=list)
+    unread_tls_count: int = 0
 
     @property
     def connection_count(self) -> int:
@@ -74,6 +82,7 @@ class Analysis:
                 for c in self.credentials],
             "messages": self.messages,
             "more_connections": self.more_connections, "more_messages": self.more_messages,
+            "unread_tls": self.unread_tls, "unread_tls_count": self.unread_tls_count,
             "problems": self.report.problems,
         }
 
@@ -108,6 +117,8 @@ class _Sniffer:
                     or any(self.tls.failed.values()) or len(self.held) > 64:
                 self.dropped = True      # TLS we cannot read: not known to be mail
                 self.held = []
+                if not self.tls.not_tls[direction] and self.tls.keys is None:
+                    self.owner.unreadable_tls(self.conn)
                 return
         elif len(self.first[direction]) < 512:
             self.first[direction] += data[:512]
@@ -157,6 +168,14 @@ class _Run:
             self.analysis.more_messages += 1
         if self.user_on_message is not None:
             self.user_on_message(message)
+
+    def unreadable_tls(self, conn: Connection) -> None:
+        if conn.server[1] in NOT_MAIL_TLS_PORTS:
+            return
+        a = self.analysis
+        a.unread_tls_count += 1
+        if len(a.unread_tls) < 5:
+            a.unread_tls.append(conn.four_tuple)
 
     def opened(self, conn: Connection):
         port = conn.server[1]

@@ -38,6 +38,10 @@ _T = {
         "same": "the same message as {n} ({path}): not saved again",
         "steps": "{n} Steps decoded in {s:.2f} s.",
         "more": "  ... and {n} more connection(s) ({protos}); --json lists them all",
+        "unread_tls": "{n} TLS connection(s) on ports that are not mail ports could not be read "
+                      "(no keys for them): {where}. If they are mail (IMAPS, SMTPS, a lab on other "
+                      "ports), give their keys with --keylog FILE, or capture to pcapng with the "
+                      "keys inside (gponsim capture).",
     },
     "es": {
         "file": "Captura {path}: {format}, {packets} paquetes ({tcp} TCP), tipo de enlace {links}",
@@ -64,6 +68,10 @@ _T = {
         "same": "el mismo mensaje que el {n} ({path}): no se guarda otra vez",
         "steps": "{n} Steps decodificados en {s:.2f} s.",
         "more": "  ... y {n} conexión(es) más ({protos}); --json las lista todas",
+        "unread_tls": "{n} conexión(es) TLS en puertos que no son de correo no se pudieron leer "
+                      "(no hay claves para ellas): {where}. Si son correo (IMAPS, SMTPS, un "
+                      "laboratorio en otros puertos), da sus claves con --keylog FICHERO, o captura "
+                      "en pcapng con las claves dentro (gponsim capture).",
     },
 }
 
@@ -87,6 +95,9 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
         out.append(t["none"])
     else:
         out.append(t["conns"].format(n=a.connection_count))
+    if a.unread_tls_count:
+        where = ", ".join(a.unread_tls) + (" …" if a.unread_tls_count > len(a.unread_tls) else "")
+        out.append(t["unread_tls"].format(n=a.unread_tls_count, where=where))
     shown = a.connections if len(a.connections) <= 30 else a.connections[:25]
     for c in shown:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.start)) if c.start else "?"
