@@ -64,13 +64,16 @@ def gponsim(*args):
 
 def test_queue_commands_without_a_running_lab(tmp_path):
     root = tmp_path / "gponlab"
+    r = gponsim("queue", "--lab-root", str(root))      # no lab there (yet): as mailq says it
+    assert r.returncode == 2 and not root.exists()
+    assert f"postqueue: fatal: chdir {root}/var/spool/postfix: No such file or directory" in r.stderr
+    # a deferred message left by a stopped lab: listed, then deleted
+    spool = root / "var/spool/postfix/deferred/A"
+    spool.mkdir(parents=True, exist_ok=True)
     assert gponsim("queue", "--lab-root", str(root)).stdout == "Mail queue is empty\n"
     r = gponsim("queue", "--flush", "--lab-root", str(root))
     assert r.returncode == 69
     assert "postqueue: fatal: Cannot flush mail queue - mail system is down" in r.stderr
-    # a deferred message left by a stopped lab: listed, then deleted
-    spool = root / "var/spool/postfix/deferred/A"
-    spool.mkdir(parents=True, exist_ok=True)
     header = {"qid": "ABCDEF12345", "created": 1.0, "length": 6, "size": 6,
               "envelope": Envelope(sender="user1@gponlab.local",
                                    recipients=["x@example.org"]).to_dict()}
