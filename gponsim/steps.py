@@ -256,7 +256,10 @@ class JsonlRecorder:
                  flush_interval: float = 0.1) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")
+        # A line that was not valid UTF-8 on the wire keeps its bytes as lone surrogates
+        # ("\udcff"); they are written as JSON escapes, so the file stays UTF-8 and JSON.
+        self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8",
+                                 errors="backslashreplace")
         self.reveal = reveal
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()

@@ -330,3 +330,69 @@ def test_sort_thread_esearch_binary_as_dovecot(where, extra_commands=()):
         return
     for tag, command in zip(tags, commands):
         assert ours[tag] == theirs[tag], f"{command}\n gponsim: {ours[tag]!r}\n Dovecot: {theirs[tag]!r}"
+
+
+#: Malformed and incomplete commands, after login: each gets Dovecot's tagged answer.
+MALFORMED = [b"a SELECT", b"b ID", b"c ID (", b"d AUTHENTICATE", b"e LOGIN", b"\xff\xfe NOOP",
+             b"f \xd6NOOP x", b"g SELECT \xff", b"h NOSUCH", b"i STATUS", b"j FETCH", b"k LIST",
+             b"l ENABLE", b'm EXAMINE ""', b"n UID", b"o UID FETCH", b"p SEARCH", b"q STORE 1",
+             b"r COPY", b"s APPEND", b"a+b NOOP", b"a2 LSUB", b"b2 CREATE", b"i2 MOVE", b"k2 NOOP x",
+             b"m2 STATUS \xff (MESSAGES)", b"s2 SELECT INBOX", b"t2 FETCH", b"u2 STORE",
+             b"v2 SEARCH", b"w2 COPY", b"y2 UID FETCH", b"y3 MOVE", b"y4 EXPUNGE x",
+             b"y5 NAMESPACE x", b'y6 ID ("a" "b"', b"y7 UID EXPUNGE"]
+
+
+def _tagged(raw: bytes) -> list[bytes]:
+    """The tagged (and untagged BAD) lines, without Dovecot's timing suffix."""
+    lines = [ln for ln in raw.split(b"\r\n") if ln and (not ln.startswith(b"* ") or b" BAD " in ln)]
+    return [re.sub(rb" \(\d+\.\d{3} \+ \d+\.\d{3}(?: \+ \d+\.\d{3})? secs\)\.$", b".", ln)
+            for ln in lines]
+
+
+@pytest.mark.skipif(not os.path.exists(DOVECOT_IMAP),
+                    reason=f"Dovecot's imap binary not found at {DOVECOT_IMAP} "
+                           "(apt-get install dovecot-imapd, or GPONSIM_DOVECOT_IMAP=path)")
+def test_malformed_commands_get_dovecots_answers(where):
+    import socket
+    import sys
+    import time
+    sys.path.insert(0, str(Path(__file__).parent))
+    from labproc import LabProcess
+
+    dove_root = where / "dove"
+    (dove_root / "var/mail").mkdir(parents=True)
+    (dove_root / "var/mail/user2").touch()
+    (dove_root / "home/user2/mail").mkdir(parents=True)
+    dove = Doveadm(where, dove_root)
+    dove("mailbox", "status", "messages", "INBOX")
+    env = {**os.environ, "USER": "user2", "HOME": str(dove_root / "home/user2")}
+    out = subprocess.run([DOVECOT_IMAP, "-c", str(dove.conf)], env=env, timeout=30,
+                         input=b"".join(c + b"\r\n" for c in MALFORMED) + b"z LOGOUT\r\n",
+                         capture_output=True).stdout
+    theirs = [ln for ln in _tagged(out) if not ln.startswith((b"z ", b"* BYE"))]
+
+    lab = LabProcess(where / "lab").start()
+    try:
+        s = socket.create_connection(("127.0.0.1", lab.ports["imap"]), timeout=10)
+        s.recv(4096)
+        s.sendall(b"x LOGIN user2 pass\r\n")
+        raw = b""
+        while b"x OK" not in raw:
+            raw += s.recv(4096)
+        raw = b""
+        for command in MALFORMED:       # one at a time, as Dovecot read them
+            s.sendall(command + b"\r\n")
+            deadline = time.monotonic() + 10
+            while not re.search(rb"(^|\r\n)[^*\r\n][^\r\n]* (OK|NO|BAD) [^\r\n]*\r\n$|"
+                                rb"\* BAD Error in IMAP tag[^\r\n]*\r\n$", raw) \
+                    and time.monotonic() < deadline:
+                raw += s.recv(65536)
+            raw += b"\r\n"
+        s.close()
+        assert "Traceback" not in lab.stderr() and "Unhandled" not in lab.stderr(), lab.stderr()
+    finally:
+        lab.stop()
+    ours = _tagged(raw)
+    # Sorted: Dovecot runs a pipelined command while the next is read, so an EXPUNGE
+    # may finish after the commands that followed it.
+    assert sorted(ours) == sorted(theirs) and len(ours) == len(MALFORMED)

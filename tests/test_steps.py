@@ -61,6 +61,17 @@ def test_recorded_lines_are_step_to_json_for_a_lab_session(lab):
     assert lines == [s.to_json() for s in steps]
 
 
+def test_a_line_that_was_not_utf8_is_recorded_and_read_back(tmp_path):
+    path = tmp_path / "steps.jsonl"
+    rec = JsonlRecorder(path)
+    step = Step(t=1.0, session="s-1", proto="smtp", src="client", dst="smtpd", dir="c2s",
+                kind="command", line="MAIL FROM:<\udcff\udcfe@x>", verb="MAIL")
+    rec.step(step)
+    rec.close()
+    path.read_text(encoding="utf-8")                  # valid UTF-8
+    assert list(read_jsonl(path)) == [step]
+
+
 def test_bad_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(auth_step().to_json() + "\n" + json.dumps({"t": 1}) + "\n")

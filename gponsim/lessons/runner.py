@@ -91,7 +91,8 @@ class Transcript:
     """A readable, plain-text sink: ``client → smtpd  EHLO [127.0.0.1]``."""
 
     def __init__(self, path: Path) -> None:
-        self._fh = open(path, "w", encoding="utf-8")
+        # bytes that were not UTF-8 on the wire (lone surrogates) are shown as \udcXX
+        self._fh = open(path, "w", encoding="utf-8", errors="backslashreplace")
 
     def step(self, step: Step) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(step.t))

@@ -197,6 +197,46 @@ def _message_part(msg: StoredMessage) -> _Part:
 
 
 # --------------------------------------------------------------------------
+# What Dovecot checks before parsing a command
+
+#: A tag: ASTRING-CHARs except "+" (RFC 3501 §9); no 8-bit, no CTL.
+_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
+#: A command name: an atom.
+_ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\\]]+')
+#: Commands that take no arguments: Dovecot ignores any that come.
+_NO_ARGUMENTS = frozenset({"NOOP", "NAMESPACE", "EXPUNGE"})
+#: Commands whose arguments cannot be left out, and Dovecot's words when they are.
+_NEEDS_ARGUMENTS = {
+    "SELECT": "Invalid arguments", "EXAMINE": "Invalid arguments",
+    "LIST": "Invalid reference", "LSUB": "Invalid reference",
+    "FETCH": "Invalid arguments", "STORE": "Invalid arguments",
+    "SEARCH": "Missing search parameters",
+    **dict.fromkeys(("CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "STATUS",
+                     "APPEND", "COPY", "MOVE"), "Missing arguments"),
+}
+
+
+def _eight_bit_atom(rest: bytes) -> bool:
+    """A byte over 127 outside a quoted string (Dovecot: "8bit data in atom")."""
+    if not rest or max(rest) < 0x80:
+        return False
+    quoted = escaped = False
+    for byte in rest:
+        if quoted:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                quoted = False
+        elif byte == 0x22:
+            quoted = True
+        elif byte >= 0x80:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------
 # Small IMAP argument tokenizer (for LIST, SEARCH, STATUS, ID, ENABLE)
 
 def tokenize(data: bytes) -> list:
@@ -386,7 +426,16 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.sendLine(("* OK [CAPABILITY " + " ".join(self.pre_login_caps()) + "] "
                        + self.settings.greeting).encode())
 
+    _gone = False
+
+    def _unblock(self):
+        if self._gone:                 # the client left while auth was answering
+            self.blocked = None
+            return
+        super()._unblock()
+
     def connectionLost(self, reason=None) -> None:
+        self._gone = True
         self._stop_watch()
         self._stop_idle_timer()
         self._anvil_disconnect()
@@ -553,14 +602,35 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         return super()._stringLiteral(size)
 
     def dispatchCommand(self, tag, cmd, rest, uid=None):
-        name = cmd.decode("ascii", "replace").upper()
+        # Dovecot's checks, in its order, before any parsing (src/imap/imap-client.c).
+        if not _TAG.fullmatch(tag):
+            self._bad(b"*", "Error in IMAP tag: Invalid tag.")
+            return
+        if not _ATOM.fullmatch(cmd) or (cmd.upper() == b"UID" and not (rest or b"").strip()):
+            self._bad(tag, "Error in IMAP command: Invalid command name.")
+            return
+        name = cmd.decode("ascii").upper()
+        empty = not (rest or b"").strip()
         if self.lookupCommand(cmd) is None:
             if self.user is None:
                 self._bad(tag, "Error in IMAP command received by server.")
+            elif self.state == "auth" and empty and name in ("COPY", "MOVE"):
+                self._bad(tag, f"Error in IMAP command {name}: Missing arguments.")
             elif self.state == "auth" and getattr(self, f"select_{name}", None):
                 self._bad(tag, "No mailbox selected.")
             else:
                 self._bad(tag, f"Error in IMAP command {name}: Unknown command.")
+            return
+        shown = f"UID {name}" if uid else name
+        if name in _NO_ARGUMENTS:
+            rest, empty = b"", True     # Dovecot does not look at what follows
+        if empty:
+            if name in _NEEDS_ARGUMENTS:
+                self._bad(tag, f"Error in IMAP command {shown}: {_NEEDS_ARGUMENTS[name]}.")
+                return
+            rest = b""                  # Twisted's argument parsers want bytes
+        elif _eight_bit_atom(rest):
+            self._bad(tag, f"Error in IMAP command {shown}: 8bit data in atom.")
             return
         super().dispatchCommand(tag, cmd, rest, uid)
 
@@ -589,8 +659,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     def do_ID(self, tag, line):
         try:
             tokenize(line)
-        except imap4.IllegalClientResponse:
-            self._bad(tag, "Error in IMAP command ID: Invalid parameters.")
+        except imap4.IllegalClientResponse as exc:     # Dovecot's parser: "Missing ')'"...
+            self._bad(tag, f"Error in IMAP command ID: {exc}.")
             return
         self._untagged('ID ("name" "Dovecot")')
         self._ok(tag, "ID completed.")
@@ -735,7 +805,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._ok(tag, "Namespace completed.")
 
     def do_ENABLE(self, tag, line):
-        self._untagged("ENABLED")
+        if line.strip():
+            self._untagged("ENABLED")
         self._ok(tag, "Enabled.")
 
     auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
@@ -1528,8 +1599,11 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     def do_UID(self, tag, command, line):
         command = command.upper()
         if command == b"EXPUNGE":
+            if not (line or b"").strip():
+                self._bad(tag, "Error in IMAP command UID EXPUNGE: Missing arguments.")
+                return
             try:
-                ranges = parse_set(line.strip().decode("ascii", "replace"),
+                ranges = parse_set((line or b"").strip().decode("ascii", "replace"),
                                    self.view[-1] if self.view else 0)
             except imap4.IllegalClientResponse:
                 self._bad(tag, "Error in IMAP command UID EXPUNGE: Invalid uidset")
@@ -1540,7 +1614,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bad(tag, f"Error in IMAP command UID {command.decode('ascii', 'replace')}: "
                            f"Unknown command.")
             return
-        imap4.IMAP4Server.dispatchCommand(self, tag, command, line, uid=1)
+        self.dispatchCommand(tag, command, line, uid=1)
 
     select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
 

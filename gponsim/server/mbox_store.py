@@ -794,6 +794,8 @@ class MailStore:
     def path_for(self, name: str) -> Path:
         if is_inbox(name):
             return self.inbox_path
+        if not name:
+            raise StoreError("Invalid mailbox name: Name is empty", "CANNOT")
         if not valid_name(name):
             raise StoreError(f"Invalid mailbox name: {name}"[:200], "CANNOT")
         path = (self.mail_dir / name).resolve()

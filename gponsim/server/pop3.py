@@ -115,7 +115,10 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self.setTimeout(self.settings.login_timeout)
         self.ok(self.settings.greeting)
 
+    _gone = False
+
     def connectionLost(self, reason=None) -> None:
+        self._gone = True
         self.setTimeout(None)
         self._anvil_disconnect()
         if self.user and not self._logged_out:
@@ -186,6 +189,9 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self.blocked = []
 
     def _release(self):
+        if self._gone:                 # the client left while auth was answering
+            self.blocked = None
+            return
         if self.blocked is not None:
             commands, self.blocked = self.blocked, None
             while commands and self.blocked is None:
