@@ -339,7 +339,11 @@ MALFORMED = [b"a SELECT", b"b ID", b"c ID (", b"d AUTHENTICATE", b"e LOGIN", b"\
              b"r COPY", b"s APPEND", b"a+b NOOP", b"a2 LSUB", b"b2 CREATE", b"i2 MOVE", b"k2 NOOP x",
              b"m2 STATUS \xff (MESSAGES)", b"s2 SELECT INBOX", b"t2 FETCH", b"u2 STORE",
              b"v2 SEARCH", b"w2 COPY", b"y2 UID FETCH", b"y3 MOVE", b"y4 EXPUNGE x",
-             b"y5 NAMESPACE x", b'y6 ID ("a" "b"', b"y7 UID EXPUNGE"]
+             b"y5 NAMESPACE x", b'y6 ID ("a" "b"', b"y7 UID EXPUNGE",
+             b"s3 SELECT INBOX", b"a3 FETCH 1 SINCE", b"b3 FETCH 1 -1", b"g3 FETCH 1:* (FLAGS",
+             b"h3 FETCH 1 younger", b"i3 FETCH 1 (FLAGS) (", b"m3 FETCH 1 BODY[",
+             b"n3 FETCH 1 (UID) x", b"o3 STORE 1 +FLAGS", b"f3 SEARCH SINCE x", b"q3 SEARCH FOO",
+             b"r3 SEARCH 1:2:3"]
 
 
 def _tagged(raw: bytes) -> list[bytes]:
@@ -359,10 +363,13 @@ def test_malformed_commands_get_dovecots_answers(where):
     sys.path.insert(0, str(Path(__file__).parent))
     from labproc import LabProcess
 
-    dove_root = where / "dove"
-    (dove_root / "var/mail").mkdir(parents=True)
-    (dove_root / "var/mail/user2").touch()
-    (dove_root / "home/user2/mail").mkdir(parents=True)
+    dove_root, lab_root = where / "dove", where / "lab"
+    for root in (dove_root, lab_root):          # one message in INBOX, for FETCH and STORE
+        (root / "var/mail").mkdir(parents=True)
+        (root / "var/mail/user2").write_bytes(render_entry(
+            b"Subject: uno\nMessage-ID: <u@t>\n\nuno\n", sender="user1@gponlab.local",
+            orig_rcpt="user2@gponlab.local", delivered_to="user2@gponlab.local", when=1704456000))
+        (root / "home/user2/mail").mkdir(parents=True)
     dove = Doveadm(where, dove_root)
     dove("mailbox", "status", "messages", "INBOX")
     env = {**os.environ, "USER": "user2", "HOME": str(dove_root / "home/user2")}
@@ -371,7 +378,7 @@ def test_malformed_commands_get_dovecots_answers(where):
                          capture_output=True).stdout
     theirs = [ln for ln in _tagged(out) if not ln.startswith((b"z ", b"* BYE"))]
 
-    lab = LabProcess(where / "lab").start()
+    lab = LabProcess(lab_root).start()
     try:
         s = socket.create_connection(("127.0.0.1", lab.ports["imap"]), timeout=10)
         s.recv(4096)

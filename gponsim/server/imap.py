@@ -427,6 +427,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                        + self.settings.greeting).encode())
 
     _gone = False
+    _command = ""          # the command being parsed, for Dovecot's "Error in IMAP command X:"
 
     def _unblock(self):
         if self._gone:                 # the client left while auth was answering
@@ -515,8 +516,11 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     def sendBadResponse(self, tag=None, message=b""):
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
         text = text.replace("Illegal syntax: ", "")
+        if text == "Invalid Argument":          # Twisted's words for trailing garbage
+            text = "Invalid arguments"
         if self.user:
-            self._bad(tag, f"Error in IMAP command: {text}")
+            name = f" {self._command}" if self._command else ""
+            self._bad(tag, f"Error in IMAP command{name}: {text}")
         else:
             self._bad(tag, "Error in IMAP command received by server.")
 
@@ -621,7 +625,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             else:
                 self._bad(tag, f"Error in IMAP command {name}: Unknown command.")
             return
-        shown = f"UID {name}" if uid else name
+        shown = self._command = f"UID {name}" if uid else name
         if name in _NO_ARGUMENTS:
             rest, empty = b"", True     # Dovecot does not look at what follows
         if empty:
@@ -1227,6 +1231,25 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     # ---- FETCH
 
     def _arg_fetchatt(self, line):
+        """Twisted's FETCH attribute parser (see :meth:`_arg_fetchatt_twisted`), its
+        failures told in Dovecot's words instead of as server errors."""
+        text = (line or b"").strip()
+        if text.count(b"(") > text.count(b")"):
+            raise imap4.IllegalClientResponse("Missing ')'")
+        if text.count(b"[") > text.count(b"]"):
+            raise imap4.IllegalClientResponse("Invalid BODY[..] parameter: Missing ']'")
+        try:
+            return self._arg_fetchatt_twisted(line)
+        except imap4.IllegalClientResponse:
+            raise
+        except Exception as exc:        # Twisted raises a bare Exception, or worse
+            unknown = re.match(rb"Nothing recognized in fetch_att: b'([^' ]*)", str(exc).encode())
+            if unknown and unknown.group(1):
+                word = unknown.group(1).decode("ascii", "replace").upper()
+                raise imap4.IllegalClientResponse(f"Unknown parameter: {word}") from None
+            raise imap4.IllegalClientResponse("Invalid arguments") from None
+
+    def _arg_fetchatt_twisted(self, line):
         """Twisted's FETCH attribute parser, with RFC 3516's BINARY[...],
         BINARY.PEEK[...] and BINARY.SIZE[...] taken out first (Twisted does
         not know them): returns ((twisted query, [binary items]), rest)."""
@@ -1422,8 +1445,14 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._refresh(expunges=False)
         self._ok(tag, "Store completed.")
 
-    select_STORE = (do_STORE, _arg_rawset, imap4.IMAP4Server.arg_atom,
-                    imap4.IMAP4Server.arg_flaglist)
+    def _arg_flaglist(self, line):
+        """Twisted's flag list; none at all (``STORE 1 +FLAGS``) is an empty list, as
+        Dovecot takes it."""
+        if not (line or b"").strip():
+            return [], b""
+        return imap4.IMAP4Server.arg_flaglist(self, line)
+
+    select_STORE = (do_STORE, _arg_rawset, imap4.IMAP4Server.arg_atom, _arg_flaglist)
 
     # ---- COPY / MOVE (UIDPLUS)
 
@@ -1520,6 +1549,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             hits = [msg.uid if uid else seq for seq, msg in self._search(keys)]
         except (imap4.IllegalClientResponse, IndexError, ValueError) as exc:
             self._bad(tag, f"Error in IMAP command {verb}: {exc or 'Invalid arguments'}")
+            return
+        except (TypeError, AttributeError):      # a list where a string goes: HEADER (x) y
+            self._bad(tag, f"Error in IMAP command {verb}: Invalid arguments")
             return
         except (StoreError, OSError) as exc:
             self._no(tag, f"[SERVERBUG] {exc}")
@@ -1797,8 +1829,11 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, no
     raise imap4.IllegalClientResponse(f"Unknown argument {key}")
 
 
-def _search_date(text: str) -> float:
-    t = time.strptime(text, "%d-%b-%Y")
+def _search_date(text) -> float:
+    try:
+        t = time.strptime(text, "%d-%b-%Y")
+    except (TypeError, ValueError):             # not a date, or a list
+        raise imap4.IllegalClientResponse("Invalid search date parameter") from None
     return time.mktime(t)
 
 
