@@ -64,6 +64,20 @@ def step_line(step: Step, reveal: bool = False) -> str:
             + (tail[1] if not meta else _with_meta(tail[1], meta, step)))
 
 
+class EncodedStep(Step):
+    """A Step that carries its JSON text (``step_line(step)``, masked), made
+    where the Step was made (an smtpd process), so it is not encoded again."""
+
+    __slots__ = ("jsonl",)
+
+
+def encoded(step: Step, reveal: bool = False) -> str:
+    """``step_line(step, reveal)``, taken from an :class:`EncodedStep` when it can."""
+    if type(step) is EncodedStep and (not reveal or step.secret is None):
+        return step.jsonl
+    return step_line(step, reveal)
+
+
 def _with_meta(after: str, meta: dict, step: Step) -> str:
     """The text after ``tls`` with ``meta`` in its place (after ``key``, before ``secret``)."""
     at = len(_key(step))

@@ -149,6 +149,19 @@ def new_session(kind: str) -> str:
     return f"{kind}-{_run_prefix}-{n}"
 
 
+def run_prefix() -> str:
+    """The middle part of this process's session ids."""
+    return _run_prefix
+
+
+def set_run_prefix(prefix: str) -> None:
+    """Use ``prefix`` in later session ids: a child process of the lab (an
+    smtpd process) takes its parent's prefix plus its own number, so ids
+    stay unique across the processes of one lab."""
+    global _run_prefix
+    _run_prefix = prefix
+
+
 # --------------------------------------------------------------------------
 # The bus and sinks
 
@@ -295,9 +308,9 @@ class JsonlRecorder:
                 pending, self._pending = self._pending, []
             if self._fh.closed or not pending:
                 return
-            from gponsim.stepjson import step_line     # (it imports this module)
+            from gponsim.stepjson import encoded     # (it imports this module)
             reveal = self.reveal
-            self._fh.write("".join(step_line(s, reveal) + "\n" for s in pending))
+            self._fh.write("".join(encoded(s, reveal) + "\n" for s in pending))
             self._fh.flush()
 
     def close(self) -> None:

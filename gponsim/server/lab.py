@@ -55,6 +55,9 @@ class LabOptions:
     keylog: Path | None = None
     auth_failure_delay: float | None = None                # None = from 10-auth.conf
     relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none
+    #: smtpd processes besides the master (gponsim.server.smtpd_process); 0: the
+    #: master process answers SMTP itself.
+    smtpd_processes: int = 0
 
 
 def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
@@ -108,6 +111,9 @@ class Lab:
         self.keylog = tls.KeyLog(options.keylog) if options.keylog else None
         self.stop_signal = 15      # what `postfix stop` sends; Ctrl-C records 2
         self.auth_server = self.auth_client = self.queue = self.log = self.users = None
+        self.smtpd_processes = None
+        self._child = False             # True inside an smtpd process
+        self._smtpd_ports: dict[str, object] = {}
 
     # ---------------------------------------------------------------- paths
 
@@ -120,8 +126,8 @@ class Lab:
 
     # ---------------------------------------------------------------- start
 
-    @defer.inlineCallbacks
-    def start(self):
+    def _prepare(self):
+        """Folders, log, users and the TLS certificate; returns the TLS options."""
         profile = self.profile
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -136,9 +142,21 @@ class Lab:
         key = self.path(profile.main("smtpd_tls_key_file"))
         try:
             tls.ensure_certificate(cert, key, hostname)
-            tls_options = tls.server_options(cert, key, self.keylog)
+            return tls.server_options(cert, key, self.keylog)
         except tls.TLSSetupError as exc:
             raise LabError(str(exc)) from exc
+
+    def _smtpd_context(self, mechanisms) -> SmtpdContext:
+        return SmtpdContext(emit=self.emit, log=self._log, auth=_AuthGlue(self.auth_client),
+                            queue=self.queue, mechanisms=mechanisms,
+                            local_user_exists=self.users.exists,
+                            received_header=self._received_header)
+
+    @defer.inlineCallbacks
+    def start(self):
+        profile = self.profile
+        tls_options = self._prepare()
+        hostname = profile.main("myhostname")
 
         failure_delay = self.options.auth_failure_delay
         if failure_delay is None:
@@ -176,19 +194,58 @@ class Lab:
         except Exception as exc:  # noqa: BLE001 - e.g. a socket path over 107 bytes
             self.log.postfix("postqueue", f"warning: cannot listen on public/flush: {exc}")
 
-        context = SmtpdContext(emit=self.emit, log=self._log, auth=_AuthGlue(self.auth_client),
-                               queue=self.queue, mechanisms=mechanisms,
-                               local_user_exists=self.users.exists,
-                               received_header=self._received_header)
+        context = self._smtpd_context(mechanisms)
         for svc in profile.smtpd_services():
             settings = smtpd_settings(profile, svc.name)
             factory = SmtpdFactory(context, settings, tls_options,
                                    implicit_tls=svc.name == "smtps")
             self.ports[svc.name] = self._listen(svc.name, self.port_for(svc.name, svc.port), factory)
+            self._smtpd_ports[svc.name] = self._listeners[-1]
+        if self.options.smtpd_processes > 0 and self._smtpd_ports:
+            yield self._start_smtpd_processes(self.options.smtpd_processes)
         start_dovecot_services(self, tls_options)     # IMAP 143/993, POP3 110/995
         self._start_autoconfig(hostname)
         self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
         return dict(self.ports)
+
+    def _start_smtpd_processes(self, count: int):
+        from gponsim.server.smtpd_process import SmtpdProcesses
+        from gponsim.steps import run_prefix
+
+        o = self.options
+        setup = {"lab_root": str(self.root), "listen": o.listen, "run_prefix": run_prefix(),
+                 "config_dir": str(Path(o.config_dir).resolve()) if o.config_dir else None,
+                 "keylog": str(Path(o.keylog).resolve()) if o.keylog else None}
+        self.smtpd_processes = SmtpdProcesses(reactor=self.reactor, ports=self._smtpd_ports,
+                                              emit=self.emit, queue=self.queue, log=self.log,
+                                              setup=setup)
+        return self.smtpd_processes.start(count)
+
+    @defer.inlineCallbacks
+    def start_smtpd_process(self, sockets: dict[str, tuple[int, int]], handoff):
+        """The lab inside one smtpd process (see :mod:`gponsim.server.smtpd_process`):
+        smtpd and cleanup on the master's listening sockets (``sockets``:
+        service -> (fd, address family)); committed queue ids go to ``handoff``."""
+        profile = self.profile
+        tls_options = self._prepare()
+        self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)
+        mechanisms = yield self.auth_client.mechanisms()
+        self._child = True
+        self.queue = MailQueue(
+            self.root, myhostname=profile.main("myhostname"), myorigin=profile.myorigin(),
+            is_local_domain=lambda d: False, local_user_exists=self.users.exists,
+            emit=self.emit, log=self.log, reactor=self.reactor,
+            interface_addresses=(self.options.listen, "127.0.0.1", "::1"), handoff=handoff)
+        self.queue.start_cleanup()
+        context = self._smtpd_context(mechanisms)
+        for svc in profile.smtpd_services():
+            if svc.name not in sockets:
+                continue
+            fd, family = sockets[svc.name]
+            factory = SmtpdFactory(context, smtpd_settings(profile, svc.name), tls_options,
+                                   implicit_tls=svc.name == "smtps")
+            self._listeners.append(self.reactor.adoptStreamPort(fd, family, factory))
+            os.close(fd)               # adoptStreamPort keeps a copy of its own
 
     def _setup_relay(self):
         """smtp(8) towards relayhost; with ``relay = sim`` the Gmail simulator
@@ -292,13 +349,15 @@ class Lab:
         for listener in reversed(self._listeners):
             yield defer.maybeDeferred(listener.stopListening)
         self._listeners = []
+        if self.smtpd_processes is not None:
+            yield self.smtpd_processes.stop()
         if self.auth_client is not None:
             self.auth_client.close()
         if self.queue is not None:
             yield defer.maybeDeferred(self.queue.stop)
         if getattr(self, "gmail", None) is not None:
             yield self.gmail.stop()
-        if self.log is not None:
+        if self.log is not None and not self._child:
             self.log.write("postfix/master", pid_for("master"),
                            f"terminating on signal {self.stop_signal}")
         if self.keylog is not None:

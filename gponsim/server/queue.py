@@ -637,6 +637,7 @@ class MailQueue:
                  stale_lock_time: float = STALE_LOCK_TIME,
                  on_bounce: Callable[[BounceNotice], None] | None = None,
                  on_lock_wait: Callable[[str, int, str], None] | None = None,
+                 handoff: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -659,6 +660,9 @@ class MailQueue:
         self.maximal_backoff_time = maximal_backoff_time
         self.maximal_queue_lifetime = maximal_queue_lifetime
         self.on_bounce = on_bounce
+        #: Set in an smtpd process (:mod:`gponsim.server.smtpd_process`): committed
+        #: queue ids go to it (in the reactor thread) instead of to this queue's qmgr.
+        self.handoff = handoff
         self.clock = clock
         self._user_lock_hook = on_lock_wait
         self.agent = LocalAgent(self.root, user_exists=local_user_exists, log=self.log,
@@ -924,17 +928,51 @@ class MailQueue:
         calls: list[tuple[Callable, tuple]] = list(failed)
         for qf, msg, d in written:
             qf.state = "committed"
-            msg.active_arrival = now
-            line = self._qmgr_active_line(msg)
-            steps.append(self._step("queue", "cleanup", "qmgr", "QUEUED", line, msg.env.session,
-                                    qid=msg.qid, sender=msg.env.sender, size=msg.size,
-                                    nrcpt=len(msg.env.recipients)))
+            if self.handoff is not None:      # an smtpd process: the master's qmgr takes it
+                calls.append((self.handoff, (qf.qid,)))
+            else:
+                steps.append(self._queued(msg, now))
             calls.append((d.callback, (qf.qid,)))
-            with self._lock:
-                self._messages[msg.qid] = msg
         self._post(steps, calls)
-        for _qf, msg, _d in written:
-            self._safe_activate(msg)
+        if self.handoff is None:
+            for _qf, msg, _d in written:
+                self._safe_activate(msg)
+
+    def _queued(self, msg: _Message, now: float) -> Step:
+        """qmgr takes a committed message into the active queue: its log line and Step."""
+        msg.active_arrival = now
+        with self._lock:
+            self._messages[msg.qid] = msg
+        return self._step("queue", "cleanup", "qmgr", "QUEUED", self._qmgr_active_line(msg),
+                          msg.env.session, qid=msg.qid, sender=msg.env.sender, size=msg.size,
+                          nrcpt=len(msg.env.recipients))
+
+    def pickup(self, qid: str) -> None:
+        """A queue file committed by an smtpd process (its cleanup's notice,
+        as Postfix's cleanup tells qmgr through ``public/qmgr``): deliver it."""
+        self._submit(("pickup", qid))
+
+    def rescan(self) -> None:
+        """Take every file in ``active/`` that qmgr does not know yet (after an
+        smtpd process ended without telling qmgr of all it committed)."""
+        self._submit(("rescan",))
+
+    def _task_pickup(self, qid: str) -> None:
+        with self._lock:
+            if qid in self._messages or qid in self._deferred:
+                return
+        try:
+            msg = self._load(self.spool / "active" / qid)
+        except FileNotFoundError:      # delivered and removed already
+            return
+        if msg is None:
+            return
+        self._post([self._queued(msg, self.clock())])
+        self._safe_activate(msg)
+
+    def _task_rescan(self) -> None:
+        for path in sorted((self.spool / "active").iterdir()):
+            self._task_pickup(path.name)
 
     def _qmgr_active_line(self, msg: _Message) -> str:
         text = (f"{msg.qid}: from=<{msg.env.sender}>, size={msg.size}, "
@@ -1379,9 +1417,30 @@ class MailQueue:
         for jp in journal_paths:
             if jp.name not in {f"journal.{n}" for n in range(self._workers_wanted)}:
                 jp.unlink()
+        self._start_threads()
+        now = self.clock()
+        for msg in to_activate:
+            msg.active_arrival = now
+            with self._lock:
+                self._messages[msg.qid] = msg
+            self._submit(("activate_recovered", msg))
+        self._timer = self.reactor.callLater(0, self._queue_run)
+
+    def start_cleanup(self) -> None:
+        """Run cleanup's part only, in an smtpd process: queue files are
+        written and committed here and handed to ``handoff``; the master's
+        queue recovers, routes and delivers (so nothing is recovered here)."""
+        if self._started:
+            return
+        if self.handoff is None:
+            raise RuntimeError("start_cleanup() needs a handoff")
+        self._started = True
+        self._start_threads()
+
+    def _start_threads(self) -> None:
         self._stopping = False
-        service = threading.Thread(target=self._service_loop, name="gponsim-qmgr", daemon=True)
-        self._threads = [service]
+        self._threads = [threading.Thread(target=self._service_loop, name="gponsim-qmgr",
+                                          daemon=True)]
         for n, j in enumerate(self._journals):
             self._threads.append(threading.Thread(target=self._worker_loop, args=(j,),
                                                   name=f"gponsim-local-{n}", daemon=True))
@@ -1390,13 +1449,6 @@ class MailQueue:
         self._fsync_pool = concurrent.futures.ThreadPoolExecutor(4, "gponsim-fsync")
         for t in self._threads:
             t.start()
-        now = self.clock()
-        for msg in to_activate:
-            msg.active_arrival = now
-            with self._lock:
-                self._messages[msg.qid] = msg
-            self._submit(("activate_recovered", msg))
-        self._timer = self.reactor.callLater(0, self._queue_run)
 
     def _task_activate_recovered(self, msg: _Message) -> None:
         self._post([self._step("queue", "qmgr", "qmgr", "RECOVERED",
