@@ -294,7 +294,8 @@ class GponsimServer(Server):
                      "--quiet", "--steps", str(self.workdir / "steps.jsonl"),
                      "--port", f"smtp={port}", "--port", "submission=0",
                      "--port-offset", str(free_port_offset()),
-                     "--ready-file", str(ready)])
+                     "--ready-file", str(ready),
+                     "--smtpd-processes", str(self.extra.get("smtpd_processes", 0))])
         info = self._wait_ready(ready, timeout)
         self.port = find_port(info, "smtp") or port
         self.mbox = root / "var" / "mail" / RECIPIENT.split("@")[0]
@@ -441,7 +442,8 @@ SERVER_CLASSES = {"gponsim": GponsimServer, "aiosmtpd": AiosmtpdServer, "postfix
 
 def measure(name: str, args: argparse.Namespace, repeat: int) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=args.tmpdir))
-    server = SERVER_CLASSES[name](name=name, workdir=workdir, python=args.python)
+    server = SERVER_CLASSES[name](name=name, workdir=workdir, python=args.python,
+                                  extra={"smtpd_processes": args.smtpd_processes})
     result: dict = {"server": name, "repeat": repeat, "workdir": str(workdir)}
     src = None
     try:
@@ -539,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="PASS if gponsim/aiosmtpd >= this")
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
                     help="write the results as JSON to FILE (or stdout when no FILE)")
+    ap.add_argument("--smtpd-processes", type=int, default=min(4, os.cpu_count() or 1),
+                    metavar="N", help="gponsim serve --smtpd-processes N (default: one per "
+                                      "core, at most 4; 0: one process)")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter that runs gponsim and aiosmtpd")
     ap.add_argument("--smtp-source", default=shutil.which("smtp-source") or "/usr/sbin/smtp-source")

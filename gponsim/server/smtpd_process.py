@@ -68,11 +68,6 @@ FIRST_SOCKET_FD = 4
 READY_TIMEOUT = 30.0
 
 
-def default_count() -> int:
-    """``serve``'s default: one smtpd process per core, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 # --------------------------------------------------------------------------
 # Master side
 
