@@ -125,11 +125,9 @@ def _parse_ports(values: tuple[str, ...]) -> dict[str, int]:
               help="Also capture the lab's traffic on loopback into this pcapng file, with the "
                    "--keylog secrets embedded (needs root or CAP_NET_RAW; without it the lab "
                    "runs anyway).")
-@click.option("--smtpd-processes", type=click.IntRange(0, 64), default=0, show_default=True,
-              metavar="N",
+@click.option("--smtpd-processes", type=click.IntRange(0, 64), default=None, metavar="N",
               help="Answer SMTP in N smtpd child processes, as Postfix's master starts several "
-                   "(more messages per second on a machine with cores to spare; "
-                   "0: the main process answers itself).")
+                   "[default: one per core, at most 4; 0: the main process answers itself].")
 @narration_options
 def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, ready_file, relay,
           capture_file, smtpd_processes, lang, quiet, steps_file, explain, reveal_secrets):
@@ -146,6 +144,9 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
 
     ports = _parse_ports(port_overrides)
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
+    if smtpd_processes is None:
+        from gponsim.server.smtpd_process import default_count
+        smtpd_processes = default_count()
     options = LabOptions(lab_root=lab_root, config_dir=config_dir, listen=listen,
                          port_offset=port_offset, ports=ports, keylog=keylog, relay=relay,
                          smtpd_processes=smtpd_processes)

@@ -112,7 +112,8 @@ class LabProcess:
             return []
         box = mailbox.mbox(str(path), create=False)
         try:
-            return list(box)
+            # not Dovecot's "FOLDER INTERNAL DATA" pseudo message (X-IMAP header)
+            return [m for m in box if m["X-IMAP"] is None]
         finally:
             box.close()
 

@@ -71,10 +71,21 @@ READY_TIMEOUT = 30.0
 # --------------------------------------------------------------------------
 # Master side
 
+def default_count() -> int:
+    """``serve``'s default: one smtpd process per core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+#: Child n counts its mail.log pids from the master's pid + n * PID_STRIDE
+#: (see :func:`gponsim.server.maillog.set_pid_base`).
+PID_STRIDE = 100
+
+
 class _ChildProtocol(protocol.ProcessProtocol):
     def __init__(self, owner: "SmtpdProcesses", index: int) -> None:
         self.owner = owner
         self.index = index
+        self.pid_base = pid_for("master") + index * PID_STRIDE
         self.pid: int | None = None
         self.ready: defer.Deferred = defer.Deferred()
         self.ended: defer.Deferred = defer.Deferred()
@@ -141,8 +152,8 @@ class SmtpdProcesses:
             sockets[name] = {"fd": fd, "family": int(port.addressFamily)}
         env = dict(os.environ)
         for index in range(1, count + 1):
-            config = dict(self.setup, sockets=sockets, index=index)
             child = _ChildProtocol(self, index)
+            config = dict(self.setup, sockets=sockets, index=index, pid_base=child.pid_base)
             self.reactor.spawnProcess(
                 child, sys.executable,
                 [sys.executable, "-m", "gponsim.server.smtpd_process", json.dumps(config)],
@@ -189,7 +200,7 @@ class SmtpdProcesses:
         status = f"killed by signal {sig}" if sig else f"exit status {code}"
         # the pid its postfix/smtpd[...] lines carry
         self.log.postfix("master", f"warning: process /usr/lib/postfix/sbin/smtpd pid "
-                         f"{pid_for('smtpd', child.pid)} {status}")
+                         f"{pid_for('smtpd', child.pid_base)} {status}")
         self.queue.rescan()          # what it committed without telling qmgr
         if not self.children:
             for port in self.ports.values():
@@ -282,8 +293,10 @@ def child_main(config: dict) -> int:
     from twisted.internet import reactor
 
     from gponsim.server.lab import Lab, LabOptions
+    from gponsim.server.maillog import set_pid_base
     from gponsim.steps import set_run_prefix
 
+    set_pid_base(config["pid_base"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the master's to handle
     set_run_prefix(f"{config['run_prefix']}.{config['index']}")
     uplink = _Uplink(reactor)
