@@ -20,28 +20,34 @@ from gponsim.steps import Step
 from tests.labproc import LabProcess, wait_until
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name: state, ppid, ...; None when gone."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _children(pid: int) -> list[int]:
     """Live smtpd processes started by ``pid``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        stat = _stat(entry)
         try:
-            stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
             cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
         except OSError:
             continue
-        if int(stat[1]) == pid and b"gponsim.server.smtpd_process" in cmdline and stat[0] != "Z":
+        if stat and int(stat[1]) == pid and stat[0] != "Z" \
+                and b"gponsim.server.smtpd_process" in cmdline:
             found.append(int(entry))
     return sorted(found)
 
 
 def _alive(pid: int) -> bool:
-    try:
-        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return stat[0] != "Z"
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def _send(port: int, n: int) -> None:

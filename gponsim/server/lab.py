@@ -152,6 +152,14 @@ class Lab:
                             local_user_exists=self.users.exists,
                             received_header=self._received_header)
 
+    def _smtpd_factory(self, context: SmtpdContext, service: str, tls_options) -> SmtpdFactory:
+        return SmtpdFactory(context, smtpd_settings(self.profile, service), tls_options,
+                            implicit_tls=service == "smtps")
+
+    def _interface_addresses(self) -> tuple[str, ...]:
+        """The server's own addresses, for the queue's loop detection."""
+        return (self.options.listen, "127.0.0.1", "::1")
+
     @defer.inlineCallbacks
     def start(self):
         profile = self.profile
@@ -179,7 +187,7 @@ class Lab:
             self.root, myhostname=hostname, myorigin=profile.myorigin(),
             is_local_domain=lambda d: d.lower() in local_domains,
             local_user_exists=self.users.exists, emit=self.emit, log=self.log,
-            reactor=self.reactor, interface_addresses=(self.options.listen, "127.0.0.1", "::1"),
+            reactor=self.reactor, interface_addresses=self._interface_addresses(),
             recipient_delimiter=profile.main("recipient_delimiter"),
             mailbox_size_limit=profile.size("mailbox_size_limit"),
             queue_run_delay=profile.time("queue_run_delay"),
@@ -196,9 +204,7 @@ class Lab:
 
         context = self._smtpd_context(mechanisms)
         for svc in profile.smtpd_services():
-            settings = smtpd_settings(profile, svc.name)
-            factory = SmtpdFactory(context, settings, tls_options,
-                                   implicit_tls=svc.name == "smtps")
+            factory = self._smtpd_factory(context, svc.name, tls_options)
             self.ports[svc.name] = self._listen(svc.name, self.port_for(svc.name, svc.port), factory)
             self._smtpd_ports[svc.name] = self._listeners[-1]
         if self.options.smtpd_processes > 0 and self._smtpd_ports:
@@ -210,15 +216,10 @@ class Lab:
 
     def _start_smtpd_processes(self, count: int):
         from gponsim.server.smtpd_process import SmtpdProcesses
-        from gponsim.steps import run_prefix
 
-        o = self.options
-        setup = {"lab_root": str(self.root), "listen": o.listen, "run_prefix": run_prefix(),
-                 "config_dir": str(Path(o.config_dir).resolve()) if o.config_dir else None,
-                 "keylog": str(Path(o.keylog).resolve()) if o.keylog else None}
         self.smtpd_processes = SmtpdProcesses(reactor=self.reactor, ports=self._smtpd_ports,
                                               emit=self.emit, queue=self.queue, log=self.log,
-                                              setup=setup)
+                                              options=self.options, lab_root=self.root)
         return self.smtpd_processes.start(count)
 
     @defer.inlineCallbacks
@@ -235,15 +236,11 @@ class Lab:
             self.root, myhostname=profile.main("myhostname"), myorigin=profile.myorigin(),
             is_local_domain=lambda d: False, local_user_exists=self.users.exists,
             emit=self.emit, log=self.log, reactor=self.reactor,
-            interface_addresses=(self.options.listen, "127.0.0.1", "::1"), handoff=handoff)
+            interface_addresses=self._interface_addresses(), handoff=handoff)
         self.queue.start_cleanup()
         context = self._smtpd_context(mechanisms)
-        for svc in profile.smtpd_services():
-            if svc.name not in sockets:
-                continue
-            fd, family = sockets[svc.name]
-            factory = SmtpdFactory(context, smtpd_settings(profile, svc.name), tls_options,
-                                   implicit_tls=svc.name == "smtps")
+        for name, (fd, family) in sockets.items():
+            factory = self._smtpd_factory(context, name, tls_options)
             self._listeners.append(self.reactor.adoptStreamPort(fd, family, factory))
             os.close(fd)               # adoptStreamPort keeps a copy of its own
 

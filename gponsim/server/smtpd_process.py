@@ -51,7 +51,7 @@ from twisted.python import log
 
 from gponsim.server.maillog import pid_for
 from gponsim.stepjson import EncodedStep, step_line
-from gponsim.steps import Step
+from gponsim.steps import Step, run_prefix
 
 #: Frames on the pipe: a 4-byte big-endian length, then a pickled list of
 #: items: ("s", the Step's field values, its JSON line), ("q", queue id),
@@ -130,13 +130,13 @@ class SmtpdProcesses:
     """
 
     def __init__(self, *, reactor: Any, ports: dict[str, Any], emit: Callable[[Step], object],
-                 queue: Any, log: Any, setup: dict) -> None:
+                 queue: Any, log: Any, options: Any, lab_root: Path) -> None:
         self.reactor = reactor
         self.ports = ports
         self.emit = emit
         self.queue = queue
         self.log = log
-        self.setup = setup
+        self.setup = _child_setup(options, lab_root)
         self.children: list[_ChildProtocol] = []
         self._stopping = False
 
@@ -236,6 +236,19 @@ class SmtpdProcesses:
 # --------------------------------------------------------------------------
 # Child side
 
+def _child_setup(options: Any, lab_root: Path) -> dict:
+    """What a child needs of the master's LabOptions (JSON, on its command
+    line); :func:`child_main` reads it back."""
+    def absolute(path):
+        return str(Path(path).resolve()) if path else None
+    return {"lab_root": str(lab_root), "listen": options.listen, "run_prefix": run_prefix(),
+            "config_dir": absolute(options.config_dir), "keylog": absolute(options.keylog)}
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
 class _Uplink:
     """Steps and queue ids to the master, in order, one write per reactor turn."""
 
@@ -300,10 +313,8 @@ def child_main(config: dict) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the master's to handle
     set_run_prefix(f"{config['run_prefix']}.{config['index']}")
     uplink = _Uplink(reactor)
-    options = LabOptions(lab_root=Path(config["lab_root"]),
-                         config_dir=Path(config["config_dir"]) if config.get("config_dir") else None,
-                         listen=config["listen"],
-                         keylog=Path(config["keylog"]) if config.get("keylog") else None)
+    options = LabOptions(lab_root=Path(config["lab_root"]), listen=config["listen"],
+                         config_dir=_path(config["config_dir"]), keylog=_path(config["keylog"]))
     lab = Lab(options, emit=uplink.emit, reactor=reactor)
     failure: list[str] = []
     stopping: list[bool] = []
