@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import mailbox
 import os
 import re
@@ -209,6 +210,65 @@ def test_queue_file_is_in_incoming_during_the_transaction_and_abort_removes_it(l
     assert lab.log().count(qf.qid) == 1     # only smtpd's client= line
 
 
+def test_delivered_queue_files_are_reused_emptied_and_bounded(lab, monkeypatch):
+    monkeypatch.setattr(queue_mod, "RECYCLE_MAX", 8)
+    monkeypatch.setattr(queue_mod, "RECYCLE_CHECK", 4)
+    lab = lab()
+    spare = lab.root / "var/spool/postfix/gponsim/spare"
+    qids, most_waiting = [], 0
+    for i in range(40):      # big messages, delivered: their files wait in spare/ for reuse
+        body = f"Subject: m{i}\r\n\r\n".encode() + (b"x" * 70 + b"\r\n") * 300
+        qids.append(lab.send(["user2@gponlab.local"], body=body))
+        lab.wait("REMOVED", qids[-1])
+        most_waiting = max(most_waiting, len([p for p in spare.iterdir() if p.name.startswith("r")]))
+    assert most_waiting <= 8 + 4            # RECYCLE_MAX, counted every RECYCLE_CHECK files
+    box = mailbox.mbox(str(lab.root / "var/mail/user2"))
+    assert [m["Subject"] for m in box] == [f"m{i}" for i in range(40)]
+    assert [len(m.get_payload()) for m in box] == [71 * 300] * 40      # LF line ends
+    # Small messages that stay queued (a remote domain, no relay): reused
+    # files hold exactly the new message and its records, nothing older.
+    small = [lab.send(["someone@example.com"]) for _ in range(20)]
+    for qid in small:
+        lab.wait("DEFERRED", qid)
+    inodes = [int(q[5:], 16) for q in qids + small]
+    assert len(set(inodes)) < len(inodes), "no queue file was reused"
+    deferred = lab.root / "var/spool/postfix/deferred"
+    files: dict[str, Path] = {}
+    wait_until(lambda: files.update((p.name, p) for p in deferred.rglob("*") if p.is_file())
+               or sorted(files) == sorted(small), what="the small messages in deferred/")
+    for qid in small:
+        data = files[qid].read_bytes()
+        header, _, rest = data.partition(b"\n")
+        length = json.loads(header[len(queue_mod.MAGIC):])["length"]
+        assert rest[:length].startswith(b"Received: ") and rest[:length].endswith(b"hello\n")
+        assert re.fullmatch(rb"(R \{[^\n]*\}\n)+", rest[length:]), rest[length:length + 80]
+
+
+def test_an_idle_queue_does_not_look_for_spare_files(lab, monkeypatch):
+    passes = []
+    real = MailQueue._reused_spares
+    monkeypatch.setattr(MailQueue, "_reused_spares",
+                        lambda self, n: (passes.append(n), real(self, n))[1])
+    lab = lab()
+    time.sleep(0.5)
+    assert len(passes) == 1, f"{len(passes)} passes in 0.5 s without mail"
+    lab.send(["user2@gponlab.local"])
+    time.sleep(0.5)
+    assert len(passes) <= 3
+
+
+def test_start_empties_the_spare_directory(tmp_path, reactor_thread):  # noqa: F811
+    spare = tmp_path / "lab/var/spool/postfix/gponsim/spare"
+    spare.mkdir(parents=True)
+    (spare / "r4F1A2C0D9E").write_bytes(b"an old delivered message")
+    (spare / "t123.4").write_bytes(b"")
+    lab = Lab(tmp_path / "lab", reactor_thread)
+    try:
+        assert not (spare / "r4F1A2C0D9E").exists() and not (spare / "t123.4").exists()
+    finally:
+        reactor_thread.call(lab.queue.stop)
+
+
 def test_commit_fires_only_with_the_file_in_the_active_queue(lab):
     lab = lab()
     seen = []
@@ -246,9 +306,12 @@ def test_journal_is_kept_until_the_removal_is_durable(lab, monkeypatch):
                         lambda d: (events.append("fsync " + Path(d).name), real_fsync_dir(d)))
     monkeypatch.setattr(os, "ftruncate",
                         lambda fd, n: (events.append("truncate"), real_ftruncate(fd, n)))
-    real_unlink = os.unlink
+    real_unlink, real_rename = os.unlink, os.rename
     monkeypatch.setattr(os, "unlink", lambda p, *a, **kw: (
-        events.append("unlink " + os.path.basename(p)), real_unlink(p, *a, **kw)))
+        events.append("remove " + os.path.basename(p)), real_unlink(p, *a, **kw)))
+    monkeypatch.setattr(os, "rename", lambda a, b, *r, **kw: (
+        events.append("remove " + os.path.basename(a)) if Path(a).parent.name == "active" and
+        Path(b).parent.name == "spare" else None, real_rename(a, b, *r, **kw)))
     lab = lab(delivery_workers=1)
     journal = lab.root / "var/spool/postfix/gponsim/journal.0"
     qid = lab.send(["user2@gponlab.local"])
@@ -259,7 +322,7 @@ def test_journal_is_kept_until_the_removal_is_durable(lab, monkeypatch):
     assert qid.encode() not in journal.read_bytes()
     assert qid2.encode() in journal.read_bytes()
     # active/ was fsync-ed after the removal and before the journal forgot it.
-    after = events[events.index("unlink " + qid):]
+    after = events[events.index("remove " + qid):]
     assert "fsync active" in after[:after.index("truncate")]
 
 

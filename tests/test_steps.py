@@ -61,6 +61,31 @@ def test_recorded_lines_are_step_to_json_for_a_lab_session(lab):
     assert lines == [s.to_json() for s in steps]
 
 
+def test_a_packed_step_reads_as_the_step_it_was_made_from(tmp_path):
+    """An smtpd process's Step reaches the master packed (fields in a tuple, its
+    JSON line made by the child): the recorder writes that line, and any field
+    read unpacks them all, secret included (--reveal still works)."""
+    import operator
+
+    from gponsim.stepjson import FIELDS, EncodedStep, step_line
+
+    original = auth_step()
+    original.meta = {"k": [1, 2]}
+    values = operator.attrgetter(*FIELDS)(original)
+    path = tmp_path / "steps.jsonl"
+    for reveal in (False, True):
+        rec = JsonlRecorder(path, reveal=reveal, append=False)
+        rec.step(EncodedStep.packed(values, step_line(original)))
+        rec.close()
+        assert path.read_text() == original.to_json(reveal) + "\n"
+    packed = EncodedStep.packed(values, step_line(original))
+    assert packed.line == original.line        # the first read unpacks every field
+    assert [getattr(packed, f) for f in FIELDS] == list(values)
+    assert packed.to_json() == original.to_json() and packed.failed is False
+    with pytest.raises(AttributeError):
+        packed.no_such_field
+
+
 def test_a_line_that_was_not_utf8_is_recorded_and_read_back(tmp_path):
     path = tmp_path / "steps.jsonl"
     rec = JsonlRecorder(path)

@@ -24,8 +24,9 @@ Layout (all under the lab root, as on the lab server)
   is moved to ``corrupt/``.
 - ``gponsim/journal.N`` — gponsim's own: one small crash journal per
   delivery worker (see *Exactly once* below); ``gponsim/spare/`` holds a few
-  empty files ready to become queue files (see *Threads*). Postfix has no
-  equivalent of either; neither ever holds a message.
+  empty files ready to become queue files (see *Threads*) and the files of
+  delivered messages waiting to be reused (*Recycled queue files*). Postfix
+  has no equivalent of either; neither holds a message that is still queued.
 
 Queue file format (gponsim's own, readable with ``less``)
 ---------------------------------------------------------
@@ -111,6 +112,25 @@ served by one worker at a time (per-mailbox order is kept) and a 1-s
 dotlock retry only holds up that mailbox. Steps and
 Deferred results are handed back to the reactor thread.
 
+Recycled queue files
+--------------------
+Postfix unlinks a queue file once every recipient is done; gponsim's qmgr
+renames it to ``gponsim/spare/r<QID>`` instead (at most ``RECYCLE_MAX``
+such files wait there, the others are unlinked), and the spare-file thread
+of any smtpd process takes those first: it renames one to its own spare
+name (the rename decides which process gets it), opens it with
+``O_TRUNC`` and gives it mode 0600 again. What a student sees in the queue
+directories is the same: the file leaves ``active/`` when qmgr logs
+``removed``. Why: creating a file costs a new inode, and ext4 without a
+journal (the benchmark machines' file system) will not reuse an inode freed
+in the last 1-6 minutes, so under load each new file made the kernel walk
+past every queue file removed before it (a tenth of a millisecond per
+message after a few thousand). Reusing the inodes avoids that walk; the
+queue id stays unique (microseconds + inode, as ever: an inode is reused
+only after its previous queue file is gone). A recycled file still holds
+its delivered message until it is reused; ``start()`` empties
+``gponsim/spare/``.
+
 Routing (qmgr)
 --------------
 - Recipient domain local (``is_local_domain``) → local(8): mailbox
@@ -161,6 +181,14 @@ BATCH_LIMIT = 256
 BATCH_LINGER = 0.01
 #: Empty queue files kept ready for open() (see MailQueue._new_spare).
 SPARE_FILES = 32
+#: open() wakes the spare-file thread when this many spares are left.
+_SPARE_MARKS = (SPARE_FILES // 2 - 1, SPARE_FILES // 4 - 1, 0)
+#: Seconds the spare-file thread waits for recycled files before it looks again.
+SPARE_RETRY = 0.05
+#: Delivered queue files kept in gponsim/spare/ for reuse at most (see
+#: *Recycled queue files*); qmgr counts them again every RECYCLE_CHECK files.
+RECYCLE_MAX = 256
+RECYCLE_CHECK = 64
 
 #: Test-only crash points: set to a callable taking the point's name
 #: ("after-fsync": queue files written but still in incoming/;
@@ -686,6 +714,9 @@ class MailQueue:
         self._spares: collections.deque[tuple[int, str, int]] = collections.deque()
         self._spare_cond = threading.Condition()
         self._fsync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._opened = 0                # queue files open() handed out so far
+        self._retired = 0               # queue files qmgr finished with so far
+        self._recycling = True          # ... kept for reuse (see _retire)
         self._removals = 0              # queue files removed from active/ so far
         self._removals_synced = 0       # ... of which active/ was fsync-ed after
         self._started = False
@@ -742,8 +773,9 @@ class MailQueue:
                                  qid=qid, client=env.client_ip,
                                  sasl_username=env.sasl_username))
         qf = QueueFile(self, qid, fd, env, created, spare)
+        self._opened += 1
         self._submit(("place", qf))
-        if len(self._spares) < SPARE_FILES // 2:
+        if len(self._spares) in _SPARE_MARKS:
             with self._spare_cond:
                 self._spare_cond.notify()
         return qf
@@ -760,22 +792,66 @@ class MailQueue:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, WRITING_MODE)
         return fd, tmp, os.fstat(fd).st_ino
 
+    def _reused_spares(self, wanted: int) -> list[tuple[int, str, int]]:
+        """Up to ``wanted`` spares made of recycled queue files (``r<QID>``)."""
+        out: list[tuple[int, str, int]] = []
+        try:
+            with os.scandir(self._spare_dir) as entries:
+                names = [e.name for e in entries if e.name.startswith("r")]
+        except OSError:
+            return out
+        for name in names:
+            if len(out) >= wanted or self._stopping:
+                break
+            tmp = os.path.join(self._spare_dir, f"t{os.getpid()}.{next(self._tmp_counter)}")
+            try:
+                os.rename(os.path.join(self._spare_dir, name), tmp)  # taken by another process?
+            except FileNotFoundError:
+                continue
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+            except OSError:
+                continue
+            os.fchmod(fd, WRITING_MODE)
+            out.append((fd, tmp, os.fstat(fd).st_ino))
+        return out
+
     def _spare_loop(self) -> None:
-        """Thread: keep SPARE_FILES empty files ready (refill at half)."""
+        """Thread: keep about SPARE_FILES empty files ready (refill at half).
+
+        Recycled queue files come first. New files are made only to keep
+        SPARE_FILES // 4 ready; above that, while mail comes in, the thread
+        looks again every SPARE_RETRY seconds until recycled files fill it
+        up (under load, qmgr recycles one per delivered message). open()
+        wakes it when the count falls below half or below a quarter.
+        """
+        half, quarter = SPARE_FILES // 2, SPARE_FILES // 4
+        pause: float | None = 0.0       # before the next pass: None = until open() wakes it
+        opened = 0
         while True:
             with self._spare_cond:
-                while len(self._spares) >= SPARE_FILES // 2 and not self._stopping:
+                if pause != 0.0 and not self._stopping:
+                    self._spare_cond.wait(pause)
+                while len(self._spares) >= half and not self._stopping:
                     self._spare_cond.wait()
             if self._stopping:
                 return
             try:
-                while len(self._spares) < SPARE_FILES and not self._stopping:
+                self._spares.extend(self._reused_spares(SPARE_FILES - len(self._spares)))
+                while len(self._spares) < quarter and not self._stopping:
                     self._spares.append(self._new_spare())
             except OSError as exc:
                 self.log.postfix("cleanup", f"warning: cannot create a queue file: {exc.strerror}",
                                  self.syslog_name)
                 with self._spare_cond:
                     self._spare_cond.wait(5.0)
+            # Short of spares: look again soon while mail is coming in; an
+            # idle lab sleeps until open() takes one.
+            if len(self._spares) >= half:
+                pause = 0.0
+            else:
+                pause = SPARE_RETRY if self._opened != opened else None
+            opened = self._opened
 
     def _task_place(self, qf: QueueFile) -> None:
         os.rename(qf._spare, qf.path)
@@ -1274,7 +1350,7 @@ class MailQueue:
         msg.done = True
         now = self.clock()
         if not msg.deferred:
-            os.unlink(msg.path)
+            self._retire(msg.path, msg.qid)
             text = f"{msg.qid}: removed"
             self.log.postfix("qmgr", text, self.syslog_name)
             with self._lock:
@@ -1306,6 +1382,27 @@ class MailQueue:
             self._messages.pop(msg.qid, None)
             self._deferred[msg.qid] = msg
         return {target_dir, old_dir}
+
+    def _retire(self, path: Path, qid: str) -> None:
+        """Take a finished queue file out of the queue: to gponsim/spare/ for
+        reuse while fewer than RECYCLE_MAX wait there, else unlink it."""
+        with self._lock:
+            self._retired += 1
+            check = self._retired % RECYCLE_CHECK == 0
+        if check:
+            try:
+                with os.scandir(self._spare_dir) as entries:
+                    waiting = sum(1 for e in entries if e.name.startswith("r"))
+            except OSError:
+                waiting = RECYCLE_MAX
+            self._recycling = waiting < RECYCLE_MAX
+        if self._recycling:
+            try:
+                os.rename(path, os.path.join(self._spare_dir, "r" + qid))
+                return
+            except OSError:
+                pass
+        os.unlink(path)
 
     def _expire_locked(self, msg: _Message) -> set[Path]:
         text = f"{msg.qid}: from=<{msg.env.sender}>, status=expired, returned to sender"
@@ -1372,7 +1469,7 @@ class MailQueue:
         incoming = self.spool / "incoming"
         active = self.spool / "active"
         for p in list(Path(self._spare_dir).iterdir()):
-            p.unlink()                          # spare files of a previous run
+            p.unlink()                          # spare and recycled files of a previous run
         for p in list(incoming.iterdir()):
             try:
                 ready = is_queue_id(p.name) and bool(p.stat().st_mode & 0o100)

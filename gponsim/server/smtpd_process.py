@@ -17,7 +17,7 @@ The lab does the same with ``LabOptions.smtpd_processes`` (``gponsim serve
   through Dovecot's auth socket, writes, ``fsync``-s and commits queue files
   into ``active/``, answers ``250``, and tells the master the queue id;
 - every Step of a child, and each queue id it commits, travels to the
-  master in order over a pipe (pickled batches, one per reactor turn), so
+  master in order over a pipe (pickled batches, at most 10 ms apart), so
   narration, ``--steps``, captures and lessons see one lab;
 - the children write ``mail.log`` themselves, with their own pids in the
   ``postfix/smtpd[pid]`` lines, as distinct smtpd processes do.
@@ -34,7 +34,6 @@ mailboxes); Postfix's own answer to the same problem is processes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import operator
 import os
@@ -50,7 +49,7 @@ from twisted.internet import defer, protocol
 from twisted.python import log
 
 from gponsim.server.maillog import pid_for
-from gponsim.stepjson import EncodedStep, step_line
+from gponsim.stepjson import FIELDS, EncodedStep, step_line
 from gponsim.steps import Step, run_prefix
 
 #: Frames on the pipe: a 4-byte big-endian length, then a pickled list of
@@ -59,8 +58,10 @@ from gponsim.steps import Step, run_prefix
 #: several times faster than Step objects; the JSON line is made here, so the
 #: master's --steps recorder only writes it.)
 _HEADER = struct.Struct(">I")
-_FIELDS = tuple(f.name for f in dataclasses.fields(Step))
-_values = operator.attrgetter(*_FIELDS)
+_values = operator.attrgetter(*FIELDS)
+#: The uplink's batches (see _Uplink): at most this many seconds or items.
+FLUSH_DELAY = 0.01
+FLUSH_MAX = 256
 #: fd numbers in the child: the uplink pipe, then the listening sockets.
 UPLINK_FD = 3
 FIRST_SOCKET_FD = 4
@@ -181,13 +182,11 @@ class SmtpdProcesses:
                 child.ready.callback(False)
 
     def _received(self, child: _ChildProtocol, items: list) -> None:
-        emit = self.emit
+        emit, packed = self.emit, EncodedStep.packed
         for item in items:
             kind = item[0]
             if kind == "s":
-                step = EncodedStep(*item[1])
-                step.jsonl = item[2]
-                emit(step)
+                emit(packed(item[1], item[2]))
             elif kind == "q":
                 self.queue.pickup(item[1])
             elif kind == "r" and not child.ready.called:
@@ -250,7 +249,14 @@ def _path(text: str | None) -> Path | None:
 
 
 class _Uplink:
-    """Steps and queue ids to the master, in order, one write per reactor turn."""
+    """Steps and queue ids to the master, in order, in batches.
+
+    A batch goes FLUSH_DELAY seconds after its first item (or at once
+    when it holds FLUSH_MAX items): a pipe write and a wake-up of the master
+    per reply cost more than the Steps themselves (about 20 µs a Step
+    against 7 µs in batches of 17, on the benchmark machine). Narration lags
+    by at most FLUSH_DELAY, and so does qmgr's pickup of a queue file.
+    """
 
     def __init__(self, reactor: Any, fd: int = UPLINK_FD) -> None:
         self.reactor = reactor
@@ -270,9 +276,16 @@ class _Uplink:
         with self._lock:
             first = not self._items
             self._items.append(item)
+            full = len(self._items) == FLUSH_MAX
+        in_reactor = threading.get_ident() == self._reactor_thread
         if first:
-            if threading.get_ident() == self._reactor_thread:
-                self.reactor.callLater(0, self.flush)
+            if in_reactor:
+                self.reactor.callLater(FLUSH_DELAY, self.flush)
+            else:
+                self.reactor.callFromThread(self.reactor.callLater, FLUSH_DELAY, self.flush)
+        elif full:
+            if in_reactor:
+                self.flush()
             else:
                 self.reactor.callFromThread(self.flush)
 
