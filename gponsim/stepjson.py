@@ -33,6 +33,7 @@ try:
         return "".join(_c_meta(value, 0))
 except (ImportError, TypeError):           # no C accelerator: the plain encoder
     _dict = _value
+_sessions: dict[str, str] = {}
 _heads: dict[tuple, str] = {}
 _tails: dict[tuple, tuple[str, str]] = {}
 _LIMIT = 20000
@@ -40,15 +41,19 @@ _LIMIT = 20000
 
 def step_line(step: Step, reveal: bool = False) -> str:
     """``step.to_json(reveal)``, the same text, without the dict and the generic encoder."""
-    head_key = (step.session, step.proto, step.src, step.dst, step.dir, step.kind)
+    session = _sessions.get(step.session)
+    if session is None:
+        if len(_sessions) > _LIMIT:
+            _sessions.clear()
+        session = _sessions[step.session] = ',"session":' + _quote(step.session)
+    head_key = (step.proto, step.src, step.dst, step.dir, step.kind)
     head = _heads.get(head_key)
     if head is None:
         if len(_heads) > _LIMIT:
             _heads.clear()
         head = _heads[head_key] = (
-            f',"session":{_quote(step.session)},"proto":{_quote(step.proto)},"src":'
-            f'{_quote(step.src)},"dst":{_quote(step.dst)},"dir":{_quote(step.dir)},'
-            f'"kind":{_quote(step.kind)}')
+            f',"proto":{_quote(step.proto)},"src":{_quote(step.src)},"dst":{_quote(step.dst)},'
+            f'"dir":{_quote(step.dir)},"kind":{_quote(step.kind)}')
     meta = step.meta
     tail_key = (step.line, step.verb, step.args, step.code, step.enhanced, step.status,
                 step.tag, step.key, step.secret, reveal)
@@ -60,23 +65,30 @@ def step_line(step: Step, reveal: bool = False) -> str:
         _tails[tail_key] = tail
     t = step.t
     tls = step.tls
-    return ('{"t":' + (repr(t) if type(t) is float else _value(t)) + head + tail[0]
+    return ('{"t":' + (repr(t) if type(t) is float else _value(t)) + session + head + tail[0]
             + ((',"tls":true' if tls is True else ',"tls":' + _value(tls)) if tls else "")
             + (tail[1] if not meta else _with_meta(tail[1], meta, step)))
 
 
 #: Step's field names, in order: what :meth:`EncodedStep.packed` takes.
 FIELDS = tuple(f.name for f in dataclasses.fields(Step))
+_DEFAULTS = tuple(None if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                  else f.default_factory if f.default is dataclasses.MISSING else f.default
+                  for f in dataclasses.fields(Step))
+_FACTORIES = frozenset(n for n, f in zip(FIELDS, dataclasses.fields(Step))
+                       if f.default_factory is not dataclasses.MISSING)
 
 
 class EncodedStep(Step):
     """A Step that carries its JSON text (``step_line(step)``, masked), made
     where the Step was made (an smtpd process), so it is not encoded again.
 
-    Made with :meth:`packed`, its fields stay in one tuple until something
-    reads one of them: a lab whose only sink records JSON lines never
-    unpacks them (a third of what a Step from an smtpd process cost the
-    master)."""
+    Its fields are unpacked on first use, from the tuple given to
+    :meth:`packed` or, for :meth:`from_line`, from the JSON text itself (a
+    Step without a secret loses nothing in its JSON form: empty fields are
+    the defaults, ``meta`` is JSON data). A lab whose only sink records
+    JSON lines never unpacks them: in the master, a Step from an smtpd
+    process then costs a string and one small object."""
 
     __slots__ = ("jsonl", "_packed")
 
@@ -88,6 +100,14 @@ class EncodedStep(Step):
         step._packed = values
         return step
 
+    @classmethod
+    def from_line(cls, jsonl: str) -> "EncodedStep":
+        """The Step whose ``step_line`` is ``jsonl`` (a Step without a secret)."""
+        step = cls.__new__(cls)
+        step.jsonl = jsonl
+        step._packed = None
+        return step
+
     def __getattr__(self, name: str):
         # Only called for a slot not set yet: a field still packed.
         if name in ("jsonl", "_packed"):
@@ -96,6 +116,10 @@ class EncodedStep(Step):
             values = self._packed
         except AttributeError:
             raise AttributeError(name) from None
+        if values is None:
+            data = json.loads(self.jsonl)
+            values = tuple(data[n] if n in data else d() if n in _FACTORIES else d
+                           for n, d in zip(FIELDS, _DEFAULTS))
         for field_name, value in zip(FIELDS, values):
             object.__setattr__(self, field_name, value)
         del self._packed

@@ -62,8 +62,8 @@ def test_recorded_lines_are_step_to_json_for_a_lab_session(lab):
 
 
 def test_a_packed_step_reads_as_the_step_it_was_made_from(tmp_path):
-    """An smtpd process's Step reaches the master packed (fields in a tuple, its
-    JSON line made by the child): the recorder writes that line, and any field
+    """An smtpd process's Step reaches the master as its JSON line (plus its
+    fields, when it has a secret): the recorder writes that line, and any field
     read unpacks them all, secret included (--reveal still works)."""
     import operator
 
@@ -84,6 +84,17 @@ def test_a_packed_step_reads_as_the_step_it_was_made_from(tmp_path):
     assert packed.to_json() == original.to_json() and packed.failed is False
     with pytest.raises(AttributeError):
         packed.no_such_field
+    # Without a secret, the JSON line alone gives every field back.
+    plain = Step(t=1795929781.3169699, session="smtp-1a2b3.1-7", proto="smtp", src="smtpd",
+                 dst="client", dir="s2c", kind="reply", line="250 2.0.0 Ok: queued as 4F1A2C0D9E",
+                 verb="DATA", code=250, enhanced="2.0.0", tls=True, key="smtp.reply.DATA.250",
+                 meta={"qid": "4F1A2C0D9E", "n": [1, 2], "x": {"y": None}})
+    bare = Step(t=2.0, session="s", proto="queue", src="qmgr", dst="qmgr", dir="internal",
+                kind="event")
+    for step in (plain, bare):
+        back = EncodedStep.from_line(step_line(step))
+        assert back.jsonl == step.to_json()
+        assert [getattr(back, f) for f in FIELDS] == [getattr(step, f) for f in FIELDS]
 
 
 def test_a_line_that_was_not_utf8_is_recorded_and_read_back(tmp_path):
