@@ -171,6 +171,18 @@ class Catalog:
         entry = self.resolve(step)
         return entry.key if entry else None
 
+    def annotate(self, step: Step) -> Step:
+        """Set ``step.key`` to the resolved commentary key (see :func:`annotate`)."""
+        signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced,
+                     step.status)
+        try:
+            entry = self._memo[signature]       # the common case, without the calls
+        except KeyError:
+            entry = self.resolve(step)
+        if entry is not None:
+            step.key = entry.key
+        return step
+
 
 @lru_cache(maxsize=1)
 def catalog() -> Catalog:
@@ -180,10 +192,7 @@ def catalog() -> Catalog:
 
 def annotate(step: Step) -> Step:
     """Set ``step.key`` to the resolved commentary key (sources call this)."""
-    key = catalog().key_for(step)
-    if key:
-        step.key = key
-    return step
+    return catalog().annotate(step)
 
 
 def default_lang() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 
 @dataclass(slots=True)
@@ -44,16 +45,20 @@ class UnsupportedRestriction(ValueError):
     """A restriction name gponsim does not evaluate."""
 
 
-def in_networks(ip: str, networks) -> bool:
+@lru_cache(maxsize=1024)
+def _addresses(ip: str) -> tuple:
+    """``ip`` parsed, plus its IPv4 form when it is IPv4-mapped (one parse per client)."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
-        return False
+        return ()
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        candidates = (addr, addr.ipv4_mapped)
-    else:
-        candidates = (addr,)
-    return any(a in net for a in candidates for net in networks if a.version == net.version)
+        return (addr, addr.ipv4_mapped)
+    return (addr,)
+
+
+def in_networks(ip: str, networks) -> bool:
+    return any(a in net for a in _addresses(ip) for net in networks if a.version == net.version)
 
 
 def parse_networks(items) -> list:

@@ -50,9 +50,24 @@ def command_step(line: str, *, session: str, src: str = "client", dst: str = "sm
         m = re.match(r"\s*\S+\s+\S+\s+(\S+)", line)
         if m and m.group(1) != "=":
             secret = (m.start(1), m.end(1))
-    known = verb if re.fullmatch(r"[A-Z][A-Z0-9-]{0,19}", verb or "") else None
+    known = _known_verb(verb)
     return _step(session, src, dst, "command", line, tls=tls, t=t, verb=known,
                  args=args or None, secret=secret)
+
+
+_VERB = re.compile(r"[A-Z][A-Z0-9-]{0,19}")
+_verbs: dict[str, str | None] = {}
+
+
+def _known_verb(verb: str) -> str | None:
+    """``verb`` if it looks like a command word (what a Step's ``verb`` may hold)."""
+    try:
+        return _verbs[verb]
+    except KeyError:
+        known = verb if _VERB.fullmatch(verb) else None
+        if len(_verbs) < 1024:
+            _verbs[verb] = known
+        return known
 
 
 def auth_data_step(line: str, *, session: str, src: str = "client", dst: str = "smtpd",
@@ -61,14 +76,27 @@ def auth_data_step(line: str, *, session: str, src: str = "client", dst: str = "
     return _step(session, src, dst, "data", line, tls=tls, t=t, verb="AUTH", secret=secret)
 
 
+_replies: dict[tuple[str, str], tuple[int | None, str | None, str]] = {}
+
+
 def parse_reply(lines: list[str]) -> tuple[int | None, str | None, str]:
     """(code, enhanced, text of the last line) of a reply's lines."""
     if not lines:
         return None, None, ""
-    first = lines[0]
+    key = (lines[0], lines[-1])
+    parsed = _replies.get(key)
+    if parsed is None:
+        parsed = _parse_reply(lines[0], lines[-1])
+        if len(_replies) > 4096:
+            _replies.clear()
+        _replies[key] = parsed
+    return parsed
+
+
+def _parse_reply(first: str, last: str) -> tuple[int | None, str | None, str]:
     code = int(first[:3]) if first[:3].isdigit() else None
-    text = lines[-1][4:]
-    m = _ENHANCED.match(lines[-1][4:]) or _ENHANCED.match(first[4:])
+    text = last[4:]
+    m = _ENHANCED.match(text) or _ENHANCED.match(first[4:])
     enhanced = ".".join(m.groups()) if m else None
     return code, enhanced, text
 
