@@ -257,6 +257,17 @@ def test_an_idle_queue_does_not_look_for_spare_files(lab, monkeypatch):
     assert len(passes) <= 3
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+def test_the_queue_threads_never_preempt_the_reactor(lab):
+    lab = lab()
+    lab.send(["user2@gponlab.local"])
+    lab.queue._fsync_pool.submit(time.sleep, 0).result()        # a pool thread exists
+    threads = lab.queue._threads + list(lab.queue._fsync_pool._threads)
+    assert len(threads) >= 5
+    assert {os.sched_getscheduler(t.native_id) for t in threads} == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(lab.rt._thread.native_id) == os.SCHED_OTHER
+
+
 def test_start_empties_the_spare_directory(tmp_path, reactor_thread):  # noqa: F811
     spare = tmp_path / "lab/var/spool/postfix/gponsim/spare"
     spare.mkdir(parents=True)

@@ -161,6 +161,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from gponsim.commentary import annotate
+from gponsim.server.background import background_thread, lower_to_batch
 from gponsim.server.cleanup import CleanupRejected, cleanup_message, is_local_client
 from gponsim.server.local import (DELIVER_LOCK_ATTEMPTS, DELIVER_LOCK_DELAY, MAILBOX_SIZE_LIMIT,
                                   STALE_LOCK_TIME, Intent, LocalAgent, LocalJob, LocalResult)
@@ -1536,14 +1537,12 @@ class MailQueue:
 
     def _start_threads(self) -> None:
         self._stopping = False
-        self._threads = [threading.Thread(target=self._service_loop, name="gponsim-qmgr",
-                                          daemon=True)]
+        self._threads = [background_thread(self._service_loop, "gponsim-qmgr")]
         for n, j in enumerate(self._journals):
-            self._threads.append(threading.Thread(target=self._worker_loop, args=(j,),
-                                                  name=f"gponsim-local-{n}", daemon=True))
-        self._threads.append(threading.Thread(target=self._spare_loop, name="gponsim-spares",
-                                              daemon=True))
-        self._fsync_pool = concurrent.futures.ThreadPoolExecutor(4, "gponsim-fsync")
+            self._threads.append(background_thread(self._worker_loop, f"gponsim-local-{n}", (j,)))
+        self._threads.append(background_thread(self._spare_loop, "gponsim-spares"))
+        self._fsync_pool = concurrent.futures.ThreadPoolExecutor(4, "gponsim-fsync",
+                                                                initializer=lower_to_batch)
         for t in self._threads:
             t.start()
 
