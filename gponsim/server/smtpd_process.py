@@ -266,8 +266,7 @@ class _Uplink:
     def __init__(self, reactor: Any, fd: int = UPLINK_FD) -> None:
         self.reactor = reactor
         self.fd = fd
-        self._items: list = []
-        self._lock = threading.Lock()
+        self._items: list = []          # touched in the reactor thread only
         self._reactor_thread = threading.get_ident()
 
     def emit(self, step: Step) -> Step:
@@ -281,25 +280,18 @@ class _Uplink:
         self._add(("q", qid))
 
     def _add(self, item: Any) -> None:
-        with self._lock:
-            first = not self._items
-            self._items.append(item)
-            full = len(self._items) == FLUSH_MAX
-        in_reactor = threading.get_ident() == self._reactor_thread
-        if first:
-            if in_reactor:
-                self.reactor.callLater(FLUSH_DELAY, self.flush)
-            else:
-                self.reactor.callFromThread(self.reactor.callLater, FLUSH_DELAY, self.flush)
-        elif full:
-            if in_reactor:
-                self.flush()
-            else:
-                self.reactor.callFromThread(self.flush)
+        if threading.get_ident() != self._reactor_thread:
+            self.reactor.callFromThread(self._add, item)
+            return
+        items = self._items
+        items.append(item)
+        if len(items) == 1:
+            self.reactor.callLater(FLUSH_DELAY, self.flush)
+        elif len(items) >= FLUSH_MAX:
+            self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
+        items, self._items = self._items, []
         if not items:
             return
         data = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
