@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from typing import Callable
 from json.encoder import encode_basestring as _quote   # ensure_ascii=False's encoder
 
 from gponsim.steps import MASK, Step
@@ -39,13 +41,18 @@ _tails: dict[tuple, tuple[str, str]] = {}
 _LIMIT = 20000
 
 
-def step_line(step: Step, reveal: bool = False) -> str:
-    """``step.to_json(reveal)``, the same text, without the dict and the generic encoder."""
-    session = _sessions.get(step.session)
-    if session is None:
+def _session_text(session: str) -> str:
+    text = _sessions.get(session)
+    if text is None:
         if len(_sessions) > _LIMIT:
             _sessions.clear()
-        session = _sessions[step.session] = ',"session":' + _quote(step.session)
+        text = _sessions[session] = ',"session":' + _quote(session)
+    return text
+
+
+def step_line(step: Step, reveal: bool = False) -> str:
+    """``step.to_json(reveal)``, the same text, without the dict and the generic encoder."""
+    session = _session_text(step.session)
     head_key = (step.proto, step.src, step.dst, step.dir, step.kind)
     head = _heads.get(head_key)
     if head is None:
@@ -124,6 +131,38 @@ class EncodedStep(Step):
             object.__setattr__(self, field_name, value)
         del self._packed
         return object.__getattribute__(self, name)
+
+
+class StepTemplates:
+    """Steps that differ only in their time and session, kept as JSON text.
+
+    A busy smtpd sends the same replies and reads the same commands all day
+    (``250 2.1.0 Ok`` to ``MAIL FROM:<user1@gponlab.local>``). The first
+    time a ``key`` is seen, ``build()`` makes the Step (fields, commentary
+    key) and its JSON line without time and session is kept; later, the
+    Step is an :class:`EncodedStep` made from that text with the time now
+    and the given session: nothing to build, annotate or encode, and its
+    fields are read back from the text only if a sink asks for them. Steps
+    with a secret or ``meta`` are never kept. The key must determine every
+    field but ``t`` and ``session``.
+    """
+
+    def __init__(self, limit: int = 2048) -> None:
+        self._rest: dict = {}
+        self._limit = limit
+
+    def step(self, key, session: str, build: Callable[[], Step]) -> Step:
+        rest = self._rest.get(key)
+        if rest is not None:
+            return EncodedStep.from_line('{"t":' + repr(time.time()) + _session_text(session)
+                                         + rest)
+        step = build()
+        if step.secret is None and not step.meta and type(step.t) is float:
+            line = step_line(step)
+            if len(self._rest) >= self._limit:
+                self._rest.clear()
+            self._rest[key] = line[len('{"t":' + repr(step.t) + _session_text(step.session)):]
+        return step
 
 
 def encoded(step: Step, reveal: bool = False) -> str:

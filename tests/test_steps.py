@@ -97,6 +97,30 @@ def test_a_packed_step_reads_as_the_step_it_was_made_from(tmp_path):
         assert [getattr(back, f) for f in FIELDS] == [getattr(step, f) for f in FIELDS]
 
 
+def test_a_templated_step_is_the_step_it_stands_for():
+    """smtpd's repeated commands and replies come from StepTemplates: the same
+    fields and JSON text as a Step built from scratch, with their own time and session."""
+    from gponsim.stepjson import FIELDS, EncodedStep, StepTemplates, step_line
+    from gponsim.wire import smtp as wire
+
+    templates = StepTemplates()
+
+    def reply(session):
+        return templates.step(("reply", "MAIL", False, "250 2.1.0 Ok"), session,
+                              lambda: wire.reply_step(["250 2.1.0 Ok"], session=session,
+                                                      answers="MAIL"))
+    first, second = reply("smtp-a-1"), reply("smtp-a-2")
+    assert type(first) is Step and type(second) is EncodedStep
+    fresh = wire.reply_step(["250 2.1.0 Ok"], session="smtp-a-2", answers="MAIL", t=second.t)
+    assert second.jsonl == step_line(fresh) == fresh.to_json()
+    assert [getattr(second, f) for f in FIELDS] == [getattr(fresh, f) for f in FIELDS]
+    # a Step with a secret is built every time (its JSON text is masked)
+    auth = [templates.step(("command", False, "AUTH PLAIN AGEAYg=="), "s",
+                           lambda: wire.command_step("AUTH PLAIN AGEAYg==", session="s"))
+            for _ in range(2)]
+    assert [type(a) for a in auth] == [Step, Step] and auth[1].secret is not None
+
+
 def test_a_line_that_was_not_utf8_is_recorded_and_read_back(tmp_path):
     path = tmp_path / "steps.jsonl"
     rec = JsonlRecorder(path)

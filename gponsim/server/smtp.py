@@ -26,6 +26,7 @@ from gponsim.server.restrictions import (
     RcptContext, UnsupportedRestriction, Verdict, check_recipient,
 )
 from gponsim.server.tls import describe_connection
+from gponsim.stepjson import StepTemplates
 from gponsim.steps import null_emit, new_session
 from gponsim.wire import smtp as wire
 
@@ -40,6 +41,8 @@ PRE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "QUIT", "XCLIENT"})
 _ADDR = re.compile(r"^\s*<([^<>]*)>(.*)$")
 _BARE_ADDR = re.compile(r"^\s*([^\s<>]+)(.*)$")
 _HEADER = re.compile(r"^[!-9;-~]+:")
+#: The Steps of the commands and replies that repeat, ready-made (see StepTemplates).
+_TEMPLATES = StepTemplates()
 #: smtpd_forbidden_commands: a web browser or proxy talking to port 25.
 FORBIDDEN = frozenset({"CONNECT", "GET", "POST"})
 
@@ -279,8 +282,10 @@ class Smtpd(smtp.ESMTP):
     def reply(self, code: int, text: str | list[str], answers: str | None = None) -> None:
         lines = text if isinstance(text, list) else [text]
         wire_lines = [f"{code}-{t}" for t in lines[:-1]] + [f"{code} {lines[-1]}"]
-        self.emit(wire.reply_step(wire_lines, session=self.session, answers=answers or self._last_verb,
-                                  tls=self.tls))
+        verb, tls = answers or self._last_verb, self.tls
+        self.emit(_TEMPLATES.step(
+            ("reply", verb, tls, *wire_lines), self.session,
+            lambda: wire.reply_step(wire_lines, session=self.session, answers=verb, tls=tls)))
         write_now(self.transport, "".join(wl + "\r\n" for wl in wire_lines)
                   .encode("utf-8", "surrogateescape"))
 
@@ -322,8 +327,9 @@ class Smtpd(smtp.ESMTP):
     def state_COMMAND(self, raw: bytes) -> None:
         raw = self._bounded(raw)
         line = raw.decode("utf-8", "surrogateescape")
-        step = wire.command_step(line, session=self.session, tls=self.tls)
-        self.emit(step)
+        tls = self.tls
+        self.emit(_TEMPLATES.step(("command", tls, line), self.session,
+                                  lambda: wire.command_step(line, session=self.session, tls=tls)))
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
