@@ -798,10 +798,10 @@ class MailQueue:
         out: list[tuple[int, str, int]] = []
         try:
             with os.scandir(self._spare_dir) as entries:
-                names = [e.name for e in entries if e.name.startswith("r")]
+                found = [(e.name, e.inode()) for e in entries if e.name.startswith("r")]
         except OSError:
             return out
-        for name in names:
+        for name, inode in found:
             if len(out) >= wanted or self._stopping:
                 break
             tmp = os.path.join(self._spare_dir, f"t{os.getpid()}.{next(self._tmp_counter)}")
@@ -814,7 +814,7 @@ class MailQueue:
             except OSError:
                 continue
             os.fchmod(fd, WRITING_MODE)
-            out.append((fd, tmp, os.fstat(fd).st_ino))
+            out.append((fd, tmp, inode))         # a rename keeps the inode
         return out
 
     def _spare_loop(self) -> None:
