@@ -79,11 +79,11 @@ def step_line(step: Step, reveal: bool = False) -> str:
 
 #: Step's field names, in order: what :meth:`EncodedStep.packed` takes.
 FIELDS = tuple(f.name for f in dataclasses.fields(Step))
-_DEFAULTS = tuple(None if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                  else f.default_factory if f.default is dataclasses.MISSING else f.default
-                  for f in dataclasses.fields(Step))
-_FACTORIES = frozenset(n for n, f in zip(FIELDS, dataclasses.fields(Step))
-                       if f.default_factory is not dataclasses.MISSING)
+#: What a field left out of a Step's JSON text stands for.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Step)
+             if f.default is not dataclasses.MISSING}
+_FACTORIES = {f.name: f.default_factory for f in dataclasses.fields(Step)
+              if f.default_factory is not dataclasses.MISSING}
 
 
 class EncodedStep(Step):
@@ -125,8 +125,9 @@ class EncodedStep(Step):
             raise AttributeError(name) from None
         if values is None:
             data = json.loads(self.jsonl)
-            values = tuple(data[n] if n in data else d() if n in _FACTORIES else d
-                           for n, d in zip(FIELDS, _DEFAULTS))
+            values = tuple(data[n] if n in data else
+                           _FACTORIES[n]() if n in _FACTORIES else _DEFAULTS.get(n)
+                           for n in FIELDS)
         for field_name, value in zip(FIELDS, values):
             object.__setattr__(self, field_name, value)
         del self._packed
