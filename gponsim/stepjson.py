@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import time
 from typing import Callable
 from json.encoder import encode_basestring as _quote   # ensure_ascii=False's encoder
@@ -41,18 +42,18 @@ _tails: dict[tuple, tuple[str, str]] = {}
 _LIMIT = 20000
 
 
-def _session_text(session: str) -> str:
+def _start(t: float, session: str) -> str:
+    """The text of a Step's first two fields, ``{"t":...,"session":...``."""
     text = _sessions.get(session)
     if text is None:
         if len(_sessions) > _LIMIT:
             _sessions.clear()
         text = _sessions[session] = ',"session":' + _quote(session)
-    return text
+    return '{"t":' + (repr(t) if type(t) is float else _value(t)) + text
 
 
 def step_line(step: Step, reveal: bool = False) -> str:
     """``step.to_json(reveal)``, the same text, without the dict and the generic encoder."""
-    session = _session_text(step.session)
     head_key = (step.proto, step.src, step.dst, step.dir, step.kind)
     head = _heads.get(head_key)
     if head is None:
@@ -70,20 +71,16 @@ def step_line(step: Step, reveal: bool = False) -> str:
         if len(_tails) > _LIMIT:
             _tails.clear()
         _tails[tail_key] = tail
-    t = step.t
     tls = step.tls
-    return ('{"t":' + (repr(t) if type(t) is float else _value(t)) + session + head + tail[0]
+    return (_start(step.t, step.session) + head + tail[0]
             + ((',"tls":true' if tls is True else ',"tls":' + _value(tls)) if tls else "")
             + (tail[1] if not meta else _with_meta(tail[1], meta, step)))
 
 
 #: Step's field names, in order: what :meth:`EncodedStep.packed` takes.
 FIELDS = tuple(f.name for f in dataclasses.fields(Step))
-#: What a field left out of a Step's JSON text stands for.
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Step)
-             if f.default is not dataclasses.MISSING}
-_FACTORIES = {f.name: f.default_factory for f in dataclasses.fields(Step)
-              if f.default_factory is not dataclasses.MISSING}
+#: A Step's field values, in FIELDS order.
+field_values = operator.attrgetter(*FIELDS)
 
 
 class EncodedStep(Step):
@@ -124,10 +121,7 @@ class EncodedStep(Step):
         except AttributeError:
             raise AttributeError(name) from None
         if values is None:
-            data = json.loads(self.jsonl)
-            values = tuple(data[n] if n in data else
-                           _FACTORIES[n]() if n in _FACTORIES else _DEFAULTS.get(n)
-                           for n in FIELDS)
+            values = field_values(Step.from_dict(json.loads(self.jsonl)))
         for field_name, value in zip(FIELDS, values):
             object.__setattr__(self, field_name, value)
         del self._packed
@@ -155,14 +149,12 @@ class StepTemplates:
     def step(self, key, session: str, build: Callable[[], Step]) -> Step:
         rest = self._rest.get(key)
         if rest is not None:
-            return EncodedStep.from_line('{"t":' + repr(time.time()) + _session_text(session)
-                                         + rest)
+            return EncodedStep.from_line(_start(time.time(), session) + rest)
         step = build()
-        if step.secret is None and not step.meta and type(step.t) is float:
-            line = step_line(step)
+        if step.secret is None and not step.meta:
             if len(self._rest) >= self._limit:
                 self._rest.clear()
-            self._rest[key] = line[len('{"t":' + repr(step.t) + _session_text(step.session)):]
+            self._rest[key] = step_line(step)[len(_start(step.t, step.session)):]
         return step
 
 

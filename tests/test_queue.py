@@ -244,24 +244,36 @@ def test_delivered_queue_files_are_reused_emptied_and_bounded(lab, monkeypatch):
         assert re.fullmatch(rb"(R \{[^\n]*\}\n)+", rest[length:]), rest[length:length + 80]
 
 
+def _asleep_until_woken(thread: threading.Thread) -> bool:
+    """True while ``thread`` waits on a Condition without a timeout."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and "timeout" in frame.f_locals:
+            return frame.f_locals["timeout"] is None
+        frame = frame.f_back
+    return False
+
+
 def test_an_idle_queue_does_not_look_for_spare_files(lab, monkeypatch):
     passes = []
     real = MailQueue._reused_spares
     monkeypatch.setattr(MailQueue, "_reused_spares",
                         lambda self, n: (passes.append(n), real(self, n))[1])
     lab = lab()
-    time.sleep(0.5)
-    assert len(passes) == 1, f"{len(passes)} passes in 0.5 s without mail"
-    lab.send(["user2@gponlab.local"])
-    time.sleep(0.5)
+    spares = next(t for t in lab.queue._threads if t.name == "gponsim-spares")
+    wait_until(lambda: _asleep_until_woken(spares), what="the spare-file thread to sleep")
+    assert len(passes) == 1, f"{len(passes)} passes without mail"
+    lab.wait("REMOVED", lab.send(["user2@gponlab.local"]))
+    wait_until(lambda: _asleep_until_woken(spares), what="the spare-file thread to sleep again")
     assert len(passes) <= 3
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"),
+                    reason="this platform has no SCHED_BATCH scheduling policy (Linux only)")
 def test_the_queue_threads_never_preempt_the_reactor(lab):
     lab = lab()
     lab.send(["user2@gponlab.local"])
-    lab.queue._fsync_pool.submit(time.sleep, 0).result()        # a pool thread exists
+    lab.queue._fsync_pool.submit(int).result()        # a pool thread exists
     threads = lab.queue._threads + list(lab.queue._fsync_pool._threads)
     assert len(threads) >= 5
     assert {os.sched_getscheduler(t.native_id) for t in threads} == {os.SCHED_BATCH}

@@ -142,8 +142,9 @@ class Catalog:
         """
         signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced,
                      step.status)
-        if signature in self._memo:
-            return self._memo[signature]
+        entry = self._memo.get(signature, _UNKNOWN)
+        if entry is not _UNKNOWN:
+            return entry
         for key in self.candidates(step):
             if key in self._matching:
                 return self._resolve_by_line(step)
@@ -173,15 +174,13 @@ class Catalog:
 
     def annotate(self, step: Step) -> Step:
         """Set ``step.key`` to the resolved commentary key (see :func:`annotate`)."""
-        signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced,
-                     step.status)
-        try:
-            entry = self._memo[signature]       # the common case, without the calls
-        except KeyError:
-            entry = self.resolve(step)
+        entry = self.resolve(step)
         if entry is not None:
             step.key = entry.key
         return step
+
+
+_UNKNOWN = object()      # a signature not resolved yet (None is a resolved "no entry")
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import lru_cache
 
 from gponsim.commentary import annotate
 from gponsim.steps import Step
@@ -55,19 +56,10 @@ def command_step(line: str, *, session: str, src: str = "client", dst: str = "sm
                  args=args or None, secret=secret)
 
 
-_VERB = re.compile(r"[A-Z][A-Z0-9-]{0,19}")
-_verbs: dict[str, str | None] = {}
-
-
+@lru_cache(maxsize=1024)
 def _known_verb(verb: str) -> str | None:
     """``verb`` if it looks like a command word (what a Step's ``verb`` may hold)."""
-    try:
-        return _verbs[verb]
-    except KeyError:
-        known = verb if _VERB.fullmatch(verb) else None
-        if len(_verbs) < 1024:
-            _verbs[verb] = known
-        return known
+    return verb if re.fullmatch(r"[A-Z][A-Z0-9-]{0,19}", verb) else None
 
 
 def auth_data_step(line: str, *, session: str, src: str = "client", dst: str = "smtpd",
@@ -76,23 +68,14 @@ def auth_data_step(line: str, *, session: str, src: str = "client", dst: str = "
     return _step(session, src, dst, "data", line, tls=tls, t=t, verb="AUTH", secret=secret)
 
 
-_replies: dict[tuple[str, str], tuple[int | None, str | None, str]] = {}
-
-
 def parse_reply(lines: list[str]) -> tuple[int | None, str | None, str]:
     """(code, enhanced, text of the last line) of a reply's lines."""
     if not lines:
         return None, None, ""
-    key = (lines[0], lines[-1])
-    parsed = _replies.get(key)
-    if parsed is None:
-        parsed = _parse_reply(lines[0], lines[-1])
-        if len(_replies) > 4096:
-            _replies.clear()
-        _replies[key] = parsed
-    return parsed
+    return _parse_reply(lines[0], lines[-1])
 
 
+@lru_cache(maxsize=4096)
 def _parse_reply(first: str, last: str) -> tuple[int | None, str | None, str]:
     code = int(first[:3]) if first[:3].isdigit() else None
     text = last[4:]
