@@ -200,10 +200,13 @@ def test_gponsim_serves_the_mbox_real_postfix_local_wrote(where):
         postfix.send("primero", "Hola desde Postfix\r\n")
         postfix.send("segundo", "From the start of a line\r\n.punto\r\nfin\r\n")
         mbox = spool / USER
+        sent = re.compile(r"postfix/local\[\d+\]: \w+: to=<nobody@gponlab.local>, .*"
+                          r"status=sent \(delivered to mailbox\)")
         wait_until(lambda: mbox.exists() and mbox.read_bytes().count(b"\nDelivered-To: ") == 2,
                    30, f"local(8) to deliver 2 messages\n{postfix.log()}")
-        assert re.search(r"postfix/local\[\d+\]: \w+: to=<nobody@gponlab.local>, .*"
-                         r"status=sent \(delivered to mailbox\)", postfix.log())
+        # postlogd writes local(8)'s line after the mailbox is written: wait for it too.
+        wait_until(lambda: len(sent.findall(postfix.log())) == 2,
+                   30, f"local(8) to log 2 deliveries\n{postfix.log()}")
         written = mbox.read_bytes()
         assert pwd.getpwuid(mbox.stat().st_uid).pw_name == USER
         expected = split_mbox(written)
