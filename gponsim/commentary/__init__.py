@@ -172,13 +172,6 @@ class Catalog:
         entry = self.resolve(step)
         return entry.key if entry else None
 
-    def annotate(self, step: Step) -> Step:
-        """Set ``step.key`` to the resolved commentary key (see :func:`annotate`)."""
-        entry = self.resolve(step)
-        if entry is not None:
-            step.key = entry.key
-        return step
-
 
 _UNKNOWN = object()      # a signature not resolved yet (None is a resolved "no entry")
 
@@ -191,7 +184,10 @@ def catalog() -> Catalog:
 
 def annotate(step: Step) -> Step:
     """Set ``step.key`` to the resolved commentary key (sources call this)."""
-    return catalog().annotate(step)
+    key = catalog().key_for(step)
+    if key:
+        step.key = key
+    return step
 
 
 def default_lang() -> str:

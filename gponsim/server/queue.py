@@ -788,23 +788,31 @@ class MailQueue:
     # plus the microseconds of the time open() was called) and the qmgr
     # thread moves it to incoming/QID right away, before anything else it
     # does for that file (commit, abort).
+    def _spare_path(self) -> str:
+        """A new name in gponsim/spare/ for a spare file of this process."""
+        return os.path.join(self._spare_dir, f"t{os.getpid()}.{next(self._tmp_counter)}")
+
     def _new_spare(self) -> tuple[int, str, int]:
-        tmp = os.path.join(self._spare_dir, f"t{os.getpid()}.{next(self._tmp_counter)}")
+        tmp = self._spare_path()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, WRITING_MODE)
         return fd, tmp, os.fstat(fd).st_ino
 
-    def _reused_spares(self, wanted: int) -> list[tuple[int, str, int]]:
-        """Up to ``wanted`` spares made of recycled queue files (``r<QID>``)."""
-        out: list[tuple[int, str, int]] = []
+    def _recycled(self) -> list[tuple[str, int]] | None:
+        """(name, inode) of the recycled queue files (``r<QID>``) waiting in
+        gponsim/spare/; None when the folder cannot be read."""
         try:
             with os.scandir(self._spare_dir) as entries:
-                found = [(e.name, e.inode()) for e in entries if e.name.startswith("r")]
+                return [(e.name, e.inode()) for e in entries if e.name.startswith("r")]
         except OSError:
-            return out
-        for name, inode in found:
+            return None
+
+    def _reused_spares(self, wanted: int) -> list[tuple[int, str, int]]:
+        """Up to ``wanted`` spares made of recycled queue files."""
+        out: list[tuple[int, str, int]] = []
+        for name, inode in self._recycled() or ():
             if len(out) >= wanted or self._stopping:
                 break
-            tmp = os.path.join(self._spare_dir, f"t{os.getpid()}.{next(self._tmp_counter)}")
+            tmp = self._spare_path()
             try:
                 os.rename(os.path.join(self._spare_dir, name), tmp)  # taken by another process?
             except FileNotFoundError:
@@ -1391,12 +1399,8 @@ class MailQueue:
             self._retired += 1
             check = self._retired % RECYCLE_CHECK == 0
         if check:
-            try:
-                with os.scandir(self._spare_dir) as entries:
-                    waiting = sum(1 for e in entries if e.name.startswith("r"))
-            except OSError:
-                waiting = RECYCLE_MAX
-            self._recycling = waiting < RECYCLE_MAX
+            waiting = self._recycled()
+            self._recycling = waiting is not None and len(waiting) < RECYCLE_MAX
         if self._recycling:
             try:
                 os.rename(path, os.path.join(self._spare_dir, "r" + qid))
