@@ -164,7 +164,7 @@ class Lab:
 
 def add_users(root: Path, names: list[str]) -> None:
     sys.path.insert(0, str(REPO))
-    from gponsim.server.users import Users
+    from gponsim.server.dovecot.passwd import Users
     users = Users.ensure_default(root / "etc" / "dovecot" / "users")
     for name in names:
         if not users.exists(name):

@@ -585,7 +585,7 @@ def users():
 
 def _users(lab_root: Path):
     from gponsim.config import load_profile
-    from gponsim.server.users import Users
+    from gponsim.server.dovecot.passwd import Users
 
     profile = load_profile(None)
     return Users.ensure_default(profile.path(profile.passwd_file(), lab_root.resolve()))
@@ -596,7 +596,7 @@ lab_root_option = click.option("--lab-root", type=click.Path(file_okay=False, pa
 
 
 def _users_call(fn):
-    from gponsim.server.users import UsersError
+    from gponsim.server.dovecot.passwd import UsersError
 
     try:
         return fn()
@@ -650,9 +650,9 @@ def users_passwd(name, password, lab_root):
               help="Delete a queued message (postsuper -d QID); repeatable, ALL for every one.")
 def queue(lab_root, flush, delete_ids):
     """The lab's mail queue, like mailq; --flush like postqueue -f; --delete like postsuper -d."""
-    from gponsim.server import control
+    from gponsim.server.postfix import postqueue as control
     from gponsim.server.maillog import MailLog
-    from gponsim.server.queue import list_queue
+    from gponsim.server.postfix.queue import list_queue
 
     root = lab_root.resolve()
     spool = root / "var" / "spool" / "postfix"
@@ -724,7 +724,7 @@ def gmail(ctx, lab_root, listen, port, fault, ready_file, lang, quiet, steps_fil
         return
     import json
 
-    from gponsim.server import gmail as gm
+    from gponsim.server.sims import gmail as gm
 
     root = lab_root.resolve()
     if fault != "keep":
@@ -776,7 +776,7 @@ def gmail_fault(ctx, fault, delay):
     gponsim gmail fault refuse      # relay down: mail waits in the deferred queue
     gponsim gmail fault none        # back to normal: the next retry delivers it
     """
-    from gponsim.server import gmail as gm
+    from gponsim.server.sims import gmail as gm
 
     root = ctx.obj["lab_root"].resolve()
     gm.set_fault(root, fault, delay)
@@ -799,7 +799,7 @@ def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, po
                       lang, quiet, steps_file, explain, reveal_secrets):
     """The internet delivers a mail to the lab on port 25 (MTA to MTA, no AUTH), narrated."""
     from gponsim.clients.smtp import build_message
-    from gponsim.server.gmail import send_to_lab
+    from gponsim.server.sims.gmail import send_to_lab
 
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
     domain = sender.rpartition("@")[2] or "example.org"

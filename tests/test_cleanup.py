@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from gponsim.server.cleanup import (CleanupRejected, asctime, cleanup_message, is_local_client,
+from gponsim.server.postfix.cleanup import (CleanupRejected, asctime, cleanup_message, is_local_client,
                                     mail_date, message_size, quote_822_local, received_header,
                                     split_headers)
-from gponsim.server.queueid import hash_dir, is_queue_id, short_queue_id
+from gponsim.server.postfix.queueid import hash_dir, is_queue_id, short_queue_id
 
 JAN_1 = 1704110400.0        # Mon Jan  1 12:00:00 2024 UTC
 NOV_27 = 1701128446.0       # Mon Nov 27 23:40:46 2023 UTC

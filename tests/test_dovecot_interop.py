@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gponsim.server.local import render_entry
-from gponsim.server.mbox_store import MailStore
+from gponsim.server.postfix.local import render_entry
+from gponsim.server.mailstore.mbox import MailStore
 
 pytestmark = pytest.mark.skipif(shutil.which("doveadm") is None,
                                 reason="Dovecot (dovecot-core) not installed")

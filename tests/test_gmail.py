@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from gponsim.server import gmail as gm
+from gponsim.server.sims import gmail as gm
 from gponsim.steps import read_jsonl
 from labproc import LabProcess, wait_until
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gponsim.server.local import (LocalAgent, LocalJob, MailboxError, MailboxLock,
+from gponsim.server.postfix.local import (LocalAgent, LocalJob, MailboxError, MailboxLock,
                                   render_entry)
 from gponsim.server.maillog import MailLog
 
@@ -178,7 +178,7 @@ def test_mailbox_size_limit_bounces_and_keeps_the_file(tmp_path):
 EFBIG_CHILD = r"""
 import resource, signal, sys
 from pathlib import Path
-from gponsim.server.local import LocalAgent, LocalJob
+from gponsim.server.postfix.local import LocalAgent, LocalJob
 from gponsim.server.maillog import MailLog
 root, limit = Path(sys.argv[1]), int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from gponsim.server.local import LocalAgent, LocalJob, render_entry
+from gponsim.server.postfix.local import LocalAgent, LocalJob, render_entry
 from gponsim.server.maillog import MailLog
-from gponsim.server.mbox_store import (
+from gponsim.server.mailstore.mbox import (
     DELETED, SEEN, MailStore, StoreError, decode, parse_mbox, valid_name,
 )
 
@@ -171,7 +171,7 @@ def test_concurrent_delivery_while_a_reader_rewrites(tmp_path):
 
 
 def test_special_use_mailboxes_created_only_with_auto(tmp_path):
-    from gponsim.server.imap import ImapContext, ImapSettings
+    from gponsim.server.dovecot.imap import ImapContext, ImapSettings
     settings = ImapSettings(special_use=[("Sent", "\\Sent", "subscribe"),
                                          ("Trash", "\\Trash", "create"),
                                          ("Junk", "\\Junk", "no")])
@@ -182,7 +182,7 @@ def test_special_use_mailboxes_created_only_with_auto(tmp_path):
 
 def test_cache_reads_only_what_a_delivery_appended_and_matches_a_whole_parse(tmp_path,
                                                                              monkeypatch):
-    import gponsim.server.mbox_store as ms
+    import gponsim.server.mailstore.mbox as ms
     deliver(tmp_path, "user2", b"Subject: m#\n\nFrom the body\n", n=3)
     folder = MailStore(tmp_path, "user2").folder("INBOX")
     first = folder.sync(mark_old=True)
@@ -229,7 +229,7 @@ def test_mailwatch_tells_when_a_delivery_finishes(tmp_path, reactor_thread):
     """inotify on the mail directory: a delivery (dotlock, append, close)
     and a rewrite (rename over) each reach the subscriber; others do not."""
     import sys
-    from gponsim.server.mailwatch import MailWatch
+    from gponsim.server.dovecot.mailwatch import MailWatch
     from labproc import wait_until
     if not sys.platform.startswith("linux"):
         pytest.skip("inotify is Linux's")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from gponsim.server.users import Users
+from gponsim.server.dovecot.passwd import Users
 from labproc import LabProcess, wait_until
 
 POSTFIX = "/usr/sbin/postfix"

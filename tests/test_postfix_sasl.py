@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from reactor_thread import call
 
-from gponsim.server.sasl import AuthServer, socket_path
-from gponsim.server.users import Users
+from gponsim.server.dovecot.auth import AuthServer, socket_path
+from gponsim.server.dovecot.passwd import Users
 from gponsim.steps import ListSink
 
 POSTFIX = "/usr/sbin/postfix"

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 
-from gponsim.server import queue as queue_mod
-from gponsim.server.cleanup import received_header
-from gponsim.server.queue import (Envelope, MailQueue, RecipientStatus, list_queue)
+from gponsim.server.postfix import queue as queue_mod
+from gponsim.server.postfix.cleanup import received_header
+from gponsim.server.postfix.queue import (Envelope, MailQueue, RecipientStatus, list_queue)
 from gponsim.steps import ListSink
 from labproc import wait_until
 
@@ -448,9 +448,9 @@ import os, signal, sys, threading
 sys.path.insert(0, sys.argv[4])
 from twisted.internet import defer
 from reactor_thread import ReactorThread
-from gponsim.server import queue as queue_mod
-from gponsim.server.cleanup import received_header
-from gponsim.server.queue import Envelope, MailQueue
+from gponsim.server.postfix import queue as queue_mod
+from gponsim.server.postfix.cleanup import received_header
+from gponsim.server.postfix.queue import Envelope, MailQueue
 
 root, count, crash_at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rcpts = sys.argv[5].split(",")

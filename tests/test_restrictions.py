@@ -2,7 +2,7 @@
 
 import pytest
 
-from gponsim.server.restrictions import (
+from gponsim.server.postfix.restrictions import (
     RcptContext, UnsupportedRestriction, check_recipient, in_networks, parse_networks,
 )
 

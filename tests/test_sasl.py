@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from reactor_thread import call
 
-from gponsim.server.sasl import AuthServer, AuthSocketError, parse_mechanisms, socket_path
-from gponsim.server.sasl_client import (
+from gponsim.server.dovecot.auth import AuthServer, AuthSocketError, parse_mechanisms, socket_path
+from gponsim.server.postfix.xsasl import (
     CONNECTION_LOST, AuthClient, AuthReply, AuthUnavailable, filter_mechanisms, valid_base64,
 )
-from gponsim.server.users import Users
+from gponsim.server.dovecot.passwd import Users
 from gponsim.steps import MASK, ListSink, new_session
 from gponsim.wire.sasl import escape, parse, sasl_step, unescape
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from twisted.internet.testing import StringTransport
 
-from gponsim.server.queue import MailQueue
-from gponsim.server.restrictions import parse_networks
-from gponsim.server.smtp import Smtpd, SmtpdContext, SmtpdSettings
+from gponsim.server.postfix.queue import MailQueue
+from gponsim.server.postfix.restrictions import parse_networks
+from gponsim.server.postfix.smtpd import Smtpd, SmtpdContext, SmtpdSettings
 from gponsim.steps import ListSink
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gponsim.server.users import (
+from gponsim.server.dovecot.passwd import (
     Users, UsersError, check_name, hash_password, path_for,
 )
 

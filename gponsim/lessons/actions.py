@@ -170,8 +170,8 @@ def do_flush(ctx: Context, o: dict) -> None:
     """
     import time
 
-    from gponsim.server.control import request_flush
-    from gponsim.server.queue import list_queue
+    from gponsim.server.postfix.postqueue import request_flush
+    from gponsim.server.postfix.queue import list_queue
 
     deadline = time.monotonic() + float(o.get("timeout", 10))
     while time.monotonic() < deadline:
@@ -184,7 +184,7 @@ def do_flush(ctx: Context, o: dict) -> None:
 
 def do_gmail(ctx: Context, o: dict) -> None:
     """Make the Gmail simulator misbehave (or behave again): ``fault = "none"``."""
-    from gponsim.server.gmail import set_fault
+    from gponsim.server.sims.gmail import set_fault
 
     set_fault(ctx.lab_root, o.get("fault", "none"), o.get("delay"))
 

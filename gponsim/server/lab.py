@@ -24,19 +24,20 @@ from twisted.internet.error import CannotListenError
 
 from gponsim.commentary import annotate
 from gponsim.config import LabProfile, load_profile
-from gponsim.server import cleanup, tls
+from gponsim.server.postfix import cleanup
+from gponsim.server import tls
 from gponsim.server.maillog import MailLog, pid_for
-from gponsim.server.queue import MailQueue
-from gponsim.server import control as queue_control
-from gponsim.server.bounce import Bouncer
-from gponsim.server.gmail import GmailSimulator
-from gponsim.server.relay import SmtpRelayClient, ensure_hosts, settings_from_profile
-from gponsim.server.restrictions import parse_networks
-from gponsim.server.sasl import AuthServer
-from gponsim.server.sasl_client import AuthClient, valid_base64
-from gponsim.server.smtp import SmtpdContext, SmtpdFactory, SmtpdSettings
-from gponsim.server.dovecot_services import start_dovecot_services
-from gponsim.server.users import Users
+from gponsim.server.postfix.queue import MailQueue
+from gponsim.server.postfix import postqueue as queue_control
+from gponsim.server.postfix.bounce import Bouncer
+from gponsim.server.sims.gmail import GmailSimulator
+from gponsim.server.postfix.smtp import SmtpRelayClient, ensure_hosts, settings_from_profile
+from gponsim.server.postfix.restrictions import parse_networks
+from gponsim.server.dovecot.auth import AuthServer
+from gponsim.server.postfix.xsasl import AuthClient, valid_base64
+from gponsim.server.postfix.smtpd import SmtpdContext, SmtpdFactory, SmtpdSettings
+from gponsim.server.dovecot.services import start_dovecot_services
+from gponsim.server.dovecot.passwd import Users
 from gponsim.steps import Emit, Step, null_emit
 
 

@@ -12,8 +12,8 @@ The lab does the same with ``LabOptions.smtpd_processes`` (``gponsim serve
   (``python -m gponsim.server.smtpd_process``), giving each the sockets as
   inherited file descriptors; while at least one child runs, the master
   itself accepts no SMTP connection;
-- a child runs the lab's smtpd and cleanup (:class:`gponsim.server.smtp.Smtpd`,
-  :meth:`gponsim.server.queue.MailQueue.start_cleanup`): it authenticates
+- a child runs the lab's smtpd and cleanup (:class:`gponsim.server.postfix.smtpd.Smtpd`,
+  :meth:`gponsim.server.postfix.queue.MailQueue.start_cleanup`): it authenticates
   through Dovecot's auth socket, writes, ``fsync``-s and commits queue files
   into ``active/``, answers ``250``, and tells the master the queue id;
 - every Step of a child, and each queue id it commits, travels to the
@@ -126,7 +126,7 @@ class SmtpdProcesses:
 
     ``ports``: the lab's smtpd listening ports (Twisted ``Port`` objects) by
     service name; ``emit``: where the children's Steps go; ``queue``: the
-    master's :class:`~gponsim.server.queue.MailQueue` (its qmgr takes the
+    master's :class:`~gponsim.server.postfix.queue.MailQueue` (its qmgr takes the
     committed queue ids); ``log``: the master's mail.log writer.
     """
 

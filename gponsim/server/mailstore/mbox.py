@@ -21,7 +21,7 @@ reads the same state:
 These headers are hidden from clients. Messages appended by local delivery
 have none: the next sync gives them the next UIDs, in file order.
 
-Locking is local(8)'s: dotlock then fcntl (:class:`~gponsim.server.local.MailboxLock`),
+Locking is local(8)'s: dotlock then fcntl (:class:`~gponsim.server.postfix.local.MailboxLock`),
 the order Dovecot uses with ``mbox_write_locks = dotlock fcntl``, so a reader
 here and a delivery never deadlock. Every change (new UIDs, flags, append,
 expunge) reads the file under the lock and writes a complete new file
@@ -52,7 +52,7 @@ from email.utils import parsedate_tz, mktime_tz
 from pathlib import Path
 from typing import Callable, Iterable
 
-from gponsim.server.local import MailboxError, MailboxLock
+from gponsim.server.postfix.local import MailboxError, MailboxLock
 
 #: IMAP system flags and the letters Dovecot stores them as.
 SEEN, ANSWERED, FLAGGED, DELETED, DRAFT, RECENT = (

@@ -54,7 +54,7 @@ from twisted.mail import smtp
 from zope.interface import implementer
 
 from gponsim.commentary import annotate
-from gponsim.server.relay import prefer_relay_key
+from gponsim.server.postfix.smtp import prefer_relay_key
 from gponsim.server.tls import describe_connection
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire import smtp as wire

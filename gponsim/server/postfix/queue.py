@@ -6,7 +6,7 @@ Layout (all under the lab root, as on the lab server)
 
 - ``incoming/`` — smtpd asks cleanup for a queue file at the first accepted
   ``RCPT TO`` (:meth:`MailQueue.open`); it appears here named by its queue
-  id (microseconds + inode number, see :mod:`gponsim.server.queueid`).
+  id (microseconds + inode number, see :mod:`gponsim.server.postfix.queueid`).
   Mode 0600 while being written.
 - ``active/`` — at the end of DATA (:meth:`QueueFile.commit`) the message is
   written, the file gets mode **0700** (Postfix's "this queue file is
@@ -137,14 +137,14 @@ Routing (qmgr)
   ``var/mail/<localpart>`` (``+extension`` stripped; unknown user →
   ``status=bounced (unknown user: "name")``).
 - Otherwise → ``relay_transport`` when there is one (the SMTP client to the
-  relay, :mod:`gponsim.server.relay`); without it, Postfix's ``defer_transports = smtp``
+  relay, :mod:`gponsim.server.postfix.smtp`); without it, Postfix's ``defer_transports = smtp``
   behaviour: ``postfix/error[pid]: QID: to=<...>, relay=none, ...,
   dsn=4.3.2, status=deferred (deferred transport)`` and the message waits in
   the deferred queue, retried on each queue run (``queue_run_delay``) with
   the usual backoff (message age clamped to [minimal_backoff_time,
   maximal_backoff_time]) and bounced after ``maximal_queue_lifetime``.
 - Bounce notifications (DSN) to the sender are a hook: ``on_bounce``
-  (the lab's is :class:`gponsim.server.bounce.Bouncer`).
+  (the lab's is :class:`gponsim.server.postfix.bounce.Bouncer`).
 """
 
 from __future__ import annotations
@@ -162,11 +162,11 @@ from typing import Any, Callable, Iterable, Protocol
 
 from gponsim.commentary import annotate
 from gponsim.server.background import background_thread, lower_to_batch
-from gponsim.server.cleanup import CleanupRejected, cleanup_message, is_local_client
-from gponsim.server.local import (DELIVER_LOCK_ATTEMPTS, DELIVER_LOCK_DELAY, MAILBOX_SIZE_LIMIT,
+from gponsim.server.postfix.cleanup import CleanupRejected, cleanup_message, is_local_client
+from gponsim.server.postfix.local import (DELIVER_LOCK_ATTEMPTS, DELIVER_LOCK_DELAY, MAILBOX_SIZE_LIMIT,
                                   STALE_LOCK_TIME, Intent, LocalAgent, LocalJob, LocalResult)
 from gponsim.server.maillog import MailLog, delivery_line, pid_for
-from gponsim.server.queueid import hash_dir, is_queue_id, short_queue_id
+from gponsim.server.postfix.queueid import hash_dir, is_queue_id, short_queue_id
 from gponsim.steps import Emit, Step, null_emit
 
 SPOOL = Path("var", "spool", "postfix")

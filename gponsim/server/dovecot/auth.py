@@ -8,7 +8,7 @@ auth-client-connection.c``, ``auth-request-handler.c``, ``mech-plain.c``,
 ``mech-login.c``): same handshake, same replies, same failure delay, same
 reasons. See ``lab-facts.md`` §1.
 
-Passwords are checked by :meth:`gponsim.server.users.Users.verify` in a
+Passwords are checked by :meth:`gponsim.server.dovecot.passwd.Users.verify` in a
 thread (bcrypt), so the reactor never stalls.
 
 Steps: lines of connections from foreign clients (e.g. a real Postfix) are
@@ -39,7 +39,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from gponsim.server.unixpath import socket_address
 from gponsim.commentary import annotate
-from gponsim.server.users import Users
+from gponsim.server.dovecot.passwd import Users
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire.sasl import MAX_LINE, decode_line, escape, sasl_step
 

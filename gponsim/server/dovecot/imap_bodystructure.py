@@ -113,7 +113,7 @@ def structure(part: Message, extended: bool) -> str:
     fields = [_q(maintype), _q(subtype), params, _opt(part, "Content-ID"),
               _opt(part, "Content-Description"), _q(encoding), str(len(body))]
     if maintype.lower() == "message" and subtype.lower() == "rfc822":
-        from gponsim.server.imap import _Part      # Twisted's ENVELOPE builder
+        from gponsim.server.dovecot.imap import _Part      # Twisted's ENVELOPE builder
         envelope = imap4.collapseNestedLists([imap4.getEnvelope(_Part(inner, body))]).decode()
         fields += [envelope, structure(inner, extended), str(body.count(b"\n"))]
     elif maintype.lower() == "text":

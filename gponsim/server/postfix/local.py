@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gponsim.server.cleanup import MAILER_DAEMON, asctime, quote_822_local
+from gponsim.server.postfix.cleanup import MAILER_DAEMON, asctime, quote_822_local
 from gponsim.server.maillog import MailLog, delivery_line
 
 #: postconf(5) defaults (Debian 12, Postfix 3.7).

@@ -23,10 +23,10 @@ from twisted.mail import pop3
 from twisted.python import log as twlog
 from zope.interface import implementer
 
-from gponsim.server.imap import ImapContext
-from gponsim.server.mbox_store import SEEN, StoreError
-from gponsim.server.login_common import LoginCommon, LoginFactory
-from gponsim.server.sasl_client import AuthUnavailable
+from gponsim.server.dovecot.imap import ImapContext
+from gponsim.server.mailstore.mbox import SEEN, StoreError
+from gponsim.server.dovecot.login import LoginCommon, LoginFactory
+from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session
 from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.pop3 import Pop3Conversation

@@ -2,7 +2,7 @@
 
 When a recipient fails for good (a 5xx reply from the relay) or its message
 stays in the deferred queue longer than ``maximal_queue_lifetime``, qmgr
-calls the queue's ``on_bounce`` hook (:class:`~gponsim.server.queue.BounceNotice`,
+calls the queue's ``on_bounce`` hook (:class:`~gponsim.server.postfix.queue.BounceNotice`,
 one per recipient). :class:`Bouncer` gathers the notices of one message and
 queues one RFC 3464 ``multipart/report`` from ``MAILER-DAEMON`` (null
 envelope sender ``<>``) to the original sender, with Postfix's default
@@ -25,9 +25,9 @@ import time
 from typing import Any, Callable
 
 from gponsim.commentary import annotate
-from gponsim.server.cleanup import mail_date
+from gponsim.server.postfix.cleanup import mail_date
 from gponsim.server.maillog import MailLog
-from gponsim.server.queue import BounceNotice, Envelope, MailQueue
+from gponsim.server.postfix.queue import BounceNotice, Envelope, MailQueue
 from gponsim.steps import Emit, Step, null_emit
 
 TEMPLATE = """\

@@ -4,7 +4,7 @@ Twisted's :class:`~twisted.mail.imap4.IMAP4Server` gives us the line and
 literal machinery, the command dispatch (``<state>_<COMMAND>`` tuples of a
 handler and argument parsers) and its argument parsers; this subclass
 answers like Dovecot 2.3 on Debian (lab-facts §4.1) on the lab's mbox store
-(:mod:`gponsim.server.mbox_store`):
+(:mod:`gponsim.server.mailstore.mbox`):
 
 - the greeting and capability lists before and after login, LOGINDISABLED
   and Dovecot's refusal texts before TLS (``disable_plaintext_auth``; a
@@ -43,15 +43,15 @@ from twisted.mail import imap4
 from twisted.python import log as twlog
 from zope.interface import implementer
 
-from gponsim.server.mbox_store import (
+from gponsim.server.mailstore.mbox import (
     DELETED, RECENT, SEEN, SYSTEM_FLAGS, MailStore, StoreError, StoredMessage,
     parse_internal_date,
 )
-from gponsim.server import imap_sort
-from gponsim.server.imap_bodystructure import bodystructure
-from gponsim.server.login_common import LoginCommon, LoginFactory
-from gponsim.server.mailwatch import MailWatch
-from gponsim.server.sasl_client import AuthUnavailable
+from gponsim.server.dovecot import imap_sort
+from gponsim.server.dovecot.imap_bodystructure import bodystructure
+from gponsim.server.dovecot.login import LoginCommon, LoginFactory
+from gponsim.server.dovecot.mailwatch import MailWatch
+from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.imap import ImapConversation

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from gponsim.server.directwrite import write_now
 from gponsim.server.offline import smtp
-from gponsim.server.restrictions import (
+from gponsim.server.postfix.restrictions import (
     RcptContext, UnsupportedRestriction, Verdict, check_recipient,
 )
 from gponsim.server.tls import describe_connection
@@ -609,7 +609,7 @@ class Smtpd(smtp.ESMTP):
             ("A" if self.sasl_username else "")
 
     def _envelope(self):
-        from gponsim.server.queue import Envelope
+        from gponsim.server.postfix.queue import Envelope
 
         return Envelope(sender=self.sender or "", recipients=list(self.recipients),
                         helo=self.helo_name or "", client_ip=self.client_ip,
@@ -795,7 +795,7 @@ class Smtpd(smtp.ESMTP):
                           recipient=address, recipient_domain=domain,
                           local_domains=self.settings.local_domains,
                           local_user_exists=self.lab.local_user_exists)
-        from gponsim.server.restrictions import unlisted_recipient
+        from gponsim.server.postfix.restrictions import unlisted_recipient
 
         verdict = unlisted_recipient(ctx)
         if verdict is not None:

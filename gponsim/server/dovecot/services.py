@@ -8,7 +8,7 @@ reads it: ``protocols`` and each ``service imap-login { inet_listener imap
 
 from __future__ import annotations
 
-from gponsim.server.imap import ImapContext, ImapFactory, ImapSettings, listening_factory
+from gponsim.server.dovecot.imap import ImapContext, ImapFactory, ImapSettings, listening_factory
 from gponsim.server.maillog import pid_for
 
 
@@ -29,7 +29,7 @@ def imap_settings(profile) -> ImapSettings:
 
 def start_dovecot_services(lab, tls_options) -> dict[str, int]:
     """Listen for every enabled IMAP/POP3 listener; adds them to ``lab.ports``."""
-    from gponsim.server.pop3 import Pop3Factory
+    from gponsim.server.dovecot.pop3 import Pop3Factory
 
     profile = lab.profile
     settings = imap_settings(profile)
