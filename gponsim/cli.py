@@ -125,12 +125,9 @@ def _parse_ports(values: tuple[str, ...]) -> dict[str, int]:
               help="Also capture the lab's traffic on loopback into this pcapng file, with the "
                    "--keylog secrets embedded (needs root or CAP_NET_RAW; without it the lab "
                    "runs anyway).")
-@click.option("--smtpd-processes", type=click.IntRange(0, 64), default=None, metavar="N",
-              help="Answer SMTP in N smtpd child processes, as Postfix's master starts several "
-                   "[default: one per core, at most 4; 0: the main process answers itself].")
 @narration_options
 def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, ready_file, relay,
-          capture_file, smtpd_processes, lang, quiet, steps_file, explain, reveal_secrets):
+          capture_file, lang, quiet, steps_file, explain, reveal_secrets):
     """Run the lab's mail server, narrating every protocol step.
 
     Services come from the profile's master.cf (smtp = 25, submission = 587),
@@ -144,12 +141,8 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
 
     ports = _parse_ports(port_overrides)
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
-    if smtpd_processes is None:
-        from gponsim.server.smtpd_process import default_count
-        smtpd_processes = default_count()
     options = LabOptions(lab_root=lab_root, config_dir=config_dir, listen=listen,
-                         port_offset=port_offset, ports=ports, keylog=keylog, relay=relay,
-                         smtpd_processes=smtpd_processes)
+                         port_offset=port_offset, ports=ports, keylog=keylog, relay=relay)
     from twisted.internet import reactor
 
     try:
@@ -652,7 +645,7 @@ def queue(lab_root, flush, delete_ids):
     """The lab's mail queue, like mailq; --flush like postqueue -f; --delete like postsuper -d."""
     from gponsim.server.postfix import postqueue as control
     from gponsim.server.maillog import MailLog
-    from gponsim.server.postfix.queue import list_queue
+    from gponsim.server.postfix.queuefile import list_queue
 
     root = lab_root.resolve()
     spool = root / "var" / "spool" / "postfix"

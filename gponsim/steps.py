@@ -19,13 +19,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Protocol
 
-#: Actor names, taken from the components of the lab document.
+#: Actor names, taken from the components of the lab document. ``smtp`` and
+#: ``lmtp`` are Postfix's clients (smtp(8), lmtp(8)); ``dovecot-lmtp`` is
+#: Dovecot's LMTP service.
 ACTORS = frozenset({
-    "client", "smtpd", "cleanup", "qmgr", "local", "smtp", "auth",
-    "imap", "pop3", "mailbox", "relay", "internet",
+    "client", "smtpd", "cleanup", "qmgr", "local", "smtp", "lmtp", "auth",
+    "imap", "pop3", "dovecot-lmtp", "mailbox", "relay", "internet",
 })
 PROTOCOLS = frozenset({
-    "smtp", "imap", "pop3", "sasl", "tls", "queue", "delivery", "relay",
+    "smtp", "imap", "pop3", "lmtp", "sasl", "tls", "queue", "delivery", "relay",
 })
 DIRECTIONS = frozenset({"c2s", "s2c", "internal"})
 KINDS = frozenset({"command", "reply", "data", "handshake", "event"})
@@ -152,14 +154,6 @@ def new_session(kind: str) -> str:
 def run_prefix() -> str:
     """The middle part of this process's session ids."""
     return _run_prefix
-
-
-def set_run_prefix(prefix: str) -> None:
-    """Use ``prefix`` in later session ids: a child process of the lab (an
-    smtpd process) takes its parent's prefix plus its own number, so ids
-    stay unique across the processes of one lab."""
-    global _run_prefix
-    _run_prefix = prefix
 
 
 # --------------------------------------------------------------------------
@@ -308,9 +302,8 @@ class JsonlRecorder:
                 pending, self._pending = self._pending, []
             if self._fh.closed or not pending:
                 return
-            from gponsim.stepjson import encoded     # (it imports this module)
             reveal = self.reveal
-            self._fh.write("".join(encoded(s, reveal) + "\n" for s in pending))
+            self._fh.write("".join(s.to_json(reveal) + "\n" for s in pending))
             self._fh.flush()
 
     def close(self) -> None:

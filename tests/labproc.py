@@ -35,8 +35,11 @@ def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
 
 
 class LabProcess:
-    def __init__(self, root: Path, *, config_dir: Path | None = None, extra: list[str] | None = None):
+    def __init__(self, root: Path, *, config_dir: Path | None = None, extra: list[str] | None = None,
+                 narration: Path | None = None):
+        """``narration``: narrate (no --quiet) in English into this file."""
         self.root = Path(root)
+        self.narration = narration
         self.config_dir = config_dir
         self.extra = extra or []
         self.steps_file = self.root.parent / f"{self.root.name}.steps.jsonl"
@@ -51,6 +54,8 @@ class LabProcess:
             cmd += ["--port", f"{svc}=0"]
         if self.config_dir:
             cmd += ["--config", str(self.config_dir)]
+        if self.narration is not None:
+            cmd = [arg for arg in cmd if arg != "--quiet"] + ["--lang", "en"]
         return cmd + self.extra
 
     def start(self, timeout: float = 30.0) -> "LabProcess":
@@ -58,8 +63,11 @@ class LabProcess:
             self.ready_file.unlink()
         self.stderr_path = self.root.parent / f"{self.root.name}.stderr"
         self._stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=self._stderr,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout = open(self.narration, "wb") if self.narration else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.command(), stdout=stdout, stderr=self._stderr,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "400"})
+        if self.narration:
+            stdout.close()          # the child has its own copy
 
         def ready():
             if self.proc.poll() is not None:

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 from gponsim.server.postfix.bounce import build_dsn, diagnostic
-from gponsim.server.postfix.queue import BounceNotice, Envelope
+from gponsim.server.postfix.qmgr import BounceNotice
+from gponsim.server.postfix.queuefile import Envelope
 
 ORIGINAL = (b"Received: from [127.0.0.1] (unknown [127.0.0.1])\n\tby mail.gponlab.local\n"
             b"From: user1@gponlab.local\nTo: a@example.org, b@example.org\n"

@@ -522,31 +522,6 @@ def test_imap_fetch_and_append_bodies_extracted_once_each(tmp_path):
     assert "[imap APPEND]" in res.output and "Subject: sent copy" in res.output
 
 
-def test_fast_jsonl_lines_are_step_to_json_exactly(tmp_path):
-    """gponsim.stepjson.step_line writes what Step.to_json writes, for every kind of Step."""
-    from gponsim.stepjson import step_line
-    from gponsim.steps import Step
-
-    steps = []
-    for pcap in sorted(SHIPPED.glob("*.pcap*")):
-        keys = pcap.with_suffix(".keys")
-        steps += steps_from_capture_list(pcap, keys if keys.exists() else None)
-    assert len(steps) > 100 and any(s.secret for s in steps) and any(s.meta for s in steps)
-    steps += [
-        Step(t=1.5, session="s-1", proto="smtp", src="client", dst="smtpd", dir="c2s",
-             kind="command", line='AUTH PLAIN AHVz\u00f1"\\\udce4\x01', verb="AUTH",
-             args='PLAIN AHVz\u00f1"\\\udce4\x01', secret=(11, 22), code=0, tag="",
-             meta={"a": [1, 2.5, None, "ñ"], "b": {"c": True}}),
-        Step(t=2, session="s-2", proto="imap", src="imap", dst="client", dir="s2c", kind="reply",
-             line="", status="OK", tag="a1", tls=True, key="imap.reply.LOGIN.OK", enhanced="2.0.0"),
-        Step(t=3.0, session="s-3", proto="pop3", src="client", dst="pop3", dir="c2s",
-             kind="command", line="PASS ", verb="PASS", args="", secret=(5, 5)),
-    ]
-    for step in steps:
-        for reveal in (False, True):
-            assert step_line(step, reveal) == step.to_json(reveal)
-
-
 def steps_from_capture_list(path, keys):
     sink = ListSink()
     analyze(path, sink.step, keylog=keys)

@@ -80,7 +80,7 @@ def test_mail_for_other_domains_stays_queued(lab_factory):
         c.sendmail("user1@gponlab.local", ["bob@gmail.com"], b"Subject: out\r\n\r\nx\r\n")
     log = wait_until(lambda: "status=deferred" in (t := lab.log_text()) and t, what="deferral")
     assert "to=<bob@gmail.com>, relay=none" in log and "status=deferred (deferred transport)" in log
-    from gponsim.server.postfix.queue import list_queue
+    from gponsim.server.postfix.queuefile import list_queue
 
     [entry] = wait_until(lambda: [e for e in list_queue(lab.root) if e.state == "deferred"],
                          what="the message in the deferred queue")

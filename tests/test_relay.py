@@ -18,7 +18,7 @@ import pytest
 from gponsim.clients.smtp import build_message, send_mail
 from gponsim.config import init_config
 from gponsim.server.sims import gmail as gm
-from gponsim.server.postfix.queue import list_queue
+from gponsim.server.postfix.queuefile import list_queue
 from labproc import LabProcess, wait_until
 
 GMAIL_535 = ("SASL authentication failed; server smtp.gmail.com[127.0.0.1] said: "

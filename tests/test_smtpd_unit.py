@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.testing import StringTransport
 
-from gponsim.server.postfix.queue import MailQueue
+from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix.restrictions import parse_networks
 from gponsim.server.postfix.smtpd import Smtpd, SmtpdContext, SmtpdSettings
 from gponsim.steps import ListSink
@@ -15,11 +15,10 @@ class Session:
     def __init__(self, tmp_path, **settings):
         self.logged: list[tuple[str, str]] = []
         self.steps = ListSink()
-        queue = MailQueue(tmp_path / "lab", myhostname="mail.gponlab.local",
-                          is_local_domain=lambda d: d in {"gponlab.local"},
-                          local_user_exists=lambda u: u in {"user1", "user2"}, emit=self.steps.step)
+        mta = Mta(tmp_path / "lab", QueueSettings(mydestination=frozenset({"gponlab.local"})),
+                  user_exists=lambda u: u in {"user1", "user2"}, emit=self.steps.step)
         context = SmtpdContext(emit=self.steps.step, log=lambda prog, text: self.logged.append((prog, text)),
-                               auth=None, queue=queue, mechanisms=["PLAIN", "LOGIN"],
+                               auth=None, queue=mta.cleanup, mechanisms=["PLAIN", "LOGIN"],
                                local_user_exists=lambda u: u in {"user1", "user2"})
         base = dict(mynetworks=parse_networks(["127.0.0.0/8"]))
         base.update(settings)

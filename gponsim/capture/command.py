@@ -50,22 +50,8 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
         # are written as \udcXX escapes, so the file stays valid UTF-8 and JSON.
         recorder = open(steps_file, "w", encoding="utf-8", errors="backslashreplace")
 
-        from gponsim.stepjson import step_line
-
-        lines: list[str] = []
-
-        def to_file(step: Step, add=lines.append) -> None:
-            # Same text as Step.to_json, built directly (see gponsim.stepjson);
-            # written a few hundred lines at a time.
-            add(step_line(step, reveal))
-            if len(lines) >= 512:
-                flush_lines()
-
-        def flush_lines() -> None:
-            if lines:
-                lines.append("")
-                recorder.write("\n".join(lines))
-                lines.clear()
+        def to_file(step: Step, write=recorder.write) -> None:
+            write(step.to_json(reveal) + "\n")
         sinks.append(to_file)
     spool = None
     first_json = [True]
@@ -110,7 +96,6 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
         return 2
     finally:
         if recorder is not None:
-            flush_lines()
             recorder.close()
     if as_json:
         data = analysis.to_dict(reveal or credentials)

@@ -171,7 +171,7 @@ def do_flush(ctx: Context, o: dict) -> None:
     import time
 
     from gponsim.server.postfix.postqueue import request_flush
-    from gponsim.server.postfix.queue import list_queue
+    from gponsim.server.postfix.queuefile import list_queue
 
     deadline = time.monotonic() + float(o.get("timeout", 10))
     while time.monotonic() < deadline:

@@ -27,9 +27,8 @@ from gponsim.config import LabProfile, load_profile
 from gponsim.server.postfix import cleanup
 from gponsim.server import tls
 from gponsim.server.maillog import MailLog, pid_for
-from gponsim.server.postfix.queue import MailQueue
+from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix import postqueue as queue_control
-from gponsim.server.postfix.bounce import Bouncer
 from gponsim.server.sims.gmail import GmailSimulator
 from gponsim.server.postfix.smtp import SmtpRelayClient, ensure_hosts, settings_from_profile
 from gponsim.server.postfix.restrictions import parse_networks
@@ -56,9 +55,6 @@ class LabOptions:
     keylog: Path | None = None
     auth_failure_delay: float | None = None                # None = from 10-auth.conf
     relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none
-    #: smtpd processes besides the master (gponsim.server.smtpd_process); 0: the
-    #: master process answers SMTP itself.
-    smtpd_processes: int = 0
 
 
 def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
@@ -111,10 +107,7 @@ class Lab:
         self._listeners: list = []
         self.keylog = tls.KeyLog(options.keylog) if options.keylog else None
         self.stop_signal = 15      # what `postfix stop` sends; Ctrl-C records 2
-        self.auth_server = self.auth_client = self.queue = self.log = self.users = None
-        self.smtpd_processes = None
-        self._child = False             # True inside an smtpd process
-        self._smtpd_ports: dict[str, object] = {}
+        self.auth_server = self.auth_client = self.mta = self.log = self.users = None
 
     # ---------------------------------------------------------------- paths
 
@@ -149,7 +142,7 @@ class Lab:
 
     def _smtpd_context(self, mechanisms) -> SmtpdContext:
         return SmtpdContext(emit=self.emit, log=self._log, auth=_AuthGlue(self.auth_client),
-                            queue=self.queue, mechanisms=mechanisms,
+                            queue=self.mta.cleanup, mechanisms=mechanisms,
                             local_user_exists=self.users.exists,
                             received_header=self._received_header)
 
@@ -181,22 +174,11 @@ class Lab:
         mechanisms = yield self.auth_client.mechanisms()
 
         relay_transport = self._setup_relay()
-        bouncer = Bouncer(lambda: self.queue, myhostname=hostname, log=self.log,
-                          emit=self.emit, reactor=self.reactor)
-        local_domains = frozenset(d.lower() for d in profile.list("mydestination"))
-        self.queue = MailQueue(
-            self.root, myhostname=hostname, myorigin=profile.myorigin(),
-            is_local_domain=lambda d: d.lower() in local_domains,
-            local_user_exists=self.users.exists, emit=self.emit, log=self.log,
-            reactor=self.reactor, interface_addresses=self._interface_addresses(),
-            recipient_delimiter=profile.main("recipient_delimiter"),
-            mailbox_size_limit=profile.size("mailbox_size_limit"),
-            queue_run_delay=profile.time("queue_run_delay"),
-            minimal_backoff_time=profile.time("minimal_backoff_time"),
-            maximal_backoff_time=profile.time("maximal_backoff_time"),
-            maximal_queue_lifetime=profile.time("maximal_queue_lifetime"),
-            relay_transport=relay_transport, on_bounce=bouncer)
-        self.queue.start()
+        self.mta = Mta(self.root, QueueSettings.from_profile(profile, self._interface_addresses()),
+                       user_exists=self.users.exists, log=self.log, emit=self.emit,
+                       reactor=self.reactor,
+                       transports={"smtp": relay_transport} if relay_transport else {})
+        yield self.mta.start()
         try:      # postqueue -f's way in (gponsim queue --flush)
             self._listeners.append(queue_control.listen_flush(self.reactor, self.root,
                                                               self._flush_queue))
@@ -207,43 +189,10 @@ class Lab:
         for svc in profile.smtpd_services():
             factory = self._smtpd_factory(context, svc.name, tls_options)
             self.ports[svc.name] = self._listen(svc.name, self.port_for(svc.name, svc.port), factory)
-            self._smtpd_ports[svc.name] = self._listeners[-1]
-        if self.options.smtpd_processes > 0 and self._smtpd_ports:
-            yield self._start_smtpd_processes(self.options.smtpd_processes)
         start_dovecot_services(self, tls_options)     # IMAP 143/993, POP3 110/995
         self._start_autoconfig(hostname)
         self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
         return dict(self.ports)
-
-    def _start_smtpd_processes(self, count: int):
-        from gponsim.server.smtpd_process import SmtpdProcesses
-
-        self.smtpd_processes = SmtpdProcesses(reactor=self.reactor, ports=self._smtpd_ports,
-                                              emit=self.emit, queue=self.queue, log=self.log,
-                                              options=self.options, lab_root=self.root)
-        return self.smtpd_processes.start(count)
-
-    @defer.inlineCallbacks
-    def start_smtpd_process(self, sockets: dict[str, tuple[int, int]], handoff):
-        """The lab inside one smtpd process (see :mod:`gponsim.server.smtpd_process`):
-        smtpd and cleanup on the master's listening sockets (``sockets``:
-        service -> (fd, address family)); committed queue ids go to ``handoff``."""
-        profile = self.profile
-        tls_options = self._prepare()
-        self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)
-        mechanisms = yield self.auth_client.mechanisms()
-        self._child = True
-        self.queue = MailQueue(
-            self.root, myhostname=profile.main("myhostname"), myorigin=profile.myorigin(),
-            is_local_domain=lambda d: False, local_user_exists=self.users.exists,
-            emit=self.emit, log=self.log, reactor=self.reactor,
-            interface_addresses=self._interface_addresses(), handoff=handoff)
-        self.queue.start_cleanup()
-        context = self._smtpd_context(mechanisms)
-        for name, (fd, family) in sockets.items():
-            factory = self._smtpd_factory(context, name, tls_options)
-            self._listeners.append(self.reactor.adoptStreamPort(fd, family, factory))
-            os.close(fd)               # adoptStreamPort keeps a copy of its own
 
     def _setup_relay(self):
         """smtp(8) towards relayhost; with ``relay = sim`` the Gmail simulator
@@ -283,7 +232,7 @@ class Lab:
                                keylog=self.keylog)
 
     def _flush_queue(self) -> int:
-        return self.queue.flush() if self.queue is not None else 0
+        return self.mta.flush() if self.mta is not None else 0
 
     def _start_autoconfig(self, hostname: str) -> None:
         """Thunderbird's autoconfig on port 80 (+ offset): the lab's servers and ports."""
@@ -347,15 +296,13 @@ class Lab:
         for listener in reversed(self._listeners):
             yield defer.maybeDeferred(listener.stopListening)
         self._listeners = []
-        if self.smtpd_processes is not None:
-            yield self.smtpd_processes.stop()
         if self.auth_client is not None:
             self.auth_client.close()
-        if self.queue is not None:
-            yield defer.maybeDeferred(self.queue.stop)
+        if self.mta is not None:
+            yield self.mta.stop()
         if getattr(self, "gmail", None) is not None:
             yield self.gmail.stop()
-        if self.log is not None and not self._child:
+        if self.log is not None:
             self.log.write("postfix/master", pid_for("master"),
                            f"terminating on signal {self.stop_signal}")
         if self.keylog is not None:

@@ -74,22 +74,14 @@ def _pid_offset(component: str) -> int:
     return offset if offset is not None else 40 + zlib.crc32(name.encode()) % 50
 
 
-def set_pid_base(pid: int) -> None:
-    """Count this process's fake pids from ``pid`` instead of its own pid: an
-    smtpd child process of the lab takes a range of its own (the master's
-    pid + 100 per child) so its ``postfix/smtpd[N]`` lines never share a pid
-    with the master's qmgr or local(8)."""
-    _our_pid[0] = pid
-
-
-def pid_for(component: str, base: int | None = None) -> int:
+def pid_for(component: str) -> int:
     """A stable fake pid for a Postfix/Dovecot component.
 
     ``component`` is the process name as it appears in the log, with or
     without the ``postfix/`` prefix (``smtpd``, ``postfix/submission/smtpd``,
     ``cleanup``...). The same name always gives the same pid within one run.
     """
-    return (_our_pid[0] if base is None else base) + _pid_offset(component)
+    return _our_pid[0] + _pid_offset(component)
 
 
 def syslog_timestamp(when: float) -> str:

@@ -2,7 +2,7 @@
 
 When a recipient fails for good (a 5xx reply from the relay) or its message
 stays in the deferred queue longer than ``maximal_queue_lifetime``, qmgr
-calls the queue's ``on_bounce`` hook (:class:`~gponsim.server.postfix.queue.BounceNotice`,
+calls its ``on_bounce`` hook (:class:`~gponsim.server.postfix.qmgr.BounceNotice`,
 one per recipient). :class:`Bouncer` gathers the notices of one message and
 queues one RFC 3464 ``multipart/report`` from ``MAILER-DAEMON`` (null
 envelope sender ``<>``) to the original sender, with Postfix's default
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from typing import Any
 
 from gponsim.commentary import annotate
 from gponsim.server.postfix.cleanup import mail_date
 from gponsim.server.maillog import MailLog
-from gponsim.server.postfix.queue import BounceNotice, Envelope, MailQueue
+from gponsim.server.postfix.qmgr import BounceNotice
+from gponsim.server.postfix.queuefile import Envelope
 from gponsim.steps import Emit, Step, null_emit
 
 TEMPLATE = """\
@@ -115,15 +116,16 @@ def build_dsn(*, qid: str, sender: str, notices: list[BounceNotice], myhostname:
 
 
 class Bouncer:
-    """The queue's ``on_bounce`` hook (runs in the reactor thread)."""
+    """qmgr's ``on_bounce`` hook (runs in the reactor thread); queues the
+    notification through ``cleanup`` (:class:`~gponsim.server.postfix.cleanup.Cleanup`)."""
 
-    def __init__(self, queue_getter: Callable[[], MailQueue], *, myhostname: str,
+    def __init__(self, cleanup: Any, *, myhostname: str,
                  log: MailLog, emit: Emit = null_emit, reactor: Any = None,
                  syslog_name: str = "postfix") -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
-        self.queue_getter = queue_getter
+        self.cleanup = cleanup
         self.myhostname = myhostname
         self.log = log
         self.emit = emit
@@ -151,8 +153,7 @@ class Bouncer:
             text = f"{qid}: undeliverable bounce message: not returned (null sender)"
             self.log.postfix("bounce", text, self.syslog_name)
             return
-        queue = self.queue_getter()
-        qf = queue.open(Envelope(sender="", recipients=[env.sender], client_ip="",
+        qf = self.cleanup.open(Envelope(sender="", recipients=[env.sender], client_ip="",
                                  client_name="", protocol="", session=env.session,
                                  service="bounce"), log_client=False)
         message = build_dsn(qid=qid, sender=env.sender, notices=notices,

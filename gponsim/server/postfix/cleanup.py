@@ -29,16 +29,32 @@ as Postfix's MIME parser does, so the result is a valid RFC 5322 message.
 
 Messages here are ``bytes`` with LF line endings (the queue stores them the
 way Postfix's queue records do, without CR).
+
+:class:`Cleanup` is the service smtpd and bounce(8) talk to: it creates the
+queue file in ``incoming/`` at the first accepted recipient, processes the
+message at the end of DATA (the rules above), writes and ``fsync``-s the
+queue file in a worker thread, moves it to ``active/`` and hands it to qmgr;
+only then does smtpd answer ``250 ... queued as QID``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from twisted.internet import defer, threads
+
+from gponsim.server.maillog import MailLog, pid_for
+from gponsim.server.postfix import queuefile
+from gponsim.server.postfix.queuefile import Envelope, QueueWriteError
+from gponsim.server.postfix.transport import event
+from gponsim.steps import Emit
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -370,3 +386,173 @@ def cleanup_message(content: bytes, *, qid: str, sender: str, arrival: float, cr
         content = b"".join(parts)
     return CleanupResult(content=content, message_id=message_id, added=added,
                          size=message_size(content), hops=hops, log_lines=log_lines)
+
+
+# --------------------------------------------------------------------------
+# The cleanup service: smtpd's (and bounce's) way into the queue
+
+class QueueFile:
+    """A queue file being filled by one SMTP transaction (:meth:`Cleanup.open`)."""
+
+    def __init__(self, cleanup: "Cleanup", qid: str, fd: int, envelope: Envelope,
+                 created: float) -> None:
+        self._cleanup = cleanup
+        self.qid = qid
+        self._fd = fd
+        self.envelope = envelope
+        self.created = created
+        self.path = cleanup.spool / "incoming" / qid     #: until committed
+        self.state = "open"            # open | committing | committed | aborted
+
+    def add_recipient(self, address: str, original: str | None = None) -> None:
+        """Record one more accepted recipient (``original``: as given in RCPT TO)."""
+        if self.state != "open":
+            raise RuntimeError(f"queue file {self.qid} is {self.state}")
+        self.envelope.recipients.append(address)
+        self.envelope.orig_recipients.append(original or "")
+
+    def abort(self) -> None:
+        """RSET, QUIT, a lost connection or a failed DATA: remove the queue file."""
+        if self.state != "open":
+            return
+        self.state = "aborted"
+        os.close(self._fd)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def commit(self, message: bytes) -> defer.Deferred:
+        """Queue ``message`` (smtpd's Received header already on top).
+
+        Returns a Deferred that fires with the queue id once the message is
+        durable in ``active/`` — smtpd answers ``250 2.0.0 Ok: queued as
+        QID`` then — or fails with :class:`CleanupRejected` /
+        :class:`~gponsim.server.postfix.queuefile.QueueWriteError`.
+        """
+        if self.state != "open":
+            return defer.fail(RuntimeError(f"queue file {self.qid} is {self.state}"))
+        if not self.envelope.recipients:
+            self.abort()
+            return defer.fail(ValueError("no recipients"))
+        try:
+            parsed = self._cleanup.process(self, message)
+        except CleanupRejected as exc:
+            self.abort()
+            return defer.fail(exc)
+        self.state = "committing"
+        return self._cleanup.write(self, parsed)
+
+
+class Cleanup:
+    """cleanup(8): opens queue files, rewrites addresses and headers, writes
+    the queue file durably and hands it to qmgr (``qmgr.queued``)."""
+
+    def __init__(self, spool: Path, *, qmgr: Any, log: MailLog, emit: Emit,
+                 myhostname: str, myorigin: str | None = None,
+                 interface_addresses: Iterable[str] = ("127.0.0.1", "::1"),
+                 always_add_missing_headers: bool = False, syslog_name: str = "postfix",
+                 reactor: Any = None, clock: Callable[[], float] = time.time) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.spool = Path(spool)
+        self.qmgr = qmgr
+        self.log = log
+        self.emit = emit
+        self.myhostname = myhostname
+        self.myorigin = myorigin or myhostname
+        self.interface_addresses = tuple(interface_addresses)
+        self.always_add_missing_headers = always_add_missing_headers
+        self.syslog_name = syslog_name
+        self.reactor = reactor
+        self.clock = clock
+
+    def open(self, envelope: Envelope, *, log_tag: str = "postfix/smtpd",
+             log_client: bool = True) -> QueueFile:
+        """Create a queue file in ``incoming/`` (smtpd calls this at the first
+        accepted RCPT TO) and log ``QID: client=unknown[ip]``.
+
+        ``log_tag`` is the smtpd's log name (``postfix/submission/smtpd``
+        on port 587). Recipients already in ``envelope`` are kept; add the
+        others with :meth:`QueueFile.add_recipient`. Raises
+        :class:`~gponsim.server.postfix.queuefile.QueueWriteError` when the
+        file cannot be made.
+        """
+        created = self.clock()
+        try:
+            qid, fd = queuefile.create(self.spool, created)
+        except OSError as exc:
+            self.log.postfix("cleanup", f"warning: cannot create a queue file: {exc.strerror}",
+                             self.syslog_name)
+            raise QueueWriteError(str(exc)) from exc
+        env = replace(envelope, recipients=list(envelope.recipients),
+                      orig_recipients=list(envelope.orig_recipients))
+        while len(env.orig_recipients) < len(env.recipients):
+            env.orig_recipients.append("")
+        text = f"{qid}: client={env.client_name or 'unknown'}[{env.client_ip}]"
+        if env.sasl_method:
+            text += f", sasl_method={env.sasl_method}, sasl_username={env.sasl_username or ''}"
+        if log_client:   # bounce(8) posts its notifications without this line
+            self.log.write(log_tag, pid_for(log_tag), text)
+            self.emit(event("queue", "smtpd", "cleanup", "CLIENT", text, env.session,
+                            qid=qid, client=env.client_ip, sasl_username=env.sasl_username))
+        return QueueFile(self, qid, fd, env, created)
+
+    def _qualify(self, address: str) -> str:
+        """``user`` -> ``user@$myorigin`` (trivial-rewrite's append_at_myorigin)."""
+        return address if (not address or "@" in address) else f"{address}@{self.myorigin}"
+
+    def process(self, qf: QueueFile, message: bytes) -> queuefile.Parsed:
+        """Addresses, duplicate recipients, headers and cleanup's log line."""
+        env = qf.envelope
+        env.sender = self._qualify(env.sender)
+        seen: set[tuple[str, str]] = set()
+        recipients, origs = [], []
+        for i, rcpt in enumerate(env.recipients):
+            orig = env.original(i)
+            final = self._qualify(rcpt)
+            key = (final.lower(), orig.lower())
+            if key in seen:       # cleanup's duplicate recipient filter
+                continue
+            seen.add(key)
+            recipients.append(final)
+            origs.append(orig if orig != final else "")
+        env.recipients, env.orig_recipients = recipients, origs
+        local_client = is_local_client(env.client_ip, self.interface_addresses)
+        result = cleanup_message(message, qid=qf.qid, sender=env.sender,
+                                 arrival=env.arrival, created=qf.created,
+                                 myhostname=self.myhostname,
+                                 add_missing_headers=local_client or self.always_add_missing_headers)
+        for text in result.log_lines:
+            self.log.postfix("cleanup", f"{qf.qid}: {text}", self.syslog_name)
+        self.emit(event("queue", "smtpd", "cleanup", "RECEIVED",
+                        f"{qf.qid}: message-id={result.message_id}", env.session,
+                        qid=qf.qid, message_id=result.message_id, size=result.size,
+                        added_headers=result.added or None, hops=result.hops))
+        return queuefile.Parsed(qf.qid, qf.created, result.size, env, result.content, {}, {},
+                                0, 0)
+
+    def write(self, qf: QueueFile, parsed: queuefile.Parsed) -> defer.Deferred:
+        """Write and fsync the queue file in a worker thread, then hand it to qmgr."""
+        fd, qf._fd = qf._fd, -1
+        d = threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), queuefile.commit, self.spool, qf.qid, fd,
+            created=qf.created, envelope=parsed.envelope, content=parsed.content,
+            size=parsed.size)
+
+        def committed(path: Path) -> str:
+            qf.state = "committed"
+            qf.path = path
+            self.qmgr.queued(parsed, path)
+            return qf.qid
+
+        def failed(failure):
+            qf.state = "aborted"
+            exc = failure.value
+            if isinstance(exc, OSError):
+                self.log.postfix("cleanup", f"{qf.qid}: warning: queue file write error: "
+                                 f"{os.strerror(exc.errno or 5)}", self.syslog_name)
+                raise QueueWriteError(str(exc))
+            return failure
+        return d.addCallbacks(committed, failed)

@@ -40,9 +40,12 @@ Postfix and Dovecot take, *and* between threads of this process (classic
 POSIX locks do not exclude threads of one process). Code in gponsim that reads
 or rewrites a mailbox (the IMAP/POP3 servers) should use :class:`MailboxLock`.
 
-gponsim batches: :meth:`LocalAgent.deliver` appends several queued messages
-for the same mailbox under one lock and one ``fsync``; the log still shows one
-``status=sent`` line per recipient, as Postfix writes.
+:class:`LocalTransport` is what qmgr talks to: one delivery at a time per
+mailbox, the mailbox written in a worker thread, the log lines and Steps
+back in the reactor thread. A message found in the active queue at start
+(a crash came between the mailbox write and the queue file update) is
+looked for in the mailbox first — ``Delivered-To:`` and the queue id of
+smtpd's ``Received:`` header — so it is not delivered twice.
 """
 
 from __future__ import annotations
@@ -56,10 +59,15 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from gponsim.server.postfix.cleanup import MAILER_DAEMON, asctime, quote_822_local
+from twisted.internet import defer, threads
+
 from gponsim.server.maillog import MailLog, delivery_line
+from gponsim.server.postfix.cleanup import MAILER_DAEMON, asctime, quote_822_local
+from gponsim.server.postfix.queuefile import fault
+from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, event
+from gponsim.steps import Emit
 
 #: postconf(5) defaults (Debian 12, Postfix 3.7).
 MAILBOX_SIZE_LIMIT = 51_200_000
@@ -307,17 +315,6 @@ class LocalResult:
 
 
 @dataclass
-class Intent:
-    """What local(8) is about to append (for the queue's crash journal)."""
-
-    job: LocalJob
-    user: str
-    offset: int
-    length: int
-    when: float
-
-
-@dataclass
 class _Plan:
     n: int                     #: position of the job in the batch
     job: LocalJob
@@ -334,7 +331,8 @@ class LocalAgent:
                  lock_attempts: int = DELIVER_LOCK_ATTEMPTS, lock_delay: float = DELIVER_LOCK_DELAY,
                  stale_lock_time: float = STALE_LOCK_TIME, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
-                 on_lock_wait: Callable[[str, int, str], None] | None = None) -> None:
+                 on_lock_wait: Callable[[str, "LocalJob", int, str], None] | None = None
+                 ) -> None:
         self.root = Path(lab_root)
         self.spool = self.root / "var" / "mail"
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -370,12 +368,12 @@ class LocalAgent:
         """The real path under the lab root, and the path as the lab shows it."""
         return self.spool / user, f"/var/mail/{user}"
 
-    def lock_for(self, user: str) -> MailboxLock:
+    def lock_for(self, user: str, job: "LocalJob | None" = None) -> MailboxLock:
         path, display = self.mailbox_path(user)
         on_wait = None
-        if self.on_lock_wait is not None:
+        if self.on_lock_wait is not None and job is not None:
             hook = self.on_lock_wait
-            on_wait = lambda attempt, kind: hook(user, attempt, kind)  # noqa: E731
+            on_wait = lambda attempt, kind: hook(user, job, attempt, kind)  # noqa: E731
         return MailboxLock(path, display, attempts=self.lock_attempts, delay=self.lock_delay,
                            stale=self.stale, clock=self.clock, sleep=self.sleep, on_wait=on_wait)
 
@@ -384,15 +382,14 @@ class LocalAgent:
         return bool(user) and "/" not in user and "\0" not in user and not user.startswith(".")
 
     # -- delivery
-    def deliver(self, user: str, jobs: Sequence[LocalJob],
-                journal: Callable[[list[Intent], list[LocalResult]], None] | None = None
+    def deliver(self, user: str, jobs: Sequence[LocalJob], check_delivered: bool = False
                 ) -> list[LocalResult]:
-        """Deliver ``jobs`` (all for mailbox ``user``, in order) and log each.
+        """Deliver ``jobs`` (all for mailbox ``user``, in order) under one lock.
 
-        ``journal(intents, finals)`` is called, before the mailbox is written,
-        with what is about to be appended and with the recipients that
-        already have a final status (bounced), so the queue can record them
-        durably first. Returns one result per job, in order.
+        Returns one result per job, in order, each with its log line
+        (``line``), which the caller writes. ``check_delivered``: first look
+        for each job's copy in the mailbox (a recovered message) and do not
+        append the ones found.
         """
         handoff = self.clock()
         results: list[LocalResult] = []
@@ -401,15 +398,14 @@ class LocalAgent:
             for job in jobs:
                 local = self.split_recipient(job.recipient)[1]
                 results.append(LocalResult(job, "bounced", "5.1.1", f'unknown user: "{local}"'))
-            if journal:
-                journal([], results)
-            return self._log(results, handoff)
+            return self._lines(results, handoff)
 
         fd = -1
-        lock = self.lock_for(user)
+        access = os.O_RDWR if check_delivered else os.O_WRONLY     # reading: to look for copies
+        lock = self.lock_for(user, jobs[0] if jobs else None)
         try:
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+                fd = os.open(path, access | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
                              | getattr(os, "O_NOFOLLOW", 0), 0o600)
                 st = os.fstat(fd)
             except OSError as exc:
@@ -424,11 +420,11 @@ class LocalAgent:
                 lock.release()
                 os.close(fd)
                 fd = -1
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+                fd = os.open(path, access | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
                              | getattr(os, "O_NOFOLLOW", 0), 0o600)
                 lock.acquire(fd)
             try:
-                results = self._append(fd, user, display, jobs, journal)
+                results = self._append(fd, user, display, jobs, check_delivered)
             finally:
                 lock.release()
         except MailboxError as exc:
@@ -438,17 +434,21 @@ class LocalAgent:
         finally:
             if fd >= 0:
                 os.close(fd)
-        return self._log(results, handoff)
+        return self._lines(results, handoff)
 
     def _append(self, fd: int, user: str, display: str, jobs: Sequence[LocalJob],
-                journal: Callable[[list[Intent], list[LocalResult]], None] | None
-                ) -> list[LocalResult]:
+                check_delivered: bool) -> list[LocalResult]:
         original = os.fstat(fd).st_size
         when = self.clock()
         outcome: dict[int, LocalResult] = {}
         plans: list[_Plan] = []
         size = original
+        found = _delivered(fd, original, jobs) if check_delivered and original else set()
         for n, job in enumerate(jobs):
+            if n in found:
+                outcome[n] = LocalResult(job, "sent", "2.0.0", "delivered to mailbox",
+                                         mailbox=display)
+                continue
             entry = render_entry(job.content, sender=job.sender, orig_rcpt=job.orig_rcpt,
                                  delivered_to=job.recipient, when=when)
             if self.size_limit and size + len(entry) > self.size_limit:
@@ -459,9 +459,6 @@ class LocalAgent:
                 continue
             plans.append(_Plan(n, job, entry, size))
             size += len(entry)
-        if journal:
-            journal([Intent(p.job, user, p.offset, len(p.entry), when) for p in plans],
-                    list(outcome.values()))
         if plans:
             try:
                 data = memoryview(b"".join(p.entry for p in plans))
@@ -488,7 +485,8 @@ class LocalAgent:
                         offset=p.offset, length=len(p.entry))
         return [outcome[n] for n in range(len(jobs))]
 
-    def _log(self, results: list[LocalResult], handoff: float) -> list[LocalResult]:
+    def _lines(self, results: list[LocalResult], handoff: float) -> list[LocalResult]:
+        """Each result's log line (written by the caller, in the reactor thread)."""
         done = self.clock()
         for r in results:
             job = r.job
@@ -496,52 +494,7 @@ class LocalAgent:
                       max(0.0, handoff - job.active_arrival), 0.0, max(0.0, done - handoff))
             r.line = delivery_line(job.qid, job.recipient, orig_to=job.orig_rcpt, relay="local",
                                    delays=delays, dsn=r.dsn, status=r.status, reason=r.reason)
-            self.log.postfix("local", r.line, self.syslog_name)
         return results
-
-    # -- crash recovery
-    def find_delivered(self, user: str, job: LocalJob, offset: int, length: int,
-                       when: float) -> bool:
-        """After a crash: was ``job`` (journaled at ``offset``/``length``) appended?
-
-        Looks for the exact bytes at the journaled offset; a partial entry at
-        the end of the mailbox (a write cut short) is truncated away. If the
-        mailbox changed since (a reader rewrote it), falls back to looking for
-        an entry whose headers carry both ``Delivered-To: <recipient>`` and
-        the queue id of smtpd's ``Received:`` header.
-        """
-        path, _display = self.mailbox_path(user)
-        expected = render_entry(job.content, sender=job.sender, orig_rcpt=job.orig_rcpt,
-                                delivered_to=job.recipient, when=when)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            return False
-        lock = self.lock_for(user)
-        try:
-            lock.acquire(fd)
-            try:
-                size = os.fstat(fd).st_size
-                if size >= offset + length and len(expected) == length:
-                    if os.pread(fd, length, offset) == expected:
-                        return True
-                if offset <= size < offset + length:
-                    tail = os.pread(fd, size - offset, offset)
-                    if expected.startswith(tail):
-                        os.ftruncate(fd, offset)
-                        os.fsync(fd)
-                        return False
-                if size == offset:
-                    return False
-                return _scan_for(fd, size, job)
-            finally:
-                lock.release()
-        except MailboxError:
-            # Cannot lock it now: assume not delivered would risk a duplicate;
-            # scanning without the lock is still better than guessing.
-            return _scan_for(fd, os.fstat(fd).st_size, job)
-        finally:
-            os.close(fd)
 
 
 def _replaced(fd: int, path: Path) -> bool:
@@ -552,20 +505,104 @@ def _replaced(fd: int, path: Path) -> bool:
         return True
 
 
-def _scan_for(fd: int, size: int, job: LocalJob) -> bool:
+def _delivered(fd: int, size: int, jobs: Sequence[LocalJob]) -> set[int]:
+    """The positions of the ``jobs`` whose copy is already in the mailbox:
+    an entry whose headers carry ``Delivered-To: <recipient>`` and the queue
+    id of smtpd's ``Received:`` header (read under the delivery lock)."""
     data = os.pread(fd, size, 0)
-    marker_to = f"\nDelivered-To: {quote_822_local(job.recipient)}\n".encode()
-    marker_ids = (f" id {job.qid}\n".encode(), f" id {job.qid};\n".encode())
+    wanted = {(f"\nDelivered-To: {quote_822_local(job.recipient)}\n".encode(), job.qid): n
+              for n, job in enumerate(jobs)}
+    found: set[int] = set()
+    for headers in _header_blocks(data):
+        for (marker, qid), n in wanted.items():
+            if n not in found and marker in headers and (
+                    f" id {qid}\n".encode() in headers or f" id {qid};\n".encode() in headers):
+                found.add(n)
+    return found
+
+
+def _header_blocks(data: bytes):
+    """The header block of each message of an mbox (From_ line included)."""
     pos = 0
     while pos < len(data):
-        start = pos
         nxt = data.find(b"\n\nFrom ", pos)
         end = len(data) if nxt < 0 else nxt + 2
-        header_end = data.find(b"\n\n", start)
-        if header_end < 0 or header_end > end:
-            header_end = end
-        headers = data[start:header_end + 1]
-        if marker_to in headers and any(m in headers for m in marker_ids):
-            return True
+        header_end = data.find(b"\n\n", pos)
+        yield data[pos:(end if header_end < 0 or header_end > end else header_end + 1)]
         pos = end
-    return False
+
+
+# --------------------------------------------------------------------------
+# The transport qmgr talks to
+
+class LocalTransport:
+    """local(8) behind qmgr: one delivery at a time per mailbox (per-mailbox
+    order is kept, and a mailbox whose lock is held by another program only
+    holds up its own mail), the mailbox written in a worker thread; the log
+    lines and Steps come back to the reactor thread."""
+
+    def __init__(self, agent: LocalAgent, *, emit: Emit, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.agent = agent
+        self.emit = emit
+        self.reactor = reactor
+        self._locks: dict[str, defer.DeferredLock] = {}
+        agent.on_lock_wait = self._lock_wait
+
+    def deliver(self, request: DeliveryRequest) -> defer.Deferred:
+        env = request.envelope
+        by_user: dict[str, list[LocalJob]] = {}
+        for index, rcpt, orig in request.recipients:
+            user = self.agent.split_recipient(rcpt)[0]
+            by_user.setdefault(user, []).append(LocalJob(
+                qid=request.qid, index=index, sender=env.sender, recipient=rcpt,
+                orig_rcpt=orig or rcpt, content=request.content, arrival=env.arrival,
+                active_arrival=request.active_arrival, session=env.session))
+        runs = [self._lock(user).run(self._deliver_user, user, jobs, request.recovered)
+                for user, jobs in by_user.items()]
+        d = defer.gatherResults(runs, consumeErrors=True)
+        return d.addCallback(lambda lists: [RecipientStatus(r.job.index, r.status, r.dsn, r.reason)
+                                            for results in lists for r in results])
+
+    def _lock(self, user: str) -> defer.DeferredLock:
+        lock = self._locks.get(user)
+        if lock is None:
+            lock = self._locks[user] = defer.DeferredLock()
+        return lock
+
+    def _deliver_user(self, user: str, jobs: list[LocalJob], recovered: bool) -> defer.Deferred:
+        def work() -> list[LocalResult]:
+            results = self.agent.deliver(user, jobs, check_delivered=recovered)
+            fault("after-mailbox")
+            return results
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), work)
+        return d.addCallback(self._report)
+
+    def _report(self, results: list[LocalResult]) -> list[LocalResult]:
+        """Reactor thread: local(8)'s log line and Step for each recipient."""
+        for r in results:
+            job = r.job
+            self.agent.log.postfix("local", r.line, self.agent.syslog_name)
+            if r.status == "sent":
+                step = event("delivery", "local", "mailbox", "DELIVERED", r.line, job.session,
+                             qid=job.qid, recipient=job.recipient, orig_to=job.orig_rcpt,
+                             mailbox=r.mailbox, status="sent", dsn=r.dsn, length=r.length)
+            else:
+                step = event("delivery", "local", "qmgr",
+                             "BOUNCED" if r.status == "bounced" else "DEFERRED", r.line,
+                             job.session, qid=job.qid, recipient=job.recipient,
+                             status=r.status, dsn=r.dsn, reason=r.reason)
+            self.emit(step)
+        return results
+
+    def _lock_wait(self, user: str, job: LocalJob, attempt: int, kind: str) -> None:
+        """Worker thread: the mailbox is locked by someone else; local(8) waits."""
+        _path, display = self.agent.mailbox_path(user)
+        what = f"{display}.lock exists" if kind == "dotlock" else f"{display} is fcntl-locked"
+        line = (f"{job.qid}: {what}, retry {attempt + 1}/{self.agent.lock_attempts} in "
+                f"{self.agent.lock_delay:g}s")
+        self.reactor.callFromThread(self.emit, event(
+            "delivery", "local", "mailbox", "LOCKWAIT", line, job.session, qid=job.qid,
+            mailbox=display, attempt=attempt, lock=kind, logged=False))

@@ -1,7 +1,7 @@
 """Queue control from outside the running lab: ``mailq``, ``postqueue -f``, ``postsuper -d``.
 
 - **List** (``mailq``): reads the spool directly, like Postfix's showq
-  (:func:`gponsim.server.postfix.queue.list_queue`); works whether the lab runs or not.
+  (:func:`gponsim.server.postfix.queuefile.list_queue`); works whether the lab runs or not.
 - **Flush** (``postqueue -f``): on the real server postqueue asks the
   ``flush`` service through the socket ``/var/spool/postfix/public/flush``,
   and qmgr then retries every deferred message. The lab listens on the same
@@ -25,7 +25,7 @@ from typing import Callable
 
 from gponsim.server.unixpath import socket_address
 from gponsim.server.maillog import MailLog
-from gponsim.server.postfix.queue import SPOOL, list_queue
+from gponsim.server.postfix.queuefile import SPOOL, list_queue
 from gponsim.server.postfix.queueid import hash_dir, is_queue_id
 
 FLUSH_SOCKET = SPOOL / "public" / "flush"

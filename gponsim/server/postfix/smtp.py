@@ -2,7 +2,7 @@
 
 In the lab profile ``relayhost = [smtp.gmail.com]:587``: the brackets mean
 "no MX lookup, connect to this host" and ``:587`` is the submission port.
-For each message qmgr hands over (:class:`~gponsim.server.postfix.queue.RelayRequest`)
+For each message qmgr hands over (:class:`~gponsim.server.postfix.transport.DeliveryRequest`)
 the client does what ``src/smtp/smtp_proto.c`` does (lab-facts §3)::
 
     connect → 220 → EHLO mail.gponlab.local → STARTTLS → TLS handshake
@@ -50,7 +50,7 @@ from zope.interface import implementer
 
 from gponsim.commentary import catalog
 from gponsim.server.maillog import MailLog, delivery_line
-from gponsim.server.postfix.queue import RecipientStatus, RelayRequest
+from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus
 from gponsim.server.tls import describe_connection
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire import smtp as wire
@@ -346,10 +346,10 @@ class SmtpRelayClient:
 
     # ------------------------------------------------------------- deliver
 
-    def deliver(self, request: RelayRequest) -> defer.Deferred:
+    def deliver(self, request: DeliveryRequest) -> defer.Deferred:
         return defer.ensureDeferred(self._deliver(request))
 
-    async def _deliver(self, req: RelayRequest) -> list[RecipientStatus]:
+    async def _deliver(self, req: DeliveryRequest) -> list[RecipientStatus]:
         session = new_session("relay")
         start = self.clock()
         times = {"start": start, "setup": start}

@@ -20,13 +20,11 @@ from twisted.internet import defer, interfaces
 from twisted.python import log as twlog
 from zope.interface import implementer
 
-from gponsim.server.directwrite import write_now
 from gponsim.server.offline import smtp
 from gponsim.server.postfix.restrictions import (
     RcptContext, UnsupportedRestriction, Verdict, check_recipient,
 )
 from gponsim.server.tls import describe_connection
-from gponsim.stepjson import StepTemplates
 from gponsim.steps import null_emit, new_session
 from gponsim.wire import smtp as wire
 
@@ -41,8 +39,6 @@ PRE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "QUIT", "XCLIENT"})
 _ADDR = re.compile(r"^\s*<([^<>]*)>(.*)$")
 _BARE_ADDR = re.compile(r"^\s*([^\s<>]+)(.*)$")
 _HEADER = re.compile(r"^[!-9;-~]+:")
-#: The Steps of the commands and replies that repeat, ready-made (see StepTemplates).
-_TEMPLATES = StepTemplates()
 #: smtpd_forbidden_commands: a web browser or proxy talking to port 25.
 FORBIDDEN = frozenset({"CONNECT", "GET", "POST"})
 
@@ -277,17 +273,15 @@ class Smtpd(smtp.ESMTP):
     # ---------------------------------------------------------------- output
 
     def sendLine(self, line: bytes) -> None:
-        write_now(self.transport, line + b"\r\n")
+        self.transport.write(line + b"\r\n")
 
     def reply(self, code: int, text: str | list[str], answers: str | None = None) -> None:
         lines = text if isinstance(text, list) else [text]
         wire_lines = [f"{code}-{t}" for t in lines[:-1]] + [f"{code} {lines[-1]}"]
         verb, tls = answers or self._last_verb, self.tls
-        self.emit(_TEMPLATES.step(
-            ("reply", verb, tls, *wire_lines), self.session,
-            lambda: wire.reply_step(wire_lines, session=self.session, answers=verb, tls=tls)))
-        write_now(self.transport, "".join(wl + "\r\n" for wl in wire_lines)
-                  .encode("utf-8", "surrogateescape"))
+        self.emit(wire.reply_step(wire_lines, session=self.session, answers=verb, tls=tls))
+        self.transport.write("".join(wl + "\r\n" for wl in wire_lines)
+                             .encode("utf-8", "surrogateescape"))
 
     def sendCode(self, code, message=b"") -> None:  # Twisted internals that reply
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
@@ -328,8 +322,7 @@ class Smtpd(smtp.ESMTP):
         raw = self._bounded(raw)
         line = raw.decode("utf-8", "surrogateescape")
         tls = self.tls
-        self.emit(_TEMPLATES.step(("command", tls, line), self.session,
-                                  lambda: wire.command_step(line, session=self.session, tls=tls)))
+        self.emit(wire.command_step(line, session=self.session, tls=tls))
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -609,7 +602,7 @@ class Smtpd(smtp.ESMTP):
             ("A" if self.sasl_username else "")
 
     def _envelope(self):
-        from gponsim.server.postfix.queue import Envelope
+        from gponsim.server.postfix.queuefile import Envelope
 
         return Envelope(sender=self.sender or "", recipients=list(self.recipients),
                         helo=self.helo_name or "", client_ip=self.client_ip,
