@@ -9,6 +9,9 @@ observed it.
   the command it answers in ``verb``; lines joined with ``\\n``).
 - A SASL response line after ``334`` → :func:`auth_data_step`.
 - The message after ``354`` (or a BDAT chunk) → :func:`message_step`.
+
+LMTP (RFC 2033) is SMTP's grammar with LHLO and one reply per recipient
+after DATA: the same functions build its Steps with ``proto="lmtp"``.
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ from functools import lru_cache
 from gponsim.commentary import annotate
 from gponsim.steps import Step
 
-#: Actors that play the SMTP client role (the others answer).
-CLIENT_SIDE = frozenset({"client", "smtp", "internet"})
+#: Actors that play the SMTP (or LMTP) client role (the others answer).
+CLIENT_SIDE = frozenset({"client", "smtp", "lmtp", "internet"})
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
 
 def _step(session: str, src: str, dst: str, kind: str, line: str, *, tls: bool,
-          t: float | None, **fields) -> Step:
+          t: float | None, proto: str = "smtp", **fields) -> Step:
     d = "c2s" if src in CLIENT_SIDE else "s2c"
-    return annotate(Step(t=time.time() if t is None else t, session=session, proto="smtp",
+    return annotate(Step(t=time.time() if t is None else t, session=session, proto=proto,
                          src=src, dst=dst, dir=d, kind=kind, line=line, tls=tls, **fields))
 
 
@@ -43,7 +46,7 @@ def split_command(line: str) -> tuple[str, str]:
 
 
 def command_step(line: str, *, session: str, src: str = "client", dst: str = "smtpd",
-                 tls: bool = False, t: float | None = None) -> Step:
+                 tls: bool = False, t: float | None = None, proto: str = "smtp") -> Step:
     verb, args = split_command(line)
     secret = None
     if verb == "AUTH":
@@ -52,7 +55,7 @@ def command_step(line: str, *, session: str, src: str = "client", dst: str = "sm
         if m and m.group(1) != "=":
             secret = (m.start(1), m.end(1))
     known = _known_verb(verb)
-    return _step(session, src, dst, "command", line, tls=tls, t=t, verb=known,
+    return _step(session, src, dst, "command", line, tls=tls, t=t, proto=proto, verb=known,
                  args=args or None, secret=secret)
 
 
@@ -85,10 +88,11 @@ def _parse_reply(first: str, last: str) -> tuple[int | None, str | None, str]:
 
 
 def reply_step(lines: list[str], *, session: str, answers: str | None, src: str = "smtpd",
-               dst: str = "client", tls: bool = False, t: float | None = None) -> Step:
+               dst: str = "client", tls: bool = False, t: float | None = None,
+               proto: str = "smtp") -> Step:
     code, enhanced, _ = parse_reply(lines)
-    return _step(session, src, dst, "reply", "\n".join(lines), tls=tls, t=t, verb=answers,
-                 code=code, enhanced=enhanced)
+    return _step(session, src, dst, "reply", "\n".join(lines), tls=tls, t=t, proto=proto,
+                 verb=answers, code=code, enhanced=enhanced)
 
 
 _SUMMARY_HEADERS = {b"from": "from", b"to": "to", b"subject": "subject", b"message-id": "message_id"}
@@ -118,12 +122,13 @@ def message_summary(message: bytes) -> dict:
 
 
 def message_step(message: bytes, *, session: str, verb: str = "DATA", src: str = "client",
-                 dst: str = "smtpd", tls: bool = False, t: float | None = None) -> Step:
+                 dst: str = "smtpd", tls: bool = False, t: float | None = None,
+                 proto: str = "smtp") -> Step:
     meta = message_summary(message)
     subject = meta.get("subject")
     line = f"[message: {meta['size']} bytes, {meta['lines']} lines"
     line += f", Subject: {subject}]" if subject else "]"
-    return _step(session, src, dst, "data", line, tls=tls, t=t, verb=verb, meta=meta)
+    return _step(session, src, dst, "data", line, tls=tls, t=t, proto=proto, verb=verb, meta=meta)
 
 
 def event_step(verb: str, line: str, *, session: str, src: str = "client", dst: str = "smtpd",

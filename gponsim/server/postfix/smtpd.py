@@ -1,13 +1,11 @@
-"""smtpd: Postfix's SMTP server (ports 25 and 587) on Twisted's ESMTP.
+"""smtpd: Postfix's SMTP server (ports 25 and 587).
 
-Twisted's :class:`~twisted.mail.smtp.ESMTP` gives us the line-driven state
-machine (``mode`` COMMAND/DATA/AUTH, ``do_<VERB>`` dispatch, ``sendCode``,
-the idle timeout and ``startTLS``); this subclass makes it answer like
-Postfix 3.7 on Debian (lab-facts §2): the banner, EHLO keywords in Postfix's
-order, STARTTLS gating on submission, AUTH through the Dovecot auth socket,
-restrictions evaluated at RCPT, the queue file opened at the first accepted
-recipient and fsync'd before ``250 ... queued as``, BDAT, correct ordering of
-pipelined replies, and Postfix's log lines. Every line in and out is a Step.
+The SMTP engine (:mod:`gponsim.server.smtpserver`: lines in order, DATA and
+BDAT, Steps, STARTTLS) with Postfix 3.7's policy on Debian (lab-facts §2):
+the banner, EHLO keywords in Postfix's order, STARTTLS gating on submission,
+AUTH through the Dovecot auth socket, restrictions evaluated at RCPT, the
+queue file opened at the first accepted recipient and fsync'd before
+``250 ... queued as``, BDAT, and Postfix's log lines.
 """
 
 from __future__ import annotations
@@ -16,19 +14,15 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from twisted.internet import defer, interfaces
 from twisted.python import log as twlog
-from zope.interface import implementer
 
 from gponsim.server.offline import smtp
 from gponsim.server.postfix.restrictions import (
     RcptContext, UnsupportedRestriction, Verdict, check_recipient,
 )
-from gponsim.server.tls import describe_connection
-from gponsim.steps import null_emit, new_session
+from gponsim.server.smtpserver import AUTH, COMMAND, SmtpServer
+from gponsim.steps import null_emit
 from gponsim.wire import smtp as wire
-
-COMMAND, DATA, AUTH = smtp.COMMAND, smtp.DATA, smtp.AUTH
 
 #: Postfix's smtpd command table order, used for the disconnect log counts.
 COMMAND_ORDER = ("helo", "ehlo", "xclient", "xforward", "starttls", "auth", "mail", "rcpt",
@@ -79,32 +73,19 @@ class SmtpdSettings:
         return f"{self.syslog_name}/smtpd"
 
 
-@implementer(interfaces.IHandshakeListener)
-class Smtpd(smtp.ESMTP):
+class Smtpd(SmtpServer):
     """One SMTP session, as Postfix's smtpd would hold it."""
-
-    delimiter = b"\n"           # Postfix accepts bare LF too; CR is stripped
-    MAX_LENGTH = 1 << 24        # message lines are unlimited in length
 
     def __init__(self, lab: "SmtpdContext", settings: SmtpdSettings, tls_options=None,
                  implicit_tls: bool = False):
-        super().__init__(chal={}, contextFactory=tls_options)
+        super().__init__(settings.service, tls_options=tls_options, implicit_tls=implicit_tls,
+                         timeout=settings.timeout, size_limit=settings.message_size_limit)
         self.lab = lab
         self.settings = settings
         self.host = settings.myhostname
-        self.timeout = settings.timeout
-        self.session = new_session(settings.service)
-        self.tls = implicit_tls
-        self._starttls = False
-        self._inbuf = b""
-        self._busy = False
-        self._raw_remaining = 0      # BDAT bytes still to read
         self._counts: dict[str, list[int]] = {}
         self._errors = 0
         self._last_verb = "CONNECT"
-        self._closed = False
-        self._client_ip: str | None = None
-        self._host = None
         self._reset_session_state()
 
     # ------------------------------------------------------------------ state
@@ -124,10 +105,7 @@ class Smtpd(smtp.ESMTP):
         self.mail_params: dict[str, str] = {}
         self.recipients: list[str] = []
         self.queue_file = None
-        self._data_lines: list[bytes] = []
-        self._data_size = 0
-        self._data_too_big = False
-        self._bdat_chunks: list[bytes] = []
+        self.reset_message()
         self._bdat_failed: tuple[int, str] | None = None
         self._bdat_active = False
         self._bdat_last = False
@@ -135,21 +113,6 @@ class Smtpd(smtp.ESMTP):
     @property
     def in_transaction(self) -> bool:
         return self.sender is not None
-
-    @property
-    def client_ip(self) -> str:
-        if self._client_ip is None:     # asked once: getPeer() builds a new address each time
-            self._client_ip = getattr(self.transport.getPeer(), "host", "127.0.0.1")
-        return self._client_ip
-
-    @property
-    def server_ip(self) -> str:
-        return getattr(self._local_address(), "host", "127.0.0.1")
-
-    def _local_address(self):
-        if self._host is None:          # getHost() is a getsockname() system call
-            self._host = self.transport.getHost()
-        return self._host
 
     @property
     def client(self) -> str:
@@ -163,40 +126,28 @@ class Smtpd(smtp.ESMTP):
 
     # ------------------------------------------------------------- connection
 
-    def connectionMade(self) -> None:
-        # Not ESMTP.connectionMade: Postfix's banner text and Steps instead.
-        self.canStartTLS = (interfaces.ITLSTransport.providedBy(self.transport)
-                            and self.ctx is not None and self.settings.tls_level != "none")
+    def greet(self) -> None:
+        self.canStartTLS = self.canStartTLS and self.settings.tls_level != "none"
         self.log(f"connect from {self.client}")
-        self.emit(wire.event_step("CONNECT", f"connect from {self.client}", session=self.session,
+        self.emit(self.event_step("CONNECT", f"connect from {self.client}",
                                   meta={"service": self.settings.service,
-                                        "port": getattr(self._local_address(), "port", None),
+                                        "port": getattr(self.local_address(), "port", None),
                                         "client_ip": self.client_ip}))
-        self.setTimeout(self.timeout)
         self.reply(220, self.settings.banner, answers="CONNECT")
 
-    def handshakeCompleted(self) -> None:
-        """Called by Twisted's TLS layer once the handshake is done."""
-        info = describe_connection(self.transport)
-        if info is None:
-            return
-        version, cipher, used, alg = info
+    def tls_established(self, version: str, cipher: str, used: int, alg: int) -> None:
         text = (f"Anonymous TLS connection established from {self.client}: "
                 f"{version} with cipher {cipher} ({used}/{alg} bits)")
         self.log(text)
-        self.emit(wire.event_step("STARTTLS" if self._starttls else "IMPLICIT",
-                                  text, session=self.session, proto="tls", tls=True,
-                                  src="client", dst="smtpd",
+        self.emit(self.event_step("STARTTLS" if self.starttls_used else "IMPLICIT",
+                                  text, proto="tls", tls=True,
                                   meta={"version": version, "cipher": cipher}))
 
-    def connectionLost(self, reason=None) -> None:
-        self.setTimeout(None)
-        if not self._closed:
-            self._closed = True
-            if self._last_verb != "QUIT":
-                self.log(f"lost connection after {self._last_verb} from {self.client}")
-            self._reset_transaction()
-            self._log_disconnect()
+    def lost(self) -> None:
+        if self._last_verb != "QUIT":
+            self.log(f"lost connection after {self._last_verb} from {self.client}")
+        self._reset_transaction()
+        self._log_disconnect()
 
     def _log_disconnect(self) -> None:
         parts, total = [], 0
@@ -209,7 +160,7 @@ class Smtpd(smtp.ESMTP):
         parts.append(f"commands={total}" if oks == total else f"commands={oks}/{total}")
         text = f"disconnect from {self.client} " + " ".join(parts)
         self.log(text)
-        self.emit(wire.event_step("DISCONNECT", text, session=self.session,
+        self.emit(self.event_step("DISCONNECT", text,
                                   meta={"counts": {k: v for k, v in self._counts.items()}}))
 
     def timeoutConnection(self) -> None:
@@ -218,74 +169,13 @@ class Smtpd(smtp.ESMTP):
         self._last_verb = "QUIT"  # no "lost connection" line after a timeout
         self.transport.loseConnection()
 
-    # ------------------------------------------------------------------ input
-
-    def dataReceived(self, data: bytes) -> None:
-        """Split input into lines (or BDAT bytes) and handle one at a time.
-
-        While a command waits on something slow (the auth server, the queue
-        fsync), later pipelined lines wait in the buffer, so replies always
-        come out in command order (unlike stock Twisted, twisted #8126).
-        """
-        self._inbuf += data
-        self._drain()
-
-    def _drain(self) -> None:
-        while self._inbuf and not self._busy and not self._closed:
-            if self.transport is None or self.transport.disconnecting:
-                return
-            if self._raw_remaining:
-                chunk = self._inbuf[:self._raw_remaining]
-                self._inbuf = self._inbuf[len(chunk):]
-                self._raw_remaining -= len(chunk)
-                self._bdat_chunks.append(chunk)
-                if self._raw_remaining == 0:
-                    self._bdat_done()
-                continue
-            if self.mode == DATA:
-                if not self._drain_data():
-                    return
-                continue
-            nl = self._inbuf.find(b"\n")
-            if nl < 0:
-                if len(self._inbuf) > self.MAX_LENGTH:
-                    self._inbuf = b""
-                    self.reply(500, "5.5.2 Error: line too long", answers="UNKNOWN")
-                return
-            line, self._inbuf = self._inbuf[:nl], self._inbuf[nl + 1:]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            self.resetTimeout()
-            getattr(self, "state_" + self.mode)(line)
-
-    def _wait_for(self, d: defer.Deferred) -> defer.Deferred:
-        """Hold later input until ``d`` fires (add the reply callbacks first)."""
-        self._busy = True
-
-        def release(result):
-            self._busy = False
-            if not self._closed:
-                self._drain()
-            return result
-        d.addBoth(release)
-        return d
-
     # ---------------------------------------------------------------- output
 
-    def sendLine(self, line: bytes) -> None:
-        self.transport.write(line + b"\r\n")
-
     def reply(self, code: int, text: str | list[str], answers: str | None = None) -> None:
-        lines = text if isinstance(text, list) else [text]
-        wire_lines = [f"{code}-{t}" for t in lines[:-1]] + [f"{code} {lines[-1]}"]
-        verb, tls = answers or self._last_verb, self.tls
-        self.emit(wire.reply_step(wire_lines, session=self.session, answers=verb, tls=tls))
-        self.transport.write("".join(wl + "\r\n" for wl in wire_lines)
-                             .encode("utf-8", "surrogateescape"))
+        super().reply(code, text, answers or self._last_verb)
 
-    def sendCode(self, code, message=b"") -> None:  # Twisted internals that reply
-        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
-        self.reply(code, text.splitlines() or [""])
+    def line_too_long(self) -> None:
+        self.reply(500, "5.5.2 Error: line too long", answers="UNKNOWN")
 
     def _count(self, name: str, ok: bool) -> None:
         entry = self._counts.setdefault(name, [0, 0])
@@ -321,8 +211,7 @@ class Smtpd(smtp.ESMTP):
     def state_COMMAND(self, raw: bytes) -> None:
         raw = self._bounded(raw)
         line = raw.decode("utf-8", "surrogateescape")
-        tls = self.tls
-        self.emit(wire.command_step(line, session=self.session, tls=tls))
+        self.emit(self.command_step(line))
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -334,8 +223,7 @@ class Smtpd(smtp.ESMTP):
         if not verb:
             self._fail(500, "5.5.2 Error: bad syntax", "UNKNOWN")
             return
-        handler = getattr(self, "cmd_" + verb, None) if verb.isalpha() else None
-        if handler is None:
+        if not (verb.isalpha() and hasattr(self, "cmd_" + verb)):
             if _HEADER.match(line) or verb in FORBIDDEN:
                 self._last_verb = "UNKNOWN"
                 self.log(f"warning: non-SMTP command from {self.client}: {line[:100]}")
@@ -351,7 +239,7 @@ class Smtpd(smtp.ESMTP):
         if (self.settings.tls_level == "encrypt" and not self.tls and verb not in PRE_TLS):
             self._fail(530, "5.7.0 Must issue a STARTTLS command first", verb)
             return
-        handler(args)
+        self.dispatch(verb, args)
 
     def cmd_HELO(self, args: str) -> None:
         if not args.strip():
@@ -398,11 +286,7 @@ class Smtpd(smtp.ESMTP):
             self._fail(454, "4.7.0 TLS not available due to local problem", "STARTTLS")
         else:
             self._ok(220, "2.0.0 Ready to start TLS", "STARTTLS")
-            # Anything pipelined after STARTTLS was sent in clear: Postfix
-            # discards it (CVE-2011-0411), and so do we.
-            self._inbuf = b""
-            self.transport.startTLS(self.ctx)
-            self.tls = self._starttls = True
+            self.start_tls()
             self._reset_session_state()
 
     # ---- AUTH (through the Dovecot auth socket)
@@ -440,10 +324,10 @@ class Smtpd(smtp.ESMTP):
                                 rip=self.client_ip, secured=self.tls, resp_b64=initial,
                                 session=self.session)
         d.addCallbacks(self._auth_reply, self._auth_lost)
-        self._wait_for(d)
+        self.wait_for(d)
 
     def _auth_reply(self, reply) -> None:
-        if self._closed:
+        if self.closed:
             return
         if reply.kind == "CONT":
             self._auth_request = reply.request_id
@@ -467,7 +351,7 @@ class Smtpd(smtp.ESMTP):
         self._fail(535, f"5.7.8 Error: authentication failed: {shown}", "AUTH")
 
     def _auth_lost(self, failure) -> None:
-        if self._closed:
+        if self.closed:
             return
         self.mode = COMMAND
         self.sasl_method = None
@@ -476,7 +360,7 @@ class Smtpd(smtp.ESMTP):
 
     def state_AUTH(self, raw: bytes) -> None:
         line = self._bounded(raw).decode("ascii", "replace").strip()
-        self.emit(wire.auth_data_step(line, session=self.session, tls=self.tls))
+        self.emit(self.auth_data_step(line))
         if line == "*":
             self.mode = COMMAND
             self.lab.auth.abort(self._auth_request)
@@ -490,7 +374,7 @@ class Smtpd(smtp.ESMTP):
             return
         d = self.lab.auth.respond(self._auth_request, line, session=self.session)
         d.addCallbacks(self._auth_reply, self._auth_lost)
-        self._wait_for(d)
+        self.wait_for(d)
 
     # ---- the mail transaction
 
@@ -630,55 +514,15 @@ class Smtpd(smtp.ESMTP):
             return
         if self._no_recipients("DATA"):
             return
-        self.mode = DATA
-        self._data_lines, self._data_size, self._data_too_big = [], 0, False
+        self.start_data()
         self.reply(354, "End data with <CR><LF>.<CR><LF>", answers="DATA")
 
-    def _drain_data(self) -> bool:
-        """The message after 354, taken a block of whole lines at a time.
-
-        Same rules as line by line (a CRLF or a bare LF ends a line, a
-        leading dot is removed, a line holding only a dot ends the message),
-        without a Python call per line. False when no whole line is buffered.
-        """
-        buf = self._inbuf
-        end = _data_end(buf)
-        if end is not None:
-            cut, after = end
-            self._inbuf = buf[after:]
-            self._data_block(buf[:cut])
-            self.resetTimeout()
-            self.mode = COMMAND
-            message = b"".join(self._data_lines)
-            self._data_lines = []
-            self.emit(wire.message_step(message, session=self.session, tls=self.tls))
-            self._finish_message(message, "DATA")
-            return True
-        last = buf.rfind(b"\n")
-        if last < 0:
-            return False
-        self._inbuf = buf[last + 1:]
-        self._data_block(buf[:last + 1])
-        self.resetTimeout()
-        return True
-
-    def _data_block(self, block: bytes) -> None:
-        if self._data_too_big or not block:
-            return
-        data = block.replace(b"\r\n", b"\n")
-        if data.startswith(b".") or b"\n." in data:
-            data = _DOT_STUFFED.sub(b"", data)
-        self._data_size += len(data)
-        limit = self.settings.message_size_limit
-        if limit and self._data_size > limit:
-            self._data_too_big = True
-            self._data_lines = []
-            return
-        self._data_lines.append(data)
+    def message_received(self, message: bytes, verb: str) -> None:
+        self._finish_message(message, verb)
 
     def _finish_message(self, message: bytes, verb: str,
                         ok_text: str = "2.0.0 Ok: queued as {qid}") -> None:
-        if self._data_too_big:
+        if self.too_big:
             self.log(f"warning: {self.queue_file.qid}: queue file size limit exceeded")
             self._reset_transaction()
             self._fail(552, "5.3.4 Error: message file too big", verb)
@@ -689,7 +533,7 @@ class Smtpd(smtp.ESMTP):
         def queued(qid):
             self.queue_file = None
             self._reset_transaction()
-            if not self._closed:
+            if not self.closed:
                 self._ok(250, ok_text.format(qid=qid), verb)
 
         def failed(failure):
@@ -702,11 +546,11 @@ class Smtpd(smtp.ESMTP):
                 twlog.err(failure, "queue file write error")
                 self.log(f"warning: queue file write error: {failure.getErrorMessage()}")
                 reply = "451 4.3.0 Error: queue file write error"
-            if not self._closed:
+            if not self.closed:
                 code, text = reply.split(" ", 1)
                 self._fail(int(code), text, verb)
         d.addCallbacks(queued, failed)
-        self._wait_for(d)
+        self.wait_for(d)
 
     def cmd_BDAT(self, args: str) -> None:
         parts = args.split()
@@ -725,21 +569,17 @@ class Smtpd(smtp.ESMTP):
             return
         self._bdat_active = True
         self._bdat_chunk_size = size
-        self._raw_remaining = size
-        if size == 0:
-            self._bdat_done()
+        self.read_chunk(size, self._bdat_done)
 
     def _bdat_done(self) -> None:
         failed, self._bdat_failed = self._bdat_failed, None
         if failed or self._bdat_last:
             self._bdat_active = False
         if failed:
-            self._bdat_chunks = []
+            self.reset_message()
             self._fail(*failed, "BDAT")
             return
-        self._data_size += self._bdat_chunk_size
-        limit = self.settings.message_size_limit
-        if limit and self._data_size > limit:
+        if self.too_big:
             self._bdat_active = False
             self._reset_transaction()
             self._fail(552, "5.3.4 Chunk exceeds message size limit", "BDAT")
@@ -747,10 +587,9 @@ class Smtpd(smtp.ESMTP):
         if not self._bdat_last:
             self._ok(250, f"2.0.0 Ok: {self._bdat_chunk_size} bytes", "BDAT")
             return
-        message = b"".join(self._bdat_chunks).replace(b"\r\n", b"\n")
-        self._bdat_chunks = []
+        total = self.message_size
+        message = self.chunked_message()
         self.emit(wire.message_step(message, session=self.session, verb="BDAT", tls=self.tls))
-        total = self._data_size
         self._finish_message(message, "BDAT", ok_text=f"2.0.0 Ok: {total} bytes queued as {{qid}}")
 
     def _after_bdat(self, verb: str) -> bool:
@@ -811,19 +650,6 @@ class Smtpd(smtp.ESMTP):
         self._ok(221, "2.0.0 Bye", "QUIT")
         self.transport.loseConnection()
 
-
-
-_DOT_STUFFED = re.compile(rb"^\.", re.M)
-
-
-def _data_end(buf: bytes) -> tuple[int, int] | None:
-    """Where the line holding only "." starts and ends in ``buf`` (at a line start)."""
-    for start_marker, length in ((b".\r\n", 3), (b".\n", 2)):
-        if buf.startswith(start_marker):
-            return 0, length
-    found = [(i + 1, i + 1 + length) for marker, length in ((b"\n.\r\n", 3), (b"\n.\n", 2))
-             if (i := buf.find(marker)) >= 0]
-    return min(found) if found else None
 
 
 def _valid_address(address: str, allow_empty: bool) -> bool:

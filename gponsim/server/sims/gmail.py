@@ -47,15 +47,12 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, interfaces
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
-from twisted.mail import smtp
-from zope.interface import implementer
 
 from gponsim.commentary import annotate
 from gponsim.server.postfix.smtp import prefer_relay_key
-from gponsim.server.tls import describe_connection
+from gponsim.server.smtpserver import AUTH, COMMAND, SmtpServer
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire import smtp as wire
 
@@ -85,7 +82,8 @@ fault = none
 delay = 5
 """
 
-PRE_TLS_EXTENSIONS = ["SIZE 35882577", "8BITMIME", "STARTTLS", "ENHANCEDSTATUSCODES",
+SIZE_LIMIT = 35882577
+PRE_TLS_EXTENSIONS = [f"SIZE {SIZE_LIMIT}", "8BITMIME", "STARTTLS", "ENHANCEDSTATUSCODES",
                       "PIPELINING", "CHUNKING", "SMTPUTF8"]
 AUTH_LINE = "AUTH LOGIN PLAIN XOAUTH2 PLAIN-CLIENTTOKEN OAUTHBEARER XOAUTH"
 
@@ -269,35 +267,28 @@ def _gmail_id(rng: random.Random) -> str:
 # --------------------------------------------------------------------------
 # The server
 
-@implementer(IHandshakeListener)
-class GmailSmtp(smtp.ESMTP):
-    """One session with smtp.gmail.com (port 587 style: STARTTLS, then AUTH)."""
+class GmailSmtp(SmtpServer):
+    """One session with smtp.gmail.com (port 587 style: STARTTLS, then AUTH):
+    the SMTP engine with Gmail's policy (its replies, its faults)."""
 
-    delimiter = b"\n"
-    MAX_LENGTH = 1 << 24
+    server_actor = "relay"
 
     def __init__(self, sim: "GmailSimulator") -> None:
-        super().__init__(chal={}, contextFactory=sim.tls_options)
+        super().__init__("gmail", tls_options=sim.tls_options, timeout=300,
+                         size_limit=SIZE_LIMIT)
         self.sim = sim
         self.host = HOSTNAME
-        self.timeout = 300
-        self.session = new_session("gmail")
         self.conf = sim.config()
-        self.tls = False
         self.authenticated: str | None = None
         self.helo_name: str | None = None
-        self._inbuf = b""
-        self._busy = False
         self._auth_state: tuple[str, list[str]] | None = None
-        self._data: list[bytes] | None = None
-        self._raw_remaining = 0          # BDAT bytes still to read
-        self._bdat: list[bytes] = []
         self._bdat_last = False
         self._reset()
 
     def _reset(self) -> None:
         self.sender: str | None = None
         self.rcpts: list[str] = []
+        self.reset_message()
 
     # -------------------------------------------------------------- output
     def gid(self) -> str:
@@ -307,23 +298,12 @@ class GmailSmtp(smtp.ESMTP):
         if self.sim.wire_steps:
             self.sim.emit(step)
 
-    def reply(self, code: int, lines: str | list[str], answers: str) -> None:
-        lines = [lines] if isinstance(lines, str) else lines
-        wire_lines = [f"{code}-{t}" for t in lines[:-1]] + [f"{code} {lines[-1]}"]
-        self.emit(prefer_relay_key(wire.reply_step(wire_lines, session=self.session,
-                                                   answers=answers, src="relay", dst="client",
-                                                   tls=self.tls)))
-        self.transport.write(b"".join(w.encode("utf-8") + b"\r\n" for w in wire_lines))
+    def step_for_reply(self, step: Step) -> Step:
+        return prefer_relay_key(step)
 
     # ---------------------------------------------------------- connection
-    def connectionMade(self) -> None:
-        self.canStartTLS = (interfaces.ITLSTransport.providedBy(self.transport)
-                            and self.ctx is not None)
-        peer = self.transport.getPeer()
-        self.client_ip = getattr(peer, "host", "127.0.0.1")
-        self.emit(wire.event_step("CONNECT", f"connection from {self.client_ip} to {HOSTNAME}",
-                                  session=self.session, src="client", dst="relay"))
-        self.setTimeout(self.timeout)
+    def greet(self) -> None:
+        self.emit(self.event_step("CONNECT", f"connection from {self.client_ip} to {HOSTNAME}"))
         if self.conf.fault == "greeting-421":
             self.reply(421, ["4.7.0 Try again later, closing connection. (EHLO)",
                              f"4.7.0  {self.gid()} - gsmtp"], "CONNECT")
@@ -331,78 +311,40 @@ class GmailSmtp(smtp.ESMTP):
             return
         self.reply(220, f"{HOSTNAME} ESMTP {self.gid()} - gsmtp", "CONNECT")
 
-    def handshakeCompleted(self) -> None:
-        info = describe_connection(self.transport)
-        if info is None:
-            return
-        version, cipher, used, alg = info
+    def tls_established(self, version: str, cipher: str, used: int, alg: int) -> None:
         self.tls_info = (version, cipher, used)
-        self.emit(wire.event_step("STARTTLS", f"TLS established: {version} with cipher {cipher} "
-                                  f"({used}/{alg} bits)", session=self.session, proto="tls",
-                                  tls=True, src="client", dst="relay",
+        self.emit(self.event_step("STARTTLS", f"TLS established: {version} with cipher {cipher} "
+                                  f"({used}/{alg} bits)", proto="tls", tls=True,
                                   meta={"version": version, "cipher": cipher}))
-
-    def connectionLost(self, reason=None) -> None:
-        self.setTimeout(None)
 
     def timeoutConnection(self) -> None:
         self.reply(451, f"4.4.2 Timeout - closing connection. {self.gid()} - gsmtp", "TIMEOUT")
         self.transport.loseConnection()
 
+    def line_too_long(self) -> None:
+        self.reply(500, f"5.5.2 Line too long. {self.gid()} - gsmtp", "UNKNOWN")
+
     # --------------------------------------------------------------- input
-    def dataReceived(self, data: bytes) -> None:
-        self._inbuf += data
-        self._drain()
+    def state_COMMAND(self, raw: bytes) -> None:
+        if self.conf.fault == "slow" and self.conf.delay > 0:
+            d = defer.Deferred()
+            self.sim.reactor.callLater(self.conf.delay, d.callback, None)
+            d.addCallback(lambda _: None if self.closed else self._command(raw))
+            self.wait_for(d)
+            return
+        self._command(raw)
 
-    def _drain(self) -> None:
-        while self._inbuf and not self._busy:
-            if self.transport is None or self.transport.disconnecting:
-                return
-            if self._raw_remaining:
-                chunk = self._inbuf[:self._raw_remaining]
-                self._inbuf = self._inbuf[len(chunk):]
-                self._raw_remaining -= len(chunk)
-                self._bdat.append(chunk)
-                if not self._raw_remaining:
-                    self._bdat_chunk_done()
-                continue
-            nl = self._inbuf.find(b"\n")
-            if nl < 0:
-                return
-            line, self._inbuf = self._inbuf[:nl], self._inbuf[nl + 1:]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            self.resetTimeout()
-            if self._data is not None:
-                self._data_line(line)
-                continue
-            if self.conf.fault == "slow" and self.conf.delay > 0:
-                self._busy = True
-                d = defer.Deferred()
-                self.sim.reactor.callLater(self.conf.delay, d.callback, None)
-
-                def go(_, line=line):
-                    self._busy = False
-                    if self.transport is not None and not self.transport.disconnecting:
-                        self._line(line)
-                        self._drain()
-                d.addCallback(go)
-                return
-            self._line(line)
-
-    def _line(self, raw: bytes) -> None:
+    def _command(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace")
-        if self._auth_state is not None:
-            self.emit(wire.auth_data_step(line, session=self.session, dst="relay", tls=self.tls))
-            self._auth_continue(line)
-            return
-        self.emit(wire.command_step(line, session=self.session, dst="relay", tls=self.tls))
+        self.emit(self.command_step(line))
         verb, args = wire.split_command(line)
-        handler = getattr(self, "do_" + verb, None) if verb.isalpha() else None
-        if handler is None:
+        if not self.dispatch(verb, args):
             self.reply(502, f"5.5.1 Unrecognized command. {self.gid()} - gsmtp", verb or "UNKNOWN")
-            return
-        handler(args)
+
+    def state_AUTH(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        self.emit(self.auth_data_step(line))
+        self._auth_continue(line)
 
     # ------------------------------------------------------------ commands
     def _ehlo_lines(self, name: str) -> list[str]:
@@ -413,7 +355,7 @@ class GmailSmtp(smtp.ESMTP):
             ext.remove("STARTTLS")
         return [f"{HOSTNAME} at your service, [{self.client_ip}]"] + ext
 
-    def do_EHLO(self, args: str) -> None:
+    def cmd_EHLO(self, args: str) -> None:
         if not args.strip():
             self.reply(555, f"5.5.2 Syntax error, goodbye. {self.gid()} - gsmtp", "EHLO")
             self.transport.loseConnection()
@@ -422,21 +364,19 @@ class GmailSmtp(smtp.ESMTP):
         self.helo_name = args.strip()
         self.reply(250, self._ehlo_lines(args.strip()), "EHLO")
 
-    def do_HELO(self, args: str) -> None:
+    def cmd_HELO(self, args: str) -> None:
         self._reset()
         self.reply(250, f"{HOSTNAME} at your service", "HELO")
 
-    def do_STARTTLS(self, args: str) -> None:
+    def cmd_STARTTLS(self, args: str) -> None:
         if self.tls or self.conf.fault == "no-starttls" or not self.canStartTLS:
             self.reply(502, f"5.5.1 Unrecognized command. {self.gid()} - gsmtp", "STARTTLS")
             return
         self.reply(220, "2.0.0 Ready to start TLS", "STARTTLS")
-        self._inbuf = b""
-        self.transport.startTLS(self.ctx)
-        self.tls = True
+        self.start_tls()
         self._reset()
 
-    def do_AUTH(self, args: str) -> None:
+    def cmd_AUTH(self, args: str) -> None:
         if not self.tls:
             self.reply(530, f"5.7.0 Must issue a STARTTLS command first. {self.gid()} - gsmtp",
                        "AUTH")
@@ -451,14 +391,12 @@ class GmailSmtp(smtp.ESMTP):
                 self._auth_plain(parts[1])
             else:
                 self._auth_state = ("PLAIN", [])
+                self.mode = AUTH
                 self.reply(334, "", "AUTH")
         elif mech == "LOGIN":
-            if len(parts) > 1:
-                self._auth_state = ("LOGIN", [parts[1]])
-                self.reply(334, "UGFzc3dvcmQ6", "AUTH")
-            else:
-                self._auth_state = ("LOGIN", [])
-                self.reply(334, "VXNlcm5hbWU6", "AUTH")
+            self._auth_state = ("LOGIN", parts[1:2])
+            self.mode = AUTH
+            self.reply(334, "UGFzc3dvcmQ6" if len(parts) > 1 else "VXNlcm5hbWU6", "AUTH")
         else:
             self.reply(504, f"5.7.4 Unrecognized authentication type. {self.gid()} - gsmtp",
                        "AUTH")
@@ -467,10 +405,12 @@ class GmailSmtp(smtp.ESMTP):
         mech, got = self._auth_state or ("", [])
         if line.strip() == "*":
             self._auth_state = None
+            self.mode = COMMAND
             self.reply(501, f"5.7.0 Authentication aborted. {self.gid()} - gsmtp", "AUTH")
             return
         if mech == "PLAIN":
             self._auth_state = None
+            self.mode = COMMAND
             self._auth_plain(line.strip())
             return
         got.append(line.strip())
@@ -478,6 +418,7 @@ class GmailSmtp(smtp.ESMTP):
             self.reply(334, "UGFzc3dvcmQ6", "AUTH")
             return
         self._auth_state = None
+        self.mode = COMMAND
         try:
             user = base64.b64decode(got[0], validate=True).decode("utf-8")
             password = base64.b64decode(got[1], validate=True).decode("utf-8")
@@ -523,7 +464,7 @@ class GmailSmtp(smtp.ESMTP):
         m = re.match(rf"\s*{keyword}:\s*<([^>]*)>", args, re.IGNORECASE)
         return m.group(1) if m else None
 
-    def do_MAIL(self, args: str) -> None:
+    def cmd_MAIL(self, args: str) -> None:
         if not self.authenticated:
             self.reply(530, ["5.7.0 Authentication Required. For more information, go to",
                              f"5.7.0  https://support.google.com/mail/?p=WantAuthError "
@@ -549,7 +490,7 @@ class GmailSmtp(smtp.ESMTP):
         self.sender = sender
         self.reply(250, f"2.1.0 OK {self.gid()} - gsmtp", "MAIL")
 
-    def do_RCPT(self, args: str) -> None:
+    def cmd_RCPT(self, args: str) -> None:
         if self.sender is None:
             self.reply(503, f"5.5.1 MAIL first. {self.gid()} - gsmtp", "RCPT")
             return
@@ -575,28 +516,27 @@ class GmailSmtp(smtp.ESMTP):
         self.rcpts.append(rcpt)
         self.reply(250, f"2.1.5 OK {self.gid()} - gsmtp", "RCPT")
 
-    def do_DATA(self, args: str) -> None:
+    def cmd_DATA(self, args: str) -> None:
         if self.sender is None:
             self.reply(503, f"5.5.1 MAIL first. {self.gid()} - gsmtp", "DATA")
             return
         if not self.rcpts:
             self.reply(554, f"5.5.1 RCPT first. {self.gid()} - gsmtp", "DATA")
             return
-        self._data = []
+        self.start_data()
         self.reply(354, f" Go ahead {self.gid()} - gsmtp", "DATA")
 
-    def _data_line(self, line: bytes) -> None:
-        if line == b".":
-            message = b"".join(self._data or [])
-            self._data = None
-            self.emit(wire.message_step(message, session=self.session, dst="relay", tls=self.tls))
-            self._finish(message)
-            return
-        if line.startswith(b"."):
-            line = line[1:]
-        self._data.append(line + b"\n")
+    def message_received(self, message: bytes, verb: str) -> None:
+        self._finish(message, verb)
 
     def _finish(self, message: bytes, verb: str = "DATA") -> None:
+        if self.too_big:
+            self.reply(552, ["5.3.4 Your message exceeded Google's message size limits. For more "
+                             "information, go to",
+                             f"5.3.4  https://support.google.com/mail/?p=MaxSizeError "
+                             f"{self.gid()} - gsmtp"], verb)
+            self._reset()
+            return
         if self.conf.fault == "data-451":
             self.reply(451, ["4.3.0 Mail server temporarily rejected message.",
                              f"4.3.0  {self.gid()} - gsmtp"], verb)
@@ -630,7 +570,7 @@ class GmailSmtp(smtp.ESMTP):
         self.reply(250, f"2.0.0 OK  {int(now)} {tid} - gsmtp", verb)
         self._reset()
 
-    def do_BDAT(self, args: str) -> None:
+    def cmd_BDAT(self, args: str) -> None:
         """CHUNKING (RFC 3030): ``BDAT <size> [LAST]``, then exactly size bytes."""
         parts = args.split()
         if not parts or not parts[0].isdigit() or (len(parts) > 1 and parts[1].upper() != "LAST"):
@@ -638,35 +578,31 @@ class GmailSmtp(smtp.ESMTP):
                        "BDAT")
             return
         self._bdat_last = len(parts) > 1
-        self._raw_remaining = int(parts[0])
-        if not self._raw_remaining:
-            self._bdat_chunk_done()
+        self.read_chunk(int(parts[0]), self._bdat_chunk_done)
 
     def _bdat_chunk_done(self) -> None:
         if self.sender is None or not self.rcpts:
-            self._bdat = []
+            self.reset_message()
             self.reply(503, f"5.5.1 {'MAIL' if self.sender is None else 'RCPT'} first. "
                             f"{self.gid()} - gsmtp", "BDAT")
             return
         if not self._bdat_last:
-            size = sum(len(c) for c in self._bdat)
-            self.reply(250, f"2.0.0 {size} bytes received {self.gid()} - gsmtp", "BDAT")
+            self.reply(250, f"2.0.0 {self.message_size} bytes received {self.gid()} - gsmtp",
+                       "BDAT")
             return
-        message = b"".join(self._bdat).replace(b"\r\n", b"\n")
-        self._bdat = []
+        message = self.chunked_message()
         self.emit(wire.message_step(message, session=self.session, verb="BDAT", dst="relay",
                                     tls=self.tls))
         self._finish(message, "BDAT")
 
-    def do_RSET(self, args: str) -> None:
-        self._bdat = []
+    def cmd_RSET(self, args: str) -> None:
         self._reset()
         self.reply(250, f"2.1.5 Flushed {self.gid()} - gsmtp", "RSET")
 
-    def do_NOOP(self, args: str) -> None:
+    def cmd_NOOP(self, args: str) -> None:
         self.reply(250, f"2.0.0 OK {self.gid()} - gsmtp", "NOOP")
 
-    def do_QUIT(self, args: str) -> None:
+    def cmd_QUIT(self, args: str) -> None:
         self.reply(221, f"2.0.0 closing connection {self.gid()} - gsmtp", "QUIT")
         self.transport.loseConnection()
 
