@@ -34,7 +34,8 @@ def _config_error(exc) -> "click.ClickException":
 
 
 def _sinks(lang, quiet, steps_file, explain, reveal):
-    from gponsim.steps import JsonlRecorder, StepBus
+    from gponsim.steps import StepBus
+    from gponsim.sinks.jsonl import JsonlRecorder
 
     bus = StepBus()
     if not quiet:

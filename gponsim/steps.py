@@ -1,7 +1,7 @@
 """The Step: one observed protocol unit, and the bus that carries Steps to sinks.
 
 Every source (the live lab, a capture) produces Steps; every consumer (the
-terminal narrator, the JSON-lines recorder, diagrams, lessons) is a sink that
+terminal narrator, the JSON-lines recorder, diagrams, lessons; in gponsim.sinks) is a sink that
 receives them through a :class:`StepBus` and never cares where they came from.
 
 The JSON-lines form (one object per line, see docs/steps.md) is
@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 #: Actor names, taken from the components of the lab document. ``smtp`` and
 #: ``lmtp`` are Postfix's clients (smtp(8), lmtp(8)); ``dovecot-lmtp`` is
@@ -217,103 +217,8 @@ def null_emit(step: Step) -> Step:
     return step
 
 
-class ListSink:
-    """Keeps every Step in memory (tests, lessons)."""
-
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-        self._cond = threading.Condition()
-
-    def step(self, step: Step) -> None:
-        with self._cond:
-            self.steps.append(step)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[Step], bool], timeout: float = 10.0,
-                 start: int = 0) -> Step | None:
-        """Block (in a thread other than the reactor's) until a Step from
-        index ``start`` on matches; None after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        seen = start
-        with self._cond:
-            while True:
-                for s in self.steps[seen:]:
-                    if predicate(s):
-                        return s
-                seen = len(self.steps)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-
-
 # --------------------------------------------------------------------------
 # JSON lines
-
-class JsonlRecorder:
-    """Sink writing one JSON object per Step (``--steps FILE``).
-
-    Writes are buffered and flushed at most ``flush_interval`` seconds after
-    a Step arrives (a small thread does it), so a lesson or a test reading
-    the file while the lab runs sees every Step almost at once, and a busy
-    lab does not pay a system call per Step.
-    """
-
-    def __init__(self, path: str | Path, reveal: bool = False, append: bool = True,
-                 flush_interval: float = 0.1) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A line that was not valid UTF-8 on the wire keeps its bytes as lone surrogates
-        # ("\udcff"); they are written as JSON escapes, so the file stays UTF-8 and JSON.
-        self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8",
-                                 errors="backslashreplace")
-        self.reveal = reveal
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._pending: list[Step] = []
-        self._dirty = threading.Event()
-        self._closing = False
-        self._interval = flush_interval
-        self._flusher = threading.Thread(target=self._flush_loop, name="gponsim-jsonl", daemon=True)
-        self._flusher.start()
-
-    def step(self, step: Step) -> None:
-        # Encoding waits for the flusher thread: the lab's reactor only queues the Step.
-        # (Steps are not changed after they are emitted.) Only the first Step of a
-        # burst wakes the flusher: the others would pay for waking a sleeping thread.
-        with self._lock:
-            first = not self._pending
-            self._pending.append(step)
-        if first:
-            self._dirty.set()
-
-    def _flush_loop(self) -> None:
-        while not self._closing:
-            self._dirty.wait()
-            if self._closing:
-                return
-            time.sleep(self._interval)      # gather a burst of Steps into one write
-            self._dirty.clear()
-            self.flush()
-
-    def flush(self) -> None:
-        with self._write_lock:       # one flush at a time keeps the file in order
-            with self._lock:         # held only to take the batch: step() never waits on encoding
-                pending, self._pending = self._pending, []
-            if self._fh.closed or not pending:
-                return
-            reveal = self.reveal
-            self._fh.write("".join(s.to_json(reveal) + "\n" for s in pending))
-            self._fh.flush()
-
-    def close(self) -> None:
-        self._closing = True
-        self._dirty.set()
-        self.flush()
-        with self._write_lock:
-            if not self._fh.closed:
-                self._fh.close()
-
 
 def read_jsonl(path: str | Path) -> Iterator[Step]:
     """Read Steps back from a JSON-lines file; a bad line names file:line."""

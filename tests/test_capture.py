@@ -19,7 +19,7 @@ from pcapgen import (LINKTYPES, Conversation, link, smtp_session, write_pcap,  #
 from gponsim.capture.analyze import CaptureError, analyze  # noqa: E402
 from gponsim.capture.pcap import ReadReport, read_packets  # noqa: E402
 from gponsim.cli import main  # noqa: E402
-from gponsim.steps import ListSink  # noqa: E402
+from gponsim.sinks.memory import ListSink  # noqa: E402
 
 
 def run(path):

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from labproc import wait_until  # noqa: E402
 
 from gponsim.capture.analyze import analyze  # noqa: E402
-from gponsim.steps import ListSink  # noqa: E402
+from gponsim.sinks.memory import ListSink  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                                 reason="sniffing loopback needs root (or CAP_NET_RAW)")

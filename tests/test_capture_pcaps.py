@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gponsim.capture.analyze import analyze
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 
 PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
 # Every capture file of the shared folder (their notes, *.md, are not captures).

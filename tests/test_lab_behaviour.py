@@ -104,7 +104,7 @@ def test_serve_with_capture_records_the_session(lab_factory, tmp_path):
     lab.wait_for_mail("user2")
     assert lab.stop() == 0
     assert "capture written to" in lab.stderr()
-    from gponsim.steps import ListSink
+    from gponsim.sinks.memory import ListSink
 
     sink = ListSink()
     analyze(pcap, sink.step)

@@ -22,7 +22,7 @@ from reactor_thread import call
 
 from gponsim.server.dovecot.auth import AuthServer, socket_path
 from gponsim.server.dovecot.passwd import Users
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 
 POSTFIX = "/usr/sbin/postfix"
 DELAY = 0.2

@@ -23,7 +23,7 @@ from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix.qmgr import QueueTimes
 from gponsim.server.postfix.queuefile import Envelope, list_queue
 from gponsim.server.postfix.transport import RecipientStatus
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 from labproc import wait_until
 
 TESTS = Path(__file__).resolve().parent

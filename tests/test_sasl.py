@@ -23,7 +23,8 @@ from gponsim.server.postfix.xsasl import (
     CONNECTION_LOST, AuthClient, AuthReply, AuthUnavailable, filter_mechanisms, valid_base64,
 )
 from gponsim.server.dovecot.passwd import Users
-from gponsim.steps import MASK, ListSink, new_session
+from gponsim.steps import MASK, new_session
+from gponsim.sinks.memory import ListSink
 from gponsim.wire.sasl import escape, parse, sasl_step, unescape
 
 DELAY = 0.2

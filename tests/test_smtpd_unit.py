@@ -8,7 +8,7 @@ from twisted.internet.testing import StringTransport
 from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix.restrictions import parse_networks
 from gponsim.server.postfix.smtpd import Smtpd, SmtpdContext, SmtpdSettings
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 
 
 class Session:

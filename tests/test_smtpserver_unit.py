@@ -16,7 +16,7 @@ from gponsim.server.postfix.smtp import RelaySettings, SmtpRelayClient
 from gponsim.server.postfix.smtpd import Smtpd, SmtpdContext, SmtpdSettings
 from gponsim.server.postfix.transport import DeliveryRequest
 from gponsim.server.sims import gmail as gm
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 
 
 def connect(proto, peer="192.168.1.50"):

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from gponsim.steps import MASK, JsonlRecorder, ListSink, Step, StepBus, new_session, read_jsonl
+from gponsim.steps import MASK, Step, StepBus, new_session, read_jsonl
+from gponsim.sinks.jsonl import JsonlRecorder
+from gponsim.sinks.memory import ListSink
 from labproc import wait_until
 
 

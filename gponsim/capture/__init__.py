@@ -18,7 +18,7 @@ from pathlib import Path
 def steps_from_capture(path: str | Path, keylog: str | Path | None = None) -> list:
     """Every Step decoded from a capture file, in wire order (for diagrams, lessons)."""
     from gponsim.capture.analyze import analyze
-    from gponsim.steps import ListSink
+    from gponsim.sinks.memory import ListSink
 
     sink = ListSink()
     analyze(path, sink.step, keylog=keylog)

@@ -154,7 +154,8 @@ def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | No
     from gponsim.capture.analyze import Analyzer
     from gponsim.capture.live import CapturePermission, Sniffer
     from gponsim.capture.report import summary_text
-    from gponsim.steps import JsonlRecorder, StepBus
+    from gponsim.steps import StepBus
+    from gponsim.sinks.jsonl import JsonlRecorder
 
     bus = StepBus()
     if not quiet:

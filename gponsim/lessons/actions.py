@@ -14,7 +14,7 @@ from typing import Callable
 
 from gponsim.clients.smtp import SmtpClientError, build_message, send_mail
 from gponsim.lessons.model import Action
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 
 
 @dataclass

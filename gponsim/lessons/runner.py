@@ -23,7 +23,9 @@ from rich.text import Text
 from gponsim.lessons.actions import Context, run_action
 from gponsim.lessons.checks import Outcome, evaluate
 from gponsim.lessons.model import Lesson, text
-from gponsim.steps import JsonlRecorder, ListSink, Step, StepBus
+from gponsim.steps import Step, StepBus
+from gponsim.sinks.jsonl import JsonlRecorder
+from gponsim.sinks.memory import ListSink
 
 
 class OutputFolderError(Exception):

@@ -1,0 +1,75 @@
+"""The JSON-lines recorder (``--steps FILE``): one ``Step.to_json()`` per line."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from gponsim.steps import Step
+
+
+class JsonlRecorder:
+    """Sink writing one JSON object per Step (``--steps FILE``).
+
+    Writes are buffered and flushed at most ``flush_interval`` seconds after
+    a Step arrives (a small thread does it), so a lesson or a test reading
+    the file while the lab runs sees every Step almost at once, and a busy
+    lab does not pay a system call per Step.
+    """
+
+    def __init__(self, path: str | Path, reveal: bool = False, append: bool = True,
+                 flush_interval: float = 0.1) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A line that was not valid UTF-8 on the wire keeps its bytes as lone surrogates
+        # ("\udcff"); they are written as JSON escapes, so the file stays UTF-8 and JSON.
+        self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8",
+                                 errors="backslashreplace")
+        self.reveal = reveal
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._pending: list[Step] = []
+        self._dirty = threading.Event()
+        self._closing = False
+        self._interval = flush_interval
+        self._flusher = threading.Thread(target=self._flush_loop, name="gponsim-jsonl", daemon=True)
+        self._flusher.start()
+
+    def step(self, step: Step) -> None:
+        # Encoding waits for the flusher thread: the lab's reactor only queues the Step.
+        # (Steps are not changed after they are emitted.) Only the first Step of a
+        # burst wakes the flusher: the others would pay for waking a sleeping thread.
+        with self._lock:
+            first = not self._pending
+            self._pending.append(step)
+        if first:
+            self._dirty.set()
+
+    def _flush_loop(self) -> None:
+        while not self._closing:
+            self._dirty.wait()
+            if self._closing:
+                return
+            time.sleep(self._interval)      # gather a burst of Steps into one write
+            self._dirty.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._write_lock:       # one flush at a time keeps the file in order
+            with self._lock:         # held only to take the batch: step() never waits on encoding
+                pending, self._pending = self._pending, []
+            if self._fh.closed or not pending:
+                return
+            reveal = self.reveal
+            self._fh.write("".join(s.to_json(reveal) + "\n" for s in pending))
+            self._fh.flush()
+
+    def close(self) -> None:
+        self._closing = True
+        self._dirty.set()
+        self.flush()
+        with self._write_lock:
+            if not self._fh.closed:
+                self._fh.close()
