@@ -377,6 +377,9 @@ from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix.queuefile import Envelope
 
 root, count, crash_at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+def say(text):     # one write(2) a line: a kill -9 from another thread never cuts one
+    os.write(1, (text + "\n").encode())
 rcpts = sys.argv[5].split(",")
 if crash_at.startswith("at:"):
     point = crash_at[3:]
@@ -396,7 +399,7 @@ def one(i):
     if crash_at == "open":
         qf = q.open(env)
         qf.add_recipient(rcpts[0])
-        print("OPENED", qf.qid, flush=True)
+        say("OPENED " + qf.qid)
         return defer.succeed(None)
     qf = q.open(env)
     for r in rcpts:
@@ -404,11 +407,11 @@ def one(i):
     header = received_header("pc1", "unknown", "192.168.1.50", "ESMTP", qf.qid, rcpts,
                              env.arrival, "mail.gponlab.local")
     d = qf.commit(header.encode() + ("Subject: m%d\n\nbody %d\n" % (i, i)).encode())
-    d.addCallback(lambda qid: print("COMMITTED", qid, flush=True))
+    d.addCallback(lambda qid: say("COMMITTED " + qid))
     return d
 
 rt.call(lambda: defer.gatherResults([one(i) for i in range(count)]), timeout=60)
-print("ALL", flush=True)
+say("ALL")
 threading.Event().wait(120)      # until the test kills us
 """
 

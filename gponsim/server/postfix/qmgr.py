@@ -7,7 +7,8 @@ hop each pending recipient takes, and hands every group to its transport
 (``local``, ``smtp``, ``lmtp``, ``error``) as one delivery request. When a
 transport answers, each finished recipient (sent or bounced) is recorded in
 the queue file at once (a ``D`` record, fsync-ed), as a Postfix delivery
-agent marks a recipient done. When every recipient has an answer, the
+agent marks a recipient done — unless that was the message's last answer
+and nothing is deferred: then the file is simply removed. When every recipient has an answer, the
 message is removed (``QID: removed``) or moved to ``deferred/`` with its
 next attempt as the file's modification time.
 
@@ -214,8 +215,12 @@ class Qmgr:
                     self._bounce(msg, index, r.dsn, r.reason)
             else:
                 msg.deferred[index] = (r.dsn, r.reason)
-        d = self._thread(queuefile.append_records, msg.path, finals) if finals else \
-            defer.succeed(None)
+        # The last answer of a message with nothing deferred: the file is removed
+        # next, so the D records would be written for nothing (after a crash in
+        # between, local(8) finds the copies it already made: see the docstring).
+        removed_next = msg.outstanding == 1 and not msg.deferred
+        d = self._thread(queuefile.append_records, msg.path, finals) \
+            if finals and not removed_next else defer.succeed(None)
 
         def one_less(_):
             msg.outstanding -= 1
