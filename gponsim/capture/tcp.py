@@ -18,6 +18,7 @@ well-known mail port (else the higher port).
 
 from __future__ import annotations
 
+import heapq
 from typing import Callable, Protocol
 
 from gponsim.capture.pcap import ACK, FIN, RST, SYN, Segment
@@ -43,13 +44,20 @@ class Handler(Protocol):
 
 
 class Stream:
+    """One direction of a connection. Out-of-order segments wait in ``pending``
+    (by sequence number) and in ``order``, a heap of their offsets from
+    ``base`` (the stream position when the first of them arrived), so the
+    earliest one is found in O(log n), however many wait."""
+
     __slots__ = ("direction", "next", "pending", "pending_bytes", "fin", "acked", "bytes",
-                 "retrans", "gaps", "seen")
+                 "retrans", "gaps", "seen", "order", "base")
 
     def __init__(self, direction: str) -> None:
         self.direction = direction
         self.next: int | None = None
         self.pending: dict[int, bytes] = {}
+        self.order: list[int] = []
+        self.base = 0
         self.pending_bytes = 0
         self.fin = False
         self.acked: int | None = None
@@ -219,6 +227,10 @@ class Tracker:
             return
         old = st.pending.get(seq)
         if old is None or len(old) < n:
+            if not st.pending:
+                st.base, st.order = st.next, []
+            if old is None:
+                heapq.heappush(st.order, (seq - st.base) & _M)
             st.pending[seq] = payload
             st.pending_bytes += n - (len(old) if old else 0)
         if st.pending_bytes > PENDING_LIMIT or (st.acked is not None and _rel(st.acked, st.next) > 0):
@@ -230,16 +242,22 @@ class Tracker:
         st.seen = True
         conn.handler.data(st.direction, payload, t)
 
+    @staticmethod
+    def _first(st: Stream) -> int | None:
+        """The sequence number of the earliest waiting segment."""
+        while st.order:
+            seq = (st.base + st.order[0]) & _M
+            if seq in st.pending:
+                return seq
+            heapq.heappop(st.order)       # delivered already
+        return None
+
     def _drain(self, conn: Connection, st: Stream, t: float) -> None:
-        while st.pending:
-            best = None
-            for seq in st.pending:
-                r = _rel(seq, st.next)
-                if r <= 0 and (best is None or r < best[0]):
-                    best = (r, seq)
-            if best is None:
+        while (seq := self._first(st)) is not None:
+            r = _rel(seq, st.next)
+            if r > 0:
                 return
-            r, seq = best
+            heapq.heappop(st.order)
             data = st.pending.pop(seq)
             st.pending_bytes -= len(data)
             if r + len(data) > 0:
@@ -247,8 +265,7 @@ class Tracker:
 
     def _flush(self, conn: Connection, st: Stream, t: float, upto: int | None = None) -> None:
         """Declare the hole before the first waiting segment a gap, and go on."""
-        while st.pending:
-            first = min(st.pending, key=lambda s: _rel(s, st.next))
+        while (first := self._first(st)) is not None:
             r = _rel(first, st.next)
             if upto is not None and _rel(first, upto) >= 0 and r > 0:
                 return

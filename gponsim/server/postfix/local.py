@@ -89,10 +89,16 @@ class MailboxError(Exception):
 
 
 def mbox_dsn(err: int, default: str) -> str:
-    """Map an errno to a mailbox DSN detail (Postfix ``mbox_dsn``)."""
+    """Map an errno to a mailbox DSN detail (Postfix ``mbox_dsn``).
+
+    One difference: running out of file descriptors or memory defers
+    (``4.3.0``) instead of bouncing. A real local(8) is a process of its own;
+    here every service shares one process, so a flood of idle connections
+    must not make local delivery return mail to its sender.
+    """
     if err in (errno.EAGAIN, errno.ESTALE):
         return "4.2.0"
-    if err == errno.ENOSPC:
+    if err in (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM):
         return "4.3.0"
     if err in (errno.EDQUOT, errno.EFBIG):
         return "5.2.2"
