@@ -122,12 +122,16 @@ def _parse_ports(values: tuple[str, ...]) -> dict[str, int]:
 @click.option("--relay", type=click.Choice(["sim", "real", "none"]), default="sim", show_default=True,
               help="Outgoing mail: the built-in Gmail simulator (smtp.gmail.com mapped to it), "
                    "the real relayhost (a lab with internet), or none (mail stays deferred).")
+@click.option("--allow-mynetworks-relay", is_flag=True,
+              help="With --relay real and a listener other computers reach: let every computer "
+                   "in mynetworks relay through the real account (refused without this flag).")
 @click.option("--capture", "capture_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also capture the lab's traffic on loopback into this pcapng file, with the "
                    "--keylog secrets embedded (needs root or CAP_NET_RAW; without it the lab "
                    "runs anyway).")
 @narration_options
 def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, ready_file, relay,
+          allow_mynetworks_relay,
           capture_file, lang, quiet, steps_file, explain, reveal_secrets):
     """Run the lab's mail server, narrating every protocol step.
 
@@ -143,7 +147,8 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     ports = _parse_ports(port_overrides)
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
     options = LabOptions(lab_root=lab_root, config_dir=config_dir, listen=listen,
-                         port_offset=port_offset, ports=ports, keylog=keylog, relay=relay)
+                         port_offset=port_offset, ports=ports, keylog=keylog, relay=relay,
+                         allow_mynetworks_relay=allow_mynetworks_relay)
     from twisted.internet import reactor
 
     try:

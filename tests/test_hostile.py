@@ -226,3 +226,16 @@ def test_many_tiny_out_of_order_segments_reassemble_in_n_log_n(tmp_path, monkeyp
     commands = [s.line[:20] for s in sink.steps if s.kind == "command"]
     assert commands == ["EHLO pc1", "NOOP " + "x" * 15, "QUIT"]
     assert calls[0] < 10 * len(packets), calls[0]
+
+
+# -- the classroom default with the real relay
+
+def test_the_real_relay_is_not_opened_to_a_whole_classroom(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gponsim", "serve", "--lab-root",
+                          str(tmp_path / "gponlab"), "--relay", "real", "--listen", "0.0.0.0",
+                          "--port-offset", "20000", "--quiet"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr        # click's error exit
+    assert "mynetworks (192.168.0.0/16) could send mail to the Internet" in out.stderr
+    assert "--allow-mynetworks-relay" in out.stderr
+    assert not (tmp_path / "gponlab" / "var" / "log" / "mail.log").exists()

@@ -55,6 +55,8 @@ class LabOptions:
     keylog: Path | None = None
     auth_failure_delay: float | None = None                # None = from 10-auth.conf
     relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none
+    #: with relay = real and a listener other PCs reach, let mynetworks relay anyway
+    allow_mynetworks_relay: bool = False
 
 
 def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
@@ -154,9 +156,37 @@ class Lab:
         """The server's own addresses, for the queue's loop detection."""
         return (self.options.listen, "127.0.0.1", "::1")
 
+    def check_open_relay(self) -> None:
+        """Refuse ``--relay real`` when other computers could relay through the
+        teacher's real account: the lab listens beyond loopback and
+        ``mynetworks`` (``permit_mynetworks``) trusts more than this machine."""
+        import ipaddress
+
+        if self.options.relay != "real" or self.options.allow_mynetworks_relay:
+            return
+        listen = self.options.listen
+        if listen not in ("0.0.0.0", "::") and ipaddress.ip_address(listen).is_loopback:
+            return
+        def loopback(net) -> bool:
+            mapped = getattr(net.network_address, "ipv4_mapped", None)   # [::ffff:127.0.0.0]/104
+            return net.is_loopback or (mapped is not None and mapped.is_loopback)
+        wide = [str(n) for n in parse_networks(self.profile.split_list(
+                    self.profile.main("mynetworks"))) if not loopback(n)
+                and not (n.num_addresses == 1 and str(n.network_address) == listen)]
+        if wide:
+            raise LabError(
+                f"refusing to start: with --relay real and --listen {listen}, every computer in "
+                f"mynetworks ({', '.join(wide)}) could send mail to the Internet through the real "
+                f"relayhost's account without a password (permit_mynetworks). Narrow mynetworks "
+                f"in main.cf (e.g. 127.0.0.0/8), or add --allow-mynetworks-relay if that is what "
+                f"you want. / Con --relay real y --listen {listen}, cualquier equipo de "
+                f"mynetworks podría enviar correo a Internet con la cuenta real sin contraseña; "
+                f"reduzca mynetworks o añada --allow-mynetworks-relay.")
+
     @defer.inlineCallbacks
     def start(self):
         profile = self.profile
+        self.check_open_relay()
         tls_options = self._prepare()
         hostname = profile.main("myhostname")
 
