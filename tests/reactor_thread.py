@@ -19,14 +19,21 @@ Use in a test module (or a conftest.py)::
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import traceback
 from typing import Any, Callable
 
 import pytest
 
+#: After a call timed out, how long the reactor thread may take to be free again
+#: before it is taken as stuck (the failing test waits; the next one gets a free reactor).
+GRACE = 30.0
+
 
 class ReactorTimeout(AssertionError):
-    """The reactor did not finish a call in time."""
+    """The reactor did not finish a call in time; says what the reactor thread was doing."""
 
 
 class ReactorThread:
@@ -36,6 +43,8 @@ class ReactorThread:
             reactor = default_reactor
         self.reactor = reactor
         self._thread: threading.Thread | None = None
+        #: Set while the reactor thread is stuck: the first timeout's test and stack.
+        self.stuck: str | None = None
 
     @property
     def running(self) -> bool:
@@ -68,6 +77,10 @@ class ReactorThread:
 
         if self.in_reactor_thread():
             raise RuntimeError("call() from the reactor thread would deadlock")
+        if self.stuck is not None:
+            if not self.responsive(1.0):
+                raise ReactorTimeout(f"{getattr(fn, '__qualname__', fn)!r} not run: {self.stuck}")
+            self.stuck = None
         done = threading.Event()
         box: dict[str, Any] = {}
 
@@ -81,14 +94,42 @@ class ReactorThread:
 
         self.reactor.callFromThread(run)
         if not done.wait(timeout):
-            raise ReactorTimeout(f"{getattr(fn, '__qualname__', fn)!r} did not finish "
-                                 f"within {timeout} s")
+            raise self._timed_out(f"{getattr(fn, '__qualname__', fn)!r} did not finish within {timeout} s")
         result = box["result"]
         from twisted.python.failure import Failure
 
         if isinstance(result, Failure):
             result.raiseException()
         return result
+
+    def responsive(self, timeout: float) -> bool:
+        """True when the reactor thread runs a call posted now within ``timeout`` seconds."""
+        if not self.running:
+            return False
+        pong = threading.Event()
+        self.reactor.callFromThread(pong.set)
+        return pong.wait(timeout)
+
+    def reactor_stack(self) -> str:
+        """Where the reactor thread is now (its Python stack)."""
+        frame = sys._current_frames().get(self._thread.ident) if self._thread else None
+        return "".join(traceback.format_stack(frame)) if frame is not None else "(not running)\n"
+
+    def _timed_out(self, what: str) -> ReactorTimeout:
+        """The cause of a timeout, for the report: a call whose Deferred never fired, or a
+        reactor thread busy elsewhere (its stack). A busy thread gets :data:`GRACE` seconds
+        to be free, so the next test finds a working reactor; if it stays busy, later calls
+        fail at once naming this first cause."""
+        if not self.running:
+            return ReactorTimeout(f"{what}: the reactor thread has ended")
+        stack = self.reactor_stack()
+        if self.responsive(0.5):
+            return ReactorTimeout(f"{what}: the reactor is free, the call's Deferred never fired")
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0]
+        if self.responsive(GRACE):
+            return ReactorTimeout(f"{what}: the reactor thread was busy (free again after the timeout) in:\n{stack}")
+        self.stuck = f"the reactor thread is stuck since {what} in {test}, in:\n{stack}"
+        return ReactorTimeout(f"{what}: the reactor thread is stuck in:\n{stack}")
 
     def wait(self, deferred_factory: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Alias of :meth:`call` for a function that returns a Deferred."""

@@ -450,7 +450,10 @@ JS_CREATE_ACCOUNT = """
 // create the account ("Done"). The first incoming server of the XML wins, as
 // in the wizard.
 const [url, email, realname, password] = args;
-const { fetchHTTP } = ChromeUtils.importESModule("resource:///modules/accountcreation/FetchHTTP.sys.mjs");
+const fetching = ChromeUtils.importESModule("resource:///modules/accountcreation/FetchHTTP.sys.mjs");
+// Thunderbird 153 exports fetchHTTP (a promise); 140 ESR the FetchHTTP class with callbacks.
+const fetchHTTP = fetching.fetchHTTP || ((where, how) => new Promise(
+  (resolve, reject) => new fetching.FetchHTTP(where, how, resolve, reject).start()));
 const { readFromXML } = ChromeUtils.importESModule("resource:///modules/accountcreation/readFromXML.sys.mjs");
 const { AccountConfig } = ChromeUtils.importESModule("resource:///modules/accountcreation/AccountConfig.sys.mjs");
 const { CreateInBackend } = ChromeUtils.importESModule("resource:///modules/accountcreation/CreateInBackend.sys.mjs");
