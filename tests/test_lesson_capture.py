@@ -24,7 +24,10 @@ from gponsim.lessons.capturing import RECORDINGS, captures
 from gponsim.lessons.model import lesson_files, load_lesson
 
 NAMESPACE_NOTE = "Capturing without root: the whole lesson (its lab, its clients and the capture) runs in"
-NO_NAMESPACE = userns.unavailable()
+# Asked in a fresh process: this one may already run threads (the tests' reactor).
+NO_NAMESPACE = subprocess.run([sys.executable, "-c", "from gponsim.capture import userns; "
+                               "print(userns.unavailable() or '', end='')"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout or None
 
 
 def lesson(*args, cwd, prefix=(), timeout=180):
