@@ -361,6 +361,11 @@ def diagram_sequence(source, flow, session, notes, no_collapse, page_rows, out, 
 # --------------------------------------------------------------------- lesson
 
 def _run_lesson_options(f):
+    f = click.option("--capture", type=click.Choice(["auto", "here", "namespace", "recorded"]), default="auto",
+                     show_default=True,
+                     help="For lessons that capture: here (root or CAP_NET_RAW), namespace (the whole lesson in "
+                          "a user + network namespace of its own, no root needed), recorded (the capture this "
+                          "lesson recorded, shipped in captures/); auto tries them in that order.")(f)
     f = click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True,
                      help="With --interactive: seconds to wait for each thing the student does.")(f)
     f = click.option("--interactive", is_flag=True,
@@ -382,7 +387,9 @@ def _run_lesson_options(f):
     return f
 
 
-def _run_lesson(lesson, lang, quiet, explain, pace, quiz, out, port_offset, listen, interactive, timeout):
+def _run_lesson(lesson, lang, quiet, explain, pace, quiz, out, port_offset, listen, interactive, timeout,
+                capture):
+    from gponsim.lessons.capturing import CaptureModeError
     from gponsim.lessons.runner import OutputFolderError, RunOptions, run_lesson
     from gponsim.server.lab import LabError
     from gponsim.steps import StepBus
@@ -395,7 +402,10 @@ def _run_lesson(lesson, lang, quiet, explain, pace, quiz, out, port_offset, list
     try:
         summary = run_lesson(lesson, RunOptions(lang=_lang(lang), pace=pace, quiz=quiz, out=out,
                                                 port_offset=port_offset, listen=listen,
-                                                interactive=interactive, timeout=timeout), bus)
+                                                interactive=interactive, timeout=timeout,
+                                                capture=capture), bus)
+    except CaptureModeError as exc:
+        raise click.UsageError(str(exc))
     except OutputFolderError as exc:
         raise _config_error(exc)
     except LabError as exc:

@@ -967,8 +967,12 @@ def _normalize(value: str) -> str:
     return " ".join(value.split())
 
 
+# Debian installs postconf in /usr/sbin, which is not on a normal user's PATH.
+POSTCONF = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin:/sbin")
+
+
 def _postconf(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["postconf", *args], capture_output=True, text=True, check=False)
+    return subprocess.run([POSTCONF, *args], capture_output=True, text=True, check=False)
 
 
 def _pairs(output: str) -> dict[str, str]:
@@ -980,7 +984,7 @@ def _pairs(output: str) -> dict[str, str]:
 
 
 @pytest.mark.postfix
-@pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Debian's postfix (postconf)")
+@pytest.mark.skipif(POSTCONF is None, reason="needs Debian's postfix (postconf)")
 def test_real_postconf_reads_our_files_like_we_do(shipped):
     version = _postconf("-d", "-h", "mail_version").stdout.strip()
     if not version.startswith("3.7"):
@@ -1029,7 +1033,7 @@ def test_real_postconf_reads_our_files_like_we_do(shipped):
 
 
 @pytest.mark.postfix
-@pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Debian's postfix (postconf)")
+@pytest.mark.skipif(POSTCONF is None, reason="needs Debian's postfix (postconf)")
 def test_real_postconf_agrees_on_continuations_and_expressions(tmp_path, cfg):
     append(cfg, "postfix/main.cf",
            "smtpd_helo_restrictions = permit_mynetworks,\n"

@@ -338,11 +338,20 @@ def do_capture(ctx: Context, o: dict) -> None:
 
     ``action = "start"`` starts capturing; ``"stop"`` writes ``capture.pcapng`` into the
     run folder and analyzes it twice: as an eavesdropper (no keys) and with the lab's
-    TLS key log. Without permission to capture, the lesson says why and goes on.
+    TLS key log. Without permission to capture (and no namespace or recording to
+    stand in, see :mod:`gponsim.lessons.capturing`), the lesson says why and goes on.
     """
     from gponsim.capture.live import CapturePermission, Sniffer
 
+    plan = ctx.results.get("capture_plan")          # how: see gponsim.lessons.capturing
     if o.get("action", "start") == "start":
+        if plan is not None and plan.note:
+            ctx.say(plan.note)
+        if plan is not None and plan.mode == "recorded":
+            from gponsim.lessons.capturing import RecordedCapture
+
+            ctx.results["sniffer"] = RecordedCapture(plan, ctx.out)
+            return
         try:
             ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcapng", set(ctx.ports.values()))
         except CapturePermission as exc:
@@ -360,7 +369,7 @@ def do_capture(ctx: Context, o: dict) -> None:
 
     path = sniffer.stop()
     ctx.artifacts.append(path)
-    keys = ctx.lab_root / "keys.log"
+    keys = getattr(sniffer, "keys", None) or ctx.lab_root / "keys.log"
     ctx.results["capture"] = {"plain": analyze(path), "keys": analyze(path, keylog=keys)}
     for label, analysis in (("eavesdropper", ctx.results["capture"]["plain"]),
                             ("key log", ctx.results["capture"]["keys"])):

@@ -71,6 +71,7 @@ class RunOptions:
     interactive: bool = False       # the student acts with a real client
     timeout: float = 300.0          # how long to wait for the student, per action
     listen: str = "127.0.0.1"
+    capture: str = "auto"           # auto | here | namespace | recorded (gponsim.lessons.capturing)
 
 
 @dataclass
@@ -131,11 +132,17 @@ def _profile_for(lesson: Lesson, out: Path) -> Path:
 
 
 def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
+    from gponsim.lessons.capturing import prepare
+
+    lang = options.lang
+    # First, while this process has no threads: it may move into a namespace of its own.
+    capture_plan = prepare(lesson, options.capture, lang=lang, interactive=options.interactive,
+                           listen=options.listen)
+
     from twisted.internet import reactor, threads
 
     from gponsim.server.lab import Lab, LabOptions
 
-    lang = options.lang
     console = options.console or Console(highlight=False)
     out = Path(options.out or default_out(lesson.id)).resolve()
     try:
@@ -167,6 +174,7 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
                       say=lambda s: console.print(s, markup=False), show_text=show_text,
                       interactive=options.interactive, timeout=options.timeout, host=options.listen,
                       profile=profile)
+        ctx.results["capture_plan"] = capture_plan
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")
         console.rule(text(lesson.title, lang))
