@@ -301,18 +301,6 @@ def test_dotlock_of_a_live_process_is_respected(tmp_path):
     assert lock.exists()
 
 
-# A known bug of gponsim/server/local.py, left to the server's owner: the dotlock is
-# created with mode 0 (as Postfix's dot_lockfile does), yet gponsim writes its owner
-# into it and reads it back to break the lock of a dead process. Root reads it
-# anyway; a normal user's lab cannot, so a lab killed while delivering leaves its
-# mailbox locked for stale_lock_time. The fix: create the dotlock 0o600. Strict:
-# when it lands these tests pass for a normal user too, and this mark must go.
-DOTLOCK_MODE_0 = pytest.mark.xfail(os.geteuid() != 0, strict=True, raises=(PermissionError, MailboxError),
-                                   reason="server bug: the dotlock is created with mode 0, so a normal "
-                                          "user's lab cannot read back the owner it wrote (local.py)")
-
-
-@DOTLOCK_MODE_0
 def test_our_dotlock_names_its_owner(tmp_path):
     path = tmp_path / "box"
     path.write_bytes(b"")
@@ -325,7 +313,6 @@ def test_our_dotlock_names_its_owner(tmp_path):
     assert not (tmp_path / "box.lock").exists()
 
 
-@DOTLOCK_MODE_0
 def test_the_dotlock_of_a_killed_lab_is_broken_at_once(tmp_path):
     """A process that took the lock and died (a lab killed while delivering): the next
     delivery breaks its dotlock at once instead of waiting for stale_lock_time."""
@@ -333,7 +320,7 @@ def test_the_dotlock_of_a_killed_lab_is_broken_at_once(tmp_path):
     path.write_bytes(b"")
     took = subprocess.run([sys.executable, "-c", f"""
 import os
-from gponsim.server.local import MailboxLock
+from gponsim.server.postfix.local import MailboxLock
 fd = os.open({str(path)!r}, os.O_RDWR)
 MailboxLock({str(path)!r}).acquire(fd)
 os._exit(0)                     # dies holding it: the dotlock stays, naming a dead process
