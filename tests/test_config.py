@@ -662,6 +662,8 @@ DOVECOT_ERRORS = [
      "  }\n}\n", 2, "bad number"),
     ("dovecot/conf.d/10-master.conf", "}\n", 0, "unexpected '}'"),
     ("dovecot/conf.d/10-mail.conf", "namespace other {\n  prefix = x/\n", 0, "never closed"),
+    ("dovecot/conf.d/10-mail.conf", "mail_location = maildir:~/Maildir\n", 0,
+     "mailbox format 'maildir' is not simulated (gponsim has: mbox)"),
     ("dovecot/conf.d/10-auth.conf", "!include auth-nothere.conf.ext\n", 0, "include file not found"),
     ("dovecot/dovecot.conf", "what is this\n", 0, "expecting '='"),
 ]

@@ -1,6 +1,7 @@
 """Being told when an mbox file changes: inotify where there is one, polling elsewhere.
 
-A selected IMAP folder subscribes with :meth:`MailWatch.watch`; the callback
+The mbox folder's :meth:`~gponsim.server.mailstore.mbox.MboxFolder.watch` (what a
+selected IMAP folder subscribes with) uses :meth:`MailWatch.watch`; the callback
 runs (in the reactor) soon after a writer has *finished* with the file: the
 mbox closed after writing (local(8)'s delivery), renamed over (a rewrite by
 gponsim or Dovecot), created, or its dotlock removed. Events of one burst are
