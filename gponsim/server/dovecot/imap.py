@@ -68,6 +68,11 @@ POST_LOGIN_CAPS = (
     "THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED "
     "I18NLEVEL=1 ESEARCH WITHIN LIST-STATUS BINARY MOVE STATUS=SIZE LITERAL+").split()
 FLAGS_LIST = r"\Answered \Flagged \Deleted \Seen \Draft"
+#: FETCH items Dovecot answers first, whatever the order asked (Twisted's names).
+_BUFFERED_ITEMS = frozenset({"uid", "flags", "internaldate", "rfc822size"})
+#: The commands whose NO may say [NONEXISTENT] (Dovecot's COMMAND_FLAG_USE_NONEXISTENT,
+#: src/imap/imap-commands.c: RFC 5530 gives the code to "delete something" operations).
+USE_NONEXISTENT = frozenset({"DELETE", "RENAME", "UNSUBSCRIBE"})
 #: Largest literal accepted (APPEND): Dovecot has no fixed limit; the lab caps it.
 MAX_LITERAL = 50 * 1024 * 1024
 #: How often a selected INBOX file is checked for new deliveries without inotify...
@@ -823,7 +828,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         try:
             return True, fn(*args)
         except StoreError as exc:
-            self._no(tag, f"[{exc.code}] {exc}")
+            if exc.code == "NONEXISTENT" and self._command not in USE_NONEXISTENT:
+                self._no(tag, str(exc))
+            else:
+                self._no(tag, f"[{exc.code}] {exc}")
         except OSError as exc:
             self._no(tag, f"[SERVERBUG] Internal error occurred: {exc.strerror}")
         return False, None
@@ -1299,21 +1307,26 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 except (StoreError, OSError):
                     pass
         for seq, msg in chosen:
+            # Dovecot's order (src/imap/imap-fetch.c): the items it buffers
+            # (UID, FLAGS, INTERNALDATE, RFC822.SIZE; the FLAGS of a message
+            # this FETCH made \Seen last among them) before all the others,
+            # each group in the order asked.
             items: list[bytes] = []
+            others: list[bytes] = []
             names = [q.type for q in query]
             if uid and "uid" not in names:
                 items.append(b"UID %d" % msg.uid)
             for q in query:
-                items.append(self._fetch_item(q, msg))
+                (items if q.type in _BUFFERED_ITEMS else others).append(self._fetch_item(q, msg))
             for b in binaries:
                 try:
-                    items.append(_binary_item(b, msg))
+                    others.append(_binary_item(b, msg))
                 except _UnknownCTE:
                     self._no(tag, "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding.")
                     return
             if msg.uid in seen_now and "flags" not in names:
                 items.append(self._flags_item(msg))
-            self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+            self.transport.write(b"* %d FETCH (" % seq + b" ".join(items + others) + b")\r\n")
         self._refresh(expunges=False)
         self._ok(tag, "Fetch completed.")
 

@@ -39,6 +39,26 @@ class MailWatch:
             watch = _WATCHES[id(reactor)] = cls(reactor)
         return watch
 
+    @classmethod
+    def release(cls, reactor) -> None:
+        """Forget ``reactor``'s watcher, if it has one: pending calls are
+        cancelled and its inotify descriptor closed (a reactor that is done
+        with, such as a test's in-memory one)."""
+        watch = _WATCHES.pop(id(reactor), None)
+        if watch is None or watch.reactor is not reactor:
+            return
+        for call in watch._pending.values():
+            if call.active():
+                call.cancel()
+        watch._pending.clear()
+        watch._dirs.clear()
+        if watch._notifier is not None:
+            from twisted.internet.main import CONNECTION_DONE
+            from twisted.python.failure import Failure
+            watch._notifier.connectionLost(Failure(CONNECTION_DONE))
+            watch._notifier = None
+        watch._failed = True
+
     def _start(self) -> bool:
         if self._notifier is not None:
             return True
