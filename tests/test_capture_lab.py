@@ -23,8 +23,11 @@ from labproc import wait_until  # noqa: E402
 from gponsim.capture.analyze import analyze  # noqa: E402
 from gponsim.steps import ListSink  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
-                                reason="sniffing loopback needs root (or CAP_NET_RAW)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                       reason="sniffing loopback needs root (or CAP_NET_RAW)"),
+]
 
 
 def _view(steps, proto):

@@ -981,6 +981,7 @@ def _pairs(output: str) -> dict[str, str]:
     return result
 
 
+@pytest.mark.slow          # real Postfix's postconf
 @pytest.mark.postfix
 @pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Debian's postfix (postconf)")
 def test_real_postconf_reads_our_files_like_we_do(shipped):
@@ -1030,6 +1031,7 @@ def test_real_postconf_reads_our_files_like_we_do(shipped):
     assert real == [s.fields for s in shipped.services()]
 
 
+@pytest.mark.slow          # real Postfix's postconf
 @pytest.mark.postfix
 @pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Debian's postfix (postconf)")
 def test_real_postconf_agrees_on_continuations_and_expressions(tmp_path, cfg):

@@ -21,8 +21,11 @@ import pytest
 from gponsim.server.postfix.local import render_entry
 from gponsim.server.mailstore.mbox import MboxStore
 
-pytestmark = pytest.mark.skipif(shutil.which("doveadm") is None,
-                                reason="Dovecot (dovecot-core) not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("doveadm") is None,
+                       reason="Dovecot (dovecot-core) not installed"),
+]
 
 
 class Doveadm:

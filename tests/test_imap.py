@@ -17,6 +17,8 @@ import pytest
 from imapclient import Raw
 from labproc import LabProcess, wait_until
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`, imaplib and curl
+
 PRE_SECURED = ("IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS "
                "AUTH=PLAIN AUTH=LOGIN")
 PRE_REMOTE = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS LOGINDISABLED"

@@ -15,6 +15,8 @@ import pytest
 from imapclient import Raw
 from labproc import LabProcess, wait_until
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`, poplib and curl
+
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):

@@ -378,6 +378,12 @@ from gponsim.server.postfix.queuefile import Envelope
 
 root, count, crash_at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rcpts = sys.argv[5].split(",")
+
+def say(*words):
+    # One write per line: print() writes its pieces one by one when unbuffered
+    # (PYTHONUNBUFFERED), and the kill may land between them.
+    os.write(1, (" ".join(words) + "\n").encode())
+
 if crash_at.startswith("at:"):
     point = crash_at[3:]
     def hook(name):
@@ -396,7 +402,7 @@ def one(i):
     if crash_at == "open":
         qf = q.open(env)
         qf.add_recipient(rcpts[0])
-        print("OPENED", qf.qid, flush=True)
+        say("OPENED", qf.qid)
         return defer.succeed(None)
     qf = q.open(env)
     for r in rcpts:
@@ -404,11 +410,11 @@ def one(i):
     header = received_header("pc1", "unknown", "192.168.1.50", "ESMTP", qf.qid, rcpts,
                              env.arrival, "mail.gponlab.local")
     d = qf.commit(header.encode() + ("Subject: m%d\n\nbody %d\n" % (i, i)).encode())
-    d.addCallback(lambda qid: print("COMMITTED", qid, flush=True))
+    d.addCallback(lambda qid: say("COMMITTED", qid))
     return d
 
 rt.call(lambda: defer.gatherResults([one(i) for i in range(count)]), timeout=60)
-print("ALL", flush=True)
+say("ALL")
 threading.Event().wait(120)      # until the test kills us
 """
 
