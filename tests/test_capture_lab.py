@@ -10,7 +10,6 @@ from __future__ import annotations
 import smtplib
 import socket
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,11 @@ from labproc import wait_until  # noqa: E402
 from gponsim.capture.analyze import analyze  # noqa: E402
 from gponsim.sinks.memory import ListSink  # noqa: E402
 
-pytestmark = pytest.mark.root("sniffing this computer's loopback needs root or CAP_NET_RAW (the "
-                              "lessons' capture without root, in a namespace of their own, is in test_lesson_capture.py)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.root("sniffing this computer's loopback needs root or CAP_NET_RAW (the lessons' "
+                     "capture without root, in a namespace of their own, is in test_lesson_capture.py)"),
+]
 
 
 def _view(steps, proto):

@@ -662,6 +662,8 @@ DOVECOT_ERRORS = [
      "  }\n}\n", 2, "bad number"),
     ("dovecot/conf.d/10-master.conf", "}\n", 0, "unexpected '}'"),
     ("dovecot/conf.d/10-mail.conf", "namespace other {\n  prefix = x/\n", 0, "never closed"),
+    ("dovecot/conf.d/10-mail.conf", "mail_location = maildir:~/Maildir\n", 0,
+     "mailbox format 'maildir' is not simulated (gponsim has: mbox)"),
     ("dovecot/conf.d/10-auth.conf", "!include auth-nothere.conf.ext\n", 0, "include file not found"),
     ("dovecot/dovecot.conf", "what is this\n", 0, "expecting '='"),
 ]
@@ -983,6 +985,7 @@ def _pairs(output: str) -> dict[str, str]:
     return result
 
 
+@pytest.mark.slow          # real Postfix's postconf
 @pytest.mark.postfix
 @pytest.mark.skipif(POSTCONF is None, reason="needs Debian's postfix (postconf)")
 def test_real_postconf_reads_our_files_like_we_do(shipped):
@@ -1032,6 +1035,7 @@ def test_real_postconf_reads_our_files_like_we_do(shipped):
     assert real == [s.fields for s in shipped.services()]
 
 
+@pytest.mark.slow          # real Postfix's postconf
 @pytest.mark.postfix
 @pytest.mark.skipif(POSTCONF is None, reason="needs Debian's postfix (postconf)")
 def test_real_postconf_agrees_on_continuations_and_expressions(tmp_path, cfg):

@@ -54,6 +54,7 @@ def svg_edges(path):
     return sorted(out)
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 @needs_dot
 def test_sequence_svg_has_participants_and_arrows_in_order(session_steps, tmp_path):
     [svg] = draw_sequence(session_steps, tmp_path / "send.svg", flow="send", lang="en")
@@ -75,6 +76,7 @@ def test_sequence_svg_has_participants_and_arrows_in_order(session_steps, tmp_pa
     assert "AHVzZXIx" not in text  # credentials stay masked
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 @needs_dot
 def test_architecture_marks_what_was_observed(session_steps, tmp_path):
     svg = draw_architecture(session_steps, tmp_path / "arch.svg", lang="es")
@@ -117,6 +119,7 @@ def test_long_sessions_paginate():
     assert len(pages) == 25 and pages[-1].total == 25 and pages[-1].number == 25
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 def test_mermaid_is_well_formed(session_steps):
     [page] = build_sequence(session_steps, flow="send")
     text = sequence_mermaid(page, "es")
@@ -145,6 +148,7 @@ def test_mermaid_is_well_formed(session_steps):
     assert "rect rgb(" in text  # the TLS part is shaded
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 def test_missing_dot_is_explained_and_sources_are_kept(session_steps, tmp_path, monkeypatch):
     empty = tmp_path / "bin"
     empty.mkdir()
@@ -155,6 +159,7 @@ def test_missing_dot_is_explained_and_sources_are_kept(session_steps, tmp_path, 
     assert (tmp_path / "out.mmd").read_text().startswith("sequenceDiagram")
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 @needs_dot
 def test_cli_draws_and_rejects_bad_input(session_steps, tmp_path):
     steps_file = tmp_path / "s.jsonl"

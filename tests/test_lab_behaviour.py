@@ -13,6 +13,8 @@ import pytest
 from gponsim.config import init_config
 from labproc import wait_until
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`
+
 
 def profile_with(tmp_path, **main_cf):
     conf = tmp_path / "conf"

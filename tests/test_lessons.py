@@ -48,6 +48,7 @@ def test_lesson_runs_and_every_checkpoint_passes(lesson, lang, tmp_path):
         assert "AHVzZXIxAHBhc3M" not in (out / name).read_text(), name
 
 
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_send_mail_leaves_the_promised_artifacts(tmp_path):
     result = run("lesson", "send-mail", "--lang", "es", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -58,6 +59,7 @@ def test_send_mail_leaves_the_promised_artifacts(tmp_path):
     assert "Subject: Hola desde la" in (out / "gponlab" / "var" / "mail" / "user2").read_text()
 
 
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_a_broken_lab_is_reported_as_failed_checkpoints(tmp_path):
     """Break the lab on purpose: gponlab.local is no longer a local domain."""
     text = (LESSONS_DIR / "send-mail.toml").read_text()
@@ -86,6 +88,7 @@ def test_a_broken_lab_is_reported_as_failed_checkpoints(tmp_path):
                          'where = { protocol = "smtp" }', 1), "unknown Step fields"),
     (lambda t: t.replace("answer = 2", "answer = 7", 1), "quiz answer must be a choice number"),
 ])
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
     bad = tmp_path / "bad.toml"
     bad.write_text(mutation((LESSONS_DIR / "send-mail.toml").read_text()))
@@ -97,6 +100,7 @@ def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
     assert result.returncode == 2 and message in result.stderr
 
 
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_lesson_list_and_unknown_lesson(tmp_path):
     result = run("lesson", "list", "--lang", "es", cwd=tmp_path)
     assert result.returncode == 0

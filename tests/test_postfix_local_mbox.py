@@ -25,7 +25,6 @@ import signal
 import smtplib
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +37,7 @@ LOCAL = "/usr/lib/postfix/sbin/local"
 USER = "nobody"
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.postfix,
     pytest.mark.skipif(not (os.path.exists(POSTFIX) and os.path.exists(LOCAL)),
                        reason="real Postfix not installed (apt-get install postfix)"),

@@ -29,6 +29,7 @@ DELAY = 0.2
 WAIT = 30.0
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.postfix,
     pytest.mark.skipif(not os.path.exists(POSTFIX),
                        reason="real Postfix not installed (apt-get install postfix)"),

@@ -381,6 +381,8 @@ root, count, crash_at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def say(text):     # one write(2) a line: a kill -9 from another thread never cuts one
     os.write(1, (text + "\n").encode())
 rcpts = sys.argv[5].split(",")
+
+
 if crash_at.startswith("at:"):
     point = crash_at[3:]
     def hook(name):

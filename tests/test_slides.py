@@ -10,6 +10,8 @@ import pytest
 
 from gponsim.lessons.model import find_lesson, lesson_files
 
+pytestmark = pytest.mark.slow          # end to end: LibreOffice and Chromium
+
 LESSONS = [p.stem for p in lesson_files()]
 needs_soffice = pytest.mark.skipif(shutil.which("soffice") is None,
                                    reason="LibreOffice (Debian package libreoffice-impress) is not installed")

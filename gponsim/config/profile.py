@@ -33,6 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from gponsim.server.mailstore.interface import StoreError
+from gponsim.server.mailstore.location import FORMATS as MAIL_FORMATS
+from gponsim.server.mailstore.location import MailLocation, check_format, parse_mail_location
+
 from . import params as _params
 from .dovecot import DovecotConfig, DovecotSection, DovecotSetting, default_resolver, parse_dovecot
 from .params import Catalog, Info, ValueProblem, catalog
@@ -137,17 +141,6 @@ class PasswdFile:
     path: str                # lab-server path, e.g. /etc/dovecot/users
     scheme: str              # e.g. BLF-CRYPT
     username_format: str
-
-
-@dataclass(frozen=True)
-class MailLocation:
-    format: str              # mbox, maildir...
-    root: str                # e.g. ~/mail
-    options: dict[str, str]  # e.g. {"INBOX": "/var/mail/%u"}
-
-    @property
-    def inbox(self) -> str | None:
-        return self.options.get("INBOX")
 
 
 @dataclass(frozen=True)
@@ -679,16 +672,23 @@ class LabProfile:
 
     def mail_location(self) -> MailLocation:
         """mail_location split: ``mbox:~/mail:INBOX=/var/mail/%u`` →
-        format mbox, root ~/mail, options {INBOX: /var/mail/%u}."""
+        format mbox, root ~/mail, options {INBOX: /var/mail/%u}. A format
+        gponsim does not simulate is a ConfigError (empty means the lab's mbox)."""
         value = self.dovecot("mail_location")
-        fmt, _, rest = value.partition(":")
-        parts = rest.split(":") if rest else []
-        root = parts[0] if parts and "=" not in parts[0] else ""
-        options = {}
-        for part in parts[1 if root else 0:]:
-            key, _, item = part.partition("=")
-            options[key] = item
-        return MailLocation(fmt, root, options)
+        location = parse_mail_location(value)
+        try:
+            check_format(location)
+        except StoreError:
+            setting = self.dovecot_setting("mail_location")
+            have = ", ".join(sorted(MAIL_FORMATS))
+            raise ConfigError(setting.path if setting else self.dovecot_config.path,
+                              setting.line if setting else None,
+                              f"mail_location = {value}: mailbox format {location.format!r} "
+                              f"is not simulated (gponsim has: {have})",
+                              es=f"mail_location = {value}: el formato de buzón "
+                                 f"{location.format!r} no está simulado (gponsim tiene: {have})"
+                              ) from None
+        return location
 
     def mailboxes(self, namespace: str = "inbox") -> builtins.list[Mailbox]:
         """``mailbox NAME { special_use, auto }`` of a namespace (Debian's
@@ -778,6 +778,7 @@ class LabProfile:
                     raise _error_for((setting.path, setting.line), setting.key, setting.value,
                                      problem) from None
         self.unix_listeners("auth")
+        self.mail_location()                        # a format gponsim has
         for listener_service in self.dovecot_sections("service"):
             for listener in listener_service.find("inet_listener"):
                 if listener.setting("port") is not None:

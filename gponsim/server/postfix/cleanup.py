@@ -110,13 +110,6 @@ def mail_date(when: float) -> str:
             f"{sign}{hours:02d}{minutes:02d} ({zone})")
 
 
-def asctime(when: float) -> str:
-    """C ``asctime(localtime())`` without the newline: ``Mon Jan  1 12:00:00 2024``."""
-    tm = time.localtime(when)
-    return (f"{_DAYS[tm.tm_wday]} {_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} "
-            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {tm.tm_year}")
-
-
 # --------------------------------------------------------------------------
 # Addresses
 

@@ -19,6 +19,9 @@ as::
 - Every line that starts with ``From `` gets a ``>`` in front (the mboxo
   variant: ``>From`` lines are left alone, so the quoting cannot be undone).
 - A message without a final newline gets one, then the blank line.
+- The entry is built by :func:`gponsim.server.mailstore.mboxentry.mbox_entry`,
+  the one function every mbox writer of the lab uses (Dovecot's own with
+  its zero-padded From_ day).
 - The file is opened ``O_APPEND|O_CREAT`` mode 0600 and locked the way
   ``mailbox_delivery_lock = fcntl, dotlock`` does on Debian: first the
   dotlock ``/var/mail/user.lock`` (``O_CREAT|O_EXCL``; up to 20 attempts
@@ -64,7 +67,8 @@ from typing import Any, Callable, Sequence
 from twisted.internet import defer, threads
 
 from gponsim.server.maillog import MailLog, delivery_line
-from gponsim.server.postfix.cleanup import MAILER_DAEMON, asctime, quote_822_local
+from gponsim.server.mailstore.mboxentry import from_line, mbox_entry
+from gponsim.server.postfix.cleanup import quote_822_local
 from gponsim.server.postfix.queuefile import fault
 from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, event
 from gponsim.steps import Emit
@@ -116,20 +120,13 @@ def render_entry(content: bytes, *, sender: str, orig_rcpt: str, delivered_to: s
     with the ``Received:`` header). ``orig_rcpt`` empty: no X-Original-To.
     """
     quoted_sender = quote_822_local(sender) if sender else ""
-    head = [f"From {quoted_sender or MAILER_DAEMON}  {asctime(when)}",
-            f"Return-Path: <{quoted_sender}>"]
+    head = [f"Return-Path: <{quoted_sender}>"]
     if orig_rcpt:
         head.append(f"X-Original-To: {quote_822_local(orig_rcpt)}")
     head.append(f"Delivered-To: {quote_822_local(delivered_to)}")
-    out = bytearray("\n".join(head).encode("utf-8"))
-    out += b"\n"
-    if content.startswith(b"From "):
-        out += b">"
-    out += content.replace(b"\nFrom ", b"\n>From ")
-    if content and not content.endswith(b"\n"):
-        out += b"\n"
-    out += b"\n"
-    return bytes(out)
+    trace = "".join(line + "\n" for line in head).encode("utf-8")
+    return mbox_entry(from_line(quoted_sender, when, zero_pad_day=False), trace, content,
+                      quote=True)
 
 
 # --------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 
 from gponsim.commentary import annotate
+from gponsim.server.mailstore.mboxentry import from_line, mbox_entry
 from gponsim.server.postfix.smtp import prefer_relay_key
 from gponsim.server.smtpserver import AUTH, COMMAND, SmtpServer
 from gponsim.steps import Emit, Step, new_session, null_emit
@@ -249,12 +250,8 @@ def internet_mbox(root: Path, address: str) -> Path:
 def append_mbox(path: Path, sender: str, message: bytes, when: float) -> None:
     """Append one message in mboxo format (``From `` quoted as ``>From ``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(when))
-    body = message.replace(b"\r\n", b"\n")
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    body = re.sub(rb"(?m)^From ", b">From ", body)
-    data = f"From {sender or 'MAILER-DAEMON'}  {stamp}\n".encode() + body + b"\n"
+    data = mbox_entry(from_line(sender, when, zero_pad_day=False), b"",
+                      message.replace(b"\r\n", b"\n"), quote=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, data)
