@@ -30,7 +30,7 @@ from gponsim.server.dovecot.pop3 import Pop3Server
 from gponsim.server.mailstore.mailwatch import MailWatch
 from gponsim.server.postfix.local import render_entry
 from gponsim.server.postfix.xsasl import AuthClient
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 
 CLIENT = address.IPv4Address("TCP", "192.168.1.50", 50123)     # another host: not secured
 SERVER = address.IPv4Address("TCP", "192.168.1.1", 143)
