@@ -27,6 +27,8 @@ from gponsim.config import LabProfile, load_profile
 from gponsim.server.postfix import cleanup
 from gponsim.server import tls
 from gponsim.server.maillog import MailLog, pid_for
+from gponsim.server.postfix.lmtp import LmtpClient
+from gponsim.server.postfix.lmtp import settings_from_profile as lmtp_settings
 from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix import postqueue as queue_control
 from gponsim.server.sims.gmail import GmailSimulator
@@ -204,10 +206,13 @@ class Lab:
         mechanisms = yield self.auth_client.mechanisms()
 
         relay_transport = self._setup_relay()
+        transports = {"lmtp": LmtpClient(lmtp_settings(profile, self.root), emit=self.emit,
+                                          log=self.log, reactor=self.reactor)}
+        if relay_transport:
+            transports["smtp"] = relay_transport
         self.mta = Mta(self.root, QueueSettings.from_profile(profile, self._interface_addresses()),
                        user_exists=self.users.exists, log=self.log, emit=self.emit,
-                       reactor=self.reactor,
-                       transports={"smtp": relay_transport} if relay_transport else {})
+                       reactor=self.reactor, transports=transports)
         yield self.mta.start()
         try:      # postqueue -f's way in (gponsim queue --flush)
             self._listeners.append(queue_control.listen_flush(self.reactor, self.root,
