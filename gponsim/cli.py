@@ -549,7 +549,11 @@ def config():
 @config.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
-def config_init(directory, force):
+@click.option("--lmtp", is_flag=True,
+              help="Deliver through Dovecot's LMTP: mailbox_transport in main.cf, lmtp in "
+                   "protocols, its socket in 10-master.conf, auth_username_format = %Ln "
+                   "in 20-lmtp.conf (the lines shipped commented out).")
+def config_init(directory, force, lmtp):
     """Write the lab profile (main.cf, master.cf, Dovecot conf.d) into DIRECTORY.
 
     Edit them as on the real server, then `gponsim serve --config DIRECTORY`.
@@ -557,7 +561,7 @@ def config_init(directory, force):
     from gponsim.config import ConfigError, init_config
 
     try:
-        written = init_config(directory, force=force)
+        written = init_config(directory, force=force, lmtp=lmtp)
     except (ConfigError, FileExistsError) as exc:
         raise _config_error(exc)
     except OSError as exc:
