@@ -16,7 +16,7 @@ from gponsim.server.maillog import MailLog
 from gponsim.server.postfix.lmtp import LmtpClient, LmtpSettings, MailboxTransport, dot_stuffed
 from gponsim.server.postfix.queuefile import Envelope
 from gponsim.server.postfix.transport import DeliveryRequest
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 
 MESSAGE = (b"Received: from pc1 (unknown [127.0.0.1])\n\tby mail.gponlab.local (Postfix) with ESMTP"
            b" id 4F1A2C0D9E\n\tfor <user2@gponlab.local>; Mon,  1 Jan 2024 12:00:00 +0000 (UTC)\n"

@@ -28,7 +28,7 @@ from gponsim.server.maillog import MailLog
 from gponsim.server.postfix.lmtp import LmtpClient, LmtpSettings
 from gponsim.server.postfix.queuefile import Envelope
 from gponsim.server.postfix.transport import DeliveryRequest
-from gponsim.steps import ListSink
+from gponsim.sinks.memory import ListSink
 from labproc import wait_until
 
 DOVECOT = "/usr/sbin/dovecot"

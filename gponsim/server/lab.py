@@ -112,6 +112,7 @@ class Lab:
         self.keylog = tls.KeyLog(options.keylog) if options.keylog else None
         self.stop_signal = 15      # what `postfix stop` sends; Ctrl-C records 2
         self.auth_server = self.auth_client = self.mta = self.log = self.users = None
+        self.lmtp = None          # Dovecot's LMTP service (protocols = ... lmtp)
 
     # ---------------------------------------------------------------- paths
 
@@ -204,6 +205,7 @@ class Lab:
             raise LabError(f"cannot open Dovecot's auth socket {self.auth_socket}: {exc}") from exc
         self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)
         mechanisms = yield self.auth_client.mechanisms()
+        self._start_lmtp()        # before the queue: recovered mail may go there at once
 
         relay_transport = self._setup_relay()
         transports = {"lmtp": LmtpClient(lmtp_settings(profile, self.root), emit=self.emit,
@@ -228,6 +230,15 @@ class Lab:
         self._start_autoconfig(hostname)
         self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
         return dict(self.ports)
+
+    def _start_lmtp(self) -> None:
+        """Dovecot's LMTP service, when ``protocols`` includes ``lmtp``."""
+        from gponsim.server.dovecot.lmtp import start_lmtp
+
+        try:
+            self.lmtp = start_lmtp(self)
+        except OSError as exc:
+            raise LabError(f"cannot open Dovecot's LMTP socket: {exc.strerror or exc}") from exc
 
     def _setup_relay(self):
         """smtp(8) towards relayhost; with ``relay = sim`` the Gmail simulator
@@ -335,6 +346,8 @@ class Lab:
             self.auth_client.close()
         if self.mta is not None:
             yield self.mta.stop()
+        if getattr(self, "lmtp", None) is not None:
+            yield self.lmtp.stop()
         if getattr(self, "gmail", None) is not None:
             yield self.gmail.stop()
         if self.log is not None:

@@ -48,14 +48,13 @@ from typing import Any, Callable
 
 from twisted.internet import defer, error, protocol
 
-from gponsim.commentary import annotate
 from gponsim.server import inprocess
 from gponsim.server.maillog import MailLog, delivery_line
 from gponsim.server.postfix.smtp import _ClientProtocol as ReplyReader
 from gponsim.server.postfix.smtp import _Lost, enhanced_or_default, joined
 from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, event
 from gponsim.server.unixpath import socket_address
-from gponsim.steps import Emit, Step, new_session, null_emit
+from gponsim.steps import Emit, new_session, null_emit
 from gponsim.wire import smtp as wire
 
 #: What lmtp(8) is waiting for when a connection is lost (smtp_proto.c's texts).
@@ -125,15 +124,6 @@ def dot_stuffed(content: bytes) -> bytes:
     if lines and lines[-1] == b"":
         lines.pop()
     return b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
-
-
-def lmtp_step(step: Step) -> Step:
-    """An SMTP-grammar Step of :mod:`gponsim.wire.smtp` as an LMTP Step
-    (``lmtp`` is Postfix's client, ``dovecot-lmtp`` the server)."""
-    step.proto = "lmtp"
-    step.dir = "c2s" if step.src == "lmtp" else "s2c"
-    step.key = None
-    return annotate(step)
 
 
 class LmtpClient:
@@ -213,12 +203,14 @@ class LmtpClient:
             for index in list(pending):
                 finish(index, "deferred", "4.3.0", f"mail system configuration error ({exc})")
         finally:
+            if state.get("claim") is not None:
+                inprocess.withdraw(state["claim"])
             proto = state.get("proto")
             if proto is not None and proto.transport is not None and proto.lost is None:
                 proto.transport.loseConnection()
         return [RecipientStatus(i, st, dsn, why) for i, (st, dsn, why) in sorted(results.items())]
 
-    async def _connect(self, req, session: str, peer: str, path: Path) -> ReplyReader:
+    async def _connect(self, req, session: str, peer: str, path: Path, state: dict) -> ReplyReader:
         connected: defer.Deferred = defer.Deferred()
         failed: list[str] = []
 
@@ -237,7 +229,9 @@ class LmtpClient:
 
         self.emit(event("lmtp", "lmtp", "dovecot-lmtp", "CONNECT", f"connect to {peer}",
                         session, qid=req.qid, path=str(path), logged=False))
-        claim = inprocess.announce(path, session)
+        # Until the greeting comes, a server of this lab that accepts the
+        # connection learns it is ours (and this session) from the announcement.
+        claim = state["claim"] = inprocess.announce(path, session)
         timeout = self.settings.connect_timeout or 30
         try:
             try:
@@ -249,6 +243,7 @@ class LmtpClient:
             return await connected
         except Exception:  # noqa: BLE001 - told as Postfix tells it
             inprocess.withdraw(claim)
+            state["claim"] = None
             text = f"connect to {peer}: {failed[0] if failed else 'Connection refused'}"
             self.emit(event("lmtp", "lmtp", "dovecot-lmtp", "CONNECT_FAILED", text, session,
                             qid=req.qid))
@@ -258,15 +253,15 @@ class LmtpClient:
                             finish) -> None:
         s = self.settings
         path = self.socket_path(address)
-        proto = await self._connect(req, session, peer, path)
+        proto = await self._connect(req, session, peer, path, state)
         state["proto"] = proto
         state["relay"] = peer
 
         def send(*lines: str) -> None:
             """Commands in one write (pipelined when there are several)."""
             for line in lines:
-                self.emit(lmtp_step(wire.command_step(line, session=session, src="lmtp",
-                                                      dst="dovecot-lmtp")))
+                self.emit(wire.command_step(line, session=session, src="lmtp",
+                                            dst="dovecot-lmtp", proto="lmtp"))
             proto.transport.write("".join(f"{line}\r\n" for line in lines)
                                   .encode("utf-8", "surrogateescape"))
 
@@ -283,8 +278,8 @@ class LmtpClient:
             finally:
                 if timer.active():
                     timer.cancel()
-            self.emit(lmtp_step(wire.reply_step(lines, session=session, answers=answers,
-                                                src="dovecot-lmtp", dst="lmtp")))
+            self.emit(wire.reply_step(lines, session=session, answers=answers,
+                                      src="dovecot-lmtp", dst="lmtp", proto="lmtp"))
             return lines
 
         def code(lines: list[str]) -> int:
@@ -313,6 +308,7 @@ class LmtpClient:
 
         # --- greeting and LHLO
         greeting = await reply("CONNECT")
+        inprocess.withdraw(state.pop("claim"))      # claimed by now, if the server is ours
         if code(greeting) != 220:
             await quit_()
             err = failure(greeting, "LHLO")
@@ -364,10 +360,10 @@ class LmtpClient:
             raise failure(data_reply or ["451 4.3.0 no reply"], "DATA")
 
         # --- the message, the dot and QUIT in one write; one reply per recipient
-        self.emit(lmtp_step(wire.message_step(req.content, session=session, src="lmtp",
-                                              dst="dovecot-lmtp")))
-        self.emit(lmtp_step(wire.command_step("QUIT", session=session, src="lmtp",
-                                              dst="dovecot-lmtp")))
+        self.emit(wire.message_step(req.content, session=session, src="lmtp",
+                                    dst="dovecot-lmtp", proto="lmtp"))
+        self.emit(wire.command_step("QUIT", session=session, src="lmtp", dst="dovecot-lmtp",
+                                    proto="lmtp"))
         proto.transport.write(dot_stuffed(req.content) + b".\r\nQUIT\r\n")
         for index in accepted:
             final = await reply("DATA", "DOT", s.data_done_timeout)
