@@ -42,13 +42,15 @@ def test_delivery_through_dovecot_lmtp(lab_factory, tmp_path):
     assert (lab.root / "var/spool/postfix/private/dovecot-lmtp").is_socket()
     send(lab, "lmtp-e2e")
     [msg] = lab.wait_for_mail("user2")
+    # Dovecot wrote the mailbox before it answered: lmtp(8) logs a moment later
+    sent_line = re.compile(r"postfix/lmtp\[\d+\]: \w+: to=<user2@gponlab\.local>, relay=mail"
+                           r"\.gponlab\.local\[private/dovecot-lmtp\], delay=\S+, delays=\S+, "
+                           rf"dsn=2\.0\.0, status=sent \(250 2\.0\.0 <user2@gponlab\.local> ({SID}) "
+                           r"Saved\)")
+    sent = wait_until(lambda: sent_line.search(lab.log_text()), 10, "lmtp(8)'s status line")
     log = lab.log_text()
     assert re.search(r"postfix/local\[\d+\]: (\w+): passing <user2@gponlab\.local> to "
                      r"transport=lmtp", log), log
-    sent = re.search(r"postfix/lmtp\[\d+\]: \w+: to=<user2@gponlab\.local>, relay=mail\.gponlab"
-                     r"\.local\[private/dovecot-lmtp\], delay=\S+, delays=\S+, dsn=2\.0\.0, "
-                     rf"status=sent \(250 2\.0\.0 <user2@gponlab\.local> ({SID}) Saved\)", log)
-    assert sent, log
     sid = sent.group(1)
     assert re.search(r"dovecot\[\d+\]: lmtp\(\d+\): Connect from local", log)
     assert re.search(rf"dovecot\[\d+\]: lmtp\(user2\)<\d+><{re.escape(sid)}>: "
