@@ -140,6 +140,7 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     first start). Mail for user2 lands in <lab root>/var/mail/user2 and every
     event is logged, as Postfix does, in <lab root>/var/log/mail.log.
     Ctrl-C stops it; whatever was queued is delivered at the next start.
+    SIGHUP reloads the profile (as `postfix reload` and `systemctl reload dovecot`).
     """
     from gponsim.config import ConfigError
     from gponsim.server.lab import Lab, LabError, LabOptions
@@ -184,9 +185,18 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         lab.stop_signal = signum
         reactor.callFromThread(reactor.stop)
 
+    def reload():
+        def refused(f):
+            click.echo(f"gponsim: reload refused, the lab keeps its configuration: "
+                       f"{f.getErrorMessage()}", err=True)
+        lab.reload().addCallbacks(lambda _: click.echo("gponsim: configuration reloaded", err=True),
+                                  refused)
+
     def install_signals():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
+        # `kill -HUP`: like `postfix reload` and `systemctl reload dovecot`
+        signal.signal(signal.SIGHUP, lambda _s, _f: reactor.callFromThread(reload))
 
     reactor.callWhenRunning(install_signals)
     reactor.callWhenRunning(lambda: lab.start().addCallbacks(started, failed))

@@ -277,6 +277,32 @@ class Lab:
         return SmtpRelayClient(settings, emit=self.emit, log=self.log, reactor=self.reactor,
                                keylog=self.keylog)
 
+    @defer.inlineCallbacks
+    def reload(self):
+        """``postfix reload`` and ``systemctl reload dovecot`` after the profile
+        was edited: the files are read again and what depends on them while
+        the lab runs follows — the queue's routing (``mailbox_transport``),
+        lmtp(8)'s settings, Dovecot's LMTP service (``protocols``, its sockets,
+        ``auth_username_format``). Listening ports and TLS stay as started. A
+        profile with an error raises ConfigError and changes nothing."""
+        profile = load_profile(self.options.config_dir)
+        self.profile = profile
+        self.log.write("postfix/postfix-script", pid_for("postfix-script"),
+                       "refreshing the Postfix mail system")
+        self.log.write("postfix/master", pid_for("master"),
+                       "reload -- version 3.7.11, configuration /etc/postfix")
+        if self.mta is not None:
+            lmtp_client = self.mta.agents.get("lmtp")
+            if isinstance(lmtp_client, LmtpClient):
+                lmtp_client.settings = lmtp_settings(profile, self.root)
+            self.mta.set_mailbox_transport(profile.main("mailbox_transport"))
+        self.log.write("dovecot", pid_for("dovecot"),
+                       "master: Warning: SIGHUP received - reloading configuration")
+        if self.lmtp is not None:
+            yield self.lmtp.stop()
+            self.lmtp = None
+        self._start_lmtp()
+
     def _flush_queue(self) -> int:
         return self.mta.flush() if self.mta is not None else 0
 
