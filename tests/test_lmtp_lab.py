@@ -112,3 +112,34 @@ def test_pitfall_without_ln_bounces_and_the_bounce_too(lab_factory, tmp_path):
     assert "undeliverable bounce" not in log           # real Postfix logs nothing for it
     replies = [s for s in lab.steps() if s.proto == "lmtp" and s.code == 550]
     assert len(replies) == 2 and all(s.key == "lmtp.reply.550-5.1.1" for s in replies)
+
+
+def test_sighup_reloads_into_lmtp(lab_factory, tmp_path):
+    """An administrator edits the files and reloads (`postfix reload`,
+    `systemctl reload dovecot`): `kill -HUP` makes gponsim serve read them again."""
+    import os
+    import signal
+
+    folder = tmp_path / "profile"
+    init_config(folder)
+    lab = lab_factory(config_dir=folder).start()
+    send(lab, "before-reload")
+    lab.wait_for_mail("user2")
+    wait_until(lambda: "status=sent (delivered to mailbox)" in lab.log_text(), 10, "local(8)")
+    assert not (lab.root / "var/spool/postfix/private/dovecot-lmtp").exists()
+    apply_switch(folder)
+    os.kill(lab.proc.pid, signal.SIGHUP)
+    wait_until(lambda: "dovecot-lmtp" in "".join(p.name for p in
+                                                  (lab.root / "var/spool/postfix/private").iterdir()),
+               10, "Dovecot's LMTP socket after the reload")
+    log = lab.log_text()
+    assert re.search(r"postfix/master\[\d+\]: reload -- version 3\.7\.11, configuration "
+                     r"/etc/postfix", log), log
+    assert "dovecot: master: Warning: SIGHUP received - reloading configuration" in \
+        re.sub(r"dovecot\[\d+\]", "dovecot", log)
+    send(lab, "after-reload")
+    lab.wait_for_mail("user2", 2)
+    wait_until(lambda: re.search(r"postfix/lmtp\[\d+\]: .*status=sent \(250 2\.0\.0 "
+                                 r"<user2@gponlab\.local> \S+ Saved\)", lab.log_text()),
+               10, "lmtp(8)'s status line")
+    assert "configuration reloaded" in lab.stderr()
