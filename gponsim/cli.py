@@ -161,6 +161,9 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         names = ", ".join(f"{u.name} ({Path(u.file).name}:{u.line})" for u in unsimulated)
         click.echo(f"gponsim: note: {len(unsimulated)} setting(s) of the profile are read but not "
                    f"simulated: {names}. `gponsim config explain` says why.", err=True)
+    for warning in lab.profile.warnings():     # e.g. Postfix delivering to an LMTP socket nobody makes
+        click.echo(f"gponsim: warning: {warning.text(_lang(lang))}",
+                   err=True)
     failure: list[BaseException] = []
     sniffer: list = []
 

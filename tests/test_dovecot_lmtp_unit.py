@@ -275,3 +275,11 @@ def test_names_and_ids():
     assert len(session_guid(1234, "mail.gponlab.local", 1796619353.5)) == 22
     assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}",
                         received_date(1796619353))
+
+
+def test_idle_timeout(s):
+    s.proto.timeoutConnection()
+    assert s.out() == ["421 4.4.2 mail.gponlab.local Disconnected for inactivity"]
+    s.proto.connectionLost(None)
+    assert s.log()[-1] == (f"lmtp({s.service.pid}): Disconnect from local: Disconnected for "
+                           "inactivity (state=READY)")

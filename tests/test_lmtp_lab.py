@@ -143,3 +143,21 @@ def test_sighup_reloads_into_lmtp(lab_factory, tmp_path):
                                  r"<user2@gponlab\.local> \S+ Saved\)", lab.log_text()),
                10, "lmtp(8)'s status line")
     assert "configuration reloaded" in lab.stderr()
+
+
+def test_half_a_switch_defers_and_is_warned(lab_factory, tmp_path):
+    """main.cf delivers over LMTP, but Dovecot has no lmtp in protocols: gponsim
+    serve warns at start, and the mail waits in the deferred queue as in Postfix."""
+    folder = tmp_path / "profile"
+    init_config(folder)
+    apply_switch(folder, [e for e in LMTP_SWITCH if e[0] == "postfix/main.cf"])
+    lab = lab_factory(config_dir=folder).start()
+    assert "warning: " in lab.stderr() and "protocols has no lmtp" in lab.stderr()
+    send(lab, "half-switch")
+    line = wait_until(lambda: re.search(r"postfix/lmtp\[\d+\]: \w+: to=<user2@gponlab\.local>, "
+                                        r"relay=none, .*dsn=4\.4\.1, status=deferred \(connect to "
+                                        r"mail\.gponlab\.local\[private/dovecot-lmtp\]: No such file "
+                                        r"or directory\)", lab.log_text()), 10, "the deferral")
+    assert line
+    failed = [s for s in lab.steps() if s.verb == "CONNECT_FAILED"]
+    assert failed and failed[0].key == "lmtp.event.CONNECT_FAILED"

@@ -319,6 +319,7 @@ class DovecotLmtp(SmtpServer):
         self.base_id = ""
         self.transactions = 0
         self.quitting = False
+        self.timed_out = False
         self._bdat_last = False
         self._bdat_failed = False
         self._reset()
@@ -373,14 +374,16 @@ class DovecotLmtp(SmtpServer):
         self.reply(220, f"{self.settings.hostname} {self.settings.greeting}", "CONNECT")
 
     def lost(self) -> None:
-        why = "Logged out" if self.quitting else (
-            "Connection closed (unfinished BDAT command)" if self._raw_remaining
-            else "Connection closed")
+        why = "Logged out" if self.quitting else "Disconnected for inactivity" \
+            if self.timed_out else "Connection closed (unfinished BDAT command)" \
+            if self._raw_remaining else "Connection closed"
         self.log_event("DISCONNECTED", f"lmtp({self.service.pid}): Disconnect from local: "
                                        f"{why} (state={self.state()})")
 
     def timeoutConnection(self) -> None:
-        self.reply(421, "4.4.2 Disconnected for inactivity", "TIMEOUT")
+        """After 5 minutes of silence (Dovecot's CLIENT_IDLE_TIMEOUT_MSECS)."""
+        self.reply(421, f"4.4.2 {self.settings.hostname} Disconnected for inactivity", "TIMEOUT")
+        self.timed_out = True
         self.transport.loseConnection()
 
     def line_too_long(self) -> None:
