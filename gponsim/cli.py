@@ -140,6 +140,7 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     first start). Mail for user2 lands in <lab root>/var/mail/user2 and every
     event is logged, as Postfix does, in <lab root>/var/log/mail.log.
     Ctrl-C stops it; whatever was queued is delivered at the next start.
+    SIGHUP reloads the profile (as `postfix reload` and `systemctl reload dovecot`).
     """
     from gponsim.config import ConfigError
     from gponsim.server.lab import Lab, LabError, LabOptions
@@ -160,6 +161,9 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         names = ", ".join(f"{u.name} ({Path(u.file).name}:{u.line})" for u in unsimulated)
         click.echo(f"gponsim: note: {len(unsimulated)} setting(s) of the profile are read but not "
                    f"simulated: {names}. `gponsim config explain` says why.", err=True)
+    for warning in lab.profile.warnings():     # e.g. Postfix delivering to an LMTP socket nobody makes
+        click.echo(f"gponsim: warning: {warning.text(_lang(lang))}",
+                   err=True)
     failure: list[BaseException] = []
     sniffer: list = []
 
@@ -184,9 +188,18 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         lab.stop_signal = signum
         reactor.callFromThread(reactor.stop)
 
+    def reload():
+        def refused(f):
+            click.echo(f"gponsim: reload refused, the lab keeps its configuration: "
+                       f"{f.getErrorMessage()}", err=True)
+        lab.reload().addCallbacks(lambda _: click.echo("gponsim: configuration reloaded", err=True),
+                                  refused)
+
     def install_signals():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
+        # `kill -HUP`: like `postfix reload` and `systemctl reload dovecot`
+        signal.signal(signal.SIGHUP, lambda _s, _f: reactor.callFromThread(reload))
 
     reactor.callWhenRunning(install_signals)
     reactor.callWhenRunning(lambda: lab.start().addCallbacks(started, failed))
@@ -549,7 +562,11 @@ def config():
 @config.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
-def config_init(directory, force):
+@click.option("--lmtp", is_flag=True,
+              help="Deliver through Dovecot's LMTP: mailbox_transport in main.cf, lmtp in "
+                   "protocols, its socket in 10-master.conf, auth_username_format = %Ln "
+                   "in 20-lmtp.conf (the lines shipped commented out).")
+def config_init(directory, force, lmtp):
     """Write the lab profile (main.cf, master.cf, Dovecot conf.d) into DIRECTORY.
 
     Edit them as on the real server, then `gponsim serve --config DIRECTORY`.
@@ -557,7 +574,7 @@ def config_init(directory, force):
     from gponsim.config import ConfigError, init_config
 
     try:
-        written = init_config(directory, force=force)
+        written = init_config(directory, force=force, lmtp=lmtp)
     except (ConfigError, FileExistsError) as exc:
         raise _config_error(exc)
     except OSError as exc:

@@ -721,7 +721,8 @@ def test_init_config_round_trip(tmp_path, shipped):
         "postfix/main.cf", "postfix/master.cf", "postfix/sasl_passwd", "mailname",
         "dovecot/conf.d/10-auth.conf", "dovecot/conf.d/10-mail.conf", "dovecot/conf.d/10-master.conf",
         "dovecot/conf.d/10-ssl.conf", "dovecot/conf.d/15-mailboxes.conf",
-        "dovecot/conf.d/auth-passwdfile.conf.ext", "dovecot/dovecot.conf"]
+        "dovecot/conf.d/20-lmtp.conf", "dovecot/conf.d/auth-passwdfile.conf.ext",
+        "dovecot/dovecot.conf"]
     for path in written:
         assert path.read_bytes() == (SHIPPED_PROFILE / path.relative_to(destination)).read_bytes()
     assert stat.S_IMODE((destination / "postfix/sasl_passwd").stat().st_mode) == 0o600
@@ -736,6 +737,35 @@ def test_init_config_round_trip(tmp_path, shipped):
     assert copy.sasl_passwd() == shipped.sasl_passwd()
 
 
+def test_init_config_lmtp_switch(tmp_path, shipped):
+    """--lmtp makes the edits of the real server (the lines ship commented out)."""
+    assert not shipped.lmtp_enabled() and shipped.mailbox_transport_socket() is None
+    assert shipped.protocol_setting("lmtp", "auth_username_format") == "%Lu"
+    destination = tmp_path / "lmtp"
+    init_config(destination, lmtp=True)
+    profile = load_profile(destination)
+    assert profile.main("mailbox_transport") == "lmtp:unix:private/dovecot-lmtp"
+    assert profile.protocols() == ["imap", "pop3", "lmtp"]
+    assert profile.mailbox_transport_socket() == "/var/spool/postfix/private/dovecot-lmtp"
+    paths = {path: listener for path, listener in profile.lmtp_socket_paths()}
+    listener = paths["/var/spool/postfix/private/dovecot-lmtp"]
+    assert (listener.mode, listener.user, listener.group) == (0o600, "postfix", "postfix")
+    assert "/run/dovecot/lmtp" in paths                  # Debian's default listener, too
+    assert profile.protocol_setting("lmtp", "auth_username_format") == "%Ln"
+    assert profile.protocol_setting("imap", "auth_username_format") == "%Lu"
+    assert profile.warnings() == []
+    names = {u.name for u in profile.unsimulated()}
+    assert not names & {"mailbox_transport", "protocols",
+                        "protocol lmtp / auth_username_format"}, names
+    # half a switch: Postfix delivers over LMTP, Dovecot has no such socket
+    (destination / "dovecot/dovecot.conf").write_text(
+        (destination / "dovecot/dovecot.conf").read_text().replace(
+            "\nprotocols = imap pop3 lmtp\n", "\nprotocols = imap pop3\n"))
+    [warning] = load_profile(destination).warnings()
+    assert "mailbox_transport delivers over LMTP to /var/spool/postfix/private/dovecot-lmtp" \
+        in str(warning.message) and "protocols has no lmtp" in str(warning.message)
+
+
 def test_init_config_refuses_to_overwrite(tmp_path):
     destination = tmp_path / "lab-config"
     init_config(destination)
@@ -745,7 +775,7 @@ def test_init_config_refuses_to_overwrite(tmp_path):
     with pytest.raises(ConfigError) as info:
         init_config(destination)
     assert_located(info.value, main_cf, None)
-    assert "and 9 more profile files" in str(info.value) and "--force" in info.value.text("es")
+    assert "and 10 more profile files" in str(info.value) and "--force" in info.value.text("es")
     assert main_cf.read_text() == "myhostname = edited.example\n"
     assert not (destination / "mailname").exists(), "nothing is written when refusing"
     written = init_config(destination, force=True)

@@ -195,3 +195,28 @@ def test_diagrams_from_a_real_capture(tmp_path):
     assert any(label.startswith("EHLO") or label.startswith("HELO") for label in labels)
     assert any("STARTTLS" in label for label in labels)
     assert {"client", "smtpd", "imap"} <= set(page.participants)
+
+
+def test_the_lmtp_leg_belongs_to_its_message_flow():
+    """With mailbox_transport = lmtp:..., the LMTP session to Dovecot is drawn in
+    the flow of the message it delivers (its CONNECT names the queue id)."""
+    def ev(session, proto, src, dst, verb, **meta):
+        return Step(t=0, session=session, proto=proto, src=src, dst=dst, dir="internal",
+                    kind="event", line=verb, verb=verb, meta=meta)
+    steps = [
+        ev("sub-1", "smtp", "client", "smtpd", "CONNECT", service="submission"),
+        ev("sub-1", "queue", "cleanup", "qmgr", "QUEUED", qid="AAA"),
+        ev("sub-1", "delivery", "local", "lmtp", "PASS", qid="AAA"),
+        ev("lmtp-2", "lmtp", "lmtp", "dovecot-lmtp", "CONNECT", qid="AAA"),
+        Step(t=0, session="lmtp-2", proto="lmtp", src="lmtp", dst="dovecot-lmtp", dir="c2s",
+             kind="command", line="LHLO mail.gponlab.local", verb="LHLO"),
+        ev("lmtp-2", "lmtp", "dovecot-lmtp", "mailbox", "SAVED"),
+        ev("in-3", "smtp", "internet", "smtpd", "CONNECT", service="smtp"),
+        ev("lmtp-4", "lmtp", "lmtp", "dovecot-lmtp", "CONNECT", qid="BBB"),
+    ]
+    [page] = build_sequence(steps, flow="send")
+    assert page.participants == ["client", "smtpd", "cleanup", "qmgr", "local", "lmtp",
+                                 "dovecot-lmtp", "mailbox"]
+    assert [r.label for r in page.rows].count("LHLO mail.gponlab.local") == 1
+    assert all("lmtp-4" not in r.label for r in page.rows)
+    assert "LMTP" in sequence_mermaid(page)

@@ -21,7 +21,8 @@ def run(*args, cwd, timeout=180):
 
 def test_the_course_has_its_lessons():
     for wanted in ("send-mail", "receive-mail", "read-imap", "read-pop3", "sasl", "relay-denied",
-                   "relay-gmail", "mbox", "troubleshooting", "tls", "thunderbird", "capture"):
+                   "relay-gmail", "mbox", "troubleshooting", "tls", "thunderbird", "capture",
+                   "lmtp"):
         assert wanted in LESSONS
     for path in lesson_files():
         lesson = load_lesson(path)

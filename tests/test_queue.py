@@ -342,12 +342,20 @@ def test_mailbox_transport_takes_the_local_recipients(lab):
     lab = lab(transports={"lmtp": lmtp}, mailbox_transport="lmtp:unix:private/dovecot-lmtp")
     qid = lab.send(["user2@gponlab.local", "user1@gponlab.local"])
     lab.wait("REMOVED", qid)
-    [req] = lmtp.requests
-    assert req.nexthop == "unix:private/dovecot-lmtp"
-    assert [r[1] for r in req.recipients] == ["user2@gponlab.local", "user1@gponlab.local"]
+    # local(8) passes each recipient on by itself (local_destination_recipient_limit = 1),
+    # as real Postfix does: "local[pid]: QID: passing <user2@gponlab.local> to transport=lmtp"
+    assert [req.nexthop for req in lmtp.requests] == ["unix:private/dovecot-lmtp"] * 2
+    assert [[r[1] for r in req.recipients] for req in lmtp.requests] == [
+        ["user2@gponlab.local"], ["user1@gponlab.local"]]
     assert not (lab.root / "var/mail/user2").exists()          # local(8) did not write it
-    hand_over = [s for s in lab.sink.steps if s.verb == "DELIVER"]
-    assert [(s.src, s.dst) for s in hand_over] == [("qmgr", "lmtp")] * 2
+    hand_over = [s for s in lab.sink.steps if s.verb in ("DELIVER", "PASS")]
+    assert [(s.src, s.dst, s.verb) for s in hand_over] == [
+        ("qmgr", "local", "DELIVER"), ("qmgr", "local", "DELIVER"),
+        ("local", "lmtp", "PASS"), ("local", "lmtp", "PASS")]
+    assert hand_over[0].key == "queue.event.DELIVER"
+    assert "(mailbox_transport = lmtp:unix:private/dovecot-lmtp)" in hand_over[0].line
+    assert "postfix/local[" in lab.log() and \
+        f"{qid}: passing <user1@gponlab.local> to transport=lmtp" in lab.log()
 
 
 def test_a_recipient_done_stays_done_while_another_is_deferred(lab):

@@ -7,7 +7,8 @@ from gponsim.diagrams.sequence import Page
 
 #: Aliases as the lab document writes them (``participant SMTPD as Postfix SMTPD``).
 ALIASES = {"client": "User", "internet": "Ext", "smtpd": "SMTPD", "auth": "SASL",
-           "cleanup": "Cleanup", "qmgr": "Queue", "local": "Local", "mailbox": "Mailbox",
+           "cleanup": "Cleanup", "qmgr": "Queue", "local": "Local", "lmtp": "LMTP",
+           "dovecot-lmtp": "DovecotLMTP", "mailbox": "Mailbox",
            "smtp": "SMTP", "relay": "Gmail", "imap": "IMAP", "pop3": "POP3"}
 
 

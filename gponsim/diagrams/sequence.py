@@ -18,8 +18,8 @@ from gponsim.diagrams.labels import participant_name
 from gponsim.steps import Step
 
 #: Left-to-right order of the lifelines, as in the lab document's diagrams.
-ORDER = ("client", "internet", "smtpd", "auth", "cleanup", "qmgr", "local", "mailbox",
-         "smtp", "relay", "imap", "pop3")
+ORDER = ("client", "internet", "smtpd", "auth", "cleanup", "qmgr", "local", "lmtp",
+         "dovecot-lmtp", "mailbox", "smtp", "relay", "imap", "pop3")
 
 FLOWS = ("all", "send", "receive", "sasl")
 MAX_LABEL = 80
@@ -63,10 +63,21 @@ def select(steps: Iterable[Step], flow: str = "all", session: str | None = None)
         raise ValueError(f"unknown flow {flow!r}: choose one of {', '.join(FLOWS)}")
     chosen = []
     sessions_of_service: dict[str, str] = {}
+    origin_of_qid: dict[str, str] = {}         # queue id -> session that brought the message
+    lmtp_qid: dict[str, str] = {}              # LMTP session -> the queue id it delivers
     steps = list(steps)
     for s in steps:
         if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp":
             sessions_of_service[s.session] = service_of(s)
+        elif s.kind == "event" and s.proto == "queue" and "qid" in s.meta:
+            origin_of_qid.setdefault(s.meta["qid"], s.session)
+        elif s.kind == "event" and s.proto == "lmtp" and s.verb == "CONNECT" and "qid" in s.meta:
+            lmtp_qid[s.session] = s.meta["qid"]
+    # The LMTP leg to Dovecot belongs to the flow of the message it delivers.
+    for lmtp_session, qid in lmtp_qid.items():
+        origin = origin_of_qid.get(qid)
+        if origin in sessions_of_service:
+            sessions_of_service[lmtp_session] = sessions_of_service[origin]
     for s in steps:
         if session and s.session != session:
             continue

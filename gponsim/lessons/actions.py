@@ -35,6 +35,7 @@ class Context:
     interactive: bool = False      # the student acts with their own mail client
     timeout: float = 300.0         # how long to wait for the student
     host: str = "127.0.0.1"        # where the lab listens (--listen)
+    reload: Callable[[], None] | None = None   # the lab reads its edited profile again
 
     @property
     def connect_host(self) -> str:
@@ -90,7 +91,10 @@ def do_wait_delivery(ctx: Context, o: dict) -> None:
     queue_id = ctx.results.get("queue_id") if count == 1 else None
 
     def delivered(step) -> bool:
-        if step.src == "local" and step.dst == "mailbox" and step.verb == "DELIVERED" \
+        # local(8) wrote the mbox, or (mailbox_transport = lmtp:...) lmtp(8) heard
+        # Dovecot's LMTP say it saved it
+        by = (step.src, step.dst, step.verb)
+        if by in (("local", "mailbox", "DELIVERED"), ("lmtp", "qmgr", "SENT")) \
                 and str(step.meta.get("recipient", "")).startswith(f"{user}@") \
                 and (queue_id is None or step.meta.get("qid") == queue_id):
             seen.append(step)
@@ -160,6 +164,15 @@ def do_edit(ctx: Context, o: dict) -> None:
         raise RuntimeError(f"{o['file']}: {o['replace']!r} not found")
     path.write_text(content.replace(o["replace"], o["with"]), encoding="utf-8")
     ctx.say(f"{o['file']}: {o['replace']} → {o['with']}")
+
+
+def do_reload(ctx: Context, o: dict) -> None:
+    """``postfix reload`` and ``systemctl reload dovecot``: the lab reads the
+    profile it was started with again (after ``edit`` actions)."""
+    if ctx.reload is None:
+        raise RuntimeError("this lesson's lab cannot reload its configuration")
+    ctx.reload()
+    ctx.say("postfix reload; systemctl reload dovecot")
 
 
 def do_flush(ctx: Context, o: dict) -> None:
@@ -467,6 +480,7 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
     "diagram": do_diagram,
     "wait_step": do_wait_step,
     "edit": do_edit,
+    "reload": do_reload,
     "flush": do_flush,
     "gmail": do_gmail,
     "read_imap": do_read_imap,

@@ -17,8 +17,8 @@ from gponsim.commentary import LANGS
 #: The top-level lessons/ folder of a source checkout (the Quick start's install).
 LESSONS_DIR = Path(__file__).resolve().parents[2] / "lessons"
 
-ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "flush", "gmail",
-           "read_imap", "read_pop3", "capture", "autoconfig", "certificate"}
+ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "reload", "flush",
+           "gmail", "read_imap", "read_pop3", "capture", "autoconfig", "certificate"}
 CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
 

@@ -173,7 +173,8 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
         ctx = Context(ports=ports, lab_root=lab.root, out=out, record=record, lang=lang,
                       say=lambda s: console.print(s, markup=False), show_text=show_text,
                       interactive=options.interactive, timeout=options.timeout, host=options.listen,
-                      profile=profile)
+                      profile=profile,
+                      reload=lambda: threads.blockingCallFromThread(reactor, lab.reload))
         ctx.results["capture_plan"] = capture_plan
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")

@@ -27,6 +27,8 @@ from gponsim.config import LabProfile, load_profile
 from gponsim.server.postfix import cleanup
 from gponsim.server import tls
 from gponsim.server.maillog import MailLog, pid_for
+from gponsim.server.postfix.lmtp import LmtpClient
+from gponsim.server.postfix.lmtp import settings_from_profile as lmtp_settings
 from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix import postqueue as queue_control
 from gponsim.server.sims.gmail import GmailSimulator
@@ -110,6 +112,7 @@ class Lab:
         self.keylog = tls.KeyLog(options.keylog) if options.keylog else None
         self.stop_signal = 15      # what `postfix stop` sends; Ctrl-C records 2
         self.auth_server = self.auth_client = self.mta = self.log = self.users = None
+        self.lmtp = None          # Dovecot's LMTP service (protocols = ... lmtp)
 
     # ---------------------------------------------------------------- paths
 
@@ -202,12 +205,16 @@ class Lab:
             raise LabError(f"cannot open Dovecot's auth socket {self.auth_socket}: {exc}") from exc
         self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)
         mechanisms = yield self.auth_client.mechanisms()
+        self._start_lmtp()        # before the queue: recovered mail may go there at once
 
         relay_transport = self._setup_relay()
+        transports = {"lmtp": LmtpClient(lmtp_settings(profile, self.root), emit=self.emit,
+                                          log=self.log, reactor=self.reactor)}
+        if relay_transport:
+            transports["smtp"] = relay_transport
         self.mta = Mta(self.root, QueueSettings.from_profile(profile, self._interface_addresses()),
                        user_exists=self.users.exists, log=self.log, emit=self.emit,
-                       reactor=self.reactor,
-                       transports={"smtp": relay_transport} if relay_transport else {})
+                       reactor=self.reactor, transports=transports)
         yield self.mta.start()
         try:      # postqueue -f's way in (gponsim queue --flush)
             self._listeners.append(queue_control.listen_flush(self.reactor, self.root,
@@ -223,6 +230,15 @@ class Lab:
         self._start_autoconfig(hostname)
         self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
         return dict(self.ports)
+
+    def _start_lmtp(self) -> None:
+        """Dovecot's LMTP service, when ``protocols`` includes ``lmtp``."""
+        from gponsim.server.dovecot.lmtp import start_lmtp
+
+        try:
+            self.lmtp = start_lmtp(self)
+        except OSError as exc:
+            raise LabError(f"cannot open Dovecot's LMTP socket: {exc.strerror or exc}") from exc
 
     def _setup_relay(self):
         """smtp(8) towards relayhost; with ``relay = sim`` the Gmail simulator
@@ -260,6 +276,32 @@ class Lab:
                       "simulator_port": connect_port})))
         return SmtpRelayClient(settings, emit=self.emit, log=self.log, reactor=self.reactor,
                                keylog=self.keylog)
+
+    @defer.inlineCallbacks
+    def reload(self):
+        """``postfix reload`` and ``systemctl reload dovecot`` after the profile
+        was edited: the files are read again and what depends on them while
+        the lab runs follows — the queue's routing (``mailbox_transport``),
+        lmtp(8)'s settings, Dovecot's LMTP service (``protocols``, its sockets,
+        ``auth_username_format``). Listening ports and TLS stay as started. A
+        profile with an error raises ConfigError and changes nothing."""
+        profile = load_profile(self.options.config_dir)
+        self.profile = profile
+        self.log.write("postfix/postfix-script", pid_for("postfix-script"),
+                       "refreshing the Postfix mail system")
+        self.log.write("postfix/master", pid_for("master"),
+                       "reload -- version 3.7.11, configuration /etc/postfix")
+        if self.mta is not None:
+            lmtp_client = self.mta.agents.get("lmtp")
+            if isinstance(lmtp_client, LmtpClient):
+                lmtp_client.settings = lmtp_settings(profile, self.root)
+            self.mta.set_mailbox_transport(profile.main("mailbox_transport"))
+        self.log.write("dovecot", pid_for("dovecot"),
+                       "master: Warning: SIGHUP received - reloading configuration")
+        if self.lmtp is not None:
+            yield self.lmtp.stop()
+            self.lmtp = None
+        self._start_lmtp()
 
     def _flush_queue(self) -> int:
         return self.mta.flush() if self.mta is not None else 0
@@ -330,6 +372,8 @@ class Lab:
             self.auth_client.close()
         if self.mta is not None:
             yield self.mta.stop()
+        if getattr(self, "lmtp", None) is not None:
+            yield self.lmtp.stop()
         if getattr(self, "gmail", None) is not None:
             yield self.gmail.stop()
         if self.log is not None:

@@ -182,24 +182,29 @@ class Qmgr:
             transport = self.transports.get(name) or self.transports["error"]
             request = DeliveryRequest(msg.qid, msg.env, rcpts, msg.content, msg.active_arrival,
                                       nexthop=nexthop, recovered=msg.recovered)
-            self._hand_over(msg, name if name in self.transports else "error", rcpts)
+            self._hand_over(msg, name if name in self.transports else "error", transport, rcpts)
             d = defer.maybeDeferred(transport.deliver, request)
             d.addErrback(lambda failure, rcpts=rcpts: self._transport_failed(msg, rcpts, failure))
             d.addCallback(self._delivered, msg, rcpts)
             d.addErrback(lambda failure: self._warn(f"{msg.qid}: {failure.getErrorMessage()}"))
 
-    def _hand_over(self, msg: _Message, name: str, rcpts: list[tuple[int, str, str]]) -> None:
-        """The Step of qmgr handing recipients to a delivery agent."""
+    def _hand_over(self, msg: _Message, name: str, transport: Transport,
+                   rcpts: list[tuple[int, str, str]]) -> None:
+        """The Step of qmgr handing recipients to a delivery agent (``actor``:
+        local(8) also when it passes them on to ``mailbox_transport``)."""
+        actor = getattr(transport, "actor", name)
         if name == "smtp":
             self.emit(event("queue", "qmgr", "smtp", "RELAY",
                             f"{msg.qid}: qmgr -> smtp: " + ", ".join(f"to=<{r}>" for _, r, _ in rcpts),
                             msg.env.session, qid=msg.qid, logged=False,
                             recipients=[r for _, r, _ in rcpts]))
-        elif name in ("local", "lmtp"):
+        elif actor in ("local", "lmtp"):
+            via = f" (mailbox_transport = {self.router.mailbox_transport})" if actor != name else ""
             for _index, rcpt, _orig in rcpts:
-                self.emit(event("queue", "qmgr", name, "DELIVER",
-                                f"{msg.qid}: qmgr -> {name}: to=<{rcpt}>", msg.env.session,
-                                qid=msg.qid, recipient=rcpt, logged=False))
+                self.emit(event("queue", "qmgr", actor, "DELIVER",
+                                f"{msg.qid}: qmgr -> {actor}: to=<{rcpt}>{via}", msg.env.session,
+                                qid=msg.qid, recipient=rcpt, logged=False,
+                                transport=name if via else None))
 
     def _transport_failed(self, msg: _Message, rcpts, failure) -> list[RecipientStatus]:
         self._warn(f"{msg.qid}: delivery agent error: {failure.getErrorMessage()}")
