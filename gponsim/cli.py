@@ -448,13 +448,13 @@ def lesson_list(lang):
     """The lessons of the course."""
     from gponsim.lessons.model import LessonError, lesson_files, load_lesson
 
-    for path in lesson_files():
+    for n, path in enumerate(lesson_files(), 1):
         try:
             les = load_lesson(path)
         except LessonError as exc:
-            click.echo(f"{path.stem:18} (broken: {exc})")
+            click.echo(f"{n:>2}. {path.stem:18} (broken: {exc})")
             continue
-        click.echo(f"{les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
+        click.echo(f"{n:>2}. {les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
 
 
 @lesson.command("run")

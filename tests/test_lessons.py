@@ -97,6 +97,30 @@ def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
     assert result.returncode == 2 and message in result.stderr
 
 
+COURSE = ["send-mail", "receive-mail", "read-imap", "read-pop3", "sasl", "relay-gmail", "tls",
+          "thunderbird", "capture", "relay-denied", "mbox", "troubleshooting"]
+
+
+def test_lessons_come_in_the_course_order(tmp_path):
+    """Each lesson's ``order`` places it in the course (the README's list), not the alphabet."""
+    orders = [load_lesson(p).order for p in lesson_files()]
+    assert all(orders) and len(set(orders)) == len(orders), orders
+    assert LESSONS == COURSE
+    result = run("lesson", "list", "--lang", "en", cwd=tmp_path)
+    listed = [line.split()[1] for line in result.stdout.splitlines()]
+    assert listed == COURSE
+    assert result.stdout.splitlines()[0].startswith(" 1. send-mail ")
+    # An instructor's lesson without an order comes after the numbered ones.
+    (tmp_path / "b.toml").write_text((LESSONS_DIR / "mbox.toml").read_text().replace('id = "mbox"', 'id = "b"'))
+    (tmp_path / "a.toml").write_text(
+        (LESSONS_DIR / "mbox.toml").read_text().replace('id = "mbox"', 'id = "a"').replace("order = 11", ""))
+    assert [p.stem for p in lesson_files(tmp_path)] == ["b", "a"]
+    bad = (LESSONS_DIR / "mbox.toml").read_text().replace("order = 11", 'order = "first"')
+    (tmp_path / "bad.toml").write_text(bad)
+    with pytest.raises(LessonError, match="order must be a whole number"):
+        load_lesson(tmp_path / "bad.toml")
+
+
 def test_lesson_list_and_unknown_lesson(tmp_path):
     result = run("lesson", "list", "--lang", "es", cwd=tmp_path)
     assert result.returncode == 0

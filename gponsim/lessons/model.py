@@ -14,8 +14,20 @@ from pathlib import Path
 
 from gponsim.commentary import LANGS
 
-#: The top-level lessons/ folder of a source checkout (the Quick start's install).
-LESSONS_DIR = Path(__file__).resolve().parents[2] / "lessons"
+
+
+def _lessons_dir() -> Path:
+    """Where the course's lessons are: inside the installed package (a wheel maps the
+    top-level lessons/ folder to gponsim/lessons/course/, see setup.py), or the
+    top-level lessons/ folder of a source checkout (an editable install)."""
+    packaged = Path(__file__).resolve().parent / "course"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "lessons"
+
+
+#: The course's lesson files.
+LESSONS_DIR = _lessons_dir()
 
 ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "flush", "gmail",
            "read_imap", "read_pop3", "capture", "autoconfig", "certificate"}
@@ -92,6 +104,7 @@ class Lesson:
     lab: dict = field(default_factory=dict)    # main_cf overrides, ...
     diagrams: list[dict] = field(default_factory=list)
     path: Path | None = None
+    order: int | None = None       # place in the course; None: after the numbered ones
 
 
 class _Locator:
@@ -142,6 +155,9 @@ def load_lesson(path: str | Path) -> Lesson:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", str(data["id"])):
         raise LessonError(path, loc.key("id"), "id must be lower-case letters, digits and '-'")
     title = _need_text(data["title"], path, loc.key("title"), "title")
+    order = data.get("order")
+    if order is not None and (not isinstance(order, int) or isinstance(order, bool) or order < 1):
+        raise LessonError(path, loc.key("order"), "order must be a whole number from 1 (the lesson's place in the course)")
     objectives = data["objectives"]
     if not all(isinstance(objectives.get(lang), list) and objectives[lang] for lang in LANGS):
         raise LessonError(path, loc.key("objectives"), "objectives needs es and en lists")
@@ -204,11 +220,23 @@ def load_lesson(path: str | Path) -> Lesson:
                              explain=_need_text(q.get("explain"), path, line, "quiz explain")))
     return Lesson(id=data["id"], title=title, section=str(data["section"]), objectives=objectives,
                   steps=steps, quiz=quiz, lab=data.get("lab", {}), diagrams=data.get("diagrams", []),
-                  path=path)
+                  path=path, order=order)
+
+
+def _order_of(path: Path) -> tuple:
+    """A lesson file's place in the course: its ``order``, then its name (a file that
+    cannot be read goes last; loading it reports what is wrong)."""
+    try:
+        order = tomllib.loads(path.read_text(encoding="utf-8")).get("order")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        order = None
+    numbered = isinstance(order, int) and not isinstance(order, bool)
+    return (0, order, path.stem) if numbered else (1, 0, path.stem)
 
 
 def lesson_files(folder: Path = LESSONS_DIR) -> list[Path]:
-    return sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    """The lesson files of ``folder`` in the course's order (each lesson's ``order``)."""
+    return sorted(folder.glob("*.toml"), key=_order_of) if folder.is_dir() else []
 
 
 def find_lesson(lesson_id: str, folder: Path = LESSONS_DIR) -> Lesson:
