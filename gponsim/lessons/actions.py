@@ -35,6 +35,10 @@ class Context:
     interactive: bool = False      # the student acts with their own mail client
     timeout: float = 300.0         # how long to wait for the student
     host: str = "127.0.0.1"        # where the lab listens (--listen)
+    #: Narrate the lab's start-up Steps (of one protocol) now; returns how many.
+    replay_startup: Callable[..., int] = lambda proto=None: 0
+    #: Record a hint given to the student: (hint key, the text said).
+    hinted: Callable[[str, str], None] = lambda key, said: None
 
     @property
     def connect_host(self) -> str:
@@ -134,6 +138,12 @@ def do_diagram(ctx: Context, o: dict) -> None:
     ctx.artifacts.extend(written)
     for path in written:
         ctx.say(f"→ {path}")
+
+
+def do_startup(ctx: Context, o: dict) -> None:
+    """Show what the lab said while it started (e.g. ``proto = "sasl"``: Postfix's smtpd
+    opening Dovecot's auth socket), folded into one line until a step is about it."""
+    ctx.replay_startup(o.get("proto"))
 
 
 def do_wait_step(ctx: Context, o: dict) -> None:
@@ -457,6 +467,7 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
     "show": do_show,
     "diagram": do_diagram,
     "wait_step": do_wait_step,
+    "startup": do_startup,
     "edit": do_edit,
     "flush": do_flush,
     "gmail": do_gmail,

@@ -30,7 +30,7 @@ def _lessons_dir() -> Path:
 LESSONS_DIR = _lessons_dir()
 
 ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "flush", "gmail",
-           "read_imap", "read_pop3", "capture", "autoconfig", "certificate"}
+           "read_imap", "read_pop3", "capture", "autoconfig", "certificate", "startup"}
 CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
 

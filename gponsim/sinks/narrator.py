@@ -1,4 +1,4 @@
-"""The terminal narrator: Steps as colour-coded lines with commentary (rich).
+"""The terminal narrator: Steps as colour-coded lines with commentary.
 
     23:40:46 submission-1 client → smtpd  EHLO [127.0.0.1]
     23:40:46 submission-1 smtpd → client  250-mail.gponlab.local ...
@@ -6,70 +6,243 @@
 
 Client lines are cyan, server replies green (2xx/3xx, OK) or red (failures),
 internal events (queue, delivery, auth) yellow, TLS milestones magenta, and
-commentary dim. By default each explanation is shown the first time its key
-appears in a session; ``explain="all"`` repeats it, ``"none"`` hides it.
+commentary dim. Everything is wrapped to the console's width (a terminal's,
+or ``COLUMNS``) with the text kept in its column.
+
+Explanations (``explain``): ``first`` shows each one the first time it comes
+up in this run, ``session`` the first time in each session, ``all`` every
+time, ``none`` never. ``compact`` drops the clock and the session from each
+line and names a session once, when it changes (lessons use it).
+
+Rendering is rich's look without rich's per-line cost: a big capture has
+hundreds of thousands of Steps. The styles are rendered by rich once into
+ANSI prefixes (none when the output is not a terminal), the parts of a line
+that repeat (clock, head) are kept, only a line longer than the width goes
+through rich's wrapping, and all of it goes to one buffered writer.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import IO
 
+from rich.cells import cell_len
+from rich.color import ColorSystem
 from rich.console import Console
+from rich.style import Style
 from rich.text import Text
 
 from gponsim.commentary import catalog
 from gponsim.steps import Step
 
+EXPLAIN = ("first", "session", "all", "none")
+_SYSTEMS = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT,
+            "truecolor": ColorSystem.TRUECOLOR, "windows": ColorSystem.WINDOWS}
+_CACHE_LIMIT = 20000
+MIN_TEXT = 24          # narrower than this next to the head: wrapped lines start further left
+
+
+class Painter:
+    """Styles as text: rich renders each style once into an ANSI prefix and suffix."""
+
+    def __init__(self, console: Console) -> None:
+        self._system = _SYSTEMS.get(console.color_system or "")
+        self._codes: dict[str, tuple[str, str]] = {}
+
+    def __call__(self, text: str, style: str) -> str:
+        if self._system is None or not text:
+            return text
+        codes = self._codes.get(style)
+        if codes is None:
+            before, _, after = Style.parse(style).render("\0", color_system=self._system).partition("\0")
+            codes = self._codes[style] = (before, after)
+        return codes[0] + text + codes[1]
+
+
+def style_of(step: Step) -> str:
+    if step.proto == "tls":
+        return "magenta"
+    if step.kind == "event":
+        return "red" if step.failed or step.meta.get("status") in ("bounced", "deferred") else "yellow"
+    if step.dir == "c2s":
+        return "cyan"
+    return "red" if step.failed else "green"
+
 
 class Narrator:
+    """A sink that narrates Steps on a terminal (or into a file or pipe).
+
+    ``console`` gives the width and the colours (rich decides: a terminal, or
+    ``COLUMNS`` / ``NO_COLOR`` / ``FORCE_COLOR``); ``stream`` is where the text
+    goes (default: the console's file). ``flush_each``: flush after every Step
+    (default: when the stream is a terminal or the narration is live).
+    """
+
     def __init__(self, console: Console | None = None, lang: str = "en", explain: str = "first",
-                 reveal: bool = False) -> None:
-        self.console = console or Console(highlight=False, soft_wrap=True)
+                 reveal: bool = False, *, stream: IO[str] | None = None, compact: bool = False,
+                 flush_each: bool = True) -> None:
+        if explain not in EXPLAIN:
+            raise ValueError(f"explain must be one of {', '.join(EXPLAIN)}")
+        self.console = console or Console(highlight=False)
         self.lang = lang
         self.explain = explain
         self.reveal = reveal
-        self._seen: set[tuple[str, str]] = set()
+        self.compact = compact
+        self.width = max(self.console.width, 40)
+        self.out: IO[str] = stream if stream is not None else self.console.file
+        self.flush_each = flush_each
+        self.paint = Painter(self.console)
         self._catalog = catalog()
+        self._seen: set = set()
+        self._heads: dict[tuple, tuple[str, int]] = {}
+        self._comments: dict[tuple, str] = {}
+        self._second = -1
+        self._stamp = ""
+        self._session = None          # compact: the session named last
+        self._parts: list[str] = []
+        self._lock = threading.RLock()
 
-    def style_of(self, step: Step) -> str:
-        if step.proto == "tls":
-            return "magenta"
-        if step.kind == "event":
-            return "red" if step.failed or step.meta.get("status") in ("bounced", "deferred") else "yellow"
-        if step.dir == "c2s":
-            return "cyan"
-        return "red" if step.failed else "green"
+    # ------------------------------------------------------------------ Steps
 
     def step(self, step: Step) -> None:
-        style = self.style_of(step)
-        stamp = time.strftime("%H:%M:%S", time.localtime(step.t))
-        head = Text(f"{stamp} ", style="dim")
-        head.append(f"{step.session} ", style="dim")
-        head.append(f"{step.src} → {step.dst}", style=f"bold {style}")
-        lock = " 🔒" if step.tls else ""
-        head.append(f"{lock}  ")
-        # A TAB separates the fields of Dovecot's auth protocol: make it visible.
-        lines = step.shown_line(self.reveal).replace("\t", " ␉ ").split("\n")
-        indent = " " * len(head.plain)
-        head.append(lines[0], style=style)
-        self.console.print(head)
-        for more in lines[1:]:
-            self.console.print(Text(indent + more, style=style))
-        self._comment(step, indent)
+        with self._lock:
+            self._render(step)
+            if self.flush_each or len(self._parts) > 512:
+                self.flush()
 
-    def _comment(self, step: Step, indent: str) -> None:
-        if self.explain == "none":
-            return
+    def _render(self, step: Step) -> None:
+        add = self._parts.append
+        style = style_of(step)
+        if self.compact and step.session != self._session:
+            self._session = step.session
+            add(self.paint(f"── {step.session} ──", "dim") + "\n")
+        head, indent = self._head(step, style)
+        line = step.shown_line(self.reveal) if step.secret is not None else step.line
+        if "\t" in line:
+            # A TAB separates the fields of Dovecot's auth protocol: make it visible.
+            line = line.replace("\t", " ␉ ")
+        lines = line.split("\n") if "\n" in line else (line,)
+        room = self.width - indent
+        if room < MIN_TEXT:       # a long session name: wrapped lines start near the left
+            first_room, indent, room = room, 4, self.width - 4
+        else:
+            first_room = room
+        pad = " " * indent
+        paint = self.paint
+        for n, text in enumerate(lines):
+            size = len(text) if text.isascii() else cell_len(text)
+            limit = first_room if n == 0 else room
+            if size <= limit:
+                add((head if n == 0 else pad) + paint(text, style) + "\n")
+                continue
+            for m, piece in enumerate(self._wrap(text, limit, room)):
+                add((head if n == 0 and m == 0 else pad) + paint(piece, style) + "\n")
+        if self.explain != "none":
+            self._comment(step, indent if indent < self.width - MIN_TEXT else 4)
+
+    def _head(self, step: Step, style: str) -> tuple[str, int]:
+        """The text before a Step's line (clock, session, who → whom) and its width."""
+        if self.compact:
+            key = (step.src, step.dst, step.tls, style)
+            head = self._heads.get(key)
+            if head is None:
+                who = f"{step.src} → {step.dst}"
+                lock = "🔒" if step.tls else "  "
+                text = "  " + self.paint(who, f"bold {style}") + " " * max(1, 17 - len(who)) + lock + " "
+                head = self._heads[key] = (text, 2 + max(len(who) + 1, 17) + 3)
+            return head
+        second = int(step.t)
+        if second != self._second:
+            self._second = second
+            self._stamp = self.paint(time.strftime("%H:%M:%S", time.localtime(step.t)), "dim")
+            if len(self._heads) > _CACHE_LIMIT:
+                self._heads.clear()
+        key = (step.session, step.src, step.dst, step.tls, style)
+        rest = self._heads.get(key)
+        if rest is None:
+            who = f"{step.src} → {step.dst}"
+            lock = " 🔒" if step.tls else ""
+            text = " " + self.paint(step.session, "dim") + " " + self.paint(who, f"bold {style}") + lock + "  "
+            size = 9 + cell_len(step.session) + 1 + len(who) + cell_len(lock) + 2
+            rest = self._heads[key] = (text, size)
+        return self._stamp + rest[0], rest[1]
+
+    def _wrap(self, text: str, first: int, rest: int) -> list[str]:
+        """``text`` cut into lines of ``first`` cells, then ``rest`` cells (rich's wrapping)."""
+        lines = [line.plain.rstrip() for line in Text(text).wrap(self.console, first, overflow="fold")]
+        if len(lines) > 1 and rest != first:
+            tail = " ".join(lines[1:])
+            lines = lines[:1] + [line.plain.rstrip() for line in
+                                 Text(tail).wrap(self.console, rest, overflow="fold")]
+        return lines or [""]
+
+    def _comment(self, step: Step, indent: int) -> None:
         entry = self._catalog.resolve(step)
         if entry is None:
             return
-        marker = (step.session, entry.key)
         if self.explain == "first":
+            if entry.key in self._seen:
+                return
+            self._seen.add(entry.key)
+        elif self.explain == "session":
+            marker = (step.session, entry.key)
             if marker in self._seen:
                 return
             self._seen.add(marker)
-        text = Text(indent + "↳ ", style="dim")
-        text.append(entry.text(self.lang), style="italic dim")
+        cache = (entry.key, entry.match, indent)
+        text = self._comments.get(cache)
+        if text is None:
+            text = self._comments[cache] = self.comment_text(entry, indent)
+        self._parts.append(text)
+
+    def comment_text(self, entry, indent: int) -> str:
+        """An explanation under its Step: ``↳ text (RFC)``, wrapped in its column."""
+        body = Text("↳ ", style="dim")
+        body.append(entry.text(self.lang), style="italic dim")
         if entry.rfc:
-            text.append(f" ({entry.rfc})", style="dim")
-        self.console.print(text)
+            body.append(f" ({entry.rfc})", style="dim")
+        pad = " " * indent
+        out = []
+        for paragraph in body.split("\n"):
+            for line in paragraph.wrap(self.console, self.width - indent - 2, overflow="fold"):
+                line.rstrip()
+                out.append(pad + self._styled(line))
+        # Lines after the first start under the text, not under the arrow.
+        return "\n".join(out[:1] + ["  " + o for o in out[1:]]) + "\n"
+
+    def _styled(self, text: Text) -> str:
+        """A rich Text as ANSI (its spans painted), without a console round trip."""
+        plain = text.plain
+        if not text.spans:
+            return self.paint(plain, str(text.style)) if text.style else plain
+        pieces, at = [], 0
+        for span in sorted(text.spans, key=lambda s: s.start):
+            if span.start > at:
+                pieces.append(plain[at:span.start])
+            pieces.append(self.paint(plain[span.start:span.end], str(span.style)))
+            at = max(at, span.end)
+        pieces.append(plain[at:])
+        return "".join(pieces)
+
+    # ------------------------------------------------------------------ output
+
+    def write(self, text: str) -> None:
+        """Add text of the caller's own (already rendered) in the narration's order."""
+        with self._lock:
+            self._parts.append(text)
+            if self.flush_each:
+                self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._parts:
+                self.out.write("".join(self._parts))
+                self._parts.clear()
+            try:
+                self.out.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        self.flush()
