@@ -337,8 +337,9 @@ def diagram_architecture(source, out, fmt, lang):
 @click.option("--session", help="Only this session id.")
 @click.option("--notes", is_flag=True, help="Add the commentary as notes.")
 @click.option("--no-collapse", is_flag=True, help="Draw repeated runs one by one.")
-@click.option("--page-rows", type=click.IntRange(10, 2000), default=120, show_default=True,
-              help="Rows per page; longer sessions become several files.")
+@click.option("--page-rows", type=click.IntRange(4, 2000), default=14, show_default=True,
+              help="Rows per page (14: >= 18 px text on a 1920x1080 projector); each phase of a "
+                   "conversation starts a page, longer ones become several files.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.")
 @format_option
 @click.option("--lang", type=LANG, help="Language of the labels.")
