@@ -13,8 +13,9 @@
    - gponsim: ``python -m gponsim analyze FILE --steps OUT.jsonl --quiet`` (the
      full decode: every Step built, with its commentary key, and written as
      JSON lines to a file);
-   - narrated, as a user writes a report (issue #19): ``tshark -r FILE -Y smtp``
-     (its one-line-per-packet text) against ``python -m gponsim analyze FILE``
+   - narrated, as a user writes a report (issue #19): ``tshark -r FILE -d
+     tcp.port==P,smtp -Y smtp`` (its one-line-per-packet text; the decode-as
+     because the lab's port P is not 25) against ``python -m gponsim analyze FILE``
      (summary and every Step narrated, with explanations), each with its
      output to a file.
 
@@ -152,6 +153,21 @@ def run_child(argv: list[str], stdout=subprocess.DEVNULL, env=None) -> tuple[flo
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+def server_port(capture: Path) -> int:
+    """The SMTP server's port in ``capture``: the first SYN's destination (tshark says)."""
+    proc = subprocess.Popen(["tshark", "-r", str(capture), "-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                             "-T", "fields", "-e", "tcp.dstport"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+    if not first.isdigit():
+        raise BenchError(f"{capture}: no TCP connection opens in it")
+    return int(first)
+
+
 def measure(capture: Path, packets: int, repeat: int, out_dir: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     tshark = ["tshark", "-r", str(capture), "-Y", "smtp", "-T", "fields",
@@ -160,7 +176,9 @@ def measure(capture: Path, packets: int, repeat: int, out_dir: Path) -> dict:
     gponsim = [sys.executable, "-m", "gponsim", "analyze", str(capture), "--steps", str(steps),
                "--quiet"]
     # Narrated: what a user types to get a report, each writing its text to a file.
-    tshark_text = ["tshark", "-r", str(capture), "-Y", "smtp"]
+    # The lab's port is not 25: tshark is told it is SMTP (it would dissect no SMTP at all).
+    port = server_port(capture)
+    tshark_text = ["tshark", "-r", str(capture), "-d", f"tcp.port=={port},smtp", "-Y", "smtp"]
     narrated = [sys.executable, "-m", "gponsim", "analyze", str(capture)]
     text_env = {k: v for k, v in env.items() if k not in ("COLUMNS", "FORCE_COLOR")}
     commands = {"tshark": (tshark, None), "gponsim": (gponsim, None),
@@ -192,6 +210,7 @@ def measure(capture: Path, packets: int, repeat: int, out_dir: Path) -> dict:
     narrated_cpu = [g["packets_per_cpu_s"] / t["packets_per_cpu_s"]
                     for g, t in zip(runs["narrated"], runs["tshark_text"])]
     return {
+        "server_port": port,
         "narrated": {"packets_per_s": statistics.median(r["packets_per_s"] for r in runs["narrated"]),
                      "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["narrated"]),
                      "report_lines": report_lines, "runs": runs["narrated"],

@@ -168,6 +168,10 @@ class Catalog:
                 return entry
         return None
 
+    def depends_on_line(self, key: str) -> bool:
+        """Whether Steps of this key may get other entries by their line's text (``match``)."""
+        return key in self._matching
+
     def key_for(self, step: Step) -> str | None:
         entry = self.resolve(step)
         return entry.key if entry else None

@@ -315,6 +315,12 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
             merged[-1] = (phases, last[1] if last[1] == service else "", last[2] + rows)
         else:
             merged.append(([phase], service, rows))
+    if len(merged) > 1 and sum(map(weight, merged[0][2])) <= 2 \
+            and sum(map(weight, merged[0][2] + merged[1][2])) <= page_rows:
+        # A lone row or two at the start go with the page after them.
+        first, second = merged[0], merged[1]
+        merged[:2] = [(first[0] + [p for p in second[0] if p not in first[0]],
+                       first[1] if first[1] == second[1] else "", first[2] + second[2])]
     order = ORDERS.get(flow, ORDER)
     pages: list[Page] = []
     for phases, service, rows in merged or [([""], "", [])]:

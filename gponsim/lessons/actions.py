@@ -127,11 +127,14 @@ def do_diagram(ctx: Context, o: dict) -> None:
     name = o.get("name", f"{kind}-{o.get('flow', 'all')}")
     target = ctx.out / f"{name}.svg"
     try:
+        steps = list(ctx.record.steps)
         if kind == "architecture":
-            written = [draw_architecture(ctx.record.steps, target, lang=ctx.lang)]
+            written = [draw_architecture(steps, target, lang=ctx.lang)]
+            draw_architecture(steps, target.with_suffix(".dot"), lang=ctx.lang, fmt="dot")
         else:
-            written = draw_sequence(ctx.record.steps, target, lang=ctx.lang, flow=o.get("flow", "all"),
-                                    notes=bool(o.get("notes")))
+            options = dict(lang=ctx.lang, flow=o.get("flow", "all"), notes=bool(o.get("notes")))
+            written = draw_sequence(steps, target, **options)
+            draw_sequence(steps, target.with_suffix(".dot"), fmt="dot", **options)
     except DotMissing as exc:
         ctx.say(f"{exc}; the .dot/.mmd sources are in {ctx.out}")
         return

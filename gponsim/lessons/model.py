@@ -81,6 +81,7 @@ class Action:
 class LessonStep:
     id: str
     say: Text
+    title: Text | None = None      # a short title (slides); default: the first sentence of say
     actions: list[Action] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
 
@@ -166,6 +167,9 @@ def load_lesson(path: str | Path) -> Lesson:
         line = loc.table("steps", i)
         sid = raw_step.get("id") or f"step-{i + 1}"
         say = _need_text(raw_step.get("say"), path, line, f"step '{sid}': say")
+        step_title = raw_step.get("title")
+        if step_title is not None:
+            step_title = _need_text(step_title, path, line, f"step '{sid}': title")
         actions = []
         for a in raw_step.get("actions", []):
             do = a.get("do")
@@ -203,7 +207,7 @@ def load_lesson(path: str | Path) -> Lesson:
                                 keys=bool(c.get("keys", False)), in_clear=c.get("in_clear"),
                                 inside_tls=c.get("inside_tls"),
                                 scope=c.get("scope", "step"), address=c.get("address", "")))
-        steps.append(LessonStep(id=sid, say=say, actions=actions, checks=checks))
+        steps.append(LessonStep(id=sid, say=say, title=step_title, actions=actions, checks=checks))
     quiz = []
     for i, q in enumerate(data.get("quiz", [])):
         line = loc.table("quiz", i)

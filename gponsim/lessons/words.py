@@ -7,11 +7,12 @@ from functools import lru_cache
 from importlib import resources
 
 
-@lru_cache(maxsize=1)
-def _words() -> dict:
-    return tomllib.loads(resources.files(__package__).joinpath("words.toml").read_text("utf-8"))
+@lru_cache(maxsize=None)
+def load_words(package: str) -> dict:
+    """``words.toml`` of ``package``: ``{key: {"es": ..., "en": ...}}``."""
+    return tomllib.loads(resources.files(package).joinpath("words.toml").read_text("utf-8"))
 
 
 def word(key: str, lang: str, **values) -> str:
-    entry = _words()[key]
+    entry = load_words(__package__)[key]
     return (entry.get(lang) or entry["en"]).format(**values)

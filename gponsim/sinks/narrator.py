@@ -23,6 +23,8 @@ through rich's wrapping, and all of it goes to one buffered writer.
 
 from __future__ import annotations
 
+import re
+import textwrap
 import threading
 import time
 from typing import IO
@@ -58,6 +60,23 @@ class Painter:
             before, _, after = Style.parse(style).render("\0", color_system=self._system).partition("\0")
             codes = self._codes[style] = (before, after)
         return codes[0] + text + codes[1]
+
+
+#: Below U+2300 (Latin, Greek, Cyrillic, arrows, punctuation) one character is one cell,
+#: but for these: combining marks, Hangul jamo, zero-width spaces and joiners.
+_NOT_ONE_CELL = re.compile("[\u0300-\u036f\u1100-\u115f\u200b-\u200f\u2060-\u2064]")
+
+
+def cells(text: str) -> int:
+    """Terminal cells of ``text``; rich counts the rare wide or zero-width characters."""
+    if text.isascii() or (max(text) < "\u2300" and not _NOT_ONE_CELL.search(text)):
+        return len(text)
+    return cell_len(text)
+
+
+def _narrow(text: str) -> bool:
+    """Every character takes one cell on a terminal (ASCII, or Latin text like "lección")."""
+    return cells(text) == len(text)
 
 
 def style_of(step: Step) -> str:
@@ -97,6 +116,9 @@ class Narrator:
         self._seen: set = set()
         self._heads: dict[tuple, tuple[str, int]] = {}
         self._comments: dict[tuple, str] = {}
+        self._wrapped: dict[tuple, list[str]] = {}
+        self._bodies: dict[tuple, str] = {}
+        self._explained: set[tuple] = set()
         self._second = -1
         self._stamp = ""
         self._session = None          # compact: the session named last
@@ -119,10 +141,23 @@ class Narrator:
             add(self.paint(f"── {step.session} ──", "dim") + "\n")
         head, indent = self._head(step, style)
         line = step.shown_line(self.reveal) if step.secret is not None else step.line
+        # What follows the head depends on the line, its style and its column only: lines
+        # repeat (RCPT TO, 250 Ok...), so each is rendered once.
+        key = (line, style, indent)
+        body = self._bodies.get(key)
+        if body is None:
+            if len(self._bodies) > _CACHE_LIMIT:
+                self._bodies.clear()
+            body = self._bodies[key] = self._body(line, style, indent)
+        add(head + body)
+        if self.explain != "none":
+            self._comment(step, indent if indent < self.width - MIN_TEXT else 4)
+
+    def _body(self, line: str, style: str, indent: int) -> str:
+        """A Step's text after its head: painted, wrapped in its column, newline-ended."""
         if "\t" in line:
             # A TAB separates the fields of Dovecot's auth protocol: make it visible.
             line = line.replace("\t", " ␉ ")
-        lines = line.split("\n") if "\n" in line else (line,)
         room = self.width - indent
         if room < MIN_TEXT:       # a long session name: wrapped lines start near the left
             first_room, indent, room = room, 4, self.width - 4
@@ -130,16 +165,14 @@ class Narrator:
             first_room = room
         pad = " " * indent
         paint = self.paint
-        for n, text in enumerate(lines):
-            size = len(text) if text.isascii() else cell_len(text)
+        out = []
+        for n, text in enumerate(line.split("\n")):
+            size = cells(text)
             limit = first_room if n == 0 else room
-            if size <= limit:
-                add((head if n == 0 else pad) + paint(text, style) + "\n")
-                continue
-            for m, piece in enumerate(self._wrap(text, limit, room)):
-                add((head if n == 0 and m == 0 else pad) + paint(piece, style) + "\n")
-        if self.explain != "none":
-            self._comment(step, indent if indent < self.width - MIN_TEXT else 4)
+            pieces = [text] if size <= limit else self._wrap(text, limit, room)
+            for m, piece in enumerate(pieces):
+                out.append(("" if n == 0 and m == 0 else pad) + paint(piece, style) + "\n")
+        return "".join(out)
 
     def _head(self, step: Step, style: str) -> tuple[str, int]:
         """The text before a Step's line (clock, session, who → whom) and its width."""
@@ -164,24 +197,48 @@ class Narrator:
             who = f"{step.src} → {step.dst}"
             lock = " 🔒" if step.tls else ""
             text = " " + self.paint(step.session, "dim") + " " + self.paint(who, f"bold {style}") + lock + "  "
-            size = 9 + cell_len(step.session) + 1 + len(who) + cell_len(lock) + 2
+            size = 9 + len(step.session) + 1 + len(who) + (3 if lock else 0) + 2
             rest = self._heads[key] = (text, size)
         return self._stamp + rest[0], rest[1]
 
     def _wrap(self, text: str, first: int, rest: int) -> list[str]:
-        """``text`` cut into lines of ``first`` cells, then ``rest`` cells (rich's wrapping)."""
-        lines = [line.plain.rstrip() for line in Text(text).wrap(self.console, first, overflow="fold")]
-        if len(lines) > 1 and rest != first:
-            tail = " ".join(lines[1:])
-            lines = lines[:1] + [line.plain.rstrip() for line in
-                                 Text(tail).wrap(self.console, rest, overflow="fold")]
-        return lines or [""]
+        """``text`` cut into lines of ``first`` cells, then ``rest`` cells (rich's wrapping).
+
+        Long lines repeat (a capture's ``[message: 2048 bytes, …]``): each is wrapped once."""
+        key = (text, first, rest)
+        lines = self._wrapped.get(key)
+        if lines is not None:
+            return lines
+        if _narrow(text):
+            # One cell per character: the standard library's wrapper gives the same lines, faster.
+            lines = textwrap.wrap(text, first, break_on_hyphens=False) or [""]
+            if len(lines) > 1 and rest != first:
+                lines = lines[:1] + textwrap.wrap(" ".join(lines[1:]), rest, break_on_hyphens=False)
+        else:
+            lines = [line.plain.rstrip() for line in Text(text).wrap(self.console, first, overflow="fold")]
+            if len(lines) > 1 and rest != first:
+                tail = " ".join(lines[1:])
+                lines = lines[:1] + [line.plain.rstrip() for line in
+                                     Text(tail).wrap(self.console, rest, overflow="fold")]
+        if len(self._wrapped) > _CACHE_LIMIT:
+            self._wrapped.clear()
+        lines = self._wrapped[key] = lines or [""]
+        return lines
 
     def _comment(self, step: Step, indent: int) -> None:
+        if self.explain == "first":
+            # Once every explanation a kind of Step can have was shown, skip the look-up.
+            signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced, step.status)
+            if signature in self._explained:
+                return
         entry = self._catalog.resolve(step)
         if entry is None:
+            if self.explain == "first" and len(self._explained) < _CACHE_LIMIT:
+                self._explained.add(signature)
             return
         if self.explain == "first":
+            if not self._catalog.depends_on_line(entry.key) and len(self._explained) < _CACHE_LIMIT:
+                self._explained.add(signature)
             if entry.key in self._seen:
                 return
             self._seen.add(entry.key)
