@@ -51,6 +51,8 @@ class Catalog:
         self._entries = entries
         self._matching = {key for key, options in entries.items() if any(e.match for e in options)}
         self._memo: dict[tuple, Entry | None] = {}
+        self._texts: dict[tuple, tuple[str, ...]] = {}
+        self._by_line: dict[tuple, Entry | None] = {}
 
     @classmethod
     def load(cls) -> "Catalog":
@@ -147,7 +149,15 @@ class Catalog:
             return entry
         for key in self.candidates(step):
             if key in self._matching:
-                return self._resolve_by_line(step)
+                # Chosen by the line: by which of the match texts it holds, remembered so.
+                line = step.line.lower()
+                seen = (signature, tuple(m in line for m in self._match_texts(signature, step)))
+                entry = self._by_line.get(seen, _UNKNOWN)
+                if entry is _UNKNOWN:
+                    if len(self._by_line) > 20000:
+                        self._by_line.clear()
+                    entry = self._by_line[seen] = self._resolve_by_line(step)
+                return entry
             options = self._entries.get(key)
             if options:
                 self._memo[signature] = options[0]
@@ -168,9 +178,25 @@ class Catalog:
                 return entry
         return None
 
-    def depends_on_line(self, key: str) -> bool:
-        """Whether Steps of this key may get other entries by their line's text (``match``)."""
-        return key in self._matching
+    def line_dependent(self, step: Step) -> bool:
+        """Whether Steps with these fields may get different entries by their line's text."""
+        return bool(self._match_texts(self._signature(step), step))
+
+    @staticmethod
+    def _signature(step: Step) -> tuple:
+        return (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced, step.status)
+
+    def _match_texts(self, signature: tuple, step: Step) -> tuple[str, ...]:
+        """The ``match`` texts that can decide a Step with these fields (lower case)."""
+        texts = self._texts.get(signature)
+        if texts is None:
+            found = []
+            for key in self.candidates(step):
+                for entry in self._entries.get(key, ()):
+                    if entry.match and entry.match.lower() not in found:
+                        found.append(entry.match.lower())
+            texts = self._texts[signature] = tuple(found)
+        return texts
 
     def key_for(self, step: Step) -> str | None:
         entry = self.resolve(step)

@@ -39,6 +39,7 @@ from gponsim.commentary import catalog
 from gponsim.steps import Step
 
 EXPLAIN = ("first", "session", "all", "none")
+_FAILURES = frozenset({"NO", "BAD", "-ERR", "FAIL"})     # Step.failed's status words
 _SYSTEMS = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT,
             "truecolor": ColorSystem.TRUECOLOR, "windows": ColorSystem.WINDOWS}
 _CACHE_LIMIT = 20000
@@ -123,35 +124,81 @@ class Narrator:
         self._stamp = ""
         self._session = None          # compact: the session named last
         self._parts: list[str] = []
+        self._pending: list[Step] = []   # offline: Steps waiting for a batch
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ Steps
 
     def step(self, step: Step) -> None:
-        with self._lock:
-            self._render(step)
-            if self.flush_each or len(self._parts) > 512:
+        if self.flush_each:
+            with self._lock:
+                self._render((step,))
+                self.flush()
+            return
+        # Offline (a capture into a file): Steps are rendered a batch at a time.
+        pending = self._pending
+        pending.append(step)
+        if len(pending) >= 512:
+            with self._lock:
+                self._pending = []
+                self._render(pending)
                 self.flush()
 
-    def _render(self, step: Step) -> None:
+    def _render(self, steps) -> None:
+        """Render Steps into the output buffer: one tight loop, everything that repeats
+        (a session's head, a line's painted and wrapped text, an explanation already
+        given) looked up rather than made again."""
         add = self._parts.append
-        style = style_of(step)
-        if self.compact and step.session != self._session:
-            self._session = step.session
-            add(self.paint(f"── {step.session} ──", "dim") + "\n")
-        head, indent = self._head(step, style)
-        line = step.shown_line(self.reveal) if step.secret is not None else step.line
-        # What follows the head depends on the line, its style and its column only: lines
-        # repeat (RCPT TO, 250 Ok...), so each is rendered once.
-        key = (line, style, indent)
-        body = self._bodies.get(key)
-        if body is None:
-            if len(self._bodies) > _CACHE_LIMIT:
-                self._bodies.clear()
-            body = self._bodies[key] = self._body(line, style, indent)
-        add(head + body)
-        if self.explain != "none":
-            self._comment(step, indent if indent < self.width - MIN_TEXT else 4)
+        heads, bodies, explained = self._heads, self._bodies, self._explained
+        explain, compact, reveal = self.explain, self.compact, self.reveal
+        first_only = explain == "first"
+        limit = self.width - MIN_TEXT
+        for step in steps:
+            proto, kind = step.proto, step.kind
+            if proto == "tls":
+                style = "magenta"
+            elif kind == "event":
+                style = "red" if step.failed or step.meta.get("status") in ("bounced", "deferred") else "yellow"
+            elif step.dir == "c2s":
+                style = "cyan"
+            else:
+                code = step.code
+                failed = code >= 400 if code is not None else step.status in _FAILURES
+                style = "red" if failed else "green"
+            if compact:
+                if step.session != self._session:
+                    self._session = step.session
+                    add(self.paint(f"── {step.session} ──", "dim") + "\n")
+                head, indent = self._head(step, style)
+            else:
+                second = int(step.t)
+                if second != self._second:
+                    self._new_second(step.t)
+                rest = heads.get((step.session, step.src, step.dst, step.tls, style))
+                if rest is None:
+                    rest = self._head(step, style)
+                    head, indent = rest
+                else:
+                    head, indent = self._stamp + rest[0], rest[1]
+            line = step.line if step.secret is None else step.shown_line(reveal)
+            body = bodies.get((line, style, indent))
+            if body is None:
+                if len(bodies) > _CACHE_LIMIT:
+                    bodies.clear()
+                body = bodies[(line, style, indent)] = self._body(line, style, indent)
+            add(head + body)
+            if explain == "none":
+                continue
+            if first_only and (step.key, proto, kind, step.verb, step.code, step.enhanced,
+                               step.status) in explained:
+                continue
+            self._comment(step, indent if indent < limit else 4)
+
+    def _new_second(self, t: float) -> None:
+        self._second = int(t)
+        self._stamp = self.paint(time.strftime("%H:%M:%S", time.localtime(t)), "dim")
+        if len(self._heads) > _CACHE_LIMIT:
+            self._heads.clear()
 
     def _body(self, line: str, style: str, indent: int) -> str:
         """A Step's text after its head: painted, wrapped in its column, newline-ended."""
@@ -185,12 +232,8 @@ class Narrator:
                 text = "  " + self.paint(who, f"bold {style}") + " " * max(1, 17 - len(who)) + lock + " "
                 head = self._heads[key] = (text, 2 + max(len(who) + 1, 17) + 3)
             return head
-        second = int(step.t)
-        if second != self._second:
-            self._second = second
-            self._stamp = self.paint(time.strftime("%H:%M:%S", time.localtime(step.t)), "dim")
-            if len(self._heads) > _CACHE_LIMIT:
-                self._heads.clear()
+        if int(step.t) != self._second:
+            self._new_second(step.t)
         key = (step.session, step.src, step.dst, step.tls, style)
         rest = self._heads.get(key)
         if rest is None:
@@ -209,7 +252,21 @@ class Narrator:
         lines = self._wrapped.get(key)
         if lines is not None:
             return lines
-        if _narrow(text):
+        if _narrow(text) and "  " not in text and "\t" not in text:
+            # One cell per character, words one space apart (a capture's "connection a → b"
+            # for every connection): greedy wrapping at the last space that fits.
+            lines, limit = [], first
+            while len(text) > limit:
+                cut = text.rfind(" ", 0, limit + 1)
+                if cut <= 0:                       # a word longer than the line: folded
+                    lines.append(text[:limit])
+                    text = text[limit:]
+                else:
+                    lines.append(text[:cut])
+                    text = text[cut + 1:]
+                limit = rest
+            lines.append(text)
+        elif _narrow(text):
             # One cell per character: the standard library's wrapper gives the same lines, faster.
             lines = textwrap.wrap(text, first, break_on_hyphens=False) or [""]
             if len(lines) > 1 and rest != first:
@@ -236,9 +293,9 @@ class Narrator:
             if self.explain == "first" and len(self._explained) < _CACHE_LIMIT:
                 self._explained.add(signature)
             return
-        if self.explain == "first":
-            if not self._catalog.depends_on_line(entry.key) and len(self._explained) < _CACHE_LIMIT:
-                self._explained.add(signature)
+        if self.explain == "first" and len(self._explained) < _CACHE_LIMIT \
+                and not self._catalog.line_dependent(step):
+            self._explained.add(signature)      # Steps like this one need no look-up any more
             if entry.key in self._seen:
                 return
             self._seen.add(entry.key)
@@ -287,12 +344,18 @@ class Narrator:
     def write(self, text: str) -> None:
         """Add text of the caller's own (already rendered) in the narration's order."""
         with self._lock:
+            if self._pending:
+                pending, self._pending = self._pending, []
+                self._render(pending)
             self._parts.append(text)
             if self.flush_each:
                 self.flush()
 
     def flush(self) -> None:
         with self._lock:
+            if self._pending:
+                pending, self._pending = self._pending, []
+                self._render(pending)
             if self._parts:
                 self.out.write("".join(self._parts))
                 self._parts.clear()
