@@ -71,6 +71,30 @@ def test_narrator_explains_once_per_run_or_per_session():
         assert out.getvalue().count("↳") == shown, mode
 
 
+def test_explanations_chosen_by_the_line_come_once_each():
+    """EHLO replies get different explanations by their text (before TLS: STARTTLS offered;
+    after: AUTH offered): each is given once, however many sessions show it."""
+    def reply(session, keywords):
+        return _step("250-mail.gponlab.local\n" + "\n".join(f"250-{k}" for k in keywords) + "\n250 CHUNKING",
+                     session=session, dir="s2c", kind="reply", src="smtpd", dst="client", verb="EHLO", code=250)
+    steps = [reply(f"submission-{n}", ["PIPELINING", "STARTTLS"]) for n in range(3)]
+    steps += [reply(f"submission-{n}", ["PIPELINING", "AUTH PLAIN LOGIN"]) for n in range(3)]
+    out = io.StringIO()
+    narrator = Narrator(Console(file=out, width=100))
+    for s in steps:
+        narrator.step(s)
+    narrator.flush()
+    arrows = [line.split("↳")[1] for line in out.getvalue().splitlines() if "↳" in line]
+    assert len(arrows) == 2 and arrows[0] != arrows[1], arrows
+    # Offline (batches, as `gponsim analyze` does) it says the same.
+    batch = io.StringIO()
+    narrator = Narrator(Console(file=batch, width=100), stream=batch, flush_each=False)
+    for s in steps:
+        narrator.step(s)
+    narrator.flush()
+    assert batch.getvalue() == out.getvalue()
+
+
 def test_narrator_keeps_rich_colours_on_a_terminal():
     out = io.StringIO()
     narrator = Narrator(Console(file=out, width=100, force_terminal=True, color_system="standard"))

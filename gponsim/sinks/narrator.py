@@ -283,24 +283,24 @@ class Narrator:
         return lines
 
     def _comment(self, step: Step, indent: int) -> None:
-        if self.explain == "first":
-            # Once every explanation a kind of Step can have was shown, skip the look-up.
+        first = self.explain == "first"
+        if first:
+            # A kind of Step whose explanation was given needs no look-up any more.
             signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced, step.status)
             if signature in self._explained:
                 return
         entry = self._catalog.resolve(step)
+        if first and len(self._explained) < _CACHE_LIMIT and not self._catalog.line_dependent(step):
+            self._explained.add(signature)
         if entry is None:
-            if self.explain == "first" and len(self._explained) < _CACHE_LIMIT:
-                self._explained.add(signature)
             return
-        if self.explain == "first" and len(self._explained) < _CACHE_LIMIT \
-                and not self._catalog.line_dependent(step):
-            self._explained.add(signature)      # Steps like this one need no look-up any more
-            if entry.key in self._seen:
-                return
-            self._seen.add(entry.key)
+        if first:
+            marker = (entry.key, entry.match)        # one explanation (keys may have several)
         elif self.explain == "session":
-            marker = (step.session, entry.key)
+            marker = (step.session, entry.key, entry.match)
+        else:
+            marker = None
+        if marker is not None:
             if marker in self._seen:
                 return
             self._seen.add(marker)
