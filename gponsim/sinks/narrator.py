@@ -289,8 +289,8 @@ class Narrator:
             signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced, step.status)
             if signature in self._explained:
                 return
-        entry = self._catalog.resolve(step)
-        if first and len(self._explained) < _CACHE_LIMIT and not self._catalog.line_dependent(step):
+        entry, fixed = self._catalog.explain(step)
+        if first and fixed and len(self._explained) < _CACHE_LIMIT:
             self._explained.add(signature)
         if entry is None:
             return
