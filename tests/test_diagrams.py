@@ -103,6 +103,12 @@ def test_sequence_svg_has_participants_and_arrows_in_order(session_steps, tmp_pa
                 if r.label.startswith("AUTH 1 PLAIN"))
     assert (auth.src, auth.dst) == ("smtpd", "auth")
     assert "AHVzZXIx" not in text  # credentials stay masked
+    # Dovecot's answers are replies (dashed); only the TLS handshake is a double arrow.
+    sasl = [r for p in build_sequence(session_steps, flow="sasl") for r in p.rows]
+    assert sasl and all(r.kind == "reply" for r in sasl if r.src == "auth")
+    assert any(r.kind == "command" and r.label.startswith("VERSION") for r in sasl if r.src == "smtpd")
+    tls = [r for p in build_sequence(session_steps, flow="send") for r in p.rows if r.kind == "tls"]
+    assert tls and all(r.label.startswith("TLS handshake: TLSv1.") for r in tls)
 
 
 @needs_dot

@@ -185,7 +185,7 @@ def sequence_dot(page: Page, lang: str = "en", title: str | None = None) -> str:
         else:
             ay = y + (lines * LINE_H) / 2 - 2              # the arrow under its text
             style = "dashed" if row.kind == "reply" else ("bold" if row.repeat > 1 else "solid")
-            extra = ", dir=both, penwidth=2.4" if row.kind == "handshake" else ""
+            extra = ", dir=both, penwidth=2.4" if row.kind == "tls" else ""
             out.append(f'  "a{r}" [shape=point, width=0.02, height=0.02, color="{color}", pos={pos(lay.x[row.src], ay)}];')
             out.append(f'  "b{r}" [shape=point, width=0.02, height=0.02, color="{color}", pos={pos(lay.x[row.dst], ay)}];')
             out.append(f'  "a{r}" -> "b{r}" [color="{color}", style={style}{extra}];')

@@ -52,7 +52,7 @@ class Row:
     label: str
     tls: bool = False
     failed: bool = False
-    kind: str = "command"       # command | reply | data | handshake | event | note
+    kind: str = "command"       # command | reply | data | tls | event | note
     note: str = ""              # the commentary (--notes)
     repeat: int = 1             # >1: this row stands for a collapsed run
 
@@ -242,6 +242,10 @@ def _row(step: Step, repeat: int, flow: str, service: str, notes: bool, lang: st
         note = entry.text(lang) if entry else ""
     failed = step.failed or step.meta.get("status") in ("bounced", "deferred")
     kind = step.kind
+    if step.proto == "tls":
+        kind = "tls"                     # the TLS handshake: both ways, one double arrow
+    elif kind == "handshake":
+        kind = "reply" if step.dir == "s2c" else "command"   # e.g. Dovecot's auth handshake lines
     if step.kind == "event" and (src == dst or (step.verb or "").upper() in _LOGGED):
         # A log line: a note on the lifeline of the program that wrote it.
         logger = dst if dst in _SERVERS and src in ("client", "internet") else src
