@@ -90,8 +90,12 @@ class LessonView:
                 line = steps[0].shown_line().split("\n")[0].split(" (")[0]
                 parts.append(line if len(line) <= 80 else line[:79] + "…")
             else:
-                pair = sorted({steps[0].src, steps[0].dst})
-                parts.append(word("startup_session", self.lang, who=" ↔ ".join(pair), n=len(steps)))
+                from gponsim.diagrams.labels import participant_name
+                from gponsim.diagrams.sequence import ORDER
+
+                pair = sorted({steps[0].src, steps[0].dst}, key=lambda a: ORDER.index(a) if a in ORDER else 99)
+                who = " ↔ ".join(participant_name(a, self.lang) for a in pair)
+                parts.append(word("startup_session", self.lang, who=who, n=len(steps)))
         if not parts:
             return word("startup_none", self.lang)
         return word("startup", self.lang, parts="; ".join(parts))
