@@ -80,16 +80,6 @@ def _narrow(text: str) -> bool:
     return cells(text) == len(text)
 
 
-def style_of(step: Step) -> str:
-    if step.proto == "tls":
-        return "magenta"
-    if step.kind == "event":
-        return "red" if step.failed or step.meta.get("status") in ("bounced", "deferred") else "yellow"
-    if step.dir == "c2s":
-        return "cyan"
-    return "red" if step.failed else "green"
-
-
 class Narrator:
     """A sink that narrates Steps on a terminal (or into a file or pipe).
 
@@ -340,16 +330,6 @@ class Narrator:
         return "".join(pieces)
 
     # ------------------------------------------------------------------ output
-
-    def write(self, text: str) -> None:
-        """Add text of the caller's own (already rendered) in the narration's order."""
-        with self._lock:
-            if self._pending:
-                pending, self._pending = self._pending, []
-                self._render(pending)
-            self._parts.append(text)
-            if self.flush_each:
-                self.flush()
 
     def flush(self) -> None:
         with self._lock:

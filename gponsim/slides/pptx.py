@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gponsim.slides.deck import Deck, Slide
+from gponsim.slides.deck import Deck
 
 SPEAKER_COLORS = {"client": (0x00, 0x6D, 0x77), "server": (0x2E, 0x7D, 0x32), "internal": (0x8A, 0x6D, 0x00),
                   "file": (0x33, 0x33, 0x33), "gap": (0x77, 0x77, 0x77)}
