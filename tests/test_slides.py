@@ -203,6 +203,10 @@ def test_html_deck_in_headless_chromium(decks, tmp_path):
             assert driver.execute_script("return document.body.dataset.slide") == str(expected)
             if driver.find_elements("css selector", ".slide.active pre.transcript"):
                 break
+        # send-mail's first step only draws the architecture: its slide shows text and picture.
+        first_step = driver.find_element("css selector", "#s4")
+        assert first_step.get_attribute("class").endswith("kind-step")
+        assert len(first_step.find_elements("css selector", ".figure svg")) == 1
         # The first transcript slide of send-mail (the submission): monospace and visible.
         active = driver.find_element("css selector", ".slide.active pre.transcript")
         assert "AUTH PLAIN ********" in active.text

@@ -221,7 +221,8 @@ def build_deck(lesson: Lesson, run_dir: Path, lang: str, work: Path | None = Non
         highlight = {i for i, st in enumerate(part)
                      for c in checks_by_step[lstep.id] if c.what == "step" and _matches(st, c)}
         marks = [(r["says"], r["passed"]) for r in results if r["step"] == lstep.id]
-        slides.append(Slide("step", title, body=say, marks=marks[:MAX_BULLETS], notes=_notes(part, lang)))
+        step_slide = Slide("step", title, body=say, marks=marks[:MAX_BULLETS], notes=_notes(part, lang))
+        slides.append(step_slide)
         if part:
             slides.append(Slide("excerpt", f"{n}. " + word("transcript", lang),
                                 transcript=_transcript(part, highlight, lang), notes=_notes(part, lang)))
@@ -237,7 +238,10 @@ def build_deck(lesson: Lesson, run_dir: Path, lang: str, work: Path | None = Non
         for name in summary.get("artifacts", {}).get(lstep.id, []):
             path = run_dir / name
             if path.suffix == ".svg" and path.exists() and "sequence" not in path.stem:
-                slides.append(Slide("diagram", f"{n}. " + word("drawn", lang, name=path.stem), diagram=path))
+                if not step_slide.marks and step_slide.diagram is None:
+                    step_slide.diagram = path      # a step that only draws: its text and its picture
+                else:
+                    slides.append(Slide("diagram", f"{n}. " + word("drawn", lang, name=path.stem), diagram=path))
         # ... and this step's part of the sequence, a page per phase.
         if part:
             pages = draw_sequence(part, work / f"sequence-{n}.svg", lang=lang)
