@@ -16,7 +16,9 @@ import click
 from gponsim import __version__
 
 LANG = click.Choice(["es", "en"])
-EXPLAIN = click.Choice(["first", "all", "none"])
+EXPLAIN = click.Choice(["first", "session", "all", "none"])
+EXPLAIN_HELP = ("Commentary: the first time each explanation comes up (once per run), "
+                "the first time in each session, every time, or never.")
 
 
 def _lang(value: str | None) -> str:
@@ -50,8 +52,7 @@ def _sinks(lang, quiet, steps_file, explain, reveal):
 def narration_options(f):
     f = click.option("--reveal-secrets", is_flag=True,
                      help="Show passwords and AUTH data instead of ********.")(f)
-    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True,
-                     help="Commentary: the first time each step appears, every time, or never.")(f)
+    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True, help=EXPLAIN_HELP)(f)
     f = click.option("--steps", "steps_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also record every Step as JSON lines in this file.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No narration on the terminal.")(f)
@@ -348,8 +349,9 @@ def diagram_architecture(source, out, fmt, lang):
 @click.option("--session", help="Only this session id.")
 @click.option("--notes", is_flag=True, help="Add the commentary as notes.")
 @click.option("--no-collapse", is_flag=True, help="Draw repeated runs one by one.")
-@click.option("--page-rows", type=click.IntRange(10, 2000), default=120, show_default=True,
-              help="Rows per page; longer sessions become several files.")
+@click.option("--page-rows", type=click.IntRange(4, 2000), default=14, show_default=True,
+              help="Rows per page (14: >= 18 px text on a 1920x1080 projector); each phase of a "
+                   "conversation starts a page, longer ones become several files.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.")
 @format_option
 @click.option("--lang", type=LANG, help="Language of the labels.")
@@ -390,33 +392,36 @@ def _run_lesson_options(f):
                      help="Standard ports + N instead of free ports (e.g. to point Thunderbird at it).")(f)
     f = click.option("--out", type=click.Path(file_okay=False, path_type=Path),
                      help="Folder for the run's files (default: captures/<lesson>-<time>/).")(f)
+    f = click.option("--min-score", type=click.FloatRange(0, 100), metavar="PERCENT",
+                     help="The quiz (asked then, as with --quiz) must reach this score, "
+                          "or the exit code is 1.")(f)
+    f = click.option("--student", metavar="NAME", help="The student's name, kept in summary.json.")(f)
     f = click.option("--quiz", is_flag=True, help="Ask the lesson's questions at the end.")(f)
     f = click.option("--pace", type=click.Choice(["step", "none"]), default="none", show_default=True,
-                     help="step: wait for Enter between steps (teaching live).")(f)
-    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True,
-                     help="Commentary: the first time each step appears, every time, or never.")(f)
+                     help="step: wait for Enter between steps (teaching live); what the lab does "
+                          "meanwhile is shown after the next step's text.")(f)
+    f = click.option("--show-startup", is_flag=True,
+                     help="Narrate the lab's start-up (Dovecot's auth handshake, ...) instead of one line.")(f)
+    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True, help=EXPLAIN_HELP)(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No protocol narration (lesson text and results only).")(f)
     f = click.option("--lang", type=LANG, help="Language (default: from the locale, else en).")(f)
     return f
 
 
-def _run_lesson(lesson, lang, quiet, explain, pace, quiz, out, port_offset, listen, interactive, timeout,
-                capture):
+def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student, min_score, out,
+                port_offset, listen, interactive, timeout, capture):
     from gponsim.lessons.capturing import CaptureModeError
     from gponsim.lessons.runner import OutputFolderError, RunOptions, run_lesson
     from gponsim.server.lab import LabError
     from gponsim.steps import StepBus
 
-    bus = StepBus()
-    if not quiet:
-        from gponsim.sinks.narrator import Narrator
-
-        bus.add(Narrator(lang=_lang(lang), explain=explain))
     try:
         summary = run_lesson(lesson, RunOptions(lang=_lang(lang), pace=pace, quiz=quiz, out=out,
                                                 port_offset=port_offset, listen=listen,
                                                 interactive=interactive, timeout=timeout,
-                                                capture=capture), bus)
+                                                capture=capture, narrate=not quiet,
+                                                explain=explain, show_startup=show_startup,
+                                                student=student, min_score=min_score), StepBus())
     except CaptureModeError as exc:
         raise click.UsageError(str(exc))
     except OutputFolderError as exc:
@@ -470,13 +475,13 @@ def lesson_list(lang):
     """The lessons of the course."""
     from gponsim.lessons.model import LessonError, lesson_files, load_lesson
 
-    for path in lesson_files():
+    for n, path in enumerate(lesson_files(), 1):
         try:
             les = load_lesson(path)
         except LessonError as exc:
-            click.echo(f"{path.stem:18} (broken: {exc})")
+            click.echo(f"{n:>2}. {path.stem:18} (broken: {exc})")
             continue
-        click.echo(f"{les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
+        click.echo(f"{n:>2}. {les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
 
 
 @lesson.command("run")

@@ -101,6 +101,31 @@ def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
     assert result.returncode == 2 and message in result.stderr
 
 
+COURSE = ["send-mail", "receive-mail", "read-imap", "read-pop3", "sasl", "relay-gmail", "tls",
+          "thunderbird", "capture", "relay-denied", "mbox", "troubleshooting", "lmtp"]
+
+
+@pytest.mark.slow          # end to end: `gponsim lesson list`
+def test_lessons_come_in_the_course_order(tmp_path):
+    """Each lesson's ``order`` places it in the course (the README's list), not the alphabet."""
+    orders = [load_lesson(p).order for p in lesson_files()]
+    assert all(orders) and len(set(orders)) == len(orders), orders
+    assert LESSONS == COURSE
+    result = run("lesson", "list", "--lang", "en", cwd=tmp_path)
+    listed = [line.split()[1] for line in result.stdout.splitlines()]
+    assert listed == COURSE
+    assert result.stdout.splitlines()[0].startswith(" 1. send-mail ")
+    # An instructor's lesson without an order comes after the numbered ones.
+    (tmp_path / "b.toml").write_text((LESSONS_DIR / "mbox.toml").read_text().replace('id = "mbox"', 'id = "b"'))
+    (tmp_path / "a.toml").write_text(
+        (LESSONS_DIR / "mbox.toml").read_text().replace('id = "mbox"', 'id = "a"').replace("order = 11", ""))
+    assert [p.stem for p in lesson_files(tmp_path)] == ["b", "a"]
+    bad = (LESSONS_DIR / "mbox.toml").read_text().replace("order = 11", 'order = "first"')
+    (tmp_path / "bad.toml").write_text(bad)
+    with pytest.raises(LessonError, match="order must be a whole number"):
+        load_lesson(tmp_path / "bad.toml")
+
+
 @pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_lesson_list_and_unknown_lesson(tmp_path):
     result = run("lesson", "list", "--lang", "es", cwd=tmp_path)
@@ -134,7 +159,12 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
         swaks = ["swaks", "--server", "127.0.0.1", "--port", port, "--from", "user1@gponlab.local",
                  "--to", "user2@gponlab.local",
                  "--header", "Subject: =?utf-8?q?Hola_desde_la_lecci=C3=B3n_send-mail?="]
-        # First the student forgets STARTTLS: the server says 530 and the lesson gives a hint.
+        # First the student's client gives up after EHLO: no AUTH is offered before STARTTLS.
+        gave_up = subprocess.run(swaks + ["--quit-after", "EHLO"], capture_output=True, text=True, timeout=60)
+        assert "250-STARTTLS" in gave_up.stdout and "AUTH" not in gave_up.stdout.split("<~")[0]
+        wait_until(lambda: any("Hint: your client gave up after EHLO" in line for line in lines), timeout=30,
+                   what="the hint for a client that saw no AUTH")
+        # Then the student forgets STARTTLS: the server says 530 and the lesson gives a hint.
         first = subprocess.run(swaks + ["--auth-optional", "PLAIN", "--auth-user", "user1",
                                         "--auth-password", "pass"],
                                capture_output=True, text=True, timeout=60)
@@ -167,6 +197,17 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
     assert f"port {info['ports']['smtp']} (smtp, server to server), not on the submission port ({port})" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"], summary
+    # Every try of the student, and every hint, for the instructor.
+    outcomes = [a["outcome"] for a in summary["attempts"]]
+    assert outcomes[0] == "gave up after EHLO: no AUTH offered before STARTTLS", outcomes
+    assert outcomes[1] == "530 5.7.0 Must issue a STARTTLS command first", outcomes
+    assert outcomes[2] == "hung up in the TLS handshake (certificate not accepted)", outcomes
+    assert outcomes[3].startswith("queued as ") and outcomes[-1].startswith("queued as "), outcomes
+    assert [a["service"] for a in summary["attempts"]] == ["submission", "submission", "submission", "smtp",
+                                                           "submission"]
+    assert summary["attempts"][-1]["ok"] and not summary["attempts"][0]["ok"]
+    assert [h["hint"] for h in summary["hints"]] == ["auth-after-starttls", "530", "certificate", "port25"]
+    assert all(h["step"] == "submit" and h["text"].startswith("Hint:") for h in summary["hints"])
 
 
 @pytest.mark.slow

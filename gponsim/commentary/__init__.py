@@ -51,6 +51,8 @@ class Catalog:
         self._entries = entries
         self._matching = {key for key, options in entries.items() if any(e.match for e in options)}
         self._memo: dict[tuple, Entry | None] = {}
+        self._texts: dict[tuple, tuple[str, ...]] = {}
+        self._by_line: dict[tuple, Entry | None] = {}
 
     @classmethod
     def load(cls) -> "Catalog":
@@ -138,22 +140,41 @@ class Catalog:
 
         Most Steps resolve by their fields alone (no ``match`` text involved),
         so those answers are remembered: a busy lab resolves each kind of
-        Step once.
+        Step once. The others are remembered by which match texts their line holds.
         """
+        return self.explain(step)[0]
+
+    def explain(self, step: Step) -> tuple[Entry | None, bool]:
+        """``(entry, fixed)``: the Step's explanation, and whether every Step with the same
+        fields gets it (False: it depends on the line's text)."""
         signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced,
                      step.status)
         entry = self._memo.get(signature, _UNKNOWN)
+        if entry is _BY_LINE:
+            return self._by_line_text(signature, step), False
         if entry is not _UNKNOWN:
-            return entry
+            return entry, True
         for key in self.candidates(step):
             if key in self._matching:
-                return self._resolve_by_line(step)
+                self._memo[signature] = _BY_LINE
+                return self._by_line_text(signature, step), False
             options = self._entries.get(key)
             if options:
                 self._memo[signature] = options[0]
-                return options[0]
+                return options[0], True
         self._memo[signature] = None
-        return None
+        return None, True
+
+    def _by_line_text(self, signature: tuple, step: Step) -> Entry | None:
+        """Chosen by the line: by which of the match texts it holds (remembered so)."""
+        line = step.line.lower()
+        seen = (signature, tuple(m in line for m in self._match_texts(signature, step)))
+        entry = self._by_line.get(seen, _UNKNOWN)
+        if entry is _UNKNOWN:
+            if len(self._by_line) > 20000:
+                self._by_line.clear()
+            entry = self._by_line[seen] = self._resolve_by_line(step)
+        return entry
 
     def _resolve_by_line(self, step: Step) -> Entry | None:
         line = step.line
@@ -168,12 +189,25 @@ class Catalog:
                 return entry
         return None
 
+    def _match_texts(self, signature: tuple, step: Step) -> tuple[str, ...]:
+        """The ``match`` texts that can decide a Step with these fields (lower case)."""
+        texts = self._texts.get(signature)
+        if texts is None:
+            found = []
+            for key in self.candidates(step):
+                for entry in self._entries.get(key, ()):
+                    if entry.match and entry.match.lower() not in found:
+                        found.append(entry.match.lower())
+            texts = self._texts[signature] = tuple(found)
+        return texts
+
     def key_for(self, step: Step) -> str | None:
         entry = self.resolve(step)
         return entry.key if entry else None
 
 
 _UNKNOWN = object()      # a signature not resolved yet (None is a resolved "no entry")
+_BY_LINE = object()      # a signature whose entry depends on the line's text
 
 
 @lru_cache(maxsize=1)

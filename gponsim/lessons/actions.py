@@ -36,6 +36,10 @@ class Context:
     timeout: float = 300.0         # how long to wait for the student
     host: str = "127.0.0.1"        # where the lab listens (--listen)
     reload: Callable[[], None] | None = None   # the lab reads its edited profile again
+    #: Narrate the lab's start-up Steps (of one protocol) now; returns how many.
+    replay_startup: Callable[..., int] = lambda proto=None: 0
+    #: Record a hint given to the student: (hint key, the text said).
+    hinted: Callable[[str, str], None] = lambda key, said: None
 
     @property
     def connect_host(self) -> str:
@@ -127,17 +131,26 @@ def do_diagram(ctx: Context, o: dict) -> None:
     name = o.get("name", f"{kind}-{o.get('flow', 'all')}")
     target = ctx.out / f"{name}.svg"
     try:
+        steps = list(ctx.record.steps)
         if kind == "architecture":
-            written = [draw_architecture(ctx.record.steps, target, lang=ctx.lang)]
+            written = [draw_architecture(steps, target, lang=ctx.lang)]
+            draw_architecture(steps, target.with_suffix(".dot"), lang=ctx.lang, fmt="dot")
         else:
-            written = draw_sequence(ctx.record.steps, target, lang=ctx.lang, flow=o.get("flow", "all"),
-                                    notes=bool(o.get("notes")))
+            options = dict(lang=ctx.lang, flow=o.get("flow", "all"), notes=bool(o.get("notes")))
+            written = draw_sequence(steps, target, **options)
+            draw_sequence(steps, target.with_suffix(".dot"), fmt="dot", **options)
     except DotMissing as exc:
         ctx.say(f"{exc}; the .dot/.mmd sources are in {ctx.out}")
         return
     ctx.artifacts.extend(written)
     for path in written:
         ctx.say(f"→ {path}")
+
+
+def do_startup(ctx: Context, o: dict) -> None:
+    """Show what the lab said while it started (e.g. ``proto = "sasl"``: Postfix's smtpd
+    opening Dovecot's auth socket), folded into one line until a step is about it."""
+    ctx.replay_startup(o.get("proto"))
 
 
 def do_wait_step(ctx: Context, o: dict) -> None:
@@ -479,6 +492,7 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
     "show": do_show,
     "diagram": do_diagram,
     "wait_step": do_wait_step,
+    "startup": do_startup,
     "edit": do_edit,
     "reload": do_reload,
     "flush": do_flush,
