@@ -14,7 +14,7 @@ from gponsim.server import inprocess
 from gponsim.server.dovecot.lmtp import (DovecotLmtp, LmtpService, LmtpSettings, format_username,
                                          parse_path, received_date, session_guid, strip_detail)
 from gponsim.server.maillog import MailLog
-from gponsim.server.mailstore.mbox import MailStore
+from gponsim.server.mailstore.location import open_store
 from gponsim.sinks.memory import ListSink
 
 USERS = {"user1", "user2"}
@@ -89,7 +89,7 @@ def test_the_delivery_postfix_makes(s):
         "Received: from mail.gponlab.local\n\tby mail.gponlab.local with LMTP\n"
         f"\tid {sid}\n\t(envelope-from <user1@gponlab.local>)\n\tfor <user2@gponlab.local>; ")
     assert "\nReceived: from pc1 (unknown [127.0.0.1])\n" in rest
-    [msg] = MailStore(s.root, "user2").folder("INBOX").sync().messages
+    [msg] = open_store(s.root, "user2").folder("INBOX").sync().messages
     assert msg.uid == 1 and msg.body.startswith(b".punto\n")
     steps = [st for st in s.sink.steps if st.proto == "lmtp"]
     assert {st.session for st in steps} == {s.proto.session}
@@ -161,7 +161,7 @@ def test_several_recipients_one_reply_each(s):
             f"LMTP\n\tid {sid}\n\t(envelope-from <>); ") in mbox
     assert "Delivered-To" not in mbox
     assert f"\tid {sid}:T2\n\t(envelope-from <a@b>); " in mbox
-    assert len(MailStore(s.root, "user2").folder("INBOX").sync().messages) == 3
+    assert len(open_store(s.root, "user2").folder("INBOX").sync().messages) == 3
 
 
 @pytest.mark.parametrize("line, reply", [
@@ -225,7 +225,7 @@ def test_bdat(s):
     assert s.send("BDAT 12\r\nSubject: x\r\n") == ["250 2.0.0 Added 12 octets"]
     [saved] = s.send("BDAT 8 LAST\r\n\r\nhola\r\n")
     assert re.fullmatch(rf"250 2\.0\.0 <user2@gponlab\.local> {SID} Saved", saved)
-    [msg] = MailStore(s.root, "user2").folder("INBOX").sync().messages
+    [msg] = open_store(s.root, "user2").folder("INBOX").sync().messages
     assert msg.body == b"hola\n" and b"Subject: x\n" in msg.headers
     bdat = [st for st in s.sink.steps if st.kind == "reply" and st.verb == "BDAT"]
     assert [st.key for st in bdat] == ["lmtp.reply.BDAT.250-2.0.0"] * 2

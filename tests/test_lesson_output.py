@@ -12,14 +12,12 @@ import select
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
 from gponsim.commentary import catalog
-from gponsim.lessons.model import LESSONS_DIR
 from gponsim.sinks.narrator import Narrator
 from gponsim.steps import Step, read_jsonl
 

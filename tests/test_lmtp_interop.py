@@ -23,7 +23,7 @@ import pytest
 from reactor_thread import call
 
 from gponsim.server.dovecot.passwd import Users
-from gponsim.server.mailstore.mbox import MailStore
+from gponsim.server.mailstore.location import open_store
 from gponsim.server.maillog import MailLog
 from gponsim.server.postfix.lmtp import LmtpClient, LmtpSettings
 from gponsim.server.postfix.queuefile import Envelope
@@ -168,7 +168,7 @@ def test_gponsim_lmtp_client_delivers_to_real_dovecot(reactor, dovecot_factory):
     assert replies[5] == "354 OK" and replies[-1] == "221 2.0.0 Bye"
     # what real Dovecot wrote, read by gponsim's mail store
     wait_until(lambda: "saved mail to INBOX" in dv.log_text(), 10, "Dovecot's log")
-    [msg] = MailStore(dv.root, "user2").folder("INBOX").sync().messages
+    [msg] = open_store(dv.root, "user2").folder("INBOX").sync().messages
     headers = msg.headers.decode()
     assert msg.from_line.startswith(b"From user1@gponlab.local  ")
     assert headers.startswith("Return-Path: <user1@gponlab.local>\nReceived: from "
@@ -270,7 +270,7 @@ def test_gponsim_answers_as_real_dovecot(reactor, dovecot_factory, short_dir, us
         return [(m.from_line.split(b"  ")[0],
                  re.sub(rb"\tid [A-Za-z0-9+/]{22}|; \w{3}, \d\d \w{3} \d{4} [\d:]{8} [+-]\d{4}",
                         b"", m.headers), m.body)
-                for m in MailStore(root, "user2").folder("INBOX").sync().messages]
+                for m in open_store(root, "user2").folder("INBOX").sync().messages]
     wait_until(lambda: "saved mail to INBOX" in dv.log_text(), 10, "Dovecot's save")
     theirs, mine = saved(dv.root), saved(ours_root)
     assert [(f, h) for f, h, _b in mine] == [(f, h) for f, h, _b in theirs]

@@ -50,7 +50,7 @@ import socket
 import struct
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,7 +58,8 @@ from twisted.internet import defer, protocol, threads
 
 from gponsim.server import inprocess
 from gponsim.server.maillog import MailLog, pid_for
-from gponsim.server.mailstore.mbox import MailStore
+from gponsim.server.mailstore.interface import MailStore
+from gponsim.server.mailstore.location import MailLocation, open_store, parse_mail_location
 from gponsim.server.smtpserver import DATA, SmtpServer
 from gponsim.server.unixpath import socket_address
 from gponsim.steps import Emit, Step, null_emit
@@ -84,9 +85,13 @@ class LmtpSettings:
     greeting: str = "Dovecot (Debian) ready."   #: ``login_greeting``
     username_format: str = "%Lu"                #: ``auth_username_format`` for lmtp
     recipient_delimiter: str = "+"
-    inbox_template: str = "/var/mail/%u"        #: ``mail_location``'s INBOX=
-    mail_dir: str = "~/mail"
+    mail_location: MailLocation = field(default_factory=lambda: parse_mail_location(""))
     timeout: float = 300.0
+
+    @property
+    def inbox_template(self) -> str:
+        """Where a user's INBOX is, as the lab shows it (``/var/mail/%u``)."""
+        return self.mail_location.inbox or "/var/mail/%u"
 
 
 def settings_from_profile(profile) -> LmtpSettings:
@@ -96,8 +101,7 @@ def settings_from_profile(profile) -> LmtpSettings:
         greeting=profile.dovecot("login_greeting") or "Dovecot ready.",
         username_format=profile.protocol_setting("lmtp", "auth_username_format") or "%Lu",
         recipient_delimiter=profile.protocol_setting("lmtp", "recipient_delimiter"),
-        inbox_template=location.inbox or "/var/mail/%u",
-        mail_dir=location.root or "~/mail")
+        mail_location=location)
 
 
 # --------------------------------------------------------------------------
@@ -250,8 +254,7 @@ class LmtpService:
         return username, (user if self.user_exists(user) else None)
 
     def store_for(self, user: str) -> MailStore:
-        return MailStore(self.root, user, inbox_template=self.settings.inbox_template,
-                         mail_dir=self.settings.mail_dir)
+        return open_store(self.root, user, self.settings.mail_location)
 
 
 def _id_of(getter, name: str, attr: str) -> int:
