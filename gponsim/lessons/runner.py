@@ -113,6 +113,10 @@ class Transcript:
         self._fh.close()
 
 
+#: The protocols of a message's way through the queue to its mailbox or relay.
+DELIVERY_PROTOS = ("queue", "delivery", "lmtp", "relay")
+
+
 def default_out(lesson_id: str) -> Path:
     return Path("captures") / f"{lesson_id}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -212,9 +216,13 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")
         view.started()
+        shows_delivery = [any(a.do == "wait_delivery" for a in s.actions) for s in lesson.steps]
         for n, step in enumerate(lesson.steps, 1):
             current["step"] = step.id
-            # The step's explanation first, then what the lab did meanwhile and does now.
+            # The step's explanation first, then what the lab did meanwhile and does now;
+            # the queue's events wait for the step that explains the delivery.
+            later = not shows_delivery[n - 1] and any(shows_delivery[n:])
+            view.defer(DELIVERY_PROTOS if later else ())
             view.print(Panel(Text(reflow(text(step.say, lang))),
                              title=word("step", lang, n=n, total=len(lesson.steps)),
                              title_align="left", border_style="cyan"))

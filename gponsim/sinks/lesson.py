@@ -35,6 +35,8 @@ class LessonView:
         self._lock = threading.RLock()
         self._starting = True
         self._held = False
+        #: protocols whose Steps wait for a later step even while the view is live
+        self._deferred: frozenset[str] = frozenset()
         self.startup: list[Step] = []
         self._waiting: list[Step] = []
 
@@ -44,8 +46,8 @@ class LessonView:
         with self._lock:
             if self._starting:
                 self.startup.append(step)
-            elif self._held:
-                self._waiting.append(step)
+            elif self._held or step.proto in self._deferred or self._waiting:
+                self._waiting.append(step)      # (behind what waits already: order kept)
             elif self.narrator is not None:
                 self.narrator.step(step)
 
@@ -114,16 +116,26 @@ class LessonView:
         with self._lock:
             self._held = True
 
+    def defer(self, protos) -> None:
+        """Steps of these protocols wait (for the step that explains them) even
+        while the view is live: a delivery finishing during the step that sends."""
+        with self._lock:
+            self._deferred = frozenset(protos)
+
     def release(self) -> None:
-        """Show what waited, then narrate live again."""
+        """Show what waited (but what is deferred), then narrate live again."""
         with self._lock:
             self._held = False
             waiting, self._waiting = self._waiting, []
-            if self.narrator is not None:
-                for step in waiting:
+            for n, step in enumerate(waiting):
+                if step.proto in self._deferred:      # it waits, and so does what came after
+                    self._waiting = waiting[n:]
+                    break
+                if self.narrator is not None:
                     self.narrator.step(step)
 
     def close(self) -> None:
+        self._deferred = frozenset()
         self.release()
         if self.narrator is not None:
             self.narrator.flush()
