@@ -49,10 +49,10 @@ from typing import Any, Callable
 from twisted.internet import defer, error, protocol
 
 from gponsim.server import inprocess
-from gponsim.server.maillog import MailLog, delivery_line
+from gponsim.server.maillog import MailLog
 from gponsim.server.postfix.smtp import _ClientProtocol as ReplyReader
 from gponsim.server.postfix.smtp import _Lost, enhanced_or_default, joined
-from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, event
+from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, Verdicts, event
 from gponsim.server.unixpath import socket_address
 from gponsim.steps import Emit, new_session, null_emit
 from gponsim.wire import smtp as wire
@@ -163,52 +163,33 @@ class LmtpClient:
 
     async def _deliver(self, req: DeliveryRequest) -> list[RecipientStatus]:
         session = new_session("lmtp")
-        start = self.clock()
-        times = {"setup": start}
         kind, address = parse_nexthop(req.nexthop)
         peer = f"{self.settings.myhostname}[{address}]"
-        state: dict[str, Any] = {"relay": "none", "proto": None}
-        pending = {index: (addr, orig) for index, addr, orig in req.recipients}
-        results: dict[int, tuple[str, str, str]] = {}
+        state: dict[str, Any] = {"proto": None}
 
-        def finish(index: int, status: str, dsn: str, reason: str) -> None:
-            if index not in pending:
-                return
-            addr, orig = pending.pop(index)
-            now = self.clock()
-            env = req.envelope
-            delays = (max(0.0, req.active_arrival - env.arrival),
-                      max(0.0, start - req.active_arrival),
-                      max(0.0, times["setup"] - start),
-                      max(0.0, now - times["setup"]))
-            line = delivery_line(req.qid, addr, orig_to=orig, relay=state["relay"],
-                                 delays=delays, dsn=dsn, status=status, reason=reason)
+        def logged(line: str, addr: str, status: str, dsn: str) -> None:
             self._log(line)
             self.emit(event("lmtp", "lmtp", "qmgr", status.upper(), line, session,
                             qid=req.qid, recipient=addr, status=status, dsn=dsn,
-                            relay=state["relay"]))
-            results[index] = (status, dsn, reason)
-
+                            relay=verdicts.relay))
+        verdicts = Verdicts(req, clock=self.clock, logged=logged)
         try:
             if kind != "unix":
                 raise LmtpError("4.3.5", f"lmtp:{req.nexthop}: gponsim's lmtp(8) connects "
                                          f"to Unix sockets only (unix:PATH)")
-            await self._conversation(req, session, peer, address, state, times, pending,
-                                     finish)
+            await self._conversation(req, session, peer, address, state, verdicts)
         except LmtpError as exc:
-            for index in list(pending):
-                finish(index, exc.status, exc.dsn, exc.reason)
+            verdicts.finish_rest(exc.status, exc.dsn, exc.reason)
         except Exception as exc:  # noqa: BLE001 - a bug must not strand the mail
             self._log(f"warning: {req.qid}: lmtp client error: {exc!r}")
-            for index in list(pending):
-                finish(index, "deferred", "4.3.0", f"mail system configuration error ({exc})")
+            verdicts.finish_rest("deferred", "4.3.0", f"mail system configuration error ({exc})")
         finally:
             if state.get("claim") is not None:
                 inprocess.withdraw(state["claim"])
             proto = state.get("proto")
             if proto is not None and proto.transport is not None and proto.lost is None:
                 proto.transport.loseConnection()
-        return [RecipientStatus(i, st, dsn, why) for i, (st, dsn, why) in sorted(results.items())]
+        return verdicts.statuses()
 
     async def _connect(self, req, session: str, peer: str, path: Path, state: dict) -> ReplyReader:
         connected: defer.Deferred = defer.Deferred()
@@ -249,13 +230,14 @@ class LmtpClient:
                             qid=req.qid))
             raise LmtpError("4.4.1", text) from None
 
-    async def _conversation(self, req, session, peer, address, state, times, pending,
-                            finish) -> None:
+    async def _conversation(self, req, session, peer, address, state,
+                            verdicts: Verdicts) -> None:
+        pending, finish = verdicts.pending, verdicts.finish
         s = self.settings
         path = self.socket_path(address)
         proto = await self._connect(req, session, peer, path, state)
         state["proto"] = proto
-        state["relay"] = peer
+        verdicts.relay = peer
 
         def send(*lines: str) -> None:
             """Commands in one write (pipelined when there are several)."""
@@ -320,7 +302,7 @@ class LmtpClient:
             await quit_()
             raise failure(lines, "LHLO")
         ext = {line[4:].split(" ", 1)[0].upper() for line in lines[1:]}
-        times["setup"] = self.clock()
+        verdicts.setup = self.clock()
 
         # --- the transaction
         env = req.envelope
