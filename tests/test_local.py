@@ -387,3 +387,14 @@ def test_a_copy_is_found_after_a_reader_rewrote_the_mailbox(tmp_path):
     # Another recipient of the same message is not the same copy.
     agent.deliver("user2", [job(rcpt="user2+x@gponlab.local")], check_delivered=True)
     assert mbox.read_bytes().count(b" id 4F1A2C0D9E\n") == 2
+
+
+def test_a_copy_cut_short_by_a_crash_is_taken_away_and_delivered_again(tmp_path):
+    agent = make_agent(tmp_path)
+    agent.deliver("user2", [job(qid="ABCDE12345"), job()])
+    mbox = tmp_path / "var/mail/user2"
+    whole = mbox.read_bytes()
+    os.truncate(mbox, len(whole) - 40)          # the crash: the last entry half written
+    [r] = agent.deliver("user2", [job()], check_delivered=True)
+    assert r.status == "sent"
+    assert mbox.read_bytes() == whole           # the half entry replaced by a whole one

@@ -511,27 +511,40 @@ def _replaced(fd: int, path: Path) -> bool:
 def _delivered(fd: int, size: int, jobs: Sequence[LocalJob]) -> set[int]:
     """The positions of the ``jobs`` whose copy is already in the mailbox:
     an entry whose headers carry ``Delivered-To: <recipient>`` and the queue
-    id of smtpd's ``Received:`` header (read under the delivery lock)."""
+    id of smtpd's ``Received:`` header (read under the delivery lock).
+
+    An entry a crash cut short is the mailbox's last one and is shorter than
+    the entry would be (a reader such as Dovecot may add headers, never take
+    them away): it is truncated off the mailbox and the job is delivered again.
+    """
     data = os.pread(fd, size, 0)
     wanted = {(f"\nDelivered-To: {quote_822_local(job.recipient)}\n".encode(), job.qid): n
               for n, job in enumerate(jobs)}
     found: set[int] = set()
-    for headers in _header_blocks(data):
+    for start, end, headers in _entries(data):
         for (marker, qid), n in wanted.items():
             if n not in found and marker in headers and (
                     f" id {qid}\n".encode() in headers or f" id {qid};\n".encode() in headers):
+                job = jobs[n]
+                # (From_ dates are fixed-width: any time gives the entry's length)
+                whole = render_entry(job.content, sender=job.sender, orig_rcpt=job.orig_rcpt,
+                                     delivered_to=job.recipient, when=0)
+                if end == len(data) and end - start < len(whole):
+                    os.ftruncate(fd, start)         # cut short: take it away, deliver again
+                    os.fsync(fd)
+                    return found
                 found.add(n)
     return found
 
 
-def _header_blocks(data: bytes):
-    """The header block of each message of an mbox (From_ line included)."""
+def _entries(data: bytes):
+    """(start, end, header block) of each message of an mbox (From_ line included)."""
     pos = 0
     while pos < len(data):
         nxt = data.find(b"\n\nFrom ", pos)
         end = len(data) if nxt < 0 else nxt + 2
         header_end = data.find(b"\n\n", pos)
-        yield data[pos:(end if header_end < 0 or header_end > end else header_end + 1)]
+        yield pos, end, data[pos:(end if header_end < 0 or header_end > end else header_end + 1)]
         pos = end
 
 
