@@ -50,12 +50,13 @@ def submit(cleanup, rcpts: list[str], body: bytes = BODY, sender: str = "user1@g
     """What smtpd does (reactor thread): open at the first RCPT, commit after DATA."""
     env = Envelope(sender=sender, helo="pc1", client_ip=client_ip, protocol=protocol,
                    session=session, sasl_method="PLAIN" if sasl else None, sasl_username=sasl)
-    qf = cleanup.open(env)
-    for rcpt in rcpts:
-        qf.add_recipient(rcpt)
-    header = received_header("pc1", "unknown", client_ip, protocol, qf.qid, rcpts,
-                             env.arrival, HOST)
-    return qf.commit(header.encode() + body)
+    def opened(qf):
+        for rcpt in rcpts:
+            qf.add_recipient(rcpt)
+        header = received_header("pc1", "unknown", client_ip, protocol, qf.qid, rcpts,
+                                 env.arrival, HOST)
+        return qf.commit(header.encode() + body)
+    return cleanup.open(env).addCallback(opened)
 
 
 class Lab:
@@ -204,9 +205,8 @@ def test_queue_file_is_in_incoming_during_the_transaction_and_abort_removes_it(l
     lab = lab()
 
     def open_file():
-        qf = lab.mta.cleanup.open(Envelope(sender="user1@gponlab.local", client_ip="127.0.0.1"))
-        qf.add_recipient("user2@gponlab.local")
-        return qf
+        d = lab.mta.cleanup.open(Envelope(sender="user1@gponlab.local", client_ip="127.0.0.1"))
+        return d.addCallback(lambda qf: qf.add_recipient("user2@gponlab.local") or qf)
 
     qf = lab.rt.call(open_file)
     assert qf.path == lab.root / "var/spool/postfix/incoming" / qf.qid
@@ -407,18 +407,19 @@ def one(i):
     env = Envelope(sender="user1@gponlab.local", helo="pc1", client_ip="192.168.1.50",
                    session="smtp-crash-%d" % i)
     if crash_at == "open":
-        qf = q.open(env)
-        qf.add_recipient(rcpts[0])
-        say("OPENED " + qf.qid)
-        return defer.succeed(None)
-    qf = q.open(env)
-    for r in rcpts:
-        qf.add_recipient(r)
-    header = received_header("pc1", "unknown", "192.168.1.50", "ESMTP", qf.qid, rcpts,
-                             env.arrival, "mail.gponlab.local")
-    d = qf.commit(header.encode() + ("Subject: m%d\n\nbody %d\n" % (i, i)).encode())
-    d.addCallback(lambda qid: say("COMMITTED " + qid))
-    return d
+        def opened(qf):
+            qf.add_recipient(rcpts[0])
+            say("OPENED " + qf.qid)
+        return q.open(env).addCallback(opened)
+
+    def commit(qf):
+        for r in rcpts:
+            qf.add_recipient(r)
+        header = received_header("pc1", "unknown", "192.168.1.50", "ESMTP", qf.qid, rcpts,
+                                 env.arrival, "mail.gponlab.local")
+        d = qf.commit(header.encode() + ("Subject: m%d\n\nbody %d\n" % (i, i)).encode())
+        return d.addCallback(lambda qid: say("COMMITTED " + qid))
+    return q.open(env).addCallback(commit)
 
 rt.call(lambda: defer.gatherResults([one(i) for i in range(count)]), timeout=60)
 say("ALL")
