@@ -390,6 +390,7 @@ class SmtpDecoder(Decoder):
         self.banner = info.midstream      # mid-connection: the greeting is long gone
         self.reply_lines: list[str] = []
         self.msg: list[bytes] = []
+        self.msg_packets: list[int] = []  # the packets of the message's bytes so far
         self.msg_size = 0
         self.msg_gap = False
         self.bdat_left = 0
@@ -502,7 +503,7 @@ class SmtpDecoder(Decoder):
             self.info.client_name = args.strip() or None
         elif verb == "DATA":
             self.state = "data"
-            self.msg, self.msg_size, self.msg_gap = [], 0, False
+            self.msg, self.msg_size, self.msg_gap, self.msg_packets = [], 0, False, []
         elif verb == "BDAT":
             parts = args.split()
             if parts and parts[0].isdigit():
@@ -521,6 +522,12 @@ class SmtpDecoder(Decoder):
         if self.msg_size < MAX_MESSAGE:
             self.msg.append(block)
         self.msg_size += len(block)
+        # The message's bytes are the next ones of the stream: their packets are its own
+        # (not the next command's, as a BDAT chunk would otherwise be).
+        packets = self.msg_packets
+        for p in self.carry["c2s"].take(len(block)):
+            if not packets or packets[-1] != p:
+                packets.append(p)
 
     def _data_block(self) -> bool:
         buf = self.cbuf
@@ -540,7 +547,12 @@ class SmtpDecoder(Decoder):
                 self._keep(buf[:last + 1])
                 return True
             cut, after = min(cands)
-        self._keep(buf[:cut])
+        # The end of data, CRLF.CRLF (RFC 5321 §4.1.1.4, and Wireshark's "EOM"), is no
+        # Step's bytes: a packet that holds nothing else carried no part of the message.
+        eom = 2 if buf[cut - 2:cut] == b"\r\n" else 1 if cut else 0
+        self._keep(buf[:cut - eom])
+        self.msg.append(buf[cut - eom:cut])
+        self.carry["c2s"].take(after - cut + eom)
         self.cbuf = buf[after:]
         self.state = "cmd"
         self._message("DATA")
@@ -558,6 +570,7 @@ class SmtpDecoder(Decoder):
         step = wire.message_step(raw, session=self.session, verb=verb, tls=self.tls, t=self.t)
         if self.msg_gap:
             step.meta["gap"] = True
+        step.packets, self.msg_packets = self.msg_packets or None, []
         self.emit(step)
         if verb == "DATA":        # BDAT's reply answers the command and its chunk at once
             self.pending.append((verb, "msg"))
