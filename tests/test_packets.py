@@ -291,3 +291,74 @@ def test_filters_and_text(tmp_path):
     assert "SYN: el cliente abre la conexión" in text and "el saludo del servidor, en su propio segmento" in text
     bad = subprocess.run(base + ["--packet", "5..2"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "N..M with N <= M" in bad.stderr
+
+
+def _show_sections(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Scapy's show(dump=True): [(layer name, [(field, value)])], top-level layers only."""
+    sections = []
+    for line in text.split("\n"):
+        if line.startswith("###[ "):
+            sections.append((line[5:line.index(" ]###")], []))
+        elif line.startswith("  ") and "|" not in line.split("=")[0] and "=" in line and sections:
+            name, _, value = line.partition("=")         # each layer is indented one step more
+            sections[-1][1].append((name.strip(), value.strip()))
+    return sections
+
+
+@pytest.mark.parametrize("name, number, keys", [
+    ("swaks-submission-starttls-plain-auth.pcap", 17, True),      # AUTH PLAIN inside TLS 1.3
+    ("swaks-smtp25-plain.pcap", 1, False),                        # the SYN, with its options
+    ("swaks-smtp25-plain.pcap", 4, False),                        # the banner
+    ("curl-imaps-fetch.pcap", 4, False),                          # a ClientHello on 993
+])
+def test_layer_view_is_scapys_own_dissection(name, number, keys):
+    """Every layer and field of the view is what Scapy's show() prints for that packet; the
+    hexdump marks every byte with its layer; the TLS records are Scapy's TLS layer."""
+    from gponsim.packets.layers import layer_view
+    from gponsim.packets.view import Selection
+
+    path = CAPTURES / name
+    keylog = path.with_suffix(".keys") if keys else None
+    facts = collect(path, keylog)
+    row = next(rows(path, facts, select=Selection(first=number, last=number)))
+    view = layer_view(row, facts, lang="en")
+    sections = _show_sections(row.pkt.show(dump=True))
+    from gponsim.packets.layers import scapy_fields
+
+    scapy_layers = []
+    layer = row.pkt
+    while layer.__class__.__name__ not in ("NoPayload", "Raw", "Padding"):
+        scapy_layers.append({n for n, _ in scapy_fields(layer, packets=False)})
+        layer = layer.payload
+    ours = [(layer["name"], [(f["name"], f["value"]) for f in layer["fields"] if f["name"] in names])
+            for layer, names in zip([x for x in view["layers"] if x["layer"] not in ("TLS", "Application")],
+                                    scapy_layers)]
+    assert ours == [s for s in sections if s[0] not in ("Raw", "Padding")][:len(ours)]
+    assert [layer["layer"] for layer in view["layers"]][:3] == ["Ether", "IP", "TCP"]
+    assert all(f["explain"] for layer in view["layers"][:3] for f in layer["fields"])
+    assert len(view["marks"]) == view["length"] and "?" not in view["marks"]
+    tcp = view["layers"][2]
+    assert view["marks"][tcp["start"]:tcp["end"]] == "T" * (tcp["end"] - tcp["start"])
+    tls_layers = [layer for layer in view["layers"] if layer["layer"] == "TLS"]
+    if name.startswith("curl") or keys:
+        assert tls_layers and all(layer["show"][0] == "###[ TLS ]###" for layer in tls_layers)
+        first = tls_layers[0]
+        payload = bytes.fromhex(view["hex"])[first["start"]:first["end"]]
+        from scapy.layers.tls.record import TLS
+        assert first["show"] == TLS(payload).show(dump=True).rstrip("\n").split("\n")
+    if keys:
+        app = view["layers"][-1]
+        assert app["layer"] == "Application" and app["steps"][0]["tls"]
+        assert app["steps"][0]["line"] == "AUTH PLAIN ********"
+
+
+def test_layers_cli(tmp_path):
+    path = CAPTURES / "swaks-smtp25-plain.pcap"
+    out = subprocess.run([sys.executable, "-m", "gponsim", "analyze", str(path), "--packet", "4", "--layers",
+                          "--lang", "es"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[E] Ethernet · OSI 2 · bytes 0–13" in out.stdout and "[T] TCP · OSI 4" in out.stdout
+    assert "Tiempo de vida" in out.stdout and "← 220 " in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "gponsim", "analyze", str(path), "--layers"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--layers shows one packet" in bad.stderr

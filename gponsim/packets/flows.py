@@ -45,7 +45,7 @@ class Segment:
 
 class _Half:
     __slots__ = ("base", "wscale", "syn", "next", "last_ack", "last_win", "sent", "fin", "isn_seen",
-                 "acked")
+                 "acked", "syn_t", "turn")
 
     def __init__(self) -> None:
         self.base: int | None = None
@@ -58,6 +58,10 @@ class _Half:
         self.fin = False
         self.isn_seen = False
         self.acked = 0                      # highest relative ACK this side sent
+        self.syn_t: float | None = None      # when its SYN (or SYN/ACK) was captured
+        #: How long this side takes to answer at the capture point when it does not wait:
+        #: its handshake answer, else the quickest ACK seen from it.
+        self.turn: float | None = None
 
 
 class _Flow:
@@ -150,12 +154,18 @@ class Flows:
             notes.append(("syn_retransmission" if flow.handshake >= 1 and me.next is not None
                           else "syn", _syn_values(options, window)))
             flow.handshake = max(flow.handshake, 1)
+            me.syn_t = t
         elif flags & SYN:
             notes.append(("synack", _syn_values(options, window)))
             flow.handshake = max(flow.handshake, 2)
+            me.syn_t = t
+            if peer.syn_t is not None and me.turn is None:
+                me.turn = t - peer.syn_t
         elif flow.handshake == 2 and src == flow.client and flags & ACK and rel_ack == 1 and not length:
             notes.append(("handshake_ack", {}))
             flow.handshake = 3
+            if peer.syn_t is not None and me.turn is None:
+                me.turn = t - peer.syn_t
         if flags & RST:
             notes.append(("rst", {}))
             flow.closed = True
@@ -197,9 +207,16 @@ class Flows:
             if acked:
                 seg.acked_bytes = acked
                 if pure_ack and first_t is not None:
+                    # Late beyond what this side takes to answer at once (seen from where
+                    # the capture was made, that includes the round trip).
                     delay = t - first_t
-                    if delay >= DELAYED_ACK:
+                    if flow.handshake < 2 and (me.turn is None or delay < me.turn):
+                        me.turn = delay             # no handshake seen: the quickest ACK
+                    elif delay - me.turn >= max(DELAYED_ACK, me.turn / 2):
                         notes.append(("delayed_ack", {"ms": round(delay * 1000)}))
+        if any(k in ("retransmission", "partial_retransmission") for k, _ in notes) and me.sent:
+            # Sent again: an ACK of these bytes answers this copy, not the lost one.
+            me.sent = deque((e, t if not _before(end, e) else when, size) for e, when, size in me.sent)
         if length and not any(k in ("retransmission", "keep_alive") for k, _ in notes):
             me.sent.append((end, t, length))
             if len(me.sent) > 10000:
