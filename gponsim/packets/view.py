@@ -250,7 +250,9 @@ class Renderer:
     """Rows as text: the header, each row, what it carries, its notes (explained once)."""
 
     def __init__(self, write, lang: str = "en", *, explain: str = "first", reveal: bool = False,
-                 color: bool = False, width: int = 100) -> None:
+                 color: bool = False, width: int = 100, compact: bool = False) -> None:
+        """``compact``: rows for a narrow panel (a lesson's): who sent it instead of the
+        endpoints, no header."""
         self.write = write
         self.lang = lang
         self.explain = explain
@@ -259,6 +261,7 @@ class Renderer:
         self.width = max(60, width)
         self.explained: set[str] = set()
         self.count = 0
+        self.compact = compact
 
     def _c(self, text: str, style: str) -> str:
         if not self.color:
@@ -268,7 +271,8 @@ class Renderer:
         return click.style(text, **style_of(style))
 
     def header(self) -> None:
-        self.write(self._c(word("header", self.lang), "head"))
+        if not self.compact:
+            self.write(self._c(word("header", self.lang), "head"))
 
     def row(self, row: Row) -> None:
         self.count += 1
@@ -277,9 +281,15 @@ class Renderer:
         if not row.tcp:
             self.write(self._c(num + row.summary, "dim"))
             return
-        line = (f"{num}{row.endpoints:<50} {flag_text(row.flags):<13} {row.seq:>10} {row.ack:>10} "
-                f"{row.length:>6} {row.scaled:>7}")
-        if row.scaled != row.window:
+        if self.compact:
+            who = word("client" if row.client else "server", lang).split()[-1]
+            line = (f"#{row.number:<4} {row.rel_time:8.4f}  {who:>8} {'→' if row.client else '←'} "
+                    f"[{flag_text(row.flags)}] seq={row.seq} ack={row.ack} len={row.length} "
+                    f"win={row.scaled}")
+        else:
+            line = (f"{num}{row.endpoints:<50} {flag_text(row.flags):<13} {row.seq:>10} {row.ack:>10} "
+                    f"{row.length:>6} {row.scaled:>7}")
+        if row.scaled != row.window and not self.compact:
             line += f" ({row.window}×{row.scale})"
         opts = _options_short(row.options) if row.flags & SYN else ""
         if opts:
@@ -287,7 +297,7 @@ class Renderer:
         style = "rst" if row.flags & RST else "syn" if row.flags & (SYN | FIN) else \
             "data" if row.length else "plain"
         self.write(self._c(line, style))
-        pad = " " * 8
+        pad = " " * (4 if self.compact else 8)
         for step, part, total in row.steps:
             text = step.shown_line(self.reveal).split("\n")
             first = text[0] if len(text[0]) <= 110 else text[0][:107] + "..."
