@@ -852,14 +852,38 @@ def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, po
               help="List every password / AUTH exchange seen, decoded, in clear or inside TLS.")
 @click.option("--extract", type=click.Path(file_okay=False, path_type=Path),
               help="Save every transferred message as .eml in this folder.")
+@click.option("--packets", "packets_view", is_flag=True,
+              help="The packet level: one line per packet (TCP flags, relative seq/ack, length, "
+                   "window) with what it carries and what to notice.")
+@click.option("--packet", "packet_range", metavar="N|N..M",
+              help="Only these packets (numbers as in Wireshark, from 1); implies --packets.")
+@click.option("--session", metavar="N|ID",
+              help="Only this connection (its number in the summary, or its session id); "
+                   "implies --packets.")
+@click.option("--proto", type=click.Choice(["smtp", "imap", "pop3", "tls"]),
+              help="Only the connections of this protocol (tls: those that used TLS); implies --packets.")
+@click.option("--layers", is_flag=True,
+              help="With --packet N: that packet layer by layer (Ethernet, IP, TCP, TLS, the "
+                   "mail protocol), every field explained, and its bytes in hex.")
 @narration_options
-def analyze(file, keylog, as_json, credentials, extract, lang, quiet, steps_file, explain,
-            reveal_secrets):
+def analyze(file, keylog, as_json, credentials, extract, packets_view, packet_range, session, proto,
+            layers, lang, quiet, steps_file, explain, reveal_secrets):
     """Explain a capture (pcap or pcapng) of SMTP, IMAP or POP3 traffic, step by step.
 
     A summary first (connections, clients, TLS, failures), then the same
     narration as the live lab. Exit code 2 when nothing could be read.
+
+    \b
+    gponsim analyze lab.pcapng --packets                 # what travels on the wire, packet by packet
+    gponsim analyze lab.pcapng --packets --session 2     # one connection
+    gponsim analyze lab.pcapng --packet 4 --layers       # one packet, layer by layer
     """
+    if packets_view or packet_range or session or proto or layers:
+        from gponsim.packets.command import run as run_packets
+
+        sys.exit(run_packets(file, keylog=keylog, as_json=as_json, lang=_lang(lang), explain=explain,
+                             reveal=reveal_secrets, packet=packet_range, session=session, proto=proto,
+                             layers=layers))
     from gponsim.capture.command import run
 
     sys.exit(run(file, keylog=keylog, steps_file=steps_file, as_json=as_json, lang=_lang(lang),

@@ -102,7 +102,7 @@ def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
 
 
 COURSE = ["send-mail", "receive-mail", "read-imap", "read-pop3", "sasl", "relay-gmail", "tls",
-          "thunderbird", "capture", "relay-denied", "mbox", "troubleshooting", "lmtp"]
+          "thunderbird", "capture", "relay-denied", "mbox", "troubleshooting", "lmtp", "packets"]
 
 
 @pytest.mark.slow          # end to end: `gponsim lesson list`

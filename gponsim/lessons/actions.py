@@ -397,6 +397,8 @@ def do_capture(ctx: Context, o: dict) -> None:
     ctx.artifacts.append(path)
     keys = getattr(sniffer, "keys", None) or ctx.lab_root / "keys.log"
     ctx.results["capture"] = {"plain": analyze(path), "keys": analyze(path, keylog=keys)}
+    ctx.results["capture_files"] = (path, keys)
+    ctx.results.pop("packet_rows", None)
     for label, analysis in (("eavesdropper", ctx.results["capture"]["plain"]),
                             ("key log", ctx.results["capture"]["keys"])):
         title = {"eavesdropper": {"es": "Lo que ve quien escucha (sin claves)", "en": "What an eavesdropper sees (no keys)"},
@@ -406,6 +408,28 @@ def do_capture(ctx: Context, o: dict) -> None:
                 for c in analysis.credentials]
         subjects = [f"  ✉ {m.get('subject', '')}" for m in analysis.messages]
         ctx.show_text(title[label][ctx.lang], "\n".join(rows + subjects) or "  —")
+
+
+def do_packets(ctx: Context, o: dict) -> None:
+    """Show the capture packet by packet (``gponsim analyze capture.pcapng --packets``): the
+    session that sent the mail (with ``session = "mail"``, the default) or every packet."""
+    from gponsim.packets.lesson import PacketRows
+    from gponsim.packets.view import Renderer
+
+    if "capture_files" not in ctx.results:
+        return
+    if "packet_rows" not in ctx.results:
+        ctx.results["packet_rows"] = PacketRows(*ctx.results["capture_files"])
+    data = ctx.results["packet_rows"]
+    lines: list[str] = []
+    renderer = Renderer(lines.append, ctx.lang, explain=o.get("explain", "first"), width=84, compact=True)
+    renderer.header()
+    for row in data.rows[:o.get("rows")]:           # the session's first rows, or all of them
+        renderer.row(row)
+    title = {"es": "Paquete a paquete: gponsim analyze capture.pcapng --packets --session {s}",
+             "en": "Packet by packet: gponsim analyze capture.pcapng --packets --session {s}"}[ctx.lang]
+    ctx.show_text(title.format(s=data.rows[0].conn.number if data.rows and data.rows[0].conn else "?"),
+                  "\n".join(lines))
 
 
 def do_autoconfig(ctx: Context, o: dict) -> None:
@@ -490,6 +514,7 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
     "send": do_send,
     "wait_delivery": do_wait_delivery,
     "show": do_show,
+    "packets": do_packets,
     "diagram": do_diagram,
     "wait_step": do_wait_step,
     "startup": do_startup,

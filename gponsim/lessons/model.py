@@ -30,8 +30,9 @@ def _lessons_dir() -> Path:
 LESSONS_DIR = _lessons_dir()
 
 ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "reload", "flush",
-           "gmail", "read_imap", "read_pop3", "capture", "autoconfig", "certificate", "startup"}
-CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig"}
+           "gmail", "read_imap", "read_pop3", "capture", "autoconfig", "certificate", "startup",
+           "packets"}
+CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig", "packets"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
 
 
@@ -69,6 +70,8 @@ class Check:
     inside_tls: int | None = None  # check "capture": credentials found inside TLS
     scope: str = "step"            # step | lesson
     address: str = ""              # check "autoconfig": the address Thunderbird asked for
+    fact: str = ""                 # check "packets": what the capture must show (packets/lesson.py)
+    at_least: int = 0              # check "packets": a count it must reach
 
 
 @dataclass
@@ -195,6 +198,12 @@ def load_lesson(path: str | Path) -> Lesson:
                 raise LessonError(path, line, f"step '{sid}': a file check needs 'file' and 'contains'")
             if what == "autoconfig" and "@" not in str(c.get("address", "")):
                 raise LessonError(path, line, f"step '{sid}': an autoconfig check needs an e-mail 'address'")
+            if what == "packets":
+                from gponsim.packets.lesson import FACTS
+
+                if c.get("fact") not in FACTS:
+                    raise LessonError(path, line, f"step '{sid}': a packets check needs a 'fact' "
+                                                  f"(one of {', '.join(FACTS)})")
             if what == "log":
                 try:
                     re.compile(c.get("pattern", ""))
@@ -206,7 +215,8 @@ def load_lesson(path: str | Path) -> Lesson:
                                 pattern=c.get("pattern", ""), file=c.get("file", ""),
                                 keys=bool(c.get("keys", False)), in_clear=c.get("in_clear"),
                                 inside_tls=c.get("inside_tls"),
-                                scope=c.get("scope", "step"), address=c.get("address", "")))
+                                scope=c.get("scope", "step"), address=c.get("address", ""),
+                                fact=c.get("fact", ""), at_least=int(c.get("at_least", 0))))
         steps.append(LessonStep(id=sid, say=say, title=step_title, actions=actions, checks=checks))
     quiz = []
     for i, q in enumerate(data.get("quiz", [])):
