@@ -250,7 +250,7 @@ class TlsObserver:
                     self._start_keys()
                     if self.server_hello.get("version") == "TLSv1.3":
                         d.encrypted = True     # the rest of the server's flight is encrypted
-                        rest, d.hs = d.hs, b""
+                        d.hs = b""
                         return
                 elif mtype == 11 and direction == "s2c":
                     self.subject = _subject(msg)

@@ -20,7 +20,6 @@ from gponsim.capture.pcap import read_packets
 from gponsim.packets import dissect
 from gponsim.packets.facts import Facts, Record, collect
 from gponsim.packets.flows import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Flows
-from gponsim.steps import Step
 
 #: Flag names in Wireshark's order.
 FLAG_NAMES = ((FIN, "FIN"), (SYN, "SYN"), (RST, "RST"), (PSH, "PSH"), (ACK, "ACK"), (URG, "URG"),
