@@ -553,6 +553,10 @@ def _run_lesson_options(f):
                      help="For lessons that capture: here (root or CAP_NET_RAW), namespace (the whole lesson in "
                           "a user + network namespace of its own, no root needed), recorded (the capture this "
                           "lesson recorded, shipped in captures/); auto tries them in that order.")(f)
+    f = click.option("--network", is_flag=True,
+                     help="Run on the lab network (namespaces; root or user namespaces): the lesson's "
+                          "clients on pc1 (192.168.40.101), the internet's MTA on internet, the server "
+                          "at 192.168.40.50, names from the lab's DNS.")(f)
     f = click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True,
                      help="With --interactive: seconds to wait for each thing the student does.")(f)
     f = click.option("--interactive", is_flag=True,
@@ -581,8 +585,10 @@ def _run_lesson_options(f):
 
 
 def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student, min_score, out,
-                port_offset, listen, interactive, timeout, capture):
+                port_offset, listen, interactive, timeout, capture, network):
     from gponsim.lessons.capturing import CaptureModeError
+    from gponsim.lessons.network import NetworkUnavailable
+    from gponsim.net.build import BuildError
     from gponsim.lessons.runner import OutputFolderError, RunOptions, run_lesson
     from gponsim.server.lab import LabError
     from gponsim.steps import StepBus
@@ -593,7 +599,10 @@ def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student,
                                                 interactive=interactive, timeout=timeout,
                                                 capture=capture, narrate=not quiet,
                                                 explain=explain, show_startup=show_startup,
-                                                student=student, min_score=min_score), StepBus())
+                                                student=student, min_score=min_score,
+                                                network=network), StepBus())
+    except (NetworkUnavailable, BuildError) as exc:
+        raise click.ClickException(str(exc))
     except CaptureModeError as exc:
         raise click.UsageError(str(exc))
     except OutputFolderError as exc:

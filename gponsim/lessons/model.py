@@ -69,6 +69,7 @@ class Check:
     inside_tls: int | None = None  # check "capture": credentials found inside TLS
     scope: str = "step"            # step | lesson
     address: str = ""              # check "autoconfig": the address Thunderbird asked for
+    mac: str = ""                  # check "capture" (--network): a source MAC seen on enp0s3
 
 
 @dataclass
@@ -206,7 +207,8 @@ def load_lesson(path: str | Path) -> Lesson:
                                 pattern=c.get("pattern", ""), file=c.get("file", ""),
                                 keys=bool(c.get("keys", False)), in_clear=c.get("in_clear"),
                                 inside_tls=c.get("inside_tls"),
-                                scope=c.get("scope", "step"), address=c.get("address", "")))
+                                scope=c.get("scope", "step"), address=c.get("address", ""),
+                                mac=c.get("mac", "")))
         steps.append(LessonStep(id=sid, say=say, title=step_title, actions=actions, checks=checks))
     quiz = []
     for i, q in enumerate(data.get("quiz", [])):

@@ -108,6 +108,14 @@ class NetworkServices:
                              cafile=settings.cafile if settings else None,
                              account=creds[0] if creds else None)
 
+    @property
+    def root(self) -> Path:
+        """The lab root (the server's "/"), as :attr:`gponsim.server.lab.Lab.root`."""
+        return self.lab_root
+
+    def reload(self):
+        return self.lab.reload()
+
     @defer.inlineCallbacks
     def stop(self):
         for listener in self._dns_listeners:
