@@ -722,6 +722,14 @@ def slides(lessons, all_lessons, run_dir, fmt, lang, out):
         except LessonError as exc:
             raise _config_error(exc)
         source = run_dir
+        if source is None and all_lessons and les.lab.get("network"):
+            from gponsim.net.control import ControlError, choose_mode
+
+            try:
+                choose_mode()
+            except ControlError as exc:      # no namespaces here: the rest of the course still gets decks
+                click.echo(f"gponsim: skipping the lesson {lesson_id}: {exc}", err=True)
+                continue
         if source is None:
             source = Path(tempfile.mkdtemp(prefix=f"gponsim-{lesson_id}-"))
             click.echo(f"gponsim: running the lesson {lesson_id} to record it…", err=True)

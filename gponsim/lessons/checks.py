@@ -36,7 +36,8 @@ def session_users(steps: list[Step]) -> dict[str, str]:
 
 def _matches(step: Step, check: Check) -> bool:
     for name, want in check.where.items():
-        if getattr(step, name) != want:
+        have = step.meta.get(name[5:]) if name.startswith("meta.") else getattr(step, name)
+        if have != want:
             return False
     return not check.line_contains or check.line_contains in step.line
 

@@ -29,7 +29,7 @@ def _lessons_dir() -> Path:
 #: The course's lesson files.
 LESSONS_DIR = _lessons_dir()
 
-ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "reload", "flush",
+ACTIONS = {"dns", "net", "send", "show", "diagram", "wait_delivery", "wait_step", "edit", "reload", "flush",
            "gmail", "read_imap", "read_pop3", "capture", "autoconfig", "certificate", "startup"}
 CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
@@ -186,7 +186,7 @@ def load_lesson(path: str | Path) -> Lesson:
                                               f"(known: {', '.join(sorted(CHECKS))})")
             says = _need_text(c.get("says"), path, line, f"step '{sid}': a check's 'says'")
             where = c.get("where", {})
-            unknown = set(where) - STEP_FIELDS
+            unknown = {k for k in where if not k.startswith("meta.")} - STEP_FIELDS   # meta.host ...
             if unknown:
                 raise LessonError(path, line, f"step '{sid}': a check looks at unknown Step fields "
                                               f"{sorted(unknown)} (known: {sorted(STEP_FIELDS)})")

@@ -13,6 +13,7 @@ for ``mail.gponlab.local``, as a real one does.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,8 @@ class LessonNetwork:
         from gponsim.net.control import ControlError, choose_mode
         from gponsim.net.daemon import become_userns_root
 
-        try:
-            mode, _why = choose_mode("auto")
+        try:    # GPONSIM_NET_MODE=rootless: the rootless network even as root (tests, teachers)
+            mode, _why = choose_mode(os.environ.get("GPONSIM_NET_MODE", "auto"))
         except ControlError as exc:
             raise NetworkUnavailable(str(exc)) from exc
         if mode == "rootless":
@@ -116,7 +117,7 @@ class LessonNetwork:
             if name == "internet" and do == "send":
                 recipient = (options.get("to") or ["user2@gponlab.local"])[0]
                 target = lookup.mail_exchangers(recipient.rpartition("@")[2], servers)[0][1]
-            ctx.host = lookup.address_of(target, servers)
+            ctx.host = lookup.address_of(target, servers, "AAAA" if options.get("family") == 6 else "A")
             try:
                 yield
             finally:
