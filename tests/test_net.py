@@ -215,3 +215,23 @@ def test_down_leaves_nothing(tmp_path, mode):
     assert not (net.state / "state.json").exists()
     assert net.gponsim("net", "status").returncode == 3
     print(f"net up ({mode}) took {took:.2f} s")
+
+
+@pytest.mark.parametrize("mode", _modes())
+def test_down_cleans_up_after_a_killed_network(tmp_path, mode):
+    """The network's process killed (kill -9): its holders die with it, and `net down`
+    removes what is left (names, /etc/netns entries, the state), as after a clean stop."""
+    import signal
+
+    before = _host_snapshot()
+    net = Network(tmp_path, mode=mode, pcs=1)
+    net.up()
+    state = net.state_json()
+    os.kill(state["pid"], signal.SIGKILL)
+    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{h['pid']}") for h in state["hosts"].values()))
+    assert net.gponsim("net", "status").returncode == 3
+    exec_after = net.exec("pc1", "true")
+    assert exec_after.returncode == 1 and "not up" in exec_after.stderr
+    out = net.down()
+    assert out.returncode == 0, out.stderr
+    assert _host_snapshot() == before

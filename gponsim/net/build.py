@@ -104,7 +104,6 @@ def build(topology: Topology, *, named: bool, prefix: str = "", etc_root: Path) 
             pid = kernel.spawn_holder()
             hosts[name] = HostNs(name, pid, f"/proc/{pid}/ns/net")
         if named:
-            remember_run_netns()
             for name in topology.hosts:
                 ns_name = prefix + name
                 if os.path.exists(f"/run/netns/{ns_name}"):
@@ -160,17 +159,6 @@ def _links(topology: Topology, hosts: dict[str, HostNs]) -> None:
 
 
 RUN_NETNS = Path("/run/netns")
-_RUN_NETNS_NOTE = ".gponsim-made"
-
-
-def remember_run_netns() -> None:
-    """Before the first ``ip netns attach``: if /run/netns is not there yet, ip will
-    make it (a folder, bind-mounted on itself); note it, so teardown can undo that."""
-    if not RUN_NETNS.exists():
-        RUN_NETNS.mkdir(parents=True)
-        subprocess.run(["mount", "--bind", str(RUN_NETNS), str(RUN_NETNS)], check=False)
-        subprocess.run(["mount", "--make-shared", str(RUN_NETNS)], check=False)
-        (RUN_NETNS / _RUN_NETNS_NOTE).touch()
 
 
 def is_mount(path: Path) -> bool:
@@ -179,13 +167,17 @@ def is_mount(path: Path) -> bool:
         return any(line.split()[4] == str(path) for line in fh)
 
 
+def remember_run_netns() -> bool:
+    """Before the first ``ip netns attach``: True when /run/netns is not there yet (ip
+    will make it, a folder bind-mounted on itself), so that the network's end undoes it."""
+    return not RUN_NETNS.exists()
+
+
 def forget_run_netns() -> None:
-    """/run/netns back as it was, when we made it and nothing else is in it now."""
-    note = RUN_NETNS / _RUN_NETNS_NOTE
+    """/run/netns back to not being there, once no namespace name is left in it."""
     try:
-        if note.exists() and [p.name for p in RUN_NETNS.iterdir()] == [_RUN_NETNS_NOTE]:
-            note.unlink()
-            for _ in range(4):        # ours, and the one ip may have stacked on it
+        if RUN_NETNS.is_dir() and not any(RUN_NETNS.iterdir()):
+            for _ in range(4):        # ip's bind mount (and one more, if two raced)
                 if not is_mount(RUN_NETNS):
                     break
                 subprocess.run(["umount", str(RUN_NETNS)], check=False)
@@ -210,8 +202,6 @@ def teardown(hosts) -> list[str]:
                 os.kill(host.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(host.pid, os.WNOHANG)
-    if any(host.named for host in hosts):
-        forget_run_netns()
     return problems
 
 

@@ -142,6 +142,8 @@ def cleanup(net: NetState, state_dir: Path) -> None:
         if net.made_etc_netns:
             with contextlib.suppress(OSError):
                 Path(net.etc_root).rmdir()
+        if net.made_run_netns:
+            build.forget_run_netns()
     else:
         build.teardown([build.HostNs(h.name, h.pid, h.netns, etc=h.etc) for h in net.hosts.values()])
     state.path(state_dir).unlink(missing_ok=True)

@@ -54,9 +54,15 @@ def run(state_dir: Path, *, lab_root: Path, pcs: int | None, mode: str, prefix: 
     else:
         etc_root = Path("/etc/netns")
     made_etc = mode == "root" and not etc_root.exists()
-    hosts = build.build(topo, named=(mode == "root"), prefix=prefix, etc_root=etc_root)
+    made_run = mode == "root" and build.remember_run_netns()
+    try:
+        hosts = build.build(topo, named=(mode == "root"), prefix=prefix, etc_root=etc_root)
+    except BaseException:
+        _undo_folders(made_etc, made_run, etc_root)
+        raise
     net = state.NetState(mode=mode, pid=os.getpid(), lab_root=str(Path(lab_root).resolve()),
                          prefix=prefix, hosts=hosts, etc_root=str(etc_root), made_etc_netns=made_etc,
+                         made_run_netns=made_run,
                          userns=f"/proc/{os.getpid()}/ns/user" if mode == "rootless" else None)
     try:
         state.write(state_dir, net)
@@ -69,12 +75,19 @@ def run(state_dir: Path, *, lab_root: Path, pcs: int | None, mode: str, prefix: 
                 bus.close()
     finally:
         build.teardown(hosts.values())
-        if made_etc:
-            try:
-                etc_root.rmdir()
-            except OSError:
-                pass
+        _undo_folders(made_etc, made_run, etc_root)
         state.path(state_dir).unlink(missing_ok=True)
+
+
+def _undo_folders(made_etc: bool, made_run: bool, etc_root: Path) -> None:
+    """/etc/netns and /run/netns as they were before, if the network made them."""
+    if made_etc:
+        try:
+            etc_root.rmdir()
+        except OSError:
+            pass
+    if made_run:
+        build.forget_run_netns()
 
 
 def _serve(topo, hosts, net, state_dir, started, config_dir, emit, on_ready) -> int:

@@ -40,6 +40,7 @@ class NetState:
     seconds: float = 0.0           #: from start to ready
     etc_root: str = ""             #: where the hosts' resolv.conf and hosts are
     made_etc_netns: bool = False   #: /etc/netns did not exist before (removed by down)
+    made_run_netns: bool = False   #: /run/netns did not exist before (removed by down)
     ports: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
