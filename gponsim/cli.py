@@ -252,11 +252,12 @@ def _net_call(fn):
     from gponsim.net.control import ControlError
     from gponsim.net.build import BuildError
     from gponsim.net.daemon import NetworkError
+    from gponsim.net.kernel import KernelError
     from gponsim.net.topology import TopologyError
 
     try:
         return fn()
-    except (ControlError, BuildError, NetworkError, TopologyError) as exc:
+    except (ControlError, BuildError, NetworkError, TopologyError, KernelError) as exc:
         raise click.ClickException(str(exc))
 
 

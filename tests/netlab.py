@@ -15,24 +15,16 @@ from pathlib import Path
 import pytest
 
 
-def _why_not() -> str:
-    if os.geteuid() == 0:
-        return ""
-    out = subprocess.run([sys.executable, "-c", "from gponsim.net.control import userns_refused; "
-                          "print(userns_refused() or '', end='')"], capture_output=True, text=True)
-    return out.stdout.strip() or (out.stderr.strip()[-200:] if out.returncode else "")
-
-
-#: Why this user cannot build the lab network here ("" when it can).
-CANNOT = _why_not()
-needs_network = pytest.mark.skipif(bool(CANNOT), reason=f"needs root or user namespaces: {CANNOT}")
-
-
 def rootless_possible() -> str:
     """"" when a rootless network can be built here (also as root), else why not."""
     out = subprocess.run([sys.executable, "-c", "from gponsim.net.control import userns_refused; "
                           "print(userns_refused() or '', end='')"], capture_output=True, text=True)
     return out.stdout.strip() or (out.stderr.strip()[-200:] if out.returncode else "")
+
+
+#: Why this user cannot build the lab network here ("" when it can: root, or user namespaces).
+CANNOT = "" if os.geteuid() == 0 else rootless_possible()
+needs_network = pytest.mark.skipif(bool(CANNOT), reason=f"needs root or user namespaces: {CANNOT}")
 
 
 class Network:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import CANNOT, Network, needs_network, rootless_possible
+from netlab import Network, needs_network, rootless_possible
 
 pytestmark = [pytest.mark.slow, needs_network]
 

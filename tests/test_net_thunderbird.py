@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from labproc import wait_until
 from netlab import Network, needs_network

@@ -31,10 +31,6 @@ from gponsim.server.sims.gmail import GmailSimulator
 from gponsim.steps import Emit, null_emit
 
 
-class ServiceError(Exception):
-    """A service of the lab network could not start or cannot be reached."""
-
-
 def enter_mail(hosts: dict[str, HostNs]) -> None:
     """Move the calling thread (the reactor's) into the server's namespace for good."""
     kernel.setns(hosts["mail"].netns, kernel.CLONE_NEWNET)
