@@ -40,6 +40,8 @@ class Context:
     replay_startup: Callable[..., int] = lambda proto=None: 0
     #: Record a hint given to the student: (hint key, the text said).
     hinted: Callable[[str, str], None] = lambda key, said: None
+    #: On the lab network (--network): its hosts (gponsim.lessons.network.LessonNetwork)
+    network: object = None
 
     @property
     def connect_host(self) -> str:
@@ -379,7 +381,14 @@ def do_capture(ctx: Context, o: dict) -> None:
             ctx.results["sniffer"] = RecordedCapture(plan, ctx.out)
             return
         try:
-            ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcapng", set(ctx.ports.values()))
+            if ctx.network is not None:     # the server's own interface, as tcpdump -i enp0s3 on it
+                ctx.results["capture_macs"] = macs = set()
+                with ctx.network.in_server():
+                    ctx.results["sniffer"] = Sniffer(
+                        ctx.out / "capture.pcapng", set(ctx.ports.values()), iface=ctx.network.server_iface,
+                        on_frame=lambda _n, _t, _link, frame: macs.add(frame[6:12].hex(":")))
+            else:
+                ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcapng", set(ctx.ports.values()))
         except CapturePermission as exc:
             ctx.results["capture_unavailable"] = {"es": "no hay captura: falta permiso para capturar",
                                                   "en": "no capture: no permission to capture"}[ctx.lang]
@@ -509,7 +518,39 @@ def do_certificate(ctx: Context, o: dict) -> None:
         raise RuntimeError("a client that checks certificates accepted the lab's certificate")
 
 
+def _network(ctx: Context, do: str):
+    if ctx.network is None:
+        raise RuntimeError(f"the action {do!r} needs the lab network (gponsim lesson ID --network)")
+    return ctx.network
+
+
+def do_dns(ctx: Context, o: dict) -> None:
+    """Ask the lab's DNS from a host (``host``, pc1), as ``dig`` does: ``name``, ``type``."""
+    net = _network(ctx, "dns")
+    name, rtype = o.get("name", "gponlab.local"), o.get("type", "A").upper()
+    host = o.get("host", "pc1")
+    answers = net.lookup(host, name, rtype)
+    ctx.results.setdefault("dns", []).append({"host": host, "name": name, "type": rtype,
+                                              "answers": [a.data for a in answers]})
+    ctx.show_text(f"{host}$ dig {rtype} {name}",
+                  "\n".join(f"{a.name}.  IN  {a.type}  {a.data}" for a in answers))
+
+
+def do_net(ctx: Context, o: dict) -> None:
+    """What ``ip`` shows in a host: ``show`` = neigh (ARP/NDP), addr, route; ``host``."""
+    net = _network(ctx, "net")
+    host, what = o.get("host", "mail"), o.get("show", "neigh")
+    if what not in ("neigh", "addr", "route", "-6 route", "-6 neigh"):
+        raise RuntimeError(f"net: show = {what!r}: neigh, addr, route, -6 route, -6 neigh")
+    args = what.split() if what.startswith("-6") else [what]
+    if what == "addr":
+        args = ["-br", "addr"]
+    ctx.show_text(f"{host}$ ip {' '.join(args)}", net.ip(host, *args))
+
+
 ACTIONS: dict[str, Callable[[Context, dict], None]] = {
+    "dns": do_dns,
+    "net": do_net,
     "certificate": do_certificate,
     "send": do_send,
     "wait_delivery": do_wait_delivery,

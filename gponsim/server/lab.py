@@ -32,7 +32,7 @@ from gponsim.server.postfix.lmtp import settings_from_profile as lmtp_settings
 from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix import postqueue as queue_control
 from gponsim.server.sims.gmail import GmailSimulator
-from gponsim.server.postfix.smtp import SmtpRelayClient, ensure_hosts, settings_from_profile
+from gponsim.server.postfix.smtp import SmtpRelayClient, dns_resolver, ensure_hosts, settings_from_profile
 from gponsim.server.postfix.restrictions import parse_networks
 from gponsim.server.dovecot.auth import AuthServer
 from gponsim.server.postfix.xsasl import AuthClient, valid_base64
@@ -56,7 +56,11 @@ class LabOptions:
     free_ports: bool = False        # every service on any free port (lessons, tests)
     keylog: Path | None = None
     auth_failure_delay: float | None = None                # None = from 10-auth.conf
-    relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none
+    relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none;
+    #                        dns: relayhost looked up in the DNS of <lab root>/etc/resolv.conf
+    #                        (the lab network, gponsim net: the simulator is another host)
+    #: more addresses to listen on besides ``listen`` (the lab network: the server's IPv6)
+    listen_also: tuple[str, ...] = ()
     #: with relay = real and a listener other PCs reach, let mynetworks relay anyway
     allow_mynetworks_relay: bool = False
 
@@ -157,7 +161,7 @@ class Lab:
 
     def _interface_addresses(self) -> tuple[str, ...]:
         """The server's own addresses, for the queue's loop detection."""
-        return (self.options.listen, "127.0.0.1", "::1")
+        return (self.options.listen, *self.options.listen_also, "127.0.0.1", "::1")
 
     def check_open_relay(self) -> None:
         """Refuse ``--relay real`` when other computers could relay through the
@@ -247,6 +251,12 @@ class Lab:
         mode = self.options.relay
         if mode == "none" or self.profile.relayhost() is None:
             return None
+        if mode == "dns":      # as Postfix: smtp_host_lookup = dns, /etc/resolv.conf's servers
+            settings = settings_from_profile(self.profile, self.root)
+            settings.hosts_file = None
+            settings.resolver = dns_resolver(self.root / "etc" / "resolv.conf", self.reactor)
+            return SmtpRelayClient(settings, emit=self.emit, log=self.log, reactor=self.reactor,
+                                   keylog=self.keylog)
         ensure_hosts(self.root / "etc" / "hosts")
         connect_port = None
         settings = settings_from_profile(self.profile, self.root, real=(mode == "real"))
@@ -327,8 +337,14 @@ class Lab:
         return 0 if self.options.free_ports else standard + self.options.port_offset
 
     def _listen(self, name: str, port: int, factory) -> int:
+        bound = self._listen_on(self.options.listen, name, port, factory)
+        for address in self.options.listen_also:
+            self._listen_on(address, name, bound, factory)
+        return bound
+
+    def _listen_on(self, address: str, name: str, port: int, factory) -> int:
         try:
-            listener = self.reactor.listenTCP(port, factory, interface=self.options.listen)
+            listener = self.reactor.listenTCP(port, factory, interface=address)
         except CannotListenError as exc:
             code = getattr(exc.socketError, "errno", None)
             if code == errno.EACCES:
@@ -338,10 +354,10 @@ class Lab:
                 ) from exc
             if code == errno.EADDRINUSE:
                 raise LabError(
-                    f"port {port} ({name}) on {self.options.listen} is already in use by another "
+                    f"port {port} ({name}) on {address} is already in use by another "
                     f"program (a real Postfix, or another gponsim?). Stop it, or use --port-offset."
                 ) from exc
-            raise LabError(f"cannot listen on {self.options.listen} port {port} ({name}): "
+            raise LabError(f"cannot listen on {address} port {port} ({name}): "
                            f"{exc.socketError}") from exc
         self._listeners.append(listener)
         return listener.getHost().port
