@@ -687,17 +687,21 @@ def lesson_run(file, **kw):
 @click.option("--all", "all_lessons", is_flag=True, help="Every lesson of the course, and an index page.")
 @click.option("--from", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A lesson's run folder (from `gponsim lesson ID --out DIR`); without it the lesson runs first.")
+@click.option("--runs", "runs_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder of run folders named by lesson (RUNS/ID, from `gponsim lesson ID --out "
+                   "RUNS/ID`): each lesson found there is not run again.")
 @click.option("--format", "fmt", type=click.Choice(["html", "pptx", "both"]), default="html", show_default=True)
 @click.option("--lang", type=LANG, help="Language of the slides.")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("slides"),
               show_default=True, help="Folder for the decks.")
-def slides(lessons, all_lessons, run_dir, fmt, lang, out):
+def slides(lessons, all_lessons, run_dir, runs_dir, fmt, lang, out):
     """Instructor decks from lessons and what really happened in a run.
 
     \b
       gponsim slides send-mail --format both --lang es
       gponsim slides --all -o course-slides
       gponsim slides sasl --from captures/sasl-20261127-101500
+      gponsim slides --all --runs my-runs     # my-runs/send-mail/, my-runs/sasl/, ...
     """
     import subprocess
     import tempfile
@@ -723,6 +727,8 @@ def slides(lessons, all_lessons, run_dir, fmt, lang, out):
         except LessonError as exc:
             raise _config_error(exc)
         source = run_dir
+        if source is None and runs_dir is not None and (runs_dir / lesson_id / "summary.json").is_file():
+            source = runs_dir / lesson_id
         if source is None and all_lessons and les.lab.get("network"):
             from gponsim.net.control import ControlError, choose_mode
 

@@ -72,3 +72,26 @@ def utc():
     else:
         os.environ["TZ"] = old
     time.tzset()
+
+
+@pytest.fixture(scope="session")
+def lesson_runs(tmp_path_factory):
+    """Every lesson run once per language, with its quiz (``run(lesson, lang)`` gives
+    the finished process and its run folder ``<base>/<lang>/<lesson>``): shared by
+    the lesson tests and the slides, which build their decks from these runs."""
+    import subprocess
+
+    base = tmp_path_factory.mktemp("lesson-runs")
+    done: dict = {}
+
+    def run(lesson: str, lang: str):
+        if (lesson, lang) not in done:
+            out = base / lang / lesson
+            out.parent.mkdir(parents=True, exist_ok=True)
+            result = subprocess.run([sys.executable, "-m", "gponsim", "lesson", lesson, "--lang", lang,
+                                     "--out", str(out), "--quiz"], capture_output=True, text=True,
+                                    timeout=180, cwd=base, env={**os.environ, "COLUMNS": "120"})
+            done[lesson, lang] = (result, out)
+        return done[lesson, lang]
+    run.base = base
+    return run

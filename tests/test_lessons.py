@@ -36,9 +36,8 @@ def test_the_course_has_its_lessons():
 @pytest.mark.parametrize("lang", ["es", "en"])
 @pytest.mark.parametrize("lesson", [pytest.param(name, marks=needs_network) if name == "network" else name
                                     for name in LESSONS])
-def test_lesson_runs_and_every_checkpoint_passes(lesson, lang, tmp_path):
-    out = tmp_path / "run"
-    result = run("lesson", lesson, "--lang", lang, "--out", str(out), "--quiz", cwd=tmp_path)
+def test_lesson_runs_and_every_checkpoint_passes(lesson, lang, lesson_runs):
+    result, out = lesson_runs(lesson, lang)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"] and summary["checkpoints"]

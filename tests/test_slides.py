@@ -23,12 +23,16 @@ needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None or shutil.w
 
 
 @pytest.fixture(scope="module", params=["es", "en"])
-def decks(request, tmp_path_factory):
-    """`gponsim slides --all --format both` in one language (each lesson runs first)."""
+def decks(request, tmp_path_factory, lesson_runs):
+    """`gponsim slides --all --format both` in one language, from the lessons' runs
+    (the same runs the lesson tests check: each lesson runs once per language)."""
     lang = request.param
+    for lesson in LESSONS:
+        lesson_runs(lesson, lang)
     out = tmp_path_factory.mktemp(f"slides-{lang}")
     result = subprocess.run([sys.executable, "-m", "gponsim", "slides", "--all", "--format", "both",
-                             "--lang", lang, "-o", str(out)], capture_output=True, text=True, timeout=600)
+                             "--lang", lang, "--runs", str(lesson_runs.base / lang), "-o", str(out)],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return lang, out
 
