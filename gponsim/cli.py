@@ -612,7 +612,10 @@ def users_list(lab_root):
 @lab_root_option
 def users_add(name, password, lab_root):
     """Add a user (mail for NAME@gponlab.local lands in var/mail/NAME)."""
+    from gponsim.server import accounts
+
     _users_call(lambda: _users(lab_root).add(name, password))
+    accounts.ensure(lab_root, [name])       # and a Unix account, as adduser makes
     click.echo(f"user {name} added")
 
 
@@ -621,7 +624,10 @@ def users_add(name, password, lab_root):
 @lab_root_option
 def users_del(name, lab_root):
     """Delete a user (its mailbox is kept)."""
+    from gponsim.server import accounts
+
     _users_call(lambda: _users(lab_root).delete(name))
+    accounts.Accounts(accounts.path_for(lab_root)).remove_user(name)
     click.echo(f"user {name} deleted")
 
 
