@@ -144,7 +144,7 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
             entry = cat.resolve(step)
             if entry is not None and entry.key not in shown:
                 shown.add(entry.key)
-                out.append("      ↳ " + entry.text(lang))
+                out.append("      ↳ " + entry.render(lang, step))
         if len(a.failures) > 20:
             out.append(f"  ... (+{len(a.failures) - 20})")
     elif a.connections:

@@ -14,6 +14,13 @@ Several entries may share a key when they differ by ``match``; such an
 entry is stored under ``key`` plus ``#n`` in the file (``["smtp.reply.554#2"]``)
 and chosen when its ``match`` text occurs in the line.
 
+An entry may instead carry ``when = "flag"`` (or ``"!flag"``): it is chosen
+when the Step's ``meta[flag]`` is true (false).
+
+Texts speak of the line they explain: ``{{qid}}``, ``{{address}}``,
+``{{client}}``... are filled from the Step (:mod:`.template`); call
+:meth:`Entry.render` with the Step rather than :meth:`Entry.text`.
+
 Keys are resolved from the most specific to the most general (see
 :meth:`Catalog.candidates`), so a new explanation is usually one entry added
 to a data file, never code.
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from gponsim.commentary import template
 from gponsim.steps import Step
 
 LANGS = ("en", "es")
@@ -41,15 +49,22 @@ class Entry:
     rfc: str = ""
     actor: str = ""
     match: str = ""
+    when: str = ""
 
     def text(self, lang: str) -> str:
+        """The template as written (``{{name}}`` placeholders unfilled)."""
         return self.es if lang == "es" else self.en
+
+    def render(self, lang: str, step: Step | None) -> str:
+        """The explanation of ``step``: the template filled from it."""
+        return template.fill(self.text(lang), step)
 
 
 class Catalog:
     def __init__(self, entries: dict[str, list[Entry]]) -> None:
         self._entries = entries
-        self._matching = {key for key, options in entries.items() if any(e.match for e in options)}
+        self._matching = {key for key, options in entries.items()
+                          if any(e.match or e.when for e in options)}
         self._memo: dict[tuple, Entry | None] = {}
 
     @classmethod
@@ -70,7 +85,7 @@ class Catalog:
                     raise ValueError(f"commentary {item.name} [{raw_key}]: missing {', '.join(missing)}")
                 entry = Entry(key=key, en=body["en"].strip(), es=body["es"].strip(),
                               rfc=body.get("rfc", ""), actor=body.get("actor", ""),
-                              match=body.get("match", ""))
+                              match=body.get("match", ""), when=body.get("when", ""))
                 entries.setdefault(key, []).append(entry)
         return cls(entries)
 
@@ -80,12 +95,19 @@ class Catalog:
     def keys(self) -> list[str]:
         return sorted(self._entries)
 
-    def get(self, key: str | None, line: str = "") -> Entry | None:
+    def get(self, key: str | None, line: str = "", step: Step | None = None) -> Entry | None:
         if not key:
             return None
         options = self._entries.get(key)
         if not options:
             return None
+        if step is not None:
+            # a variant chosen by the Step's meta (``when``) comes first
+            for entry in options:
+                if entry.when and template.applies(entry.when, step) and \
+                        (not entry.match or entry.match.lower() in line.lower()):
+                    return entry
+        options = [e for e in options if not e.when]
         for entry in options:
             if entry.match and entry.match.lower() in line.lower():
                 return entry
@@ -161,9 +183,9 @@ class Catalog:
             options = self._entries.get(key)
             if not options:
                 continue
-            if len(options) == 1 and not options[0].match:   # the common case
-                return options[0]
-            entry = self.get(key, line)
+            if len(options) == 1 and not options[0].match and not options[0].when:
+                return options[0]                          # the common case
+            entry = self.get(key, line, step)
             if entry is not None:
                 return entry
         return None

@@ -145,7 +145,7 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
         note = ""
         if notes:
             entry = cat.resolve(step)
-            note = entry.text(lang) if entry else ""
+            note = entry.render(lang, step) if entry else ""
         rows.append(Row(src=step.src, dst=step.dst, label=_label(step, label_width), tls=step.tls,
                         failed=step.failed or step.meta.get("status") in ("bounced", "deferred"),
                         kind=step.kind, note=note, repeat=repeat))

@@ -65,11 +65,12 @@ def do_send(ctx: Context, o: dict) -> None:
         result = send_mail(host=ctx.connect_host, port=target, sender=sender,
                            recipients=recipients, message=message,
                            user=user if auth else None, password=o.get("password", "pass"),
-                           starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"))
+                           starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"),
+                           source=_source(o))
         ctx.results["queue_id"] = result.queue_id
         outcome = "accepted"
     except SmtpClientError as exc:
-        ctx.results["refused"] = " / ".join(exc.reply) if exc.reply else str(exc)
+        ctx.results["refused"] = " / ".join(exc.reply) if exc.reply else exc.text(ctx.lang)
         outcome = "refused"
         ctx.say(f"✉ {ctx.results['refused']}")
     expect = o.get("expect", "accepted")

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from gponsim.commentary import catalog
+from gponsim.sinks.phrases import localize
 from gponsim.steps import Step
 
 
@@ -49,7 +50,7 @@ class Narrator:
         lock = " 🔒" if step.tls else ""
         head.append(f"{lock}  ")
         # A TAB separates the fields of Dovecot's auth protocol: make it visible.
-        lines = step.shown_line(self.reveal).replace("\t", " ␉ ").split("\n")
+        lines = localize(step.shown_line(self.reveal), self.lang).replace("\t", " ␉ ").split("\n")
         indent = " " * len(head.plain)
         head.append(lines[0], style=style)
         self.console.print(head)
@@ -69,7 +70,7 @@ class Narrator:
                 return
             self._seen.add(marker)
         text = Text(indent + "↳ ", style="dim")
-        text.append(entry.text(self.lang), style="italic dim")
+        text.append(entry.render(self.lang, step), style="italic dim")
         if entry.rfc:
             text.append(f" ({entry.rfc})", style="dim")
         self.console.print(text)

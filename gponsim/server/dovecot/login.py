@@ -90,7 +90,7 @@ class LoginCommon:
             self.STARTTLS_VERB if self._starttls else "IMPLICIT",
             f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
             session=self.session, proto="tls", tls=True, src="client", dst=self.ACTOR,
-            meta={"version": version, "cipher": cipher}))
+            meta={"version": version, "cipher": cipher, "dovecot": True}))
 
 
 class LoginFactory(protocol.ServerFactory):

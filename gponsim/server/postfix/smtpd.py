@@ -181,7 +181,7 @@ class Smtpd(SmtpServer):
                 self.log(f"warning: TLS library problem: {problem}")
             self._count("starttls" if self.starttls_used else "unknown", False)
             self.emit(self.event_step("TLSFAIL", f"SSL_accept error from {self.client}: {status}",
-                                      proto="tls", meta={"alert": alert_text(self.lost_reason)}))
+                                      meta={"alert": alert_text(self.lost_reason) or ""}))
         if self._last_verb == "DATA" and self.mode == DATA:
             # smtpd.c: in the middle of the message, with what had arrived
             self.log(f"lost connection after DATA ({self.raw_message_bytes} bytes) "
