@@ -260,6 +260,8 @@ class RealLab:
                      f"log_path = {self.dovecot_log}\n")
         # the lab's users file, with the uid, gid and home local(8) uses too
         accounts = {fields[0]: fields for fields in self._lab_users()}
+        for fields in accounts.values():
+            fields[5] = str(self.path(fields[5]))
         lines = []
         for line in (self.lab_root / "etc/dovecot/users").read_text().splitlines():
             fields = line.split(":")

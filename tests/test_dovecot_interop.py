@@ -315,10 +315,13 @@ def test_sort_thread_esearch_binary_as_dovecot(where, extra_commands=()):
         c.line()
         c.cmd("a", "LOGIN user2 pass")
         c.cmd("x", "EXAMINE INBOX")
-        c.send("".join(f"{t} {cmd}\r\n" for t, cmd in zip(tags, commands)))
+        # One command at a time, as above: pipelined, both would hold the
+        # tagged replies until the batch is done (Dovecot's parallel commands).
         raw = c.buf
-        while not re.search(rf"\r\n{tags[-1]} [^\r\n]*\r\n".encode(), raw):
-            raw += c.sock.recv(65536)
+        for t, cmd in zip(tags, commands):
+            c.send(f"{t} {cmd}\r\n")
+            while not re.search(rf"(?:^|\r\n){t} [^\r\n]*\r\n".encode(), raw):
+                raw += c.sock.recv(65536)
         ours = _answers(raw, tags)
         c.close()
     finally:

@@ -49,7 +49,7 @@ from gponsim.server.mailstore.mbox import (
 )
 from gponsim.server.dovecot import imap_sort
 from gponsim.server.dovecot.imap_bodystructure import bodystructure
-from gponsim.server.dovecot.login import LoginCommon, LoginFactory
+from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
 from gponsim.server.dovecot.mailwatch import MailWatch
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session, null_emit
@@ -99,6 +99,7 @@ class ImapSettings:
     login_timeout: float = 60.0
     #: mail_max_userip_connections per protocol (0 = no limit)
     max_userip_connections: dict = field(default_factory=lambda: {"imap": 10, "pop3": 10})
+    auth_verbose: bool = False
 
 
 @dataclass
@@ -391,8 +392,13 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._bytes_out = 0
         self._logged_out = False
         self._dovecot_session = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
-        self.mpid = os.getpid() + 33
-        self.counts = {"expunged": 0, "deleted": 0}
+        self.mpid = next_mpid()
+        self.counts = {"expunged": 0, "deleted": 0, "hdr_count": 0, "hdr_bytes": 0,
+                       "body_count": 0, "body_bytes": 0}
+        #: imap-login's client_ignores_capability_resp_code: the client asked
+        #: CAPABILITY before STARTTLS, so it gets an untagged CAPABILITY at login
+        self._caps_asked = False
+        self._last_cmd: tuple[str, float] | None = None   # name as typed, when it ended
 
     # ------------------------------------------------------------ plumbing
 
@@ -409,6 +415,40 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bytes_in += len(data)
         self._emit_all(self.conv.client_data(data))
         super().dataReceived(data)
+        self._flush_synced()        # the input is used up: Dovecot syncs and answers
+
+    #: Commands that end with a mailbox sync (cmd_sync in Dovecot) and may run
+    #: side by side: pipelined one after another, Dovecot runs them all and
+    #: sends their tagged replies together after the sync, once the input is
+    #: used up or a command that cannot run alongside them comes.
+    _SYNC_COMMANDS = frozenset({b"FETCH", b"SEARCH", b"STORE"})
+    _held: list = []
+
+    def _next_is_sync_command(self) -> bool:
+        buffered = getattr(self, "_buffer", b"")
+        end = buffered.find(b"\n")
+        if end < 0:
+            return False
+        words = buffered[:end].split()
+        if len(words) >= 3 and words[1].upper() == b"UID":
+            words = words[1:]
+        return len(words) >= 2 and words[1].upper() in self._SYNC_COMMANDS
+
+    def _sync_ok(self, tag, text: str) -> None:
+        uid = self._command.startswith("UID ")
+        if self._next_is_sync_command():
+            self._held = self._held + [(tag, text, uid)]
+            return
+        self._held = self._held + [(tag, text, uid)]
+        self._flush_synced()
+
+    def _flush_synced(self) -> None:
+        """The held tagged replies: Dovecot syncs the commands that use
+        sequence numbers first (no expunges may be sent while they run),
+        then the UID commands (a full sync)."""
+        held, self._held = self._held, []
+        for tag, text, _uid in sorted(held, key=lambda item: item[2]):
+            self._ok(tag, text)
 
     def log(self, text: str) -> None:
         self.lab.log(text)
@@ -442,17 +482,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._anvil_disconnect()
         if self.user and not self._logged_out:
             self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
-                     f"Disconnected: Connection closed {self._stats()}")
+                     f"Disconnected: Connection closed{self._command_status()} {self._stats()}")
         elif not self.user and not self._refused:     # (a refusal logged its own line)
-            secs = int(time.time() - self._connected_at)
-            if self._failed_auths:
-                what = (f"auth failed, {self._failed_auths} attempts in {secs} secs")
-                user = self._last_user or ""
-                self.log(f"imap-login: Disconnected ({what}): user=<{user}>, "
-                         f"method={self._auth_method}, {self._addr_text()}")
-            else:
-                self.log(f"imap-login: Disconnected (no auth attempts in {secs} secs): "
-                         f"user=<>, {self._addr_text()}")
+            self.log(self._login_disconnect_line(self._last_user, self._auth_method))
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
                                            proto="imap", src="client", dst="imap", tls=self.tls))
         super().connectionLost(reason)
@@ -460,9 +492,27 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     _last_user = None
 
     def _stats(self) -> str:
-        return (f"in={self._bytes_in} out={self._bytes_out} deleted={self.counts['deleted']} "
-                f"expunged={self.counts['expunged']} trashed=0 hdr_count=0 hdr_bytes=0 "
-                f"body_count=0 body_bytes=0")
+        """imap_logout_format's default (10-logging.conf)."""
+        c = self.counts
+        return (f"in={self._bytes_in} out={self._bytes_out} deleted={c['deleted']} "
+                f"expunged={c['expunged']} trashed=0 hdr_count={c['hdr_count']} "
+                f"hdr_bytes={c['hdr_bytes']} body_count={c['body_count']} "
+                f"body_bytes={c['body_bytes']}")
+
+    def _command_status(self) -> str:
+        """Why the imap process saw the client go (imap-client.c): the command
+        still running (IDLE), else the last one and how long ago it ended."""
+        if self._idle_tag is not None:
+            running = time.monotonic() - self._cmd_start
+            return (f" (IDLE running for 0.001 + waiting input for {running:.3f} secs, "
+                    f"{self._idle_in} B in + {self._idle_out} B out, state=wait-input)")
+        if self._last_cmd is None:
+            return " (No commands sent)"
+        name, ended = self._last_cmd
+        return f" ({name} finished {time.monotonic() - ended:.3f} secs ago)"
+
+    _idle_in = 0
+    _idle_out = 0
 
     def timeoutConnection(self) -> None:
         self.sendLine(b"* BYE Disconnected for inactivity.")
@@ -533,6 +583,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.sendLine(_b(tag or b"*") + b" OK " + text.encode())
 
     # --------------------------------------------------------------- input
+
+    _line_end = b"\r\n"
 
     def lineReceived(self, line: bytes) -> None:
         if self._idle_tag is not None:
@@ -625,6 +677,11 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             else:
                 self._bad(tag, f"Error in IMAP command {name}: Unknown command.")
             return
+        runs_along = name.encode() in self._SYNC_COMMANDS or (
+            name == "UID" and (rest or b"").split()[:1] != []
+            and rest.split()[0].upper() in self._SYNC_COMMANDS)
+        if self._held and not runs_along:
+            self._flush_synced()      # this one waits for the earlier ones to finish
         shown = self._command = f"UID {name}" if uid else name
         if name in _NO_ARGUMENTS:
             rest, empty = b"", True     # Dovecot does not look at what follows
@@ -637,10 +694,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bad(tag, f"Error in IMAP command {shown}: 8bit data in atom.")
             return
         super().dispatchCommand(tag, cmd, rest, uid)
+        if self.user and cmd.upper() != b"UID":
+            typed = cmd.decode("ascii", "replace")           # as the client typed it
+            self._last_cmd = (f"UID {typed}" if uid else typed, time.monotonic())
 
     # ------------------------------------------------------ any state
 
     def do_CAPABILITY(self, tag):
+        if not self.user and not self._starttls:
+            self._caps_asked = True
         self._untagged(b"CAPABILITY " + b" ".join(self.listCapabilities()))
         if self.user:
             self._ok(tag, "Capability completed.")
@@ -656,8 +718,14 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._ok(tag, "Logout completed.")
         if self.user:
             self._logged_out = True
-            self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: Logged out "
-                     f"{self._stats()}")
+            # Dovecot's parser stops at the end of the command's arguments and
+            # skips the line end when the next command starts: after LOGOUT it
+            # never does, so in= leaves out the last CRLF
+            self._bytes_in -= 2 if self._line_end == b"\r\n" else 1
+            self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
+                     f"Disconnected: Logged out {self._stats()}")
+        else:
+            self._login_end = UNAUTHENTICATED_LOGOUT
         self.transport.loseConnection()
 
     def do_ID(self, tag, line):
@@ -693,6 +761,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     def do_LOGIN(self, tag, user, passwd):
         if not self.secured and self.settings.disable_plaintext_auth:
+            self._plaintext_refused(user.decode("utf-8", "replace"))
             self._untagged("BAD [ALERT] Plaintext authentication not allowed without SSL/TLS, "
                            "but your client did it anyway. If anyone was listening, the "
                            "password was exposed.")
@@ -714,6 +783,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._no(tag, "Unsupported authentication mechanism.")
             return
         if not self.secured and self.settings.disable_plaintext_auth:
+            self._plaintext_refused(None)
             self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disallowed on "
                           "non-secure (SSL/TLS) connections.")
             return
@@ -733,6 +803,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if self.lab.auth is None:
             self._no(tag, "[UNAVAILABLE] Temporary authentication failure.")
             return
+        self._login_attempts += 1
+        self._login_started = self._login_started or time.time()
         self.blocked = []
         d = self.lab.auth.start(mech, service="imap", lip=self.server_ip, rip=self.client_ip,
                                 secured=self.secured, resp_b64=resp, session=self.session,
@@ -753,7 +825,6 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         elif reply.kind == "OK":
             self._logged_in(reply.user, tag)
         else:
-            self._failed_auths += 1
             if reply.user:
                 self._last_user = reply.user
             if reply.reason and "aborted" in reply.reason.lower():
@@ -777,7 +848,6 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if text == "*":
             self._auth_pending = None
             self.lab.auth.abort(rid)
-            self._failed_auths += 1
             self._bad(tag, "Authentication aborted by client.")
             return
         self.blocked = []
@@ -800,7 +870,13 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                  + (", TLS" if self.tls else ", secured" if self.secured else "")
                  + f", session=<{self._dovecot_session}>")
         caps = " ".join(c.decode() for c in self.listCapabilities())
-        self.sendLine(_b(tag) + f" OK [CAPABILITY {caps}] Logged in".encode())
+        if self._caps_asked:
+            # imap-login's rule: a client that asked CAPABILITY itself before
+            # STARTTLS may not read a resp-code: untagged CAPABILITY, then OK
+            self._untagged(f"CAPABILITY {caps}")
+            self.sendLine(_b(tag) + b" OK Logged in")
+        else:
+            self.sendLine(_b(tag) + f" OK [CAPABILITY {caps}] Logged in".encode())
 
     # ------------------------------------------------------------ logged in
 
@@ -946,7 +1022,14 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         special = {n: use for n, use, _a in self.settings.special_use}
         want_sub = lsub or "SUBSCRIBED" in select_opts
         regexes = [imap4.wildcardToRegexp(ref + p, "/") for p in patterns]
-        for info in self.store.list():
+        # What Dovecot's LIST reports (cmd-list.c): CHILDREN information for a
+        # plain LIST or when asked for; special-use for a plain LIST, LSUB, or
+        # when asked for; \Marked/\UnMarked when the subscriptions are walked.
+        extended = bool(select_opts or return_opts)
+        children = not lsub and (not extended or "CHILDREN" in returns)
+        special_use = lsub or not extended or "SPECIAL-USE" in returns \
+            or "SPECIAL-USE" in select_opts
+        for info in self._dovecot_order(self.store.list()):
             if not any(r.fullmatch(info.name) for r in regexes):
                 continue
             if want_sub and info.name not in subscribed:
@@ -954,19 +1037,44 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             if "SPECIAL-USE" in select_opts and not special.get(info.name):
                 continue
             attrs = []
-            if not info.selectable:
-                attrs.append("\\Noselect")
-            if not lsub:
-                attrs.append("\\HasChildren" if info.children else "\\HasNoChildren")
             if info.name in subscribed and ("SUBSCRIBED" in select_opts
                                            or "SUBSCRIBED" in returns):
                 attrs.append("\\Subscribed")
-            if special.get(info.name) and not lsub:
+            if not info.selectable:
+                attrs.append("\\Noselect")
+            if not lsub:
+                if info.children:
+                    attrs.append("\\HasChildren")
+                elif info.selectable and info.name != "INBOX":
+                    attrs.append("\\NoInferiors")     # an mbox file holds no folders
+                elif children:
+                    attrs.append("\\HasNoChildren")
+            if "SUBSCRIBED" in select_opts and info.selectable:
+                attrs.append(self._marked(info.name))
+            if special.get(info.name) and special_use:
                 attrs.append(special[info.name])
             self._untagged(f'{verb} ({" ".join(attrs)}) "/" {quote(info.name)}')
             if status_items and info.selectable:
                 self._status_line(info.name, status_items)
         self._ok(tag, f"{verb.title()} completed.")
+
+    @staticmethod
+    def _dovecot_order(infos):
+        """Dovecot's fs iteration: each directory's entries sorted by name
+        (files and folders together, a folder's children right after it),
+        INBOX (another file, /var/mail/user) at the end."""
+        others = sorted((i for i in infos if i.name != "INBOX"),
+                        key=lambda i: [part.encode() for part in i.name.split("/")])
+        return others + [i for i in infos if i.name == "INBOX"]
+
+    def _marked(self, name: str) -> str:
+        """mbox's \\Marked (new mail: modified since it was last read) or \\UnMarked."""
+        try:
+            path = self.store.folder(name).path
+            st = os.stat(path)
+        except (StoreError, OSError):
+            return "\\UnMarked"
+        return "\\Marked" if st.st_size and st.st_mtime > st.st_atime else "\\UnMarked"
 
     def do_LSUB(self, tag, line):
         self.do_LIST(tag, line, lsub=True)
@@ -1310,6 +1418,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             names = [q.type for q in query]
             if uid and "uid" not in names:
                 items.append(b"UID %d" % msg.uid)
+            if msg.uid in seen_now and "flags" not in names:
+                # the \Seen this fetch set comes first, before what was asked
+                items.append(self._flags_item(msg))
             for q in query:
                 items.append(self._fetch_item(q, msg))
             for b in binaries:
@@ -1318,11 +1429,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 except _UnknownCTE:
                     self._no(tag, "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding.")
                     return
-            if msg.uid in seen_now and "flags" not in names:
-                items.append(self._flags_item(msg))
             self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
         self._refresh(expunges=False)
-        self._ok(tag, "Fetch completed.")
+        self._sync_ok(tag, "Fetch completed.")
 
     def _flags_item(self, msg: StoredMessage) -> bytes:
         flags = [f for f in SYSTEM_FLAGS if f in msg.flags] + list(msg.keywords)
@@ -1355,11 +1464,11 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         head = wire[:cut + 4] if cut >= 0 else wire
         text = wire[cut + 4:] if cut >= 0 else b""
         if t == "rfc822":
-            return b"RFC822 " + _lit(wire)
+            return b"RFC822 " + _lit(self._counted(wire, header=False))
         if t == "rfc822header":
-            return b"RFC822.HEADER " + _lit(head)
+            return b"RFC822.HEADER " + _lit(self._counted(head, header=True))
         if t == "rfc822text":
-            return b"RFC822.TEXT " + _lit(text)
+            return b"RFC822.TEXT " + _lit(self._counted(text, header=False))
         if t == "body":
             return self._fetch_body(q, msg, wire, head, text)
         raise imap4.IllegalClientResponse(f"Unknown FETCH item {t}")
@@ -1406,7 +1515,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             start = q.partialBegin
             source = source[start:start + q.partialLength]
             out += b"<%d>" % start
-        return out + b" " + _lit(source)
+        return out + b" " + _lit(self._counted(source, header=bool(q.header or q.mime)))
+
+    def _counted(self, data: bytes, header: bool) -> bytes:
+        """imap-fetch-body.c's statistics for the logout line: a part without
+        the body counts as a header fetch, anything else as a body fetch."""
+        kind = "hdr" if header else "body"
+        self.counts[f"{kind}_count"] += 1
+        self.counts[f"{kind}_bytes"] += len(data)
+        return data
 
     select_FETCH = (do_FETCH, _arg_rawset, _arg_fetchatt)
 
@@ -1443,7 +1560,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 prefix = f"UID {msg.uid} " if uid else ""
                 self._untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(new)}))")
         self._refresh(expunges=False)
-        self._ok(tag, "Store completed.")
+        self._sync_ok(tag, "Store completed.")
 
     def _arg_flaglist(self, line):
         """Twisted's flag list; none at all (``STORE 1 +FLAGS``) is an empty list, as
@@ -1572,7 +1689,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             if "COUNT" in returns:
                 text += f" COUNT {len(hits)}"
             self._untagged(text)
-        self._ok(tag, "Search completed.")
+        self._sync_ok(tag, "Search completed.")
 
     select_SEARCH = (do_SEARCH, imap4.IMAP4Server.arg_line)
 
