@@ -128,6 +128,14 @@ class Catalog:
         Other kinds: ``<proto>.<kind>.<verb>`` then ``<proto>.<kind>``.
         An explicit ``step.key`` always comes first.
         """
+        if step.meta and step.meta.get("foreign"):
+            # a server that is not the lab's software (a capture of Exim,
+            # Gmail...): only the RFCs' explanations, never the lab's
+            plain = Step(t=step.t, session=step.session, proto=step.proto, src=step.src,
+                         dst=step.dst, dir=step.dir, kind=step.kind, line=step.line,
+                         verb=step.verb, code=step.code, enhanced=step.enhanced,
+                         status=step.status)
+            return ["rfc." + key for key in Catalog.candidates(plain)]
         out: list[str] = []
         if step.key:
             out.append(step.key)
@@ -163,7 +171,7 @@ class Catalog:
         Step once.
         """
         signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced,
-                     step.status)
+                     step.status, bool(step.meta and step.meta.get("foreign")))
         entry = self._memo.get(signature, _UNKNOWN)
         if entry is not _UNKNOWN:
             return entry
