@@ -23,6 +23,7 @@ import poplib
 import re
 import shutil
 import smtplib
+import socket
 import ssl
 import tempfile
 from pathlib import Path
@@ -274,6 +275,8 @@ def edited(figures):
         "mynetworks = 127.0.0.1/32 [::1]/128 192.168.0.0/16")
     assert "127.0.0.1/32" in text
     main_cf.write_text(text + "smtpd_tls_loglevel = 1\nsmtp_tls_loglevel = 1\n")
+    with open(profile / "dovecot/conf.d/10-auth.conf", "a") as fh:
+        fh.write("auth_verbose = yes\n")            # 10-logging.conf's, as an instructor sets it
     pair = Pair(base, profile).start()
     yield pair
     pair.stop()
@@ -319,6 +322,51 @@ def test_relay_allowed_inside_mynetworks(edited):
                           "--helo", "pc.gponlab.local", *HEADERS)
     check(edited, "relay allowed (25, inside mynetworks)", script,
           until=lambda lines: any("removed" in line for line in lines))
+
+
+class SourceIMAP4(diff.RecordingIMAP4):
+    """imaplib from another address (127.0.0.2: not the server's own)."""
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=("127.0.0.2", 0))
+
+
+def test_auth_verbose_wrong_password_and_unknown_user(edited):
+    def script(ports):
+        received = []
+        for user in ("user2", "nadie"):
+            client = diff.RecordingIMAP4_SSL(HOST, ports["imaps"], ssl_context=unverified())
+            try:
+                client.login(user, "incorrecta")
+            except imaplib.IMAP4.error:
+                pass
+            client.logout()
+            received += client.received
+        return received
+    check(edited, "auth_verbose: wrong password, unknown user (IMAP 993)", script)
+
+
+def test_auth_verbose_plaintext_login_refused(edited):
+    """LOGIN in clear from another computer: refused, and logged with auth_verbose."""
+    def script(ports):
+        client = SourceIMAP4(HOST, ports["imap"])
+        try:
+            client.login("user2", "pass")
+        except imaplib.IMAP4.error:
+            pass
+        client.logout()
+        return client.received
+    check(edited, "auth_verbose: plaintext LOGIN from another computer (IMAP 143)", script)
+
+
+def test_auth_verbose_smtp_wrong_password(edited):
+    def script(ports):
+        return diff.swaks("--server", HOST, "--port", str(ports["submission"]), "--tls",
+                          "--auth", "LOGIN", "--auth-user", "user1",
+                          "--auth-password", "incorrecta", "--from", "user1@gponlab.local",
+                          "--to", "user2@gponlab.local", "--helo", "[127.0.0.1]", *HEADERS)
+    check(edited, "auth_verbose: wrong password (587, AUTH LOGIN)", script)
 
 
 def test_submission_from_outside_needs_login(edited):

@@ -190,7 +190,10 @@ class Lab:
             failure_delay = profile.auth_failure_delay()
         self.auth_server = AuthServer(self.users, mechanisms=profile.auth_mechanisms(),
                                       emit=self.emit, failure_delay=failure_delay,
-                                      reactor=self.reactor)
+                                      reactor=self.reactor,
+                                      verbose=profile.dovecot_bool("auth_verbose"),
+                                      log=lambda text: self.log.write("dovecot",
+                                                                      pid_for("dovecot"), text))
         try:
             self._listeners.append(self.auth_server.listen(self.auth_socket))
         except Exception as exc:  # noqa: BLE001 - told to the user below

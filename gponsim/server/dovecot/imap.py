@@ -808,7 +808,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.blocked = []
         d = self.lab.auth.start(mech, service="imap", lip=self.server_ip, rip=self.client_ip,
                                 secured=self.secured, resp_b64=resp, session=self.session,
-                                nologin=False)
+                                nologin=False, login_session=self._dovecot_session)
         d.addCallbacks(self._sasl_reply, self._sasl_error, (tag,), None, (tag,), None)
 
     def _sasl_reply(self, reply, tag) -> None:

@@ -62,7 +62,6 @@ class LoginCommon:
     _login_end = "Connection closed"
     _login_attempts = 0
     _login_started = 0.0
-    _login_fail_code = ""       # tried plaintext auth where it is disallowed, ...
 
     def _login_disconnect_line(self, user: str | None, method: str | None) -> str:
         """login-common's line for a client that leaves before logging in
@@ -70,8 +69,6 @@ class LoginCommon:
         now = time.time()
         if not self._login_attempts:
             extra = f"no auth attempts in {int(now - self._connected_at)} secs"
-        elif self._login_fail_code == "plaintext":
-            extra = "tried to use disallowed plaintext auth"
         else:
             secs = int(now - (self._login_started or self._connected_at))
             extra = f"auth failed, {self._login_attempts} attempts in {secs} secs"
@@ -83,11 +80,12 @@ class LoginCommon:
 
     def _plaintext_refused(self, user: str | None) -> None:
         """``client_check_plaintext_auth``: a password sent in clear where
-        disable_plaintext_auth forbids it counts as an attempt; with
-        auth_verbose = yes it is logged."""
+        disable_plaintext_auth forbids it counts as a failed attempt (by the
+        user LOGIN named, if any); with auth_verbose = yes it is logged."""
         self._login_attempts += 1
         self._login_started = self._login_started or time.time()
-        self._login_fail_code = "plaintext"
+        if user:
+            self._last_user = user
         if self.settings.auth_verbose:
             self.lab.log(f"{self.ACTOR}-login: Login failed: Plaintext authentication disabled: "
                          f"user=<>, {self._addr_text()}")

@@ -304,7 +304,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self._hold()
         d = self.lab.auth.start(mech, service="pop3", lip=self.server_ip, rip=self.client_ip,
                                 secured=self.secured, resp_b64=resp, session=self.session,
-                                nologin=False)
+                                nologin=False, login_session=self._dovecot_session)
         d.addCallbacks(self._sasl_reply, self._sasl_error)
 
     def _sasl_reply(self, reply) -> None:

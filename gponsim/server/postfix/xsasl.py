@@ -291,7 +291,8 @@ class AuthClient:
 
     def start(self, mech: str, *, service: str = "smtp", lip: str, rip: str,
               secured: bool = False, resp_b64: str | None = None,
-              session: str, nologin: bool = True) -> defer.Deferred:
+              session: str, nologin: bool = True,
+              login_session: str | None = None) -> defer.Deferred:
         """Send ``AUTH``; fires with an :class:`AuthReply` or fails with
         :class:`AuthUnavailable`."""
         actor = actor_for(service)
@@ -313,6 +314,9 @@ class AuthClient:
             line += f"\tlip={lip}\trip={rip}"
             if secured:
                 line += "\tsecured"
+            if login_session:
+                # Dovecot's login processes name their session (Postfix does not)
+                line += f"\tsession={login_session}"
             if resp_b64 is not None:
                 line += f"\tresp={resp_b64}"
             request = _Request(rid, session, actor, conn)
