@@ -382,9 +382,8 @@ def test_submission_from_outside_needs_login(edited):
 
 #: docs/fidelity.md: the IMAP extensions Dovecot 2.3 announces that gponsim
 #: does not implement, and therefore does not announce either.
-UNIMPLEMENTED_IMAP = ("THREAD=REFS", "URL-PARTIAL", "CATENATE", "CONDSTORE", "QRESYNC", "ESORT",
-                      "SEARCHRES", "CONTEXT=SEARCH", "SNIPPET=FUZZY", "PREVIEW=FUZZY", "PREVIEW",
-                      "SAVEDATE", "NOTIFY")
+UNIMPLEMENTED_IMAP = ("URL-PARTIAL", "CATENATE", "CONDSTORE", "QRESYNC", "CONTEXT=SEARCH",
+                      "NOTIFY")
 IMAP_CAPABILITIES = Deliberate(
     "imap-extensions-not-implemented",
     "gponsim announces only the IMAP extensions it implements; Dovecot's list also has "

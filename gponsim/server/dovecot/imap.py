@@ -49,6 +49,7 @@ from gponsim.server.mailstore.mbox import (
 )
 from gponsim.server.dovecot import imap_sort
 from gponsim.server.dovecot.imap_bodystructure import bodystructure
+from gponsim.server.dovecot.imap_preview import imap_string, preview
 from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
 from gponsim.server.dovecot.mailwatch import MailWatch
 from gponsim.server.postfix.xsasl import AuthUnavailable
@@ -64,8 +65,9 @@ PRE_LOGIN_CAPS = ["IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "ID
 #: PREVIEW=FUZZY, PREVIEW, SAVEDATE and NOTIFY (docs/imap.md says why).
 POST_LOGIN_CAPS = (
     "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
-    "THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED "
-    "I18NLEVEL=1 ESEARCH WITHIN LIST-STATUS BINARY MOVE STATUS=SIZE LITERAL+").split()
+    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS "
+    "LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN LIST-STATUS BINARY MOVE "
+    "SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+").split()
 FLAGS_LIST = r"\Answered \Flagged \Deleted \Seen \Draft"
 #: Largest literal accepted (APPEND): Dovecot has no fixed limit; the lab caps it.
 MAX_LITERAL = 50 * 1024 * 1024
@@ -80,6 +82,9 @@ _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}$")
 _LITERAL_ANY = re.compile(rb"\{(\d{1,20})\+?\}$")
 _LITERAL8 = re.compile(rb"~(\{\d{1,20}\+?\})$")
 #: FETCH BINARY items (RFC 3516), which Twisted's FETCH parser does not know.
+#: RFC 8970 PREVIEW (and LAZY), Dovecot's SNIPPET (FUZZY), RFC 8514 SAVEDATE
+_EXTRA_ITEM = re.compile(rb"(?i)(?<![\w.\[])(?:PREVIEW(?:\s*\(\s*(?P<lazy>LAZY)\s*\))?"
+                         rb"|SNIPPET\s*\(\s*FUZZY\s*\)|SAVEDATE)(?![\w.\]])")
 _BINARY_ITEM = re.compile(
     rb"(?i)\bBINARY(?P<size>\.SIZE)?(?P<peek>\.PEEK)?\[(?P<section>[0-9.]*)\]"
     rb"(?:<(?P<start>\d+)\.(?P<length>\d+)>)?")
@@ -951,6 +956,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.folder = None
         self.view = []
         self.recent = set()
+        self._saved = frozenset()        # RFC 5182: "$" is forgotten with the mailbox
         if self.state == "select":
             self.state = "auth"
 
@@ -1318,9 +1324,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     select_EXPUNGE = (do_EXPUNGE,)
 
+    #: SEARCHRES (RFC 5182): the UIDs the last SEARCH RETURN (SAVE) kept, for "$"
+    _saved: frozenset = frozenset()
+
     def _messages(self, state, set_text: str, uid: bool):
         """(seq, message) pairs of the view matching a sequence/UID set."""
         by_uid = {m.uid: m for m in state.messages}
+        if set_text == "$":
+            return [(i + 1, by_uid[u]) for i, u in enumerate(self.view)
+                    if u in self._saved and u in by_uid]
         if uid:
             last = self.view[-1] if self.view else 0
             ranges = parse_set(set_text, last)
@@ -1371,10 +1383,19 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 "length": int(m.group("length")) if m.group("length") is not None else None})
             return b""
         rest = _BINARY_ITEM.sub(take, line)
+
+        def extra(m):
+            word = m.group(0).split(b"(")[0].strip().upper()
+            kind = {b"PREVIEW": "preview", b"SNIPPET": "snippet", b"SAVEDATE": "savedate"}[word]
+            binaries.append({"extra": "lazy" if m.group("lazy") else kind})
+            return b""
+        rest = _EXTRA_ITEM.sub(extra, rest)
         if not binaries:
             query, rest = imap4.IMAP4Server.arg_fetchatt(self, line)
             return (query, []), rest
         for item in binaries:
+            if "extra" in item:
+                continue
             if item["size"] and (item["peek"] or item["start"] is not None):
                 raise imap4.IllegalClientResponse("Invalid BINARY.SIZE")
             if any(not p.isdigit() or p == "0" for p in item["section"].split(".") if
@@ -1400,7 +1421,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         wants_seen = any(
             (q.type == "body" and not q.peek and (q.header or q.text or q.mime or q.empty))
             or q.type in ("rfc822", "rfc822text") for q in query) or any(
-            not b["peek"] and not b["size"] for b in binaries)
+            "extra" not in b and not b["peek"] and not b["size"] for b in binaries)
         seen_now: set[int] = set()
         if wants_seen and not self.readonly:
             unseen = [m.uid for _s, m in chosen if SEEN not in m.flags]
@@ -1424,6 +1445,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             for q in query:
                 items.append(self._fetch_item(q, msg))
             for b in binaries:
+                if "extra" in b:
+                    items.append(self._extra_item(b["extra"], msg))
+                    continue
                 try:
                     items.append(_binary_item(b, msg))
                 except _UnknownCTE:
@@ -1432,6 +1456,20 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
         self._refresh(expunges=False)
         self._sync_ok(tag, "Fetch completed.")
+
+    def _extra_item(self, kind: str, msg: StoredMessage) -> bytes:
+        """PREVIEW (RFC 8970), SNIPPET (FUZZY) and SAVEDATE (RFC 8514) as Dovecot
+        answers them with mbox: no save date is kept."""
+        if kind == "savedate":
+            return b"SAVEDATE NIL"
+        if kind == "lazy":
+            # Dovecot 2.3 with mbox answers NIL: the preview is not at hand
+            # without reading the message (checked against its imap binary)
+            return b"PREVIEW NIL"
+        text = preview(msg.wire())
+        if kind == "snippet":
+            return b"SNIPPET (FUZZY " + imap_string(text) + b")"
+        return b"PREVIEW " + imap_string(text)
 
     def _flags_item(self, msg: StoredMessage) -> bytes:
         flags = [f for f in SYSTEM_FLAGS if f in msg.flags] + list(msg.keywords)
@@ -1633,7 +1671,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             msg = by_uid.get(u)
             if msg is None:
                 continue
-            if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent, now):
+            if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent, now,
+                           self._saved):
                 hits.append((seq, msg))
         return hits
 
@@ -1653,7 +1692,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             returns = None
             if len(keys) >= 2 and str(keys[0]).upper() == "RETURN" and isinstance(keys[1], list):
                 returns = [str(r).upper() for r in keys[1]] or ["ALL"]
-                unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL")]
+                unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL", "SAVE")]
                 if unknown:
                     raise imap4.IllegalClientResponse(f"Unknown return option: {unknown[0]}")
                 keys = keys[2:]
@@ -1663,7 +1702,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 if not self._charset(tag, str(keys[1])):
                     return
                 keys = keys[2:]
-            hits = [msg.uid if uid else seq for seq, msg in self._search(keys)]
+            found = self._search(keys)
+            hits = [msg.uid if uid else seq for seq, msg in found]
         except (imap4.IllegalClientResponse, IndexError, ValueError) as exc:
             self._bad(tag, f"Error in IMAP command {verb}: {exc or 'Invalid arguments'}")
             return
@@ -1676,20 +1716,38 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if returns is None:
             self._untagged("SEARCH" + "".join(f" {h}" for h in hits))
         else:
-            # RFC 4731 ESEARCH, items in Dovecot's order.
-            text = f'ESEARCH (TAG "{_b(tag).decode("ascii", "replace")}")'
-            if uid:
-                text += " UID"
-            if "MIN" in returns and hits:
-                text += f" MIN {min(hits)}"
-            if "MAX" in returns and hits:
-                text += f" MAX {max(hits)}"
-            if "ALL" in returns and hits:
-                text += f" ALL {_uid_set(hits)}"
-            if "COUNT" in returns:
-                text += f" COUNT {len(hits)}"
-            self._untagged(text)
+            if "SAVE" in returns:
+                # RFC 5182: with MIN and/or MAX only those are kept
+                uids = [m.uid for _s, m in found]
+                kept = uids
+                if ("MIN" in returns or "MAX" in returns) and not \
+                        ("ALL" in returns or "COUNT" in returns) and uids:
+                    kept = sorted({uids[0] if "MIN" in returns else uids[-1],
+                                   uids[-1] if "MAX" in returns else uids[0]})
+                self._saved = frozenset(kept)
+            shown = [r for r in returns if r != "SAVE"]
+            if shown:
+                self._untagged(self._esearch(tag, uid, hits, shown, sort_order=False))
         self._sync_ok(tag, "Search completed.")
+
+    @staticmethod
+    def _esearch(tag, uid: int, hits: list[int], returns: list[str], sort_order: bool) -> str:
+        """RFC 4731 ESEARCH (RFC 5267 ESORT with ``sort_order``: MIN, MAX and
+        ALL follow the sort), items in Dovecot's order."""
+        text = f'ESEARCH (TAG "{_b(tag).decode("ascii", "replace")}")'
+        if uid:
+            text += " UID"
+        if hits:
+            low, high = (hits[0], hits[-1]) if sort_order else (min(hits), max(hits))
+            if "MIN" in returns:
+                text += f" MIN {low}"
+            if "MAX" in returns:
+                text += f" MAX {high}"
+            if "ALL" in returns:
+                text += f" ALL {_in_order_set(hits) if sort_order else _uid_set(hits)}"
+        if "COUNT" in returns:
+            text += f" COUNT {len(hits)}"
+        return text
 
     select_SEARCH = (do_SEARCH, imap4.IMAP4Server.arg_line)
 
@@ -1719,12 +1777,29 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         return first, [imap_sort.info(msg.uid if uid else seq, seq, msg) for seq, msg in hits]
 
     def do_SORT(self, tag, line, uid=0):
+        returns = None
+        words = (line or b"").split(None, 1)
+        if words and words[0].upper() == b"RETURN":            # RFC 5267 ESORT
+            m = re.match(rb"(?i)RETURN\s*\(([^()]*)\)\s*(.*)$", line.strip(), re.S)
+            if not m:
+                self._bad(tag, f"Error in IMAP command {'UID ' if uid else ''}SORT: "
+                               "Invalid arguments.")
+                return
+            returns = [w.decode().upper() for w in m.group(1).split()] or ["ALL"]
+            if any(r not in ("MIN", "MAX", "COUNT", "ALL") for r in returns):
+                self._bad(tag, f"Error in IMAP command {'UID ' if uid else ''}SORT: "
+                               "Invalid arguments.")
+                return
+            line = m.group(2)
         got = self._sort_items(tag, "UID SORT" if uid else "SORT", line, uid, True)
         if got is None:
             return
         criteria, items = got
         numbers = imap_sort.sort(items, criteria)
-        self._untagged("SORT" + "".join(f" {n}" for n in numbers))
+        if returns is None:
+            self._untagged("SORT" + "".join(f" {n}" for n in numbers))
+        else:
+            self._untagged(self._esearch(tag, uid, numbers, returns, sort_order=True))
         self._ok(tag, "Sort completed.")
 
     def do_THREAD(self, tag, line, uid=0):
@@ -1734,6 +1809,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         algorithm, items = got
         if algorithm == "ORDEREDSUBJECT":
             roots = imap_sort.thread_orderedsubject(items)
+        elif algorithm == "REFS":
+            roots = imap_sort.thread_refs(items)
         else:
             roots = imap_sort.thread_references(items)
         threads = imap_sort.format_threads(roots)
@@ -1776,6 +1853,23 @@ def _b(tag) -> bytes:
 
 def _lit(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+def _in_order_set(numbers) -> str:
+    """ESORT's ALL: the numbers in sort order, runs of consecutive ascending
+    numbers written as ranges (``14,11,16,3:4,6``)."""
+    parts: list[str] = []
+    start = prev = None
+    for n in numbers:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            parts.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = n
+    if start is not None:
+        parts.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(parts)
 
 
 def _uid_set(uids) -> str:
@@ -1873,21 +1967,23 @@ def _filter_headers(head: bytes, names: set[str], negate: bool) -> bytes:
 # --------------------------------------------------------------------------
 # SEARCH evaluation (RFC 3501 §6.4.4)
 
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
 
 
 def _search_all(keys: list, seq: int, msg: StoredMessage, count: int, last_uid: int,
-                recent: set, now: float = 0.0) -> bool:
+                recent: set, now: float = 0.0, saved: frozenset = frozenset()) -> bool:
     while keys:
-        if not _search_one(keys, seq, msg, count, last_uid, recent, now):
+        if not _search_one(keys, seq, msg, count, last_uid, recent, now, saved):
             return False
     return True
 
 
-def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, now=0.0) -> bool:
+def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, now=0.0,
+                saved: frozenset = frozenset()) -> bool:
     key = keys.pop(0)
     if isinstance(key, list):
-        return _search_all(list(key), seq, msg, count, last_uid, recent, now)
+        return _search_all(list(key), seq, msg, count, last_uid, recent, now, saved)
     k = key.upper()
     flags = msg.flags
     simple = {
@@ -1901,17 +1997,24 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, no
     if k in simple:
         return simple[k]
     if k == "NOT":
-        return not _search_one(keys, seq, msg, count, last_uid, recent, now)
+        return not _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
     if k == "OR":
-        a = _search_one(keys, seq, msg, count, last_uid, recent, now)
-        b = _search_one(keys, seq, msg, count, last_uid, recent, now)
+        a = _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
+        b = _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
         return a or b
+    if k == "$":                           # SEARCHRES: the saved result
+        return msg.uid in saved
+    if k == "SAVEDATESUPPORTED":           # RFC 8514: mbox keeps no save dates
+        return False
     if k in ("YOUNGER", "OLDER"):          # RFC 5032 WITHIN: seconds, on INTERNALDATE
         age = (now or time.time()) - msg.internal_date
         limit = int(keys.pop(0))
         return age <= limit if k == "YOUNGER" else age > limit
     if k == "UID":
-        return in_set(msg.uid, parse_set(keys.pop(0), last_uid))
+        value = keys.pop(0)
+        if value == "$":
+            return msg.uid in saved
+        return in_set(msg.uid, parse_set(value, last_uid))
     if k in ("KEYWORD", "UNKEYWORD"):
         has = keys.pop(0) in msg.keywords
         return has if k == "KEYWORD" else not has
@@ -1929,7 +2032,11 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, no
         return needle in hay.lower()
     if k in _DATE_KEYS:
         when = _search_date(keys.pop(0))
-        if k.startswith("SENT"):
+        if k.startswith("SAVED"):
+            # RFC 8514 with mbox: no save date is kept; Dovecot compares the
+            # time its index first saw the message (its imap binary: now)
+            stamp = now or time.time()
+        elif k.startswith("SENT"):
             parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
             try:
                 stamp = email.utils.parsedate_to_datetime(parsed.get("Date", "")).timestamp()
@@ -1939,7 +2046,7 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, no
             stamp = msg.internal_date
         day = time.strftime("%Y%m%d", time.localtime(stamp))
         wanted = time.strftime("%Y%m%d", time.localtime(when))
-        k2 = k.removeprefix("SENT")
+        k2 = k.removeprefix("SENT").removeprefix("SAVED")
         return {"BEFORE": day < wanted, "ON": day == wanted, "SINCE": day >= wanted}[k2]
     if re.fullmatch(r"[0-9*:,]+", key):
         return in_set(seq, parse_set(key, count))
