@@ -16,7 +16,9 @@ import click
 from gponsim import __version__
 
 LANG = click.Choice(["es", "en"])
-EXPLAIN = click.Choice(["first", "all", "none"])
+EXPLAIN = click.Choice(["first", "session", "all", "none"])
+EXPLAIN_HELP = ("Commentary: the first time each explanation comes up (once per run), "
+                "the first time in each session, every time, or never.")
 
 
 def _lang(value: str | None) -> str:
@@ -50,8 +52,7 @@ def _sinks(lang, quiet, steps_file, explain, reveal):
 def narration_options(f):
     f = click.option("--reveal-secrets", is_flag=True,
                      help="Show passwords and AUTH data instead of ********.")(f)
-    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True,
-                     help="Commentary: the first time each step appears, every time, or never.")(f)
+    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True, help=EXPLAIN_HELP)(f)
     f = click.option("--steps", "steps_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also record every Step as JSON lines in this file.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No narration on the terminal.")(f)
@@ -122,12 +123,16 @@ def _parse_ports(values: tuple[str, ...]) -> dict[str, int]:
 @click.option("--relay", type=click.Choice(["sim", "real", "none"]), default="sim", show_default=True,
               help="Outgoing mail: the built-in Gmail simulator (smtp.gmail.com mapped to it), "
                    "the real relayhost (a lab with internet), or none (mail stays deferred).")
+@click.option("--allow-mynetworks-relay", is_flag=True,
+              help="With --relay real and a listener other computers reach: let every computer "
+                   "in mynetworks relay through the real account (refused without this flag).")
 @click.option("--capture", "capture_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also capture the lab's traffic on loopback into this pcapng file, with the "
                    "--keylog secrets embedded (needs root or CAP_NET_RAW; without it the lab "
                    "runs anyway).")
 @narration_options
 def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, ready_file, relay,
+          allow_mynetworks_relay,
           capture_file, lang, quiet, steps_file, explain, reveal_secrets):
     """Run the lab's mail server, narrating every protocol step.
 
@@ -136,6 +141,7 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     first start). Mail for user2 lands in <lab root>/var/mail/user2 and every
     event is logged, as Postfix does, in <lab root>/var/log/mail.log.
     Ctrl-C stops it; whatever was queued is delivered at the next start.
+    SIGHUP reloads the profile (as `postfix reload` and `systemctl reload dovecot`).
     """
     from gponsim.config import ConfigError
     from gponsim.server.lab import Lab, LabError, LabOptions
@@ -143,7 +149,8 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     ports = _parse_ports(port_overrides)
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
     options = LabOptions(lab_root=lab_root, config_dir=config_dir, listen=listen,
-                         port_offset=port_offset, ports=ports, keylog=keylog, relay=relay)
+                         port_offset=port_offset, ports=ports, keylog=keylog, relay=relay,
+                         allow_mynetworks_relay=allow_mynetworks_relay)
     from twisted.internet import reactor
 
     try:
@@ -155,6 +162,9 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         names = ", ".join(f"{u.name} ({Path(u.file).name}:{u.line})" for u in unsimulated)
         click.echo(f"gponsim: note: {len(unsimulated)} setting(s) of the profile are read but not "
                    f"simulated: {names}. `gponsim config explain` says why.", err=True)
+    for warning in lab.profile.warnings():     # e.g. Postfix delivering to an LMTP socket nobody makes
+        click.echo(f"gponsim: warning: {warning.text(_lang(lang))}",
+                   err=True)
     failure: list[BaseException] = []
     sniffer: list = []
 
@@ -179,9 +189,18 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         lab.stop_signal = signum
         reactor.callFromThread(reactor.stop)
 
+    def reload():
+        def refused(f):
+            click.echo(f"gponsim: reload refused, the lab keeps its configuration: "
+                       f"{f.getErrorMessage()}", err=True)
+        lab.reload().addCallbacks(lambda _: click.echo("gponsim: configuration reloaded", err=True),
+                                  refused)
+
     def install_signals():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
+        # `kill -HUP`: like `postfix reload` and `systemctl reload dovecot`
+        signal.signal(signal.SIGHUP, lambda _s, _f: reactor.callFromThread(reload))
 
     reactor.callWhenRunning(install_signals)
     reactor.callWhenRunning(lambda: lab.start().addCallbacks(started, failed))
@@ -331,8 +350,9 @@ def diagram_architecture(source, out, fmt, lang):
 @click.option("--session", help="Only this session id.")
 @click.option("--notes", is_flag=True, help="Add the commentary as notes.")
 @click.option("--no-collapse", is_flag=True, help="Draw repeated runs one by one.")
-@click.option("--page-rows", type=click.IntRange(10, 2000), default=120, show_default=True,
-              help="Rows per page; longer sessions become several files.")
+@click.option("--page-rows", type=click.IntRange(4, 2000), default=14, show_default=True,
+              help="Rows per page (14: >= 18 px text on a 1920x1080 projector); each phase of a "
+                   "conversation starts a page, longer ones become several files.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.")
 @format_option
 @click.option("--lang", type=LANG, help="Language of the labels.")
@@ -357,6 +377,11 @@ def diagram_sequence(source, flow, session, notes, no_collapse, page_rows, out, 
 # --------------------------------------------------------------------- lesson
 
 def _run_lesson_options(f):
+    f = click.option("--capture", type=click.Choice(["auto", "here", "namespace", "recorded"]), default="auto",
+                     show_default=True,
+                     help="For lessons that capture: here (root or CAP_NET_RAW), namespace (the whole lesson in "
+                          "a user + network namespace of its own, no root needed), recorded (the capture this "
+                          "lesson recorded, shipped in captures/); auto tries them in that order.")(f)
     f = click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True,
                      help="With --interactive: seconds to wait for each thing the student does.")(f)
     f = click.option("--interactive", is_flag=True,
@@ -368,30 +393,38 @@ def _run_lesson_options(f):
                      help="Standard ports + N instead of free ports (e.g. to point Thunderbird at it).")(f)
     f = click.option("--out", type=click.Path(file_okay=False, path_type=Path),
                      help="Folder for the run's files (default: captures/<lesson>-<time>/).")(f)
+    f = click.option("--min-score", type=click.FloatRange(0, 100), metavar="PERCENT",
+                     help="The quiz (asked then, as with --quiz) must reach this score, "
+                          "or the exit code is 1.")(f)
+    f = click.option("--student", metavar="NAME", help="The student's name, kept in summary.json.")(f)
     f = click.option("--quiz", is_flag=True, help="Ask the lesson's questions at the end.")(f)
     f = click.option("--pace", type=click.Choice(["step", "none"]), default="none", show_default=True,
-                     help="step: wait for Enter between steps (teaching live).")(f)
-    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True,
-                     help="Commentary: the first time each step appears, every time, or never.")(f)
+                     help="step: wait for Enter between steps (teaching live); what the lab does "
+                          "meanwhile is shown after the next step's text.")(f)
+    f = click.option("--show-startup", is_flag=True,
+                     help="Narrate the lab's start-up (Dovecot's auth handshake, ...) instead of one line.")(f)
+    f = click.option("--explain", type=EXPLAIN, default="first", show_default=True, help=EXPLAIN_HELP)(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No protocol narration (lesson text and results only).")(f)
     f = click.option("--lang", type=LANG, help="Language (default: from the locale, else en).")(f)
     return f
 
 
-def _run_lesson(lesson, lang, quiet, explain, pace, quiz, out, port_offset, listen, interactive, timeout):
+def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student, min_score, out,
+                port_offset, listen, interactive, timeout, capture):
+    from gponsim.lessons.capturing import CaptureModeError
     from gponsim.lessons.runner import OutputFolderError, RunOptions, run_lesson
     from gponsim.server.lab import LabError
     from gponsim.steps import StepBus
 
-    bus = StepBus()
-    if not quiet:
-        from gponsim.sinks.narrator import Narrator
-
-        bus.add(Narrator(lang=_lang(lang), explain=explain))
     try:
         summary = run_lesson(lesson, RunOptions(lang=_lang(lang), pace=pace, quiz=quiz, out=out,
                                                 port_offset=port_offset, listen=listen,
-                                                interactive=interactive, timeout=timeout), bus)
+                                                interactive=interactive, timeout=timeout,
+                                                capture=capture, narrate=not quiet,
+                                                explain=explain, show_startup=show_startup,
+                                                student=student, min_score=min_score), StepBus())
+    except CaptureModeError as exc:
+        raise click.UsageError(str(exc))
     except OutputFolderError as exc:
         raise _config_error(exc)
     except LabError as exc:
@@ -443,13 +476,13 @@ def lesson_list(lang):
     """The lessons of the course."""
     from gponsim.lessons.model import LessonError, lesson_files, load_lesson
 
-    for path in lesson_files():
+    for n, path in enumerate(lesson_files(), 1):
         try:
             les = load_lesson(path)
         except LessonError as exc:
-            click.echo(f"{path.stem:18} (broken: {exc})")
+            click.echo(f"{n:>2}. {path.stem:18} (broken: {exc})")
             continue
-        click.echo(f"{les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
+        click.echo(f"{n:>2}. {les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
 
 
 @lesson.command("run")
@@ -535,7 +568,11 @@ def config():
 @config.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
-def config_init(directory, force):
+@click.option("--lmtp", is_flag=True,
+              help="Deliver through Dovecot's LMTP: mailbox_transport in main.cf, lmtp in "
+                   "protocols, its socket in 10-master.conf, auth_username_format = %Ln "
+                   "in 20-lmtp.conf (the lines shipped commented out).")
+def config_init(directory, force, lmtp):
     """Write the lab profile (main.cf, master.cf, Dovecot conf.d) into DIRECTORY.
 
     Edit them as on the real server, then `gponsim serve --config DIRECTORY`.
@@ -543,7 +580,7 @@ def config_init(directory, force):
     from gponsim.config import ConfigError, init_config
 
     try:
-        written = init_config(directory, force=force)
+        written = init_config(directory, force=force, lmtp=lmtp)
     except (ConfigError, FileExistsError) as exc:
         raise _config_error(exc)
     except OSError as exc:
@@ -823,14 +860,38 @@ def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, po
               help="List every password / AUTH exchange seen, decoded, in clear or inside TLS.")
 @click.option("--extract", type=click.Path(file_okay=False, path_type=Path),
               help="Save every transferred message as .eml in this folder.")
+@click.option("--packets", "packets_view", is_flag=True,
+              help="The packet level: one line per packet (TCP flags, relative seq/ack, length, "
+                   "window) with what it carries and what to notice.")
+@click.option("--packet", "packet_range", metavar="N|N..M",
+              help="Only these packets (numbers as in Wireshark, from 1); implies --packets.")
+@click.option("--session", metavar="N|ID",
+              help="Only this connection (its number in the summary, or its session id); "
+                   "implies --packets.")
+@click.option("--proto", type=click.Choice(["smtp", "imap", "pop3", "tls"]),
+              help="Only the connections of this protocol (tls: those that used TLS); implies --packets.")
+@click.option("--layers", is_flag=True,
+              help="With --packet N: that packet layer by layer (Ethernet, IP, TCP, TLS, the "
+                   "mail protocol), every field explained, and its bytes in hex.")
 @narration_options
-def analyze(file, keylog, as_json, credentials, extract, lang, quiet, steps_file, explain,
-            reveal_secrets):
+def analyze(file, keylog, as_json, credentials, extract, packets_view, packet_range, session, proto,
+            layers, lang, quiet, steps_file, explain, reveal_secrets):
     """Explain a capture (pcap or pcapng) of SMTP, IMAP or POP3 traffic, step by step.
 
     A summary first (connections, clients, TLS, failures), then the same
     narration as the live lab. Exit code 2 when nothing could be read.
+
+    \b
+    gponsim analyze lab.pcapng --packets                 # what travels on the wire, packet by packet
+    gponsim analyze lab.pcapng --packets --session 2     # one connection
+    gponsim analyze lab.pcapng --packet 4 --layers       # one packet, layer by layer
     """
+    if packets_view or packet_range or session or proto or layers:
+        from gponsim.packets.command import run as run_packets
+
+        sys.exit(run_packets(file, keylog=keylog, as_json=as_json, lang=_lang(lang), explain=explain,
+                             reveal=reveal_secrets, packet=packet_range, session=session, proto=proto,
+                             layers=layers))
     from gponsim.capture.command import run
 
     sys.exit(run(file, keylog=keylog, steps_file=steps_file, as_json=as_json, lang=_lang(lang),

@@ -67,6 +67,9 @@ class Step:
     key: str | None = None
     secret: tuple[int, int] | None = None
     meta: dict = field(default_factory=dict)
+    #: From a capture: the numbers of the packets (frames, from 1, as Wireshark counts
+    #: them) whose bytes this Step was read from.
+    packets: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.src not in ACTORS or self.dst not in ACTORS:

@@ -15,6 +15,19 @@ from reactor_thread import reactor, reactor_thread  # noqa: E402,F401  (fixtures
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.root("why")``: a test that only root can run is skipped for a
+    normal user, with its reason (the README lists them)."""
+    for item in items:
+        mark = item.get_closest_marker("root")
+        if mark is None:
+            continue
+        if not mark.args:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.root needs its reason")
+        if os.geteuid() != 0:
+            item.add_marker(pytest.mark.skip(reason=f"needs root: {mark.args[0]}"))
+
+
 @pytest.fixture
 def lab(tmp_path):
     """A running `gponsim serve` on free loopback ports, in its own lab root."""

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from gponsim.server.postfix.bounce import build_dsn, diagnostic
 from gponsim.server.postfix.qmgr import BounceNotice
 from gponsim.server.postfix.queuefile import Envelope
@@ -63,6 +65,7 @@ def gponsim(*args):
                           text=True, timeout=60)
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_queue_commands_without_a_running_lab(tmp_path):
     root = tmp_path / "gponlab"
     r = gponsim("queue", "--lab-root", str(root))      # no lab there (yet): as mailq says it

@@ -441,6 +441,7 @@ def test_steps_from_capture_feeds_the_diagrams():
     assert steps[1].line.startswith("220 ")
 
 
+@pytest.mark.slow          # tshark
 def test_pcapng_writer_blocks_read_back_by_our_reader_and_tshark(tmp_path):
     """SHB, IDB (link type, snap length, ns resolution), EPBs and a DSB, written then read."""
     import shutil

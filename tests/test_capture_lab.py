@@ -7,11 +7,9 @@ replies and messages, in the same order (actors may be coarser).
 
 from __future__ import annotations
 
-import os
 import smtplib
 import socket
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,8 +21,11 @@ from labproc import wait_until  # noqa: E402
 from gponsim.capture.analyze import analyze  # noqa: E402
 from gponsim.sinks.memory import ListSink  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
-                                reason="sniffing loopback needs root (or CAP_NET_RAW)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.root("sniffing this computer's loopback needs root or CAP_NET_RAW (the lessons' "
+                     "capture without root, in a namespace of their own, is in test_lesson_capture.py)"),
+]
 
 
 def _view(steps, proto):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gponsim.server.postfix.cleanup import (CleanupRejected, asctime, cleanup_message, is_local_client,
+from gponsim.server.postfix.cleanup import (CleanupRejected, cleanup_message, is_local_client,
                                     mail_date, message_size, quote_822_local, received_header,
                                     split_headers)
 from gponsim.server.postfix.queueid import hash_dir, is_queue_id, short_queue_id
@@ -51,11 +51,6 @@ def test_mail_date_pads_the_day_with_a_space(tz):
 def test_mail_date_offset_and_zone_name(tz, zone, text):
     tz(zone)
     assert mail_date(JAN_1) == text
-
-
-def test_asctime(tz):
-    assert asctime(JAN_1) == "Mon Jan  1 12:00:00 2024"
-    assert asctime(NOV_27) == "Mon Nov 27 23:40:46 2023"
 
 
 # -- Received:

@@ -21,6 +21,7 @@ def run(*args, cwd=None, timeout=60, input=None):
                           env={**os.environ, "LANG": "C.UTF-8"})
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_help_is_instant_and_does_not_import_heavy_modules():
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "gponsim", "--help"],
                          capture_output=True, text=True, timeout=30)
@@ -37,6 +38,7 @@ def test_bad_port_argument_is_a_usage_error():
     assert "expected SERVICE=PORT" in result.output
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_broken_main_cf_names_file_and_line(tmp_path):
     from gponsim.config import init_config
 
@@ -53,6 +55,7 @@ def test_broken_main_cf_names_file_and_line(tmp_path):
     assert not (tmp_path / "lab").exists()  # nothing started, nothing written
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_port_in_use_is_named(tmp_path):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
@@ -67,17 +70,21 @@ def test_port_in_use_is_named(tmp_path):
     assert f"port {port} (smtp) on 127.0.0.1 is already in use" in out.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the lab as an unprivileged user")
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_low_port_without_root_suggests_offset():
     import shutil
     import tempfile
 
-    # Run as 'nobody', in a folder it may write, so binding port 25 is refused by the kernel.
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start <= 25:
+        pytest.skip(f"this kernel lets every user bind port 25 (net.ipv4.ip_unprivileged_port_start = {start})")
+    # A normal user runs it as it is; root runs it as 'nobody', in a folder it may write.
+    # Either way binding port 25 is refused by the kernel.
     work = Path(tempfile.mkdtemp(prefix="gponsim-nobody-", dir="/tmp"))
     work.chmod(0o777)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
     try:
-        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                              sys.executable, "-m", "gponsim", "serve", "--lab-root", str(work / "lab"),
+        out = subprocess.run([*as_nobody, sys.executable, "-m", "gponsim", "serve", "--lab-root", str(work / "lab"),
                               "--quiet"], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "HOME": str(work)}, cwd=str(work))
     finally:
@@ -86,6 +93,7 @@ def test_low_port_without_root_suggests_offset():
     assert "port 25 (smtp) needs root" in out.stderr and "--port-offset 10000" in out.stderr
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_send_without_a_server_says_what_to_do():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -96,6 +104,7 @@ def test_send_without_a_server_says_what_to_do():
     assert "gponsim serve" in out.stderr
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_queue_of_a_folder_that_is_no_lab_says_so_and_creates_nothing(tmp_path):
     for extra in ([], ["--delete", "ALL"], ["--flush"]):
         out = run("queue", "--lab-root", str(tmp_path / "nolab"), *extra)
@@ -104,6 +113,7 @@ def test_queue_of_a_folder_that_is_no_lab_says_so_and_creates_nothing(tmp_path):
     assert not (tmp_path / "nolab").exists()
 
 
+@pytest.mark.slow          # end to end: `gponsim serve`
 def test_send_command_end_to_end(lab, tmp_path):
     steps = tmp_path / "client.jsonl"
     out = run("send", "--as", "user1", "--to", "user2@gponlab.local", "--subject", "Hola",
@@ -122,6 +132,7 @@ def test_send_command_end_to_end(lab, tmp_path):
     assert any(s.verb == "QUIT" for s in client_steps)
 
 
+@pytest.mark.slow          # end to end: `gponsim serve`
 def test_send_wrong_password_and_no_tls(lab):
     out = run("send", "--as", "user1", "--password", "wrong", "--to", "user2@gponlab.local",
               "--port", str(lab.ports["submission"]), "--quiet")
@@ -133,6 +144,7 @@ def test_send_wrong_password_and_no_tls(lab):
     assert "530 5.7.0 Must issue a STARTTLS command first" in out.stderr
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_output_folders_that_cannot_be_made_are_named(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
@@ -144,6 +156,7 @@ def test_output_folders_that_cannot_be_made_are_named(tmp_path):
     assert f"cannot write the profile in {blocker / 'conf'}: Not a directory" in out.stderr
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_output_files_that_cannot_be_written_are_named_not_a_traceback(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
@@ -160,6 +173,7 @@ def test_output_files_that_cannot_be_written_are_named_not_a_traceback(tmp_path)
                          out.stderr.strip()), out.stderr
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_diagram_of_a_session_that_is_not_there(tmp_path):
     capture = Path(__file__).resolve().parents[1] / "captures" / "curl-imaps-fetch.pcap"
     out = run("diagram", "sequence", "--from", str(capture), "--session", "nosuch",
@@ -168,12 +182,14 @@ def test_diagram_of_a_session_that_is_not_there(tmp_path):
     assert "(sessions: " in out.stderr and not (tmp_path / "d.svg").exists()
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_slides_from_a_folder_that_is_no_lesson_run(tmp_path):
     out = run("slides", "send-mail", "--from", str(tmp_path), "-o", str(tmp_path / "deck"))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "is not a lesson's run folder (it has no summary.json)" in out.stderr
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_users_commands(tmp_path):
     root = tmp_path / "lab"
     out = run("users", "list", "--lab-root", str(root))
@@ -190,6 +206,7 @@ def test_users_commands(tmp_path):
     assert text.startswith("user1:{BLF-CRYPT}$2y$05$")
 
 
+@pytest.mark.slow          # end to end: `gponsim serve`
 def test_new_user_can_log_in_on_a_running_lab(lab):
     import smtplib
     import ssl
@@ -200,6 +217,7 @@ def test_new_user_can_log_in_on_a_running_lab(lab):
         assert c.login("user9", "nueve")[0] == 235
 
 
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_config_init_and_explain(tmp_path):
     dest = tmp_path / "profile"
     out = run("config", "init", str(dest))

@@ -39,6 +39,7 @@ def test_templates_name_only_known_values():
 
 
 @pytest.mark.parametrize("fixed", ["4F1A2C0D9E", "<user2@gponlab.local>", "<user1@gponlab.local>",
+                                   "(user2@gponlab.local)",
                                    "unknown[192.168.1.50]", "unknown[IP]"])
 def test_no_fixed_example_of_a_live_value(fixed):
     for name, key, body in _entries():

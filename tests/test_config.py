@@ -662,6 +662,8 @@ DOVECOT_ERRORS = [
      "  }\n}\n", 2, "bad number"),
     ("dovecot/conf.d/10-master.conf", "}\n", 0, "unexpected '}'"),
     ("dovecot/conf.d/10-mail.conf", "namespace other {\n  prefix = x/\n", 0, "never closed"),
+    ("dovecot/conf.d/10-mail.conf", "mail_location = maildir:~/Maildir\n", 0,
+     "mailbox format 'maildir' is not simulated (gponsim has: mbox)"),
     ("dovecot/conf.d/10-auth.conf", "!include auth-nothere.conf.ext\n", 0, "include file not found"),
     ("dovecot/dovecot.conf", "what is this\n", 0, "expecting '='"),
 ]
@@ -719,7 +721,8 @@ def test_init_config_round_trip(tmp_path, shipped):
         "postfix/main.cf", "postfix/master.cf", "postfix/sasl_passwd", "mailname",
         "dovecot/conf.d/10-auth.conf", "dovecot/conf.d/10-mail.conf", "dovecot/conf.d/10-master.conf",
         "dovecot/conf.d/10-ssl.conf", "dovecot/conf.d/15-mailboxes.conf",
-        "dovecot/conf.d/auth-passwdfile.conf.ext", "dovecot/dovecot.conf"]
+        "dovecot/conf.d/20-lmtp.conf", "dovecot/conf.d/auth-passwdfile.conf.ext",
+        "dovecot/dovecot.conf"]
     for path in written:
         assert path.read_bytes() == (SHIPPED_PROFILE / path.relative_to(destination)).read_bytes()
     assert stat.S_IMODE((destination / "postfix/sasl_passwd").stat().st_mode) == 0o600
@@ -734,6 +737,35 @@ def test_init_config_round_trip(tmp_path, shipped):
     assert copy.sasl_passwd() == shipped.sasl_passwd()
 
 
+def test_init_config_lmtp_switch(tmp_path, shipped):
+    """--lmtp makes the edits of the real server (the lines ship commented out)."""
+    assert not shipped.lmtp_enabled() and shipped.mailbox_transport_socket() is None
+    assert shipped.protocol_setting("lmtp", "auth_username_format") == "%Lu"
+    destination = tmp_path / "lmtp"
+    init_config(destination, lmtp=True)
+    profile = load_profile(destination)
+    assert profile.main("mailbox_transport") == "lmtp:unix:private/dovecot-lmtp"
+    assert profile.protocols() == ["imap", "pop3", "lmtp"]
+    assert profile.mailbox_transport_socket() == "/var/spool/postfix/private/dovecot-lmtp"
+    paths = {path: listener for path, listener in profile.lmtp_socket_paths()}
+    listener = paths["/var/spool/postfix/private/dovecot-lmtp"]
+    assert (listener.mode, listener.user, listener.group) == (0o600, "postfix", "postfix")
+    assert "/run/dovecot/lmtp" in paths                  # Debian's default listener, too
+    assert profile.protocol_setting("lmtp", "auth_username_format") == "%Ln"
+    assert profile.protocol_setting("imap", "auth_username_format") == "%Lu"
+    assert profile.warnings() == []
+    names = {u.name for u in profile.unsimulated()}
+    assert not names & {"mailbox_transport", "protocols",
+                        "protocol lmtp / auth_username_format"}, names
+    # half a switch: Postfix delivers over LMTP, Dovecot has no such socket
+    (destination / "dovecot/dovecot.conf").write_text(
+        (destination / "dovecot/dovecot.conf").read_text().replace(
+            "\nprotocols = imap pop3 lmtp\n", "\nprotocols = imap pop3\n"))
+    [warning] = load_profile(destination).warnings()
+    assert "mailbox_transport delivers over LMTP to /var/spool/postfix/private/dovecot-lmtp" \
+        in str(warning.message) and "protocols has no lmtp" in str(warning.message)
+
+
 def test_init_config_refuses_to_overwrite(tmp_path):
     destination = tmp_path / "lab-config"
     init_config(destination)
@@ -743,7 +775,7 @@ def test_init_config_refuses_to_overwrite(tmp_path):
     with pytest.raises(ConfigError) as info:
         init_config(destination)
     assert_located(info.value, main_cf, None)
-    assert "and 9 more profile files" in str(info.value) and "--force" in info.value.text("es")
+    assert "and 10 more profile files" in str(info.value) and "--force" in info.value.text("es")
     assert main_cf.read_text() == "myhostname = edited.example\n"
     assert not (destination / "mailname").exists(), "nothing is written when refusing"
     written = init_config(destination, force=True)
@@ -970,8 +1002,12 @@ def _normalize(value: str) -> str:
     return " ".join(value.split())
 
 
+# Debian installs postconf in /usr/sbin, which is not on a normal user's PATH.
+POSTCONF = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin:/sbin")
+
+
 def _postconf(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["postconf", *args], capture_output=True, text=True, check=False)
+    return subprocess.run([POSTCONF, *args], capture_output=True, text=True, check=False)
 
 
 def _pairs(output: str) -> dict[str, str]:
@@ -982,8 +1018,9 @@ def _pairs(output: str) -> dict[str, str]:
     return result
 
 
+@pytest.mark.slow          # real Postfix's postconf
 @pytest.mark.postfix
-@pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Debian's postfix (postconf)")
+@pytest.mark.skipif(POSTCONF is None, reason="needs Debian's postfix (postconf)")
 def test_real_postconf_reads_our_files_like_we_do(shipped):
     version = _postconf("-d", "-h", "mail_version").stdout.strip()
     if not version.startswith("3.7"):
@@ -1031,8 +1068,9 @@ def test_real_postconf_reads_our_files_like_we_do(shipped):
     assert real == [s.fields for s in shipped.services()]
 
 
+@pytest.mark.slow          # real Postfix's postconf
 @pytest.mark.postfix
-@pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Debian's postfix (postconf)")
+@pytest.mark.skipif(POSTCONF is None, reason="needs Debian's postfix (postconf)")
 def test_real_postconf_agrees_on_continuations_and_expressions(tmp_path, cfg):
     append(cfg, "postfix/main.cf",
            "smtpd_helo_restrictions = permit_mynetworks,\n"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import smtplib
 
+import pytest
+
 from labproc import LabProcess, wait_until
+
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve` killed and restarted
 
 
 def test_kill9_after_250_then_restart_delivers_once(tmp_path):

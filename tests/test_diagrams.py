@@ -39,42 +39,128 @@ def session_steps(tmp_path_factory):
         lab.stop()
 
 
-def svg_edges(path):
-    """(row, src, dst, label) of every message arrow in a sequence SVG, in drawing order."""
+def svg_rows(path):
+    """(row, kind, text) of every row of a sequence page SVG: an arrow's label or a note."""
     root = ET.parse(path).getroot()
     out = []
     for g in root.iter(f"{SVG}g"):
-        if g.get("class") != "edge":
+        if g.get("class") != "node":
             continue
-        title = g.find(f"{SVG}title").text
-        m = re.fullmatch(r"(\w+)_(\d+)->(\w+)_(\d+)", title)
-        texts = [t.text for t in g.iter(f"{SVG}text") if t.text]
-        if m and texts and m.group(2) == m.group(4):
-            out.append((int(m.group(2)), m.group(1), m.group(3), " ".join(texts)))
+        m = re.fullmatch(r"(label|note)_(\d+)", g.find(f"{SVG}title").text)
+        if m:
+            text = " ".join(x.text for x in g.iter(f"{SVG}text") if x.text)
+            out.append((int(m.group(2)), m.group(1), text))
     return sorted(out)
 
 
+def svg_metrics(path):
+    """The page's size (viewBox), its smallest font, its lifelines' x and its texts' boxes."""
+    root = ET.parse(path).getroot()
+    _, _, width, height = (float(v) for v in root.get("viewBox").split())
+    fonts, lifelines, boxes = [], {}, []
+    for g in root.iter(f"{SVG}g"):
+        title = g.find(f"{SVG}title").text if g.find(f"{SVG}title") is not None else ""
+        texts = list(g.iter(f"{SVG}text"))
+        fonts += [float(x.get("font-size")) for x in texts]
+        if g.get("class") == "node" and title.endswith("_top"):
+            lifelines[title[:-4]] = float(texts[0].get("x"))
+        m = re.fullmatch(r"(label|note)_(\d+)", title or "")
+        if m and texts:
+            from gponsim.diagrams.dot import CHAR_W
+
+            size = float(texts[0].get("font-size"))
+            half = max(len(x.text or "") for x in texts) * size * CHAR_W / 2
+            boxes.append((m.group(1), int(m.group(2)), float(texts[0].get("x")) - half,
+                          float(texts[0].get("x")) + half))
+    return width, height, min(fonts), lifelines, boxes
+
+
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 @needs_dot
 def test_sequence_svg_has_participants_and_arrows_in_order(session_steps, tmp_path):
-    [svg] = draw_sequence(session_steps, tmp_path / "send.svg", flow="send", lang="en")
-    text = svg.read_text()
+    pages = draw_sequence(session_steps, tmp_path / "send.svg", flow="send", lang="en")
+    assert len(pages) >= 4          # connection, authentication, envelope, data, delivery
+    text = "".join(p.read_text() for p in pages)
     for name in ("Email Client", "Postfix SMTPD", "Dovecot SASL", "Mail Queue", "Local Delivery"):
         assert name in text, name
-    edges = svg_edges(svg)
-    labels = [label for _, _, _, label in edges]
-    expected = ["220 mail.gponlab.local ESMTP", "STARTTLS", "[TLS] AUTH PLAIN ********",
-                "AUTH 1 PLAIN service=smtp", "OK 1 user=user1", "[TLS] 235 2.7.0",
-                "FROM:<user1@gponlab.local>", "[TLS] 250 2.0.0 Ok: queued as", "status=sent (delivered to mailbox)"]
+    rows = [(kind, label) for page in pages for _, kind, label in svg_rows(page)]
+    labels = [label for kind, label in rows if kind == "label"]
+    expected = ["220 mail.gponlab.local ESMTP", "STARTTLS", "AUTH PLAIN ********",
+                "AUTH 1 PLAIN service=smtp", "OK 1 user=user1", "235 2.7.0",
+                "FROM:<user1@gponlab.local>", "250 2.0.0 Ok: queued as", "status=sent (delivered to"]
     pos = 0
     for want in expected:
         hits = [i for i, label in enumerate(labels) if i >= pos and want in label]
         assert hits, f"{want!r} not found after arrow {pos} in {labels}"
         pos = hits[0] + 1
-    auth = next(e for e in edges if "AUTH 1 PLAIN" in e[3])
-    assert (auth[1], auth[2]) == ("smtpd", "auth")
+    # Log lines are notes on a lifeline, not messages from the client.
+    notes = [label for kind, label in rows if kind == "note"]
+    assert any("connect from" in n for n in notes) and any("disconnect from" in n for n in notes)
+    assert not any("connect from" in label for label in labels)
+    assert "Gmail simulator" not in text and "relayhost" not in text    # the lab's start-up is no message
+    first_page = build_sequence(session_steps, flow="send")[0]
+    assert first_page.rows[0].is_note and first_page.rows[0].src == "smtpd"
+    auth = next(r for p in build_sequence(session_steps, flow="send") for r in p.rows
+                if r.label.startswith("AUTH 1 PLAIN"))
+    assert (auth.src, auth.dst) == ("smtpd", "auth")
     assert "AHVzZXIx" not in text  # credentials stay masked
+    # Dovecot's answers are replies (dashed); only the TLS handshake is a double arrow.
+    sasl = [r for p in build_sequence(session_steps, flow="sasl") for r in p.rows]
+    assert sasl and all(r.kind == "reply" for r in sasl if r.src == "auth")
+    assert any(r.kind == "command" and r.label.startswith("VERSION") for r in sasl if r.src == "smtpd")
+    tls = [r for p in build_sequence(session_steps, flow="send") for r in p.rows if r.kind == "tls"]
+    assert tls and all(r.label.startswith("TLS handshake: TLSv1.") for r in tls)
 
 
+@needs_dot
+@pytest.mark.parametrize("flow", ["send", "receive", "sasl", "all"])
+def test_sequence_pages_are_projector_sized(session_steps, tmp_path, flow):
+    """Shown full screen at 1920x1080, every text of every page is >= 18 px, no page has
+    more than 14 rows, and no text sits across a lifeline it does not belong to."""
+    from gponsim.diagrams.dot import CHAR_W  # noqa: F401  (the estimate the layout uses)
+
+    pages = draw_sequence(session_steps, tmp_path / f"{flow}.svg", flow=flow, lang="es")
+    model = build_sequence(session_steps, flow=flow, lang="es")
+    assert len(pages) == len(model)
+    for path, page in zip(pages, model):
+        width, height, smallest, lifelines, boxes = svg_metrics(path)
+        scale = min(1920 / width, 1080 / height)
+        assert smallest * scale >= 18, (path.name, width, height, smallest)
+        assert len(page.rows) <= 14 and len(boxes) == len(page.rows)
+        if page.rows:                   # (an empty flow still makes one page, with no rows)
+            assert set(lifelines) == set(page.participants)
+        for kind, r, left, right in boxes:
+            row = page.rows[r]
+            own = {row.src} if kind == "note" else set()
+            crossed = [p for p, x in lifelines.items() if left < x < right and p not in own]
+            assert not crossed, (path.name, row.label, crossed)
+
+
+def test_receive_flow_in_the_lab_documents_order():
+    """Flujo de Recepción: External Server, SMTPD, Cleanup, Queue, Local, Mailbox, IMAP, Client."""
+    def s(session, src, dst, kind, verb, line, proto="smtp", **kw):
+        return Step(t=0, session=session, proto=proto, src=src, dst=dst,
+                    dir="c2s" if src == "client" else ("internal" if kind == "event" else "s2c"),
+                    kind=kind, verb=verb, line=line, **kw)
+    steps = [s("smtp-1", "client", "smtpd", "event", "CONNECT", "connect from unknown[10.0.0.9]",
+               meta={"service": "smtp"}),
+             s("smtp-1", "client", "smtpd", "command", "MAIL", "MAIL FROM:<a@example.org>"),
+             s("smtp-1", "smtpd", "client", "reply", "MAIL", "250 2.1.0 Ok", code=250),
+             s("smtp-1", "qmgr", "local", "event", "DELIVER", "4F1A2C0D9E: qmgr -> local: to=<user2@x>",
+               proto="queue"),
+             s("smtp-1", "local", "mailbox", "event", "DELIVERED", "4F1A2C0D9E: to=<user2@x>, status=sent",
+               proto="delivery"),
+             s("imap-2", "client", "imap", "command", "SELECT", "a SELECT INBOX", proto="imap"),
+             s("imap-2", "imap", "client", "reply", "SELECT", "a OK", proto="imap", status="OK"),
+             s("imap-2", "client", "imap", "command", "FETCH", "b FETCH 1 (BODY[])", proto="imap")]
+    pages = build_sequence(steps, flow="receive")
+    order = [p for page in pages for p in page.participants]
+    assert order.index("internet") < order.index("smtpd") < order.index("local") < order.index("mailbox")
+    assert pages[-1].participants == ["imap", "client"]          # the client on the right, as drawn there
+    assert pages[0].rows[0].is_note and pages[0].rows[0].src == "smtpd"   # smtpd logged the connection
+
+
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 @needs_dot
 def test_architecture_marks_what_was_observed(session_steps, tmp_path):
     svg = draw_architecture(session_steps, tmp_path / "arch.svg", lang="es")
@@ -104,22 +190,33 @@ def test_repeated_runs_collapse_with_a_count():
         steps += [step("client", "pop3", "command", "TOP", f"TOP {n + 1} 0"),
                   step("pop3", "client", "reply", "TOP", "+OK", status="+OK")]
     steps.append(step("client", "pop3", "command", "QUIT", "QUIT"))
-    [page] = build_sequence(steps)
-    assert [(r.label, r.repeat) for r in page.rows] == [
+    pages = build_sequence(steps)
+    assert [(r.label, r.repeat) for p in pages for r in p.rows] == [
         ("USER u", 1), ("+OK", 1), ("TOP 1 0", 49), ("+OK", 49), ("QUIT", 1)]
-    assert page.participants == ["client", "pop3"]
+    assert all(p.participants == ["client", "pop3"] for p in pages)
 
 
-def test_long_sessions_paginate():
+def test_long_sessions_paginate_evenly():
     steps = [step("client", "smtpd", "command", "NOOP", f"NOOP {i}") if i % 2 == 0 else
-             step("smtpd", "client", "reply", "MAIL", f"250 {i}", code=250) for i in range(5000)]
+             step("smtpd", "client", "reply", "NOOP", f"250 {i}", code=250) for i in range(5000)]
     pages = build_sequence(steps, collapse_runs=False, page_rows=200)
     assert len(pages) == 25 and pages[-1].total == 25 and pages[-1].number == 25
+    assert {len(p.rows) for p in pages} == {200}
+    # The default page size: a phase of 20 rows is cut 10 + 10, never 14 + a lonely 6... or 1.
+    pages = build_sequence(steps[:20], collapse_runs=False)
+    assert [len(p.rows) for p in pages] == [10, 10]
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 def test_mermaid_is_well_formed(session_steps):
-    [page] = build_sequence(session_steps, flow="send")
-    text = sequence_mermaid(page, "es")
+    pages = build_sequence(session_steps, flow="send")
+    texts = [sequence_mermaid(page, "es") for page in pages]
+    assert any("rect rgb(" in text for text in texts)  # the TLS part is shaded
+    for text in texts:
+        _check_mermaid(text)
+
+
+def _check_mermaid(text):
     lines = text.splitlines()
     assert lines[0] == "sequenceDiagram"
     declared = set()
@@ -142,9 +239,9 @@ def test_mermaid_is_well_formed(session_steps):
             assert m, line
             assert m.group(1) in declared and m.group(3) in declared
     assert depth == 0
-    assert "rect rgb(" in text  # the TLS part is shaded
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 def test_missing_dot_is_explained_and_sources_are_kept(session_steps, tmp_path, monkeypatch):
     empty = tmp_path / "bin"
     empty.mkdir()
@@ -155,6 +252,7 @@ def test_missing_dot_is_explained_and_sources_are_kept(session_steps, tmp_path, 
     assert (tmp_path / "out.mmd").read_text().startswith("sequenceDiagram")
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 @needs_dot
 def test_cli_draws_and_rejects_bad_input(session_steps, tmp_path):
     steps_file = tmp_path / "s.jsonl"
@@ -185,8 +283,41 @@ def test_diagrams_from_a_real_capture(tmp_path):
         arch = draw_architecture(steps, tmp_path / "arch.svg")
         architecture_text = arch.read_text()
         assert "Receive Incoming" in architecture_text and "IMAP Port 143/993" in architecture_text
-    [page] = build_sequence(steps, flow="receive")
-    labels = [r.label for r in page.rows]
+    pages = build_sequence(steps, flow="receive")
+    labels = [r.label for p in pages for r in p.rows]
     assert any(label.startswith("EHLO") or label.startswith("HELO") for label in labels)
     assert any("STARTTLS" in label for label in labels)
-    assert {"client", "smtpd", "imap"} <= set(page.participants)
+    # Port 25's client is another mail server ("External Server"); the IMAP client reads.
+    assert {"internet", "smtpd", "imap", "client"} <= {a for p in pages for a in p.participants}
+
+
+def test_the_lmtp_leg_belongs_to_its_message_flow():
+    """With mailbox_transport = lmtp:..., the LMTP session to Dovecot is drawn in
+    the flow of the message it delivers (its CONNECT names the queue id)."""
+    def ev(session, proto, src, dst, verb, **meta):
+        return Step(t=0, session=session, proto=proto, src=src, dst=dst, dir="internal",
+                    kind="event", line=verb, verb=verb, meta=meta)
+    steps = [
+        ev("sub-1", "smtp", "client", "smtpd", "CONNECT", service="submission"),
+        ev("sub-1", "queue", "cleanup", "qmgr", "QUEUED", qid="AAA"),
+        ev("sub-1", "delivery", "local", "lmtp", "PASS", qid="AAA"),
+        ev("lmtp-2", "lmtp", "lmtp", "dovecot-lmtp", "CONNECT", qid="AAA"),
+        Step(t=0, session="lmtp-2", proto="lmtp", src="lmtp", dst="dovecot-lmtp", dir="c2s",
+             kind="command", line="LHLO mail.gponlab.local", verb="LHLO"),
+        ev("lmtp-2", "lmtp", "dovecot-lmtp", "mailbox", "SAVED"),
+        ev("in-3", "smtp", "internet", "smtpd", "CONNECT", service="smtp"),
+        ev("lmtp-4", "lmtp", "lmtp", "dovecot-lmtp", "CONNECT", qid="BBB"),
+    ]
+    pages = build_sequence(steps, flow="send")
+    drawn = {a for page in pages for a in page.participants}
+    # (the client's connection is a log line: a note on smtpd's lifeline, no arrow)
+    assert drawn == {"smtpd", "cleanup", "qmgr", "local", "lmtp", "dovecot-lmtp", "mailbox"}
+    for page in pages:                   # in the lab document's order on every page
+        assert page.participants == [a for a in ["client", "smtpd", "cleanup", "qmgr", "local",
+                                                  "lmtp", "dovecot-lmtp", "mailbox"]
+                                     if a in page.participants]
+    labels = [r.label for page in pages for r in page.rows]
+    assert labels.count("LHLO mail.gponlab.local") == 1
+    assert all("lmtp-4" not in label for label in labels)
+    lmtp_page = next(page for page in pages if "dovecot-lmtp" in page.participants)
+    assert "LMTP" in sequence_mermaid(lmtp_page)

@@ -20,10 +20,13 @@ from pathlib import Path
 import pytest
 
 from gponsim.server.postfix.local import render_entry
-from gponsim.server.mailstore.mbox import MailStore
+from gponsim.server.mailstore.mbox import MboxStore
 
-pytestmark = pytest.mark.skipif(shutil.which("doveadm") is None,
-                                reason="Dovecot (dovecot-core) not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("doveadm") is None,
+                       reason="Dovecot (dovecot-core) not installed"),
+]
 
 
 class Doveadm:
@@ -98,7 +101,7 @@ def deliver(root, n, start=0):
 
 
 def gponsim_view(root, mailbox="INBOX"):
-    state = MailStore(root, "user2").folder(mailbox).sync()
+    state = MboxStore(root, "user2").folder(mailbox).sync()
     return state, [(m.uid, set(m.flags) | set(m.keywords),
                     m.content.split(b"Subject: ")[1].split(b"\n")[0].decode())
                    for m in state.messages]
@@ -108,7 +111,7 @@ def test_dovecot_reads_what_gponsim_wrote(where):
     tmp_path = where
     root = tmp_path / "lab"
     deliver(root, 4)
-    store = MailStore(root, "user2")
+    store = MboxStore(root, "user2")
     inbox = store.folder("INBOX")
     inbox.sync(mark_old=True)
     inbox.store([2], ["\\Seen", "\\Flagged"], 1)

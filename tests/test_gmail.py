@@ -15,6 +15,8 @@ from gponsim.server.sims import gmail as gm
 from gponsim.steps import read_jsonl
 from labproc import LabProcess, wait_until
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim gmail` processes and real clients
+
 SWAKS = shutil.which("swaks")
 
 

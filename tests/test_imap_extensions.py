@@ -20,6 +20,8 @@ from labproc import LabProcess
 
 from test_imap import POST
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve` and imaplib
+
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):

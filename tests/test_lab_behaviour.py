@@ -8,8 +8,12 @@ import smtplib
 import socket
 import ssl
 
+import pytest
+
 from gponsim.config import init_config
 from labproc import wait_until
+
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`
 
 
 def profile_with(tmp_path, **main_cf):
@@ -88,13 +92,8 @@ def test_mail_for_other_domains_stays_queued(lab_factory):
     assert entry.reason == "deferred transport"
 
 
+@pytest.mark.root("`serve --capture` sniffs this computer's loopback: root or CAP_NET_RAW")
 def test_serve_with_capture_records_the_session(lab_factory, tmp_path):
-    import os
-
-    import pytest
-
-    if os.geteuid() != 0:
-        pytest.skip("capturing needs root or CAP_NET_RAW")
     from gponsim.capture.analyze import analyze
 
     pcap = tmp_path / "lab.pcap"

@@ -21,7 +21,8 @@ def run(*args, cwd, timeout=180):
 
 def test_the_course_has_its_lessons():
     for wanted in ("send-mail", "receive-mail", "read-imap", "read-pop3", "sasl", "relay-denied",
-                   "relay-gmail", "mbox", "troubleshooting", "tls", "thunderbird", "capture"):
+                   "relay-gmail", "mbox", "troubleshooting", "tls", "thunderbird", "capture",
+                   "lmtp"):
         assert wanted in LESSONS
     for path in lesson_files():
         lesson = load_lesson(path)
@@ -48,6 +49,7 @@ def test_lesson_runs_and_every_checkpoint_passes(lesson, lang, tmp_path):
         assert "AHVzZXIxAHBhc3M" not in (out / name).read_text(), name
 
 
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_send_mail_leaves_the_promised_artifacts(tmp_path):
     result = run("lesson", "send-mail", "--lang", "es", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -58,6 +60,7 @@ def test_send_mail_leaves_the_promised_artifacts(tmp_path):
     assert "Subject: Hola desde la" in (out / "gponlab" / "var" / "mail" / "user2").read_text()
 
 
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_a_broken_lab_is_reported_as_failed_checkpoints(tmp_path):
     """Break the lab on purpose: gponlab.local is no longer a local domain."""
     text = (LESSONS_DIR / "send-mail.toml").read_text()
@@ -86,6 +89,7 @@ def test_a_broken_lab_is_reported_as_failed_checkpoints(tmp_path):
                          'where = { protocol = "smtp" }', 1), "unknown Step fields"),
     (lambda t: t.replace("answer = 2", "answer = 7", 1), "quiz answer must be a choice number"),
 ])
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
     bad = tmp_path / "bad.toml"
     bad.write_text(mutation((LESSONS_DIR / "send-mail.toml").read_text()))
@@ -97,6 +101,32 @@ def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
     assert result.returncode == 2 and message in result.stderr
 
 
+COURSE = ["send-mail", "receive-mail", "read-imap", "read-pop3", "sasl", "relay-gmail", "tls",
+          "thunderbird", "capture", "relay-denied", "mbox", "troubleshooting", "lmtp", "packets"]
+
+
+@pytest.mark.slow          # end to end: `gponsim lesson list`
+def test_lessons_come_in_the_course_order(tmp_path):
+    """Each lesson's ``order`` places it in the course (the README's list), not the alphabet."""
+    orders = [load_lesson(p).order for p in lesson_files()]
+    assert all(orders) and len(set(orders)) == len(orders), orders
+    assert LESSONS == COURSE
+    result = run("lesson", "list", "--lang", "en", cwd=tmp_path)
+    listed = [line.split()[1] for line in result.stdout.splitlines()]
+    assert listed == COURSE
+    assert result.stdout.splitlines()[0].startswith(" 1. send-mail ")
+    # An instructor's lesson without an order comes after the numbered ones.
+    (tmp_path / "b.toml").write_text((LESSONS_DIR / "mbox.toml").read_text().replace('id = "mbox"', 'id = "b"'))
+    (tmp_path / "a.toml").write_text(
+        (LESSONS_DIR / "mbox.toml").read_text().replace('id = "mbox"', 'id = "a"').replace("order = 11", ""))
+    assert [p.stem for p in lesson_files(tmp_path)] == ["b", "a"]
+    bad = (LESSONS_DIR / "mbox.toml").read_text().replace("order = 11", 'order = "first"')
+    (tmp_path / "bad.toml").write_text(bad)
+    with pytest.raises(LessonError, match="order must be a whole number"):
+        load_lesson(tmp_path / "bad.toml")
+
+
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_lesson_list_and_unknown_lesson(tmp_path):
     result = run("lesson", "list", "--lang", "es", cwd=tmp_path)
     assert result.returncode == 0
@@ -129,7 +159,12 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
         swaks = ["swaks", "--server", "127.0.0.1", "--port", port, "--from", "user1@gponlab.local",
                  "--to", "user2@gponlab.local",
                  "--header", "Subject: =?utf-8?q?Hola_desde_la_lecci=C3=B3n_send-mail?="]
-        # First the student forgets STARTTLS: the server says 530 and the lesson gives a hint.
+        # First the student's client gives up after EHLO: no AUTH is offered before STARTTLS.
+        gave_up = subprocess.run(swaks + ["--quit-after", "EHLO"], capture_output=True, text=True, timeout=60)
+        assert "250-STARTTLS" in gave_up.stdout and "AUTH" not in gave_up.stdout.split("<~")[0]
+        wait_until(lambda: any("Hint: your client gave up after EHLO" in line for line in lines), timeout=30,
+                   what="the hint for a client that saw no AUTH")
+        # Then the student forgets STARTTLS: the server says 530 and the lesson gives a hint.
         first = subprocess.run(swaks + ["--auth-optional", "PLAIN", "--auth-user", "user1",
                                         "--auth-password", "pass"],
                                capture_output=True, text=True, timeout=60)
@@ -162,24 +197,17 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
     assert f"port {info['ports']['smtp']} (smtp, server to server), not on the submission port ({port})" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"], summary
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or __import__("shutil").which("setpriv") is None,
-                    reason="needs root and setpriv (util-linux) to take CAP_NET_RAW away")
-def test_capture_lesson_without_permission_to_capture_says_why_and_goes_on(tmp_path):
-    """The capture lesson run without CAP_NET_RAW (as a student without sudo would)."""
-    out = tmp_path / "run"
-    result = subprocess.run(["setpriv", "--bounding-set", "-net_raw", "--inh-caps=-net_raw", "--",
-                             sys.executable, "-m", "gponsim", "lesson", "capture", "--lang", "es", "--quiet",
-                             "--out", str(out)], capture_output=True, text=True, timeout=180, cwd=tmp_path,
-                            env={**os.environ, "COLUMNS": "250"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "No se puede capturar aquí" in result.stdout and "CAP_NET_RAW" in result.stdout
-    summary = json.loads((out / "summary.json").read_text())
-    captured = [c for c in summary["checkpoints"] if c["what"] == "capture"]
-    assert captured and all(c["passed"] is None for c in captured), captured
-    assert all(c["passed"] for c in summary["checkpoints"] if c["what"] != "capture")
-    assert not (out / "capture.pcapng").exists()
+    # Every try of the student, and every hint, for the instructor.
+    outcomes = [a["outcome"] for a in summary["attempts"]]
+    assert outcomes[0] == "gave up after EHLO: no AUTH offered before STARTTLS", outcomes
+    assert outcomes[1] == "530 5.7.0 Must issue a STARTTLS command first", outcomes
+    assert outcomes[2] == "hung up in the TLS handshake (certificate not accepted)", outcomes
+    assert outcomes[3].startswith("queued as ") and outcomes[-1].startswith("queued as "), outcomes
+    assert [a["service"] for a in summary["attempts"]] == ["submission", "submission", "submission", "smtp",
+                                                           "submission"]
+    assert summary["attempts"][-1]["ok"] and not summary["attempts"][0]["ok"]
+    assert [h["hint"] for h in summary["hints"]] == ["auth-after-starttls", "530", "certificate", "port25"]
+    assert all(h["step"] == "submit" and h["text"].startswith("Hint:") for h in summary["hints"])
 
 
 @pytest.mark.slow

@@ -313,6 +313,30 @@ def test_our_dotlock_names_its_owner(tmp_path):
     assert not (tmp_path / "box.lock").exists()
 
 
+def test_the_dotlock_of_a_killed_lab_is_broken_at_once(tmp_path):
+    """A process that took the lock and died (a lab killed while delivering): the next
+    delivery breaks its dotlock at once instead of waiting for stale_lock_time."""
+    path = tmp_path / "box"
+    path.write_bytes(b"")
+    took = subprocess.run([sys.executable, "-c", f"""
+import os
+from gponsim.server.postfix.local import MailboxLock
+fd = os.open({str(path)!r}, os.O_RDWR)
+MailboxLock({str(path)!r}).acquire(fd)
+os._exit(0)                     # dies holding it: the dotlock stays, naming a dead process
+"""], capture_output=True, text=True, timeout=60)
+    assert took.returncode == 0, took.stderr
+    assert (tmp_path / "box.lock").exists()
+    fd = os.open(path, os.O_RDWR)
+    lock = MailboxLock(path, attempts=2, delay=0.01)
+    try:
+        lock.acquire(fd)
+        lock.release()
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "box.lock").exists()
+
+
 def test_mailbox_lock_excludes_threads_of_one_process(tmp_path):
     """The kernel lock works between threads too (in-process IMAP/POP3 readers)."""
     path = tmp_path / "box"
@@ -363,3 +387,14 @@ def test_a_copy_is_found_after_a_reader_rewrote_the_mailbox(tmp_path):
     # Another recipient of the same message is not the same copy.
     agent.deliver("user2", [job(rcpt="user2+x@gponlab.local")], check_delivered=True)
     assert mbox.read_bytes().count(b" id 4F1A2C0D9E\n") == 2
+
+
+def test_a_copy_cut_short_by_a_crash_is_taken_away_and_delivered_again(tmp_path):
+    agent = make_agent(tmp_path)
+    agent.deliver("user2", [job(qid="ABCDE12345"), job()])
+    mbox = tmp_path / "var/mail/user2"
+    whole = mbox.read_bytes()
+    os.truncate(mbox, len(whole) - 40)          # the crash: the last entry half written
+    [r] = agent.deliver("user2", [job()], check_delivered=True)
+    assert r.status == "sent"
+    assert mbox.read_bytes() == whole           # the half entry replaced by a whole one

@@ -11,6 +11,8 @@ import pytest
 
 from labproc import LabProcess
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`
+
 WORDS = {
     "smtp": [b"EHLO", b"HELO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"BDAT", b"AUTH", b"STARTTLS",
              b"RSET", b"VRFY", b"QUIT", b"NOOP", b"XCLIENT", b"ETRN"],

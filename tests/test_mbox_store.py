@@ -11,7 +11,7 @@ import pytest
 from gponsim.server.postfix.local import LocalAgent, LocalJob, render_entry
 from gponsim.server.maillog import MailLog
 from gponsim.server.mailstore.mbox import (
-    DELETED, SEEN, MailStore, StoreError, decode, parse_mbox, valid_name,
+    DELETED, SEEN, MboxStore, StoreError, decode, parse_mbox, valid_name,
 )
 
 
@@ -27,7 +27,7 @@ def deliver(root, user, body: bytes, n: int = 1, when: float = 1700000000.0) -> 
 
 def test_uids_assigned_in_order_and_persisted_as_dovecot_headers(tmp_path):
     deliver(tmp_path, "user2", b"Subject: m#\n\nFrom the body\nline\n", n=2)
-    store = MailStore(tmp_path, "user2")
+    store = MboxStore(tmp_path, "user2")
     state = store.folder("INBOX").sync(mark_old=True)
     assert [m.uid for m in state.messages] == [1, 2]
     assert all(m.recent for m in state.messages)
@@ -39,7 +39,7 @@ def test_uids_assigned_in_order_and_persisted_as_dovecot_headers(tmp_path):
     assert state.messages[0].content.endswith(b"\n\n>From the body\nline\n")
     # A new delivery gets the next UID; the others keep theirs, and are no longer recent.
     deliver(tmp_path, "user2", b"Subject: third\n\nx\n")
-    again = MailStore(tmp_path, "user2").folder("INBOX").sync()
+    again = MboxStore(tmp_path, "user2").folder("INBOX").sync()
     assert [m.uid for m in again.messages] == [1, 2, 3]
     assert [m.recent for m in again.messages] == [False, False, True]
     assert again.uidvalidity == state.uidvalidity
@@ -49,7 +49,7 @@ def test_uids_assigned_in_order_and_persisted_as_dovecot_headers(tmp_path):
 
 def test_flags_persist_and_expunge_keeps_uidnext(tmp_path):
     deliver(tmp_path, "user2", b"Subject: m#\n\nbody\n", n=3)
-    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    folder = MboxStore(tmp_path, "user2").folder("INBOX")
     folder.sync(mark_old=True)              # a read-write SELECT: no longer \Recent ("O")
     assert folder.store([1, 2], [SEEN, "\\Flagged", "$Label1"], 1) == {
         1: ["\\Flagged", "\\Seen", "$Label1"], 2: ["\\Flagged", "\\Seen", "$Label1"]}
@@ -74,7 +74,7 @@ def test_flags_persist_and_expunge_keeps_uidnext(tmp_path):
 
 
 def test_append_quotes_from_and_writes_content_length(tmp_path):
-    store = MailStore(tmp_path, "user2")
+    store = MboxStore(tmp_path, "user2")
     store.create("Sent")
     validity, uid = store.folder("Sent").append(b"Subject: s\r\n\r\nFrom me\r\nbye\r\n",
                                                 ["\\Seen"], envelope="user2")
@@ -101,7 +101,7 @@ def test_content_length_lets_unquoted_from_lines_through():
                                   "a//b", "", "~root/x", "x/.imap", "bad\x01name"])
 def test_names_leaving_the_mail_directory_are_refused(tmp_path, name):
     assert not valid_name(name)
-    store = MailStore(tmp_path, "user2")
+    store = MboxStore(tmp_path, "user2")
     with pytest.raises(StoreError):
         store.create(name)
     with pytest.raises(StoreError):
@@ -110,7 +110,7 @@ def test_names_leaving_the_mail_directory_are_refused(tmp_path, name):
 
 
 def test_folders_children_and_subscriptions(tmp_path):
-    store = MailStore(tmp_path, "user2")
+    store = MboxStore(tmp_path, "user2")
     store.create("Work/2024")
     store.create("Sent")
     store.subscribe("Sent")
@@ -132,7 +132,7 @@ def test_concurrent_delivery_while_a_reader_rewrites(tmp_path):
     in two threads: nothing lost, nothing duplicated, UIDs strictly increasing."""
     agent = LocalAgent(tmp_path, user_exists=lambda u: True, log=MailLog(None),
                        lock_delay=0.01, lock_attempts=500)
-    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    folder = MboxStore(tmp_path, "user2").folder("INBOX")
     total = 40
     errors = []
 
@@ -184,7 +184,7 @@ def test_cache_reads_only_what_a_delivery_appended_and_matches_a_whole_parse(tmp
                                                                              monkeypatch):
     import gponsim.server.mailstore.mbox as ms
     deliver(tmp_path, "user2", b"Subject: m#\n\nFrom the body\n", n=3)
-    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    folder = MboxStore(tmp_path, "user2").folder("INBOX")
     first = folder.sync(mark_old=True)
     parsed = []
     real_parse = ms.parse_mbox
@@ -211,7 +211,7 @@ def test_cache_reads_only_what_a_delivery_appended_and_matches_a_whole_parse(tmp
 
 def test_cache_notices_a_rewrite_by_another_program(tmp_path):
     deliver(tmp_path, "user2", b"Subject: m#\n\nbody\n", n=2)
-    folder = MailStore(tmp_path, "user2").folder("INBOX")
+    folder = MboxStore(tmp_path, "user2").folder("INBOX")
     folder.sync(mark_old=True)
     path = tmp_path / "var/mail/user2"
     text = path.read_bytes()
@@ -229,7 +229,7 @@ def test_mailwatch_tells_when_a_delivery_finishes(tmp_path, reactor_thread):
     """inotify on the mail directory: a delivery (dotlock, append, close)
     and a rewrite (rename over) each reach the subscriber; others do not."""
     import sys
-    from gponsim.server.dovecot.mailwatch import MailWatch
+    from gponsim.server.mailstore.mailwatch import MailWatch
     from labproc import wait_until
     if not sys.platform.startswith("linux"):
         pytest.skip("inotify is Linux's")
@@ -242,7 +242,7 @@ def test_mailwatch_tells_when_a_delivery_finishes(tmp_path, reactor_thread):
     reactor_thread.call(watch.watch, tmp_path / "var/mail/user1", lambda: calls.append("user1"))
     deliver(tmp_path, "user2", b"Subject: second\n\nx\n")
     wait_until(lambda: "user2" in calls, 5, "the watch to fire for a delivery")
-    MailStore(tmp_path, "user2").folder("INBOX").sync()           # a rewrite: rename over
+    MboxStore(tmp_path, "user2").folder("INBOX").sync()           # a rewrite: rename over
     wait_until(lambda: calls.count("user2") >= 2, 5, "the watch to fire for a rewrite")
     assert "user1" not in calls
     reactor_thread.call(watch.unwatch, handle)

@@ -22,8 +22,11 @@ import pytest
 
 from labproc import LabProcess, wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("mbsync") is None,
-                                reason="mbsync (Debian package isync) is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("mbsync") is None,
+                       reason="mbsync (Debian package isync) is not installed"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,11 @@ import smtplib
 import ssl
 from collections import Counter
 
+import pytest
+
 from labproc import LabProcess, wait_until
+
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`
 
 HEAD = re.compile(r"^\d\d:\d\d:\d\d (\S+) ([\w-]+) → ([\w-]+)")
 

@@ -13,7 +13,9 @@ import subprocess
 import pytest
 
 from imapclient import Raw
-from labproc import LabProcess, wait_until
+from labproc import LabProcess
+
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`, poplib and curl
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,13 @@ DELAY = 0.2
 WAIT = 30.0
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.postfix,
     pytest.mark.skipif(not os.path.exists(POSTFIX),
                        reason="real Postfix not installed (apt-get install postfix)"),
+    pytest.mark.root("a throwaway Postfix instance: master(8) refuses any other user ('the master "
+                     "command is reserved for the superuser'), and its smtpd runs as the postfix user"),
 ]
-
-
 
 
 # -- a throwaway Postfix instance ------------------------------------------
@@ -142,8 +143,6 @@ def labroot(reachable_dir):
 
 @pytest.fixture
 def setup(reactor, labroot):
-    if os.geteuid() != 0:
-        pytest.fail("starting a real Postfix instance needs root (or deselect: -m 'not postfix')")
     users = Users.ensure_default(labroot / "lab" / "etc/dovecot/users")
     sink = ListSink()
     server = AuthServer(users, emit=sink.step, failure_delay=DELAY, reactor=reactor)

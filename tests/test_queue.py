@@ -50,12 +50,13 @@ def submit(cleanup, rcpts: list[str], body: bytes = BODY, sender: str = "user1@g
     """What smtpd does (reactor thread): open at the first RCPT, commit after DATA."""
     env = Envelope(sender=sender, helo="pc1", client_ip=client_ip, protocol=protocol,
                    session=session, sasl_method="PLAIN" if sasl else None, sasl_username=sasl)
-    qf = cleanup.open(env)
-    for rcpt in rcpts:
-        qf.add_recipient(rcpt)
-    header = received_header("pc1", "unknown", client_ip, protocol, qf.qid, rcpts,
-                             env.arrival, HOST)
-    return qf.commit(header.encode() + body)
+    def opened(qf):
+        for rcpt in rcpts:
+            qf.add_recipient(rcpt)
+        header = received_header("pc1", "unknown", client_ip, protocol, qf.qid, rcpts,
+                                 env.arrival, HOST)
+        return qf.commit(header.encode() + body)
+    return cleanup.open(env).addCallback(opened)
 
 
 class Lab:
@@ -204,9 +205,8 @@ def test_queue_file_is_in_incoming_during_the_transaction_and_abort_removes_it(l
     lab = lab()
 
     def open_file():
-        qf = lab.mta.cleanup.open(Envelope(sender="user1@gponlab.local", client_ip="127.0.0.1"))
-        qf.add_recipient("user2@gponlab.local")
-        return qf
+        d = lab.mta.cleanup.open(Envelope(sender="user1@gponlab.local", client_ip="127.0.0.1"))
+        return d.addCallback(lambda qf: qf.add_recipient("user2@gponlab.local") or qf)
 
     qf = lab.rt.call(open_file)
     assert qf.path == lab.root / "var/spool/postfix/incoming" / qf.qid
@@ -342,12 +342,20 @@ def test_mailbox_transport_takes_the_local_recipients(lab):
     lab = lab(transports={"lmtp": lmtp}, mailbox_transport="lmtp:unix:private/dovecot-lmtp")
     qid = lab.send(["user2@gponlab.local", "user1@gponlab.local"])
     lab.wait("REMOVED", qid)
-    [req] = lmtp.requests
-    assert req.nexthop == "unix:private/dovecot-lmtp"
-    assert [r[1] for r in req.recipients] == ["user2@gponlab.local", "user1@gponlab.local"]
+    # local(8) passes each recipient on by itself (local_destination_recipient_limit = 1),
+    # as real Postfix does: "local[pid]: QID: passing <user2@gponlab.local> to transport=lmtp"
+    assert [req.nexthop for req in lmtp.requests] == ["unix:private/dovecot-lmtp"] * 2
+    assert [[r[1] for r in req.recipients] for req in lmtp.requests] == [
+        ["user2@gponlab.local"], ["user1@gponlab.local"]]
     assert not (lab.root / "var/mail/user2").exists()          # local(8) did not write it
-    hand_over = [s for s in lab.sink.steps if s.verb == "DELIVER"]
-    assert [(s.src, s.dst) for s in hand_over] == [("qmgr", "lmtp")] * 2
+    hand_over = [s for s in lab.sink.steps if s.verb in ("DELIVER", "PASS")]
+    assert [(s.src, s.dst, s.verb) for s in hand_over] == [
+        ("qmgr", "local", "DELIVER"), ("qmgr", "local", "DELIVER"),
+        ("local", "lmtp", "PASS"), ("local", "lmtp", "PASS")]
+    assert hand_over[0].key == "queue.event.DELIVER"
+    assert "(mailbox_transport = lmtp:unix:private/dovecot-lmtp)" in hand_over[0].line
+    assert "postfix/local[" in lab.log() and \
+        f"{qid}: passing <user1@gponlab.local> to transport=lmtp" in lab.log()
 
 
 def test_a_recipient_done_stays_done_while_another_is_deferred(lab):
@@ -381,6 +389,8 @@ root, count, crash_at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def say(text):     # one write(2) a line: a kill -9 from another thread never cuts one
     os.write(1, (text + "\n").encode())
 rcpts = sys.argv[5].split(",")
+
+
 if crash_at.startswith("at:"):
     point = crash_at[3:]
     def hook(name):
@@ -397,18 +407,19 @@ def one(i):
     env = Envelope(sender="user1@gponlab.local", helo="pc1", client_ip="192.168.1.50",
                    session="smtp-crash-%d" % i)
     if crash_at == "open":
-        qf = q.open(env)
-        qf.add_recipient(rcpts[0])
-        say("OPENED " + qf.qid)
-        return defer.succeed(None)
-    qf = q.open(env)
-    for r in rcpts:
-        qf.add_recipient(r)
-    header = received_header("pc1", "unknown", "192.168.1.50", "ESMTP", qf.qid, rcpts,
-                             env.arrival, "mail.gponlab.local")
-    d = qf.commit(header.encode() + ("Subject: m%d\n\nbody %d\n" % (i, i)).encode())
-    d.addCallback(lambda qid: say("COMMITTED " + qid))
-    return d
+        def opened(qf):
+            qf.add_recipient(rcpts[0])
+            say("OPENED " + qf.qid)
+        return q.open(env).addCallback(opened)
+
+    def commit(qf):
+        for r in rcpts:
+            qf.add_recipient(r)
+        header = received_header("pc1", "unknown", "192.168.1.50", "ESMTP", qf.qid, rcpts,
+                                 env.arrival, "mail.gponlab.local")
+        d = qf.commit(header.encode() + ("Subject: m%d\n\nbody %d\n" % (i, i)).encode())
+        return d.addCallback(lambda qid: say("COMMITTED " + qid))
+    return q.open(env).addCallback(commit)
 
 rt.call(lambda: defer.gatherResults([one(i) for i in range(count)]), timeout=60)
 say("ALL")

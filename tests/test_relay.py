@@ -21,6 +21,8 @@ from gponsim.server.sims import gmail as gm
 from gponsim.server.postfix.queuefile import list_queue
 from labproc import LabProcess, wait_until
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve` and the Gmail simulator
+
 GMAIL_535 = ("SASL authentication failed; server smtp.gmail.com[127.0.0.1] said: "
              "535-5.7.8 Username and Password not accepted. For more information, go to?"
              "535 5.7.8  https://support.google.com/mail/?p=BadCredentials ")

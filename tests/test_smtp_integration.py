@@ -13,6 +13,8 @@ import pytest
 
 from labproc import wait_until
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`, smtplib and swaks
+
 BANNER = "mail.gponlab.local ESMTP Postfix (Debian/GNU)"
 PRE_TLS = ["mail.gponlab.local", "PIPELINING", "SIZE 10240000", "VRFY", "ETRN", "STARTTLS",
            "ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
 from gponsim.server.postfix.mta import Mta, QueueSettings
@@ -17,6 +18,8 @@ class Session:
         self.steps = ListSink()
         mta = Mta(tmp_path / "lab", QueueSettings(mydestination=frozenset({"gponlab.local"})),
                   user_exists=lambda u: u in {"user1", "user2"}, emit=self.steps.step)
+        # No reactor runs here: cleanup's file work runs inline.
+        mta.cleanup.in_thread = lambda fn, *a, **kw: defer.maybeDeferred(fn, *a, **kw)
         context = SmtpdContext(emit=self.steps.step, log=lambda prog, text: self.logged.append((prog, text)),
                                auth=None, queue=mta.cleanup, mechanisms=["PLAIN", "LOGIN"],
                                local_user_exists=lambda u: u in {"user1", "user2"})

@@ -8,6 +8,7 @@ import base64
 import random
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -47,7 +48,7 @@ class Queue:
 
             def abort(self):
                 self.state = "aborted"
-        return File()
+        return defer.succeed(File())
 
 
 @pytest.fixture
@@ -90,8 +91,6 @@ def test_a_data_line_without_end_is_not_held(smtpd):
 
 
 def test_replies_keep_command_order_while_one_waits(smtpd):
-    from twisted.internet import defer
-
     proto, transport, _sink = smtpd
     held = defer.Deferred()
     proto.dataReceived(b"EHLO pc1\r\n")

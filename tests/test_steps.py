@@ -46,6 +46,7 @@ def test_round_trip_through_jsonl(tmp_path):
     assert back == [original]
 
 
+@pytest.mark.slow          # end to end: `gponsim serve`
 def test_recorded_lines_are_step_to_json_for_a_lab_session(lab):
     """The recorder writes Step.to_json for every Step of a real submission
     (SMTP, SASL, TLS, queue, delivery), masked, and reads each back as it was."""

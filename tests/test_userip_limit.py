@@ -14,6 +14,8 @@ import pytest
 
 from labproc import LabProcess, wait_until
 
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`, imaplib and poplib
+
 REFUSAL = ("Maximum number of connections from user+IP exceeded "
            "(mail_max_userip_connections={n})")
 

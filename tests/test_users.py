@@ -43,6 +43,7 @@ def test_existing_file_is_not_overwritten(users_path):
     assert users_path.read_bytes() == before
 
 
+@pytest.mark.slow          # real Dovecot's doveadm
 @pytest.mark.skipif(shutil.which("doveadm") is None,
                     reason="doveadm not installed (apt-get install dovecot-core)")
 def test_hashes_interoperate_with_doveadm(users_path):

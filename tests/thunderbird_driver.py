@@ -306,8 +306,9 @@ class Marionette:
     def start_chrome_session(self, prompts: str = "dismiss and notify") -> None:
         """``prompts``: what Marionette does with a dialog it did not expect (WebDriver's
         unhandledPromptBehavior); "ignore" leaves it open for ``alert()`` to read and answer."""
-        self.command("WebDriver:NewSession",
-                     {"capabilities": {"alwaysMatch": {"unhandledPromptBehavior": prompts}}})
+        # Marionette takes the capabilities as they are (geckodriver's matching of
+        # alwaysMatch/firstMatch is not in it): a nested object would be ignored.
+        self.command("WebDriver:NewSession", {"unhandledPromptBehavior": prompts})
         self.command("Marionette:SetContext", {"value": "chrome"})
         self.command("WebDriver:SetTimeouts", {"script": 30000})
 
@@ -441,6 +442,9 @@ return win.__gponsimSend.state;
 """
 
 
+#: The title :meth:`Thunderbird.dialogs` gives a prompt that Marionette sees (it has no other).
+PROMPT = "(prompt)"
+
 JS_CREATE_ACCOUNT = """
 // What the account wizard does after "Continue": fetch the provider's
 // config-v1.1.xml (FetchConfig.fromISP asks http://autoconfig.<domain>/mail/
@@ -450,7 +454,10 @@ JS_CREATE_ACCOUNT = """
 // create the account ("Done"). The first incoming server of the XML wins, as
 // in the wizard.
 const [url, email, realname, password] = args;
-const { fetchHTTP } = ChromeUtils.importESModule("resource:///modules/accountcreation/FetchHTTP.sys.mjs");
+const fetching = ChromeUtils.importESModule("resource:///modules/accountcreation/FetchHTTP.sys.mjs");
+// Thunderbird 153 exports fetchHTTP (a promise); 140 ESR the FetchHTTP class with callbacks.
+const fetchHTTP = fetching.fetchHTTP || ((where, how) => new Promise(
+  (resolve, reject) => new fetching.FetchHTTP(where, how, resolve, reject).start()));
 const { readFromXML } = ChromeUtils.importESModule("resource:///modules/accountcreation/readFromXML.sys.mjs");
 const { AccountConfig } = ChromeUtils.importESModule("resource:///modules/accountcreation/AccountConfig.sys.mjs");
 const { CreateInBackend } = ChromeUtils.importESModule("resource:///modules/accountcreation/CreateInBackend.sys.mjs");
@@ -657,7 +664,16 @@ class Thunderbird:
         return self.js(JS_SEND_STATE)
 
     def dialogs(self, press: str | None = None, button: str = "accept") -> list[dict]:
-        """Thunderbird's open dialogs (title, text); ``press`` = a title presses its ``button``."""
+        """Thunderbird's open dialogs (title, text); ``press`` = a title presses its ``button``.
+
+        A prompt Marionette itself sees (Thunderbird 140 shows the send error as one;
+        153 as a dialog window) comes first, titled :data:`PROMPT`: while it is open
+        no script runs."""
+        text = self.alert()
+        if text is not None:
+            if press == PROMPT:
+                self.answer_alert(button == "accept")
+            return [{"title": PROMPT, "text": text}]
         return self.js(JS_DIALOGS, press, button)
 
     def stop(self) -> None:

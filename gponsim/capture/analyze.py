@@ -95,19 +95,24 @@ class _Sniffer:
     def __init__(self, owner: "_Run", conn: Connection) -> None:
         self.owner = owner
         self.conn = conn
-        self.held: list[tuple[str, bytes, float]] = []
+        self.held: list[tuple[str, bytes, float, int]] = []
         self.first = {"c2s": b"", "s2c": b""}
         self.decoder = None
         self.dropped = False
         self.tls: TlsObserver | None = None
+        #: TLS that is not mail (or cannot be read), followed record by record for the
+        #: packets view only (``on_record``).
+        self.records: TlsObserver | None = None
 
-    def data(self, direction: str, data: bytes, t: float) -> None:
+    def data(self, direction: str, data: bytes, t: float, packet: int = 0) -> None:
         if self.decoder is not None:
-            self.decoder.data(direction, data, t)
+            self.decoder.data(direction, data, t, packet)
             return
         if self.dropped:
+            if self.records is not None:
+                self.records.feed(direction, data, (packet,))
             return
-        self.held.append((direction, data, t))
+        self.held.append((direction, data, t, packet))
         if self.tls is None and not self.first["c2s"] and not self.first["s2c"] \
                 and looks_like_tls(data):
             # TLS from the first byte on an unknown port: only the plaintext can tell.
@@ -118,6 +123,8 @@ class _Sniffer:
             if self.tls.not_tls[direction] or (self.tls.server_hello and self.tls.keys is None) \
                     or any(self.tls.failed.values()) or len(self.held) > 64:
                 self.dropped = True      # TLS we cannot read: not known to be mail
+                if not self.tls.not_tls[direction]:
+                    self._follow_records()
                 self.held = []
                 if not self.tls.not_tls[direction] and self.tls.keys is None:
                     self.owner.unreadable_tls(self.conn)
@@ -130,32 +137,48 @@ class _Sniffer:
             if self.tls is None and self.conn.handler is self:
                 self.conn.handler = self.decoder      # from now on, straight to the decoder
             held, self.held = self.held, []
-            for d, chunk, when in held:
-                self.decoder.data(d, chunk, when)
+            for d, chunk, when, packet in held:
+                self.decoder.data(d, chunk, when, packet)
         elif self.tls is None and (len(self.held) >= 4
                                    or sum(len(v) for v in self.first.values()) >= 1024):
             self.dropped = True       # not mail: forget it
             self.held = []
 
+    def _follow_records(self) -> None:
+        """TLS that is not mail: its records, for the packets view (when it asks)."""
+        report = self.owner.ctx.on_record
+        if report is None or self.records is not None:
+            return
+
+        def on_record(d, ctype, length, packets, handshake):
+            report(None, d, ctype, length, packets, handshake)
+        self.records = TlsObserver(None, on_record)
+        for d, chunk, _when, number in self.held:
+            self.records.feed(d, chunk, (number,))
+
     def gap(self, direction: str, nbytes: int, t: float) -> None:
         if self.decoder is not None:
             self.decoder.gap(direction, nbytes, t)
+        elif self.records is not None:
+            self.records.resync(direction)
 
     def close(self, t: float) -> None:
         if self.decoder is not None:
             self.decoder.close(t)
+        elif self.tls is not None and self.held and not self.dropped:
+            self._follow_records()              # TLS to the end, never told apart
 
 
 class _Run:
     def __init__(self, analysis: Analysis, emit: Callable[[Step], object],
                  keep_messages: bool, on_message: Callable[[Message], None] | None,
-                 keylog=None) -> None:
+                 keylog=None, on_record=None) -> None:
         self.analysis = analysis
         self.emit_out = emit
         self.keep_messages = keep_messages
         self.user_on_message = on_message
         self.ctx = Context(emit, self.on_message, analysis.credentials.append, keylog,
-                           failures=analysis.failures)
+                           failures=analysis.failures, on_record=on_record)
         self._connect_keys: dict[tuple, str | None] = {}
 
     def on_message(self, message: Message) -> None:
@@ -203,7 +226,8 @@ class _Run:
                     dir="internal", kind="event", verb="CONNECT", key="capture.connect",
                     line=f"connection {endpoints} (packet {conn.first_packet}; {how})",
                     meta={"client": list(conn.client), "server": list(conn.server),
-                          "packet": conn.first_packet, "midstream": not conn.syn})
+                          "packet": conn.first_packet, "midstream": not conn.syn},
+                    packets=[conn.first_packet])
         decoder.t = conn.first_t
         # Every CONNECT Step of a protocol resolves to the same commentary: once.
         key = self._connect_keys.get((proto, server, conn.syn))
@@ -247,13 +271,17 @@ class Analyzer:
 
     def __init__(self, emit: Callable[[Step], object] = null_emit, *, name: str = "",
                  on_message: Callable[[Message], None] | None = None,
-                 keylog: str | Path | None = None, report: ReadReport | None = None) -> None:
+                 keylog: str | Path | None = None, report: ReadReport | None = None,
+                 on_record=None) -> None:
+        """``on_record(session, direction, content_type, length, packets, handshake_type)``:
+        every TLS record of a mail connection, with the packets that carried it (the
+        packets view)."""
         from gponsim.capture.tlsdecrypt import KeyLog
 
         self.report = report if report is not None else ReadReport()
         self.analysis = Analysis(path=name, report=self.report)
         self.keys = KeyLog.from_file(keylog) if keylog else KeyLog()
-        self.run = _Run(self.analysis, emit, False, on_message, self.keys)
+        self.run = _Run(self.analysis, emit, False, on_message, self.keys, on_record)
         self.tracker = Tracker(self.run.opened)
         self._tcp = self.tracker.tcp
         self.started = time.perf_counter()
@@ -308,15 +336,17 @@ class Analyzer:
 
 def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
             on_message: Callable[[Message], None] | None = None,
-            keylog: str | Path | None = None) -> Analysis:
+            keylog: str | Path | None = None, on_record=None) -> Analysis:
     """Decode every mail connection of a capture file; Steps go to ``emit``.
 
     Raises :class:`CaptureError` only when the file cannot be read at all;
-    later problems are in ``analysis.report.problems``.
+    later problems are in ``analysis.report.problems``. ``on_record``: see
+    :class:`Analyzer`.
     """
     import gc
 
-    engine = Analyzer(emit, name=str(path), on_message=on_message, keylog=keylog)
+    engine = Analyzer(emit, name=str(path), on_message=on_message, keylog=keylog,
+                      on_record=on_record)
     packet = engine.packet
     # The decoders make no reference cycles per packet (a closed connection lets go of
     # its handler): the collector's passes over the many short-lived Steps are wasted

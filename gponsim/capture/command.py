@@ -68,13 +68,17 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
             out.write(step.to_json(reveal))
         sinks.append(to_stdout)
     elif not quiet:
-        # The summary comes first, so the narration is replayed after the analysis.
-        fd, name = tempfile.mkstemp(prefix="gponsim-steps-", suffix=".jsonl")
-        spool = (open(fd, "w", encoding="utf-8"), name)
+        # The summary comes first, so the narration is written (rendered once, for the
+        # terminal or file that stdout is) into a spool file and copied out after it.
+        from rich.console import Console
 
-        def to_spool(step: Step) -> None:
-            spool[0].write(step.to_json(True) + "\n")
-        sinks.append(to_spool)
+        from gponsim.sinks.narrator import Narrator
+
+        fd, name = tempfile.mkstemp(prefix="gponsim-narration-", suffix=".txt")
+        spool = (open(fd, "w", encoding="utf-8", errors="backslashreplace"), name)
+        narrator = Narrator(Console(highlight=False), lang=lang, explain=explain, reveal=reveal,
+                            stream=spool[0], flush_each=False)
+        sinks.append(narrator.step)
 
     if len(sinks) == 1:
         emit = sinks[0]
@@ -105,16 +109,22 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
     else:
         click.echo(summary_text(analysis, lang))
         if spool:
+            narrator.flush()
             spool[0].close()
             try:
                 if analysis.steps:
-                    from gponsim.sinks.narrator import Narrator
-                    from gponsim.steps import read_jsonl
+                    import shutil
 
                     click.echo("")
-                    narrator = Narrator(lang=lang, explain=explain, reveal=reveal)
-                    for step in read_jsonl(spool[1]):
-                        narrator.step(step)
+                    sys.stdout.flush()
+                    binary = getattr(sys.stdout, "buffer", None)
+                    if binary is not None:
+                        with open(spool[1], "rb") as narration:
+                            shutil.copyfileobj(narration, binary, 1 << 20)
+                        binary.flush()
+                    else:                        # a text-only stdout (an embedding program's)
+                        with open(spool[1], encoding="utf-8") as narration:
+                            shutil.copyfileobj(narration, sys.stdout, 1 << 20)
             finally:
                 os.unlink(spool[1])
         if credentials:

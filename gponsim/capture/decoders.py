@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gponsim.capture.servers import UNKNOWN, identify
+from gponsim.capture.carry import Carrier
 from gponsim.capture.tls import TlsObserver, looks_like_tls
 from gponsim.commentary import annotate
 from gponsim.steps import Step
@@ -87,8 +88,11 @@ class Context:
 
     def __init__(self, emit: Callable[[Step], object], on_message: Callable[[Message], None],
                  on_credential: Callable[[Credential], None], keylog=None,
-                 failures: list | None = None) -> None:
+                 failures: list | None = None, on_record=None) -> None:
         self.keylog = keylog
+        #: ``on_record(session, direction, content_type, length, packets, handshake_type)``
+        #: for every TLS record (the packets view); None: records are not followed.
+        self.on_record = on_record
         self.emit = emit
         self.on_message = on_message
         self.on_credential = on_credential
@@ -128,7 +132,8 @@ _GENERIC = ("capture.", "tls.handshake.ClientHello", "tls.handshake.ServerHello"
 
 
 class Decoder:
-    """Common part: TLS switching, gaps, Steps stamped with packet time."""
+    """Common part: TLS switching, gaps, Steps stamped with packet time and with the
+    packets their bytes came in (``Step.packets``, see :mod:`gponsim.capture.carry`)."""
 
     proto = "smtp"
     server = "smtpd"
@@ -144,12 +149,24 @@ class Decoder:
         self.implicit = implicit_tls
         self.t = 0.0
         self.pending_cred: Credential | None = None
+        #: The decoded bytes of each direction not yet in a Step, by their packets.
+        self.carry = {"c2s": Carrier(), "s2c": Carrier()}
 
     # ------------------------------------------------------------- plumbing
+
+    def tail(self, direction: str) -> int:
+        """Bytes of ``direction`` the decoder holds that belong to no Step yet."""
+        return 0
 
     def emit(self, step: Step) -> None:
         step.t = self.t
         self._identify(step)
+        if step.packets is None and step.kind != "event" and step.proto != "tls":
+            d = step.dir
+            if d == "c2s" or d == "s2c":
+                packets = self.carry[d].keep(self.tail(d))
+                if packets:
+                    step.packets = packets
         info = self.info
         info.steps += 1
         ctx = self.ctx
@@ -180,36 +197,59 @@ class Decoder:
             step.key = None
             annotate(step)
 
-    def data(self, direction: str, data: bytes, t: float) -> None:
+    def data(self, direction: str, data: bytes, t: float, packet: int = 0) -> None:
+        """``data``, carried by the packet numbered ``packet``."""
         self.t = t
         self.info.directions.add(direction)
         if data[0] in _TLS_FIRST and self.mode[direction] == "text" and looks_like_tls(data) \
                 and self.at_boundary(direction):
             self.start_tls("STARTTLS" if not self.implicit else "IMPLICIT", direction_only=direction)
         if self.mode[direction] == "tls":
-            obs = self.observer
-            plain = obs.feed(direction, data)
-            if obs.not_tls[direction] and obs.dirs[direction].records == 0:
-                # Plain text after STARTTLS: the capture was stored decrypted.
-                self.mode[direction] = "text"
-                obs.not_tls[direction] = False
-                self.tls = True
-                self.info.tls["decrypted"] = True
-                self.text(direction, data)
-                return
-            self._tls_events()
-            for chunk in plain:
-                self.tls = True
-                self.text(direction, chunk)
+            self._tls_data(direction, data, (packet,))
             return
+        self.carry[direction].add(len(data), (packet,))
         self.text(direction, data)
+
+    def refeed(self, direction: str, data: bytes) -> None:
+        """Bytes the decoder held (already carried) and must read again, now as TLS
+        (after STARTTLS, or TLS found where text was expected)."""
+        if self.mode[direction] == "tls":
+            self.carry[direction].move_to(self.observer.raw[direction])
+            self._tls_data(direction, data, None)
+        else:
+            self.text(direction, data)
+
+    def _tls_data(self, direction: str, data: bytes, packets: tuple | None) -> None:
+        obs = self.observer
+        plain = obs.feed(direction, data, packets)
+        if obs.not_tls[direction] and obs.dirs[direction].records == 0:
+            # Plain text after STARTTLS: the capture was stored decrypted.
+            self.mode[direction] = "text"
+            obs.not_tls[direction] = False
+            self.tls = True
+            self.info.tls["decrypted"] = True
+            obs.raw[direction].move_to(self.carry[direction])
+            self.text(direction, data)
+            return
+        self._tls_events()
+        carry = self.carry[direction]
+        for chunk, packets in zip(plain, obs.plain_packets):
+            self.tls = True
+            carry.add(len(chunk), tuple(packets))
+            self.text(direction, chunk)
 
     def at_boundary(self, direction: str) -> bool:
         return True
 
     def start_tls(self, how: str, direction_only: str | None = None) -> None:
         if self.observer is None:
-            self.observer = TlsObserver(self.ctx.keylog)
+            on_record = None
+            if self.ctx.on_record is not None:
+                session, report = self.session, self.ctx.on_record
+
+                def on_record(direction, ctype, length, packets, handshake):
+                    report(session, direction, ctype, length, packets, handshake)
+            self.observer = TlsObserver(self.ctx.keylog, on_record)
             self.info.tls.setdefault("how", how)
         for d in ((direction_only,) if direction_only else ("c2s", "s2c")):
             self.mode[d] = "tls"
@@ -223,6 +263,7 @@ class Decoder:
 
     def _tls_step(self, name: str, info: dict) -> None:
         client, server = "client", self.server
+        packets = info.get("packets") or None
         if name == "ClientHello":
             line = (f"ClientHello: offers {', '.join(info['versions'])}, "
                     f"{len(info['ciphers'])} cipher suites")
@@ -230,6 +271,8 @@ class Decoder:
                 line += f", SNI {info['sni']}"
             self.info.tls.update({"offered": info["versions"], "sni": info.get("sni")})
             meta = {"versions": info["versions"], "ciphers": info["ciphers"][:60]}
+            if info.get("alpn"):
+                meta["alpn"] = info["alpn"]
             if info.get("sni"):
                 meta["sni"] = info["sni"]
             step = Step(t=self.t, session=self.session, proto="tls", src=client, dst=server,
@@ -247,7 +290,7 @@ class Decoder:
             self.info.tls["subject"] = info["subject"]
             step = Step(t=self.t, session=self.session, proto="tls", src=server, dst=client,
                         dir="s2c", kind="handshake", line=f"Certificate: {info['subject']}",
-                        verb="Certificate", meta=dict(info))
+                        verb="Certificate", meta={"subject": info["subject"]})
         elif name == "Alert":
             d = info["direction"]
             src, dst = (client, server) if d == "c2s" else (server, client)
@@ -264,15 +307,21 @@ class Decoder:
         elif name == "DecryptFailed":
             self.info.tls["decrypt_error"] = info["reason"]
             step = Step(t=self.t, session=self.session, proto="tls", src=client, dst=server,
-                        dir="c2s", kind="handshake", verb="UNDECRYPTABLE", meta=dict(info),
+                        dir="c2s", kind="handshake", verb="UNDECRYPTABLE",
+                        meta={k: v for k, v in info.items() if k != "packets"},
                         line=f"[TLS not decrypted: {info['reason']}]")
         else:
             return
+        step.packets = packets
         self.emit(annotate(step))
 
     def gap(self, direction: str, nbytes: int, t: float) -> None:
         self.t = t
         self.info.gaps += 1
+        if self.mode[direction] == "text":
+            self.carry[direction].clear()         # what waited before the hole is dropped
+        elif self.observer is not None:
+            self.observer.resync(direction)
         src, dst = ("client", self.server) if direction == "c2s" else (self.server, "client")
         step = Step(t=t, session=self.session, proto=self.proto, src=src, dst=dst, dir=direction,
                     kind="event", verb="GAP", key="capture.gap", meta={"bytes": nbytes},
@@ -289,8 +338,12 @@ class Decoder:
         if obs is not None:
             enc = {d: obs.dirs[d].bytes for d in ("c2s", "s2c")}
             if any(obs.dirs[d].encrypted for d in enc) and not self.tls:
+                # Its packets: those whose bytes no other Step was read from.
+                packets = sorted(set(obs.raw["c2s"].take(obs.raw["c2s"].size))
+                                 | set(obs.raw["s2c"].take(obs.raw["s2c"].size)))
                 step = Step(t=t, session=self.session, proto="tls", src="client", dst=self.server,
                             dir="c2s", kind="data", verb="ENCRYPTED", meta=enc,
+                            packets=packets or None,
                             line=f"[TLS: {enc['c2s']} bytes from the client, {enc['s2c']} from the "
                                  "server, encrypted (not decrypted: no key log)]")
                 self.emit(annotate(step))
@@ -367,6 +420,7 @@ class SmtpDecoder(Decoder):
         self.banner = info.midstream      # mid-connection: the greeting is long gone
         self.reply_lines: list[str] = []
         self.msg: list[bytes] = []
+        self.msg_packets: list[int] = []  # the packets of the message's bytes so far
         self.msg_size = 0
         self.msg_gap = False
         self.bdat_left = 0
@@ -377,6 +431,9 @@ class SmtpDecoder(Decoder):
 
     def at_boundary(self, direction: str) -> bool:
         return not (self.cbuf if direction == "c2s" else self.sbuf) and self.state == "cmd"
+
+    def tail(self, direction: str) -> int:
+        return len(self.cbuf) if direction == "c2s" else len(self.sbuf)
 
     def text(self, direction: str, data: bytes) -> None:
         # A segment that is exactly one whole line (most of them) skips the line
@@ -437,7 +494,7 @@ class SmtpDecoder(Decoder):
             if not self.banner and not self.pending and looks_like_tls(self.cbuf) and not self.tls:
                 self.start_tls("IMPLICIT" if self.implicit else "STARTTLS", "c2s")
                 data, self.cbuf = self.cbuf, b""
-                self.data("c2s", data, self.t)
+                self.refeed("c2s", data)
                 return
             nl = self.cbuf.find(b"\n")
             if nl < 0:
@@ -476,7 +533,7 @@ class SmtpDecoder(Decoder):
             self.info.client_name = args.strip() or None
         elif verb == "DATA":
             self.state = "data"
-            self.msg, self.msg_size, self.msg_gap = [], 0, False
+            self.msg, self.msg_size, self.msg_gap, self.msg_packets = [], 0, False, []
         elif verb == "BDAT":
             parts = args.split()
             if parts and parts[0].isdigit():
@@ -495,6 +552,12 @@ class SmtpDecoder(Decoder):
         if self.msg_size < MAX_MESSAGE:
             self.msg.append(block)
         self.msg_size += len(block)
+        # The message's bytes are the next ones of the stream: their packets are its own
+        # (not the next command's, as a BDAT chunk would otherwise be).
+        packets = self.msg_packets
+        for p in self.carry["c2s"].take(len(block)):
+            if not packets or packets[-1] != p:
+                packets.append(p)
 
     def _data_block(self) -> bool:
         buf = self.cbuf
@@ -514,7 +577,12 @@ class SmtpDecoder(Decoder):
                 self._keep(buf[:last + 1])
                 return True
             cut, after = min(cands)
-        self._keep(buf[:cut])
+        # The end of data, CRLF.CRLF (RFC 5321 §4.1.1.4, and Wireshark's "EOM"), is no
+        # Step's bytes: a packet that holds nothing else carried no part of the message.
+        eom = 2 if buf[cut - 2:cut] == b"\r\n" else 1 if cut else 0
+        self._keep(buf[:cut - eom])
+        self.msg.append(buf[cut - eom:cut])
+        self.carry["c2s"].take(after - cut + eom)
         self.cbuf = buf[after:]
         self.state = "cmd"
         self._message("DATA")
@@ -532,6 +600,7 @@ class SmtpDecoder(Decoder):
         step = wire.message_step(raw, session=self.session, verb=verb, tls=self.tls, t=self.t)
         if self.msg_gap:
             step.meta["gap"] = True
+        step.packets, self.msg_packets = self.msg_packets or None, []
         self.emit(step)
         if verb == "DATA":        # BDAT's reply answers the command and its chunk at once
             self.pending.append((verb, "msg"))
@@ -589,9 +658,9 @@ class SmtpDecoder(Decoder):
             rest_c, rest_s = self.cbuf, self.sbuf
             self.cbuf = self.sbuf = b""
             if rest_s:
-                self.data("s2c", rest_s, self.t)
+                self.refeed("s2c", rest_s)
             if rest_c:
-                self.data("c2s", rest_c, self.t)
+                self.refeed("c2s", rest_c)
         elif verb == "DATA" and what == "cmd" and code != 354 and self.state == "data" \
                 and not self.msg_size:
             self.state = "cmd"
@@ -633,11 +702,42 @@ class _ConversationDecoder(Decoder):
         return not buf
 
     def text(self, direction: str, data: bytes) -> None:
-        self.conv.tls = self.tls
-        steps = self.conv.client_data(data) if direction == "c2s" else self.conv.server_data(data)
+        conv = self.conv
+        conv.tls = self.tls
+        client = direction == "c2s"
+        feed = conv.client_data if client else conv.server_data
+        if data.count(b"\n") <= 1:
+            steps = feed(data)
+            self.stamp(steps, direction, 0)
+        else:
+            # A line at a time, so each Step learns its own packets.
+            steps = []
+            start, end = 0, len(data)
+            while start < end:
+                nl = data.find(b"\n", start)
+                stop = end if nl < 0 else nl + 1
+                new = feed(data[start:stop])
+                start = stop
+                if new:
+                    self.stamp(new, direction, end - start)
+                    steps += new
         for step in steps:
             self.emit(step)
             self.after(step)
+
+    def stamp(self, steps: list[Step], direction: str, unfed: int) -> None:
+        """Give Steps just decoded from ``direction`` their packets: every byte read so
+        far except the ``unfed`` ones and those the conversation still buffers."""
+        if not steps:
+            return
+        conv = self.conv
+        held = len(conv._cin if direction == "c2s" else conv._sin)
+        packets = self.carry[direction].keep(unfed + held) or None
+        # Several Steps from the same bytes (a line that ends one response and is another)
+        # share their packets.
+        for step in steps:
+            if step.packets is None:
+                step.packets = packets
 
     def text_gap(self, direction: str) -> None:
         # Drop the partial line or literal of that direction (wire module internals).
@@ -710,6 +810,7 @@ class ImapDecoder(_ConversationDecoder):
         conv.tls = self.tls
         client = direction == "c2s"
         feed = conv.client_data if client else conv.server_data
+        stamp = self.stamp
         steps: list[Step] = []
         while data:
             pending = conv._c_literal if client else conv._s_literal
@@ -719,7 +820,10 @@ class ImapDecoder(_ConversationDecoder):
                 chunk, data = data[:pending], data[pending:]
                 if lit is not None:
                     lit.add(chunk)
-                steps += feed(chunk)
+                new = feed(chunk)
+                if new:
+                    stamp(new, direction, len(data))
+                    steps += new
                 if lit is not None and not (conv._c_literal if client else conv._s_literal):
                     self.lit[direction] = None
                     self._literal_done(lit)
@@ -728,10 +832,16 @@ class ImapDecoder(_ConversationDecoder):
                 self.lit[direction] = None         # refused before it was sent (NO to {n})
             nl = data.find(b"\n")
             if nl < 0:
-                steps += feed(data)
+                new = feed(data)
+                if new:
+                    stamp(new, direction, 0)
+                    steps += new
                 break
             line, data = data[:nl + 1], data[nl + 1:]
-            steps += feed(line)
+            new = feed(line)
+            if new:
+                stamp(new, direction, len(data))
+                steps += new
             pending = conv._c_literal if client else conv._s_literal
             if pending and not (conv._cin if client else conv._sin):
                 self.lit[direction] = self._literal_start(client, pending)

@@ -18,6 +18,7 @@ well-known mail port (else the higher port).
 
 from __future__ import annotations
 
+import heapq
 from typing import Callable, Protocol
 
 from gponsim.capture.pcap import ACK, FIN, RST, SYN, Segment
@@ -37,19 +38,27 @@ def _rel(a: int, b: int) -> int:
 
 
 class Handler(Protocol):
-    def data(self, direction: str, data: bytes, t: float) -> None: ...
+    #: ``packet``: the capture's number of the packet that carried these bytes.
+    def data(self, direction: str, data: bytes, t: float, packet: int = 0) -> None: ...
     def gap(self, direction: str, nbytes: int, t: float) -> None: ...
     def close(self, t: float) -> None: ...
 
 
 class Stream:
+    """One direction of a connection. Out-of-order segments wait in ``pending``
+    (by sequence number: their bytes and packet number) and in ``order``, a
+    heap of their offsets from ``base`` (the stream position when the first of
+    them arrived), so the earliest one is found in O(log n), however many wait."""
+
     __slots__ = ("direction", "next", "pending", "pending_bytes", "fin", "acked", "bytes",
-                 "retrans", "gaps", "seen")
+                 "retrans", "gaps", "seen", "order", "base")
 
     def __init__(self, direction: str) -> None:
         self.direction = direction
         self.next: int | None = None
-        self.pending: dict[int, bytes] = {}
+        self.pending: dict[int, tuple[bytes, int]] = {}
+        self.order: list[int] = []
+        self.base = 0
         self.pending_bytes = 0
         self.fin = False
         self.acked: int | None = None
@@ -147,7 +156,7 @@ class Tracker:
                     self._flush(conn, other, t, upto=ack)
         if not payload and not flags & (SYN | FIN | RST):
             return                               # a pure ACK: nothing more to do
-        self._data(conn, stream, seq, payload, flags, t)
+        self._data(conn, stream, seq, payload, flags, t, number)
         if flags & RST:
             conn.rst = True
             self._close(key, conn, t)
@@ -176,7 +185,7 @@ class Tracker:
         return conn
 
     def _data(self, conn: Connection, st: Stream, seq: int, payload: bytes, flags: int,
-              t: float) -> None:
+              t: float, number: int = 0) -> None:
         if st.next is None:
             if flags & SYN:
                 st.next = (seq + 1) & _M
@@ -197,7 +206,7 @@ class Tracker:
             st.next = (seq + n) & _M
             st.bytes += n
             st.seen = True
-            conn.handler.data(st.direction, payload, t)
+            conn.handler.data(st.direction, payload, t, number)
             if flags & FIN and not st.pending:
                 st.fin = True
                 st.next = (st.next + 1) & _M
@@ -210,7 +219,7 @@ class Tracker:
             seq = st.next
             rel = 0
         if rel == 0:
-            self._deliver(conn, st, payload, t)
+            self._deliver(conn, st, payload, t, number)
             if st.pending:
                 self._drain(conn, st, t)
             if flags & FIN and not st.pending:
@@ -218,37 +227,46 @@ class Tracker:
                 st.next = (st.next + 1) & _M
             return
         old = st.pending.get(seq)
-        if old is None or len(old) < n:
-            st.pending[seq] = payload
-            st.pending_bytes += n - (len(old) if old else 0)
+        if old is None or len(old[0]) < n:
+            if not st.pending:
+                st.base, st.order = st.next, []
+            if old is None:
+                heapq.heappush(st.order, (seq - st.base) & _M)
+            st.pending[seq] = (payload, number)
+            st.pending_bytes += n - (len(old[0]) if old else 0)
         if st.pending_bytes > PENDING_LIMIT or (st.acked is not None and _rel(st.acked, st.next) > 0):
             self._flush(conn, st, t, upto=st.acked if st.pending_bytes <= PENDING_LIMIT else None)
 
-    def _deliver(self, conn: Connection, st: Stream, payload: bytes, t: float) -> None:
+    def _deliver(self, conn: Connection, st: Stream, payload: bytes, t: float, number: int) -> None:
         st.next = (st.next + len(payload)) & _M
         st.bytes += len(payload)
         st.seen = True
-        conn.handler.data(st.direction, payload, t)
+        conn.handler.data(st.direction, payload, t, number)
+
+    @staticmethod
+    def _first(st: Stream) -> int | None:
+        """The sequence number of the earliest waiting segment."""
+        while st.order:
+            seq = (st.base + st.order[0]) & _M
+            if seq in st.pending:
+                return seq
+            heapq.heappop(st.order)       # delivered already
+        return None
 
     def _drain(self, conn: Connection, st: Stream, t: float) -> None:
-        while st.pending:
-            best = None
-            for seq in st.pending:
-                r = _rel(seq, st.next)
-                if r <= 0 and (best is None or r < best[0]):
-                    best = (r, seq)
-            if best is None:
+        while (seq := self._first(st)) is not None:
+            r = _rel(seq, st.next)
+            if r > 0:
                 return
-            r, seq = best
-            data = st.pending.pop(seq)
+            heapq.heappop(st.order)
+            data, number = st.pending.pop(seq)
             st.pending_bytes -= len(data)
             if r + len(data) > 0:
-                self._deliver(conn, st, data[-r:] if r else data, t)
+                self._deliver(conn, st, data[-r:] if r else data, t, number)
 
     def _flush(self, conn: Connection, st: Stream, t: float, upto: int | None = None) -> None:
         """Declare the hole before the first waiting segment a gap, and go on."""
-        while st.pending:
-            first = min(st.pending, key=lambda s: _rel(s, st.next))
+        while (first := self._first(st)) is not None:
             r = _rel(first, st.next)
             if upto is not None and _rel(first, upto) >= 0 and r > 0:
                 return

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import struct
 
+from gponsim.capture.carry import Carrier
+
 VERSIONS = {0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2",
             0x0304: "TLSv1.3"}
 
@@ -56,11 +58,13 @@ def looks_like_tls(data: bytes) -> bool:
 
 
 class _Dir:
-    __slots__ = ("buf", "hs", "encrypted", "records", "bytes")
+    __slots__ = ("buf", "hs", "hs_packets", "encrypted", "records", "bytes", "lost")
 
     def __init__(self) -> None:
+        self.lost = False                      # after a gap: wait for a record to start
         self.buf = b""
         self.hs = b""
+        self.hs_packets: list[int] = []      # the packets of the records in ``hs``
         self.encrypted = False
         self.records = 0
         self.bytes = 0
@@ -72,9 +76,16 @@ class TlsObserver:
     With a :class:`~gponsim.capture.tlsdecrypt.KeyLog` holding this
     session's secrets, :meth:`feed` also returns the decrypted application
     data of that direction.
+
+    Fed with the packets that carried the bytes, it knows each record's packets:
+    an event's ``info["packets"]``, ``plain_packets`` for what :meth:`feed`
+    returned, and ``on_record(direction, content_type, length, packets,
+    handshake_type)`` for every record (the packets view; ``handshake_type`` is
+    the first message's type of a handshake record still in clear, else None),
+    which also keeps records read after the key change without keys.
     """
 
-    def __init__(self, keylog=None) -> None:
+    def __init__(self, keylog=None, on_record=None) -> None:
         self.dirs = {"c2s": _Dir(), "s2c": _Dir()}
         self.client_hello: dict | None = None
         self.server_hello: dict | None = None
@@ -87,14 +98,33 @@ class TlsObserver:
         self.decrypted = False
         self.failed = {"c2s": False, "s2c": False}
         self.inner = {"c2s": b"", "s2c": b""}
+        #: Bytes fed with their packets and not yet in a whole record.
+        self.raw = {"c2s": Carrier(), "s2c": Carrier()}
+        self.on_record = on_record
+        #: The packets of each chunk the last :meth:`feed` returned.
+        self.plain_packets: list[list[int]] = []
+        self._record_packets: list[int] = []
 
-    def feed(self, direction: str, data: bytes) -> list[bytes]:
+    def feed(self, direction: str, data: bytes, packets: tuple | None = None) -> list[bytes]:
+        """The bytes of one direction, in order; returns the decrypted application data.
+
+        ``packets``: the packet(s) that carried ``data`` (None: not followed)."""
         d = self.dirs[direction]
         d.bytes += len(data)
         out: list[bytes] = []
+        self.plain_packets = []
         if self.not_tls[direction]:
             return out
-        if d.encrypted and (self.keys is None or self.failed[direction]):
+        raw = self.raw[direction]
+        if d.lost:
+            # After bytes missing from the capture, records resume with the first segment
+            # that starts with a record header (what comes before it cannot be placed).
+            if not looks_like_tls(data):
+                return out
+            d.lost = False
+        if packets is not None:
+            raw.add(len(data), packets)
+        if d.encrypted and (self.keys is None or self.failed[direction]) and self.on_record is None:
             return out                   # nothing more to learn: only count
         d.buf += data
         while len(d.buf) >= 5:
@@ -107,6 +137,11 @@ class TlsObserver:
                 return out
             header, body, d.buf = d.buf[:5], d.buf[5:5 + length], d.buf[5 + length:]
             d.records += 1
+            self._record_packets = pk = raw.take(5 + length) if raw.size else []
+            if self.on_record is not None:
+                # A handshake record still in clear names its first message's type.
+                hs = body[0] if ctype == 22 and not d.encrypted and body else None
+                self.on_record(direction, ctype, length, pk, hs)
             if ctype == 20:
                 d.encrypted = True
                 continue
@@ -119,13 +154,24 @@ class TlsObserver:
                 self._alert(direction, body)
             elif ctype == 22:
                 d.hs += body
+                for p in pk:
+                    if not d.hs_packets or d.hs_packets[-1] != p:
+                        d.hs_packets.append(p)
                 self._handshake(direction, d)
         return out
+
+    def resync(self, direction: str) -> None:
+        """Bytes of ``direction`` are missing: drop the record in progress; reading
+        resumes at the next segment that starts with a record."""
+        d = self.dirs[direction]
+        d.buf, d.hs, d.hs_packets = b"", b"", []
+        d.lost = True
+        self.raw[direction].clear()
 
     def _alert(self, direction: str, body: bytes) -> None:
         self.alerts.append(f"{'fatal' if body[0] == 2 else 'warning'} alert {body[1]}")
         self.events.append(("Alert", {"level": body[0], "description": body[1],
-                                      "direction": direction}))
+                                      "direction": direction, "packets": self._record_packets}))
 
     def _decrypt(self, direction: str, header: bytes, body: bytes, out: list) -> None:
         from gponsim.capture.tlsdecrypt import DecryptError
@@ -134,13 +180,15 @@ class TlsObserver:
             ctype, plain = self.keys.decrypt(direction, header, body)
         except DecryptError as exc:
             self.failed[direction] = True
-            self.events.append(("DecryptFailed", {"direction": direction, "reason": str(exc)}))
+            self.events.append(("DecryptFailed", {"direction": direction, "reason": str(exc),
+                                                  "packets": self._record_packets}))
             return
         if not self.decrypted:
             self.decrypted = True
-            self.events.append(("Decrypted", {"direction": direction}))
+            self.events.append(("Decrypted", {"direction": direction, "packets": self._record_packets}))
         if ctype == 23:
             out.append(plain)
+            self.plain_packets.append(self._record_packets)
         elif ctype == 21 and len(plain) >= 2:
             if plain[1] != 0:                 # close_notify is not news
                 self._alert(direction, plain)
@@ -155,7 +203,8 @@ class TlsObserver:
                 if mtype == 11 and direction == "s2c" and self.subject is None:
                     try:
                         self.subject = _subject13(msg)
-                        self.events.append(("Certificate", {"subject": self.subject}))
+                        self.events.append(("Certificate", {"subject": self.subject,
+                                                            "packets": self._record_packets}))
                     except (ValueError, IndexError):
                         pass
                 elif mtype == 20:
@@ -186,25 +235,31 @@ class TlsObserver:
             if len(d.hs) < 4 + mlen:
                 return
             msg, d.hs = d.hs[4:4 + mlen], d.hs[4 + mlen:]
+            packets = d.hs_packets
+            # What is left in hs came with the last record.
+            d.hs_packets = self._record_packets[-1:] if d.hs else []
             try:
                 if mtype == 1 and direction == "c2s":
                     self.client_hello = _client_hello(msg)
+                    self.client_hello["packets"] = packets
                     self.events.append(("ClientHello", self.client_hello))
                 elif mtype == 2 and direction == "s2c":
                     self.server_hello = _server_hello(msg)
+                    self.server_hello["packets"] = packets
                     self.events.append(("ServerHello", self.server_hello))
                     self._start_keys()
                     if self.server_hello.get("version") == "TLSv1.3":
                         d.encrypted = True     # the rest of the server's flight is encrypted
-                        rest, d.hs = d.hs, b""
+                        d.hs = b""
                         return
                 elif mtype == 11 and direction == "s2c":
                     self.subject = _subject(msg)
-                    self.events.append(("Certificate", {"subject": self.subject}))
+                    self.events.append(("Certificate", {"subject": self.subject, "packets": packets}))
                 elif mtype == 14 and direction == "s2c":
-                    self.events.append(("ServerHelloDone", {}))
+                    self.events.append(("ServerHelloDone", {"packets": packets}))
             except (IndexError, struct.error, ValueError):
-                self.events.append(("Malformed", {"message": mtype, "direction": direction}))
+                self.events.append(("Malformed", {"message": mtype, "direction": direction,
+                                                  "packets": packets}))
 
 
 def _vec(data: bytes, at: int, size: int) -> tuple[bytes, int]:

@@ -66,6 +66,9 @@ class Catalog:
         self._matching = {key for key, options in entries.items()
                           if any(e.match or e.when for e in options)}
         self._memo: dict[tuple, Entry | None] = {}
+        self._texts: dict[tuple, tuple[str, ...]] = {}
+        self._when_texts: dict[tuple, tuple[str, ...]] = {}
+        self._by_line: dict[tuple, Entry | None] = {}
 
     @classmethod
     def load(cls) -> "Catalog":
@@ -168,22 +171,42 @@ class Catalog:
 
         Most Steps resolve by their fields alone (no ``match`` text involved),
         so those answers are remembered: a busy lab resolves each kind of
-        Step once.
+        Step once. The others are remembered by which match texts their line holds.
         """
+        return self.explain(step)[0]
+
+    def explain(self, step: Step) -> tuple[Entry | None, bool]:
+        """``(entry, fixed)``: the Step's explanation, and whether every Step with the same
+        fields gets it (False: it depends on the line's text)."""
         signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced,
                      step.status, bool(step.meta and step.meta.get("foreign")))
         entry = self._memo.get(signature, _UNKNOWN)
+        if entry is _BY_LINE:
+            return self._by_line_text(signature, step), False
         if entry is not _UNKNOWN:
-            return entry
+            return entry, True
         for key in self.candidates(step):
             if key in self._matching:
-                return self._resolve_by_line(step)
+                self._memo[signature] = _BY_LINE
+                return self._by_line_text(signature, step), False
             options = self._entries.get(key)
             if options:
                 self._memo[signature] = options[0]
-                return options[0]
+                return options[0], True
         self._memo[signature] = None
-        return None
+        return None, True
+
+    def _by_line_text(self, signature: tuple, step: Step) -> Entry | None:
+        """Chosen by the line: by which of the match texts it holds (remembered so)."""
+        line = step.line.lower()
+        seen = (signature, tuple(m in line for m in self._match_texts(signature, step)),
+                tuple(template.applies(w, step) for w in self._whens(signature, step)))
+        entry = self._by_line.get(seen, _UNKNOWN)
+        if entry is _UNKNOWN:
+            if len(self._by_line) > 20000:
+                self._by_line.clear()
+            entry = self._by_line[seen] = self._resolve_by_line(step)
+        return entry
 
     def _resolve_by_line(self, step: Step) -> Entry | None:
         line = step.line
@@ -198,12 +221,37 @@ class Catalog:
                 return entry
         return None
 
+    def _whens(self, signature: tuple, step: Step) -> tuple[str, ...]:
+        """The ``when`` conditions that can decide a Step with these fields."""
+        whens = self._when_texts.get(signature)
+        if whens is None:
+            found = []
+            for key in self.candidates(step):
+                for entry in self._entries.get(key, ()):
+                    if entry.when and entry.when not in found:
+                        found.append(entry.when)
+            whens = self._when_texts[signature] = tuple(found)
+        return whens
+
+    def _match_texts(self, signature: tuple, step: Step) -> tuple[str, ...]:
+        """The ``match`` texts that can decide a Step with these fields (lower case)."""
+        texts = self._texts.get(signature)
+        if texts is None:
+            found = []
+            for key in self.candidates(step):
+                for entry in self._entries.get(key, ()):
+                    if entry.match and entry.match.lower() not in found:
+                        found.append(entry.match.lower())
+            texts = self._texts[signature] = tuple(found)
+        return texts
+
     def key_for(self, step: Step) -> str | None:
         entry = self.resolve(step)
         return entry.key if entry else None
 
 
 _UNKNOWN = object()      # a signature not resolved yet (None is a resolved "no entry")
+_BY_LINE = object()      # a signature whose entry depends on the line's text
 
 
 @lru_cache(maxsize=1)

@@ -3,13 +3,15 @@ validated and explained (``gponsim config init`` / ``gponsim config explain``)."
 
 from .explain import Row, explain_rows, render_explain
 from .postfix import ConfigError
-from .profile import LabProfile, Unsimulated, init_config, load_profile
+from .profile import LMTP_SWITCH, LabProfile, Unsimulated, apply_switch, init_config, load_profile
 
 __all__ = [
     "ConfigError",
+    "LMTP_SWITCH",
     "LabProfile",
     "Row",
     "Unsimulated",
+    "apply_switch",
     "explain_rows",
     "init_config",
     "load_profile",

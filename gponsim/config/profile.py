@@ -9,7 +9,7 @@ A profile folder mirrors the lab server's /etc::
       postfix/sasl_passwd           /etc/postfix/sasl_passwd (text; no postmap needed)
       dovecot/dovecot.conf          /etc/dovecot/dovecot.conf (includes conf.d/*.conf)
       dovecot/conf.d/10-auth.conf, 10-mail.conf, 10-master.conf, 10-ssl.conf,
-      dovecot/conf.d/15-mailboxes.conf, auth-passwdfile.conf.ext
+      dovecot/conf.d/15-mailboxes.conf, 20-lmtp.conf, auth-passwdfile.conf.ext
 
 ``load_profile(None)`` reads the profile shipped with gponsim (the lab
 document's configuration); ``init_config(dir)`` copies it so that an
@@ -32,6 +32,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
+
+from gponsim.server.mailstore.interface import StoreError
+from gponsim.server.mailstore.location import FORMATS as MAIL_FORMATS
+from gponsim.server.mailstore.location import MailLocation, check_format, parse_mail_location
 
 from . import params as _params
 from .dovecot import DovecotConfig, DovecotSection, DovecotSetting, default_resolver, parse_dovecot
@@ -60,8 +64,10 @@ __all__ = [
     "Mailbox",
     "PasswdFile",
     "RelayHost",
+    "LMTP_SWITCH",
     "SHIPPED_PROFILE",
     "Unsimulated",
+    "apply_switch",
     "init_config",
     "load_profile",
 ]
@@ -137,17 +143,6 @@ class PasswdFile:
     path: str                # lab-server path, e.g. /etc/dovecot/users
     scheme: str              # e.g. BLF-CRYPT
     username_format: str
-
-
-@dataclass(frozen=True)
-class MailLocation:
-    format: str              # mbox, maildir...
-    root: str                # e.g. ~/mail
-    options: dict[str, str]  # e.g. {"INBOX": "/var/mail/%u"}
-
-    @property
-    def inbox(self) -> str | None:
-        return self.options.get("INBOX")
 
 
 @dataclass(frozen=True)
@@ -563,6 +558,37 @@ class LabProfile:
             return self._dovecot_typed("mail_max_userip_connections", section, _params.parse_int)
         return self._dovecot_typed("mail_max_userip_connections", None, _params.parse_int)
 
+    def protocol_setting(self, protocol: str, name: str) -> str:
+        """A setting as the ``protocol`` service sees it: from its
+        ``protocol NAME { }`` section if set there, else the top level."""
+        section = self.dovecot_section("protocol", protocol)
+        if section is not None and section.setting(name) is not None:
+            return self.dovecot(name, section)
+        return self.dovecot(name)
+
+    def lmtp_enabled(self) -> bool:
+        """Dovecot serves LMTP (``lmtp`` in ``protocols``)."""
+        return "lmtp" in self.protocols()
+
+    def lmtp_socket_paths(self) -> builtins.list[tuple[str, DovecotUnixListener]]:
+        """(lab-server path, listener) of each ``unix_listener`` of ``service
+        lmtp``; a relative one lives in ``base_dir`` (/run/dovecot/lmtp)."""
+        base = self.dovecot("base_dir") or "/run/dovecot"
+        return [(posixpath.normpath(listener.path if listener.path.startswith("/")
+                                    else posixpath.join(base, listener.path)), listener)
+                for listener in self.unix_listeners("lmtp")]
+
+    def mailbox_transport_socket(self) -> str | None:
+        """The lab-server path of main.cf's ``mailbox_transport =
+        lmtp:unix:PATH`` (relative to queue_directory), or None."""
+        name, _, nexthop = self.main("mailbox_transport").strip().partition(":")
+        kind, _, address = nexthop.partition(":")
+        if name != "lmtp" or kind != "unix" or not address:
+            return None
+        if address.startswith("/"):
+            return posixpath.normpath(address)
+        return posixpath.normpath(posixpath.join(self.main("queue_directory"), address))
+
     def auth_failure_delay(self) -> float:
         return self.dovecot_time("auth_failure_delay")
 
@@ -679,16 +705,23 @@ class LabProfile:
 
     def mail_location(self) -> MailLocation:
         """mail_location split: ``mbox:~/mail:INBOX=/var/mail/%u`` →
-        format mbox, root ~/mail, options {INBOX: /var/mail/%u}."""
+        format mbox, root ~/mail, options {INBOX: /var/mail/%u}. A format
+        gponsim does not simulate is a ConfigError (empty means the lab's mbox)."""
         value = self.dovecot("mail_location")
-        fmt, _, rest = value.partition(":")
-        parts = rest.split(":") if rest else []
-        root = parts[0] if parts and "=" not in parts[0] else ""
-        options = {}
-        for part in parts[1 if root else 0:]:
-            key, _, item = part.partition("=")
-            options[key] = item
-        return MailLocation(fmt, root, options)
+        location = parse_mail_location(value)
+        try:
+            check_format(location)
+        except StoreError:
+            setting = self.dovecot_setting("mail_location")
+            have = ", ".join(sorted(MAIL_FORMATS))
+            raise ConfigError(setting.path if setting else self.dovecot_config.path,
+                              setting.line if setting else None,
+                              f"mail_location = {value}: mailbox format {location.format!r} "
+                              f"is not simulated (gponsim has: {have})",
+                              es=f"mail_location = {value}: el formato de buzón "
+                                 f"{location.format!r} no está simulado (gponsim tiene: {have})"
+                              ) from None
+        return location
 
     def mailboxes(self, namespace: str = "inbox") -> builtins.list[Mailbox]:
         """``mailbox NAME { special_use, auto }`` of a namespace (Debian's
@@ -750,6 +783,24 @@ class LabProfile:
                 " with 454 4.7.0 Temporary authentication failure",
                 f"Dovecot no define ningún unix_listener {socket} en service auth: AUTH fallará"
                 " con 454 4.7.0 Temporary authentication failure"))
+        socket = self.mailbox_transport_socket()
+        if socket is not None:
+            served = self.lmtp_enabled() and any(path == socket
+                                                  for path, _l in self.lmtp_socket_paths())
+            if not served:
+                path, line = self._location("mailbox_transport", None)
+                why = ("protocols has no lmtp" if not self.lmtp_enabled()
+                       else "no service lmtp { unix_listener } has that path")
+                why_es = ("protocols no incluye lmtp" if not self.lmtp_enabled()
+                          else "ningún service lmtp { unix_listener } tiene esa ruta")
+                found.append(Warning_(
+                    path, line,
+                    f"mailbox_transport delivers over LMTP to {socket}, but Dovecot does not "
+                    f"create that socket ({why}): local mail will be deferred (connect to ...: "
+                    f"No such file or directory)",
+                    f"mailbox_transport entrega por LMTP a {socket}, pero Dovecot no crea ese "
+                    f"socket ({why_es}): el correo local quedará diferido (connect to ...: "
+                    f"No such file or directory)"))
         return found
 
     # ------------------------------------------------------------------
@@ -778,6 +829,7 @@ class LabProfile:
                     raise _error_for((setting.path, setting.line), setting.key, setting.value,
                                      problem) from None
         self.unix_listeners("auth")
+        self.mail_location()                        # a format gponsim has
         for listener_service in self.dovecot_sections("service"):
             for listener in listener_service.find("inet_listener"):
                 if listener.setting("port") is not None:
@@ -855,12 +907,48 @@ def _shipped_files() -> list[PurePosixPath]:
                                         first.index(p) if p in first else 0, p.as_posix()))
 
 
-def init_config(dest_dir: str | os.PathLike, force: bool = False) -> list[Path]:
+#: Delivery through Dovecot's LMTP (``gponsim config init --lmtp``): the edits an
+#: administrator makes on the real server after ``apt install dovecot-lmtpd``,
+#: as (profile file, text as shipped, text after the edit). The shipped files
+#: carry these lines commented out.
+LMTP_SWITCH = (
+    ("postfix/main.cf", "\n#mailbox_transport = lmtp:unix:private/dovecot-lmtp\n",
+     "\nmailbox_transport = lmtp:unix:private/dovecot-lmtp\n"),
+    ("dovecot/dovecot.conf", "\nprotocols = imap pop3\n", "\n#protocols = imap pop3\n"),
+    ("dovecot/dovecot.conf", "\n#protocols = imap pop3 lmtp\n", "\nprotocols = imap pop3 lmtp\n"),
+    ("dovecot/conf.d/10-master.conf",
+     "  #unix_listener /var/spool/postfix/private/dovecot-lmtp {\n  #  mode = 0600\n"
+     "  #  user = postfix\n  #  group = postfix\n  #}\n",
+     "  unix_listener /var/spool/postfix/private/dovecot-lmtp {\n    mode = 0600\n"
+     "    user = postfix\n    group = postfix\n  }\n"),
+    ("dovecot/conf.d/20-lmtp.conf", "\n  #auth_username_format = %Ln\n",
+     "\n  auth_username_format = %Ln\n"),
+)
+
+
+def apply_switch(directory: str | os.PathLike, edits=LMTP_SWITCH) -> list[Path]:
+    """Make ``edits`` in the profile at ``directory``; returns the files changed.
+    Raises ConfigError when a file does not hold the text to replace."""
+    changed: list[Path] = []
+    for relative, old, new in edits:
+        path = Path(directory) / relative
+        text = path.read_text(encoding="utf-8")
+        if old not in text:
+            raise ConfigError(path, None, f"does not contain {old.strip()!r}: edit it by hand",
+                              es=f"no contiene {old.strip()!r}: edítelo a mano")
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+        if path not in changed:
+            changed.append(path)
+    return changed
+
+
+def init_config(dest_dir: str | os.PathLike, force: bool = False, lmtp: bool = False) -> list[Path]:
     """Copy the shipped profile into ``dest_dir`` (created if needed).
 
     Refuses (ConfigError naming the first existing file) to overwrite any
     file unless ``force``. Returns the files written. sasl_passwd gets mode
-    0600, as the lab document does with chmod 600."""
+    0600, as the lab document does with chmod 600. ``lmtp``: with the
+    :data:`LMTP_SWITCH` made (mail delivered through Dovecot's LMTP)."""
     destination = Path(dest_dir)
     if destination.exists() and not destination.is_dir():
         raise ConfigError(destination, None, "exists and is not a folder",
@@ -883,4 +971,6 @@ def init_config(dest_dir: str | os.PathLike, force: bool = False) -> list[Path]:
         if relative.name == "sasl_passwd":
             target.chmod(0o600)
         written.append(target)
+    if lmtp:
+        apply_switch(destination)
     return written

@@ -20,7 +20,7 @@ from gponsim.diagrams.architecture import architecture_dot, architecture_mermaid
 from gponsim.diagrams.dot import sequence_dot
 from gponsim.diagrams.mermaid import sequence_mermaid
 from gponsim.diagrams.render import FORMATS, DotMissing, render
-from gponsim.diagrams.sequence import FLOWS, Page, build_sequence
+from gponsim.diagrams.sequence import FLOWS, MAX_ROWS, Page, build_sequence
 from gponsim.steps import Step, read_jsonl
 
 __all__ = ["FORMATS", "FLOWS", "DotMissing", "Page", "build_sequence", "draw_architecture",
@@ -62,7 +62,7 @@ def draw_architecture(steps: Iterable[Step] | None, out: str | Path, *, fmt: str
 
 def draw_sequence(steps: Iterable[Step], out: str | Path, *, fmt: str = "svg", lang: str = "en",
                   flow: str = "all", session: str | None = None, notes: bool = False,
-                  collapse: bool = True, page_rows: int = 120, title: str | None = None,
+                  collapse: bool = True, page_rows: int = MAX_ROWS, title: str | None = None,
                   label_width: int = 80) -> list[Path]:
     """One file per page: ``out`` itself for one page, ``name-2.svg``... after it.
 

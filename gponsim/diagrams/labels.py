@@ -31,3 +31,12 @@ def edge_name(edge: str, lang: str) -> str:
 
 def caption(name: str, lang: str, **values) -> str:
     return _pick(_labels()["captions"][name], lang).format(**values)
+
+
+def phase_name(phase: str, lang: str) -> str:
+    return _pick(_labels()["phases"][phase], lang)
+
+
+def service_name(service: str, lang: str) -> str:
+    entry = _labels()["services"].get(service)
+    return _pick(entry, lang) if entry else service

@@ -7,7 +7,8 @@ from gponsim.diagrams.sequence import Page
 
 #: Aliases as the lab document writes them (``participant SMTPD as Postfix SMTPD``).
 ALIASES = {"client": "User", "internet": "Ext", "smtpd": "SMTPD", "auth": "SASL",
-           "cleanup": "Cleanup", "qmgr": "Queue", "local": "Local", "mailbox": "Mailbox",
+           "cleanup": "Cleanup", "qmgr": "Queue", "local": "Local", "lmtp": "LMTP",
+           "dovecot-lmtp": "DovecotLMTP", "mailbox": "Mailbox",
            "smtp": "SMTP", "relay": "Gmail", "imap": "IMAP", "pop3": "POP3"}
 
 
@@ -29,9 +30,12 @@ def sequence_mermaid(page: Page, lang: str = "en") -> str:
         elif not row.tls and in_tls:
             lines.append("    end")
             in_tls = False
-        arrow = "-x" if row.failed else ("-->>" if row.kind == "reply" else "->>")
         label = row.label + (f" (×{row.repeat})" if row.repeat > 1 else "")
         indent = "        " if in_tls else "    "
+        if row.is_note or row.src == row.dst:      # a log line, on the lifeline that wrote it
+            lines.append(f"{indent}Note over {ALIASES[row.src]}: {_text(label)}")
+            continue
+        arrow = "-x" if row.failed else ("-->>" if row.kind == "reply" else "->>")
         lines.append(f"{indent}{ALIASES[row.src]}{arrow}{ALIASES[row.dst]}: {_text(label)}")
         if row.note:
             lines.append(f"{indent}Note over {ALIASES[row.dst]}: {_text(row.note)[:200]}")

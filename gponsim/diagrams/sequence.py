@@ -1,10 +1,19 @@
-"""Sequence diagrams from observed Steps: lifelines, one arrow per Step.
+"""Sequence diagrams from observed Steps, cut into projector-sized pages by phase.
 
 The model (:func:`build_sequence`) is independent of the drawing: a list of
-pages, each with its participants and its rows. Repeated runs (49 ``TOP``
-commands and their ``+OK``, a FETCH storm) collapse into one row with a
-count, and long sessions are cut into pages. :mod:`gponsim.diagrams.dot` and
-:mod:`gponsim.diagrams.mermaid` draw the pages.
+pages, each with its participants, its phase and its rows. A conversation is
+cut where it changes phase (connection and TLS, authentication, envelope,
+data, delivery; reading for IMAP/POP3), so a page holds few enough rows for
+large type on a projector; a phase too long for one page is cut evenly.
+
+Only protocol messages are arrows (commands, replies, the TLS handshake, the
+hand-offs between Postfix's programs); log lines (``connect from``,
+``disconnect``, ``removed``, the relay's ``status=``) are notes on the
+lifeline of the program that logged them. Participants are in the lab
+document's order for the flow (the receive flow puts the external server
+first and the mail client last). Repeated runs (49 ``TOP`` commands and their
+``+OK``) collapse into one row with a count.
+:mod:`gponsim.diagrams.dot` and :mod:`gponsim.diagrams.mermaid` draw the pages.
 """
 
 from __future__ import annotations
@@ -14,15 +23,28 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from gponsim.commentary import catalog
-from gponsim.diagrams.labels import participant_name
+from gponsim.diagrams.labels import caption, participant_name
 from gponsim.steps import Step
 
 #: Left-to-right order of the lifelines, as in the lab document's diagrams.
-ORDER = ("client", "internet", "smtpd", "auth", "cleanup", "qmgr", "local", "mailbox",
-         "smtp", "relay", "imap", "pop3")
+ORDER = ("client", "internet", "smtpd", "auth", "cleanup", "qmgr", "local", "lmtp",
+         "dovecot-lmtp", "mailbox", "smtp", "relay", "imap", "pop3")
+ORDERS = {
+    # "Flujo de Envío": Email Client, Postfix SMTPD, Dovecot SASL, Mail Queue, SMTP Client, Gmail, Destination
+    "send": ("client", "smtpd", "auth", "cleanup", "qmgr", "local", "lmtp", "dovecot-lmtp",
+             "mailbox", "smtp", "relay", "internet"),
+    # "Flujo de Recepción": External Server, SMTPD, Cleanup, Queue, Local, Mailbox, Dovecot IMAP, Email Client
+    "receive": ("internet", "smtpd", "cleanup", "qmgr", "local", "lmtp", "dovecot-lmtp", "mailbox",
+                "imap", "pop3", "auth", "client"),
+    # "Integración Postfix-Dovecot": Postfix SMTP, the socket, Dovecot Auth
+    "sasl": ("client", "smtpd", "auth"),
+    "all": ORDER,
+}
 
 FLOWS = ("all", "send", "receive", "sasl")
+PHASES = ("connection", "authentication", "envelope", "data", "delivery", "reading")
 MAX_LABEL = 80
+MAX_ROWS = 14          # rows on a page: enough room for >= 18 px text on a 1920x1080 projector
 
 
 @dataclass
@@ -32,9 +54,14 @@ class Row:
     label: str
     tls: bool = False
     failed: bool = False
-    kind: str = "command"
-    note: str = ""
+    kind: str = "command"       # command | reply | data | tls | event | note
+    note: str = ""              # the commentary (--notes)
     repeat: int = 1             # >1: this row stands for a collapsed run
+
+    @property
+    def is_note(self) -> bool:
+        """A log line, drawn on the lifeline of ``src`` (who logged it)."""
+        return self.kind == "note"
 
 
 @dataclass
@@ -43,6 +70,12 @@ class Page:
     rows: list[Row] = field(default_factory=list)
     number: int = 1
     total: int = 1
+    phases: list[str] = field(default_factory=list)   # of PHASES, what the page shows
+    service: str = ""           # whose conversation: submission, smtp, relay, imap, ...
+
+    @property
+    def phase(self) -> str:
+        return self.phases[0] if self.phases else ""
 
 
 #: master.cf service of an SMTP server port, for Steps from captures (no service name there).
@@ -63,10 +96,21 @@ def select(steps: Iterable[Step], flow: str = "all", session: str | None = None)
         raise ValueError(f"unknown flow {flow!r}: choose one of {', '.join(FLOWS)}")
     chosen = []
     sessions_of_service: dict[str, str] = {}
+    origin_of_qid: dict[str, str] = {}         # queue id -> session that brought the message
+    lmtp_qid: dict[str, str] = {}              # LMTP session -> the queue id it delivers
     steps = list(steps)
     for s in steps:
         if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp":
             sessions_of_service[s.session] = service_of(s)
+        elif s.kind == "event" and s.proto == "queue" and "qid" in s.meta:
+            origin_of_qid.setdefault(s.meta["qid"], s.session)
+        elif s.kind == "event" and s.proto == "lmtp" and s.verb == "CONNECT" and "qid" in s.meta:
+            lmtp_qid[s.session] = s.meta["qid"]
+    # The LMTP leg to Dovecot belongs to the flow of the message it delivers.
+    for lmtp_session, qid in lmtp_qid.items():
+        origin = origin_of_qid.get(qid)
+        if origin in sessions_of_service:
+            sessions_of_service[lmtp_session] = sessions_of_service[origin]
     for s in steps:
         if session and s.session != session:
             continue
@@ -88,14 +132,31 @@ def select(steps: Iterable[Step], flow: str = "all", session: str | None = None)
 
 
 _LOG_NOISE = re.compile(r"(?:, )?(?:relay|delay|delays|dsn)=[^,]*(?=,|$)")
+_QUEUE_ID = re.compile(r"^[0-9A-F]{6,}: ")
+_TLS = re.compile(r"(TLSv[\d.]+|SSLv\d) with cipher (\S+)")
+#: Events that are log lines of one program, not messages between two.
+_LOGGED = {"CONNECT", "DISCONNECT", "SENT", "DEFERRED", "BOUNCED", "EXPIRED", "REMOVED", "RETRY",
+           "SIMULATOR", "TIMEOUT", "REJECT", "LOST"}
+_SERVERS = {"smtpd", "imap", "pop3"}
+
+_CONNECTION = {"CONNECT", "EHLO", "HELO", "LHLO", "STARTTLS", "STLS", "CAPABILITY", "CAPA", "ID",
+               "NOOP", "ENABLE", "GREETING", "RSET", "XCLIENT", "VRFY"}
+_CLOSING = {"QUIT", "LOGOUT", "DISCONNECT", "SENT", "DEFERRED", "BOUNCED", "EXPIRED", "TIMEOUT"}
+_AUTH = {"AUTH", "AUTHENTICATE", "LOGIN", "USER", "PASS", "APOP"}
+_ENVELOPE = {"MAIL", "RCPT", "CLIENT"}
+_DATA = {"DATA", "BDAT", "RECEIVED", "QUEUED", "."}
 
 
-def _label(step: Step, width: int = MAX_LABEL) -> str:
+def _label(step: Step, width: int = MAX_LABEL, lang: str = "en") -> str:
     text = step.shown_line().split("\n")[0]
-    if step.proto in ("queue", "delivery"):
-        # A log line: keep what a student follows (who, what status), not the timings.
+    if step.proto in ("queue", "delivery", "relay"):
+        # A log line: keep what a student follows (who, what status), not the ids and timings.
+        text = _QUEUE_ID.sub("", text)
         text = _LOG_NOISE.sub("", text).replace(", ,", ",").strip(", ")
-    if "\n" in step.line:
+    if step.proto == "tls":
+        m = _TLS.search(step.line)
+        text = caption("tls_handshake", lang) + (f": {m.group(1)} · {m.group(2)}" if m else "")
+    elif "\n" in step.line:
         text += " …"
     text = text.replace("\t", " ")
     if len(text) > width:
@@ -134,27 +195,157 @@ def collapse(steps: list[Step], min_repeats: int = 3, max_period: int = 4) -> li
     return out
 
 
+def phase_of(step: Step) -> str:
+    """The phase a Step belongs to; ``closing`` (QUIT, disconnect, the relay's verdict)
+    stays with whatever phase its session is in."""
+    verb = (step.verb or "").upper()
+    if step.proto == "tls":
+        return "connection"
+    if step.proto == "sasl":
+        return "authentication"
+    if verb in _CLOSING:
+        return "closing"
+    if verb == "CONNECT":
+        return "connection"
+    if step.proto in ("queue", "delivery") or (step.proto == "relay" and step.kind == "event"):
+        if verb == "CLIENT":
+            return "envelope"
+        if verb in ("RECEIVED", "QUEUED"):
+            return "data"
+        return "delivery"
+    if verb in _CONNECTION:
+        return "connection"
+    if verb in _AUTH:
+        return "authentication"
+    if step.proto in ("imap", "pop3"):
+        return "reading"
+    if verb in _ENVELOPE:
+        return "envelope"
+    if verb in _DATA or step.kind == "data":
+        return "data"
+    return "connection"
+
+
+def _service(step: Step, services: dict[str, str]) -> str:
+    if step.session in services:
+        return services[step.session]
+    if "relay" in (step.src, step.dst) and "smtp" in (step.src, step.dst):
+        return "relay"
+    if step.src == "relay" and step.dst == "internet":
+        return "gmail"
+    if step.proto == "sasl" or "auth" in (step.src, step.dst):
+        return "sasl"
+    if step.proto in ("imap", "pop3"):
+        return step.proto
+    return ""
+
+
+def _row(step: Step, repeat: int, flow: str, service: str, notes: bool, lang: str,
+         width: int) -> Row | None:
+    """The row a Step becomes, or None for what a sequence diagram does not show."""
+    if step.session == "lab":            # the lab announcing itself at start-up (not a message)
+        return None
+    src, dst = step.src, step.dst
+    if service == "smtp":                # port 25: the client is another mail server
+        src = "internet" if src == "client" else src
+        dst = "internet" if dst == "client" else dst
+    note = ""
+    if notes:
+        entry = catalog().resolve(step)
+        note = entry.render(lang, step) if entry else ""
+    failed = step.failed or step.meta.get("status") in ("bounced", "deferred")
+    kind = step.kind
+    if step.proto == "tls":
+        kind = "tls"                     # the TLS handshake: both ways, one double arrow
+    elif kind == "handshake":
+        kind = "reply" if step.dir == "s2c" else "command"   # e.g. Dovecot's auth handshake lines
+    if step.kind == "event" and (src == dst or (step.verb or "").upper() in _LOGGED):
+        # A log line: a note on the lifeline of the program that wrote it.
+        logger = dst if dst in _SERVERS and src in ("client", "internet") else src
+        src = dst = logger
+        kind = "note"
+    return Row(src=src, dst=dst, label=_label(step, width, lang), tls=step.tls, failed=failed,
+               kind=kind, note=note, repeat=repeat)
+
+
+def weight(row: Row) -> float:
+    """How much of a page a row takes: a long text is drawn on two lines."""
+    return 1.0 if len(row.label) <= 40 else 1.6
+
+
+def _chunks(rows: list[Row], size: int) -> list[list[Row]]:
+    """``rows`` cut into pages of at most ``size`` (in :func:`weight` units), as even as
+    possible (no page left with a lone row)."""
+    total = sum(weight(r) for r in rows)
+    if total <= size:
+        return [rows]
+    count = int(-(-total // size))
+    while True:
+        target = total / count
+        out, page, load = [], [], 0.0
+        for row in rows:
+            if page and load + weight(row) > target + 0.5:
+                out.append(page)
+                page, load = [], 0.0
+            page.append(row)
+            load += weight(row)
+        out.append(page)
+        if all(sum(weight(r) for r in p) <= size for p in out):
+            return out
+        count += 1
+
+
 def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | None = None,
                    lang: str = "en", notes: bool = False, collapse_runs: bool = True,
-                   page_rows: int = 120, label_width: int = MAX_LABEL) -> list[Page]:
+                   page_rows: int = MAX_ROWS, label_width: int = MAX_LABEL,
+                   by_phase: bool = True) -> list[Page]:
+    """Pages of a sequence diagram: one per phase of each conversation (``by_phase``),
+    at most ``page_rows`` rows each; consecutive short pages of the same phase (the
+    sessions of a lesson, say) share a page."""
+    steps = list(steps)
     chosen = select(steps, flow, session)
+    services = {s.session: service_of(s) for s in steps
+                if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp" and s.dst == "smtpd"}
     pairs = collapse(chosen) if collapse_runs else [(s, 1) for s in chosen]
-    rows = []
-    cat = catalog()
+    groups: dict[tuple, list[Row]] = {}
+    current: dict[str, tuple] = {}          # session -> its group now
     for step, repeat in pairs:
-        note = ""
-        if notes:
-            entry = cat.resolve(step)
-            note = entry.render(lang, step) if entry else ""
-        rows.append(Row(src=step.src, dst=step.dst, label=_label(step, label_width), tls=step.tls,
-                        failed=step.failed or step.meta.get("status") in ("bounced", "deferred"),
-                        kind=step.kind, note=note, repeat=repeat))
+        service = _service(step, services)
+        row = _row(step, repeat, flow, service, notes, lang, label_width)
+        if row is None:
+            continue
+        phase = phase_of(step) if by_phase else ""
+        if phase == "closing":
+            key = current.get(step.session) or (step.session, "connection", service)
+        else:
+            key = (step.session, phase, service)
+        if step.proto not in ("queue", "delivery"):
+            current[step.session] = key     # the Postfix programs' hand-offs do not end a phase
+        groups.setdefault(key, []).append(row)
+    # Consecutive groups of one phase share a page when they fit on it together, and so
+    # does a group of one or two rows with the page before it.
+    merged: list[tuple[list[str], str, list[Row]]] = []
+    for (_session, phase, service), rows in groups.items():
+        last = merged[-1] if merged else None
+        if last and sum(map(weight, last[2] + rows)) <= page_rows and (last[0][-1] == phase or len(rows) <= 2):
+            phases = last[0] + ([phase] if phase not in last[0] else [])
+            merged[-1] = (phases, last[1] if last[1] == service else "", last[2] + rows)
+        else:
+            merged.append(([phase], service, rows))
+    if len(merged) > 1 and sum(map(weight, merged[0][2])) <= 2 \
+            and sum(map(weight, merged[0][2] + merged[1][2])) <= page_rows:
+        # A lone row or two at the start go with the page after them.
+        first, second = merged[0], merged[1]
+        merged[:2] = [(first[0] + [p for p in second[0] if p not in first[0]],
+                       first[1] if first[1] == second[1] else "", first[2] + second[2])]
+    order = ORDERS.get(flow, ORDER)
     pages: list[Page] = []
-    for start in range(0, max(len(rows), 1), page_rows):
-        chunk = rows[start:start + page_rows]
-        used = {r.src for r in chunk} | {r.dst for r in chunk}
-        participants = [a for a in ORDER if a in used]
-        pages.append(Page(participants=participants, rows=chunk, number=len(pages) + 1))
+    for phases, service, rows in merged or [([""], "", [])]:
+        for chunk in _chunks(rows, page_rows):
+            used = {r.src for r in chunk} | {r.dst for r in chunk}
+            participants = [a for a in order if a in used] + sorted(used - set(order))
+            pages.append(Page(participants=participants, rows=chunk, number=len(pages) + 1,
+                              phases=phases, service=service))
     for page in pages:
         page.total = len(pages)
     return pages

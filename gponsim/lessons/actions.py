@@ -35,6 +35,11 @@ class Context:
     interactive: bool = False      # the student acts with their own mail client
     timeout: float = 300.0         # how long to wait for the student
     host: str = "127.0.0.1"        # where the lab listens (--listen)
+    reload: Callable[[], None] | None = None   # the lab reads its edited profile again
+    #: Narrate the lab's start-up Steps (of one protocol) now; returns how many.
+    replay_startup: Callable[..., int] = lambda proto=None: 0
+    #: Record a hint given to the student: (hint key, the text said).
+    hinted: Callable[[str, str], None] = lambda key, said: None
 
     @property
     def connect_host(self) -> str:
@@ -91,7 +96,10 @@ def do_wait_delivery(ctx: Context, o: dict) -> None:
     queue_id = ctx.results.get("queue_id") if count == 1 else None
 
     def delivered(step) -> bool:
-        if step.src == "local" and step.dst == "mailbox" and step.verb == "DELIVERED" \
+        # local(8) wrote the mbox, or (mailbox_transport = lmtp:...) lmtp(8) heard
+        # Dovecot's LMTP say it saved it
+        by = (step.src, step.dst, step.verb)
+        if by in (("local", "mailbox", "DELIVERED"), ("lmtp", "qmgr", "SENT")) \
                 and str(step.meta.get("recipient", "")).startswith(f"{user}@") \
                 and (queue_id is None or step.meta.get("qid") == queue_id):
             seen.append(step)
@@ -124,17 +132,26 @@ def do_diagram(ctx: Context, o: dict) -> None:
     name = o.get("name", f"{kind}-{o.get('flow', 'all')}")
     target = ctx.out / f"{name}.svg"
     try:
+        steps = list(ctx.record.steps)
         if kind == "architecture":
-            written = [draw_architecture(ctx.record.steps, target, lang=ctx.lang)]
+            written = [draw_architecture(steps, target, lang=ctx.lang)]
+            draw_architecture(steps, target.with_suffix(".dot"), lang=ctx.lang, fmt="dot")
         else:
-            written = draw_sequence(ctx.record.steps, target, lang=ctx.lang, flow=o.get("flow", "all"),
-                                    notes=bool(o.get("notes")))
+            options = dict(lang=ctx.lang, flow=o.get("flow", "all"), notes=bool(o.get("notes")))
+            written = draw_sequence(steps, target, **options)
+            draw_sequence(steps, target.with_suffix(".dot"), fmt="dot", **options)
     except DotMissing as exc:
         ctx.say(f"{exc}; the .dot/.mmd sources are in {ctx.out}")
         return
     ctx.artifacts.extend(written)
     for path in written:
         ctx.say(f"→ {path}")
+
+
+def do_startup(ctx: Context, o: dict) -> None:
+    """Show what the lab said while it started (e.g. ``proto = "sasl"``: Postfix's smtpd
+    opening Dovecot's auth socket), folded into one line until a step is about it."""
+    ctx.replay_startup(o.get("proto"))
 
 
 def do_wait_step(ctx: Context, o: dict) -> None:
@@ -161,6 +178,15 @@ def do_edit(ctx: Context, o: dict) -> None:
         raise RuntimeError(f"{o['file']}: {o['replace']!r} not found")
     path.write_text(content.replace(o["replace"], o["with"]), encoding="utf-8")
     ctx.say(f"{o['file']}: {o['replace']} → {o['with']}")
+
+
+def do_reload(ctx: Context, o: dict) -> None:
+    """``postfix reload`` and ``systemctl reload dovecot``: the lab reads the
+    profile it was started with again (after ``edit`` actions)."""
+    if ctx.reload is None:
+        raise RuntimeError("this lesson's lab cannot reload its configuration")
+    ctx.reload()
+    ctx.say("postfix reload; systemctl reload dovecot")
 
 
 def do_flush(ctx: Context, o: dict) -> None:
@@ -339,11 +365,20 @@ def do_capture(ctx: Context, o: dict) -> None:
 
     ``action = "start"`` starts capturing; ``"stop"`` writes ``capture.pcapng`` into the
     run folder and analyzes it twice: as an eavesdropper (no keys) and with the lab's
-    TLS key log. Without permission to capture, the lesson says why and goes on.
+    TLS key log. Without permission to capture (and no namespace or recording to
+    stand in, see :mod:`gponsim.lessons.capturing`), the lesson says why and goes on.
     """
     from gponsim.capture.live import CapturePermission, Sniffer
 
+    plan = ctx.results.get("capture_plan")          # how: see gponsim.lessons.capturing
     if o.get("action", "start") == "start":
+        if plan is not None and plan.note:
+            ctx.say(plan.note)
+        if plan is not None and plan.mode == "recorded":
+            from gponsim.lessons.capturing import RecordedCapture
+
+            ctx.results["sniffer"] = RecordedCapture(plan, ctx.out)
+            return
         try:
             ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcapng", set(ctx.ports.values()))
         except CapturePermission as exc:
@@ -361,8 +396,10 @@ def do_capture(ctx: Context, o: dict) -> None:
 
     path = sniffer.stop()
     ctx.artifacts.append(path)
-    keys = ctx.lab_root / "keys.log"
+    keys = getattr(sniffer, "keys", None) or ctx.lab_root / "keys.log"
     ctx.results["capture"] = {"plain": analyze(path), "keys": analyze(path, keylog=keys)}
+    ctx.results["capture_files"] = (path, keys)
+    ctx.results.pop("packet_rows", None)
     for label, analysis in (("eavesdropper", ctx.results["capture"]["plain"]),
                             ("key log", ctx.results["capture"]["keys"])):
         title = {"eavesdropper": {"es": "Lo que ve quien escucha (sin claves)", "en": "What an eavesdropper sees (no keys)"},
@@ -372,6 +409,28 @@ def do_capture(ctx: Context, o: dict) -> None:
                 for c in analysis.credentials]
         subjects = [f"  ✉ {m.get('subject', '')}" for m in analysis.messages]
         ctx.show_text(title[label][ctx.lang], "\n".join(rows + subjects) or "  —")
+
+
+def do_packets(ctx: Context, o: dict) -> None:
+    """Show the capture packet by packet (``gponsim analyze capture.pcapng --packets``): the
+    session that sent the mail (with ``session = "mail"``, the default) or every packet."""
+    from gponsim.packets.lesson import PacketRows
+    from gponsim.packets.view import Renderer
+
+    if "capture_files" not in ctx.results:
+        return
+    if "packet_rows" not in ctx.results:
+        ctx.results["packet_rows"] = PacketRows(*ctx.results["capture_files"])
+    data = ctx.results["packet_rows"]
+    lines: list[str] = []
+    renderer = Renderer(lines.append, ctx.lang, explain=o.get("explain", "first"), width=84, compact=True)
+    renderer.header()
+    for row in data.rows[:o.get("rows")]:           # the session's first rows, or all of them
+        renderer.row(row)
+    title = {"es": "Paquete a paquete: gponsim analyze capture.pcapng --packets --session {s}",
+             "en": "Packet by packet: gponsim analyze capture.pcapng --packets --session {s}"}[ctx.lang]
+    ctx.show_text(title.format(s=data.rows[0].conn.number if data.rows and data.rows[0].conn else "?"),
+                  "\n".join(lines))
 
 
 def do_autoconfig(ctx: Context, o: dict) -> None:
@@ -456,9 +515,12 @@ ACTIONS: dict[str, Callable[[Context, dict], None]] = {
     "send": do_send,
     "wait_delivery": do_wait_delivery,
     "show": do_show,
+    "packets": do_packets,
     "diagram": do_diagram,
     "wait_step": do_wait_step,
+    "startup": do_startup,
     "edit": do_edit,
+    "reload": do_reload,
     "flush": do_flush,
     "gmail": do_gmail,
     "read_imap": do_read_imap,

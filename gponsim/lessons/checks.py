@@ -85,6 +85,17 @@ def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | No
              (not check.contains or any(check.contains in m.get("subject", "") for m in analysis.messages))
         return Outcome(check, ok, f"credentials in clear: {in_clear}, inside TLS: {inside}; "
                                   f"messages: {len(analysis.messages)}")
+    if check.what == "packets":
+        results = results or {}
+        if "capture" not in results:
+            return Outcome(check, None, results.get("capture_unavailable", "nothing was captured"))
+        from gponsim.packets.lesson import PacketRows, check as packet_fact
+
+        if "packet_rows" not in results:
+            path, keys = results["capture_files"]
+            results["packet_rows"] = PacketRows(path, keys)
+        ok, detail = packet_fact(check.fact, results["packet_rows"], check.at_least)
+        return Outcome(check, ok, detail)
     if check.what == "autoconfig":
         results = results or {}
         if check.address in results.get("autoconfig_by_hand", []):

@@ -14,12 +14,25 @@ from pathlib import Path
 
 from gponsim.commentary import LANGS
 
-#: The top-level lessons/ folder of a source checkout (the Quick start's install).
-LESSONS_DIR = Path(__file__).resolve().parents[2] / "lessons"
 
-ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "flush", "gmail",
-           "read_imap", "read_pop3", "capture", "autoconfig", "certificate"}
-CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig"}
+
+def _lessons_dir() -> Path:
+    """Where the course's lessons are: inside the installed package (a wheel maps the
+    top-level lessons/ folder to gponsim/lessons/course/, see setup.py), or the
+    top-level lessons/ folder of a source checkout (an editable install)."""
+    packaged = Path(__file__).resolve().parent / "course"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "lessons"
+
+
+#: The course's lesson files.
+LESSONS_DIR = _lessons_dir()
+
+ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "reload", "flush",
+           "gmail", "read_imap", "read_pop3", "capture", "autoconfig", "certificate", "startup",
+           "packets"}
+CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig", "packets"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
 
 
@@ -57,6 +70,8 @@ class Check:
     inside_tls: int | None = None  # check "capture": credentials found inside TLS
     scope: str = "step"            # step | lesson
     address: str = ""              # check "autoconfig": the address Thunderbird asked for
+    fact: str = ""                 # check "packets": what the capture must show (packets/lesson.py)
+    at_least: int = 0              # check "packets": a count it must reach
 
 
 @dataclass
@@ -69,6 +84,7 @@ class Action:
 class LessonStep:
     id: str
     say: Text
+    title: Text | None = None      # a short title (slides); default: the first sentence of say
     actions: list[Action] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
 
@@ -92,6 +108,7 @@ class Lesson:
     lab: dict = field(default_factory=dict)    # main_cf overrides, ...
     diagrams: list[dict] = field(default_factory=list)
     path: Path | None = None
+    order: int | None = None       # place in the course; None: after the numbered ones
 
 
 class _Locator:
@@ -142,6 +159,9 @@ def load_lesson(path: str | Path) -> Lesson:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", str(data["id"])):
         raise LessonError(path, loc.key("id"), "id must be lower-case letters, digits and '-'")
     title = _need_text(data["title"], path, loc.key("title"), "title")
+    order = data.get("order")
+    if order is not None and (not isinstance(order, int) or isinstance(order, bool) or order < 1):
+        raise LessonError(path, loc.key("order"), "order must be a whole number from 1 (the lesson's place in the course)")
     objectives = data["objectives"]
     if not all(isinstance(objectives.get(lang), list) and objectives[lang] for lang in LANGS):
         raise LessonError(path, loc.key("objectives"), "objectives needs es and en lists")
@@ -150,6 +170,9 @@ def load_lesson(path: str | Path) -> Lesson:
         line = loc.table("steps", i)
         sid = raw_step.get("id") or f"step-{i + 1}"
         say = _need_text(raw_step.get("say"), path, line, f"step '{sid}': say")
+        step_title = raw_step.get("title")
+        if step_title is not None:
+            step_title = _need_text(step_title, path, line, f"step '{sid}': title")
         actions = []
         for a in raw_step.get("actions", []):
             do = a.get("do")
@@ -175,6 +198,12 @@ def load_lesson(path: str | Path) -> Lesson:
                 raise LessonError(path, line, f"step '{sid}': a file check needs 'file' and 'contains'")
             if what == "autoconfig" and "@" not in str(c.get("address", "")):
                 raise LessonError(path, line, f"step '{sid}': an autoconfig check needs an e-mail 'address'")
+            if what == "packets":
+                from gponsim.packets.lesson import FACTS
+
+                if c.get("fact") not in FACTS:
+                    raise LessonError(path, line, f"step '{sid}': a packets check needs a 'fact' "
+                                                  f"(one of {', '.join(FACTS)})")
             if what == "log":
                 try:
                     re.compile(c.get("pattern", ""))
@@ -186,8 +215,9 @@ def load_lesson(path: str | Path) -> Lesson:
                                 pattern=c.get("pattern", ""), file=c.get("file", ""),
                                 keys=bool(c.get("keys", False)), in_clear=c.get("in_clear"),
                                 inside_tls=c.get("inside_tls"),
-                                scope=c.get("scope", "step"), address=c.get("address", "")))
-        steps.append(LessonStep(id=sid, say=say, actions=actions, checks=checks))
+                                scope=c.get("scope", "step"), address=c.get("address", ""),
+                                fact=c.get("fact", ""), at_least=int(c.get("at_least", 0))))
+        steps.append(LessonStep(id=sid, say=say, title=step_title, actions=actions, checks=checks))
     quiz = []
     for i, q in enumerate(data.get("quiz", [])):
         line = loc.table("quiz", i)
@@ -204,11 +234,23 @@ def load_lesson(path: str | Path) -> Lesson:
                              explain=_need_text(q.get("explain"), path, line, "quiz explain")))
     return Lesson(id=data["id"], title=title, section=str(data["section"]), objectives=objectives,
                   steps=steps, quiz=quiz, lab=data.get("lab", {}), diagrams=data.get("diagrams", []),
-                  path=path)
+                  path=path, order=order)
+
+
+def _order_of(path: Path) -> tuple:
+    """A lesson file's place in the course: its ``order``, then its name (a file that
+    cannot be read goes last; loading it reports what is wrong)."""
+    try:
+        order = tomllib.loads(path.read_text(encoding="utf-8")).get("order")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        order = None
+    numbered = isinstance(order, int) and not isinstance(order, bool)
+    return (0, order, path.stem) if numbered else (1, 0, path.stem)
 
 
 def lesson_files(folder: Path = LESSONS_DIR) -> list[Path]:
-    return sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    """The lesson files of ``folder`` in the course's order (each lesson's ``order``)."""
+    return sorted(folder.glob("*.toml"), key=_order_of) if folder.is_dir() else []
 
 
 def find_lesson(lesson_id: str, folder: Path = LESSONS_DIR) -> Lesson:

@@ -18,46 +18,27 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.table import Table
 from rich.text import Text
 
 from gponsim.lessons.actions import Context, run_action
 from gponsim.lessons.checks import Outcome, evaluate
 from gponsim.lessons.model import Lesson, text
-from gponsim.steps import Step, StepBus
+from gponsim.lessons.quiz import QuizResult, ask_quiz
+from gponsim.lessons.words import word
 from gponsim.sinks.jsonl import JsonlRecorder
+from gponsim.sinks.lesson import LessonView
 from gponsim.sinks.memory import ListSink
+from gponsim.steps import Step, StepBus
 
 
 class OutputFolderError(Exception):
     """The lesson's results folder cannot be made or written (a bad ``--out``)."""
 
-WORDS = {
-    "objectives": {"es": "Objetivos", "en": "Objectives"},
-    "step": {"es": "Paso {n} de {total}", "en": "Step {n} of {total}"},
-    "passed": {"es": "✔ {says}", "en": "✔ {says}"},
-    "failed": {"es": "✘ {says} — {detail}", "en": "✘ {says} — {detail}"},
-    "skipped": {"es": "– {says} (no se pudo comprobar: {detail})", "en": "– {says} (could not be checked: {detail})"},
-    "enter": {"es": "Pulsa Intro para seguir…", "en": "Press Enter to go on…"},
-    "summary": {"es": "{ok} de {total} comprobaciones superadas. Todo está en {out}",
-                "en": "{ok} of {total} checkpoints passed. Everything is in {out}"},
-    "quiz": {"es": "Pregunta {n}", "en": "Question {n}"},
-    "answer": {"es": "Respuesta: {choice}", "en": "Answer: {choice}"},
-    "your_answer": {"es": "Tu respuesta (número): ", "en": "Your answer (number): "},
-    "right": {"es": "¡Correcto!", "en": "Right!"},
-    "wrong": {"es": "No exactamente.", "en": "Not quite."},
-    "stop": {"es": "Pulsa Intro para parar el laboratorio (tu cliente de correo perderá la conexión)…",
-             "en": "Press Enter to stop the lab (your mail client will lose its connection)…"},
-    "action_failed": {"es": "La acción «{do}» falló: {error}", "en": "The action '{do}' failed: {error}"},
-}
-
 
 def reflow(paragraphs: str) -> str:
     """Lesson texts are wrapped in the TOML file; let the terminal wrap them instead."""
     return "\n\n".join(" ".join(p.split()) for p in paragraphs.strip().split("\n\n"))
-
-
-def word(key: str, lang: str, **values) -> str:
-    return WORDS[key][lang].format(**values)
 
 
 @dataclass
@@ -71,6 +52,12 @@ class RunOptions:
     interactive: bool = False       # the student acts with a real client
     timeout: float = 300.0          # how long to wait for the student, per action
     listen: str = "127.0.0.1"
+    capture: str = "auto"           # auto | here | namespace | recorded (gponsim.lessons.capturing)
+    narrate: bool = True            # narrate the lab's Steps (--quiet: the lesson's texts only)
+    explain: str = "first"          # the narrator's explanations: first | session | all | none
+    show_startup: bool = False      # narrate the lab's start-up Steps instead of one line
+    student: str | None = None      # the student's name, for summary.json
+    min_score: float | None = None  # the quiz must reach this percentage (implies the quiz)
 
 
 @dataclass
@@ -79,14 +66,32 @@ class Summary:
     out: Path
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    quiz: list[dict] = field(default_factory=list)
+    quiz: QuizResult | None = None
     seconds: float = 0.0
     #: Which Steps (indices in steps.jsonl) each lesson step produced: id -> [first, end).
     ranges: dict[str, list[int]] = field(default_factory=dict)
+    student: str | None = None
+    #: What the student did (interactive lessons): each try, with how it ended.
+    attempts: list[dict] = field(default_factory=list)
+    #: Every hint the lesson gave, in order.
+    hints: list[dict] = field(default_factory=list)
+    #: Files each lesson step made or showed (diagrams, shown/*.txt), by step id.
+    artifacts: dict[str, list[str]] = field(default_factory=dict)
+    #: What each lesson step showed on the terminal (``show``): [{"title", "file"}], by step id.
+    shown: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def checks_passed(self) -> bool:
+        return not self.errors and all(o.passed is not False for _, o in self.outcomes)
+
+    @property
+    def quiz_passed(self) -> bool:
+        return self.quiz is None or self.quiz.passed
 
     @property
     def passed(self) -> bool:
-        return not self.errors and all(o.passed is not False for _, o in self.outcomes)
+        """Every checkpoint passed (or could not be checked) and the quiz reached --min-score."""
+        return self.checks_passed and self.quiz_passed
 
 
 class Transcript:
@@ -106,6 +111,10 @@ class Transcript:
 
     def close(self) -> None:
         self._fh.close()
+
+
+#: The protocols of a message's way through the queue to its mailbox or relay.
+DELIVERY_PROTOS = ("queue", "delivery", "lmtp", "relay")
 
 
 def default_out(lesson_id: str) -> Path:
@@ -131,25 +140,36 @@ def _profile_for(lesson: Lesson, out: Path) -> Path:
 
 
 def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
+    from gponsim.lessons.capturing import prepare
+
+    lang = options.lang
+    # First, while this process has no threads: it may move into a namespace of its own.
+    capture_plan = prepare(lesson, options.capture, lang=lang, interactive=options.interactive,
+                           listen=options.listen)
+
     from twisted.internet import reactor, threads
 
     from gponsim.server.lab import Lab, LabOptions
 
-    lang = options.lang
     console = options.console or Console(highlight=False)
     out = Path(options.out or default_out(lesson.id)).resolve()
     try:
         if (out / "gponlab").exists():
             shutil.rmtree(out / "gponlab")          # each run starts from a fresh lab
+        if (out / "shown").exists():
+            shutil.rmtree(out / "shown")
         out.mkdir(parents=True, exist_ok=True)
         recorder = JsonlRecorder(out / "steps.jsonl", append=False)
     except OSError as exc:
         raise OutputFolderError(f"cannot write the lesson's results in {out}: "
                                 f"{exc.strerror or exc} (choose another folder with --out)") from exc
-    summary = Summary(lesson=lesson.id, out=out)
+    summary = Summary(lesson=lesson.id, out=out, student=options.student)
+    view = LessonView(console, lang=lang, explain=options.explain, narrate=options.narrate,
+                      show_startup=options.show_startup)
     record = bus.add(ListSink())
     bus.add(recorder)
     transcript = bus.add(Transcript(out / "transcript.txt"))
+    bus.add(view)
     profile = _profile_for(lesson, out)
     lab_options = LabOptions(lab_root=out / "gponlab", config_dir=profile,
                              keylog=out / "gponlab" / "keys.log",
@@ -157,48 +177,89 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
                              port_offset=options.port_offset or 0, listen=options.listen)
     lab = Lab(lab_options, emit=bus.emit, reactor=reactor)
     started = time.monotonic()
+    current = {"step": ""}
 
     def show_text(title: str, body: str) -> None:
-        console.print(Panel(Text(body or ("(vacío)" if lang == "es" else "(empty)")),
-                        title=title, title_align="left", border_style="dim"))
+        view.print(Panel(Text(body or word("empty", lang)), title=title, title_align="left",
+                         border_style="dim"))
+        # Kept for the slides: what the student saw in this step.
+        shown = summary.shown.setdefault(current["step"], [])
+        name = f"shown/{current['step'] or 'lesson'}-{len(shown) + 1}.txt"
+        (out / "shown").mkdir(exist_ok=True)
+        (out / name).write_text(body, encoding="utf-8", errors="backslashreplace")
+        shown.append({"title": title, "file": name})
+
+    def hinted(key: str, said: str) -> None:
+        summary.hints.append({"step": current["step"], "hint": key, "text": said, "t": round(time.time(), 3)})
+
+    # The lesson's title and objectives come first, before anything the lab says.
+    view.print(Text(text(lesson.title, lang), style="bold"), justify="center")
+    view.console.rule(style="dim")
+    if options.student:
+        view.print(Text(word("student", lang, name=options.student), style="dim"))
+    view.print(Text(word("objectives", lang) + ":", style="bold"))
+    goals = Table.grid(padding=(0, 1))
+    goals.add_column(no_wrap=True)
+    goals.add_column()
+    for goal in lesson.objectives[lang]:
+        goals.add_row(" •", goal)
+    view.print(goals)
 
     def teach(ports: dict) -> None:
         ctx = Context(ports=ports, lab_root=lab.root, out=out, record=record, lang=lang,
-                      say=lambda s: console.print(s, markup=False), show_text=show_text,
+                      say=lambda s: view.print(s), show_text=show_text,
                       interactive=options.interactive, timeout=options.timeout, host=options.listen,
-                      profile=profile)
+                      profile=profile,
+                      reload=lambda: threads.blockingCallFromThread(reactor, lab.reload),
+                      replay_startup=view.replay_startup, hinted=hinted)
+        ctx.results["capture_plan"] = capture_plan
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")
-        console.rule(text(lesson.title, lang))
-        console.print(Text(word("objectives", lang) + ":", style="bold"))
-        for goal in lesson.objectives[lang]:
-            console.print(f"  • {goal}", markup=False)
+        view.started()
+        shows_delivery = [any(a.do == "wait_delivery" for a in s.actions) for s in lesson.steps]
         for n, step in enumerate(lesson.steps, 1):
-            console.print(Panel(Text(reflow(text(step.say, lang))),
-                                title=word("step", lang, n=n, total=len(lesson.steps)),
-                                title_align="left", border_style="cyan"))
+            current["step"] = step.id
+            # The step's explanation first, then what the lab did meanwhile and does now;
+            # the queue's events wait for the step that explains the delivery.
+            later = not shows_delivery[n - 1] and any(shows_delivery[n:])
+            view.defer(DELIVERY_PROTOS if later else ())
+            view.print(Panel(Text(reflow(text(step.say, lang))),
+                             title=word("step", lang, n=n, total=len(lesson.steps)),
+                             title_align="left", border_style="cyan"))
+            view.release()
             mark = ctx.mark = len(record.steps)
+            made = len(ctx.artifacts)
             try:
                 for action in step.actions:
                     run_action(ctx, action)
             except Exception as exc:  # noqa: BLE001 - told to the student, run goes on
                 msg = word("action_failed", lang, do=action.do, error=exc)
                 summary.errors.append(f"{step.id}: {msg}")
-                console.print(Text(msg, style="bold red"))
+                view.print(Text(msg, style="bold red"))
             for check in step.checks:
                 scope = record.steps if check.scope == "lesson" else record.steps[mark:]
                 outcome = evaluate(check, list(scope), lab.root, ctx.results, every=list(record.steps))
                 summary.outcomes.append((step.id, outcome))
                 key = {True: "passed", False: "failed", None: "skipped"}[outcome.passed]
-                console.print(Text(word(key, lang, says=text(check.says, lang), detail=outcome.detail),
-                                   style={True: "green", False: "bold red", None: "yellow"}[outcome.passed]))
+                view.print(Text(word(key, lang, says=text(check.says, lang), detail=outcome.detail),
+                                style={True: "green", False: "bold red", None: "yellow"}[outcome.passed]))
+            # What happens from here on waits for the next step's explanation.
+            view.hold()
             summary.ranges[step.id] = [mark, len(record.steps)]
+            files = [str(p.relative_to(out)) if p.is_relative_to(out) else str(p)
+                     for p in ctx.artifacts[made:]]
+            files += [s["file"] for s in summary.shown.get(step.id, [])]
+            if files:
+                summary.artifacts[step.id] = files
             if options.pace == "step" and sys.stdin.isatty() and n < len(lesson.steps):
-                input(word("enter", lang))
-        if options.quiz:
-            summary.quiz = ask_quiz(lesson, lang, console)
+                view.ask(word("enter", lang))
+        current["step"] = ""
+        view.release()
+        summary.attempts = list(ctx.results.get("attempts", []))
+        if options.quiz or options.min_score is not None:
+            summary.quiz = ask_quiz(lesson, lang, view, min_score=options.min_score)
         if options.interactive and sys.stdin.isatty():
-            input(word("stop", lang))      # the student's Thunderbird is still connected
+            view.ask(word("stop", lang))      # the student's Thunderbird is still connected
 
     outcome: dict = {}
 
@@ -211,10 +272,11 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
 
     reactor.callWhenRunning(go)
     reactor.run()
-    for sink in (record, recorder, transcript):
+    for sink in (record, recorder, transcript, view):
         bus.remove(sink)
     recorder.close()
     transcript.close()
+    view.close()
     if "error" in outcome:
         raise outcome["error"]
     summary.seconds = time.monotonic() - started
@@ -223,41 +285,32 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
         shutil.copyfile(log, out / "mail.log")
     write_summary(summary, lang)
     ok = sum(1 for _, o in summary.outcomes if o.passed)
-    console.rule()
+    console.rule(style="dim")
     console.print(Text(word("summary", lang, ok=ok, total=len(summary.outcomes), out=out),
-                       style="bold green" if summary.passed else "bold red"))
+                       style="bold green" if summary.checks_passed else "bold red"))
+    if summary.quiz is not None and summary.quiz.graded:
+        console.print(Text(summary.quiz.score_text(lang), style="bold green" if summary.quiz.passed else "bold red"))
+    if summary.quiz is not None and not summary.quiz.passed:
+        console.print(Text(summary.quiz.failed_text(lang), style="bold red"))
     return summary
-
-
-def ask_quiz(lesson: Lesson, lang: str, console: Console) -> list[dict]:
-    """Ask on a terminal; elsewhere print the questions with their answers."""
-    results = []
-    interactive = sys.stdin.isatty()
-    for n, q in enumerate(lesson.quiz, 1):
-        console.print(Text(f"{word('quiz', lang, n=n)}: {text(q.question, lang)}", style="bold"))
-        for i, choice in enumerate(q.choices[lang], 1):
-            console.print(f"   {i}. {choice}", markup=False)
-        right = q.choices[lang][q.answer - 1]
-        given = None
-        if interactive:
-            raw = input(word("your_answer", lang)).strip()
-            given = int(raw) if raw.isdigit() else None
-            console.print(word("right" if given == q.answer else "wrong", lang))
-        console.print(Text(word("answer", lang, choice=right), style="green"))
-        console.print(Text(text(q.explain, lang), style="italic"))
-        results.append({"question": text(q.question, lang), "answer": q.answer, "given": given})
-    return results
 
 
 def write_summary(summary: Summary, lang: str) -> None:
     data = {
         "lesson": summary.lesson,
+        "student": summary.student,
         "passed": summary.passed,
+        "checkpoints_passed": summary.checks_passed,
         "seconds": round(summary.seconds, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "checkpoints": [{"step": sid, **o.to_dict(lang)} for sid, o in summary.outcomes],
         "errors": summary.errors,
-        "quiz": summary.quiz,
+        "attempts": summary.attempts,
+        "hints": summary.hints,
+        "quiz": summary.quiz.to_dict() if summary.quiz is not None else None,
         "ranges": summary.ranges,
+        "artifacts": summary.artifacts,
+        "shown": summary.shown,
         "lang": lang,
         "files": sorted(p.name for p in summary.out.iterdir() if p.is_file()),
     }

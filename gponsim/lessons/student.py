@@ -126,6 +126,13 @@ HINTS = {
                      "con STARTTLS.",
                "en": "Hint: that message came in on port {port} (smtp, server to server), not on the "
                      "submission port ({submission}). Set port {submission} with STARTTLS in Thunderbird."},
+    "auth-after-starttls": {
+        "es": "Pista: tu cliente se rindió tras el EHLO sin autenticarse: en el puerto {submission} el "
+              "servidor solo ofrece AUTH después de STARTTLS (smtpd_tls_security_level=encrypt, nada de "
+              "contraseñas sin cifrar). En Thunderbird, seguridad de la conexión: STARTTLS.",
+        "en": "Hint: your client gave up after EHLO without logging in: on port {submission} the server "
+              "offers AUTH only after STARTTLS (smtpd_tls_security_level=encrypt, no passwords without "
+              "encryption). In Thunderbird, connection security: STARTTLS."},
     "by-hand": {"es": "Has escrito la configuración a mano (Thunderbird no pidió el XML de autoconfig): "
                       "también vale, como dice el documento del laboratorio.",
                 "en": "You typed the settings by hand (Thunderbird did not ask for the autoconfig XML): "
@@ -152,6 +159,13 @@ class Session:
     user: str = ""            # who logged in (the auth socket's OK/FAIL says)
     tls_offered: bool = False  # 220 Ready to start TLS / OK Begin TLS, or an implicit-TLS port
     tls_done: bool = False     # the handshake completed
+    started: int = 0           # index of its first Step
+    auth_offered: bool | None = None   # the last EHLO reply listed AUTH (None: no EHLO reply yet)
+    asked_tls: bool = False    # the client sent STARTTLS / STLS
+    sent_mail: bool = False    # the client got as far as MAIL FROM
+    failures: list = field(default_factory=list)   # the server's refusals, as sent
+    queued: str = ""           # 250 … queued as ID
+    logged_in: bool = False    # the auth socket said OK
 
 
 @dataclass
@@ -171,8 +185,32 @@ class Watch:
             return
         self.given.add(key)
         ctx = self.ctx
-        self.ctx.say(HINTS[key][ctx.lang].format(user=self.user, submission=ctx.ports.get("submission"),
-                                                 **values))
+        said = HINTS[key][ctx.lang].format(user=self.user, submission=ctx.ports.get("submission"), **values)
+        ctx.say(said)
+        ctx.hinted(key, said)
+
+    def attempt(self, step: Step, s: Session) -> None:
+        """The student's session ended: keep how it went (summary.json's ``attempts``)."""
+        done = self.ctx.results.setdefault("attempted_sessions", set())
+        if not self.live or step.session in done:
+            return
+        done.add(step.session)
+        if s.queued:
+            outcome = f"queued as {s.queued}"
+        elif s.failures:
+            outcome = s.failures[-1]
+        elif s.tls_offered and not s.tls_done:
+            outcome = "hung up in the TLS handshake (certificate not accepted)"
+        elif s.service == "submission" and s.auth_offered is False and not s.asked_tls and not s.sent_mail:
+            outcome = "gave up after EHLO: no AUTH offered before STARTTLS"
+        elif s.logged_in:
+            outcome = "logged in"
+        else:
+            outcome = "disconnected"
+        self.ctx.results.setdefault("attempts", []).append(
+            {"session": step.session, "service": s.service, "user": s.user, "tls": s.tls_done,
+             "outcome": outcome, "ok": bool(s.queued) or (s.logged_in and not s.failures),
+             "t": round(step.t, 3)})
 
     def follow(self, step: Step) -> Session:
         """Update what is known of ``step``'s session; give a hint if it calls for one."""
@@ -189,10 +227,27 @@ class Watch:
                 (step.proto == "smtp" and step.verb == "STARTTLS" and step.code == 220)
                 or (step.proto == "imap" and step.verb == "STARTTLS" and step.status == "OK")):
             s.tls_offered = True
-        elif step.kind == "event" and step.verb == "DISCONNECT" and s.tls_offered and not s.tls_done:
-            self.hint("certificate")
+        elif step.kind == "event" and step.verb == "DISCONNECT" and s.service:
+            if s.tls_offered and not s.tls_done:
+                self.hint("certificate")
+            elif s.service == "submission" and s.auth_offered is False and not s.asked_tls \
+                    and not s.sent_mail and not s.failures:
+                self.hint("auth-after-starttls")
+            self.attempt(step, s)
         if not s.service:
             return s        # not a client's session (the relay's towards Gmail, say): no hints
+        if step.proto == "sasl" and step.status == "OK":
+            s.logged_in = True
+        if step.kind == "command" and step.verb in ("STARTTLS", "STLS"):
+            s.asked_tls = True
+        if step.proto == "smtp" and step.kind == "command" and step.verb in ("MAIL", "RCPT", "DATA"):
+            s.sent_mail = True
+        if step.proto == "smtp" and step.kind == "reply" and step.verb in ("EHLO", "HELO"):
+            s.auth_offered = "AUTH" in step.line.replace("-", " ").split()
+        if step.kind == "reply" and step.failed and step.proto in ("smtp", "imap", "pop3"):
+            s.failures.append(step.shown_line().split("\n")[-1])
+        if step.proto == "smtp" and step.kind == "reply" and step.code == 250 and "queued as" in step.line:
+            s.queued = step.line.rsplit(" ", 1)[-1]
         if step.proto == "smtp" and step.kind == "reply":
             if step.code in (530, 535, 550, 554):
                 self.hint(str(step.code))
@@ -215,7 +270,11 @@ class Watch:
             self.seen += 1
             self.live = index >= ctx.mark
             session = self.follow(step)
-            return index >= ctx.mark and done(step, session)
+            if index >= ctx.mark and done(step, session):
+                if session.service:
+                    self.attempt(step, session)     # the try that did it (it may not have hung up yet)
+                return True
+            return False
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

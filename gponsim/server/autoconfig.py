@@ -6,10 +6,16 @@ web service answers ``/mail/config-v1.1.xml`` (what Thunderbird asks
 (what it asks ``<domain>`` for) with the lab's servers, ports and security, in
 Mozilla's ``clientConfig`` format. The answer is built from the ports the lab
 really listens on, so it stays right with ``--port-offset``.
+
+Thunderbird's requests have no body; one that comes with a body larger than
+:data:`MAX_BODY` is answered ``413`` and closed as it arrives, and a body is
+never spooled to a temporary file (stock twisted.web writes bodies over
+100 KB to /tmp): a stranger on the network cannot fill the teacher's disk.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Callable
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
@@ -17,6 +23,8 @@ from xml.sax.saxutils import escape
 from twisted.web import resource, server
 
 PATHS = (b"/mail/config-v1.1.xml", b"/.well-known/autoconfig/mail/config-v1.1.xml")
+#: The largest request body read (Thunderbird sends none).
+MAX_BODY = 64 * 1024
 
 #: (service, Thunderbird type, socketType), in Thunderbird's order of preference.
 INCOMING = (("imaps", "imap", "SSL"), ("imap", "imap", "STARTTLS"),
@@ -85,8 +93,34 @@ class AutoconfigResource(resource.Resource):
         return self._document().encode("utf-8")
 
 
+class _Request(server.Request):
+    """A request whose body is kept in memory, up to MAX_BODY."""
+
+    _refused = False
+
+    def gotLength(self, length) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > MAX_BODY:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.content.tell() + len(data) > MAX_BODY:
+            self._refuse()
+            return
+        self.content.write(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+                        b"Content-Length: 0\r\n\r\n")
+        transport.loseConnection()
+
+
 def site(document: Callable[[], str], log: Callable[[str], None] | None = None) -> server.Site:
-    factory = server.Site(AutoconfigResource(document, log))
+    factory = server.Site(AutoconfigResource(document, log), requestFactory=_Request)
     factory.noisy = False
     factory.log = lambda request: None      # no access log on the terminal
     return factory

@@ -30,6 +30,8 @@ from gponsim.server.postfix import aliases
 from gponsim.server.postfix.local_recipients import LocalRecipients
 from gponsim.server.resolver import HostsFile, client_name
 from gponsim.server.maillog import MailLog, pid_for
+from gponsim.server.postfix.lmtp import LmtpClient
+from gponsim.server.postfix.lmtp import settings_from_profile as lmtp_settings
 from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix import postqueue as queue_control
 from gponsim.server.sims.gmail import GmailSimulator
@@ -58,6 +60,8 @@ class LabOptions:
     keylog: Path | None = None
     auth_failure_delay: float | None = None                # None = from 10-auth.conf
     relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none
+    #: with relay = real and a listener other PCs reach, let mynetworks relay anyway
+    allow_mynetworks_relay: bool = False
 
 
 def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
@@ -112,6 +116,7 @@ class Lab:
         self.keylog = tls.KeyLog(options.keylog) if options.keylog else None
         self.stop_signal = 15      # what `postfix stop` sends; Ctrl-C records 2
         self.auth_server = self.auth_client = self.mta = self.log = self.users = None
+        self.lmtp = None          # Dovecot's LMTP service (protocols = ... lmtp)
 
     # ---------------------------------------------------------------- paths
 
@@ -179,9 +184,37 @@ class Lab:
         """The server's own addresses, for the queue's loop detection."""
         return (self.options.listen, "127.0.0.1", "::1")
 
+    def check_open_relay(self) -> None:
+        """Refuse ``--relay real`` when other computers could relay through the
+        teacher's real account: the lab listens beyond loopback and
+        ``mynetworks`` (``permit_mynetworks``) trusts more than this machine."""
+        import ipaddress
+
+        if self.options.relay != "real" or self.options.allow_mynetworks_relay:
+            return
+        listen = self.options.listen
+        if listen not in ("0.0.0.0", "::") and ipaddress.ip_address(listen).is_loopback:
+            return
+        def loopback(net) -> bool:
+            mapped = getattr(net.network_address, "ipv4_mapped", None)   # [::ffff:127.0.0.0]/104
+            return net.is_loopback or (mapped is not None and mapped.is_loopback)
+        wide = [str(n) for n in parse_networks(self.profile.split_list(
+                    self.profile.main("mynetworks"))) if not loopback(n)
+                and not (n.num_addresses == 1 and str(n.network_address) == listen)]
+        if wide:
+            raise LabError(
+                f"refusing to start: with --relay real and --listen {listen}, every computer in "
+                f"mynetworks ({', '.join(wide)}) could send mail to the Internet through the real "
+                f"relayhost's account without a password (permit_mynetworks). Narrow mynetworks "
+                f"in main.cf (e.g. 127.0.0.0/8), or add --allow-mynetworks-relay if that is what "
+                f"you want. / Con --relay real y --listen {listen}, cualquier equipo de "
+                f"mynetworks podría enviar correo a Internet con la cuenta real sin contraseña; "
+                f"reduzca mynetworks o añada --allow-mynetworks-relay.")
+
     @defer.inlineCallbacks
     def start(self):
         profile = self.profile
+        self.check_open_relay()
         tls_options = self._prepare()
         hostname = profile.main("myhostname")
 
@@ -200,13 +233,17 @@ class Lab:
             raise LabError(f"cannot open Dovecot's auth socket {self.auth_socket}: {exc}") from exc
         self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)
         mechanisms = yield self.auth_client.mechanisms()
+        self._start_lmtp()        # before the queue: recovered mail may go there at once
 
         relay_transport = self._setup_relay()
+        transports = {"lmtp": LmtpClient(lmtp_settings(profile, self.root), emit=self.emit,
+                                          log=self.log, reactor=self.reactor)}
+        if relay_transport:
+            transports["smtp"] = relay_transport
         self.mta = Mta(self.root, QueueSettings.from_profile(profile, self._interface_addresses()),
                        user_exists=self.accounts.exists, log=self.log, emit=self.emit,
                        aliases=self.aliases.lookup if profile.list("alias_maps") else None,
-                       reactor=self.reactor,
-                       transports={"smtp": relay_transport} if relay_transport else {})
+                       reactor=self.reactor, transports=transports)
         yield self.mta.start()
         try:      # postqueue -f's way in (gponsim queue --flush)
             self._listeners.append(queue_control.listen_flush(self.reactor, self.root,
@@ -222,6 +259,15 @@ class Lab:
         self._start_autoconfig(hostname)
         self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
         return dict(self.ports)
+
+    def _start_lmtp(self) -> None:
+        """Dovecot's LMTP service, when ``protocols`` includes ``lmtp``."""
+        from gponsim.server.dovecot.lmtp import start_lmtp
+
+        try:
+            self.lmtp = start_lmtp(self)
+        except OSError as exc:
+            raise LabError(f"cannot open Dovecot's LMTP socket: {exc.strerror or exc}") from exc
 
     def _setup_relay(self):
         """smtp(8) towards relayhost; with ``relay = sim`` the Gmail simulator
@@ -259,6 +305,32 @@ class Lab:
                       "simulator_port": connect_port})))
         return SmtpRelayClient(settings, emit=self.emit, log=self.log, reactor=self.reactor,
                                keylog=self.keylog)
+
+    @defer.inlineCallbacks
+    def reload(self):
+        """``postfix reload`` and ``systemctl reload dovecot`` after the profile
+        was edited: the files are read again and what depends on them while
+        the lab runs follows — the queue's routing (``mailbox_transport``),
+        lmtp(8)'s settings, Dovecot's LMTP service (``protocols``, its sockets,
+        ``auth_username_format``). Listening ports and TLS stay as started. A
+        profile with an error raises ConfigError and changes nothing."""
+        profile = load_profile(self.options.config_dir)
+        self.profile = profile
+        self.log.write("postfix/postfix-script", pid_for("postfix-script"),
+                       "refreshing the Postfix mail system")
+        self.log.write("postfix/master", pid_for("master"),
+                       "reload -- version 3.7.11, configuration /etc/postfix")
+        if self.mta is not None:
+            lmtp_client = self.mta.agents.get("lmtp")
+            if isinstance(lmtp_client, LmtpClient):
+                lmtp_client.settings = lmtp_settings(profile, self.root)
+            self.mta.set_mailbox_transport(profile.main("mailbox_transport"))
+        self.log.write("dovecot", pid_for("dovecot"),
+                       "master: Warning: SIGHUP received - reloading configuration")
+        if self.lmtp is not None:
+            yield self.lmtp.stop()
+            self.lmtp = None
+        self._start_lmtp()
 
     def _flush_queue(self) -> int:
         return self.mta.flush() if self.mta is not None else 0
@@ -335,6 +407,8 @@ class Lab:
             self.auth_client.close()
         if self.mta is not None:
             yield self.mta.stop()
+        if getattr(self, "lmtp", None) is not None:
+            yield self.lmtp.stop()
         if getattr(self, "gmail", None) is not None:
             yield self.gmail.stop()
         if self.log is not None:

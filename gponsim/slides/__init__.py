@@ -36,7 +36,9 @@ def write_index(decks: list[tuple[Lesson, list[Path]]], out_dir: Path, lang: str
         f"<li>{html.escape(lesson.title[lang])} — "
         + " · ".join(f'<a href="{p.name}">{p.suffix[1:].upper()}</a>' for p in paths) + "</li>"
         for lesson, paths in decks)
-    title = "Diapositivas del curso gponsim" if lang == "es" else "gponsim course slides"
+    from gponsim.slides.words import word
+
+    title = word("index", lang)
     page = (f'<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title>'
             f'<style>body{{font-family:sans-serif;font-size:20px;margin:2em}}li{{margin:.5em 0}}</style>'
             f"</head><body><h1>{title}</h1><ul>{rows}</ul></body></html>\n")

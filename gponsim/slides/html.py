@@ -10,35 +10,43 @@ from gponsim.slides.deck import Deck, Slide
 
 CSS = """
 :root { --fg: #111; --bg: #fff; --accent: #1f4fa8; --client: #006d77; --server: #2e7d32;
-        --internal: #8a6d00; --fail: #b00020; }
+        --internal: #8a6d00; --fail: #b00020; --scale: 1; }
 * { box-sizing: border-box; }
-html, body { margin: 0; height: 100%; background: #222; font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; }
-.slide { display: none; position: absolute; inset: 0; margin: auto; width: 100vw; height: 56.25vw;
-         max-height: 100vh; max-width: 177.78vh; background: var(--bg); color: var(--fg);
-         padding: 3.2vh 4vw; overflow: hidden; }
+html, body { margin: 0; height: 100%; background: #222; overflow: hidden;
+             font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; }
+/* Every slide is a 1920x1080 stage, scaled to the window: the same layout on any screen. */
+.slide { display: none; position: absolute; left: 50%; top: 50%; width: 1920px; height: 1080px;
+         transform: translate(-50%, -50%) scale(var(--scale)); background: var(--bg); color: var(--fg);
+         padding: 56px 80px 64px 80px; overflow: hidden; }
 .slide.active { display: flex; flex-direction: column; }
-h1 { color: var(--accent); font-size: 4.2vh; margin: 0 0 1.6vh 0; }
-.kind-title h1 { font-size: 6.5vh; margin-top: 18vh; }
-.subtitle { font-size: 3vh; color: #444; }
-p, li { font-size: 2.7vh; line-height: 1.35; }
-ul { margin: 0.5vh 0; }
-.body { font-size: 2.4vh; margin-bottom: 1vh; }
-pre.transcript { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 1.75vh;
-                 line-height: 1.3; background: #f6f8fa; border: 1px solid #d0d7de; padding: 1vh 1vw;
-                 margin: 0; white-space: pre; overflow: hidden; flex: 1 1 auto; }
+h1 { color: var(--accent); font-size: 52px; line-height: 1.15; margin: 0 0 28px 0; }
+.kind-title h1 { font-size: 76px; margin-top: 250px; }
+.subtitle { font-size: 38px; color: #444; margin: 0 0 24px 0; }
+p, li { font-size: 32px; line-height: 1.35; }
+ul { margin: 8px 0; padding-left: 44px; }
+li { margin: 0 0 10px 0; }
+.body { font-size: 32px; line-height: 1.4; margin: 0 0 20px 0; }
+pre.transcript { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 23px;
+                 line-height: 1.3; background: #f6f8fa; border: 1px solid #d0d7de; padding: 16px 20px;
+                 margin: 0; white-space: pre; overflow: hidden; }
 .client { color: var(--client); } .server { color: var(--server); } .internal { color: var(--internal); }
+.file { color: #333; } .gap { color: #777; font-style: italic; }
 .hl { background: #fff3b0; font-weight: bold; } .fail { color: var(--fail); font-weight: bold; }
-.marks { margin-top: 1vh; } .marks li { list-style: none; font-size: 2.2vh; }
+.marks { margin-top: 12px; padding-left: 0; } .marks li { list-style: none; font-size: 30px; }
 .ok::before { content: "✔ "; color: var(--server); } .ko::before { content: "✘ "; color: var(--fail); }
-.figure { flex: 1 1 auto; min-height: 0; display: flex; }
+.na::before { content: "– "; color: #8a6d00; }
+.figures { display: grid; grid-template-columns: 200px 1fr; gap: 14px 28px; align-items: baseline; }
+.figures .value { font-size: 48px; font-weight: bold; color: var(--accent); text-align: right; }
+.figures .what { font-size: 32px; }
+.figure { flex: 1 1 auto; min-height: 0; display: flex; justify-content: center; }
 .figure svg { width: 100%; height: 100%; }
 .notes { display: none; }
-.counter { position: absolute; right: 2vw; bottom: 1.5vh; font-size: 1.8vh; color: #777; }
+.counter { position: absolute; right: 40px; bottom: 20px; font-size: 22px; color: #777; }
 @media print {
-  html, body { background: #fff; height: auto; }
-  @page { size: 16in 9in; margin: 0; }
-  .slide { display: flex !important; flex-direction: column; position: relative; width: 16in;
-           height: 9in; max-width: none; max-height: none; page-break-after: always; }
+  html, body { background: #fff; height: auto; overflow: visible; }
+  @page { size: 1920px 1080px; margin: 0; }
+  .slide { display: flex !important; flex-direction: column; position: relative; left: 0; top: 0;
+           transform: none; page-break-after: always; }
   .counter { display: none; }
 }
 """
@@ -46,12 +54,17 @@ pre.transcript { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; fo
 JS = """
 const slides = Array.from(document.querySelectorAll('.slide'));
 let current = 0;
+function fit() {
+  const scale = Math.min(window.innerWidth / 1920, window.innerHeight / 1080);
+  document.documentElement.style.setProperty('--scale', String(scale));
+}
 function show(n) {
   current = Math.max(0, Math.min(slides.length - 1, n));
   slides.forEach((s, i) => s.classList.toggle('active', i === current));
   document.body.dataset.slide = String(current + 1);
   if (location.hash !== '#' + (current + 1)) history.replaceState(null, '', '#' + (current + 1));
 }
+window.addEventListener('resize', fit);
 document.addEventListener('keydown', (e) => {
   if (['ArrowRight', 'PageDown', ' ', 'Enter'].includes(e.key)) { show(current + 1); e.preventDefault(); }
   if (['ArrowLeft', 'PageUp', 'Backspace'].includes(e.key)) { show(current - 1); e.preventDefault(); }
@@ -59,6 +72,7 @@ document.addEventListener('keydown', (e) => {
   if (e.key === 'End') show(slides.length - 1);
 });
 document.addEventListener('click', (e) => { if (e.target.tagName !== 'A') show(current + 1); });
+fit();
 show(parseInt((location.hash || '#1').slice(1), 10) - 1 || 0);
 """
 
@@ -77,9 +91,10 @@ def _slide(slide: Slide, n: int, total: int) -> str:
     parts = [f'<section class="slide kind-{slide.kind}" id="s{n}">', f"<h1>{e(slide.title)}</h1>"]
     if slide.kind == "title":
         parts.append(f'<p class="subtitle">{e(slide.body)}</p>')
+        parts.append("".join(f'<p class="body">{e(b)}</p>' for b in slide.bullets))
     elif slide.body:
         parts.append(f'<p class="body">{e(slide.body)}</p>')
-    if slide.bullets:
+    if slide.bullets and slide.kind != "title":
         parts.append("<ul>" + "".join(f"<li>{e(b)}</li>" for b in slide.bullets) + "</ul>")
     if slide.transcript:
         rows = []
@@ -89,7 +104,12 @@ def _slide(slide: Slide, n: int, total: int) -> str:
         parts.append('<pre class="transcript">' + "\n".join(rows) + "</pre>")
     if slide.marks:
         parts.append('<ul class="marks">' + "".join(
-            f'<li class="{"ok" if ok else "ko"}">{e(says)}</li>' for says, ok in slide.marks) + "</ul>")
+            f'<li class="{ {True: "ok", False: "ko"}.get(ok, "na") }">{e(says)}</li>'
+            for says, ok in slide.marks) + "</ul>")
+    if slide.figures:
+        parts.append('<div class="figures">' + "".join(
+            f'<div class="value">{e(value)}</div><div class="what">{e(what)}</div>'
+            for value, what in slide.figures) + "</div>")
     if slide.diagram is not None and slide.diagram.exists():
         parts.append(f'<div class="figure">{_svg(slide.diagram)}</div>')
     if slide.notes:

@@ -3,8 +3,9 @@
 Twisted's :class:`~twisted.mail.imap4.IMAP4Server` gives us the line and
 literal machinery, the command dispatch (``<state>_<COMMAND>`` tuples of a
 handler and argument parsers) and its argument parsers; this subclass
-answers like Dovecot 2.3 on Debian (lab-facts §4.1) on the lab's mbox store
-(:mod:`gponsim.server.mailstore.mbox`):
+answers like Dovecot 2.3 on Debian (lab-facts §4.1) on the user's mail store,
+through the mailbox interface (:mod:`gponsim.server.mailstore.interface`; the
+format, mbox in the lab, comes from ``mail_location``):
 
 - the greeting and capability lists before and after login, LOGINDISABLED
   and Dovecot's refusal texts before TLS (``disable_plaintext_auth``; a
@@ -30,6 +31,7 @@ import codecs
 import collections
 import email
 import email.policy
+import email.utils
 import io
 import os
 import re
@@ -43,15 +45,14 @@ from twisted.mail import imap4
 from twisted.python import log as twlog
 from zope.interface import implementer
 
-from gponsim.server.mailstore.mbox import (
-    DELETED, RECENT, SEEN, SYSTEM_FLAGS, MailStore, StoreError, StoredMessage,
-    parse_internal_date,
+from gponsim.server.mailstore.interface import (
+    DELETED, RECENT, SEEN, SYSTEM_FLAGS, Folder, MailStore, Message, StoreError,
 )
+from gponsim.server.mailstore.location import DEFAULT_LOCATION, MailLocation, open_store
 from gponsim.server.dovecot import imap_sort
 from gponsim.server.dovecot.imap_bodystructure import bodystructure
 from gponsim.server.dovecot.imap_preview import imap_string, preview
 from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
-from gponsim.server.dovecot.mailwatch import MailWatch
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
@@ -69,6 +70,11 @@ POST_LOGIN_CAPS = (
     "LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN LIST-STATUS BINARY MOVE "
     "SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+").split()
 FLAGS_LIST = r"\Answered \Flagged \Deleted \Seen \Draft"
+#: FETCH items Dovecot answers first, whatever the order asked (Twisted's names).
+_BUFFERED_ITEMS = frozenset({"uid", "flags", "internaldate", "rfc822size"})
+#: The commands whose NO may say [NONEXISTENT] (Dovecot's COMMAND_FLAG_USE_NONEXISTENT,
+#: src/imap/imap-commands.c: RFC 5530 gives the code to "delete something" operations).
+USE_NONEXISTENT = frozenset({"DELETE", "RENAME", "UNSUBSCRIBE"})
 #: Largest literal accepted (APPEND): Dovecot has no fixed limit; the lab caps it.
 MAX_LITERAL = 50 * 1024 * 1024
 #: How often a selected INBOX file is checked for new deliveries without inotify...
@@ -97,8 +103,7 @@ class ImapSettings:
     greeting: str = "Dovecot (Debian) ready."
     disable_plaintext_auth: bool = True
     mechanisms: list = field(default_factory=lambda: ["PLAIN", "LOGIN"])
-    inbox_template: str = "/var/mail/%u"
-    mail_dir: str = "~/mail"
+    mail_location: str | MailLocation = DEFAULT_LOCATION
     special_use: list = field(default_factory=list)   # [(name, "\\Sent", auto)]
     timeout: float = 1800.0
     login_timeout: float = 60.0
@@ -136,8 +141,7 @@ class ImapContext:
             del self.sessions[key]
 
     def store_for(self, user: str) -> MailStore:
-        store = MailStore(self.lab_root, user, inbox_template=self.settings.inbox_template,
-                          mail_dir=self.settings.mail_dir)
+        store = open_store(self.lab_root, user, self.settings.mail_location)
         for name, _use, auto in self.settings.special_use:
             if auto in ("create", "subscribe"):
                 try:
@@ -196,7 +200,7 @@ class _Part:
         return _Part(payload[part])
 
 
-def _message_part(msg: StoredMessage) -> _Part:
+def _message_part(msg: Message) -> _Part:
     wire = msg.wire()
     parsed = email.message_from_bytes(wire, policy=email.policy.compat32)
     return _Part(parsed, wire)
@@ -376,7 +380,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._starttls = False
         self.user: str | None = None
         self.store: MailStore | None = None
-        self.folder = None
+        self.folder: Folder | None = None
         self.readonly = False
         self.view: list[int] = []            # UIDs, index = sequence number - 1
         self.recent: set[int] = set()
@@ -905,7 +909,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         try:
             return True, fn(*args)
         except StoreError as exc:
-            self._no(tag, f"[{exc.code}] {exc}")
+            if exc.code == "NONEXISTENT" and self._command not in USE_NONEXISTENT:
+                self._no(tag, str(exc))
+            else:
+                self._no(tag, f"[{exc.code}] {exc}")
         except OSError as exc:
             self._no(tag, f"[SERVERBUG] Internal error occurred: {exc.strerror}")
         return False, None
@@ -1048,14 +1055,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 attrs.append("\\Subscribed")
             if not info.selectable:
                 attrs.append("\\Noselect")
+            mbox = self._mbox()
             if not lsub:
                 if info.children:
                     attrs.append("\\HasChildren")
-                elif info.selectable and info.name != "INBOX":
+                elif mbox and info.selectable and info.name != "INBOX":
                     attrs.append("\\NoInferiors")     # an mbox file holds no folders
                 elif children:
                     attrs.append("\\HasNoChildren")
-            if "SUBSCRIBED" in select_opts and info.selectable:
+            if mbox and "SUBSCRIBED" in select_opts and info.selectable:
                 attrs.append(self._marked(info.name))
             if special.get(info.name) and special_use:
                 attrs.append(special[info.name])
@@ -1073,12 +1081,20 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                         key=lambda i: [part.encode() for part in i.name.split("/")])
         return others + [i for i in infos if i.name == "INBOX"]
 
+    def _mbox(self) -> bool:
+        location = self.settings.mail_location
+        fmt = location.format if isinstance(location, MailLocation) else \
+            str(location).partition(":")[0]
+        return fmt == "mbox"
+
     def _marked(self, name: str) -> str:
         """mbox's \\Marked (new mail: modified since it was last read) or \\UnMarked."""
         try:
-            path = self.store.folder(name).path
-            st = os.stat(path)
+            path = getattr(self.store.folder(name), "path", None)
+            st = os.stat(path) if path is not None else None
         except (StoreError, OSError):
+            st = None
+        if st is None:
             return "\\UnMarked"
         return "\\Marked" if st.st_size and st.st_mtime > st.st_atime else "\\UnMarked"
 
@@ -1209,8 +1225,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         from twisted.internet.task import LoopingCall
         self._stop_watch()
         self._watch_stat = self._stat()
-        watcher = MailWatch.for_reactor(self.lab.reactor)
-        self._watch_handle = watcher.watch(self.folder.path, self._check_watch)
+        self._watch_handle = self.folder.watch(self.lab.reactor, self._check_watch)
         self._watch = LoopingCall(self._check_watch)
         self._watch.clock = self.lab.reactor
         self._watch.start(WATCH_INTERVAL if self._watch_handle is None else SAFETY_POLL,
@@ -1221,18 +1236,14 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._watch.stop()
         self._watch = None
         if self._watch_handle is not None:
-            MailWatch.for_reactor(self.lab.reactor).unwatch(self._watch_handle)
+            self._watch_handle.cancel()
             self._watch_handle = None
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
 
     def _stat(self):
-        try:
-            st = os.stat(self.folder.path)
-        except (OSError, AttributeError):
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return self.folder.stamp() if self.folder is not None else None
 
     def _check_watch(self) -> None:
         self._retry = None
@@ -1254,8 +1265,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if self.folder is None:
             return True
         try:
-            state = self.folder.sync(mark_old=not self.readonly,
-                                     lock_attempts=None if wait else 1)
+            state = self.folder.sync(mark_old=not self.readonly, wait=wait)
         except (StoreError, OSError):
             self._watch_stat = None      # look again at the next tick: nothing is missed
             return False
@@ -1435,29 +1445,34 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 except (StoreError, OSError):
                     pass
         for seq, msg in chosen:
+            # Dovecot's order (src/imap/imap-fetch.c): the items it buffers
+            # (UID, FLAGS, INTERNALDATE, RFC822.SIZE; the FLAGS of a message
+            # this FETCH made \Seen last among them) before all the others,
+            # each group in the order asked.
             items: list[bytes] = []
+            others: list[bytes] = []
             names = [q.type for q in query]
             if uid and "uid" not in names:
                 items.append(b"UID %d" % msg.uid)
-            if msg.uid in seen_now and "flags" not in names:
-                # the \Seen this fetch set comes first, before what was asked
-                items.append(self._flags_item(msg))
             for q in query:
-                items.append(self._fetch_item(q, msg))
+                (items if q.type in _BUFFERED_ITEMS else others).append(self._fetch_item(q, msg))
             for b in binaries:
                 if "extra" in b:
-                    items.append(self._extra_item(b["extra"], msg))
+                    (items if b["extra"] == "savedate" else others).append(
+                        self._extra_item(b["extra"], msg))
                     continue
                 try:
-                    items.append(_binary_item(b, msg))
+                    others.append(_binary_item(b, msg))
                 except _UnknownCTE:
                     self._no(tag, "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding.")
                     return
-            self.transport.write(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+            if msg.uid in seen_now and "flags" not in names:
+                items.append(self._flags_item(msg))
+            self.transport.write(b"* %d FETCH (" % seq + b" ".join(items + others) + b")\r\n")
         self._refresh(expunges=False)
         self._sync_ok(tag, "Fetch completed.")
 
-    def _extra_item(self, kind: str, msg: StoredMessage) -> bytes:
+    def _extra_item(self, kind: str, msg: Message) -> bytes:
         """PREVIEW (RFC 8970), SNIPPET (FUZZY) and SAVEDATE (RFC 8514) as Dovecot
         answers them with mbox: no save date is kept."""
         if kind == "savedate":
@@ -1471,13 +1486,13 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             return b"SNIPPET (FUZZY " + imap_string(text) + b")"
         return b"PREVIEW " + imap_string(text)
 
-    def _flags_item(self, msg: StoredMessage) -> bytes:
+    def _flags_item(self, msg: Message) -> bytes:
         flags = [f for f in SYSTEM_FLAGS if f in msg.flags] + list(msg.keywords)
         if msg.uid in self.recent:
             flags.append(RECENT)
         return b"FLAGS (" + " ".join(flags).encode() + b")"
 
-    def _fetch_item(self, q, msg: StoredMessage) -> bytes:
+    def _fetch_item(self, q, msg: Message) -> bytes:
         t = q.type
         if t == "uid":
             return b"UID %d" % msg.uid
@@ -1658,7 +1673,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     # ---- SEARCH (ESEARCH, WITHIN), SORT, THREAD
 
-    def _search(self, keys: list) -> list[tuple[int, StoredMessage]]:
+    def _search(self, keys: list) -> list[tuple[int, Message]]:
         """(seq, message) of the view matching SEARCH criteria."""
         if not keys:
             raise imap4.IllegalClientResponse("Missing search parameters")
@@ -1890,7 +1905,7 @@ class _UnknownCTE(Exception):
     """A part whose Content-Transfer-Encoding BINARY cannot undo."""
 
 
-def _find_part(msg: StoredMessage, section: str):
+def _find_part(msg: Message, section: str):
     """The _Part of a section number ("1.2"), the whole message for ""; None if absent."""
     part = _message_part(msg)
     if not section:
@@ -1906,7 +1921,7 @@ def _find_part(msg: StoredMessage, section: str):
     return part
 
 
-def _binary_item(b: dict, msg: StoredMessage) -> bytes:
+def _binary_item(b: dict, msg: Message) -> bytes:
     """One ``BINARY[section]`` / ``BINARY.SIZE[section]`` item (RFC 3516):
     the part's content with its transfer encoding (base64, quoted-printable)
     undone; 7bit, 8bit and binary parts as they are."""
@@ -1971,7 +1986,7 @@ _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
               "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
 
 
-def _search_all(keys: list, seq: int, msg: StoredMessage, count: int, last_uid: int,
+def _search_all(keys: list, seq: int, msg: Message, count: int, last_uid: int,
                 recent: set, now: float = 0.0, saved: frozenset = frozenset()) -> bool:
     while keys:
         if not _search_one(keys, seq, msg, count, last_uid, recent, now, saved):
@@ -1979,7 +1994,7 @@ def _search_all(keys: list, seq: int, msg: StoredMessage, count: int, last_uid: 
     return True
 
 
-def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, now=0.0,
+def _search_one(keys: list, seq, msg: Message, count, last_uid, recent, now=0.0,
                 saved: frozenset = frozenset()) -> bool:
     key = keys.pop(0)
     if isinstance(key, list):
@@ -2053,6 +2068,18 @@ def _search_one(keys: list, seq, msg: StoredMessage, count, last_uid, recent, no
     raise imap4.IllegalClientResponse(f"Unknown argument {key}")
 
 
+def parse_internal_date(text: str | None) -> float | None:
+    """APPEND's date-time ``"01-Jan-2024 12:00:00 +0100"`` -> epoch seconds."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d{1,2})-(\w{3})-(\d{4}) (\d\d:\d\d:\d\d) ([+-]\d{4})\s*", text)
+    if not m:
+        return None
+    parsed = email.utils.parsedate_tz(
+        f"{m.group(1)} {m.group(2)} {m.group(3)} {m.group(4)} {m.group(5)}")
+    return float(email.utils.mktime_tz(parsed)) if parsed else None
+
+
 def _search_date(text) -> float:
     try:
         t = time.strptime(text, "%d-%b-%Y")
@@ -2061,7 +2088,7 @@ def _search_date(text) -> float:
     return time.mktime(t)
 
 
-def _header_contains(msg: StoredMessage, name: str, needle: str) -> bool:
+def _header_contains(msg: Message, name: str, needle: str) -> bool:
     parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
     values = parsed.get_all(name) or []
     if not needle:

@@ -6,9 +6,10 @@ Dovecot 2.3 (lab-facts §4.2): greeting, CAPA with RFC 2449 names before and
 after login (not Twisted's ``PIPELINE`` or its joke capabilities), STLS,
 USER/PASS and AUTH (SASL PLAIN/LOGIN, with initial response) through the
 lab's Dovecot auth socket (``service=pop3``), ``-ERR [AUTH]`` texts, and
-STAT LIST UIDL TOP RETR DELE RSET NOOP QUIT on the user's INBOX in the mbox
-store. Messages marked with DELE are removed at QUIT; retrieved ones become
-\\Seen. Every line is a Step (:mod:`gponsim.wire.pop3`).
+STAT LIST UIDL TOP RETR DELE RSET NOOP QUIT on the user's INBOX, through the
+mailbox interface (:mod:`gponsim.server.mailstore.interface`). Messages
+marked with DELE are removed at QUIT; retrieved ones become \\Seen. Every
+line is a Step (:mod:`gponsim.wire.pop3`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from twisted.python import log as twlog
 from zope.interface import implementer
 
 from gponsim.server.dovecot.imap import ImapContext
-from gponsim.server.mailstore.mbox import SEEN, StoreError
+from gponsim.server.mailstore.interface import SEEN, StoreError
 from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session

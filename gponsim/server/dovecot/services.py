@@ -13,14 +13,12 @@ from gponsim.server.maillog import pid_for
 
 
 def imap_settings(profile) -> ImapSettings:
-    location = profile.mail_location()
     greeting = profile.dovecot("login_greeting") or "Dovecot ready."
     return ImapSettings(
         greeting=greeting,
         disable_plaintext_auth=profile.dovecot_bool("disable_plaintext_auth"),
         mechanisms=profile.auth_mechanisms(),
-        inbox_template=location.inbox or "/var/mail/%u",
-        mail_dir=location.root or "~/mail",
+        mail_location=profile.mail_location(),
         special_use=[(box.name, box.special_use, box.auto) for box in profile.mailboxes()],
         max_userip_connections={protocol: profile.mail_max_userip_connections(protocol)
                                 for protocol in ("imap", "pop3")},

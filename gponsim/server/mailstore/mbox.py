@@ -1,5 +1,9 @@
 """The lab's mail store: Dovecot's ``mbox:~/mail:INBOX=/var/mail/%u``.
 
+:class:`MboxStore` and :class:`MboxFolder` implement the mailbox interface
+(:mod:`gponsim.server.mailstore.interface`); the protocols reach them only
+through :func:`gponsim.server.mailstore.location.open_store`.
+
 Under the lab root (the lab server's ``/``):
 
 - INBOX is ``var/mail/<user>``, the file Postfix's local(8) appends to;
@@ -38,7 +42,9 @@ parsed (a delivery); anything else is parsed whole.
 
 Bodies are stored as written (the ``>From`` quoting of local(8) is never
 undone, as in Dovecot); messages appended here are written mboxo-quoted
-*and* with ``Content-Length``.
+*and* with ``Content-Length``. Every entry of a rewritten file comes from
+:func:`~gponsim.server.mailstore.mboxentry.mbox_entry`, the function local(8)
+writes its deliveries with.
 """
 
 from __future__ import annotations
@@ -48,16 +54,19 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from email.utils import parsedate_tz, mktime_tz
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Hashable, Iterable
 
+from gponsim.server.mailstore import interface
+from gponsim.server.mailstore.interface import (
+    ANSWERED, DELETED, DRAFT, FLAGGED, RECENT, SEEN, SYSTEM_FLAGS, FolderInfo, StoreError,
+    is_inbox, split_flags,
+)
+from gponsim.server.mailstore.location import MailLocation
+from gponsim.server.mailstore.mailwatch import MailWatch
+from gponsim.server.mailstore.mboxentry import from_line, mbox_entry, mboxo_quote
 from gponsim.server.postfix.local import MailboxError, MailboxLock
 
-#: IMAP system flags and the letters Dovecot stores them as.
-SEEN, ANSWERED, FLAGGED, DELETED, DRAFT, RECENT = (
-    "\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "\\Recent")
-SYSTEM_FLAGS = (ANSWERED, FLAGGED, DELETED, SEEN, DRAFT)
 _XSTATUS = {"A": ANSWERED, "F": FLAGGED, "T": DRAFT, "D": DELETED}
 _XSTATUS_ORDER = (("A", ANSWERED), ("F", FLAGGED), ("T", DRAFT), ("D", DELETED))
 
@@ -67,20 +76,10 @@ PRIVATE_HEADERS = ("x-imapbase", "x-imap", "x-uid", "status", "x-status", "x-key
 PSEUDO_SUBJECT = "DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA"
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_KEYWORD = re.compile(r"^[!#$&'+-Z^-z|~]+$")   # atom chars without \ ( ) { % * " ]
 
 #: Lock retries while the reactor waits: short, a delivery holds it briefly.
 READER_LOCK_ATTEMPTS = 50
 READER_LOCK_DELAY = 0.1
-
-
-class StoreError(Exception):
-    """A refused folder operation; ``code`` is the IMAP response code."""
-
-    def __init__(self, text: str, code: str = "CANNOT") -> None:
-        super().__init__(text)
-        self.code = code
 
 
 # --------------------------------------------------------------------------
@@ -96,10 +95,6 @@ def valid_name(name: str) -> bool:
         if not part or part in (".", "..") or part.startswith("."):
             return False
     return True
-
-
-def is_inbox(name: str) -> bool:
-    return name.upper() == "INBOX"
 
 
 # --------------------------------------------------------------------------
@@ -162,21 +157,7 @@ def from_line_time(from_line: bytes) -> float:
 
 def dovecot_from_line(envelope: str, when: float) -> bytes:
     """Dovecot's own From_ line: zero-padded day (``src/lib-mail/mbox-from.c``)."""
-    tm = time.localtime(when)
-    date = (f"{_DAYS[tm.tm_wday]} {_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:02d} "
-            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {tm.tm_year}")
-    return f"From {envelope or 'MAILER-DAEMON'}  {date}".encode()
-
-
-def parse_internal_date(text: str | None) -> float | None:
-    """IMAP date-time ``"01-Jan-2024 12:00:00 +0100"`` → epoch seconds."""
-    if not text:
-        return None
-    m = re.fullmatch(r"\s*(\d{1,2})-(\w{3})-(\d{4}) (\d\d:\d\d:\d\d) ([+-]\d{4})\s*", text)
-    if not m:
-        return None
-    parsed = parsedate_tz(f"{m.group(1)} {m.group(2)} {m.group(3)} {m.group(4)} {m.group(5)}")
-    return float(mktime_tz(parsed)) if parsed else None
+    return from_line(envelope, when, zero_pad_day=True)
 
 
 # --------------------------------------------------------------------------
@@ -356,49 +337,44 @@ def clone(state: FolderState) -> FolderState:
 
 
 def encode(state: FolderState) -> bytes:
-    """The whole mbox file for ``state`` (Dovecot's header order)."""
-    out = bytearray()
+    """The whole mbox file for ``state`` (Dovecot's header order); every
+    entry written by :func:`~gponsim.server.mailstore.mboxentry.mbox_entry`."""
     last_uid = state.uidnext - 1
+    keywords = "".join(" " + k for k in state.keywords)
     if not state.messages:
-        out += b"From MAILER_DAEMON  " + time.strftime(
-            "%a %b %d %H:%M:%S %Y", time.localtime()).encode() + b"\n"
-        out += b"Date: " + time.strftime("%d %b %Y %H:%M:%S %z").encode() + b"\n"
-        out += b"From: Mail System Internal Data <MAILER-DAEMON@gponlab.local>\n"
-        out += f"Subject: {PSEUDO_SUBJECT}\n".encode()
-        out += b"Message-ID: <" + str(int(time.time())).encode() + b"@gponlab.local>\n"
-        out += f"X-IMAP: {state.uidvalidity} {last_uid:010d}".encode()
-        if state.keywords:
-            out += b" " + " ".join(state.keywords).encode()
-        out += b"\nStatus: RO\n\n"
-        out += (b"This text is part of the internal format of your mail folder, and is not\n"
+        now = time.time()
+        header = (b"Date: " + time.strftime("%d %b %Y %H:%M:%S %z").encode() + b"\n"
+                  + b"From: Mail System Internal Data <MAILER-DAEMON@gponlab.local>\n"
+                  + f"Subject: {PSEUDO_SUBJECT}\n".encode()
+                  + b"Message-ID: <" + str(int(now)).encode() + b"@gponlab.local>\n"
+                  + f"X-IMAP: {state.uidvalidity} {last_uid:010d}{keywords}\n".encode()
+                  + b"Status: RO\n\n")
+        body = (b"This text is part of the internal format of your mail folder, and is not\n"
                 b"a real message.  It is created automatically by the mail system software.\n"
                 b"If deleted, important folder data will be lost, and it will be re-created\n"
-                b"with the data reset to initial values.\n\n")
-        return bytes(out)
+                b"with the data reset to initial values.\n")
+        return mbox_entry(from_line("MAILER_DAEMON", now, zero_pad_day=True), header, body,
+                          quote=False)
+    out = bytearray()
     for index, msg in enumerate(state.messages):
-        out += msg.from_line + b"\n"
-        out += msg.headers
+        private = []
         if index == 0:
-            out += f"X-IMAPbase: {state.uidvalidity} {last_uid:010d}".encode()
-            if state.keywords:
-                out += b" " + " ".join(state.keywords).encode()
-            out += b"\n"
-        out += f"X-UID: {msg.uid}\n".encode()
+            private.append(f"X-IMAPbase: {state.uidvalidity} {last_uid:010d}{keywords}\n")
+        private.append(f"X-UID: {msg.uid}\n")
         # "O" (old) once a read-write session has reported the message as
         # \Recent; until then, like Dovecot, no O (and no Status at all if unread).
         status = ("R" if SEEN in msg.flags else "") + ("" if msg.recent else "O")
         if status:
-            out += f"Status: {status}\n".encode()
+            private.append(f"Status: {status}\n")
         xstatus = "".join(letter for letter, flag in _XSTATUS_ORDER if flag in msg.flags)
         if xstatus:
-            out += f"X-Status: {xstatus}\n".encode()
+            private.append(f"X-Status: {xstatus}\n")
         if msg.keywords:
-            out += ("X-Keywords: " + " ".join(msg.keywords) + "\n").encode()
-        out += f"Content-Length: {len(msg.body)}\n".encode()
-        out += b"\n" + msg.body
-        if msg.body and not msg.body.endswith(b"\n"):
-            out += b"\n"
-        out += b"\n"
+            private.append("X-Keywords: " + " ".join(msg.keywords) + "\n")
+        private.append(f"Content-Length: {len(msg.body)}\n\n")
+        # The body as stored: quoted when it was first written.
+        out += mbox_entry(msg.from_line, msg.headers + "".join(private).encode(), msg.body,
+                          quote=False)
     return bytes(out)
 
 
@@ -445,7 +421,7 @@ MAX_CACHED = 256
 #: command on an unchanged file parses nothing. Only the reactor thread uses it.
 _CACHE: dict[str, _Cached] = _LRU()
 
-class Folder:
+class MboxFolder(interface.Folder):
     """One mbox file: every operation locks, reads the current file, and
     (when something changed) writes it back safely."""
 
@@ -590,13 +566,13 @@ class Folder:
 
     # ---------------------------------------------------------------- API
 
-    def sync(self, mark_old: bool = False, lock_attempts: int | None = None) -> FolderState:
+    def sync(self, mark_old: bool = False, wait: bool = True) -> FolderState:
         """The current state; new deliveries get their UIDs (written back).
 
         ``mark_old``: a read-write SELECT has reported the \\Recent ones,
         store them as no longer recent (``Status: O``). The returned state
-        still says which were recent. ``lock_attempts=1``: fail at once
-        (StoreError INUSE) rather than wait for a busy lock.
+        still says which were recent. ``wait=False``: one try at the lock,
+        StoreError INUSE if a writer holds it.
         """
         cached = self.cached()
         if cached is not None and not (mark_old and any(m.recent for m in cached.messages)):
@@ -609,16 +585,10 @@ class Folder:
                     m.recent = False
                 state.changed = True
             return recent
-        state, recent = self._locked(mutate, lock_attempts)
+        state, recent = self._locked(mutate, None if wait else 1)
         for m in state.messages:
             m.recent = m.uid in recent
         return state
-
-    def append(self, content: bytes, flags: Iterable[str] = (), when: float | None = None,
-               envelope: str = "") -> tuple[int, int]:
-        """Append a message; returns (uidvalidity, uid)."""
-        validity, uids = self.append_many([(content, flags, when)], envelope)
-        return validity, uids[0]
 
     def append_many(self, messages: list, envelope: str = "") -> tuple[int, list[int]]:
         """Append ``[(content, flags, when)]`` all at once, in one rewrite
@@ -631,9 +601,7 @@ class Folder:
                 head, body = content.rstrip(b"\n"), b""
             headers = b"".join(line + b"\n" for name, line in _split_headers(head + b"\n")
                                if name not in PRIVATE_HEADERS)
-            if body.startswith(b"From "):
-                body = b">" + body
-            body = body.replace(b"\nFrom ", b"\n>From ")
+            body = mboxo_quote(body)      # stored quoted, as it is written
             if body and not body.endswith(b"\n"):
                 body += b"\n"
             system, keywords = split_flags(flags)
@@ -699,15 +667,21 @@ class Folder:
             return gone
         return self._locked(mutate)[1]
 
-    def add_messages(self, messages: list[StoredMessage]) -> tuple[int, list[int]]:
-        """Copy messages in (COPY/MOVE): new UIDs here, flags kept, not \\Recent."""
+    def add_messages(self, messages: list) -> tuple[int, list[int]]:
+        """Copy messages in (COPY/MOVE): new UIDs here, flags kept, not \\Recent.
+        A message from an mbox keeps its From_ line; one from another format
+        gets Dovecot's, dated with its internal date."""
+        copies = [(getattr(src, "from_line", None)
+                   or dovecot_from_line("", src.internal_date or time.time()), src)
+                  for src in messages]
+
         def mutate(state: FolderState):
             uids = []
-            for src in messages:
+            for from_line_, src in copies:
                 uid = state.uidnext
                 state.uidnext += 1
                 state.messages.append(StoredMessage(
-                    uid=uid, from_line=src.from_line, headers=src.headers, body=src.body,
+                    uid=uid, from_line=from_line_, headers=src.headers, body=src.body,
                     flags=set(src.flags), keywords=list(src.keywords)))
                 uids.append(uid)
             state.changed = True
@@ -727,18 +701,31 @@ class Folder:
             return gone
         return self._locked(mutate)[1]
 
+    # ------------------------------------------------------- change notification
 
-def split_flags(flags: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(system flags, keywords); \\Recent and unknown \\flags are dropped."""
-    system, keywords = [], []
-    for flag in flags:
-        if flag.startswith("\\"):
-            for known in SYSTEM_FLAGS:
-                if flag.lower() == known.lower() and known not in system:
-                    system.append(known)
-        elif _KEYWORD.match(flag) and flag not in keywords:
-            keywords.append(flag)
-    return system, keywords
+    def stamp(self) -> Hashable | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def watch(self, reactor, callback: Callable[[], None]) -> interface.Watch | None:
+        watcher = MailWatch.for_reactor(reactor)
+        handle = watcher.watch(self.path, callback)
+        return None if handle is None else _FileWatch(watcher, handle)
+
+
+class _FileWatch:
+    """A :meth:`MboxFolder.watch` subscription."""
+
+    def __init__(self, watcher: MailWatch, handle) -> None:
+        self._watcher, self._handle = watcher, handle
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._watcher.unwatch(self._handle)
+            self._handle = None
 
 
 def _read_all(fd: int, offset: int = 0) -> bytes:
@@ -755,14 +742,7 @@ def _read_all(fd: int, offset: int = 0) -> bytes:
 # --------------------------------------------------------------------------
 # A user's store
 
-@dataclass
-class FolderInfo:
-    name: str
-    selectable: bool
-    children: bool
-
-
-class MailStore:
+class MboxStore(interface.MailStore):
     """The folders of one user under the lab root."""
 
     def __init__(self, lab_root: str | os.PathLike, user: str, *,
@@ -803,17 +783,17 @@ class MailStore:
             raise StoreError(f"Invalid mailbox name: {name}"[:200], "CANNOT")
         return path
 
-    def folder(self, name: str, create: bool = False) -> Folder:
+    def folder(self, name: str, create: bool = False) -> MboxFolder:
         path = self.path_for(name)
         if is_inbox(name):
             path.parent.mkdir(parents=True, exist_ok=True)
-            return Folder(path, "INBOX", create=True)
+            return MboxFolder(path, "INBOX", create=True)
         if not path.is_file():
             if path.is_dir():
                 raise StoreError(f"Mailbox isn't selectable: {name}", "NONEXISTENT")
             if not create:
                 raise StoreError(f"Mailbox doesn't exist: {name}", "NONEXISTENT")
-        return Folder(path, name, create=create)
+        return MboxFolder(path, name, create=create)
 
     # -------------------------------------------------------------- folders
 
@@ -888,13 +868,6 @@ class MailStore:
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.rename(src, dst)
 
-    def ensure(self, name: str, subscribe: bool = False) -> None:
-        """Create a folder if missing (Dovecot's ``auto = create|subscribe``)."""
-        if not self.exists(name):
-            self.create(name)
-        if subscribe and name not in self.subscriptions():
-            self.subscribe(name)
-
     # --------------------------------------------------------- subscriptions
 
     @property
@@ -927,3 +900,9 @@ class MailStore:
         names = self.subscriptions()
         if name in names:
             self._write_subscriptions([n for n in names if n != name])
+
+
+def open_store(lab_root: str | os.PathLike, user: str, location: MailLocation) -> MboxStore:
+    """The store ``mbox:<root>:INBOX=<inbox>`` names (see :mod:`.location`)."""
+    return MboxStore(lab_root, user, inbox_template=location.inbox or "/var/mail/%u",
+                     mail_dir=location.root or "~/mail")

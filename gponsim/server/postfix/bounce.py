@@ -15,7 +15,7 @@ The report has three parts, as Postfix writes them: the human text
 inform you ..."), ``message/delivery-status`` (Reporting-MTA,
 X-Postfix-Queue-ID, Arrival-Date; per recipient Final-Recipient, Action,
 Status, Remote-MTA, Diagnostic-Code) and the returned message
-(``message/rfc822``). A bounce of a bounce (null sender) is not sent back.
+(``message/rfc822``). A bounce of a bounce (null sender) is not sent back, and not logged.
 """
 
 from __future__ import annotations
@@ -150,25 +150,30 @@ class Bouncer:
             return
         env = notices[0].envelope
         if not env.sender:
-            text = f"{qid}: undeliverable bounce message: not returned (null sender)"
-            self.log.postfix("bounce", text, self.syslog_name)
+            # A bounce that bounced: Postfix 3.7 drops it without a log line
+            # (no "2bounce" in notify_classes, bounce_notify_service.c).
+            self._step("DISCARDED", f"{qid}: bounce of a bounce (null sender): not returned",
+                       env.session, qid=qid, logged=False)
             return
-        qf = self.cleanup.open(Envelope(sender="", recipients=[env.sender], client_ip="",
-                                 client_name="", protocol="", session=env.session,
-                                 service="bounce"), log_client=False)
-        message = build_dsn(qid=qid, sender=env.sender, notices=notices,
-                            myhostname=self.myhostname, arrival=env.arrival,
-                            content=notices[0].content, new_qid=qf.qid)
-        d = qf.commit(message)
-        # cleanup has taken the message (its message-id line is logged);
-        # bounce(8) logs the new queue id now, before qmgr activates it.
-        text = f"{qid}: sender non-delivery notification: {qf.qid}"
-        self.log.postfix("bounce", text, self.syslog_name)
-        self._step("BOUNCE", text, env.session, qid=qid, dsn_qid=qf.qid,
-                   sender=env.sender, recipients=[n.recipient for n in notices],
-                   status=[n.dsn for n in notices])
+        d = self.cleanup.open(Envelope(sender="", recipients=[env.sender], client_ip="",
+                                       client_name="", protocol="", session=env.session,
+                                       service="bounce"), log_client=False)
+
+        def opened(qf):
+            message = build_dsn(qid=qid, sender=env.sender, notices=notices,
+                                myhostname=self.myhostname, arrival=env.arrival,
+                                content=notices[0].content, new_qid=qf.qid)
+            committing = qf.commit(message)
+            # cleanup has taken the message (its message-id line is logged);
+            # bounce(8) logs the new queue id now, before qmgr activates it.
+            text = f"{qid}: sender non-delivery notification: {qf.qid}"
+            self.log.postfix("bounce", text, self.syslog_name)
+            self._step("BOUNCE", text, env.session, qid=qid, dsn_qid=qf.qid,
+                       sender=env.sender, recipients=[n.recipient for n in notices],
+                       status=[n.dsn for n in notices])
+            return committing
 
         def failed(failure) -> None:
             self.log.postfix("bounce", f"warning: {qid}: cannot queue the non-delivery "
                              f"notification: {failure.getErrorMessage()}", self.syslog_name)
-        d.addErrback(failed)
+        d.addCallback(opened).addErrback(failed)

@@ -110,13 +110,6 @@ def mail_date(when: float) -> str:
             f"{sign}{hours:02d}{minutes:02d} ({zone})")
 
 
-def asctime(when: float) -> str:
-    """C ``asctime(localtime())`` without the newline: ``Mon Jan  1 12:00:00 2024``."""
-    tm = time.localtime(when)
-    return (f"{_DAYS[tm.tm_wday]} {_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} "
-            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {tm.tm_year}")
-
-
 # --------------------------------------------------------------------------
 # Addresses
 
@@ -468,36 +461,47 @@ class Cleanup:
         self.reactor = reactor
         self.clock = clock
 
+    def in_thread(self, fn: Callable, *args, **kw) -> defer.Deferred:
+        """Run ``fn`` in a worker thread (file system work stays off the reactor).
+        In-memory tests, with no reactor running, replace it to run inline."""
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn,
+                                         *args, **kw)
+
     def open(self, envelope: Envelope, *, log_tag: str = "postfix/smtpd",
-             log_client: bool = True) -> QueueFile:
+             log_client: bool = True) -> defer.Deferred:
         """Create a queue file in ``incoming/`` (smtpd calls this at the first
-        accepted RCPT TO) and log ``QID: client=unknown[ip]``.
+        accepted RCPT TO and answers once it exists) and log
+        ``QID: client=unknown[ip]``. Fires with the :class:`QueueFile`.
 
         ``log_tag`` is the smtpd's log name (``postfix/submission/smtpd``
         on port 587). Recipients already in ``envelope`` are kept; add the
-        others with :meth:`QueueFile.add_recipient`. Raises
+        others with :meth:`QueueFile.add_recipient`. Fails with
         :class:`~gponsim.server.postfix.queuefile.QueueWriteError` when the
         file cannot be made.
         """
         created = self.clock()
-        try:
-            qid, fd = queuefile.create(self.spool, created)
-        except OSError as exc:
-            self.log.postfix("cleanup", f"warning: cannot create a queue file: {exc.strerror}",
-                             self.syslog_name)
-            raise QueueWriteError(str(exc)) from exc
         env = replace(envelope, recipients=list(envelope.recipients),
                       orig_recipients=list(envelope.orig_recipients))
         while len(env.orig_recipients) < len(env.recipients):
             env.orig_recipients.append("")
-        text = f"{qid}: client={env.client_name or 'unknown'}[{env.client_ip}]"
-        if env.sasl_method:
-            text += f", sasl_method={env.sasl_method}, sasl_username={env.sasl_username or ''}"
-        if log_client:   # bounce(8) posts its notifications without this line
-            self.log.write(log_tag, pid_for(log_tag), text)
-            self.emit(event("queue", "smtpd", "cleanup", "CLIENT", text, env.session,
-                            qid=qid, client=env.client_ip, sasl_username=env.sasl_username))
-        return QueueFile(self, qid, fd, env, created)
+
+        def made(result: tuple[str, int]) -> QueueFile:
+            qid, fd = result
+            text = f"{qid}: client={env.client_name or 'unknown'}[{env.client_ip}]"
+            if env.sasl_method:
+                text += f", sasl_method={env.sasl_method}, sasl_username={env.sasl_username or ''}"
+            if log_client:   # bounce(8) posts its notifications without this line
+                self.log.write(log_tag, pid_for(log_tag), text)
+                self.emit(event("queue", "smtpd", "cleanup", "CLIENT", text, env.session,
+                                qid=qid, client=env.client_ip, sasl_username=env.sasl_username))
+            return QueueFile(self, qid, fd, env, created)
+
+        def failed(failure):
+            failure.trap(OSError)
+            self.log.postfix("cleanup", f"warning: cannot create a queue file: "
+                             f"{failure.value.strerror}", self.syslog_name)
+            raise QueueWriteError(str(failure.value))
+        return self.in_thread(queuefile.create, self.spool, created).addCallbacks(made, failed)
 
     def _qualify(self, address: str) -> str:
         """``user`` -> ``user@$myorigin`` (trivial-rewrite's append_at_myorigin)."""
@@ -536,10 +540,8 @@ class Cleanup:
     def write(self, qf: QueueFile, parsed: queuefile.Parsed) -> defer.Deferred:
         """Write and fsync the queue file in a worker thread, then hand it to qmgr."""
         fd, qf._fd = qf._fd, -1
-        d = threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), queuefile.commit, self.spool, qf.qid, fd,
-            created=qf.created, envelope=parsed.envelope, content=parsed.content,
-            size=parsed.size)
+        d = self.in_thread(queuefile.commit, self.spool, qf.qid, fd, created=qf.created,
+                           envelope=parsed.envelope, content=parsed.content, size=parsed.size)
 
         def committed(path: Path) -> str:
             qf.state = "committed"

@@ -19,6 +19,9 @@ as::
 - Every line that starts with ``From `` gets a ``>`` in front (the mboxo
   variant: ``>From`` lines are left alone, so the quoting cannot be undone).
 - A message without a final newline gets one, then the blank line.
+- The entry is built by :func:`gponsim.server.mailstore.mboxentry.mbox_entry`,
+  the one function every mbox writer of the lab uses (Dovecot's own with
+  its zero-padded From_ day).
 - The file is opened ``O_APPEND|O_CREAT`` mode 0600 and locked the way
   ``mailbox_delivery_lock = fcntl, dotlock`` does on Debian: first the
   dotlock ``/var/mail/user.lock`` (``O_CREAT|O_EXCL``; up to 20 attempts
@@ -64,7 +67,8 @@ from typing import Any, Callable, Sequence
 from twisted.internet import defer, threads
 
 from gponsim.server.maillog import MailLog, delivery_line
-from gponsim.server.postfix.cleanup import MAILER_DAEMON, asctime, quote_822_local
+from gponsim.server.mailstore.mboxentry import from_line, mbox_entry
+from gponsim.server.postfix.cleanup import quote_822_local
 from gponsim.server.postfix.queuefile import fault
 from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, event
 from gponsim.steps import Emit
@@ -89,10 +93,16 @@ class MailboxError(Exception):
 
 
 def mbox_dsn(err: int, default: str) -> str:
-    """Map an errno to a mailbox DSN detail (Postfix ``mbox_dsn``)."""
+    """Map an errno to a mailbox DSN detail (Postfix ``mbox_dsn``).
+
+    One difference: running out of file descriptors or memory defers
+    (``4.3.0``) instead of bouncing. A real local(8) is a process of its own;
+    here every service shares one process, so a flood of idle connections
+    must not make local delivery return mail to its sender.
+    """
     if err in (errno.EAGAIN, errno.ESTALE):
         return "4.2.0"
-    if err == errno.ENOSPC:
+    if err in (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM):
         return "4.3.0"
     if err in (errno.EDQUOT, errno.EFBIG):
         return "5.2.2"
@@ -110,20 +120,13 @@ def render_entry(content: bytes, *, sender: str, orig_rcpt: str, delivered_to: s
     with the ``Received:`` header). ``orig_rcpt`` empty: no X-Original-To.
     """
     quoted_sender = quote_822_local(sender) if sender else ""
-    head = [f"From {quoted_sender or MAILER_DAEMON}  {asctime(when)}",
-            f"Return-Path: <{quoted_sender}>"]
+    head = [f"Return-Path: <{quoted_sender}>"]
     if orig_rcpt:
         head.append(f"X-Original-To: {quote_822_local(orig_rcpt)}")
     head.append(f"Delivered-To: {quote_822_local(delivered_to)}")
-    out = bytearray("\n".join(head).encode("utf-8"))
-    out += b"\n"
-    if content.startswith(b"From "):
-        out += b">"
-    out += content.replace(b"\nFrom ", b"\n>From ")
-    if content and not content.endswith(b"\n"):
-        out += b"\n"
-    out += b"\n"
-    return bytes(out)
+    trace = "".join(line + "\n" for line in head).encode("utf-8")
+    return mbox_entry(from_line(quoted_sender, when, zero_pad_day=False), trace, content,
+                      quote=True)
 
 
 # --------------------------------------------------------------------------
@@ -192,7 +195,7 @@ class MailboxLock:
         count = 1
         while True:
             try:
-                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0)
+                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except OSError as exc:
                 err = exc.errno
             else:
@@ -577,28 +580,41 @@ def _replaced(fd: int, path: Path) -> bool:
 def _delivered(fd: int, size: int, jobs: Sequence[LocalJob]) -> set[int]:
     """The positions of the ``jobs`` whose copy is already in the mailbox:
     an entry whose headers carry ``Delivered-To: <recipient>`` and the queue
-    id of smtpd's ``Received:`` header (read under the delivery lock)."""
+    id of smtpd's ``Received:`` header (read under the delivery lock).
+
+    An entry a crash cut short is the mailbox's last one and is shorter than
+    the entry would be (a reader such as Dovecot may add headers, never take
+    them away): it is truncated off the mailbox and the job is delivered again.
+    """
     data = os.pread(fd, size, 0)
     wanted = {(f"\nDelivered-To: {quote_822_local(job.delivered_to or job.recipient)}\n"
                .encode(), job.qid): n
               for n, job in enumerate(jobs)}
     found: set[int] = set()
-    for headers in _header_blocks(data):
+    for start, end, headers in _entries(data):
         for (marker, qid), n in wanted.items():
             if n not in found and marker in headers and (
                     f" id {qid}\n".encode() in headers or f" id {qid};\n".encode() in headers):
+                job = jobs[n]
+                # (From_ dates are fixed-width: any time gives the entry's length)
+                whole = render_entry(job.content, sender=job.sender, orig_rcpt=job.orig_rcpt,
+                                     delivered_to=job.recipient, when=0)
+                if end == len(data) and end - start < len(whole):
+                    os.ftruncate(fd, start)         # cut short: take it away, deliver again
+                    os.fsync(fd)
+                    return found
                 found.add(n)
     return found
 
 
-def _header_blocks(data: bytes):
-    """The header block of each message of an mbox (From_ line included)."""
+def _entries(data: bytes):
+    """(start, end, header block) of each message of an mbox (From_ line included)."""
     pos = 0
     while pos < len(data):
         nxt = data.find(b"\n\nFrom ", pos)
         end = len(data) if nxt < 0 else nxt + 2
         header_end = data.find(b"\n\n", pos)
-        yield data[pos:(end if header_end < 0 or header_end > end else header_end + 1)]
+        yield pos, end, data[pos:(end if header_end < 0 or header_end > end else header_end + 1)]
         pos = end
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from gponsim.server.maillog import MailLog
 from gponsim.server.postfix.bounce import Bouncer
 from gponsim.server.postfix.cleanup import Cleanup
+from gponsim.server.postfix.lmtp import MailboxTransport
 from gponsim.server.postfix.local import (DELIVER_LOCK_ATTEMPTS, DELIVER_LOCK_DELAY,
                                           MAILBOX_SIZE_LIMIT, STALE_LOCK_TIME, LocalAgent,
                                           LocalTransport)
@@ -103,10 +104,11 @@ class Mta:
                                     clock=clock),
         }
         all_transports.update(transports or {})
+        #: the delivery agents as given; :attr:`transports` is what qmgr uses
+        self.agents = dict(all_transports)
         self.transports = all_transports
-        router = Router(is_local_domain=local_domain,
-                        mailbox_transport=s.mailbox_transport,
-                        default_transport=s.default_transport, relayhost=s.relayhost)
+        self._is_local_domain = local_domain
+        router = self._router(s.mailbox_transport)
         self.qmgr = Qmgr(self.spool, router=router, transports=all_transports, log=self.log,
                          emit=emit, reactor=reactor, times=s.times, on_bounce=self._bounce,
                          syslog_name=s.syslog_name, clock=clock)
@@ -118,6 +120,27 @@ class Mta:
         #: bounce(8), unless the caller takes the notices itself
         self.bouncer = on_bounce or Bouncer(self.cleanup, myhostname=s.myhostname, log=self.log,
                                             emit=emit, reactor=reactor, syslog_name=s.syslog_name)
+
+    def _router(self, mailbox_transport: str) -> Router:
+        """trivial-rewrite's routing for ``mailbox_transport``; with one set
+        (``lmtp:unix:private/dovecot-lmtp``), local(8) passes each local
+        recipient to that transport (:class:`~.lmtp.MailboxTransport`)."""
+        s = self.settings
+        self.transports.clear()
+        self.transports.update(self.agents)
+        name = mailbox_transport.partition(":")[0].strip()
+        if name and name != "local" and name in self.agents:
+            self.transports[name] = MailboxTransport(self.agents[name], name, log=self.log,
+                                                     emit=self.emit,
+                                                     syslog_name=s.syslog_name)
+        return Router(is_local_domain=self._is_local_domain, mailbox_transport=mailbox_transport,
+                      default_transport=s.default_transport, relayhost=s.relayhost)
+
+    def set_mailbox_transport(self, mailbox_transport: str) -> None:
+        """``postfix reload`` after main.cf's ``mailbox_transport`` changed:
+        mail queued from now on is routed the new way."""
+        self.settings.mailbox_transport = mailbox_transport
+        self.qmgr.router = self._router(mailbox_transport)
 
     def _bounce(self, notice: BounceNotice) -> None:
         self.bouncer(notice)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 
 from gponsim.server.maillog import MailLog
 from gponsim.server.postfix import queuefile
@@ -48,6 +49,10 @@ from gponsim.server.postfix.queuefile import Envelope, Parsed, record
 from gponsim.server.postfix.transport import (DeliveryRequest, RecipientStatus, Router,
                                               Transport, event)
 from gponsim.steps import Emit
+
+
+#: Seconds before qmgr tries again to remove or defer a queue file after an error.
+FINISH_RETRY = 5.0
 
 
 @dataclass
@@ -177,24 +182,29 @@ class Qmgr:
             transport = self.transports.get(name) or self.transports["error"]
             request = DeliveryRequest(msg.qid, msg.env, rcpts, msg.content, msg.active_arrival,
                                       nexthop=nexthop, recovered=msg.recovered)
-            self._hand_over(msg, name if name in self.transports else "error", rcpts)
+            self._hand_over(msg, name if name in self.transports else "error", transport, rcpts)
             d = defer.maybeDeferred(transport.deliver, request)
             d.addErrback(lambda failure, rcpts=rcpts: self._transport_failed(msg, rcpts, failure))
             d.addCallback(self._delivered, msg, rcpts)
             d.addErrback(lambda failure: self._warn(f"{msg.qid}: {failure.getErrorMessage()}"))
 
-    def _hand_over(self, msg: _Message, name: str, rcpts: list[tuple[int, str, str]]) -> None:
-        """The Step of qmgr handing recipients to a delivery agent."""
+    def _hand_over(self, msg: _Message, name: str, transport: Transport,
+                   rcpts: list[tuple[int, str, str]]) -> None:
+        """The Step of qmgr handing recipients to a delivery agent (``actor``:
+        local(8) also when it passes them on to ``mailbox_transport``)."""
+        actor = getattr(transport, "actor", name)
         if name == "smtp":
             self.emit(event("queue", "qmgr", "smtp", "RELAY",
                             f"{msg.qid}: qmgr -> smtp: " + ", ".join(f"to=<{r}>" for _, r, _ in rcpts),
                             msg.env.session, qid=msg.qid, logged=False,
                             recipients=[r for _, r, _ in rcpts]))
-        elif name in ("local", "lmtp"):
+        elif actor in ("local", "lmtp"):
+            via = f" (mailbox_transport = {self.router.mailbox_transport})" if actor != name else ""
             for _index, rcpt, _orig in rcpts:
-                self.emit(event("queue", "qmgr", name, "DELIVER",
-                                f"{msg.qid}: qmgr -> {name}: to=<{rcpt}>", msg.env.session,
-                                qid=msg.qid, recipient=rcpt, logged=False))
+                self.emit(event("queue", "qmgr", actor, "DELIVER",
+                                f"{msg.qid}: qmgr -> {actor}: to=<{rcpt}>{via}", msg.env.session,
+                                qid=msg.qid, recipient=rcpt, logged=False,
+                                transport=name if via else None))
 
     def _transport_failed(self, msg: _Message, rcpts, failure) -> list[RecipientStatus]:
         self._warn(f"{msg.qid}: delivery agent error: {failure.getErrorMessage()}")
@@ -222,11 +232,14 @@ class Qmgr:
         d = self._thread(queuefile.append_records, msg.path, finals) \
             if finals and not removed_next else defer.succeed(None)
 
-        def one_less(_):
+        def one_less(result):
+            if isinstance(result, Failure):      # records not written (out of files?):
+                self._warn(f"{msg.qid}: cannot update the queue file: "   # the mail goes on
+                           f"{result.getErrorMessage()}")
             msg.outstanding -= 1
             if msg.outstanding == 0:
                 self._finish(msg)
-        return d.addCallback(one_less)
+        return d.addBoth(one_less)
 
     def _bounce(self, msg: _Message, index: int, dsn: str, reason: str) -> None:
         if self.on_bounce is not None:
@@ -253,7 +266,16 @@ class Qmgr:
             target = self.spool / "deferred" / hash_dir(msg.qid) / msg.qid
             d = self._thread(_move_to_deferred, msg.path, target, reasons, next_attempt)
             d.addCallback(lambda _: self._deferred.__setitem__(msg.qid, next_attempt))
-        d.addErrback(lambda failure: self._warn(f"{msg.qid}: {failure.getErrorMessage()}"))
+        d.addErrback(self._finish_failed, msg)
+
+    def _finish_failed(self, failure, msg: _Message) -> None:
+        """Removing or deferring the file failed (no file descriptors left, a full
+        disk): the message stays in the active queue; try again a little later."""
+        self._warn(f"{msg.qid}: {failure.getErrorMessage()}; trying again in "
+                   f"{FINISH_RETRY:g}s")
+        self._active.add(msg.qid)
+        if self._running:
+            self.reactor.callLater(FINISH_RETRY, self._finish, msg)
 
     def _expired(self, msg: _Message) -> None:
         self._logged("EXPIRED", msg, f"{msg.qid}: from=<{msg.env.sender}>, status=expired, "

@@ -49,8 +49,8 @@ from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
 from gponsim.commentary import catalog
-from gponsim.server.maillog import MailLog, delivery_line
-from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus
+from gponsim.server.maillog import MailLog
+from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, Verdicts
 from gponsim.server.tls import describe_connection, key_exchange_summary, like_debian_openssl
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire import smtp as wire
@@ -353,47 +353,29 @@ class SmtpRelayClient:
 
     async def _deliver(self, req: DeliveryRequest) -> list[RecipientStatus]:
         session = new_session("relay")
-        start = self.clock()
-        times = {"start": start, "setup": start}
-        state: dict[str, Any] = {"relay": "none", "proto": None, "tls": False}
-        pending = {index: (addr, orig) for index, addr, orig in req.recipients}
-        results: dict[int, tuple[str, str, str]] = {}
+        state: dict[str, Any] = {"proto": None, "tls": False}
 
-        def finish(index: int, status: str, dsn: str, reason: str) -> None:
-            if index not in pending:
-                return
-            addr, orig = pending.pop(index)
-            now = self.clock()
-            env = req.envelope
-            delays = (max(0.0, req.active_arrival - env.arrival),
-                      max(0.0, start - req.active_arrival),
-                      max(0.0, times["setup"] - start),
-                      max(0.0, now - times["setup"]))
-            line = delivery_line(req.qid, addr, orig_to=orig, relay=state["relay"],
-                                 delays=delays, dsn=dsn, status=status, reason=reason)
+        def logged(line: str, addr: str, status: str, dsn: str) -> None:
             self._log(line)
             self._event(session, status.upper(), line, qid=req.qid, recipient=addr,
                         status=status, dsn=dsn, tls=state["tls"])
-            results[index] = (status, dsn, reason)
-
+        verdicts = Verdicts(req, clock=self.clock, logged=logged)
         try:
-            await self._conversation(req, session, state, times, pending, finish)
+            await self._conversation(req, session, state, verdicts)
         except RelayError as exc:
-            for index in list(pending):
-                finish(index, exc.status, exc.dsn, exc.reason)
+            verdicts.finish_rest(exc.status, exc.dsn, exc.reason)
         except Exception as exc:  # noqa: BLE001 - a bug must not strand the mail
             self._log(f"warning: {req.qid}: relay client error: {exc!r}")
-            for index in list(pending):
-                finish(index, "deferred", "4.3.0", f"mail system configuration error ({exc})")
+            verdicts.finish_rest("deferred", "4.3.0", f"mail system configuration error ({exc})")
         finally:
             proto = state.get("proto")
             if proto is not None and proto.transport is not None and proto.lost is None:
                 proto.transport.loseConnection()
-        for index in list(pending):
-            finish(index, "deferred", "4.3.0", "no status from the SMTP client")
-        return [RecipientStatus(i, st, dsn, why) for i, (st, dsn, why) in sorted(results.items())]
+        verdicts.finish_rest("deferred", "4.3.0", "no status from the SMTP client")
+        return verdicts.statuses()
 
-    async def _conversation(self, req, session, state, times, pending, finish) -> None:
+    async def _conversation(self, req, session, state, verdicts: Verdicts) -> None:
+        pending, finish = verdicts.pending, verdicts.finish
         s = self.settings
         address = self.resolve()
         peer = f"{s.host}[{address}]"
@@ -427,7 +409,7 @@ class SmtpRelayClient:
             self._event(session, "CONNECT_FAILED", text, qid=req.qid)
             raise RelayError("4.4.1", text)
         state["proto"] = proto
-        state["relay"] = peer_port
+        verdicts.relay = peer_port
 
         async def reply(answers: str) -> list[str]:
             d = proto.next_reply()
@@ -558,7 +540,7 @@ class SmtpRelayClient:
                 await quit_()
                 raise RelayError(dsn, f"SASL authentication failed; server {peer} said: "
                                       f"{joined(lines)}", status)
-        times["setup"] = self.clock()
+        verdicts.setup = self.clock()
 
         # --- the transaction (pipelined when the server allows it)
         env = req.envelope

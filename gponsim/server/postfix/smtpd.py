@@ -529,8 +529,26 @@ class Smtpd(SmtpServer):
             self._reject_rcpt(verdict, address)
             return
         final = address if "@" in address else f"{address}@{s.myorigin}"
-        if self.queue_file is None:
-            self.queue_file = self.lab.queue.open(self._envelope(), log_tag=s.log_tag)
+        if self.queue_file is not None:
+            self._accept_rcpt(final, address)
+            return
+        # The first accepted recipient: cleanup makes the queue file (in a worker
+        # thread); the 250 and whatever the client pipelined after wait for it.
+        d = self.lab.queue.open(self._envelope(), log_tag=s.log_tag)
+
+        def opened(queue_file) -> None:
+            if self.closed or not self.in_transaction:
+                queue_file.abort()          # the client left (or reset) meanwhile
+                return
+            self.queue_file = queue_file
+            self._accept_rcpt(final, address)
+
+        def failed(failure) -> None:
+            if not self.closed:
+                self._fail(451, "4.3.0 Error: queue file write error", "RCPT")
+        self.wait_for(d.addCallbacks(opened, failed))
+
+    def _accept_rcpt(self, final: str, address: str) -> None:
         self.queue_file.add_recipient(final, original=address)
         self.recipients.append(final)
         self._ok(250, "2.1.5 Ok", "RCPT")

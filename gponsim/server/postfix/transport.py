@@ -77,6 +77,48 @@ def delays_for(request: DeliveryRequest, started: float, setup: float, now: floa
             max(0.0, setup - started), max(0.0, now - setup))
 
 
+class Verdicts:
+    """One delivery request's recipients waiting for their verdict, as a
+    delivery agent that talks to a server (smtp(8), lmtp(8)) keeps them: each
+    gets exactly one verdict, logged as Postfix logs it
+    (``QID: to=<...>, relay=..., delay=..., delays=a/b/c/d, dsn=..., status=...``).
+
+    ``relay`` is what the log names as the relay (``none`` until connected);
+    ``setup`` the end of connection setup (delays' third part).
+    ``logged(line, recipient, status, dsn)`` writes the line and its Step.
+    """
+
+    def __init__(self, request: DeliveryRequest, *, clock: Callable[[], float],
+                 logged: Callable[[str, str, str, str], None]) -> None:
+        self.request = request
+        self.clock = clock
+        self.logged = logged
+        self.started = self.setup = clock()
+        self.relay = "none"
+        #: index -> (address, original address) of the recipients without a verdict yet
+        self.pending = {index: (addr, orig) for index, addr, orig in request.recipients}
+        self._results: dict[int, RecipientStatus] = {}
+
+    def finish(self, index: int, status: str, dsn: str, reason: str) -> None:
+        if index not in self.pending:
+            return
+        addr, orig = self.pending.pop(index)
+        line = delivery_line(self.request.qid, addr, orig_to=orig, relay=self.relay,
+                             delays=delays_for(self.request, self.started, self.setup,
+                                               self.clock()),
+                             dsn=dsn, status=status, reason=reason)
+        self.logged(line, addr, status, dsn)
+        self._results[index] = RecipientStatus(index, status, dsn, reason)
+
+    def finish_rest(self, status: str, dsn: str, reason: str) -> None:
+        """The same verdict for every recipient still pending."""
+        for index in list(self.pending):
+            self.finish(index, status, dsn, reason)
+
+    def statuses(self) -> list[RecipientStatus]:
+        return [self._results[i] for i in sorted(self._results)]
+
+
 class ErrorTransport:
     """error(8) for a transport listed in ``defer_transports`` (the lab with
     no relay: ``defer_transports = smtp``): every recipient is deferred with

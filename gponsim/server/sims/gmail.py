@@ -51,6 +51,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 
 from gponsim.commentary import annotate
+from gponsim.server.mailstore.mboxentry import from_line, mbox_entry
 from gponsim.server.postfix.smtp import prefer_relay_key
 from gponsim.server.smtpserver import AUTH, COMMAND, SmtpServer
 from gponsim.steps import Emit, Step, new_session, null_emit
@@ -231,23 +232,26 @@ def ensure_pki(root: Path, cafile: Path | None = None) -> GmailPki:
 # --------------------------------------------------------------------------
 # The "internet" mailboxes
 
+def _safe_name(text: str) -> str:
+    """A file name made of ``text``: other characters become ``_``, and a name
+    that starts with a dot (``.``, ``..``, hidden files) gets a ``_`` first, so
+    every mailbox stays a file two levels below ``internet/``."""
+    name = re.sub(r"[^A-Za-z0-9._+=-]", "_", text)
+    return "_" + name if not name or name.startswith(".") else name
+
+
 def internet_mbox(root: Path, address: str) -> Path:
     local, _, domain = address.rpartition("@")
     if not local:
         local, domain = address, "localhost"
-    safe = lambda s: re.sub(r"[^A-Za-z0-9._+=-]", "_", s) or "_"  # noqa: E731
-    return root / INTERNET_DIR / safe(domain.lower()) / safe(local)
+    return root / INTERNET_DIR / _safe_name(domain.lower()) / _safe_name(local)
 
 
 def append_mbox(path: Path, sender: str, message: bytes, when: float) -> None:
     """Append one message in mboxo format (``From `` quoted as ``>From ``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(when))
-    body = message.replace(b"\r\n", b"\n")
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    body = re.sub(rb"(?m)^From ", b">From ", body)
-    data = f"From {sender or 'MAILER-DAEMON'}  {stamp}\n".encode() + body + b"\n"
+    data = mbox_entry(from_line(sender, when, zero_pad_day=False), b"",
+                      message.replace(b"\r\n", b"\n"), quote=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, data)
@@ -556,17 +560,22 @@ class GmailSmtp(SmtpServer):
         tls_part = (f"\r\n        (version={version.replace('v', '').replace('.', '_')} "
                     f"cipher={cipher} bits={bits}/{bits})") if self.tls else ""
         date = format_datetime(datetime.datetime.now().astimezone())
-        paths = []
-        for rcpt in self.rcpts:
-            received = (f"Return-Path: <{self.sender}>\n"
-                        f"Received: from {self.sim.helo_guess(self)} ([{self.client_ip}])\n"
-                        f"        by {HOSTNAME} with {'ESMTPSA' if self.authenticated else 'ESMTP'}"
-                        f" id {tid}\n        for <{rcpt}>"
-                        f"{tls_part.replace(chr(13), '')};\n        {date}\n").encode()
-            path = internet_mbox(self.sim.root, rcpt)
-            append_mbox(path, self.sender or "", received + message, now)
-            paths.append(path)
-            self.sim.delivered(self.session, self.sender or "", rcpt, path, tid)
+        try:
+            for rcpt in self.rcpts:
+                received = (f"Return-Path: <{self.sender}>\n"
+                            f"Received: from {self.sim.helo_guess(self)} ([{self.client_ip}])\n"
+                            f"        by {HOSTNAME} with "
+                            f"{'ESMTPSA' if self.authenticated else 'ESMTP'}"
+                            f" id {tid}\n        for <{rcpt}>"
+                            f"{tls_part.replace(chr(13), '')};\n        {date}\n").encode()
+                path = internet_mbox(self.sim.root, rcpt)
+                append_mbox(path, self.sender or "", received + message, now)
+                self.sim.delivered(self.session, self.sender or "", rcpt, path, tid)
+        except OSError:             # the simulated internet's disk: a temporary failure
+            self.reply(451, ["4.3.0 Mail server temporarily rejected message.",
+                             f"4.3.0  {self.gid()} - gsmtp"], verb)
+            self._reset()
+            return
         self.reply(250, f"2.0.0 OK  {int(now)} {tid} - gsmtp", verb)
         self._reset()
 

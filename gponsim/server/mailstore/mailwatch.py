@@ -1,6 +1,7 @@
 """Being told when an mbox file changes: inotify where there is one, polling elsewhere.
 
-A selected IMAP folder subscribes with :meth:`MailWatch.watch`; the callback
+The mbox folder's :meth:`~gponsim.server.mailstore.mbox.MboxFolder.watch` (what a
+selected IMAP folder subscribes with) uses :meth:`MailWatch.watch`; the callback
 runs (in the reactor) soon after a writer has *finished* with the file: the
 mbox closed after writing (local(8)'s delivery), renamed over (a rewrite by
 gponsim or Dovecot), created, or its dotlock removed. Events of one burst are
@@ -37,6 +38,26 @@ class MailWatch:
         if watch is None or watch.reactor is not reactor:
             watch = _WATCHES[id(reactor)] = cls(reactor)
         return watch
+
+    @classmethod
+    def release(cls, reactor) -> None:
+        """Forget ``reactor``'s watcher, if it has one: pending calls are
+        cancelled and its inotify descriptor closed (a reactor that is done
+        with, such as a test's in-memory one)."""
+        watch = _WATCHES.pop(id(reactor), None)
+        if watch is None or watch.reactor is not reactor:
+            return
+        for call in watch._pending.values():
+            if call.active():
+                call.cancel()
+        watch._pending.clear()
+        watch._dirs.clear()
+        if watch._notifier is not None:
+            from twisted.internet.main import CONNECTION_DONE
+            from twisted.python.failure import Failure
+            watch._notifier.connectionLost(Failure(CONNECTION_DONE))
+            watch._notifier = None
+        watch._failed = True
 
     def _start(self) -> bool:
         if self._notifier is not None:

@@ -1,0 +1,10 @@
+"""The slides' own words (words.toml beside this module, es + en)."""
+
+from __future__ import annotations
+
+from gponsim.lessons.words import load_words
+
+
+def word(key: str, lang: str, **values) -> str:
+    entry = load_words(__package__)[key]
+    return (entry.get(lang) or entry["en"]).format(**values)

@@ -1,0 +1,462 @@
+"""Dovecot's IMAP replies, word for word, in memory (milliseconds; tests/dovecot_memory.py).
+
+The same server class as `gponsim serve`, the real auth server and mbox store;
+the end-to-end tests (test_imap.py, test_dovecot_interop.py) keep what only a
+real connection shows: TLS, real clients, real Dovecot reading our files.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from dovecot_memory import MemoryLab
+from gponsim.server.dovecot.imap import ImapSettings
+
+PRE = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+"
+POST = ("IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
+        "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS "
+        "LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN LIST-STATUS BINARY MOVE "
+        "SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+")
+TIMING = r" \(\d+\.\d{3} \+ 0\.000 secs\)\."
+SECOND = 1704110400.0          # Mon Jan  1 12:00:00 2024 UTC
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+PLAIN_USER1 = b64(b"\0user1\0pass")
+PLAIN_USER2 = b64(b"\0user2\0pass")
+
+
+def done(line: str, tag: str, text: str) -> bool:
+    """A logged-in tagged reply: Dovecot puts the command's timing before the final dot."""
+    return re.fullmatch(re.escape(f"{tag} {text}") + TIMING, line) is not None
+
+
+@pytest.fixture
+def mem(tmp_path, utc):
+    lab = MemoryLab(tmp_path, failure_delay=2.0)
+    yield lab
+    lab.close()
+
+
+@pytest.fixture
+def inbox(mem):
+    """user2's INBOX with two deliveries by local(8)."""
+    mem.deliver("user2", b"Subject: uno\nFrom: user1@gponlab.local\n\nFrom the start\nline 2\n",
+                when=SECOND)
+    mem.deliver("user2", b"Subject: dos\n\nsecond\n", when=SECOND + 60)
+    return mem.root / "var/mail/user2"
+
+
+def logged_in(mem, user="user2", caps=POST):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send(f"a0 LOGIN {user} pass") == [f"a0 OK [CAPABILITY {caps}] Logged in"]
+    return c
+
+
+def selected(mem):
+    c = logged_in(mem)
+    assert c.send("s0 SELECT INBOX")[-1].startswith("s0 OK [READ-WRITE]")
+    return c
+
+
+# ------------------------------------------------------------------ greeting, capabilities
+
+def test_greeting_and_capability_for_a_remote_client_before_tls(mem):
+    c = mem.imap(tls_options=object())
+    assert c.lines() == [f"* OK [CAPABILITY {PRE} STARTTLS LOGINDISABLED] Dovecot (Debian) ready."]
+    assert c.send("a1 CAPABILITY") == [
+        f"* CAPABILITY {PRE} STARTTLS LOGINDISABLED",
+        "a1 OK Pre-login capabilities listed, post-login capabilities have more."]
+
+
+def test_client_on_the_server_s_address_counts_as_secured(mem):
+    c = mem.imap(local=True, tls_options=object())
+    assert c.lines() == [
+        f"* OK [CAPABILITY {PRE} STARTTLS AUTH=PLAIN AUTH=LOGIN] Dovecot (Debian) ready."]
+
+
+def test_implicit_tls_offers_auth_and_no_starttls(mem):
+    c = mem.imap(tls_options=object(), implicit_tls=True)
+    assert c.lines() == [f"* OK [CAPABILITY {PRE} AUTH=PLAIN AUTH=LOGIN] Dovecot (Debian) ready."]
+    assert c.send("a STARTTLS") == ["a BAD TLS is already active."]
+
+
+def test_greeting_comes_from_the_settings(tmp_path):
+    lab = MemoryLab(tmp_path, settings=ImapSettings(greeting="Dovecot ready."))
+    try:
+        assert lab.imap(local=True).lines()[0].endswith("] Dovecot ready.")
+    finally:
+        lab.close()
+
+
+def test_starttls_then_auth_is_offered_and_pipelined_commands_are_dropped(mem):
+    c = mem.imap(tls_options="the lab's TLS options")
+    c.lines()
+    assert c.send(b"a STARTTLS\r\nb LOGIN user2 pass\r\n") == ["a OK Begin TLS negotiation now."]
+    assert c.transport.tls_started_with == "the lab's TLS options"
+    assert c.send("c CAPABILITY") == [
+        f"* CAPABILITY {PRE} AUTH=PLAIN AUTH=LOGIN",
+        "c OK Pre-login capabilities listed, post-login capabilities have more."]
+    assert c.send("d LOGIN user2 pass") == [f"d OK [CAPABILITY {POST}] Logged in"]
+
+
+def test_capability_after_login_and_special_use(tmp_path):
+    lab = MemoryLab(tmp_path, settings=ImapSettings(special_use=[("Sent", "\\Sent", "subscribe")]))
+    try:
+        c = lab.imap(local=True)
+        c.lines()
+        assert c.send("a LOGIN user1 pass") == [f"a OK [CAPABILITY {POST} SPECIAL-USE] Logged in"]
+        reply = c.send("b CAPABILITY")
+        assert reply[0] == f"* CAPABILITY {POST} SPECIAL-USE"
+        assert done(reply[1], "b", "OK Capability completed")
+    finally:
+        lab.close()
+
+
+# ------------------------------------------------------------------ LOGIN, AUTHENTICATE
+
+def test_plaintext_login_refused_before_tls(mem):
+    c = mem.imap()
+    c.lines()
+    assert c.send("a1 LOGIN user2 pass") == [
+        "* BAD [ALERT] Plaintext authentication not allowed without SSL/TLS, but your client "
+        "did it anyway. If anyone was listening, the password was exposed.",
+        "a1 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
+        "connections."]
+    assert c.send(f"a2 AUTHENTICATE PLAIN {PLAIN_USER2}") == [
+        "a2 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
+        "connections."]
+    assert mem.log_lines == []
+
+
+def test_login_logs_like_imap_login(mem):
+    c = logged_in(mem)
+    assert len(mem.log_lines) == 1
+    assert re.fullmatch(r"imap-login: Login: user=<user2>, method=PLAIN, rip=192\.168\.1\.1, "
+                        r"lip=192\.168\.1\.1, mpid=\d+, secured, session=<[A-Za-z0-9+/]{16}>",
+                        mem.log_lines[0])
+    bye, ok = c.send("z LOGOUT")
+    assert bye == "* BYE Logging out" and done(ok, "z", "OK Logout completed")
+    assert c.closed
+    assert re.fullmatch(r"imap\(user2\)<\d+><[^>]+>: Disconnected: Logged out in=\d+ out=\d+ deleted=0 "
+                        r"expunged=0 trashed=0 hdr_count=0 hdr_bytes=0 body_count=0 body_bytes=0",
+                        mem.log_lines[1])
+
+
+def test_wrong_password_answered_after_the_failure_delay(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("a1 LOGIN user2 wrong") == []                      # auth_failure_delay = 2s
+    assert c.send(b"", seconds=1.9) == []
+    assert c.send(b"", seconds=0.1) == ["a1 NO [AUTHENTICATIONFAILED] Authentication failed."]
+    # Dovecot's auth penalty: after one failure from this address, the next
+    # login waits 4 seconds (auth_penalty.py), even with the right password
+    assert c.send("a2 LOGIN user2 pass") == []
+    assert c.send(b"", seconds=3.9) == []
+    assert c.send(b"", seconds=0.1) == [f"a2 OK [CAPABILITY {POST}] Logged in"]
+
+
+def test_commands_pipelined_behind_login_wait_for_its_answer(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    reply = c.send(b"a LOGIN user2 pass\r\nb NAMESPACE\r\n")
+    assert reply[0] == f"a OK [CAPABILITY {POST}] Logged in"
+    assert reply[1] == '* NAMESPACE (("" "/")) NIL NIL' and done(reply[2], "b", "OK Namespace completed")
+
+
+def test_authenticate_plain_with_initial_response_and_with_continuation(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send(f"a AUTHENTICATE PLAIN {PLAIN_USER2}") == [
+        f"a OK [CAPABILITY {POST}] Logged in"]
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("b AUTHENTICATE PLAIN") == ["+ "]
+    assert c.send(PLAIN_USER1) == [f"b OK [CAPABILITY {POST}] Logged in"]
+    assert "method=PLAIN" in mem.log_lines[-1] and "user=<user1>" in mem.log_lines[-1]
+
+
+def test_authenticate_login_asks_dovecot_s_username_and_password(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("c AUTHENTICATE LOGIN") == ["+ VXNlcm5hbWU6"]          # "Username:"
+    assert c.send(b64(b"user2")) == ["+ UGFzc3dvcmQ6"]                   # "Password:"
+    assert c.send(b64(b"pass")) == [f"c OK [CAPABILITY {POST}] Logged in"]
+    assert "method=LOGIN" in mem.log_lines[-1]
+
+
+def test_authenticate_abort_and_unknown_mechanism(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("d AUTHENTICATE PLAIN") == ["+ "]
+    assert c.send("*") == ["d BAD Authentication aborted by client."]
+    assert c.send("e AUTHENTICATE CRAM-MD5") == ["e NO Unsupported authentication mechanism."]
+
+
+def test_auth_server_gone_is_a_temporary_failure(mem):
+    mem.auth_server.stop()
+    mem.reactor.drive()
+    mem.reactor.unixServers.clear()            # nobody listens on the socket any more
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("a LOGIN user2 pass") == ["a NO [UNAVAILABLE] Temporary authentication failure."]
+
+
+# ------------------------------------------------------------------ SELECT, FETCH, STORE
+
+def test_select_reports_what_the_mbox_holds(mem, inbox):
+    c = logged_in(mem)
+    lines = c.send("b SELECT INBOX")
+    validity = re.search(rb"X-IMAPbase: (\d+) 0000000002\n", inbox.read_bytes()).group(1).decode()
+    assert lines[:-1] == [
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted.",
+        "* 2 EXISTS",
+        "* 2 RECENT",
+        "* OK [UNSEEN 1] First unseen.",
+        f"* OK [UIDVALIDITY {validity}] UIDs valid",
+        "* OK [UIDNEXT 3] Predicted next UID"]
+    assert done(lines[-1], "b", "OK [READ-WRITE] Select completed")
+    # The read-write SELECT took \Recent away for later sessions ("Status: O").
+    assert inbox.read_bytes().count(b"\nStatus: O\n") == 2
+    other = logged_in(mem)
+    assert "* 0 RECENT" in other.send("c EXAMINE INBOX")
+
+
+def test_examine_is_read_only(mem, inbox):
+    c = logged_in(mem)
+    lines = c.send("b EXAMINE INBOX")
+    assert lines[1] == "* OK [PERMANENTFLAGS ()] Read-only mailbox."
+    assert done(lines[-1], "b", "OK [READ-ONLY] Examine completed")
+    assert b"Status:" not in inbox.read_bytes()        # still \Recent for the next session
+    assert done(c.send("c STORE 1 +FLAGS (\\Seen)")[-1], "c", "OK Store completed") is False
+
+
+def test_select_missing_folder_and_commands_needing_a_selection(mem):
+    c = logged_in(mem)
+    # [NONEXISTENT] only for DELETE, RENAME, UNSUBSCRIBE (Dovecot follows RFC 5530 there)
+    assert done(c.send("a SELECT Nope")[0], "a", "NO Mailbox doesn't exist: Nope")
+    assert done(c.send("a2 STATUS Nope (MESSAGES)")[0], "a2", "NO Mailbox doesn't exist: Nope")
+    assert done(c.send("a3 DELETE Nope")[0], "a3", "NO [NONEXISTENT] Mailbox doesn't exist: Nope")
+    assert done(c.send("b FETCH 1 FLAGS")[0], "b", "BAD No mailbox selected")
+
+
+def test_fetch_flags_size_and_body_sets_seen(mem, inbox):
+    c = selected(mem)
+    lines = c.send("f1 FETCH 1 (UID RFC822.SIZE FLAGS)")
+    message = (b"Return-Path: <user1@gponlab.local>\r\nDelivered-To: user2@gponlab.local\r\n"
+               b"Subject: uno\r\nFrom: user1@gponlab.local\r\n\r\n>From the start\r\nline 2\r\n")
+    assert lines[0] == f"* 1 FETCH (UID 1 RFC822.SIZE {len(message)} FLAGS (\\Recent))"
+    assert done(lines[1], "f1", "OK Fetch completed")
+    raw = c.server.dataReceived(b"f2 FETCH 1 BODY[]\r\n") or mem.reactor.drive() or c.read()
+    # the FLAGS this FETCH changed come before the text, as real Dovecot sends them
+    assert raw.startswith(b"* 1 FETCH (FLAGS (\\Seen \\Recent) BODY[] {%d}\r\n" % len(message)
+                          + message + b")\r\n")
+    assert b"\nStatus: RO\n" in inbox.read_bytes()
+
+
+def test_fetch_items_in_dovecot_s_order(mem, inbox):
+    """What Dovecot 2.3's imap answered to these FETCHes (run on a copy of such
+    an mbox): the buffered items in the order asked, then the message text."""
+    mem.deliver("user2", b"Subject: tres\n\nhola\n")
+    c = selected(mem)
+    c.server.dataReceived(b"a FETCH 1 (BODY[HEADER] RFC822.SIZE BODY[TEXT] INTERNALDATE)\r\n"
+                          b"b FETCH 2 (RFC822.HEADER UID FLAGS)\r\n"
+                          b"c FETCH 3 (BODY[]<2.5> UID)\r\n"
+                          b"d FETCH 3 (BODY.PEEK[1] ENVELOPE BODYSTRUCTURE RFC822.SIZE)\r\n")
+    mem.reactor.drive()
+    data = c.read()
+    replies = [line for line in data.split(b"\r\n") if b"FETCH (" in line]
+    assert replies == [
+        b'* 1 FETCH (RFC822.SIZE 139 INTERNALDATE "01-Jan-2024 12:00:00 +0000" '
+        b"FLAGS (\\Seen \\Recent) BODY[HEADER] {114}",
+        b"* 2 FETCH (UID 2 FLAGS (\\Recent) RFC822.HEADER {87}",
+        b"* 3 FETCH (UID 3 FLAGS (\\Seen \\Recent) BODY[]<2> {5}",
+        b"* 3 FETCH (RFC822.SIZE 94 BODY[1] {6}"]
+    # ENVELOPE and BODYSTRUCTURE are not buffered: after the text, in the order asked
+    assert b"BODY[1] {6}\r\nhola\r\n ENVELOPE (" in data
+    # pipelined FETCHes: every FETCH response first, then the tagged replies
+    assert re.search(rb"\r\n ENVELOPE \(.*\) BODYSTRUCTURE \(.*\)\)\r\na OK Fetch completed .*"
+                     rb"\r\nb OK .*\r\nc OK .*\r\nd OK .*\r\n$", data)
+
+
+def test_partial_body_fetch_names_only_the_origin(mem, inbox):
+    # RFC 3501 §7.4.2: BODY[]<origin>, where Twisted would say <origin.length> (lab-facts §8)
+    c = selected(mem)
+    c.server.dataReceived(b"p FETCH 1 BODY.PEEK[]<10.20>\r\n")
+    mem.reactor.drive()
+    data = c.read()
+    assert data.startswith(b"* 1 FETCH (BODY[]<10> {20}\r\nh: <user1@gponlab.lo)\r\n")
+    assert b"\nStatus: RO" not in inbox.read_bytes()          # PEEK: not \Seen
+
+
+def test_fetch_header_fields_and_internaldate(mem, inbox):
+    c = selected(mem)
+    c.server.dataReceived(b"h UID FETCH 2 (INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+    mem.reactor.drive()
+    data = c.read()
+    assert data.startswith(b'* 2 FETCH (UID 2 INTERNALDATE "01-Jan-2024 12:01:00 +0000" '
+                           b"BODY[HEADER.FIELDS (SUBJECT)] {16}\r\nSubject: dos\r\n\r\n)\r\n")
+
+
+def test_store_flags_are_written_as_dovecot_s_headers(mem, inbox):
+    c = selected(mem)
+    assert c.send("s1 STORE 1 +FLAGS (\\Flagged \\Answered $Label1)")[0] == (
+        "* 1 FETCH (FLAGS (\\Answered \\Flagged $Label1 \\Recent))")
+    assert done(c.send("s2 STORE 1 -FLAGS.SILENT (\\Answered)")[0], "s2", "OK Store completed")
+    assert c.send("s3 UID STORE 2 FLAGS (\\Seen)")[0] == "* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))"
+    data = inbox.read_bytes()
+    assert b"X-UID: 1\nStatus: O\nX-Status: F\nX-Keywords: $Label1\n" in data
+    assert b"X-UID: 2\nStatus: RO\nContent-Length: 7\n" in data
+    assert re.search(rb"X-IMAPbase: \d+ 0000000002 \$Label1\n", data)
+    flags = c.send("s4 FETCH 1:2 FLAGS")
+    assert flags[:2] == ["* 1 FETCH (FLAGS (\\Flagged $Label1 \\Recent))",
+                         "* 2 FETCH (FLAGS (\\Seen \\Recent))"]
+
+
+def test_search(mem, inbox):
+    c = selected(mem)
+    c.send("x STORE 2 +FLAGS (\\Seen \\Flagged)")
+    for command, found in [("ALL", "1 2"), ("UNSEEN", "1"), ("FLAGGED", "2"), ("SUBJECT uno", "1"),
+                           ("BODY second", "2"), ("NOT SEEN FROM user1", "1"),
+                           ("SINCE 1-Jan-2024", "1 2"), ("BEFORE 1-Jan-2024", "")]:
+        lines = c.send(f"q SEARCH {command}")
+        assert lines[0] == f"* SEARCH {found}".rstrip(), command
+        assert done(lines[1], "q", "OK Search completed"), lines
+    assert c.send("u UID SEARCH 2:*")[0] == "* SEARCH 2"
+    assert c.send("e SEARCH RETURN (MIN COUNT) ALL")[0] == '* ESEARCH (TAG "e") MIN 1 COUNT 2'
+
+
+def test_expunge_and_noop_report_what_another_session_did(mem, inbox):
+    c = selected(mem)
+    other = selected(mem)
+    other.send("d STORE 1 +FLAGS (\\Deleted)")
+    lines = other.send("e EXPUNGE")
+    assert lines[0] == "* 1 EXPUNGE" and done(lines[1], "e", "OK Expunge completed")
+    lines = c.send("n NOOP")
+    assert lines[0] == "* 1 EXPUNGE" and done(lines[-1], "n", "OK NOOP completed")
+    assert b"Subject: uno" not in inbox.read_bytes()
+
+
+def test_append_with_literal_and_literal_plus(mem):
+    c = logged_in(mem)
+    message = b"Subject: borrador\r\n\r\nhola\r\n"
+    assert c.send(f'a APPEND INBOX (\\Draft) "01-Jan-2024 12:00:00 +0000" {{{len(message)}}}') == [
+        "+ OK"]
+    reply = c.send(message + b"\r\n")
+    assert re.fullmatch(r"a OK \[APPENDUID \d+ 1\] Append completed" + TIMING, reply[0])
+    reply = c.send(b"b APPEND INBOX {%d+}\r\n" % len(message) + message + b"\r\n")
+    assert re.fullmatch(r"b OK \[APPENDUID \d+ 2\] Append completed" + TIMING, reply[0])
+    assert done(c.send('c APPEND Nope {1+}\r\nx')[0], "c", "NO [TRYCREATE] Mailbox doesn't exist: Nope")
+    data = (mem.root / "var/mail/user2").read_bytes()
+    assert data.startswith(b"From user2  Mon Jan 01 12:00:00 2024\nSubject: borrador\n")
+
+
+def test_list_lsub_create_subscribe_and_special_use(tmp_path, utc):
+    """What Dovecot 2.3's imap answered to the same commands with the lab's
+    15-mailboxes.conf kind of folders (special_use, auto = no) on mbox: folders
+    are files, so they cannot have children (\\NoInferiors)."""
+    lab = MemoryLab(tmp_path, settings=ImapSettings(
+        special_use=[("Sent", "\\Sent", "no"), ("Trash", "\\Trash", "no")]))
+    try:
+        c = logged_in(lab, caps=POST + " SPECIAL-USE")
+        assert c.send('a LIST "" ""')[0] == '* LIST (\\Noselect) "/" ""'
+        assert done(c.send("b CREATE Trash")[0], "b", "OK Create completed")
+        assert done(c.send("b2 CREATE Trash")[0], "b2", "NO [ALREADYEXISTS] Mailbox already exists")
+        assert done(c.send("b3 CREATE Sent")[0], "b3", "OK Create completed")
+        assert done(c.send("b4 SUBSCRIBE Sent")[0], "b4", "OK Subscribe completed")
+        lines = c.send('c LIST "" "*"')
+        assert lines[:-1] == ['* LIST (\\NoInferiors \\Sent) "/" Sent',
+                              '* LIST (\\NoInferiors \\Trash) "/" Trash',
+                              '* LIST (\\HasNoChildren) "/" INBOX']
+        assert done(lines[-1], "c", "OK List completed")
+        assert c.send('d LIST (SUBSCRIBED) "" "*"')[:-1] == [
+            '* LIST (\\Subscribed \\NoInferiors \\UnMarked) "/" Sent']
+        assert done(c.send("e SUBSCRIBE Trash")[0], "e", "OK Subscribe completed")
+        assert c.send('f LSUB "" "*"')[:-1] == ['* LSUB (\\Sent) "/" Sent',
+                                              '* LSUB (\\Trash) "/" Trash']
+        lines = c.send('g LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN))')
+        assert lines[:-1] == ['* LIST (\\NoInferiors) "/" Sent',
+                              "* STATUS Sent (MESSAGES 0 UNSEEN 0)",
+                              '* LIST (\\NoInferiors) "/" Trash',
+                              "* STATUS Trash (MESSAGES 0 UNSEEN 0)",
+                              '* LIST () "/" INBOX',
+                              "* STATUS INBOX (MESSAGES 0 UNSEEN 0)"]
+        assert c.send('h LIST (SUBSCRIBED) "" "*"')[:-1] == [
+            '* LIST (\\Subscribed \\NoInferiors \\UnMarked) "/" Sent',
+            '* LIST (\\Subscribed \\NoInferiors \\UnMarked) "/" Trash']
+        assert c.send('i LIST "" "*" RETURN (SPECIAL-USE)')[:-1] == [
+            '* LIST (\\NoInferiors \\Sent) "/" Sent',
+            '* LIST (\\NoInferiors \\Trash) "/" Trash',
+            '* LIST () "/" INBOX']
+        assert c.send('j LIST (SPECIAL-USE) "" "*"')[:-1] == [
+            '* LIST (\\NoInferiors \\Sent) "/" Sent',
+            '* LIST (\\NoInferiors \\Trash) "/" Trash']
+        assert (tmp_path / "home/user2/mail/.subscriptions").read_text() == "Sent\nTrash\n"
+    finally:
+        lab.close()
+
+
+def test_copy_and_move_between_folders(mem, inbox):
+    c = selected(mem)
+    c.send("a CREATE Archive")
+    assert re.fullmatch(r"b OK \[COPYUID \d+ 1 1\] Copy completed" + TIMING,
+                        c.send("b COPY 1 Archive")[0])
+    moved = c.send("m UID MOVE 2 Archive")
+    assert re.fullmatch(r"\* OK \[COPYUID \d+ 2 2\] Moved UIDs\.", moved[0])
+    assert moved[1] == "* 2 EXPUNGE" and done(moved[2], "m", "OK Move completed")
+    status = c.send("s STATUS Archive (MESSAGES UIDNEXT)")
+    assert status[0] == "* STATUS Archive (MESSAGES 2 UIDNEXT 3)"
+    archive = (mem.root / "home/user2/mail/Archive").read_bytes()
+    assert archive.startswith(b"From user1@gponlab.local  Mon Jan  1 12:00:00 2024\n")   # From_ kept
+
+
+# ------------------------------------------------------------------ IDLE, LOGOUT
+
+def test_idle_pushes_a_delivery_and_ends_with_done(mem, inbox):
+    c = selected(mem)
+    assert c.send("i IDLE") == ["+ idling"]
+    mem.deliver("user2", b"Subject: tres\n\nnew\n")
+    assert c.send(b"", seconds=0.01) == ["* 3 EXISTS", "* 3 RECENT"]      # inotify, at once
+    assert c.send(b"", seconds=120) == ["* OK Still here"]
+    assert done(c.send("DONE")[0], "i", "OK Idle completed")
+
+
+def test_idle_ends_only_with_done(mem, inbox):
+    c = selected(mem)
+    assert c.send("i IDLE") == ["+ idling"]
+    assert done(c.send("j NOOP")[0], "i", "BAD Expected DONE")
+
+
+def test_idle_without_inotify_polls(mem, inbox, monkeypatch):
+    from gponsim.server.mailstore.mbox import MboxFolder
+    monkeypatch.setattr(MboxFolder, "watch", lambda self, reactor, callback: None)
+    c = selected(mem)
+    assert c.send("i IDLE") == ["+ idling"]
+    mem.deliver("user2", b"Subject: tres\n\nnew\n")
+    assert c.send(b"", seconds=0.01) == []
+    assert c.send(b"", seconds=0.2) == ["* 3 EXISTS", "* 3 RECENT"]          # WATCH_INTERVAL
+
+
+def test_inactivity_logs_out(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send(b"", seconds=60) == ["* BYE Disconnected for inactivity."]
+    assert c.closed
+
+
+def test_bad_commands(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("a FOO") == ["a BAD Error in IMAP command received by server."]
+    assert c.send("a+b NOOP") == ["* BAD Error in IMAP tag: Invalid tag."]
+    c = logged_in(mem)
+    assert done(c.send("d BLAH")[0], "d", "BAD Error in IMAP command BLAH: Unknown command")
+    assert done(c.send("e SELECT")[0], "e", "BAD Error in IMAP command SELECT: Invalid arguments")

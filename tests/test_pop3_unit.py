@@ -1,0 +1,231 @@
+"""Dovecot's POP3 replies, word for word, in memory (milliseconds; tests/dovecot_memory.py).
+
+test_pop3.py keeps what needs a real connection: poplib and curl, STLS and 995.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from dovecot_memory import MemoryLab
+
+CAPS = ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE"]
+SECOND = 1704110400.0          # Mon Jan  1 12:00:00 2024 UTC
+FIRST = (b"Return-Path: <user1@gponlab.local>\r\nDelivered-To: user2@gponlab.local\r\n"
+         b"Subject: uno\r\n\r\n.punto al principio\r\nlinea 2\r\n>From quoted\r\n")
+SECOND_MESSAGE = (b"Return-Path: <user1@gponlab.local>\r\nDelivered-To: user2@gponlab.local\r\n"
+                  b"Subject: dos\r\n\r\nsegundo\r\n")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+PLAIN_USER1 = b64(b"\0user1\0pass")
+PLAIN_USER2 = b64(b"\0user2\0pass")
+
+
+@pytest.fixture
+def mem(tmp_path, utc):
+    lab = MemoryLab(tmp_path, failure_delay=2.0)
+    yield lab
+    lab.close()
+
+
+@pytest.fixture
+def inbox(mem):
+    mem.deliver("user2", b"Subject: uno\n\n.punto al principio\nlinea 2\nFrom quoted\n", when=SECOND)
+    mem.deliver("user2", b"Subject: dos\n\nsegundo\n", when=SECOND + 60)
+    return mem.root / "var/mail/user2"
+
+
+def logged_in(mem, user="user2"):
+    c = mem.pop3(local=True)
+    assert c.lines() == ["+OK Dovecot (Debian) ready."]
+    assert c.send(f"USER {user}") == ["+OK"]
+    assert c.send("PASS pass") == ["+OK Logged in."]
+    return c
+
+
+def uidvalidity(inbox) -> int:
+    return int(re.search(rb"X-IMAPbase: (\d+) ", inbox.read_bytes()).group(1))
+
+
+# ------------------------------------------------------------------ greeting, CAPA, STLS
+
+def test_capa_of_a_remote_client_before_stls(mem):
+    c = mem.pop3(tls_options=object())
+    assert c.lines() == ["+OK Dovecot (Debian) ready."]
+    assert c.send("CAPA") == ["+OK", *CAPS, "STLS", "SASL", "."]
+    assert c.send("USER user2") == [
+        "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."]
+    assert c.send(f"AUTH PLAIN {PLAIN_USER2}") == [
+        "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."]
+
+
+def test_stls_then_user_and_sasl_are_offered_and_pipelined_lines_are_dropped(mem):
+    c = mem.pop3(tls_options="the lab's TLS options")
+    c.lines()
+    assert c.send(b"STLS\r\nUSER user2\r\n") == ["+OK Begin TLS negotiation now."]
+    assert c.transport.tls_started_with == "the lab's TLS options"
+    assert c.send("CAPA") == ["+OK", *CAPS, "USER", "SASL PLAIN LOGIN", "."]
+    assert c.send("PASS pass") == ["-ERR No username given."]      # USER was dropped
+    assert c.send("STLS") == ["-ERR TLS is already active."]
+
+
+def test_capa_of_a_secured_client_and_after_login(mem):
+    c = mem.pop3(local=True, tls_options=object())
+    c.lines()
+    assert c.send("CAPA") == ["+OK", *CAPS, "STLS", "USER", "SASL PLAIN LOGIN", "."]
+    c.send("USER user2")
+    c.send("PASS pass")
+    assert c.send("CAPA") == ["+OK", *CAPS, "."]
+
+
+def test_no_stls_without_tls_and_on_995(mem):
+    assert mem.pop3(local=True).send("STLS")[-1] == "-ERR TLS support isn't enabled."
+    c = mem.pop3(tls_options=object(), implicit_tls=True)
+    c.lines()
+    assert c.send("CAPA") == ["+OK", *CAPS, "USER", "SASL PLAIN LOGIN", "."]
+
+
+# ------------------------------------------------------------------ USER/PASS, AUTH
+
+def test_login_and_its_log_line(mem):
+    logged_in(mem)
+    assert re.fullmatch(r"pop3-login: Login: user=<user2>, method=PLAIN, rip=192\.168\.1\.1, "
+                        r"lip=192\.168\.1\.1, mpid=\d+, secured, session=<[A-Za-z0-9+/]{16}>",
+                        mem.log_lines[0])
+
+
+def test_wrong_password_after_the_failure_delay_then_success(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send("USER user2") == ["+OK"]
+    assert c.send("PASS wrong") == []
+    assert c.send(b"", seconds=2) == ["-ERR [AUTH] Authentication failed."]
+    assert c.send("PASS pass") == ["-ERR No username given."]
+    c.send("USER user2")
+    # Dovecot's auth penalty: one failure from this address makes the next
+    # login wait 4 seconds, even with the right password (auth_penalty.py)
+    assert c.send("PASS pass") == []
+    assert c.send(b"", seconds=3.9) == []
+    assert c.send(b"", seconds=0.1) == ["+OK Logged in."]
+
+
+def test_auth_plain_login_abort_and_mechanism_list(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send("AUTH") == ["+OK", "PLAIN", "LOGIN", "."]
+    assert c.send("AUTH CRAM-MD5") == ["-ERR Unsupported authentication mechanism."]
+    assert c.send("AUTH PLAIN") == ["+ "]
+    assert c.send("*") == ["-ERR Authentication aborted by client."]
+    assert c.send("AUTH LOGIN") == ["+ VXNlcm5hbWU6"]
+    assert c.send(b64(b"user2")) == ["+ UGFzc3dvcmQ6"]
+    assert c.send(b64(b"pass")) == ["+OK Logged in."]
+    assert "method=LOGIN" in mem.log_lines[-1]
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send(f"AUTH PLAIN {PLAIN_USER1}") == ["+OK Logged in."]
+
+
+def test_unknown_commands_before_and_after_login(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send("STAT") == ["-ERR Unknown command."]
+    assert c.send("FOO") == ["-ERR Unknown command."]
+    c = logged_in(mem)
+    assert c.send("FOO") == ["-ERR Unknown command: FOO"]
+    assert c.send("USER user1") == ["-ERR Unknown command: USER"]
+
+
+# ------------------------------------------------------------------ the mailbox
+
+def test_stat_list_uidl(mem, inbox):
+    c = logged_in(mem)
+    size = len(FIRST) + len(SECOND_MESSAGE)
+    assert c.send("STAT") == [f"+OK 2 {size}"]
+    assert c.send("LIST") == ["+OK 2 messages:", f"1 {len(FIRST)}", f"2 {len(SECOND_MESSAGE)}", "."]
+    assert c.send("LIST 2") == [f"+OK 2 {len(SECOND_MESSAGE)}"]
+    v = uidvalidity(inbox)
+    # pop3_uidl_format = %08Xu%08Xv: Dovecot's var_expand writes X in lower case
+    # (compared with the real pop3 in test_differential.py)
+    assert c.send("UIDL") == ["+OK", f"1 00000001{v:08x}", f"2 00000002{v:08x}", "."]
+    assert c.send("UIDL 1") == [f"+OK 1 00000001{v:08x}"]
+    assert c.send("LIST 3") == ["-ERR There's no message 3."]
+    assert c.send("LIST x") == ["-ERR Invalid message number: x"]
+
+
+def test_retr_dot_stuffs_and_marks_seen_at_quit(mem, inbox):
+    c = logged_in(mem)
+    c.server.dataReceived(b"RETR 1\r\n")
+    mem.reactor.drive()
+    assert c.read() == (b"+OK %d octets\r\n" % len(FIRST)
+                        + FIRST.replace(b"\r\n.punto", b"\r\n..punto") + b".\r\n")
+    assert b"Status: R" not in inbox.read_bytes()                 # not before QUIT
+    assert c.send("QUIT") == ["+OK Logging out."]
+    assert c.closed
+    assert re.search(rb"\nX-UID: 1\nStatus: RO?\n", inbox.read_bytes())     # R: \\Seen
+    # not retrieved: not \\Seen, but no longer \\Recent for a later IMAP session
+    # (Dovecot answers "* 0 RECENT" after a POP3 session; it keeps that in its
+    # index, gponsim in the Status header: docs/fidelity.md)
+    assert b"X-UID: 2\nStatus: O\nContent-Length" in inbox.read_bytes()
+    # Dovecot's retr= counts the bytes sent from the +OK line to the end of the
+    # dot-stuffed message (the final ".\r\n" not included): 184 for 167 octets
+    # with one stuffed dot, in the real pop3 binary
+    sent = len(b"+OK %d octets\r\n" % len(FIRST)) + len(FIRST) + 1
+    assert re.fullmatch(rf"pop3\(user2\)<\d+><[^>]+>: Disconnected: Logged out top=0/0, "
+                        rf"retr=1/{sent}, del=0/2, size={len(FIRST) + len(SECOND_MESSAGE)}",
+                        mem.log_lines[-1])
+
+
+def test_top(mem, inbox):
+    c = logged_in(mem)
+    c.server.dataReceived(b"TOP 1 1\r\n")
+    mem.reactor.drive()
+    head, _, body = FIRST.partition(b"\r\n\r\n")
+    assert c.read() == b"+OK\r\n" + head + b"\r\n\r\n..punto al principio\r\n.\r\n"
+    assert c.send("TOP 1") == ["-ERR Invalid number of arguments."]
+    assert c.send("TOP 1 -1") == ["-ERR Invalid number of lines: -1"]
+
+
+def test_dele_rset_and_quit_removes_the_deleted(mem, inbox):
+    c = logged_in(mem)
+    assert c.send("DELE 1") == ["+OK Marked to be deleted."]
+    assert c.send("RETR 1") == ["-ERR There's no message 1."]
+    assert c.send("STAT") == [f"+OK 1 {len(SECOND_MESSAGE)}"]
+    assert c.send("RSET") == ["+OK"]
+    assert c.send("STAT")[0].startswith("+OK 2 ")
+    assert c.send("DELE 1") == ["+OK Marked to be deleted."]
+    assert c.send("NOOP") == ["+OK"]
+    assert c.send("QUIT") == ["+OK Logging out, messages deleted."]
+    data = inbox.read_bytes()
+    assert b"Subject: uno" not in data and b"Subject: dos" in data
+    c = logged_in(mem)
+    assert c.send("UIDL") == ["+OK", f"1 00000002{uidvalidity(inbox):08x}", "."]
+
+
+def test_client_gone_without_quit_deletes_nothing(mem, inbox):
+    c = logged_in(mem)
+    c.send("DELE 1")
+    c.drop()
+    assert b"Subject: uno" in inbox.read_bytes()
+    assert re.fullmatch(r"pop3\(user2\)<\d+><[^>]+>: Disconnected: Connection closed top=0/0, "
+                        r"retr=0/0, del=1/2, size=\d+", mem.log_lines[-1])
+
+
+def test_quit_before_login(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send("QUIT") == ["+OK Logging out"]
+    assert c.closed
+
+
+def test_login_timeout(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send(b"", seconds=60) == ["-ERR Disconnected for inactivity."]
+    assert c.closed
