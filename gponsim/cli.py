@@ -120,9 +120,11 @@ def _parse_ports(values: tuple[str, ...]) -> dict[str, int]:
               help="Write TLS secrets (NSS key log) so captures can be decrypted.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the bound ports as JSON to this file once the lab is listening.")
-@click.option("--relay", type=click.Choice(["sim", "real", "none"]), default="sim", show_default=True,
+@click.option("--relay", type=click.Choice(["sim", "real", "none", "dns"]), default="sim", show_default=True,
               help="Outgoing mail: the built-in Gmail simulator (smtp.gmail.com mapped to it), "
-                   "the real relayhost (a lab with internet), or none (mail stays deferred).")
+                   "the real relayhost (a lab with internet), none (mail stays deferred), or dns "
+                   "(relayhost looked up in the DNS of <lab root>/etc/resolv.conf, as on the lab "
+                   "network of `gponsim net`).")
 @click.option("--allow-mynetworks-relay", is_flag=True,
               help="With --relay real and a listener other computers reach: let every computer "
                    "in mynetworks relay through the real account (refused without this flag).")
@@ -230,6 +232,177 @@ def _start_capture(path: Path, ports, keylog: Path | None = None) -> list:
     click.echo(f"gponsim: capturing the lab's traffic into {path} (pcapng"
                + (f", with the TLS secrets of {keylog} embedded)" if keylog else ")"), err=True)
     return [running]
+
+
+# ------------------------------------------------------------------------ net
+
+def _state_dir(value):
+    from gponsim.net.state import default_dir
+
+    return Path(value) if value else default_dir()
+
+
+state_dir_option = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+                                help="Where the running network is written down (default: "
+                                     "/run/gponsim/net as root, else $XDG_RUNTIME_DIR/gponsim/net; "
+                                     "env GPONSIM_NET_STATE).")
+
+
+def _net_call(fn):
+    from gponsim.net.control import ControlError
+    from gponsim.net.build import BuildError
+    from gponsim.net.daemon import NetworkError
+    from gponsim.net.kernel import KernelError
+    from gponsim.net.topology import TopologyError
+
+    try:
+        return fn()
+    except (ControlError, BuildError, NetworkError, TopologyError, KernelError) as exc:
+        raise click.ClickException(str(exc))
+
+
+@main.group()
+def net():
+    """The lab's real network on this computer: hosts in network namespaces.
+
+    \b
+    gponsim net up                       # mail, router, dns, pc1-pc3, internet, outside
+    gponsim net status                   # hosts, addresses, lab root, root or rootless
+    gponsim net exec pc1 -- swaks --server mail.gponlab.local --port 587 --tls \\
+        --auth-user user1 --auth-password pass --to user2@gponlab.local
+    gponsim net exec pc1 -- dig MX gponlab.local
+    gponsim net exec mail -- tshark -i enp0s3     # what the server's interface sees
+    gponsim net down                     # removes everything it made
+    """
+
+
+@net.command("up")
+@click.option("--pcs", type=click.IntRange(0, 99), help="How many student PCs (pc1 ... pcN; default 3).")
+@click.option("--lab-root", type=click.Path(file_okay=False, path_type=Path), default=Path("gponlab"),
+              show_default=True, help="The server's '/': mail.log, mailboxes, queue.")
+@click.option("--config", "config_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Lab profile written by `gponsim config init` (default: the lab document's).")
+@click.option("--mode", type=click.Choice(["auto", "root", "rootless"]), default="auto", show_default=True,
+              help="root: named namespaces (ip netns) and /etc/netns; rootless: inside a user "
+                   "namespace of its own (what a normal user gets); auto: root when root.")
+@click.option("--prefix", default="", help="Prefix of the namespace names (two networks on one computer).")
+@click.option("--foreground", is_flag=True, help="Stay attached, narrating every Step; Ctrl-C takes it down.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait until ready.")
+@state_dir_option
+@click.option("--lang", type=LANG, help="Language of the narration (default: from the locale).")
+def net_up(pcs, lab_root, config_dir, mode, prefix, foreground, timeout, state_dir, lang):
+    """Build the lab network and start its services; returns when every one answers."""
+    from gponsim.net import control
+
+    mode, why = _net_call(lambda: control.choose_mode(mode))
+    folder = _state_dir(state_dir)
+    if foreground:
+        return _net_foreground(folder, lab_root, pcs, mode, prefix, config_dir, _lang(lang), why)
+    net = _net_call(lambda: control.up(folder, lab_root=lab_root, pcs=pcs, mode=mode, prefix=prefix,
+                                       config_dir=config_dir, lang=_lang(lang), timeout=timeout))
+    _print_status(net, folder, why)
+    click.echo(f"gponsim: the lab network is up in {net.seconds:.1f} s ({mode}); "
+               f"narration in {folder / 'narration.log'}", err=True)
+
+
+def _net_foreground(folder, lab_root, pcs, mode, prefix, config_dir, lang, why):
+    from gponsim.net import daemon
+    from gponsim.sinks.jsonl import JsonlRecorder
+    from gponsim.sinks.narrator import Narrator
+    from gponsim.steps import StepBus
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def ready(net):
+        _print_status(net, folder, why)
+        click.echo(f"gponsim: the lab network is up in {net.seconds:.1f} s; Ctrl-C takes it down", err=True)
+    _net_call(lambda: daemon.run(
+        folder, lab_root=lab_root, pcs=pcs, mode=mode, prefix=prefix, config_dir=config_dir,
+        sinks=lambda: StepBus([Narrator(lang=lang), JsonlRecorder(folder / "steps.jsonl")]),
+        on_ready=ready))
+
+
+@net.command("daemon", hidden=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--lab-root", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--pcs", type=int)
+@click.option("--mode", type=click.Choice(["root", "rootless"]), required=True)
+@click.option("--prefix", default="")
+@click.option("--config", "config_dir", type=click.Path(path_type=Path))
+@click.option("--lang", type=LANG, default="en")
+def net_daemon(state_dir, lab_root, pcs, mode, prefix, config_dir, lang):
+    """The network's own process (started by `net up`)."""
+    from gponsim.net import daemon
+    from gponsim.sinks.jsonl import JsonlRecorder
+    from gponsim.sinks.narrator import Narrator
+    from gponsim.steps import StepBus
+
+    _net_call(lambda: daemon.run(
+        state_dir, lab_root=lab_root, pcs=pcs, mode=mode, prefix=prefix, config_dir=config_dir,
+        sinks=lambda: StepBus([Narrator(lang=lang), JsonlRecorder(Path(state_dir) / "steps.jsonl")])))
+
+
+@net.command("down")
+@state_dir_option
+def net_down(state_dir):
+    """Stop the lab network and remove every namespace, link, file and process it made."""
+    from gponsim.net import control
+
+    net = _net_call(lambda: control.down(_state_dir(state_dir)))
+    if net is None:
+        click.echo("gponsim: the lab network is not up", err=True)
+        return
+    click.echo(f"gponsim: the lab network is down ({len(net.hosts) - 1} hosts removed; "
+               f"the lab root {net.lab_root} stays)", err=True)
+
+
+@net.command("status")
+@state_dir_option
+def net_status(state_dir):
+    """The hosts with their addresses, the lab root, and whether it runs rootless."""
+    from gponsim.net import control
+
+    folder = _state_dir(state_dir)
+    net = control.status(folder)
+    if net is None:
+        click.echo("gponsim: the lab network is not up (`gponsim net up`)")
+        raise SystemExit(3)
+    _print_status(net, folder, None)
+
+
+def _print_status(net, folder, why):
+    from gponsim.net import topology
+
+    topo = topology.load(len([h for h in net.hosts if h.startswith("pc") and h[2:].isdigit()]))
+    mode = {"root": "root (named namespaces: ip netns list; /etc/netns/<host>)",
+            "rootless": "rootless (inside an unprivileged user namespace of its own)"}[net.mode]
+    click.echo(f"mode:      {mode}")
+    click.echo(f"process:   {net.pid}")
+    click.echo(f"lab root:  {net.lab_root}  (mail.log: var/log/mail.log, mailboxes: var/mail/)")
+    click.echo(f"narration: {folder / 'narration.log'}  steps: {folder / 'steps.jsonl'}")
+    for name, host in topo.hosts.items():
+        ns = net.hosts[name].named or net.hosts[name].netns
+        ifaces = "  ".join(f"{i.name} {' '.join(i.addresses)}" for i in host.interfaces)
+        click.echo(f"  {name:<9} {host.fqdn:<24} {ifaces}   [{ns}]")
+
+
+@net.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("host")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@state_dir_option
+def net_exec(host, command, state_dir):
+    """Run COMMAND in HOST (its network, resolv.conf, hosts and name); its exit code is ours.
+
+    \b
+    gponsim net exec pc1 -- dig MX gponlab.local
+    gponsim net exec outside -- swaks --server mail.gponlab.local --to someone@example.org
+    """
+    from gponsim.net import control
+
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    _net_call(lambda: control.exec_in(_state_dir(state_dir), host, argv))
 
 
 # ----------------------------------------------------------------------- send
@@ -382,6 +555,10 @@ def _run_lesson_options(f):
                      help="For lessons that capture: here (root or CAP_NET_RAW), namespace (the whole lesson in "
                           "a user + network namespace of its own, no root needed), recorded (the capture this "
                           "lesson recorded, shipped in captures/); auto tries them in that order.")(f)
+    f = click.option("--network", is_flag=True,
+                     help="Run on the lab network (namespaces; root or user namespaces): the lesson's "
+                          "clients on pc1 (192.168.40.101), the internet's MTA on internet, the server "
+                          "at 192.168.40.50, names from the lab's DNS.")(f)
     f = click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True,
                      help="With --interactive: seconds to wait for each thing the student does.")(f)
     f = click.option("--interactive", is_flag=True,
@@ -410,8 +587,10 @@ def _run_lesson_options(f):
 
 
 def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student, min_score, out,
-                port_offset, listen, interactive, timeout, capture):
+                port_offset, listen, interactive, timeout, capture, network):
     from gponsim.lessons.capturing import CaptureModeError
+    from gponsim.lessons.network import NetworkUnavailable
+    from gponsim.net.build import BuildError
     from gponsim.lessons.runner import OutputFolderError, RunOptions, run_lesson
     from gponsim.server.lab import LabError
     from gponsim.steps import StepBus
@@ -422,7 +601,10 @@ def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student,
                                                 interactive=interactive, timeout=timeout,
                                                 capture=capture, narrate=not quiet,
                                                 explain=explain, show_startup=show_startup,
-                                                student=student, min_score=min_score), StepBus())
+                                                student=student, min_score=min_score,
+                                                network=network), StepBus())
+    except (NetworkUnavailable, BuildError) as exc:
+        raise click.ClickException(str(exc))
     except CaptureModeError as exc:
         raise click.UsageError(str(exc))
     except OutputFolderError as exc:
@@ -542,6 +724,14 @@ def slides(lessons, all_lessons, run_dir, fmt, lang, out):
         except LessonError as exc:
             raise _config_error(exc)
         source = run_dir
+        if source is None and all_lessons and les.lab.get("network"):
+            from gponsim.net.control import ControlError, choose_mode
+
+            try:
+                choose_mode()
+            except ControlError as exc:      # no namespaces here: the rest of the course still gets decks
+                click.echo(f"gponsim: skipping the lesson {lesson_id}: {exc}", err=True)
+                continue
         if source is None:
             source = Path(tempfile.mkdtemp(prefix=f"gponsim-{lesson_id}-"))
             click.echo(f"gponsim: running the lesson {lesson_id} to record it…", err=True)
@@ -832,8 +1022,12 @@ def gmail_fault(ctx, fault, delay):
 @click.option("--helo", default="mail-sor-f41.google.com", show_default=True,
               help="The name the internet MTA gives in EHLO.")
 @click.option("--no-tls", is_flag=True, help="Do not use STARTTLS even if offered.")
+@click.option("--mx", is_flag=True,
+              help="Find the lab as the internet does: the MX of the recipient's domain, then its "
+                   "address, from the DNS of /etc/resolv.conf (on the lab network: gponsim net exec "
+                   "internet -- gponsim gmail send-to-lab --mx --to user2@gponlab.local).")
 @narration_options
-def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, port, helo, no_tls,
+def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, port, helo, no_tls, mx,
                       lang, quiet, steps_file, explain, reveal_secrets):
     """The internet delivers a mail to the lab on port 25 (MTA to MTA, no AUTH), narrated."""
     from gponsim.clients.smtp import build_message, say
@@ -843,6 +1037,18 @@ def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, po
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
     domain = sender.rpartition("@")[2] or "example.org"
     message = build_message(sender, list(recipients), subject, body, domain=domain)
+    if mx:
+        from gponsim.server.sims.internet_mta import MxError, deliver_by_mx
+
+        try:
+            route = _narrated(bus, lambda: deliver_by_mx(
+                sender=sender, recipients=list(recipients), message=message, helo=helo,
+                starttls=not no_tls, port=port or 25 + port_offset, emit=bus.emit))
+        except MxError as exc:
+            raise click.ClickException(str(exc))
+        click.echo(f"gponsim: {route.describe()}", err=True)
+        click.echo(f"gponsim: the lab accepted the mail, queue id {route.queue_id}", err=True)
+        return
     qid = _narrated(bus, lambda: send_to_lab(
         host=server, port=port or 25 + port_offset, sender=sender, recipients=list(recipients),
         message=message, helo=helo, starttls=not no_tls, emit=bus.emit), lang)

@@ -21,13 +21,14 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 #: Actor names, taken from the components of the lab document. ``smtp`` and
 #: ``lmtp`` are Postfix's clients (smtp(8), lmtp(8)); ``dovecot-lmtp`` is
-#: Dovecot's LMTP service.
+#: Dovecot's LMTP service. On the lab network (``gponsim net``), ``dns`` is the
+#: lab's DNS server and ``resolver`` whoever asks it (a PC, the server, the internet).
 ACTORS = frozenset({
     "client", "smtpd", "cleanup", "qmgr", "local", "smtp", "lmtp", "auth",
-    "imap", "pop3", "dovecot-lmtp", "mailbox", "relay", "internet",
+    "imap", "pop3", "dovecot-lmtp", "mailbox", "relay", "internet", "resolver", "dns",
 })
 PROTOCOLS = frozenset({
-    "smtp", "imap", "pop3", "lmtp", "sasl", "tls", "queue", "delivery", "relay",
+    "smtp", "imap", "pop3", "lmtp", "sasl", "tls", "queue", "delivery", "relay", "dns",
 })
 DIRECTIONS = frozenset({"c2s", "s2c", "internal"})
 KINDS = frozenset({"command", "reply", "data", "handshake", "event"})

@@ -13,6 +13,8 @@ from gponsim.lessons.model import LESSONS_DIR, LessonError, lesson_files, load_l
 
 LESSONS = [p.stem for p in lesson_files()]
 
+from netlab import needs_network  # noqa: E402
+
 
 def run(*args, cwd, timeout=180):
     return subprocess.run([sys.executable, "-m", "gponsim", *args], capture_output=True, text=True,
@@ -32,7 +34,8 @@ def test_the_course_has_its_lessons():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lang", ["es", "en"])
-@pytest.mark.parametrize("lesson", LESSONS)
+@pytest.mark.parametrize("lesson", [pytest.param(name, marks=needs_network) if name == "network" else name
+                                    for name in LESSONS])
 def test_lesson_runs_and_every_checkpoint_passes(lesson, lang, tmp_path):
     out = tmp_path / "run"
     result = run("lesson", lesson, "--lang", lang, "--out", str(out), "--quiz", cwd=tmp_path)
@@ -102,7 +105,8 @@ def test_malformed_lessons_name_file_and_line(tmp_path, mutation, message):
 
 
 COURSE = ["send-mail", "receive-mail", "read-imap", "read-pop3", "sasl", "relay-gmail", "tls",
-          "thunderbird", "capture", "relay-denied", "mbox", "troubleshooting", "lmtp", "packets"]
+          "thunderbird", "capture", "relay-denied", "mbox", "troubleshooting", "lmtp", "packets",
+          "network"]
 
 
 @pytest.mark.slow          # end to end: `gponsim lesson list`

@@ -196,9 +196,13 @@ def test_gponsim_serves_the_mbox_real_postfix_local_wrote(where):
         spool.chmod(0o1777)                     # like a mail spool: users create their mailbox
         postfix = Postfix(where / "postfix", spool)
         postfix.start()
-        postfix.send("primero", "Hola desde Postfix\r\n")
-        postfix.send("segundo", "From the start of a line\r\n.punto\r\nfin\r\n")
         mbox = spool / USER
+        postfix.send("primero", "Hola desde Postfix\r\n")
+        # Postfix's qmgr may deliver two queued messages in either order: the
+        # second is sent once the first is in the mailbox.
+        wait_until(lambda: mbox.exists() and b"\nDelivered-To: " in mbox.read_bytes(),
+                   30, f"local(8) to deliver the first message\n{postfix.log()}")
+        postfix.send("segundo", "From the start of a line\r\n.punto\r\nfin\r\n")
         sent = re.compile(r"postfix/local\[\d+\]: \w+: to=<nobody@gponlab.local>, .*"
                           r"status=sent \(delivered to mailbox\)")
         wait_until(lambda: mbox.exists() and mbox.read_bytes().count(b"\nDelivered-To: ") == 2,

@@ -264,8 +264,23 @@ class MarionetteError(Exception):
 class Marionette:
     """A minimal Marionette client: NewSession, SetContext, ExecuteScript."""
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 30.0, unix: str | None = None):
+        if unix:     # through a Unix socket (Thunderbird in another network namespace)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(unix)
+                self.sock.settimeout(2)
+                try:
+                    if not self.sock.recv(1, socket.MSG_PEEK):
+                        raise ConnectionRefusedError("Marionette not listening yet")
+                finally:
+                    self.sock.settimeout(timeout)
+            except OSError:
+                self.sock.close()
+                raise
+        else:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
         self._buf = b""
         self._id = 0
         hello = self._recv()
@@ -479,6 +494,32 @@ return {
 };
 """
 
+JS_CREATE_ACCOUNT_ISP = """
+// The wizard's own lookup at the mail provider (FetchConfig.fromISP): https and http
+// variants of autoconfig.<domain>/mail/config-v1.1.xml and <domain>/.well-known/...,
+// the first that answers wins; then the same steps as JS_CREATE_ACCOUNT.
+const [email, realname, password] = args;
+const { FetchConfig } = ChromeUtils.importESModule("resource:///modules/accountcreation/FetchConfig.sys.mjs");
+const { AccountConfig } = ChromeUtils.importESModule("resource:///modules/accountcreation/AccountConfig.sys.mjs");
+const { CreateInBackend } = ChromeUtils.importESModule("resource:///modules/accountcreation/CreateInBackend.sys.mjs");
+const domain = email.split("@")[1];
+const found = await FetchConfig.fromISP(domain, email, new AbortController().signal);
+const config = found.copy();
+AccountConfig.replaceVariables(config, realname, email, password);
+config.rememberPassword = true;
+const account = await CreateInBackend.createAccountInBackend(config);
+const inc = account.incomingServer;
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+const smtp = MailServices.outgoingServer.getServerByIdentity(account.defaultIdentity);
+return {
+  key: account.key, source: found.source, subSource: found.subSource,
+  incoming: { type: inc.type, hostname: inc.hostName ?? inc.hostname ?? inc.realHostName, port: inc.port,
+              socketType: inc.socketType, username: inc.username, authMethod: inc.authMethod },
+  outgoing: { hostname: smtp.QueryInterface(Ci.nsISmtpServer).hostname, port: smtp.QueryInterface(Ci.nsISmtpServer).port,
+              socketType: smtp.socketType, username: smtp.username, authMethod: smtp.authMethod },
+};
+"""
+
 JS_ACCOUNT_PREAMBLE = """
 const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
 function accountOf(email) {
@@ -545,7 +586,13 @@ class Thunderbird:
     """Xvfb + Thunderbird, started by PID and stopped by PID."""
 
     def __init__(self, profile: Profile, workdir: Path, *, keylog: Path | None = None,
-                 prompts: str = "dismiss and notify"):
+                 prompts: str = "dismiss and notify", wrap: list[str] | None = None,
+                 marionette_unix: str | None = None):
+        """``wrap``: a command prefix that runs Thunderbird elsewhere (``gponsim net exec
+        pc1 --``); ``marionette_unix``: then Marionette is reached through this Unix
+        socket, forwarded to its port there (Xvfb stays here: its socket is a file)."""
+        self.wrap = list(wrap or [])
+        self.marionette_unix = marionette_unix
         self.prompts = prompts
         self.profile = profile
         self.workdir = Path(workdir)
@@ -595,7 +642,7 @@ class Thunderbird:
             env["SSLKEYLOGFILE"] = str(self.keylog)
         self.tb_log = open(self.workdir / "thunderbird.log", "wb")
         self.proc = subprocess.Popen(
-            ["thunderbird", "--profile", str(self.profile.path), "--no-remote", "--marionette",
+            [*self.wrap, "thunderbird", "--profile", str(self.profile.path), "--no-remote", "--marionette",
              "-remote-allow-system-access"],
             stdout=self.tb_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -603,8 +650,8 @@ class Thunderbird:
             if self.proc.poll() is not None:
                 raise AssertionError(f"thunderbird exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                return Marionette("127.0.0.1", self.profile.marionette_port)
-            except OSError:
+                return Marionette("127.0.0.1", self.profile.marionette_port, unix=self.marionette_unix)
+            except (OSError, MarionetteError):
                 return None
         self.marionette = wait_until(connect, timeout, "Thunderbird's Marionette port")
         self.marionette.start_chrome_session(self.prompts)
@@ -637,6 +684,12 @@ class Thunderbird:
     def create_account(self, autoconfig_url: str, email: str, name: str, password: str) -> dict:
         """The account wizard with autoconfig: the settings come from the lab's XML."""
         return self.js(JS_CREATE_ACCOUNT, autoconfig_url, email, name, password)
+
+    def create_account_by_domain(self, email: str, name: str, password: str) -> dict:
+        """The account wizard as in class: Thunderbird itself finds the settings of the
+        address's domain (http://autoconfig.<domain>/mail/config-v1.1.xml, the name
+        resolved by the system's DNS); nothing about the server is typed."""
+        return self.js(JS_CREATE_ACCOUNT_ISP, email, name, password)
 
     def alert(self) -> str | None:
         """The text of the dialog Thunderbird shows (e.g. "Login to account ... failed"), or None."""

@@ -9,7 +9,8 @@ from gponsim.diagrams.sequence import Page
 ALIASES = {"client": "User", "internet": "Ext", "smtpd": "SMTPD", "auth": "SASL",
            "cleanup": "Cleanup", "qmgr": "Queue", "local": "Local", "lmtp": "LMTP",
            "dovecot-lmtp": "DovecotLMTP", "mailbox": "Mailbox",
-           "smtp": "SMTP", "relay": "Gmail", "imap": "IMAP", "pop3": "POP3"}
+           "smtp": "SMTP", "relay": "Gmail", "imap": "IMAP", "pop3": "POP3",
+           "resolver": "Resolver", "dns": "DNS"}
 
 
 def _text(label: str) -> str:

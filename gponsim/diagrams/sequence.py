@@ -27,7 +27,7 @@ from gponsim.diagrams.labels import caption, participant_name
 from gponsim.steps import Step
 
 #: Left-to-right order of the lifelines, as in the lab document's diagrams.
-ORDER = ("client", "internet", "smtpd", "auth", "cleanup", "qmgr", "local", "lmtp",
+ORDER = ("resolver", "dns", "client", "internet", "smtpd", "auth", "cleanup", "qmgr", "local", "lmtp",
          "dovecot-lmtp", "mailbox", "smtp", "relay", "imap", "pop3")
 ORDERS = {
     # "Flujo de Envío": Email Client, Postfix SMTPD, Dovecot SASL, Mail Queue, SMTP Client, Gmail, Destination
@@ -42,7 +42,7 @@ ORDERS = {
 }
 
 FLOWS = ("all", "send", "receive", "sasl")
-PHASES = ("connection", "authentication", "envelope", "data", "delivery", "reading")
+PHASES = ("lookup", "connection", "authentication", "envelope", "data", "delivery", "reading")
 MAX_LABEL = 80
 MAX_ROWS = 14          # rows on a page: enough room for >= 18 px text on a 1920x1080 projector
 
@@ -199,6 +199,8 @@ def phase_of(step: Step) -> str:
     """The phase a Step belongs to; ``closing`` (QUIT, disconnect, the relay's verdict)
     stays with whatever phase its session is in."""
     verb = (step.verb or "").upper()
+    if step.proto == "dns":
+        return "lookup"
     if step.proto == "tls":
         return "connection"
     if step.proto == "sasl":
@@ -235,7 +237,7 @@ def _service(step: Step, services: dict[str, str]) -> str:
         return "gmail"
     if step.proto == "sasl" or "auth" in (step.src, step.dst):
         return "sasl"
-    if step.proto in ("imap", "pop3"):
+    if step.proto in ("imap", "pop3", "dns"):
         return step.proto
     return ""
 

@@ -40,6 +40,8 @@ class Context:
     replay_startup: Callable[..., int] = lambda proto=None: 0
     #: Record a hint given to the student: (hint key, the text said).
     hinted: Callable[[str, str], None] = lambda key, said: None
+    #: On the lab network (--network): its hosts (gponsim.lessons.network.LessonNetwork)
+    network: object = None
 
     @property
     def connect_host(self) -> str:
@@ -71,7 +73,7 @@ def do_send(ctx: Context, o: dict) -> None:
                            recipients=recipients, message=message,
                            user=user if auth else None, password=o.get("password", "pass"),
                            starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"),
-                           source=_source(o))
+                           source=_source(ctx, o))
         ctx.results["queue_id"] = result.queue_id
         outcome = "accepted"
     except SmtpClientError as exc:
@@ -216,10 +218,11 @@ def do_gmail(ctx: Context, o: dict) -> None:
     set_fault(ctx.lab_root, o.get("fault", "none"), o.get("delay"))
 
 
-def _source(o: dict) -> str | None:
+def _source(ctx: Context, o: dict) -> str | None:
     """``remote = true``: connect from 127.0.0.2, so the lab sees a client that is
-    not on the server itself (Dovecot treats same-address clients as secured)."""
-    return "127.0.0.2" if o.get("remote") else None
+    not on the server itself (Dovecot treats same-address clients as secured).
+    On the lab network every client already runs on a host of its own."""
+    return "127.0.0.2" if o.get("remote") and ctx.network is None else None
 
 
 def do_read_imap(ctx: Context, o: dict) -> None:
@@ -227,7 +230,7 @@ def do_read_imap(ctx: Context, o: dict) -> None:
     import imaplib
     import ssl
 
-    source = _source(o)
+    source = _source(ctx, o)
     tls = o.get("tls", "starttls")
     context = ssl._create_unverified_context()     # the lab's self-signed certificate
 
@@ -304,7 +307,7 @@ def do_read_pop3(ctx: Context, o: dict) -> None:
 
     context = ssl._create_unverified_context()
     tls = o.get("tls", "stls")
-    source = _source(o)
+    source = _source(ctx, o)
 
     class Pop3(poplib.POP3):
         def _create_socket(self, timeout):
@@ -380,7 +383,14 @@ def do_capture(ctx: Context, o: dict) -> None:
             ctx.results["sniffer"] = RecordedCapture(plan, ctx.out)
             return
         try:
-            ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcapng", set(ctx.ports.values()))
+            if ctx.network is not None:     # the server's own interface, as tcpdump -i enp0s3 on it
+                ctx.results["capture_macs"] = macs = set()
+                with ctx.network.in_server():
+                    ctx.results["sniffer"] = Sniffer(
+                        ctx.out / "capture.pcapng", set(ctx.ports.values()), iface=ctx.network.server_iface,
+                        on_frame=lambda _n, _t, _link, frame: macs.add(frame[6:12].hex(":")))
+            else:
+                ctx.results["sniffer"] = Sniffer(ctx.out / "capture.pcapng", set(ctx.ports.values()))
         except CapturePermission as exc:
             ctx.results["capture_unavailable"] = {"es": "no hay captura: falta permiso para capturar",
                                                   "en": "no capture: no permission to capture"}[ctx.lang]
@@ -510,7 +520,39 @@ def do_certificate(ctx: Context, o: dict) -> None:
         raise RuntimeError("a client that checks certificates accepted the lab's certificate")
 
 
+def _network(ctx: Context, do: str):
+    if ctx.network is None:
+        raise RuntimeError(f"the action {do!r} needs the lab network (gponsim lesson ID --network)")
+    return ctx.network
+
+
+def do_dns(ctx: Context, o: dict) -> None:
+    """Ask the lab's DNS from a host (``host``, pc1), as ``dig`` does: ``name``, ``type``."""
+    net = _network(ctx, "dns")
+    name, rtype = o.get("name", "gponlab.local"), o.get("type", "A").upper()
+    host = o.get("host", "pc1")
+    answers = net.lookup(host, name, rtype)
+    ctx.results.setdefault("dns", []).append({"host": host, "name": name, "type": rtype,
+                                              "answers": [a.data for a in answers]})
+    ctx.show_text(f"{host}$ dig {rtype} {name}",
+                  "\n".join(f"{a.name}.  IN  {a.type}  {a.data}" for a in answers))
+
+
+def do_net(ctx: Context, o: dict) -> None:
+    """What ``ip`` shows in a host: ``show`` = neigh (ARP/NDP), addr, route; ``host``."""
+    net = _network(ctx, "net")
+    host, what = o.get("host", "mail"), o.get("show", "neigh")
+    if what not in ("neigh", "addr", "route", "-6 route", "-6 neigh"):
+        raise RuntimeError(f"net: show = {what!r}: neigh, addr, route, -6 route, -6 neigh")
+    args = what.split() if what.startswith("-6") else [what]
+    if what == "addr":
+        args = ["-br", "addr"]
+    ctx.show_text(f"{host}$ ip {' '.join(args)}", net.ip(host, *args))
+
+
 ACTIONS: dict[str, Callable[[Context, dict], None]] = {
+    "dns": do_dns,
+    "net": do_net,
     "certificate": do_certificate,
     "send": do_send,
     "wait_delivery": do_wait_delivery,

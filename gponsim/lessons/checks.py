@@ -36,7 +36,8 @@ def session_users(steps: list[Step]) -> dict[str, str]:
 
 def _matches(step: Step, check: Check) -> bool:
     for name, want in check.where.items():
-        if getattr(step, name) != want:
+        have = step.meta.get(name[5:]) if name.startswith("meta.") else getattr(step, name)
+        if have != want:
             return False
     return not check.line_contains or check.line_contains in step.line
 
@@ -75,6 +76,12 @@ def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | No
         return Outcome(check, bool(m), m.group(0) if m else "no matching line in mail.log")
     if check.what == "capture":
         results = results or {}
+        if check.mac:            # the lab network: Ethernet frames of that station on enp0s3
+            macs = results.get("capture_macs")
+            if macs is None:
+                return Outcome(check, None, "no capture on the server's interface")
+            return Outcome(check, check.mac.lower() in macs,
+                           f"Ethernet sources seen: {', '.join(sorted(macs)) or 'none'}")
         if "capture" not in results:
             return Outcome(check, None, results.get("capture_unavailable", "nothing was captured"))
         analysis = results["capture"]["keys" if check.keys else "plain"]

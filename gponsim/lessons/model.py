@@ -29,9 +29,9 @@ def _lessons_dir() -> Path:
 #: The course's lesson files.
 LESSONS_DIR = _lessons_dir()
 
-ACTIONS = {"send", "show", "diagram", "wait_delivery", "wait_step", "edit", "reload", "flush",
-           "gmail", "read_imap", "read_pop3", "capture", "autoconfig", "certificate", "startup",
-           "packets"}
+ACTIONS = {"dns", "net", "send", "show", "diagram", "wait_delivery", "wait_step", "edit", "reload",
+           "flush", "gmail", "read_imap", "read_pop3", "capture", "autoconfig", "certificate",
+           "startup", "packets"}
 CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig", "packets"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
 
@@ -72,6 +72,7 @@ class Check:
     address: str = ""              # check "autoconfig": the address Thunderbird asked for
     fact: str = ""                 # check "packets": what the capture must show (packets/lesson.py)
     at_least: int = 0              # check "packets": a count it must reach
+    mac: str = ""                  # check "capture" (--network): a source MAC seen on enp0s3
 
 
 @dataclass
@@ -188,7 +189,7 @@ def load_lesson(path: str | Path) -> Lesson:
                                               f"(known: {', '.join(sorted(CHECKS))})")
             says = _need_text(c.get("says"), path, line, f"step '{sid}': a check's 'says'")
             where = c.get("where", {})
-            unknown = set(where) - STEP_FIELDS
+            unknown = {k for k in where if not k.startswith("meta.")} - STEP_FIELDS   # meta.host ...
             if unknown:
                 raise LessonError(path, line, f"step '{sid}': a check looks at unknown Step fields "
                                               f"{sorted(unknown)} (known: {sorted(STEP_FIELDS)})")
@@ -216,7 +217,8 @@ def load_lesson(path: str | Path) -> Lesson:
                                 keys=bool(c.get("keys", False)), in_clear=c.get("in_clear"),
                                 inside_tls=c.get("inside_tls"),
                                 scope=c.get("scope", "step"), address=c.get("address", ""),
-                                fact=c.get("fact", ""), at_least=int(c.get("at_least", 0))))
+                                fact=c.get("fact", ""), at_least=int(c.get("at_least", 0)),
+                                mac=c.get("mac", "")))
         steps.append(LessonStep(id=sid, say=say, title=step_title, actions=actions, checks=checks))
     quiz = []
     for i, q in enumerate(data.get("quiz", [])):

@@ -58,6 +58,7 @@ class RunOptions:
     show_startup: bool = False      # narrate the lab's start-up Steps instead of one line
     student: str | None = None      # the student's name, for summary.json
     min_score: float | None = None  # the quiz must reach this percentage (implies the quiz)
+    network: bool = False           # on the lab network: clients on pc1, server at 192.168.40.50
 
 
 @dataclass
@@ -140,19 +141,42 @@ def _profile_for(lesson: Lesson, out: Path) -> Path:
 
 
 def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
-    from gponsim.lessons.capturing import prepare
+    from gponsim.lessons import network as lesson_net
+    from gponsim.lessons.capturing import CapturePlan, prepare
 
     lang = options.lang
+    out = Path(options.out or default_out(lesson.id)).resolve()
     # First, while this process has no threads: it may move into a namespace of its own.
-    capture_plan = prepare(lesson, options.capture, lang=lang, interactive=options.interactive,
-                           listen=options.listen)
+    network = None
+    if lesson_net.wanted(lesson, options.network):
+        if options.interactive:
+            raise lesson_net.NetworkUnavailable("--network runs the lesson's own clients on pc1; "
+                                                "with --interactive use `gponsim net up` instead")
+        network = lesson_net.LessonNetwork.build(out)
+        capture_plan = CapturePlan("here") if lesson_net_captures(lesson) else None
+    else:
+        capture_plan = prepare(lesson, options.capture, lang=lang, interactive=options.interactive,
+                               listen=options.listen)
+    try:
+        return _run(lesson, options, bus, out, capture_plan, network)
+    finally:
+        if network is not None:
+            network.close()
 
+
+def lesson_net_captures(lesson: Lesson) -> bool:
+    from gponsim.lessons.capturing import captures
+
+    return captures(lesson)
+
+
+def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_plan, network) -> Summary:
     from twisted.internet import reactor, threads
 
     from gponsim.server.lab import Lab, LabOptions
 
+    lang = options.lang
     console = options.console or Console(highlight=False)
-    out = Path(options.out or default_out(lesson.id)).resolve()
     try:
         if (out / "gponlab").exists():
             shutil.rmtree(out / "gponlab")          # each run starts from a fresh lab
@@ -175,7 +199,16 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
                              keylog=out / "gponlab" / "keys.log",
                              free_ports=options.port_offset is None,
                              port_offset=options.port_offset or 0, listen=options.listen)
-    lab = Lab(lab_options, emit=bus.emit, reactor=reactor)
+    if network is not None:
+        from gponsim.lessons.network import write_server_view
+        from gponsim.net.services import NetworkServices, enter_mail
+
+        enter_mail(network.hosts)           # the reactor's thread serves from the server's namespace
+        lab = NetworkServices(network.topology, network.hosts, out / "gponlab", emit=bus.emit,
+                              reactor=reactor, config_dir=profile, keylog=out / "gponlab" / "keys.log")
+        write_server_view(network.topology, lab.root)
+    else:
+        lab = Lab(lab_options, emit=bus.emit, reactor=reactor)
     started = time.monotonic()
     current = {"step": ""}
 
@@ -208,14 +241,17 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
     def teach(ports: dict) -> None:
         ctx = Context(ports=ports, lab_root=lab.root, out=out, record=record, lang=lang,
                       say=lambda s: view.print(s), show_text=show_text,
-                      interactive=options.interactive, timeout=options.timeout, host=options.listen,
-                      profile=profile,
+                      interactive=options.interactive, timeout=options.timeout,
+                      host=network.server if network is not None else options.listen,
+                      profile=profile, network=network,
                       reload=lambda: threads.blockingCallFromThread(reactor, lab.reload),
                       replay_startup=view.replay_startup, hinted=hinted)
         ctx.results["capture_plan"] = capture_plan
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")
         view.started()
+        if network is not None:
+            view.print(Text(network.note(lang), style="dim"))
         shows_delivery = [any(a.do == "wait_delivery" for a in s.actions) for s in lesson.steps]
         for n, step in enumerate(lesson.steps, 1):
             current["step"] = step.id
@@ -231,7 +267,11 @@ def run_lesson(lesson: Lesson, options: RunOptions, bus: StepBus) -> Summary:
             made = len(ctx.artifacts)
             try:
                 for action in step.actions:
-                    run_action(ctx, action)
+                    if network is not None:
+                        with network.acting(ctx, action.do, action.options):
+                            run_action(ctx, action)
+                    else:
+                        run_action(ctx, action)
             except Exception as exc:  # noqa: BLE001 - told to the student, run goes on
                 msg = word("action_failed", lang, do=action.do, error=exc)
                 summary.errors.append(f"{step.id}: {msg}")

@@ -35,7 +35,7 @@ from gponsim.server.postfix.lmtp import settings_from_profile as lmtp_settings
 from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix import postqueue as queue_control
 from gponsim.server.sims.gmail import GmailSimulator
-from gponsim.server.postfix.smtp import SmtpRelayClient, ensure_hosts, settings_from_profile
+from gponsim.server.postfix.smtp import SmtpRelayClient, dns_resolver, ensure_hosts, settings_from_profile
 from gponsim.server.postfix.restrictions import parse_networks
 from gponsim.server.dovecot.auth import AuthServer
 from gponsim.server.postfix.xsasl import AuthClient, valid_base64
@@ -59,7 +59,11 @@ class LabOptions:
     free_ports: bool = False        # every service on any free port (lessons, tests)
     keylog: Path | None = None
     auth_failure_delay: float | None = None                # None = from 10-auth.conf
-    relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none
+    relay: str = "sim"     # sim: built-in Gmail simulator; real: the real relayhost; none;
+    #                        dns: relayhost looked up in the DNS of <lab root>/etc/resolv.conf
+    #                        (the lab network, gponsim net: the simulator is another host)
+    #: more addresses to listen on besides ``listen`` (the lab network: the server's IPv6)
+    listen_also: tuple[str, ...] = ()
     #: with relay = real and a listener other PCs reach, let mynetworks relay anyway
     allow_mynetworks_relay: bool = False
 
@@ -144,6 +148,7 @@ class Lab:
         self.accounts = accounts.ensure(self.root, self.users.names())
         self.aliases = aliases.ensure(self.root)
         self.hosts = HostsFile(self.root / "etc" / "hosts")
+        self._dns_names = None          # client names from the lab's DNS (relay mode dns)
         cert = self.path(profile.main("smtpd_tls_cert_file"))
         key = self.path(profile.main("smtpd_tls_key_file"))
         try:
@@ -182,7 +187,7 @@ class Lab:
 
     def _interface_addresses(self) -> tuple[str, ...]:
         """The server's own addresses, for the queue's loop detection."""
-        return (self.options.listen, "127.0.0.1", "::1")
+        return (self.options.listen, *self.options.listen_also, "127.0.0.1", "::1")
 
     def check_open_relay(self) -> None:
         """Refuse ``--relay real`` when other computers could relay through the
@@ -276,6 +281,12 @@ class Lab:
         mode = self.options.relay
         if mode == "none" or self.profile.relayhost() is None:
             return None
+        if mode == "dns":      # as Postfix: smtp_host_lookup = dns, /etc/resolv.conf's servers
+            settings = settings_from_profile(self.profile, self.root)
+            settings.hosts_file = None
+            settings.resolver = dns_resolver(self.root / "etc" / "resolv.conf", self.reactor)
+            return SmtpRelayClient(settings, emit=self.emit, log=self.log, reactor=self.reactor,
+                                   keylog=self.keylog)
         ensure_hosts(self.root / "etc" / "hosts")
         connect_port = None
         settings = settings_from_profile(self.profile, self.root, real=(mode == "real"))
@@ -356,8 +367,14 @@ class Lab:
         return 0 if self.options.free_ports else standard + self.options.port_offset
 
     def _listen(self, name: str, port: int, factory) -> int:
+        bound = self._listen_on(self.options.listen, name, port, factory)
+        for address in self.options.listen_also:
+            self._listen_on(address, name, bound, factory)
+        return bound
+
+    def _listen_on(self, address: str, name: str, port: int, factory) -> int:
         try:
-            listener = self.reactor.listenTCP(port, factory, interface=self.options.listen)
+            listener = self.reactor.listenTCP(port, factory, interface=address)
         except CannotListenError as exc:
             code = getattr(exc.socketError, "errno", None)
             if code == errno.EACCES:
@@ -367,18 +384,28 @@ class Lab:
                 ) from exc
             if code == errno.EADDRINUSE:
                 raise LabError(
-                    f"port {port} ({name}) on {self.options.listen} is already in use by another "
+                    f"port {port} ({name}) on {address} is already in use by another "
                     f"program (a real Postfix, or another gponsim?). Stop it, or use --port-offset."
                 ) from exc
-            raise LabError(f"cannot listen on {self.options.listen} port {port} ({name}): "
+            raise LabError(f"cannot listen on {address} port {port} ({name}): "
                            f"{exc.socketError}") from exc
         self._listeners.append(listener)
         return listener.getHost().port
 
-    def client_name(self, ip: str, warn) -> str:
-        """smtpd's verified client name, from the lab's etc/hosts (never DNS)."""
+    def client_name(self, ip: str, warn):
+        """smtpd's verified client name: from the lab's etc/hosts (never the
+        computer's DNS); on the lab network (relay mode ``dns``) also from the
+        lab's own DNS, as a Deferred."""
         if not self.profile.bool("smtpd_peername_lookup"):
             return "unknown"
+        if self.options.relay == "dns":
+            if self._dns_names is None:
+                from twisted.names import client as dns_client
+                from gponsim.server.dns_names import LabDnsNames
+                resolver = dns_client.Resolver(resolv=str(self.root / "etc" / "resolv.conf"),
+                                               reactor=self.reactor)
+                self._dns_names = LabDnsNames(self.hosts, resolver)
+            return self._dns_names.client_name(ip, warn)
         return client_name(self.hosts, ip, warn)
 
     def _log(self, program: str, text: str) -> None:

@@ -13,7 +13,8 @@ backend reads it: the reverse lookup takes the first line whose address
 matches and returns its first name (the canonical name); the forward lookup
 collects the addresses of every line listing the name (case-insensitive).
 It never asks DNS: an address the file does not list is ``unknown``, as on a
-server whose DNS has no PTR record for it.
+server whose DNS has no PTR record for it. (On the lab network, where the
+server has the lab's own DNS, ``dns_names.py`` asks it after this file.)
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from twisted.internet import defer
 from twisted.python import log as twlog
 
 from gponsim.server.offline import smtp
@@ -147,7 +148,16 @@ class Smtpd(SmtpServer):
 
     def greet(self) -> None:
         self.canStartTLS = self.canStartTLS and self.settings.tls_level != "none"
-        self.client_name = self.lab.client_name(self.client_ip, lambda text: self.log(f"warning: {text}"))
+        name = self.lab.client_name(self.client_ip, lambda text: self.log(f"warning: {text}"))
+        if isinstance(name, defer.Deferred):      # the lab's DNS: the banner waits, as in smtpd
+            name.addErrback(lambda _failure: "unknown").addCallback(self._greet_as)
+        else:
+            self._greet_as(name)
+
+    def _greet_as(self, name: str) -> None:
+        if self._closed:
+            return
+        self.client_name = name
         self.log(f"connect from {self.client}")
         self.emit(self.event_step("CONNECT", f"connect from {self.client}",
                                   meta={"service": self.settings.service,
@@ -758,8 +768,8 @@ class SmtpdContext:
         self._received = received_header
         self._client_name = client_name
 
-    def client_name(self, ip: str, warn) -> str:
-        """The client's verified name (etc/hosts), or "unknown"."""
+    def client_name(self, ip: str, warn):
+        """The client's verified name (etc/hosts, or a Deferred of it), or "unknown"."""
         return self._client_name(ip, warn) if self._client_name is not None else "unknown"
 
     def log(self, program: str, text: str) -> None:
