@@ -431,8 +431,9 @@ def send(user, password, recipients, sender, subject, body, server, port_offset,
 
     By default: port 587, STARTTLS, AUTH PLAIN as --as, MAIL, RCPT, DATA, QUIT.
     """
-    from gponsim.clients.smtp import build_message, send_mail
+    from gponsim.clients.smtp import build_message, say, send_mail
 
+    lang = _lang(lang)
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
     sender = sender or f"{user}@gponlab.local"
     target = port or ((25 if smtp25 else 587) + port_offset)
@@ -440,18 +441,18 @@ def send(user, password, recipients, sender, subject, body, server, port_offset,
     result = _narrated(bus, lambda: send_mail(
         host=server, port=target, sender=sender, recipients=list(recipients), message=message,
         user=None if (no_auth or smtp25) else user, password=password, starttls=not no_tls,
-        mechanism=mech, initial_response=not no_initial_response, emit=bus.emit))
-    click.echo(f"gponsim: accepted by the server, queue id {result.queue_id}", err=True)
+        mechanism=mech, initial_response=not no_initial_response, emit=bus.emit), lang)
+    click.echo(say("queued", lang, qid=result.queue_id), err=True)
 
 
-def _narrated(bus, send):
+def _narrated(bus, send, lang: str = "en"):
     """Run a scripted client with its narration; a refusal becomes a clear error."""
     from gponsim.clients.smtp import SmtpClientError
 
     try:
         return send()
     except SmtpClientError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(exc.text(lang))
     finally:
         bus.close()
 
@@ -845,7 +846,10 @@ def users_list(lab_root):
 @lab_root_option
 def users_add(name, password, lab_root):
     """Add a user (mail for NAME@gponlab.local lands in var/mail/NAME)."""
+    from gponsim.server import accounts
+
     _users_call(lambda: _users(lab_root).add(name, password))
+    accounts.ensure(lab_root, [name])       # and a Unix account, as adduser makes
     click.echo(f"user {name} added")
 
 
@@ -854,7 +858,10 @@ def users_add(name, password, lab_root):
 @lab_root_option
 def users_del(name, lab_root):
     """Delete a user (its mailbox is kept)."""
+    from gponsim.server import accounts
+
     _users_call(lambda: _users(lab_root).delete(name))
+    accounts.Accounts(accounts.path_for(lab_root)).remove_user(name)
     click.echo(f"user {name} deleted")
 
 
@@ -1029,9 +1036,10 @@ def gmail_fault(ctx, fault, delay):
 def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, port, helo, no_tls, mx,
                       lang, quiet, steps_file, explain, reveal_secrets):
     """The internet delivers a mail to the lab on port 25 (MTA to MTA, no AUTH), narrated."""
-    from gponsim.clients.smtp import build_message
+    from gponsim.clients.smtp import build_message, say
     from gponsim.server.sims.gmail import send_to_lab
 
+    lang = _lang(lang)
     bus = _sinks(lang, quiet, steps_file, explain, reveal_secrets)
     domain = sender.rpartition("@")[2] or "example.org"
     message = build_message(sender, list(recipients), subject, body, domain=domain)
@@ -1049,8 +1057,8 @@ def gmail_send_to_lab(sender, recipients, subject, body, server, port_offset, po
         return
     qid = _narrated(bus, lambda: send_to_lab(
         host=server, port=port or 25 + port_offset, sender=sender, recipients=list(recipients),
-        message=message, helo=helo, starttls=not no_tls, emit=bus.emit))
-    click.echo(f"gponsim: the lab accepted the mail, queue id {qid}", err=True)
+        message=message, helo=helo, starttls=not no_tls, emit=bus.emit), lang)
+    click.echo(say("lab_queued", lang, qid=qid), err=True)
 
 
 # -------------------------------------------------------------------- analyze

@@ -477,7 +477,8 @@ def test_imap_fetch_and_append_bodies_extracted_once_each(tmp_path):
     headers-only fetches are not messages; a message fetched twice is saved once."""
     m1 = b"From: a@x.org\r\nSubject: first\r\n\r\nbody one\r\n"
     m2 = b"From: b@x.org\r\nSubject: second\r\nX-Mailer: Tester 1.0\r\n\r\n" + b"z" * 300 + b"\r\n"
-    m3 = b"From: user1@gponlab.local\r\nSubject: sent copy\r\n\r\nappended\r\n"
+    m3 = (b"From: user1@gponlab.local\r\nSubject: sent copy\r\nUser-Agent: Thunderbird 128\r\n"
+          b"\r\nappended\r\n")
     conv = Conversation(server=("10.0.0.2", 143))
     conv.s("* OK Dovecot ready.\r\n")
     conv.c("a1 LOGIN user1 pass\r\n")
@@ -508,7 +509,8 @@ def test_imap_fetch_and_append_bodies_extracted_once_each(tmp_path):
     assert a.report.problems == []
     assert [(m["verb"], m.get("subject")) for m in a.messages] == [
         ("FETCH", "first"), ("FETCH", "first"), ("APPEND", "sent copy"), ("FETCH", "second")]
-    assert [c.software for c in a.connections] == [["Tester 1.0"]]
+    # the client's software is what it stored itself (APPEND), never what it downloaded
+    assert [c.software for c in a.connections] == [["Thunderbird 128"]]
     verbs = [s.verb for s in sink if s.kind == "command"]
     assert verbs == ["LOGIN", "FETCH", "UID FETCH", "FETCH", "UID FETCH", "UID FETCH", "APPEND", "LOGOUT"]
 

@@ -48,7 +48,7 @@ def test_capture_of_lab_session_matches_lab_steps(lab, tmp_path):
             c.ehlo("capture.test")
             c.mail("alice@example.org")
             c.rcpt("user2@gponlab.local")
-            code, _ = c.rcpt("nobody@gponlab.local")         # unknown local user
+            code, _ = c.rcpt("nadie@gponlab.local")          # unknown local user
             assert code >= 500
             c.data(b"Subject: captured\r\n\r\nhello\r\n.a line with a dot\r\n" + b"y" * 5000 + b"\r\n")
         with socket.create_connection(("127.0.0.1", lab.ports["imap"]), timeout=15) as s:

@@ -119,7 +119,7 @@ def test_send_command_end_to_end(lab, tmp_path):
     out = run("send", "--as", "user1", "--to", "user2@gponlab.local", "--subject", "Hola",
               "--port", str(lab.ports["submission"]), "--lang", "es", "--steps", str(steps))
     assert out.returncode == 0, out.stderr
-    assert "queue id" in out.stderr
+    assert "identificador de cola" in out.stderr      # --lang es: in Spanish
     assert "AUTH PLAIN ********" in out.stdout       # narrated, secret masked
     assert "STARTTLS" in out.stdout
     [m] = lab.wait_for_mail("user2")

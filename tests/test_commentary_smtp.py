@@ -60,15 +60,19 @@ def test_every_entry_is_complete(raw):
         assert body["actor"] in ACTORS, f"[{raw_key}] actor {body['actor']!r}"
         assert body["en"].strip() != body["es"].strip(), f"[{raw_key}] es is a copy of en"
         assert not re.search(r"\busted(es)?\b", body["es"], re.I), f"[{raw_key}] uses usted"
-        assert set(body) <= {"en", "es", "rfc", "actor", "match"}, f"[{raw_key}] {set(body)}"
+        assert set(body) <= {"en", "es", "rfc", "actor", "match", "when"}, \
+            f"[{raw_key}] {set(body)}"
         if "#" in raw_key:
-            assert body.get("match"), f"[{raw_key}] a #n variant needs a match"
+            assert body.get("match") or body.get("when"), \
+                f"[{raw_key}] a #n variant needs a match or a when"
 
 
 def _variants(raw) -> dict[str, list[tuple[str, str]]]:
     """key → [(raw key, match)] in file order, the order the catalog tries them."""
     out: dict[str, list[tuple[str, str]]] = {}
     for raw_key, body in raw.items():
+        if body.get("when"):
+            continue            # chosen by the Step's meta, not by its line
         out.setdefault(raw_key.split("#", 1)[0], []).append((raw_key, body.get("match", "")))
     return out
 

@@ -804,7 +804,6 @@ def test_unsimulated_in_the_shipped_profile(shipped):
     found = {(Path(f).relative_to(SHIPPED_PROFILE).as_posix(), name) for f, _, name in shipped.unsimulated()}
     assert found == {
         ("postfix/main.cf", "smtp_tls_session_cache_database"),
-        ("postfix/main.cf", "alias_maps"),
         ("postfix/main.cf", "alias_database"),
         ("postfix/master.cf", "milter_macro_daemon_name"),
         ("dovecot/conf.d/10-mail.conf", "mail_privileged_group"),
@@ -980,9 +979,13 @@ def test_catalog_has_text_for_every_entry():
              "recipient_delimiter", "append_dot_mydomain", "biff", "readme_directory"]
     for name in brief:
         assert data.postfix(name).simulated, name
-    for name in ("alias_maps", "alias_database", "smtp_tls_session_cache_database",
+    for name in ("alias_database", "smtp_tls_session_cache_database",
                  "milter_macro_daemon_name"):
         assert not data.postfix(name).simulated, name
+    # read as Postfix reads them: etc/aliases, etc/passwd, the TLS log levels
+    for name in ("alias_maps", "local_recipient_maps", "smtpd_tls_loglevel",
+                 "smtp_tls_loglevel", "smtpd_peername_lookup"):
+        assert data.postfix(name).simulated, name
 
 
 def test_every_default_expands_without_undefined_names(shipped):

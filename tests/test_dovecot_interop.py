@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import subprocess
 import tempfile
 from pathlib import Path
@@ -244,6 +245,17 @@ COMPARE_COMMANDS = [
     "SEARCH HEADER Message-ID <a@t>", "SEARCH OR FROM ana FROM bruno", "SEARCH TEXT GPON",
     "FETCH 1 (BODYSTRUCTURE)", "FETCH 7 (BODYSTRUCTURE)", "FETCH 7 (BODY)",
     "FETCH 16 (BODYSTRUCTURE)", "FETCH 16 (BODY)", "FETCH 16 (BODY.PEEK[3.1])",
+    # ESORT, SEARCHRES, THREAD=REFS, PREVIEW, SNIPPET=FUZZY, SAVEDATE
+    "SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL",
+    "SORT RETURN () (REVERSE ARRIVAL) UTF-8 ALL", "UID SORT RETURN (MIN MAX) (SIZE) UTF-8 ALL",
+    "SORT RETURN (COUNT) (SIZE) UTF-8 FROM nadie",
+    "SEARCH RETURN (SAVE) FROM ana", "FETCH $ (UID)", "SEARCH $",
+    "UID SEARCH RETURN (SAVE MIN) ALL", "UID FETCH $ (UID RFC822.SIZE)",
+    "SEARCH RETURN (SAVE COUNT) SUBJECT horario", "FETCH $ (UID)", "SEARCH UID $",
+    "THREAD REFS UTF-8 ALL", "UID THREAD REFS UTF-8 ALL", "THREAD REFS UTF-8 NOT FROM zoe",
+    "FETCH 1:16 (PREVIEW)", "FETCH 1:16 (SNIPPET (FUZZY))", "FETCH 1 (PREVIEW (LAZY))",
+    "FETCH 1:2 (SAVEDATE)", "SEARCH SAVEDATESUPPORTED", "SEARCH SAVEDSINCE 1-Jan-2020",
+    "SEARCH SAVEDBEFORE 5-Jan-2024",
 ]
 
 
@@ -318,10 +330,13 @@ def test_sort_thread_esearch_binary_as_dovecot(where, extra_commands=()):
         c.line()
         c.cmd("a", "LOGIN user2 pass")
         c.cmd("x", "EXAMINE INBOX")
-        c.send("".join(f"{t} {cmd}\r\n" for t, cmd in zip(tags, commands)))
+        # One command at a time, as above: pipelined, both would hold the
+        # tagged replies until the batch is done (Dovecot's parallel commands).
         raw = c.buf
-        while not re.search(rf"\r\n{tags[-1]} [^\r\n]*\r\n".encode(), raw):
-            raw += c.sock.recv(65536)
+        for t, cmd in zip(tags, commands):
+            c.send(f"{t} {cmd}\r\n")
+            while not re.search(rf"(?:^|\r\n){t} [^\r\n]*\r\n".encode(), raw):
+                raw += c.sock.recv(65536)
         ours = _answers(raw, tags)
         c.close()
     finally:
@@ -406,3 +421,32 @@ def test_malformed_commands_get_dovecots_answers(where):
     # Sorted: Dovecot runs a pipelined command while the next is read, so an EXPUNGE
     # may finish after the commands that followed it.
     assert sorted(ours) == sorted(theirs) and len(ours) == len(MALFORMED)
+
+
+PREVIEW_MESSAGES = [
+    (1704456000, "Subject: citas\nFrom: a@x\nDate: Tue, 02 Jan 2024 10:00:00 +0000\n\n\n\n"
+     "  Hola,\n> lo que dijiste\n>> y antes\nrespondo aqui.\n\tcon   espacios\n"),
+    (1704542400, "Subject: html\nFrom: b@x\nDate: Wed, 03 Jan 2024 10:00:00 +0000\n"
+     "MIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\n\n"
+     "<html><head><title>T</title><style>p {}</style></head><body><p>Hola &amp; "
+     "adi&oacute;s</p><blockquote>citado</blockquote><div>fin<br>linea</div></body></html>\n"),
+    (1704628800, "Subject: largo\nFrom: c@x\nDate: Thu, 04 Jan 2024 10:00:00 +0000\n\n"
+     + "palabra " * 40 + "\n"),
+    (1704715200, "Subject: adjunto\nFrom: d@x\nMIME-Version: 1.0\n"
+     "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: application/pdf\n\n"
+     "JVBERi0xLjQK\n--b\nContent-Type: text/plain\n\ntexto\n--b--\n"),
+    (1704801600, "Subject: latin1\nFrom: e@x\nMIME-Version: 1.0\n"
+     "Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n\n"
+     "Pr=E1ctica de redes=\n y m=E1s\n"),
+]
+
+
+@pytest.mark.skipif(not os.path.exists(DOVECOT_IMAP), reason="Dovecot's imap binary not found")
+def test_previews_as_dovecot(where, monkeypatch):
+    """PREVIEW and SNIPPET (FUZZY) of quoted text, HTML, long text, a first
+    part that is not text, another charset: the same text as Dovecot's."""
+    monkeypatch.setattr(sys.modules[__name__], "COMPARE_MESSAGES", PREVIEW_MESSAGES)
+    monkeypatch.setattr(sys.modules[__name__], "COMPARE_COMMANDS", [
+        "FETCH 1:5 (PREVIEW)", "FETCH 1:5 (SNIPPET (FUZZY))", "SEARCH TEXT citado",
+        "THREAD REFS UTF-8 ALL", "SORT RETURN (ALL) (SUBJECT) UTF-8 ALL"])
+    test_sort_thread_esearch_binary_as_dovecot(where)

@@ -122,7 +122,7 @@ def test_send_to_lab_is_narrated_from_the_internet(tmp_path):
         lab.stop()
     assert msg["Subject"] == "Desde internet"
     assert msg["From"] == "alice@example.org"
-    assert msg["Received"].startswith("from mail-sor-f41.google.com (unknown [127.0.0.1])")
+    assert msg["Received"].startswith("from mail-sor-f41.google.com (localhost [127.0.0.1])")
     client = list(read_jsonl(steps))
     commands = [s.line.split()[0] for s in client if s.kind == "command"]
     assert commands == ["EHLO", "STARTTLS", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"]

@@ -17,8 +17,9 @@ from gponsim.server.dovecot.imap import ImapSettings
 
 PRE = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+"
 POST = ("IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
-        "THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED "
-        "I18NLEVEL=1 ESEARCH WITHIN LIST-STATUS BINARY MOVE STATUS=SIZE LITERAL+")
+        "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS "
+        "LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN LIST-STATUS BINARY MOVE "
+        "SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+")
 TIMING = r" \(\d+\.\d{3} \+ 0\.000 secs\)\."
 SECOND = 1704110400.0          # Mon Jan  1 12:00:00 2024 UTC
 
@@ -144,7 +145,7 @@ def test_login_logs_like_imap_login(mem):
     bye, ok = c.send("z LOGOUT")
     assert bye == "* BYE Logging out" and done(ok, "z", "OK Logout completed")
     assert c.closed
-    assert re.fullmatch(r"imap\(user2\)<\d+><[^>]+>: Logged out in=\d+ out=\d+ deleted=0 "
+    assert re.fullmatch(r"imap\(user2\)<\d+><[^>]+>: Disconnected: Logged out in=\d+ out=\d+ deleted=0 "
                         r"expunged=0 trashed=0 hdr_count=0 hdr_bytes=0 body_count=0 body_bytes=0",
                         mem.log_lines[1])
 
@@ -155,7 +156,11 @@ def test_wrong_password_answered_after_the_failure_delay(mem):
     assert c.send("a1 LOGIN user2 wrong") == []                      # auth_failure_delay = 2s
     assert c.send(b"", seconds=1.9) == []
     assert c.send(b"", seconds=0.1) == ["a1 NO [AUTHENTICATIONFAILED] Authentication failed."]
-    assert c.send("a2 LOGIN user2 pass") == [f"a2 OK [CAPABILITY {POST}] Logged in"]
+    # Dovecot's auth penalty: after one failure from this address, the next
+    # login waits 4 seconds (auth_penalty.py), even with the right password
+    assert c.send("a2 LOGIN user2 pass") == []
+    assert c.send(b"", seconds=3.9) == []
+    assert c.send(b"", seconds=0.1) == [f"a2 OK [CAPABILITY {POST}] Logged in"]
 
 
 def test_commands_pipelined_behind_login_wait_for_its_answer(mem):
@@ -277,7 +282,9 @@ def test_fetch_items_in_dovecot_s_order(mem, inbox):
         b"* 3 FETCH (RFC822.SIZE 94 BODY[1] {6}"]
     # ENVELOPE and BODYSTRUCTURE are not buffered: after the text, in the order asked
     assert b"BODY[1] {6}\r\nhola\r\n ENVELOPE (" in data
-    assert re.search(rb"\r\n ENVELOPE \(.*\) BODYSTRUCTURE \(.*\)\)\r\nd OK", data)
+    # pipelined FETCHes: every FETCH response first, then the tagged replies
+    assert re.search(rb"\r\n ENVELOPE \(.*\) BODYSTRUCTURE \(.*\)\)\r\na OK Fetch completed .*"
+                     rb"\r\nb OK .*\r\nc OK .*\r\nd OK .*\r\n$", data)
 
 
 def test_partial_body_fetch_names_only_the_origin(mem, inbox):
@@ -353,29 +360,45 @@ def test_append_with_literal_and_literal_plus(mem):
 
 
 def test_list_lsub_create_subscribe_and_special_use(tmp_path, utc):
+    """What Dovecot 2.3's imap answered to the same commands with the lab's
+    15-mailboxes.conf kind of folders (special_use, auto = no) on mbox: folders
+    are files, so they cannot have children (\\NoInferiors)."""
     lab = MemoryLab(tmp_path, settings=ImapSettings(
-        special_use=[("Sent", "\\Sent", "subscribe"), ("Trash", "\\Trash", "no")]))
+        special_use=[("Sent", "\\Sent", "no"), ("Trash", "\\Trash", "no")]))
     try:
         c = logged_in(lab, caps=POST + " SPECIAL-USE")
         assert c.send('a LIST "" ""')[0] == '* LIST (\\Noselect) "/" ""'
         assert done(c.send("b CREATE Trash")[0], "b", "OK Create completed")
         assert done(c.send("b2 CREATE Trash")[0], "b2", "NO [ALREADYEXISTS] Mailbox already exists")
+        assert done(c.send("b3 CREATE Sent")[0], "b3", "OK Create completed")
+        assert done(c.send("b4 SUBSCRIBE Sent")[0], "b4", "OK Subscribe completed")
         lines = c.send('c LIST "" "*"')
-        assert lines[:-1] == ['* LIST (\\HasNoChildren) "/" INBOX',
-                              '* LIST (\\HasNoChildren \\Sent) "/" Sent',
-                              '* LIST (\\HasNoChildren \\Trash) "/" Trash']
+        assert lines[:-1] == ['* LIST (\\NoInferiors \\Sent) "/" Sent',
+                              '* LIST (\\NoInferiors \\Trash) "/" Trash',
+                              '* LIST (\\HasNoChildren) "/" INBOX']
         assert done(lines[-1], "c", "OK List completed")
         assert c.send('d LIST (SUBSCRIBED) "" "*"')[:-1] == [
-            '* LIST (\\HasNoChildren \\Subscribed \\Sent) "/" Sent']
+            '* LIST (\\Subscribed \\NoInferiors \\UnMarked) "/" Sent']
         assert done(c.send("e SUBSCRIBE Trash")[0], "e", "OK Subscribe completed")
-        assert c.send('f LSUB "" "*"')[:-1] == ['* LSUB () "/" Sent', '* LSUB () "/" Trash']
+        assert c.send('f LSUB "" "*"')[:-1] == ['* LSUB (\\Sent) "/" Sent',
+                                              '* LSUB (\\Trash) "/" Trash']
         lines = c.send('g LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN))')
-        assert lines[:-1] == ['* LIST (\\HasNoChildren) "/" INBOX',
-                              "* STATUS INBOX (MESSAGES 0 UNSEEN 0)",
-                              '* LIST (\\HasNoChildren \\Sent) "/" Sent',
+        assert lines[:-1] == ['* LIST (\\NoInferiors) "/" Sent',
                               "* STATUS Sent (MESSAGES 0 UNSEEN 0)",
-                              '* LIST (\\HasNoChildren \\Trash) "/" Trash',
-                              "* STATUS Trash (MESSAGES 0 UNSEEN 0)"]
+                              '* LIST (\\NoInferiors) "/" Trash',
+                              "* STATUS Trash (MESSAGES 0 UNSEEN 0)",
+                              '* LIST () "/" INBOX',
+                              "* STATUS INBOX (MESSAGES 0 UNSEEN 0)"]
+        assert c.send('h LIST (SUBSCRIBED) "" "*"')[:-1] == [
+            '* LIST (\\Subscribed \\NoInferiors \\UnMarked) "/" Sent',
+            '* LIST (\\Subscribed \\NoInferiors \\UnMarked) "/" Trash']
+        assert c.send('i LIST "" "*" RETURN (SPECIAL-USE)')[:-1] == [
+            '* LIST (\\NoInferiors \\Sent) "/" Sent',
+            '* LIST (\\NoInferiors \\Trash) "/" Trash',
+            '* LIST () "/" INBOX']
+        assert c.send('j LIST (SPECIAL-USE) "" "*"')[:-1] == [
+            '* LIST (\\NoInferiors \\Sent) "/" Sent',
+            '* LIST (\\NoInferiors \\Trash) "/" Trash']
         assert (tmp_path / "home/user2/mail/.subscriptions").read_text() == "Sent\nTrash\n"
     finally:
         lab.close()

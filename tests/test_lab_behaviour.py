@@ -36,7 +36,7 @@ def test_idle_timeout_closes_with_421(lab_factory, tmp_path):
         assert f.readline() == b"421 4.4.2 mail.gponlab.local Error: timeout exceeded\r\n"
         assert f.readline() == b""
     log = wait_until(lambda: "timeout after EHLO" in (t := lab.log_text()) and t, what="timeout log")
-    assert "timeout after EHLO from unknown[127.0.0.1]" in log
+    assert "timeout after EHLO from localhost[127.0.0.1]" in log
 
 
 def test_keylog_has_tls13_secrets(lab_factory, tmp_path):

@@ -113,7 +113,7 @@ def test_full_submission_with_smtplib_lands_in_mbox(lab):
     assert m["Subject"] == "Hola"
     received = m.get_all("Received")[0]
     assert "by mail.gponlab.local (Postfix) with ESMTPSA id" in received
-    assert "from [127.0.0.1] (unknown [127.0.0.1])" in received
+    assert "from [127.0.0.1] (localhost [127.0.0.1])" in received
     assert "for <user2@gponlab.local>" in received
     payload = m.get_payload()
     assert ">From here" in payload and "\n.dot\n" in payload
@@ -181,9 +181,9 @@ def test_restrictions_at_rcpt(lab):
     s.cmd("EHLO pc1")
     assert s.cmd("MAIL FROM:<user1@gponlab.local>") == ["250 2.1.0 Ok"]
     assert s.cmd("RCPT TO:<user2@gponlab.local>") == [
-        "554 5.7.1 <unknown[127.0.0.1]>: Client host rejected: Access denied"]
+        "554 5.7.1 <localhost[127.0.0.1]>: Client host rejected: Access denied"]
     s.close()
-    assert "NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 554 5.7.1 <unknown[127.0.0.1]>: " \
+    assert "NOQUEUE: reject: RCPT from localhost[127.0.0.1]: 554 5.7.1 <localhost[127.0.0.1]>: " \
            "Client host rejected: Access denied; from=<user1@gponlab.local> " \
            "to=<user2@gponlab.local> proto=ESMTP helo=<pc1>" in \
         wait_until(lambda: "NOQUEUE" in lab.log_text() and lab.log_text(), what="reject log")
@@ -271,8 +271,8 @@ def test_malformed_input_never_breaks_the_server(lab):
     assert s.cmd("Subject: hello") == ["221 2.7.0 Error: I can break rules, too. Goodbye."]
     s.close()
     log = wait_until(lambda: "non-SMTP command" in (t := lab.log_text()) and t, what="log")
-    assert "warning: unknown[127.0.0.1]: request longer than 2048: NOOP xxxx" in log
-    assert "warning: non-SMTP command from unknown[127.0.0.1]: Subject: hello" in log
+    assert "warning: localhost[127.0.0.1]: request longer than 2048: NOOP xxxx" in log
+    assert "warning: non-SMTP command from localhost[127.0.0.1]: Subject: hello" in log
     # The server is still fine for the next client.
     with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=10) as c:
         assert c.noop()[0] == 250

@@ -73,6 +73,8 @@ class Analysis:
                 "start": c.start, "first_packet": c.first_packet, "midstream": c.midstream,
                 "one_direction": len(c.directions) == 1, "client_name": c.client_name,
                 "software": c.software, "tls": c.tls, "steps": c.steps, "failures": c.failures,
+                "server": ({"software": c.server.name, "lab": c.server.lab}
+                           if c.server is not None else None),
                 "gaps": c.gaps, "messages": c.messages} for c in self.connections],
             "failures": [s.to_dict(reveal) for s in self.failures],
             "credentials": [{

@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from gponsim.capture.servers import UNKNOWN, identify
 from gponsim.capture.carry import Carrier
 from gponsim.capture.tls import TlsObserver, looks_like_tls
 from gponsim.commentary import annotate
@@ -44,7 +45,9 @@ class ConnInfo:
     first_packet: int
     midstream: bool = False
     client_name: str | None = None        # EHLO/HELO name
-    software: list = field(default_factory=list)   # User-Agent / X-Mailer / IMAP ID
+    software: list = field(default_factory=list)   # the client's: X-Mailer of what it sent, IMAP ID
+    #: the server's software (capture.servers), None until it has spoken
+    server: object = None
     tls: dict = field(default_factory=dict)
     steps: int = 0
     failures: int = 0
@@ -122,6 +125,12 @@ def mailer_of(message: bytes) -> str | None:
     return " ".join(_text(m.group(1)).split()) if m else None
 
 
+#: Commentary that speaks of the capture itself or of TLS, true whatever the server.
+_GENERIC = ("capture.", "tls.handshake.ClientHello", "tls.handshake.ServerHello",
+            "tls.handshake.Certificate", "tls.handshake.Alert", "tls.data.",
+            "tls.handshake.DECRYPTED", "tls.handshake.UNDECRYPTABLE")
+
+
 class Decoder:
     """Common part: TLS switching, gaps, Steps stamped with packet time and with the
     packets their bytes came in (``Step.packets``, see :mod:`gponsim.capture.carry`)."""
@@ -151,6 +160,7 @@ class Decoder:
 
     def emit(self, step: Step) -> None:
         step.t = self.t
+        self._identify(step)
         if step.packets is None and step.kind != "event" and step.proto != "tls":
             d = step.dir
             if d == "c2s" or d == "s2c":
@@ -166,6 +176,26 @@ class Decoder:
             if len(ctx.failures) < MAX_FAILURES:
                 ctx.failures.append(step)
         ctx.emit(step)
+
+    def _identify(self, step: Step) -> None:
+        """Tell the server's software by its first reply (an SMTP server that
+        does not name itself: by its EHLO reply too). A server that is not
+        the lab's software is explained by the RFCs (``meta["foreign"]``)."""
+        info = self.info
+        if step.kind == "reply" and step.src != "client":
+            found = None
+            if info.server is None or (info.server is UNKNOWN and step.verb in ("EHLO", "HELO")):
+                found = identify(self.proto, step.line)
+            if found is not None:
+                info.server = found
+            elif info.server is None:
+                info.server = UNKNOWN
+        server = info.server
+        if server is not None and not server.lab and not (step.key or "").startswith(_GENERIC):
+            step.meta["foreign"] = True
+            step.meta["software"] = server.name
+            step.key = None
+            annotate(step)
 
     def data(self, direction: str, data: bytes, t: float, packet: int = 0) -> None:
         """``data``, carried by the packet numbered ``packet``."""
@@ -862,7 +892,7 @@ class ImapDecoder(_ConversationDecoder):
     def _message(self, verb: str, data: bytes, truncated: bool) -> None:
         message = data.replace(b"\r\n", b"\n")
         self.info.messages += 1
-        mailer = mailer_of(message)
+        mailer = mailer_of(message) if verb == "APPEND" else None   # not one it downloaded
         if mailer and mailer not in self.info.software:
             self.info.software.append(mailer)
         self.ctx.on_message(Message(self.session, "imap", verb, message,

@@ -21,6 +21,10 @@ _T = {
         "onedir": "one direction only",
         "client": "client",
         "software": "software",
+        "server": "server",
+        "lab_server": "{name}, the lab's software: explained with the lab's configuration",
+        "other_server": "{name}, not the lab's software: explained by the RFCs",
+        "anonymous_server": "it does not say which software it is: explained by the RFCs",
         "tls": "TLS",
         "notls": "no TLS: everything in clear",
         "gaps": "{n} gap(s)",
@@ -51,6 +55,10 @@ _T = {
         "onedir": "solo un sentido",
         "client": "cliente",
         "software": "programa",
+        "server": "servidor",
+        "lab_server": "{name}, el programa del laboratorio: se explica con su configuración",
+        "other_server": "{name}, no es el programa del laboratorio: se explica por los RFC",
+        "anonymous_server": "no dice qué programa es: se explica por los RFC",
         "tls": "TLS",
         "notls": "sin TLS: todo en claro",
         "gaps": "{n} hueco(s)",
@@ -117,6 +125,11 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
             who.append(f"{t['client']}: {c.client_name}")
         if c.software:
             who.append(f"{t['software']}: {'; '.join(c.software)}")
+        server = c.server
+        if server is not None:
+            key = ("lab_server" if server.lab else "other_server" if server.name
+                   else "anonymous_server")
+            who.append(f"{t['server']}: {t[key].format(name=server.name)}")
         if who:
             out.append("      " + "  ".join(who))
         if c.tls:
@@ -144,7 +157,7 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
             entry = cat.resolve(step)
             if entry is not None and entry.key not in shown:
                 shown.add(entry.key)
-                out.append("      ↳ " + entry.text(lang))
+                out.append("      ↳ " + entry.render(lang, step))
         if len(a.failures) > 20:
             out.append(f"  ... (+{len(a.failures) - 20})")
     elif a.connections:

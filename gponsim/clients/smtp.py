@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import socket
+import errno
 import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -20,12 +21,48 @@ from gponsim.steps import Emit, new_session, null_emit
 from gponsim.wire import smtp as wire
 
 
-class SmtpClientError(Exception):
-    """The server could not be reached, or answered with a failure."""
+#: What the client tells the user, in both languages.
+MESSAGES = {
+    "connect": {
+        "en": "cannot connect to {host} port {port}: {why}. Is `gponsim serve` running, "
+              "and with the same --port-offset?",
+        "es": "no se puede conectar a {host}, puerto {port}: {why}. ¿Está en marcha "
+              "`gponsim serve`, y con el mismo --port-offset?"},
+    "closed": {"en": "the server closed the connection (after {after})",
+               "es": "el servidor cerró la conexión (después de {after})"},
+    "answered": {"en": "the server answered: {answer}", "es": "el servidor respondió: {answer}"},
+    "no_starttls": {"en": "the server does not offer STARTTLS",
+                    "es": "el servidor no ofrece STARTTLS"},
+    "queued": {"en": "gponsim: accepted by the server, queue id {qid}",
+               "es": "gponsim: el servidor lo aceptó, identificador de cola {qid}"},
+    "lab_queued": {"en": "gponsim: the lab accepted the mail, queue id {qid}",
+                   "es": "gponsim: el laboratorio aceptó el correo, identificador de cola {qid}"},
+}
+#: The system's words for the usual connection failures, in Spanish.
+_ERRNO_ES = {errno.ECONNREFUSED: "conexión rechazada", errno.ETIMEDOUT: "tiempo agotado",
+             errno.EHOSTUNREACH: "no hay ruta hasta el equipo",
+             errno.ENETUNREACH: "la red no es accesible"}
 
-    def __init__(self, message: str, reply: list[str] | None = None) -> None:
-        super().__init__(message)
+
+def say(key: str, lang: str, **values) -> str:
+    return MESSAGES[key]["es" if lang == "es" else "en"].format(**values)
+
+
+class SmtpClientError(Exception):
+    """The server could not be reached, or answered with a failure.
+
+    ``str(exc)`` is English; :meth:`text` gives it in the user's language."""
+
+    def __init__(self, key: str, reply: list[str] | None = None, **values) -> None:
+        self.key, self.values = key, values
         self.reply = reply or []
+        super().__init__(say(key, "en", **values))
+
+    def text(self, lang: str) -> str:
+        values = dict(self.values)
+        if lang == "es" and "errno" in values and values["errno"] in _ERRNO_ES:
+            values["why"] = _ERRNO_ES[values["errno"]]
+        return say(self.key, lang, **values)
 
 
 @dataclass
@@ -39,8 +76,10 @@ class SendResult:
 class SmtpClient:
     def __init__(self, host: str = "127.0.0.1", port: int = 587, *, emit: Emit = null_emit,
                  timeout: float = 30.0, verify: bool = False, cafile: str | None = None,
-                 server_name: str = "mail.gponlab.local", session: str | None = None) -> None:
+                 server_name: str = "mail.gponlab.local", session: str | None = None,
+                 source: str | None = None) -> None:
         self.host, self.port, self.emit, self.timeout = host, port, emit, timeout
+        self.source = source        # connect from this local address (127.0.0.2: another computer)
         self.verify, self.cafile, self.server_name = verify, cafile, server_name
         self.session = session or new_session("client")
         self.tls = False
@@ -53,11 +92,12 @@ class SmtpClient:
 
     def connect(self) -> list[str]:
         try:
-            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            self.sock = socket.create_connection(
+                (self.host, self.port), timeout=self.timeout,
+                source_address=(self.source, 0) if self.source else None)
         except OSError as exc:
-            raise SmtpClientError(f"cannot connect to {self.host} port {self.port}: "
-                                  f"{exc.strerror or exc}. Is `gponsim serve` running, "
-                                  f"and with the same --port-offset?") from exc
+            raise SmtpClientError("connect", host=self.host, port=self.port,
+                                  why=exc.strerror or str(exc), errno=exc.errno) from exc
         self._file = self.sock.makefile("rb")
         return self.read_reply("CONNECT")
 
@@ -71,7 +111,7 @@ class SmtpClient:
         while True:
             raw = self._file.readline(65536)
             if not raw:
-                raise SmtpClientError(f"the server closed the connection (after {answers})", lines)
+                raise SmtpClientError("closed", lines, after=answers)
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             lines.append(line)
             if len(line) < 4 or line[3] != "-":
@@ -99,7 +139,7 @@ class SmtpClient:
 
     def expect(self, reply: list[str], *codes: int) -> list[str]:
         if self.code(reply) not in codes:
-            raise SmtpClientError(f"the server answered: {' / '.join(reply)}", reply)
+            raise SmtpClientError("answered", reply, answer=" / ".join(reply))
         return reply
 
     # ------------------------------------------------------------ commands
@@ -114,7 +154,7 @@ class SmtpClient:
 
     def starttls(self) -> list[str]:
         if "STARTTLS" not in self.extensions:
-            raise SmtpClientError("the server does not offer STARTTLS")
+            raise SmtpClientError("no_starttls")
         reply = self.expect(self.command("STARTTLS"), 220)
         context = ssl.create_default_context(cafile=self.cafile) if self.verify else \
             ssl._create_unverified_context()  # the lab's self-signed certificate
@@ -187,9 +227,11 @@ def build_message(sender: str, recipients: list[str], subject: str, body: str,
 def send_mail(*, host: str, port: int, sender: str, recipients: list[str], message: bytes,
               user: str | None = None, password: str | None = None, starttls: bool = True,
               mechanism: str = "PLAIN", initial_response: bool = True, emit: Emit = null_emit,
-              verify: bool = False, cafile: str | None = None, timeout: float = 30.0) -> SendResult:
+              verify: bool = False, cafile: str | None = None, timeout: float = 30.0,
+              source: str | None = None) -> SendResult:
     """One submission, step by step, as a mail client does it."""
-    client = SmtpClient(host, port, emit=emit, verify=verify, cafile=cafile, timeout=timeout)
+    client = SmtpClient(host, port, emit=emit, verify=verify, cafile=cafile, timeout=timeout,
+                        source=source)
     result = SendResult(queue_id=None)
     try:
         client.expect(client.connect(), 220)

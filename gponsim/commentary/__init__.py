@@ -14,6 +14,13 @@ Several entries may share a key when they differ by ``match``; such an
 entry is stored under ``key`` plus ``#n`` in the file (``["smtp.reply.554#2"]``)
 and chosen when its ``match`` text occurs in the line.
 
+An entry may instead carry ``when = "flag"`` (or ``"!flag"``): it is chosen
+when the Step's ``meta[flag]`` is true (false).
+
+Texts speak of the line they explain: ``{{qid}}``, ``{{address}}``,
+``{{client}}``... are filled from the Step (:mod:`.template`); call
+:meth:`Entry.render` with the Step rather than :meth:`Entry.text`.
+
 Keys are resolved from the most specific to the most general (see
 :meth:`Catalog.candidates`), so a new explanation is usually one entry added
 to a data file, never code.
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from gponsim.commentary import template
 from gponsim.steps import Step
 
 LANGS = ("en", "es")
@@ -41,17 +49,25 @@ class Entry:
     rfc: str = ""
     actor: str = ""
     match: str = ""
+    when: str = ""
 
     def text(self, lang: str) -> str:
+        """The template as written (``{{name}}`` placeholders unfilled)."""
         return self.es if lang == "es" else self.en
+
+    def render(self, lang: str, step: Step | None) -> str:
+        """The explanation of ``step``: the template filled from it."""
+        return template.fill(self.text(lang), step)
 
 
 class Catalog:
     def __init__(self, entries: dict[str, list[Entry]]) -> None:
         self._entries = entries
-        self._matching = {key for key, options in entries.items() if any(e.match for e in options)}
+        self._matching = {key for key, options in entries.items()
+                          if any(e.match or e.when for e in options)}
         self._memo: dict[tuple, Entry | None] = {}
         self._texts: dict[tuple, tuple[str, ...]] = {}
+        self._when_texts: dict[tuple, tuple[str, ...]] = {}
         self._by_line: dict[tuple, Entry | None] = {}
 
     @classmethod
@@ -72,7 +88,7 @@ class Catalog:
                     raise ValueError(f"commentary {item.name} [{raw_key}]: missing {', '.join(missing)}")
                 entry = Entry(key=key, en=body["en"].strip(), es=body["es"].strip(),
                               rfc=body.get("rfc", ""), actor=body.get("actor", ""),
-                              match=body.get("match", ""))
+                              match=body.get("match", ""), when=body.get("when", ""))
                 entries.setdefault(key, []).append(entry)
         return cls(entries)
 
@@ -82,12 +98,19 @@ class Catalog:
     def keys(self) -> list[str]:
         return sorted(self._entries)
 
-    def get(self, key: str | None, line: str = "") -> Entry | None:
+    def get(self, key: str | None, line: str = "", step: Step | None = None) -> Entry | None:
         if not key:
             return None
         options = self._entries.get(key)
         if not options:
             return None
+        if step is not None:
+            # a variant chosen by the Step's meta (``when``) comes first
+            for entry in options:
+                if entry.when and template.applies(entry.when, step) and \
+                        (not entry.match or entry.match.lower() in line.lower()):
+                    return entry
+        options = [e for e in options if not e.when]
         for entry in options:
             if entry.match and entry.match.lower() in line.lower():
                 return entry
@@ -108,6 +131,14 @@ class Catalog:
         Other kinds: ``<proto>.<kind>.<verb>`` then ``<proto>.<kind>``.
         An explicit ``step.key`` always comes first.
         """
+        if step.meta and step.meta.get("foreign"):
+            # a server that is not the lab's software (a capture of Exim,
+            # Gmail...): only the RFCs' explanations, never the lab's
+            plain = Step(t=step.t, session=step.session, proto=step.proto, src=step.src,
+                         dst=step.dst, dir=step.dir, kind=step.kind, line=step.line,
+                         verb=step.verb, code=step.code, enhanced=step.enhanced,
+                         status=step.status)
+            return ["rfc." + key for key in Catalog.candidates(plain)]
         out: list[str] = []
         if step.key:
             out.append(step.key)
@@ -148,7 +179,7 @@ class Catalog:
         """``(entry, fixed)``: the Step's explanation, and whether every Step with the same
         fields gets it (False: it depends on the line's text)."""
         signature = (step.key, step.proto, step.kind, step.verb, step.code, step.enhanced,
-                     step.status)
+                     step.status, bool(step.meta and step.meta.get("foreign")))
         entry = self._memo.get(signature, _UNKNOWN)
         if entry is _BY_LINE:
             return self._by_line_text(signature, step), False
@@ -168,7 +199,8 @@ class Catalog:
     def _by_line_text(self, signature: tuple, step: Step) -> Entry | None:
         """Chosen by the line: by which of the match texts it holds (remembered so)."""
         line = step.line.lower()
-        seen = (signature, tuple(m in line for m in self._match_texts(signature, step)))
+        seen = (signature, tuple(m in line for m in self._match_texts(signature, step)),
+                tuple(template.applies(w, step) for w in self._whens(signature, step)))
         entry = self._by_line.get(seen, _UNKNOWN)
         if entry is _UNKNOWN:
             if len(self._by_line) > 20000:
@@ -182,12 +214,24 @@ class Catalog:
             options = self._entries.get(key)
             if not options:
                 continue
-            if len(options) == 1 and not options[0].match:   # the common case
-                return options[0]
-            entry = self.get(key, line)
+            if len(options) == 1 and not options[0].match and not options[0].when:
+                return options[0]                          # the common case
+            entry = self.get(key, line, step)
             if entry is not None:
                 return entry
         return None
+
+    def _whens(self, signature: tuple, step: Step) -> tuple[str, ...]:
+        """The ``when`` conditions that can decide a Step with these fields."""
+        whens = self._when_texts.get(signature)
+        if whens is None:
+            found = []
+            for key in self.candidates(step):
+                for entry in self._entries.get(key, ()):
+                    if entry.when and entry.when not in found:
+                        found.append(entry.when)
+            whens = self._when_texts[signature] = tuple(found)
+        return whens
 
     def _match_texts(self, signature: tuple, step: Step) -> tuple[str, ...]:
         """The ``match`` texts that can decide a Step with these fields (lower case)."""

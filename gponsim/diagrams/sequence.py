@@ -254,7 +254,7 @@ def _row(step: Step, repeat: int, flow: str, service: str, notes: bool, lang: st
     note = ""
     if notes:
         entry = catalog().resolve(step)
-        note = entry.text(lang) if entry else ""
+        note = entry.render(lang, step) if entry else ""
     failed = step.failed or step.meta.get("status") in ("bounced", "deferred")
     kind = step.kind
     if step.proto == "tls":

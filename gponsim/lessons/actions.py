@@ -72,11 +72,12 @@ def do_send(ctx: Context, o: dict) -> None:
         result = send_mail(host=ctx.connect_host, port=target, sender=sender,
                            recipients=recipients, message=message,
                            user=user if auth else None, password=o.get("password", "pass"),
-                           starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"))
+                           starttls=o.get("tls", True), mechanism=o.get("mech", "PLAIN"),
+                           source=_source(ctx, o))
         ctx.results["queue_id"] = result.queue_id
         outcome = "accepted"
     except SmtpClientError as exc:
-        ctx.results["refused"] = " / ".join(exc.reply) if exc.reply else str(exc)
+        ctx.results["refused"] = " / ".join(exc.reply) if exc.reply else exc.text(ctx.lang)
         outcome = "refused"
         ctx.say(f"✉ {ctx.results['refused']}")
     expect = o.get("expect", "accepted")
@@ -217,10 +218,11 @@ def do_gmail(ctx: Context, o: dict) -> None:
     set_fault(ctx.lab_root, o.get("fault", "none"), o.get("delay"))
 
 
-def _source(o: dict) -> str | None:
+def _source(ctx: Context, o: dict) -> str | None:
     """``remote = true``: connect from 127.0.0.2, so the lab sees a client that is
-    not on the server itself (Dovecot treats same-address clients as secured)."""
-    return "127.0.0.2" if o.get("remote") else None
+    not on the server itself (Dovecot treats same-address clients as secured).
+    On the lab network every client already runs on a host of its own."""
+    return "127.0.0.2" if o.get("remote") and ctx.network is None else None
 
 
 def do_read_imap(ctx: Context, o: dict) -> None:
@@ -228,7 +230,7 @@ def do_read_imap(ctx: Context, o: dict) -> None:
     import imaplib
     import ssl
 
-    source = _source(o)
+    source = _source(ctx, o)
     tls = o.get("tls", "starttls")
     context = ssl._create_unverified_context()     # the lab's self-signed certificate
 
@@ -305,7 +307,7 @@ def do_read_pop3(ctx: Context, o: dict) -> None:
 
     context = ssl._create_unverified_context()
     tls = o.get("tls", "stls")
-    source = _source(o)
+    source = _source(ctx, o)
 
     class Pop3(poplib.POP3):
         def _create_socket(self, timeout):

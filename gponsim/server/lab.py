@@ -25,7 +25,10 @@ from twisted.internet.error import CannotListenError
 from gponsim.commentary import annotate
 from gponsim.config import LabProfile, load_profile
 from gponsim.server.postfix import cleanup
-from gponsim.server import tls
+from gponsim.server import accounts, tls
+from gponsim.server.postfix import aliases
+from gponsim.server.postfix.local_recipients import LocalRecipients
+from gponsim.server.resolver import HostsFile, client_name
 from gponsim.server.maillog import MailLog, pid_for
 from gponsim.server.postfix.lmtp import LmtpClient
 from gponsim.server.postfix.lmtp import settings_from_profile as lmtp_settings
@@ -96,6 +99,7 @@ def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
         timeout=profile.time_value(p("smtpd_timeout"), "s"),
         hard_error_limit=int(p("smtpd_hard_error_limit") or 20),
         disable_vrfy=yes("disable_vrfy_command"),
+        tls_loglevel=int(p("smtpd_tls_loglevel") or 0),
     )
 
 
@@ -141,18 +145,40 @@ class Lab:
         hostname = profile.main("myhostname")
         self.log = MailLog(self.root / "var/log/mail.log", hostname=hostname.split(".")[0])
         self.users = Users.ensure_default(self.path(profile.passwd_file()))
+        self.accounts = accounts.ensure(self.root, self.users.names())
+        self.aliases = aliases.ensure(self.root)
+        self.hosts = HostsFile(self.root / "etc" / "hosts")
+        self._dns_names = None          # client names from the lab's DNS (relay mode dns)
         cert = self.path(profile.main("smtpd_tls_cert_file"))
         key = self.path(profile.main("smtpd_tls_key_file"))
         try:
             tls.ensure_certificate(cert, key, hostname)
+            # Dovecot's own ssl_cert/ssl_key (10-ssl.conf); on Debian they are
+            # links to the snakeoil pair that Postfix uses, made when
+            # dovecot-core is installed (its postinst), unless they exist.
+            dovecot_cert = self.path(profile.dovecot_file("ssl_cert")
+                                     or "/etc/dovecot/private/dovecot.pem")
+            dovecot_key = self.path(profile.dovecot_file("ssl_key")
+                                    or "/etc/dovecot/private/dovecot.key")
+            tls.link_certificate(dovecot_cert, dovecot_key, cert, key)
+            self.dovecot_tls_options = tls.server_options(dovecot_cert, dovecot_key, self.keylog)
             return tls.server_options(cert, key, self.keylog)
         except tls.TLSSetupError as exc:
             raise LabError(str(exc)) from exc
 
+    def local_recipients(self) -> LocalRecipients:
+        """``local_recipient_maps`` over the lab's etc/passwd and etc/aliases."""
+        profile = self.profile
+        return LocalRecipients(profile.list("local_recipient_maps"), profile.list("alias_maps"),
+                               account_exists=self.accounts.exists,
+                               alias_exists=self.aliases.__contains__,
+                               delimiter=profile.main("recipient_delimiter"))
+
     def _smtpd_context(self, mechanisms) -> SmtpdContext:
         return SmtpdContext(emit=self.emit, log=self._log, auth=_AuthGlue(self.auth_client),
                             queue=self.mta.cleanup, mechanisms=mechanisms,
-                            local_user_exists=self.users.exists,
+                            local_user_exists=self.local_recipients().exists,
+                            client_name=self.client_name,
                             received_header=self._received_header)
 
     def _smtpd_factory(self, context: SmtpdContext, service: str, tls_options) -> SmtpdFactory:
@@ -202,7 +228,10 @@ class Lab:
             failure_delay = profile.auth_failure_delay()
         self.auth_server = AuthServer(self.users, mechanisms=profile.auth_mechanisms(),
                                       emit=self.emit, failure_delay=failure_delay,
-                                      reactor=self.reactor)
+                                      reactor=self.reactor,
+                                      verbose=profile.dovecot_bool("auth_verbose"),
+                                      log=lambda text: self.log.write("dovecot",
+                                                                      pid_for("dovecot"), text))
         try:
             self._listeners.append(self.auth_server.listen(self.auth_socket))
         except Exception as exc:  # noqa: BLE001 - told to the user below
@@ -217,7 +246,8 @@ class Lab:
         if relay_transport:
             transports["smtp"] = relay_transport
         self.mta = Mta(self.root, QueueSettings.from_profile(profile, self._interface_addresses()),
-                       user_exists=self.users.exists, log=self.log, emit=self.emit,
+                       user_exists=self.accounts.exists, log=self.log, emit=self.emit,
+                       aliases=self.aliases.lookup if profile.list("alias_maps") else None,
                        reactor=self.reactor, transports=transports)
         yield self.mta.start()
         try:      # postqueue -f's way in (gponsim queue --flush)
@@ -230,7 +260,7 @@ class Lab:
         for svc in profile.smtpd_services():
             factory = self._smtpd_factory(context, svc.name, tls_options)
             self.ports[svc.name] = self._listen(svc.name, self.port_for(svc.name, svc.port), factory)
-        start_dovecot_services(self, tls_options)     # IMAP 143/993, POP3 110/995
+        start_dovecot_services(self, self.dovecot_tls_options)   # IMAP 143/993, POP3 110/995
         self._start_autoconfig(hostname)
         self.log.write("postfix/master", pid_for("master"), "daemon started -- version 3.7.11, configuration /etc/postfix")
         return dict(self.ports)
@@ -362,12 +392,28 @@ class Lab:
         self._listeners.append(listener)
         return listener.getHost().port
 
+    def client_name(self, ip: str, warn):
+        """smtpd's verified client name: from the lab's etc/hosts (never the
+        computer's DNS); on the lab network (relay mode ``dns``) also from the
+        lab's own DNS, as a Deferred."""
+        if not self.profile.bool("smtpd_peername_lookup"):
+            return "unknown"
+        if self.options.relay == "dns":
+            if self._dns_names is None:
+                from twisted.names import client as dns_client
+                from gponsim.server.dns_names import LabDnsNames
+                resolver = dns_client.Resolver(resolv=str(self.root / "etc" / "resolv.conf"),
+                                               reactor=self.reactor)
+                self._dns_names = LabDnsNames(self.hosts, resolver)
+            return self._dns_names.client_name(ip, warn)
+        return client_name(self.hosts, ip, warn)
+
     def _log(self, program: str, text: str) -> None:
         self.log.write(program, pid_for(program), text)
 
     def _received_header(self, session, qid: str) -> str:
         return cleanup.received_header(
-            helo=session.helo_name or session.client_ip, client_name="unknown",
+            helo=session.helo_name or session.client_ip, client_name=session.client_name,
             client_ip=session.client_ip, protocol=session._protocol(), qid=qid,
             recipients=session.recipients, myhostname=session.settings.myhostname)
 

@@ -174,17 +174,25 @@ class SmtpServer(smtp.ESMTP):
         # Not ESMTP.connectionMade: the policy's greeting and Steps instead.
         self.canStartTLS = (interfaces.ITLSTransport.providedBy(self.transport)
                             and self.ctx is not None)
+        self.handshaking = self.tls
         self.setTimeout(self.timeout)
         self.greet()
 
+    #: why the connection ended (a Failure), for :meth:`lost`
+    lost_reason = None
+    #: STARTTLS was answered and the handshake has not finished yet
+    handshaking = False
+
     def handshakeCompleted(self) -> None:
         """Called by Twisted's TLS layer once the handshake is done."""
+        self.handshaking = False
         info = describe_connection(self.transport)
         if info is not None:
             self.tls_established(*info)
 
     def connectionLost(self, reason=None) -> None:
         self.setTimeout(None)
+        self.lost_reason = reason
         if not self._closed:
             self._closed = True
             self.lost()
@@ -192,6 +200,7 @@ class SmtpServer(smtp.ESMTP):
     def start_tls(self) -> None:
         """Start the TLS handshake now (the policy sent its 220)."""
         self._inbuf = b""          # pipelined in clear after STARTTLS: discarded
+        self.handshaking = True
         self.transport.startTLS(self.ctx)
         self.tls = self.starttls_used = True
 
@@ -246,6 +255,9 @@ class SmtpServer(smtp.ESMTP):
         """Forget the message being read (a new transaction)."""
         self.message_parts: list[bytes] = []
         self.message_size = 0
+        #: bytes of the message as they came (CRLF, dots), for Postfix's
+        #: "lost connection after DATA (N bytes)"
+        self.raw_message_bytes = 0
         #: the message went over ``size_limit``: what came after was dropped
         self.too_big = False
 
@@ -277,6 +289,7 @@ class SmtpServer(smtp.ESMTP):
         end = data_end(buf)
         if end is not None:
             cut, after = end
+            self.raw_message_bytes += cut
             self._inbuf = buf[after:]
             self._data_block(buf[:cut])
             self.resetTimeout()
@@ -293,12 +306,14 @@ class SmtpServer(smtp.ESMTP):
                 # A line with no end, already past the limit: count it, drop it,
                 # keep only its tail (where a line end may be split).
                 self.message_size += len(buf) - 2
+                self.raw_message_bytes += len(buf) - 2
                 self.too_big, self.message_parts = True, []
                 self._inbuf = buf[-2:]
                 self.resetTimeout()
                 return True
             return False
         self._inbuf = buf[last + 1:]
+        self.raw_message_bytes += last + 1
         self._data_block(buf[:last + 1])
         self.resetTimeout()
         return True
@@ -322,6 +337,7 @@ class SmtpServer(smtp.ESMTP):
         chunk = self._inbuf[:self._raw_remaining]
         self._inbuf = self._inbuf[len(chunk):]
         self._raw_remaining -= len(chunk)
+        self.raw_message_bytes += len(chunk)
         self._keep(chunk)
         self.resetTimeout()
         if self._raw_remaining == 0:

@@ -36,6 +36,7 @@ from rich.style import Style
 from rich.text import Text
 
 from gponsim.commentary import catalog
+from gponsim.sinks.phrases import localize
 from gponsim.steps import Step
 
 EXPLAIN = ("first", "session", "all", "none")
@@ -171,6 +172,7 @@ class Narrator:
                 else:
                     head, indent = self._stamp + rest[0], rest[1]
             line = step.line if step.secret is None else step.shown_line(reveal)
+            line = localize(line, self.lang)      # gponsim's own words, in its language
             body = bodies.get((line, style, indent))
             if body is None:
                 if len(bodies) > _CACHE_LIMIT:
@@ -294,16 +296,19 @@ class Narrator:
             if marker in self._seen:
                 return
             self._seen.add(marker)
-        cache = (entry.key, entry.match, indent)
+        said = entry.render(self.lang, step)       # the template, filled from this Step
+        cache = (entry.key, entry.match, indent, said)
         text = self._comments.get(cache)
         if text is None:
-            text = self._comments[cache] = self.comment_text(entry, indent)
+            if len(self._comments) > _CACHE_LIMIT:
+                self._comments.clear()
+            text = self._comments[cache] = self.comment_text(entry, indent, said)
         self._parts.append(text)
 
-    def comment_text(self, entry, indent: int) -> str:
+    def comment_text(self, entry, indent: int, said: str | None = None) -> str:
         """An explanation under its Step: ``↳ text (RFC)``, wrapped in its column."""
         body = Text("↳ ", style="dim")
-        body.append(entry.text(self.lang), style="italic dim")
+        body.append(said if said is not None else entry.text(self.lang), style="italic dim")
         if entry.rfc:
             body.append(f" ({entry.rfc})", style="dim")
         pad = " " * indent

@@ -158,7 +158,7 @@ def _notes(steps: list[Step], lang: str) -> str:
         entry = cat.resolve(step)
         if entry and entry.key not in seen:
             seen.add(entry.key)
-            notes.append(f"{step.shown_line().splitlines()[0][:80]}\n  {entry.text(lang)}"
+            notes.append(f"{step.shown_line().splitlines()[0][:80]}\n  {entry.render(lang, step)}"
                          + (f" ({entry.rfc})" if entry.rfc else ""))
     return "\n\n".join(notes)
 

@@ -39,6 +39,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from gponsim.server.unixpath import socket_address
 from gponsim.commentary import annotate
+from gponsim.server.dovecot import auth_penalty
 from gponsim.server.dovecot.passwd import Users
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire.sasl import MAX_LINE, decode_line, escape, sasl_step
@@ -107,6 +108,10 @@ class _Request:
     accept_cont: bool = False
     removed: bool = False
     timer: object = None
+    rip: str = ""                        # the client's address (auth penalty, logs)
+    session: str = ""                    # the login process's session id, if it sent one
+    no_penalty: bool = False
+    last_penalty: int = 0
 
 
 class AuthConnection(LineOnlyReceiver):
@@ -261,10 +266,26 @@ class AuthConnection(LineOnlyReceiver):
         if request_id in self.requests:
             self._drop(f"BUG: Authentication client {self.cpid} sent a duplicate ID {request_id}")
             return
-        request = _Request(id=request_id, mech=mech, service=params["service"])
+        request = _Request(id=request_id, mech=mech, service=params["service"],
+                           rip=params.get("rip", ""), session=params.get("session", ""),
+                           no_penalty="no-penalty" in params)
         request.timer = self.factory.reactor.callLater(
             self.factory.request_timeout, self._timed_out, request)
         self.requests[request_id] = request
+        penalty = self.factory.penalty.lookup(request.rip) \
+            if request.rip and not request.no_penalty else 0
+        request.last_penalty = penalty
+        if penalty:
+            # auth-request-handler.c: an address with recent failures waits first
+            self.factory.reactor.callLater(auth_penalty.to_secs(penalty), self._begin,
+                                           request, resp)
+            return
+        self._begin(request, resp)
+
+    def _begin(self, request: _Request, resp: str | None) -> None:
+        if request.removed:
+            return
+        mech = request.mech
         data: bytes | None = None
         if resp:                                 # an empty resp= is no response
             data = _b64decode(resp)
@@ -383,8 +404,18 @@ class AuthConnection(LineOnlyReceiver):
             return
         if ok:
             self._remove(request)
+            if request.last_penalty and request.rip:
+                self.factory.penalty.update(request.rip, 0)
             self.send(f"OK\t{request.id}\tuser={escape(request.user)}{self._extra(request)}")
         else:
+            if self.factory.verbose:
+                # auth_verbose = yes: the passdb says why (db-passwd-file.c)
+                why = ("Password mismatch" if self.factory.users.exists(request.user)
+                       else "unknown user")
+                where = ",".join(x for x in (request.user, request.rip) if x)
+                if request.session:
+                    where += f",<{request.session}>"
+                self.factory.log(f"auth: passwd-file({where}): {why}")
             self._fail(request)
 
     def _verify_error(self, failure, request: _Request) -> None:
@@ -402,6 +433,8 @@ class AuthConnection(LineOnlyReceiver):
     def _fail(self, request: _Request, code: str | None = None) -> None:
         """Authentication failed: answer after auth_failure_delay."""
         self._remove(request)
+        if request.rip and not request.no_penalty:
+            self.factory.penalty.update(request.rip, request.last_penalty + 1)
         line = f"FAIL\t{request.id}"
         if request.user is not None:
             line += f"\tuser={escape(request.user)}"
@@ -430,10 +463,15 @@ class AuthServer(Factory):
 
     def __init__(self, users: Users, *, mechanisms: Sequence[str] = ("PLAIN", "LOGIN"),
                  emit: Emit = null_emit, failure_delay: float = FAILURE_DELAY,
-                 request_timeout: float = REQUEST_TIMEOUT, reactor=None) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, reactor=None,
+                 verbose: bool = False, log: Callable[[str], None] = lambda text: None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        #: auth_verbose: failed logins explained in mail.log (``log`` writes them)
+        self.verbose = verbose
+        self.log = log
+        self.penalty = auth_penalty.AuthPenalty(clock=getattr(reactor, "seconds", time.time))
         self.users = users
         self.mechanisms = [m.upper() for m in mechanisms]
         unknown = [m for m in self.mechanisms if m not in MECH_FLAGS]

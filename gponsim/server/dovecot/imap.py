@@ -51,7 +51,8 @@ from gponsim.server.mailstore.interface import (
 from gponsim.server.mailstore.location import DEFAULT_LOCATION, MailLocation, open_store
 from gponsim.server.dovecot import imap_sort
 from gponsim.server.dovecot.imap_bodystructure import bodystructure
-from gponsim.server.dovecot.login import LoginCommon, LoginFactory
+from gponsim.server.dovecot.imap_preview import imap_string, preview
+from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
@@ -65,8 +66,9 @@ PRE_LOGIN_CAPS = ["IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "ID
 #: PREVIEW=FUZZY, PREVIEW, SAVEDATE and NOTIFY (docs/imap.md says why).
 POST_LOGIN_CAPS = (
     "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
-    "THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED "
-    "I18NLEVEL=1 ESEARCH WITHIN LIST-STATUS BINARY MOVE STATUS=SIZE LITERAL+").split()
+    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND UNSELECT CHILDREN NAMESPACE UIDPLUS "
+    "LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN LIST-STATUS BINARY MOVE "
+    "SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+").split()
 FLAGS_LIST = r"\Answered \Flagged \Deleted \Seen \Draft"
 #: FETCH items Dovecot answers first, whatever the order asked (Twisted's names).
 _BUFFERED_ITEMS = frozenset({"uid", "flags", "internaldate", "rfc822size"})
@@ -86,6 +88,9 @@ _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}$")
 _LITERAL_ANY = re.compile(rb"\{(\d{1,20})\+?\}$")
 _LITERAL8 = re.compile(rb"~(\{\d{1,20}\+?\})$")
 #: FETCH BINARY items (RFC 3516), which Twisted's FETCH parser does not know.
+#: RFC 8970 PREVIEW (and LAZY), Dovecot's SNIPPET (FUZZY), RFC 8514 SAVEDATE
+_EXTRA_ITEM = re.compile(rb"(?i)(?<![\w.\[])(?:PREVIEW(?:\s*\(\s*(?P<lazy>LAZY)\s*\))?"
+                         rb"|SNIPPET\s*\(\s*FUZZY\s*\)|SAVEDATE)(?![\w.\]])")
 _BINARY_ITEM = re.compile(
     rb"(?i)\bBINARY(?P<size>\.SIZE)?(?P<peek>\.PEEK)?\[(?P<section>[0-9.]*)\]"
     rb"(?:<(?P<start>\d+)\.(?P<length>\d+)>)?")
@@ -104,6 +109,7 @@ class ImapSettings:
     login_timeout: float = 60.0
     #: mail_max_userip_connections per protocol (0 = no limit)
     max_userip_connections: dict = field(default_factory=lambda: {"imap": 10, "pop3": 10})
+    auth_verbose: bool = False
 
 
 @dataclass
@@ -395,8 +401,13 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._bytes_out = 0
         self._logged_out = False
         self._dovecot_session = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
-        self.mpid = os.getpid() + 33
-        self.counts = {"expunged": 0, "deleted": 0}
+        self.mpid = next_mpid()
+        self.counts = {"expunged": 0, "deleted": 0, "hdr_count": 0, "hdr_bytes": 0,
+                       "body_count": 0, "body_bytes": 0}
+        #: imap-login's client_ignores_capability_resp_code: the client asked
+        #: CAPABILITY before STARTTLS, so it gets an untagged CAPABILITY at login
+        self._caps_asked = False
+        self._last_cmd: tuple[str, float] | None = None   # name as typed, when it ended
 
     # ------------------------------------------------------------ plumbing
 
@@ -413,6 +424,40 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bytes_in += len(data)
         self._emit_all(self.conv.client_data(data))
         super().dataReceived(data)
+        self._flush_synced()        # the input is used up: Dovecot syncs and answers
+
+    #: Commands that end with a mailbox sync (cmd_sync in Dovecot) and may run
+    #: side by side: pipelined one after another, Dovecot runs them all and
+    #: sends their tagged replies together after the sync, once the input is
+    #: used up or a command that cannot run alongside them comes.
+    _SYNC_COMMANDS = frozenset({b"FETCH", b"SEARCH", b"STORE"})
+    _held: list = []
+
+    def _next_is_sync_command(self) -> bool:
+        buffered = getattr(self, "_buffer", b"")
+        end = buffered.find(b"\n")
+        if end < 0:
+            return False
+        words = buffered[:end].split()
+        if len(words) >= 3 and words[1].upper() == b"UID":
+            words = words[1:]
+        return len(words) >= 2 and words[1].upper() in self._SYNC_COMMANDS
+
+    def _sync_ok(self, tag, text: str) -> None:
+        uid = self._command.startswith("UID ")
+        if self._next_is_sync_command():
+            self._held = self._held + [(tag, text, uid)]
+            return
+        self._held = self._held + [(tag, text, uid)]
+        self._flush_synced()
+
+    def _flush_synced(self) -> None:
+        """The held tagged replies: Dovecot syncs the commands that use
+        sequence numbers first (no expunges may be sent while they run),
+        then the UID commands (a full sync)."""
+        held, self._held = self._held, []
+        for tag, text, _uid in sorted(held, key=lambda item: item[2]):
+            self._ok(tag, text)
 
     def log(self, text: str) -> None:
         self.lab.log(text)
@@ -446,17 +491,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._anvil_disconnect()
         if self.user and not self._logged_out:
             self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
-                     f"Disconnected: Connection closed {self._stats()}")
+                     f"Disconnected: Connection closed{self._command_status()} {self._stats()}")
         elif not self.user and not self._refused:     # (a refusal logged its own line)
-            secs = int(time.time() - self._connected_at)
-            if self._failed_auths:
-                what = (f"auth failed, {self._failed_auths} attempts in {secs} secs")
-                user = self._last_user or ""
-                self.log(f"imap-login: Disconnected ({what}): user=<{user}>, "
-                         f"method={self._auth_method}, {self._addr_text()}")
-            else:
-                self.log(f"imap-login: Disconnected (no auth attempts in {secs} secs): "
-                         f"user=<>, {self._addr_text()}")
+            self.log(self._login_disconnect_line(self._last_user, self._auth_method))
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
                                            proto="imap", src="client", dst="imap", tls=self.tls))
         super().connectionLost(reason)
@@ -464,9 +501,27 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     _last_user = None
 
     def _stats(self) -> str:
-        return (f"in={self._bytes_in} out={self._bytes_out} deleted={self.counts['deleted']} "
-                f"expunged={self.counts['expunged']} trashed=0 hdr_count=0 hdr_bytes=0 "
-                f"body_count=0 body_bytes=0")
+        """imap_logout_format's default (10-logging.conf)."""
+        c = self.counts
+        return (f"in={self._bytes_in} out={self._bytes_out} deleted={c['deleted']} "
+                f"expunged={c['expunged']} trashed=0 hdr_count={c['hdr_count']} "
+                f"hdr_bytes={c['hdr_bytes']} body_count={c['body_count']} "
+                f"body_bytes={c['body_bytes']}")
+
+    def _command_status(self) -> str:
+        """Why the imap process saw the client go (imap-client.c): the command
+        still running (IDLE), else the last one and how long ago it ended."""
+        if self._idle_tag is not None:
+            running = time.monotonic() - self._cmd_start
+            return (f" (IDLE running for 0.001 + waiting input for {running:.3f} secs, "
+                    f"{self._idle_in} B in + {self._idle_out} B out, state=wait-input)")
+        if self._last_cmd is None:
+            return " (No commands sent)"
+        name, ended = self._last_cmd
+        return f" ({name} finished {time.monotonic() - ended:.3f} secs ago)"
+
+    _idle_in = 0
+    _idle_out = 0
 
     def timeoutConnection(self) -> None:
         self.sendLine(b"* BYE Disconnected for inactivity.")
@@ -537,6 +592,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.sendLine(_b(tag or b"*") + b" OK " + text.encode())
 
     # --------------------------------------------------------------- input
+
+    _line_end = b"\r\n"
 
     def lineReceived(self, line: bytes) -> None:
         if self._idle_tag is not None:
@@ -629,6 +686,11 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             else:
                 self._bad(tag, f"Error in IMAP command {name}: Unknown command.")
             return
+        runs_along = name.encode() in self._SYNC_COMMANDS or (
+            name == "UID" and (rest or b"").split()[:1] != []
+            and rest.split()[0].upper() in self._SYNC_COMMANDS)
+        if self._held and not runs_along:
+            self._flush_synced()      # this one waits for the earlier ones to finish
         shown = self._command = f"UID {name}" if uid else name
         if name in _NO_ARGUMENTS:
             rest, empty = b"", True     # Dovecot does not look at what follows
@@ -641,10 +703,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bad(tag, f"Error in IMAP command {shown}: 8bit data in atom.")
             return
         super().dispatchCommand(tag, cmd, rest, uid)
+        if self.user and cmd.upper() != b"UID":
+            typed = cmd.decode("ascii", "replace")           # as the client typed it
+            self._last_cmd = (f"UID {typed}" if uid else typed, time.monotonic())
 
     # ------------------------------------------------------ any state
 
     def do_CAPABILITY(self, tag):
+        if not self.user and not self._starttls:
+            self._caps_asked = True
         self._untagged(b"CAPABILITY " + b" ".join(self.listCapabilities()))
         if self.user:
             self._ok(tag, "Capability completed.")
@@ -660,8 +727,14 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._ok(tag, "Logout completed.")
         if self.user:
             self._logged_out = True
-            self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: Logged out "
-                     f"{self._stats()}")
+            # Dovecot's parser stops at the end of the command's arguments and
+            # skips the line end when the next command starts: after LOGOUT it
+            # never does, so in= leaves out the last CRLF
+            self._bytes_in -= 2 if self._line_end == b"\r\n" else 1
+            self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
+                     f"Disconnected: Logged out {self._stats()}")
+        else:
+            self._login_end = UNAUTHENTICATED_LOGOUT
         self.transport.loseConnection()
 
     def do_ID(self, tag, line):
@@ -697,6 +770,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     def do_LOGIN(self, tag, user, passwd):
         if not self.secured and self.settings.disable_plaintext_auth:
+            self._plaintext_refused(user.decode("utf-8", "replace"))
             self._untagged("BAD [ALERT] Plaintext authentication not allowed without SSL/TLS, "
                            "but your client did it anyway. If anyone was listening, the "
                            "password was exposed.")
@@ -718,6 +792,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._no(tag, "Unsupported authentication mechanism.")
             return
         if not self.secured and self.settings.disable_plaintext_auth:
+            self._plaintext_refused(None)
             self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disallowed on "
                           "non-secure (SSL/TLS) connections.")
             return
@@ -737,10 +812,12 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if self.lab.auth is None:
             self._no(tag, "[UNAVAILABLE] Temporary authentication failure.")
             return
+        self._login_attempts += 1
+        self._login_started = self._login_started or time.time()
         self.blocked = []
         d = self.lab.auth.start(mech, service="imap", lip=self.server_ip, rip=self.client_ip,
                                 secured=self.secured, resp_b64=resp, session=self.session,
-                                nologin=False)
+                                nologin=False, login_session=self._dovecot_session)
         d.addCallbacks(self._sasl_reply, self._sasl_error, (tag,), None, (tag,), None)
 
     def _sasl_reply(self, reply, tag) -> None:
@@ -757,7 +834,6 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         elif reply.kind == "OK":
             self._logged_in(reply.user, tag)
         else:
-            self._failed_auths += 1
             if reply.user:
                 self._last_user = reply.user
             if reply.reason and "aborted" in reply.reason.lower():
@@ -781,7 +857,6 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if text == "*":
             self._auth_pending = None
             self.lab.auth.abort(rid)
-            self._failed_auths += 1
             self._bad(tag, "Authentication aborted by client.")
             return
         self.blocked = []
@@ -804,7 +879,13 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                  + (", TLS" if self.tls else ", secured" if self.secured else "")
                  + f", session=<{self._dovecot_session}>")
         caps = " ".join(c.decode() for c in self.listCapabilities())
-        self.sendLine(_b(tag) + f" OK [CAPABILITY {caps}] Logged in".encode())
+        if self._caps_asked:
+            # imap-login's rule: a client that asked CAPABILITY itself before
+            # STARTTLS may not read a resp-code: untagged CAPABILITY, then OK
+            self._untagged(f"CAPABILITY {caps}")
+            self.sendLine(_b(tag) + b" OK Logged in")
+        else:
+            self.sendLine(_b(tag) + f" OK [CAPABILITY {caps}] Logged in".encode())
 
     # ------------------------------------------------------------ logged in
 
@@ -882,6 +963,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.folder = None
         self.view = []
         self.recent = set()
+        self._saved = frozenset()        # RFC 5182: "$" is forgotten with the mailbox
         if self.state == "select":
             self.state = "auth"
 
@@ -953,7 +1035,14 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         special = {n: use for n, use, _a in self.settings.special_use}
         want_sub = lsub or "SUBSCRIBED" in select_opts
         regexes = [imap4.wildcardToRegexp(ref + p, "/") for p in patterns]
-        for info in self.store.list():
+        # What Dovecot's LIST reports (cmd-list.c): CHILDREN information for a
+        # plain LIST or when asked for; special-use for a plain LIST, LSUB, or
+        # when asked for; \Marked/\UnMarked when the subscriptions are walked.
+        extended = bool(select_opts or return_opts)
+        children = not lsub and (not extended or "CHILDREN" in returns)
+        special_use = lsub or not extended or "SPECIAL-USE" in returns \
+            or "SPECIAL-USE" in select_opts
+        for info in self._dovecot_order(self.store.list()):
             if not any(r.fullmatch(info.name) for r in regexes):
                 continue
             if want_sub and info.name not in subscribed:
@@ -961,19 +1050,53 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             if "SPECIAL-USE" in select_opts and not special.get(info.name):
                 continue
             attrs = []
-            if not info.selectable:
-                attrs.append("\\Noselect")
-            if not lsub:
-                attrs.append("\\HasChildren" if info.children else "\\HasNoChildren")
             if info.name in subscribed and ("SUBSCRIBED" in select_opts
                                            or "SUBSCRIBED" in returns):
                 attrs.append("\\Subscribed")
-            if special.get(info.name) and not lsub:
+            if not info.selectable:
+                attrs.append("\\Noselect")
+            mbox = self._mbox()
+            if not lsub:
+                if info.children:
+                    attrs.append("\\HasChildren")
+                elif mbox and info.selectable and info.name != "INBOX":
+                    attrs.append("\\NoInferiors")     # an mbox file holds no folders
+                elif children:
+                    attrs.append("\\HasNoChildren")
+            if mbox and "SUBSCRIBED" in select_opts and info.selectable:
+                attrs.append(self._marked(info.name))
+            if special.get(info.name) and special_use:
                 attrs.append(special[info.name])
             self._untagged(f'{verb} ({" ".join(attrs)}) "/" {quote(info.name)}')
             if status_items and info.selectable:
                 self._status_line(info.name, status_items)
         self._ok(tag, f"{verb.title()} completed.")
+
+    @staticmethod
+    def _dovecot_order(infos):
+        """Dovecot's fs iteration: each directory's entries sorted by name
+        (files and folders together, a folder's children right after it),
+        INBOX (another file, /var/mail/user) at the end."""
+        others = sorted((i for i in infos if i.name != "INBOX"),
+                        key=lambda i: [part.encode() for part in i.name.split("/")])
+        return others + [i for i in infos if i.name == "INBOX"]
+
+    def _mbox(self) -> bool:
+        location = self.settings.mail_location
+        fmt = location.format if isinstance(location, MailLocation) else \
+            str(location).partition(":")[0]
+        return fmt == "mbox"
+
+    def _marked(self, name: str) -> str:
+        """mbox's \\Marked (new mail: modified since it was last read) or \\UnMarked."""
+        try:
+            path = getattr(self.store.folder(name), "path", None)
+            st = os.stat(path) if path is not None else None
+        except (StoreError, OSError):
+            st = None
+        if st is None:
+            return "\\UnMarked"
+        return "\\Marked" if st.st_size and st.st_mtime > st.st_atime else "\\UnMarked"
 
     def do_LSUB(self, tag, line):
         self.do_LIST(tag, line, lsub=True)
@@ -1211,9 +1334,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     select_EXPUNGE = (do_EXPUNGE,)
 
+    #: SEARCHRES (RFC 5182): the UIDs the last SEARCH RETURN (SAVE) kept, for "$"
+    _saved: frozenset = frozenset()
+
     def _messages(self, state, set_text: str, uid: bool):
         """(seq, message) pairs of the view matching a sequence/UID set."""
         by_uid = {m.uid: m for m in state.messages}
+        if set_text == "$":
+            return [(i + 1, by_uid[u]) for i, u in enumerate(self.view)
+                    if u in self._saved and u in by_uid]
         if uid:
             last = self.view[-1] if self.view else 0
             ranges = parse_set(set_text, last)
@@ -1264,10 +1393,19 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 "length": int(m.group("length")) if m.group("length") is not None else None})
             return b""
         rest = _BINARY_ITEM.sub(take, line)
+
+        def extra(m):
+            word = m.group(0).split(b"(")[0].strip().upper()
+            kind = {b"PREVIEW": "preview", b"SNIPPET": "snippet", b"SAVEDATE": "savedate"}[word]
+            binaries.append({"extra": "lazy" if m.group("lazy") else kind})
+            return b""
+        rest = _EXTRA_ITEM.sub(extra, rest)
         if not binaries:
             query, rest = imap4.IMAP4Server.arg_fetchatt(self, line)
             return (query, []), rest
         for item in binaries:
+            if "extra" in item:
+                continue
             if item["size"] and (item["peek"] or item["start"] is not None):
                 raise imap4.IllegalClientResponse("Invalid BINARY.SIZE")
             if any(not p.isdigit() or p == "0" for p in item["section"].split(".") if
@@ -1293,7 +1431,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         wants_seen = any(
             (q.type == "body" and not q.peek and (q.header or q.text or q.mime or q.empty))
             or q.type in ("rfc822", "rfc822text") for q in query) or any(
-            not b["peek"] and not b["size"] for b in binaries)
+            "extra" not in b and not b["peek"] and not b["size"] for b in binaries)
         seen_now: set[int] = set()
         if wants_seen and not self.readonly:
             unseen = [m.uid for _s, m in chosen if SEEN not in m.flags]
@@ -1319,6 +1457,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             for q in query:
                 (items if q.type in _BUFFERED_ITEMS else others).append(self._fetch_item(q, msg))
             for b in binaries:
+                if "extra" in b:
+                    (items if b["extra"] == "savedate" else others).append(
+                        self._extra_item(b["extra"], msg))
+                    continue
                 try:
                     others.append(_binary_item(b, msg))
                 except _UnknownCTE:
@@ -1328,7 +1470,21 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 items.append(self._flags_item(msg))
             self.transport.write(b"* %d FETCH (" % seq + b" ".join(items + others) + b")\r\n")
         self._refresh(expunges=False)
-        self._ok(tag, "Fetch completed.")
+        self._sync_ok(tag, "Fetch completed.")
+
+    def _extra_item(self, kind: str, msg: Message) -> bytes:
+        """PREVIEW (RFC 8970), SNIPPET (FUZZY) and SAVEDATE (RFC 8514) as Dovecot
+        answers them with mbox: no save date is kept."""
+        if kind == "savedate":
+            return b"SAVEDATE NIL"
+        if kind == "lazy":
+            # Dovecot 2.3 with mbox answers NIL: the preview is not at hand
+            # without reading the message (checked against its imap binary)
+            return b"PREVIEW NIL"
+        text = preview(msg.wire())
+        if kind == "snippet":
+            return b"SNIPPET (FUZZY " + imap_string(text) + b")"
+        return b"PREVIEW " + imap_string(text)
 
     def _flags_item(self, msg: Message) -> bytes:
         flags = [f for f in SYSTEM_FLAGS if f in msg.flags] + list(msg.keywords)
@@ -1361,11 +1517,11 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         head = wire[:cut + 4] if cut >= 0 else wire
         text = wire[cut + 4:] if cut >= 0 else b""
         if t == "rfc822":
-            return b"RFC822 " + _lit(wire)
+            return b"RFC822 " + _lit(self._counted(wire, header=False))
         if t == "rfc822header":
-            return b"RFC822.HEADER " + _lit(head)
+            return b"RFC822.HEADER " + _lit(self._counted(head, header=True))
         if t == "rfc822text":
-            return b"RFC822.TEXT " + _lit(text)
+            return b"RFC822.TEXT " + _lit(self._counted(text, header=False))
         if t == "body":
             return self._fetch_body(q, msg, wire, head, text)
         raise imap4.IllegalClientResponse(f"Unknown FETCH item {t}")
@@ -1412,7 +1568,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             start = q.partialBegin
             source = source[start:start + q.partialLength]
             out += b"<%d>" % start
-        return out + b" " + _lit(source)
+        return out + b" " + _lit(self._counted(source, header=bool(q.header or q.mime)))
+
+    def _counted(self, data: bytes, header: bool) -> bytes:
+        """imap-fetch-body.c's statistics for the logout line: a part without
+        the body counts as a header fetch, anything else as a body fetch."""
+        kind = "hdr" if header else "body"
+        self.counts[f"{kind}_count"] += 1
+        self.counts[f"{kind}_bytes"] += len(data)
+        return data
 
     select_FETCH = (do_FETCH, _arg_rawset, _arg_fetchatt)
 
@@ -1449,7 +1613,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 prefix = f"UID {msg.uid} " if uid else ""
                 self._untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(new)}))")
         self._refresh(expunges=False)
-        self._ok(tag, "Store completed.")
+        self._sync_ok(tag, "Store completed.")
 
     def _arg_flaglist(self, line):
         """Twisted's flag list; none at all (``STORE 1 +FLAGS``) is an empty list, as
@@ -1522,7 +1686,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             msg = by_uid.get(u)
             if msg is None:
                 continue
-            if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent, now):
+            if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent, now,
+                           self._saved):
                 hits.append((seq, msg))
         return hits
 
@@ -1542,7 +1707,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             returns = None
             if len(keys) >= 2 and str(keys[0]).upper() == "RETURN" and isinstance(keys[1], list):
                 returns = [str(r).upper() for r in keys[1]] or ["ALL"]
-                unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL")]
+                unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL", "SAVE")]
                 if unknown:
                     raise imap4.IllegalClientResponse(f"Unknown return option: {unknown[0]}")
                 keys = keys[2:]
@@ -1552,7 +1717,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 if not self._charset(tag, str(keys[1])):
                     return
                 keys = keys[2:]
-            hits = [msg.uid if uid else seq for seq, msg in self._search(keys)]
+            found = self._search(keys)
+            hits = [msg.uid if uid else seq for seq, msg in found]
         except (imap4.IllegalClientResponse, IndexError, ValueError) as exc:
             self._bad(tag, f"Error in IMAP command {verb}: {exc or 'Invalid arguments'}")
             return
@@ -1565,20 +1731,38 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if returns is None:
             self._untagged("SEARCH" + "".join(f" {h}" for h in hits))
         else:
-            # RFC 4731 ESEARCH, items in Dovecot's order.
-            text = f'ESEARCH (TAG "{_b(tag).decode("ascii", "replace")}")'
-            if uid:
-                text += " UID"
-            if "MIN" in returns and hits:
-                text += f" MIN {min(hits)}"
-            if "MAX" in returns and hits:
-                text += f" MAX {max(hits)}"
-            if "ALL" in returns and hits:
-                text += f" ALL {_uid_set(hits)}"
-            if "COUNT" in returns:
-                text += f" COUNT {len(hits)}"
-            self._untagged(text)
-        self._ok(tag, "Search completed.")
+            if "SAVE" in returns:
+                # RFC 5182: with MIN and/or MAX only those are kept
+                uids = [m.uid for _s, m in found]
+                kept = uids
+                if ("MIN" in returns or "MAX" in returns) and not \
+                        ("ALL" in returns or "COUNT" in returns) and uids:
+                    kept = sorted({uids[0] if "MIN" in returns else uids[-1],
+                                   uids[-1] if "MAX" in returns else uids[0]})
+                self._saved = frozenset(kept)
+            shown = [r for r in returns if r != "SAVE"]
+            if shown:
+                self._untagged(self._esearch(tag, uid, hits, shown, sort_order=False))
+        self._sync_ok(tag, "Search completed.")
+
+    @staticmethod
+    def _esearch(tag, uid: int, hits: list[int], returns: list[str], sort_order: bool) -> str:
+        """RFC 4731 ESEARCH (RFC 5267 ESORT with ``sort_order``: MIN, MAX and
+        ALL follow the sort), items in Dovecot's order."""
+        text = f'ESEARCH (TAG "{_b(tag).decode("ascii", "replace")}")'
+        if uid:
+            text += " UID"
+        if hits:
+            low, high = (hits[0], hits[-1]) if sort_order else (min(hits), max(hits))
+            if "MIN" in returns:
+                text += f" MIN {low}"
+            if "MAX" in returns:
+                text += f" MAX {high}"
+            if "ALL" in returns:
+                text += f" ALL {_in_order_set(hits) if sort_order else _uid_set(hits)}"
+        if "COUNT" in returns:
+            text += f" COUNT {len(hits)}"
+        return text
 
     select_SEARCH = (do_SEARCH, imap4.IMAP4Server.arg_line)
 
@@ -1608,12 +1792,29 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         return first, [imap_sort.info(msg.uid if uid else seq, seq, msg) for seq, msg in hits]
 
     def do_SORT(self, tag, line, uid=0):
+        returns = None
+        words = (line or b"").split(None, 1)
+        if words and words[0].upper() == b"RETURN":            # RFC 5267 ESORT
+            m = re.match(rb"(?i)RETURN\s*\(([^()]*)\)\s*(.*)$", line.strip(), re.S)
+            if not m:
+                self._bad(tag, f"Error in IMAP command {'UID ' if uid else ''}SORT: "
+                               "Invalid arguments.")
+                return
+            returns = [w.decode().upper() for w in m.group(1).split()] or ["ALL"]
+            if any(r not in ("MIN", "MAX", "COUNT", "ALL") for r in returns):
+                self._bad(tag, f"Error in IMAP command {'UID ' if uid else ''}SORT: "
+                               "Invalid arguments.")
+                return
+            line = m.group(2)
         got = self._sort_items(tag, "UID SORT" if uid else "SORT", line, uid, True)
         if got is None:
             return
         criteria, items = got
         numbers = imap_sort.sort(items, criteria)
-        self._untagged("SORT" + "".join(f" {n}" for n in numbers))
+        if returns is None:
+            self._untagged("SORT" + "".join(f" {n}" for n in numbers))
+        else:
+            self._untagged(self._esearch(tag, uid, numbers, returns, sort_order=True))
         self._ok(tag, "Sort completed.")
 
     def do_THREAD(self, tag, line, uid=0):
@@ -1623,6 +1824,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         algorithm, items = got
         if algorithm == "ORDEREDSUBJECT":
             roots = imap_sort.thread_orderedsubject(items)
+        elif algorithm == "REFS":
+            roots = imap_sort.thread_refs(items)
         else:
             roots = imap_sort.thread_references(items)
         threads = imap_sort.format_threads(roots)
@@ -1665,6 +1868,23 @@ def _b(tag) -> bytes:
 
 def _lit(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+def _in_order_set(numbers) -> str:
+    """ESORT's ALL: the numbers in sort order, runs of consecutive ascending
+    numbers written as ranges (``14,11,16,3:4,6``)."""
+    parts: list[str] = []
+    start = prev = None
+    for n in numbers:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            parts.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = n
+    if start is not None:
+        parts.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(parts)
 
 
 def _uid_set(uids) -> str:
@@ -1762,21 +1982,23 @@ def _filter_headers(head: bytes, names: set[str], negate: bool) -> bytes:
 # --------------------------------------------------------------------------
 # SEARCH evaluation (RFC 3501 §6.4.4)
 
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
 
 
 def _search_all(keys: list, seq: int, msg: Message, count: int, last_uid: int,
-                recent: set, now: float = 0.0) -> bool:
+                recent: set, now: float = 0.0, saved: frozenset = frozenset()) -> bool:
     while keys:
-        if not _search_one(keys, seq, msg, count, last_uid, recent, now):
+        if not _search_one(keys, seq, msg, count, last_uid, recent, now, saved):
             return False
     return True
 
 
-def _search_one(keys: list, seq, msg: Message, count, last_uid, recent, now=0.0) -> bool:
+def _search_one(keys: list, seq, msg: Message, count, last_uid, recent, now=0.0,
+                saved: frozenset = frozenset()) -> bool:
     key = keys.pop(0)
     if isinstance(key, list):
-        return _search_all(list(key), seq, msg, count, last_uid, recent, now)
+        return _search_all(list(key), seq, msg, count, last_uid, recent, now, saved)
     k = key.upper()
     flags = msg.flags
     simple = {
@@ -1790,17 +2012,24 @@ def _search_one(keys: list, seq, msg: Message, count, last_uid, recent, now=0.0)
     if k in simple:
         return simple[k]
     if k == "NOT":
-        return not _search_one(keys, seq, msg, count, last_uid, recent, now)
+        return not _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
     if k == "OR":
-        a = _search_one(keys, seq, msg, count, last_uid, recent, now)
-        b = _search_one(keys, seq, msg, count, last_uid, recent, now)
+        a = _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
+        b = _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
         return a or b
+    if k == "$":                           # SEARCHRES: the saved result
+        return msg.uid in saved
+    if k == "SAVEDATESUPPORTED":           # RFC 8514: mbox keeps no save dates
+        return False
     if k in ("YOUNGER", "OLDER"):          # RFC 5032 WITHIN: seconds, on INTERNALDATE
         age = (now or time.time()) - msg.internal_date
         limit = int(keys.pop(0))
         return age <= limit if k == "YOUNGER" else age > limit
     if k == "UID":
-        return in_set(msg.uid, parse_set(keys.pop(0), last_uid))
+        value = keys.pop(0)
+        if value == "$":
+            return msg.uid in saved
+        return in_set(msg.uid, parse_set(value, last_uid))
     if k in ("KEYWORD", "UNKEYWORD"):
         has = keys.pop(0) in msg.keywords
         return has if k == "KEYWORD" else not has
@@ -1818,7 +2047,11 @@ def _search_one(keys: list, seq, msg: Message, count, last_uid, recent, now=0.0)
         return needle in hay.lower()
     if k in _DATE_KEYS:
         when = _search_date(keys.pop(0))
-        if k.startswith("SENT"):
+        if k.startswith("SAVED"):
+            # RFC 8514 with mbox: no save date is kept; Dovecot compares the
+            # time its index first saw the message (its imap binary: now)
+            stamp = now or time.time()
+        elif k.startswith("SENT"):
             parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
             try:
                 stamp = email.utils.parsedate_to_datetime(parsed.get("Date", "")).timestamp()
@@ -1828,7 +2061,7 @@ def _search_one(keys: list, seq, msg: Message, count, last_uid, recent, now=0.0)
             stamp = msg.internal_date
         day = time.strftime("%Y%m%d", time.localtime(stamp))
         wanted = time.strftime("%Y%m%d", time.localtime(when))
-        k2 = k.removeprefix("SENT")
+        k2 = k.removeprefix("SENT").removeprefix("SAVED")
         return {"BEFORE": day < wanted, "ON": day == wanted, "SINCE": day >= wanted}[k2]
     if re.fullmatch(r"[0-9*:,]+", key):
         return in_set(seq, parse_set(key, count))

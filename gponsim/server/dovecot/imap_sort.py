@@ -28,7 +28,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
-THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES", "REFS")
 
 _parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 _MSGID = re.compile(r"<([^<>\s]+)>")
@@ -271,7 +271,22 @@ def _unlink(child: _Node) -> None:
         child.parent = None
 
 
-def thread_references(items: list[Info]) -> list:
+def thread_refs(items: list[Info]) -> list:
+    """Dovecot's THREAD=REFS: REFERENCES without merging threads by subject,
+    each thread's messages ordered by sent date, and the threads ordered by
+    their newest message (the thread with the latest activity comes last)."""
+    roots = thread_references(items, by_subject=False)
+
+    def newest(node: _Node):
+        keys = [newest(child) for child in node.children]
+        if node.item is not None:
+            keys.append(_by_date(node.item))
+        return max(keys) if keys else (0.0, 0)
+    roots.sort(key=newest)
+    return roots
+
+
+def thread_references(items: list[Info], by_subject: bool = True) -> list:
     """RFC 5256 REFERENCES (Jamie Zawinski's algorithm)."""
     table: dict[str, _Node] = {}
     unique = 0
@@ -313,7 +328,7 @@ def thread_references(items: list[Info]) -> list:
     roots.sort(key=lambda n: n.date_key())
     # (5) gather threads whose roots have the same base subject
     subjects: dict[str, _Node] = {}
-    for node in roots:
+    for node in (roots if by_subject else []):
         item = node.subject_item()
         base, reply = base_subject(item.subject) if item else ("", False)
         if not base:
@@ -322,7 +337,7 @@ def thread_references(items: list[Info]) -> list:
         if (old is None or (node.item is None and old.item is not None)
                 or (base_subject(old.subject_item().subject)[1] and not reply)):
             subjects[base] = node
-    for node in roots:
+    for node in (roots if by_subject else []):
         if node.parent is not None:
             continue                                   # already merged under another
         item = node.subject_item()

@@ -3,10 +3,26 @@ to whom, and whether the connection counts as secured."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import time
+
 from twisted.internet import protocol
 
 from gponsim.server.tls import describe_connection
 from gponsim.wire import smtp as smtp_wire
+
+
+#: Each logged-in session is a process of its own in Dovecot (imap, pop3:
+#: service_count = 1), so each has its own pid: mpid= and imap(user)<pid>.
+_MPIDS = itertools.count(os.getpid() + 1000)
+
+#: login-common: what a client that logs out before logging in is told in the log
+UNAUTHENTICATED_LOGOUT = "Aborted login by logging out"
+
+
+def next_mpid() -> int:
+    return next(_MPIDS)
 
 
 class LoginCommon:
@@ -40,6 +56,39 @@ class LoginCommon:
     def secured(self) -> bool:
         """Dovecot's rule: TLS, or a client on the server's own address."""
         return self.tls or self.client_ip == self.server_ip
+
+    #: why the login process let the client go, when it was not just a
+    #: closed connection ("Aborted login by logging out")
+    _login_end = "Connection closed"
+    _login_attempts = 0
+    _login_started = 0.0
+
+    def _login_disconnect_line(self, user: str | None, method: str | None) -> str:
+        """login-common's line for a client that leaves before logging in
+        (``client_get_extra_disconnect_reason``)."""
+        now = time.time()
+        if not self._login_attempts:
+            extra = f"no auth attempts in {int(now - self._connected_at)} secs"
+        else:
+            secs = int(now - (self._login_started or self._connected_at))
+            extra = f"auth failed, {self._login_attempts} attempts in {secs} secs"
+        who = f"user=<{user or ''}>, "
+        if method and self._login_attempts:
+            who += f"method={method}, "
+        return (f"{self.ACTOR}-login: Disconnected: {self._login_end} ({extra}): "
+                f"{who}{self._addr_text()}")
+
+    def _plaintext_refused(self, user: str | None) -> None:
+        """``client_check_plaintext_auth``: a password sent in clear where
+        disable_plaintext_auth forbids it counts as a failed attempt (by the
+        user LOGIN named, if any); with auth_verbose = yes it is logged."""
+        self._login_attempts += 1
+        self._login_started = self._login_started or time.time()
+        if user:
+            self._last_user = user
+        if self.settings.auth_verbose:
+            self.lab.log(f"{self.ACTOR}-login: Login failed: Plaintext authentication disabled: "
+                         f"user=<>, {self._addr_text()}")
 
     def _addr_text(self) -> str:
         """How Dovecot's login processes end a log line: addresses, TLS, session."""
@@ -90,7 +139,7 @@ class LoginCommon:
             self.STARTTLS_VERB if self._starttls else "IMPLICIT",
             f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
             session=self.session, proto="tls", tls=True, src="client", dst=self.ACTOR,
-            meta={"version": version, "cipher": cipher}))
+            meta={"version": version, "cipher": cipher, "dovecot": True}))
 
 
 class LoginFactory(protocol.ServerFactory):

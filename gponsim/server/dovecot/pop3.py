@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from gponsim.server.dovecot.imap import ImapContext
 from gponsim.server.mailstore.interface import SEEN, StoreError
-from gponsim.server.dovecot.login import LoginCommon, LoginFactory
+from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session
 from gponsim.wire import smtp as smtp_wire
@@ -80,7 +80,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self._logged_out = False
         self._connected_at = time.time()
         self._dovecot_session = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
-        self.mpid = os.getpid() + 35
+        self.mpid = next_mpid()
         self.blocked = None
         self.state = "COMMAND"
 
@@ -126,14 +126,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
             self.lab.log(f"pop3({self.user})<{self.mpid}><{self._dovecot_session}>: "
                          f"Disconnected: Connection closed {self._stats()}")
         elif not self.user and not self._refused:     # (a refusal logged its own line)
-            secs = int(time.time() - self._connected_at)
-            if self._failed:
-                self.lab.log(f"pop3-login: Disconnected (auth failed, {self._failed} attempts in "
-                             f"{secs} secs): user=<{self._last_user or ''}>, method={self._mech}, "
-                             f"{self._addr_text()}")
-            else:
-                self.lab.log(f"pop3-login: Disconnected (no auth attempts in {secs} secs): "
-                             f"user=<>, {self._addr_text()}")
+            self.lab.log(self._login_disconnect_line(self._last_user, self._mech))
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
                                            proto="pop3", src="client", dst="pop3", tls=self.tls))
 
@@ -236,6 +229,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
     def cmd_QUIT(self, args: str) -> None:
         if self.user is None:
             self.ok("Logging out")
+            self._login_end = UNAUTHENTICATED_LOGOUT
             self.transport.loseConnection()
             return
         removed = False
@@ -258,6 +252,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
 
     def cmd_USER(self, args: str) -> None:
         if not self.plaintext_ok:
+            self._plaintext_refused(None)
             self.err("[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
                      "connections.")
             return
@@ -291,6 +286,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
             return
         if not self.plaintext_ok:
             self.conv.in_auth = False
+            self._plaintext_refused(None)
             self.err("[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
                      "connections.")
             return
@@ -304,10 +300,12 @@ class Pop3Server(LoginCommon, pop3.POP3):
         if self.lab.auth is None:
             self.err("[SYS/TEMP] Temporary authentication failure.")
             return
+        self._login_attempts += 1
+        self._login_started = self._login_started or time.time()
         self._hold()
         d = self.lab.auth.start(mech, service="pop3", lip=self.server_ip, rip=self.client_ip,
                                 secured=self.secured, resp_b64=resp, session=self.session,
-                                nologin=False)
+                                nologin=False, login_session=self._dovecot_session)
         d.addCallbacks(self._sasl_reply, self._sasl_error)
 
     def _sasl_reply(self, reply) -> None:
@@ -358,7 +356,8 @@ class Pop3Server(LoginCommon, pop3.POP3):
         try:
             store = self.lab.store_for(user)
             self.folder = store.folder("INBOX")
-            state = self.folder.sync()
+            # a read-write session: the messages are no longer \Recent for IMAP
+            state = self.folder.sync(mark_old=True)
         except (StoreError, OSError) as exc:
             self.err(f"[SYS/TEMP] {exc}")
             return
@@ -402,8 +401,9 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self.transport.write("".join(line + "\r\n" for line in lines).encode())
 
     def _uidl(self, msg) -> str:
-        # Dovecot's default pop3_uidl_format = %08Xu%08Xv
-        return f"{msg.uid:08X}{self.uidvalidity:08X}"
+        # Dovecot's default pop3_uidl_format = %08Xu%08Xv: var_expand's X
+        # modifier writes hexadecimal in lower case
+        return f"{msg.uid:08x}{self.uidvalidity:08x}"
 
     def cmd_UIDL(self, args: str) -> None:
         if args.strip():
@@ -415,13 +415,18 @@ class Pop3Server(LoginCommon, pop3.POP3):
                            if i not in self.deleted] + ["."]
         self.transport.write("".join(line + "\r\n" for line in lines).encode())
 
-    def _send_message(self, data: bytes, first: str) -> None:
+    def _send_message(self, data: bytes, first: str) -> int:
+        """Send ``first``, the message (dot-stuffed) and the final dot; returns
+        what Dovecot's retr=/top= byte counters add: the bytes from the +OK line
+        to the end of the message (the final ".\r\n" not included)."""
         lines = data.split(b"\r\n")
         if lines and lines[-1] == b"":
             lines.pop()
         body = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n"
                         for line in lines)
-        self.transport.write(first.encode() + b"\r\n" + body + b".\r\n")
+        head = first.encode() + b"\r\n"
+        self.transport.write(head + body + b".\r\n")
+        return len(head) + len(body)
 
     def cmd_RETR(self, args: str) -> None:
         i = self._index(args)
@@ -431,8 +436,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
         data = msg.wire()
         self.retrieved.add(i)
         self.stats["retr"][0] += 1
-        self.stats["retr"][1] += len(data)
-        self._send_message(data, f"+OK {len(data)} octets")
+        self.stats["retr"][1] += self._send_message(data, f"+OK {len(data)} octets")
 
     def cmd_TOP(self, args: str) -> None:
         words = args.split()
@@ -455,8 +459,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
         kept = b"".join(line + b"\r\n" for line in body.split(b"\r\n")[:n]) if n else b""
         part = head + kept
         self.stats["top"][0] += 1
-        self.stats["top"][1] += len(part)
-        self._send_message(part, "+OK")
+        self.stats["top"][1] += self._send_message(part, "+OK")
 
     def cmd_DELE(self, args: str) -> None:
         i = self._index(args)

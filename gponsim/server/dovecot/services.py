@@ -22,6 +22,7 @@ def imap_settings(profile) -> ImapSettings:
         special_use=[(box.name, box.special_use, box.auto) for box in profile.mailboxes()],
         max_userip_connections={protocol: profile.mail_max_userip_connections(protocol)
                                 for protocol in ("imap", "pop3")},
+        auth_verbose=profile.dovecot_bool("auth_verbose"),
     )
 
 

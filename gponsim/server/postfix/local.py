@@ -299,6 +299,11 @@ class LocalJob:
     active_arrival: float      #: entered the active queue
     session: str = ""
     ref: object = None         #: the queue's own handle for the message
+    #: Delivered-To: the first alias expanded on the way (``postmaster@...``
+    #: for mail to postmaster that reaches root), else the recipient
+    delivered_to: str = ""
+    #: an alias led to a target gponsim does not deliver to (file, command...)
+    unsupported: str = ""
 
 
 @dataclass
@@ -330,6 +335,8 @@ class LocalAgent:
 
     def __init__(self, lab_root: str | Path, *, user_exists: Callable[[str], bool],
                  log: MailLog, syslog_name: str = "postfix", recipient_delimiter: str = "+",
+                 aliases: Callable[[str], list[str] | None] | None = None,
+                 myorigin: str = "", is_local_domain: Callable[[str], bool] | None = None,
                  mailbox_size_limit: int = MAILBOX_SIZE_LIMIT,
                  lock_attempts: int = DELIVER_LOCK_ATTEMPTS, lock_delay: float = DELIVER_LOCK_DELAY,
                  stale_lock_time: float = STALE_LOCK_TIME, clock: Callable[[], float] = time.time,
@@ -340,6 +347,9 @@ class LocalAgent:
         self.spool = self.root / "var" / "mail"
         self.spool.mkdir(parents=True, exist_ok=True)
         self.user_exists = user_exists
+        self.aliases = aliases
+        self.myorigin = myorigin
+        self.is_local_domain = is_local_domain or (lambda domain: True)
         self.log = log
         self.syslog_name = syslog_name
         self.delimiter = recipient_delimiter
@@ -380,6 +390,42 @@ class LocalAgent:
         return MailboxLock(path, display, attempts=self.lock_attempts, delay=self.lock_delay,
                            stale=self.stale, clock=self.clock, sleep=self.sleep, on_wait=on_wait)
 
+    def expand(self, address: str, depth: int = 0, delivered: str = ""
+               ) -> list[tuple[str, str, str]]:
+        """alias_maps, as local(8) applies them before the mailbox (``deliver_alias``).
+
+        Returns ``(recipient, delivered_to, unsupported)`` for each final
+        recipient: ``address`` itself when it is no alias, else what the
+        alias lists, each member expanded in turn (``root`` becomes
+        ``root@$myorigin``). ``delivered_to`` is the first alias expanded
+        (local(8)'s Delivered-To:). An alias naming itself means its
+        mailbox. ``unsupported`` names a member gponsim does not deliver to
+        (``/file``, ``|command``, ``:include:``, another domain).
+        """
+        if self.aliases is None or depth > 20:
+            return [(address, delivered or address, "")]
+        user, local = self.split_recipient(address)
+        members = self.aliases(local)
+        if members is None and user != local:
+            members = self.aliases(user)
+        if members is None:
+            return [(address, delivered or address, "")]
+        delivered = delivered or address
+        out: list[tuple[str, str, str]] = []
+        for member in members:
+            member = member.strip('"')
+            if member.startswith(("/", "|", ":include:")):
+                out.append((address, delivered, member))
+                continue
+            target = member if "@" in member else f"{member}@{self.myorigin}"
+            if not self.is_local_domain(target.rpartition("@")[2].lower()):
+                out.append((target, delivered, member))
+            elif self.split_recipient(target)[1] == local:
+                out.append((target, delivered, ""))          # "user: user": the mailbox
+            else:
+                out.extend(self.expand(target, depth + 1, delivered))
+        return out
+
     @staticmethod
     def _valid_user(user: str) -> bool:
         return bool(user) and "/" not in user and "\0" not in user and not user.startswith(".")
@@ -397,10 +443,18 @@ class LocalAgent:
         handoff = self.clock()
         results: list[LocalResult] = []
         path, display = self.mailbox_path(user)
+        unsupported = [job for job in jobs if job.unsupported]
+        jobs = [job for job in jobs if not job.unsupported]
+        for job in unsupported:
+            results.append(LocalResult(job, "deferred", "4.3.0",
+                                       f"gponsim does not deliver to alias member "
+                                       f"{job.unsupported} (not simulated)"))
         if not (self._valid_user(user) and self.user_exists(user)):
             for job in jobs:
                 local = self.split_recipient(job.recipient)[1]
                 results.append(LocalResult(job, "bounced", "5.1.1", f'unknown user: "{local}"'))
+            return self._lines(results, handoff)
+        if not jobs:
             return self._lines(results, handoff)
 
         fd = -1
@@ -427,13 +481,13 @@ class LocalAgent:
                              | getattr(os, "O_NOFOLLOW", 0), 0o600)
                 lock.acquire(fd)
             try:
-                results = self._append(fd, user, display, jobs, check_delivered)
+                results += self._append(fd, user, display, jobs, check_delivered)
             finally:
                 lock.release()
         except MailboxError as exc:
             reason = f"cannot update mailbox {display} for user {user}. {exc.reason}"
             status = "deferred" if exc.dsn.startswith("4") else "bounced"
-            results = [LocalResult(job, status, exc.dsn, reason, mailbox=display) for job in jobs]
+            results += [LocalResult(job, status, exc.dsn, reason, mailbox=display) for job in jobs]
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -453,7 +507,7 @@ class LocalAgent:
                                          mailbox=display)
                 continue
             entry = render_entry(job.content, sender=job.sender, orig_rcpt=job.orig_rcpt,
-                                 delivered_to=job.recipient, when=when)
+                                 delivered_to=job.delivered_to or job.recipient, when=when)
             if self.size_limit and size + len(entry) > self.size_limit:
                 outcome[n] = LocalResult(
                     job, "bounced", mbox_dsn(errno.EFBIG, "5.3.0"),
@@ -500,6 +554,21 @@ class LocalAgent:
         return results
 
 
+def _per_recipient(results: list[LocalResult]) -> list[RecipientStatus]:
+    """One status per queue recipient: an alias expanded into several
+    recipients is done when all are; it waits (deferred) while one waits,
+    and bounces only when none was delivered."""
+    by_index: dict[int, list[LocalResult]] = {}
+    for r in results:
+        by_index.setdefault(r.job.index, []).append(r)
+    out = []
+    for index, rs in by_index.items():
+        pick = (next((r for r in rs if r.status == "deferred"), None)
+                or next((r for r in rs if r.status == "sent"), None) or rs[0])
+        out.append(RecipientStatus(index, pick.status, pick.dsn, pick.reason))
+    return out
+
+
 def _replaced(fd: int, path: Path) -> bool:
     """True when ``path`` no longer names the file open as ``fd``."""
     try:
@@ -518,7 +587,8 @@ def _delivered(fd: int, size: int, jobs: Sequence[LocalJob]) -> set[int]:
     them away): it is truncated off the mailbox and the job is delivered again.
     """
     data = os.pread(fd, size, 0)
-    wanted = {(f"\nDelivered-To: {quote_822_local(job.recipient)}\n".encode(), job.qid): n
+    wanted = {(f"\nDelivered-To: {quote_822_local(job.delivered_to or job.recipient)}\n"
+               .encode(), job.qid): n
               for n, job in enumerate(jobs)}
     found: set[int] = set()
     for start, end, headers in _entries(data):
@@ -571,16 +641,19 @@ class LocalTransport:
         env = request.envelope
         by_user: dict[str, list[LocalJob]] = {}
         for index, rcpt, orig in request.recipients:
-            user = self.agent.split_recipient(rcpt)[0]
-            by_user.setdefault(user, []).append(LocalJob(
-                qid=request.qid, index=index, sender=env.sender, recipient=rcpt,
-                orig_rcpt=orig or rcpt, content=request.content, arrival=env.arrival,
-                active_arrival=request.active_arrival, session=env.session))
+            for target, delivered, unsupported in self.agent.expand(rcpt):
+                user = self.agent.split_recipient(target)[0]
+                by_user.setdefault(user, []).append(LocalJob(
+                    qid=request.qid, index=index, sender=env.sender, recipient=target,
+                    orig_rcpt=orig or rcpt, content=request.content, arrival=env.arrival,
+                    active_arrival=request.active_arrival, session=env.session,
+                    delivered_to=delivered if delivered != target else "",
+                    unsupported=unsupported))
         runs = [self._lock(user).run(self._deliver_user, user, jobs, request.recovered)
                 for user, jobs in by_user.items()]
         d = defer.gatherResults(runs, consumeErrors=True)
-        return d.addCallback(lambda lists: [RecipientStatus(r.job.index, r.status, r.dsn, r.reason)
-                                            for results in lists for r in results])
+        return d.addCallback(lambda lists: _per_recipient(
+            [r for results in lists for r in results]))
 
     def _lock(self, user: str) -> defer.DeferredLock:
         lock = self._locks.get(user)

@@ -72,6 +72,7 @@ class Mta:
 
     def __init__(self, lab_root: str | Path, settings: QueueSettings | None = None, *,
                  user_exists: Callable[[str], bool], log: MailLog | None = None,
+                 aliases: Callable[[str], list[str] | None] | None = None,
                  emit: Emit = null_emit, reactor: Any = None,
                  transports: dict[str, Transport] | None = None,
                  is_local_domain: Callable[[str], bool] | None = None,
@@ -89,7 +90,10 @@ class Mta:
         self.log = log if log is not None else MailLog(self.root / "var/log/mail.log",
                                                        hostname=s.myhostname)
         self.emit = emit
+        local_domain = is_local_domain or (lambda d: d in s.mydestination)
         self.agent = LocalAgent(self.root, user_exists=user_exists, syslog_name=s.syslog_name,
+                                aliases=aliases, myorigin=s.myorigin or s.myhostname,
+                                is_local_domain=local_domain,
                                 recipient_delimiter=s.recipient_delimiter,
                                 mailbox_size_limit=s.mailbox_size_limit,
                                 lock_attempts=lock_attempts, lock_delay=lock_delay,
@@ -103,7 +107,7 @@ class Mta:
         #: the delivery agents as given; :attr:`transports` is what qmgr uses
         self.agents = dict(all_transports)
         self.transports = all_transports
-        self._is_local_domain = is_local_domain or (lambda d: d in s.mydestination)
+        self._is_local_domain = local_domain
         router = self._router(s.mailbox_transport)
         self.qmgr = Qmgr(self.spool, router=router, transports=all_transports, log=self.log,
                          emit=emit, reactor=reactor, times=s.times, on_bounce=self._bounce,

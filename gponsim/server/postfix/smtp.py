@@ -51,7 +51,7 @@ from zope.interface import implementer
 from gponsim.commentary import catalog
 from gponsim.server.maillog import MailLog
 from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, Verdicts
-from gponsim.server.tls import describe_connection
+from gponsim.server.tls import describe_connection, key_exchange_summary, like_debian_openssl
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire import smtp as wire
 
@@ -153,6 +153,7 @@ class RelaySettings:
     resolver: Callable[[str], Any] | None = None
     credentials: Callable[[], tuple[str, str] | None] = lambda: None
     syslog_name: str = "postfix"
+    tls_loglevel: int = 0                  #: smtp_tls_loglevel
 
 
 class _Lost(Exception):
@@ -231,6 +232,7 @@ def _client_tls_creator(server_name: str, keylog=None):
 
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+    like_debian_openssl(ctx)
     if keylog is not None:
         ctx.set_keylog_callback(keylog)
 
@@ -527,8 +529,12 @@ class SmtpRelayClient:
                 label = "Verified" if verified else "Trusted" if trusted else "Untrusted"
                 text = (f"{label} TLS connection established "
                         f"to {peer_port}: {version} with cipher {cipher} ({used}/{alg} bits)")
-                self._log(text)
-                self._event(session, label.upper(), text, proto="tls",
+                # logged only from smtp_tls_loglevel = 1 on (0 in the lab's main.cf)
+                logged = s.tls_loglevel >= 1
+                if logged:
+                    text += key_exchange_summary(proto.transport, server_side=False)
+                    self._log(text)
+                self._event(session, label.upper(), text, proto="tls", logged=logged,
                             tls=True, version=version, cipher=cipher, trusted=trusted,
                             verification=why, cafile=str(s.cafile) if s.cafile else None)
                 if s.tls_level in ("verify", "secure") and not verified:
@@ -685,4 +691,5 @@ def settings_from_profile(profile, lab_root: Path, *, connect_host: str | None =
         # relay is looked up by the system's resolver instead
         hosts_file=None if real else lab_root / "etc" / "hosts",
         connect_host=connect_host, connect_port=connect_port,
-        allow_system_resolver=real, credentials=credentials)
+        allow_system_resolver=real, credentials=credentials,
+        tls_loglevel=int(p("smtp_tls_loglevel") or 0))

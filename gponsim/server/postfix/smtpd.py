@@ -14,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from twisted.internet import defer
 from twisted.python import log as twlog
 
 from gponsim.server.offline import smtp
@@ -21,6 +22,8 @@ from gponsim.server.postfix.restrictions import (
     RcptContext, UnsupportedRestriction, Verdict, check_recipient,
 )
 from gponsim.server.smtpserver import AUTH, COMMAND, SmtpServer
+from gponsim.server.smtpserver import DATA
+from gponsim.server.tls import alert_text, handshake_failure, key_exchange_summary
 from gponsim.steps import null_emit
 from gponsim.wire import smtp as wire
 
@@ -29,6 +32,19 @@ COMMAND_ORDER = ("helo", "ehlo", "xclient", "xforward", "starttls", "auth", "mai
                  "data", "bdat", "rset", "noop", "vrfy", "etrn", "quit")
 #: Commands allowed before STARTTLS when TLS is enforced (smtpd.c PRE_TLS).
 PRE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "QUIT", "XCLIENT"})
+
+#: Commands after which a client must wait for the reply (smtpd.c's
+#: SMTPD_CMD_FLAG_LAST): more input already there is "improper pipelining".
+LAST_IN_GROUP = frozenset({"HELO", "EHLO", "DATA", "NOOP", "VRFY"})
+
+
+def _escape(data: bytes) -> str:
+    """Postfix's escape(): C escapes for control characters (``\\r\\n``)."""
+    named = {0x07: "\\a", 0x08: "\\b", 0x09: "\\t", 0x0a: "\\n", 0x0b: "\\v",
+             0x0c: "\\f", 0x0d: "\\r", 0x5c: "\\\\"}
+    return "".join(named.get(b) or (chr(b) if 0x20 <= b < 0x7f else f"\\{b:03o}")
+                   for b in data)
+
 
 _ADDR = re.compile(r"^\s*<([^<>]*)>(.*)$")
 _BARE_ADDR = re.compile(r"^\s*([^\s<>]+)(.*)$")
@@ -67,6 +83,7 @@ class SmtpdSettings:
     timeout: float = 300.0
     hard_error_limit: int = 20
     disable_vrfy: bool = False
+    tls_loglevel: int = 0
 
     @property
     def log_tag(self) -> str:
@@ -114,9 +131,12 @@ class Smtpd(SmtpServer):
     def in_transaction(self) -> bool:
         return self.sender is not None
 
+    #: the verified client name (smtpd_peer.c), set when the client connects
+    client_name = "unknown"
+
     @property
     def client(self) -> str:
-        return f"unknown[{self.client_ip}]"
+        return f"{self.client_name}[{self.client_ip}]"
 
     def log(self, text: str, program: str | None = None) -> None:
         self.lab.log(program or self.settings.log_tag, text)
@@ -128,6 +148,16 @@ class Smtpd(SmtpServer):
 
     def greet(self) -> None:
         self.canStartTLS = self.canStartTLS and self.settings.tls_level != "none"
+        name = self.lab.client_name(self.client_ip, lambda text: self.log(f"warning: {text}"))
+        if isinstance(name, defer.Deferred):      # the lab's DNS: the banner waits, as in smtpd
+            name.addErrback(lambda _failure: "unknown").addCallback(self._greet_as)
+        else:
+            self._greet_as(name)
+
+    def _greet_as(self, name: str) -> None:
+        if self._closed:
+            return
+        self.client_name = name
         self.log(f"connect from {self.client}")
         self.emit(self.event_step("CONNECT", f"connect from {self.client}",
                                   meta={"service": self.settings.service,
@@ -136,15 +166,44 @@ class Smtpd(SmtpServer):
         self.reply(220, self.settings.banner, answers="CONNECT")
 
     def tls_established(self, version: str, cipher: str, used: int, alg: int) -> None:
+        if self.starttls_used:
+            self._count("starttls", True)
         text = (f"Anonymous TLS connection established from {self.client}: "
                 f"{version} with cipher {cipher} ({used}/{alg} bits)")
-        self.log(text)
+        # Postfix logs this summary only from smtpd_tls_loglevel = 1 on (the
+        # lab's main.cf leaves it at 0): the Step narrates it either way.
+        logged = self.settings.tls_loglevel >= 1
+        if logged:
+            text += key_exchange_summary(self.transport, server_side=True)
+            self.log(text)
         self.emit(self.event_step("STARTTLS" if self.starttls_used else "IMPLICIT",
                                   text, proto="tls", tls=True,
-                                  meta={"version": version, "cipher": cipher}))
+                                  meta={"version": version, "cipher": cipher,
+                                        "logged": logged}))
 
     def lost(self) -> None:
-        if self._last_verb != "QUIT":
+        if self.handshaking:
+            # tls_server.c: the handshake failed (the client refused the
+            # certificate, or hung up); STARTTLS counts as a failed command
+            status, problems = handshake_failure(self.lost_reason)
+            self.log(f"SSL_accept error from {self.client}: {status}")
+            for problem in problems:
+                self.log(f"warning: TLS library problem: {problem}")
+            self._count("starttls" if self.starttls_used else "unknown", False)
+            self.emit(self.event_step("TLSFAIL", f"SSL_accept error from {self.client}: {status}",
+                                      meta={"alert": alert_text(self.lost_reason) or ""}))
+        if self._last_verb == "DATA" and self.mode == DATA:
+            # smtpd.c: in the middle of the message, with what had arrived
+            self.log(f"lost connection after DATA ({self.raw_message_bytes} bytes) "
+                     f"from {self.client}")
+            self._count("data", False)
+        elif self._last_verb == "BDAT" and self._bdat_active:
+            self.log(f"lost connection after BDAT ({self.raw_message_bytes} bytes) "
+                     f"from {self.client}")
+            self._count("bdat", False)
+        elif self._last_verb not in ("QUIT", "END-OF-MESSAGE"):
+            # Postfix does not log a client that hangs up right after its
+            # message was accepted (Thunderbird does, without QUIT)
             self.log(f"lost connection after {self._last_verb} from {self.client}")
         self._reset_transaction()
         self._log_disconnect()
@@ -236,10 +295,21 @@ class Smtpd(SmtpServer):
             self._fail(500, "5.5.2 Error: command not recognized", "UNKNOWN")
             return
         self._last_verb = verb
+        self._check_pipelining(verb)
         if (self.settings.tls_level == "encrypt" and not self.tls and verb not in PRE_TLS):
             self._fail(530, "5.7.0 Must issue a STARTTLS command first", verb)
             return
         self.dispatch(verb, args)
+
+    _pipelining_logged = False
+
+    def _check_pipelining(self, verb: str) -> None:
+        """smtpd.c: a command that must end a pipelined group (RFC 2920 §3.1)
+        followed by more input: logged once per session."""
+        if verb in LAST_IN_GROUP and self._inbuf and not self._pipelining_logged:
+            self._pipelining_logged = True
+            self.log(f"improper command pipelining after {verb} from {self.client}: "
+                     f"{_escape(self._inbuf[:100])}")
 
     def cmd_HELO(self, args: str) -> None:
         if not args.strip():
@@ -285,7 +355,8 @@ class Smtpd(SmtpServer):
         elif not self.canStartTLS:
             self._fail(454, "4.7.0 TLS not available due to local problem", "STARTTLS")
         else:
-            self._ok(220, "2.0.0 Ready to start TLS", "STARTTLS")
+            # counted once the handshake is done (or failed, in lost())
+            self.reply(220, "2.0.0 Ready to start TLS", answers="STARTTLS")
             self.start_tls()
             self._reset_session_state()
 
@@ -447,7 +518,7 @@ class Smtpd(SmtpServer):
             self._fail(452, "4.5.3 Error: too many recipients", "RCPT")
             return
         domain = address.rsplit("@", 1)[1].lower() if "@" in address else ""
-        ctx = RcptContext(client_ip=self.client_ip, client_name="unknown",
+        ctx = RcptContext(client_ip=self.client_ip, client_name=self.client_name,
                           sasl_username=self.sasl_username, recipient=address,
                           recipient_domain=domain, mynetworks=s.mynetworks,
                           local_domains=s.local_domains, relay_domains=s.relay_domains,
@@ -495,7 +566,9 @@ class Smtpd(SmtpServer):
     def _reject_rcpt(self, verdict: Verdict, address: str) -> None:
         proto = "ESMTP" if self.esmtp else "SMTP"
         helo = f" helo=<{self.helo_name}>" if self.helo_name else ""
-        self.log(f"NOQUEUE: reject: RCPT from {self.client}: {verdict.reply}; "
+        # once the queue file exists (a recipient was accepted) it has its id
+        qid = self.queue_file.qid if self.queue_file is not None else "NOQUEUE"
+        self.log(f"{qid}: reject: RCPT from {self.client}: {verdict.reply}; "
                  f"from=<{self.sender}> to=<{address}> proto={proto}{helo}")
         self._fail(verdict.code, f"{verdict.enhanced} {verdict.text}", "RCPT")
 
@@ -508,7 +581,7 @@ class Smtpd(SmtpServer):
 
         return Envelope(sender=self.sender or "", recipients=list(self.recipients),
                         helo=self.helo_name or "", client_ip=self.client_ip,
-                        client_name="unknown", protocol=self._protocol(),
+                        client_name=self.client_name, protocol=self._protocol(),
                         sasl_method=self.sasl_method if self.sasl_username else None,
                         sasl_username=self.sasl_username, session=self.session,
                         service=self.settings.service,
@@ -551,6 +624,7 @@ class Smtpd(SmtpServer):
         def queued(qid):
             self.queue_file = None
             self._reset_transaction()
+            self._last_verb = "END-OF-MESSAGE"
             if not self.closed:
                 self._ok(250, ok_text.format(qid=qid), verb)
 
@@ -641,7 +715,7 @@ class Smtpd(SmtpServer):
             return
         address = arg.strip("<>")
         domain = address.rsplit("@", 1)[1].lower() if "@" in address else ""
-        ctx = RcptContext(client_ip=self.client_ip, client_name="unknown", sasl_username=None,
+        ctx = RcptContext(client_ip=self.client_ip, client_name=self.client_name, sasl_username=None,
                           recipient=address, recipient_domain=domain,
                           local_domains=self.settings.local_domains,
                           local_user_exists=self.lab.local_user_exists)
@@ -684,7 +758,7 @@ class SmtpdContext:
     """What all smtpd sessions of the lab share (set up by lab.py)."""
 
     def __init__(self, *, emit=null_emit, log=None, auth=None, queue=None, mechanisms=(),
-                 local_user_exists=None, received_header=None) -> None:
+                 local_user_exists=None, received_header=None, client_name=None) -> None:
         self.emit = emit
         self._log = log
         self.auth = auth
@@ -692,6 +766,11 @@ class SmtpdContext:
         self.mechanisms = list(mechanisms)
         self.local_user_exists = local_user_exists
         self._received = received_header
+        self._client_name = client_name
+
+    def client_name(self, ip: str, warn):
+        """The client's verified name (etc/hosts, or a Deferred of it), or "unknown"."""
+        return self._client_name(ip, warn) if self._client_name is not None else "unknown"
 
     def log(self, program: str, text: str) -> None:
         if self._log is not None:

@@ -31,6 +31,7 @@ from gponsim.wire.sasl import MAX_LINE, decode_line, parse, sasl_step
 
 PROTOCOL_VERSION = (1, 0)               # what Postfix announces
 AUTH_TIMEOUT = 10.0                     # Postfix's AUTH_TIMEOUT (connect and read)
+LOGIN_AUTH_TIMEOUT = 60.0               # a Dovecot login process's request
 #: The text after ``454 4.7.0 Temporary authentication failure: ``.
 CONNECTION_LOST = "Connection lost to authentication server"
 
@@ -199,6 +200,7 @@ class _Request:
     conn: _Connection
     waiting: defer.Deferred | None = None    # set while a reply is awaited
     timer: object = None
+    timeout: float = 0.0                     # 0: the client's (Postfix's 10 s)
 
 
 class AuthClient:
@@ -291,7 +293,8 @@ class AuthClient:
 
     def start(self, mech: str, *, service: str = "smtp", lip: str, rip: str,
               secured: bool = False, resp_b64: str | None = None,
-              session: str, nologin: bool = True) -> defer.Deferred:
+              session: str, nologin: bool = True,
+              login_session: str | None = None) -> defer.Deferred:
         """Send ``AUTH``; fires with an :class:`AuthReply` or fails with
         :class:`AuthUnavailable`."""
         actor = actor_for(service)
@@ -313,9 +316,16 @@ class AuthClient:
             line += f"\tlip={lip}\trip={rip}"
             if secured:
                 line += "\tsecured"
+            if login_session:
+                # Dovecot's login processes name their session (Postfix does not)
+                line += f"\tsession={login_session}"
             if resp_b64 is not None:
                 line += f"\tresp={resp_b64}"
             request = _Request(rid, session, actor, conn)
+            if login_session:
+                # Dovecot's login processes wait far longer than Postfix's 10 s
+                # (an address's auth penalty alone can hold a request 15 s)
+                request.timeout = LOGIN_AUTH_TIMEOUT
             self._requests[rid] = request
             self._remember(rid, session, actor)
             return self._ask(request, line)
@@ -366,7 +376,8 @@ class AuthClient:
             self._finish(request)
             return defer.fail(AuthUnavailable(f"SASL: {CONNECTION_LOST}"))
         request.waiting = d
-        request.timer = self.reactor.callLater(self.timeout, self._timed_out, request)
+        request.timer = self.reactor.callLater(request.timeout or self.timeout,
+                                               self._timed_out, request)
         return d
 
     def _timed_out(self, request: _Request) -> None:
@@ -375,7 +386,8 @@ class AuthClient:
         if request.waiting is not None:
             d, request.waiting = request.waiting, None
             d.errback(AuthUnavailable(f"SASL: no reply from the auth server in "
-                                      f"{self.timeout:g} s ({CONNECTION_LOST})"))
+                                      f"{request.timeout or self.timeout:g} s "
+                                      f"({CONNECTION_LOST})"))
 
     def _finish(self, request: _Request) -> None:
         if request.timer is not None and request.timer.active():
