@@ -51,6 +51,7 @@ from gponsim.server.mailstore.interface import (
 from gponsim.server.mailstore.location import DEFAULT_LOCATION, MailLocation, open_store
 from gponsim.server.dovecot import imap_sort
 from gponsim.server.dovecot.imap_bodystructure import bodystructure
+from gponsim.server.dovecot.imap_match import mailbox_pattern
 from gponsim.server.dovecot.login import LoginCommon, LoginFactory
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session, null_emit
@@ -952,7 +953,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         subscribed = set(self.store.subscriptions())
         special = {n: use for n, use, _a in self.settings.special_use}
         want_sub = lsub or "SUBSCRIBED" in select_opts
-        regexes = [imap4.wildcardToRegexp(ref + p, "/") for p in patterns]
+        regexes = [mailbox_pattern(ref + p, "/") for p in patterns]      # linear time
         for info in self.store.list():
             if not any(r.fullmatch(info.name) for r in regexes):
                 continue
