@@ -437,3 +437,19 @@ def test_bad_commands(mem):
     c = logged_in(mem)
     assert done(c.send("d BLAH")[0], "d", "BAD Error in IMAP command BLAH: Unknown command")
     assert done(c.send("e SELECT")[0], "e", "BAD Error in IMAP command SELECT: Invalid arguments")
+
+
+def test_logins_whose_client_left_at_once_do_not_count_for_the_userip_limit(mem):
+    """Eleven clients send LOGIN and hang up before the answer (issue #18):
+    mail_max_userip_connections counts open connections, so the twelfth is
+    let in and nothing is left counted."""
+    for _ in range(11):
+        c = mem.imap(local=True)
+        c.server.dataReceived(b"a LOGIN user2 pass\r\n")
+        c.drop()
+    assert mem.ctx.sessions == {}
+    c = logged_in(mem)
+    assert mem.ctx.open_sessions(("imap", "192.168.1.1", "user2")) == 1
+    assert not any("Login:" in line for line in mem.log_lines[:-1])    # only the last one
+    c.drop()
+    assert mem.ctx.sessions == {}

@@ -217,3 +217,17 @@ def test_login_timeout(mem):
     c.lines()
     assert c.send(b"", seconds=60) == ["-ERR Disconnected for inactivity."]
     assert c.closed
+
+
+def test_logins_whose_client_left_at_once_do_not_count_for_the_userip_limit(mem):
+    """Eleven clients send PASS and hang up before the answer (issue #18):
+    the limit counts open connections, so the next login is let in."""
+    for _ in range(11):
+        c = mem.pop3(local=True)
+        c.server.dataReceived(b"USER user2\r\nPASS pass\r\n")
+        c.drop()
+    assert mem.ctx.sessions == {}
+    c = logged_in(mem)
+    assert mem.ctx.open_sessions(("pop3", "192.168.1.1", "user2")) == 1
+    c.drop()
+    assert mem.ctx.sessions == {}

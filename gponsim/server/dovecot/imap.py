@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import collections
 import email
 import email.policy
 import email.utils
@@ -117,23 +116,31 @@ class ImapContext:
     auth: object = None                                 # AuthClient
     settings: ImapSettings = field(default_factory=ImapSettings)
     reactor: object = None
-    #: Dovecot's anvil: logged-in sessions per (protocol, client address, user)
-    sessions: collections.Counter = field(default_factory=collections.Counter)
+    #: Dovecot's anvil: the open logged-in connections per (protocol, client
+    #: address, user). Connections, not a counter: one whose client has gone
+    #: is never counted, whatever order its login and its end came in.
+    sessions: dict = field(default_factory=dict)
 
     def userip_refusal(self, protocol: str, ip: str, user: str) -> str | None:
         limit = self.settings.max_userip_connections.get(protocol, 0)
-        if limit and self.sessions[(protocol, ip, user)] >= limit:
+        if limit and self.open_sessions((protocol, ip, user)) >= limit:
             return ("Maximum number of connections from user+IP exceeded "
                     f"(mail_max_userip_connections={limit})")
         return None
 
-    def anvil_connect(self, key: tuple) -> None:
-        self.sessions[key] += 1
+    def open_sessions(self, key: tuple) -> int:
+        return sum(1 for conn in self.sessions.get(key, ()) if not conn._gone)
 
-    def anvil_disconnect(self, key: tuple) -> None:
-        self.sessions[key] -= 1
-        if self.sessions[key] <= 0:
-            del self.sessions[key]
+    def anvil_connect(self, key: tuple, conn) -> None:
+        if not conn._gone:
+            self.sessions.setdefault(key, set()).add(conn)
+
+    def anvil_disconnect(self, key: tuple, conn) -> None:
+        conns = self.sessions.get(key)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.sessions[key]
 
     def store_for(self, user: str) -> MailStore:
         store = open_store(self.lab_root, user, self.settings.mail_location)
@@ -745,6 +752,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         d.addCallbacks(self._sasl_reply, self._sasl_error, (tag,), None, (tag,), None)
 
     def _sasl_reply(self, reply, tag) -> None:
+        if self._gone:                 # the client left while auth was answering:
+            self._auth_pending = None  # no login (Dovecot drops the request)
+            return
         if reply.kind == "CONT":
             self._auth_pending = (tag, reply.request_id)
             self.parseState = "authresp"

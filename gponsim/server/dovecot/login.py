@@ -53,6 +53,7 @@ class LoginCommon:
     # anvil: the logged-in sessions of each user from each address, per protocol
     _anvil_key: tuple | None = None
     _refused: bool = False
+    _gone: bool = False            # connectionLost has run
 
     def _userip_refusal(self, user: str) -> str | None:
         """login-common's check once auth said OK: the refusal text when the
@@ -69,11 +70,11 @@ class LoginCommon:
 
     def _anvil_connect(self, user: str) -> None:
         self._anvil_key = (self.ACTOR, self.client_ip, user)
-        self.lab.anvil_connect(self._anvil_key)
+        self.lab.anvil_connect(self._anvil_key, self)
 
     def _anvil_disconnect(self) -> None:
         if self._anvil_key is not None:
-            self.lab.anvil_disconnect(self._anvil_key)
+            self.lab.anvil_disconnect(self._anvil_key, self)
             self._anvil_key = None
 
     def _emit_all(self, steps) -> None:

@@ -311,6 +311,9 @@ class Pop3Server(LoginCommon, pop3.POP3):
         d.addCallbacks(self._sasl_reply, self._sasl_error)
 
     def _sasl_reply(self, reply) -> None:
+        if self._gone:                 # the client left while auth was answering:
+            self._auth = None          # no login (Dovecot drops the request)
+            return
         if reply.kind == "CONT":
             self._auth = reply.request_id
             self.sendLine(b"+ " + reply.challenge.encode("ascii"))
