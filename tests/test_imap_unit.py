@@ -155,7 +155,9 @@ def test_wrong_password_answered_after_the_failure_delay(mem):
     assert c.send("a1 LOGIN user2 wrong") == []                      # auth_failure_delay = 2s
     assert c.send(b"", seconds=1.9) == []
     assert c.send(b"", seconds=0.1) == ["a1 NO [AUTHENTICATIONFAILED] Authentication failed."]
-    assert c.send("a2 LOGIN user2 pass") == [f"a2 OK [CAPABILITY {POST}] Logged in"]
+    # Dovecot's auth penalty: after a failure, the address waits 4 s first
+    assert c.send("a2 LOGIN user2 pass", seconds=3.9) == []
+    assert c.send(b"", seconds=0.1) == [f"a2 OK [CAPABILITY {POST}] Logged in"]
 
 
 def test_commands_pipelined_behind_login_wait_for_its_answer(mem):
@@ -423,10 +425,48 @@ def test_idle_without_inotify_polls(mem, inbox, monkeypatch):
 
 
 def test_inactivity_logs_out(mem):
+    """imap-login gives a client 3 minutes from its connection (Dovecot 2.3.19)."""
     c = mem.imap(local=True)
     c.lines()
-    assert c.send(b"", seconds=60) == ["* BYE Disconnected for inactivity."]
+    assert c.send(b"", seconds=179) == []
+    assert c.send(b"", seconds=1) == ["* BYE Disconnected for inactivity."]
     assert c.closed
+    assert re.fullmatch(r"imap-login: Disconnected: Inactivity \(no auth attempts in \d+ secs\): "
+                        r"user=<>, rip=192\.168\.1\.1, lip=192\.168\.1\.1, secured, "
+                        r"session=<[^>]+>", mem.log_lines[-1])
+
+
+def test_talking_does_not_extend_the_login_timeout(mem):
+    """A guesser that keeps trying is dropped 3 minutes after it connected,
+    in the middle of its attempt (the penalty makes it wait 15 s each time)."""
+    c = mem.imap(local=True)
+    c.lines()
+    replies = []
+    for i in range(40):
+        got = c.send(f"a{i} LOGIN user2 guess{i}")
+        while not got and not c.closed:         # the next guess as soon as this one failed
+            got = c.send(b"", seconds=1)
+        replies += got
+        if c.closed:
+            break
+    assert replies[-1] == "* BYE Disconnected for inactivity during authentication."
+    assert 10 <= sum(r.endswith("Authentication failed.") for r in replies) <= 13
+    assert re.fullmatch(r"imap-login: Disconnected: Inactivity during authentication "
+                        r"\(auth failed, \d+ attempts in 180 secs\): user=<user2>, "
+                        r"method=PLAIN, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
+
+
+def test_three_invalid_commands_before_login_drop_the_client(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("a FOO") == ["a BAD Error in IMAP command received by server."]
+    assert c.send("b NOOP") == ["b OK NOOP completed."]
+    assert c.send("c LOGIN") == ["c BAD Error in IMAP command received by server."]
+    assert c.send("d BAR") == ["* BYE Too many invalid IMAP commands."]
+    assert c.closed
+    assert re.fullmatch(r"imap-login: Disconnected: Too many invalid commands \(no auth attempts "
+                        r"in 0 secs\): user=<>, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
+    assert len(mem.log_lines) == 1
 
 
 def test_bad_commands(mem):

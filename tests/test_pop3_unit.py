@@ -109,7 +109,9 @@ def test_wrong_password_after_the_failure_delay_then_success(mem):
     assert c.send(b"", seconds=2) == ["-ERR [AUTH] Authentication failed."]
     assert c.send("PASS pass") == ["-ERR No username given."]
     c.send("USER user2")
-    assert c.send("PASS pass") == ["+OK Logged in."]
+    # Dovecot's auth penalty: after a failure, the address waits 4 s first
+    assert c.send("PASS pass", seconds=3.9) == []
+    assert c.send(b"", seconds=0.1) == ["+OK Logged in."]
 
 
 def test_auth_plain_login_abort_and_mechanism_list(mem):
@@ -213,10 +215,26 @@ def test_quit_before_login(mem):
 
 
 def test_login_timeout(mem):
+    """pop3-login gives a client 3 minutes from its connection, talking or not."""
     c = mem.pop3(local=True)
     c.lines()
-    assert c.send(b"", seconds=60) == ["-ERR Disconnected for inactivity."]
+    for _ in range(17):
+        assert c.send("CAPA", seconds=10)[0] == "+OK"
+    assert c.send(b"", seconds=10) == ["-ERR Disconnected for inactivity."]
     assert c.closed
+    assert re.fullmatch(r"pop3-login: Disconnected: Inactivity \(no auth attempts in \d+ secs\): "
+                        r"user=<>, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
+
+
+def test_a_fourth_unknown_command_before_login_drops_the_client(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    for verb in ("BOGUS", "CAPA", "BOGUS", "BOGUS"):
+        assert c.send(verb)[0] in ("-ERR Unknown command.", "+OK")
+    assert c.send("BOGUS") == ["-ERR Too many invalid bad commands."]
+    assert c.closed
+    assert re.fullmatch(r"pop3-login: Disconnected: Disconnected: Too many bad commands \(no auth "
+                        r"attempts in 0 secs\): user=<>, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
 
 
 def test_logins_whose_client_left_at_once_do_not_count_for_the_userip_limit(mem):

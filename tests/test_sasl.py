@@ -271,8 +271,10 @@ def test_wrong_password_fails_after_delay_without_blocking(raw):
     slow.send(AUTH.format(id=1, mech="PLAIN") + f"\tsecured\tresp={PLAIN_BAD}\n"
               + AUTH.format(id=2, mech="PLAIN") + f"\tresp={PLAIN_OK}\n")
     assert slow.line() == "OK\t2\tuser=user1"
-    # another connection is served meanwhile
-    other.send(AUTH.format(id=1, mech="PLAIN") + f"\tresp={PLAIN_OK}\n")
+    # another connection (another client: the failure's penalty is for 127.0.0.1)
+    # is served meanwhile
+    other.send(AUTH.format(id=1, mech="PLAIN").replace("rip=127.0.0.1", "rip=127.0.0.2")
+               + f"\tresp={PLAIN_OK}\n")
     assert other.line() == "OK\t1\tuser=user1"
     assert time.monotonic() - start < DELAY
     assert slow.line() == "FAIL\t1\tuser=user1"
@@ -693,3 +695,14 @@ def test_filter_mechanisms_like_postfix():
     assert filter_mechanisms(mechs, "mutual_auth") == ["SCRAM-SHA-256"]
     with pytest.raises(ValueError, match="bogus"):
         filter_mechanisms(mechs, "bogus")
+
+
+def test_the_socket_folder_is_private_to_postfix(server, labroot):
+    """Postfix's private/ folder is 0700 (the postfix user's when the lab runs
+    as root): other users of the teacher's computer cannot reach the socket."""
+    import stat
+
+    private = socket_path(labroot).parent
+    assert private.name == "private"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert stat.S_IMODE(socket_path(labroot).stat().st_mode) == 0o666

@@ -92,7 +92,22 @@ def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
         timeout=profile.time_value(p("smtpd_timeout"), "s"),
         hard_error_limit=int(p("smtpd_hard_error_limit") or 20),
         disable_vrfy=yes("disable_vrfy_command"),
+        connection_count_limit=int(p("smtpd_client_connection_count_limit") or 0),
+        connection_rate_limit=int(p("smtpd_client_connection_rate_limit") or 0),
+        event_limit_exceptions=_address_patterns(lst("smtpd_client_event_limit_exceptions")),
     )
+
+
+def _address_patterns(items) -> list:
+    """The networks of a Postfix address list (``$mynetworks`` expanded); host
+    and domain names never match the lab's clients, all ``unknown``."""
+    nets = []
+    for item in items:
+        try:
+            nets += parse_networks([item])
+        except ValueError:
+            continue
+    return nets
 
 
 class Lab:
@@ -146,10 +161,14 @@ class Lab:
             raise LabError(str(exc)) from exc
 
     def _smtpd_context(self, mechanisms) -> SmtpdContext:
+        from gponsim.server.postfix.anvil import Anvil
+
+        unit = self.profile.time_value(self.profile.main("anvil_rate_time_unit"), "s")
         return SmtpdContext(emit=self.emit, log=self._log, auth=_AuthGlue(self.auth_client),
                             queue=self.mta.cleanup, mechanisms=mechanisms,
                             local_user_exists=self.users.exists,
-                            received_header=self._received_header)
+                            received_header=self._received_header,
+                            anvil=Anvil(self.reactor.seconds, unit or 60.0))
 
     def _smtpd_factory(self, context: SmtpdContext, service: str, tls_options) -> SmtpdFactory:
         return SmtpdFactory(context, smtpd_settings(self.profile, service), tls_options,
@@ -199,8 +218,11 @@ class Lab:
         self.auth_server = AuthServer(self.users, mechanisms=profile.auth_mechanisms(),
                                       emit=self.emit, failure_delay=failure_delay,
                                       reactor=self.reactor)
+        listener = profile.postfix_auth_listener()      # 10-master.conf's mode, user, group
+        socket_owner = {} if listener is None else {
+            "mode": listener.mode, "user": listener.user, "group": listener.group}
         try:
-            self._listeners.append(self.auth_server.listen(self.auth_socket))
+            self._listeners.append(self.auth_server.listen(self.auth_socket, **socket_owner))
         except Exception as exc:  # noqa: BLE001 - told to the user below
             raise LabError(f"cannot open Dovecot's auth socket {self.auth_socket}: {exc}") from exc
         self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)

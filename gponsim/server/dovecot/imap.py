@@ -101,7 +101,7 @@ class ImapSettings:
     mail_location: str | MailLocation = DEFAULT_LOCATION
     special_use: list = field(default_factory=list)   # [(name, "\\Sent", auto)]
     timeout: float = 1800.0
-    login_timeout: float = 60.0
+    login_timeout: float = 180.0        # Dovecot's login processes: 3 minutes from connect
     #: mail_max_userip_connections per protocol (0 = no limit)
     max_userip_connections: dict = field(default_factory=lambda: {"imap": 10, "pop3": 10})
 
@@ -477,6 +477,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                 f"body_count=0 body_bytes=0")
 
     def timeoutConnection(self) -> None:
+        if self.user is None:
+            self._login_timed_out()
+            return
         self.sendLine(b"* BYE Disconnected for inactivity.")
         self.transport.loseConnection()
 
@@ -518,6 +521,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.sendLine(_b(tag) + b" NO " + self._timed(tag, text).encode("utf-8"))
 
     def _bad(self, tag, text: str) -> None:
+        if self.user is None and not text.startswith("Authentication aborted") \
+                and self._invalid_command():
+            return
         if self.user and not text.endswith("."):
             text += "."
         self.sendLine(_b(tag or b"*") + b" BAD " + self._timed(tag, text).encode("utf-8"))

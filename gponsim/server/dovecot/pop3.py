@@ -55,6 +55,7 @@ class _Tap:
 @implementer(interfaces.IHandshakeListener)
 class Pop3Server(LoginCommon, pop3.POP3):
     ACTOR, STARTTLS_VERB = "pop3", "STLS"
+    BYE_PREFIX = b"-ERR "
     MAX_LENGTH = 16384
     delimiter = b"\r\n"
 
@@ -146,6 +147,9 @@ class Pop3Server(LoginCommon, pop3.POP3):
                 + ("" if not dels else ""))
 
     def timeoutConnection(self) -> None:
+        if self.user is None:
+            self._login_timed_out()
+            return
         self.err("Disconnected for inactivity.")
         self.transport.loseConnection()
 
@@ -179,7 +183,8 @@ class Pop3Server(LoginCommon, pop3.POP3):
         handler = getattr(self, "cmd_" + verb, None) if verb.isalpha() else None
         if self.user is None:
             if handler is None or verb not in PRE_AUTH:
-                self.err("Unknown command.")
+                if not self._invalid_command():
+                    self.err("Unknown command.")
                 return
         elif handler is None or verb in ("USER", "PASS", "AUTH", "STLS", "APOP"):
             self.err(f"Unknown command: {verb}")

@@ -191,6 +191,10 @@ class _ConnectionFactory(Factory):
         return proto
 
 
+#: ``reply_timeout`` not given: the client's own timeout.
+_OWN = object()
+
+
 @dataclass(eq=False)
 class _Request:
     id: int
@@ -199,6 +203,7 @@ class _Request:
     conn: _Connection
     waiting: defer.Deferred | None = None    # set while a reply is awaited
     timer: object = None
+    reply_timeout: object = _OWN
 
 
 class AuthClient:
@@ -291,9 +296,11 @@ class AuthClient:
 
     def start(self, mech: str, *, service: str = "smtp", lip: str, rip: str,
               secured: bool = False, resp_b64: str | None = None,
-              session: str, nologin: bool = True) -> defer.Deferred:
+              session: str, nologin: bool = True, reply_timeout=_OWN) -> defer.Deferred:
         """Send ``AUTH``; fires with an :class:`AuthReply` or fails with
-        :class:`AuthUnavailable`."""
+        :class:`AuthUnavailable`. Each reply is awaited ``reply_timeout``
+        seconds (Postfix: the client's 10 s; None: as long as it takes, as
+        Dovecot's login processes wait)."""
         actor = actor_for(service)
 
         def attempt(conn: _Connection, retry: bool):
@@ -316,6 +323,8 @@ class AuthClient:
             if resp_b64 is not None:
                 line += f"\tresp={resp_b64}"
             request = _Request(rid, session, actor, conn)
+            if reply_timeout is not _OWN:
+                request.reply_timeout = reply_timeout
             self._requests[rid] = request
             self._remember(rid, session, actor)
             return self._ask(request, line)
@@ -366,7 +375,9 @@ class AuthClient:
             self._finish(request)
             return defer.fail(AuthUnavailable(f"SASL: {CONNECTION_LOST}"))
         request.waiting = d
-        request.timer = self.reactor.callLater(self.timeout, self._timed_out, request)
+        timeout = self.timeout if request.reply_timeout is _OWN else request.reply_timeout
+        if timeout is not None:
+            request.timer = self.reactor.callLater(timeout, self._timed_out, request)
         return d
 
     def _timed_out(self, request: _Request) -> None:
