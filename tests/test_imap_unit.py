@@ -329,6 +329,38 @@ def test_search(mem, inbox):
     assert c.send("e SEARCH RETURN (MIN COUNT) ALL")[0] == '* ESEARCH (TAG "e") MIN 1 COUNT 2'
 
 
+def test_search_criteria_nested_as_deep_as_a_command_line_allows(mem, inbox):
+    """Dovecot answers 5,000 levels (and more) of parentheses, NOT and OR; the
+    lab used to log a RecursionError. Nothing is deeper than what fits in
+    imap_max_line_length (64 KB)."""
+    c = selected(mem)
+    c.send("x STORE 2 +FLAGS (\\Flagged)")
+    for criteria, found in [("(" * 30000 + "FLAGGED" + ")" * 30000, "2"),
+                            ("NOT " * 15000 + "FLAGGED", "2"),
+                            ("NOT " * 15001 + "FLAGGED", "1"),
+                            ("OR ALL " * 8000 + "ALL", "1 2"),
+                            ("OR UNFLAGGED " * 4500 + "UNFLAGGED", "1"),
+                            ("(" * 10000 + "OR SUBJECT dos NOT ALL" + ")" * 10000, "2")]:
+        lines = c.send(f"q SEARCH {criteria}")
+        assert lines[0] == f"* SEARCH {found}", criteria[:40]
+        assert done(lines[1], "q", "OK Search completed"), lines
+    assert not [s for s in mem.sink.steps if "Traceback" in (s.line or "")]
+
+
+@pytest.mark.parametrize("criteria,error", [
+    ("FROM", "Missing parameter for search key (for search key: FROM)"),
+    ("FOO", "Unknown argument FOO"), ("NOT", "Missing argument"), ("OR ALL", "Missing argument"),
+    ("()", "No search parameters inside list"), ("LARGER x", "Invalid search size parameter"),
+    ("HEADER (a) b", "Unexpected ( (for search key: HEADER)"),
+    ("UID x", "Invalid UID messageset"), ("1:x", "Invalid messageset"),
+    ("YOUNGER x", "Invalid search interval parameter"),
+])
+def test_search_errors_are_dovecot_s(mem, inbox, criteria, error):
+    c = selected(mem)
+    (line,) = c.send(f"q SEARCH {criteria}")
+    assert done(line, "q", f"BAD Error in IMAP command SEARCH: {error}"), line
+
+
 def test_expunge_and_noop_report_what_another_session_did(mem, inbox):
     c = selected(mem)
     other = selected(mem)

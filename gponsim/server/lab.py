@@ -151,6 +151,7 @@ class Lab:
             raise LabError(f"cannot create the lab root {self.root}: {exc.strerror}") from exc
         hostname = profile.main("myhostname")
         self.log = MailLog(self.root / "var/log/mail.log", hostname=hostname.split(".")[0])
+        self._remove_stale_temporaries()
         self.users = Users.ensure_default(self.path(profile.passwd_file()))
         cert = self.path(profile.main("smtpd_tls_cert_file"))
         key = self.path(profile.main("smtpd_tls_key_file"))
@@ -159,6 +160,22 @@ class Lab:
             return tls.server_options(cert, key, self.keylog)
         except tls.TLSSetupError as exc:
             raise LabError(str(exc)) from exc
+
+    def _remove_stale_temporaries(self) -> None:
+        """Mailbox rewrites that a crash or a kill cut short left their
+        temporary files (``.<name>.gponsim-<pid>.tmp``): delete them, so a
+        full disk is not filled for ever by half a copy of a mailbox."""
+        from gponsim.server.mailstore.mbox import remove_stale_temporaries
+
+        folders = [self.root / "var/mail"]
+        home = self.root / "home"
+        if home.is_dir():
+            folders += [Path(d) for d, _dirs, _files in os.walk(home)]
+        for folder in folders:
+            for path in remove_stale_temporaries(folder):
+                self.log.write("gponsim/mailstore", pid_for("mailstore"),
+                               f"removed {path.relative_to(self.root)}: an unfinished "
+                               f"mailbox rewrite of a process that is gone")
 
     def _smtpd_context(self, mechanisms) -> SmtpdContext:
         from gponsim.server.postfix.anvil import Anvil

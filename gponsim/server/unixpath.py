@@ -44,9 +44,9 @@ def private_folder(folder: str | os.PathLike, owner: str = "postfix") -> Path:
 
         try:
             entry = pwd.getpwnam(owner)
-        except KeyError:
-            return folder
-        os.chown(folder, entry.pw_uid, entry.pw_gid)
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+        except (KeyError, OSError):     # no postfix user; a user namespace's "root"
+            pass
     return folder
 
 
@@ -70,7 +70,10 @@ def give_socket(path: str | os.PathLike, mode: int, user: str = "", group: str =
     uid = lookup(pwd.getpwnam, user, "pw_uid")
     gid = lookup(grp.getgrnam, group, "gr_gid")
     if uid != -1 or gid != -1:
-        os.chown(path, uid, gid)
+        try:
+            os.chown(path, uid, gid)
+        except OSError:                 # a user namespace's "root" cannot
+            pass
 
 
 def socket_folder(path: str | os.PathLike) -> Path:

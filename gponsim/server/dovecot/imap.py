@@ -51,7 +51,10 @@ from gponsim.server.mailstore.location import DEFAULT_LOCATION, MailLocation, op
 from gponsim.server.dovecot import imap_sort
 from gponsim.server.dovecot.imap_bodystructure import bodystructure
 from gponsim.server.dovecot.imap_match import mailbox_pattern
+from gponsim.server.dovecot.imap_search import Context as SearchContext, compile_search
 from gponsim.server.dovecot.login import LoginCommon, LoginFactory
+from gponsim.server.dovecot.mailwork import ImapMailWork
+from gponsim.server.mailstore.worker import call_in_reactor, in_worker
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
@@ -116,6 +119,14 @@ class ImapContext:
     auth: object = None                                 # AuthClient
     settings: ImapSettings = field(default_factory=ImapSettings)
     reactor: object = None
+    #: The mail worker: mailbox commands run in its threads (None: made on first use).
+    worker: object = None
+
+    def __post_init__(self) -> None:
+        log = self.log
+        # Logged in the reactor thread, in order, wherever the line comes from.
+        self.log = lambda text: call_in_reactor(log, text)
+
     #: Dovecot's anvil: the open logged-in connections per (protocol, client
     #: address, user). Connections, not a counter: one whose client has gone
     #: is never counted, whatever order its login and its end came in.
@@ -338,12 +349,18 @@ class _Tap:
         self._server = server
 
     def write(self, data: bytes) -> None:
+        if in_worker():                  # a mailbox command: written in order, by the reactor
+            call_in_reactor(self.write, data)
+            return
         self._server._wrote(data)
         self._t.write(data)
 
     def writeSequence(self, seq) -> None:
         for data in seq:
             self.write(data)
+
+    def loseConnection(self) -> None:
+        call_in_reactor(self._t.loseConnection)
 
     def __getattr__(self, name):
         return getattr(self._t, name)
@@ -365,7 +382,7 @@ class _Discard:
 
 
 @implementer(interfaces.IHandshakeListener)
-class ImapServer(LoginCommon, imap4.IMAP4Server):
+class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
     ACTOR, STARTTLS_VERB = "imap", "STARTTLS"
     """One IMAP connection: imap-login until logged in, then imap."""
 
@@ -1088,6 +1105,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._refresh(expunges=True)
         self._idle_tag = tag
         self.sendLine(b"+ idling")
+        call_in_reactor(self._start_idle_timer)
+
+    def _start_idle_timer(self) -> None:
         self._idle_timer = self.lab.reactor.callLater(IDLE_NOTIFY_INTERVAL, self._still_here)
 
     auth_IDLE = select_IDLE = (do_IDLE,)
@@ -1117,6 +1137,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         idling client at once), with a slow poll as a safety net; where
         inotify is unavailable, the poll every WATCH_INTERVAL seconds."""
         from twisted.internet.task import LoopingCall
+        if in_worker():
+            call_in_reactor(self._start_watch)
+            return
         self._stop_watch()
         self._watch_stat = self._stat()
         self._watch_handle = self.folder.watch(self.lab.reactor, self._check_watch)
@@ -1126,6 +1149,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                           now=False)
 
     def _stop_watch(self) -> None:
+        if in_worker():
+            call_in_reactor(self._stop_watch)
+            return
         if self._watch is not None and self._watch.running:
             self._watch.stop()
         self._watch = None
@@ -1141,16 +1167,23 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     def _check_watch(self) -> None:
         self._retry = None
-        if self.folder is None:
-            return
+        if self.folder is None or self._worker_busy:
+            return                       # (a command is at the mailbox: it looks itself)
         now = self._stat()
         if now == self._watch_stat:
             return
         self._watch_stat = now
         if self._idle_tag is not None:
-            if not self._refresh(expunges=True, wait=False):
-                # Someone (a delivery) holds the lock: look again shortly.
-                self._retry = self.lab.reactor.callLater(RETRY_DELAY, self._check_watch)
+            self._run_in_worker(self._idle_refresh)
+
+    def _idle_refresh(self) -> None:
+        """(In the mail worker.) Push what changed to the idling client."""
+        if not self._refresh(expunges=True, wait=False):
+            # Someone (a delivery) holds the lock: look again shortly.
+            call_in_reactor(self._retry_watch)
+
+    def _retry_watch(self) -> None:
+        self._retry = self.lab.reactor.callLater(RETRY_DELAY, self._check_watch)
 
     def _refresh(self, expunges: bool, wait: bool = True) -> bool:
         """Tell the client what changed in the selected folder (EXISTS/EXPUNGE/RECENT).
@@ -1528,18 +1561,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     def _search(self, keys: list) -> list[tuple[int, Message]]:
         """(seq, message) of the view matching SEARCH criteria."""
-        if not keys:
-            raise imap4.IllegalClientResponse("Missing search parameters")
+        program = compile_search(keys)          # parsed once, without recursion
         state = self._current()
         by_uid = {m.uid: m for m in state.messages}
         hits = []
-        last_uid = self.view[-1] if self.view else 0
-        now = time.time()
+        ctx = SearchContext(count=len(self.view), last_uid=self.view[-1] if self.view else 0,
+                            recent=self.recent, now=time.time())
         for seq, u in enumerate(self.view, 1):
             msg = by_uid.get(u)
-            if msg is None:
-                continue
-            if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent, now):
+            if msg is not None and program.matches(seq, msg, ctx):
                 hits.append((seq, msg))
         return hits
 
@@ -1557,13 +1587,13 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         try:
             keys = tokenize(line)
             returns = None
-            if len(keys) >= 2 and str(keys[0]).upper() == "RETURN" and isinstance(keys[1], list):
+            if len(keys) >= 2 and _word(keys[0]) == "RETURN" and isinstance(keys[1], list):
                 returns = [str(r).upper() for r in keys[1]] or ["ALL"]
                 unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL")]
                 if unknown:
                     raise imap4.IllegalClientResponse(f"Unknown return option: {unknown[0]}")
                 keys = keys[2:]
-            if keys and str(keys[0]).upper() == "CHARSET":
+            if keys and _word(keys[0]) == "CHARSET":
                 if len(keys) < 2:
                     raise imap4.IllegalClientResponse("Missing charset")
                 if not self._charset(tag, str(keys[1])):
@@ -1663,7 +1693,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             except imap4.IllegalClientResponse:
                 self._bad(tag, "Error in IMAP command UID EXPUNGE: Invalid uidset")
                 return
-            self._expunge(tag, [u for u in self.view if in_set(u, ranges)])
+            self._run_in_worker(self._expunge, tag, [u for u in self.view if in_set(u, ranges)],
+                                tag=tag)
             return
         if command not in (b"FETCH", b"STORE", b"COPY", b"MOVE", b"SEARCH", b"SORT", b"THREAD"):
             self._bad(tag, f"Error in IMAP command UID {command.decode('ascii', 'replace')}: "
@@ -1672,6 +1703,12 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.dispatchCommand(tag, command, line, uid=1)
 
     select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
+
+
+def _word(token) -> str | None:
+    """An atom, upper-cased; None for a parenthesized list (never printed:
+    it may be nested thousands deep)."""
+    return None if isinstance(token, list) else str(token).upper()
 
 
 def _b(tag) -> bytes:
@@ -1777,79 +1814,7 @@ def _filter_headers(head: bytes, names: set[str], negate: bool) -> bytes:
 
 
 # --------------------------------------------------------------------------
-# SEARCH evaluation (RFC 3501 §6.4.4)
-
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
-
-
-def _search_all(keys: list, seq: int, msg: Message, count: int, last_uid: int,
-                recent: set, now: float = 0.0) -> bool:
-    while keys:
-        if not _search_one(keys, seq, msg, count, last_uid, recent, now):
-            return False
-    return True
-
-
-def _search_one(keys: list, seq, msg: Message, count, last_uid, recent, now=0.0) -> bool:
-    key = keys.pop(0)
-    if isinstance(key, list):
-        return _search_all(list(key), seq, msg, count, last_uid, recent, now)
-    k = key.upper()
-    flags = msg.flags
-    simple = {
-        "ALL": True, "ANSWERED": "\\Answered" in flags, "DELETED": DELETED in flags,
-        "DRAFT": "\\Draft" in flags, "FLAGGED": "\\Flagged" in flags, "SEEN": SEEN in flags,
-        "UNANSWERED": "\\Answered" not in flags, "UNDELETED": DELETED not in flags,
-        "UNDRAFT": "\\Draft" not in flags, "UNFLAGGED": "\\Flagged" not in flags,
-        "UNSEEN": SEEN not in flags, "RECENT": msg.uid in recent,
-        "OLD": msg.uid not in recent, "NEW": msg.uid in recent and SEEN not in flags,
-    }
-    if k in simple:
-        return simple[k]
-    if k == "NOT":
-        return not _search_one(keys, seq, msg, count, last_uid, recent, now)
-    if k == "OR":
-        a = _search_one(keys, seq, msg, count, last_uid, recent, now)
-        b = _search_one(keys, seq, msg, count, last_uid, recent, now)
-        return a or b
-    if k in ("YOUNGER", "OLDER"):          # RFC 5032 WITHIN: seconds, on INTERNALDATE
-        age = (now or time.time()) - msg.internal_date
-        limit = int(keys.pop(0))
-        return age <= limit if k == "YOUNGER" else age > limit
-    if k == "UID":
-        return in_set(msg.uid, parse_set(keys.pop(0), last_uid))
-    if k in ("KEYWORD", "UNKEYWORD"):
-        has = keys.pop(0) in msg.keywords
-        return has if k == "KEYWORD" else not has
-    if k in ("LARGER", "SMALLER"):
-        n = int(keys.pop(0))
-        return msg.size > n if k == "LARGER" else msg.size < n
-    if k in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-        return _header_contains(msg, k.lower(), keys.pop(0))
-    if k == "HEADER":
-        name = keys.pop(0)
-        return _header_contains(msg, name.lower(), keys.pop(0))
-    if k in ("BODY", "TEXT"):
-        needle = keys.pop(0).lower().encode()
-        hay = msg.body if k == "BODY" else msg.content
-        return needle in hay.lower()
-    if k in _DATE_KEYS:
-        when = _search_date(keys.pop(0))
-        if k.startswith("SENT"):
-            parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
-            try:
-                stamp = email.utils.parsedate_to_datetime(parsed.get("Date", "")).timestamp()
-            except (TypeError, ValueError, IndexError, OverflowError):
-                stamp = 0.0            # no usable Date: as Dovecot, before any date
-        else:
-            stamp = msg.internal_date
-        day = time.strftime("%Y%m%d", time.localtime(stamp))
-        wanted = time.strftime("%Y%m%d", time.localtime(when))
-        k2 = k.removeprefix("SENT")
-        return {"BEFORE": day < wanted, "ON": day == wanted, "SINCE": day >= wanted}[k2]
-    if re.fullmatch(r"[0-9*:,]+", key):
-        return in_set(seq, parse_set(key, count))
-    raise imap4.IllegalClientResponse(f"Unknown argument {key}")
+# SEARCH's dates and headers (the criteria themselves: imap_search.py)
 
 
 def parse_internal_date(text: str | None) -> float | None:
