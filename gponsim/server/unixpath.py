@@ -34,8 +34,9 @@ def socket_address(path: str | os.PathLike) -> str:
 def private_folder(folder: str | os.PathLike, owner: str = "postfix") -> Path:
     """Postfix's ``private/`` folder of its queue (``postfix-files``:
     ``$queue_directory/private:d:$mail_owner:-:700``): mode 0700, and, run
-    as root, owned by the ``postfix`` user when it exists, so only Postfix's
-    daemons (and root) reach the sockets inside (Dovecot's auth and LMTP)."""
+    as root, owned by the ``postfix`` user when it exists (its group left as
+    it is: root, as on Debian), so only Postfix's daemons (and root) reach
+    the sockets inside (Dovecot's auth and LMTP)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
@@ -44,7 +45,7 @@ def private_folder(folder: str | os.PathLike, owner: str = "postfix") -> Path:
 
         try:
             entry = pwd.getpwnam(owner)
-            os.chown(folder, entry.pw_uid, entry.pw_gid)
+            os.chown(folder, entry.pw_uid, -1)
         except (KeyError, OSError):     # no postfix user; a user namespace's "root"
             pass
     return folder

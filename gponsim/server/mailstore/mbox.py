@@ -612,7 +612,7 @@ class MboxFolder(interface.Folder):
             except OSError as exc:
                 raise StoreError(f"Internal error: {exc.strerror}", "SERVERBUG") from None
             lock = MailboxLock(self.path, attempts=lock_attempts or self.lock_attempts,
-                               delay=self.lock_delay)
+                               delay=self.lock_delay, fcntl_only_when_full=True)
             try:
                 try:
                     lock.acquire(fd)
