@@ -462,7 +462,16 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if self._gone:                 # the client left while auth was answering
             self.blocked = None
             return
-        super()._unblock()
+        commands, self.blocked = self.blocked, None
+        while commands and self.blocked is None and not self.paused and self.line_mode:
+            self.lineReceived(commands.pop(0))
+        if commands:
+            if self.blocked is not None:           # waiting again (another login)
+                self.blocked.extend(commands)
+            else:
+                # a mailbox command now runs in the worker, or a literal is being
+                # read: what came meanwhile goes back to the input, read in turn
+                self._buffer = b"".join(c + self.delimiter for c in commands) + self._buffer
 
     def connectionLost(self, reason=None) -> None:
         self._gone = True
@@ -634,6 +643,14 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
     def lineLengthExceeded(self, line):
         self._bad(b"*", "Error in IMAP command received by server: Too long argument.")
         self.clearLineBuffer()
+
+    def arg_plist(self, line):
+        """Twisted's parenthesized list (APPEND's and STORE's flags); its
+        MismatchedNesting is a client's error, not the server's."""
+        try:
+            return super().arg_plist(line)
+        except imap4.MismatchedNesting:
+            raise imap4.IllegalClientResponse("Invalid arguments") from None
 
     def _stringLiteral(self, size):
         if size > self._literalStringLimit:
@@ -855,7 +872,13 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
     auth_ENABLE = select_ENABLE = (do_ENABLE, imap4.IMAP4Server.arg_line)
 
     def _name(self, raw) -> str:
-        name = imap4._parseMbox(raw) if isinstance(raw, bytes) else raw
+        if isinstance(raw, bytes):
+            try:       # (Twisted's _parseMbox logs a traceback for a bad name first)
+                name = raw.decode("imap4-utf-7")
+            except ValueError:
+                raise imap4.IllegalMailboxEncoding(raw) from None
+        else:
+            name = raw
         return "INBOX" if name.upper() == "INBOX" else name
 
     def _store_call(self, tag, fn, *args):
@@ -961,7 +984,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         select_opts: list[str] = []
         if args and isinstance(args[0], list) and not lsub:
-            select_opts = [str(o).upper() for o in args.pop(0)]
+            select_opts = [_word(o) for o in args.pop(0)]
         if len(args) < 2:
             self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
             return
@@ -970,14 +993,18 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
             return
         patterns = patterns if isinstance(patterns, list) else [patterns]
+        if any(isinstance(p, list) for p in patterns):     # ("a" ("b")): not a pattern
+            self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
+            return
         return_opts: list = []
-        if len(args) >= 4 and str(args[2]).upper() == "RETURN" and isinstance(args[3], list):
+        if len(args) >= 4 and _word(args[2]) == "RETURN" and isinstance(args[3], list):
             return_opts = args[3]
-        returns = {str(o).upper() for o in return_opts if not isinstance(o, list)}
+        returns = {_word(o) for o in return_opts if not isinstance(o, list)}
         status_items = None
         for i, o in enumerate(return_opts):
-            if str(o).upper() == "STATUS" and i + 1 < len(return_opts):
-                status_items = [str(x).upper() for x in return_opts[i + 1]]
+            if _word(o) == "STATUS" and i + 1 < len(return_opts) \
+                    and isinstance(return_opts[i + 1], list):
+                status_items = [_word(x) for x in return_opts[i + 1]]
         verb = "LSUB" if lsub else "LIST"
         if patterns == [""]:
             self._untagged(f'{verb} (\\Noselect) "/" ""')
@@ -1040,7 +1067,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             if len(items) != 1 or not isinstance(items[0], list):
                 raise imap4.IllegalClientResponse("Invalid arguments")
             name = self._name(name)
-            if self._store_call(tag, self._status_line, name, [str(i).upper() for i in items[0]])[0]:
+            if self._store_call(tag, self._status_line, name, [_word(i) for i in items[0]])[0]:
                 if self.folder is not None and self.folder.name == name:
                     self._ok(tag, "[CLIENTBUG] Status on selected mailbox completed.")
                 else:
@@ -1588,7 +1615,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             keys = tokenize(line)
             returns = None
             if len(keys) >= 2 and _word(keys[0]) == "RETURN" and isinstance(keys[1], list):
-                returns = [str(r).upper() for r in keys[1]] or ["ALL"]
+                returns = [_word(r) for r in keys[1]] or ["ALL"]
                 unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL")]
                 if unknown:
                     raise imap4.IllegalClientResponse(f"Unknown return option: {unknown[0]}")
@@ -1596,6 +1623,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             if keys and _word(keys[0]) == "CHARSET":
                 if len(keys) < 2:
                     raise imap4.IllegalClientResponse("Missing charset")
+                if isinstance(keys[1], list):
+                    raise imap4.IllegalClientResponse("Invalid charset")
                 if not self._charset(tag, str(keys[1])):
                     return
                 keys = keys[2:]

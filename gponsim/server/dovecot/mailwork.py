@@ -66,7 +66,7 @@ class MailWork:
 
     def _worker_done(self, _result) -> None:
         self._worker_busy = False
-        if not self._gone:
+        if not self._gone and not self.transport.disconnecting:    # (a BYE closed it)
             self._release_input()
 
     def _worker_error(self, failure, tag) -> None:
