@@ -315,6 +315,7 @@ class Imap:
         return self.reply(tag)
 
     def close(self) -> None:
+        self.file.close()              # (the socket stays open while its file is)
         self.sock.close()
 
 
