@@ -786,19 +786,34 @@ def config_init(directory, force, lmtp):
 
 
 @config.command("explain")
-@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", required=False)
 @click.option("--config", "config_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Profile directory (default: the lab document's profile).")
 @click.option("--lang", type=LANG, help="Language (default: from the locale, else en).")
 def config_explain(file, config_dir, lang):
-    """Explain every parameter of the profile (or of FILE), and whether gponsim simulates it."""
+    """Explain every parameter of the profile (or of FILE, or the one
+    parameter named, set or not: `gponsim config explain
+    smtpd_client_connection_count_limit`), and whether gponsim simulates it."""
     from rich.console import Console
 
-    from gponsim.config import ConfigError, explain_rows, load_profile, render_explain
+    from gponsim.config import (ConfigError, explain_rows, load_profile, parameter_rows,
+                                render_explain)
 
     try:
         profile = load_profile(config_dir)
-        rows = explain_rows(profile, file=file, lang=_lang(lang))
+        rows = None
+        if file is not None and not Path(file).exists():
+            rows = parameter_rows(profile, file, lang=_lang(lang))
+            if not rows and "/" not in file and "." not in file:
+                raise click.BadParameter(
+                    f"{file}: neither a file nor a Postfix or Dovecot parameter gponsim knows / "
+                    f"no es un archivo ni un parámetro de Postfix o Dovecot que gponsim conozca",
+                    param_hint="FILE")
+        if not rows:
+            if file is not None and not Path(file).exists() and not any(
+                    p.name == Path(file).name for p in profile.files()):
+                raise click.BadParameter(f"{file}: no such file / no existe", param_hint="FILE")
+            rows = explain_rows(profile, file=file, lang=_lang(lang))
     except ConfigError as exc:
         raise _config_error(exc)
     render_explain(rows, Console(), _lang(lang))

@@ -25,6 +25,7 @@ from twisted.test import iosim
 
 from gponsim.server.dovecot.auth import AuthServer, socket_path
 from gponsim.server.dovecot.imap import ImapContext, ImapServer, ImapSettings
+from gponsim.server.dovecot.login import LoginAuth
 from gponsim.server.dovecot.passwd import Users
 from gponsim.server.dovecot.pop3 import Pop3Server
 from gponsim.server.mailstore.mailwatch import MailWatch
@@ -120,7 +121,8 @@ class MemoryLab:
         self.auth_server.listen(socket_path(root))
         self.auth_client = AuthClient(socket_path(root), reactor=self.reactor)
         self.ctx = ImapContext(lab_root=root, emit=self.sink.step, log=self.log_lines.append,
-                               auth=self.auth_client, settings=settings or ImapSettings(),
+                               auth=LoginAuth(self.auth_client),
+                               settings=settings or ImapSettings(),
                                reactor=self.reactor)
 
     def deliver(self, user: str, content: bytes, sender: str = "user1@gponlab.local",

@@ -8,6 +8,7 @@ in any link type.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from pathlib import Path
@@ -20,9 +21,14 @@ def tcp(sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes =
                        flags, 65535, 0, 0) + payload
 
 
+@functools.lru_cache(maxsize=64)
+def _packed(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
+
+
 def ipv4(src: str, dst: str, segment: bytes, proto: int = 6) -> bytes:
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 1, 0x4000, 64, proto, 0,
-                       ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed) + segment
+                       _packed(src), _packed(dst)) + segment
 
 
 def ipv6(src: str, dst: str, segment: bytes) -> bytes:

@@ -228,3 +228,10 @@ def test_config_init_and_explain(tmp_path):
     out = run("config", "explain", "--config", str(dest), "--lang", "es")
     assert out.returncode == 0
     assert "smtpd_relay_restrictions" in out.stdout
+    # one parameter by name, written in the files or not
+    out = run("config", "explain", "smtpd_client_connection_count_limit", "--lang", "en")
+    assert out.returncode == 0
+    assert "smtpd_client_connection_count_limit = 50" in out.stdout
+    assert "Connection concurrency limit exceeded" in " ".join(out.stdout.split())
+    out = run("config", "explain", "no_such_parameter")
+    assert out.returncode == 2 and "neither a file nor a Postfix or Dovecot parameter" in out.stderr

@@ -1119,3 +1119,32 @@ def test_real_doveconf_reads_our_files_like_we_do(tmp_path, shipped):
             assert (theirs.value, theirs.file_ref) == (setting.value, setting.file_ref), setting.display_name
         else:   # doveconf -n omits values equal to the default
             assert data.dovecot(setting.generic_key).default == setting.value, setting.display_name
+
+
+# config explain NAME: the limits the lab's files do not write (issue #18)
+
+@pytest.mark.parametrize("name,value,simulated", [
+    ("smtpd_client_connection_count_limit", "50", True),
+    ("smtpd_client_connection_rate_limit", "0", True),
+    ("anvil_rate_time_unit", "60s", True),
+    ("smtpd_client_event_limit_exceptions",
+     "${smtpd_client_connection_limit_exceptions:$mynetworks}", True),
+    ("auth_failure_delay", "2 secs", True),
+    ("mail_max_userip_connections", "10", True),
+])
+def test_explain_one_parameter_by_name(shipped, name, value, simulated):
+    from gponsim.config import parameter_rows
+
+    for lang in ("es", "en"):
+        (row,) = parameter_rows(shipped, name, lang=lang)
+        assert (row.name, row.value, row.simulated, row.known) == (name, value, simulated, True)
+        assert row.explanation
+    assert parameter_rows(shipped, "no_such_parameter") == []
+
+
+def test_explain_shows_what_the_exceptions_expand_to(shipped):
+    from gponsim.config import parameter_rows
+
+    (row,) = parameter_rows(shipped, "smtpd_client_event_limit_exceptions", lang="en")
+    assert row.expanded == "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128 192.168.0.0/16"
+    assert "192.168.0.0/16" in row.explanation

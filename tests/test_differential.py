@@ -22,7 +22,6 @@ import os
 import poplib
 import re
 import shutil
-import smtplib
 import socket
 import ssl
 import tempfile

@@ -157,7 +157,7 @@ def test_wrong_password_answered_after_the_failure_delay(mem):
     assert c.send(b"", seconds=1.9) == []
     assert c.send(b"", seconds=0.1) == ["a1 NO [AUTHENTICATIONFAILED] Authentication failed."]
     # Dovecot's auth penalty: after one failure from this address, the next
-    # login waits 4 seconds (auth_penalty.py), even with the right password
+    # login waits 4 seconds (penalty.py), even with the right password
     assert c.send("a2 LOGIN user2 pass") == []
     assert c.send(b"", seconds=3.9) == []
     assert c.send(b"", seconds=0.1) == [f"a2 OK [CAPABILITY {POST}] Logged in"]
@@ -334,6 +334,38 @@ def test_search(mem, inbox):
     assert c.send("e SEARCH RETURN (MIN COUNT) ALL")[0] == '* ESEARCH (TAG "e") MIN 1 COUNT 2'
 
 
+def test_search_criteria_nested_as_deep_as_a_command_line_allows(mem, inbox):
+    """Dovecot answers 5,000 levels (and more) of parentheses, NOT and OR; the
+    lab used to log a RecursionError. Nothing is deeper than what fits in
+    imap_max_line_length (64 KB)."""
+    c = selected(mem)
+    c.send("x STORE 2 +FLAGS (\\Flagged)")
+    for criteria, found in [("(" * 30000 + "FLAGGED" + ")" * 30000, "2"),
+                            ("NOT " * 15000 + "FLAGGED", "2"),
+                            ("NOT " * 15001 + "FLAGGED", "1"),
+                            ("OR ALL " * 8000 + "ALL", "1 2"),
+                            ("OR UNFLAGGED " * 4500 + "UNFLAGGED", "1"),
+                            ("(" * 10000 + "OR SUBJECT dos NOT ALL" + ")" * 10000, "2")]:
+        lines = c.send(f"q SEARCH {criteria}")
+        assert lines[0] == f"* SEARCH {found}", criteria[:40]
+        assert done(lines[1], "q", "OK Search completed"), lines
+    assert not [s for s in mem.sink.steps if "Traceback" in (s.line or "")]
+
+
+@pytest.mark.parametrize("criteria,error", [
+    ("FROM", "Missing parameter for search key (for search key: FROM)"),
+    ("FOO", "Unknown argument FOO"), ("NOT", "Missing argument"), ("OR ALL", "Missing argument"),
+    ("()", "No search parameters inside list"), ("LARGER x", "Invalid search size parameter"),
+    ("HEADER (a) b", "Unexpected ( (for search key: HEADER)"),
+    ("UID x", "Invalid UID messageset"), ("1:x", "Invalid messageset"),
+    ("YOUNGER x", "Invalid search interval parameter"),
+])
+def test_search_errors_are_dovecot_s(mem, inbox, criteria, error):
+    c = selected(mem)
+    (line,) = c.send(f"q SEARCH {criteria}")
+    assert done(line, "q", f"BAD Error in IMAP command SEARCH: {error}"), line
+
+
 def test_expunge_and_noop_report_what_another_session_did(mem, inbox):
     c = selected(mem)
     other = selected(mem)
@@ -446,10 +478,48 @@ def test_idle_without_inotify_polls(mem, inbox, monkeypatch):
 
 
 def test_inactivity_logs_out(mem):
+    """imap-login gives a client 3 minutes from its connection (Dovecot 2.3.19)."""
     c = mem.imap(local=True)
     c.lines()
-    assert c.send(b"", seconds=60) == ["* BYE Disconnected for inactivity."]
+    assert c.send(b"", seconds=179) == []
+    assert c.send(b"", seconds=1) == ["* BYE Disconnected for inactivity."]
     assert c.closed
+    assert re.fullmatch(r"imap-login: Disconnected: Inactivity \(no auth attempts in \d+ secs\): "
+                        r"user=<>, rip=192\.168\.1\.1, lip=192\.168\.1\.1, secured, "
+                        r"session=<[^>]+>", mem.log_lines[-1])
+
+
+def test_talking_does_not_extend_the_login_timeout(mem):
+    """A guesser that keeps trying is dropped 3 minutes after it connected,
+    in the middle of its attempt (the penalty makes it wait 15 s each time)."""
+    c = mem.imap(local=True)
+    c.lines()
+    replies = []
+    for i in range(40):
+        got = c.send(f"a{i} LOGIN user2 guess{i}")
+        while not got and not c.closed:         # the next guess as soon as this one failed
+            got = c.send(b"", seconds=1)
+        replies += got
+        if c.closed:
+            break
+    assert replies[-1] == "* BYE Disconnected for inactivity during authentication."
+    assert 10 <= sum(r.endswith("Authentication failed.") for r in replies) <= 13
+    assert re.fullmatch(r"imap-login: Disconnected: Inactivity during authentication "
+                        r"\(auth failed, \d+ attempts in 180 secs\): user=<user2>, "
+                        r"method=PLAIN, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
+
+
+def test_three_invalid_commands_before_login_drop_the_client(mem):
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("a FOO") == ["a BAD Error in IMAP command received by server."]
+    assert c.send("b NOOP") == ["b OK NOOP completed."]
+    assert c.send("c LOGIN") == ["c BAD Error in IMAP command received by server."]
+    assert c.send("d BAR") == ["* BYE Too many invalid IMAP commands."]
+    assert c.closed
+    assert re.fullmatch(r"imap-login: Disconnected: Too many invalid commands \(no auth attempts "
+                        r"in 0 secs\): user=<>, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
+    assert len(mem.log_lines) == 1
 
 
 def test_bad_commands(mem):
@@ -460,3 +530,19 @@ def test_bad_commands(mem):
     c = logged_in(mem)
     assert done(c.send("d BLAH")[0], "d", "BAD Error in IMAP command BLAH: Unknown command")
     assert done(c.send("e SELECT")[0], "e", "BAD Error in IMAP command SELECT: Invalid arguments")
+
+
+def test_logins_whose_client_left_at_once_do_not_count_for_the_userip_limit(mem):
+    """Eleven clients send LOGIN and hang up before the answer (issue #18):
+    mail_max_userip_connections counts open connections, so the twelfth is
+    let in and nothing is left counted."""
+    for _ in range(11):
+        c = mem.imap(local=True)
+        c.server.dataReceived(b"a LOGIN user2 pass\r\n")
+        c.drop()
+    assert mem.ctx.sessions == {}
+    c = logged_in(mem)
+    assert mem.ctx.open_sessions(("imap", "192.168.1.1", "user2")) == 1
+    assert not any("Login:" in line for line in mem.log_lines[:-1])    # only the last one
+    c.drop()
+    assert mem.ctx.sessions == {}

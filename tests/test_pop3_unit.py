@@ -110,7 +110,7 @@ def test_wrong_password_after_the_failure_delay_then_success(mem):
     assert c.send("PASS pass") == ["-ERR No username given."]
     c.send("USER user2")
     # Dovecot's auth penalty: one failure from this address makes the next
-    # login wait 4 seconds, even with the right password (auth_penalty.py)
+    # login wait 4 seconds, even with the right password (penalty.py)
     assert c.send("PASS pass") == []
     assert c.send(b"", seconds=3.9) == []
     assert c.send(b"", seconds=0.1) == ["+OK Logged in."]
@@ -225,7 +225,37 @@ def test_quit_before_login(mem):
 
 
 def test_login_timeout(mem):
+    """pop3-login gives a client 3 minutes from its connection, talking or not."""
     c = mem.pop3(local=True)
     c.lines()
-    assert c.send(b"", seconds=60) == ["-ERR Disconnected for inactivity."]
+    for _ in range(17):
+        assert c.send("CAPA", seconds=10)[0] == "+OK"
+    assert c.send(b"", seconds=10) == ["-ERR Disconnected for inactivity."]
     assert c.closed
+    assert re.fullmatch(r"pop3-login: Disconnected: Inactivity \(no auth attempts in \d+ secs\): "
+                        r"user=<>, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
+
+
+def test_a_fourth_unknown_command_before_login_drops_the_client(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    for verb in ("BOGUS", "CAPA", "BOGUS", "BOGUS"):
+        assert c.send(verb)[0] in ("-ERR Unknown command.", "+OK")
+    assert c.send("BOGUS") == ["-ERR Too many invalid bad commands."]
+    assert c.closed
+    assert re.fullmatch(r"pop3-login: Disconnected: Disconnected: Too many bad commands \(no auth "
+                        r"attempts in 0 secs\): user=<>, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
+
+
+def test_logins_whose_client_left_at_once_do_not_count_for_the_userip_limit(mem):
+    """Eleven clients send PASS and hang up before the answer (issue #18):
+    the limit counts open connections, so the next login is let in."""
+    for _ in range(11):
+        c = mem.pop3(local=True)
+        c.server.dataReceived(b"USER user2\r\nPASS pass\r\n")
+        c.drop()
+    assert mem.ctx.sessions == {}
+    c = logged_in(mem)
+    assert mem.ctx.open_sessions(("pop3", "192.168.1.1", "user2")) == 1
+    c.drop()
+    assert mem.ctx.sessions == {}

@@ -213,3 +213,22 @@ def test_real_postfix_login_mechanism(setup):
         f"CONT\t{rid}\tVXNlcm5hbWU6", f"CONT\t{rid}\t{user}",
         f"CONT\t{rid}\tUGFzc3dvcmQ6", f"CONT\t{rid}\t{password}",
         f"OK\t{rid}\tuser=user2"]
+
+
+def test_the_socket_sits_in_postfix_s_private_folder(setup, labroot):
+    """As on Debian: private/ is 0700 and the postfix user's (nobody else can
+    even look inside), the socket is 10-master.conf's (0666, postfix:postfix),
+    and the real smtpd, running as postfix, still authenticates through it."""
+    import stat
+
+    postfix, _sink = setup
+    private = labroot / "lab/var/spool/postfix/private"
+    st = private.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700
+    assert pwd.getpwuid(st.st_uid).pw_name == "postfix"
+    sock = (private / "auth").stat()
+    assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o666
+    assert pwd.getpwuid(sock.st_uid).pw_name == "postfix"
+    with smtplib.SMTP("127.0.0.1", postfix.port, local_hostname="client.test", timeout=WAIT) as smtp:
+        smtp.ehlo()
+        assert smtp.login("user2", "pass") == (235, b"2.7.0 Authentication successful")

@@ -271,9 +271,9 @@ def test_wrong_password_fails_after_delay_without_blocking(raw):
     slow.send(AUTH.format(id=1, mech="PLAIN") + f"\tsecured\tresp={PLAIN_BAD}\n"
               + AUTH.format(id=2, mech="PLAIN") + f"\tresp={PLAIN_OK}\n")
     assert slow.line() == "OK\t2\tuser=user1"
-    # another connection is served meanwhile (from another computer: one from
-    # the same address would wait for Dovecot's auth penalty, test_auth_penalty)
-    other.send(AUTH.format(id=1, mech="PLAIN").replace("rip=127.0.0.1", "rip=127.0.0.3")
+    # another connection (another client: the failure's penalty is for 127.0.0.1)
+    # is served meanwhile
+    other.send(AUTH.format(id=1, mech="PLAIN").replace("rip=127.0.0.1", "rip=127.0.0.2")
                + f"\tresp={PLAIN_OK}\n")
     assert other.line() == "OK\t1\tuser=user1"
     assert time.monotonic() - start < DELAY
@@ -701,7 +701,7 @@ def test_auth_penalty_makes_the_next_login_from_that_address_wait(raw):
     """auth-penalty.c: after a failure, the next request from the same address
     waits 4 s (then fails after auth_failure_delay: 6 s in all); another
     address does not wait; a success clears the penalty; no-penalty is exempt."""
-    from gponsim.server.dovecot import auth_penalty
+    from gponsim.server.dovecot import penalty
 
     c = raw()
     c.handshake()
@@ -715,14 +715,14 @@ def test_auth_penalty_makes_the_next_login_from_that_address_wait(raw):
     assert c.line() == "OK\t3\tuser=user1" and time.monotonic() - start < 1
     c.send(AUTH.format(id=4, mech="PLAIN") + f"\tresp={PLAIN_OK}\n")
     assert c.line() == "OK\t4\tuser=user1"
-    assert time.monotonic() - start >= auth_penalty.to_secs(1)
+    assert time.monotonic() - start >= penalty.to_secs(1)
     start = time.monotonic()                  # the success cleared the penalty
     c.send(AUTH.format(id=5, mech="PLAIN") + f"\tresp={PLAIN_OK}\n")
     assert c.line() == "OK\t5\tuser=user1" and time.monotonic() - start < 1
 
 
 def test_penalty_arithmetic():
-    from gponsim.server.dovecot.auth_penalty import AuthPenalty, to_secs
+    from gponsim.server.dovecot.penalty import AuthPenalty, to_secs
 
     assert [to_secs(n) for n in range(5)] == [2, 4, 8, 15, 15]
     now = [1000.0]
@@ -737,3 +737,14 @@ def test_penalty_arithmetic():
     assert p.lookup("10.0.0.1") == 0           # forgotten after 29 s
     p.update("2001:db8:1:2::5", 1)
     assert p.lookup("2001:db8:1:ffff::9") == 1  # IPv6 by /48
+
+
+def test_the_socket_folder_is_private_to_postfix(server, labroot):
+    """Postfix's private/ folder is 0700 (the postfix user's when the lab runs
+    as root): other users of the teacher's computer cannot reach the socket."""
+    import stat
+
+    private = socket_path(labroot).parent
+    assert private.name == "private"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert stat.S_IMODE(socket_path(labroot).stat().st_mode) == 0o666

@@ -169,3 +169,90 @@ def test_data_in_any_segmentation_gives_the_same_message(tmp_path):
         results.append(captured[0])
     assert all(r == results[0] for r in results)
     assert results[0] == b"Subject: dots\n\n..leading dot\n.\nnot the end\nlast\n"
+
+
+# -- anvil: smtpd_client_connection_count_limit / _rate_limit (checked against
+#    Debian's Postfix 3.7.11, docs/hostile.md)
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _anvil_sessions(tmp_path, clock, client="192.168.1.50", **settings):
+    from gponsim.server.postfix.anvil import Anvil
+
+    anvil = Anvil(clock)
+    logged: list[tuple[str, str]] = []
+    mta = Mta(tmp_path / "lab", QueueSettings(mydestination=frozenset({"gponlab.local"})),
+              user_exists=lambda u: False)
+    context = SmtpdContext(log=lambda prog, text: logged.append((prog, text)), queue=mta.cleanup,
+                           local_user_exists=lambda u: False, anvil=anvil)
+    base = dict(mynetworks=parse_networks(["127.0.0.0/8"]),
+                event_limit_exceptions=parse_networks(["127.0.0.0/8"]))
+    base.update(settings)
+
+    def connect(ip=client):
+        proto = Smtpd(context, SmtpdSettings(**base))
+        transport = StringTransport(peerAddress=_addr(ip), hostAddress=_addr("192.168.40.50"))
+        proto.makeConnection(transport)
+        return proto, transport
+    return anvil, logged, connect
+
+
+def test_the_51st_connection_from_one_client_gets_421(tmp_path):
+    clock = Clock()
+    anvil, logged, connect = _anvil_sessions(tmp_path, clock)
+    open_ = [connect() for _ in range(50)]
+    assert all(t.value().startswith(b"220 ") for _p, t in open_)
+    proto, transport = connect()
+    assert transport.value() == (b"421 4.7.0 mail.gponlab.local Error: too many connections "
+                                 b"from 192.168.1.50\r\n")
+    assert transport.disconnecting
+    proto.connectionLost(None)
+    assert [text for _prog, text in logged[-3:]] == [
+        "connect from unknown[192.168.1.50]",
+        "warning: Connection concurrency limit exceeded: 51 from unknown[192.168.1.50] "
+        "for service smtp",
+        "disconnect from unknown[192.168.1.50] commands=0/0"]
+    # another client is not affected; one closing makes room again
+    assert connect("192.168.1.51")[1].value().startswith(b"220 ")
+    open_[0][0].connectionLost(None)
+    assert connect()[1].value().startswith(b"220 ")
+
+
+def test_mynetworks_clients_are_exempt_by_default(tmp_path):
+    anvil, logged, connect = _anvil_sessions(tmp_path, Clock(), client="127.0.0.5",
+                                             connection_count_limit=2)
+    assert all(connect()[1].value().startswith(b"220 ") for _ in range(5))
+    assert len(anvil) == 0
+
+
+def test_the_connection_rate_limit_and_its_time_unit(tmp_path):
+    clock = Clock()
+    anvil, logged, connect = _anvil_sessions(tmp_path, clock, connection_rate_limit=6)
+    for _ in range(6):
+        proto, transport = connect()
+        assert transport.value().startswith(b"220 ")
+        proto.connectionLost(None)
+    proto, transport = connect()
+    assert transport.value().startswith(b"421 4.7.0 mail.gponlab.local Error: too many connections")
+    assert logged[-1][1] == ("warning: Connection rate limit exceeded: 7 from "
+                             "unknown[192.168.1.50] for service smtp")
+    proto.connectionLost(None)
+    clock.now += 61                     # a new anvil_rate_time_unit
+    assert connect()[1].value().startswith(b"220 ")
+
+
+def test_anvil_forgets_clients_a_time_unit_after_their_last_connection(tmp_path):
+    clock = Clock()
+    anvil, _logged, connect = _anvil_sessions(tmp_path, clock)
+    for i in range(200):
+        proto, _t = connect(f"10.0.0.{i}")
+        proto.connectionLost(None)
+    assert len(anvil) == 200
+    clock.now += 60
+    assert len(anvil) == 0

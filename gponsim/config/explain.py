@@ -228,6 +228,34 @@ def explain_rows(profile: LabProfile, file: str | os.PathLike | None = None,
     return _standalone_rows(Path(file), data, lang)
 
 
+def parameter_rows(profile: LabProfile, name: str, lang: str = "es") -> list[Row]:
+    """One row explaining a Postfix parameter or a Dovecot setting by name,
+    with its value in the profile (as ``postconf`` or ``doveconf`` would
+    show it: the file's, else the default): for those the lab's files do
+    not write, such as smtpd_client_connection_count_limit. Empty when
+    gponsim does not know the name."""
+    lang = lang if lang in ("es", "en") else "en"
+    data = profile.catalog
+    info = data.postfix(name)
+    if info is not None:
+        text, simulated, note, known = _info_texts(info, lang)
+        entry = profile.main_cf.entries.get(name)
+        written = entry.value if entry is not None else (data.postfix_default(name) or "")
+        try:
+            value = profile.main(name)
+        except (MacroError, ConfigError, KeyError):
+            value = None
+        expanded = value if value is not None and value != written else None
+        return [Row("postconf", entry.line if entry is not None else None, name, written, text,
+                    simulated, note, known, "parameter", "", expanded)]
+    info = data.dovecot(name)
+    if info is not None:
+        text, simulated, note, known = _info_texts(info, lang)
+        return [Row("doveconf", None, name, profile.dovecot(name), text, simulated, note, known,
+                    "setting")]
+    return []
+
+
 def _match_profile_file(profile: LabProfile, file: str | os.PathLike) -> str | None:
     given = Path(file)
     names = {_display(str(p), profile.directory): p for p in profile.files()}

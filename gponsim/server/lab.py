@@ -100,7 +100,22 @@ def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
         hard_error_limit=int(p("smtpd_hard_error_limit") or 20),
         disable_vrfy=yes("disable_vrfy_command"),
         tls_loglevel=int(p("smtpd_tls_loglevel") or 0),
+        connection_count_limit=int(p("smtpd_client_connection_count_limit") or 0),
+        connection_rate_limit=int(p("smtpd_client_connection_rate_limit") or 0),
+        event_limit_exceptions=_address_patterns(lst("smtpd_client_event_limit_exceptions")),
     )
+
+
+def _address_patterns(items) -> list:
+    """The networks of a Postfix address list (``$mynetworks`` expanded); host
+    and domain names never match the lab's clients, all ``unknown``."""
+    nets = []
+    for item in items:
+        try:
+            nets += parse_networks([item])
+        except ValueError:
+            continue
+    return nets
 
 
 class Lab:
@@ -144,6 +159,7 @@ class Lab:
             raise LabError(f"cannot create the lab root {self.root}: {exc.strerror}") from exc
         hostname = profile.main("myhostname")
         self.log = MailLog(self.root / "var/log/mail.log", hostname=hostname.split(".")[0])
+        self._remove_stale_temporaries()
         self.users = Users.ensure_default(self.path(profile.passwd_file()))
         self.accounts = accounts.ensure(self.root, self.users.names())
         self.aliases = aliases.ensure(self.root)
@@ -174,12 +190,32 @@ class Lab:
                                alias_exists=self.aliases.__contains__,
                                delimiter=profile.main("recipient_delimiter"))
 
+    def _remove_stale_temporaries(self) -> None:
+        """Mailbox rewrites that a crash or a kill cut short left their
+        temporary files (``.<name>.gponsim-<pid>.tmp``): delete them, so a
+        full disk is not filled for ever by half a copy of a mailbox."""
+        from gponsim.server.mailstore.mbox import remove_stale_temporaries
+
+        folders = [self.root / "var/mail"]
+        home = self.root / "home"
+        if home.is_dir():
+            folders += [Path(d) for d, _dirs, _files in os.walk(home)]
+        for folder in folders:
+            for path in remove_stale_temporaries(folder):
+                self.log.write("gponsim/mailstore", pid_for("mailstore"),
+                               f"removed {path.relative_to(self.root)}: an unfinished "
+                               f"mailbox rewrite of a process that is gone")
+
     def _smtpd_context(self, mechanisms) -> SmtpdContext:
+        from gponsim.server.postfix.anvil import Anvil
+
+        unit = self.profile.time_value(self.profile.main("anvil_rate_time_unit"), "s")
         return SmtpdContext(emit=self.emit, log=self._log, auth=_AuthGlue(self.auth_client),
                             queue=self.mta.cleanup, mechanisms=mechanisms,
                             local_user_exists=self.local_recipients().exists,
                             client_name=self.client_name,
-                            received_header=self._received_header)
+                            received_header=self._received_header,
+                            anvil=Anvil(self.reactor.seconds, unit or 60.0))
 
     def _smtpd_factory(self, context: SmtpdContext, service: str, tls_options) -> SmtpdFactory:
         return SmtpdFactory(context, smtpd_settings(self.profile, service), tls_options,
@@ -232,8 +268,11 @@ class Lab:
                                       verbose=profile.dovecot_bool("auth_verbose"),
                                       log=lambda text: self.log.write("dovecot",
                                                                       pid_for("dovecot"), text))
+        listener = profile.postfix_auth_listener()      # 10-master.conf's mode, user, group
+        socket_owner = {} if listener is None else {
+            "mode": listener.mode, "user": listener.user, "group": listener.group}
         try:
-            self._listeners.append(self.auth_server.listen(self.auth_socket))
+            self._listeners.append(self.auth_server.listen(self.auth_socket, **socket_owner))
         except Exception as exc:  # noqa: BLE001 - told to the user below
             raise LabError(f"cannot open Dovecot's auth socket {self.auth_socket}: {exc}") from exc
         self.auth_client = AuthClient(str(self.auth_socket), emit=self.emit, reactor=self.reactor)

@@ -6,7 +6,10 @@ Postfix's smtpd (``smtpd_sasl_type = dovecot``) connects to
 answers exactly as Dovecot 2.3's auth process does (``src/auth/
 auth-client-connection.c``, ``auth-request-handler.c``, ``mech-plain.c``,
 ``mech-login.c``): same handshake, same replies, same failure delay, same
-reasons. See ``lab-facts.md`` §1.
+reasons. See ``lab-facts.md`` §1. A client address that keeps failing
+waits longer before each new attempt, whichever service it uses (IMAP,
+POP3, SMTP AUTH through Postfix): Dovecot's auth penalty
+(:mod:`gponsim.server.dovecot.penalty`).
 
 Passwords are checked by :meth:`gponsim.server.dovecot.passwd.Users.verify` in a
 thread (bcrypt), so the reactor never stalls.
@@ -37,10 +40,10 @@ from twisted.internet import threads
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
-from gponsim.server.unixpath import socket_address
+from gponsim.server.unixpath import give_socket, socket_address, socket_folder
 from gponsim.commentary import annotate
-from gponsim.server.dovecot import auth_penalty
 from gponsim.server.dovecot.passwd import Users
+from gponsim.server.dovecot.penalty import AuthPenalty, checksum, to_secs
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire.sasl import MAX_LINE, decode_line, escape, sasl_step
 
@@ -108,10 +111,12 @@ class _Request:
     accept_cont: bool = False
     removed: bool = False
     timer: object = None
-    rip: str = ""                        # the client's address (auth penalty, logs)
+    rip: str | None = None               # the client's address (the penalty's key)
     session: str = ""                    # the login process's session id, if it sent one
-    no_penalty: bool = False
-    last_penalty: int = 0
+    no_penalty: bool = False             # "no-penalty": never delayed nor counted
+    last_penalty: int = 0                # the address's penalty when the request came
+    checksum: int = 0                    # user+password, once a password was given
+    penalty_timer: object = None         # waiting out the penalty
 
 
 class AuthConnection(LineOnlyReceiver):
@@ -267,32 +272,36 @@ class AuthConnection(LineOnlyReceiver):
             self._drop(f"BUG: Authentication client {self.cpid} sent a duplicate ID {request_id}")
             return
         request = _Request(id=request_id, mech=mech, service=params["service"],
-                           rip=params.get("rip", ""), session=params.get("session", ""),
-                           no_penalty="no-penalty" in params)
+                           session=params.get("session", ""))
         request.timer = self.factory.reactor.callLater(
             self.factory.request_timeout, self._timed_out, request)
         self.requests[request_id] = request
-        penalty = self.factory.penalty.lookup(request.rip) \
-            if request.rip and not request.no_penalty else 0
-        request.last_penalty = penalty
-        if penalty:
-            # auth-request-handler.c: an address with recent failures waits first
-            self.factory.reactor.callLater(auth_penalty.to_secs(penalty), self._begin,
-                                           request, resp)
-            return
-        self._begin(request, resp)
-
-    def _begin(self, request: _Request, resp: str | None) -> None:
-        if request.removed:
-            return
-        mech = request.mech
         data: bytes | None = None
         if resp:                                 # an empty resp= is no response
             data = _b64decode(resp)
             if data is None:
                 self._fail_now(request, "Invalid base64 data in initial response")
                 return
-        if mech == "PLAIN":
+        self._wait_penalty(request, params, data)
+
+    def _wait_penalty(self, request: _Request, params: dict, data: bytes | None) -> None:
+        """Before a request is looked at, its address waits out its penalty
+        (auth_penalty_lookup): 4, 8, 15 s after 1, 2, 3+ recent failures."""
+        request.rip = params.get("rip") or None
+        request.no_penalty = "no-penalty" in params
+        penalty = 0 if request.no_penalty else self.factory.penalty.lookup(request.rip)
+        request.last_penalty = penalty
+        if penalty:
+            request.penalty_timer = self.factory.reactor.callLater(
+                to_secs(penalty), self._begin, request, data)
+        else:
+            self._begin(request, data)
+
+    def _begin(self, request: _Request, data: bytes | None) -> None:
+        request.penalty_timer = None
+        if request.removed:
+            return
+        if request.mech == "PLAIN":
             self._plain(request, data)
         else:
             self._login(request, data, initial=True)
@@ -339,9 +348,10 @@ class AuthConnection(LineOnlyReceiver):
 
     def _remove(self, request: _Request) -> None:
         request.removed = True
-        if request.timer is not None and request.timer.active():
-            request.timer.cancel()
-        request.timer = None
+        for timer in (request.timer, request.penalty_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        request.timer = request.penalty_timer = None
         if self.requests.get(request.id) is request:
             del self.requests[request.id]
 
@@ -393,6 +403,7 @@ class AuthConnection(LineOnlyReceiver):
     # ------------------------------------------------------------- results
 
     def _verify(self, request: _Request, password: bytes) -> None:
+        request.checksum = checksum(request.user, password)
         reactor = self.factory.reactor
         d = threads.deferToThreadPool(reactor, reactor.getThreadPool(),
                                       self.factory.users.verify, request.user, password)
@@ -404,8 +415,8 @@ class AuthConnection(LineOnlyReceiver):
             return
         if ok:
             self._remove(request)
-            if request.last_penalty and request.rip:
-                self.factory.penalty.update(request.rip, 0)
+            if request.last_penalty and not request.no_penalty:
+                self.factory.penalty.update(request.rip, 0)      # forgiven
             self.send(f"OK\t{request.id}\tuser={escape(request.user)}{self._extra(request)}")
         else:
             if self.factory.verbose:
@@ -431,10 +442,11 @@ class AuthConnection(LineOnlyReceiver):
         return ""
 
     def _fail(self, request: _Request, code: str | None = None) -> None:
-        """Authentication failed: answer after auth_failure_delay."""
+        """Authentication failed: answer after auth_failure_delay; the
+        client's address gets one more point of penalty."""
         self._remove(request)
-        if request.rip and not request.no_penalty:
-            self.factory.penalty.update(request.rip, request.last_penalty + 1)
+        if not request.no_penalty:
+            self.factory.penalty.update(request.rip, request.last_penalty + 1, request.checksum)
         line = f"FAIL\t{request.id}"
         if request.user is not None:
             line += f"\tuser={escape(request.user)}"
@@ -471,7 +483,6 @@ class AuthServer(Factory):
         #: auth_verbose: failed logins explained in mail.log (``log`` writes them)
         self.verbose = verbose
         self.log = log
-        self.penalty = auth_penalty.AuthPenalty(clock=getattr(reactor, "seconds", time.time))
         self.users = users
         self.mechanisms = [m.upper() for m in mechanisms]
         unknown = [m for m in self.mechanisms if m not in MECH_FLAGS]
@@ -480,6 +491,8 @@ class AuthServer(Factory):
         self.emit: Callable[[Step], object] = emit
         self.failure_delay = failure_delay
         self.request_timeout = request_timeout
+        #: Dovecot's auth penalty per client address (gponsim.server.dovecot.penalty)
+        self.penalty = AuthPenalty(self.reactor.seconds)
         self.port = None
         self._cuid = 0
         self.connections: set[AuthConnection] = set()
@@ -488,12 +501,17 @@ class AuthServer(Factory):
         self._cuid += 1
         return self._cuid
 
-    def listen(self, path: str | os.PathLike):
-        """Create the socket (mode 0666, parent folders made) and listen."""
+    def listen(self, path: str | os.PathLike, mode: int = 0o666, user: str = "postfix",
+               group: str = "postfix"):
+        """Create the socket and listen: the lab's ``unix_listener
+        /var/spool/postfix/private/auth { mode = 0666, user = postfix, group =
+        postfix }``, inside Postfix's ``private/`` folder (0700, the postfix
+        user's: only Postfix's smtpd and root reach it)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        socket_folder(path)
         _clear_stale_socket(path)
-        self.port = self.reactor.listenUNIX(socket_address(path), self, mode=0o666)
+        self.port = self.reactor.listenUNIX(socket_address(path), self, mode=mode)
+        give_socket(path, mode, user, group)
         return self.port
 
     def stop(self):

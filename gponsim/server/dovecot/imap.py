@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import collections
 import email
 import email.policy
 import email.utils
@@ -51,8 +50,12 @@ from gponsim.server.mailstore.interface import (
 from gponsim.server.mailstore.location import DEFAULT_LOCATION, MailLocation, open_store
 from gponsim.server.dovecot import imap_sort
 from gponsim.server.dovecot.imap_bodystructure import bodystructure
+from gponsim.server.dovecot.imap_match import mailbox_pattern
 from gponsim.server.dovecot.imap_preview import imap_string, preview
+from gponsim.server.dovecot.imap_search import Context as SearchContext, compile_search
 from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
+from gponsim.server.dovecot.mailwork import ImapMailWork
+from gponsim.server.mailstore.worker import call_in_reactor, in_worker
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
@@ -106,7 +109,7 @@ class ImapSettings:
     mail_location: str | MailLocation = DEFAULT_LOCATION
     special_use: list = field(default_factory=list)   # [(name, "\\Sent", auto)]
     timeout: float = 1800.0
-    login_timeout: float = 60.0
+    login_timeout: float = 180.0        # Dovecot's login processes: 3 minutes from connect
     #: mail_max_userip_connections per protocol (0 = no limit)
     max_userip_connections: dict = field(default_factory=lambda: {"imap": 10, "pop3": 10})
     auth_verbose: bool = False
@@ -122,23 +125,39 @@ class ImapContext:
     auth: object = None                                 # AuthClient
     settings: ImapSettings = field(default_factory=ImapSettings)
     reactor: object = None
-    #: Dovecot's anvil: logged-in sessions per (protocol, client address, user)
-    sessions: collections.Counter = field(default_factory=collections.Counter)
+    #: The mail worker: mailbox commands run in its threads (None: made on first use).
+    worker: object = None
+
+    def __post_init__(self) -> None:
+        log = self.log
+        # Logged in the reactor thread, in order, wherever the line comes from.
+        self.log = lambda text: call_in_reactor(log, text)
+
+    #: Dovecot's anvil: the open logged-in connections per (protocol, client
+    #: address, user). Connections, not a counter: one whose client has gone
+    #: is never counted, whatever order its login and its end came in.
+    sessions: dict = field(default_factory=dict)
 
     def userip_refusal(self, protocol: str, ip: str, user: str) -> str | None:
         limit = self.settings.max_userip_connections.get(protocol, 0)
-        if limit and self.sessions[(protocol, ip, user)] >= limit:
+        if limit and self.open_sessions((protocol, ip, user)) >= limit:
             return ("Maximum number of connections from user+IP exceeded "
                     f"(mail_max_userip_connections={limit})")
         return None
 
-    def anvil_connect(self, key: tuple) -> None:
-        self.sessions[key] += 1
+    def open_sessions(self, key: tuple) -> int:
+        return sum(1 for conn in self.sessions.get(key, ()) if not conn._gone)
 
-    def anvil_disconnect(self, key: tuple) -> None:
-        self.sessions[key] -= 1
-        if self.sessions[key] <= 0:
-            del self.sessions[key]
+    def anvil_connect(self, key: tuple, conn) -> None:
+        if not conn._gone:
+            self.sessions.setdefault(key, set()).add(conn)
+
+    def anvil_disconnect(self, key: tuple, conn) -> None:
+        conns = self.sessions.get(key)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.sessions[key]
 
     def store_for(self, user: str) -> MailStore:
         store = open_store(self.lab_root, user, self.settings.mail_location)
@@ -336,12 +355,18 @@ class _Tap:
         self._server = server
 
     def write(self, data: bytes) -> None:
+        if in_worker():                  # a mailbox command: written in order, by the reactor
+            call_in_reactor(self.write, data)
+            return
         self._server._wrote(data)
         self._t.write(data)
 
     def writeSequence(self, seq) -> None:
         for data in seq:
             self.write(data)
+
+    def loseConnection(self) -> None:
+        call_in_reactor(self._t.loseConnection)
 
     def __getattr__(self, name):
         return getattr(self._t, name)
@@ -363,7 +388,7 @@ class _Discard:
 
 
 @implementer(interfaces.IHandshakeListener)
-class ImapServer(LoginCommon, imap4.IMAP4Server):
+class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
     ACTOR, STARTTLS_VERB = "imap", "STARTTLS"
     """One IMAP connection: imap-login until logged in, then imap."""
 
@@ -424,7 +449,10 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bytes_in += len(data)
         self._emit_all(self.conv.client_data(data))
         super().dataReceived(data)
-        self._flush_synced()        # the input is used up: Dovecot syncs and answers
+        if not self._worker_busy:
+            # the input is used up: Dovecot syncs and answers (a command still
+            # in the mail worker answers, held replies included, when it ends)
+            self._flush_synced()
 
     #: Commands that end with a mailbox sync (cmd_sync in Dovecot) and may run
     #: side by side: pipelined one after another, Dovecot runs them all and
@@ -482,7 +510,16 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         if self._gone:                 # the client left while auth was answering
             self.blocked = None
             return
-        super()._unblock()
+        commands, self.blocked = self.blocked, None
+        while commands and self.blocked is None and not self.paused and self.line_mode:
+            self.lineReceived(commands.pop(0))
+        if commands:
+            if self.blocked is not None:           # waiting again (another login)
+                self.blocked.extend(commands)
+            else:
+                # a mailbox command now runs in the worker, or a literal is being
+                # read: what came meanwhile goes back to the input, read in turn
+                self._buffer = b"".join(c + self.delimiter for c in commands) + self._buffer
 
     def connectionLost(self, reason=None) -> None:
         self._gone = True
@@ -524,6 +561,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     _idle_out = 0
 
     def timeoutConnection(self) -> None:
+        if self.user is None:
+            self._login_timed_out()
+            return
         self.sendLine(b"* BYE Disconnected for inactivity.")
         self.transport.loseConnection()
 
@@ -565,6 +605,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.sendLine(_b(tag) + b" NO " + self._timed(tag, text).encode("utf-8"))
 
     def _bad(self, tag, text: str) -> None:
+        if self.user is None and not text.startswith("Authentication aborted") \
+                and self._invalid_command():
+            return
         if self.user and not text.endswith("."):
             text += "."
         self.sendLine(_b(tag or b"*") + b" BAD " + self._timed(tag, text).encode("utf-8"))
@@ -660,6 +703,14 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     def lineLengthExceeded(self, line):
         self._bad(b"*", "Error in IMAP command received by server: Too long argument.")
         self.clearLineBuffer()
+
+    def arg_plist(self, line):
+        """Twisted's parenthesized list (APPEND's and STORE's flags); its
+        MismatchedNesting is a client's error, not the server's."""
+        try:
+            return super().arg_plist(line)
+        except imap4.MismatchedNesting:
+            raise imap4.IllegalClientResponse("Invalid arguments") from None
 
     def _stringLiteral(self, size):
         if size > self._literalStringLimit:
@@ -821,6 +872,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         d.addCallbacks(self._sasl_reply, self._sasl_error, (tag,), None, (tag,), None)
 
     def _sasl_reply(self, reply, tag) -> None:
+        if self._gone:                 # the client left while auth was answering:
+            self._auth_pending = None  # no login (Dovecot drops the request)
+            return
         if reply.kind == "CONT":
             self._auth_pending = (tag, reply.request_id)
             self.parseState = "authresp"
@@ -902,7 +956,13 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
     auth_ENABLE = select_ENABLE = (do_ENABLE, imap4.IMAP4Server.arg_line)
 
     def _name(self, raw) -> str:
-        name = imap4._parseMbox(raw) if isinstance(raw, bytes) else raw
+        if isinstance(raw, bytes):
+            try:       # (Twisted's _parseMbox logs a traceback for a bad name first)
+                name = raw.decode("imap4-utf-7")
+            except ValueError:
+                raise imap4.IllegalMailboxEncoding(raw) from None
+        else:
+            name = raw
         return "INBOX" if name.upper() == "INBOX" else name
 
     def _store_call(self, tag, fn, *args):
@@ -1009,7 +1069,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             return
         select_opts: list[str] = []
         if args and isinstance(args[0], list) and not lsub:
-            select_opts = [str(o).upper() for o in args.pop(0)]
+            select_opts = [_word(o) for o in args.pop(0)]
         if len(args) < 2:
             self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
             return
@@ -1018,14 +1078,18 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
             return
         patterns = patterns if isinstance(patterns, list) else [patterns]
+        if any(isinstance(p, list) for p in patterns):     # ("a" ("b")): not a pattern
+            self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
+            return
         return_opts: list = []
-        if len(args) >= 4 and str(args[2]).upper() == "RETURN" and isinstance(args[3], list):
+        if len(args) >= 4 and _word(args[2]) == "RETURN" and isinstance(args[3], list):
             return_opts = args[3]
-        returns = {str(o).upper() for o in return_opts if not isinstance(o, list)}
+        returns = {_word(o) for o in return_opts if not isinstance(o, list)}
         status_items = None
         for i, o in enumerate(return_opts):
-            if str(o).upper() == "STATUS" and i + 1 < len(return_opts):
-                status_items = [str(x).upper() for x in return_opts[i + 1]]
+            if _word(o) == "STATUS" and i + 1 < len(return_opts) \
+                    and isinstance(return_opts[i + 1], list):
+                status_items = [_word(x) for x in return_opts[i + 1]]
         verb = "LSUB" if lsub else "LIST"
         if patterns == [""]:
             self._untagged(f'{verb} (\\Noselect) "/" ""')
@@ -1034,7 +1098,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         subscribed = set(self.store.subscriptions())
         special = {n: use for n, use, _a in self.settings.special_use}
         want_sub = lsub or "SUBSCRIBED" in select_opts
-        regexes = [imap4.wildcardToRegexp(ref + p, "/") for p in patterns]
+        regexes = [mailbox_pattern(ref + p, "/") for p in patterns]      # linear time
         # What Dovecot's LIST reports (cmd-list.c): CHILDREN information for a
         # plain LIST or when asked for; special-use for a plain LIST, LSUB, or
         # when asked for; \Marked/\UnMarked when the subscriptions are walked.
@@ -1129,7 +1193,7 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             if len(items) != 1 or not isinstance(items[0], list):
                 raise imap4.IllegalClientResponse("Invalid arguments")
             name = self._name(name)
-            if self._store_call(tag, self._status_line, name, [str(i).upper() for i in items[0]])[0]:
+            if self._store_call(tag, self._status_line, name, [_word(i) for i in items[0]])[0]:
                 if self.folder is not None and self.folder.name == name:
                     self._ok(tag, "[CLIENTBUG] Status on selected mailbox completed.")
                 else:
@@ -1194,6 +1258,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self._refresh(expunges=True)
         self._idle_tag = tag
         self.sendLine(b"+ idling")
+        call_in_reactor(self._start_idle_timer)
+
+    def _start_idle_timer(self) -> None:
         self._idle_timer = self.lab.reactor.callLater(IDLE_NOTIFY_INTERVAL, self._still_here)
 
     auth_IDLE = select_IDLE = (do_IDLE,)
@@ -1223,6 +1290,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         idling client at once), with a slow poll as a safety net; where
         inotify is unavailable, the poll every WATCH_INTERVAL seconds."""
         from twisted.internet.task import LoopingCall
+        if in_worker():
+            call_in_reactor(self._start_watch)
+            return
         self._stop_watch()
         self._watch_stat = self._stat()
         self._watch_handle = self.folder.watch(self.lab.reactor, self._check_watch)
@@ -1232,6 +1302,9 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
                           now=False)
 
     def _stop_watch(self) -> None:
+        if in_worker():
+            call_in_reactor(self._stop_watch)
+            return
         if self._watch is not None and self._watch.running:
             self._watch.stop()
         self._watch = None
@@ -1247,16 +1320,23 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     def _check_watch(self) -> None:
         self._retry = None
-        if self.folder is None:
-            return
+        if self.folder is None or self._worker_busy:
+            return                       # (a command is at the mailbox: it looks itself)
         now = self._stat()
         if now == self._watch_stat:
             return
         self._watch_stat = now
         if self._idle_tag is not None:
-            if not self._refresh(expunges=True, wait=False):
-                # Someone (a delivery) holds the lock: look again shortly.
-                self._retry = self.lab.reactor.callLater(RETRY_DELAY, self._check_watch)
+            self._run_in_worker(self._idle_refresh)
+
+    def _idle_refresh(self) -> None:
+        """(In the mail worker.) Push what changed to the idling client."""
+        if not self._refresh(expunges=True, wait=False):
+            # Someone (a delivery) holds the lock: look again shortly.
+            call_in_reactor(self._retry_watch)
+
+    def _retry_watch(self) -> None:
+        self._retry = self.lab.reactor.callLater(RETRY_DELAY, self._check_watch)
 
     def _refresh(self, expunges: bool, wait: bool = True) -> bool:
         """Tell the client what changed in the selected folder (EXISTS/EXPUNGE/RECENT).
@@ -1675,19 +1755,15 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
 
     def _search(self, keys: list) -> list[tuple[int, Message]]:
         """(seq, message) of the view matching SEARCH criteria."""
-        if not keys:
-            raise imap4.IllegalClientResponse("Missing search parameters")
+        program = compile_search(keys)          # parsed once, without recursion
         state = self._current()
         by_uid = {m.uid: m for m in state.messages}
         hits = []
-        last_uid = self.view[-1] if self.view else 0
-        now = time.time()
+        ctx = SearchContext(count=len(self.view), last_uid=self.view[-1] if self.view else 0,
+                            recent=self.recent, now=time.time(), saved=self._saved)
         for seq, u in enumerate(self.view, 1):
             msg = by_uid.get(u)
-            if msg is None:
-                continue
-            if _search_all(list(keys), seq, msg, len(self.view), last_uid, self.recent, now,
-                           self._saved):
+            if msg is not None and program.matches(seq, msg, ctx):
                 hits.append((seq, msg))
         return hits
 
@@ -1705,15 +1781,17 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         try:
             keys = tokenize(line)
             returns = None
-            if len(keys) >= 2 and str(keys[0]).upper() == "RETURN" and isinstance(keys[1], list):
-                returns = [str(r).upper() for r in keys[1]] or ["ALL"]
+            if len(keys) >= 2 and _word(keys[0]) == "RETURN" and isinstance(keys[1], list):
+                returns = [_word(r) for r in keys[1]] or ["ALL"]
                 unknown = [r for r in returns if r not in ("MIN", "MAX", "COUNT", "ALL", "SAVE")]
                 if unknown:
                     raise imap4.IllegalClientResponse(f"Unknown return option: {unknown[0]}")
                 keys = keys[2:]
-            if keys and str(keys[0]).upper() == "CHARSET":
+            if keys and _word(keys[0]) == "CHARSET":
                 if len(keys) < 2:
                     raise imap4.IllegalClientResponse("Missing charset")
+                if isinstance(keys[1], list):
+                    raise imap4.IllegalClientResponse("Invalid charset")
                 if not self._charset(tag, str(keys[1])):
                     return
                 keys = keys[2:]
@@ -1849,7 +1927,8 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
             except imap4.IllegalClientResponse:
                 self._bad(tag, "Error in IMAP command UID EXPUNGE: Invalid uidset")
                 return
-            self._expunge(tag, [u for u in self.view if in_set(u, ranges)])
+            self._run_in_worker(self._expunge, tag, [u for u in self.view if in_set(u, ranges)],
+                                tag=tag)
             return
         if command not in (b"FETCH", b"STORE", b"COPY", b"MOVE", b"SEARCH", b"SORT", b"THREAD"):
             self._bad(tag, f"Error in IMAP command UID {command.decode('ascii', 'replace')}: "
@@ -1858,6 +1937,12 @@ class ImapServer(LoginCommon, imap4.IMAP4Server):
         self.dispatchCommand(tag, command, line, uid=1)
 
     select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
+
+
+def _word(token) -> str | None:
+    """An atom, upper-cased; None for a parenthesized list (never printed:
+    it may be nested thousands deep)."""
+    return None if isinstance(token, list) else str(token).upper()
 
 
 def _b(tag) -> bytes:
@@ -1980,92 +2065,7 @@ def _filter_headers(head: bytes, names: set[str], negate: bool) -> bytes:
 
 
 # --------------------------------------------------------------------------
-# SEARCH evaluation (RFC 3501 §6.4.4)
-
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
-              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
-
-
-def _search_all(keys: list, seq: int, msg: Message, count: int, last_uid: int,
-                recent: set, now: float = 0.0, saved: frozenset = frozenset()) -> bool:
-    while keys:
-        if not _search_one(keys, seq, msg, count, last_uid, recent, now, saved):
-            return False
-    return True
-
-
-def _search_one(keys: list, seq, msg: Message, count, last_uid, recent, now=0.0,
-                saved: frozenset = frozenset()) -> bool:
-    key = keys.pop(0)
-    if isinstance(key, list):
-        return _search_all(list(key), seq, msg, count, last_uid, recent, now, saved)
-    k = key.upper()
-    flags = msg.flags
-    simple = {
-        "ALL": True, "ANSWERED": "\\Answered" in flags, "DELETED": DELETED in flags,
-        "DRAFT": "\\Draft" in flags, "FLAGGED": "\\Flagged" in flags, "SEEN": SEEN in flags,
-        "UNANSWERED": "\\Answered" not in flags, "UNDELETED": DELETED not in flags,
-        "UNDRAFT": "\\Draft" not in flags, "UNFLAGGED": "\\Flagged" not in flags,
-        "UNSEEN": SEEN not in flags, "RECENT": msg.uid in recent,
-        "OLD": msg.uid not in recent, "NEW": msg.uid in recent and SEEN not in flags,
-    }
-    if k in simple:
-        return simple[k]
-    if k == "NOT":
-        return not _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
-    if k == "OR":
-        a = _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
-        b = _search_one(keys, seq, msg, count, last_uid, recent, now, saved)
-        return a or b
-    if k == "$":                           # SEARCHRES: the saved result
-        return msg.uid in saved
-    if k == "SAVEDATESUPPORTED":           # RFC 8514: mbox keeps no save dates
-        return False
-    if k in ("YOUNGER", "OLDER"):          # RFC 5032 WITHIN: seconds, on INTERNALDATE
-        age = (now or time.time()) - msg.internal_date
-        limit = int(keys.pop(0))
-        return age <= limit if k == "YOUNGER" else age > limit
-    if k == "UID":
-        value = keys.pop(0)
-        if value == "$":
-            return msg.uid in saved
-        return in_set(msg.uid, parse_set(value, last_uid))
-    if k in ("KEYWORD", "UNKEYWORD"):
-        has = keys.pop(0) in msg.keywords
-        return has if k == "KEYWORD" else not has
-    if k in ("LARGER", "SMALLER"):
-        n = int(keys.pop(0))
-        return msg.size > n if k == "LARGER" else msg.size < n
-    if k in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-        return _header_contains(msg, k.lower(), keys.pop(0))
-    if k == "HEADER":
-        name = keys.pop(0)
-        return _header_contains(msg, name.lower(), keys.pop(0))
-    if k in ("BODY", "TEXT"):
-        needle = keys.pop(0).lower().encode()
-        hay = msg.body if k == "BODY" else msg.content
-        return needle in hay.lower()
-    if k in _DATE_KEYS:
-        when = _search_date(keys.pop(0))
-        if k.startswith("SAVED"):
-            # RFC 8514 with mbox: no save date is kept; Dovecot compares the
-            # time its index first saw the message (its imap binary: now)
-            stamp = now or time.time()
-        elif k.startswith("SENT"):
-            parsed = email.message_from_bytes(msg.headers, policy=email.policy.compat32)
-            try:
-                stamp = email.utils.parsedate_to_datetime(parsed.get("Date", "")).timestamp()
-            except (TypeError, ValueError, IndexError, OverflowError):
-                stamp = 0.0            # no usable Date: as Dovecot, before any date
-        else:
-            stamp = msg.internal_date
-        day = time.strftime("%Y%m%d", time.localtime(stamp))
-        wanted = time.strftime("%Y%m%d", time.localtime(when))
-        k2 = k.removeprefix("SENT").removeprefix("SAVED")
-        return {"BEFORE": day < wanted, "ON": day == wanted, "SINCE": day >= wanted}[k2]
-    if re.fullmatch(r"[0-9*:,]+", key):
-        return in_set(seq, parse_set(key, count))
-    raise imap4.IllegalClientResponse(f"Unknown argument {key}")
+# SEARCH's dates and headers (the criteria themselves: imap_search.py)
 
 
 def parse_internal_date(text: str | None) -> float | None:

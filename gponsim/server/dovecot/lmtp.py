@@ -42,9 +42,7 @@ the client's session.
 from __future__ import annotations
 
 import base64
-import grp
 import os
-import pwd
 import re
 import socket
 import struct
@@ -61,7 +59,7 @@ from gponsim.server.maillog import MailLog, pid_for
 from gponsim.server.mailstore.interface import MailStore
 from gponsim.server.mailstore.location import MailLocation, open_store, parse_mail_location
 from gponsim.server.smtpserver import DATA, SmtpServer
-from gponsim.server.unixpath import socket_address
+from gponsim.server.unixpath import give_socket, socket_address, socket_folder
 from gponsim.steps import Emit, Step, null_emit
 from gponsim.wire import smtp as wire
 
@@ -226,15 +224,10 @@ class LmtpService:
         listen. Its mode is ``mode``; run as root, it is given to ``user`` and
         ``group`` when they exist, as Dovecot does."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        socket_folder(path)
         _clear_stale_socket(path)
         port = self.reactor.listenUNIX(socket_address(path), _Factory(self, path), mode=mode)
-        os.chmod(path, mode)
-        if os.geteuid() == 0 and (user or group):
-            uid = _id_of(pwd.getpwnam, user, "pw_uid")
-            gid = _id_of(grp.getgrnam, group, "gr_gid")
-            if uid != -1 or gid != -1:
-                os.chown(path, uid, gid)
+        give_socket(path, mode, user, group)
         self.ports.append(port)
         self.paths.append(path)
         return port
@@ -255,15 +248,6 @@ class LmtpService:
 
     def store_for(self, user: str) -> MailStore:
         return open_store(self.root, user, self.settings.mail_location)
-
-
-def _id_of(getter, name: str, attr: str) -> int:
-    if not name:
-        return -1
-    try:
-        return getattr(getter(name), attr)
-    except KeyError:
-        return -1
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -35,6 +35,9 @@ class LoginCommon:
 
     ACTOR = "imap"
     STARTTLS_VERB = "STARTTLS"
+    BYE_PREFIX = b"* BYE "          # how the protocol says its last words
+    _last_user = None
+    blocked = None
 
     _addrs: tuple | None = None
 
@@ -102,6 +105,7 @@ class LoginCommon:
     # anvil: the logged-in sessions of each user from each address, per protocol
     _anvil_key: tuple | None = None
     _refused: bool = False
+    _gone: bool = False            # connectionLost has run
 
     def _userip_refusal(self, user: str) -> str | None:
         """login-common's check once auth said OK: the refusal text when the
@@ -118,12 +122,87 @@ class LoginCommon:
 
     def _anvil_connect(self, user: str) -> None:
         self._anvil_key = (self.ACTOR, self.client_ip, user)
-        self.lab.anvil_connect(self._anvil_key)
+        self.lab.anvil_connect(self._anvil_key, self)
 
     def _anvil_disconnect(self) -> None:
         if self._anvil_key is not None:
-            self.lab.anvil_disconnect(self._anvil_key)
+            self.lab.anvil_disconnect(self._anvil_key, self)
             self._anvil_key = None
+
+    # ---- the login process's limits (src/login-common; checked against
+    # Dovecot 2.3.19, docs/hostile.md)
+
+    #: Invalid commands before a client is dropped: imap-login at the 3rd,
+    #: pop3-login after the 3rd (CLIENT_MAX_BAD_COMMANDS).
+    MAX_BAD_COMMANDS = 3
+    _bad_commands = 0
+
+    def _clock(self) -> float:
+        reactor = getattr(self.lab, "reactor", None)
+        return reactor.seconds() if reactor is not None else __import__("time").time()
+
+    def makeConnection(self, transport) -> None:
+        self._login_clock_start = self._clock()
+        super().makeConnection(transport)
+
+    def resetTimeout(self) -> None:
+        """Until it logs in, a client has the login timeout from the moment it
+        connected (Dovecot's CLIENT_LOGIN_TIMEOUT_MSECS, 3 minutes): talking
+        does not extend it, so a guesser cannot stay for ever."""
+        if self.user is not None:
+            super().resetTimeout()
+
+    def _auth_attempts(self) -> int:
+        failed = getattr(self, "_failed_auths", None)
+        if failed is None:
+            failed = getattr(self, "_failed", 0)
+        return failed + (1 if self._authenticating() else 0)
+
+    def _authenticating(self) -> bool:
+        """An authentication is under way (waiting for the auth server, or
+        for the client's answer to a challenge)."""
+        pending = getattr(self, "_auth_pending", None) or getattr(self, "_auth", None)
+        return self.blocked is not None or pending is not None
+
+    def _login_disconnect(self, reason: str, reply: bytes) -> None:
+        """Dovecot's login process gives up on a client: its last word, the
+        log line (``imap-login: Disconnected: <reason> (<what it did>)``), close."""
+        self.sendLine(reply)
+        secs = int(self._clock() - self._login_clock_start)
+        attempts = self._auth_attempts()
+        if attempts:
+            what = f"auth failed, {attempts} attempts in {secs} secs"
+            method = getattr(self, "_auth_method", None) or getattr(self, "_mech", None)
+            who = f"user=<{self._last_user or ''}>, method={method}"
+        else:
+            what = f"no auth attempts in {secs} secs"
+            who = "user=<>"
+        self.lab.log(f"{self.ACTOR}-login: Disconnected: {reason} ({what}): {who}, "
+                     f"{self._addr_text()}")
+        self._refused = True              # connectionLost logs nothing more
+        self.transport.loseConnection()
+
+    def _login_timed_out(self) -> None:
+        if self._authenticating():
+            text, reason = "Disconnected for inactivity during authentication.", \
+                "Inactivity during authentication"
+        else:
+            text, reason = "Disconnected for inactivity.", "Inactivity"
+        self._login_disconnect(reason, self.BYE_PREFIX + text.encode())
+
+    def _invalid_command(self) -> bool:
+        """Count an invalid command of a client not logged in; True when it
+        was one too many and the client has been dropped."""
+        self._bad_commands += 1
+        if self.ACTOR == "imap" and self._bad_commands >= self.MAX_BAD_COMMANDS:
+            self._login_disconnect("Too many invalid commands",
+                                   b"* BYE Too many invalid IMAP commands.")
+            return True
+        if self.ACTOR == "pop3" and self._bad_commands > self.MAX_BAD_COMMANDS:
+            self._login_disconnect("Disconnected: Too many bad commands",
+                                   b"-ERR Too many invalid bad commands.")
+            return True
+        return False
 
     def _emit_all(self, steps) -> None:
         for step in steps:
@@ -154,3 +233,20 @@ class LoginFactory(protocol.ServerFactory):
         p = self.protocol(self.ctx, self.tls_options, self.implicit_tls)
         p.factory = self
         return p
+
+
+class LoginAuth:
+    """The auth client as Dovecot's login processes use it: unlike Postfix
+    (10 s, then ``454 4.7.0 Temporary authentication failure``) they wait
+    for each answer as long as it takes; a penalized address may wait 15 s
+    before its request is even looked at, and the login timeout (3 minutes)
+    is what bounds a client."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def start(self, mech, **kw):
+        return self._client.start(mech, reply_timeout=None, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)

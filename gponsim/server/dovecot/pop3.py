@@ -15,7 +15,6 @@ line is a Step (:mod:`gponsim.wire.pop3`).
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import time
 
@@ -27,6 +26,8 @@ from zope.interface import implementer
 from gponsim.server.dovecot.imap import ImapContext
 from gponsim.server.mailstore.interface import SEEN, StoreError
 from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
+from gponsim.server.dovecot.mailwork import MailWork, worker_of
+from gponsim.server.mailstore.worker import call_in_reactor, in_worker
 from gponsim.server.postfix.xsasl import AuthUnavailable
 from gponsim.steps import new_session
 from gponsim.wire import smtp as smtp_wire
@@ -41,8 +42,14 @@ class _Tap:
         self._server = server
 
     def write(self, data: bytes) -> None:
+        if in_worker():                  # QUIT's mailbox work: written in order, by the reactor
+            call_in_reactor(self.write, data)
+            return
         self._server._emit_all(self._server.conv.server_data(data))
         self._t.write(data)
+
+    def loseConnection(self) -> None:
+        call_in_reactor(self._t.loseConnection)
 
     def writeSequence(self, seq) -> None:
         for data in seq:
@@ -53,8 +60,9 @@ class _Tap:
 
 
 @implementer(interfaces.IHandshakeListener)
-class Pop3Server(LoginCommon, pop3.POP3):
+class Pop3Server(MailWork, LoginCommon, pop3.POP3):
     ACTOR, STARTTLS_VERB = "pop3", "STLS"
+    BYE_PREFIX = b"-ERR "
     MAX_LENGTH = 16384
     delimiter = b"\r\n"
 
@@ -139,6 +147,9 @@ class Pop3Server(LoginCommon, pop3.POP3):
                 + ("" if not dels else ""))
 
     def timeoutConnection(self) -> None:
+        if self.user is None:
+            self._login_timed_out()
+            return
         self.err("Disconnected for inactivity.")
         self.transport.loseConnection()
 
@@ -172,7 +183,8 @@ class Pop3Server(LoginCommon, pop3.POP3):
         handler = getattr(self, "cmd_" + verb, None) if verb.isalpha() else None
         if self.user is None:
             if handler is None or verb not in PRE_AUTH:
-                self.err("Unknown command.")
+                if not self._invalid_command():
+                    self.err("Unknown command.")
                 return
         elif handler is None or verb in ("USER", "PASS", "AUTH", "STLS", "APOP"):
             self.err(f"Unknown command: {verb}")
@@ -185,6 +197,8 @@ class Pop3Server(LoginCommon, pop3.POP3):
     def _release(self):
         if self._gone:                 # the client left while auth was answering
             self.blocked = None
+            return
+        if self._worker_busy:          # released when the mailbox work is done
             return
         if self.blocked is not None:
             commands, self.blocked = self.blocked, None
@@ -231,6 +245,9 @@ class Pop3Server(LoginCommon, pop3.POP3):
             self.ok("Logging out")
             self._login_end = UNAUTHENTICATED_LOGOUT
             self.transport.loseConnection()
+            return
+        if not in_worker():            # the INBOX is rewritten: in the mail worker
+            self._run_in_worker(self.cmd_QUIT, args)
             return
         removed = False
         try:
@@ -309,6 +326,9 @@ class Pop3Server(LoginCommon, pop3.POP3):
         d.addCallbacks(self._sasl_reply, self._sasl_error)
 
     def _sasl_reply(self, reply) -> None:
+        if self._gone:                 # the client left while auth was answering:
+            self._auth = None          # no login (Dovecot drops the request)
+            return
         if reply.kind == "CONT":
             self._auth = reply.request_id
             self.sendLine(b"+ " + reply.challenge.encode("ascii"))
@@ -320,7 +340,7 @@ class Pop3Server(LoginCommon, pop3.POP3):
             self.err(f"[SYS/TEMP] {refusal}")
             self._refuse_userip(reply.user, self._mech or "PLAIN", refusal)
         elif reply.kind == "OK":
-            self._logged_in(reply.user)
+            self._open_inbox(reply.user)
         else:
             self._failed += 1
             if reply.user:
@@ -351,6 +371,33 @@ class Pop3Server(LoginCommon, pop3.POP3):
         self._hold()
         self.lab.auth.respond(rid, text, session=self.session).addCallbacks(
             self._sasl_reply, self._sasl_error)
+
+    # ---- the INBOX is read, and rewritten at QUIT, in the mail worker
+
+    def _hold_input(self) -> None:
+        self._hold()
+
+    def _release_input(self) -> None:
+        self._release()
+
+    def _open_inbox(self, user: str) -> None:
+        """Read (and give UIDs to) the user's INBOX in the mail worker, then
+        log in: the login itself finds it parsed."""
+        self._worker_busy = True
+        self._hold()
+        d = worker_of(self.lab).run(user, self._read_inbox, user)
+        d.addErrback(lambda failure: None)     # told by _logged_in, which tries again
+        d.addBoth(lambda _: self._inbox_read(user))
+
+    def _read_inbox(self, user: str) -> None:
+        self.lab.store_for(user).folder("INBOX").sync()
+
+    def _inbox_read(self, user: str) -> None:
+        self._worker_busy = False
+        if self._gone:
+            return
+        self._logged_in(user)
+        self._release()
 
     def _logged_in(self, user: str) -> None:
         try:

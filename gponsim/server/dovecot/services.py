@@ -9,6 +9,8 @@ reads it: ``protocols`` and each ``service imap-login { inet_listener imap
 from __future__ import annotations
 
 from gponsim.server.dovecot.imap import ImapContext, ImapFactory, ImapSettings, listening_factory
+from gponsim.server.dovecot.login import LoginAuth
+from gponsim.server.mailstore.worker import MailWorker
 from gponsim.server.maillog import pid_for
 
 
@@ -36,8 +38,11 @@ def start_dovecot_services(lab, tls_options) -> dict[str, int]:
     def log(text: str) -> None:
         lab.log.write("dovecot", pid_for("dovecot"), text)
 
-    ctx = ImapContext(lab_root=lab.root, emit=lab.emit, log=log, auth=lab.auth_client,
-                      settings=settings, reactor=lab.reactor)
+    ctx = ImapContext(lab_root=lab.root, emit=lab.emit, log=log, auth=LoginAuth(lab.auth_client),
+                      settings=settings, reactor=lab.reactor,
+                      # mailbox commands in threads of their own (not the reactor's pool,
+                      # which checks passwords and delivers mail)
+                      worker=MailWorker(lab.reactor))
     lab.dovecot_context = ctx
     started = {}
     for listener in profile.inet_listeners():

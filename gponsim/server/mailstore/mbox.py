@@ -38,7 +38,22 @@ Parsing is cached per process (every session of the lab shares it): a file
 whose inode, size, mtime and ctime are those last read or written here is
 not read again (no lock needed to see that nothing changed), and a file that
 only grew, its old end still in place, gets just the appended messages
-parsed (a delivery); anything else is parsed whole.
+parsed (a delivery); anything else is parsed whole. The cache keeps at most
+:data:`CACHE_BYTES` of mail (the least recently used folders go first).
+
+Threads: the IMAP and POP3 servers call this module from their mailbox
+worker threads (:mod:`gponsim.server.mailstore.worker`), local(8) and LMTP
+from theirs. One folder is used by one thread at a time (a lock per path,
+taken before the dotlock), and the cache has a lock of its own.
+
+A full disk (``ENOSPC``, ``EDQUOT``) does not lock a user out of their mail:
+what only records Dovecot's bookkeeping (new UIDs, \\Recent seen) is kept
+in memory until it can be written, flag changes too, and a rewrite that
+makes the file smaller (EXPUNGE) is done in place when the new file cannot
+be written beside the old one, so deleting mail makes room. A rewrite
+killed midway leaves its temporary file ``.<name>.gponsim-<pid>.tmp``: the
+next writer of that folder (or the next start of the lab,
+:func:`remove_stale_temporaries`) deletes it.
 
 Bodies are stored as written (the ``>From`` quoting of local(8) is never
 undone, as in Dovecot); messages appended here are written mboxo-quoted
@@ -49,9 +64,12 @@ writes its deliveries with.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,7 +393,20 @@ def encode(state: FolderState) -> bytes:
         # The body as stored: quoted when it was first written.
         out += mbox_entry(msg.from_line, msg.headers + "".join(private).encode(), msg.body,
                           quote=False)
-    return bytes(out)
+    return out                  # (a bytearray: not copied once more)
+
+
+def _keep_new_mail_mark(path, old: os.stat_result | None) -> None:
+    """A rewrite by the server does not change whether the folder has new mail
+    (LIST's \\Marked: modified since last read): the new file is "read" unless
+    the old one had unread changes, whose access time it keeps (Dovecot's mbox
+    sync sets the access time back after it writes)."""
+    st = os.stat(path)
+    if old is not None and old.st_size and old.st_mtime_ns > old.st_atime_ns:
+        atime = old.st_atime_ns
+    else:
+        atime = st.st_mtime_ns
+    os.utime(path, ns=(atime, st.st_mtime_ns))
 
 
 # --------------------------------------------------------------------------
@@ -394,10 +425,14 @@ class _Cached:
     ident: tuple
     state: FolderState
     tail: bytes
+    size: int = 0                # bytes of mail it holds (the file's size)
 
 
 class _LRU(OrderedDict):
-    """At most MAX_CACHED folders kept; the least recently used go first."""
+    """At most MAX_CACHED folders and CACHE_BYTES of mail kept; the least
+    recently used go first. Every use holds ``_CACHE_LOCK``."""
+
+    bytes = 0
 
     def __getitem__(self, key):
         value = super().__getitem__(key)
@@ -407,19 +442,95 @@ class _LRU(OrderedDict):
     def get(self, key, default=None):
         return self[key] if key in self else default
 
+    def pop(self, key, default=None):
+        if key not in self:
+            return default
+        value = super().pop(key)
+        self.bytes -= value.size
+        return value
+
     def __setitem__(self, key, value):
+        self.pop(key)
         super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > MAX_CACHED:
-            self.popitem(last=False)
+        self.bytes += value.size
+        while len(self) > 1 and (len(self) > MAX_CACHED or self.bytes > CACHE_BYTES):
+            _key, old = self.popitem(last=False)
+            self.bytes -= old.size
 
 
-#: How many parsed folders the cache keeps (a class's INBOXes and folders).
+#: How many parsed folders the cache keeps (a class's INBOXes and folders)...
 MAX_CACHED = 256
+#: ...and how much mail they may hold together (one bigger folder is kept alone).
+CACHE_BYTES = 128 * 1024 * 1024
 
 #: Parsed folders of this process, by path: every session shares them, and a
-#: command on an unchanged file parses nothing. Only the reactor thread uses it.
+#: command on an unchanged file parses nothing.
 _CACHE: dict[str, _Cached] = _LRU()
+_CACHE_LOCK = threading.Lock()
+
+
+class _PathLock:
+    """One folder's lock among this process's threads (reentrant)."""
+
+    __slots__ = ("lock", "__weakref__")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+
+_PATH_LOCKS: "weakref.WeakValueDictionary[str, _PathLock]" = weakref.WeakValueDictionary()
+
+
+def _path_lock(key: str) -> _PathLock:
+    with _CACHE_LOCK:
+        lock = _PATH_LOCKS.get(key)
+        if lock is None:
+            lock = _PATH_LOCKS[key] = _PathLock()
+        return lock
+
+
+#: What a full disk looks like: the bookkeeping waits, an expunge rewrites in place.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.gponsim-(?P<pid>\d+)\.tmp$")
+
+
+def _temporary_name(path: Path) -> str:
+    return f".{path.name}.gponsim-{os.getpid()}.tmp"
+
+
+def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temporary files a killed rewrite left in ``folder`` (only
+    those of ``name`` when given; only those of processes that are gone
+    unless ``name`` is given, whose caller holds that folder's lock)."""
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMPORARY.match(entry)
+        if not m or (name is not None and m.group("name") != name):
+            continue
+        if name is None and _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            os.unlink(folder / entry)
+            removed.append(folder / entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 class MboxFolder(interface.Folder):
     """One mbox file: every operation locks, reads the current file, and
@@ -441,9 +552,11 @@ class MboxFolder(interface.Folder):
 
     def cached(self) -> FolderState | None:
         """The shared cached state if the file is unchanged since it was read
-        or written here (same inode, size, mtime and ctime), without locking:
-        a writer that has not yet changed a byte is not visible yet anyway."""
-        entry = _CACHE.get(self._key())
+        or written here (same inode, size, mtime and ctime), without the
+        file's lock: a writer that has not yet changed a byte is not visible
+        yet anyway. (Callers hold the folder's thread lock.)"""
+        with _CACHE_LOCK:
+            entry = _CACHE.get(self._key())
         if entry is None:
             return None
         try:
@@ -458,7 +571,8 @@ class MboxFolder(interface.Folder):
         grew (a delivery), else the whole file parsed."""
         key = self._key()
         st = os.fstat(fd)
-        entry = _CACHE.pop(key, None)       # back in the cache only once consistent
+        with _CACHE_LOCK:
+            entry = _CACHE.pop(key, None)   # back in the cache only once consistent
         if entry is not None:
             if entry.ident == _ident(st):
                 return entry.state
@@ -483,15 +597,23 @@ class MboxFolder(interface.Folder):
             tail = os.pread(fd, _TAIL, max(0, st.st_size - _TAIL))
         if st.st_size and not tail.endswith(b"\n\n"):
             tail = b"\0"                    # never matches: a later append is parsed whole
-        _CACHE[self._key()] = _Cached(_ident(st), state, tail)
+        with _CACHE_LOCK:
+            _CACHE[self._key()] = _Cached(_ident(st), state, tail, st.st_size)
 
     def _locked(self, mutate: Callable[[FolderState], object] | None = None,
-                lock_attempts: int | None = None):
+                lock_attempts: int | None = None, may_wait: bool = False):
         """Run ``mutate(state)`` under the lock; write back if it changed.
 
         Returns ``(state, result)``: a copy of the state callers may change.
         ``mutate`` returns a value and may set ``state.changed``.
+        ``may_wait``: the change only records Dovecot's bookkeeping (UIDs,
+        \\Recent) or flags: on a full disk it waits in memory instead of
+        failing (the next write of the folder takes it along).
         """
+        with _path_lock(self._key()).lock:
+            return self._locked_file(mutate, lock_attempts, may_wait)
+
+    def _locked_file(self, mutate, lock_attempts, may_wait):
         for _attempt in range(5):
             flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
             if self.create:
@@ -503,7 +625,7 @@ class MboxFolder(interface.Folder):
             except OSError as exc:
                 raise StoreError(f"Internal error: {exc.strerror}", "SERVERBUG") from None
             lock = MailboxLock(self.path, attempts=lock_attempts or self.lock_attempts,
-                               delay=self.lock_delay)
+                               delay=self.lock_delay, fcntl_only_when_full=True)
             try:
                 try:
                     lock.acquire(fd)
@@ -516,12 +638,19 @@ class MboxFolder(interface.Folder):
                         same = False
                     if not same:
                         continue            # replaced by a rewrite meanwhile: reopen
+                    remove_stale_temporaries(self.path.parent, self.path.name)
                     state = self._read_state(fd)
                     result = mutate(state) if mutate is not None else None
                     if state.changed:
-                        written = self._write(state, fd)
-                        state.changed = False
-                        self._remember(state, None, written)
+                        try:
+                            written = self._write(state, fd)
+                        except OSError as exc:
+                            if exc.errno not in _NO_SPACE:
+                                raise
+                            self._no_space(state, fd, may_wait)
+                        else:
+                            state.changed = False
+                            self._remember(state, None, written)
                     else:
                         self._remember(state, fd)
                     return clone(state), result
@@ -531,9 +660,33 @@ class MboxFolder(interface.Folder):
                 os.close(fd)
         raise StoreError("Mailbox keeps being replaced; try again", "INUSE")
 
+    def _no_space(self, state: FolderState, fd: int, may_wait: bool) -> None:
+        """The new file did not fit beside the old one. A file no bigger is
+        written over the old one in place (what makes room: an expunge; a
+        crash meanwhile would leave it half written, as Dovecot's in-place
+        rewrites would). Otherwise a change that ``may_wait`` stays in the
+        cache, unwritten (still ``changed``: the next write of the folder
+        takes it along); any other fails with Dovecot's ``[OVERQUOTA] Not
+        enough disk space``."""
+        data = encode(state)
+        size = os.fstat(fd).st_size
+        if len(data) <= size:
+            view, offset = memoryview(data), 0
+            while offset < len(data):
+                offset += os.pwrite(fd, view[offset:], offset)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+            state.changed = False
+            self._remember(state, fd)
+            return
+        if not may_wait:
+            raise StoreError("Not enough disk space", "OVERQUOTA")
+        with _CACHE_LOCK:
+            _CACHE[self._key()] = _Cached(_ident(os.fstat(fd)), state, b"\0", size)
+
     def _write(self, state: FolderState, old_fd: int | None = None) -> bytes:
         data = encode(state)
-        tmp = self.path.with_name(f".{self.path.name}.gponsim-{os.getpid()}.tmp")
+        tmp = self.path.with_name(_temporary_name(self.path))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             if old_fd is not None:
@@ -556,6 +709,7 @@ class MboxFolder(interface.Folder):
                 pass
             raise
         os.close(fd)
+        _keep_new_mail_mark(tmp, None if old_fd is None else os.fstat(old_fd))
         os.replace(tmp, self.path)
         dfd = os.open(self.path.parent, os.O_RDONLY)
         try:
@@ -574,18 +728,20 @@ class MboxFolder(interface.Folder):
         still says which were recent. ``wait=False``: one try at the lock,
         StoreError INUSE if a writer holds it.
         """
-        cached = self.cached()
-        if cached is not None and not (mark_old and any(m.recent for m in cached.messages)):
-            return clone(cached)
+        with _path_lock(self._key()).lock:
+            cached = self.cached()
+            if cached is not None and not cached.changed and \
+                    not (mark_old and any(m.recent for m in cached.messages)):
+                return clone(cached)
 
-        def mutate(state: FolderState):
-            recent = [m.uid for m in state.messages if m.recent]
-            if mark_old and recent:
-                for m in state.messages:
-                    m.recent = False
-                state.changed = True
-            return recent
-        state, recent = self._locked(mutate, None if wait else 1)
+            def mutate(state: FolderState):
+                recent = [m.uid for m in state.messages if m.recent]
+                if mark_old and recent:
+                    for m in state.messages:
+                        m.recent = False
+                    state.changed = True
+                return recent
+            state, recent = self._locked(mutate, None if wait else 1, may_wait=True)
         for m in state.messages:
             m.recent = m.uid in recent
         return state
@@ -650,7 +806,7 @@ class MboxFolder(interface.Folder):
             if out:
                 state.changed = True
             return out
-        _state, touched = self._locked(mutate)
+        _state, touched = self._locked(mutate, may_wait=True)
         return {uid: [f for f in SYSTEM_FLAGS if f in m.flags] + list(m.keywords)
                 for uid, m in touched.items()}
 
@@ -729,14 +885,20 @@ class _FileWatch:
 
 
 def _read_all(fd: int, offset: int = 0) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.pread(fd, 1 << 20, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
+    """The file from ``offset`` on, read at once (no second copy of a big mailbox)."""
+    size = os.fstat(fd).st_size - offset
+    data = os.pread(fd, max(size, 0), offset) if size > 0 else b""
+    if len(data) < size or size <= 0:       # changed meanwhile: read what is there
+        chunks = [data]
+        offset += len(data)
+        while True:
+            chunk = os.pread(fd, 1 << 20, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        data = b"".join(chunks)
+    return data
 
 
 # --------------------------------------------------------------------------

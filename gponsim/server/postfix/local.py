@@ -177,7 +177,8 @@ class MailboxLock:
                  attempts: int = DELIVER_LOCK_ATTEMPTS, delay: float = DELIVER_LOCK_DELAY,
                  stale: float = STALE_LOCK_TIME, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
-                 on_wait: Callable[[int, str], None] | None = None) -> None:
+                 on_wait: Callable[[int, str], None] | None = None,
+                 fcntl_only_when_full: bool = False) -> None:
         self.path = Path(path)
         self.display = display or str(path)
         self.lock_path = Path(str(self.path) + ".lock")
@@ -187,6 +188,9 @@ class MailboxLock:
         self.clock = clock
         self.sleep = sleep
         self.on_wait = on_wait
+        #: a full disk leaves no room for the dotlock: lock with fcntl alone
+        #: (a reader that wants to delete mail; a writer would not fit anyway)
+        self.fcntl_only_when_full = fcntl_only_when_full
         self._dotlocked = False
         self._fd: int | None = None
 
@@ -198,6 +202,8 @@ class MailboxLock:
                 fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except OSError as exc:
                 err = exc.errno
+                if err in (errno.ENOSPC, errno.EDQUOT) and self.fcntl_only_when_full:
+                    return
             else:
                 try:
                     os.write(fd, _LOCK_OWNER.encode())

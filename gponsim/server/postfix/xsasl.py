@@ -31,7 +31,6 @@ from gponsim.wire.sasl import MAX_LINE, decode_line, parse, sasl_step
 
 PROTOCOL_VERSION = (1, 0)               # what Postfix announces
 AUTH_TIMEOUT = 10.0                     # Postfix's AUTH_TIMEOUT (connect and read)
-LOGIN_AUTH_TIMEOUT = 60.0               # a Dovecot login process's request
 #: The text after ``454 4.7.0 Temporary authentication failure: ``.
 CONNECTION_LOST = "Connection lost to authentication server"
 
@@ -192,6 +191,10 @@ class _ConnectionFactory(Factory):
         return proto
 
 
+#: ``reply_timeout`` not given: the client's own timeout.
+_OWN = object()
+
+
 @dataclass(eq=False)
 class _Request:
     id: int
@@ -200,7 +203,7 @@ class _Request:
     conn: _Connection
     waiting: defer.Deferred | None = None    # set while a reply is awaited
     timer: object = None
-    timeout: float = 0.0                     # 0: the client's (Postfix's 10 s)
+    reply_timeout: object = _OWN
 
 
 class AuthClient:
@@ -293,10 +296,12 @@ class AuthClient:
 
     def start(self, mech: str, *, service: str = "smtp", lip: str, rip: str,
               secured: bool = False, resp_b64: str | None = None,
-              session: str, nologin: bool = True,
+              session: str, nologin: bool = True, reply_timeout=_OWN,
               login_session: str | None = None) -> defer.Deferred:
         """Send ``AUTH``; fires with an :class:`AuthReply` or fails with
-        :class:`AuthUnavailable`."""
+        :class:`AuthUnavailable`. Each reply is awaited ``reply_timeout``
+        seconds (Postfix: the client's 10 s; None: as long as it takes, as
+        Dovecot's login processes wait)."""
         actor = actor_for(service)
 
         def attempt(conn: _Connection, retry: bool):
@@ -322,10 +327,8 @@ class AuthClient:
             if resp_b64 is not None:
                 line += f"\tresp={resp_b64}"
             request = _Request(rid, session, actor, conn)
-            if login_session:
-                # Dovecot's login processes wait far longer than Postfix's 10 s
-                # (an address's auth penalty alone can hold a request 15 s)
-                request.timeout = LOGIN_AUTH_TIMEOUT
+            if reply_timeout is not _OWN:
+                request.reply_timeout = reply_timeout
             self._requests[rid] = request
             self._remember(rid, session, actor)
             return self._ask(request, line)
@@ -376,8 +379,9 @@ class AuthClient:
             self._finish(request)
             return defer.fail(AuthUnavailable(f"SASL: {CONNECTION_LOST}"))
         request.waiting = d
-        request.timer = self.reactor.callLater(request.timeout or self.timeout,
-                                               self._timed_out, request)
+        timeout = self.timeout if request.reply_timeout is _OWN else request.reply_timeout
+        if timeout is not None:
+            request.timer = self.reactor.callLater(timeout, self._timed_out, request)
         return d
 
     def _timed_out(self, request: _Request) -> None:
