@@ -139,6 +139,33 @@ def test_packets_view_is_tshark_on_the_labs_captures(name):
     assert_same(ours, theirs)
 
 
+def test_headers_read_without_scapy_are_scapys():
+    """The packets view reads plain TCP headers itself (gponsim.packets.headers) and leaves
+    the rest to Scapy: where it reads them, every value is what Scapy's dissection gives
+    (endpoints, numbers, nine flag bits, window, payload length, every option by name and
+    value), on every packet of the lab's captures and of the shared ones."""
+    from gponsim.capture.pcap import read_packets
+    from gponsim.packets import dissect, headers
+
+    files = [CAPTURES / name for name in LAB] + [PCAPS / name for name in FILES]
+    fast = left = 0
+    kinds = set()
+    for path in files:
+        for number, _t, link, frame in read_packets(path):
+            ours = headers.read(link, frame)
+            found = dissect.tcp_of(dissect.dissect(link, frame))
+            if ours is None:
+                left += 1
+                continue
+            assert found is not None, (path.name, number)
+            fast += 1
+            theirs = headers.from_scapy(*found)
+            assert ours == theirs, (path.name, number, ours, theirs)
+            kinds.update(name for name, _ in ours.options)
+    assert fast > 1000 and (left > 0 or not FILES)
+    assert {"MSS", "WScale", "SAckOK", "Timestamp", "NOP"} <= kinds
+
+
 # ------------------------------------------------------------------ Steps -> packets
 
 #: Captures where tshark parses every SMTP command and reply (the others: commands pipelined
