@@ -207,7 +207,9 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     reactor.addSystemEventTrigger("before", "shutdown", lambda: lab.stop())
     reactor.run()
     for running in sniffer:
-        click.echo(f"gponsim: capture written to {running.stop()} ({running.count} packets)", err=True)
+        written = running.stop()
+        dropped = f"; {running.drops} dropped by the kernel, the capture fell behind" if running.drops else ""
+        click.echo(f"gponsim: capture written to {written} ({running.count} packets{dropped})", err=True)
     bus.close()
     if failure:
         exc = failure[0]

@@ -215,5 +215,7 @@ def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | No
     click.echo("")
     click.echo(summary_text(analysis, lang))
     embedded = f", {sniffer.writer.secrets} TLS key-log block(s) embedded" if sniffer.writer.secrets else ""
-    click.echo(f"gponsim: {sniffer.count} packets written to {out}{embedded}", err=True)
+    dropped = (f"; {sniffer.drops} dropped by the kernel (the capture fell behind)"
+               if sniffer.drops else "")
+    click.echo(f"gponsim: {sniffer.count} packets written to {out}{embedded}{dropped}", err=True)
     return 0
