@@ -98,10 +98,11 @@ def ms(value: float | None) -> str:
 # the lab
 
 class Lab:
-    def __init__(self, workdir: Path, python: str) -> None:
+    def __init__(self, workdir: Path, python: str, extra: list[str] | None = None) -> None:
         self.workdir = workdir
         self.root = workdir / "gponlab"
         self.python = python
+        self.extra = list(extra or [])        # more `serve` options (bench/capture_loss.py)
         self.proc: subprocess.Popen | None = None
         self.ports: dict[str, int] = {}
 
@@ -111,6 +112,7 @@ class Lab:
                "--steps", str(self.workdir / "steps.jsonl"), "--ready-file", str(ready)]
         for svc in SERVICES:
             cmd += ["--port", f"{svc}=0"]
+        cmd += self.extra
         log = open(self.workdir / "serve.log", "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -209,7 +209,9 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     reactor.addSystemEventTrigger("before", "shutdown", lambda: lab.stop())
     reactor.run()
     for running in sniffer:
-        click.echo(f"gponsim: capture written to {running.stop()} ({running.count} packets)", err=True)
+        written = running.stop()
+        dropped = f"; {running.drops} dropped by the kernel, the capture fell behind" if running.drops else ""
+        click.echo(f"gponsim: capture written to {written} ({running.count} packets{dropped})", err=True)
     bus.close()
     if failure:
         exc = failure[0]
@@ -517,10 +519,16 @@ def diagram_architecture(source, out, fmt, lang):
 
 @diagram.command("sequence")
 @click.option("--from", "source", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Steps (*.steps.jsonl, from --steps) to draw.")
+              help="Steps (*.steps.jsonl, from --steps) or a capture (pcap, pcapng) to draw.")
 @click.option("--flow", type=click.Choice(["all", "send", "receive", "sasl"]), default="all", show_default=True,
               help="Which of the lab document's flows to draw.")
-@click.option("--session", help="Only this session id.")
+@click.option("--session", help="Only this session id (with --packets: a connection's number, as in "
+                                "`gponsim analyze`'s summary, or its session id).")
+@click.option("--packets", "packets_view", is_flag=True,
+              help="The TCP ladder of one connection of a capture: one arrow per packet (SYN, SYN/ACK, ACK, "
+                   "data segments with what they carry, ACKs, FIN).")
+@click.option("--keylog", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --packets: the TLS key log, to show what TLS records carry.")
 @click.option("--notes", is_flag=True, help="Add the commentary as notes.")
 @click.option("--no-collapse", is_flag=True, help="Draw repeated runs one by one.")
 @click.option("--page-rows", type=click.IntRange(4, 2000), default=14, show_default=True,
@@ -529,10 +537,16 @@ def diagram_architecture(source, out, fmt, lang):
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.")
 @format_option
 @click.option("--lang", type=LANG, help="Language of the labels.")
-def diagram_sequence(source, flow, session, notes, no_collapse, page_rows, out, fmt, lang):
-    """One arrow per Step between the lab's components (TLS in blue, failures in red)."""
+def diagram_sequence(source, flow, session, packets_view, keylog, notes, no_collapse, page_rows, out, fmt,
+                     lang):
+    """One arrow per Step between the lab's components (TLS in blue, failures in red).
+
+    With --packets, one arrow per TCP packet of one connection of a capture.
+    """
     from gponsim.diagrams import draw_sequence
 
+    if packets_view or keylog:
+        return _diagram_ladder(source, flow, session, packets_view, keylog, notes, page_rows, out, fmt, lang)
     target = _diagram_output(out, fmt, f"sequence-{flow}")
     steps = _load_steps_or_fail(source)
     if session is not None and not any(s.session == session for s in steps):
@@ -543,6 +557,28 @@ def diagram_sequence(source, flow, session, notes, no_collapse, page_rows, out, 
     written = _drawn(lambda: draw_sequence(steps, target, fmt=fmt, lang=_lang(lang), flow=flow,
                                            session=session, notes=notes, collapse=not no_collapse,
                                            page_rows=page_rows))
+    for path in written:
+        click.echo(str(path))
+
+
+def _diagram_ladder(source, flow, session, packets_view, keylog, notes, page_rows, out, fmt, lang):
+    from gponsim.capture.pcap import CaptureError
+    from gponsim.diagrams import draw_ladder
+    from gponsim.diagrams.ladder import NoConnection
+
+    if not packets_view:
+        raise click.BadParameter("a key log is for --packets (a capture's TCP ladder)", param_hint="--keylog")
+    if flow != "all":
+        raise click.BadParameter("--flow chooses Steps; --packets draws one connection (--session)",
+                                 param_hint="--flow")
+    target = _diagram_output(out, fmt, "ladder")
+    try:
+        written = _drawn(lambda: draw_ladder(source, target, session=session, keylog=keylog, fmt=fmt,
+                                             lang=_lang(lang), notes=notes, page_rows=page_rows))
+    except CaptureError as exc:
+        raise _config_error(f"--packets draws a capture (pcap or pcapng): {exc}")
+    except NoConnection as exc:
+        raise click.BadParameter(str(exc), param_hint="--session" if session else "--from")
     for path in written:
         click.echo(str(path))
 

@@ -151,6 +151,30 @@ def test_tls_capture_of_lab_decrypted_with_its_key_log(lab_factory, tmp_path, ve
     assert {c.tls["version"] for c in analysis.connections} == {version.replace("_", ".")}
 
 
+def test_the_kernel_hands_the_sniffer_only_the_ports_it_watches(lab, tmp_path):
+    """Scapy's socket carries a BPF program for the watched ports: traffic to the lab's
+    other ports never reaches the capture thread, and the kernel dropped nothing."""
+    from gponsim.capture.live import SOL_PACKET, Sniffer
+
+    sniffer = Sniffer(tmp_path / "only.pcapng", {lab.ports["smtp"]}, iface="lo")
+    sniffer.watch(b"221 2.0.0 Bye")
+    try:
+        assert sniffer.filter == f"tcp port {lab.ports['smtp']}"
+        for port in ("imap", "pop3", "submission"):                  # not watched
+            with socket.create_connection(("127.0.0.1", lab.ports[port]), timeout=15) as s:
+                s.recv(1024)
+        with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=15) as c:
+            c.ehlo("filter.test")
+        wait_until(lambda: sniffer.seen(b"221 2.0.0 Bye"), what="the SMTP session's packets")
+    finally:
+        sniffer.stop()
+    assert SOL_PACKET == 263 and sniffer.drops == 0
+    assert sniffer.strays == 0 and sniffer.count >= 10
+    steps = ListSink()
+    analyze(tmp_path / "only.pcapng", steps.step)
+    assert {s.proto for s in steps.steps} == {"smtp"}
+
+
 def test_gponsim_capture_live_narrates_and_writes_the_file(lab, tmp_path):
     """`gponsim capture` on lo: narration as it happens, Ctrl-C ends it with the file complete."""
     import signal

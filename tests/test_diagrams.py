@@ -321,3 +321,135 @@ def test_the_lmtp_leg_belongs_to_its_message_flow():
     assert all("lmtp-4" not in label for label in labels)
     lmtp_page = next(page for page in pages if "dovecot-lmtp" in page.participants)
     assert "LMTP" in sequence_mermaid(lmtp_page)
+
+
+# ------------------------------------------------------------------ the packet ladder
+
+def _svg_arrows(path):
+    """Every arrow of a ladder page: (label text, sender's x, its label's fill colour, dashed)."""
+    root = ET.parse(path).getroot()
+    nodes, labels, edges = {}, {}, {}
+    for g in root.iter(f"{SVG}g"):
+        title = g.find(f"{SVG}title")
+        if title is None:
+            continue
+        if g.get("class") == "node":
+            shape = g.find(f"{SVG}ellipse")
+            if shape is not None:
+                nodes[title.text] = float(shape.get("cx"))
+            m = re.fullmatch(r"label_(\d+)", title.text)
+            if m:
+                texts = list(g.iter(f"{SVG}text"))
+                labels[int(m.group(1))] = (" ".join(x.text for x in texts if x.text), texts[0].get("fill"))
+        elif g.get("class") == "edge":
+            m = re.fullmatch(r"a(\d+)->b\d+", title.text.replace("&#45;", "-").replace("&gt;", ">"))
+            if m:
+                edges[int(m.group(1))] = "stroke-dasharray" in ET.tostring(g, encoding="unicode")
+    return [(labels[r][0], nodes[f"a{r}"], labels[r][1], edges[r]) for r in sorted(labels)]
+
+
+def _tshark_stream(path, first_packet, keylog=None):
+    """tshark's packets of the connection whose first packet is ``first_packet``:
+    [(number, source port, flags, seq, ack, len, TLS records)]."""
+    def fields(display, names, extra=()):
+        out = subprocess.run(["tshark", "-r", str(path), *extra, "-Y", display, "-T", "fields",
+                              *[x for n in names for x in ("-e", n)]],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
+    stream = fields(f"frame.number == {first_packet}", ["tcp.stream"])[0][0]
+    extra = ["-o", f"tls.keylog_file:{keylog}"] if keylog else []
+    rows = fields(f"tcp.stream == {stream} && !icmp && !icmpv6",
+                  ["frame.number", "tcp.srcport", "tcp.flags", "tcp.seq", "tcp.ack", "tcp.len"], extra)
+    return [(int(n), int(sport), int(flags, 16) & 0x1FF, int(seq), int(ack), int(length))
+            for n, sport, flags, seq, ack, length in rows]
+
+
+LADDERS = [("captures", "swaks-submission-starttls-plain-auth.pcap", True, None),   # STARTTLS, TLS 1.3
+           ("captures", "swaks-smtp25-plain.pcap", False, None),
+           ("captures", "curl-imaps-fetch.pcap", True, None),                       # IMAPS
+           ("shared", "chrissanders-packets/mail_sender_client_1.pcapng", False, None),  # Thunderbird
+           ("shared", "zeek/smtp.pcap", False, "1"),                   # retransmissions, background
+           ("shared", "chrissanders-packets/mail_receiver_server_3.pcapng", False, "2")]  # IMAP STARTTLS
+
+
+@needs_dot
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+@pytest.mark.parametrize("where, name, keys, session", LADDERS)
+def test_ladder_arrows_are_the_captures_packets(where, name, keys, session, tmp_path):
+    """`diagram sequence --packets`: one arrow per packet of the connection, in capture
+    order, each from the side that sent it, labelled with tshark's flags, relative seq/ack
+    and length and with what it carries (passwords masked); pure ACKs dashed, packets
+    inside TLS blue; every page fits a 1920x1080 projector with >= 18 px text and <= 14 rows."""
+    from pathlib import Path
+
+    from conftest import SHARED
+    from gponsim.diagrams import draw_ladder
+    from gponsim.diagrams.dot import TLS_COLOR
+    from gponsim.diagrams.ladder import build_ladder
+    from gponsim.packets.view import flag_text
+
+    root = Path(__file__).resolve().parents[1] / "captures" if where == "captures" else SHARED / "pcaps"
+    path = root / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared captures are not beside the project)")
+    keylog = path.with_suffix(".keys") if keys else None
+    pages = draw_ladder(path, tmp_path / "ladder.svg", session=session, keylog=keylog, lang="es")
+    model, conn = build_ladder(path, session=session, keylog=keylog, lang="es")
+    assert len(pages) == len(model) >= 2
+    client_port = int(conn.endpoints.split(" → ")[0].rsplit(":", 1)[1])
+    theirs = _tshark_stream(path, conn.first_packet, keylog)
+    assert len(theirs) >= 8
+    arrows = []
+    for svg, page in zip(pages, model):
+        width, height, smallest, lifelines, boxes = svg_metrics(svg)
+        assert min(1920 / width, 1080 / height) * smallest >= 18, (svg.name, width, height)
+        assert len(page.rows) <= 14 and len(boxes) == len(page.rows)
+        assert set(lifelines) == set(page.participants) and len(lifelines) == 2
+        for _kind, _r, left, right in boxes:
+            assert not [p for p, x in lifelines.items() if left < x < right]
+        client_x = lifelines[page.participants[0]]
+        for text, sender_x, colour, dashed in _svg_arrows(svg):
+            arrows.append((text, abs(sender_x - client_x) < 1, colour, dashed))
+    assert len(arrows) == len(theirs)
+    label = re.compile(r"#(\d+) \[([^\]]*)\] seq=(\d+)(?: ack=(\d+))? len=(\d+)")
+    for (text, from_client, colour, dashed), (number, sport, flags, seq, ack, length) in zip(arrows, theirs):
+        m = label.match(text)
+        assert m, text
+        assert int(m.group(1)) == number, (text, number)
+        assert from_client == (sport == client_port), text
+        assert m.group(2) == flag_text(flags), (text, flags)
+        assert int(m.group(3)) == seq and int(m.group(5)) == length, (text, seq, length)
+        assert (m.group(4) is not None) == bool(flags & 0x10) and int(m.group(4) or 0) == (ack if flags & 0x10 else 0)
+        assert dashed == (not length and not flags & 0x07), text
+    texts = " ".join(a[0] for a in arrows)
+    if name.startswith("swaks-submission"):
+        assert "AUTH PLAIN ********" in texts and "AHVzZXIx" not in texts
+        assert "220 mail.gponlab.local ESMTP" in texts and "ClientHello" in texts
+        auth = next(a for a in arrows if "AUTH PLAIN" in a[0])
+        assert auth[2] == TLS_COLOR
+        assert [p.phases[0] for p in model][0] == "handshake" and model[-1].phases[-1] == "teardown"
+    if name == "zeek/smtp.pcap":
+        assert "retransmisión" in texts
+
+
+def test_ladder_cli_and_its_errors(tmp_path):
+    from pathlib import Path
+
+    capture = Path(__file__).resolve().parents[1] / "captures" / "swaks-smtp25-plain.pcap"
+    base = [sys.executable, "-m", "gponsim", "diagram", "sequence", "--from"]
+    out = subprocess.run(base + [str(capture), "--packets", "--format", "dot", "-o", str(tmp_path / "l.dot")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    written = out.stdout.split()
+    assert written[0].endswith("l.dot") and len(written) >= 2
+    assert "#1 [SYN] seq=0 len=0" in (tmp_path / "l.dot").read_text()
+    bad = subprocess.run(base + [str(capture), "--packets", "--session", "9"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "no connection '9'" in bad.stderr
+    steps = tmp_path / "s.jsonl"
+    steps.write_text("")
+    bad = subprocess.run(base + [str(steps), "--packets"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--packets draws a capture" in bad.stderr
+    bad = subprocess.run(base + [str(capture), "--packets", "--flow", "send"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--flow" in bad.stderr

@@ -15,6 +15,7 @@ left out of that comparison and the reason is written beside it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -137,6 +138,33 @@ def test_packets_view_is_tshark_on_the_labs_captures(name):
     ours, theirs = wire_by_gponsim(path, keylog), wire_by_tshark(path, decode_as(path, keylog))
     assert any(v["tls"] for v in theirs.values()) == any(v["tls"] for v in ours.values())
     assert_same(ours, theirs)
+
+
+def test_headers_read_without_scapy_are_scapys():
+    """The packets view reads plain TCP headers itself (gponsim.packets.headers) and leaves
+    the rest to Scapy: where it reads them, every value is what Scapy's dissection gives
+    (endpoints, numbers, nine flag bits, window, payload length, every option by name and
+    value), on every packet of the lab's captures and of the shared ones."""
+    from gponsim.capture.pcap import read_packets
+    from gponsim.packets import dissect, headers
+
+    files = [CAPTURES / name for name in LAB] + [PCAPS / name for name in FILES]
+    fast = left = 0
+    kinds = set()
+    for path in files:
+        for number, _t, link, frame in read_packets(path):
+            ours = headers.read(link, frame)
+            found = dissect.tcp_of(dissect.dissect(link, frame))
+            if ours is None:
+                left += 1
+                continue
+            assert found is not None, (path.name, number)
+            fast += 1
+            theirs = headers.from_scapy(*found)
+            assert ours == theirs, (path.name, number, ours, theirs)
+            kinds.update(name for name, _ in ours.options)
+    assert fast > 1000 and (left > 0 or not FILES)
+    assert {"MSS", "WScale", "SAckOK", "Timestamp", "NOP"} <= kinds
 
 
 # ------------------------------------------------------------------ Steps -> packets
@@ -362,3 +390,29 @@ def test_layers_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "gponsim", "analyze", str(path), "--layers"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--layers shows one packet" in bad.stderr
+
+
+def test_narration_names_each_steps_packets():
+    """`gponsim analyze` narration ends a Step's line with the packets it was read from, as
+    Wireshark numbers them (ranges compact), and says nothing of packets for events."""
+    from gponsim.sinks.narrator import packet_numbers
+
+    assert packet_numbers([5]) == "#5" and packet_numbers([5, 6]) == "#5,6"
+    assert packet_numbers([22, 23, 24, 25, 36, 38, 39, 40]) == "#22–25,36,38–40"
+    assert packet_numbers([1, 3, 5, 7, 9]) == "#1–9"
+    path = CAPTURES / "swaks-submission-starttls-plain-auth.pcap"
+    out = subprocess.run([sys.executable, "-m", "gponsim", "analyze", str(path), "--keylog",
+                          str(path.with_suffix(".keys")), "--explain", "none"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    steps = []
+    analyze(path, steps.append, keylog=path.with_suffix(".keys"))
+    lines = out.stdout.splitlines()
+    tagged = [line for line in lines if re.search(r"  #[0-9][0-9,–]*$", line)]   # a Step's last line
+    shown = [s for s in steps if s.packets and s.kind != "event"]
+    assert len(tagged) == len(shown) > 15
+    for line, step in zip(tagged, shown):
+        assert line.endswith("  " + packet_numbers(step.packets)), (line, step.packets)
+    assert any(line.endswith("AUTH PLAIN ********  #17") for line in tagged)
+    connect = next(line for line in lines if "connection 127.0.0.1" in line)
+    assert not re.search(r"  #[0-9]+$", connect)

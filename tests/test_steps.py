@@ -105,3 +105,50 @@ def test_bus_drops_a_failing_sink_and_keeps_the_others(capsys):
 def test_session_ids_are_unique():
     ids = {new_session("smtp") for _ in range(1000)}
     assert len(ids) == 1000
+
+
+def _every_step_of_the_captures():
+    """The Steps of every capture shipped (captures/, with their keys) and of the shared
+    real captures (../shared/pcaps, when present), revealed and not."""
+    from pathlib import Path
+
+    from conftest import SHARED
+    from gponsim.capture.analyze import analyze
+
+    root = Path(__file__).resolve().parents[1] / "captures"
+    files = [(p, p.with_suffix(".keys") if p.with_suffix(".keys").exists() else None)
+             for p in sorted(root.glob("*.pcap*"))]
+    files += [(p, None) for p in sorted((SHARED / "pcaps").glob("*/*"))
+              if p.is_file() and p.suffix != ".md"]
+    steps: list[Step] = []
+    for path, keys in files:
+        analyze(path, steps.append, keylog=keys)
+    return steps, len(files)
+
+
+def test_to_json_is_the_json_modules_text_of_to_dict_for_every_captured_step():
+    """Step.to_json writes field by field with cached texts: it must give exactly what the
+    json module gives for to_dict, for every Step of real captures (SMTP, IMAP, POP3, TLS,
+    secrets, gaps, odd bytes), masked and revealed, and again once its caches are warm."""
+    steps, files = _every_step_of_the_captures()
+    assert files >= 10 and len(steps) > 500
+    assert any(s.secret for s in steps) and any(s.meta for s in steps) and any(s.packets for s in steps)
+    for reveal in (False, True, False):
+        for step in steps:
+            want = json.dumps(step.to_dict(reveal), ensure_ascii=False, separators=(",", ":"))
+            assert step.to_json(reveal) == want, step
+
+
+def test_to_json_takes_odd_values_the_long_way():
+    """Values that compare equal to cached ones but are written differently (True for 1,
+    a float code), floats that are not finite, packets that are not one int."""
+    base = dict(t=1.5, session="s-odd", proto="smtp", src="smtpd", dst="client", dir="s2c",
+                kind="reply", line="250 ok", verb="MAIL", code=250, key="k", packets=[7])
+    variants = [dict(), dict(code=True), dict(code=1), dict(code=250.0), dict(tls=1), dict(tls=True),
+                dict(t=float("nan")), dict(t=float("inf")), dict(t=3), dict(packets=[]),
+                dict(packets=[1, 2, 3]), dict(packets=[True]), dict(meta={"a": [1, {"b": None}]}),
+                dict(line="caf\u00e9 \"quoted\" \\ \udcff"), dict(code=0), dict(line="")]
+    for extra in variants + variants:
+        step = Step(**{**base, **extra})
+        want = json.dumps(step.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        assert step.to_json() == want, extra

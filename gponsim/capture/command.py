@@ -50,8 +50,17 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
         # are written as \udcXX escapes, so the file stays valid UTF-8 and JSON.
         recorder = open(steps_file, "w", encoding="utf-8", errors="backslashreplace")
 
-        def to_file(step: Step, write=recorder.write) -> None:
-            write(step.to_json(reveal) + "\n")
+        lines: list[str] = []
+
+        def to_file(step: Step, add=lines.append) -> None:
+            add(step.to_json(reveal))
+            if len(lines) >= 512:
+                write_lines()
+
+        def write_lines() -> None:
+            lines.append("")
+            recorder.write("\n".join(lines))
+            lines.clear()
         sinks.append(to_file)
     spool = None
     first_json = [True]
@@ -100,6 +109,8 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
         return 2
     finally:
         if recorder is not None:
+            if lines:
+                write_lines()
             recorder.close()
     if as_json:
         data = analysis.to_dict(reveal or credentials)
@@ -204,5 +215,7 @@ def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | No
     click.echo("")
     click.echo(summary_text(analysis, lang))
     embedded = f", {sniffer.writer.secrets} TLS key-log block(s) embedded" if sniffer.writer.secrets else ""
-    click.echo(f"gponsim: {sniffer.count} packets written to {out}{embedded}", err=True)
+    dropped = (f"; {sniffer.drops} dropped by the kernel (the capture fell behind)"
+               if sniffer.drops else "")
+    click.echo(f"gponsim: {sniffer.count} packets written to {out}{embedded}{dropped}", err=True)
     return 0

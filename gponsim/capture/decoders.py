@@ -27,6 +27,7 @@ from gponsim.steps import Step
 from gponsim.wire import smtp as wire
 
 _DOT_STUFFED = re.compile(rb"(?m)^\.")
+_MAILER = re.compile(rb"(?im)^(?:user-agent|x-mailer):[ \t]*(.+(?:\n[ \t].+)*)")
 _TLS_FIRST = frozenset((20, 21, 22, 23))
 #: The largest message kept whole for --extract and the summary (the rest is counted).
 MAX_MESSAGE = 64 << 20
@@ -121,7 +122,7 @@ def mailer_of(message: bytes) -> str | None:
     end = head.find(b"\n\n")
     if end >= 0:
         head = head[:end]
-    m = re.search(rb"(?im)^(?:user-agent|x-mailer):[ \t]*(.+(?:\n[ \t].+)*)", head)
+    m = _MAILER.search(head)
     return " ".join(_text(m.group(1)).split()) if m else None
 
 
@@ -1024,20 +1025,26 @@ _IMAP_CMD = re.compile(rb"^[A-Za-z0-9.]{1,20} (CAPABILITY|LOGIN|AUTHENTICATE|STA
 def sniff(c2s: bytes, s2c: bytes) -> str | None:
     """The mail protocol these first bytes belong to, or None."""
     if s2c:
-        if re.match(rb"^220[ -]", s2c):
+        if _SMTP_BANNER.match(s2c):
             return "smtp"
-        if re.match(rb"^\* (OK|PREAUTH)\b", s2c, re.I):
+        if _IMAP_GREETING.match(s2c):
             return "imap"
         if s2c.startswith(b"+OK"):
             return "pop3"
     if c2s:
-        if re.match(rb"^(EHLO|HELO|LHLO|MAIL FROM:)", c2s, re.I):
+        if _SMTP_CMD.match(c2s):
             return "smtp"
         if _IMAP_CMD.match(c2s):
             return "imap"
-        if re.match(rb"^(USER|CAPA|STLS|APOP|STAT|UIDL|RETR) ?", c2s, re.I) and len(c2s) < 512:
+        if _POP3_CMD.match(c2s) and len(c2s) < 512:
             return "pop3"
     return None
+
+
+_SMTP_BANNER = re.compile(rb"^220[ -]")
+_IMAP_GREETING = re.compile(rb"^\* (OK|PREAUTH)\b", re.I)
+_SMTP_CMD = re.compile(rb"^(EHLO|HELO|LHLO|MAIL FROM:)", re.I)
+_POP3_CMD = re.compile(rb"^(USER|CAPA|STLS|APOP|STAT|UIDL|RETR) ?", re.I)
 
 
 def now() -> float:

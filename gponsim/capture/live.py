@@ -1,10 +1,17 @@
-"""Live capture on Linux, the way tcpdump does it: an AF_PACKET socket.
+"""Live capture on Linux, the way tcpdump does it: Scapy's AF_PACKET socket, filtered
+in the kernel.
 
 :class:`Sniffer` records the TCP frames of some ports on one interface
 (default ``lo``) into a pcapng file (or classic pcap with ``fmt="pcap"``), from
-a thread. It needs root or CAP_NET_RAW; without it, :class:`CapturePermission`
-says what to do. On loopback the kernel hands every frame twice (outgoing and
-incoming); the outgoing copy is skipped.
+a thread. The socket is Scapy's (``scapy.arch.linux``), with a BPF program for
+the lab's ports (``tcp port 25 or tcp port 587 ...``, compiled by libpcap
+through Scapy) attached before it is bound: the kernel hands over only those
+packets, each with the kernel's time stamp. It needs root or CAP_NET_RAW;
+without it, :class:`CapturePermission` says what to do. On loopback the kernel
+hands every frame twice (outgoing and incoming); Scapy's L2 socket skips the
+outgoing copy. Frames the kernel had to drop (the capture thread fell behind
+and the socket's buffer filled) are counted from the socket's statistics
+(:attr:`Sniffer.drops`), as tcpdump reports them.
 
 With ``keylog`` (the lab's ``serve --keylog`` file), the key-log lines are
 embedded in the pcapng file as Decryption Secrets Blocks as they appear, so
@@ -27,10 +34,13 @@ from pathlib import Path
 
 from gponsim.capture.pcapng_writer import PcapNgWriter, PcapWriter
 
-ETH_P_ALL = 0x0003
-
 #: Seconds a frame waits before it is written (for the secrets to be logged first).
 HOLD = 0.3
+#: The largest frame kept (loopback's MTU is 65536).
+SNAPLEN = 262144
+#: The socket's receive buffer, in bytes.
+RCVBUF = 8 << 20
+SOL_PACKET, PACKET_STATISTICS, SO_RCVBUFFORCE = 263, 6, 33
 
 
 class CapturePermission(Exception):
@@ -62,22 +72,17 @@ class Sniffer:
         self._markers: list[bytes] = []
         self._seen: set[bytes] = set()
         self._closed_ports: set[int] = set()
-        try:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        except (PermissionError, AttributeError) as exc:
-            raise CapturePermission(
-                "capturing packets needs root or the CAP_NET_RAW capability: run as root, or "
-                "`sudo setcap cap_net_raw+ep $(readlink -f $(which python3))`") from exc
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        try:
-            self.sock.bind((iface, 0))
-        except OSError as exc:
-            self.sock.close()
-            raise CapturePermission(f"cannot capture on interface {iface!r}: {exc.strerror or exc}") from exc
-        self.sock.settimeout(0.1)
+        #: Frames the kernel dropped because the socket's buffer was full.
+        self.drops = 0
+        #: Frames the kernel handed over that are not of the ports (its filter lets none by).
+        self.strays = 0
+        self.filter = bpf_filter(self.ports)
+        self.sock = _open(iface, self.filter)
+        self.raw = self.sock.ins                  # the AF_PACKET socket under Scapy's
+        self.raw.settimeout(0.1)
         try:
             writer = PcapNgWriter if fmt == "pcapng" else PcapWriter
-            self.writer = writer(self.path, linktype=1, snaplen=262144, ifname=iface)
+            self.writer = writer(self.path, linktype=1, snaplen=SNAPLEN, ifname=iface)
         except OSError as exc:
             self.sock.close()
             raise CapturePermission(f"cannot write the capture file {self.path}: "
@@ -101,23 +106,26 @@ class Sniffer:
 
     def _run(self) -> None:
         last = time.monotonic()
+        recv = self.sock.recv_raw
         while not self.stopping.is_set():
             try:
-                frame, addr = self.sock.recvfrom(262144)
+                _cls, frame, ts = recv(SNAPLEN)
             except (socket.timeout, OSError):
                 frame = None
-            if frame is not None and not (addr[2] == socket.PACKET_OUTGOING and self.iface == "lo"):
-                self._keep(frame)
+            if frame is not None:                # None: the outgoing copy of a loopback frame
+                self._keep(frame, ts)
             now = time.monotonic()
             if now - last >= 0.05 and self._pending:
                 last = now
                 self._write(time.time_ns() - int(HOLD * 1e9))
 
-    def _keep(self, frame: bytes) -> None:
+    def _keep(self, frame: bytes, ts: float | None = None) -> None:
         port, flags = _tcp_ports(frame, self.ports)
         if port is None:
+            self.strays += 1                      # let through by the kernel: none expected
             return
-        t_ns = time.time_ns()
+        # The kernel's time stamp (to the microsecond: a float of epoch seconds holds no more).
+        t_ns = round(ts * 1e6) * 1000 if ts else time.time_ns()
         with self.lock:
             if self.limit is not None and self.count >= self.limit:
                 return
@@ -151,11 +159,20 @@ class Sniffer:
         self._keylog_at += end
         return data[:end]
 
+    def _count_drops(self) -> None:
+        """Add what the kernel dropped since the last look (reading the counters resets them)."""
+        try:
+            _received, dropped = struct.unpack("II", self.raw.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        except OSError:
+            return
+        self.drops += dropped
+
     def _write(self, up_to_ns: int | None) -> None:
         """Write the secrets logged so far, then the frames captured before ``up_to_ns``."""
         with self.lock:
             if self.writer.fh.closed:
                 return
+            self._count_drops()
             secrets = self._new_secrets()
             if secrets:
                 self.writer.tls_secrets(secrets)
@@ -167,16 +184,17 @@ class Sniffer:
 
     def _drain(self) -> None:
         """Keep the frames the kernel has queued already (captured before the stop)."""
-        if self.thread.is_alive() or self.sock.fileno() < 0:
+        if self.thread.is_alive() or self.raw.fileno() < 0:
             return
-        self.sock.setblocking(False)
+        self.raw.setblocking(False)
+        recv = self.sock.recv_raw
         for _ in range(100000):
             try:
-                frame, addr = self.sock.recvfrom(262144)
+                _cls, frame, ts = recv(SNAPLEN)
             except OSError:
                 break
-            if not (addr[2] == socket.PACKET_OUTGOING and self.iface == "lo"):
-                self._keep(frame)
+            if frame is not None:
+                self._keep(frame, ts)
 
     @property
     def fh(self):
@@ -192,6 +210,48 @@ class Sniffer:
         with self.lock:
             self.writer.close()
         return self.path
+
+
+def bpf_filter(ports) -> str:
+    """The kernel filter for the lab's ports, in tcpdump's language."""
+    return " or ".join(f"tcp port {p}" for p in sorted(ports))
+
+
+def _open(iface: str, bpf: str):
+    """Scapy's capture socket on ``iface`` with the BPF filter ``bpf`` attached.
+
+    On loopback, Scapy's ``L2Socket`` (it skips the outgoing copy of each frame);
+    elsewhere its ``L2ListenSocket`` (both directions of this host's traffic). Never
+    promiscuous: the lab's own traffic is what is wanted."""
+    from gponsim.packets import dissect
+
+    dissect.quiet()
+    try:
+        from scapy.arch.linux import L2ListenSocket, L2Socket
+        from scapy.error import Scapy_Exception
+
+        cls = L2Socket if iface == "lo" else L2ListenSocket
+        sock = cls(iface=iface, filter=bpf, promisc=False)
+    except PermissionError as exc:
+        raise CapturePermission(
+            "capturing packets needs root or the CAP_NET_RAW capability: run as root, or "
+            "`sudo setcap cap_net_raw+ep $(readlink -f $(which python3))`") from exc
+    except ImportError as exc:
+        raise CapturePermission(f"capturing needs Linux and Scapy's AF_PACKET sockets ({exc})") from exc
+    except Scapy_Exception as exc:
+        raise CapturePermission(f"cannot filter the lab's ports in the kernel ({exc}): Scapy compiles "
+                                "the filter with libpcap (Debian package libpcap0.8)") from exc
+    except OSError as exc:
+        raise CapturePermission(f"cannot capture on interface {iface!r}: {exc.strerror or exc}") from exc
+    # Scapy leaves 64 KiB for frames waiting to be read; a burst of a class of clients needs
+    # more (the kernel caps it at net.core.rmem_max unless forced, which root may).
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.ins.setsockopt(socket.SOL_SOCKET, option, RCVBUF)
+            break
+        except OSError:
+            continue
+    return sock
 
 
 def _tcp_ports(frame: bytes, ports: set) -> tuple[int | None, int]:

@@ -24,7 +24,7 @@ from gponsim.diagrams.sequence import FLOWS, MAX_ROWS, Page, build_sequence
 from gponsim.steps import Step, read_jsonl
 
 __all__ = ["FORMATS", "FLOWS", "DotMissing", "Page", "build_sequence", "draw_architecture",
-           "draw_sequence", "load_steps"]
+           "draw_ladder", "draw_sequence", "load_steps"]
 
 
 def load_steps(path: str | Path) -> list[Step]:
@@ -69,8 +69,22 @@ def draw_sequence(steps: Iterable[Step], out: str | Path, *, fmt: str = "svg", l
     ``label_width`` shortens the arrows' texts (narrower columns, e.g. for slides)."""
     pages = build_sequence(steps, flow=flow, session=session, lang=lang, notes=notes,
                            collapse_runs=collapse, page_rows=page_rows, label_width=label_width)
-    out = Path(out)
+    return _draw_pages(pages, Path(out), fmt, lang, title)
 
+
+def draw_ladder(capture: str | Path, out: str | Path, *, session: str | None = None,
+                keylog: str | Path | None = None, fmt: str = "svg", lang: str = "en",
+                notes: bool = False, page_rows: int = MAX_ROWS, title: str | None = None) -> list[Path]:
+    """The TCP ladder of one connection of a capture (:mod:`.ladder`): one file per page,
+    as :func:`draw_sequence` writes them. Raises :class:`~.ladder.NoConnection`."""
+    from gponsim.diagrams.ladder import build_ladder
+
+    pages, _conn = build_ladder(capture, session=session, keylog=keylog, lang=lang, notes=notes,
+                                page_rows=page_rows)
+    return _draw_pages(pages, Path(out), fmt, lang, title)
+
+
+def _draw_pages(pages: list[Page], out: Path, fmt: str, lang: str, title: str | None) -> list[Path]:
     def one(page: Page) -> Path:
         target = out if page.number == 1 else out.with_name(f"{out.stem}-{page.number}{out.suffix}")
         return _write(sequence_dot(page, lang, title), sequence_mermaid(page, lang), target, fmt)

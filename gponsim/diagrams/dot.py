@@ -45,8 +45,13 @@ def text_width(text: str, size: int = FONT_SIZE) -> float:
     return max((len(line) for line in text.split("\n")), default=0) * size * CHAR_W
 
 
-def _wrap(text: str, chars: int, lines: int = 2) -> str:
-    parts = textwrap.wrap(text, chars, break_long_words=True, break_on_hyphens=False) or [""]
+def _wrap(text: str, chars: int, lines: int = 2, *, keep_lines: bool = False) -> str:
+    """``text`` in lines of at most ``chars``, ``lines`` of them at most (the last one cut
+    with "…"); ``keep_lines``: a line break of the text starts a new line."""
+    paragraphs = text.split("\n") if keep_lines else [text]
+    parts = [line for paragraph in paragraphs
+             for line in (textwrap.wrap(paragraph, chars, break_long_words=True,
+                                        break_on_hyphens=False) or [""])]
     if len(parts) > lines:
         parts = parts[:lines]
         parts[-1] = parts[-1][:max(chars - 1, 1)].rstrip() + "…"
@@ -89,9 +94,9 @@ def layout(page: Page, lang: str = "en", title: str | None = None) -> Layout:
     box_w = {p: text_width(names[p]) + 40 for p in parts}
     comments = any(r.note for r in page.rows)
     budget = MAX_W - 2 * MARGIN - (text_width("x" * COMMENT_W, FONT_SIZE - 2) + 40 if comments else 0)
-    chars = 44
+    chars = page.label_chars
     while True:
-        texts = [_wrap(_label_text(r), chars) for r in page.rows]
+        texts = [_wrap(_label_text(r), chars, keep_lines=True) for r in page.rows]
         need = [0.0] * max(len(parts) - 1, 0)          # the width each gap needs
         left_edge = right_edge = max(box_w[parts[0]], box_w[parts[-1]]) / 2
         for p, (a, b) in enumerate(zip(parts, parts[1:])):
@@ -184,7 +189,7 @@ def sequence_dot(page: Page, lang: str = "en", title: str | None = None) -> str:
                        f'fixedsize=true, pos={pos(lx, y)}];')
         else:
             ay = y + (lines * LINE_H) / 2 - 2              # the arrow under its text
-            style = "dashed" if row.kind == "reply" else ("bold" if row.repeat > 1 else "solid")
+            style = "dashed" if row.kind in ("reply", "ack") else ("bold" if row.repeat > 1 else "solid")
             extra = ", dir=both, penwidth=2.4" if row.kind == "tls" else ""
             out.append(f'  "a{r}" [shape=point, width=0.02, height=0.02, color="{color}", pos={pos(lay.x[row.src], ay)}];')
             out.append(f'  "b{r}" [shape=point, width=0.02, height=0.02, color="{color}", pos={pos(lay.x[row.dst], ay)}];')

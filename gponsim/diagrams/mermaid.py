@@ -36,7 +36,7 @@ def sequence_mermaid(page: Page, lang: str = "en") -> str:
         if row.is_note or row.src == row.dst:      # a log line, on the lifeline that wrote it
             lines.append(f"{indent}Note over {ALIASES[row.src]}: {_text(label)}")
             continue
-        arrow = "-x" if row.failed else ("-->>" if row.kind == "reply" else "->>")
+        arrow = "-x" if row.failed else ("-->>" if row.kind in ("reply", "ack") else "->>")
         lines.append(f"{indent}{ALIASES[row.src]}{arrow}{ALIASES[row.dst]}: {_text(label)}")
         if row.note:
             lines.append(f"{indent}Note over {ALIASES[row.dst]}: {_text(row.note)[:200]}")

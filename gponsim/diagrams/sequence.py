@@ -54,7 +54,7 @@ class Row:
     label: str
     tls: bool = False
     failed: bool = False
-    kind: str = "command"       # command | reply | data | tls | event | note
+    kind: str = "command"       # command | reply | data | tls | event | note; a packet: segment | ack
     note: str = ""              # the commentary (--notes)
     repeat: int = 1             # >1: this row stands for a collapsed run
 
@@ -72,6 +72,7 @@ class Page:
     total: int = 1
     phases: list[str] = field(default_factory=list)   # of PHASES, what the page shows
     service: str = ""           # whose conversation: submission, smtp, relay, imap, ...
+    label_chars: int = 44       # a label's line, at most (the layout narrows it to fit)
 
     @property
     def phase(self) -> str:
@@ -293,6 +294,8 @@ def _chunks(rows: list[Row], size: int) -> list[list[Row]]:
             load += weight(row)
         out.append(page)
         if all(sum(weight(r) for r in p) <= size for p in out):
+            if len(out) > 1 and len(out[-1]) == 1 and sum(map(weight, out[-2] + out[-1])) <= size:
+                out[-2:] = [out[-2] + out[-1]]       # the greedy cut left one row over
             return out
         count += 1
 

@@ -11,6 +11,8 @@ end in it) and what a student should notice about it; ``--packet N
 - :mod:`.flows`: per-connection TCP bookkeeping (relative numbers as
   Wireshark shows them, window scaling, retransmissions, duplicate ACKs,
   zero windows, delayed ACKs);
+- :mod:`.headers`: the IP and TCP headers of plain packets, read without Scapy (a
+  thousand times quicker), with the values Scapy gives;
 - :mod:`.dissect`: Scapy's layers (``scapy.layers.l2``, ``inet``, ``inet6``,
   ``tls``), imported only when a packet is dissected (Scapy takes about half
   a second to import; ``gponsim --help`` stays instant);

@@ -13,11 +13,16 @@ from types import SimpleNamespace
 _LOADED: SimpleNamespace | None = None
 
 
+def quiet() -> None:
+    """Scapy says nothing on its own (its warnings go through logging)."""
+    logging.getLogger("scapy").setLevel(logging.ERROR)
+
+
 def scapy() -> SimpleNamespace:
     """Scapy's classes the packet level uses (imported once)."""
     global _LOADED
     if _LOADED is None:
-        logging.getLogger("scapy").setLevel(logging.ERROR)
+        quiet()
         from scapy.config import conf
         from scapy.layers import inet, inet6, l2
         from scapy.packet import Packet, Raw, Padding

@@ -4,7 +4,7 @@
 fast path that makes the Steps) once over the file and keeps, per packet, the
 Steps whose bytes it carried (``Step.packets``) and the TLS records that end
 in it, and per connection its session, protocol and endpoints. The packets
-view then reads the file a second time, packet by packet, with Scapy.
+view then reads the file a second time, packet by packet, for the headers.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The packets view: one row per packet, what it carries, what to notice.
 
 :func:`rows` reads a capture twice: first the analyzer (:func:`.facts.collect`)
-for the Steps and TLS records of each packet, then every frame with Scapy for
-its headers, with :class:`.flows.Flows` for the numbers as Wireshark shows
-them. :func:`render` prints the rows (with each note explained the first time
+for the Steps and TLS records of each packet, then every frame's headers
+(:mod:`.headers`; Scapy for the shapes it leaves, and for a packet opened layer
+by layer), with :class:`.flows.Flows` for the numbers as Wireshark shows
+them. :class:`Renderer` prints the rows (with each note explained the first time
 it comes up), :func:`row_dict` is a row as JSON.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gponsim.capture.pcap import read_packets
-from gponsim.packets import dissect
+from gponsim.packets import dissect, headers
 from gponsim.packets.facts import Facts, Record, collect
 from gponsim.packets.flows import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Flows
 
@@ -120,7 +121,15 @@ class Row:
     records: list[Record] = field(default_factory=list)
     steps: list = field(default_factory=list)             # (Step, part, total)
     notes: list = field(default_factory=list)             # (key, values)
-    pkt: object = None                                    # Scapy's dissection
+    frame: bytes = b""                                    # the frame as captured
+    _pkt: object = None
+
+    @property
+    def pkt(self):
+        """Scapy's dissection of the frame (made when first asked for)."""
+        if self._pkt is None:
+            self._pkt = dissect.dissect(self.linktype, self.frame)
+        return self._pkt
 
     @property
     def endpoints(self) -> str:
@@ -131,7 +140,10 @@ class Row:
 
 def rows(path: str | Path, facts: Facts | None = None, *, select: Selection | None = None,
          keylog: str | Path | None = None) -> Iterator[Row]:
-    """The selected packets of ``path`` as :class:`Row`, in capture order."""
+    """The selected packets of ``path`` as :class:`Row`, in capture order.
+
+    The headers of a plain TCP packet are read by :mod:`.headers`; Scapy dissects the
+    others (and any packet whose ``pkt`` is asked for, as the layer view does)."""
     facts = facts if facts is not None else collect(path, keylog)
     select = select or Selection()
     flows = Flows()
@@ -142,26 +154,26 @@ def rows(path: str | Path, facts: Facts | None = None, *, select: Selection | No
             break
         if first_t is None:
             first_t = t
-        row = Row(number, t, t - first_t, link)
-        pkt = dissect.dissect(link, frame)
-        row.pkt = pkt
-        found = dissect.tcp_of(pkt)
-        if found is None:
-            row.summary = pkt.summary()
-            if select.session is None and select.proto is None and select.wants_number(number):
-                yield row
-            continue
-        ip, tcp = found
+        row = Row(number, t, t - first_t, link, frame=frame)
+        head = headers.read(link, frame)
+        if head is None:
+            found = dissect.tcp_of(row.pkt)
+            if found is None:
+                row.summary = row.pkt.summary()
+                if select.session is None and select.proto is None and select.wants_number(number):
+                    yield row
+                continue
+            head = headers.from_scapy(*found)
         row.tcp = True
-        row.ip = 6 if ip.version == 6 else 4
-        row.src, row.dst, row.sport, row.dport = ip.src, ip.dst, tcp.sport, tcp.dport
-        row.flags = int(tcp.flags)
-        row.seq_raw, row.ack_raw = tcp.seq, tcp.ack
-        row.length = dissect.tcp_length(ip, tcp)
-        row.window = tcp.window
-        row.options = [o for o in tcp.options if o[0] not in ("NOP", "EOL")]
-        seg = flows.segment(t, (row.src, row.sport), (row.dst, row.dport), tcp.seq, tcp.ack,
-                            row.flags, tcp.window, row.length, tcp.options)
+        row.ip = head.ip
+        row.src, row.dst, row.sport, row.dport = head.src, head.dst, head.sport, head.dport
+        row.flags = head.flags
+        row.seq_raw, row.ack_raw = head.seq, head.ack
+        row.length = head.length
+        row.window = head.window
+        row.options = [o for o in head.options if o[0] not in ("NOP", "EOL")]
+        seg = flows.segment(t, (row.src, row.sport), (row.dst, row.dport), head.seq, head.ack,
+                            row.flags, head.window, row.length, head.options)
         row.seq, row.ack, row.scaled, row.scale = seg.seq, seg.ack, seg.scaled, seg.scale
         row.stream, row.client = seg.stream, seg.client
         row.conn = facts.connection((row.src, row.sport), (row.dst, row.dport), number)

@@ -54,6 +54,11 @@ class Painter:
         self._system = _SYSTEMS.get(console.color_system or "")
         self._codes: dict[str, tuple[str, str]] = {}
 
+    @property
+    def plain(self) -> bool:
+        """No colours: every style paints nothing."""
+        return self._system is None
+
     def __call__(self, text: str, style: str) -> str:
         if self._system is None or not text:
             return text
@@ -81,6 +86,20 @@ def _narrow(text: str) -> bool:
     return cells(text) == len(text)
 
 
+def packet_numbers(packets: list[int]) -> str:
+    """Packet numbers, compactly: ``#5``, ``#5,6``, ``#22–25,36,38–45``; more than three
+    runs of them as first–last (``#22–145``)."""
+    runs: list[list[int]] = []
+    for p in packets:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    if len(runs) > 3:
+        return f"#{min(packets)}–{max(packets)}"
+    return "#" + ",".join(str(a) if a == b else f"{a},{b}" if b == a + 1 else f"{a}–{b}" for a, b in runs)
+
+
 class Narrator:
     """A sink that narrates Steps on a terminal (or into a file or pipe).
 
@@ -101,6 +120,7 @@ class Narrator:
         self.reveal = reveal
         self.compact = compact
         self.width = max(self.console.width, 40)
+        self.terminal = self.console.is_terminal
         self.out: IO[str] = stream if stream is not None else self.console.file
         self.flush_each = flush_each
         self.paint = Painter(self.console)
@@ -141,6 +161,8 @@ class Narrator:
         given) looked up rather than made again."""
         add = self._parts.append
         heads, bodies, explained = self._heads, self._bodies, self._explained
+        dim, terminal = self._dim, self.terminal
+        plain = not terminal and self.paint.plain
         explain, compact, reveal = self.explain, self.compact, self.reveal
         first_only = explain == "first"
         limit = self.width - MIN_TEXT
@@ -178,7 +200,21 @@ class Narrator:
                 if len(bodies) > _CACHE_LIMIT:
                     bodies.clear()
                 body = bodies[(line, style, indent)] = self._body(line, style, indent)
-            add(head + body)
+            packets = step.packets
+            if packets is None or kind == "event":
+                add(head + body[0] + "\n")
+            elif plain:                          # into a file: no colours, no width
+                add(f"{head}{body[0]}  #{packets[0]}\n" if len(packets) == 1 else
+                    f"{head}{body[0]}  {packet_numbers(packets)}\n")
+            else:
+                # From a capture: the packets it was read from, as Wireshark numbers them,
+                # at the end of its text (on a terminal, on a line of their own when they do
+                # not fit there; a file has no width to keep).
+                tag = f"#{packets[0]}" if len(packets) == 1 else packet_numbers(packets)
+                if len(tag) + 1 < body[1] or not terminal:
+                    add(head + body[0] + dim("  " + tag) + "\n")
+                else:
+                    add(head + body[0] + "\n" + " " * indent + dim(tag) + "\n")
             if explain == "none":
                 continue
             if first_only and (step.key, proto, kind, step.verb, step.code, step.enhanced,
@@ -192,8 +228,12 @@ class Narrator:
         if len(self._heads) > _CACHE_LIMIT:
             self._heads.clear()
 
-    def _body(self, line: str, style: str, indent: int) -> str:
-        """A Step's text after its head: painted, wrapped in its column, newline-ended."""
+    def _dim(self, text: str) -> str:
+        return self.paint(text, "dim")
+
+    def _body(self, line: str, style: str, indent: int) -> tuple[str, int]:
+        """A Step's text after its head, painted and wrapped in its column (without the
+        last newline), and the cells left free on its last line."""
         if "\t" in line:
             # A TAB separates the fields of Dovecot's auth protocol: make it visible.
             line = line.replace("\t", " ␉ ")
@@ -205,13 +245,15 @@ class Narrator:
         pad = " " * indent
         paint = self.paint
         out = []
+        free = first_room
         for n, text in enumerate(line.split("\n")):
             size = cells(text)
             limit = first_room if n == 0 else room
             pieces = [text] if size <= limit else self._wrap(text, limit, room)
             for m, piece in enumerate(pieces):
-                out.append(("" if n == 0 and m == 0 else pad) + paint(piece, style) + "\n")
-        return "".join(out)
+                out.append(("" if n == 0 and m == 0 else pad) + paint(piece, style))
+                free = (first_room if n == 0 and m == 0 else room) - cells(piece)
+        return "\n".join(out), free
 
     def _head(self, step: Step, style: str) -> tuple[str, int]:
         """The text before a Step's line (clock, session, who → whom) and its width."""
