@@ -110,3 +110,26 @@ def run_together(practices: list[Practice]) -> list[dict]:
         t.join(120)
     assert not errors, errors
     return results
+
+
+def chromium(profile: Path, size: str = "1400,1000"):
+    """Headless Chromium driven through Selenium, with a fresh profile (as tests/test_slides.py)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={profile}", f"--window-size={size}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+def page_errors(driver) -> list[str]:
+    """What the page's console said at level SEVERE (a script error, a refused asset)."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]

@@ -288,7 +288,7 @@ class ClassHub:
     def class_data(self) -> dict:
         return {"now": self.now(), "started": self.started, "plan": self.state.plan.public(),
                 "students": [self.student_data(s.login) for s in self.state.roster.students],
-                "counters": self.counters,
+                "counters": self.counters, "recent": self.recent_lines(300),
                 "unattributed": [dict(i.public(), account=self.mask(i.account))
                                  for i in self.state.attributor.unattributed()][-100:]}
 
@@ -312,7 +312,15 @@ class ClassHub:
         return out
 
     def recent_lines(self, count: int = 300) -> list[dict]:
-        return [record for _n, record, _t in list(self.lines)[-count:]]
+        """The latest lines, each named with its session's student as known now."""
+        sessions = self.state.attributor.sessions
+        out = []
+        for _n, record, _t in list(self.lines)[-count:]:
+            info = sessions.get(record["s"])
+            if info is not None and info.student != record["who"]:
+                record = dict(record, who=info.student)
+            out.append(record)
+        return out
 
     def subscribe(self, sub: Subscriber) -> Subscriber:
         """Add a page's stream and send it what it missed."""

@@ -140,7 +140,7 @@ class ClassWeb(resource.Resource):
         given = self._arg(request, "token")
         from_query = bool(given)
         if not given:
-            auth = (request.getHeader(b"authorization") or "")
+            auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
             if auth.lower().startswith("bearer "):
                 given = auth[7:].strip()
         if not given:
@@ -347,7 +347,7 @@ class ClassWeb(resource.Resource):
 
         student = self.hub.state.roster.student(login)
         values = task_values(student, self.hub.state.roster, self.lab_info)
-        return [{"step": t.step, "title": t.title[lang], "do": fill(t.do[lang], values).strip()}
+        return [{"step": t.step, "title": t.title[lang], "do": reflow(fill(t.do[lang], values))}
                 for t in self.hub.state.plan.tasks]
 
     # ------------------------------------------------------------------ replay
@@ -376,6 +376,11 @@ class ClassWeb(resource.Resource):
             return self._json(request, found, code)
         request.setResponseCode(404)
         return b"not found\n"
+
+
+def reflow(text: str) -> str:
+    """A task's text as the page wraps it: paragraphs kept, the file's line breaks not."""
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
 
 
 def site(web: ClassWeb) -> server.Site:
