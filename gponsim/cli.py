@@ -988,10 +988,12 @@ def class_replay(runs, keylog, listen, web_port, ready_file, lang):
 @click.option("--roster", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --capture: who is who (roster CSV: login, partner, ...).")
 @click.option("--lesson", "lesson_id", help="The lesson whose evidence is checked (default: the run's).")
+@click.option("--port", "port_overrides", multiple=True, metavar="SERVICE=PORT",
+              help="With --capture: a server on another port than the standard one (e.g. submission=10587).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for grades.csv, grades.json, moodle.csv, quiz.*.gift (default: RUN/grades).")
 @click.option("--lang", type=LANG, help="Language of the feedback and the Moodle column.")
-def grade(run_dir, captures, keylogs, roster, lesson_id, out, lang):
+def grade(run_dir, captures, keylogs, roster, lesson_id, port_overrides, out, lang):
     """Per-student grades from protocol evidence: a class run, or captures with their keys.
 
     Writes grades.csv (pass/fail per check), grades.json (with the evidence
@@ -999,7 +1001,8 @@ def grade(run_dir, captures, keylogs, roster, lesson_id, out, lang):
     """
     from gponsim.classroom.command import grade as run_grade
 
-    run_grade(run_dir, list(captures), list(keylogs), roster, lesson_id, out, _lang(lang))
+    run_grade(run_dir, list(captures), list(keylogs), roster, lesson_id, out, _lang(lang),
+              _parse_ports(port_overrides))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -108,3 +108,51 @@ def test_accounts_are_private_and_passwords_appear_nowhere_else(finished_class):
     # the lab knows them (hashed) and the default users are still there
     users = (cls.out / "gponlab" / "etc" / "dovecot" / "users").read_text()
     assert "student03b:{BLF-CRYPT}$2y$" in users and "user1:" in users
+
+
+@pytest.mark.root("capturing the loopback interface needs root or CAP_NET_RAW")
+def test_grades_from_a_capture_with_its_keys(lab_factory, tmp_path):
+    """What students hand in from the real server: a capture (TLS secrets embedded) and a
+    roster. Sessions are named by the credentials the analyzer decrypts; a certificate
+    refused (a hang-up after the server's Certificate) is no evidence of accepting it."""
+    from gponsim.classroom.practice import Account, Practice
+    from gponsim.server.dovecot.passwd import Users
+
+    root = tmp_path / "lab"
+    Users.ensure_default(root / "etc" / "dovecot" / "users").add("user3", "pass3")
+    lab = lab_factory("lab", extra=["--capture", str(tmp_path / "lab.pcapng"),
+                                    "--keylog", str(tmp_path / "keys.log")]).start()
+    one = Practice(host="127.0.0.1", ports=lab.ports, sender=Account("user1", "pass"),
+                   reader=Account("user1", "pass"), send_to="user2@gponlab.local", source="127.0.0.21")
+    two = Practice(host="127.0.0.1", ports=lab.ports, sender=Account("user2", "pass"),
+                   reader=Account("user2", "pass"), send_to="user1@gponlab.local", source="127.0.0.22")
+    three = Practice(host="127.0.0.1", ports=lab.ports, sender=Account("user3", "pass3"),
+                     reader=Account("user3", "pass3"), send_to="user3@gponlab.local", source="127.0.0.23")
+    one.refuse_certificate()
+    assert one.send("pass")
+    assert two.read("pass", want=1) == 1
+    three.refuse_certificate()
+    lab.stop()
+    capture = tmp_path / "lab.pcapng"
+    assert capture.exists(), lab.stderr()
+    roster = tmp_path / "roster.csv"
+    roster.write_text("login,partner\nuser1,user2\nuser2,user1\nuser3,\n")
+    ports = [f"--port={name}={port}" for name, port in lab.ports.items() if name != "gmail"]
+    out = subprocess.run([sys.executable, "-m", "gponsim", "grade", "--capture", str(capture),
+                          "--roster", str(roster), "--out", str(tmp_path / "grades"), *ports],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = {r["student"]: r for r in _csv(tmp_path / "grades" / "grades.csv")}
+    assert {c: rows["user1"][c] for c in CHECKS} == {
+        "certificate": "pass", "starttls-before-auth": "pass", "auth-ok": "pass", "queued": "pass",
+        "delivered": "pass", "imap-login": "fail", "imap-fetch": "fail"}
+    assert {c: rows["user2"][c] for c in CHECKS} == {
+        "certificate": "pass", "starttls-before-auth": "fail", "auth-ok": "fail", "queued": "fail",
+        "delivered": "fail", "imap-login": "pass", "imap-fetch": "pass"}
+    assert all(rows["user3"][c] == "fail" for c in CHECKS)
+    data = json.loads((tmp_path / "grades" / "grades.json").read_text())
+    user1 = next(s for s in data["students"] if s["student"]["login"] == "user1")["checks"]
+    # no queue in a capture: the message is delivered when its recipient downloaded it
+    assert user1["delivered"]["account"] == "user2" and "FETCH" in user1["delivered"]["evidence"]
+    assert user1["certificate"]["evidence"] == "Certificate: CN=mail.gponlab.local"
+    assert user1["certificate"]["detail"].startswith("submission 127.0.0.21: ehlo")

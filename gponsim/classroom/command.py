@@ -121,7 +121,7 @@ def replay(paths: list[Path], keylog: Path | None, listen: str, port: int, lang:
 
 
 def grade(run_dir: Path | None, captures: list[Path], keylogs: list[Path], roster_file: Path | None,
-          lesson_id: str | None, out: Path | None, lang: str) -> None:
+          lesson_id: str | None, out: Path | None, lang: str, ports: dict | None = None) -> None:
     import json
 
     from gponsim.classroom.grading import GradingError, grade_captures, grade_run, write_all
@@ -148,7 +148,7 @@ def grade(run_dir: Path | None, captures: list[Path], keylogs: list[Path], roste
                       else Roster.from_csv(roster_file))
             pairs = [(c, keylogs[i] if len(keylogs) > 1 else (keylogs[0] if keylogs else None))
                      for i, c in enumerate(captures)]
-            grades = grade_captures(pairs, roster, plan)
+            grades = grade_captures(pairs, roster, plan, ports=ports)
             out = out or Path("grades")
     except (GradingError, RosterError, LessonError) as exc:
         raise click.ClickException(str(exc))

@@ -97,10 +97,12 @@ def _roster(accounts: Path, info: dict) -> Roster:
     return Roster.read_accounts(accounts, info.get("domain", "gponlab.local"))
 
 
-def grade_captures(captures: list[tuple[Path, Path | None]], roster: Roster, plan: ClassPlan) -> Grades:
+def grade_captures(captures: list[tuple[Path, Path | None]], roster: Roster, plan: ClassPlan,
+                   ports: dict | None = None) -> Grades:
     """Captures (pcap/pcapng, each with its TLS key log or None) that students made with
     Wireshark on the real lab server: every mail connection in them, decoded, in time
-    order; who logged in is what the analyzer read from the (decrypted) AUTH."""
+    order; who logged in is what the analyzer read from the (decrypted) AUTH. A server
+    port names its service (587: submission, 143: imap...); ``ports`` names others."""
     from gponsim.capture.analyze import CaptureError, analyze
 
     steps: list[Step] = []
@@ -116,7 +118,7 @@ def grade_captures(captures: list[tuple[Path, Path | None]], roster: Roster, pla
                 if ok or cred.session not in credentials:
                     credentials[cred.session] = (cred.user, ok)
     steps.sort(key=lambda s: s.t)      # several captures: one class, in time order
-    return grade_steps(steps, roster, plan, credentials=credentials,
+    return grade_steps(steps, roster, plan, credentials=credentials, ports=ports,
                        source=", ".join(str(p) for p, _k in captures))
 
 

@@ -15,8 +15,9 @@ Evidence kinds (``kind``):
                 on ``service`` (submission, imap, ...), by ``who``
 ``auth_in_tls`` on ``service``, the client authenticated inside TLS (STARTTLS,
                 or a TLS port, before AUTH) and never sent AUTH in clear
-``tls_accepted`` the student's client completed a TLS handshake with the lab's
-                self-signed certificate (the security exception accepted)
+``tls_accepted`` the student's client went on inside TLS after the lab's
+                self-signed certificate (the security exception accepted;
+                one that refuses it hangs up after the server's Certificate)
 ``autoconfig``  the lab handed Thunderbird the settings of the student's
                 address (the lab's mail.log)
 ``delivered``   the student's message reached the mailbox they write to

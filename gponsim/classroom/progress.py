@@ -185,7 +185,7 @@ class StudentProgress:
         if event.account and summary["account"] != event.account:
             summary["account"] = event.account
             self._changed = True
-        if step.proto == "tls":
+        if step.proto == "tls" and step.verb != "DECRYPTED":
             self._tls_lines[step.session] = first_line(step)
             summary["tls"] = True
         before = len(self.attempts)
@@ -228,9 +228,12 @@ class StudentProgress:
             if _matches(step, e):
                 self._pass(mark, step, account=event.account)
         elif e.kind == "tls_accepted":
-            if step.proto == "tls" and step.kind == "handshake":
-                self._pass(mark, step, account=event.account,
-                           detail=f"{event.service} {event.ip}".strip())
+            # The client went on inside TLS: it finished the handshake, so it accepted the
+            # certificate (one that refuses it hangs up after the server's Certificate).
+            if step.tls and step.dir == "c2s" and step.kind in ("command", "data") \
+                    and step.session in self._tls_lines:
+                self._pass(mark, step, account=event.account, line=self._tls_lines[step.session],
+                           detail=f"{event.service} {event.ip}: {first_line(step)}")
         elif e.kind == "auth_in_tls":
             if step.kind == "command" and step.verb in AUTH_COMMANDS.get(step.proto, ()):
                 if not step.tls:
