@@ -253,12 +253,14 @@ class ClassHub:
                 sub.send("session", text)
 
     def _progress(self, login: str) -> None:
-        data = self.student_data(login)
-        text = None
+        full = brief = None
         for sub in self.subscribers:
-            if sub.kind == "teacher" or (sub.kind == "student" and sub.student == login):
-                text = text or _ENCODE(data)
-                sub.send("student", text)
+            if sub.kind == "teacher":
+                brief = brief or _ENCODE(self.student_data(login, brief=True))
+                sub.send("student", brief)
+            elif sub.kind == "student" and sub.student == login:
+                full = full or _ENCODE(self.student_data(login))
+                sub.send("student", full)
 
     def flush_counters(self) -> None:
         """The architecture diagram's counters, in one event (called twice a second)."""
@@ -277,8 +279,15 @@ class ClassHub:
 
     # ------------------------------------------------------------------ pages
 
-    def student_data(self, login: str) -> dict:
+    def student_data(self, login: str, brief: bool = False) -> dict:
+        """A student's progress; ``brief`` (the dashboard's row): without their sessions
+        and hints' texts (the row shows neither; it asks for sessions when clicked)."""
         data = self.state.progress[login].public()
+        if brief:
+            data["sessions"] = len(data["sessions"])
+            data["hints"] = [h["key"] for h in data["hints"]]
+            for mark in data["marks"].values():       # a tooltip's worth
+                mark["line"], mark["detail"] = mark["line"][:120], ""
         for mark in data["marks"].values():
             mark["line"] = self.mask(mark["line"])
         if data["last_error"]:
@@ -287,7 +296,7 @@ class ClassHub:
 
     def class_data(self) -> dict:
         return {"now": self.now(), "started": self.started, "plan": self.state.plan.public(),
-                "students": [self.student_data(s.login) for s in self.state.roster.students],
+                "students": [self.student_data(s.login, brief=True) for s in self.state.roster.students],
                 "counters": self.counters, "recent": self.recent_lines(300),
                 "unattributed": [dict(i.public(), account=self.mask(i.account))
                                  for i in self.state.attributor.unattributed()][-100:]}

@@ -51,7 +51,7 @@ class Practice:
     pause: float = 0.0                # seconds between actions, like a person
     domain: str = "gponlab.local"
     subject: str = ""
-    timings: list = field(default_factory=list)     # (command, seconds)
+    timings: list = field(default_factory=list)     # (command, seconds, it succeeded)
     log: list = field(default_factory=list)         # what happened, for a test's message
 
     def _wait(self) -> None:
@@ -60,10 +60,13 @@ class Practice:
 
     def _timed(self, name: str, fn, *args, **kw):
         start = time.perf_counter()
+        ok = False
         try:
-            return fn(*args, **kw)
+            result = fn(*args, **kw)
+            ok = True
+            return result
         finally:
-            self.timings.append((name, time.perf_counter() - start))
+            self.timings.append((name, time.perf_counter() - start, ok))
 
     # ------------------------------------------------------------------ steps
 
@@ -71,9 +74,12 @@ class Practice:
         """What Thunderbird's account wizard asks first (from the student's address)."""
         url = (f"http://{self.host}:{self.ports['autoconfig']}/mail/config-v1.1.xml"
                f"?emailaddress={address}")
-        handler = _SourceHandler(self.source)
-        with urllib.request.build_opener(handler).open(url, timeout=10) as reply:
-            body = reply.read().decode()
+        opener = urllib.request.build_opener(_SourceHandler(self.source))
+
+        def fetch() -> str:
+            with opener.open(url, timeout=10) as reply:
+                return reply.read().decode()
+        body = self._timed("autoconfig", fetch)
         self.log.append(f"autoconfig {address}: {len(body)} bytes")
         return body
 

@@ -32,9 +32,11 @@ function el(tag, attrs, ...children) {
 }
 
 function clock(t) {
+  /* HH:MM:SS, local time (by hand: a locale formatter per line costs more than the rest) */
   if (!t) return "";
   const d = new Date(t * 1000);
-  return d.toLocaleTimeString(LANG === "es" ? "es-ES" : "en-GB", {hour12: false});
+  const two = (n) => (n < 10 ? "0" : "") + n;
+  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
 }
 
 /* Every element with data-w="key" gets that word; the language link switches. */
@@ -58,17 +60,20 @@ function stream(url, handlers) {
   source.onopen = () => { if (status) { status.textContent = word("ui_connected"); status.className = "status on"; } };
   source.onerror = () => { if (status) { status.textContent = word("ui_disconnected"); status.className = "status off"; } };
   for (const [name, fn] of Object.entries(handlers)) {
-    source.addEventListener(name, (ev) => fn(JSON.parse(ev.data)));
+    source.addEventListener(name, (ev) => { arrived = performance.timeOrigin + ev.timeStamp; fn(JSON.parse(ev.data)); });
   }
   window.gponsimStream = source;
   return source;
 }
 
-/* When each line reached this page (bench/class.py reads it): [n, wire time, shown time]. */
+/* When each line reached this page (bench/class.py reads it): [n, wire time, when its
+   event arrived, when it was on the page] (seconds since the epoch, this computer's clock). */
 window.gponsimSeen = [];
+let arrived = 0;
 function seen(record) {
   if (window.gponsimSeen.length < 200000) {
-    window.gponsimSeen.push([record.n, record.t, (performance.timeOrigin + performance.now()) / 1000]);
+    window.gponsimSeen.push([record.n, record.t, (record.arrived || arrived) / 1000,
+                             (performance.timeOrigin + performance.now()) / 1000]);
   }
 }
 

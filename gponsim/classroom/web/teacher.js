@@ -2,7 +2,7 @@
    architecture diagram; the latest lines; sessions nobody owns yet. */
 "use strict";
 const STUCK_AFTER = 180;            // seconds without progress (and not done)
-const MAX_LINES = 300;
+const MAX_LINES = 150;
 let plan = null;
 let students = {};
 let skew = 0;                       // server clock - this clock (seconds)
@@ -36,8 +36,9 @@ function taskTitle(step) {
   return task ? T(task.title) : "";
 }
 
+const rows = new Map();
 function rowFor(login) {
-  let row = document.querySelector(`#grid tbody tr[data-student="${login}"]`);
+  let row = rows.get(login);
   if (row) return row;
   row = el("tr", {"data-student": login});
   row.append(el("th", {class: "who"}), el("td", {class: "current"}));
@@ -45,12 +46,18 @@ function rowFor(login) {
   row.append(el("td", {class: "score"}), el("td", {class: "error"}), el("td", {class: "seen"}));
   row.addEventListener("click", () => showDetail(login));
   document.querySelector("#grid tbody").append(row);
+  rows.set(login, row);
   return row;
 }
 
 function updateStudent(data) {
+  students[data.student.login] = data;
+  pendingStudents.set(data.student.login, data);
+  later();
+}
+
+function drawStudent(data) {
   const s = data.student;
-  students[s.login] = data;
   const row = rowFor(s.login);
   row.querySelector(".who").textContent = s.name ? `${s.name} (${s.login})` : s.login;
   row.querySelector(".current").textContent = data.done ? word("ui_done") :
@@ -68,39 +75,92 @@ function updateStudent(data) {
   cell.textContent = !err ? "" : (err.line.startsWith(err.code) ? err.line : `${err.code}: ${err.line}`);
   cell.title = err ? `${err.session} ${clock(err.t)}` : "";
   row.dataset.done = data.done ? "yes" : "no";
-  refreshStuck();
+  drawStuck(row, data);
 }
 
-function refreshStuck() {
+function drawStuck(row, data) {
+  const since = data.last_progress || data.first_seen;
+  const seen = row.querySelector(".seen");
+  let text = data.last_seen ? clock(data.last_seen) : "";
+  const isStuck = Boolean(!data.done && data.first_seen && now() - since > STUCK_AFTER);
+  row.classList.toggle("stuck", isStuck);
+  if (isStuck) text += " · " + word("ui_stuck", {min: Math.floor((now() - since) / 60)});
+  if (seen.textContent !== text) seen.textContent = text;
+  return isStuck;
+}
+
+function refreshSummary() {
   let stuck = 0, done = 0;
   for (const data of Object.values(students)) {
-    const row = rowFor(data.student.login);
-    const since = data.last_progress || data.first_seen;
-    const seen = row.querySelector(".seen");
-    seen.textContent = data.last_seen ? clock(data.last_seen) : "";
-    const isStuck = !data.done && data.first_seen && now() - since > STUCK_AFTER;
-    row.classList.toggle("stuck", Boolean(isStuck));
-    if (isStuck) {
-      stuck++;
-      seen.textContent += " · " + word("ui_stuck", {min: Math.floor((now() - since) / 60)});
-    }
     if (data.done) done++;
+    else if (data.first_seen && now() - (data.last_progress || data.first_seen) > STUCK_AFTER) stuck++;
   }
   document.getElementById("summary").textContent =
     `${done}/${Object.keys(students).length} ${word("ui_done")} · ${word("ui_stuck_on")}: ${stuck}`;
 }
 
-function addLine(r) {
-  seen(r);
-  const who = r.who || (r.acct ? r.acct + "?" : "");
-  const item = el("li", {"data-n": String(r.n), "data-session": r.s, class: r.fail ? "fail" : (r.tls ? "tls" : "")},
-                  el("span", {class: "time", text: clock(r.t)}), el("span", {class: "who", text: who}),
-                  el("span", {class: "sess", text: r.s}), el("code", {text: r.line.split("\n")[0]}));
-  lines.prepend(item);
-  while (lines.childElementCount > MAX_LINES) lines.lastElementChild.remove();
+function refreshStuck() {
+  for (const data of Object.values(students)) drawStuck(rowFor(data.student.login), data);
+  refreshSummary();
 }
 
+/* Lines and students arrive faster than a screen is drawn: they wait for the next frame
+   and go on the page together (one layout per frame, not one per line). */
+let pendingLines = [];
+let pendingStudents = new Map();
+let frameAsked = false;
+let lastFlush = 0;
+const FLUSH_MS = 100;
+
+function later() {
+  if (frameAsked) return;
+  frameAsked = true;
+  const flush = () => {
+    frameAsked = false;
+    const batch = pendingLines;
+    pendingLines = [];
+    if (batch.length) {
+      const part = document.createDocumentFragment();
+      for (let i = batch.length - 1; i >= 0; i--) part.append(lineItem(batch[i]));
+      lines.prepend(part);
+      while (lines.childElementCount > MAX_LINES) lines.lastElementChild.remove();
+      for (const r of batch) seen(r);
+    }
+    const sessions = pendingSessions;
+    pendingSessions = new Map();
+    for (const info of sessions.values()) drawSession(info);
+    const changed = pendingStudents;
+    pendingStudents = new Map();
+    for (const data of changed.values()) drawStudent(data);
+    if (changed.size) refreshSummary();
+  };
+  // at most one update of the page per FLUSH_MS: under load, fewer and bigger layouts
+  const wait = Math.max(0, lastFlush + FLUSH_MS - performance.now());
+  const go = () => { lastFlush = performance.now(); flush(); };
+  if (document.hidden || wait > 0) setTimeout(() => requestAnimationFrame(go), wait);
+  else requestAnimationFrame(go);
+}
+
+function lineItem(r) {
+  const who = r.who || (r.acct ? r.acct + "?" : "");
+  return el("li", {"data-n": String(r.n), "data-session": r.s, class: r.fail ? "fail" : (r.tls ? "tls" : "")},
+            el("span", {class: "time", text: clock(r.t)}), el("span", {class: "who", text: who}),
+            el("span", {class: "sess", text: r.s}), el("code", {text: r.line.split("\n")[0]}));
+}
+
+function addLine(r) {
+  r.arrived = arrived;
+  pendingLines.push(r);
+  later();
+}
+
+let pendingSessions = new Map();
 function sessionChanged(info) {
+  pendingSessions.set(info.session, info);
+  later();
+}
+
+function drawSession(info) {
   for (const item of lines.querySelectorAll(`li[data-session="${info.session}"]`)) {
     item.querySelector(".who").textContent = info.student || (info.account ? info.account + "?" : "");
   }
@@ -168,11 +228,15 @@ document.addEventListener("DOMContentLoaded", () => {
       document.getElementById("lesson").textContent = T(plan.title);
       buildGrid();
       document.querySelector("#grid tbody").textContent = "";
-      for (const s of c.students) updateStudent(s);
+      rows.clear();
+      for (const s of c.students) { students[s.student.login] = s; drawStudent(s); }
+      refreshSummary();
       updateCounters(c.counters);
       for (const u of c.unattributed) sessionChanged(u);
       lines.textContent = "";
-      for (const r of c.recent) addLine(r);
+      const part = document.createDocumentFragment();
+      for (const r of c.recent.slice().reverse()) part.append(lineItem(r));
+      lines.append(part);
     },
     student: updateStudent,
     line: addLine,
