@@ -156,3 +156,53 @@ def test_grades_from_a_capture_with_its_keys(lab_factory, tmp_path):
     assert user1["delivered"]["account"] == "user2" and "FETCH" in user1["delivered"]["evidence"]
     assert user1["certificate"]["evidence"] == "Certificate: CN=mail.gponlab.local"
     assert user1["certificate"]["detail"].startswith("submission 127.0.0.21: ehlo")
+
+
+def test_partners_from_a_roster_write_to_each_other(tmp_path):
+    """A roster with partners: ana writes to luis and reads what luis wrote to her, and
+    the other way round; each one's marks come from both sessions, nobody else's."""
+    roster = tmp_path / "class.csv"
+    roster.write_text("login,name,partner,email\nana,Ana Pérez,luis,ana@uni.es\nluis,Luis Gil,,luis@uni.es\n",
+                      encoding="utf-8")
+    cls = ClassProcess(tmp_path / "run", students=None, roster=roster).start()
+    try:
+        ana, luis = cls.practice("ana", 1), cls.practice("luis", 2)
+        assert (ana.send_to, ana.reader.user) == ("luis@gponlab.local", "ana")
+        assert ana.send(ana.sender.password) and luis.send(luis.sender.password)
+        assert ana.read(ana.reader.password, want=1) == 1
+        # luis reads too early, before... no: luis's mailbox has ana's message already
+        assert luis.read(luis.reader.password, want=1) == 1
+    finally:
+        assert cls.stop() == 0, cls.stderr()
+    rows = {r["student"]: r for r in _csv(cls.out / "grades" / "grades.csv")}
+    assert rows["ana"]["name"] == "Ana Pérez"
+    assert all(rows[s][c] == "pass" for s in ("ana", "luis") for c in CHECKS)
+    data = json.loads((cls.out / "grades" / "grades.json").read_text())
+    ana_checks = next(s for s in data["students"] if s["student"]["login"] == "ana")["checks"]
+    assert ana_checks["delivered"]["evidence"].split(": ", 1)[1].startswith("to=<luis@gponlab.local>")
+    assert ana_checks["imap-fetch"]["account"] == "ana"
+    assert ana_checks["imap-fetch"]["detail"] == "Hola, soy luis"       # luis's message, read by ana
+    moodle = (cls.out / "grades" / "moodle.csv").read_text(encoding="utf-8").splitlines()
+    assert moodle[1].startswith("ana,ana@uni.es,,100.0,")
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None or __import__("shutil").which("pdftotext") is None,
+                    reason="needs chromium and pdftotext (poppler-utils)")
+def test_handouts_print_to_pdf_with_the_students_own_data(finished_class, tmp_path):
+    from gponsim.classroom.handout import print_pdf
+
+    cls, _ = finished_class
+    roster = cls.roster()
+    pdf = print_pdf(cls.out / "handouts" / "all.es.html", tmp_path / "all.es.pdf")
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    pages = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                           check=True).stdout.split("\f")
+    pages = [p for p in pages if p.strip()]
+    assert len(pages) == 3                                       # one sheet per student
+    second = pages[1]
+    assert "student02" in second and roster.passwords["student02"] in second
+    assert roster.passwords["student02b"] in second and roster.passwords["student01"] not in second
+    assert f"{cls.ports['submission']}" in second and "STARTTLS" in second
+    assert "Huella SHA-256" in second
+    fingerprint = json.loads((cls.out / "class.json").read_text())
+    assert "student02b@gponlab.local" in second and fingerprint["lesson"] == "thunderbird"

@@ -312,3 +312,47 @@ def test_the_replay_steps_forward_and_back_through_a_recorded_run(replay, lesson
     time.sleep(0.6)
     assert position() == stopped
     assert page_errors(browser) == []
+
+
+def test_the_replay_of_a_capture_asks_the_packets_view_for_a_packets_layers(tmp_path, browser):
+    """A capture with its keys replays like a run; a line read from packets asks
+    /replay/packet.json for the first one's layers (the packets view: 501 where this
+    gponsim has none)."""
+    import importlib.util
+    from pathlib import Path
+
+    capture = Path(__file__).resolve().parents[1] / "captures" / "swaks-submission-starttls-plain-auth.pcap"
+    ready = tmp_path / "replay.ready"
+    proc = subprocess.Popen([sys.executable, "-m", "gponsim", "class", "replay", str(capture),
+                             "--web-port", "0", "--ready-file", str(ready), "--lang", "en"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: ready.exists() or proc.poll() is not None, 30, "the replay page")
+        assert proc.poll() is None, proc.stderr.read().decode()
+        info = json.loads(ready.read_text())
+        base, auth = f"http://127.0.0.1:{info['web_port']}", {"Authorization": f"Bearer {info['token']}"}
+        code, body = _status(f"{base}/replay/run.json?run={capture.name}", auth)
+        run = json.loads(body)
+        assert code == 200 and run["capture"] is True and run["kind"] == "capture"
+        lines = [r["line"] for r in run["lines"]]
+        assert "STARTTLS" in lines and any(line.startswith("AUTH PLAIN ") for line in lines)
+        assert "AUTH PLAIN ********" in lines and "AHVzZXIxAHBhc3M=" not in body     # decrypted, masked
+        assert run["checkpoints"] and all(run["lines"][c["n"]]["v"] == "CONNECT" for c in run["checkpoints"])
+        with_packet = [r for r in run["lines"] if r.get("pkt")]
+        assert with_packet
+        code, body = _status(f"{base}/replay/packet.json?run={capture.name}&n={with_packet[0]['pkt']}", auth)
+        answer = json.loads(body)
+        if importlib.util.find_spec("gponsim.packets") is None:
+            assert code == 501 and answer["available"] is False and "packets view" in answer["reason"]
+        else:
+            assert code == 200 and answer["available"] is True and answer["layers"]
+        # the page shows it for the line with a packet
+        browser.get(info["url"])
+        wait_until(lambda: browser.find_element("tag name", "body").get_attribute("data-loaded"), 15, "the run")
+        browser.find_element("id", "forward").click()
+        wait_until(lambda: browser.find_element("id", "packet").text, 10, "the packet panel")
+        panel = browser.find_element("id", "packet").text
+        assert ("packets view" in panel) if code == 501 else ("Ethernet" in panel or "IP" in panel)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -19,15 +19,18 @@ from gponsim.classroom.roster import Roster, Student
 from gponsim.classroom.words import LANGS, word
 
 STYLE = """
-body { font-family: "DejaVu Sans", Arial, sans-serif; font-size: 11pt; margin: 0; color: #111; }
-.sheet { padding: 14mm 16mm; page-break-after: always; }
-.sheet:last-child { page-break-after: auto; }
-h1 { font-size: 17pt; margin: 0 0 2mm; } h2 { font-size: 13pt; margin: 6mm 0 2mm; }
-.who { font-size: 12pt; color: #333; margin-bottom: 4mm; }
-table { border-collapse: collapse; margin: 2mm 0; } td, th { border: 1px solid #999; padding: 1.5mm 3mm; text-align: left; }
-th { background: #eee; } .pw, .mono { font-family: "DejaVu Sans Mono", monospace; font-size: 12pt; }
-ol li { margin-bottom: 2.5mm; white-space: pre-line; } .fp { font-family: monospace; font-size: 8.5pt; word-break: break-all; }
-.note { font-size: 9.5pt; color: #444; }
+@page { size: A4; margin: 12mm 14mm; }
+body { font-family: "DejaVu Sans", Arial, sans-serif; font-size: 9.5pt; line-height: 1.3; margin: 0; color: #111; }
+.sheet { page-break-after: always; break-after: page; }
+.sheet:last-child { page-break-after: auto; break-after: auto; }
+h1 { font-size: 14pt; margin: 0 0 1.5mm; } h2 { font-size: 11pt; margin: 4mm 0 1.5mm; }
+.who { font-size: 11pt; color: #333; margin-bottom: 2mm; }
+table { border-collapse: collapse; margin: 1mm 0; } td, th { border: 1px solid #999; padding: 1mm 2.5mm; text-align: left; }
+th { background: #eee; } .pw, .mono { font-family: "DejaVu Sans Mono", monospace; font-size: 10.5pt; }
+.pw { font-weight: bold; }
+ol { padding-left: 5mm; margin: 1mm 0; } ol li { margin-bottom: 1.5mm; }
+.fp { font-family: monospace; font-size: 7.5pt; word-break: break-all; }
+.note { font-size: 8.5pt; color: #444; margin: 1.5mm 0; }
 """
 
 

@@ -58,8 +58,13 @@ def line_record(step: Step, n: int, info, mask, explanations: dict) -> dict:
         "acct": mask(info.account) if info is not None else "",
         "svc": info.service if info is not None else "",
     }
-    if step.meta and step.meta.get("packet"):
-        record["pkt"] = step.meta["packet"]
+    # From a capture: the packets the Step was read from (Step.packets where the packets
+    # view is there; a CONNECT's meta names its first packet), for the replay's layer view.
+    packets = getattr(step, "packets", None) or (
+        [step.meta["packet"]] if step.meta and step.meta.get("packet") else None)
+    if packets:
+        record["pkt"] = packets[0]
+        record["pkts"] = list(packets)
     return record
 
 
