@@ -312,3 +312,59 @@ def test_an_imap_fetch_step_says_which_message_it_delivered():
     assert fetch.meta["from"] == "student01@gponlab.local"
     assert fetch.meta["subject"].startswith("Hola")
     assert "message_id" not in steps[1].meta
+
+
+# ---------------------------------------------------------------------- the hub's streams
+
+
+def _events(chunks: list[bytes]) -> list[tuple[str, dict]]:
+    import json
+
+    out = []
+    for chunk in chunks:
+        text = chunk.decode()
+        if text.startswith(":"):
+            continue
+        name, data = text.split("\n")[0][7:], text.split("\n")[1][6:]
+        out.append((name, json.loads(data)))
+    return out
+
+
+def test_each_page_gets_each_line_once_and_only_its_own():
+    from gponsim.classroom.hub import ClassHub, Subscriber
+    from gponsim.classroom.state import ClassState
+
+    roster = Roster.numbered(2)
+    roster.passwords.update({"student01": "bakunemo47"})
+    hub = ClassHub(ClassState(roster, load_plan(find_lesson("thunderbird"))))
+    streams = {name: [] for name in ("teacher", "mine", "theirs", "projector")}
+    hub.subscribe(Subscriber("teacher", streams["teacher"].append))
+    hub.subscribe(Subscriber("student", streams["mine"].append, student="student01"))
+    hub.subscribe(Subscriber("student", streams["theirs"].append, student="student02"))
+    hub.subscribe(Subscriber("projector", streams["projector"].append, follow="student01"))
+    hub.step(_connect("s1", "10.0.0.7"))
+    hub.step(_step("s1", "smtp", "command", "EHLO pc7", verb="EHLO"))
+    hub.step(_step("s1", "smtp", "reply", "250 mail.gponlab.local", code=250, verb="EHLO"))
+    hub.step(_sasl("s1", "OK", "student01"))                       # now it is student01's
+    hub.step(_step("s1", "smtp", "reply", "235 2.7.0 Authentication successful", code=235, verb="AUTH"))
+    hub.step(_sasl("s2", "FAIL", "bakunemo47"))                    # not a client's session: no owner
+    lines = {name: [d["n"] for kind, d in _events(chunks) if kind == "line"] for name, chunks in streams.items()}
+    assert lines["teacher"] == [1, 2, 3, 4, 5, 6]
+    assert lines["mine"] == [1, 2, 3, 4, 5]                        # the session so far, once, in order
+    assert lines["projector"] == [1, 2, 3, 4, 5]
+    assert lines["theirs"] == []
+    mine = [d for kind, d in _events(streams["mine"]) if kind == "line"]
+    assert all(d["who"] == "student01" for d in mine)
+    marks = [d for kind, d in _events(streams["mine"]) if kind == "student"][-1]["marks"]
+    assert marks["auth-ok"]["passed"] is True
+    teacher = _events(streams["teacher"])
+    assert [d["student"] for kind, d in teacher if kind == "session"] == ["student01"]
+    assert all("bakunemo47" not in d.get("line", "") for _k, d in teacher)
+    # a page that went away gets nothing more, and the others go on
+    def broken(_data):
+        raise ConnectionError("gone")
+    gone = hub.subscribe(Subscriber("teacher", lambda data: None))
+    gone.write = broken
+    hub.step(_step("s1", "smtp", "command", "QUIT", verb="QUIT"))
+    assert not gone.alive and gone not in hub.subscribers
+    assert [d["n"] for kind, d in _events(streams["mine"]) if kind == "line"][-1] == 7

@@ -82,7 +82,7 @@ class PasswordMask:
         return self._re.sub(MASK, text)
 
 
-@dataclass
+@dataclass(eq=False)          # each page's stream is itself (two alike are still two)
 class Subscriber:
     """One page's event stream."""
 
@@ -94,9 +94,15 @@ class Subscriber:
     explained: set = field(default_factory=set)
     alive: bool = True
 
+    current: str | None = None              # projector: the session on its ladder now
+
     def send(self, name: str, data: str) -> None:
-        if self.alive:
+        if not self.alive:
+            return
+        try:
             self.write(f"event: {name}\ndata: {data}\n\n".encode("utf-8"))
+        except Exception:  # noqa: BLE001 - a page that went away: it gets nothing more
+            self.alive = False
 
 
 class ClassHub:
@@ -142,20 +148,34 @@ class ClassHub:
             self._progress(login)
 
     def _step(self, step: Step) -> None:
+        try:
+            self._take(step)
+        except Exception:  # noqa: BLE001 - the lab must go on; say it once
+            if not getattr(self, "_failed", False):
+                import sys
+                import traceback
+
+                self._failed = True
+                print("gponsim: the class view failed on a Step (the lab goes on):", file=sys.stderr)
+                traceback.print_exc()
+
+    def _take(self, step: Step) -> None:
         event, released, changed = self.state.feed(step)
         record = self._record(step, event)
         self._count(step)
-        for e in released:
-            self._session_changed(e.step.session)
         if event is not None and event.step.kind == "event" and event.step.verb == "CONNECT":
             self._latest_client_session = step.session
         if event is not None and event.student is not None:
             self._latest_of[event.student] = step.session
         self._publish_line(record, released)
-        if released:
-            self._session_changed(step.session)
+        # sessions whose student is known now (or changed): once each
+        for session in dict.fromkeys([e.step.session for e in released]
+                                     + ([step.session] if released else [])):
+            self._session_changed(session)
         for login in changed:
             self._progress(login)
+        if any(not sub.alive for sub in self.subscribers):
+            self.subscribers = [sub for sub in self.subscribers if sub.alive]
 
     # ------------------------------------------------------------------ records
 
@@ -194,14 +214,29 @@ class ClassHub:
             sub.explained.add(x)
             sub.send("explain", _ENCODE(self.explanations[x]))
 
-    def _projected(self, sub: Subscriber, record: dict) -> bool:
+    def _target(self, sub: Subscriber) -> str | None:
+        """The session a projector shows: its own, the newest, or a student's newest."""
         if sub.session is not None:
-            return record["s"] == sub.session
+            return sub.session
         if sub.follow == "latest":
-            return record["s"] == self._latest_client_session
-        if sub.follow:
-            return record["s"] == self._latest_of.get(sub.follow)
-        return False
+            return self._latest_client_session
+        return self._latest_of.get(sub.follow or "")
+
+    def _project(self, sub: Subscriber, record: dict | None) -> None:
+        """A projector's ladder: when the session it follows changes, that session so
+        far (a student's session is known to be theirs only at its login); then each line."""
+        target = self._target(sub)
+        if target is None:
+            return
+        if target != sub.current:
+            sub.current = target
+            for earlier in self.session_lines(target):
+                self._explain(sub, earlier)
+                sub.send("line", self._text_of(earlier))
+            return
+        if record is not None and record["s"] == target:
+            self._explain(sub, record)
+            sub.send("line", self._text_of(record))
 
     def _publish_line(self, record: dict, released: list[Event]) -> None:
         text = None
@@ -210,9 +245,7 @@ class ClassHub:
                 text = text or self._text_of(record)
                 sub.send("line", text)
             elif sub.kind == "projector":
-                if self._projected(sub, record):
-                    self._explain(sub, record)
-                    sub.send("line", text or self._text_of(record))
+                self._project(sub, record)
             elif sub.kind == "student":
                 # lines of sessions that just became theirs, then this one if it is theirs
                 for e in released:
@@ -349,12 +382,7 @@ class ClassHub:
                 if info.student == sub.student:
                     self._send_own(sub, info.session, before=self.seq + 1)
         elif sub.kind == "projector":
-            session = sub.session or (self._latest_client_session if sub.follow == "latest"
-                                      else self._latest_of.get(sub.follow or ""))
-            if session:
-                for record in self.session_lines(session):
-                    self._explain(sub, record)
-                    sub.send("line", self._text_of(record))
+            self._project(sub, None)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
