@@ -206,3 +206,23 @@ def test_handouts_print_to_pdf_with_the_students_own_data(finished_class, tmp_pa
     assert "Huella SHA-256" in second
     fingerprint = json.loads((cls.out / "class.json").read_text())
     assert "student02b@gponlab.local" in second and fingerprint["lesson"] == "thunderbird"
+
+
+def test_a_class_started_again_goes_on_with_the_same_accounts(tmp_path):
+    first = ClassProcess(tmp_path / "run", students=2).start()
+    passwords = first.roster().passwords
+    two = first.practice("student02", 2)
+    assert two.send(passwords["student02"])                  # done in the first part of the class
+    assert first.stop() == 0
+    again = ClassProcess(tmp_path / "run", students=5).start()
+    try:
+        assert again.roster().passwords == passwords
+        assert "goes on with its 2 students" in again.stderr()
+        one = again.practice("student01", 1)
+        assert one.send(passwords["student01"])              # the old password still works
+    finally:
+        assert again.stop() == 0
+    rows = _csv(again.out / "grades" / "grades.csv")
+    assert [r["student"] for r in rows] == ["student01", "student02"]
+    assert rows[0]["queued"] == "pass" and rows[1]["queued"] == "pass"     # both parts count
+    assert rows[1]["delivered"] == "pass" and rows[1]["imap-fetch"] == "fail"

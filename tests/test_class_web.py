@@ -186,6 +186,7 @@ def test_a_student_page_shows_their_sessions_and_nothing_of_anothers(cls, browse
     one = cls.practice("student01", 1)
     one.send(roster.passwords["student01"])
     two = cls.practice("student02", 2)
+    assert two.read("not-the-password", want=0) == -1          # NO [AUTHENTICATIONFAILED]: a hint
     assert two.read(roster.passwords["student02b"], want=0) == 0
     # a wrong password stays on the login page, with a 401
     _log_in(cls, browser, "student02b", "guess")
@@ -201,6 +202,10 @@ def test_a_student_page_shows_their_sessions_and_nothing_of_anothers(cls, browse
     assert mine and all(s["student"] == "student02" for s in state["sessions"])
     listed = {li.get_attribute("data-session") for li in browser.find_elements("css selector", "#sessions li")}
     assert listed == mine
+    # the hint meant for them, in the page's language
+    wait_until(lambda: browser.find_elements("css selector", '#hints li[data-hint="imap-auth"]'), 10, "the hint")
+    hint = browser.find_element("css selector", '#hints li[data-hint="imap-auth"]').text
+    assert "AUTHENTICATIONFAILED" in hint and "student02 / student02b" in hint
     # their task text names their own accounts; the page shows no password, no other student
     text = browser.find_element("tag name", "body").text
     assert "student02b@gponlab.local" in text and "student01" not in browser.page_source

@@ -24,6 +24,9 @@ def start(options, ready_file: Path | None, lang: str) -> None:
     run = ClassRun(options, reactor=reactor)
     try:
         run.prepare()
+        if run.resumed and (options.roster is not None or options.students):
+            click.echo(word("cli_resumed_note", lang, path=run.out / "accounts.csv",
+                            count=len(run.roster.students)), err=True)
     except (RosterError, LessonError, UsersError) as exc:
         raise click.ClickException(str(exc))
     except ConfigError as exc:

@@ -139,6 +139,9 @@ class ClassRun:
             else:
                 self.roster = Roster.numbered(o.students or 1, domain)
             self.resumed = False
+        # A class that goes on: what its earlier runs recorded counts too (read back at start).
+        recorded = self.out / "steps.jsonl"
+        self._recorded_bytes = recorded.stat().st_size if self.resumed and recorded.exists() else 0
         users = Users.ensure_default(self.lab.path(self.lab.profile.passwd_file()))
         self.roster.create_accounts(users)
         self.roster.write_accounts(accounts)
@@ -166,6 +169,7 @@ class ClassRun:
         o = self.options
         state = ClassState(self.roster, self.plan, ports=ports)
         self.hub = ClassHub(state, reactor=self.reactor)
+        self._read_earlier_runs()
         self.bus.add(self.hub)
         host = self.student_host()
         web_port = o.web_port if o.web_port is not None else (0 if o.free_ports else WEB_PORT + o.port_offset)
@@ -191,6 +195,28 @@ class ClassRun:
                                        pdf=o.handouts_pdf)
         self._write_class_json(ports)
         return self.web_port
+
+    def _read_earlier_runs(self) -> None:
+        """Feed the hub what the class's earlier runs recorded (steps.jsonl as it was
+        before this run, the autoconfig requests in mail.log), so grades cover the class."""
+        if not self._recorded_bytes:
+            return
+        import io
+
+        from gponsim.classroom.grading import _log_lines
+        from gponsim.steps import Step
+
+        with open(self.out / "steps.jsonl", "rb") as fh:
+            data = fh.read(self._recorded_bytes).decode("utf-8", "replace")
+        for raw in io.StringIO(data):
+            raw = raw.strip()
+            if raw:
+                try:
+                    self.hub.step(Step.from_dict(json.loads(raw)))
+                except (ValueError, TypeError):
+                    continue        # a line cut by a crash: the rest still counts
+        for t, text in _log_lines(self.lab.root / "var" / "log" / "mail.log"):
+            self.hub.log_line("gponsim/autoconfig", text)
 
     def student_host(self) -> str:
         o = self.options
