@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -95,14 +96,33 @@ class Subscriber:
     alive: bool = True
 
     current: str | None = None              # projector: the session on its ladder now
+    #: events waiting for the hub's next flush (None: written at once)
+    pending: list | None = None
 
     def send(self, name: str, data: str) -> None:
         if not self.alive:
             return
+        chunk = f"event: {name}\ndata: {data}\n\n"
+        if self.pending is not None:
+            self.pending.append(chunk)
+            return
+        self._write(chunk)
+
+    def flush(self) -> None:
+        if self.pending:
+            chunks, self.pending = self.pending, []
+            self._write("".join(chunks))
+
+    def _write(self, text: str) -> None:
         try:
-            self.write(f"event: {name}\ndata: {data}\n\n".encode("utf-8"))
+            self.write(text.encode("utf-8"))
         except Exception:  # noqa: BLE001 - a page that went away: it gets nothing more
             self.alive = False
+
+
+#: How long events wait to go out together (each write to a page's socket is a system
+#: call that wakes the reader: one per batch, not one per line).
+BATCH_SECONDS = 0.02
 
 
 class ClassHub:
@@ -122,30 +142,28 @@ class ClassHub:
         self._latest_client_session: str | None = None
         self._latest_of: dict[str, str] = {}               # student -> their newest session
         self.started = now()
+        self._flush_call = None
+        #: the reactor's thread (the hub is made in it): Steps from any other are handed over
+        self._io_thread = threading.get_ident()
 
     # ------------------------------------------------------------------ the sink
 
     def step(self, step: Step) -> None:
-        if self.reactor is not None:
-            from twisted.python import threadable
-
-            if not threadable.isInIOThread():
-                self.reactor.callFromThread(self._step, step)
-                return
+        if self.reactor is not None and threading.get_ident() != self._io_thread:
+            self.reactor.callFromThread(self._step, step)
+            return
         self._step(step)
 
     def log_line(self, program: str, text: str) -> None:
         """A line the lab wrote to mail.log (the autoconfig service's requests)."""
         if program != "gponsim/autoconfig":
             return
-        if self.reactor is not None:
-            from twisted.python import threadable
-
-            if not threadable.isInIOThread():
-                self.reactor.callFromThread(self.log_line, program, text)
-                return
+        if self.reactor is not None and threading.get_ident() != self._io_thread:
+            self.reactor.callFromThread(self.log_line, program, text)
+            return
         for login in self.state.log_line(self.mask(text), self.now()):
             self._progress(login)
+        self._batch()
 
     def _step(self, step: Step) -> None:
         try:
@@ -176,6 +194,19 @@ class ClassHub:
             self._progress(login)
         if any(not sub.alive for sub in self.subscribers):
             self.subscribers = [sub for sub in self.subscribers if sub.alive]
+        self._batch()
+
+    def _batch(self) -> None:
+        """What was queued for the pages goes out in BATCH_SECONDS, together."""
+        if self.reactor is None or self._flush_call is not None:
+            return
+        if any(sub.pending for sub in self.subscribers):
+            self._flush_call = self.reactor.callLater(BATCH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        self._flush_call = None
+        for sub in list(self.subscribers):
+            sub.flush()
 
     # ------------------------------------------------------------------ records
 
@@ -309,11 +340,13 @@ class ClassHub:
         for sub in self.subscribers:
             if sub.kind == "teacher":
                 sub.send("counters", text)
+        self._batch()
 
     def keepalive(self) -> None:
         for sub in self.subscribers:
             if sub.alive:
-                sub.write(b": keepalive\n\n")
+                sub.flush()
+                sub._write(": keepalive\n\n")
 
     # ------------------------------------------------------------------ pages
 
@@ -372,6 +405,8 @@ class ClassHub:
     def subscribe(self, sub: Subscriber) -> Subscriber:
         """Add a page's stream and send it what it missed."""
         self.subscribers.append(sub)
+        if self.reactor is not None:
+            sub.pending = []
         hello = {"now": self.now(), "kind": sub.kind}
         sub.send("hello", _ENCODE(hello))
         if sub.kind == "teacher":
@@ -383,6 +418,7 @@ class ClassHub:
                     self._send_own(sub, info.session, before=self.seq + 1)
         elif sub.kind == "projector":
             self._project(sub, None)
+        sub.flush()
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:

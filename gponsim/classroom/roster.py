@@ -119,10 +119,12 @@ class Roster:
     def is_password(self, text: str) -> bool:
         """True when ``text`` is one of the class's passwords (a student who typed the
         password into the user-name field: the name must be masked too)."""
-        return bool(text) and text in self._password_set()
-
-    def _password_set(self) -> frozenset:
-        return frozenset(self.passwords.values())
+        if not text:
+            return False
+        known = self.__dict__.get("_password_cache")
+        if known is None or known[0] != len(self.passwords):
+            known = self.__dict__["_password_cache"] = (len(self.passwords), frozenset(self.passwords.values()))
+        return text in known[1]
 
     # ---------------------------------------------------------------- making
 
