@@ -368,3 +368,24 @@ def test_each_page_gets_each_line_once_and_only_its_own():
     hub.step(_step("s1", "smtp", "command", "QUIT", verb="QUIT"))
     assert not gone.alive and gone not in hub.subscribers
     assert [d["n"] for kind, d in _events(streams["mine"]) if kind == "line"][-1] == 7
+
+
+def test_the_web_view_needs_nothing_from_outside():
+    """Every page, script and style is served by gponsim itself: no CDN, no font or
+    script from another host, so the class works with no internet; the pages' policy
+    (Content-Security-Policy: default-src 'self') would refuse one anyway."""
+    from importlib import resources
+
+    from gponsim.classroom.web import CSP
+
+    folder = resources.files("gponsim.classroom").joinpath("web")
+    names = [f.name for f in folder.iterdir()]
+    assert {"teacher.html", "projector.html", "student.html", "login.html", "replay.html"} <= set(names)
+    for name in names:
+        text = folder.joinpath(name).read_text(encoding="utf-8")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text.replace("http://www.w3.org/2000/svg", "")), name
+        for ref in re.findall(r'(?:src|href)="([^"]+)"', text):
+            assert ref.startswith("/static/") or ref.startswith("/") or ref == "#", (name, ref)
+            if ref.startswith("/static/"):
+                assert ref[len("/static/"):] in names, (name, ref)
+    assert "default-src 'self'" in CSP and "connect-src 'self'" in CSP

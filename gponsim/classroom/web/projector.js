@@ -1,6 +1,7 @@
-/* The projector: one session's exchange as a ladder that grows as it happens. */
+/* The projector: one session's exchange as a ladder that grows as it happens, every
+   line with its explanation. */
 "use strict";
-const ladder = new Ladder(document.getElementById("ladder"), {explainEvery: false});
+const ladder = new Ladder(document.getElementById("ladder"), {explainEvery: true});
 let current = null;
 
 function title(r) {
