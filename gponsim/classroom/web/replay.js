@@ -43,8 +43,23 @@ function pick(r) {
     .then((reply) => reply.json()).then((data) => {
       packet.textContent = "";
       if (!data.available) { packet.append(el("p", {class: "none", text: data.reason})); return; }
-      packet.append(el("pre", {text: JSON.stringify(data.layers, null, 1)}));
+      drawLayers(packet, data.layers);
     });
+}
+
+/* One packet layer by layer (the packets view's layer_view): each layer with what it
+   is for, its fields with their values (the explanation on hover). */
+function drawLayers(box, view) {
+  if (!view || !Array.isArray(view.layers)) { box.append(el("pre", {text: JSON.stringify(view, null, 1)})); return; }
+  box.append(el("p", {class: "summary", text: `#${view.number}: ${view.summary || ""}`}));
+  for (const layer of view.layers) {
+    const rows = (layer.fields || []).map((f) =>
+      el("tr", {title: f.explain || ""}, el("th", {text: f.name}), el("td", {text: String(f.value)})));
+    box.append(el("section", {class: "layer", "data-layer": layer.name},
+                  el("h3", {text: layer.name + (layer.osi ? ` (OSI ${layer.osi})` : "")}),
+                  el("p", {class: "why", text: layer.explain || ""}),
+                  el("table", {}, ...rows)));
+  }
 }
 
 function step(delta) {
