@@ -389,3 +389,24 @@ def test_the_web_view_needs_nothing_from_outside():
             if ref.startswith("/static/"):
                 assert ref[len("/static/"):] in names, (name, ref)
     assert "default-src 'self'" in CSP and "connect-src 'self'" in CSP
+
+
+def test_the_recording_masks_a_password_typed_as_user_and_still_the_password():
+    """`LOGIN <a class password> "<a wrong one>"`: the first is masked as a class password,
+    the second as the credential it is, in the JSON-lines recording."""
+    from gponsim.classroom.run import MaskedSink
+    from gponsim.sinks.memory import ListSink
+
+    line = 'a1 LOGIN bakunemo47 "wrongpass"'
+    step = Step(t=1.0, session="imap-1", proto="imap", src="client", dst="imap", dir="c2s", kind="command",
+                line=line, verb="LOGIN", args='bakunemo47 "wrongpass"', tag="a1",
+                secret=(line.index("wrongpass"), line.index("wrongpass") + 9))
+    kept = ListSink()
+    MaskedSink(kept, PasswordMask(["bakunemo47"])).step(step)
+    out = kept.steps[0].to_json()
+    assert "bakunemo47" not in out and "wrongpass" not in out
+    assert kept.steps[0].line == 'a1 LOGIN ******** "********"'
+    plain = Step(t=1.0, session="imap-1", proto="imap", src="client", dst="imap", dir="c2s", kind="command",
+                 line="a2 NOOP", verb="NOOP", tag="a2")
+    MaskedSink(kept, PasswordMask(["bakunemo47"])).step(plain)
+    assert kept.steps[1] is plain                       # nothing to mask: the Step as it was

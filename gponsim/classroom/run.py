@@ -31,7 +31,7 @@ from gponsim.classroom.plan import ClassPlan, load_plan
 from gponsim.classroom.roster import Roster
 from gponsim.classroom.state import ClassState
 from gponsim.server.lab import Lab, LabOptions
-from gponsim.steps import StepBus
+from gponsim.steps import MASK, StepBus
 
 #: The web view's standard port (plus --port-offset, like the lab's).
 WEB_PORT = 8080
@@ -84,10 +84,15 @@ class MaskedSink:
         self.mask = mask
 
     def step(self, step) -> None:
-        line = self.mask(step.line)
-        if line != step.line:
-            step = dataclasses.replace(step, line=line, args=self.mask(step.args) if step.args else step.args,
-                                       secret=None, meta=json.loads(self.mask(json.dumps(step.meta))))
+        shown = step.shown_line()                 # the credential span masked first
+        line = self.mask(shown)
+        if line != shown:
+            args = step.args
+            if args and step.secret is not None:
+                secret = step.line[step.secret[0]:step.secret[1]]
+                args = args.replace(secret, MASK) if secret else args
+            step = dataclasses.replace(step, line=line, args=self.mask(args) if args else args, secret=None,
+                                       meta=json.loads(self.mask(json.dumps(step.meta))))
         self.inner.step(step)
 
     def close(self) -> None:
