@@ -226,3 +226,56 @@ def test_a_class_started_again_goes_on_with_the_same_accounts(tmp_path):
     assert [r["student"] for r in rows] == ["student01", "student02"]
     assert rows[0]["queued"] == "pass" and rows[1]["queued"] == "pass"     # both parts count
     assert rows[1]["delivered"] == "pass" and rows[1]["imap-fetch"] == "fail"
+
+
+def test_pop3_retrieval_and_auth_in_clear_as_evidence(lab, tmp_path):
+    """Evidence kinds the Thunderbird lesson does not use: ``retrieved`` (POP3 RETR of the
+    message written to the reader) and ``auth_in_tls`` failing for good when a password
+    went out in clear (POP3 on the server's own address, where Dovecot allows it)."""
+    import poplib
+    import smtplib
+
+    from gponsim.classroom.grading import grade_steps
+    from gponsim.classroom.plan import ClassPlan, Evidence, load_plan
+    from gponsim.classroom.roster import Roster, Student
+    from gponsim.lessons.model import find_lesson
+
+    context = ssl_context()
+    smtp = smtplib.SMTP("127.0.0.1", lab.ports["submission"], timeout=20)
+    smtp.starttls(context=context)
+    smtp.login("user1", "pass")
+    smtp.sendmail("user1@gponlab.local", ["user2@gponlab.local"], b"Subject: por POP3\r\n\r\nhola\r\n")
+    smtp.quit()
+    wait_for_mail(lab, "user2")
+    clear = poplib.POP3("127.0.0.1", lab.ports["pop3"], timeout=20)      # no STLS: in clear
+    clear.user("user2")
+    clear.pass_("pass")
+    clear.retr(1)
+    clear.quit()
+    thunderbird = load_plan(find_lesson("thunderbird"))
+    plan = ClassPlan(thunderbird.lesson, thunderbird.tasks, [
+        Evidence(id="pop3-retr", task="receive", kind="retrieved", title={"es": "RETR", "en": "RETR"}),
+        Evidence(id="pop3-tls", task="receive", kind="auth_in_tls", service="pop3",
+                 title={"es": "POP3 con TLS", "en": "POP3 with TLS"})])
+    roster = Roster([Student("user1", partner="user2"), Student("user2", partner="user1")])
+    grades = grade_steps(lab.steps(), roster, plan, ports=lab.ports)
+    two = grades.state.progress["user2"].marks
+    assert two["pop3-retr"].passed is True and two["pop3-retr"].line.startswith("+OK")
+    assert two["pop3-retr"].detail == "por POP3" and two["pop3-retr"].account == "user2"
+    assert two["pop3-tls"].passed is False and two["pop3-tls"].line == "PASS ********"
+    assert grades.state.progress["user1"].marks["pop3-retr"].passed is None
+
+
+def ssl_context():
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def wait_for_mail(lab, user: str) -> None:
+    from labproc import wait_until
+
+    wait_until(lambda: lab.mbox(user), 15, f"mail for {user}")

@@ -32,7 +32,7 @@ STANDARD_PORTS = {"smtp": 25, "submission": 587, "imap": 143, "imaps": 993, "pop
 #: Errors kept per student (the newest last).
 MAX_ERRORS = 50
 #: What the student's client sent to log in, by protocol.
-AUTH_COMMANDS = {"smtp": ("AUTH",), "imap": ("LOGIN", "AUTHENTICATE"), "pop3": ("USER", "PASS", "AUTH", "APOP")}
+AUTH_COMMANDS = {"smtp": ("AUTH",), "imap": ("LOGIN", "AUTHENTICATE"), "pop3": ("PASS", "AUTH", "APOP")}
 
 
 def first_line(step: Step) -> str:
