@@ -952,8 +952,12 @@ def class_start(students, roster, lesson_id, out, listen, web_listen, port_offse
 
     if students and roster:
         raise click.UsageError("--students or --roster, not both")
+    out = out or Path(f"class-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not students and not roster and not (out / "accounts.csv").exists():
+        raise click.UsageError("who is in the class: --students N, or --roster FILE.csv "
+                               "(or --out with a class already started, to go on with it)")
     lang = _lang(lang)
-    options = ClassOptions(out=out or Path(f"class-{time.strftime('%Y%m%d-%H%M%S')}"), lesson=lesson_id,
+    options = ClassOptions(out=out, lesson=lesson_id,
                            students=students, roster=roster, listen=listen, web_listen=web_listen,
                            port_offset=port_offset, ports=_parse_ports(port_overrides), web_port=web_port,
                            lang=lang, config_dir=config_dir, relay=relay, server_name=server_name,

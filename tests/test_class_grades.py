@@ -279,3 +279,26 @@ def wait_for_mail(lab, user: str) -> None:
     from labproc import wait_until
 
     wait_until(lambda: lab.mbox(user), 15, f"mail for {user}")
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["class", "start"], 2, "who is in the class: --students N, or --roster FILE.csv"),
+    (["class", "start", "--students", "2", "--lesson", "mbox"], 1, "has no [class] table"),
+    (["class", "start", "--roster", "{roster}"], 1, "r.csv:3: invalid user name 'ana maria'"),
+    (["class", "start", "--students", "2", "--roster", "{roster}"], 2, "--students or --roster, not both"),
+    (["grade", "{tmp}"], 1, "is not a class run: accounts.csv is missing"),
+    (["grade"], 2, "give a class run folder, or --capture FILE"),
+    (["class", "replay", "{tmp}/nothing.jsonl"], 1, "nothing.jsonl: no such file or folder"),
+])
+def test_class_mistakes_are_told_plainly(tmp_path, args, code, message):
+    roster = tmp_path / "r.csv"
+    roster.write_text("login\nana\nAna Maria\n")
+    argv = [a.format(roster=roster, tmp=tmp_path) for a in args]
+    if argv[:2] == ["class", "start"]:
+        argv += ["--out", str(tmp_path / "run"), "--web-port", "0", "--port", "smtp=0", "--port", "submission=0",
+                 "--port", "imap=0", "--port", "imaps=0", "--port", "pop3=0", "--port", "pop3s=0",
+                 "--port", "autoconfig=0"]
+    done = subprocess.run([sys.executable, "-m", "gponsim", *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
