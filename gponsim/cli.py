@@ -1192,5 +1192,117 @@ def capture(out, iface, port_offset, ports, duration, count, keylog, lang, quiet
                          explain=explain, reveal=reveal_secrets))
 
 
+# -------------------------------------------------------------------- a class
+
+@main.group("class")
+def class_():
+    """A class of students on one lab: accounts, a live web view, grades.
+
+    \b
+      gponsim class start --students 30 --listen 0.0.0.0 --web-listen 0.0.0.0
+      gponsim class start --roster class.csv --port-offset 10000
+      gponsim class replay class-20250301-1000/ captures/thunderbird-*/
+      gponsim grade class-20250301-1000/
+    """
+
+
+@class_.command("start")
+@click.option("--students", type=click.IntRange(1, 999), help="Make N accounts: student01, student01b, ...")
+@click.option("--roster", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with a 'login' column (and name, partner, email, idnumber).")
+@click.option("--lesson", "lesson_id", default="thunderbird", show_default=True,
+              help="The lesson each student does (it needs a [class] table).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="The class's folder (default: class-<date>-<time>); an existing one is resumed.")
+@click.option("--listen", default="127.0.0.1", show_default=True,
+              help="Address the lab listens on (0.0.0.0: the students' PCs).")
+@click.option("--web-listen", default="127.0.0.1", show_default=True,
+              help="Address the web view listens on (0.0.0.0 for the students' pages).")
+@click.option("--port-offset", type=click.IntRange(0, 64000), default=0, show_default=True,
+              help="Add N to every standard port, the web view's 8080 too.")
+@click.option("--port", "port_overrides", multiple=True, metavar="SERVICE=PORT",
+              help="Put one service on another port (0 = any free port).")
+@click.option("--web-port", type=click.IntRange(0, 65535), help="The web view's port (0 = any free port).")
+@click.option("--server-name", help="What students type as the server (default: the --listen address, "
+                                    "or the lab's myhostname on 0.0.0.0).")
+@click.option("--config", "config_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Lab profile written by `gponsim config init`.")
+@click.option("--relay", type=click.Choice(["sim", "real", "none"]), default="sim", show_default=True,
+              help="Outgoing mail, as for `gponsim serve`.")
+@click.option("--handouts-pdf", is_flag=True, help="Also print the handouts to PDF (headless Chromium).")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the ports, the web port and the teacher's token (0600) once running.")
+@click.option("--lang", type=LANG, help="Language of the terminal, the pages' default and the grades' texts.")
+def class_start(students, roster, lesson_id, out, listen, web_listen, port_offset, port_overrides,
+                web_port, server_name, config_dir, relay, handouts_pdf, ready_file, lang):
+    """Start the lab for a class, with every student's accounts and the live web view.
+
+    Prints the teacher's URL (with its token), where the handouts and the
+    accounts file are, and runs until Ctrl-C; then writes the grades.
+    """
+    import time
+
+    from gponsim.classroom.command import start
+    from gponsim.classroom.run import ClassOptions
+
+    if students and roster:
+        raise click.UsageError("--students or --roster, not both")
+    out = out or Path(f"class-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not students and not roster and not (out / "accounts.csv").exists():
+        raise click.UsageError("who is in the class: --students N, or --roster FILE.csv "
+                               "(or --out with a class already started, to go on with it)")
+    lang = _lang(lang)
+    options = ClassOptions(out=out, lesson=lesson_id,
+                           students=students, roster=roster, listen=listen, web_listen=web_listen,
+                           port_offset=port_offset, ports=_parse_ports(port_overrides), web_port=web_port,
+                           lang=lang, config_dir=config_dir, relay=relay, server_name=server_name,
+                           handouts_pdf=handouts_pdf)
+    start(options, ready_file, lang)
+
+
+@class_.command("replay")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--keylog", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TLS key log for a capture (default: NAME.keys or keys.log beside it).")
+@click.option("--listen", default="127.0.0.1", show_default=True, help="Address of the replay page.")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=8081, show_default=True,
+              help="Its port (0 = any free port).")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the port and the token (0600) once listening.")
+@click.option("--lang", type=LANG, help="The page's default language.")
+def class_replay(runs, keylog, listen, web_port, ready_file, lang):
+    """Replay recorded runs in the browser: a lesson's or a class's folder, a steps.jsonl,
+    or a capture (pcap/pcapng with its keys): play, pause, step, speed, filter, checkpoints."""
+    from gponsim.classroom.command import replay
+
+    replay(list(runs), keylog, listen, web_port, _lang(lang), ready_file)
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--capture", "captures", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A capture (pcap/pcapng) students made on the real lab server (repeatable).")
+@click.option("--keylog", "keylogs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Its TLS key log (one for all, or one per --capture).")
+@click.option("--roster", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --capture: who is who (roster CSV: login, partner, ...).")
+@click.option("--lesson", "lesson_id", help="The lesson whose evidence is checked (default: the run's).")
+@click.option("--port", "port_overrides", multiple=True, metavar="SERVICE=PORT",
+              help="With --capture: a server on another port than the standard one (e.g. submission=10587).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for grades.csv, grades.json, moodle.csv, quiz.*.gift (default: RUN/grades).")
+@click.option("--lang", type=LANG, help="Language of the feedback and the Moodle column.")
+def grade(run_dir, captures, keylogs, roster, lesson_id, port_overrides, out, lang):
+    """Per-student grades from protocol evidence: a class run, or captures with their keys.
+
+    Writes grades.csv (pass/fail per check), grades.json (with the evidence
+    lines), moodle.csv (Moodle's grade import) and the quiz as GIFT.
+    """
+    from gponsim.classroom.command import grade as run_grade
+
+    run_grade(run_dir, list(captures), list(keylogs), roster, lesson_id, out, _lang(lang),
+              _parse_ports(port_overrides))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -87,6 +87,10 @@ def _login_secret(line: str, at: int) -> tuple[int, int] | None:
     return (s, e) if e > s else None
 
 
+#: How much of a FETCH literal is read for its headers (From, Subject, Message-ID).
+HEAD_KEEP = 16384
+
+
 class _Command:
     def __init__(self) -> None:
         self.parts: list[str] = []
@@ -113,6 +117,8 @@ class ImapConversation:
         self._lit_buf = bytearray()
         self._resp: list[str] = []
         self._resp_lit = 0
+        self._resp_head = bytearray()     # the start of a FETCH literal (its header block)
+        self._resp_meta: dict = {}        # From/Subject/Message-ID seen in this response's literals
         self.pending: dict[str, str] = {}   # tag -> verb
         self.last_verb = "CONNECT"
         self.auth_tag: str | None = None
@@ -240,8 +246,11 @@ class ImapConversation:
                 take = self._sin[:self._s_literal]
                 self._sin = self._sin[len(take):]
                 self._s_literal -= len(take)
+                if len(self._resp_head) < HEAD_KEEP:
+                    self._resp_head += take[:HEAD_KEEP - len(self._resp_head)]
                 if self._s_literal == 0:
                     self._resp.append(f"[literal: {self._resp_lit} bytes]")
+                    self._message_headers()
                 continue
             nl = self._sin.find(b"\n")
             if nl < 0:
@@ -270,8 +279,24 @@ class ImapConversation:
                 continue
             line = "".join(self._resp)
             self._resp = []
-            steps.append(self._response_step(line))
+            step = self._response_step(line)
+            if self._resp_meta:
+                # Which message a FETCH delivered (the line keeps only the literal's size).
+                step.meta.update(self._resp_meta)
+                self._resp_meta = {}
+            steps.append(step)
         return steps
+
+    def _message_headers(self) -> None:
+        """A FETCH literal holding a message's header block: keep who, what and which
+        message (From, Subject, Message-ID) for the Step, as an SMTP DATA Step does."""
+        head, self._resp_head = bytes(self._resp_head), bytearray()
+        if " FETCH (" not in self._resp[0] or not head:
+            return
+        summary = message_summary(head)
+        for name in ("from", "subject", "message_id"):
+            if name in summary and name not in self._resp_meta:
+                self._resp_meta[name] = summary[name]
 
     def _response_step(self, line: str) -> Step:
         src, dst = self.server, self.client

@@ -1,0 +1,5 @@
+"use strict";
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("error").textContent = BOOT.error || "";
+  document.getElementById("user").focus();
+});
