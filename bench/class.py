@@ -48,7 +48,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -337,7 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     failed_logins = [secs for p in practices for name, secs, ok in p.timings if not ok and name in AUTH_COMMANDS]
     command_times = [secs for _name, secs in commands]
     lab_pairs = lab_latencies(out / "steps.jsonl")
-    lab_times = [secs for _verb, secs in lab_pairs]
     lab_by_verb: dict[str, list[float]] = {}
     for verb, secs in lab_pairs:
         lab_by_verb.setdefault(verb, []).append(secs)

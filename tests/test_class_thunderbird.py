@@ -10,7 +10,6 @@ import ssl
 import time
 import urllib.request
 
-import pytest
 from classproc import ClassProcess
 from labproc import wait_until
 from thunderbird_driver import Profile, Thunderbird, remote_loopback, thunderbird_marks

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
-from twisted.internet import defer, task, threads
+from twisted.internet import task, threads
 from twisted.web import resource, server
 
 from gponsim.classroom.hub import ClassHub, Subscriber
