@@ -64,15 +64,7 @@ class Replays:
         hub = self.run.hub
         lines = [record for _n, record, _t in list(hub.lines)]
         first = lines[0]["n"] if lines else 0
-        checkpoints = []
-        for login, progress in hub.state.progress.items():
-            for mark in progress.marks.values():
-                if mark.passed is True and mark.session:
-                    n = _index_of(lines, mark.session, mark.t, mark.line)
-                    if n is not None:
-                        checkpoints.append({"n": n, "student": login, "check": mark.id,
-                                            "label": f"{login}: {mark.id}"})
-        checkpoints.sort(key=lambda c: c["n"])
+        checkpoints = _passed_checkpoints(hub.state.progress, lines)
         used = {r["x"] for r in lines if r.get("x")}
         return {"name": "class", "kind": "class", "lines": [dict(r, i=r["n"] - first) for r in lines],
                 "explanations": {k: v for k, v in hub.explanations.items() if k in used},
@@ -109,14 +101,7 @@ class Replays:
         if kind == "lesson":
             checkpoints = _lesson_checkpoints(path / "summary.json", len(lines))
         elif kind == "class-run":
-            for login, progress in grades.state.progress.items():
-                for mark in progress.marks.values():
-                    if mark.passed is True and mark.session:
-                        n = _index_of(lines, mark.session, mark.t, mark.line)
-                        if n is not None:
-                            checkpoints.append({"n": n, "student": login, "check": mark.id,
-                                                "label": f"{login}: {mark.id}"})
-            checkpoints.sort(key=lambda c: c["n"])
+            checkpoints = _passed_checkpoints(grades.state.progress, lines)
         else:
             checkpoints = [{"n": r["n"], "label": f"{r['s']}: {r['line'][:60]}"} for r in lines
                            if r["k"] == "event" and r["v"] == "CONNECT"]
@@ -175,6 +160,20 @@ def _kind(path: Path) -> str:
     if path.suffix.lower() in CAPTURE_SUFFIXES:
         return "capture"
     return "jsonl"
+
+
+def _passed_checkpoints(progress_of: dict, lines: list[dict]) -> list[dict]:
+    """Each student's passed checks, at the line that passed them (in line order)."""
+    checkpoints = []
+    for login, progress in progress_of.items():
+        for mark in progress.marks.values():
+            if mark.passed is True and mark.session:
+                n = _index_of(lines, mark.session, mark.t, mark.line)
+                if n is not None:
+                    checkpoints.append({"n": n, "student": login, "check": mark.id,
+                                        "label": f"{login}: {mark.id}"})
+    checkpoints.sort(key=lambda c: c["n"])
+    return checkpoints
 
 
 def _index_of(lines: list[dict], session: str, t: float, text: str) -> int | None:

@@ -16,9 +16,10 @@ account for each mail user. The file is read again when it changes.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from gponsim.server.parsedfile import ParsedFile
 
 RELATIVE_PATH = Path("etc/passwd")
 
@@ -86,23 +87,11 @@ class Accounts:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._identity: tuple | None = None
-        self._accounts: dict[str, Account] = {}
+        self._file = ParsedFile(self.path, _parse)
+        self._lock = self._file.lock
 
     def _fresh(self) -> dict[str, Account]:
-        try:
-            st = os.stat(self.path)
-            identity = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            identity = None
-        if identity != self._identity:
-            try:
-                text = self.path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                text = ""
-            self._accounts, self._identity = _parse(text), identity
-        return self._accounts
+        return self._file.get()
 
     def get(self, name: str) -> Account | None:
         with self._lock:
@@ -151,7 +140,7 @@ class Accounts:
         tmp.write_text(text, encoding="utf-8")
         tmp.chmod(0o644)
         os.replace(tmp, self.path)
-        self._identity = None
+        self._file.changed()
 
 
 def ensure(lab_root: str | os.PathLike, mail_users) -> Accounts:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Callable
+
+from gponsim.server.parsedfile import ParsedFile
 
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?$")
 
@@ -36,50 +37,36 @@ def _address(text: str):
         return None
 
 
+def _parse_hosts(text: str) -> list[tuple[object, list[str]]]:
+    entries = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and (addr := _address(fields[0])) is not None:
+            entries.append((addr, fields[1:]))
+    return entries
+
+
 class HostsFile:
     """``/etc/hosts`` of the lab (re-read when it changes)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._identity: tuple | None = None
-        self._entries: list[tuple[object, list[str]]] = []
-
-    def _fresh(self) -> list[tuple[object, list[str]]]:
-        try:
-            st = os.stat(self.path)
-            identity = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            identity = None
-        if identity != self._identity:
-            entries = []
-            try:
-                text = self.path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                text = ""
-            for line in text.splitlines():
-                fields = line.split("#", 1)[0].split()
-                if len(fields) >= 2 and (addr := _address(fields[0])) is not None:
-                    entries.append((addr, fields[1:]))
-            self._entries, self._identity = entries, identity
-        return self._entries
+        self._file = ParsedFile(self.path, _parse_hosts)
 
     def name_of(self, ip: str) -> str | None:
         """``gethostbyaddr``: the canonical name of the first line listing ``ip``."""
         addr = _address(ip)
-        with self._lock:
-            for entry_addr, names in self._fresh():
-                if entry_addr == addr:
-                    return names[0]
+        for entry_addr, names in self._file.get():
+            if entry_addr == addr:
+                return names[0]
         return None
 
     def addresses_of(self, name: str, version: int | None = None) -> list[str]:
         """``getaddrinfo``: every address listed for ``name`` (of one IP version)."""
         wanted = name.lower()
-        with self._lock:
-            return [str(addr) for addr, names in self._fresh()
-                    if wanted in (n.lower() for n in names)
-                    and (version is None or addr.version == version)]
+        return [str(addr) for addr, names in self._file.get()
+                if wanted in (n.lower() for n in names)
+                and (version is None or addr.version == version)]
 
 
 def valid_hostname(name: str) -> bool:

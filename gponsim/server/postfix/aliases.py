@@ -18,8 +18,9 @@ kinds as not simulated.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
+
+from gponsim.server.parsedfile import ParsedFile
 
 RELATIVE_PATH = Path("etc/aliases")
 #: What Debian's postfix package writes (postfix.postinst).
@@ -77,27 +78,10 @@ class Aliases:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._identity: tuple | None = None
-        self._table: dict[str, list[str]] = {}
-
-    def _fresh(self) -> dict[str, list[str]]:
-        try:
-            st = os.stat(self.path)
-            identity = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            identity = None
-        if identity != self._identity:
-            try:
-                text = self.path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                text = ""
-            self._table, self._identity = parse(text), identity
-        return self._table
+        self._file = ParsedFile(self.path, parse)
 
     def lookup(self, name: str) -> list[str] | None:
-        with self._lock:
-            return self._fresh().get(name.lower())
+        return self._file.get().get(name.lower())
 
     def __contains__(self, name: str) -> bool:
         return self.lookup(name) is not None
