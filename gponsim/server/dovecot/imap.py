@@ -512,6 +512,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         commands, self.blocked = self.blocked, None
         while commands and self.blocked is None and not self.paused and self.line_mode:
+            if self.transport.disconnecting:       # (LOGOUT, or a refusal that hangs up)
+                return
             self.lineReceived(commands.pop(0))
         if commands:
             if self.blocked is not None:           # waiting again (another login)
@@ -706,10 +708,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     def arg_plist(self, line):
         """Twisted's parenthesized list (APPEND's and STORE's flags); its
-        MismatchedNesting is a client's error, not the server's."""
+        MismatchedNesting and MismatchedQuoting are a client's error, not the server's."""
         try:
             return super().arg_plist(line)
-        except imap4.MismatchedNesting:
+        except (imap4.MismatchedNesting, imap4.MismatchedQuoting):
             raise imap4.IllegalClientResponse("Invalid arguments") from None
 
     def _stringLiteral(self, size):

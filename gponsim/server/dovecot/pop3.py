@@ -202,7 +202,7 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             return
         if self.blocked is not None:
             commands, self.blocked = self.blocked, None
-            while commands and self.blocked is None:
+            while commands and self.blocked is None and not self.transport.disconnecting:
                 verb, args = commands.pop(0)
                 self.processCommand(verb, *args)
             if self.blocked is not None:

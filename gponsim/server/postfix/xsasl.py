@@ -381,16 +381,16 @@ class AuthClient:
         request.waiting = d
         timeout = self.timeout if request.reply_timeout is _OWN else request.reply_timeout
         if timeout is not None:
-            request.timer = self.reactor.callLater(timeout, self._timed_out, request)
+            request.timer = self.reactor.callLater(timeout, self._timed_out, request, timeout)
         return d
 
-    def _timed_out(self, request: _Request) -> None:
+    def _timed_out(self, request: _Request, timeout: float) -> None:
         request.timer = None
         self._finish(request)
         if request.waiting is not None:
             d, request.waiting = request.waiting, None
             d.errback(AuthUnavailable(f"SASL: no reply from the auth server in "
-                                      f"{request.timeout or self.timeout:g} s "
+                                      f"{timeout:g} s "
                                       f"({CONNECTION_LOST})"))
 
     def _finish(self, request: _Request) -> None:
