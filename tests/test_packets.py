@@ -163,7 +163,8 @@ def test_headers_read_without_scapy_are_scapys():
             theirs = headers.from_scapy(*found)
             assert ours == theirs, (path.name, number, ours, theirs)
             kinds.update(name for name, _ in ours.options)
-    assert fast > 1000 and (left > 0 or not FILES)
+    # the lab's own captures alone (a clone without ../shared) hold a few hundred
+    assert fast > (1000 if FILES else 200) and (left > 0 or not FILES)
     assert {"MSS", "WScale", "SAckOK", "Timestamp", "NOP"} <= kinds
 
 
