@@ -133,7 +133,7 @@ def test_a_wrong_password_shows_as_the_students_error(cls, browser):
 
 def test_the_projector_ladder_grows_line_by_line(cls, browser):
     browser.get(f"{cls.base}/projector?token={cls.token}&follow=latest&lang=es")
-    wait_until(lambda: browser.find_element("id", "status").text == "en directo", 15, "the stream")
+    wait_until(lambda: _text(browser, "status") == "en directo", 15, "the stream")
     rows = lambda: browser.find_elements("css selector", "#ladder .row")  # noqa: E731
     smtp = _smtp(cls, 2)                       # CONNECT and the 220 banner
     wait_until(lambda: len(rows()) == 2, 10, "the banner")
@@ -173,6 +173,17 @@ def test_the_projector_ladder_grows_line_by_line(cls, browser):
 # ---------------------------------------------------------------------- a student's page
 
 
+def _text(browser, element_id: str) -> str:
+    """An element's text, "" while the page that shows it is still loading
+    (the element of the page before may have gone meanwhile)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        return browser.find_element("id", element_id).text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def _log_in(cls, browser, account: str, password: str) -> None:
     browser.get(cls.base + "/login?lang=en")
     browser.find_element("id", "user").send_keys(account)
@@ -190,7 +201,7 @@ def test_a_student_page_shows_their_sessions_and_nothing_of_anothers(cls, browse
     assert two.read(roster.passwords["student02b"], want=0) == 0
     # a wrong password stays on the login page, with a 401
     _log_in(cls, browser, "student02b", "guess")
-    wait_until(lambda: browser.find_element("id", "error").text, 10, "the refusal")
+    wait_until(lambda: _text(browser, "error"), 10, "the refusal")
     assert browser.current_url.endswith("/login")
     # the receiver account is theirs too
     _log_in(cls, browser, "student02b", roster.passwords["student02b"])

@@ -469,6 +469,11 @@ class Lab:
         for listener in reversed(self._listeners):
             yield defer.maybeDeferred(listener.stopListening)
         self._listeners = []
+        worker = getattr(getattr(self, "dovecot_context", None), "worker", None)
+        if worker is not None:
+            # IMAP/POP3 commands in progress answer before the lab goes (a lesson
+            # may end on the very command a student's client is waiting for)
+            yield worker.idle(STOP_GRACE)
         if self.auth_client is not None:
             self.auth_client.close()
         if self.mta is not None:
@@ -482,6 +487,10 @@ class Lab:
                            f"terminating on signal {self.stop_signal}")
         if self.keylog is not None:
             self.keylog.close()
+
+
+#: How long a stopping lab waits for the mailbox commands in progress.
+STOP_GRACE = 5.0
 
 
 class _AuthGlue:

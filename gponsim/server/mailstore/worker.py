@@ -55,6 +55,7 @@ class MailWorker:
         self._pool = pool
         self._threads = threads_
         self._queues: dict[Hashable, deque] = {}
+        self._idle_waiters: list[defer.Deferred] = []
 
     @property
     def pool(self):
@@ -65,6 +66,25 @@ class MailWorker:
             self._pool.start()
             self.reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
         return self._pool
+
+    def idle(self, timeout: float) -> defer.Deferred:
+        """Fires once no job is running or waiting (or after ``timeout``
+        seconds): a lab that stops lets the commands in progress answer."""
+        d: defer.Deferred = defer.Deferred()
+        if not self._queues:
+            d.callback(None)
+            return d
+        self._idle_waiters.append(d)
+        timer = self.reactor.callLater(timeout, self._wake_idle, d)
+        d.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return d
+
+    def _wake_idle(self, d: defer.Deferred | None = None) -> None:
+        waiters = [d] if d is not None else list(self._idle_waiters)
+        for w in waiters:
+            if w in self._idle_waiters:
+                self._idle_waiters.remove(w)
+                w.callback(None)
 
     def busy(self, key: Hashable) -> int:
         """Jobs of ``key`` running or waiting."""
@@ -99,6 +119,8 @@ class MailWorker:
             self._start(key)
         else:
             del self._queues[key]
+            if not self._queues and self._idle_waiters:
+                self.reactor.callLater(0, self._wake_idle)    # after this job's answer
         if isinstance(result, Failure):
             d.errback(result)
         else:
