@@ -165,10 +165,15 @@ class Lab:
 
 
 def add_users(root: Path, names: list[str]) -> None:
+    """As the teacher would: ``adduser`` (the lab's etc/passwd, which Postfix's
+    local_recipient_maps reads) and an entry in Dovecot's passwd-file."""
     sys.path.insert(0, str(REPO))
+    from gponsim.server import accounts
     from gponsim.server.dovecot.passwd import Users
     users = Users.ensure_default(root / "etc" / "dovecot" / "users")
+    system = accounts.Accounts(accounts.path_for(root))
     for name in names:
+        system.add_user(name)
         if not users.exists(name):
             users.add(name, "pass")
 
