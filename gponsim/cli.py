@@ -155,6 +155,8 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
                          allow_mynetworks_relay=allow_mynetworks_relay)
     from twisted.internet import reactor
 
+    from gponsim.server.foreground import run_in_foreground
+
     try:
         lab = Lab(options, emit=bus.emit, reactor=reactor)
     except ConfigError as exc:
@@ -167,7 +169,6 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
     for warning in lab.profile.warnings():     # e.g. Postfix delivering to an LMTP socket nobody makes
         click.echo(f"gponsim: warning: {warning.text(_lang(lang))}",
                    err=True)
-    failure: list[BaseException] = []
     sniffer: list = []
 
     def started(bound):
@@ -183,14 +184,6 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         if ready_file:
             lab.write_ready_file(ready_file)
 
-    def failed(f):
-        failure.append(f.value)
-        reactor.stop()
-
-    def on_signal(signum, _frame):
-        lab.stop_signal = signum
-        reactor.callFromThread(reactor.stop)
-
     def reload():
         def refused(f):
             click.echo(f"gponsim: reload refused, the lab keeps its configuration: "
@@ -198,23 +191,17 @@ def serve(lab_root, config_dir, port_offset, port_overrides, listen, keylog, rea
         lab.reload().addCallbacks(lambda _: click.echo("gponsim: configuration reloaded", err=True),
                                   refused)
 
-    def install_signals():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, on_signal)
+    def on_hangup():
         # `kill -HUP`: like `postfix reload` and `systemctl reload dovecot`
         signal.signal(signal.SIGHUP, lambda _s, _f: reactor.callFromThread(reload))
 
-    reactor.callWhenRunning(install_signals)
-    reactor.callWhenRunning(lambda: lab.start().addCallbacks(started, failed))
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: lab.stop())
-    reactor.run()
+    exc = run_in_foreground(reactor, lab, lab.start, lambda: lab.stop(), started, on_hangup)
     for running in sniffer:
         written = running.stop()
         dropped = f"; {running.drops} dropped by the kernel, the capture fell behind" if running.drops else ""
         click.echo(f"gponsim: capture written to {written} ({running.count} packets{dropped})", err=True)
     bus.close()
-    if failure:
-        exc = failure[0]
+    if exc is not None:
         if isinstance(exc, ConfigError):
             raise _config_error(exc)
         if isinstance(exc, LabError):

@@ -19,6 +19,7 @@ def start(options, ready_file: Path | None, lang: str) -> None:
     from gponsim.config import ConfigError
     from gponsim.lessons.model import LessonError
     from gponsim.server.dovecot.passwd import UsersError
+    from gponsim.server.foreground import run_in_foreground
     from gponsim.server.lab import LabError
 
     run = ClassRun(options, reactor=reactor)
@@ -33,8 +34,6 @@ def start(options, ready_file: Path | None, lang: str) -> None:
         err = click.ClickException(str(exc))
         err.exit_code = 2
         raise err
-    failure: list[BaseException] = []
-
     def started(_port):
         out = run.out
         say = lambda key, **kw: click.echo(word(key, lang, **kw), err=True)  # noqa: E731
@@ -52,24 +51,8 @@ def start(options, ready_file: Path | None, lang: str) -> None:
         if ready_file:
             run.write_ready_file(ready_file)
 
-    def failed(f):
-        failure.append(f.value)
-        reactor.stop()
-
-    def on_signal(signum, _frame):
-        run.lab.stop_signal = signum
-        reactor.callFromThread(reactor.stop)
-
-    def install():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, on_signal)
-
-    reactor.callWhenRunning(install)
-    reactor.callWhenRunning(lambda: run.start().addCallbacks(started, failed))
-    reactor.addSystemEventTrigger("before", "shutdown", run.stop)
-    reactor.run()
-    if failure:
-        exc = failure[0]
+    exc = run_in_foreground(reactor, run.lab, run.start, run.stop, started)
+    if exc is not None:
         if isinstance(exc, ConfigError):
             err = click.ClickException(str(exc))
             err.exit_code = 2
