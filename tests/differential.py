@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from labproc import poll_until
+
 # ---------------------------------------------------------------- normalising
 
 _QID = re.compile(r"(?<![\w.])[0-9A-F]{10,12}(?![\w])")
@@ -322,18 +324,16 @@ def quiet(read: Callable[[], list[str]], settle: float = 1.0, timeout: float = 2
           until: Callable[[list[str]], bool] | None = None) -> list[str]:
     """``read()`` once it has stopped growing for ``settle`` seconds (and
     ``until(lines)`` holds, when given)."""
-    deadline = time.monotonic() + timeout
-    last, since = None, time.monotonic()
-    while True:
-        lines = read()
-        now = time.monotonic()
-        if lines != last:
-            last, since = lines, now
-        elif now - since >= settle and (until is None or until(lines)):
-            return lines
-        if now > deadline:
-            return lines
-        time.sleep(0.1)
+    seen = {"lines": None, "since": time.monotonic()}
+
+    def calm() -> bool:
+        lines, now = read(), time.monotonic()
+        if lines != seen["lines"]:
+            seen["lines"], seen["since"] = lines, now
+            return False
+        return now - seen["since"] >= settle and (until is None or until(lines))
+    poll_until(calm, timeout)
+    return seen["lines"]            # (as they were when calm, or at the timeout)
 
 
 def settled(lines: list[str]) -> bool:

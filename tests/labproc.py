@@ -18,8 +18,8 @@ DOVECOT_SERVICES = ("imap", "imaps", "pop3", "pop3s")
 OTHER_SERVICES = ("autoconfig",)
 
 
-def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
-    """Poll ``predicate`` (a file appearing, a mailbox filling) until true.
+def poll_until(predicate, timeout: float):
+    """``predicate()``'s first true value within ``timeout`` seconds, else None.
 
     This waits on a real event with a bound; the short poll interval only
     paces the checks.
@@ -30,8 +30,16 @@ def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            return None
         time.sleep(0.02)
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
+    """Poll ``predicate`` (a file appearing, a mailbox filling) until true."""
+    value = poll_until(predicate, timeout)
+    if value is None:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return value
 
 
 class LabProcess:

@@ -42,6 +42,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from labproc import poll_until
+
 POSTFIX = "/usr/sbin/postfix"
 DOVECOT = "/usr/sbin/dovecot"
 POSTMAP = "/usr/sbin/postmap"
@@ -82,11 +84,7 @@ def _listening(port: int) -> bool:
 
 
 def _wait_port(port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        if _listening(port):
-            return True
-        time.sleep(0.05)
-    return False
+    return bool(poll_until(lambda: _listening(port), deadline - time.monotonic()))
 
 
 def _alive(pid: int) -> bool:
@@ -313,12 +311,12 @@ class RealLab:
 
     @staticmethod
     def _read_pid(path: Path, deadline: float) -> int | None:
-        while time.monotonic() < deadline:
+        def pid() -> int | None:
             try:
                 return int(path.read_text().split()[0])
             except (OSError, ValueError, IndexError):
-                time.sleep(0.05)
-        return None
+                return None
+        return poll_until(pid, deadline - time.monotonic())
 
     def stop(self) -> None:
         """SIGTERM to the two masters we started (``postfix stop`` does the same)."""
@@ -327,8 +325,8 @@ class RealLab:
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + WAIT
         for pid in (self.postfix_pid, self.dovecot_pid):
-            while pid is not None and _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            if pid is not None:
+                poll_until(lambda: not _alive(pid), deadline - time.monotonic())
             if pid is not None and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         self.postfix_pid = self.dovecot_pid = None

@@ -323,9 +323,9 @@ def test_the_replay_steps_forward_and_back_through_a_recorded_run(replay, lesson
     wait_until(lambda: position() > len(shown) + 2, 10, "playing")
     browser.find_element("id", "pause").click()
     stopped = position()
-    import time
-
-    time.sleep(0.6)
+    # paused: no next line is scheduled (the player's timer is cleared), so none comes
+    wait_until(lambda: browser.execute_script("return document.body.dataset.playing") == "no", 5, "pause")
+    assert browser.execute_script("return timer") is None
     assert position() == stopped
     assert page_errors(browser) == []
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from labproc import poll_until
 from netlab import Network, needs_network, rootless_possible
 
 pytestmark = [pytest.mark.slow, needs_network]
@@ -31,12 +32,7 @@ def network(tmp_path_factory):
 
 
 def _wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+    return bool(poll_until(predicate, timeout))
 
 
 def _steps(net):

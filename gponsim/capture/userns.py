@@ -76,13 +76,19 @@ def unavailable() -> str | None:
         return "user and network namespaces are a Linux feature"
     if threading.active_count() > 1:
         return "this process already runs threads"
+    return refused_in_child(enter)
+
+
+def refused_in_child(attempt) -> str | None:
+    """Run ``attempt()`` in a forked child that then exits (this process stays
+    where it is): None when it worked, else the exception's text."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:                                  # the child: try, report, vanish
         code = 0
         try:
             os.close(read_end)
-            enter()
+            attempt()
         except BaseException as exc:              # noqa: BLE001 - reported to the parent
             os.write(write_end, str(exc).encode()[:1000])
             code = 1
@@ -94,7 +100,6 @@ def unavailable() -> str | None:
     if os.waitstatus_to_exitcode(status) == 0:
         return None
     return reason or f"the trial in a child process ended with status {status}"
-
 
 def _write(path: str, text: str) -> None:
     with open(path, "w") as fh:

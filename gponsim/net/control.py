@@ -45,24 +45,10 @@ def choose_mode(want: str = "auto") -> tuple[str, str]:
 
 def userns_refused() -> str | None:
     """None when this user may make a user namespace with network namespaces inside."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(read_end)
-            from gponsim.net.daemon import become_userns_root
+    from gponsim.capture.userns import refused_in_child
+    from gponsim.net.daemon import become_userns_root
 
-            become_userns_root()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            os.write(write_end, str(exc).encode()[:500])
-            code = 1
-        os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        said = fh.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    return None if os.waitstatus_to_exitcode(status) == 0 else (said or "refused")
+    return refused_in_child(become_userns_root)
 
 
 def running(state_dir: Path) -> NetState | None:

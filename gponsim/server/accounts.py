@@ -88,29 +88,23 @@ class Accounts:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._file = ParsedFile(self.path, _parse)
-        self._lock = self._file.lock
-
-    def _fresh(self) -> dict[str, Account]:
-        return self._file.get()
 
     def get(self, name: str) -> Account | None:
-        with self._lock:
-            return self._fresh().get(name)
+        return self._file.get().get(name)
 
     def exists(self, name: str) -> bool:
         return self.get(name) is not None
 
     def names(self) -> list[str]:
-        with self._lock:
-            return list(self._fresh())
+        return list(self._file.get())
 
     # -------------------------------------------------------------- writing
 
     def add_user(self, name: str) -> Account:
         """``adduser name``: the next free uid from 1000, a group of its own,
         home ``/home/<name>``. An existing account is left as it is."""
-        with self._lock:
-            accounts = self._fresh()
+        with self._file.lock:
+            accounts = self._file.get()
             if name in accounts:
                 return accounts[name]
             taken = {a.uid for a in accounts.values()} | {a.gid for a in accounts.values()}
@@ -126,8 +120,8 @@ class Accounts:
 
     def remove_user(self, name: str) -> None:
         """``deluser name`` (a system account below uid 1000 is kept)."""
-        with self._lock:
-            account = self._fresh().get(name)
+        with self._file.lock:
+            account = self._file.get().get(name)
             if account is None or account.uid < FIRST_UID:
                 return
             lines = self.path.read_text(encoding="utf-8").splitlines()
