@@ -46,3 +46,14 @@ def test_serve_and_send_speak_spanish(tmp_path):
     assert "gponsim: el servidor lo aceptó, identificador de cola " in sent.stderr
     assert "el servidor respondió: 530 5.7.0 Must issue a STARTTLS command first" in refused.stderr
     assert "no se puede conectar a 127.0.0.1, puerto 1: conexión rechazada." in nowhere.stderr
+
+
+def test_a_lesson_s_folded_start_up_speaks_spanish(tmp_path):
+    """The lesson's one-line summary of the lab's start-up names the relay's
+    mapping in the lesson's language too."""
+    done = _gponsim("lesson", "send-mail", "--lang", "es", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "El laboratorio está listo (" in done.stdout
+    assert "simulador de Gmail en 127.0.0.1:" in done.stdout
+    for english in ENGLISH:
+        assert english not in done.stdout, english

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from gponsim.lessons.words import word
 from gponsim.sinks.narrator import Narrator
+from gponsim.sinks.phrases import localize
 from gponsim.steps import Step
 
 
@@ -89,7 +90,7 @@ class LessonView:
         for steps in sessions.values():
             if len(steps) == 1:
                 # One line (the relay's mapping, say): its gist, before any aside in brackets.
-                line = steps[0].shown_line().split("\n")[0].split(" (")[0]
+                line = localize(steps[0].shown_line(), self.lang).split("\n")[0].split(" (")[0]
                 parts.append(line if len(line) <= 80 else line[:79] + "…")
             else:
                 from gponsim.diagrams.labels import participant_name
