@@ -59,6 +59,7 @@ import os
 import socket
 import stat
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,28 @@ def render_entry(content: bytes, *, sender: str, orig_rcpt: str, delivered_to: s
 _LOCK_OWNER = f"{os.getpid()}:{socket.gethostname()}"
 
 
+def _create_owned(lock_path: Path) -> None:
+    """Make the dotlock with its owner already written in it: the owner goes
+    into a temporary file of this thread's, which is then linked to the lock's
+    name (``link`` fails with EEXIST when the lock exists, as ``O_EXCL``
+    would). A process killed at any moment leaves no lock without an owner —
+    one it would otherwise wait ``stale_lock_time`` for — only, at worst, a
+    temporary file the next start removes (``remove_stale_temporaries``)."""
+    from gponsim.server.mailstore.mbox import _temporary_name
+
+    tmp = lock_path.with_name(_temporary_name(lock_path.with_name(
+        f"{lock_path.name}.{threading.get_ident()}")))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.write(fd, _LOCK_OWNER.encode())
+        finally:
+            os.close(fd)
+        os.link(tmp, lock_path)
+    finally:
+        os.unlink(tmp)
+
+
 def _owner_is_gone(lock_path: Path) -> bool:
     """True when a dotlock says ``pid:thishost`` and that process no longer exists.
 
@@ -199,16 +222,12 @@ class MailboxLock:
         count = 1
         while True:
             try:
-                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                _create_owned(self.lock_path)
             except OSError as exc:
                 err = exc.errno
                 if err in (errno.ENOSPC, errno.EDQUOT) and self.fcntl_only_when_full:
                     return
             else:
-                try:
-                    os.write(fd, _LOCK_OWNER.encode())
-                finally:
-                    os.close(fd)
                 self._dotlocked = True
                 return
             if count >= self.attempts or err != errno.EEXIST:
