@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,11 @@ _KNOWN = [
 _LAB = {"smtp": "Postfix", "imap": "Dovecot", "pop3": "Dovecot"}
 
 
+@lru_cache(maxsize=1024)
 def identify(proto: str, text: str) -> ServerSoftware | None:
     """The software a greeting (or an SMTP EHLO reply) names, or None when it
-    names none."""
+    names none. (Remembered: a capture of a busy server repeats one greeting
+    in every connection.)"""
     for p, pattern, name in _KNOWN:
         if p != proto:
             continue

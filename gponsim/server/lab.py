@@ -30,6 +30,7 @@ from gponsim.server.postfix import aliases
 from gponsim.server.postfix.local_recipients import LocalRecipients
 from gponsim.server.resolver import HostsFile, client_name
 from gponsim.server.maillog import MailLog, pid_for
+from gponsim.server.sendnow import listen_tcp
 from gponsim.server.postfix.lmtp import LmtpClient
 from gponsim.server.postfix.lmtp import settings_from_profile as lmtp_settings
 from gponsim.server.postfix.mta import Mta, QueueSettings
@@ -413,7 +414,7 @@ class Lab:
 
     def _listen_on(self, address: str, name: str, port: int, factory) -> int:
         try:
-            listener = self.reactor.listenTCP(port, factory, interface=address)
+            listener = listen_tcp(self.reactor, port, factory, interface=address)
         except CannotListenError as exc:
             code = getattr(exc.socketError, "errno", None)
             if code == errno.EACCES:

@@ -26,6 +26,8 @@ from typing import Any, Callable, Hashable
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
+from gponsim.server import workpool
+
 _local = threading.local()
 
 #: Threads of the lab's mailbox pool.
@@ -60,11 +62,7 @@ class MailWorker:
     @property
     def pool(self):
         if self._pool is None:
-            from twisted.python.threadpool import ThreadPool
-
-            self._pool = ThreadPool(minthreads=0, maxthreads=self._threads, name="mailstore")
-            self._pool.start()
-            self.reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+            self._pool = workpool.pool_for(self.reactor, "mailstore", self._threads)
         return self._pool
 
     def idle(self, timeout: float) -> defer.Deferred:

@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, threads
 
+from gponsim.server import workpool
 from gponsim.server.maillog import MailLog, pid_for
 from gponsim.server.postfix import queuefile
 from gponsim.server.postfix.queuefile import Envelope, QueueWriteError
@@ -464,8 +465,8 @@ class Cleanup:
     def in_thread(self, fn: Callable, *args, **kw) -> defer.Deferred:
         """Run ``fn`` in a worker thread (file system work stays off the reactor).
         In-memory tests, with no reactor running, replace it to run inline."""
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn,
-                                         *args, **kw)
+        pool = workpool.pool_for(self.reactor, "postfix-queue", workpool.QUEUE_THREADS)
+        return threads.deferToThreadPool(self.reactor, pool, fn, *args, **kw)
 
     def open(self, envelope: Envelope, *, log_tag: str = "postfix/smtpd",
              log_client: bool = True) -> defer.Deferred:

@@ -67,6 +67,7 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet import defer, threads
 
+from gponsim.server import workpool
 from gponsim.server.maillog import MailLog, delivery_line
 from gponsim.server.mailstore.mboxentry import from_line, mbox_entry
 from gponsim.server.postfix.cleanup import quote_822_local
@@ -691,7 +692,8 @@ class LocalTransport:
             results = self.agent.deliver(user, jobs, check_delivered=recovered)
             fault("after-mailbox")
             return results
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), work)
+        pool = workpool.pool_for(self.reactor, "postfix-local", workpool.LOCAL_THREADS)
+        d = threads.deferToThreadPool(self.reactor, pool, work)
         return d.addCallback(self._report)
 
     def _report(self, results: list[LocalResult]) -> list[LocalResult]:

@@ -42,6 +42,7 @@ from typing import Any, Callable
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
+from gponsim.server import workpool
 from gponsim.server.maillog import MailLog
 from gponsim.server.postfix import queuefile
 from gponsim.server.postfix.queueid import hash_dir
@@ -132,7 +133,8 @@ class Qmgr:
     # ------------------------------------------------------------- helpers
     def _thread(self, fn: Callable, *args: Any) -> defer.Deferred:
         """Run ``fn`` in a worker thread; :meth:`stop` waits for it."""
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+        pool = workpool.pool_for(self.reactor, "postfix-queue", workpool.QUEUE_THREADS)
+        d = threads.deferToThreadPool(self.reactor, pool, fn, *args)
         self._busy.add(d)
 
         def done(result):

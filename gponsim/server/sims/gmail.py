@@ -53,6 +53,7 @@ from twisted.internet.protocol import ServerFactory
 from gponsim.commentary import annotate
 from gponsim.server.mailstore.mboxentry import from_line, mbox_entry
 from gponsim.server.postfix.smtp import prefer_relay_key
+from gponsim.server.sendnow import listen_tcp
 from gponsim.server.smtpserver import AUTH, COMMAND, SmtpServer
 from gponsim.steps import Emit, Step, new_session, null_emit
 from gponsim.wire import smtp as wire
@@ -689,7 +690,7 @@ class GmailSimulator:
         return self.port
 
     def _listen(self) -> None:
-        self._listener = self.reactor.listenTCP(self.port, _Factory(self), interface=self.listen)
+        self._listener = listen_tcp(self.reactor, self.port, _Factory(self), interface=self.listen)
         self.port = self._listener.getHost().port
 
     def _apply_refuse(self) -> None:

@@ -1,0 +1,51 @@
+"""Thread pools for the lab's file work: one small pool per kind of work.
+
+The reactor thread never waits for a disk: queue files (cleanup, qmgr),
+mailbox deliveries (local) and mailbox commands (IMAP, POP3) run in worker
+threads. Each kind has a pool of its own, as Postfix and Dovecot give each
+its own processes: a delivery waiting for a mailbox lock does not hold up a
+queue file's commit, and a class full of mailbox commands does not delay a
+login (the reactor's own pool checks passwords).
+
+The pools are small on purpose. Python threads share one interpreter lock,
+which every file system call gives up and takes back; with many threads
+taking turns on a short job each, handing that lock around (``futex`` calls,
+context switches) cost more than the work (bench/README, "one process").
+A pool of two keeps a burst of jobs on the threads already awake.
+
+One pool of each name per reactor, started on first use and stopped when the
+reactor shuts down. A test's memory reactor runs the work its own way
+(``reactor.getThreadPool()``, often inline).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from twisted.internet import posixbase
+from twisted.python.threadpool import ThreadPool
+
+#: Threads per pool: queue files (cleanup, qmgr) and mailbox deliveries (local).
+QUEUE_THREADS = 2
+LOCAL_THREADS = 2
+
+_pools: "weakref.WeakKeyDictionary[object, dict[str, ThreadPool]]" = weakref.WeakKeyDictionary()
+
+
+def pool_for(reactor, name: str, threads: int):
+    """The pool ``name`` of ``reactor`` (``threads`` at most), made on first use."""
+    if not isinstance(reactor, posixbase.PosixReactorBase):
+        return reactor.getThreadPool()
+    pools = _pools.setdefault(reactor, {})
+    pool = pools.get(name)
+    if pool is None:
+        pool = pools[name] = ThreadPool(minthreads=0, maxthreads=threads, name=name)
+        pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", _stop, reactor, name)
+    return pool
+
+
+def _stop(reactor, name: str) -> None:
+    pool = _pools.get(reactor, {}).pop(name, None)
+    if pool is not None:
+        pool.stop()
