@@ -60,3 +60,66 @@ def test_one_submission_is_narrated_once_and_in_order(tmp_path):
 def s_auth(steps) -> str:
     """smtplib's AUTH line as recorded (the credentials are masked in the file)."""
     return next(s.line for s in steps if s.proto == "smtp" and s.verb == "AUTH")
+
+
+def test_reading_mail_over_imap_and_pop3_is_narrated_once_and_in_order(tmp_path):
+    """The mailbox side: Dovecot's IMAP and POP3 run mailbox commands in worker
+    threads and hand their answers back; the narration still shows each line once,
+    each command's data before its tagged reply, in time order."""
+    import imaplib
+    import poplib
+
+    narration = tmp_path / "narration.txt"
+    lab = LabProcess(tmp_path / "gponlab", narration=narration).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=15) as c:
+            for n in (1, 2):
+                c.sendmail("user1@gponlab.local", ["user2@gponlab.local"],
+                           f"Subject: read me {n}\r\n\r\nbody {n}\r\n".encode())
+        lab.wait_for_mail("user2", 2)
+        imap = imaplib.IMAP4("127.0.0.1", lab.ports["imap"], timeout=15)
+        imap.starttls(ssl_context=ssl._create_unverified_context())
+        imap.login("user2", "pass")
+        imap.select("INBOX")
+        typ, found = imap.search(None, "ALL")
+        assert typ == "OK" and found[0].split() == [b"1", b"2"]
+        typ, data = imap.fetch("1:2", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK" and b"read me 2" in data[2][1]
+        imap.logout()
+        pop = poplib.POP3("127.0.0.1", lab.ports["pop3"], timeout=15)
+        pop.stls(context=ssl._create_unverified_context())
+        pop.user("user2")
+        pop.pass_("pass")
+        assert pop.stat()[0] == 2
+        assert b"body 1" in b"\n".join(pop.retr(1)[1])
+        pop.quit()
+        steps = wait_until(lambda: (s := lab.steps()) and sum(
+            x.verb == "DISCONNECT" for x in s if x.proto in ("imap", "pop3")) >= 2 and s,
+            what="the Steps of the IMAP and POP3 sessions")
+    finally:
+        lab.stop()
+
+    for proto in ("imap", "pop3"):
+        mine = [s for s in steps if s.proto == proto]
+        assert mine, proto
+        # every client line once (IMAP tags make each distinct; POP3's are distinct here)
+        lines = Counter((s.session, s.line, s.tls) for s in mine if s.dir == "c2s")
+        assert max(lines.values()) == 1, [k for k, v in lines.items() if v > 1]
+        # and each command answered once, its data before its tagged (or final) reply
+        for session in {s.session for s in mine}:
+            flow = [s for s in mine if s.session == session and s.dir in ("c2s", "s2c")]
+            assert [s.t for s in flow] == sorted(s.t for s in flow)
+    imap_flow = [s for s in steps if s.proto == "imap" and s.dir in ("c2s", "s2c")]
+    fetch = next(i for i, s in enumerate(imap_flow) if s.dir == "c2s" and " FETCH " in s.line)
+    tag = imap_flow[fetch].line.split(" ", 1)[0]
+    after = [s.line for s in imap_flow[fetch + 1:]]
+    done = next(i for i, line in enumerate(after) if line.startswith(f"{tag} OK"))
+    assert sum(line.startswith("* 1 FETCH") or line.startswith("* 2 FETCH")
+               for line in after[:done]) == 2, after[:done + 1]
+    assert not any("FETCH" in line and line.startswith("* ") for line in after[done + 1:])
+    # Time order in the whole file, and the narrator printed the same Steps in that order.
+    times = [s.t for s in steps]
+    assert times == sorted(times)
+    narrated = [m.groups() for line in narration.read_text().splitlines()
+                if (m := HEAD.match(line))]
+    assert narrated == [(s.session, s.src, s.dst) for s in steps]

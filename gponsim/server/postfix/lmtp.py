@@ -41,17 +41,17 @@ import errno
 import os
 import posixpath
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 
 from gponsim.server import inprocess
 from gponsim.server.maillog import MailLog
-from gponsim.server.postfix.smtp import _ClientProtocol as ReplyReader
-from gponsim.server.postfix.smtp import _Lost, enhanced_or_default, joined
+from gponsim.server.postfix.smtp import (ConnectFactory, DeliveryClient, RelayError,
+                                         ReplyReader, joined, read_reply, reply_code,
+                                         reply_dsn)
 from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, Verdicts, event
 from gponsim.server.unixpath import socket_address
 from gponsim.steps import Emit, new_session, null_emit
@@ -75,14 +75,8 @@ _IN_REPLY_TO = {"LHLO": "LHLO", "MAIL": "MAIL FROM", "RCPT": "RCPT TO", "DATA": 
 _8BIT_CTE = re.compile(rb"^content-transfer-encoding:[ \t]*(8bit|binary)", re.I | re.M)
 
 
-class LmtpError(Exception):
+class LmtpError(RelayError):
     """The conversation cannot go on: every recipient still pending gets ``status``."""
-
-    def __init__(self, dsn: str, reason: str, status: str = "deferred") -> None:
-        super().__init__(reason)
-        self.dsn = dsn
-        self.reason = reason
-        self.status = status
 
 
 @dataclass
@@ -126,28 +120,14 @@ def dot_stuffed(content: bytes) -> bytes:
     return b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
 
 
-class LmtpClient:
+class LmtpClient(DeliveryClient):
     """lmtp(8) behind qmgr: one LMTP conversation per delivery request."""
 
-    name = "lmtp"
-
-    def __init__(self, settings: LmtpSettings, *, emit: Emit = null_emit,
-                 log: MailLog | None = None, reactor: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-            reactor = default_reactor
-        self.settings = settings
-        self.emit = emit
-        self.log = log
-        self.reactor = reactor
-        self.clock = clock
+    name = program = "lmtp"
+    Error = LmtpError
+    settings: LmtpSettings
 
     # ------------------------------------------------------------- helpers
-
-    def _log(self, text: str) -> None:
-        if self.log is not None:
-            self.log.postfix("lmtp", text, self.settings.syslog_name)
 
     def socket_path(self, address: str) -> Path:
         """The lab-root path of a ``unix:`` next hop (relative: to queue_directory)."""
@@ -157,9 +137,6 @@ class LmtpClient:
         return Path(self.settings.lab_root).joinpath(*lab_path.split("/"))
 
     # ------------------------------------------------------------- deliver
-
-    def deliver(self, request: DeliveryRequest) -> defer.Deferred:
-        return defer.ensureDeferred(self._deliver(request))
 
     async def _deliver(self, req: DeliveryRequest) -> list[RecipientStatus]:
         session = new_session("lmtp")
@@ -173,41 +150,23 @@ class LmtpClient:
                             qid=req.qid, recipient=addr, status=status, dsn=dsn,
                             relay=verdicts.relay))
         verdicts = Verdicts(req, clock=self.clock, logged=logged)
-        try:
+
+        async def conversation() -> None:
             if kind != "unix":
                 raise LmtpError("4.3.5", f"lmtp:{req.nexthop}: gponsim's lmtp(8) connects "
                                          f"to Unix sockets only (unix:PATH)")
             await self._conversation(req, session, peer, address, state, verdicts)
-        except LmtpError as exc:
-            verdicts.finish_rest(exc.status, exc.dsn, exc.reason)
-        except Exception as exc:  # noqa: BLE001 - a bug must not strand the mail
-            self._log(f"warning: {req.qid}: lmtp client error: {exc!r}")
-            verdicts.finish_rest("deferred", "4.3.0", f"mail system configuration error ({exc})")
+        try:
+            await self._converse(req, verdicts, state, conversation())
         finally:
             if state.get("claim") is not None:
                 inprocess.withdraw(state["claim"])
-            proto = state.get("proto")
-            if proto is not None and proto.transport is not None and proto.lost is None:
-                proto.transport.loseConnection()
         return verdicts.statuses()
 
-    async def _connect(self, req, session: str, peer: str, path: Path, state: dict) -> ReplyReader:
+    async def _connect(self, req, session: str, peer: str, path: Path,
+                       state: dict) -> ReplyReader:
         connected: defer.Deferred = defer.Deferred()
         failed: list[str] = []
-
-        class _Factory(protocol.ClientFactory):
-            def buildProtocol(self_, addr):  # noqa: N805
-                p = ReplyReader()
-                p.factory = self_
-                p.connected_d.addCallback(lambda proto: connected.called
-                                          or connected.callback(proto))
-                return p
-
-            def clientConnectionFailed(self_, connector, reason):  # noqa: N805
-                if not connected.called:
-                    failed.append(_connect_error(reason))
-                    connected.errback(reason)
-
         self.emit(event("lmtp", "lmtp", "dovecot-lmtp", "CONNECT", f"connect to {peer}",
                         session, qid=req.qid, path=str(path), logged=False))
         # Until the greeting comes, a server of this lab that accepts the
@@ -220,7 +179,7 @@ class LmtpClient:
             except OSError as exc:      # a long path whose folder does not exist
                 failed.append(os.strerror(exc.errno or errno.ENOENT))
                 raise
-            self.reactor.connectUNIX(address, _Factory(), timeout=timeout)
+            self.reactor.connectUNIX(address, ConnectFactory(connected, failed), timeout=timeout)
             return await connected
         except Exception:  # noqa: BLE001 - told as Postfix tells it
             inprocess.withdraw(claim)
@@ -249,33 +208,18 @@ class LmtpClient:
 
         async def reply(answers: str, waiting: str | None = None,
                         timeout: float | None = None) -> list[str]:
-            d = proto.next_reply()
-            timer = self.reactor.callLater(timeout or s.reply_timeout,
-                                           lambda: proto.transport.abortConnection())
-            try:
-                lines = await d
-            except _Lost:
-                raise LmtpError("4.4.2", f"lost connection with {peer} while "
-                                         f"{_WHILE[waiting or answers]}") from None
-            finally:
-                if timer.active():
-                    timer.cancel()
+            lines = await read_reply(proto, self.reactor, timeout or s.reply_timeout,
+                                     lambda: LmtpError("4.4.2", f"lost connection with {peer} "
+                                                       f"while {_WHILE[waiting or answers]}"))
             self.emit(wire.reply_step(lines, session=session, answers=answers,
                                       src="dovecot-lmtp", dst="lmtp", proto="lmtp"))
             return lines
 
-        def code(lines: list[str]) -> int:
-            return int(lines[-1][:3]) if lines and lines[-1][:3].isdigit() else 0
-
-        def dsn_of(lines: list[str]) -> str:
-            c, enh, _ = wire.parse_reply(lines)
-            return enhanced_or_default(c or 400, enh)
-
         def failure(lines: list[str], command: str) -> LmtpError:
-            return LmtpError(dsn_of(lines),
+            return LmtpError(reply_dsn(lines),
                              f"host {peer} said: {joined(lines)} "
                              f"(in reply to {_IN_REPLY_TO[command]} command)",
-                             "bounced" if code(lines) >= 500 else "deferred")
+                             "bounced" if reply_code(lines) >= 500 else "deferred")
 
         async def quit_(*before: str) -> None:
             """``RSET``/``QUIT`` at the end (replies read, errors ignored)."""
@@ -291,14 +235,14 @@ class LmtpClient:
         # --- greeting and LHLO
         greeting = await reply("CONNECT")
         inprocess.withdraw(state.pop("claim"))      # claimed by now, if the server is ours
-        if code(greeting) != 220:
+        if reply_code(greeting) != 220:
             await quit_()
             err = failure(greeting, "LHLO")
             err.reason = f"host {peer} refused to talk to me: {joined(greeting)}"
             raise err
         send(f"LHLO {s.lhlo_name}")
         lines = await reply("LHLO")
-        if code(lines) != 250:
+        if reply_code(lines) != 250:
             await quit_()
             raise failure(lines, "LHLO")
         ext = {line[4:].split(" ", 1)[0].upper() for line in lines[1:]}
@@ -321,14 +265,14 @@ class LmtpClient:
             for line, verb, _i in order:
                 send(line)
                 replies.append(await reply(verb))
-                if verb == "MAIL" and code(replies[-1]) // 100 != 2:
+                if verb == "MAIL" and reply_code(replies[-1]) // 100 != 2:
                     break
-        if code(replies[0]) // 100 != 2:
+        if reply_code(replies[0]) // 100 != 2:
             await quit_("RSET")
             raise failure(replies[0], "MAIL")
         accepted: list[int] = []
         for (_line, _verb, index), lines in zip(order[1:-1], replies[1:-1]):
-            if code(lines) // 100 == 2:
+            if reply_code(lines) // 100 == 2:
                 accepted.append(index)
             else:
                 err = failure(lines, "RCPT")
@@ -337,7 +281,7 @@ class LmtpClient:
         if not accepted:
             await quit_("RSET")
             return
-        if data_reply is None or code(data_reply) != 354:
+        if data_reply is None or reply_code(data_reply) != 354:
             await quit_("RSET")
             raise failure(data_reply or ["451 4.3.0 no reply"], "DATA")
 
@@ -349,8 +293,8 @@ class LmtpClient:
         proto.transport.write(dot_stuffed(req.content) + b".\r\nQUIT\r\n")
         for index in accepted:
             final = await reply("DATA", "DOT", s.data_done_timeout)
-            if code(final) // 100 == 2:
-                finish(index, "sent", dsn_of(final), joined(final))
+            if reply_code(final) // 100 == 2:
+                finish(index, "sent", reply_dsn(final), joined(final))
             else:
                 err = failure(final, "DOT")
                 finish(index, err.status, err.dsn, err.reason)
@@ -358,19 +302,6 @@ class LmtpClient:
             await reply("QUIT")
         except LmtpError:
             pass
-
-
-def _connect_error(reason) -> str:
-    """The text after ``connect to host[path]:``, as the kernel says it."""
-    exc = reason.value
-    code = getattr(exc, "osError", None)
-    if isinstance(code, int):
-        return os.strerror(code)
-    if isinstance(exc, error.ConnectionRefusedError):
-        return os.strerror(errno.ECONNREFUSED)
-    if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):
-        return "Connection timed out"
-    return reason.getErrorMessage() or "Connection failed"
 
 
 # --------------------------------------------------------------------------

@@ -36,6 +36,8 @@ rejection defers the mail (5.x.x becomes 4.x.x) instead of bouncing it.
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import socket
 import time
 from collections import deque
@@ -161,7 +163,7 @@ class _Lost(Exception):
 
 
 @implementer(IHandshakeListener)
-class _ClientProtocol(LineOnlyReceiver):
+class ReplyReader(LineOnlyReceiver):
     """Reads replies (possibly multi-line) and hands them out in order."""
 
     delimiter = b"\n"
@@ -221,6 +223,69 @@ class _ClientProtocol(LineOnlyReceiver):
         if self._handshake is not None:
             d, self._handshake = self._handshake, None
             d.errback(_Lost(self.lost))
+
+
+def reply_code(lines: list[str]) -> int:
+    """A reply's code (0 when its last line has none)."""
+    return int(lines[-1][:3]) if lines and lines[-1][:3].isdigit() else 0
+
+
+def reply_dsn(lines: list[str]) -> str:
+    """A reply's enhanced status code, or the one Postfix makes of its code."""
+    c, enh, _ = wire.parse_reply(lines)
+    return enhanced_or_default(c or 400, enh)
+
+
+class ConnectFactory(protocol.ClientFactory):
+    """Connects a :class:`ReplyReader`: ``connected`` fires with it; a
+    failed connect appends the kernel's words to ``failed`` and errbacks
+    ``connected``. (smtp(8) and lmtp(8) are one program in Postfix: this and
+    :func:`read_reply` are what they share here.)"""
+
+    def __init__(self, connected: defer.Deferred, failed: list[str]) -> None:
+        self.connected, self.failed = connected, failed
+
+    def buildProtocol(self, addr):
+        p = ReplyReader()
+        p.factory = self
+        p.connected_d.addCallback(lambda proto: self.connected.called
+                                  or self.connected.callback(proto))
+        return p
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        if not self.connected.called:
+            self.failed.append(connect_error(reason))
+            self.connected.errback(reason)
+
+
+def connect_error(reason) -> str:
+    """The text after ``connect to host[address]:``, as the kernel says it."""
+    exc = reason.value
+    code = getattr(exc, "osError", None)
+    if isinstance(code, int):
+        return os.strerror(code)
+    if isinstance(exc, error.ConnectionRefusedError):
+        return os.strerror(errno.ECONNREFUSED)
+    if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):
+        return "Connection timed out"
+    if isinstance(exc, error.NoRouteError):
+        return "No route to host"
+    return reason.getErrorMessage() or "Connection failed"
+
+
+async def read_reply(proto: ReplyReader, reactor, timeout: float,
+                     lost: Callable[[], Exception]) -> list[str]:
+    """The next reply's lines; without one for ``timeout`` seconds the
+    connection is aborted, and a lost connection raises ``lost()``."""
+    d = proto.next_reply()
+    timer = reactor.callLater(timeout, lambda: proto.transport.abortConnection())
+    try:
+        return await d
+    except _Lost:
+        raise lost() from None
+    finally:
+        if timer.active():
+            timer.cancel()
 
 
 def _client_tls_creator(server_name: str, keylog=None):
@@ -317,12 +382,19 @@ def name_matches(transport, host: str) -> bool:
     return False
 
 
-class SmtpRelayClient:
-    """The queue's ``relay_transport``: one SMTP conversation per message."""
+class DeliveryClient:
+    """What smtp(8) and lmtp(8) share (one program in Postfix): the settings,
+    where Steps and log lines go, and how a conversation ends: its error (or a
+    bug) settles every recipient still pending, and the connection is closed.
+    A subclass's ``_deliver`` makes the session and runs :meth:`_converse`."""
 
-    def __init__(self, settings: RelaySettings, *, emit: Emit = null_emit,
-                 log: MailLog | None = None, reactor: Any = None, keylog=None,
-                 clock: Callable[[], float] = time.time) -> None:
+    #: the program's name in mail.log (``postfix/smtp``, ``postfix/lmtp``)
+    program = "smtp"
+    #: the error that ends a conversation with a verdict for the rest
+    Error: type[Exception] = RelayError
+
+    def __init__(self, settings, *, emit: Emit = null_emit, log: MailLog | None = None,
+                 reactor: Any = None, clock: Callable[[], float] = time.time) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -330,14 +402,44 @@ class SmtpRelayClient:
         self.emit = emit
         self.log = log
         self.reactor = reactor
-        self.keylog = keylog
         self.clock = clock
-
-    # ------------------------------------------------------------- helpers
 
     def _log(self, text: str) -> None:
         if self.log is not None:
-            self.log.postfix("smtp", text, self.settings.syslog_name)
+            self.log.postfix(self.program, text, self.settings.syslog_name)
+
+    def deliver(self, request: DeliveryRequest) -> defer.Deferred:
+        return defer.ensureDeferred(self._deliver(request))
+
+    async def _deliver(self, req: DeliveryRequest) -> list[RecipientStatus]:
+        raise NotImplementedError
+
+    async def _converse(self, req: DeliveryRequest, verdicts: Verdicts, state: dict,
+                        conversation) -> None:
+        """Await ``conversation``; ``state["proto"]`` is its connection."""
+        try:
+            await conversation
+        except self.Error as exc:
+            verdicts.finish_rest(exc.status, exc.dsn, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - a bug must not strand the mail
+            self._log(f"warning: {req.qid}: {self.program} client error: {exc!r}")
+            verdicts.finish_rest("deferred", "4.3.0", f"mail system configuration error ({exc})")
+        finally:
+            proto = state.get("proto")
+            if proto is not None and proto.transport is not None and proto.lost is None:
+                proto.transport.loseConnection()
+
+
+class SmtpRelayClient(DeliveryClient):
+    """The queue's ``relay_transport``: one SMTP conversation per message."""
+
+    def __init__(self, settings: RelaySettings, *, emit: Emit = null_emit,
+                 log: MailLog | None = None, reactor: Any = None, keylog=None,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(settings, emit=emit, log=log, reactor=reactor, clock=clock)
+        self.keylog = keylog
+
+    # ------------------------------------------------------------- helpers
 
     def _relay_key(self, step: Step) -> Step:
         return prefer_relay_key(step)
@@ -371,9 +473,6 @@ class SmtpRelayClient:
 
     # ------------------------------------------------------------- deliver
 
-    def deliver(self, request: DeliveryRequest) -> defer.Deferred:
-        return defer.ensureDeferred(self._deliver(request))
-
     async def _deliver(self, req: DeliveryRequest) -> list[RecipientStatus]:
         session = new_session("relay")
         state: dict[str, Any] = {"proto": None, "tls": False}
@@ -383,17 +482,8 @@ class SmtpRelayClient:
             self._event(session, status.upper(), line, qid=req.qid, recipient=addr,
                         status=status, dsn=dsn, tls=state["tls"])
         verdicts = Verdicts(req, clock=self.clock, logged=logged)
-        try:
-            await self._conversation(req, session, state, verdicts)
-        except RelayError as exc:
-            verdicts.finish_rest(exc.status, exc.dsn, exc.reason)
-        except Exception as exc:  # noqa: BLE001 - a bug must not strand the mail
-            self._log(f"warning: {req.qid}: relay client error: {exc!r}")
-            verdicts.finish_rest("deferred", "4.3.0", f"mail system configuration error ({exc})")
-        finally:
-            proto = state.get("proto")
-            if proto is not None and proto.transport is not None and proto.lost is None:
-                proto.transport.loseConnection()
+        await self._converse(req, verdicts, state,
+                             self._conversation(req, session, state, verdicts))
         verdicts.finish_rest("deferred", "4.3.0", "no status from the SMTP client")
         return verdicts.statuses()
 
@@ -409,22 +499,10 @@ class SmtpRelayClient:
                     nexthop=s.nexthop)
         connected: defer.Deferred = defer.Deferred()
         failed_reason: list[str] = []
-
-        class _Factory(protocol.ClientFactory):
-            def buildProtocol(self_, addr):  # noqa: N805
-                p = _ClientProtocol()
-                p.factory = self_
-                p.connected_d.addCallback(lambda proto: connected.called or connected.callback(proto))
-                return p
-
-            def clientConnectionFailed(self_, connector, reason):  # noqa: N805
-                if not connected.called:
-                    failed_reason.append(_connect_error(reason))
-                    connected.errback(reason)
-
-        self.reactor.connectTCP(target[0], target[1], _Factory(), timeout=s.connect_timeout)
+        self.reactor.connectTCP(target[0], target[1], ConnectFactory(connected, failed_reason),
+                                timeout=s.connect_timeout)
         try:
-            proto: _ClientProtocol = await connected
+            proto: ReplyReader = await connected
         except Exception:  # noqa: BLE001
             why = failed_reason[0] if failed_reason else "Connection refused"
             text = f"connect to {peer_port}: {why}"
@@ -435,16 +513,8 @@ class SmtpRelayClient:
         verdicts.relay = peer_port
 
         async def reply(answers: str) -> list[str]:
-            d = proto.next_reply()
-            timer = self.reactor.callLater(s.reply_timeout, lambda: proto.transport.abortConnection())
-            try:
-                lines = await d
-            except _Lost as exc:
-                raise RelayError("4.4.2", f"lost connection with {peer} while "
-                                          f"{_while(answers)}") from exc
-            finally:
-                if timer.active():
-                    timer.cancel()
+            lines = await read_reply(proto, self.reactor, s.reply_timeout, lambda: RelayError(
+                "4.4.2", f"lost connection with {peer} while {_while(answers)}"))
             self.emit(self._relay_key(wire.reply_step(
                 lines, session=session, answers=answers, src="relay", dst="smtp",
                 tls=state["tls"])))
@@ -461,17 +531,11 @@ class SmtpRelayClient:
             text = f"host {peer} said: {joined(lines)}"
             return text + (f" (in reply to {command} command)" if command else "")
 
-        def code(lines: list[str]) -> int:
-            return int(lines[-1][:3]) if lines and lines[-1][:3].isdigit() else 0
-
-        def dsn_of(lines: list[str]) -> str:
-            c, enh, _ = wire.parse_reply(lines)
-            return enhanced_or_default(c or 400, enh)
 
         def fail(lines: list[str], command: str) -> RelayError:
-            c = code(lines)
+            c = reply_code(lines)
             status = "bounced" if c >= 500 else "deferred"
-            return RelayError(dsn_of(lines), said(lines, command), status)
+            return RelayError(reply_dsn(lines), said(lines, command), status)
 
         async def quit_() -> None:
             if proto.lost is None:
@@ -483,18 +547,18 @@ class SmtpRelayClient:
 
         # --- greeting and EHLO
         greeting = await reply("CONNECT")
-        if code(greeting) != 220:
+        if reply_code(greeting) != 220:
             await quit_()
-            err = RelayError(dsn_of(greeting), f"host {peer} refused to talk to me: "
+            err = RelayError(reply_dsn(greeting), f"host {peer} refused to talk to me: "
                                                f"{joined(greeting)}")
-            if code(greeting) >= 500:
+            if reply_code(greeting) >= 500:
                 err.status = "bounced"
             raise err
 
         async def ehlo() -> dict[str, str]:
             send(f"EHLO {s.helo_name}")
             lines = await reply("EHLO")
-            if code(lines) != 250:
+            if reply_code(lines) != 250:
                 await quit_()
                 raise fail(lines, "EHLO")
             ext = {}
@@ -512,7 +576,7 @@ class SmtpRelayClient:
             else:
                 send("STARTTLS")
                 lines = await reply("STARTTLS")
-                if code(lines) != 220:
+                if reply_code(lines) != 220:
                     await quit_()
                     raise fail(lines, "STARTTLS")
                 try:
@@ -555,9 +619,9 @@ class SmtpRelayClient:
             token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
             send(f"AUTH PLAIN {token}")
             lines = await reply("AUTH")
-            if code(lines) != 235:
-                dsn = dsn_of(lines)
-                if code(lines) >= 500 and s.soft_bounce_auth:
+            if reply_code(lines) != 235:
+                dsn = reply_dsn(lines)
+                if reply_code(lines) >= 500 and s.soft_bounce_auth:
                     dsn = "4" + dsn[1:]
                 status = "bounced" if dsn.startswith("5") else "deferred"
                 await quit_()
@@ -587,15 +651,15 @@ class SmtpRelayClient:
             for line, verb, _i in order:
                 send(line)
                 replies.append(await reply(verb))
-                if verb == "MAIL" and code(replies[-1]) != 250:
+                if verb == "MAIL" and reply_code(replies[-1]) != 250:
                     break
         mail_reply = replies[0]
-        if code(mail_reply) != 250:
+        if reply_code(mail_reply) != 250:
             await quit_()
             raise fail(mail_reply, "MAIL FROM")
         accepted = []
         for (_line, verb, index), lines in zip(order[1:-1], replies[1:-1]):
-            if code(lines) in (250, 251):
+            if reply_code(lines) in (250, 251):
                 accepted.append(index)
             else:
                 err = fail(lines, "RCPT TO")
@@ -604,7 +668,7 @@ class SmtpRelayClient:
         if not accepted:
             await quit_()
             return
-        if data_reply is None or code(data_reply) != 354:
+        if data_reply is None or reply_code(data_reply) != 354:
             await quit_()
             raise fail(data_reply or ["451 4.3.0 no reply"], "DATA")
         body = req.content.replace(b"\r\n", b"\n").split(b"\n")
@@ -615,8 +679,8 @@ class SmtpRelayClient:
                                                     dst="relay", tls=state["tls"])))
         proto.transport.write(stuffed + b".\r\n")
         final = await reply("DATA")
-        if code(final) == 250:
-            dsn = dsn_of(final)
+        if reply_code(final) == 250:
+            dsn = reply_dsn(final)
             for index in accepted:
                 finish(index, "sent", dsn, joined(final))
         else:
@@ -624,18 +688,6 @@ class SmtpRelayClient:
             for index in accepted:
                 finish(index, err.status, err.dsn, err.reason)
         await quit_()
-
-
-def _connect_error(reason) -> str:
-    exc = reason.value
-    if isinstance(exc, error.ConnectionRefusedError):
-        return "Connection refused"
-    if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):
-        return "Connection timed out"
-    if isinstance(exc, error.NoRouteError):
-        return "No route to host"
-    text = reason.getErrorMessage()
-    return text or "Connection failed"
 
 
 def _while(verb: str) -> str:
