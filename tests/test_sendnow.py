@@ -25,6 +25,9 @@ class _Echo(protocol.Protocol):
             if line == b"big":
                 self.transport.write(b"x" * (8 << 20))
                 self.transport.write(b"END\n")
+            elif line == b"abort":
+                self.transport.abortConnection()
+                self.transport.write(b"never sent\n")
             elif line:
                 self.transport.write(b"ok " + line + b"\n")
                 # Written in write(): Twisted was not asked to watch the socket.
@@ -78,6 +81,22 @@ def test_what_the_kernel_does_not_take_is_sent_later_in_order(reactor_thread):
         assert data == b"x" * (8 << 20) + b"END\n" + b"ok after\n"
         seen = reactor_thread.call(lambda: list(_Echo.seen))
         assert seen == [(b"after", True)]     # queued behind the 8 MB
+    finally:
+        reactor_thread.call(port.stopListening)
+
+
+def test_nothing_leaves_after_an_abort_as_with_twisted(reactor_thread):
+    port, number = _listen(reactor_thread)
+    try:
+        with socket.create_connection(("127.0.0.1", number), timeout=10) as sock:
+            sock.sendall(b"abort\n")
+            data = b""
+            try:
+                while chunk := sock.recv(4096):
+                    data += chunk
+            except ConnectionResetError:
+                pass
+        assert data == b""
     finally:
         reactor_thread.call(port.stopListening)
 

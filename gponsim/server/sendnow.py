@@ -38,6 +38,10 @@ class SendNowServer(tcp.Server):
         self._waiting = False
         super().stopWriting()
 
+    def abortConnection(self) -> None:
+        super().abortConnection()
+        self._waiting = True        # Twisted drops what is written after an abort
+
     def write(self, data: bytes) -> None:
         if (self._waiting or self.TLS or self.producer is not None or self.disconnecting
                 or not self.connected or not data or type(data) is not bytes):
