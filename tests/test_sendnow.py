@@ -117,9 +117,9 @@ def test_a_memory_reactor_listens_its_own_way():
 
 def test_one_pool_per_kind_of_work_and_reactor(reactor_thread):
     reactor = reactor_thread.reactor
-    queue = workpool.pool_for(reactor, "postfix-queue", workpool.QUEUE_THREADS)
-    assert workpool.pool_for(reactor, "postfix-queue", workpool.QUEUE_THREADS) is queue
-    local = workpool.pool_for(reactor, "postfix-local", workpool.LOCAL_THREADS)
+    queue = workpool.pool_for(reactor, "postfix-queue", workpool.THREADS["postfix-queue"])
+    assert workpool.pool_for(reactor, "postfix-queue", workpool.THREADS["postfix-queue"]) is queue
+    local = workpool.pool_for(reactor, "postfix-local", workpool.THREADS["postfix-local"])
     assert local is not queue and local is not reactor.getThreadPool()
     assert (queue.max, local.max) == (2, 2)
     assert queue.started

@@ -195,7 +195,7 @@ class Lab:
         """Mailbox rewrites that a crash or a kill cut short left their
         temporary files (``.<name>.gponsim-<pid>.tmp``): delete them, so a
         full disk is not filled for ever by half a copy of a mailbox."""
-        from gponsim.server.mailstore.mbox import remove_stale_temporaries
+        from gponsim.server.mailstore.leftovers import remove_stale_temporaries
 
         folders = [self.root / "var/mail"]
         home = self.root / "home"

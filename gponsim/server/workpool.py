@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import weakref
 
-from twisted.internet import posixbase
+from twisted.internet import defer, posixbase, threads
 from twisted.python.threadpool import ThreadPool
 
-#: Threads per pool: queue files (cleanup, qmgr) and mailbox deliveries (local).
-QUEUE_THREADS = 2
-LOCAL_THREADS = 2
+#: Threads of the pools :func:`run` knows: queue files (cleanup, qmgr) and
+#: mailbox deliveries (local).
+THREADS = {"postfix-queue": 2, "postfix-local": 2}
 
 _pools: "weakref.WeakKeyDictionary[object, dict[str, ThreadPool]]" = weakref.WeakKeyDictionary()
 
@@ -43,6 +43,13 @@ def pool_for(reactor, name: str, threads: int):
         pool.start()
         reactor.addSystemEventTrigger("during", "shutdown", _stop, reactor, name)
     return pool
+
+
+def run(reactor, name: str, fn, *args, **kwargs) -> defer.Deferred:
+    """``fn(*args, **kwargs)`` in the pool ``name`` (one of :data:`THREADS`);
+    the Deferred fires in the reactor thread with its result."""
+    return threads.deferToThreadPool(reactor, pool_for(reactor, name, THREADS[name]),
+                                     fn, *args, **kwargs)
 
 
 def _stop(reactor, name: str) -> None:

@@ -53,7 +53,7 @@ makes the file smaller (EXPUNGE) is done in place when the new file cannot
 be written beside the old one, so deleting mail makes room. A rewrite
 killed midway leaves its temporary file ``.<name>.gponsim-<pid>.tmp``: the
 next writer of that folder (or the next start of the lab,
-:func:`remove_stale_temporaries`) deletes it.
+:func:`~gponsim.server.mailstore.leftovers.remove_stale_temporaries`) deletes it.
 
 Bodies are stored as written (the ``>From`` quoting of local(8) is never
 undone, as in Dovecot); messages appended here are written mboxo-quoted
@@ -80,6 +80,7 @@ from gponsim.server.mailstore.interface import (
     ANSWERED, DELETED, DRAFT, FLAGGED, RECENT, SEEN, SYSTEM_FLAGS, FolderInfo, StoreError,
     is_inbox, split_flags,
 )
+from gponsim.server.mailstore.leftovers import remove_stale_temporaries, temporary_name
 from gponsim.server.mailstore.location import MailLocation
 from gponsim.server.mailstore.mailwatch import MailWatch
 from gponsim.server.mailstore.mboxentry import from_line, mbox_entry, mboxo_quote
@@ -491,47 +492,6 @@ def _path_lock(key: str) -> _PathLock:
 
 #: What a full disk looks like: the bookkeeping waits, an expunge rewrites in place.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.gponsim-(?P<pid>\d+)\.tmp$")
-
-
-def _temporary_name(path: Path) -> str:
-    return f".{path.name}.gponsim-{os.getpid()}.tmp"
-
-
-def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
-    """Delete the temporary files a killed rewrite left in ``folder`` (only
-    those of ``name`` when given; only those of processes that are gone
-    unless ``name`` is given, whose caller holds that folder's lock)."""
-    removed = []
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _TEMPORARY.match(entry)
-        if not m or (name is not None and m.group("name") != name):
-            continue
-        if name is None and _pid_alive(int(m.group("pid"))):
-            continue
-        try:
-            os.unlink(folder / entry)
-            removed.append(folder / entry)
-        except OSError:
-            pass
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
 class MboxFolder(interface.Folder):
     """One mbox file: every operation locks, reads the current file, and
     (when something changed) writes it back safely."""
@@ -686,7 +646,7 @@ class MboxFolder(interface.Folder):
 
     def _write(self, state: FolderState, old_fd: int | None = None) -> bytes:
         data = encode(state)
-        tmp = self.path.with_name(_temporary_name(self.path))
+        tmp = self.path.with_name(temporary_name(self.path))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             if old_fd is not None:

@@ -48,7 +48,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
 from gponsim.server import workpool
 from gponsim.server.maillog import MailLog, pid_for
@@ -465,8 +465,7 @@ class Cleanup:
     def in_thread(self, fn: Callable, *args, **kw) -> defer.Deferred:
         """Run ``fn`` in a worker thread (file system work stays off the reactor).
         In-memory tests, with no reactor running, replace it to run inline."""
-        pool = workpool.pool_for(self.reactor, "postfix-queue", workpool.QUEUE_THREADS)
-        return threads.deferToThreadPool(self.reactor, pool, fn, *args, **kw)
+        return workpool.run(self.reactor, "postfix-queue", fn, *args, **kw)
 
     def open(self, envelope: Envelope, *, log_tag: str = "postfix/smtpd",
              log_client: bool = True) -> defer.Deferred:

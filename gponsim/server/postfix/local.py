@@ -65,10 +65,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
 from gponsim.server import workpool
 from gponsim.server.maillog import MailLog, delivery_line
+from gponsim.server.mailstore.leftovers import pid_alive, temporary_name
 from gponsim.server.mailstore.mboxentry import from_line, mbox_entry
 from gponsim.server.postfix.cleanup import quote_822_local
 from gponsim.server.postfix.queuefile import fault
@@ -145,9 +146,7 @@ def _create_owned(lock_path: Path) -> None:
     would). A process killed at any moment leaves no lock without an owner —
     one it would otherwise wait ``stale_lock_time`` for — only, at worst, a
     temporary file the next start removes (``remove_stale_temporaries``)."""
-    from gponsim.server.mailstore.mbox import _temporary_name
-
-    tmp = lock_path.with_name(_temporary_name(lock_path.with_name(
+    tmp = lock_path.with_name(temporary_name(lock_path.with_name(
         f"{lock_path.name}.{threading.get_ident()}")))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -174,15 +173,7 @@ def _owner_is_gone(lock_path: Path) -> bool:
     except OSError:
         return False
     pid, _, host = text.partition(":")
-    if not pid.isdigit() or host != socket.gethostname() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+    return pid.isdigit() and host == socket.gethostname() and not pid_alive(int(pid))
 
 
 class MailboxLock:
@@ -692,8 +683,7 @@ class LocalTransport:
             results = self.agent.deliver(user, jobs, check_delivered=recovered)
             fault("after-mailbox")
             return results
-        pool = workpool.pool_for(self.reactor, "postfix-local", workpool.LOCAL_THREADS)
-        d = threads.deferToThreadPool(self.reactor, pool, work)
+        d = workpool.run(self.reactor, "postfix-local", work)
         return d.addCallback(self._report)
 
     def _report(self, results: list[LocalResult]) -> list[LocalResult]:

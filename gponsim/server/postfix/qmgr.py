@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from gponsim.server import workpool
@@ -133,8 +133,7 @@ class Qmgr:
     # ------------------------------------------------------------- helpers
     def _thread(self, fn: Callable, *args: Any) -> defer.Deferred:
         """Run ``fn`` in a worker thread; :meth:`stop` waits for it."""
-        pool = workpool.pool_for(self.reactor, "postfix-queue", workpool.QUEUE_THREADS)
-        d = threads.deferToThreadPool(self.reactor, pool, fn, *args)
+        d = workpool.run(self.reactor, "postfix-queue", fn, *args)
         self._busy.add(d)
 
         def done(result):
