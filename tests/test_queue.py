@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 
+from gponsim.server import workpool
 from gponsim.server.postfix import queuefile
 from gponsim.server.postfix.cleanup import received_header
 from gponsim.server.postfix.mta import Mta, QueueSettings
@@ -29,7 +30,7 @@ from labproc import wait_until
 TESTS = Path(__file__).resolve().parent
 HOST = "mail.gponlab.local"
 DOMAINS = frozenset({"gponlab.local", HOST})
-USERS = {"user1", "user2"}
+USERS = {"user1", "user2", "user3"}
 BODY = b"Subject: hi\r\n\r\nFrom me\r\nhello\r\n"
 _SETTINGS = {f.name for f in dataclasses.fields(QueueSettings)}
 
@@ -370,6 +371,34 @@ def test_a_recipient_done_stays_done_while_another_is_deferred(lab):
     lab.wait("RETRY", qid)
     wait_until(path.exists, what="the message deferred again")
     assert lab.mbox("user2").count(b"\nDelivered-To: ") == 1     # not delivered again
+
+
+def test_a_locked_mailbox_holds_up_only_its_own_mail(lab):
+    """Two mailboxes locked by another program (as many as local(8) has threads)
+    wait on timers: mail to a third user is delivered meanwhile, theirs after."""
+    lab = lab(lock_delay=0.2, lock_attempts=200)
+    spool = lab.root / "var/mail"
+    spool.mkdir(parents=True, exist_ok=True)
+    held = [spool / "user1.lock", spool / "user3.lock"]
+    for lock in held:
+        lock.write_bytes(b"")           # a fresh lock file naming no owner: respected
+    assert workpool.THREADS["postfix-local"] <= len(held)
+    locked = [lab.send([f"{user}@gponlab.local"]) for user in ("user1", "user3")]
+    for qid in locked:
+        lab.wait("LOCKWAIT", qid)
+    free = lab.send(["user2@gponlab.local"])
+    lab.wait("DELIVERED", free, timeout=5)
+    assert all(lock.exists() for lock in held)       # still locked: nothing else waited
+    assert not (spool / "user1").exists() or lab.mbox("user1") == b""
+    assert not (spool / "user3").exists() or lab.mbox("user3") == b""
+    for lock in held:
+        lock.unlink()
+    for qid in locked:
+        lab.wait("DELIVERED", qid)
+    for user, qid in zip(("user1", "user3"), locked):
+        assert f" id {qid}\n".encode() in lab.mbox(user)
+        assert re.search(rf"{qid}: to=<{user}@gponlab\.local>, relay=local, .*"
+                         rf"status=sent \(delivered to mailbox\)", lab.log())
 
 
 # -- crash safety

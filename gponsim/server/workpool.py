@@ -3,9 +3,10 @@
 The reactor thread never waits for a disk: queue files (cleanup, qmgr),
 mailbox deliveries (local) and mailbox commands (IMAP, POP3) run in worker
 threads. Each kind has a pool of its own, as Postfix and Dovecot give each
-its own processes: a delivery waiting for a mailbox lock does not hold up a
-queue file's commit, and a class full of mailbox commands does not delay a
-login (the reactor's own pool checks passwords).
+its own processes: a mailbox delivery does not hold up a queue file's
+commit, and a class full of mailbox commands does not delay a login (the
+reactor's own pool checks passwords). A delivery that finds a mailbox locked
+gives its thread back and tries again on a timer (``local.LockBusy``).
 
 The pools are small on purpose. Python threads share one interpreter lock,
 which every file system call gives up and takes back; with many threads

@@ -45,7 +45,8 @@ or rewrites a mailbox (the IMAP/POP3 servers) should use :class:`MailboxLock`.
 
 :class:`LocalTransport` is what qmgr talks to: one delivery at a time per
 mailbox, the mailbox written in a worker thread, the log lines and Steps
-back in the reactor thread. A message found in the active queue at start
+back in the reactor thread; a locked mailbox is retried on a timer, so the
+wait holds no thread. A message found in the active queue at start
 (a crash came between the mailbox write and the queue file update) is
 looked for in the mailbox first — ``Delivered-To:`` and the queue id of
 smtpd's ``Received:`` header — so it is not delivered twice.
@@ -65,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from gponsim.server import workpool
 from gponsim.server.maillog import MailLog, delivery_line
@@ -93,6 +94,16 @@ class MailboxError(Exception):
         super().__init__(reason)
         self.dsn = dsn
         self.reason = reason
+
+
+class LockBusy(Exception):
+    """Someone else holds the mailbox lock and attempts remain: try again in
+    ``delay`` seconds, with the same :class:`MailboxLock` (it counts the attempts).
+    Raised instead of sleeping by a lock made with ``wait=False``."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"mailbox locked; retry in {delay:g}s")
+        self.delay = delay
 
 
 def mbox_dsn(err: int, default: str) -> str:
@@ -186,6 +197,11 @@ class MailboxLock:
     not the real path under the lab root). ``on_wait(attempt, reason)`` is
     called each time an attempt failed and the lock will be retried after
     ``delay`` seconds.
+
+    ``wait=False``: instead of sleeping between attempts, :meth:`acquire`
+    raises :class:`LockBusy`; calling it again later goes on counting
+    attempts where the last call stopped. A caller that waits on a timer
+    holds no thread while the mailbox is locked.
     """
 
     def __init__(self, path: str | Path, display: str | None = None, *,
@@ -193,7 +209,7 @@ class MailboxLock:
                  stale: float = STALE_LOCK_TIME, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  on_wait: Callable[[int, str], None] | None = None,
-                 fcntl_only_when_full: bool = False) -> None:
+                 fcntl_only_when_full: bool = False, wait: bool = True) -> None:
         self.path = Path(path)
         self.display = display or str(path)
         self.lock_path = Path(str(self.path) + ".lock")
@@ -206,12 +222,23 @@ class MailboxLock:
         #: a full disk leaves no room for the dotlock: lock with fcntl alone
         #: (a reader that wants to delete mail; a writer would not fit anyway)
         self.fcntl_only_when_full = fcntl_only_when_full
+        self.wait = wait
+        #: the next attempt of each kind (kept between calls when ``wait`` is False)
+        self._attempt = {"dotlock": 1, "fcntl": 1}
         self._dotlocked = False
         self._fd: int | None = None
 
+    def _retry_later(self, kind: str) -> None:
+        """Attempt ``self._attempt[kind]`` failed and another is allowed: wait ``delay``."""
+        if self.on_wait:
+            self.on_wait(self._attempt[kind], kind)
+        self._attempt[kind] += 1
+        if not self.wait:
+            raise LockBusy(self.delay)
+        self.sleep(self.delay)
+
     # dotlock (src/global/dot_lockfile.c)
     def _dotlock(self) -> None:
-        count = 1
         while True:
             try:
                 _create_owned(self.lock_path)
@@ -222,7 +249,7 @@ class MailboxLock:
             else:
                 self._dotlocked = True
                 return
-            if count >= self.attempts or err != errno.EEXIST:
+            if self._attempt["dotlock"] >= self.attempts or err != errno.EEXIST:
                 break
             try:
                 st = os.stat(self.lock_path)
@@ -230,24 +257,21 @@ class MailboxLock:
                     os.unlink(self.lock_path)
                 elif _owner_is_gone(self.lock_path):
                     os.unlink(self.lock_path)
-                    count += 1
+                    self._attempt["dotlock"] += 1
                     continue            # a dead owner: no need to wait
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 err = exc.errno
                 break
-            if self.on_wait:
-                self.on_wait(count, "dotlock")
-            self.sleep(self.delay)
-            count += 1
+            self._retry_later("dotlock")
         dsn = mbox_dsn(errno.EAGAIN if err == errno.EEXIST else err, "5.2.0")
         raise MailboxError(dsn, f"unable to create lock file {self.display}.lock: "
                                 f"{os.strerror(err)}")
 
     # kernel lock (src/global/deliver_flock.c)
     def _kernel_lock(self, fd: int) -> None:
-        for count in range(1, self.attempts + 1):
+        while True:
             try:
                 if _F_OFD_SETLK is not None:
                     fcntl.fcntl(fd, _F_OFD_SETLK,
@@ -259,11 +283,9 @@ class MailboxLock:
                 err = exc.errno
                 if err not in (errno.EAGAIN, errno.EACCES):
                     break
-                if count >= self.attempts:
+                if self._attempt["fcntl"] >= self.attempts:
                     break
-                if self.on_wait:
-                    self.on_wait(count, "fcntl")
-                self.sleep(self.delay)
+                self._retry_later("fcntl")
         raise MailboxError(mbox_dsn(errno.EAGAIN if err == errno.EACCES else err, "5.2.0"),
                            f"unable to lock for exclusive access: {os.strerror(err)}")
 
@@ -276,6 +298,7 @@ class MailboxLock:
             self._remove_dotlock()
             raise
         self._fd = fd
+        self._attempt = {"dotlock": 1, "fcntl": 1}     # the next acquisition counts anew
 
     def release(self) -> None:
         if self._fd is not None:
@@ -398,14 +421,17 @@ class LocalAgent:
         """The real path under the lab root, and the path as the lab shows it."""
         return self.spool / user, f"/var/mail/{user}"
 
-    def lock_for(self, user: str, job: "LocalJob | None" = None) -> MailboxLock:
+    def lock_for(self, user: str, job: "LocalJob | None" = None, *, wait: bool = True
+                 ) -> MailboxLock:
+        """The delivery lock of ``user``'s mailbox (``wait``: see :class:`MailboxLock`)."""
         path, display = self.mailbox_path(user)
         on_wait = None
         if self.on_lock_wait is not None and job is not None:
             hook = self.on_lock_wait
             on_wait = lambda attempt, kind: hook(user, job, attempt, kind)  # noqa: E731
         return MailboxLock(path, display, attempts=self.lock_attempts, delay=self.lock_delay,
-                           stale=self.stale, clock=self.clock, sleep=self.sleep, on_wait=on_wait)
+                           stale=self.stale, clock=self.clock, sleep=self.sleep, on_wait=on_wait,
+                           wait=wait)
 
     def expand(self, address: str, depth: int = 0, delivered: str = ""
                ) -> list[tuple[str, str, str]]:
@@ -448,7 +474,8 @@ class LocalAgent:
         return bool(user) and "/" not in user and "\0" not in user and not user.startswith(".")
 
     # -- delivery
-    def deliver(self, user: str, jobs: Sequence[LocalJob], check_delivered: bool = False
+    def deliver(self, user: str, jobs: Sequence[LocalJob], check_delivered: bool = False, *,
+                lock: MailboxLock | None = None, handoff: float | None = None
                 ) -> list[LocalResult]:
         """Deliver ``jobs`` (all for mailbox ``user``, in order) under one lock.
 
@@ -456,8 +483,14 @@ class LocalAgent:
         (``line``), which the caller writes. ``check_delivered``: first look
         for each job's copy in the mailbox (a recovered message) and do not
         append the ones found.
+
+        ``lock``: the mailbox's lock (:meth:`lock_for`); one made with
+        ``wait=False`` makes this raise :class:`LockBusy` while someone else
+        holds the mailbox, and the caller calls again later with the same lock
+        and the ``handoff`` time of the first call (the log's delays count the
+        wait as local(8)'s own time, as Postfix's do).
         """
-        handoff = self.clock()
+        handoff = self.clock() if handoff is None else handoff
         results: list[LocalResult] = []
         path, display = self.mailbox_path(user)
         unsupported = [job for job in jobs if job.unsupported]
@@ -476,7 +509,8 @@ class LocalAgent:
 
         fd = -1
         access = os.O_RDWR if check_delivered else os.O_WRONLY     # reading: to look for copies
-        lock = self.lock_for(user, jobs[0] if jobs else None)
+        if lock is None:
+            lock = self.lock_for(user, jobs[0])
         try:
             try:
                 fd = os.open(path, access | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
@@ -640,9 +674,10 @@ def _entries(data: bytes):
 
 class LocalTransport:
     """local(8) behind qmgr: one delivery at a time per mailbox (per-mailbox
-    order is kept, and a mailbox whose lock is held by another program only
-    holds up its own mail), the mailbox written in a worker thread; the log
-    lines and Steps come back to the reactor thread."""
+    order is kept), the mailbox written in a worker thread; the log lines and
+    Steps come back to the reactor thread. A mailbox whose lock is held by
+    another program only holds up its own mail: its next attempt waits on a
+    timer, as each of Postfix's local(8) processes waits on its own."""
 
     def __init__(self, agent: LocalAgent, *, emit: Emit, reactor: Any = None) -> None:
         if reactor is None:
@@ -679,12 +714,24 @@ class LocalTransport:
         return lock
 
     def _deliver_user(self, user: str, jobs: list[LocalJob], recovered: bool) -> defer.Deferred:
+        # A mailbox locked by someone else is waited for on the reactor's clock, not
+        # in a worker thread: the pool's few threads go on delivering to the others.
+        lock = self.agent.lock_for(user, jobs[0], wait=False)
+        handoff = self.agent.clock()
+
         def work() -> list[LocalResult]:
-            results = self.agent.deliver(user, jobs, check_delivered=recovered)
+            results = self.agent.deliver(user, jobs, check_delivered=recovered, lock=lock,
+                                         handoff=handoff)
             fault("after-mailbox")
             return results
-        d = workpool.run(self.reactor, "postfix-local", work)
-        return d.addCallback(self._report)
+
+        def attempt() -> defer.Deferred:
+            return workpool.run(self.reactor, "postfix-local", work).addErrback(busy)
+
+        def busy(failure):
+            failure.trap(LockBusy)
+            return task.deferLater(self.reactor, failure.value.delay, attempt)
+        return attempt().addCallback(self._report)
 
     def _report(self, results: list[LocalResult]) -> list[LocalResult]:
         """Reactor thread: local(8)'s log line and Step for each recipient."""
