@@ -65,6 +65,35 @@ def test_sigint_stops_cleanly_and_logs_the_signal(tmp_path):
     assert "terminating on signal 15" in lab2.log_text()
 
 
+def test_ctrl_c_while_a_mailbox_is_locked_stops_at_once_and_keeps_the_mail(tmp_path):
+    """A delivery waiting for a mailbox another program holds waits on a timer, not
+    in a thread, so the lab stops at once; the mail stays queued and goes out after
+    the next start (local(8) retries a lock 20 times, a second apart)."""
+    import time
+
+    from labproc import LabProcess
+
+    lab = LabProcess(tmp_path / "gponlab").start()
+    lock = lab.mbox_path("user2").with_name("user2.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_bytes(b"")                     # held by "another program" (no owner named)
+    with smtplib.SMTP("127.0.0.1", lab.ports["smtp"], timeout=10) as client:
+        client.sendmail("user1@gponlab.local", ["user2@gponlab.local"],
+                        b"Subject: locked out\r\n\r\nwaits for the lock\r\n")
+    wait_until(lambda: any(s.verb == "LOCKWAIT" for s in lab.steps()), what="the lock wait")
+    started = time.monotonic()
+    assert lab.stop(signal.SIGINT) == 0
+    assert time.monotonic() - started < 5          # not the 20 s of lock attempts
+    assert "Traceback" not in lab.stderr()
+    lock.unlink()
+    lab2 = LabProcess(tmp_path / "gponlab").start()
+    try:
+        [message] = lab2.wait_for_mail("user2")
+        assert message["Subject"] == "locked out"
+    finally:
+        lab2.stop(signal.SIGTERM)
+
+
 def test_unknown_user_on_submission_is_accepted_then_bounced_by_local(lab):
     with smtplib.SMTP("127.0.0.1", lab.ports["submission"], timeout=15) as c:
         c.starttls(context=ssl._create_unverified_context())
