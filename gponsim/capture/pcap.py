@@ -342,16 +342,7 @@ def tcp_segment(link: int, frame: bytes) -> Segment | None:
     if link == LINK_ETHERNET:
         if len(frame) < 14:
             return None
-        etype = (frame[12] << 8) | frame[13]
-        off = 14
-        while etype in (0x8100, 0x88A8, 0x9100) and len(frame) >= off + 4:
-            etype = (frame[off + 2] << 8) | frame[off + 3]
-            off += 4
-        if etype == 0x0800:
-            return _ipv4(frame, off)
-        if etype == 0x86DD:
-            return _ipv6(frame, off)
-        return None
+        return _after_vlan_tags(frame, (frame[12] << 8) | frame[13], 14, (0x8100, 0x88A8, 0x9100))
     if link == LINK_SLL or link == LINK_SLL2:
         if link == LINK_SLL:
             if len(frame) < 16:
@@ -361,14 +352,7 @@ def tcp_segment(link: int, frame: bytes) -> Segment | None:
             if len(frame) < 20:
                 return None
             etype, off = (frame[0] << 8) | frame[1], 20
-        while etype == 0x8100 and len(frame) >= off + 4:
-            etype = (frame[off + 2] << 8) | frame[off + 3]
-            off += 4
-        if etype == 0x0800:
-            return _ipv4(frame, off)
-        if etype == 0x86DD:
-            return _ipv6(frame, off)
-        return None
+        return _after_vlan_tags(frame, etype, off, (0x8100,))
     if link == LINK_NULL or link == LINK_LOOP:
         if len(frame) < 5:
             return None
@@ -386,6 +370,20 @@ def tcp_segment(link: int, frame: bytes) -> Segment | None:
         return _ipv4(frame, 4)
     if version == 6:
         return _ipv6(frame, 4)
+    return None
+
+
+def _after_vlan_tags(frame: bytes, etype: int, off: int, tags: tuple[int, ...]
+                     ) -> Segment | None:
+    """The IPv4 or IPv6 packet at ``off`` (of EtherType ``etype``), past any VLAN
+    tags of the ``tags`` types (802.1Q, 802.1ad) stacked before it."""
+    while etype in tags and len(frame) >= off + 4:
+        etype = (frame[off + 2] << 8) | frame[off + 3]
+        off += 4
+    if etype == 0x0800:
+        return _ipv4(frame, off)
+    if etype == 0x86DD:
+        return _ipv6(frame, off)
     return None
 
 
