@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import fastlayer  # noqa: E402
 from labproc import LabProcess  # noqa: E402
 from reactor_thread import reactor, reactor_thread  # noqa: E402,F401  (fixtures for every test)
 
@@ -26,6 +27,17 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.root needs its reason")
         if os.geteuid() != 0:
             item.add_marker(pytest.mark.skip(reason=f"needs root: {mark.args[0]}"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test outside the ``slow`` layer may not start gponsim or an outside program
+    (tests/fastlayer.py), from its fixtures' setup to their teardown."""
+    fastlayer.running(None if item.get_closest_marker("slow") else item.nodeid)
+    try:
+        yield
+    finally:
+        fastlayer.running(None)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ saying why (:data:`CANNOT`).
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 
+@functools.cache
 def rootless_possible() -> str:
-    """"" when a rootless network can be built here (also as root), else why not."""
+    """"" when a rootless network can be built here (also as root), else why not
+    (asked once per test run: it starts a Python)."""
     out = subprocess.run([sys.executable, "-c", "from gponsim.net.control import userns_refused; "
                           "print(userns_refused() or '', end='')"], capture_output=True, text=True)
     return out.stdout.strip() or (out.stderr.strip()[-200:] if out.returncode else "")

@@ -15,6 +15,7 @@ import os
 import smtplib
 import ssl
 
+import pytest
 from labproc import LabProcess
 
 from gponsim.server import tls
@@ -41,6 +42,7 @@ def fingerprints(lab: LabProcess) -> tuple[str, str, str]:
     return tuple(hashlib.sha256(c).hexdigest() for c in (smtp_cert, imaps_cert, imap_cert))
 
 
+@pytest.mark.slow          # starts `gponsim serve`
 def test_fresh_lab_links_dovecot_pem_to_snakeoil_as_debian(tmp_path):
     lab = LabProcess(tmp_path / "gponlab").start()
     try:
@@ -53,6 +55,7 @@ def test_fresh_lab_links_dovecot_pem_to_snakeoil_as_debian(tmp_path):
     assert smtp == imaps == imap
 
 
+@pytest.mark.slow          # starts `gponsim serve`
 def test_dovecot_serves_its_own_ssl_cert(tmp_path):
     root = tmp_path / "gponlab"
     cert, key = tls.make_self_signed("mail.gponlab.local")

@@ -1087,6 +1087,7 @@ def test_real_postconf_agrees_on_continuations_and_expressions(tmp_path, cfg):
     assert profile.main("smtpd_sender_restrictions") == sender == "new set single $literal"
 
 
+@pytest.mark.slow          # real Dovecot's doveconf
 @pytest.mark.skipif(shutil.which("doveconf") is None, reason="needs dovecot-core (doveconf)")
 def test_real_doveconf_reads_our_files_like_we_do(tmp_path, shipped):
     result = subprocess.run(

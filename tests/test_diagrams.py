@@ -112,6 +112,7 @@ def test_sequence_svg_has_participants_and_arrows_in_order(session_steps, tmp_pa
     assert tls and all(r.label.startswith("TLS handshake: TLSv1.") for r in tls)
 
 
+@pytest.mark.slow          # end to end: the Steps of a `gponsim serve` session
 @needs_dot
 @pytest.mark.parametrize("flow", ["send", "receive", "sasl", "all"])
 def test_sequence_pages_are_projector_sized(session_steps, tmp_path, flow):
@@ -372,6 +373,7 @@ LADDERS = [("captures", "swaks-submission-starttls-plain-auth.pcap", True, None)
            ("shared", "chrissanders-packets/mail_receiver_server_3.pcapng", False, "2")]  # IMAP STARTTLS
 
 
+@pytest.mark.slow          # compared with tshark's reading
 @needs_dot
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 @pytest.mark.parametrize("where, name, keys, session", LADDERS)
@@ -432,6 +434,7 @@ def test_ladder_arrows_are_the_captures_packets(where, name, keys, session, tmp_
         assert "retransmisión" in texts
 
 
+@pytest.mark.slow          # runs `gponsim` as a process
 def test_ladder_cli_and_its_errors(tmp_path):
     from pathlib import Path
 

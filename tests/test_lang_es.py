@@ -9,7 +9,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from labproc import LabProcess, wait_until
+
+pytestmark = pytest.mark.slow          # end to end: `gponsim serve`, `send` and a lesson as processes
 
 ENGLISH = ["Gmail simulator on", "the real one cannot be reached", "delivered the message for",
            "[message:", "accepted by the server", "cannot connect", "Is `gponsim serve` running",

@@ -117,6 +117,7 @@ def test_where_nothing_may_capture_auto_uses_the_recording_and_says_why(tmp_path
     assert (out / "capture.pcapng").read_bytes() == (RECORDINGS / "lesson-capture.pcapng").read_bytes()
 
 
+@pytest.mark.slow          # runs a lesson as a process
 def test_capture_here_without_permission_says_why_and_goes_on(tmp_path):
     """`--capture here` where capturing is not allowed: the old way, the checks not checkable."""
     if os.geteuid() == 0:
@@ -134,6 +135,7 @@ def test_capture_here_without_permission_says_why_and_goes_on(tmp_path):
     assert not (out / "capture.pcapng").exists()
 
 
+@pytest.mark.slow          # runs `gponsim` as a process
 @pytest.mark.parametrize("args, message", [
     (["send-mail", "--capture", "recorded"], "--capture recorded: the lesson send-mail captures nothing"),
     (["tls", "--capture", "namespace", "--interactive"],

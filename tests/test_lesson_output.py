@@ -275,6 +275,7 @@ def test_quiz_reasks_grades_and_records(tmp_path, answers, code, right):
     assert summary["shown"]["look"][0]["file"].startswith("shown/")
 
 
+@pytest.mark.slow          # runs `gponsim` as a process
 def test_min_score_without_a_terminal_cannot_pass(tmp_path):
     lesson = tmp_path / "tiny.toml"
     lesson.write_text(QUIZ_LESSON, encoding="utf-8")

@@ -36,6 +36,7 @@ LMTP = "/usr/lib/dovecot/lmtp"
 NOBODY = 65534
 
 pytestmark = [
+    pytest.mark.slow,                  # real Dovecot
     pytest.mark.skipif(not (os.path.exists(DOVECOT) and os.path.exists(LMTP)),
                        reason="real Dovecot LMTP not installed (apt-get install dovecot-lmtpd)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="Dovecot's lmtp delivers as the user: needs root"),

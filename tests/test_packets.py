@@ -276,6 +276,7 @@ def test_a_line_split_over_segments_and_pipelined_commands(tmp_path):
     assert [k for k, _ in view[1].notes] == ["syn"] and [k for k, _ in view[3].notes] == ["handshake_ack"]
 
 
+@pytest.mark.slow          # runs `gponsim` as a process
 def test_packets_json_has_what_the_issue_names(tmp_path):
     path = CAPTURES / "swaks-submission-starttls-plain-auth.pcap"
     keys = path.with_suffix(".keys")
@@ -306,6 +307,7 @@ def _packets(argv) -> list[dict]:
     return json.loads(text)["packets"]
 
 
+@pytest.mark.slow          # runs `gponsim` as a process
 def test_filters_and_text(tmp_path):
     path = CAPTURES / "swaks-smtp25-plain.pcap"
     base = [sys.executable, "-m", "gponsim", "analyze", str(path)]
@@ -381,6 +383,7 @@ def test_layer_view_is_scapys_own_dissection(name, number, keys):
         assert app["steps"][0]["line"] == "AUTH PLAIN ********"
 
 
+@pytest.mark.slow          # runs `gponsim` as a process
 def test_layers_cli(tmp_path):
     path = CAPTURES / "swaks-smtp25-plain.pcap"
     out = subprocess.run([sys.executable, "-m", "gponsim", "analyze", str(path), "--packet", "4", "--layers",
@@ -393,6 +396,7 @@ def test_layers_cli(tmp_path):
     assert bad.returncode == 2 and "--layers shows one packet" in bad.stderr
 
 
+@pytest.mark.slow          # runs `gponsim` as a process
 def test_narration_names_each_steps_packets():
     """`gponsim analyze` narration ends a Step's line with the packets it was read from, as
     Wireshark numbers them (ranges compact), and says nothing of packets for events."""

@@ -300,7 +300,9 @@ def test_username_is_lowercased_like_auth_username_format(raw):
     assert c.line() == "OK\t2\tuser=user1"
     c.send(AUTH.format(id=3, mech="PLAIN") + "\tresp=" + b64(b'user2\0user1\0pass') + "\n")
     assert c.line() == "FAIL\t3\tuser=user1"
-    c.send(AUTH.format(id=4, mech="PLAIN") + "\tresp=" + b64(b'no-nul-here') + "\n")
+    # (from another address: the failure above put a penalty on 127.0.0.1's next request)
+    c.send(AUTH.format(id=4, mech="PLAIN").replace("rip=127.0.0.1", "rip=127.0.0.5")
+           + "\tresp=" + b64(b'no-nul-here') + "\n")
     assert c.line() == "FAIL\t4"
 
 
@@ -541,7 +543,8 @@ def test_client_plain_login_and_ids(reactor, client, sink):
                secured=True, resp_b64=PLAIN_BAD, session=s2)
     assert time.monotonic() - start >= DELAY
     assert (bad.kind, bad.request_id, bad.user, bad.reason) == ("FAIL", 2, "user1", None)
-    cont = call(reactor, client.start, "LOGIN", lip="192.168.1.10", rip="192.168.1.50",
+    # (from another address: the failure put a penalty on 192.168.1.50's next request)
+    cont = call(reactor, client.start, "LOGIN", lip="192.168.1.10", rip="192.168.1.51",
                 session=s2)
     assert (cont.kind, cont.request_id, cont.challenge) == ("CONT", 3, "VXNlcm5hbWU6")
     cont = call(reactor, client.respond, 3, b64(b"user2"), s2)
@@ -552,14 +555,14 @@ def test_client_plain_login_and_ids(reactor, client, sink):
     assert auth_lines[0] == ("AUTH\t1\tPLAIN\tservice=smtp\tnologin\tlip=192.168.1.10\t"
                              f"rip=192.168.1.50\tsecured\tresp={PLAIN_OK}")
     assert auth_lines[2] == ("AUTH\t3\tLOGIN\tservice=smtp\tnologin\tlip=192.168.1.10\t"
-                             "rip=192.168.1.50")
+                             "rip=192.168.1.51")
     # every request line and its reply carry the caller's session, once each
     # (the server does not narrate our own connection a second time)
     s2_lines = [s.line for s in sink.steps if s.session == s2]
     assert s2_lines == [
         f"AUTH\t2\tPLAIN\tservice=smtp\tnologin\tlip=192.168.1.10\trip=192.168.1.50\tsecured\tresp={PLAIN_BAD}",
         "FAIL\t2\tuser=user1",
-        "AUTH\t3\tLOGIN\tservice=smtp\tnologin\tlip=192.168.1.10\trip=192.168.1.50",
+        "AUTH\t3\tLOGIN\tservice=smtp\tnologin\tlip=192.168.1.10\trip=192.168.1.51",
         "CONT\t3\tVXNlcm5hbWU6", f"CONT\t3\t{b64(b'user2')}", "CONT\t3\tUGFzc3dvcmQ6",
         f"CONT\t3\t{b64(b'pass')}", "OK\t3\tuser=user2"]
     assert all(s.session.startswith(("smtp-", "submission-")) for s in sink.steps)
@@ -697,6 +700,7 @@ def test_filter_mechanisms_like_postfix():
         filter_mechanisms(mechs, "bogus")
 
 
+@pytest.mark.slow          # waits out a real 4 s penalty (in memory: test_auth_penalty.py)
 def test_auth_penalty_makes_the_next_login_from_that_address_wait(raw):
     """auth-penalty.c: after a failure, the next request from the same address
     waits 4 s (then fails after auth_failure_delay: 6 s in all); another
