@@ -201,7 +201,10 @@ class MailboxLock:
     ``wait=False``: instead of sleeping between attempts, :meth:`acquire`
     raises :class:`LockBusy`; calling it again later goes on counting
     attempts where the last call stopped. A caller that waits on a timer
-    holds no thread while the mailbox is locked.
+    holds no thread while the mailbox is locked. (One difference from
+    Postfix, whose local(8) keeps its dotlock while it waits for the kernel
+    lock: between such calls the dotlock is let go, so a lab stopped
+    meanwhile leaves no lock file of its own behind.)
     """
 
     def __init__(self, path: str | Path, display: str | None = None, *,
