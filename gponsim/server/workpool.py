@@ -33,14 +33,14 @@ THREADS = {"postfix-queue": 2, "postfix-local": 2}
 _pools: "weakref.WeakKeyDictionary[object, dict[str, ThreadPool]]" = weakref.WeakKeyDictionary()
 
 
-def pool_for(reactor, name: str, threads: int):
-    """The pool ``name`` of ``reactor`` (``threads`` at most), made on first use."""
+def pool_for(reactor, name: str, size: int):
+    """The pool ``name`` of ``reactor`` (``size`` threads at most), made on first use."""
     if not isinstance(reactor, posixbase.PosixReactorBase):
         return reactor.getThreadPool()
     pools = _pools.setdefault(reactor, {})
     pool = pools.get(name)
     if pool is None:
-        pool = pools[name] = ThreadPool(minthreads=0, maxthreads=threads, name=name)
+        pool = pools[name] = ThreadPool(minthreads=0, maxthreads=size, name=name)
         pool.start()
         reactor.addSystemEventTrigger("during", "shutdown", _stop, reactor, name)
     return pool

@@ -226,10 +226,13 @@ class MailboxLock:
         #: (a reader that wants to delete mail; a writer would not fit anyway)
         self.fcntl_only_when_full = fcntl_only_when_full
         self.wait = wait
-        #: the next attempt of each kind (kept between calls when ``wait`` is False)
-        self._attempt = {"dotlock": 1, "fcntl": 1}
+        self._count_anew()
         self._dotlocked = False
         self._fd: int | None = None
+
+    def _count_anew(self) -> None:
+        #: the next attempt of each kind (kept between calls when ``wait`` is False)
+        self._attempt = {"dotlock": 1, "fcntl": 1}
 
     def _retry_later(self, kind: str) -> None:
         """Attempt ``self._attempt[kind]`` failed and another is allowed: wait ``delay``."""
@@ -301,7 +304,7 @@ class MailboxLock:
             self._remove_dotlock()
             raise
         self._fd = fd
-        self._attempt = {"dotlock": 1, "fcntl": 1}     # the next acquisition counts anew
+        self._count_anew()          # for the next acquisition
 
     def release(self) -> None:
         if self._fd is not None:
