@@ -8,14 +8,14 @@
    from the cache (``--capture FILE`` names it; made when missing).
 2. In the same run, alternating, ``--repeat`` times each:
 
-   - tshark: ``tshark -r FILE -Y smtp -T fields -e smtp.req.command -e smtp.response.code``
-     with the output to /dev/null;
+   - tshark: ``tshark -r FILE -d tcp.port==P,smtp -Y smtp -T fields -e smtp.req.command
+     -e smtp.response.code`` with the output to a file (the decode-as because the
+     lab's port P is not 25: without it tshark dissects no SMTP and writes nothing);
    - gponsim: ``python -m gponsim analyze FILE --steps OUT.jsonl --quiet`` (the
      full decode: every Step built, with its commentary key, and written as
      JSON lines to a file);
    - narrated, as a user writes a report (issue #19): ``tshark -r FILE -d
-     tcp.port==P,smtp -Y smtp`` (its one-line-per-packet text; the decode-as
-     because the lab's port P is not 25) against ``python -m gponsim analyze FILE``
+     tcp.port==P,smtp -Y smtp`` (its one-line-per-packet text) against ``python -m gponsim analyze FILE``
      (summary and every Step narrated, with explanations), each with its
      output to a file.
 
@@ -181,18 +181,20 @@ def concatenate(capture: Path, copies: int, out_dir: Path) -> Path:
 
 def measure(capture: Path, packets: int, repeat: int, out_dir: Path, narrated_too: bool = True) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    tshark = ["tshark", "-r", str(capture), "-Y", "smtp", "-T", "fields",
+    # The lab's port is not 25: tshark is told it is SMTP (it would dissect no SMTP at all,
+    # and its -Y smtp would print nothing).
+    port = server_port(capture)
+    decode_as = ["-d", f"tcp.port=={port},smtp"]
+    tshark = ["tshark", "-r", str(capture), *decode_as, "-Y", "smtp", "-T", "fields",
               "-e", "smtp.req.command", "-e", "smtp.response.code"]
     steps = out_dir / "steps.jsonl"
     gponsim = [sys.executable, "-m", "gponsim", "analyze", str(capture), "--steps", str(steps),
                "--quiet"]
     # Narrated: what a user types to get a report, each writing its text to a file.
-    # The lab's port is not 25: tshark is told it is SMTP (it would dissect no SMTP at all).
-    port = server_port(capture)
-    tshark_text = ["tshark", "-r", str(capture), "-d", f"tcp.port=={port},smtp", "-Y", "smtp"]
+    tshark_text = ["tshark", "-r", str(capture), *decode_as, "-Y", "smtp"]
     narrated = [sys.executable, "-m", "gponsim", "analyze", str(capture)]
     text_env = {k: v for k, v in env.items() if k not in ("COLUMNS", "FORCE_COLOR")}
-    commands = {"tshark": (tshark, None), "gponsim": (gponsim, None)}
+    commands = {"tshark": (tshark, out_dir / "tshark-fields.txt"), "gponsim": (gponsim, None)}
     if narrated_too:
         commands.update({"tshark_text": (tshark_text, out_dir / "tshark.txt"),
                          "narrated": (narrated, out_dir / "report.txt")})
@@ -213,11 +215,16 @@ def measure(capture: Path, packets: int, repeat: int, out_dir: Path, narrated_to
                   f"(CPU {cpu:5.2f} s: {packets / cpu:9,.0f} packets/CPU-s)  "
                   f"peak RSS {rss:6.1f} MB", file=sys.stderr)
     lines = sum(1 for _ in open(steps, "rb"))
+    tshark_lines = sum(1 for _ in open(out_dir / "tshark-fields.txt", "rb"))
+    if not tshark_lines or not lines:
+        raise BenchError(f"nothing decoded (tshark: {tshark_lines} SMTP lines, gponsim: {lines} "
+                         f"Steps; the server's port taken as {port})")
     cpu_ratios = [g["packets_per_cpu_s"] / t["packets_per_cpu_s"]
                   for g, t in zip(runs["gponsim"], runs["tshark"])]
     ratios = [g["packets_per_s"] / t["packets_per_s"] for g, t in zip(runs["gponsim"], runs["tshark"])]
     result = {
-        "capture": str(capture), "packets": packets, "steps_written": lines, "repeat": repeat,
+        "capture": str(capture), "packets": packets, "steps_written": lines,
+        "tshark_lines": tshark_lines, "server_port": port, "repeat": repeat,
         "tshark": {"packets_per_s": statistics.median(r["packets_per_s"] for r in runs["tshark"]),
                    "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["tshark"]), "runs": runs["tshark"]},
         "gponsim": {"packets_per_s": statistics.median(r["packets_per_s"] for r in runs["gponsim"]),
@@ -234,7 +241,6 @@ def measure(capture: Path, packets: int, repeat: int, out_dir: Path, narrated_to
     narrated_cpu = [g["packets_per_cpu_s"] / t["packets_per_cpu_s"]
                     for g, t in zip(runs["narrated"], runs["tshark_text"])]
     result.update({
-        "server_port": port,
         "narrated": {"packets_per_s": statistics.median(r["packets_per_s"] for r in runs["narrated"]),
                      "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["narrated"]),
                      "report_lines": report_lines, "runs": runs["narrated"],
@@ -298,7 +304,8 @@ def main() -> int:
     result["target"] = {"ratio": args.target, "max_rss_mb": args.max_rss,
                         "narrated_ratio": args.narrated_target, "pass": ok}
     print(f"tshark  {result['tshark']['packets_per_s']:9,.0f} packets/s  "
-          f"peak RSS {result['tshark']['peak_rss_mb']:.0f} MB", file=sys.stderr)
+          f"peak RSS {result['tshark']['peak_rss_mb']:.0f} MB  ({result['tshark_lines']:,} SMTP lines)",
+          file=sys.stderr)
     print(f"gponsim {result['gponsim']['packets_per_s']:9,.0f} packets/s  "
           f"peak RSS {result['gponsim']['peak_rss_mb']:.0f} MB  ({result['steps_written']:,} Steps)",
           file=sys.stderr)

@@ -125,29 +125,35 @@ class Step:
         byte what ``json.dumps(step.to_dict(reveal), ensure_ascii=False,
         separators=(",", ":"))`` gives (tests/test_steps.py compares them on every
         Step of real captures), for a fraction of the cost: the text of the fields
-        between the session and ``meta`` is made once per distinct set of values (the
-        same ``250 2.1.0 Ok`` in every session), the session's once per session, and
-        the time, ``meta`` and ``packets`` go through one reused C encoder."""
+        around ``line`` is made once per distinct set of values (the same
+        ``smtpd → client reply`` and the same ``250 2.1.0`` with its key in every
+        session), the session's once per session; the time, ``line``, ``meta`` and
+        ``packets`` go through the C encoder (a line is often new: a queue id, a
+        connection's endpoints)."""
         code, tls = self.code, self.tls
         if self.secret is not None or not (code is None or type(code) is int) \
                 or not (tls is False or tls is True):
             return _encode(self.to_dict(reveal))   # credentials, odd values: the long way
-        body = (self.proto, self.src, self.dst, self.dir, self.kind, self.line, self.verb,
-                self.args, code, self.enhanced, self.status, self.tag, tls, self.key)
-        text = _BODIES.get(body)
-        if text is None:
-            if len(_BODIES) >= _CACHED:
-                _BODIES.clear()
-            fields = {name: value for name, value in zip(_BODY, body)
-                      if value is not None and value != "" and value is not False}
-            text = _BODIES[body] = "," + _encode(fields)[1:-1]
+        head = (self.proto, self.src, self.dst, self.dir, self.kind)
+        head_text = _HEADS.get(head)
+        if head_text is None:
+            if len(_HEADS) >= _CACHED:
+                _HEADS.clear()
+            head_text = _HEADS[head] = _fields_text(_HEAD, head)
+        tail = (self.verb, self.args, code, self.enhanced, self.status, self.tag, tls, self.key)
+        tail_text = _TAILS.get(tail)
+        if tail_text is None:
+            if len(_TAILS) >= _CACHED:
+                _TAILS.clear()
+            tail_text = _TAILS[tail] = _fields_text(_TAIL, tail)
         session = _SESSIONS.get(self.session)
         if session is None:
             if len(_SESSIONS) >= _CACHED:
                 _SESSIONS.clear()
             session = _SESSIONS[self.session] = ',"session":' + _encode(self.session)
-        t = self.t
-        parts = ['{"t":', _FLOAT(t) if type(t) is float and _FINITE(t) else _encode(t), session, text]
+        t, line = self.t, self.line
+        parts = ['{"t":', _FLOAT(t) if type(t) is float and _FINITE(t) else _encode(t), session,
+                 head_text, ',"line":' + _STRING(line) if line else "", tail_text]
         meta = self.meta
         if meta is not None and meta != {}:
             parts.append(',"meta":')
@@ -190,13 +196,23 @@ def _encode(value) -> str:
 _FLOAT = float.__repr__
 _INT = int.__repr__
 _FINITE = math.isfinite
-#: ``to_json``'s texts: the fields from ``proto`` to ``key`` by their values (``_BODY``), a
-#: session's field by its id (each cache emptied when it holds _CACHED texts).
-_BODY = ("proto", "src", "dst", "dir", "kind", "line", "verb", "args", "code", "enhanced", "status",
-         "tag", "tls", "key")
-_BODIES: dict[tuple, str] = {}
+#: ``to_json``'s texts: the fields before ``line`` (``_HEAD``) and after it (``_TAIL``) by
+#: their values, a session's field by its id (each cache emptied when it holds _CACHED texts).
+_HEAD = ("proto", "src", "dst", "dir", "kind")
+_TAIL = ("verb", "args", "code", "enhanced", "status", "tag", "tls", "key")
+_HEADS: dict[tuple, str] = {}
+_TAILS: dict[tuple, str] = {}
 _SESSIONS: dict[str, str] = {}
+#: A JSON string as the encoder writes it (``ensure_ascii=False``).
+_STRING = json.encoder.encode_basestring
 _CACHED = 4096
+
+
+def _fields_text(names: tuple[str, ...], values: tuple) -> str:
+    """``,"name":value`` for each field ``to_dict`` keeps (not None, "" or False)."""
+    kept = {name: value for name, value in zip(names, values)
+            if value is not None and value != "" and value is not False}
+    return "," + _encode(kept)[1:-1] if kept else ""
 
 
 # --------------------------------------------------------------------------
