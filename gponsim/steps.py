@@ -103,7 +103,7 @@ class Step:
         out = {name: getattr(self, name) for name in _ALWAYS}
         for name in _OPTIONAL:
             value = getattr(self, name)
-            if value is not None and value != "" and value is not False and value != {}:
+            if _kept(value):
                 out[name] = value
         masked = self.secret is not None and not reveal
         if "line" in out and masked:
@@ -208,10 +208,14 @@ _STRING = json.encoder.encode_basestring
 _CACHED = 4096
 
 
+def _kept(value) -> bool:
+    """Whether ``to_dict`` writes an optional field: not when None, "", False or {}."""
+    return value is not None and value != "" and value is not False and value != {}
+
+
 def _fields_text(names: tuple[str, ...], values: tuple) -> str:
-    """``,"name":value`` for each field ``to_dict`` keeps (not None, "" or False)."""
-    kept = {name: value for name, value in zip(names, values)
-            if value is not None and value != "" and value is not False}
+    """``,"name":value`` for each field ``to_dict`` keeps."""
+    kept = {name: value for name, value in zip(names, values) if _kept(value)}
     return "," + _encode(kept)[1:-1] if kept else ""
 
 

@@ -30,7 +30,7 @@ import threading
 import time
 
 from labproc import wait_until
-from thunderbird_driver import MarionetteError, Profile, Thunderbird, remote_loopback, thunderbird_marks
+from thunderbird_driver import AlertOpen, Profile, Thunderbird, remote_loopback, thunderbird_marks
 
 pytestmark = thunderbird_marks()
 
@@ -159,28 +159,26 @@ def test_thunderbird_lesson_with_real_thunderbird_as_the_student(tmp_path):
         tb.set_password("user2@gponlab.local", read.group(1))
         tb.check_inbox("user2@gponlab.local")
         phase(f"Thunderbird said {text!r}; the right password typed")
-        late_alerts, get_again = [], [False]
+        late_alerts = []
+        get_again = False
         def shown() -> bool:
             # A dialog may still come: the failed login of a second connection Thunderbird had
             # opened with the old password, or "connection refused" once the lesson's lab stopped.
             # The student answers it and presses "Get Messages" again.
+            nonlocal get_again
             try:
                 if text := tb.alert():
                     late_alerts.append(text)
                     tb.answer_alert(True)
-                    get_again[0] = True
+                    get_again = True
                     return False
                 if "Hola user2, soy user1" in (tb.inbox_subjects("user2@gponlab.local") or []):
                     return True
-                if get_again[0]:
+                if get_again:
                     tb.check_inbox("user2@gponlab.local")
-                    get_again[0] = False
+                    get_again = False
                 return False
-            except MarionetteError as exc:
-                # The dialog opened while a script ran: Marionette refused the script and left
-                # the dialog open (prompts "ignore"); the next round answers it.
-                if "unexpected alert open" not in str(exc):
-                    raise
+            except AlertOpen:        # it opened while a script ran: the next round answers it
                 return False
         wait_until(shown, 60,
                    "the message in user2's INBOX in Thunderbird")

@@ -261,6 +261,11 @@ class MarionetteError(Exception):
     pass
 
 
+class AlertOpen(MarionetteError):
+    """A dialog opened while a command ran: Marionette refused the command (with the
+    prompts "ignore" the dialog stays open for ``alert()`` to read and answer)."""
+
+
 class Marionette:
     """A minimal Marionette client: NewSession, SetContext, ExecuteScript."""
 
@@ -314,8 +319,9 @@ class Marionette:
                 break
         _, _, error, result = msg
         if error:
-            raise MarionetteError(f"{name}: {error.get('error')}: {error.get('message')}\n"
-                                  f"{error.get('stacktrace', '')}")
+            kind = AlertOpen if error.get("error") == "unexpected alert open" else MarionetteError
+            raise kind(f"{name}: {error.get('error')}: {error.get('message')}\n"
+                       f"{error.get('stacktrace', '')}")
         return result
 
     def start_chrome_session(self, prompts: str = "dismiss and notify") -> None:
