@@ -300,8 +300,8 @@ class Analyzer:
                 try:
                     self._tcp(number, t, fields)
                 except Exception as exc:  # noqa: BLE001 - one bad connection must not end it all
-                    report.problem(f"packet {number}: could not decode ({type(exc).__name__}: "
-                                   f"{exc}); decoding goes on with the next packet")
+                    report.problem("decode_error", number=number,
+                                   error=f"{type(exc).__name__}: {exc}")
                 return
         try:
             seg = tcp_segment(link, frame)
@@ -309,12 +309,11 @@ class Analyzer:
             unknown = self.analysis.unknown_links
             if link not in unknown:
                 unknown[link] = number
-                report.problem(f"packet {number}: unknown link type {link} (supported: "
-                               + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKS.items()))
-                               + "); such packets are skipped")
+                report.problem("unknown_link", number=number, link=link, supported=", ".join(
+                    f"{k} {v}" for k, v in sorted(SUPPORTED_LINKS.items())))
             return
         except (IndexError, ValueError) as exc:
-            report.problem(f"packet {number}: malformed headers ({exc}); skipped")
+            report.problem("malformed_headers", number=number, error=exc)
             return
         if seg is None:
             return
@@ -322,12 +321,11 @@ class Analyzer:
         try:
             self.tracker.segment(number, t, seg)
         except Exception as exc:  # noqa: BLE001 - one bad connection must not end the analysis
-            report.problem(f"packet {number}: could not decode ({type(exc).__name__}: {exc}); "
-                           "decoding goes on with the next packet")
+            report.problem("decode_error", number=number, error=f"{type(exc).__name__}: {exc}")
 
     def finish(self) -> Analysis:
-        for problem in self.tracker.finish():
-            self.report.problem(problem)
+        for key, values in self.tracker.finish():
+            self.report.problem(key, **values)
         self.analysis.tcp_packets = self.tcp_packets
         self.analysis.steps = self.run.ctx.steps
         self.analysis.elapsed = time.perf_counter() - self.started
@@ -373,8 +371,8 @@ def analyze(path: str | Path, emit: Callable[[Step], object] = null_emit, *,
                 try:
                     tcp(number, t, fields)
                 except Exception as exc:  # noqa: BLE001 - one bad connection must not end it all
-                    report.problem(f"packet {number}: could not decode ({type(exc).__name__}: "
-                                   f"{exc}); decoding goes on with the next packet")
+                    report.problem("decode_error", number=number,
+                                   error=f"{type(exc).__name__}: {exc}")
             if not number & 0x3FFFF:
                 gc.collect(0)
     finally:

@@ -39,6 +39,7 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
          credentials: bool, extract: Path | None, quiet: bool, explain: str, reveal: bool) -> int:
     from gponsim.capture.analyze import CaptureError, analyze
     from gponsim.capture.report import Extractor, credentials_text, messages_text, summary_text
+    from gponsim.capture.words import word
     from gponsim.steps import Step
 
     sinks = []
@@ -105,7 +106,7 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
             os.unlink(spool[1])
         if as_json:
             sys.stdout.write("]}\n")
-        click.echo(f"gponsim: {exc}", err=True)
+        click.echo(f"gponsim: {exc.text(lang)}", err=True)
         return 2
     finally:
         if recorder is not None:
@@ -146,12 +147,13 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
             click.echo(messages_text(analysis, lang, extractor.saved if extractor else None))
         if not quiet:
             click.echo("")
-            click.echo(f"gponsim: {analysis.steps} Steps, {analysis.report.packets} packets "
-                       f"in {analysis.elapsed:.2f} s", err=True)
-    for problem in analysis.report.problems if as_json else ():
-        click.echo(f"gponsim: warning: {file}: {problem}", err=True)
+            click.echo("gponsim: " + word("done", lang, steps=analysis.steps,
+                                          packets=analysis.report.packets,
+                                          seconds=analysis.elapsed), err=True)
+    for problem in analysis.report.problems_in(lang) if as_json else ():
+        click.echo("gponsim: " + word("warning", lang, file=file, problem=problem), err=True)
     if not analysis.readable:
-        click.echo(f"gponsim: {file}: nothing could be read from this capture", err=True)
+        click.echo("gponsim: " + word("nothing_read", lang, file=file), err=True)
         return 2
     return 0
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from gponsim.capture.words import word
+
 # Link types (https://www.tcpdump.org/linktypes.html)
 LINK_NULL = 0
 LINK_ETHERNET = 1
@@ -40,10 +42,22 @@ _DSB = 0x0000000A
 _DSB_TLS_KEYLOG = 0x544C534B
 
 _BLOCK = 1 << 20
+#: libpcap's MAXIMUM_SNAPLEN: no capturing tool writes a longer packet record.
+MAX_RECORD = 262144
 
 
 class CaptureError(Exception):
-    """The file cannot be read as a capture at all (message says what and where)."""
+    """The file cannot be read as a capture at all (message says what and where).
+
+    ``key`` names the message in words.toml, ``values`` fill it: ``str()`` is the
+    English text, :meth:`text` the message in another language."""
+
+    def __init__(self, key: str, **values) -> None:
+        self.key, self.values = key, values
+        super().__init__(word(key, "en", **values))
+
+    def text(self, lang: str) -> str:
+        return word(self.key, lang, **self.values)
 
 
 @dataclass
@@ -53,13 +67,22 @@ class ReadReport:
     format: str = ""
     packets: int = 0
     linktypes: set = field(default_factory=set)
+    #: What went wrong, in English (as --json gives it).
     problems: list = field(default_factory=list)
     #: TLS key log lines found in pcapng Decryption Secrets Blocks.
     keylog: list = field(default_factory=list)
+    #: Each problem as its words.toml key and values, to say it in another language.
+    said: list = field(default_factory=list)
 
-    def problem(self, text: str) -> None:
+    def problem(self, key: str, **values) -> None:
+        """Record a problem: ``key`` names its message in words.toml."""
         if len(self.problems) < 50:
-            self.problems.append(text)
+            self.problems.append(word(key, "en", **values))
+            self.said.append((key, values))
+
+    def problems_in(self, lang: str) -> list[str]:
+        """The problems, in ``lang``."""
+        return [word(key, lang, **values) for key, values in self.said]
 
 
 class _Buffered:
@@ -117,30 +140,32 @@ def read_packets(path: str | Path, report: ReadReport | None = None, *, tcp4: bo
     try:
         fh = open(path, "rb")
     except OSError as exc:
-        raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+        raise CaptureError("cannot_open", path=path, reason=exc.strerror or exc) from exc
     with fh:
         head = fh.read(4)
         if not head:
-            raise CaptureError(f"{path}: empty file (0 bytes): not a capture")
+            raise CaptureError("empty_file", path=path)
         fh.seek(0)
         if head in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
             yield from _read_pcap(path, fh, report, tcp4)
         elif head == b"\x0a\x0d\x0d\x0a":
             yield from _read_pcapng(path, fh, report)
         else:
-            raise CaptureError(f"{path}: not a pcap or pcapng file (starts with bytes "
-                               f"{head.hex(' ')}; a capture starts with a1b2c3d4 or 0a0d0d0a)")
+            raise CaptureError("not_capture", path=path, head=head.hex(" "))
 
 
 def _read_pcap(path: Path, fh, report: ReadReport, tcp4: bool = False):
     header = fh.read(24)
     if len(header) < 24:
-        raise CaptureError(f"{path}: truncated pcap header ({len(header)} of 24 bytes)")
+        raise CaptureError("truncated_pcap_header", path=path, size=len(header))
     magic = header[:4]
     endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
     nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
     _vmaj, _vmin, _tz, _sig, _snap, link = struct.unpack(endian + "HHiIII", header[4:])
     link &= 0x0FFFFFFF
+    # The longest record that can be true: the file's snapshot length, or libpcap's and
+    # Wireshark's 256 KiB limit when it says less (a longer one is a corrupt record header).
+    most = min(max(_snap, MAX_RECORD), 0x4000000)
     report.format = "pcap"
     report.linktypes.add(link)
     div = 1e9 if nano else 1e6
@@ -159,22 +184,22 @@ def _read_pcap(path: Path, fh, report: ReadReport, tcp4: bool = False):
             if not src.need(16):
                 left = len(src.buf) - src.pos
                 if left:
-                    report.problem(f"packet {n + 1}: truncated record header at byte {src.tell()} "
-                                   f"({left} of 16 bytes): the file ends there")
+                    report.problem("truncated_record_header", number=n + 1, offset=src.tell(),
+                                   size=left)
                 break
             buf, pos = src.buf, src.pos
         sec, frac, incl, orig = unpack(buf, pos)
         end = pos + 16 + incl
         if end > len(buf):
-            if incl > 0x4000000:
+            if incl > most:
                 src.pos = pos
-                report.problem(f"packet {n + 1}: impossible record length {incl} at byte {src.tell()}: "
-                               "the rest of the file is not readable")
+                report.problem("impossible_record_length", number=n + 1, length=incl,
+                               offset=src.tell(), limit=most)
                 break
             src.pos = pos
             if not src.need(16 + incl):
-                report.problem(f"packet {n + 1}: truncated at byte {src.tell()} "
-                               f"({len(src.buf) - src.pos - 16} of {incl} bytes): the file ends there")
+                report.problem("truncated_record", number=n + 1, offset=src.tell(),
+                               size=len(src.buf) - src.pos - 16, length=incl)
                 break
             buf, pos = src.buf, src.pos
             end = pos + 16 + incl
@@ -209,8 +234,7 @@ def _read_pcapng(path: Path, fh, report: ReadReport):
         if not src.need(12):
             left = len(src.buf) - src.pos
             if left:
-                report.problem(f"after packet {n}: truncated block header at byte {src.tell()}: "
-                               "the file ends there")
+                report.problem("truncated_block_header", number=n, offset=src.tell())
             break
         buf, pos = src.buf, src.pos
         btype = struct.unpack_from(endian + "I", buf, pos)[0]
@@ -222,20 +246,19 @@ def _read_pcapng(path: Path, fh, report: ReadReport):
                 endian = ">"
             else:
                 if n == 0:
-                    raise CaptureError(f"{path}: bad pcapng byte-order magic {bom.hex()}")
-                report.problem(f"after packet {n}: bad section header at byte {src.tell()}")
+                    raise CaptureError("bad_byte_order", path=path, magic=bom.hex())
+                report.problem("bad_section", number=n, offset=src.tell())
                 break
             interfaces = []
         blen = struct.unpack_from(endian + "I", buf, pos + 4)[0]
         if blen < 12 or blen % 4 or blen > 0x4000000:
             if n == 0 and src.tell() == 0:
-                raise CaptureError(f"{path}: bad pcapng section header length {blen}")
-            report.problem(f"packet {n + 1}: bad block length {blen} at byte {src.tell()}: "
-                           "the rest of the file is not readable")
+                raise CaptureError("bad_section_length", path=path, length=blen)
+            report.problem("bad_block_length", number=n + 1, length=blen, offset=src.tell())
             break
         if not src.need(blen):
-            report.problem(f"packet {n + 1}: truncated block at byte {src.tell()} "
-                           f"({len(src.buf) - src.pos} of {blen} bytes): the file ends there")
+            report.problem("truncated_block", number=n + 1, offset=src.tell(),
+                           size=len(src.buf) - src.pos, length=blen)
             break
         buf, pos = src.buf, src.pos
         src.pos = pos + blen
@@ -245,7 +268,7 @@ def _read_pcapng(path: Path, fh, report: ReadReport):
             n += 1
             report.packets = n
             if iface >= len(interfaces) or cap > blen - 32:
-                report.problem(f"packet {n}: bad enhanced packet block at byte {pos + src.offset}")
+                report.problem("bad_packet_block", number=n, offset=pos + src.offset)
                 continue
             link, tick = interfaces[iface]
             yield n, ((hi << 32) | lo) * tick, link, buf[body + 20:body + 20 + cap]
@@ -268,7 +291,7 @@ def _read_pcapng(path: Path, fh, report: ReadReport):
             n += 1
             report.packets = n
             if not interfaces:
-                report.problem(f"packet {n}: simple packet block before any interface")
+                report.problem("packet_before_interface", number=n)
                 continue
             orig = struct.unpack_from(endian + "I", buf, body)[0]
             cap = min(orig, blen - 16)

@@ -164,7 +164,7 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
         out.append(t["nofail"])
     if rep.problems:
         out.append(t["problems"])
-        out.extend(f"  {p}" for p in rep.problems)
+        out.extend(f"  {p}" for p in rep.problems_in(lang))
     return "\n".join(out)
 
 

@@ -293,17 +293,19 @@ class Tracker:
             for old in list(self.ended)[:10000]:
                 del self.ended[old]
 
-    def finish(self) -> list[str]:
+    def finish(self) -> list[tuple[str, dict]]:
         """End of the capture: every open connection is flushed and closed.
 
         Returns what went wrong closing some of them (one connection's trouble
-        does not keep the others from being closed).
+        does not keep the others from being closed), as problems for
+        :meth:`~gponsim.capture.pcap.ReadReport.problem`: ``(key, values)``.
         """
         errors = []
         for key, conn in list(self.conns.items()):
             try:
                 self._close(key, conn, conn.last_t)
             except Exception as exc:  # noqa: BLE001
-                errors.append(f"connection {conn.four_tuple} (first packet {conn.first_packet}): "
-                              f"could not finish decoding ({type(exc).__name__}: {exc})")
+                errors.append(("unfinished_connection", {
+                    "endpoints": conn.four_tuple, "number": conn.first_packet,
+                    "error": f"{type(exc).__name__}: {exc}"}))
         return errors

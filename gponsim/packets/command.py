@@ -14,35 +14,47 @@ def run(file: Path, *, keylog: Path | None, as_json: bool, lang: str, explain: s
         reveal: bool, packet: str | None, session: str | None, proto: str | None,
         layers: bool) -> int:
     from gponsim.capture.analyze import CaptureError
+    from gponsim.capture.words import word as say
     from gponsim.packets.facts import collect
     from gponsim.packets.view import Renderer, Selection, parse_range, row_dict, rows, word
+
+    def error(key: str, **values) -> int:
+        click.echo("gponsim: " + say(key, lang, **values), err=True)
+        return 2
 
     select = Selection(session=session, proto=proto)
     if packet:
         try:
             select.first, select.last = parse_range(packet)
-        except ValueError as exc:
-            click.echo(f"gponsim: --packet {exc}", err=True)
-            return 2
+        except ValueError:
+            return error("bad_range", text=packet)
     if layers and (select.last is None or select.first != select.last):
-        click.echo("gponsim: --layers shows one packet: give it with --packet N", err=True)
-        return 2
+        return error("layers_one")
     try:
         facts = collect(file, keylog)
     except CaptureError as exc:
-        click.echo(f"gponsim: {exc}", err=True)
+        click.echo(f"gponsim: {exc.text(lang)}", err=True)
         return 2
+    total = facts.analysis.report.packets
+    if select.first > total and facts.analysis.readable:
+        return error("no_packet", file=file, number=select.first, total=total)
+    if session is not None:
+        conns = facts.analysis.connections
+        if not conns:
+            return error("no_connections", file=file, session=session)
+        if not any(session in (str(c.number), c.session) for c in conns):
+            known = ", ".join(f"{c.number} ({c.session})" for c in conns[:12])
+            return error("no_connection", file=file, session=session,
+                         known=known + (f", … ({len(conns)})" if len(conns) > 12 else ""))
     out = sys.stdout
     if hasattr(out, "reconfigure"):
         out.reconfigure(errors="backslashreplace")
-    total = facts.analysis.report.packets
     if layers:
         from gponsim.packets.layers import layer_view, render_layers
 
         found = next(rows(file, facts, select=select), None)
         if found is None:
-            click.echo(f"gponsim: {file} has no packet {select.first} (it has {total})", err=True)
-            return 2
+            return error("no_packet", file=file, number=select.first, total=total)
         view = layer_view(found, facts, lang=lang, reveal=reveal)
         if as_json:
             out.write(json.dumps(view, ensure_ascii=False, indent=1) + "\n")
@@ -68,9 +80,8 @@ def run(file: Path, *, keylog: Path | None, as_json: bool, lang: str, explain: s
             shown += 1
         out.write("\n" + word("shown", lang, shown=shown, total=total) + "\n")
     out.flush()
-    for problem in facts.analysis.report.problems:
-        click.echo(f"gponsim: warning: {file}: {problem}", err=True)
+    for problem in facts.analysis.report.problems_in(lang):
+        click.echo("gponsim: " + say("warning", lang, file=file, problem=problem), err=True)
     if not facts.analysis.readable:
-        click.echo(f"gponsim: {file}: nothing could be read from this capture", err=True)
-        return 2
+        return error("nothing_read", file=file)
     return 0

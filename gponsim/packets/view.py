@@ -10,6 +10,7 @@ it comes up), :func:`row_dict` is a row as JSON.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -78,17 +79,21 @@ class Selection:
         return True
 
 
+_RANGE = re.compile(r"(\d*)\.\.(\d*)|(\d+)")
+
+
 def parse_range(text: str) -> tuple[int, int | None]:
-    """``N``, ``N..M``, ``N..`` or ``..M`` → (first, last)."""
-    text = text.strip()
-    if ".." in text:
-        a, b = text.split("..", 1)
-        first = int(a) if a.strip() else 1
-        last = int(b) if b.strip() else None
+    """``N``, ``N..M``, ``N..`` or ``..M`` → (first, last); ValueError for anything else."""
+    m = _RANGE.fullmatch(text.strip())
+    if m is None or m.group(0) == "..":
+        raise ValueError(text)
+    if m.group(3):
+        first = last = int(m.group(3))
     else:
-        first = last = int(text)
+        first = int(m.group(1)) if m.group(1) else 1
+        last = int(m.group(2)) if m.group(2) else None
     if first < 1 or (last is not None and last < first):
-        raise ValueError(f"{text}: packet numbers count from 1, N..M with N <= M")
+        raise ValueError(text)
     return first, last
 
 
