@@ -23,7 +23,8 @@ PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
 
 
 def analyze(*args: str):
-    return CliRunner().invoke(main, ["analyze", *map(str, args)])
+    # wide, so that no explanation is wrapped in the middle of what a test looks for
+    return CliRunner().invoke(main, ["analyze", *map(str, args)], env={"COLUMNS": "1000"})
 
 
 # ------------------------------------------------------------- --packet, --session
@@ -117,3 +118,32 @@ def test_an_impossible_record_length_is_called_corrupt(tmp_path):
     assert f"packet 3: impossible record length 16713186 at byte {at}" in res.stdout
     assert "the record header is corrupt" in res.stdout and "the file ends there" not in res.stdout
     assert "longitud de registro imposible 16713186" in analyze(path, "--lang", "es").stdout
+
+
+# -------------------------------------------------- a server that does not name itself
+
+def test_a_server_that_does_not_name_itself_reads_naturally(tmp_path):
+    conv = Conversation()
+    conv.s("220 mx.example.net ESMTP ready\r\n")
+    conv.c("EHLO pc.example.org\r\n")
+    conv.s("250-mx.example.net\r\n250 PIPELINING\r\n")
+    conv.c("QUIT\r\n")
+    conv.s("221 bye\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "nameless.pcap", conv.frames())
+    en = analyze(path, "--lang", "en", "--explain", "all").stdout
+    assert "This server does not say which software it is" in en
+    assert "The server answers EHLO" in en
+    assert "This server is ," not in en and "()" not in en
+    es = analyze(path, "--lang", "es", "--explain", "all").stdout
+    assert "Este servidor no dice qué programa es" in es and "El servidor responde a EHLO" in es
+    assert "Este servidor es ," not in es and "()" not in es
+
+
+@pytest.mark.skipif(not PCAPS.is_dir(), reason="the shared captures are not here")
+def test_named_and_nameless_servers_of_real_captures():
+    pop3 = analyze(PCAPS / "ndpi" / "pop3.pcap", "--lang", "en").stdout
+    assert "This server is ," not in pop3 and "This server does not say which" in pop3
+    smtp = analyze(PCAPS / "suricata-verify" / "smtp-errors-smtperr.pcap", "--lang", "en").stdout
+    assert "server: CommuniGate Pro 6.1.16, not the lab's software" in smtp
+    assert "The server ()" not in smtp and "The server (CommuniGate Pro 6.1.16)" in smtp

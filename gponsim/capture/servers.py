@@ -33,6 +33,7 @@ _KNOWN = [
     ("smtp", r"\bHaraka\b", "Haraka"),
     ("smtp", r"\bqmail\b", "qmail"),
     ("smtp", r"\bMDaemon\b", "MDaemon"),
+    ("smtp", r"\bCommuniGate Pro (\d[\w.]*)", r"CommuniGate Pro \1"),
     ("smtp", r"Yahoo!? ESMTP|\byahoo\.com\b", "Yahoo"),
     ("imap", r"\bDovecot\b", "Dovecot"),
     ("imap", r"\bCyrus IMAP\b|\bCyrus\b", "Cyrus IMAP"),
