@@ -5,6 +5,8 @@ files built byte by byte (tests/pcapgen.py)."""
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -147,3 +149,40 @@ def test_named_and_nameless_servers_of_real_captures():
     smtp = analyze(PCAPS / "suricata-verify" / "smtp-errors-smtperr.pcap", "--lang", "en").stdout
     assert "server: CommuniGate Pro 6.1.16, not the lab's software" in smtp
     assert "The server ()" not in smtp and "The server (CommuniGate Pro 6.1.16)" in smtp
+
+
+# ------------------------------------------------- bytes that are not text, on a terminal
+
+_RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f\udc80-\udcff]")
+
+
+def test_control_bytes_are_escaped_on_the_terminal_and_kept_in_json(tmp_path):
+    bad = b"X\x1b[31mRED\x00NUL\x0cFF\xe4\r"
+    conv = Conversation()
+    conv.s("220 mx.example.net ESMTP Postfix\r\n")
+    conv.c(b"EHLO " + bad + b"\r\n")
+    conv.s(b"501 5.5.2 bad name: " + bad + b"\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "bytes.pcap", conv.frames())
+    res = analyze(path, "--lang", "en", "--credentials", "--explain", "all")
+    assert res.exit_code == 0
+    out = res.stdout
+    assert not _RAW.search(out), _RAW.search(out)
+    assert "\\udc" not in out
+    narrated = r"X\x1b[31mRED\x00NUL\fFF\xe4\r"
+    assert f"EHLO {narrated}" in out                         # the narration
+    failure = out.split("Failures:\n", 1)[1].splitlines()[0]
+    assert r"501 5.5.2 bad name: X\x1b[31mRED\x00NUL\fFF" in failure  # the summary
+    assert failure.endswith(r"\r")
+    steps = tmp_path / "s.jsonl"
+    data = analyze(path, "--json", "--steps", steps).stdout
+    ehlo = [json.loads(line) for line in steps.read_text().splitlines()][2]
+    assert ehlo["line"] == "EHLO " + bad.decode("utf-8", "surrogateescape")   # as it was
+    assert "\\u001b[31mRED\\u0000NUL\\f" in data
+
+
+@pytest.mark.skipif(not PCAPS.is_dir(), reason="the shared captures are not here")
+def test_a_real_capture_of_binary_junk_reaches_the_terminal_escaped():
+    out = analyze(PCAPS / "suricata-verify" / "smtp-errors-smtperr.pcap", "--lang", "en").stdout
+    assert not _RAW.search(out) and "\\udc" not in out
+    assert r"\xe4Y\xe9XH\xcf\xfe?\x04Z\v\xa6z" in out

@@ -10,6 +10,7 @@ from pathlib import Path
 from gponsim.capture.analyze import Analysis
 from gponsim.capture.decoders import Message
 from gponsim.commentary import catalog
+from gponsim.sinks.escape import visible, visible_all
 from gponsim.steps import MASK
 
 _T = {
@@ -85,8 +86,8 @@ _T = {
 
 
 def _printable(text: str, limit: int = 110) -> str:
-    """A line fit for a summary: control and undecodable characters as '.', cut."""
-    clean = "".join(c if c.isprintable() else "." for c in text)
+    """A line fit for a summary: control and undecodable characters escaped (``\\x1b``), cut."""
+    clean = visible_all(text)
     return clean if len(clean) <= limit else clean[:limit - 1] + "…"
 
 
@@ -122,9 +123,9 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
         out.append(head)
         who = []
         if c.client_name:
-            who.append(f"{t['client']}: {c.client_name}")
+            who.append(f"{t['client']}: {visible_all(c.client_name)}")
         if c.software:
-            who.append(f"{t['software']}: {'; '.join(c.software)}")
+            who.append(f"{t['software']}: {visible_all('; '.join(c.software))}")
         server = c.server
         if server is not None:
             key = ("lab_server" if server.lab else "other_server" if server.name
@@ -141,7 +142,7 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
                 parts.append(f"SNI {c.tls['sni']}")
             if c.tls.get("subject"):
                 parts.append(f"cert {c.tls['subject']}")
-            out.append(f"      {t['tls']}: " + ", ".join(parts))
+            out.append(f"      {t['tls']}: " + visible_all(", ".join(parts)))
         else:
             out.append(f"      {t['notls']}")
     if len(shown) < a.connection_count:
@@ -157,7 +158,7 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
             entry = cat.resolve(step)
             if entry is not None and entry.key not in shown:
                 shown.add(entry.key)
-                out.append("      ↳ " + entry.render(lang, step))
+                out.append("      ↳ " + visible(entry.render(lang, step)))
         if len(a.failures) > 20:
             out.append(f"  ... (+{len(a.failures) - 20})")
     elif a.connections:
@@ -174,7 +175,8 @@ def credentials_text(a: Analysis, lang: str = "en", reveal: bool = True) -> str:
         return t["nocreds"]
     rows = [(c.session, c.proto.upper(), c.mechanism, c.user, c.password if reveal else MASK,
              t["inside"] if c.inside_tls else t["clear"], c.result) for c in a.credentials]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(7)]
+    rows = [tuple(visible_all(str(v)) for v in r) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(7)]
     out = [t["creds"].format(n=len(rows))]
     for r in rows:
         out.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
@@ -193,7 +195,7 @@ def messages_text(a: Analysis, lang: str = "en", saved: list[Path] | None = None
             line += "  [" + ", ".join(m["attachments"]) + "]"
         if m.get("incomplete"):
             line += "  (incomplete)"
-        out.append(line)
+        out.append(visible_all(line))
         if saved and i < len(saved):
             path, first = saved[i]
             if first == i:

@@ -15,6 +15,7 @@ from importlib import resources
 
 from gponsim.capture.tls import looks_like_tls
 from gponsim.packets import dissect
+from gponsim.sinks.escape import visible
 
 LETTERS = {"Ether": "E", "CookedLinux": "E", "CookedLinuxV2": "E", "Loopback": "E", "Dot1Q": "V",
            "IP": "I", "IPv6": "I", "TCP": "T", "TLS": "S", "Application": "A", "Padding": "p"}
@@ -165,7 +166,7 @@ def render_layers(view: dict, write, *, lang: str = "en", color: bool = False) -
             arrow = "→" if s["dir"] == "c2s" else "←"
             lock = ("🔒 " + ("descifrado: " if lang == "es" else "decrypted: ")) if s["tls"] else ""
             part = f"  [{s['part']}/{s['parts']}]" if s["parts"] > 1 else ""
-            for i, line in enumerate(s["line"].split("\n")):
+            for i, line in enumerate(visible(s["line"]).split("\n")):
                 out(f"   {arrow if i == 0 else ' '} {lock if i == 0 else ''}{line}{part if i == 0 else ''}")
     out("")
     out("━━ hex " + "━" * 40)

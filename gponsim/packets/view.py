@@ -22,6 +22,7 @@ from gponsim.capture.pcap import read_packets
 from gponsim.packets import dissect, headers
 from gponsim.packets.facts import Facts, Record, collect
 from gponsim.packets.flows import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Flows
+from gponsim.sinks.escape import visible
 
 #: Flag names in Wireshark's order.
 FLAG_NAMES = ((FIN, "FIN"), (SYN, "SYN"), (RST, "RST"), (PSH, "PSH"), (ACK, "ACK"), (URG, "URG"),
@@ -315,7 +316,7 @@ class Renderer:
         self.write(self._c(line, style))
         pad = " " * (4 if self.compact else 8)
         for step, part, total in row.steps:
-            text = step.shown_line(self.reveal).split("\n")
+            text = visible(step.shown_line(self.reveal)).split("\n")
             first = text[0] if len(text[0]) <= 110 else text[0][:107] + "..."
             more = f" (+{len(text) - 1})" if len(text) > 1 else ""
             arrow = "→" if step.dir == "c2s" else "←" if step.dir == "s2c" else "·"

@@ -36,6 +36,7 @@ from rich.style import Style
 from rich.text import Text
 
 from gponsim.commentary import catalog
+from gponsim.sinks.escape import visible
 from gponsim.sinks.phrases import localize
 from gponsim.steps import Step
 
@@ -234,6 +235,7 @@ class Narrator:
     def _body(self, line: str, style: str, indent: int) -> tuple[str, int]:
         """A Step's text after its head, painted and wrapped in its column (without the
         last newline), and the cells left free on its last line."""
+        line = visible(line)          # control bytes and bytes that were not text, escaped
         if "\t" in line:
             # A TAB separates the fields of Dovecot's auth protocol: make it visible.
             line = line.replace("\t", " ␉ ")
@@ -338,7 +340,7 @@ class Narrator:
             if marker in self._seen:
                 return
             self._seen.add(marker)
-        said = entry.render(self.lang, step)       # the template, filled from this Step
+        said = visible(entry.render(self.lang, step))   # the template, filled from this Step
         cache = (entry.key, entry.match, indent, said)
         text = self._comments.get(cache)
         if text is None:
