@@ -1136,17 +1136,26 @@ def analyze(file, keylog, as_json, credentials, extract, packets_view, packet_ra
     gponsim analyze lab.pcapng --packets --session 2     # one connection
     gponsim analyze lab.pcapng --packet 4 --layers       # one packet, layer by layer
     """
-    if packets_view or packet_range or session or proto or layers:
-        from gponsim.packets.command import run as run_packets
+    try:
+        if packets_view or packet_range or session or proto or layers:
+            from gponsim.packets.command import run as run_packets
 
-        sys.exit(run_packets(file, keylog=keylog, as_json=as_json, lang=_lang(lang), explain=explain,
-                             reveal=reveal_secrets, packet=packet_range, session=session, proto=proto,
-                             layers=layers))
-    from gponsim.capture.command import run
+            code = run_packets(file, keylog=keylog, as_json=as_json, lang=_lang(lang), explain=explain,
+                               reveal=reveal_secrets, packet=packet_range, session=session,
+                               proto=proto, layers=layers)
+        else:
+            from gponsim.capture.command import run
 
-    sys.exit(run(file, keylog=keylog, steps_file=steps_file, as_json=as_json, lang=_lang(lang),
-                 credentials=credentials, extract=extract, quiet=quiet, explain=explain,
-                 reveal=reveal_secrets))
+            code = run(file, keylog=keylog, steps_file=steps_file, as_json=as_json, lang=_lang(lang),
+                       credentials=credentials, extract=extract, quiet=quiet, explain=explain,
+                       reveal=reveal_secrets)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`gponsim analyze BIG | head`): end quietly, as a program
+        # killed by SIGPIPE does (status 128 + 13), without writing the rest anywhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
+    sys.exit(code)
 
 
 @main.command()

@@ -186,3 +186,40 @@ def test_a_real_capture_of_binary_junk_reaches_the_terminal_escaped():
     out = analyze(PCAPS / "suricata-verify" / "smtp-errors-smtperr.pcap", "--lang", "en").stdout
     assert not _RAW.search(out) and "\\udc" not in out
     assert r"\xe4Y\xe9XH\xcf\xfe?\x04Z\v\xa6z" in out
+
+
+# ---------------------------------------------------------------------- smaller ones
+
+def test_explain_none_leaves_the_failures_unexplained(tmp_path):
+    conv = Conversation()
+    conv.s("220 mx.example.net ESMTP Postfix\r\n")
+    conv.c("MAIL FROM:<a@example.org>\r\n")
+    conv.s("503 5.5.1 Error: send HELO/EHLO first\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "fail.pcap", conv.frames())
+    said = analyze(path, "--lang", "en").stdout
+    assert "Failures:" in said and "↳" in said.split("Failures:", 1)[1].split("\n\n", 1)[0]
+    quiet = analyze(path, "--lang", "en", "--explain", "none").stdout
+    assert "Failures:" in quiet and "↳" not in quiet and "503 5.5.1" in quiet
+
+
+@pytest.mark.slow          # runs `gponsim` as a process
+@pytest.mark.parametrize("view", [[], ["--packets"], ["--json"]])
+def test_a_reader_that_goes_away_ends_it_quietly(tmp_path, view):
+    import os
+    import signal
+    import subprocess
+
+    # far more output than a pipe holds (64 KiB), so the writer meets the closed pipe
+    frames = []
+    for n in range(200):
+        frames += smtp_session(Conversation(client=("10.0.0.1", 40000 + n))).frames()
+    path = write_pcap(tmp_path / "many.pcap", frames)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "gponsim", "analyze", str(path), *view],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.readline()
+    proc.stdout.close()                    # as `| head -1` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert b"Traceback" not in err and b"Error" not in err, err

@@ -119,7 +119,7 @@ def _run(file: Path, *, keylog: Path | None, steps_file: Path | None, as_json: b
             data.pop("credentials", None)
         sys.stdout.write('\n], "summary": ' + json.dumps(data, ensure_ascii=False) + "}\n")
     else:
-        click.echo(summary_text(analysis, lang))
+        click.echo(summary_text(analysis, lang, explain))
         if spool:
             narrator.flush()
             spool[0].close()
@@ -215,7 +215,7 @@ def run_capture(out: Path, *, iface: str, ports: list[int], duration: float | No
         analysis = analyzer.finish()
     bus.close()
     click.echo("")
-    click.echo(summary_text(analysis, lang))
+    click.echo(summary_text(analysis, lang, explain))
     embedded = f", {sniffer.writer.secrets} TLS key-log block(s) embedded" if sniffer.writer.secrets else ""
     dropped = (f"; {sniffer.drops} dropped by the kernel (the capture fell behind)"
                if sniffer.drops else "")

@@ -95,7 +95,8 @@ def _tr(lang: str) -> dict:
     return _T.get(lang, _T["en"])
 
 
-def summary_text(a: Analysis, lang: str = "en") -> str:
+def summary_text(a: Analysis, lang: str = "en", explain: str = "first") -> str:
+    """The summary; ``explain="none"`` leaves out the explanations of the failures."""
     t = _tr(lang)
     rep = a.report
     out = [t["file"].format(path=a.path, format=rep.format or "?", packets=rep.packets,
@@ -156,7 +157,7 @@ def summary_text(a: Analysis, lang: str = "en") -> str:
             first = _printable(step.shown_line().split("\n")[-1])
             out.append(f"  {step.session}  {_printable(step.verb or '?', 20)} → {first}")
             entry = cat.resolve(step)
-            if entry is not None and entry.key not in shown:
+            if entry is not None and entry.key not in shown and explain != "none":
                 shown.add(entry.key)
                 out.append("      ↳ " + visible(entry.render(lang, step)))
         if len(a.failures) > 20:
