@@ -223,3 +223,68 @@ def test_a_reader_that_goes_away_ends_it_quietly(tmp_path, view):
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
     assert b"Traceback" not in err and b"Error" not in err, err
+
+
+# ------------------------------------------------- a capture's own events, in Spanish
+
+ENGLISH = ("SYN seen", "in the middle of", "bytes from the client", "offers ", " with TLS",
+           "[gap:", "decrypted with the key log", " packets in ")
+
+
+def _narration(out: str) -> str:
+    """The narration: what follows the summary."""
+    return out.split("\n\n", 1)[1]
+
+
+def test_capture_events_are_narrated_in_spanish_and_recorded_as_they_are(tmp_path):
+    conv = Conversation(handshake=False)
+    conv.s("220 mx.example.net ESMTP Postfix\r\n")
+    conv.c("EHLO pc.example.org\r\n")
+    conv.s("250-mx.example.net\r\n250 PIPELINING\r\n")
+    conv.c("MAIL FROM:<a@example.org>\r\n")
+    del conv.packets[-1]                          # the capture missed it: a gap
+    conv.c("RCPT TO:<b@example.net>\r\n")
+    conv.s("250 2.1.5 Ok\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "mid.pcap", conv.frames())
+    steps = tmp_path / "s.jsonl"
+    res = analyze(path, "--lang", "es", "--steps", steps)
+    told = _narration(res.stdout)
+    assert "conexión 10.0.0.1:40000 → 10.0.0.2:25 (paquete 1; la captura empieza a mitad de esta " \
+           "conexión)" in told
+    assert "[hueco: faltan en la captura 27 bytes de este sentido; la decodificación sigue tras " \
+           "ellos]" in told
+    assert not [w for w in ENGLISH if w in res.stdout + res.stderr]
+    lines = [json.loads(line)["line"] for line in steps.read_text().splitlines()]
+    assert lines[0].endswith("(packet 1; the capture starts in the middle of this connection)")
+    assert any(line.startswith("[gap: 27 bytes of this direction") for line in lines)
+    en = _narration(analyze(path, "--lang", "en").stdout)
+    assert "(packet 1; the capture starts in the middle of this connection)" in en
+
+
+def test_tls_events_are_narrated_in_spanish():
+    capture = CAPTURE.parent / "lesson-tls.pcapng"
+    closed = analyze(capture, "--lang", "es")
+    told = _narration(closed.stdout)
+    assert "ClientHello: ofrece TLSv1.3" in told and "ServerHello: TLSv1.3 con TLS_" in told
+    assert "bytes del cliente" in told and "cifrados (sin descifrar: no hay key log)]" in told
+    assert not [w for w in ENGLISH if w in closed.stdout + closed.stderr]
+    opened = analyze(capture, "--lang", "es", "--keylog", capture.with_suffix(".keys"))
+    assert "[TLS descifrado con el key log: lo que sigue viajó cifrado]" in _narration(opened.stdout)
+    assert not [w for w in ENGLISH if w in opened.stdout + opened.stderr]
+
+
+def test_a_refused_password_in_spanish(tmp_path):
+    conv = Conversation(server=("10.0.0.2", 110))
+    conv.s("+OK POP3 ready\r\n")
+    conv.c("USER ana\r\n")
+    conv.s("+OK\r\n")
+    conv.c("PASS secreto\r\n")
+    conv.s("-ERR [AUTH] Authentication failed.\r\n")
+    conv.close()
+    path = write_pcap(tmp_path / "pop3.pcap", conv.frames())
+    es = analyze(path, "--lang", "es", "--credentials", "-q").stdout
+    creds = es.split("Credenciales vistas (1):\n", 1)[1]
+    assert "ana  secreto  en claro  rechazada" in creds and "failed" not in creds
+    en = analyze(path, "--lang", "en", "--credentials", "-q").stdout
+    assert "ana  secreto  in clear  failed" in en

@@ -36,6 +36,8 @@ _T = {
         "nocreds": "No credentials seen.",
         "clear": "in clear",
         "inside": "inside TLS",
+        "ok": "ok",
+        "failed": "failed",
         "creds_note": "Anyone who can capture this traffic reads these passwords: that is why "
                       "the lab's port 587 refuses AUTH before STARTTLS.",
         "msgs": "Messages ({n}):",
@@ -70,6 +72,8 @@ _T = {
         "nocreds": "No se ven credenciales.",
         "clear": "en claro",
         "inside": "dentro de TLS",
+        "ok": "aceptada",
+        "failed": "rechazada",
         "creds_note": "Cualquiera que pueda capturar este tráfico lee estas contraseñas: por eso "
                       "el puerto 587 del laboratorio rechaza AUTH antes de STARTTLS.",
         "msgs": "Mensajes ({n}):",
@@ -175,7 +179,8 @@ def credentials_text(a: Analysis, lang: str = "en", reveal: bool = True) -> str:
     if not a.credentials:
         return t["nocreds"]
     rows = [(c.session, c.proto.upper(), c.mechanism, c.user, c.password if reveal else MASK,
-             t["inside"] if c.inside_tls else t["clear"], c.result) for c in a.credentials]
+             t["inside"] if c.inside_tls else t["clear"], t.get(c.result, c.result))
+            for c in a.credentials]
     rows = [tuple(visible_all(str(v)) for v in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(7)]
     out = [t["creds"].format(n=len(rows))]
