@@ -156,9 +156,9 @@ class _Sniffer:
         for d, chunk, _when, number in self.held:
             self.records.feed(d, chunk, (number,))
 
-    def gap(self, direction: str, nbytes: int, t: float) -> None:
+    def gap(self, direction: str, nbytes: int, t: float, packet: int = 0) -> None:
         if self.decoder is not None:
-            self.decoder.gap(direction, nbytes, t)
+            self.decoder.gap(direction, nbytes, t, packet)
         elif self.records is not None:
             self.records.resync(direction)
 

@@ -316,7 +316,8 @@ class Decoder:
         step.packets = packets
         self.emit(annotate(step))
 
-    def gap(self, direction: str, nbytes: int, t: float) -> None:
+    def gap(self, direction: str, nbytes: int, t: float, packet: int = 0) -> None:
+        """``nbytes`` of ``direction`` are missing; ``packet`` came right after them."""
         self.t = t
         self.info.gaps += 1
         if self.mode[direction] == "text":
@@ -326,8 +327,10 @@ class Decoder:
         src, dst = ("client", self.server) if direction == "c2s" else (self.server, "client")
         step = Step(t=t, session=self.session, proto=self.proto, src=src, dst=dst, dir=direction,
                     kind="event", verb="GAP", key="capture.gap", meta={"bytes": nbytes},
-                    line=f"[gap: {nbytes} bytes of this direction are missing from the capture; "
-                         "decoding resumes after them]")
+                    packets=[packet] if packet else None,
+                    line=f"[gap: {nbytes} bytes of this direction are missing from the capture"
+                         + (f" (before packet {packet})" if packet else "")
+                         + "; decoding resumes after them]")
         self.emit(annotate(step))
         if self.mode[direction] == "text":
             self.text_gap(direction)
@@ -336,19 +339,22 @@ class Decoder:
         self.t = t
         self.finish()
         obs = self.observer
-        if obs is not None:
-            enc = {d: obs.dirs[d].bytes for d in ("c2s", "s2c")}
-            if any(obs.dirs[d].encrypted for d in enc) and not self.tls:
-                # Its packets: those whose bytes no other Step was read from.
-                packets = sorted(set(obs.raw["c2s"].take(obs.raw["c2s"].size))
-                                 | set(obs.raw["s2c"].take(obs.raw["s2c"].size)))
+        if obs is not None and not self.tls:
+            # The mail conversation inside TLS: its application data records (the rest of
+            # the handshake, already told or encrypted, and closing alerts are not in it).
+            c2s, s2c = obs.dirs["c2s"], obs.dirs["s2c"]
+            if c2s.app_records or s2c.app_records:
+                meta = {"c2s": c2s.app_bytes, "s2c": s2c.app_bytes,
+                        "records": {"c2s": c2s.app_records, "s2c": s2c.app_records}}
                 step = Step(t=t, session=self.session, proto="tls", src="client", dst=self.server,
-                            dir="c2s", kind="data", verb="ENCRYPTED", meta=enc,
-                            packets=packets or None,
-                            line=f"[TLS: {enc['c2s']} bytes from the client, {enc['s2c']} from the "
-                                 "server, encrypted (not decrypted: no key log)]")
+                            dir="c2s", kind="data", verb="ENCRYPTED", meta=meta,
+                            packets=sorted(set(c2s.app_packets) | set(s2c.app_packets)) or None,
+                            line=f"[TLS application data: {c2s.app_bytes} bytes in "
+                                 f"{c2s.app_records} record(s) from the client, {s2c.app_bytes} "
+                                 f"in {s2c.app_records} from the server, encrypted (not "
+                                 "decrypted: no key log)]")
                 self.emit(annotate(step))
-                self.info.tls["bytes"] = enc
+                self.info.tls["bytes"] = {"c2s": c2s.app_bytes, "s2c": s2c.app_bytes}
 
     # ------------------------------------------------------------- per protocol
 

@@ -1,0 +1,136 @@
+"""What `gponsim analyze` says of a capture agrees with the wire (QA pass on decoding):
+the TLS step counts what it says it counts and names its packets, a gap names the
+packet after the hole, a message is as big as it was on the wire, TLS is reported
+only when both sides spoke it.
+
+The numbers below were checked against tshark 4.x on the shared captures
+(``tshark -r F -T fields -e frame.number -e tcp.srcport -e tls.record.content_type
+-e tls.record.length``); the slow test asks tshark itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gponsim.capture.analyze import analyze
+from gponsim.sinks.memory import ListSink
+
+PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+needs_pcaps = pytest.mark.skipif(not PCAPS.is_dir(), reason=f"no shared captures at {PCAPS}")
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+
+
+def _steps(name: str):
+    sink = ListSink()
+    analysis = analyze(PCAPS / name, sink.step)
+    return analysis, sink.steps
+
+
+def _encrypted(steps):
+    return [s for s in steps if s.verb == "ENCRYPTED"]
+
+
+# file -> per connection with application data: (client bytes, records), (server bytes,
+# records), packets. Bytes are whole records (5-byte header + tls.record.length).
+APP_DATA = {
+    # 845 client bytes in all after STLS, but only 2 records (40 + 40) are application data;
+    # packet 30 is the client's encrypted alert (close_notify), not data.
+    "zeek/pop3-starttls.pcap": [((80, 2), (102, 2), [19, 21, 23, 25])],
+    # Connection 2: packet 49 is the client's first Application Data (it was left out);
+    # packet 60 follows a hole and starts mid-record, so it is in no record.
+    "ndpi/smtp-starttls.pcap": [
+        ((920, 6), (493, 5), None),
+        ((301, 5), (428, 6), [49, 51, 53, 54, 55, 56, 57, 58, 62, 63, 64])],
+    # Two mid-stream IMAPS flows of one 46-byte record each (packets 62 and 63).
+    "ndpi/6in4tunnel.pcap": [((0, 0), (46, 1), [62]), ((0, 0), (46, 1), [63])],
+}
+
+
+@needs_pcaps
+@pytest.mark.parametrize("name", sorted(APP_DATA))
+def test_tls_step_counts_application_data_and_names_its_packets(name):
+    _analysis, steps = _steps(name)
+    found = _encrypted(steps)
+    assert len(found) == len(APP_DATA[name])
+    for step, (client, server, packets) in zip(found, APP_DATA[name]):
+        assert (step.meta["c2s"], step.meta["records"]["c2s"]) == client
+        assert (step.meta["s2c"], step.meta["records"]["s2c"]) == server
+        assert step.packets, step.line
+        if packets is not None:
+            assert step.packets == packets
+        # The line says the numbers it counts, and what they are.
+        assert f"{client[0]} bytes in {client[1]} record(s) from the client" in step.line
+        assert f"{server[0]} in {server[1]} from the server" in step.line
+        assert "application data" in step.line
+
+
+@needs_pcaps
+def test_a_gap_names_the_packet_after_the_hole():
+    # tshark flags packet 60: "Previous segment(s) not captured".
+    _analysis, steps = _steps("ndpi/smtp-starttls.pcap")
+    [gap] = [s for s in steps if s.verb == "GAP"]
+    assert gap.packets == [60] and "before packet 60" in gap.line
+    assert gap.meta["bytes"] == 6395 - (600 + 35)   # tcp.seq of 60 minus the end of 57
+
+
+@needs_pcaps
+def test_the_tls_commentary_says_what_is_counted():
+    from gponsim.commentary import catalog
+
+    _analysis, steps = _steps("zeek/pop3-starttls.pcap")
+    [step] = _encrypted(steps)
+    entry = catalog().resolve(step)
+    assert "application data" in entry.render("en", step)
+    assert "application data" in entry.render("es", step)
+    assert "Everything after the handshake" not in entry.render("en", step)
+
+
+def _tshark_app_data(path: Path) -> dict[int, dict]:
+    """tcp.stream -> {"c2s"/"s2c": [bytes, records], "packets": [...]}, from tshark.
+
+    A record split over segments is shown by tshark in the frame that completes it; the
+    segments it was reassembled from (``tcp.segment``) carried its bytes too. TLS 1.3 records
+    after the ServerHello are ``tls.record.opaque_type`` (they follow the clear ones)."""
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-Y", "tcp.len > 0 and not icmp and not icmpv6",
+         "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,", "-e", "frame.number",
+         "-e", "tcp.stream", "-e", "tcp.dstport", "-e", "tls.record.content_type",
+         "-e", "tls.record.opaque_type", "-e", "tls.record.length", "-e", "tcp.segment"],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    streams: dict[int, dict] = {}
+    for row in out.splitlines():
+        frame, stream, dport, clear, opaque, lengths, segments = row.split("\t")
+        types = [t for t in (clear + "," + opaque).split(",") if t]
+        got = streams.setdefault(int(stream), {"c2s": [0, 0], "s2c": [0, 0], "packets": []})
+        d = "c2s" if int(dport) in (25, 110, 143, 465, 587, 993, 995) else "s2c"
+        app = False
+        for ctype, length in zip(types, lengths.split(",")):
+            if ctype == "23":
+                got[d][0] += 5 + int(length)
+                got[d][1] += 1
+                app = True
+        if app:
+            got["packets"] += [int(x) for x in segments.split(",") if x] + [int(frame)]
+    for got in streams.values():
+        got["packets"] = sorted(set(got["packets"]))
+    return {k: v for k, v in streams.items() if v["packets"]}
+
+
+@pytest.mark.slow
+@needs_pcaps
+@needs_tshark
+@pytest.mark.parametrize("name", ["zeek/pop3-starttls.pcap", "zeek/smtp-starttls.pcap",
+                                  "zeek/imap-starttls.pcap", "ndpi/pop3_stls.pcap",
+                                  "zeek/imaps-telesec.pcap", "ndpi/imaps.pcap",
+                                  "suricata-verify/smtp-startssl.pcap"])
+def test_tls_step_is_what_tshark_calls_application_data(name):
+    theirs = sorted(_tshark_app_data(PCAPS / name).values(), key=lambda g: g["packets"])
+    _analysis, steps = _steps(name)
+    ours = sorted(_encrypted(steps), key=lambda s: s.packets)
+    assert [(s.meta["c2s"], s.meta["records"]["c2s"], s.meta["s2c"], s.meta["records"]["s2c"],
+             s.packets) for s in ours] == \
+        [(g["c2s"][0], g["c2s"][1], g["s2c"][0], g["s2c"][1], g["packets"]) for g in theirs]
