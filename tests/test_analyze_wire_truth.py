@@ -134,3 +134,35 @@ def test_tls_step_is_what_tshark_calls_application_data(name):
     assert [(s.meta["c2s"], s.meta["records"]["c2s"], s.meta["s2c"], s.meta["records"]["s2c"],
              s.packets) for s in ours] == \
         [(g["c2s"][0], g["c2s"][1], g["s2c"][0], g["s2c"][1], g["packets"]) for g in theirs]
+
+
+@needs_pcaps
+@pytest.mark.parametrize("name, number", [
+    ("suricata-verify/smtp-errors-smtperr.pcap", 4),  # Postfix: 220 banner, then 4xx to it
+    ("ndpi/smtps.pcapng", 1),                          # Exim's 220 banner in clear on 465
+    ("suricata-verify/smtp-tls-protodetect.pcap", 1),  # 30 bytes of text, then RST
+])
+def test_tls_tried_by_the_client_only_is_not_reported_as_tls(name, number):
+    from gponsim.capture.report import summary_text
+
+    analysis, steps = _steps(name)
+    conn = analysis.connections[number - 1]
+    assert conn.server_port == 465
+    assert conn.tls.get("answered_in_clear") and conn.tls.get("server_tls") is False
+    # The server's answers are plain SMTP replies, not TLS.
+    assert any(s.session == conn.session and s.kind == "reply" for s in steps)
+    assert not [s for s in steps if s.session == conn.session and s.verb == "ServerHello"]
+    for lang, words in (("en", "the server answered in clear"), ("es", "respondió en claro")):
+        block = summary_text(analysis, lang).split(conn.session, 1)[1].split("\n")[1:3]
+        assert any(words in line for line in block), block
+        assert not any(line.strip().startswith("TLS:") for line in block), block
+
+
+@needs_pcaps
+def test_tls_spoken_by_both_sides_is_still_reported():
+    from gponsim.capture.report import summary_text
+
+    analysis, _steps_ = _steps("zeek/smtp-starttls.pcap")
+    [conn] = analysis.connections
+    assert "server_tls" not in conn.tls and "answered_in_clear" not in conn.tls
+    assert "TLS: STARTTLS, TLSv1.2" in summary_text(analysis, "en")

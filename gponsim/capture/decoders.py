@@ -150,6 +150,8 @@ class Decoder:
         self.implicit = implicit_tls
         self.t = 0.0
         self.pending_cred: Credential | None = None
+        #: The server sent text after the client had started TLS (it did not take it up).
+        self.clear_after_tls = False
         #: The decoded bytes of each direction not yet in a Step, by their packets.
         self.carry = {"c2s": Carrier(), "s2c": Carrier()}
 
@@ -208,6 +210,8 @@ class Decoder:
         if self.mode[direction] == "tls":
             self._tls_data(direction, data, (packet,))
             return
+        if direction == "s2c" and self.observer is not None and not self.tls:
+            self.clear_after_tls = True       # the client speaks TLS, the server text
         self.carry[direction].add(len(data), (packet,))
         self.text(direction, data)
 
@@ -339,6 +343,11 @@ class Decoder:
         self.t = t
         self.finish()
         obs = self.observer
+        if obs is not None and not self.tls and not obs.dirs["s2c"].records:
+            # TLS from the client only: the summary must not say this connection used TLS.
+            self.info.tls["server_tls"] = False
+            if self.clear_after_tls:
+                self.info.tls["answered_in_clear"] = True
         if obs is not None and not self.tls:
             # The mail conversation inside TLS: its application data records (the rest of
             # the handshake, already told or encrypted, and closing alerts are not in it).
