@@ -132,6 +132,30 @@ _GENERIC = ("capture.", "tls.handshake.ClientHello", "tls.handshake.ServerHello"
             "tls.handshake.DECRYPTED", "tls.handshake.UNDECRYPTABLE")
 
 
+#: The RFC that defines each ESMTP extension a server may offer in its EHLO reply.
+_EXTENSION_RFC = {
+    "SIZE": "RFC 1870", "PIPELINING": "RFC 2920", "AUTH": "RFC 4954", "STARTTLS": "RFC 3207",
+    "8BITMIME": "RFC 6152", "ENHANCEDSTATUSCODES": "RFC 2034", "DSN": "RFC 3461",
+    "SMTPUTF8": "RFC 6531", "CHUNKING": "RFC 3030", "BINARYMIME": "RFC 3030",
+    "DELIVERBY": "RFC 2852", "ETRN": "RFC 1985", "VRFY": "RFC 5321", "EXPN": "RFC 5321",
+    "HELP": "RFC 5321", "REQUIRETLS": "RFC 8689", "MT-PRIORITY": "RFC 6710",
+    "FUTURERELEASE": "RFC 4865", "LIMITS": "RFC 9422", "NO-SOLICITING": "RFC 3865",
+}
+
+
+def offered_extensions(reply: str) -> str:
+    """The extensions an EHLO reply offers (its lines after the first), each with its RFC:
+    ``SIZE 52428800 (RFC 1870), PIPELINING (RFC 2920), HELP (RFC 5321)``; "" for none."""
+    out = []
+    for line in reply.split("\n")[1:]:
+        text = line[4:].strip()
+        if not text:
+            continue
+        rfc = _EXTENSION_RFC.get(text.split()[0].upper())
+        out.append(f"{text} ({rfc})" if rfc else text)
+    return ", ".join(out)
+
+
 class Decoder:
     """Common part: TLS switching, gaps, Steps stamped with packet time and with the
     packets their bytes came in (``Step.packets``, see :mod:`gponsim.capture.carry`)."""
@@ -183,7 +207,8 @@ class Decoder:
     def _identify(self, step: Step) -> None:
         """Tell the server's software by its first reply (an SMTP server that
         does not name itself: by its EHLO reply too). A server that is not
-        the lab's software is explained by the RFCs (``meta["foreign"]``)."""
+        the lab's software, or has not spoken yet, is explained by the RFCs
+        (``meta["foreign"]``)."""
         info = self.info
         if step.kind == "reply" and step.src != "client":
             found = None
@@ -194,9 +219,15 @@ class Decoder:
             elif info.server is None:
                 info.server = UNKNOWN
         server = info.server
-        if server is not None and not server.lab and not (step.key or "").startswith(_GENERIC):
+        # Before the server has said what it is (a client that speaks first), it is not
+        # known to be the lab's: the RFCs explain, never the lab's configuration.
+        if (server is None or not server.lab) and not (step.key or "").startswith(_GENERIC):
             step.meta["foreign"] = True
-            step.meta["software"] = server.name
+            if server is not None:
+                step.meta["software"] = server.name
+            if step.proto == "smtp" and step.kind == "reply" and step.verb == "EHLO" \
+                    and step.code == 250:
+                step.meta["extensions"] = offered_extensions(step.line)
             step.key = None
             annotate(step)
 
