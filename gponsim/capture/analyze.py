@@ -248,7 +248,9 @@ def _attachments(message: bytes) -> list[str]:
     parts, so no attachments: its header (the first lines) is enough to tell.
     """
     global _NAME
-    end = message.find(b"\n\n")
+    from gponsim.wire.smtp import header_end
+
+    end = header_end(message)
     head = message[:end if end >= 0 else 65536].lower()
     if b"content-type" not in head and b"content-disposition" not in head:
         return []

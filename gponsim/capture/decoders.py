@@ -119,7 +119,7 @@ def _text(raw: bytes) -> str:
 def mailer_of(message: bytes) -> str | None:
     """User-Agent or X-Mailer of a message (header section only)."""
     head = message[:32768]
-    end = head.find(b"\n\n")
+    end = wire.header_end(head)
     if end >= 0:
         head = head[:end]
     m = _MAILER.search(head)
@@ -638,12 +638,10 @@ class SmtpDecoder(Decoder):
     def _message(self, verb: str) -> None:
         raw = b"".join(self.msg)
         self.msg = []
-        if verb == "DATA":
-            raw = raw.replace(b"\r\n", b"\n")
-            if raw.startswith(b".") or b"\n." in raw:
-                raw = _DOT_STUFFED.sub(b"", raw)
-        else:
-            raw = raw.replace(b"\r\n", b"\n")
+        # As it crossed the wire (CRLF line ends); DATA's dot-stuffing is undone, so the
+        # size is the one BDAT would have announced.
+        if verb == "DATA" and (raw.startswith(b".") or b"\n." in raw):
+            raw = _DOT_STUFFED.sub(b"", raw)
         step = wire.message_step(raw, session=self.session, verb=verb, tls=self.tls, t=self.t)
         if self.msg_gap:
             step.meta["gap"] = True
@@ -937,7 +935,7 @@ class ImapDecoder(_ConversationDecoder):
         have[1] += len(data)
 
     def _message(self, verb: str, data: bytes, truncated: bool) -> None:
-        message = data.replace(b"\r\n", b"\n")
+        message = data                    # the literal, as it crossed the wire
         self.info.messages += 1
         mailer = mailer_of(message) if verb == "APPEND" else None   # not one it downloaded
         if mailer and mailer not in self.info.software:
@@ -1021,10 +1019,9 @@ class Pop3Decoder(_ConversationDecoder):
     def _retrieved(self, verb: str, body: bytes) -> None:
         if verb != "RETR":
             return
-        message = body.replace(b"\r\n..", b"\r\n.")
+        message = body.replace(b"\r\n..", b"\r\n.")       # as on the wire, unstuffed
         if message.startswith(b".."):
             message = message[1:]
-        message = message.replace(b"\r\n", b"\n")
         self.info.messages += 1
         from gponsim.wire.smtp import message_summary
 
