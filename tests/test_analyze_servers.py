@@ -59,7 +59,7 @@ def test_exim_is_explained_by_the_rfcs_not_as_the_lab():
         if step.kind != "event":
             assert not any(word in text for word in LAB_WORDS), (step.line, text)
     ehlo = [text for step, text in said if step.kind == "reply" and step.verb == "EHLO"]
-    assert ehlo and "this server's own message size limit" in ehlo[0]
+    assert ehlo and "SIZE 52428800 (RFC 1870)" in ehlo[0] and "this server's own settings" in ehlo[0]
 
 
 @needs_pcaps
@@ -85,3 +85,60 @@ def test_a_client_is_not_the_software_of_the_mail_it_downloads():
     [conn] = analysis.connections
     assert conn.messages >= 1 and conn.software == []
     assert conn.server.name == "Dovecot"
+
+
+@needs_pcaps
+def test_a_client_speaking_before_the_greeting_is_not_explained_as_the_lab():
+    """smtp-errors-smtperr.pcap, connection 1: a spambot sends garbage before Sendmail's
+    220; those commands were explained as Postfix's ("A command Postfix does not know")."""
+    analysis, steps, texts = _explained(PCAPS / "suricata-verify/smtp-errors-smtperr.pcap")
+    first = analysis.connections[0]
+    assert first.server.name.startswith("Sendmail") and not first.server.lab
+    said = texts[first.session]
+    early = [(step, text) for step, text in said if step.kind == "command"]
+    assert early and early[0][0].packets == [4]            # before the greeting (#6)
+    for step, text in said:
+        if step.kind != "event":
+            assert "Postfix" not in text or "lab's Postfix" in text or "Postfix del lab" in text, \
+                (step.line, text)
+            assert not any(word in text for word in LAB_WORDS), (step.line, text)
+
+
+@needs_pcaps
+def test_ehlo_reply_explanation_lists_only_what_the_server_offered():
+    """Exim in zeek/smtp.pcap offers SIZE, PIPELINING, AUTH, STARTTLS, HELP and no more."""
+    _analysis, steps, texts = _explained(PCAPS / "zeek/smtp.pcap")
+    session = steps[0].session
+    [(step, en), (_, es)] = [(s, t) for s, t in texts[session]
+                             if s.kind == "reply" and s.verb == "EHLO"]
+    offered = ["SIZE 52428800 (RFC 1870)", "PIPELINING (RFC 2920)", "AUTH PLAIN LOGIN (RFC 4954)",
+               "STARTTLS (RFC 3207)", "HELP (RFC 5321)"]
+    for text in (en, es):
+        for item in offered:
+            assert item in text, text
+        for absent in ("8BITMIME", "ENHANCEDSTATUSCODES", "DSN", "SMTPUTF8", "CHUNKING"):
+            assert absent not in text, text
+    # Another server, another list: vger's Exim offers CHUNKING and 8BITMIME.
+    _analysis, steps, texts = _explained(PCAPS / "zeek/smtp-bdat-pipeline-8bitmime.pcap")
+    [en] = [t for s, t in texts[steps[0].session] if s.kind == "reply" and s.verb == "EHLO"][:1]
+    assert "CHUNKING (RFC 3030)" in en and "8BITMIME (RFC 6152)" in en and "AUTH" not in en
+
+
+@needs_pcaps
+def test_replies_to_mail_rcpt_and_the_message_say_what_they_answer():
+    """zeek/smtp.pcap: #17 "250 OK" answers MAIL FROM, #19 "250 Accepted" RCPT TO, #52
+    "250 OK id=..." the final dot; only the last one is the server taking the message."""
+    _analysis, steps, texts = _explained(PCAPS / "zeek/smtp.pcap")
+    session = steps[0].session
+    replies = {step.packets[0]: (step, text) for step, text in texts[session][0::2]
+               if step.kind == "reply" and step.packets}
+    mail, rcpt, dot = replies[17], replies[19], replies[52]
+    assert (mail[0].verb, rcpt[0].verb, dot[0].verb) == ("MAIL", "RCPT", "DATA")
+    for step, text in texts[session]:
+        if step.kind == "reply" and step.verb in ("MAIL", "RCPT"):
+            assert "final dot" not in text and "punto final" not in text, (step.line, text)
+    assert "sender" in mail[1] and "recipient" in rcpt[1]
+    assert "final dot" in dot[1] and "responsibility" in dot[1] and "Exim 4.69" in dot[1]
+    es = {step.packets[0]: text for step, text in texts[session][1::2]
+          if step.kind == "reply" and step.packets}
+    assert "remitente" in es[17] and "destinatario" in es[19] and "punto final" in es[52]

@@ -74,9 +74,10 @@ def test_message_dot_stuffing_mailer_and_credentials(tmp_path):
     a, steps = run(write_pcap(tmp_path / "s.pcap", conv.frames()))
     msg = [s for s in steps if s.kind == "data" and s.proto == "smtp"][0]
     assert msg.line.startswith("[message: ") and "Subject: Hola" in msg.line
-    # Same size as the lab computes: CRLF → LF and the stuffed dot removed.
-    body = ("From: user1@gponlab.local\nTo: user2@gponlab.local\nSubject: Hola\n"
-            "User-Agent: Mozilla/5.0 Thunderbird/128.0\n\nline one\n.a stuffed dot\n" + "x" * 3000 + "\n")
+    # Same size as the lab computes: as on the wire (CRLF), the stuffed dot removed.
+    body = ("From: user1@gponlab.local\r\nTo: user2@gponlab.local\r\nSubject: Hola\r\n"
+            "User-Agent: Mozilla/5.0 Thunderbird/128.0\r\n\r\nline one\r\n.a stuffed dot\r\n"
+            + "x" * 3000 + "\r\n")
     assert msg.meta["size"] == len(body)
     info = a.connections[0]
     assert info.client_name == "[10.0.0.1]"
@@ -208,7 +209,7 @@ def test_pop3_and_extract(tmp_path):
     assert res.exit_code == 0, res.output
     assert "USER/PASS" in res.output and "in clear" in res.output and "pass" in res.output
     files = sorted(out.glob("*.eml"))
-    assert len(files) == 1 and files[0].read_bytes() == b"Subject: hi\n\n.dot\nbody\n"
+    assert len(files) == 1 and files[0].read_bytes() == b"Subject: hi\r\n\r\n.dot\r\nbody\r\n"
 
 
 def test_starttls_handshake_summarised(tmp_path):
@@ -519,7 +520,7 @@ def test_imap_fetch_and_append_bodies_extracted_once_each(tmp_path):
                                     "--lang", "en"])
     assert res.exit_code == 0, res.output
     files = sorted(out.glob("*.eml"))
-    assert [f.read_bytes() for f in files] == [m.replace(b"\r\n", b"\n") for m in (m1, m3, m2)]
+    assert [f.read_bytes() for f in files] == [m1, m3, m2]      # as they crossed the wire
     assert "Messages (4):" in res.output
     assert "the same message as 1" in res.output and res.output.count("saved in") == 3
     assert "[imap APPEND]" in res.output and "Subject: sent copy" in res.output

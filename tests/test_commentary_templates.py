@@ -15,7 +15,8 @@ from gponsim.wire import smtp as wire
 
 #: Values a template may name besides the Step's meta keys listed here.
 META_NAMES = {"version", "cipher", "qid", "recipient", "mailbox", "user", "port", "host",
-              "simulator_port", "service", "status", "dsn", "reason", "software"}
+              "simulator_port", "service", "status", "dsn", "reason", "software",
+              "extensions"}
 NAMES = {"line", "verb", "args", "code", "enhanced", "status", "tag", "session", "src", "dst",
          "address", "qid", "client", "client_name", "client_ip"} | META_NAMES
 

@@ -156,9 +156,9 @@ class _Sniffer:
         for d, chunk, _when, number in self.held:
             self.records.feed(d, chunk, (number,))
 
-    def gap(self, direction: str, nbytes: int, t: float) -> None:
+    def gap(self, direction: str, nbytes: int, t: float, packet: int = 0) -> None:
         if self.decoder is not None:
-            self.decoder.gap(direction, nbytes, t)
+            self.decoder.gap(direction, nbytes, t, packet)
         elif self.records is not None:
             self.records.resync(direction)
 
@@ -248,7 +248,9 @@ def _attachments(message: bytes) -> list[str]:
     parts, so no attachments: its header (the first lines) is enough to tell.
     """
     global _NAME
-    end = message.find(b"\n\n")
+    from gponsim.wire.smtp import header_end
+
+    end = header_end(message)
     head = message[:end if end >= 0 else 65536].lower()
     if b"content-type" not in head and b"content-disposition" not in head:
         return []

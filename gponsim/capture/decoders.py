@@ -119,7 +119,7 @@ def _text(raw: bytes) -> str:
 def mailer_of(message: bytes) -> str | None:
     """User-Agent or X-Mailer of a message (header section only)."""
     head = message[:32768]
-    end = head.find(b"\n\n")
+    end = wire.header_end(head)
     if end >= 0:
         head = head[:end]
     m = _MAILER.search(head)
@@ -130,6 +130,30 @@ def mailer_of(message: bytes) -> str | None:
 _GENERIC = ("capture.", "tls.handshake.ClientHello", "tls.handshake.ServerHello",
             "tls.handshake.Certificate", "tls.handshake.Alert", "tls.data.",
             "tls.handshake.DECRYPTED", "tls.handshake.UNDECRYPTABLE")
+
+
+#: The RFC that defines each ESMTP extension a server may offer in its EHLO reply.
+_EXTENSION_RFC = {
+    "SIZE": "RFC 1870", "PIPELINING": "RFC 2920", "AUTH": "RFC 4954", "STARTTLS": "RFC 3207",
+    "8BITMIME": "RFC 6152", "ENHANCEDSTATUSCODES": "RFC 2034", "DSN": "RFC 3461",
+    "SMTPUTF8": "RFC 6531", "CHUNKING": "RFC 3030", "BINARYMIME": "RFC 3030",
+    "DELIVERBY": "RFC 2852", "ETRN": "RFC 1985", "VRFY": "RFC 5321", "EXPN": "RFC 5321",
+    "HELP": "RFC 5321", "REQUIRETLS": "RFC 8689", "MT-PRIORITY": "RFC 6710",
+    "FUTURERELEASE": "RFC 4865", "LIMITS": "RFC 9422", "NO-SOLICITING": "RFC 3865",
+}
+
+
+def offered_extensions(reply: str) -> str:
+    """The extensions an EHLO reply offers (its lines after the first), each with its RFC:
+    ``SIZE 52428800 (RFC 1870), PIPELINING (RFC 2920), HELP (RFC 5321)``; "" for none."""
+    out = []
+    for line in reply.split("\n")[1:]:
+        text = line[4:].strip()
+        if not text:
+            continue
+        rfc = _EXTENSION_RFC.get(text.split()[0].upper())
+        out.append(f"{text} ({rfc})" if rfc else text)
+    return ", ".join(out)
 
 
 class Decoder:
@@ -150,6 +174,8 @@ class Decoder:
         self.implicit = implicit_tls
         self.t = 0.0
         self.pending_cred: Credential | None = None
+        #: The server sent text after the client had started TLS (it did not take it up).
+        self.clear_after_tls = False
         #: The decoded bytes of each direction not yet in a Step, by their packets.
         self.carry = {"c2s": Carrier(), "s2c": Carrier()}
 
@@ -181,7 +207,8 @@ class Decoder:
     def _identify(self, step: Step) -> None:
         """Tell the server's software by its first reply (an SMTP server that
         does not name itself: by its EHLO reply too). A server that is not
-        the lab's software is explained by the RFCs (``meta["foreign"]``)."""
+        the lab's software, or has not spoken yet, is explained by the RFCs
+        (``meta["foreign"]``)."""
         info = self.info
         if step.kind == "reply" and step.src != "client":
             found = None
@@ -192,9 +219,15 @@ class Decoder:
             elif info.server is None:
                 info.server = UNKNOWN
         server = info.server
-        if server is not None and not server.lab and not (step.key or "").startswith(_GENERIC):
+        # Before the server has said what it is (a client that speaks first), it is not
+        # known to be the lab's: the RFCs explain, never the lab's configuration.
+        if (server is None or not server.lab) and not (step.key or "").startswith(_GENERIC):
             step.meta["foreign"] = True
-            step.meta["software"] = server.name
+            if server is not None:
+                step.meta["software"] = server.name
+            if step.proto == "smtp" and step.kind == "reply" and step.verb == "EHLO" \
+                    and step.code == 250:
+                step.meta["extensions"] = offered_extensions(step.line)
             step.key = None
             annotate(step)
 
@@ -208,6 +241,8 @@ class Decoder:
         if self.mode[direction] == "tls":
             self._tls_data(direction, data, (packet,))
             return
+        if direction == "s2c" and self.observer is not None and not self.tls:
+            self.clear_after_tls = True       # the client speaks TLS, the server text
         self.carry[direction].add(len(data), (packet,))
         self.text(direction, data)
 
@@ -316,7 +351,8 @@ class Decoder:
         step.packets = packets
         self.emit(annotate(step))
 
-    def gap(self, direction: str, nbytes: int, t: float) -> None:
+    def gap(self, direction: str, nbytes: int, t: float, packet: int = 0) -> None:
+        """``nbytes`` of ``direction`` are missing; ``packet`` came right after them."""
         self.t = t
         self.info.gaps += 1
         if self.mode[direction] == "text":
@@ -326,8 +362,10 @@ class Decoder:
         src, dst = ("client", self.server) if direction == "c2s" else (self.server, "client")
         step = Step(t=t, session=self.session, proto=self.proto, src=src, dst=dst, dir=direction,
                     kind="event", verb="GAP", key="capture.gap", meta={"bytes": nbytes},
-                    line=f"[gap: {nbytes} bytes of this direction are missing from the capture; "
-                         "decoding resumes after them]")
+                    packets=[packet] if packet else None,
+                    line=f"[gap: {nbytes} bytes of this direction are missing from the capture"
+                         + (f" (before packet {packet})" if packet else "")
+                         + "; decoding resumes after them]")
         self.emit(annotate(step))
         if self.mode[direction] == "text":
             self.text_gap(direction)
@@ -336,19 +374,27 @@ class Decoder:
         self.t = t
         self.finish()
         obs = self.observer
-        if obs is not None:
-            enc = {d: obs.dirs[d].bytes for d in ("c2s", "s2c")}
-            if any(obs.dirs[d].encrypted for d in enc) and not self.tls:
-                # Its packets: those whose bytes no other Step was read from.
-                packets = sorted(set(obs.raw["c2s"].take(obs.raw["c2s"].size))
-                                 | set(obs.raw["s2c"].take(obs.raw["s2c"].size)))
+        if obs is not None and not self.tls and not obs.dirs["s2c"].records:
+            # TLS from the client only: the summary must not say this connection used TLS.
+            self.info.tls["server_tls"] = False
+            if self.clear_after_tls:
+                self.info.tls["answered_in_clear"] = True
+        if obs is not None and not self.tls:
+            # The mail conversation inside TLS: its application data records (the rest of
+            # the handshake, already told or encrypted, and closing alerts are not in it).
+            c2s, s2c = obs.dirs["c2s"], obs.dirs["s2c"]
+            if c2s.app_records or s2c.app_records:
+                meta = {"c2s": c2s.app_bytes, "s2c": s2c.app_bytes,
+                        "records": {"c2s": c2s.app_records, "s2c": s2c.app_records}}
                 step = Step(t=t, session=self.session, proto="tls", src="client", dst=self.server,
-                            dir="c2s", kind="data", verb="ENCRYPTED", meta=enc,
-                            packets=packets or None,
-                            line=f"[TLS: {enc['c2s']} bytes from the client, {enc['s2c']} from the "
-                                 "server, encrypted (not decrypted: no key log)]")
+                            dir="c2s", kind="data", verb="ENCRYPTED", meta=meta,
+                            packets=sorted(set(c2s.app_packets) | set(s2c.app_packets)) or None,
+                            line=f"[TLS application data: {c2s.app_bytes} bytes in "
+                                 f"{c2s.app_records} record(s) from the client, {s2c.app_bytes} "
+                                 f"in {s2c.app_records} from the server, encrypted (not "
+                                 "decrypted: no key log)]")
                 self.emit(annotate(step))
-                self.info.tls["bytes"] = enc
+                self.info.tls["bytes"] = {"c2s": c2s.app_bytes, "s2c": s2c.app_bytes}
 
     # ------------------------------------------------------------- per protocol
 
@@ -592,12 +638,10 @@ class SmtpDecoder(Decoder):
     def _message(self, verb: str) -> None:
         raw = b"".join(self.msg)
         self.msg = []
-        if verb == "DATA":
-            raw = raw.replace(b"\r\n", b"\n")
-            if raw.startswith(b".") or b"\n." in raw:
-                raw = _DOT_STUFFED.sub(b"", raw)
-        else:
-            raw = raw.replace(b"\r\n", b"\n")
+        # As it crossed the wire (CRLF line ends); DATA's dot-stuffing is undone, so the
+        # size is the one BDAT would have announced.
+        if verb == "DATA" and (raw.startswith(b".") or b"\n." in raw):
+            raw = _DOT_STUFFED.sub(b"", raw)
         step = wire.message_step(raw, session=self.session, verb=verb, tls=self.tls, t=self.t)
         if self.msg_gap:
             step.meta["gap"] = True
@@ -891,7 +935,7 @@ class ImapDecoder(_ConversationDecoder):
         have[1] += len(data)
 
     def _message(self, verb: str, data: bytes, truncated: bool) -> None:
-        message = data.replace(b"\r\n", b"\n")
+        message = data                    # the literal, as it crossed the wire
         self.info.messages += 1
         mailer = mailer_of(message) if verb == "APPEND" else None   # not one it downloaded
         if mailer and mailer not in self.info.software:
@@ -975,10 +1019,9 @@ class Pop3Decoder(_ConversationDecoder):
     def _retrieved(self, verb: str, body: bytes) -> None:
         if verb != "RETR":
             return
-        message = body.replace(b"\r\n..", b"\r\n.")
+        message = body.replace(b"\r\n..", b"\r\n.")       # as on the wire, unstuffed
         if message.startswith(b".."):
             message = message[1:]
-        message = message.replace(b"\r\n", b"\n")
         self.info.messages += 1
         from gponsim.wire.smtp import message_summary
 

@@ -28,6 +28,10 @@ _T = {
         "anonymous_server": "it does not say which software it is: explained by the RFCs",
         "tls": "TLS",
         "notls": "no TLS: everything in clear",
+        "tls_clear": "no TLS: the client started TLS ({how}, ClientHello) but the server answered "
+                     "in clear; everything is in clear",
+        "tls_client_only": "only the client's side of TLS is in the capture (no TLS record from "
+                           "the server)",
         "gaps": "{n} gap(s)",
         "failures": "Failures:",
         "nofail": "No failures.",
@@ -64,6 +68,10 @@ _T = {
         "anonymous_server": "no dice qué programa es: se explica por los RFC",
         "tls": "TLS",
         "notls": "sin TLS: todo en claro",
+        "tls_clear": "sin TLS: el cliente empezó TLS ({how}, ClientHello) pero el servidor "
+                     "respondió en claro; todo va en claro",
+        "tls_client_only": "en la captura solo está la parte de TLS del cliente (ningún registro "
+                           "TLS del servidor)",
         "gaps": "{n} hueco(s)",
         "failures": "Fallos:",
         "nofail": "Sin fallos.",
@@ -138,7 +146,9 @@ def summary_text(a: Analysis, lang: str = "en", explain: str = "first") -> str:
             who.append(f"{t['server']}: {t[key].format(name=server.name)}")
         if who:
             out.append("      " + "  ".join(who))
-        if c.tls:
+        if c.tls.get("answered_in_clear"):
+            out.append(f"      {t['tls_clear'].format(how=c.tls.get('how', 'TLS'))}")
+        elif c.tls:
             parts = [c.tls.get("how", "TLS")]
             for name in ("version", "cipher"):
                 if c.tls.get(name):
@@ -147,6 +157,8 @@ def summary_text(a: Analysis, lang: str = "en", explain: str = "first") -> str:
                 parts.append(f"SNI {c.tls['sni']}")
             if c.tls.get("subject"):
                 parts.append(f"cert {c.tls['subject']}")
+            if c.tls.get("server_tls") is False:
+                parts.append(t["tls_client_only"])
             out.append(f"      {t['tls']}: " + visible_all(", ".join(parts)))
         else:
             out.append(f"      {t['notls']}")

@@ -40,7 +40,9 @@ def _rel(a: int, b: int) -> int:
 class Handler(Protocol):
     #: ``packet``: the capture's number of the packet that carried these bytes.
     def data(self, direction: str, data: bytes, t: float, packet: int = 0) -> None: ...
-    def gap(self, direction: str, nbytes: int, t: float) -> None: ...
+    #: ``packet``: the first packet after the hole (Wireshark's "previous segment not
+    #: captured").
+    def gap(self, direction: str, nbytes: int, t: float, packet: int = 0) -> None: ...
     def close(self, t: float) -> None: ...
 
 
@@ -272,7 +274,7 @@ class Tracker:
                 return
             if r > 0:
                 st.gaps += 1
-                conn.handler.gap(st.direction, r, t)
+                conn.handler.gap(st.direction, r, t, st.pending[first][1])
                 st.next = first
             self._drain(conn, st, t)
 

@@ -5,7 +5,8 @@
 the clear: the ClientHello (offered versions, SNI, cipher suites), the
 ServerHello (chosen version and cipher suite) and, up to TLS 1.2, the
 server's certificate (subject). Everything after ChangeCipherSpec or the
-first encrypted record is only counted.
+first encrypted record is only counted: its records, and apart the
+application data records (the mail conversation) with their packets.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def looks_like_tls(data: bytes) -> bool:
 
 
 class _Dir:
-    __slots__ = ("buf", "hs", "hs_packets", "encrypted", "records", "bytes", "lost")
+    __slots__ = ("buf", "hs", "hs_packets", "encrypted", "records", "bytes", "lost",
+                 "app_records", "app_bytes", "app_packets")
 
     def __init__(self) -> None:
         self.lost = False                      # after a gap: wait for a record to start
@@ -68,6 +70,11 @@ class _Dir:
         self.encrypted = False
         self.records = 0
         self.bytes = 0
+        #: Application data records (content type 23): how many, their bytes on the
+        #: wire (5-byte headers included) and the packets that carried them.
+        self.app_records = 0
+        self.app_bytes = 0
+        self.app_packets: list[int] = []
 
 
 class TlsObserver:
@@ -124,8 +131,6 @@ class TlsObserver:
             d.lost = False
         if packets is not None:
             raw.add(len(data), packets)
-        if d.encrypted and (self.keys is None or self.failed[direction]) and self.on_record is None:
-            return out                   # nothing more to learn: only count
         d.buf += data
         while len(d.buf) >= 5:
             ctype, _vmaj, _vmin, length = struct.unpack_from("!BBBH", d.buf)
@@ -145,6 +150,12 @@ class TlsObserver:
             if ctype == 20:
                 d.encrypted = True
                 continue
+            if ctype == 23:
+                d.app_records += 1
+                d.app_bytes += 5 + length
+                for p in pk:
+                    if not d.app_packets or d.app_packets[-1] != p:
+                        d.app_packets.append(p)
             if d.encrypted or ctype == 23:
                 d.encrypted = True
                 if self.keys is not None and not self.failed[direction]:

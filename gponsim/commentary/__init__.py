@@ -126,7 +126,7 @@ class Catalog:
         Commands: ``<proto>.cmd.<VERB>`` then ``<proto>.cmd.unknown``.
         Replies: ``<proto>.reply.<VERB>.<code>-<enh>``, ``<proto>.reply.<code>-<enh>``,
         ``<proto>.reply.<VERB>.<code>``, ``<proto>.reply.<code>``,
-        ``<proto>.reply.<d>xx`` (``<VERB>`` is the command being answered;
+        ``<proto>.reply.<VERB>.<d>xx``, ``<proto>.reply.<d>xx`` (``<VERB>`` is the command being answered;
         ``<code>`` is the numeric code or the status word: OK, NO, +OK, ...).
         Other kinds: ``<proto>.<kind>.<verb>`` then ``<proto>.<kind>``.
         An explicit ``step.key`` always comes first.
@@ -159,6 +159,8 @@ class Catalog:
             if code:
                 out.append(f"{p}.reply.{code}")
             if step.code is not None:
+                if verb:
+                    out.append(f"{p}.reply.{verb}.{str(step.code)[0]}xx")
                 out.append(f"{p}.reply.{str(step.code)[0]}xx")
         else:
             if step.verb:

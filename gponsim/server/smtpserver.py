@@ -258,6 +258,9 @@ class SmtpServer(smtp.ESMTP):
         #: bytes of the message as they came (CRLF, dots), for Postfix's
         #: "lost connection after DATA (N bytes)"
         self.raw_message_bytes = 0
+        #: the message's size as it crossed the wire, dot-stuffing undone (its Step's size,
+        #: what BDAT counts); ``message_parts`` hold it with LF line ends
+        self.wire_size = 0
         #: the message went over ``size_limit``: what came after was dropped
         self.too_big = False
 
@@ -297,7 +300,8 @@ class SmtpServer(smtp.ESMTP):
             message = b"".join(self.message_parts)
             self.message_parts = []
             self.emit(wire.message_step(message, session=self.session, src=self.client_actor,
-                                        dst=self.server_actor, tls=self.tls, proto=self.proto))
+                                        dst=self.server_actor, tls=self.tls, proto=self.proto,
+                                        size=self.wire_size))
             self.message_received(message, "DATA")
             return True
         last = buf.rfind(b"\n")
@@ -322,8 +326,10 @@ class SmtpServer(smtp.ESMTP):
         if not block:
             return
         data = block.replace(b"\r\n", b"\n")
+        stuffed = 0
         if data.startswith(b".") or b"\n." in data:
-            data = _DOT_STUFFED.sub(b"", data)
+            data, stuffed = _DOT_STUFFED.subn(b"", data)
+        self.wire_size += len(block) - stuffed
         self._keep(data)
 
     def read_chunk(self, size: int, done: Callable[[], None]) -> None:
@@ -338,6 +344,7 @@ class SmtpServer(smtp.ESMTP):
         self._inbuf = self._inbuf[len(chunk):]
         self._raw_remaining -= len(chunk)
         self.raw_message_bytes += len(chunk)
+        self.wire_size += len(chunk)
         self._keep(chunk)
         self.resetTimeout()
         if self._raw_remaining == 0:

@@ -155,7 +155,7 @@ class Pop3Conversation:
             message = body.replace(b"\r\n..", b"\r\n.")
             if message.startswith(b".."):
                 message = message[1:]
-            meta = message_summary(message.replace(b"\r\n", b"\n"))
+            meta = message_summary(message)           # as on the wire: CRLF counted
             summary = f"[message: {len(message)} bytes, {meta['lines']} lines"
             summary += f", Subject: {meta['subject']}]" if meta.get("subject") else "]"
             lines = [self._first, summary, "."]

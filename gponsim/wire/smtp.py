@@ -98,6 +98,12 @@ def reply_step(lines: list[str], *, session: str, answers: str | None, src: str 
 _SUMMARY_HEADERS = {b"from": "from", b"to": "to", b"subject": "subject", b"message-id": "message_id"}
 
 
+def header_end(message: bytes) -> int:
+    """Where the header section of a message ends (its blank line, LF or CRLF), or -1."""
+    lf, crlf = message.find(b"\n\n"), message.find(b"\n\r\n")
+    return min(lf, crlf) if lf >= 0 and crlf >= 0 else max(lf, crlf)
+
+
 def message_summary(message: bytes) -> dict:
     """Size, line count and the headers a student looks at first.
 
@@ -105,7 +111,7 @@ def message_summary(message: bytes) -> dict:
     full MIME parse: it runs for every message the lab receives.
     """
     meta: dict = {"size": len(message), "lines": message.count(b"\n")}
-    end = message.find(b"\n\n")
+    end = header_end(message)
     block = message[:end if end >= 0 else 65536].replace(b"\r\n", b"\n")
     current = None
     for raw in block.split(b"\n"):
@@ -123,8 +129,12 @@ def message_summary(message: bytes) -> dict:
 
 def message_step(message: bytes, *, session: str, verb: str = "DATA", src: str = "client",
                  dst: str = "smtpd", tls: bool = False, t: float | None = None,
-                 proto: str = "smtp") -> Step:
+                 proto: str = "smtp", size: int | None = None) -> Step:
+    """The message itself, summarised. ``size``: its size on the wire (CRLF line ends,
+    dot-stuffing removed, as BDAT counts it) when ``message`` is kept otherwise (LF)."""
     meta = message_summary(message)
+    if size is not None:
+        meta["size"] = size
     subject = meta.get("subject")
     line = f"[message: {meta['size']} bytes, {meta['lines']} lines"
     line += f", Subject: {subject}]" if subject else "]"

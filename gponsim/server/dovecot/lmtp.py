@@ -490,7 +490,7 @@ class DovecotLmtp(SmtpServer):
             return
         message = self.chunked_message()
         self.emit(wire.message_step(message, session=self.session, verb="BDAT", src="lmtp",
-                                    dst="dovecot-lmtp", proto="lmtp"))
+                                    dst="dovecot-lmtp", proto="lmtp", size=self.wire_size))
         self._deliver(message, "BDAT")
 
     def cmd_RSET(self, args: str) -> None:

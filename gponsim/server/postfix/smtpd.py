@@ -724,7 +724,8 @@ class Smtpd(SmtpServer):
             return
         total = self.message_size
         message = self.chunked_message()
-        self.emit(wire.message_step(message, session=self.session, verb="BDAT", tls=self.tls))
+        self.emit(wire.message_step(message, session=self.session, verb="BDAT", tls=self.tls,
+                                    size=total))
         self._finish_message(message, "BDAT", ok_text=f"2.0.0 Ok: {total} bytes queued as {{qid}}")
 
     def _after_bdat(self, verb: str) -> bool:

@@ -602,7 +602,7 @@ class GmailSmtp(SmtpServer):
             return
         message = self.chunked_message()
         self.emit(wire.message_step(message, session=self.session, verb="BDAT", dst="relay",
-                                    tls=self.tls))
+                                    tls=self.tls, size=self.wire_size))
         self._finish(message, "BDAT")
 
     def cmd_RSET(self, args: str) -> None:
