@@ -13,7 +13,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from gponsim.server.maillog import MailLog
-from gponsim.server.postfix.lmtp import LmtpClient, LmtpSettings, MailboxTransport, dot_stuffed
+from gponsim.server.postfix.lmtp import LmtpClient, LmtpSettings, MailboxTransport
+from gponsim.wire.smtp import dot_stuffed
 from gponsim.server.postfix.queuefile import Envelope
 from gponsim.server.postfix.transport import DeliveryRequest
 from gponsim.sinks.memory import ListSink

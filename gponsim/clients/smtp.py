@@ -187,12 +187,9 @@ class SmtpClient:
 
     def send_data(self, message: bytes) -> list[str]:
         self.expect(self.command("DATA"), 354)
-        body = message.replace(b"\r\n", b"\n").split(b"\n")
-        if body and body[-1] == b"":
-            body.pop()
-        stuffed = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in body)
-        self.emit(wire.message_step(message, session=self.session, tls=self.tls))
-        self._send_raw(stuffed + b".\r\n")
+        self.emit(wire.message_step(message, session=self.session, tls=self.tls,
+                                    size=wire.wire_size(message)))
+        self._send_raw(wire.dot_stuffed(message) + b".\r\n")
         self.last_verb = "DATA"
         return self.read_reply("DATA")
 

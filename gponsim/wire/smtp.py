@@ -127,6 +127,28 @@ def message_summary(message: bytes) -> dict:
     return meta
 
 
+def crlf_lines(message: bytes) -> list[bytes]:
+    """The message's lines, without their ends (CRLF or LF); a last line without an
+    end counts as a line (a client ends it with CRLF before the final dot)."""
+    lines = message.replace(b"\r\n", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def dot_stuffed(message: bytes) -> bytes:
+    """The message as it goes after 354: CRLF lines, leading dots doubled (RFC 5321
+    §4.5.2), without the final ``.``."""
+    return b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n"
+                    for ln in crlf_lines(message))
+
+
+def wire_size(message: bytes) -> int:
+    """The message's size on the wire as a server counts it: CRLF line ends, dot-stuffing
+    undone (what BDAT would announce for it)."""
+    return sum(len(ln) + 2 for ln in crlf_lines(message))
+
+
 def message_step(message: bytes, *, session: str, verb: str = "DATA", src: str = "client",
                  dst: str = "smtpd", tls: bool = False, t: float | None = None,
                  proto: str = "smtp", size: int | None = None) -> Step:

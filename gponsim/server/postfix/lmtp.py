@@ -112,14 +112,6 @@ def is_8bit(content: bytes, body_param: str | None = None) -> bool:
     return _8BIT_CTE.search(content) is not None
 
 
-def dot_stuffed(content: bytes) -> bytes:
-    """The message as it goes after 354: CRLF lines, leading dots doubled."""
-    lines = content.replace(b"\r\n", b"\n").split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
-
-
 class LmtpClient(DeliveryClient):
     """lmtp(8) behind qmgr: one LMTP conversation per delivery request."""
 
@@ -287,10 +279,11 @@ class LmtpClient(DeliveryClient):
 
         # --- the message, the dot and QUIT in one write; one reply per recipient
         self.emit(wire.message_step(req.content, session=session, src="lmtp",
-                                    dst="dovecot-lmtp", proto="lmtp"))
+                                    dst="dovecot-lmtp", proto="lmtp",
+                                    size=wire.wire_size(req.content)))
         self.emit(wire.command_step("QUIT", session=session, src="lmtp", dst="dovecot-lmtp",
                                     proto="lmtp"))
-        proto.transport.write(dot_stuffed(req.content) + b".\r\nQUIT\r\n")
+        proto.transport.write(wire.dot_stuffed(req.content) + b".\r\nQUIT\r\n")
         for index in accepted:
             final = await reply("DATA", "DOT", s.data_done_timeout)
             if reply_code(final) // 100 == 2:

@@ -671,13 +671,10 @@ class SmtpRelayClient(DeliveryClient):
         if data_reply is None or reply_code(data_reply) != 354:
             await quit_()
             raise fail(data_reply or ["451 4.3.0 no reply"], "DATA")
-        body = req.content.replace(b"\r\n", b"\n").split(b"\n")
-        if body and body[-1] == b"":
-            body.pop()
-        stuffed = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in body)
         self.emit(self._relay_key(wire.message_step(req.content, session=session, src="smtp",
-                                                    dst="relay", tls=state["tls"])))
-        proto.transport.write(stuffed + b".\r\n")
+                                                    dst="relay", tls=state["tls"],
+                                                    size=wire.wire_size(req.content))))
+        proto.transport.write(wire.dot_stuffed(req.content) + b".\r\n")
         final = await reply("DATA")
         if reply_code(final) == 250:
             dsn = reply_dsn(final)
