@@ -11,8 +11,9 @@ hand-offs between Postfix's programs); log lines (``connect from``,
 ``disconnect``, ``removed``, the relay's ``status=``) are notes on the
 lifeline of the program that logged them. Participants are in the lab
 document's order for the flow (the receive flow puts the external server
-first and the mail client last). Repeated runs (49 ``TOP`` commands and their
-``+OK``) collapse into one row with a count.
+first and the mail client last). Repeated runs of identical lines collapse into
+one row with a count; in IMAP and POP3 lines that differ only in their numbers
+too (49 ``TOP n 0`` and their ``+OK``: the row shows the first and the last).
 :mod:`gponsim.diagrams.dot` and :mod:`gponsim.diagrams.mermaid` draw the pages.
 """
 
@@ -165,15 +166,28 @@ def _label(step: Step, width: int = MAX_LABEL, lang: str = "en") -> str:
     return text
 
 
+_NUMBER = re.compile(r"\d+")
+
+
 def _signature(step: Step) -> tuple:
-    return (step.src, step.dst, step.kind, step.verb, step.code, step.status, step.proto)
+    """What must be equal for two Steps to collapse into one row: the whole line as
+    shown. In IMAP and POP3 the numbers may differ (tags, message numbers: ``TOP 1 0``,
+    ``TOP 2 0``...); the row then shows the first and the last line of the run."""
+    line = step.shown_line()
+    if step.proto in ("imap", "pop3"):
+        line = _NUMBER.sub("#", line)
+    return (step.src, step.dst, step.kind, step.verb, step.code, step.status, step.proto, line)
 
 
-def collapse(steps: list[Step], min_repeats: int = 3, max_period: int = 4) -> list[tuple[Step, int]]:
-    """Runs of the same block of Steps repeated ``min_repeats`` times or more
-    become one block with a count: ``[(step, repeat), ...]``."""
+def collapse(steps: list[Step], min_repeats: int = 3,
+             max_period: int = 4) -> list[tuple[Step, int, Step]]:
+    """Runs of the same block of Steps (:func:`_signature`) repeated ``min_repeats``
+    times or more become one block with a count: ``[(step, repeat, last), ...]``, where
+    ``last`` is the run's last Step in that place of the block (``step`` itself when the
+    Step stands alone). Different lines never collapse: three RCPTs to three recipients
+    stay three rows."""
     sigs = [_signature(s) for s in steps]
-    out: list[tuple[Step, int]] = []
+    out: list[tuple[Step, int, Step]] = []
     i = 0
     while i < len(steps):
         best_period, best_reps = 0, 1
@@ -187,11 +201,12 @@ def collapse(steps: list[Step], min_repeats: int = 3, max_period: int = 4) -> li
             if reps >= min_repeats and reps * period > best_reps * max(best_period, 1):
                 best_period, best_reps = period, reps
         if best_period:
-            for step in steps[i:i + best_period]:
-                out.append((step, best_reps))
+            last = i + best_period * (best_reps - 1)
+            for k in range(best_period):
+                out.append((steps[i + k], best_reps, steps[last + k]))
             i += best_period * best_reps
         else:
-            out.append((steps[i], 1))
+            out.append((steps[i], 1, steps[i]))
             i += 1
     return out
 
@@ -244,7 +259,7 @@ def _service(step: Step, services: dict[str, str]) -> str:
 
 
 def _row(step: Step, repeat: int, flow: str, service: str, notes: bool, lang: str,
-         width: int) -> Row | None:
+         width: int, last: Step | None = None) -> Row | None:
     """The row a Step becomes, or None for what a sequence diagram does not show."""
     if step.session == "lab":            # the lab announcing itself at start-up (not a message)
         return None
@@ -267,7 +282,11 @@ def _row(step: Step, repeat: int, flow: str, service: str, notes: bool, lang: st
         logger = dst if dst in _SERVERS and src in ("client", "internet") else src
         src = dst = logger
         kind = "note"
-    return Row(src=src, dst=dst, label=_label(step, width, lang), tls=step.tls, failed=failed,
+    label = _label(step, width, lang)
+    if last is not None and last is not step and last.shown_line() != step.shown_line():
+        # A run whose numbers differ: its first and its last line.
+        label = _label(step, width // 2, lang) + " … " + _label(last, width // 2, lang)
+    return Row(src=src, dst=dst, label=label, tls=step.tls, failed=failed,
                kind=kind, note=note, repeat=repeat)
 
 
@@ -311,12 +330,12 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
     chosen = select(steps, flow, session)
     services = {s.session: service_of(s) for s in steps
                 if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp" and s.dst == "smtpd"}
-    pairs = collapse(chosen) if collapse_runs else [(s, 1) for s in chosen]
+    runs = collapse(chosen) if collapse_runs else [(s, 1, s) for s in chosen]
     groups: dict[tuple, list[Row]] = {}
     current: dict[str, tuple] = {}          # session -> its group now
-    for step, repeat in pairs:
+    for step, repeat, last in runs:
         service = _service(step, services)
-        row = _row(step, repeat, flow, service, notes, lang, label_width)
+        row = _row(step, repeat, flow, service, notes, lang, label_width, last)
         if row is None:
             continue
         phase = phase_of(step) if by_phase else ""
