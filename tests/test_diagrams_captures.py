@@ -36,3 +36,72 @@ def test_different_recipients_do_not_collapse(zeek_smtp):
     assert rcpts == ["RCPT TO: <raj_deol2002in@yahoo.co.in>", "RCPT TO:<ericlim220@yahoo.com>",
                      "RCPT TO:<felica4uu@hotmail.com>", "RCPT TO:<davis_mark1@outlook.com>"]
     assert all(r.repeat == 1 for r in rows if r.label.startswith("RCPT"))
+
+
+def test_a_foreign_server_is_named_as_the_capture_shows_it(zeek_smtp):
+    """Outlook authenticating to Exim is a mail client talking to Exim, not an
+    "External Server" relaying to the lab's Postfix; so is Apple Mail (its X-Mailer)."""
+    from gponsim.diagrams.dot import sequence_dot
+    from gponsim.diagrams.mermaid import sequence_mermaid
+
+    steps, _ = zeek_smtp
+    pages = build_sequence(steps, lang="es")
+    names = {name for p in pages for name in p.names.values()}
+    assert names == {"Microsoft Office Outlook 12.0 · GP\n10.10.1.4", "Exim 4.69\n74.53.140.153:25",
+                     "Apple Mail (2.2102)\n192.168.133.100", "Servidor SMTP · uprise\n192.168.133.102:25"}
+    for page in pages:
+        assert not {"internet", "smtpd", "client"} & set(page.participants), page.participants
+        assert page.service == "client-smtp"
+        assert set(page.names) == set(page.participants)
+        clients = [p for p in page.participants if page.names[p] in names and p.startswith("peer-c")]
+        assert page.participants[:len(clients)] == clients         # the client on the left
+    dot, mermaid = sequence_dot(pages[0], "es"), sequence_mermaid(pages[0], "es")
+    for text in (dot, mermaid):
+        assert "Exim 4.69" in text and "Servidor externo" not in text and "Postfix" not in text
+    assert "cliente de correo en el puerto 25" in dot and "de servidor a servidor" not in dot
+
+
+def test_the_architecture_does_not_put_a_foreign_capture_on_the_lab(zeek_smtp):
+    from gponsim.diagrams.architecture import architecture_dot, observe
+
+    steps, _ = zeek_smtp
+    assert not any(o.count for o in observe(steps).values())
+    text = architecture_dot(steps, "en")
+    assert "Receive Incoming\\n" not in text and "session(s)" in text
+    assert "In the capture, not the lab" in text
+    assert "Exim 4.69\\n74.53.140.153:25" in text and "Microsoft Office Outlook 12.0 · GP\\n10.10.1.4" in text
+    assert "1 session(s) · SMTP 25 · AUTH · in clear" in text
+
+
+def test_the_packet_ladder_names_a_foreign_servers_client(tmp_path):
+    from conftest import SHARED
+    from gponsim.diagrams.ladder import build_ladder
+
+    pcap = SHARED / "pcaps" / "zeek" / "smtp.pcap"
+    if not pcap.exists():
+        pytest.skip(f"{pcap} is absent (the shared captures are not beside the project)")
+    pages, _ = build_ladder(pcap, session="2", lang="en")
+    assert [pages[0].names[p] for p in pages[0].participants] == [
+        "Apple Mail (2.2102)\n192.168.133.100", "SMTP server · uprise\n192.168.133.102:25"]
+
+
+def test_a_mail_client_on_port_25_of_postfix_is_a_client(tmp_path_factory):
+    """Thunderbird (its User-Agent, no Received:) sending to Postfix on port 25: the lab's
+    roles, but the mail client, not another mail server, and in the send flow."""
+    steps, _ = analyzed(tmp_path_factory, "chrissanders-packets/mail_sender_client_1.pcapng")
+    pages = build_sequence(steps, flow="send")
+    assert pages and {p.service for p in pages} == {"client-smtp"}
+    assert {a for p in pages for a in p.participants} == {"client", "smtpd"}
+    assert all(not p.names for p in pages)
+    assert not [r for p in build_sequence(steps, flow="receive") for r in p.rows]
+
+
+def test_a_relay_passing_on_a_clients_message_is_a_mail_server(tmp_path_factory):
+    """mail01 relays Thunderbird's message to mail02: the message names Thunderbird, but
+    it went through mail01 (Received:), so mail01 is a mail server, server to server."""
+    steps, _ = analyzed(tmp_path_factory, "chrissanders-packets/mail_sender_server_2.pcapng")
+    from gponsim.diagrams.sequence import services
+
+    assert sorted(services(steps).values()) == ["client-smtp", "smtp"]
+    relay = [p for p in build_sequence(steps, flow="receive") if p.service == "smtp"]
+    assert relay and {a for p in relay for a in p.participants} == {"internet", "smtpd"}

@@ -25,6 +25,7 @@ from typing import Iterable
 
 from gponsim.commentary import catalog
 from gponsim.diagrams.labels import caption, participant_name
+from gponsim.diagrams.parties import parties
 from gponsim.steps import Step
 
 #: Left-to-right order of the lifelines, as in the lab document's diagrams.
@@ -73,6 +74,7 @@ class Page:
     total: int = 1
     phases: list[str] = field(default_factory=list)   # of PHASES, what the page shows
     service: str = ""           # whose conversation: submission, smtp, relay, imap, ...
+    names: dict[str, str] = field(default_factory=dict)   # lifelines named by a capture
     label_chars: int = 44       # a label's line, at most (the layout narrows it to fit)
 
     @property
@@ -92,19 +94,40 @@ def service_of(connect: Step) -> str:
     return SERVICE_OF_PORT.get(server[1], "smtp")
 
 
+#: The services whose client is a mail client (the send flow); "client-smtp": a capture's
+#: mail client on port 25 (see :mod:`gponsim.diagrams.parties`).
+CLIENT_SERVICES = ("submission", "smtps", "submissions", "client-smtp")
+
+
+def services(steps: Iterable[Step]) -> dict[str, str]:
+    """The smtpd service of each SMTP session (:func:`service_of`); a capture's client
+    on port 25 that is a mail client, not a mail server, is ``client-smtp``."""
+    steps = list(steps)
+    found = {s.session: service_of(s) for s in steps
+             if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp" and s.dst == "smtpd"}
+    for session, party in parties(steps).items():
+        if found.get(session) == "smtp" and party.mail_client:
+            found[session] = "client-smtp"
+    return found
+
+
+def flows_with_steps(steps: Iterable[Step], session: str | None = None) -> list[str]:
+    """The flows (of :data:`FLOWS`) that have something to draw."""
+    steps = [s for s in steps if s.session != "lab"]
+    return [flow for flow in FLOWS if select(steps, flow, session)]
+
+
 def select(steps: Iterable[Step], flow: str = "all", session: str | None = None) -> list[Step]:
     """The Steps a flow of the lab document shows (see ``--flow``)."""
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}: choose one of {', '.join(FLOWS)}")
     chosen = []
-    sessions_of_service: dict[str, str] = {}
+    steps = list(steps)
+    sessions_of_service = services(steps)
     origin_of_qid: dict[str, str] = {}         # queue id -> session that brought the message
     lmtp_qid: dict[str, str] = {}              # LMTP session -> the queue id it delivers
-    steps = list(steps)
     for s in steps:
-        if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp":
-            sessions_of_service[s.session] = service_of(s)
-        elif s.kind == "event" and s.proto == "queue" and "qid" in s.meta:
+        if s.kind == "event" and s.proto == "queue" and "qid" in s.meta:
             origin_of_qid.setdefault(s.meta["qid"], s.session)
         elif s.kind == "event" and s.proto == "lmtp" and s.verb == "CONNECT" and "qid" in s.meta:
             lmtp_qid[s.session] = s.meta["qid"]
@@ -123,9 +146,9 @@ def select(steps: Iterable[Step], flow: str = "all", session: str | None = None)
                     or s.dst == "auth":
                 chosen.append(s)
         elif flow == "send":
-            # The submission sessions (their SASL, queue and delivery Steps carry the
-            # same session id) and the relay leg to Gmail.
-            if sessions_of_service.get(s.session) == "submission" or {s.src, s.dst} & {"smtp", "relay"}:
+            # The sessions of mail clients (their SASL, queue and delivery Steps carry
+            # the same session id) and the relay leg to Gmail.
+            if sessions_of_service.get(s.session) in CLIENT_SERVICES or {s.src, s.dst} & {"smtp", "relay"}:
                 chosen.append(s)
         elif flow == "receive":
             if sessions_of_service.get(s.session) == "smtp" or s.proto in ("imap", "pop3"):
@@ -319,6 +342,19 @@ def _chunks(rows: list[Row], size: int) -> list[list[Row]]:
         count += 1
 
 
+def _cast(row: Row, party, actors: dict[str, str], lang: str) -> None:
+    """Put a foreign server's conversation on lifelines named as the capture shows
+    them (``peer-c…`` its client, ``peer-s…`` its server), not on the lab's."""
+    def actor(label: str, side: str) -> str:
+        if label not in actors:
+            actors[label] = f"peer-{side}{sum(a.startswith(f'peer-{side}') for a in actors.values()) + 1:03d}"
+        return actors[label]
+
+    client = actor(party.client_label(lang), "c")
+    server = actor(party.server_label(lang), "s")
+    row.src, row.dst = ({"client": client, "internet": client}.get(a, server) for a in (row.src, row.dst))
+
+
 def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | None = None,
                    lang: str = "en", notes: bool = False, collapse_runs: bool = True,
                    page_rows: int = MAX_ROWS, label_width: int = MAX_LABEL,
@@ -328,16 +364,19 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
     sessions of a lesson, say) share a page."""
     steps = list(steps)
     chosen = select(steps, flow, session)
-    services = {s.session: service_of(s) for s in steps
-                if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp" and s.dst == "smtpd"}
+    services_ = services(steps)
+    who = {session: party for session, party in parties(steps).items() if party.foreign}
+    actors: dict[str, str] = {}             # a foreign party's label -> its lifeline's id
     runs = collapse(chosen) if collapse_runs else [(s, 1, s) for s in chosen]
     groups: dict[tuple, list[Row]] = {}
     current: dict[str, tuple] = {}          # session -> its group now
     for step, repeat, last in runs:
-        service = _service(step, services)
+        service = _service(step, services_)
         row = _row(step, repeat, flow, service, notes, lang, label_width, last)
         if row is None:
             continue
+        if step.session in who:
+            _cast(row, who[step.session], actors, lang)
         phase = phase_of(step) if by_phase else ""
         if phase == "closing":
             key = current.get(step.session) or (step.session, "connection", service)
@@ -368,12 +407,13 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
         for chunk in _chunks(rows, page_rows):
             used = {r.src for r in chunk} | {r.dst for r in chunk}
             participants = [a for a in order if a in used] + sorted(used - set(order))
+            names = {actor: label for label, actor in actors.items() if actor in used}
             pages.append(Page(participants=participants, rows=chunk, number=len(pages) + 1,
-                              phases=phases, service=service))
+                              phases=phases, service=service, names=names))
     for page in pages:
         page.total = len(pages)
     return pages
 
 
 def participant_labels(page: Page, lang: str) -> dict[str, str]:
-    return {p: participant_name(p, lang) for p in page.participants}
+    return {p: page.names.get(p) or participant_name(p, lang) for p in page.participants}
