@@ -105,3 +105,40 @@ def test_a_relay_passing_on_a_clients_message_is_a_mail_server(tmp_path_factory)
     assert sorted(services(steps).values()) == ["client-smtp", "smtp"]
     relay = [p for p in build_sequence(steps, flow="receive") if p.service == "smtp"]
     assert relay and {a for p in relay for a in p.participants} == {"internet", "smtpd"}
+
+
+def test_an_empty_flow_is_an_error_that_names_the_flows_there(zeek_smtp, tmp_path):
+    """`--flow receive` of clients' sessions would draw only a lifeline: it says why instead."""
+    _, steps_file = zeek_smtp
+    out = tmp_path / "recv.svg"
+    run = CliRunner().invoke(main, ["diagram", "sequence", "--from", str(steps_file), "--flow", "receive",
+                                    "--format", "dot", "-o", str(out), "--notes", "--lang", "es"])
+    assert run.exit_code == 2, run.output
+    assert "nada que dibujar" in run.output and "flujo 'receive'" in run.output
+    assert "flujos con pasos: all, send, sasl" in run.output
+    assert not list(tmp_path.iterdir())
+    run = CliRunner().invoke(main, ["diagram", "sequence", "--from", str(steps_file), "--flow", "receive",
+                                    "--session", "nope", "-o", str(out)])
+    assert run.exit_code == 2 and "no session 'nope'" in run.output
+    session = next(s.session for s in zeek_smtp[0])
+    run = CliRunner().invoke(main, ["diagram", "sequence", "--from", str(steps_file), "--flow", "receive",
+                                    "--session", session, "-o", str(out), "--lang", "en"])
+    assert run.exit_code == 2 and f"in session {session}; flows with Steps: all, send, sasl" in run.output
+    run = CliRunner().invoke(main, ["diagram", "sequence", "--from", str(steps_file), "--flow", "send",
+                                    "--format", "dot", "-o", str(out)])
+    assert run.exit_code == 0, run.output
+
+
+def test_the_output_path_under_a_file_is_explained(zeek_smtp, tmp_path):
+    _, steps_file = zeek_smtp
+    (tmp_path / "afile").write_text("")
+    for lang, said in (("en", "afile is a file, not a folder"), ("es", "afile es un archivo, no una carpeta")):
+        for kind in ("sequence", "architecture"):
+            run = CliRunner().invoke(main, ["diagram", kind, "--from", str(steps_file), "--format", "dot",
+                                            "-o", str(tmp_path / "afile" / "sub" / "a.dot"), "--lang", lang])
+            assert run.exit_code == 2 and said in run.output, run.output
+            assert "File exists" not in run.output
+    # Missing folders are made (as the README says).
+    run = CliRunner().invoke(main, ["diagram", "architecture", "--from", str(steps_file), "--format", "dot",
+                                    "-o", str(tmp_path / "new" / "dir" / "a.dot")])
+    assert run.exit_code == 0 and (tmp_path / "new" / "dir" / "a.dot").is_file()
