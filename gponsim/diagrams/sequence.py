@@ -14,6 +14,8 @@ document's order for the flow (the receive flow puts the external server
 first and the mail client last). Repeated runs of identical lines collapse into
 one row with a count; in IMAP and POP3 lines that differ only in their numbers
 too (49 ``TOP n 0`` and their ``+OK``: the row shows the first and the last).
+Steps of a capture whose server is not the lab's software are drawn on lifelines
+named as the capture shows them (:mod:`gponsim.diagrams.parties`), not the lab's.
 :mod:`gponsim.diagrams.dot` and :mod:`gponsim.diagrams.mermaid` draw the pages.
 """
 
@@ -364,14 +366,14 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
     sessions of a lesson, say) share a page."""
     steps = list(steps)
     chosen = select(steps, flow, session)
-    services_ = services(steps)
+    by_session = services(steps)
     who = {session: party for session, party in parties(steps).items() if party.foreign}
     actors: dict[str, str] = {}             # a foreign party's label -> its lifeline's id
     runs = collapse(chosen) if collapse_runs else [(s, 1, s) for s in chosen]
     groups: dict[tuple, list[Row]] = {}
     current: dict[str, tuple] = {}          # session -> its group now
     for step, repeat, last in runs:
-        service = _service(step, services_)
+        service = _service(step, by_session)
         row = _row(step, repeat, flow, service, notes, lang, label_width, last)
         if row is None:
             continue
