@@ -453,13 +453,22 @@ def diagram():
     """Architecture and sequence diagrams, drawn by Graphviz from what was observed."""
 
 
-def _diagram_output(out, fmt, default_stem):
+def _diagram_output(out, fmt, default_stem, lang=None):
+    """The file to write; a path under a file is an error that says so. Missing folders
+    are created when it is written."""
     from gponsim.diagrams import FORMATS
+    from gponsim.diagrams.labels import message
 
     if fmt not in FORMATS:
         raise click.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     suffix = {"mermaid": ".mmd"}.get(fmt, "." + fmt)
-    return out or Path(default_stem + suffix)
+    target = out or Path(default_stem + suffix)
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise _config_error(message("not_a_folder", _lang(lang), out=target, parent=parent))
+            break
+    return target
 
 
 def _load_steps_or_fail(source):
@@ -471,14 +480,22 @@ def _load_steps_or_fail(source):
         raise _config_error(exc)
 
 
-def _drawn(fn):
+def _drawn(fn, target=None, lang=None):
     from gponsim.diagrams import DotMissing
+    from gponsim.diagrams.labels import message
 
     try:
         return fn()
     except DotMissing as exc:
         raise click.ClickException(f"{exc}. The .dot and .mmd sources were written beside "
                                    f"the requested file.")
+    except OSError as exc:
+        # Writing the diagram (a page beside ``target``, a folder above it); not reading.
+        where = Path(exc.filename) if exc.filename else None
+        if target is None or where is None or \
+                (where.parent != target.parent and where not in (target.parent, *target.parent.parents)):
+            raise
+        raise _config_error(message("cannot_write", _lang(lang), out=where, why=exc.strerror or exc))
 
 
 format_option = click.option("--format", "fmt", default="svg", show_default=True,
@@ -498,9 +515,9 @@ def diagram_architecture(source, out, fmt, lang):
     """
     from gponsim.diagrams import draw_architecture
 
-    target = _diagram_output(out, fmt, "architecture")
+    target = _diagram_output(out, fmt, "architecture", lang)
     steps = _load_steps_or_fail(source) if source else None
-    written = _drawn(lambda: draw_architecture(steps, target, fmt=fmt, lang=_lang(lang)))
+    written = _drawn(lambda: draw_architecture(steps, target, fmt=fmt, lang=_lang(lang)), target, lang)
     click.echo(str(written))
 
 
@@ -534,16 +551,25 @@ def diagram_sequence(source, flow, session, packets_view, keylog, notes, no_coll
 
     if packets_view or keylog:
         return _diagram_ladder(source, flow, session, packets_view, keylog, notes, page_rows, out, fmt, lang)
-    target = _diagram_output(out, fmt, f"sequence-{flow}")
+    from gponsim.diagrams.labels import message
+    from gponsim.diagrams.sequence import flows_with_steps
+
+    target = _diagram_output(out, fmt, f"sequence-{flow}", lang)
     steps = _load_steps_or_fail(source)
     if session is not None and not any(s.session == session for s in steps):
         known = list(dict.fromkeys(s.session for s in steps))
         shown = ", ".join(known[:12]) + (f" … ({len(known)} in all)" if len(known) > 12 else "")
         raise click.BadParameter(f"no session {session!r} in {source} (sessions: {shown or 'none'})",
                                  param_hint="--session")
+    flows = flows_with_steps(steps, session)
+    if flow not in flows:       # an empty diagram would say nothing: say why instead
+        lang = _lang(lang)
+        where = message("in_session", lang, session=session) if session else ""
+        raise _config_error(message("empty_flow", lang, file=source, flow=flow, where=where,
+                                    flows=", ".join(flows) or message("none", lang)))
     written = _drawn(lambda: draw_sequence(steps, target, fmt=fmt, lang=_lang(lang), flow=flow,
                                            session=session, notes=notes, collapse=not no_collapse,
-                                           page_rows=page_rows))
+                                           page_rows=page_rows), target, lang)
     for path in written:
         click.echo(str(path))
 
@@ -558,10 +584,10 @@ def _diagram_ladder(source, flow, session, packets_view, keylog, notes, page_row
     if flow != "all":
         raise click.BadParameter("--flow chooses Steps; --packets draws one connection (--session)",
                                  param_hint="--flow")
-    target = _diagram_output(out, fmt, "ladder")
+    target = _diagram_output(out, fmt, "ladder", lang)
     try:
         written = _drawn(lambda: draw_ladder(source, target, session=session, keylog=keylog, fmt=fmt,
-                                             lang=_lang(lang), notes=notes, page_rows=page_rows))
+                                             lang=_lang(lang), notes=notes, page_rows=page_rows), target, lang)
     except CaptureError as exc:
         raise _config_error(f"--packets draws a capture (pcap or pcapng): {exc}")
     except NoConnection as exc:

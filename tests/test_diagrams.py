@@ -193,8 +193,24 @@ def test_repeated_runs_collapse_with_a_count():
     steps.append(step("client", "pop3", "command", "QUIT", "QUIT"))
     pages = build_sequence(steps)
     assert [(r.label, r.repeat) for p in pages for r in p.rows] == [
-        ("USER u", 1), ("+OK", 1), ("TOP 1 0", 49), ("+OK", 49), ("QUIT", 1)]
+        ("USER u", 1), ("+OK", 1), ("TOP 1 0 … TOP 49 0", 49), ("+OK", 49), ("QUIT", 1)]
     assert all(p.participants == ["client", "pop3"] for p in pages)
+
+
+def test_only_identical_smtp_lines_collapse():
+    """Three RCPTs to three recipients are three rows; three identical NOOPs are one."""
+    steps = [step("client", "smtpd", "command", "MAIL", "MAIL FROM:<a@x>"),
+             step("smtpd", "client", "reply", "MAIL", "250 Ok", code=250)]
+    for who in ("b1", "b2", "b3"):
+        steps += [step("client", "smtpd", "command", "RCPT", f"RCPT TO:<{who}@x>"),
+                  step("smtpd", "client", "reply", "RCPT", "250 Ok", code=250)]
+    for _ in range(3):
+        steps += [step("client", "smtpd", "command", "NOOP", "NOOP"),
+                  step("smtpd", "client", "reply", "NOOP", "250 Ok", code=250)]
+    rows = [(r.label, r.repeat) for p in build_sequence(steps) for r in p.rows]
+    assert rows == [("MAIL FROM:<a@x>", 1), ("250 Ok", 1),
+                    ("RCPT TO:<b1@x>", 1), ("250 Ok", 1), ("RCPT TO:<b2@x>", 1), ("250 Ok", 1),
+                    ("RCPT TO:<b3@x>", 1), ("250 Ok", 1), ("NOOP", 3), ("250 Ok", 3)]
 
 
 def test_long_sessions_paginate_evenly():

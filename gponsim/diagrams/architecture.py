@@ -13,13 +13,14 @@ from typing import Iterable
 
 from gponsim.diagrams.dot import FONT, q
 from gponsim.diagrams.labels import caption, component_name, edge_name
-from gponsim.diagrams.sequence import service_of
+from gponsim.diagrams.parties import parties
+from gponsim.diagrams.sequence import CLIENT_SERVICES, services
 from gponsim.steps import Step
 
 INSIDE = ("Client", "Postfix", "Dovecot", "Queue", "Mailbox", "SASL")
 OUTSIDE = ("Gmail", "Internet")
 SHAPES = {"Queue": "cylinder", "Mailbox": "cylinder"}
-STANDARD_PORTS = {"smtp": 25, "submission": 587, "smtps": 465, "submissions": 465}
+STANDARD_PORTS = {"smtp": 25, "client-smtp": 25, "submission": 587, "smtps": 465, "submissions": 465}
 
 #: The lab document's edges, in its order: (name, from, to).
 EDGES = (
@@ -37,20 +38,25 @@ class Observed:
     unit: str = "sessions"
     ports: set = field(default_factory=set)
     tls: set = field(default_factory=set)     # True / False seen
+    auth: bool = False                        # a client authenticated (captured conversations)
 
 
 def observe(steps: Iterable[Step]) -> dict[str, Observed]:
-    """What the Steps show on each edge of the architecture."""
+    """What the Steps show on each edge of the architecture (a capture's conversations
+    with servers that are not the lab's software: see :func:`observe_captured`)."""
+    steps = list(steps)
     obs: dict[str, Observed] = defaultdict(Observed)
-    service: dict[str, str] = {}
+    service = services(steps)
+    foreign = {session for session, party in parties(steps).items() if party.foreign}
     port: dict[str, str] = {}
     tls_sessions: set[str] = set()
     session_edge: dict[str, str] = {}
     for s in steps:
+        if s.session in foreign:
+            continue
         if s.tls or s.proto == "tls":      # a capture without keys still shows the handshake
             tls_sessions.add(s.session)
-        if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp":
-            service[s.session] = service_of(s)
+        if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp" and s.session in service:
             nominal = STANDARD_PORTS.get(service[s.session])
             actual = s.meta.get("port") or (s.meta.get("server") or [None, None])[1]
             if nominal or actual:
@@ -58,7 +64,7 @@ def observe(steps: Iterable[Step]) -> dict[str, Observed]:
                 # (--port-offset, tests on free ports).
                 port[s.session] = f"{nominal} (:{actual})" if nominal and actual and actual != nominal \
                     else str(nominal or actual)
-            edge = "submit" if service[s.session] in ("submission", "smtps", "submissions") else "receive"
+            edge = "submit" if service[s.session] in CLIENT_SERVICES else "receive"
             session_edge[s.session] = edge
         elif s.proto in ("imap", "pop3") and s.src == "client" and s.session not in session_edge:
             session_edge[s.session] = "read"
@@ -92,11 +98,29 @@ def observe(steps: Iterable[Step]) -> dict[str, Observed]:
     return dict(obs)
 
 
+def observe_captured(steps: Iterable[Step], lang: str = "en") -> dict[tuple[str, str], Observed]:
+    """A capture's conversations with servers that are not the lab's software, by
+    (client, server) as :mod:`.parties` names them: they are not drawn on the lab."""
+    steps = list(steps)
+    found = {session: party for session, party in parties(steps).items() if party.foreign}
+    tls = {s.session for s in steps if s.session in found and (s.tls or s.proto == "tls")}
+    obs: dict[tuple[str, str], Observed] = {}
+    for session, party in found.items():
+        o = obs.setdefault((party.client_label(lang), party.server_label(lang)), Observed())
+        o.count += 1
+        o.tls.add(session in tls)
+        o.auth = o.auth or party.auth
+        o.ports.add(f"{party.proto.upper()} {party.port}" if party.port else party.proto.upper())
+    return obs
+
+
 def _observed_label(o: Observed, lang: str) -> str:
     unit = {"sessions": "sessions", "messages": "messages"}.get(o.unit)
     text = caption(unit, lang, n=o.count) if unit else f"{o.count}×"
     if o.ports:
         text += " · " + ", ".join(sorted(o.ports))
+    if o.auth:
+        text += " · " + caption("auth", lang)
     if o.tls:
         words = []
         if True in o.tls:
@@ -136,6 +160,18 @@ def architecture_dot(steps: Iterable[Step] | None = None, lang: str = "en",
     out.append(f'    label={q(caption("external", lang))}; style="rounded,dashed"; color="#8d6e63";')
     out += [node(n) for n in OUTSIDE]
     out.append("  }")
+    captured = observe_captured(steps, lang) if steps is not None else {}
+    if captured:
+        # Servers of the capture that are not the lab: beside it, named as the capture shows.
+        out.append('  subgraph cluster_captured {')
+        out.append(f'    label={q(caption("captured", lang))}; style="rounded,dashed"; color="#2e7d32";')
+        ids: dict[str, str] = {}
+        for pair in captured:
+            for label in pair:
+                if label not in ids:
+                    ids[label] = f"captured{len(ids) + 1}"
+                    out.append(f'    "{ids[label]}" [label={q(label)}, fillcolor="#edf7ed"];')
+        out.append("  }")
     for name, a, b in EDGES:
         label = edge_name(name, lang)
         attrs = []
@@ -150,6 +186,9 @@ def architecture_dot(steps: Iterable[Step] | None = None, lang: str = "en",
             attrs.append("penwidth=3")
         attrs.insert(0, f"label={q(label)}")
         out.append(f'  "{a}" -> "{b}" [{", ".join(attrs)}];')
+    for (client, server), o in captured.items():
+        out.append(f'  "{ids[client]}" -> "{ids[server]}" [label={q(_observed_label(o, lang))}, '
+                   f'color="#2e7d32", fontcolor="#2e7d32", penwidth=2];')
     out.append("}")
     return "\n".join(out) + "\n"
 

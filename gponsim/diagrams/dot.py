@@ -19,7 +19,7 @@ import textwrap
 from dataclasses import dataclass, field
 
 from gponsim.diagrams.labels import caption, participant_name, phase_name, service_name
-from gponsim.diagrams.sequence import Page, Row
+from gponsim.diagrams.sequence import Page, Row, participant_labels
 
 TLS_COLOR = "#1f5fbf"
 FAIL_COLOR = "#c62828"
@@ -80,6 +80,8 @@ class Layout:
     label_x: list[float] = field(default_factory=list)                  # centre of each row's text
     title: str = ""
     comment_x: float = 0.0
+    names: dict[str, str] = field(default_factory=dict)             # each lifeline's name
+    box_h: float = BOX_H                                                # its box's height
 
 
 def _label_text(row: Row) -> str:
@@ -90,7 +92,7 @@ def _label_text(row: Row) -> str:
 def layout(page: Page, lang: str = "en", title: str | None = None) -> Layout:
     parts = page.participants or ["client"]
     index = {p: i for i, p in enumerate(parts)}
-    names = {p: participant_name(p, lang) for p in parts}
+    names = participant_labels(page, lang) if page.participants else {"client": participant_name("client", lang)}
     box_w = {p: text_width(names[p]) + 40 for p in parts}
     comments = any(r.note for r in page.rows)
     budget = MAX_W - 2 * MARGIN - (text_width("x" * COMMENT_W, FONT_SIZE - 2) + 40 if comments else 0)
@@ -134,8 +136,9 @@ def layout(page: Page, lang: str = "en", title: str | None = None) -> Layout:
     comment_x = width
     if comments:
         width += text_width("x" * COMMENT_W, FONT_SIZE - 2) + 40
-    y = MARGIN + (LINE_H + 16 if head else 0) + BOX_H + 20
-    out = Layout(width=width, height=0, x=x, title=head, comment_x=comment_x)
+    box_h = BOX_H + LINE_H * max(n.count("\n") for n in names.values())   # a capture's: name + address
+    y = MARGIN + (LINE_H + 16 if head else 0) + box_h + 20
+    out = Layout(width=width, height=0, x=x, title=head, comment_x=comment_x, names=names, box_h=box_h)
     for row, label in zip(page.rows, texts):
         lines = label.count("\n") + 1
         comment_lines = min(len(textwrap.wrap(row.note, COMMENT_W)), 4) if row.note else 0
@@ -148,7 +151,7 @@ def layout(page: Page, lang: str = "en", title: str | None = None) -> Layout:
             near = parts[i + 1] if j > i else parts[i - 1]
             out.label_x.append((x[row.src] + x[near]) / 2)
         y += height + 6
-    out.height = y + 14 + BOX_H + MARGIN
+    out.height = y + 14 + box_h + MARGIN
     return out
 
 
@@ -169,14 +172,14 @@ def sequence_dot(page: Page, lang: str = "en", title: str | None = None) -> str:
     if lay.title:
         out.append(f'  "title" [shape=plaintext, fontsize={TITLE_SIZE}, fontname="{FONT} Bold", '
                    f'label={q(lay.title)}, pos={pos(lay.width / 2, MARGIN + LINE_H / 2)}];')
-    bottom = H - MARGIN - BOX_H / 2
+    bottom = H - MARGIN - lay.box_h / 2
     for p in parts:
         x = lay.x[p]
-        name = participant_name(p, lang)
-        for where, y in (("top", top + BOX_H / 2), ("bottom", bottom)):
+        name = lay.names[p]
+        for where, y in (("top", top + lay.box_h / 2), ("bottom", bottom)):
             out.append(f'  "{p}_{where}" [shape=box, style="rounded,filled", fillcolor="#eef3fb", '
                        f'color="#5a7bb5", fontname="{FONT} Bold", label={q(name)}, '
-                       f'width={(text_width(name) + 30) / 72:.3f}, height={BOX_H / 72:.3f}, fixedsize=true, '
+                       f'width={(text_width(name) + 30) / 72:.3f}, height={lay.box_h / 72:.3f}, fixedsize=true, '
                        f'pos={pos(x, y)}];')
         out.append(f'  "{p}_top" -> "{p}_bottom" [style=dashed, color="#9e9e9e", arrowhead=none, penwidth=1.2];')
     for r, ((y, row, label), lx) in enumerate(zip(lay.rows, lay.label_x)):

@@ -40,3 +40,8 @@ def phase_name(phase: str, lang: str) -> str:
 def service_name(service: str, lang: str) -> str:
     entry = _labels()["services"].get(service)
     return _pick(entry, lang) if entry else service
+
+
+def message(name: str, lang: str, **values) -> str:
+    """What ``gponsim diagram`` says to the user (es + en)."""
+    return _pick(_labels()["messages"][name], lang).format(**values)

@@ -119,9 +119,18 @@ def build_ladder(path: str | Path, *, session: str | None = None, keylog: str | 
             known = ", ".join(f"{c.number} ({c.session})" for c in conns[:12])
             more = f" … ({len(conns)} in all)" if len(conns) > 12 else ""
             raise NoConnection(f"{path}: no connection {session!r} (connections: {known}{more})")
+    from gponsim.diagrams.parties import parties
+
     server = {"smtp": "smtpd", "imap": "imap", "pop3": "pop3"}.get(conn.proto, "smtpd")
-    # Port 25's client is another mail server, as in the other sequence diagrams.
-    client = "internet" if conn.proto == "smtp" and conn.server_port == 25 else "client"
+    party = parties(facts.steps).get(conn.session)
+    names: dict[str, str] = {}
+    # Port 25's client is another mail server, unless it is a mail client (parties.py),
+    # as in the other sequence diagrams.
+    client = "internet" if conn.proto == "smtp" and conn.server_port == 25 \
+        and not (party and party.mail_client) else "client"
+    if party is not None and party.foreign:     # not the lab's software: named as the capture shows
+        client, server = "peer-c001", "peer-s001"
+        names = {client: party.client_label(lang), server: party.server_label(lang)}
     groups: list[tuple[str, list[Row]]] = []
     phase = "connection"
     for row in rows(path, facts, select=Selection(session=str(conn.number))):
@@ -157,7 +166,7 @@ def build_ladder(path: str | Path, *, session: str | None = None, keylog: str | 
     for phases, items in merged:
         for chunk in _chunks(items, page_rows):
             pages.append(Page(participants=[client, server], rows=chunk, number=len(pages) + 1,
-                              phases=phases, service=where, label_chars=LABEL_CHARS))
+                              phases=phases, service=where, label_chars=LABEL_CHARS, names=names))
     for page in pages:
         page.total = len(pages)
     return pages, conn

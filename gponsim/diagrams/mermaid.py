@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from gponsim.diagrams.labels import participant_name
-from gponsim.diagrams.sequence import Page
+from gponsim.diagrams.sequence import Page, participant_labels
 
 #: Aliases as the lab document writes them (``participant SMTPD as Postfix SMTPD``).
 ALIASES = {"client": "User", "internet": "Ext", "smtpd": "SMTPD", "auth": "SASL",
@@ -20,8 +19,10 @@ def _text(label: str) -> str:
 
 def sequence_mermaid(page: Page, lang: str = "en") -> str:
     lines = ["sequenceDiagram"]
+    names = participant_labels(page, lang)
+    alias = {p: ALIASES.get(p) or p.replace("-", "_") for p in page.participants}   # peer-c001: a capture's
     for p in page.participants:
-        lines.append(f"    participant {ALIASES[p]} as {participant_name(p, lang)}")
+        lines.append(f"    participant {alias[p]} as {_text(names[p])}")
     lines.append("    ")
     in_tls = False
     for row in page.rows:
@@ -34,12 +35,12 @@ def sequence_mermaid(page: Page, lang: str = "en") -> str:
         label = row.label + (f" (×{row.repeat})" if row.repeat > 1 else "")
         indent = "        " if in_tls else "    "
         if row.is_note or row.src == row.dst:      # a log line, on the lifeline that wrote it
-            lines.append(f"{indent}Note over {ALIASES[row.src]}: {_text(label)}")
+            lines.append(f"{indent}Note over {alias[row.src]}: {_text(label)}")
             continue
         arrow = "-x" if row.failed else ("-->>" if row.kind in ("reply", "ack") else "->>")
-        lines.append(f"{indent}{ALIASES[row.src]}{arrow}{ALIASES[row.dst]}: {_text(label)}")
+        lines.append(f"{indent}{alias[row.src]}{arrow}{alias[row.dst]}: {_text(label)}")
         if row.note:
-            lines.append(f"{indent}Note over {ALIASES[row.dst]}: {_text(row.note)[:200]}")
+            lines.append(f"{indent}Note over {alias[row.dst]}: {_text(row.note)[:200]}")
     if in_tls:
         lines.append("    end")
     return "\n".join(lines) + "\n"

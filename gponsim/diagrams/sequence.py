@@ -11,8 +11,11 @@ hand-offs between Postfix's programs); log lines (``connect from``,
 ``disconnect``, ``removed``, the relay's ``status=``) are notes on the
 lifeline of the program that logged them. Participants are in the lab
 document's order for the flow (the receive flow puts the external server
-first and the mail client last). Repeated runs (49 ``TOP`` commands and their
-``+OK``) collapse into one row with a count.
+first and the mail client last). Repeated runs of identical lines collapse into
+one row with a count; in IMAP and POP3 lines that differ only in their numbers
+too (49 ``TOP n 0`` and their ``+OK``: the row shows the first and the last).
+Steps of a capture whose server is not the lab's software are drawn on lifelines
+named as the capture shows them (:mod:`gponsim.diagrams.parties`), not the lab's.
 :mod:`gponsim.diagrams.dot` and :mod:`gponsim.diagrams.mermaid` draw the pages.
 """
 
@@ -24,6 +27,7 @@ from typing import Iterable
 
 from gponsim.commentary import catalog
 from gponsim.diagrams.labels import caption, participant_name
+from gponsim.diagrams.parties import parties
 from gponsim.steps import Step
 
 #: Left-to-right order of the lifelines, as in the lab document's diagrams.
@@ -72,6 +76,7 @@ class Page:
     total: int = 1
     phases: list[str] = field(default_factory=list)   # of PHASES, what the page shows
     service: str = ""           # whose conversation: submission, smtp, relay, imap, ...
+    names: dict[str, str] = field(default_factory=dict)   # lifelines named by a capture
     label_chars: int = 44       # a label's line, at most (the layout narrows it to fit)
 
     @property
@@ -91,19 +96,40 @@ def service_of(connect: Step) -> str:
     return SERVICE_OF_PORT.get(server[1], "smtp")
 
 
+#: The services whose client is a mail client (the send flow); "client-smtp": a capture's
+#: mail client on port 25 (see :mod:`gponsim.diagrams.parties`).
+CLIENT_SERVICES = ("submission", "smtps", "submissions", "client-smtp")
+
+
+def services(steps: Iterable[Step]) -> dict[str, str]:
+    """The smtpd service of each SMTP session (:func:`service_of`); a capture's client
+    on port 25 that is a mail client, not a mail server, is ``client-smtp``."""
+    steps = list(steps)
+    found = {s.session: service_of(s) for s in steps
+             if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp" and s.dst == "smtpd"}
+    for session, party in parties(steps).items():
+        if found.get(session) == "smtp" and party.mail_client:
+            found[session] = "client-smtp"
+    return found
+
+
+def flows_with_steps(steps: Iterable[Step], session: str | None = None) -> list[str]:
+    """The flows (of :data:`FLOWS`) that have something to draw."""
+    steps = [s for s in steps if s.session != "lab"]
+    return [flow for flow in FLOWS if select(steps, flow, session)]
+
+
 def select(steps: Iterable[Step], flow: str = "all", session: str | None = None) -> list[Step]:
     """The Steps a flow of the lab document shows (see ``--flow``)."""
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}: choose one of {', '.join(FLOWS)}")
     chosen = []
-    sessions_of_service: dict[str, str] = {}
+    steps = list(steps)
+    sessions_of_service = services(steps)
     origin_of_qid: dict[str, str] = {}         # queue id -> session that brought the message
     lmtp_qid: dict[str, str] = {}              # LMTP session -> the queue id it delivers
-    steps = list(steps)
     for s in steps:
-        if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp":
-            sessions_of_service[s.session] = service_of(s)
-        elif s.kind == "event" and s.proto == "queue" and "qid" in s.meta:
+        if s.kind == "event" and s.proto == "queue" and "qid" in s.meta:
             origin_of_qid.setdefault(s.meta["qid"], s.session)
         elif s.kind == "event" and s.proto == "lmtp" and s.verb == "CONNECT" and "qid" in s.meta:
             lmtp_qid[s.session] = s.meta["qid"]
@@ -122,9 +148,9 @@ def select(steps: Iterable[Step], flow: str = "all", session: str | None = None)
                     or s.dst == "auth":
                 chosen.append(s)
         elif flow == "send":
-            # The submission sessions (their SASL, queue and delivery Steps carry the
-            # same session id) and the relay leg to Gmail.
-            if sessions_of_service.get(s.session) == "submission" or {s.src, s.dst} & {"smtp", "relay"}:
+            # The sessions of mail clients (their SASL, queue and delivery Steps carry
+            # the same session id) and the relay leg to Gmail.
+            if sessions_of_service.get(s.session) in CLIENT_SERVICES or {s.src, s.dst} & {"smtp", "relay"}:
                 chosen.append(s)
         elif flow == "receive":
             if sessions_of_service.get(s.session) == "smtp" or s.proto in ("imap", "pop3"):
@@ -165,15 +191,28 @@ def _label(step: Step, width: int = MAX_LABEL, lang: str = "en") -> str:
     return text
 
 
+_NUMBER = re.compile(r"\d+")
+
+
 def _signature(step: Step) -> tuple:
-    return (step.src, step.dst, step.kind, step.verb, step.code, step.status, step.proto)
+    """What must be equal for two Steps to collapse into one row: the whole line as
+    shown. In IMAP and POP3 the numbers may differ (tags, message numbers: ``TOP 1 0``,
+    ``TOP 2 0``...); the row then shows the first and the last line of the run."""
+    line = step.shown_line()
+    if step.proto in ("imap", "pop3"):
+        line = _NUMBER.sub("#", line)
+    return (step.src, step.dst, step.kind, step.verb, step.code, step.status, step.proto, line)
 
 
-def collapse(steps: list[Step], min_repeats: int = 3, max_period: int = 4) -> list[tuple[Step, int]]:
-    """Runs of the same block of Steps repeated ``min_repeats`` times or more
-    become one block with a count: ``[(step, repeat), ...]``."""
+def collapse(steps: list[Step], min_repeats: int = 3,
+             max_period: int = 4) -> list[tuple[Step, int, Step]]:
+    """Runs of the same block of Steps (:func:`_signature`) repeated ``min_repeats``
+    times or more become one block with a count: ``[(step, repeat, last), ...]``, where
+    ``last`` is the run's last Step in that place of the block (``step`` itself when the
+    Step stands alone). Different lines never collapse: three RCPTs to three recipients
+    stay three rows."""
     sigs = [_signature(s) for s in steps]
-    out: list[tuple[Step, int]] = []
+    out: list[tuple[Step, int, Step]] = []
     i = 0
     while i < len(steps):
         best_period, best_reps = 0, 1
@@ -187,11 +226,12 @@ def collapse(steps: list[Step], min_repeats: int = 3, max_period: int = 4) -> li
             if reps >= min_repeats and reps * period > best_reps * max(best_period, 1):
                 best_period, best_reps = period, reps
         if best_period:
-            for step in steps[i:i + best_period]:
-                out.append((step, best_reps))
+            last = i + best_period * (best_reps - 1)
+            for k in range(best_period):
+                out.append((steps[i + k], best_reps, steps[last + k]))
             i += best_period * best_reps
         else:
-            out.append((steps[i], 1))
+            out.append((steps[i], 1, steps[i]))
             i += 1
     return out
 
@@ -244,7 +284,7 @@ def _service(step: Step, services: dict[str, str]) -> str:
 
 
 def _row(step: Step, repeat: int, flow: str, service: str, notes: bool, lang: str,
-         width: int) -> Row | None:
+         width: int, last: Step | None = None) -> Row | None:
     """The row a Step becomes, or None for what a sequence diagram does not show."""
     if step.session == "lab":            # the lab announcing itself at start-up (not a message)
         return None
@@ -267,7 +307,11 @@ def _row(step: Step, repeat: int, flow: str, service: str, notes: bool, lang: st
         logger = dst if dst in _SERVERS and src in ("client", "internet") else src
         src = dst = logger
         kind = "note"
-    return Row(src=src, dst=dst, label=_label(step, width, lang), tls=step.tls, failed=failed,
+    label = _label(step, width, lang)
+    if last is not None and last is not step and last.shown_line() != step.shown_line():
+        # A run whose numbers differ: its first and its last line.
+        label = _label(step, width // 2, lang) + " … " + _label(last, width // 2, lang)
+    return Row(src=src, dst=dst, label=label, tls=step.tls, failed=failed,
                kind=kind, note=note, repeat=repeat)
 
 
@@ -300,6 +344,19 @@ def _chunks(rows: list[Row], size: int) -> list[list[Row]]:
         count += 1
 
 
+def _cast(row: Row, party, actors: dict[str, str], lang: str) -> None:
+    """Put a foreign server's conversation on lifelines named as the capture shows
+    them (``peer-c…`` its client, ``peer-s…`` its server), not on the lab's."""
+    def actor(label: str, side: str) -> str:
+        if label not in actors:
+            actors[label] = f"peer-{side}{sum(a.startswith(f'peer-{side}') for a in actors.values()) + 1:03d}"
+        return actors[label]
+
+    client = actor(party.client_label(lang), "c")
+    server = actor(party.server_label(lang), "s")
+    row.src, row.dst = ({"client": client, "internet": client}.get(a, server) for a in (row.src, row.dst))
+
+
 def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | None = None,
                    lang: str = "en", notes: bool = False, collapse_runs: bool = True,
                    page_rows: int = MAX_ROWS, label_width: int = MAX_LABEL,
@@ -309,16 +366,19 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
     sessions of a lesson, say) share a page."""
     steps = list(steps)
     chosen = select(steps, flow, session)
-    services = {s.session: service_of(s) for s in steps
-                if s.kind == "event" and s.verb == "CONNECT" and s.proto == "smtp" and s.dst == "smtpd"}
-    pairs = collapse(chosen) if collapse_runs else [(s, 1) for s in chosen]
+    by_session = services(steps)
+    who = {session: party for session, party in parties(steps).items() if party.foreign}
+    actors: dict[str, str] = {}             # a foreign party's label -> its lifeline's id
+    runs = collapse(chosen) if collapse_runs else [(s, 1, s) for s in chosen]
     groups: dict[tuple, list[Row]] = {}
     current: dict[str, tuple] = {}          # session -> its group now
-    for step, repeat in pairs:
-        service = _service(step, services)
-        row = _row(step, repeat, flow, service, notes, lang, label_width)
+    for step, repeat, last in runs:
+        service = _service(step, by_session)
+        row = _row(step, repeat, flow, service, notes, lang, label_width, last)
         if row is None:
             continue
+        if step.session in who:
+            _cast(row, who[step.session], actors, lang)
         phase = phase_of(step) if by_phase else ""
         if phase == "closing":
             key = current.get(step.session) or (step.session, "connection", service)
@@ -349,12 +409,13 @@ def build_sequence(steps: Iterable[Step], *, flow: str = "all", session: str | N
         for chunk in _chunks(rows, page_rows):
             used = {r.src for r in chunk} | {r.dst for r in chunk}
             participants = [a for a in order if a in used] + sorted(used - set(order))
+            names = {actor: label for label, actor in actors.items() if actor in used}
             pages.append(Page(participants=participants, rows=chunk, number=len(pages) + 1,
-                              phases=phases, service=service))
+                              phases=phases, service=service, names=names))
     for page in pages:
         page.total = len(pages)
     return pages
 
 
 def participant_labels(page: Page, lang: str) -> dict[str, str]:
-    return {p: participant_name(p, lang) for p in page.participants}
+    return {p: page.names.get(p) or participant_name(p, lang) for p in page.participants}

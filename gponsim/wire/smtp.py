@@ -95,7 +95,11 @@ def reply_step(lines: list[str], *, session: str, answers: str | None, src: str 
                  verb=answers, code=code, enhanced=enhanced)
 
 
-_SUMMARY_HEADERS = {b"from": "from", b"to": "to", b"subject": "subject", b"message-id": "message_id"}
+#: The headers a message's Step keeps; ``mailer``: the program that wrote it (the mail
+#: client a diagram of a capture names), whichever of the two comes first. Besides
+#: them, ``received`` counts the Received: headers (the servers it went through).
+_SUMMARY_HEADERS = {b"from": "from", b"to": "to", b"subject": "subject", b"message-id": "message_id",
+                    b"user-agent": "mailer", b"x-mailer": "mailer"}
 
 
 def header_end(message: bytes) -> int:
@@ -119,6 +123,8 @@ def message_summary(message: bytes) -> dict:
             meta[current] += " " + raw.strip().decode("utf-8", "replace")
             continue
         name, sep, value = raw.partition(b":")
+        if sep and name.strip().lower() == b"received":      # a server it went through
+            meta["received"] = meta.get("received", 0) + 1
         current = _SUMMARY_HEADERS.get(name.strip().lower()) if sep else None
         if current and current not in meta:
             meta[current] = value.strip().decode("utf-8", "replace")
