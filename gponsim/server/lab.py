@@ -353,6 +353,7 @@ class Lab:
                 raise LabError(f"cannot start the Gmail simulator: {exc.socketError}") from exc
             self.ports["gmail"] = connect_port
             settings.connect_port = connect_port
+            settings.before_connect = self.gmail.apply_config
             self.emit(annotate(Step(
                 t=time.time(), session="lab", proto="relay", src="smtp", dst="relay",
                 dir="internal", kind="event", verb="SIMULATOR",
