@@ -98,13 +98,33 @@ class LabReactor(MemoryReactorClock):
             self.drive()
 
 
+class _TLSHandle:
+    """What :func:`gponsim.server.tls.describe_connection` asks of a TLS connection."""
+
+    def get_protocol_version_name(self) -> str:
+        return "TLSv1.3"
+
+    def get_cipher_name(self) -> str:
+        return "TLS_AES_256_GCM_SHA384"
+
+    def get_cipher_bits(self) -> int:
+        return 256
+
+
 class TLSStringTransport(StringTransport):
-    """A StringTransport that records a STARTTLS/STLS request."""
+    """A StringTransport that records a STARTTLS/STLS request; once TLS is on
+    (:attr:`tls_on`) it describes itself as a TLSv1.3 connection."""
 
     tls_started_with = None
+    tls_on = False
 
     def startTLS(self, context_factory) -> None:
         self.tls_started_with = context_factory
+
+    def getHandle(self):
+        if not self.tls_on:
+            raise AttributeError("no TLS on this connection")
+        return _TLSHandle()
 
 
 class MemoryLab:
@@ -134,11 +154,17 @@ class MemoryLab:
             fh.write(render_entry(content, sender=sender, orig_rcpt="",
                                   delivered_to=f"{user}@gponlab.local", when=when))
 
-    def imap(self, *, local: bool = False, tls_options=None, implicit_tls: bool = False) -> "Client":
-        return Client(self, ImapServer(self.ctx, tls_options, implicit_tls), local)
+    def imap(self, *, local: bool = False, tls_options=None, implicit_tls: bool = False,
+             handshake: bool = True) -> "Client":
+        """A session; on an implicit-TLS port (993) the TLS handshake completes
+        at once unless ``handshake`` is False (then call :meth:`Client.handshake`)."""
+        return Client(self, ImapServer(self.ctx, tls_options, implicit_tls), local,
+                      handshake=implicit_tls and handshake)
 
-    def pop3(self, *, local: bool = False, tls_options=None, implicit_tls: bool = False) -> "Client":
-        return Client(self, Pop3Server(self.ctx, tls_options, implicit_tls), local)
+    def pop3(self, *, local: bool = False, tls_options=None, implicit_tls: bool = False,
+             handshake: bool = True) -> "Client":
+        return Client(self, Pop3Server(self.ctx, tls_options, implicit_tls), local,
+                      handshake=implicit_tls and handshake)
 
     def close(self) -> None:
         self.auth_client.close()
@@ -150,13 +176,21 @@ class MemoryLab:
 class Client:
     """The client end of one session: lines in, the server's bytes out."""
 
-    def __init__(self, lab: MemoryLab, server, local: bool) -> None:
+    def __init__(self, lab: MemoryLab, server, local: bool, handshake: bool = False) -> None:
         self.lab = lab
         self.server = server
         server.callLater = lab.reactor.callLater          # TimeoutMixin's idle timers
         self.transport = TLSStringTransport(SERVER, LOCAL if local else CLIENT)
         server.makeConnection(self.transport)
         lab.reactor.drive()
+        if handshake:
+            self.handshake()
+
+    def handshake(self) -> None:
+        """The TLS handshake completes, as Twisted's TLS layer reports it."""
+        self.transport.tls_on = True
+        self.server.handshakeCompleted()
+        self.lab.reactor.drive()
 
     def read(self) -> bytes:
         """What the server sent since the last read."""
@@ -180,7 +214,7 @@ class Client:
     def closed(self) -> bool:
         return self.transport.disconnecting
 
-    def drop(self) -> None:
-        """The client goes away."""
-        self.server.connectionLost(Failure(ConnectionError("gone")))
+    def drop(self, reason: BaseException | None = None) -> None:
+        """The client goes away (``reason``: what Twisted reports, a lost connection by default)."""
+        self.server.connectionLost(Failure(reason or ConnectionError("gone")))
         self.lab.reactor.drive()

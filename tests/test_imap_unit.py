@@ -88,6 +88,68 @@ def test_implicit_tls_offers_auth_and_no_starttls(mem):
     assert c.send("a STARTTLS") == ["a BAD TLS is already active."]
 
 
+def _told(steps) -> list[tuple[str, str]]:
+    """(verb or kind, line) of each Step, in the order they were emitted."""
+    return [(s.verb if s.proto == "tls" or s.kind == "event" else s.kind, s.line) for s in steps]
+
+
+def test_implicit_tls_greets_after_the_handshake(mem):
+    """On 993 Dovecot completes the TLS handshake first, then greets: nothing
+    is written before it, and the Steps say connect, TLS, greeting."""
+    c = mem.imap(tls_options=object(), implicit_tls=True, handshake=False)
+    assert c.read() == b""
+    assert _told(mem.sink.steps) == [("CONNECT", "connect from 192.168.1.50")]
+    c.handshake()
+    greeting = f"* OK [CAPABILITY {PRE} AUTH=PLAIN AUTH=LOGIN] Dovecot (Debian) ready."
+    assert c.lines() == [greeting]
+    assert _told(mem.sink.steps) == [
+        ("CONNECT", "connect from 192.168.1.50"),
+        ("IMPLICIT", "TLS connection established: TLSv1.3 with cipher "
+                     "TLS_AES_256_GCM_SHA384 (256/256 bits)"),
+        ("reply", greeting)]
+    assert [s.tls for s in mem.sink.steps] == [False, True, True]
+
+
+def test_a_client_that_refuses_the_certificate_on_993_gets_no_greeting(mem):
+    """The client sends an alert instead of finishing the handshake: no
+    greeting was sent, a TLSFAIL Step says why, and imap-login logs it."""
+    from OpenSSL import SSL
+
+    c = mem.imap(tls_options=object(), implicit_tls=True, handshake=False)
+    c.drop(SSL.Error([("SSL routines", "", "tlsv1 alert unknown ca")]))
+    assert c.read() == b""
+    error = ("SSL_accept() failed: error:0A000418:SSL routines::tlsv1 alert unknown ca: "
+             "SSL alert number 48")
+    assert _told(mem.sink.steps) == [("CONNECT", "connect from 192.168.1.50"),
+                                     ("TLSFAIL", error), ("DISCONNECT", "disconnect")]
+    assert not any(s.tls for s in mem.sink.steps)
+    assert mem.sink.steps[1].key == "imap.event.TLSFAIL"
+    assert re.fullmatch(
+        rf"imap-login: Disconnected: Connection closed: {re.escape(error)} \(no auth attempts "
+        rf"in 0 secs\): user=<>, rip=192\.168\.1\.50, lip=192\.168\.1\.1, TLS handshaking: "
+        rf"{re.escape(error)}, session=<[A-Za-z0-9+/]{{16}}>", mem.log_lines[-1])
+
+
+def test_a_client_that_hangs_up_during_the_handshake(mem):
+    c = mem.imap(tls_options=object(), implicit_tls=True, handshake=False)
+    c.drop()
+    assert _told(mem.sink.steps)[1:] == [
+        ("TLSFAIL", "Connection closed during the TLS handshake"), ("DISCONNECT", "disconnect")]
+    assert ", TLS handshaking, session=<" in mem.log_lines[-1]
+
+
+def test_starttls_step_comes_between_the_ok_and_the_next_command(mem):
+    c = mem.imap(tls_options=object())
+    c.lines()
+    assert c.send("a STARTTLS") == ["a OK Begin TLS negotiation now."]
+    c.handshake()
+    c.send("b CAPABILITY")
+    told = _told(mem.sink.steps)
+    ok = told.index(("reply", "a OK Begin TLS negotiation now."))
+    assert told[ok + 1][0] == "STARTTLS" and told[ok + 1][1].startswith("TLS connection established")
+    assert told[ok + 2] == ("command", "b CAPABILITY")
+
+
 def test_greeting_comes_from_the_settings(tmp_path):
     lab = MemoryLab(tmp_path, settings=ImapSettings(greeting="Dovecot ready."))
     try:

@@ -92,6 +92,40 @@ def test_no_stls_without_tls_and_on_995(mem):
     assert c.send("CAPA") == ["+OK", *CAPS, "USER", "SASL PLAIN LOGIN", "."]
 
 
+def test_implicit_tls_greets_after_the_handshake_and_stls_before_the_next_command(mem):
+    c = mem.pop3(tls_options=object(), implicit_tls=True, handshake=False)
+    assert c.read() == b""
+    c.handshake()
+    assert c.lines() == ["+OK Dovecot (Debian) ready."]
+    assert [(s.proto, s.verb) for s in mem.sink.steps] == [
+        ("pop3", "CONNECT"), ("tls", "IMPLICIT"), ("pop3", "CONNECT")]
+    assert mem.sink.steps[2].line == "+OK Dovecot (Debian) ready."
+    mem.sink.steps.clear()
+    c = mem.pop3(tls_options=object())
+    c.lines()
+    assert c.send("STLS") == ["+OK Begin TLS negotiation now."]
+    c.handshake()
+    c.send("CAPA")
+    assert [(s.proto, s.line) for s in mem.sink.steps][2:5] == [
+        ("pop3", "STLS"), ("pop3", "+OK Begin TLS negotiation now."),
+        ("tls", "TLS connection established: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 "
+                "(256/256 bits)")]
+    assert mem.sink.steps[5].line == "CAPA"
+
+
+def test_a_client_that_refuses_the_certificate_on_995_gets_no_greeting(mem):
+    from OpenSSL import SSL
+
+    c = mem.pop3(tls_options=object(), implicit_tls=True, handshake=False)
+    c.drop(SSL.Error([("SSL routines", "", "tlsv1 alert unknown ca")]))
+    assert c.read() == b""
+    assert [(s.verb, s.line) for s in mem.sink.steps][1:] == [
+        ("TLSFAIL", "SSL_accept() failed: error:0A000418:SSL routines::tlsv1 alert unknown ca: "
+                    "SSL alert number 48"), ("DISCONNECT", "disconnect")]
+    assert mem.log_lines[-1].startswith(
+        "pop3-login: Disconnected: Connection closed: SSL_accept() failed: ")
+
+
 # ------------------------------------------------------------------ USER/PASS, AUTH
 
 def test_login_and_its_log_line(mem):

@@ -204,6 +204,33 @@ def test_relay_down_deferred_then_delivered_on_retry_and_delete(tmp_path):
         lab.stop()
 
 
+def test_gmail_fault_is_seen_by_the_next_connection(tmp_path):
+    """README's sequence, each command right after the previous one: `gmail
+    fault refuse`, a send (deferred), `gmail fault none`, `queue --flush`
+    (delivered). The simulator's once-a-second look at its conf must not leave
+    a window in which the lab's smtp(8) sees the old fault."""
+    root = tmp_path / "gponlab"
+    lab = LabProcess(root, config_dir=make_profile(tmp_path)).start()    # backoff: 300 s
+    try:
+        refused = "connect to smtp.gmail.com[127.0.0.1]:587: Connection refused"
+        for _ in range(3):
+            gponsim("gmail", "--lab-root", str(root), "fault", "refuse")
+            qid = submit(lab, "erin@example.org", subject="later")
+            wait_until(lambda: f"{qid}: to=<erin@example.org>, relay=none" in lab.log_text(),
+                       15, "the deferral")
+            assert f"dsn=4.4.1, status=deferred ({refused})" in lab.log_text()
+            wait_until(lambda: [e for e in list_queue(root) if e.state == "deferred"], 10,
+                       "the deferred queue")
+            gponsim("gmail", "--lab-root", str(root), "fault", "none")
+            flush = gponsim("queue", "--flush", "--lab-root", str(root))
+            assert "flush requested: 1 deferred message" in flush.stderr + flush.stdout
+            wait_until(lambda: f"{qid}: removed" in lab.log_text(), 15, "delivery after the flush")
+            assert lab.log_text().count(f"{qid}: to=<erin@example.org>, relay=none") == 1
+        assert len(internet(root, "erin@example.org")) == 3
+    finally:
+        lab.stop()
+
+
 def _dsn_parts(message):
     msg = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
     assert msg.get_content_type() == "multipart/report"

@@ -11,9 +11,11 @@ from gponsim.server.postfix.restrictions import parse_networks
 from gponsim.server.postfix.smtpd import Smtpd, SmtpdContext, SmtpdSettings
 from gponsim.sinks.memory import ListSink
 
+from dovecot_memory import TLSStringTransport
+
 
 class Session:
-    def __init__(self, tmp_path, **settings):
+    def __init__(self, tmp_path, tls_options=None, implicit_tls=False, **settings):
         self.logged: list[tuple[str, str]] = []
         self.steps = ListSink()
         mta = Mta(tmp_path / "lab", QueueSettings(mydestination=frozenset({"gponlab.local"})),
@@ -25,8 +27,10 @@ class Session:
                                local_user_exists=lambda u: u in {"user1", "user2"})
         base = dict(mynetworks=parse_networks(["127.0.0.0/8"]))
         base.update(settings)
-        self.proto = Smtpd(context, SmtpdSettings(**base))
-        self.transport = StringTransport(peerAddress=_addr("192.168.1.50"), hostAddress=_addr("192.168.40.50"))
+        self.proto = Smtpd(context, SmtpdSettings(**base), tls_options=tls_options,
+                           implicit_tls=implicit_tls)
+        self.transport = TLSStringTransport(peerAddress=_addr("192.168.1.50"),
+                                            hostAddress=_addr("192.168.40.50"))
         self.proto.makeConnection(self.transport)
 
     def out(self) -> list[str]:
@@ -62,6 +66,32 @@ def test_ehlo_without_tls_transport_offers_no_starttls(s):
                                 "250-VRFY", "250-ETRN", "250-ENHANCEDSTATUSCODES", "250-8BITMIME",
                                 "250-DSN", "250-SMTPUTF8", "250 CHUNKING"]
     assert s.cmd("STARTTLS") == ["454 4.7.0 TLS not available due to local problem"]
+
+
+def test_wrappermode_banner_follows_the_tls_handshake(tmp_path):
+    """smtps (465, smtpd_tls_wrappermode = yes): smtpd_proto turns TLS on
+    before anything else, so the 220 banner comes after the handshake."""
+    s = Session(tmp_path, tls_options=object(), implicit_tls=True)
+    assert s.out() == []
+    assert [(st.verb, st.line) for st in s.steps.steps] == [
+        ("CONNECT", "connect from unknown[192.168.1.50]")]
+    s.transport.tls_on = True
+    s.proto.handshakeCompleted()
+    assert s.out() == ["220 mail.gponlab.local ESMTP Postfix (Debian/GNU)"]
+    assert [(st.proto, st.verb) for st in s.steps.steps] == [
+        ("smtp", "CONNECT"), ("tls", "IMPLICIT"), ("smtp", "CONNECT")]
+    assert s.steps.steps[2].code == 220
+
+
+def test_wrappermode_client_refusing_the_certificate_gets_no_banner(tmp_path):
+    from OpenSSL import SSL
+    from twisted.python.failure import Failure
+
+    s = Session(tmp_path, tls_options=object(), implicit_tls=True)
+    s.proto.connectionLost(Failure(SSL.Error([("SSL routines", "", "tlsv1 alert unknown ca")])))
+    assert s.out() == []
+    assert [st.verb for st in s.steps.steps] == ["CONNECT", "TLSFAIL", "DISCONNECT"]
+    assert ("postfix/smtpd", "SSL_accept error from unknown[192.168.1.50]: -1") in s.logged
 
 
 def test_size_zero_and_vrfy_disabled(tmp_path):

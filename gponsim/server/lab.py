@@ -31,6 +31,7 @@ from gponsim.server.postfix.local_recipients import LocalRecipients
 from gponsim.server.resolver import HostsFile, client_name
 from gponsim.server.maillog import MailLog, pid_for
 from gponsim.server.sendnow import listen_tcp
+from gponsim.server.tls import listening_factory
 from gponsim.server.postfix.lmtp import LmtpClient
 from gponsim.server.postfix.lmtp import settings_from_profile as lmtp_settings
 from gponsim.server.postfix.mta import Mta, QueueSettings
@@ -220,7 +221,12 @@ class Lab:
 
     def _smtpd_factory(self, context: SmtpdContext, service: str, tls_options) -> SmtpdFactory:
         return SmtpdFactory(context, smtpd_settings(self.profile, service), tls_options,
-                            implicit_tls=service == "smtps")
+                            implicit_tls=self._wrappermode(service))
+
+    def _wrappermode(self, service: str) -> bool:
+        """``smtpd_tls_wrappermode = yes`` (Debian's commented-out ``submissions``,
+        port 465): TLS from the first byte."""
+        return self.profile.service_param(service, "smtpd_tls_wrappermode").strip().lower() == "yes"
 
     def _interface_addresses(self) -> tuple[str, ...]:
         """The server's own addresses, for the queue's loop detection."""
@@ -299,6 +305,7 @@ class Lab:
         context = self._smtpd_context(mechanisms)
         for svc in profile.smtpd_services():
             factory = self._smtpd_factory(context, svc.name, tls_options)
+            factory = listening_factory(factory, tls_options, self._wrappermode(svc.name))
             self.ports[svc.name] = self._listen(svc.name, self.port_for(svc.name, svc.port), factory)
         start_dovecot_services(self, self.dovecot_tls_options)   # IMAP 143/993, POP3 110/995
         self._start_autoconfig(hostname)
@@ -346,6 +353,7 @@ class Lab:
                 raise LabError(f"cannot start the Gmail simulator: {exc.socketError}") from exc
             self.ports["gmail"] = connect_port
             settings.connect_port = connect_port
+            settings.before_connect = self.gmail.apply_config
             self.emit(annotate(Step(
                 t=time.time(), session="lab", proto="relay", src="smtp", dst="relay",
                 dir="internal", kind="event", verb="SIMULATOR",

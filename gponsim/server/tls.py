@@ -139,6 +139,15 @@ def server_options(cert_path: Path, key_path: Path, keylog: KeyLog | None = None
     return options
 
 
+def listening_factory(factory, tls_options, implicit_tls: bool):
+    """The factory to listen with: wrapped in TLS from the first byte on an
+    implicit-TLS port (993, 995; 465 with smtpd_tls_wrappermode = yes)."""
+    if not implicit_tls:
+        return factory
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    return TLSMemoryBIOFactory(tls_options, False, factory)
+
+
 def describe_connection(transport) -> tuple[str, str, int, int] | None:
     """(protocol version, cipher, bits used, bits of the algorithm) of a TLS transport."""
     try:
@@ -231,6 +240,20 @@ def handshake_failure(reason) -> tuple[str, list[str]]:
                 lines.append(f"error:0A000000:{lib_name}::{text}")
         return "-1", lines
     return "lost connection", []
+
+
+def accept_error(reason) -> str:
+    """A failed server-side handshake as Dovecot's ssl-iostream words it
+    (``openssl_iostream_error()``: OpenSSL's error string, then its data):
+    ``SSL_accept() failed: error:0A000418:SSL routines::tlsv1 alert unknown ca:
+    SSL alert number 48``; "" when the client just hung up."""
+    _status, problems = handshake_failure(reason)
+    if not problems:
+        return ""
+    first = problems[0]
+    text, _, where = first.partition(":../")
+    data = where.rstrip(":").rsplit(":", 1)[-1] if where else ""
+    return f"SSL_accept() failed: {text}" + (f": {data}" if data else "")
 
 
 def alert_text(reason) -> str | None:

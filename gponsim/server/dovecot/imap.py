@@ -497,9 +497,12 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.setTimeout(self.settings.login_timeout)
         self.lab.emit(smtp_wire.event_step(
             "CONNECT", f"connect from {self.client_ip}", session=self.session, proto="imap",
-            src="client", dst="imap", tls=self.tls,
+            src="client", dst="imap",
             meta={"port": getattr(self.transport.getHost(), "port", None),
                   "client_ip": self.client_ip}))
+        self._greet_when_secure()
+
+    def _greet(self) -> None:
         self.sendLine(("* OK [CAPABILITY " + " ".join(self.pre_login_caps()) + "] "
                        + self.settings.greeting).encode())
 
@@ -528,13 +531,16 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._stop_watch()
         self._stop_idle_timer()
         self._anvil_disconnect()
+        if self._greeting_waits and not self._refused:
+            self._handshake_lost(reason)
         if self.user and not self._logged_out:
             self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
                      f"Disconnected: Connection closed{self._command_status()} {self._stats()}")
         elif not self.user and not self._refused:     # (a refusal logged its own line)
             self.log(self._login_disconnect_line(self._last_user, self._auth_method))
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
-                                           proto="imap", src="client", dst="imap", tls=self.tls))
+                                           proto="imap", src="client", dst="imap",
+                                           tls=self.tls and not self._greeting_waits))
         super().connectionLost(reason)
 
     _last_user = None
@@ -2101,10 +2107,3 @@ def _header_contains(msg: Message, name: str, needle: str) -> bool:
 class ImapFactory(LoginFactory):
     protocol = ImapServer
 
-
-def listening_factory(factory, tls_options, implicit_tls: bool):
-    """The factory to listen with: wrapped in TLS from the first byte for 993/995."""
-    if not implicit_tls:
-        return factory
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-    return TLSMemoryBIOFactory(tls_options, False, factory)

@@ -9,7 +9,7 @@ import time
 
 from twisted.internet import protocol
 
-from gponsim.server.tls import describe_connection
+from gponsim.server.tls import accept_error, alert_text, describe_connection
 from gponsim.wire import smtp as smtp_wire
 
 
@@ -96,7 +96,9 @@ class LoginCommon:
     def _addr_text(self) -> str:
         """How Dovecot's login processes end a log line: addresses, TLS, session."""
         text = f"rip={self.client_ip}, lip={self.server_ip}"
-        if self.tls:
+        if self._greeting_waits:
+            text += ", TLS handshaking" + (f": {self._tls_error}" if self._tls_error else "")
+        elif self.tls:
             text += ", TLS"
         elif self.secured:
             text += ", secured"
@@ -167,7 +169,8 @@ class LoginCommon:
     def _login_disconnect(self, reason: str, reply: bytes) -> None:
         """Dovecot's login process gives up on a client: its last word, the
         log line (``imap-login: Disconnected: <reason> (<what it did>)``), close."""
-        self.sendLine(reply)
+        if not self._greeting_waits:      # (under a handshake nothing gets through)
+            self.sendLine(reply)
         secs = int(self._clock() - self._login_clock_start)
         attempts = self._auth_attempts()
         if attempts:
@@ -208,17 +211,52 @@ class LoginCommon:
         for step in steps:
             self.lab.emit(step)
 
+    # ---- implicit TLS (993, 995): the login process completes the TLS
+    # handshake before it greets (ssl-iostream holds what is written until
+    # then), so the order is: connect, TLS, greeting.
+
+    #: an implicit-TLS connection whose handshake has not finished: the greeting waits
+    _greeting_waits = False
+    #: why that handshake failed, as login-common's %c shows it
+    _tls_error = ""
+
+    def _greet(self) -> None:
+        """Send the protocol's greeting (each server says its own)."""
+        raise NotImplementedError
+
+    def _greet_when_secure(self) -> None:
+        """Called from connectionMade: greet now, or after the implicit-TLS handshake."""
+        if self.tls and not self._starttls:
+            self._greeting_waits = True
+        else:
+            self._greet()
+
     def handshakeCompleted(self) -> None:
-        """Twisted's TLS layer says the handshake is done: a ``tls`` Step."""
+        """Twisted's TLS layer says the handshake is done: a ``tls`` Step, then,
+        on an implicit-TLS port, the greeting."""
         info = describe_connection(self.transport)
-        if info is None:
-            return
-        version, cipher, used, alg = info
+        if info is not None:
+            version, cipher, used, alg = info
+            self.lab.emit(smtp_wire.event_step(
+                self.STARTTLS_VERB if self._starttls else "IMPLICIT",
+                f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
+                session=self.session, proto="tls", tls=True, src="client", dst=self.ACTOR,
+                meta={"version": version, "cipher": cipher, "dovecot": True}))
+        if self._greeting_waits:
+            self._greeting_waits = False
+            self._greet()
+
+    def _handshake_lost(self, reason) -> None:
+        """The client went away during the implicit-TLS handshake (it refused
+        the certificate, or just hung up): no greeting was ever sent. A Step
+        says why, in the words login-common logs (``SSL_accept() failed: ...``)."""
+        self._tls_error = accept_error(reason)
+        if self._tls_error:
+            self._login_end = f"Connection closed: {self._tls_error}"
+        line = self._tls_error or "Connection closed during the TLS handshake"
         self.lab.emit(smtp_wire.event_step(
-            self.STARTTLS_VERB if self._starttls else "IMPLICIT",
-            f"TLS connection established: {version} with cipher {cipher} ({used}/{alg} bits)",
-            session=self.session, proto="tls", tls=True, src="client", dst=self.ACTOR,
-            meta={"version": version, "cipher": cipher, "dovecot": True}))
+            "TLSFAIL", line, session=self.session, proto=self.ACTOR, src="client",
+            dst=self.ACTOR, meta={"alert": alert_text(reason) or ""}))
 
 
 class LoginFactory(protocol.ServerFactory):

@@ -118,10 +118,13 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         self._addresses()
         self.lab.emit(smtp_wire.event_step(
             "CONNECT", f"connect from {self.client_ip}", session=self.session, proto="pop3",
-            src="client", dst="pop3", tls=self.tls,
+            src="client", dst="pop3",
             meta={"port": getattr(self.transport.getHost(), "port", None),
                   "client_ip": self.client_ip}))
         self.setTimeout(self.settings.login_timeout)
+        self._greet_when_secure()
+
+    def _greet(self) -> None:
         self.ok(self.settings.greeting)
 
     _gone = False
@@ -130,13 +133,16 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         self._gone = True
         self.setTimeout(None)
         self._anvil_disconnect()
+        if self._greeting_waits and not self._refused:
+            self._handshake_lost(reason)
         if self.user and not self._logged_out:
             self.lab.log(f"pop3({self.user})<{self.mpid}><{self._dovecot_session}>: "
                          f"Disconnected: Connection closed {self._stats()}")
         elif not self.user and not self._refused:     # (a refusal logged its own line)
             self.lab.log(self._login_disconnect_line(self._last_user, self._mech))
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
-                                           proto="pop3", src="client", dst="pop3", tls=self.tls))
+                                           proto="pop3", src="client", dst="pop3",
+                                           tls=self.tls and not self._greeting_waits))
 
     def _stats(self) -> str:
         size = sum(m.size for m in self.messages)

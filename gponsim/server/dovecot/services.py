@@ -8,8 +8,9 @@ reads it: ``protocols`` and each ``service imap-login { inet_listener imap
 
 from __future__ import annotations
 
-from gponsim.server.dovecot.imap import ImapContext, ImapFactory, ImapSettings, listening_factory
+from gponsim.server.dovecot.imap import ImapContext, ImapFactory, ImapSettings
 from gponsim.server.dovecot.login import LoginAuth
+from gponsim.server.tls import listening_factory
 from gponsim.server.mailstore.worker import MailWorker
 from gponsim.server.maillog import pid_for
 

@@ -150,6 +150,9 @@ class RelaySettings:
     hosts_file: Path | None = None         #: <lab root>/etc/hosts
     connect_host: str | None = None        #: override (simulator): address to connect to
     connect_port: int | None = None        #: override (simulator): port to connect to
+    #: called just before each connection (simulator: bring its listener in line
+    #: with ``gponsim gmail fault`` first, so a change is seen at once)
+    before_connect: Callable[[], None] = lambda: None
     allow_system_resolver: bool = False    #: --relay real: getaddrinfo (not in tests)
     #: --relay dns (the lab network): name -> Deferred address, from the lab's DNS
     resolver: Callable[[str], Any] | None = None
@@ -499,6 +502,7 @@ class SmtpRelayClient(DeliveryClient):
                     nexthop=s.nexthop)
         connected: defer.Deferred = defer.Deferred()
         failed_reason: list[str] = []
+        s.before_connect()
         self.reactor.connectTCP(target[0], target[1], ConnectFactory(connected, failed_reason),
                                 timeout=s.connect_timeout)
         try:

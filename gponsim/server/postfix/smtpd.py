@@ -167,6 +167,25 @@ class Smtpd(SmtpServer):
                                   meta={"service": self.settings.service,
                                         "port": getattr(self.local_address(), "port", None),
                                         "client_ip": self.client_ip}))
+        self._connect_told = True
+        if self._wrappermode:
+            # smtpd_proto: in wrapper mode (smtps, 465) TLS comes first; the
+            # anvil check and the banner follow the handshake
+            if self._early_tls is not None:
+                self.tls_established(*self._early_tls)
+            return
+        self._banner()
+
+    #: the CONNECT Step has been emitted (the client's name may take a lookup)
+    _connect_told = False
+    #: a wrapper-mode handshake that finished before the name lookup did
+    _early_tls: tuple | None = None
+
+    @property
+    def _wrappermode(self) -> bool:
+        return self.tls and not self.starttls_used
+
+    def _banner(self) -> None:
         if self._over_client_limits():
             return
         self.reply(220, self.settings.banner, answers="CONNECT")
@@ -198,6 +217,9 @@ class Smtpd(SmtpServer):
         return True
 
     def tls_established(self, version: str, cipher: str, used: int, alg: int) -> None:
+        if self._wrappermode and not self._connect_told:
+            self._early_tls = (version, cipher, used, alg)     # told after CONNECT
+            return
         if self.starttls_used:
             self._count("starttls", True)
         text = (f"Anonymous TLS connection established from {self.client}: "
@@ -212,6 +234,8 @@ class Smtpd(SmtpServer):
                                   text, proto="tls", tls=True,
                                   meta={"version": version, "cipher": cipher,
                                         "logged": logged}))
+        if self._wrappermode:
+            self._banner()
 
     def lost(self) -> None:
         if self._anvil is not None:

@@ -18,7 +18,8 @@ Files (under the lab root)
   (``etc/ssl/certs/ca-certificates.crt``), so the lab's SMTP client logs a
   *Trusted* TLS connection — remove it to see *Untrusted*.
 - ``etc/gmail-sim.conf``: the account and the faults (re-read at every
-  connection, and every second for ``fault = refuse``)::
+  connection; for ``fault = refuse`` every second and before each
+  connection of the lab's smtp(8))::
 
       account = gponlab.relay@gmail.com
       app_password = abcdefghijklmnop
@@ -667,7 +668,8 @@ class GmailSimulator:
 
     def config(self) -> GmailConfig:
         try:
-            mtime = self.conf_path.stat().st_mtime_ns
+            st = self.conf_path.stat()
+            mtime = (st.st_mtime_ns, st.st_size)    # two quick rewrites may share a time
         except OSError:
             mtime = None
         if mtime != self._conf_mtime:
@@ -679,12 +681,12 @@ class GmailSimulator:
         """Listen (unless ``fault = refuse``); returns the port."""
         from twisted.internet.task import LoopingCall
 
-        self._apply_refuse()
+        self.apply_config()
         if self._listener is None and self.port == 0:
             # fault = refuse at start: still pick the port we will use later.
             self._listen()
-            self._apply_refuse()
-        self._watch = LoopingCall(self._apply_refuse)
+            self.apply_config()
+        self._watch = LoopingCall(self.apply_config)
         self._watch.clock = self.reactor
         self._watch.start(1.0, now=False)
         return self.port
@@ -693,7 +695,11 @@ class GmailSimulator:
         self._listener = listen_tcp(self.reactor, self.port, _Factory(self), interface=self.listen)
         self.port = self._listener.getHost().port
 
-    def _apply_refuse(self) -> None:
+    def apply_config(self) -> None:
+        """Listen or stop listening as ``fault`` says. It runs every second, and
+        the lab's smtp(8) calls it before each connection to the simulator, so
+        ``gponsim gmail fault none`` followed at once by ``gponsim queue --flush``
+        finds it listening (and ``fault refuse`` followed by a send, refused)."""
         refuse = self.config().fault == "refuse"
         if refuse and self._listener is not None:
             listener, self._listener = self._listener, None
