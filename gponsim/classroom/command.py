@@ -28,6 +28,9 @@ def start(options, ready_file: Path | None, lang: str) -> None:
         if run.resumed and (options.roster is not None or options.students):
             click.echo(word("cli_resumed_note", lang, path=run.out / "accounts.csv",
                             count=len(run.roster.students)), err=True)
+        if run.dropped_bytes:
+            click.echo(word("cli_dropped_cut_line", lang, path=run.out / "steps.jsonl",
+                            count=run.dropped_bytes), err=True)
     except (RosterError, LessonError, UsersError) as exc:
         raise click.ClickException(str(exc))
     except ConfigError as exc:
@@ -138,6 +141,8 @@ def grade(run_dir: Path | None, captures: list[Path], keylogs: list[Path], roste
             out = out or Path("grades")
     except (GradingError, RosterError, LessonError) as exc:
         raise click.ClickException(str(exc))
+    for problem in grades.skipped:
+        click.echo(word("cli_skipped_last_line", lang, problem=problem), err=True)
     made = write_all(grades, out, lang)
     for row in grades.rows():
         click.echo(f"{row['student'].login:<14} {row['ok']}/{row['total']}  {row['percent']:5.1f}%")

@@ -146,6 +146,10 @@ class ClassRun:
             self.resumed = False
         # A class that goes on: what its earlier runs recorded counts too (read back at start).
         recorded = self.out / "steps.jsonl"
+        from gponsim.sinks.jsonl import drop_cut_line
+
+        #: bytes of a line an earlier run left cut short (killed while writing): dropped
+        self.dropped_bytes = drop_cut_line(recorded) if self.resumed else 0
         self._recorded_bytes = recorded.stat().st_size if self.resumed and recorded.exists() else 0
         users = Users.ensure_default(self.lab.path(self.lab.profile.passwd_file()))
         self.roster.create_accounts(users)
