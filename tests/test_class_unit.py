@@ -410,3 +410,41 @@ def test_the_recording_masks_a_password_typed_as_user_and_still_the_password():
                  line="a2 NOOP", verb="NOOP", tag="a2")
     MaskedSink(kept, PasswordMask(["bakunemo47"])).step(plain)
     assert kept.steps[1] is plain                       # nothing to mask: the Step as it was
+
+
+def test_the_event_streams_explain_each_line_with_its_own_values():
+    """The projector's and student's event streams (and the teacher's page) give each line's explanation
+    filled from that line (its client, address...), in both languages: never a template's
+    ``{{placeholder}}``, and a password never gets into one."""
+    from gponsim.classroom.hub import ClassHub, Subscriber
+    from gponsim.classroom.state import ClassState
+
+    roster = Roster.numbered(2)
+    roster.passwords.update({"student01": "bakunemo47"})
+    hub = ClassHub(ClassState(roster, load_plan(find_lesson("thunderbird"))))
+    streams = {name: [] for name in ("teacher", "projector", "student")}
+    hub.subscribe(Subscriber("teacher", streams["teacher"].append))
+    hub.subscribe(Subscriber("projector", streams["projector"].append, follow="latest"))
+    hub.subscribe(Subscriber("student", streams["student"].append, student="student01"))
+    hub.step(_step("s1", "smtp", "event", "connect from pc7[10.0.0.7]", verb="CONNECT",
+                   meta={"client_ip": "10.0.0.7", "service": "submission"}))
+    hub.step(_sasl("s1", "OK", "student01"))
+    for to in ("student01b", "student02b"):
+        hub.step(_step("s1", "smtp", "command", f"RCPT TO:<{to}@gponlab.local>", verb="RCPT",
+                       args=f"TO:<{to}@gponlab.local>"))
+    for name, chunks in streams.items():
+        events = _events(chunks)
+        # the projector's and a student's streams carry the explanations; the teacher's
+        # page asks for one by its id (/explain.json?id=...)
+        explained = [d for kind, d in events if kind == "explain"] or [
+            hub.explanation(d["x"]) for kind, d in events if kind == "line" and d["x"]]
+        assert explained, name
+        for d in explained:
+            for lang in ("es", "en"):
+                assert "{{" not in d[lang] and "bakunemo47" not in d[lang], (name, d["id"], d[lang])
+        texts = " ".join(d["en"] + d["es"] for d in explained)
+        assert "pc7[10.0.0.7]" in texts, name
+        assert "RCPT TO:<student01b@gponlab.local>" in texts and "RCPT TO:<student02b@gponlab.local>" in texts
+        lines = {d["line"]: d["x"] for kind, d in events if kind == "line"}
+        by_id = {d["id"]: d for d in explained}
+        assert "student02b@gponlab.local" in by_id[lines["RCPT TO:<student02b@gponlab.local>"]]["en"]
