@@ -57,6 +57,9 @@ def test_a_roster_with_partners(tmp_path):
     ("login\nana\nana\n", "3: ana is already on line 2"),
     ("login,partner\nana,pepe\n", "2: partner pepe of ana is not on the roster"),
     ("login,partner\nana,luis\nluis,eva\neva,\n", "2: ana names luis as partner, but luis names eva"),
+    ("login,name,partner\nana,Ana,luis\nluis,Luis,\nmarta,Marta,luis\n",
+     "4: marta names luis as partner, but luis is already the partner of ana"),
+    ("login,partner\nluis,\nana,luis\nmarta,luis\n", "4: marta names luis as partner, but luis is already"),
     ("login\nana\nanab\n", "the receiver account anab of ana is also a student"),
     ("login\n\n", "the roster has no students"),
 ])

@@ -193,14 +193,21 @@ class Roster:
                 raise RosterError(f"{where}: partner {s.partner} of {s.login} is not on the roster")
             if other is s:
                 raise RosterError(f"{where}: {s.login} cannot be their own partner")
-            if other.partner and other.partner != s.login:
-                raise RosterError(f"{where}: {s.login} names {other.login} as partner, but "
-                                  f"{other.login} names {other.partner}")
+        named = {s.login for s in students if s.partner}
         for s in students:          # a partner named on one side only is mutual
             if s.partner and not by_login[s.partner].partner:
                 mate = by_login[s.partner]
                 mate.partner = s.login
                 mate.reader, mate.send_to = mate.login, s.login
+        # Checked once every pair is mutual: two students naming the same one are an
+        # error even when that one named nobody (one of them would never get mail).
+        for s in students:
+            other = by_login[s.partner] if s.partner else None
+            if other is not None and other.partner != s.login:
+                how = (f"{other.login} names {other.partner}" if other.login in named
+                       else f"{other.login} is already the partner of {other.partner}, who names them first")
+                raise RosterError(f"{path}:{lines[s.login]}: {s.login} names {other.login} as partner, "
+                                  f"but {how}")
         logins = set(by_login)
         for s in students:
             if s.reader != s.login and s.reader in logins:
