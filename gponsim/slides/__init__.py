@@ -11,6 +11,10 @@ from pathlib import Path
 from gponsim.lessons.model import Lesson
 
 
+class SlidesError(Exception):
+    """A deck that cannot be built from what was given, said plainly."""
+
+
 def make_slides(lesson: Lesson, run_dir: Path, out_dir: Path, *, formats=("html",), lang: str = "en") -> list[Path]:
     from gponsim.slides.deck import build_deck
 
