@@ -82,3 +82,18 @@ def test_appending_after_a_crash_starts_on_a_new_line(tmp_path):
     only = tmp_path / "only.jsonl"
     only.write_bytes(b'{"t":1.0,"sess')                     # killed during its first line
     assert drop_cut_line(only) == 14 and only.read_bytes() == b""
+
+
+def test_a_class_start_that_fails_leaves_no_class_to_resume(tmp_path):
+    roster = tmp_path / "r.csv"
+    roster.write_text("login\nana\nluis\nana\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["class", "start", "--roster", str(roster), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "r.csv:4: ana is already on line 2" in result.stderr
+    assert not out.exists()                            # the folder it made is gone
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["class", "start", "--roster", str(roster), "--out", str(kept)])
+    assert result.exit_code == 1 and (kept / "notes.txt").read_text() == "mine"   # not its folder

@@ -127,6 +127,8 @@ class ClassRun:
 
         o = self.options
         self.plan = load_plan(find_lesson(o.lesson))
+        #: this start made the class's folder: a start that fails takes it away again
+        self.made_out = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         lab_options = LabOptions(lab_root=self.out / "gponlab", config_dir=o.config_dir, listen=o.listen,
                                  port_offset=o.port_offset, ports=dict(o.ports), free_ports=o.free_ports,
@@ -288,6 +290,17 @@ class ClassRun:
         return out
 
     # ------------------------------------------------------------------ the end
+
+    def discard(self) -> None:
+        """A start that failed (a roster mistake, a port in use, an address not here):
+        remove the class's folder if this start made it, so the same --out is a new
+        class next time, not a class that never ran "resumed"."""
+        if getattr(self, "recorder", None) is not None:
+            self.recorder.close()
+        if getattr(self, "made_out", False):
+            import shutil
+
+            shutil.rmtree(self.out, ignore_errors=True)
 
     def stop(self):
         from twisted.internet import defer
