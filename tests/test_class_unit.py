@@ -55,6 +55,9 @@ def test_a_roster_with_partners(tmp_path):
     ("login,age\nana,20\n", "1: unknown column(s) age"),
     ("login\nana\nAna Maria\n", "3: invalid user name 'ana maria'"),
     ("login\nana\nana\n", "3: ana is already on line 2"),
+    ("login\nana\nroot\n", "3: root is a name the mail system keeps for itself"),
+    ("login,name\nPostmaster,Jefa\n", "2: postmaster is a name the mail system keeps for itself"),
+    ("login,partner\nuser1,ana\nana,\n", "2: user1 is one of the lab's own users (user1, user2"),
     ("login,partner\nana,pepe\n", "2: partner pepe of ana is not on the roster"),
     ("login,partner\nana,luis\nluis,eva\neva,\n", "2: ana names luis as partner, but luis names eva"),
     ("login,name,partner\nana,Ana,luis\nluis,Luis,\nmarta,Marta,luis\n",
@@ -67,7 +70,13 @@ def test_roster_mistakes_name_the_line(tmp_path, text, message):
     path = tmp_path / "r.csv"
     path.write_text(text)
     with pytest.raises(RosterError, match=re.escape(message)):
-        Roster.from_csv(path)
+        Roster.from_csv(path, lab_accounts=True)
+
+
+def test_a_roster_for_the_real_servers_captures_may_name_its_accounts(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("login,partner\nuser1,user2\nuser2,\n")
+    assert [s.login for s in Roster.from_csv(path).students] == ["user1", "user2"]
 
 
 def test_accounts_file_round_trip_and_passwd_file(tmp_path):

@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gponsim.server.dovecot.passwd import Users, UsersError, check_name
+from gponsim.server.dovecot.passwd import DEFAULT_USERS, Users, UsersError, check_name
 
 
 class RosterError(Exception):
@@ -35,6 +35,10 @@ _CONSONANTS = "bcdfghjkmnprstvz"
 _VOWELS = "aeiu"
 #: Columns a roster CSV may have (``login`` is required).
 ROSTER_COLUMNS = ("login", "name", "partner", "email", "idnumber")
+#: Names the mail system keeps for itself (Postfix's aliases send them to the administrator).
+SYSTEM_NAMES = ("root", "postmaster", "mailer-daemon", "abuse", "nobody")
+#: The lab's own users (user1/pass, user2/pass, as in the lab document): not a student's.
+LAB_USERS = tuple(name for name, _password in DEFAULT_USERS)
 ACCOUNT_COLUMNS = ("student", "name", "partner", "account", "role", "password", "email", "idnumber")
 
 
@@ -137,9 +141,12 @@ class Roster:
         return cls([Student(login=f"{prefix}{n:0{width}d}") for n in range(1, count + 1)], domain)
 
     @classmethod
-    def from_csv(cls, path: Path, domain: str = "gponlab.local") -> "Roster":
+    def from_csv(cls, path: Path, domain: str = "gponlab.local", *, lab_accounts: bool = False) -> "Roster":
         """A roster CSV with a header: ``login`` (required), ``name``, ``partner``
-        (another student's login: the two write to each other), ``email``, ``idnumber``."""
+        (another student's login: the two write to each other), ``email``, ``idnumber``.
+        ``lab_accounts``: the logins become accounts in gponsim's lab (``class start``),
+        so the names the lab keeps for itself (root, postmaster, user1...) are refused;
+        a roster for grading captures of the real server may name any account."""
         try:
             raw = Path(path).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
@@ -170,6 +177,12 @@ class Roster:
                 check_name(login)
             except UsersError as exc:
                 raise RosterError(f"{path}:{n}: {exc}") from exc
+            if lab_accounts and login in SYSTEM_NAMES:
+                raise RosterError(f"{path}:{n}: {login} is a name the mail system keeps for itself "
+                                  f"({', '.join(SYSTEM_NAMES)}): choose another login")
+            if lab_accounts and login in LAB_USERS:
+                raise RosterError(f"{path}:{n}: {login} is one of the lab's own users ({', '.join(LAB_USERS)}, "
+                                  f"as in the lab document): choose another login")
             if login in seen:
                 raise RosterError(f"{path}:{n}: {login} is already on line {seen[login]}")
             seen[login] = n

@@ -142,7 +142,7 @@ class ClassRun:
             self.resumed = True
         else:
             if o.roster is not None:
-                self.roster = Roster.from_csv(o.roster, domain)
+                self.roster = Roster.from_csv(o.roster, domain, lab_accounts=True)
             else:
                 self.roster = Roster.numbered(o.students or 1, domain)
             self.resumed = False
