@@ -289,6 +289,7 @@ def wait_for_mail(lab, user: str) -> None:
     (["grade", "{tmp}"], 1, "is not a class run: accounts.csv is missing"),
     (["grade"], 2, "give a class run folder, or --capture FILE"),
     (["class", "replay", "{tmp}/nothing.jsonl"], 1, "nothing.jsonl: no such file or folder"),
+    (["class", "replay", "{roster}"], 1, "r.csv: neither a run's folder, a steps.jsonl nor a capture"),
 ])
 def test_class_mistakes_are_told_plainly(tmp_path, args, code, message):
     roster = tmp_path / "r.csv"

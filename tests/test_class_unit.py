@@ -460,3 +460,15 @@ def test_the_event_streams_explain_each_line_with_its_own_values():
         lines = {d["line"]: d["x"] for kind, d in events if kind == "line"}
         by_id = {d["id"]: d for d in explained}
         assert "student02b@gponlab.local" in by_id[lines["RCPT TO:<student02b@gponlab.local>"]]["en"]
+
+
+def test_replay_refuses_a_file_that_is_no_recording(tmp_path):
+    from gponsim.classroom.replay import validate_paths
+
+    text = tmp_path / "hostname"
+    text.write_text("lab-pc\n")
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text(_step("s1", "smtp", "command", "EHLO pc", verb="EHLO").to_json() + "\n")
+    assert validate_paths([steps]) == []
+    assert validate_paths([text]) == [f"{text}: neither a run's folder, a steps.jsonl nor a capture "
+                                      "(.pcap, .pcapng, .cap): its first line is not a Step"]
