@@ -472,3 +472,23 @@ def test_replay_refuses_a_file_that_is_no_recording(tmp_path):
     assert validate_paths([steps]) == []
     assert validate_paths([text]) == [f"{text}: neither a run's folder, a steps.jsonl nor a capture "
                                       "(.pcap, .pcapng, .cap): its first line is not a Step"]
+
+
+def test_a_handout_names_the_student_once_when_the_roster_has_no_name():
+    from gponsim.classroom.handout import sheet
+
+    plan = load_plan(find_lesson("thunderbird"))
+    lab = {"host": "127.0.0.1", "ports": {"submission": 587, "imap": 143}}
+    roster = Roster([Student("student01"), Student("ana", name="Ana Pérez")])
+    assert "Sheet for <b>student01</b></div>" in sheet(roster.students[0], roster, plan, lab, "en")
+    assert "Hoja de <b>Ana Pérez</b> (ana)</div>" in sheet(roster.students[1], roster, plan, lab, "es")
+
+
+def test_a_roster_not_saved_as_utf8_says_how_to_save_it(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes("login,name\nana,Ana\nmaria,Mar".encode() + b"\xeda\n")     # Latin-1 'í'
+    with pytest.raises(RosterError) as caught:
+        Roster.from_csv(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:3: the roster is not UTF-8 text; save the CSV as UTF-8")
+    assert "guarda el CSV como UTF-8" in message and "codec" not in message

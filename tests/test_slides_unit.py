@@ -56,4 +56,14 @@ def test_a_run_of_another_lesson_is_refused_naming_both(tmp_path):
                                        "--lang", "es"])
     assert result.exit_code == 1
     assert "de la lección «sasl», no de «send-mail»" in result.stderr
-    assert not (tmp_path / "out").exists()                 # nothing built
+    assert not list(tmp_path.glob("out/*.html"))             # no deck built
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
+    run, _ = _run(tmp_path, "sasl", "en")
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(main, ["slides", "sasl", "--from", str(run), "-o", str(tmp_path / "afile" / "x"),
+                                       "--lang", "en"])
+    assert result.exit_code == 1
+    assert f"cannot write the slides in {tmp_path / 'afile' / 'x'} (-o): Not a directory" in result.stderr
+    assert "diagrams" not in result.stderr

@@ -149,8 +149,13 @@ class Roster:
         a roster for grading captures of the real server may name any account."""
         try:
             raw = Path(path).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RosterError(f"{path}: cannot read the roster: {getattr(exc, 'strerror', None) or exc}") from exc
+        except UnicodeDecodeError as exc:
+            line = Path(path).read_bytes()[:exc.start].count(b"\n") + 1
+            raise RosterError(f"{path}:{line}: the roster is not UTF-8 text; save the CSV as UTF-8 "
+                              f"(in LibreOffice or Excel: CSV UTF-8) / la lista no está en UTF-8; "
+                              f"guarda el CSV como UTF-8 (en LibreOffice o Excel: CSV UTF-8)") from exc
+        except OSError as exc:
+            raise RosterError(f"{path}: cannot read the roster: {exc.strerror or exc}") from exc
         dialect = csv.excel
         try:
             dialect = csv.Sniffer().sniff(raw.split("\n", 1)[0], delimiters=",;\t")

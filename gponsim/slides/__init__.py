@@ -17,8 +17,13 @@ class SlidesError(Exception):
 
 def make_slides(lesson: Lesson, run_dir: Path, out_dir: Path, *, formats=("html",), lang: str = "en") -> list[Path]:
     from gponsim.slides.deck import build_deck
+    from gponsim.slides.words import word
 
     out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlidesError(word("out_unwritable", lang, out=out_dir, why=exc.strerror or exc)) from exc
     deck = build_deck(lesson, Path(run_dir), lang, work=out_dir / f".{lesson.id}-{lang}-diagrams")
     written = []
     if "html" in formats:
