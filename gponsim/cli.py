@@ -757,7 +757,7 @@ def slides(lessons, all_lessons, run_dir, runs_dir, fmt, lang, out):
     import tempfile
 
     from gponsim.lessons.model import LessonError, find_lesson, lesson_files
-    from gponsim.slides import make_slides, write_index
+    from gponsim.slides import SlidesError, make_slides, write_index
 
     lang = _lang(lang)
     ids = [p.stem for p in lesson_files()] if all_lessons else list(lessons)
@@ -795,7 +795,10 @@ def slides(lessons, all_lessons, run_dir, runs_dir, fmt, lang, out):
                                    "--lang", lang, "--out", str(source)], capture_output=True, text=True)
             if not (source / "summary.json").exists():
                 raise click.ClickException(f"the lesson {lesson_id} could not run:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-        written = make_slides(les, source, out, formats=formats, lang=lang)
+        try:
+            written = make_slides(les, source, out, formats=formats, lang=lang)
+        except SlidesError as exc:
+            raise click.ClickException(str(exc))
         built.append((les, written))
         for path in written:
             click.echo(str(path))

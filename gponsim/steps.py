@@ -308,14 +308,27 @@ def null_emit(step: Step) -> Step:
 # --------------------------------------------------------------------------
 # JSON lines
 
-def read_jsonl(path: str | Path) -> Iterator[Step]:
-    """Read Steps back from a JSON-lines file; a bad line names file:line."""
-    with open(path, encoding="utf-8") as fh:
+def read_jsonl(path: str | Path, damaged_end: Callable[[str], object] | None = None) -> Iterator[Step]:
+    """Read Steps back from a JSON-lines file; a bad line names file:line.
+
+    With ``damaged_end``, a bad *last* line (cut short when the recorder was killed)
+    is not an error: it is skipped and ``damaged_end`` is told why. A bad line with
+    others after it is always an error."""
+    bad: ValueError | None = None
+    with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
             raw = raw.strip()
             if not raw:
                 continue
+            if bad is not None:
+                raise bad
             try:
-                yield Step.from_dict(json.loads(raw))
+                step = Step.from_dict(json.loads(raw.decode("utf-8")))
             except (ValueError, TypeError) as exc:
-                raise ValueError(f"{path}:{n}: not a Step: {exc}") from exc
+                bad = ValueError(f"{path}:{n}: not a Step: {exc}")
+                if damaged_end is None:
+                    raise bad from exc
+                continue
+            yield step
+    if bad is not None:
+        damaged_end(str(bad))

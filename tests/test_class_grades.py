@@ -289,6 +289,7 @@ def wait_for_mail(lab, user: str) -> None:
     (["grade", "{tmp}"], 1, "is not a class run: accounts.csv is missing"),
     (["grade"], 2, "give a class run folder, or --capture FILE"),
     (["class", "replay", "{tmp}/nothing.jsonl"], 1, "nothing.jsonl: no such file or folder"),
+    (["class", "replay", "{roster}"], 1, "r.csv: neither a run's folder, a steps.jsonl nor a capture"),
 ])
 def test_class_mistakes_are_told_plainly(tmp_path, args, code, message):
     roster = tmp_path / "r.csv"
@@ -302,3 +303,22 @@ def test_class_mistakes_are_told_plainly(tmp_path, args, code, message):
     assert done.returncode == code, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_class_that_could_not_start_is_not_resumed_next_time(tmp_path):
+    """--listen on an address this computer does not have: the lab cannot start; the folder
+    that start made is gone, so the same --out starts a new class (no "resumed")."""
+    ports = ["--web-port", "0"] + [a for s in ("smtp", "submission", "imap", "imaps", "pop3", "pop3s",
+                                              "autoconfig") for a in ("--port", f"{s}=0")]
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "gponsim", "class", "start", "--students", "2",
+                           "--listen", "10.9.9.9", "--out", str(out), *ports],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "10.9.9.9" in done.stderr
+    assert not out.exists()
+    again = ClassProcess(out, students=2).start()
+    try:
+        assert "resumed" not in again.stderr() and "goes on with" not in again.stderr()
+    finally:
+        assert again.stop() == 0

@@ -55,8 +55,14 @@ def test_a_roster_with_partners(tmp_path):
     ("login,age\nana,20\n", "1: unknown column(s) age"),
     ("login\nana\nAna Maria\n", "3: invalid user name 'ana maria'"),
     ("login\nana\nana\n", "3: ana is already on line 2"),
+    ("login\nana\nroot\n", "3: root is a name the mail system keeps for itself"),
+    ("login,name\nPostmaster,Jefa\n", "2: postmaster is a name the mail system keeps for itself"),
+    ("login,partner\nuser1,ana\nana,\n", "2: user1 is one of the lab's own users (user1, user2"),
     ("login,partner\nana,pepe\n", "2: partner pepe of ana is not on the roster"),
     ("login,partner\nana,luis\nluis,eva\neva,\n", "2: ana names luis as partner, but luis names eva"),
+    ("login,name,partner\nana,Ana,luis\nluis,Luis,\nmarta,Marta,luis\n",
+     "4: marta names luis as partner, but luis is already the partner of ana"),
+    ("login,partner\nluis,\nana,luis\nmarta,luis\n", "4: marta names luis as partner, but luis is already"),
     ("login\nana\nanab\n", "the receiver account anab of ana is also a student"),
     ("login\n\n", "the roster has no students"),
 ])
@@ -64,7 +70,13 @@ def test_roster_mistakes_name_the_line(tmp_path, text, message):
     path = tmp_path / "r.csv"
     path.write_text(text)
     with pytest.raises(RosterError, match=re.escape(message)):
-        Roster.from_csv(path)
+        Roster.from_csv(path, lab_accounts=True)
+
+
+def test_a_roster_for_the_real_servers_captures_may_name_its_accounts(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("login,partner\nuser1,user2\nuser2,\n")
+    assert [s.login for s in Roster.from_csv(path).students] == ["user1", "user2"]
 
 
 def test_accounts_file_round_trip_and_passwd_file(tmp_path):
@@ -410,3 +422,73 @@ def test_the_recording_masks_a_password_typed_as_user_and_still_the_password():
                  line="a2 NOOP", verb="NOOP", tag="a2")
     MaskedSink(kept, PasswordMask(["bakunemo47"])).step(plain)
     assert kept.steps[1] is plain                       # nothing to mask: the Step as it was
+
+
+def test_the_event_streams_explain_each_line_with_its_own_values():
+    """The projector's and student's event streams (and the teacher's page) give each line's explanation
+    filled from that line (its client, address...), in both languages: never a template's
+    ``{{placeholder}}``, and a password never gets into one."""
+    from gponsim.classroom.hub import ClassHub, Subscriber
+    from gponsim.classroom.state import ClassState
+
+    roster = Roster.numbered(2)
+    roster.passwords.update({"student01": "bakunemo47"})
+    hub = ClassHub(ClassState(roster, load_plan(find_lesson("thunderbird"))))
+    streams = {name: [] for name in ("teacher", "projector", "student")}
+    hub.subscribe(Subscriber("teacher", streams["teacher"].append))
+    hub.subscribe(Subscriber("projector", streams["projector"].append, follow="latest"))
+    hub.subscribe(Subscriber("student", streams["student"].append, student="student01"))
+    hub.step(_step("s1", "smtp", "event", "connect from pc7[10.0.0.7]", verb="CONNECT",
+                   meta={"client_ip": "10.0.0.7", "service": "submission"}))
+    hub.step(_sasl("s1", "OK", "student01"))
+    for to in ("student01b", "student02b"):
+        hub.step(_step("s1", "smtp", "command", f"RCPT TO:<{to}@gponlab.local>", verb="RCPT",
+                       args=f"TO:<{to}@gponlab.local>"))
+    for name, chunks in streams.items():
+        events = _events(chunks)
+        # the projector's and a student's streams carry the explanations; the teacher's
+        # page asks for one by its id (/explain.json?id=...)
+        explained = [d for kind, d in events if kind == "explain"] or [
+            hub.explanation(d["x"]) for kind, d in events if kind == "line" and d["x"]]
+        assert explained, name
+        for d in explained:
+            for lang in ("es", "en"):
+                assert "{{" not in d[lang] and "bakunemo47" not in d[lang], (name, d["id"], d[lang])
+        texts = " ".join(d["en"] + d["es"] for d in explained)
+        assert "pc7[10.0.0.7]" in texts, name
+        assert "RCPT TO:<student01b@gponlab.local>" in texts and "RCPT TO:<student02b@gponlab.local>" in texts
+        lines = {d["line"]: d["x"] for kind, d in events if kind == "line"}
+        by_id = {d["id"]: d for d in explained}
+        assert "student02b@gponlab.local" in by_id[lines["RCPT TO:<student02b@gponlab.local>"]]["en"]
+
+
+def test_replay_refuses_a_file_that_is_no_recording(tmp_path):
+    from gponsim.classroom.replay import validate_paths
+
+    text = tmp_path / "hostname"
+    text.write_text("lab-pc\n")
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text(_step("s1", "smtp", "command", "EHLO pc", verb="EHLO").to_json() + "\n")
+    assert validate_paths([steps]) == []
+    assert validate_paths([text]) == [f"{text}: neither a run's folder, a steps.jsonl nor a capture "
+                                      "(.pcap, .pcapng, .cap): its first line is not a Step"]
+
+
+def test_a_handout_names_the_student_once_when_the_roster_has_no_name():
+    from gponsim.classroom.handout import sheet
+
+    plan = load_plan(find_lesson("thunderbird"))
+    lab = {"host": "127.0.0.1", "ports": {"submission": 587, "imap": 143}}
+    roster = Roster([Student("student01"), Student("ana", name="Ana Pérez")])
+    assert "Sheet for <b>student01</b></div>" in sheet(roster.students[0], roster, plan, lab, "en")
+    assert "Hoja de <b>Ana Pérez</b> (ana)</div>" in sheet(roster.students[1], roster, plan, lab, "es")
+
+
+def test_a_roster_not_saved_as_utf8_says_how_to_save_it(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes("login,name\nana,Ana\nmaria,Mar".encode() + b"\xeda\n")     # Latin-1 'í'
+    with pytest.raises(RosterError) as caught:
+        Roster.from_csv(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:3: the roster is not UTF-8 text; save the CSV as UTF-8")
+    assert "guarda el CSV como UTF-8" in message and "codec" not in message

@@ -25,15 +25,23 @@ def start(options, ready_file: Path | None, lang: str) -> None:
     run = ClassRun(options, reactor=reactor)
     try:
         run.prepare()
-        if run.resumed and (options.roster is not None or options.students):
-            click.echo(word("cli_resumed_note", lang, path=run.out / "accounts.csv",
-                            count=len(run.roster.students)), err=True)
     except (RosterError, LessonError, UsersError) as exc:
+        run.discard()
         raise click.ClickException(str(exc))
     except ConfigError as exc:
+        run.discard()
         err = click.ClickException(str(exc))
         err.exit_code = 2
         raise err
+    except BaseException:
+        run.discard()
+        raise
+    if run.resumed and (options.roster is not None or options.students):
+        click.echo(word("cli_resumed_note", lang, path=run.out / "accounts.csv",
+                        count=len(run.roster.students)), err=True)
+    if run.dropped_bytes:
+        click.echo(word("cli_dropped_cut_line", lang, path=run.out / "steps.jsonl",
+                        count=run.dropped_bytes), err=True)
     def started(_port):
         out = run.out
         say = lambda key, **kw: click.echo(word(key, lang, **kw), err=True)  # noqa: E731
@@ -53,6 +61,7 @@ def start(options, ready_file: Path | None, lang: str) -> None:
 
     exc = run_in_foreground(reactor, run.lab, run.start, run.stop, started)
     if exc is not None:
+        run.discard()           # the class never ran: nothing of it to resume
         if isinstance(exc, ConfigError):
             err = click.ClickException(str(exc))
             err.exit_code = 2
@@ -138,6 +147,8 @@ def grade(run_dir: Path | None, captures: list[Path], keylogs: list[Path], roste
             out = out or Path("grades")
     except (GradingError, RosterError, LessonError) as exc:
         raise click.ClickException(str(exc))
+    for problem in grades.skipped:
+        click.echo(word("cli_skipped_last_line", lang, problem=problem), err=True)
     made = write_all(grades, out, lang)
     for row in grades.rows():
         click.echo(f"{row['student'].login:<14} {row['ok']}/{row['total']}  {row['percent']:5.1f}%")

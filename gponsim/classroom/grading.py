@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -42,6 +42,8 @@ class Grades:
     roster: Roster
     state: ClassState
     source: str
+    #: what was skipped to grade (a last line cut short by a crash), for the teacher to see
+    skipped: list[str] = field(default_factory=list)
 
     def rows(self) -> list[dict]:
         out = []
@@ -83,9 +85,16 @@ def grade_run(folder: Path, plan: ClassPlan) -> Grades:
                                f"(made by `gponsim class start`)")
     info = _class_info(folder)
     roster = _roster(accounts, info)
-    return grade_steps(read_jsonl(steps_file), roster, plan, ports=info.get("ports"),
-                       log_lines=_log_lines(folder / "gponlab" / "var" / "log" / "mail.log"),
-                       source=str(folder))
+    skipped: list[str] = []
+    try:     # a last line cut by a crash is skipped (and told); any other bad line is an error
+        steps = list(read_jsonl(steps_file, damaged_end=skipped.append))
+    except (OSError, ValueError) as exc:
+        raise GradingError(str(exc)) from exc
+    grades = grade_steps(steps, roster, plan, ports=info.get("ports"),
+                         log_lines=_log_lines(folder / "gponlab" / "var" / "log" / "mail.log"),
+                         source=str(folder))
+    grades.skipped = skipped
+    return grades
 
 
 def _class_info(folder: Path) -> dict:

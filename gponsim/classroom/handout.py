@@ -82,7 +82,7 @@ def sheet(student: Student, roster: Roster, plan: ClassPlan, lab: dict, lang: st
     fingerprint = lab.get("fingerprint")
     return f"""<section class="sheet">
 <h1>{e(plan.lesson.title[lang])}</h1>
-<div class="who">{w('handout_for')} <b>{e(student.label)}</b> ({e(student.login)})</div>
+<div class="who">{w('handout_for')} <b>{e(student.label)}</b>{f" ({e(student.login)})" if student.name else ""}</div>
 <h2>{w('handout_accounts')}</h2>
 <table><tr><th>{w('handout_account')}</th><th>{w('handout_address')}</th><th>{w('handout_user')}</th><th>{w('handout_password')}</th></tr>
 {''.join(rows)}</table>

@@ -18,6 +18,7 @@ is handed over to it), so pages are written to in the order things happened.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -48,8 +49,16 @@ def line_record(step: Step, n: int, info, mask, explanations: dict) -> dict:
     explain_id = None
     if entry is not None:
         explain_id = f"{entry.key}#{entry.match}" if entry.match else entry.key
+        texts = {"es": entry.es, "en": entry.en}
+        if "{{" in entry.es or "{{" in entry.en:
+            # The template speaks of this Step (its queue id, address, client...): filled
+            # from it, secrets masked; the same filled text is still sent once.
+            shown = Step.from_dict(step.to_dict()) if step.secret is not None else step
+            texts = {lang: mask(entry.render(lang, shown)) for lang in texts}
+            digest = hashlib.sha1(f"{texts['es']}\0{texts['en']}".encode("utf-8", "replace"))
+            explain_id = f"{explain_id}~{digest.hexdigest()[:12]}"
         if explain_id not in explanations:
-            explanations[explain_id] = {"id": explain_id, "es": entry.es, "en": entry.en, "rfc": entry.rfc}
+            explanations[explain_id] = {"id": explain_id, **texts, "rfc": entry.rfc}
     record = {
         "n": n, "t": round(step.t, 4), "s": step.session, "p": step.proto,
         "src": step.src, "dst": step.dst, "d": step.dir, "k": step.kind,

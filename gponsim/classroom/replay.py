@@ -211,4 +211,20 @@ def validate_paths(paths: list[Path]) -> list[str]:
             problems.append(f"{path}: no such file or folder")
         elif path.is_dir() and not (path / "steps.jsonl").exists():
             problems.append(f"{path}: a folder without steps.jsonl (not a lesson's or a class's run)")
+        elif _kind(path) == "jsonl" and not _starts_with_a_step(path):
+            problems.append(f"{path}: neither a run's folder, a steps.jsonl nor a capture "
+                            f"({', '.join(CAPTURE_SUFFIXES)}): its first line is not a Step")
     return problems
+
+
+def _starts_with_a_step(path: Path) -> bool:
+    """Whether a file's first line is a recorded Step (a steps.jsonl, not any file)."""
+    try:
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if raw.strip():
+                    Step.from_dict(json.loads(raw.decode("utf-8")))
+                    return True
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    return False

@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gponsim.server.dovecot.passwd import Users, UsersError, check_name
+from gponsim.server.dovecot.passwd import DEFAULT_USERS, Users, UsersError, check_name
 
 
 class RosterError(Exception):
@@ -35,6 +35,10 @@ _CONSONANTS = "bcdfghjkmnprstvz"
 _VOWELS = "aeiu"
 #: Columns a roster CSV may have (``login`` is required).
 ROSTER_COLUMNS = ("login", "name", "partner", "email", "idnumber")
+#: Names the mail system keeps for itself (Postfix's aliases send them to the administrator).
+SYSTEM_NAMES = ("root", "postmaster", "mailer-daemon", "abuse", "nobody")
+#: The lab's own users (user1/pass, user2/pass, as in the lab document): not a student's.
+LAB_USERS = tuple(name for name, _password in DEFAULT_USERS)
 ACCOUNT_COLUMNS = ("student", "name", "partner", "account", "role", "password", "email", "idnumber")
 
 
@@ -137,13 +141,21 @@ class Roster:
         return cls([Student(login=f"{prefix}{n:0{width}d}") for n in range(1, count + 1)], domain)
 
     @classmethod
-    def from_csv(cls, path: Path, domain: str = "gponlab.local") -> "Roster":
+    def from_csv(cls, path: Path, domain: str = "gponlab.local", *, lab_accounts: bool = False) -> "Roster":
         """A roster CSV with a header: ``login`` (required), ``name``, ``partner``
-        (another student's login: the two write to each other), ``email``, ``idnumber``."""
+        (another student's login: the two write to each other), ``email``, ``idnumber``.
+        ``lab_accounts``: the logins become accounts in gponsim's lab (``class start``),
+        so the names the lab keeps for itself (root, postmaster, user1...) are refused;
+        a roster for grading captures of the real server may name any account."""
         try:
             raw = Path(path).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RosterError(f"{path}: cannot read the roster: {getattr(exc, 'strerror', None) or exc}") from exc
+        except UnicodeDecodeError as exc:
+            line = Path(path).read_bytes()[:exc.start].count(b"\n") + 1
+            raise RosterError(f"{path}:{line}: the roster is not UTF-8 text; save the CSV as UTF-8 "
+                              f"(in LibreOffice or Excel: CSV UTF-8) / la lista no está en UTF-8; "
+                              f"guarda el CSV como UTF-8 (en LibreOffice o Excel: CSV UTF-8)") from exc
+        except OSError as exc:
+            raise RosterError(f"{path}: cannot read the roster: {exc.strerror or exc}") from exc
         dialect = csv.excel
         try:
             dialect = csv.Sniffer().sniff(raw.split("\n", 1)[0], delimiters=",;\t")
@@ -170,6 +182,12 @@ class Roster:
                 check_name(login)
             except UsersError as exc:
                 raise RosterError(f"{path}:{n}: {exc}") from exc
+            if lab_accounts and login in SYSTEM_NAMES:
+                raise RosterError(f"{path}:{n}: {login} is a name the mail system keeps for itself "
+                                  f"({', '.join(SYSTEM_NAMES)}): choose another login")
+            if lab_accounts and login in LAB_USERS:
+                raise RosterError(f"{path}:{n}: {login} is one of the lab's own users ({', '.join(LAB_USERS)}, "
+                                  f"as in the lab document): choose another login")
             if login in seen:
                 raise RosterError(f"{path}:{n}: {login} is already on line {seen[login]}")
             seen[login] = n
@@ -193,14 +211,21 @@ class Roster:
                 raise RosterError(f"{where}: partner {s.partner} of {s.login} is not on the roster")
             if other is s:
                 raise RosterError(f"{where}: {s.login} cannot be their own partner")
-            if other.partner and other.partner != s.login:
-                raise RosterError(f"{where}: {s.login} names {other.login} as partner, but "
-                                  f"{other.login} names {other.partner}")
+        named = {s.login for s in students if s.partner}
         for s in students:          # a partner named on one side only is mutual
             if s.partner and not by_login[s.partner].partner:
                 mate = by_login[s.partner]
                 mate.partner = s.login
                 mate.reader, mate.send_to = mate.login, s.login
+        # Checked once every pair is mutual: two students naming the same one are an
+        # error even when that one named nobody (one of them would never get mail).
+        for s in students:
+            other = by_login[s.partner] if s.partner else None
+            if other is not None and other.partner != s.login:
+                how = (f"{other.login} names {other.partner}" if other.login in named
+                       else f"{other.login} is already the partner of {other.partner}, who names them first")
+                raise RosterError(f"{path}:{lines[s.login]}: {s.login} names {other.login} as partner, "
+                                  f"but {how}")
         logins = set(by_login)
         for s in students:
             if s.reader != s.login and s.reader in logins:

@@ -127,6 +127,8 @@ class ClassRun:
 
         o = self.options
         self.plan = load_plan(find_lesson(o.lesson))
+        #: this start made the class's folder: a start that fails takes it away again
+        self.made_out = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         lab_options = LabOptions(lab_root=self.out / "gponlab", config_dir=o.config_dir, listen=o.listen,
                                  port_offset=o.port_offset, ports=dict(o.ports), free_ports=o.free_ports,
@@ -140,12 +142,16 @@ class ClassRun:
             self.resumed = True
         else:
             if o.roster is not None:
-                self.roster = Roster.from_csv(o.roster, domain)
+                self.roster = Roster.from_csv(o.roster, domain, lab_accounts=True)
             else:
                 self.roster = Roster.numbered(o.students or 1, domain)
             self.resumed = False
         # A class that goes on: what its earlier runs recorded counts too (read back at start).
         recorded = self.out / "steps.jsonl"
+        from gponsim.sinks.jsonl import drop_cut_line
+
+        #: bytes of a line an earlier run left cut short (killed while writing): dropped
+        self.dropped_bytes = drop_cut_line(recorded) if self.resumed else 0
         self._recorded_bytes = recorded.stat().st_size if self.resumed and recorded.exists() else 0
         users = Users.ensure_default(self.lab.path(self.lab.profile.passwd_file()))
         self.roster.create_accounts(users)
@@ -284,6 +290,17 @@ class ClassRun:
         return out
 
     # ------------------------------------------------------------------ the end
+
+    def discard(self) -> None:
+        """A start that failed (a roster mistake, a port in use, an address not here):
+        remove the class's folder if this start made it, so the same --out is a new
+        class next time, not a class that never ran "resumed"."""
+        if getattr(self, "recorder", None) is not None:
+            self.recorder.close()
+        if getattr(self, "made_out", False):
+            import shutil
+
+            shutil.rmtree(self.out, ignore_errors=True)
 
     def stop(self):
         from twisted.internet import defer

@@ -10,6 +10,39 @@ from typing import IO
 from gponsim.steps import Step
 
 
+def drop_cut_line(path: str | Path) -> int:
+    """Drop a last line cut short (a recorder killed in the middle of a write: the file
+    does not end with a newline), so what is appended next starts on a line of its own.
+    Returns the number of bytes dropped (0: the file was whole, or there is none)."""
+    path = Path(path)
+    try:
+        fh = open(path, "r+b")
+    except FileNotFoundError:
+        return 0
+    with fh:
+        size = fh.seek(0, 2)
+        if size == 0:
+            return 0
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return 0
+        # Look back in blocks for the last newline; everything after it is the cut line.
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            fh.seek(start)
+            block = fh.read(end - start)
+            at = block.rfind(b"\n")
+            if at >= 0:
+                keep = start + at + 1
+                break
+            end = start
+        else:
+            keep = 0
+        fh.truncate(keep)
+        return size - keep
+
+
 class JsonlRecorder:
     """Sink writing one JSON object per Step (``--steps FILE``).
 
@@ -23,6 +56,8 @@ class JsonlRecorder:
                  flush_interval: float = 0.1) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: bytes of a line cut by a crash that were dropped before appending
+        self.dropped = drop_cut_line(self.path) if append else 0
         # A line that was not valid UTF-8 on the wire keeps its bytes as lone surrogates
         # ("\udcff"); they are written as JSON escapes, so the file stays UTF-8 and JSON.
         self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8",

@@ -11,10 +11,19 @@ from pathlib import Path
 from gponsim.lessons.model import Lesson
 
 
+class SlidesError(Exception):
+    """A deck that cannot be built from what was given, said plainly."""
+
+
 def make_slides(lesson: Lesson, run_dir: Path, out_dir: Path, *, formats=("html",), lang: str = "en") -> list[Path]:
     from gponsim.slides.deck import build_deck
+    from gponsim.slides.words import word
 
     out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlidesError(word("out_unwritable", lang, out=out_dir, why=exc.strerror or exc)) from exc
     deck = build_deck(lesson, Path(run_dir), lang, work=out_dir / f".{lesson.id}-{lang}-diagrams")
     written = []
     if "html" in formats:

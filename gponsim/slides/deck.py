@@ -97,11 +97,20 @@ def excerpt(lines: list[Line], priority: list[int], lang: str, limit: int = MAX_
     return out
 
 
+def actor(name: str, lang: str) -> str:
+    """An actor's short name in the deck's language (``client`` -> ``cliente``), as the
+    class's web ladder shows it; a program's own name (smtpd, qmgr) stays as it is."""
+    try:
+        return word(f"actor_{name}", lang)
+    except KeyError:
+        return name
+
+
 def _transcript(steps: list[Step], highlight: set[int], lang: str) -> list[Line]:
     lines, priority = [], []
     kept_command = False
     for i, step in enumerate(steps):
-        head = f"{step.src} → {step.dst}{' [TLS]' if step.tls else ''}: "
+        head = f"{actor(step.src, lang)} → {actor(step.dst, lang)}{' [TLS]' if step.tls else ''}: "
         first = step.shown_line().replace("\t", " ").split("\n")[0]
         extra = step.line.count("\n")
         failed = step.failed or step.meta.get("status") in ("bounced", "deferred")
@@ -193,15 +202,35 @@ def figures(steps: list[Step], summary: dict, lang: str) -> list[tuple[str, str]
     return out
 
 
+def _checkpoints_in(results: list[dict], lesson: Lesson, lang: str) -> list[dict]:
+    """The run's checkpoint results with their texts in the deck's language: the run
+    wrote them in its own, and each is the text of one of the lesson's checks (es, en)."""
+    by_step = {s.id: s.checks for s in lesson.steps}
+    every = [c for checks in by_step.values() for c in checks]
+    out = []
+    for r in results:
+        for check in by_step.get(r.get("step"), []) + every:
+            if r.get("says") in (check.says.get("es"), check.says.get("en")):
+                r = dict(r, says=text(check.says, lang))
+                break
+        out.append(r)
+    return out
+
+
 def build_deck(lesson: Lesson, run_dir: Path, lang: str, work: Path | None = None) -> Deck:
     """Slides for ``lesson`` from its recorded run; diagrams are drawn into ``work``."""
+    from gponsim.slides import SlidesError
+
     run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    ran = summary.get("lesson")
+    if ran and ran != lesson.id:
+        raise SlidesError(word("other_lesson", lang, run=run_dir, ran=ran, lesson=lesson.id))
     work = Path(work or run_dir / "slides-work")
     work.mkdir(parents=True, exist_ok=True)
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     steps = list(read_jsonl(run_dir / "steps.jsonl"))
     ranges = summary.get("ranges", {})
-    results = summary.get("checkpoints", [])
+    results = _checkpoints_in(summary.get("checkpoints", []), lesson, lang)
     ok = sum(1 for r in results if r["passed"])
     slides = [Slide("title", text(lesson.title, lang), body=word("subtitle", lang),
                     bullets=[word("section", lang, s=lesson.section)],
