@@ -167,7 +167,9 @@ def test_gmail_refuses_a_message_over_its_size_limit(gmail):
 
 # -- the relay client (smtp(8)) against a scripted server, in memory
 
-def test_relay_client_conversation_and_verdict(tmp_path):
+def relay(tmp_path, content: bytes):
+    """smtp(8) delivering ``content`` to bob@example.com through smtp.gmail.com, in memory:
+    the delivery's Deferred, its Steps, and the transport of its connection."""
     reactor = MemoryReactorClock()
     sink = ListSink()
     hosts = tmp_path / "hosts"
@@ -176,13 +178,17 @@ def test_relay_client_conversation_and_verdict(tmp_path):
                              hosts_file=hosts, tls_level="none", sasl_enabled=False)
     client = SmtpRelayClient(settings, emit=sink.step, reactor=reactor)
     env = Envelope(sender="user1@gponlab.local", recipients=["bob@example.com"], arrival=0.0)
-    d = client.deliver(DeliveryRequest("4F1A2C0D9E", env, [(0, "bob@example.com", "")],
-                                       b"Subject: hi\n\nhello\n", 0.0))
+    d = client.deliver(DeliveryRequest("4F1A2C0D9E", env, [(0, "bob@example.com", "")], content, 0.0))
     [(host, port, factory, _timeout, _bind)] = reactor.tcpClients
     assert (host, port) == ("127.0.0.1", 587)
     proto = factory.buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
+    return d, sink, proto, transport
+
+
+def test_relay_client_conversation_and_verdict(tmp_path):
+    d, sink, proto, transport = relay(tmp_path, b"Subject: hi\n\nhello\n")
 
     def server(*replies: str) -> list[str]:
         for reply in replies:
@@ -206,27 +212,14 @@ def test_relay_client_conversation_and_verdict(tmp_path):
 def test_a_message_has_one_size_on_both_ends_of_the_wire(tmp_path, smtpd):
     """The relay client's message Step and smtpd's for the same bytes say the same size:
     the wire's (CRLF line ends, dot-stuffing undone), though the lab keeps LF."""
-    reactor = MemoryReactorClock()
-    sink = ListSink()
-    hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 smtp.gmail.com\n")
-    settings = RelaySettings(host="smtp.gmail.com", port=587, nexthop="[smtp.gmail.com]:587",
-                             hosts_file=hosts, tls_level="none", sasl_enabled=False)
-    client = SmtpRelayClient(settings, emit=sink.step, reactor=reactor)
-    env = Envelope(sender="user1@gponlab.local", recipients=["bob@example.com"], arrival=0.0)
-    content = b"Subject: hi\n\n.leading dot\nno end of line"
-    client.deliver(DeliveryRequest("4F1A2C0D9E", env, [(0, "bob@example.com", "")], content, 0.0))
-    [(_host, _port, factory, _timeout, _bind)] = reactor.tcpClients
-    proto = factory.buildProtocol(None)
-    transport = StringTransport()
-    proto.makeConnection(transport)
+    _d, sink, proto, transport = relay(tmp_path, b"Subject: hi\n\n.leading dot\nno end of line")
     for reply in ("220 smtp.gmail.com ESMTP", "250 smtp.gmail.com", "250 2.1.0 OK",
                   "250 2.1.5 OK", "354 Go ahead"):
         proto.dataReceived(reply.encode() + b"\r\n")
     sent = transport.value().split(b"DATA\r\n", 1)[1]
     assert sent == b"Subject: hi\r\n\r\n..leading dot\r\nno end of line\r\n.\r\n"
     [relayed] = [s for s in sink.steps if s.line.startswith("[message:")]
-    server, server_transport, server_sink = smtpd
+    server, _transport, server_sink = smtpd
     server.dataReceived(b"EHLO pc1\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<user2@gponlab.local>\r\n"
                         b"DATA\r\n" + sent)
     [received] = [s for s in server_sink.steps if s.line.startswith("[message:")]
