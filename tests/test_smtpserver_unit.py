@@ -48,6 +48,10 @@ class Queue:
 
             def abort(self):
                 self.state = "aborted"
+
+            def commit(self, data):
+                self.state = "committed"
+                return defer.succeed(self.qid)
         return defer.succeed(File())
 
 
@@ -55,7 +59,8 @@ class Queue:
 def smtpd():
     sink = ListSink()
     context = SmtpdContext(emit=sink.step, log=lambda prog, text: None, queue=Queue(),
-                           local_user_exists=lambda u: u == "user2")
+                           local_user_exists=lambda u: u == "user2",
+                           received_header=lambda session, qid: "")
     proto = Smtpd(context, SmtpdSettings(message_size_limit=1000))
     transport = connect(proto)
     lines(transport)
@@ -219,10 +224,11 @@ def test_a_message_has_one_size_on_both_ends_of_the_wire(tmp_path, smtpd):
     sent = transport.value().split(b"DATA\r\n", 1)[1]
     assert sent == b"Subject: hi\r\n\r\n..leading dot\r\nno end of line\r\n.\r\n"
     [relayed] = [s for s in sink.steps if s.line.startswith("[message:")]
-    server, _transport, server_sink = smtpd
+    server, server_transport, server_sink = smtpd
     server.dataReceived(b"EHLO pc1\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<user2@gponlab.local>\r\n"
                         b"DATA\r\n" + sent)
     [received] = [s for s in server_sink.steps if s.line.startswith("[message:")]
+    assert lines(server_transport)[-1] == "250 2.0.0 Ok: queued as 4F1A2C0D9E"
     # what went, less the final ".\r\n" and the one dot doubled
     assert relayed.meta["size"] == received.meta["size"] == len(sent) - len(b".\r\n") - 1
     assert relayed.line.startswith(f"[message: {received.meta['size']} bytes,")
