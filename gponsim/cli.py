@@ -62,12 +62,15 @@ def narration_options(f):
 
 class _MainGroup(click.Group):
     """A file or folder the user named that cannot be read or written ends the
-    command with one line naming it (exit 2), not a traceback.
+    command with one line naming it (exit 2), not a traceback; Ctrl-C exits 130.
     ``GPONSIM_DEBUG=1`` shows the traceback instead."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:       # Ctrl-C: exit 130 as shells and other tools do
+            click.echo("", err=True)
+            raise SystemExit(130)
         except OSError as exc:
             if exc.filename is None or os.environ.get("GPONSIM_DEBUG"):
                 raise
@@ -614,7 +617,8 @@ def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student,
     from gponsim.lessons.capturing import CaptureModeError
     from gponsim.lessons.network import NetworkUnavailable
     from gponsim.net.build import BuildError
-    from gponsim.lessons.runner import OutputFolderError, RunOptions, run_lesson
+    from gponsim.lessons.runner import LessonInterrupted, OutputFolderError, RunOptions, run_lesson
+    from gponsim.lessons.words import word
     from gponsim.server.lab import LabError
     from gponsim.steps import StepBus
 
@@ -634,6 +638,11 @@ def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student,
         raise _config_error(exc)
     except LabError as exc:
         raise click.ClickException(str(exc))
+    except LessonInterrupted as exc:              # the runner said so; exit as a shell expects
+        raise SystemExit(128 + exc.signum)
+    except KeyboardInterrupt:                     # before the lab started (or a second Ctrl-C)
+        click.echo(word("interrupted_early", _lang(lang)), err=True)
+        raise SystemExit(130)
     if not summary.passed:
         raise SystemExit(1)
 

@@ -285,3 +285,44 @@ def test_min_score_without_a_terminal_cannot_pass(tmp_path):
     assert "Sin terminal no se pueden hacer las preguntas" in result.stdout
     quiz = json.loads((tmp_path / "o" / "summary.json").read_text())["quiz"]
     assert quiz["graded"] is False and quiz["passed"] is False and quiz["answers"][0]["given"] is None
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_lesson_without_grading_what_is_left(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gponsim", "lesson", "troubleshooting", "--lang", "en",
+                             "--out", str(out)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "COLUMNS": "100", "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:                         # Ctrl-C as soon as step 2 begins
+        seen.append(line)
+        if "Step 2 of 5" in line:
+            proc.send_signal(__import__("signal").SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=30)
+    text = "".join(seen) + rest
+    assert proc.returncode == 130, text[-3000:]
+    assert "Lesson interrupted" in text
+    # Nothing after it ran against the stopped lab, and nothing was graded as if it had.
+    assert "Connection refused" not in text and "Step 3 of 5" not in text
+    assert "checkpoints passed" not in text and "✘" not in text, text[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] == "bad-password" and summary["passed"] is False
+    assert {c["step"] for c in summary["checkpoints"]} <= {"no-tls", "bad-password"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_quiz_ends_at_once(tmp_path):
+    lesson = tmp_path / "tiny.toml"
+    lesson.write_text(QUIZ_LESSON, encoding="utf-8")
+    out = tmp_path / "run"
+    term = Terminal(["lesson", "run", str(lesson), "--lang", "es", "--out", str(out), "--quiz"], tmp_path)
+    term.wait_for("Tu respuesta (1-")
+    started = time.monotonic()
+    os.kill(term.pid, __import__("signal").SIGINT)   # the lesson's thread is blocked in input()
+    assert term.exit_code(timeout=20) == 130, term.text[-3000:]
+    assert time.monotonic() - started < 5
+    assert "Lección interrumpida" in term.text
+    assert json.loads((out / "summary.json").read_text())["interrupted"] == "quiz"

@@ -40,11 +40,14 @@ class LessonView:
         self._deferred: frozenset[str] = frozenset()
         self.startup: list[Step] = []
         self._waiting: list[Step] = []
+        self._muted = False
 
     # ------------------------------------------------------------------ the sink
 
     def step(self, step: Step) -> None:
         with self._lock:
+            if self._muted:
+                return
             if self._starting:
                 self.startup.append(step)
             elif self._held or step.proto in self._deferred or self._waiting:
@@ -58,13 +61,17 @@ class LessonView:
         """Print the runner's own text (a rich renderable) after the narration so far."""
         options.setdefault("markup", False)
         with self._lock:
+            if self._muted:
+                return
             if self.narrator is not None:
                 self.narrator.flush()
             self.console.print(*renderables, **options)
 
     def ask(self, prompt: str) -> str:
-        """``input(prompt)`` after everything shown so far."""
+        """``input(prompt)`` after everything shown so far (EOFError once muted)."""
         with self._lock:
+            if self._muted:
+                raise EOFError("the lesson was interrupted")
             if self.narrator is not None:
                 self.narrator.flush()
             self.console.file.flush()
@@ -134,6 +141,14 @@ class LessonView:
                     break
                 if self.narrator is not None:
                     self.narrator.step(step)
+
+    def mute(self) -> None:
+        """The run was interrupted: nothing more is shown (what waits is dropped)."""
+        with self._lock:
+            self._muted = True
+            self._waiting = []
+            if self.narrator is not None:
+                self.narrator.flush()
 
     def close(self) -> None:
         self._deferred = frozenset()
