@@ -326,3 +326,54 @@ def test_ctrl_c_during_the_quiz_ends_at_once(tmp_path):
     assert time.monotonic() - started < 5
     assert "Lección interrumpida" in term.text
     assert json.loads((out / "summary.json").read_text())["interrupted"] == "quiz"
+
+
+# ---------------------------------------------------------------- order within a step
+
+def test_a_waiting_delivery_does_not_hold_back_the_clients_session():
+    from gponsim.lessons.runner import DELIVERY_PROTOS
+    from gponsim.sinks.lesson import LessonView
+
+    out = io.StringIO()
+    view = LessonView(Console(file=out, width=100), lang="en", explain="none")
+    view.started()
+    view.defer(DELIVERY_PROTOS)                      # the step that sends; a later one delivers
+    view.print("STEP 2")
+    reply = dict(dir="s2c", kind="reply", src="smtpd", dst="client")
+    view.step(_step("RCPT TO:<user2@gponlab.local>"))
+    view.step(_step("4F17E: client=localhost[127.0.0.1]", proto="queue", src="smtpd", dst="cleanup",
+                    kind="event", verb="client"))
+    view.step(_step("250 2.1.5 Ok", verb="RCPT", code=250, **reply))
+    view.step(_step("DATA"))
+    view.step(_step("250 2.0.0 Ok: queued as 4F17E", verb="DATA", code=250, **reply))
+    view.print("CHECKPOINT queued as")
+    view.hold()
+    view.step(_step("QUIT"))                         # while the student reads
+    view.defer(())
+    view.print("STEP 3")
+    view.release()
+    view.close()
+    text = out.getvalue()
+    order = ["STEP 2", "RCPT TO", "250 2.1.5 Ok", "DATA", "queued as 4F17E", "CHECKPOINT", "STEP 3",
+             "client=localhost", "QUIT"]
+    at = [text.find(x) for x in order]
+    assert -1 not in at and at == sorted(at), list(zip(order, at))
+
+
+@pytest.mark.slow
+def test_send_mail_shows_the_clients_session_whole_inside_its_step(tmp_path):
+    result = run("lesson", "send-mail", "--lang", "en", "--explain", "none", "--out", str(tmp_path / "r"),
+                 cwd=tmp_path, columns=140)
+    assert result.returncode == 0, result.stdout[-3000:]
+    text = result.stdout
+    step2, step3 = text.index("Step 2 of 5"), text.index("Step 3 of 5")
+    session = ["RCPT TO:<user2@gponlab.local>", "250 2.1.5 Ok", "DATA", "354 End data",
+               "250 2.0.0 Ok: queued as", "QUIT", "221 2.0.0 Bye"]
+    at = [text.index(session[0], step2)]
+    for line in session[1:]:                        # one after another, all before step 3
+        at.append(text.index(line, at[-1]))
+    assert at[-1] < step3, list(zip(session, at))
+    # each checkpoint after the lines it checks
+    assert at[4] < text.index("✔ The server answered '250 2.0.0 Ok: queued as") < step3
+    # the queue's lines wait for the step that explains them
+    assert text.index("client=localhost", step2) > step3

@@ -207,10 +207,10 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
     summary = Summary(lesson=lesson.id, out=out, student=options.student)
     view = LessonView(console, lang=lang, explain=options.explain, narrate=options.narrate,
                       show_startup=options.show_startup)
+    bus.add(view)       # first: a Step is on the terminal before a checkpoint can find it in the record
     record = bus.add(ListSink())
     bus.add(recorder)
     transcript = bus.add(Transcript(out / "transcript.txt"))
-    bus.add(view)
     profile = _profile_for(lesson, out)
     lab_options = LabOptions(lab_root=out / "gponlab", config_dir=profile,
                              keylog=out / "gponlab" / "keys.log",

@@ -11,6 +11,9 @@ they never interleave mid-line and come out in teaching order:
 - Between lesson steps the view is *held*: what the lab does meanwhile (a
   delivery finishing while the student reads) waits, and is shown after the
   next step's explanation, when the runner releases it.
+- Within a step, the Steps of *deferred* protocols (the queue and delivery,
+  while a later step explains them) wait too; everything else, the client's
+  own session above all, is narrated as it happens.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ class LessonView:
                 return
             if self._starting:
                 self.startup.append(step)
-            elif self._held or step.proto in self._deferred or self._waiting:
-                self._waiting.append(step)      # (behind what waits already: order kept)
-            elif self.narrator is not None:
+            elif self._held or step.proto in self._deferred:
+                self._waiting.append(step)
+            elif self.narrator is not None:     # (a client's session goes on past a delivery that waits)
                 self.narrator.step(step)
 
     # ------------------------------------------------------------------ the runner's side
@@ -131,15 +134,15 @@ class LessonView:
             self._deferred = frozenset(protos)
 
     def release(self) -> None:
-        """Show what waited (but what is deferred), then narrate live again."""
+        """Show what waited, in order, but what is deferred (it goes on waiting), then
+        narrate live again."""
         with self._lock:
             self._held = False
             waiting, self._waiting = self._waiting, []
-            for n, step in enumerate(waiting):
-                if step.proto in self._deferred:      # it waits, and so does what came after
-                    self._waiting = waiting[n:]
-                    break
-                if self.narrator is not None:
+            for step in waiting:
+                if step.proto in self._deferred:
+                    self._waiting.append(step)
+                elif self.narrator is not None:
                     self.narrator.step(step)
 
     def mute(self) -> None:
