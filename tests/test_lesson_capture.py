@@ -84,6 +84,28 @@ def test_tls_lesson_with_the_recorded_capture(tmp_path):
 
 
 @pytest.mark.slow
+def test_capture_lesson_recorded_keeps_the_recordings_keys_in_its_folder(tmp_path):
+    """The lesson's own suggestion, `gponsim analyze capture.pcapng --keylog gponlab/keys.log
+    --credentials` in its folder, must open the recording it analyzed (not only POP3)."""
+    out = tmp_path / "run"
+    result = lesson("capture", "--capture", "recorded", "--lang", "en", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert all(c["passed"] for c in checkpoints(out))
+    keys = (out / "gponlab" / "keys.log").read_text()
+    recorded = (RECORDINGS / "lesson-capture.keys").read_text()
+    assert keys.endswith(recorded)
+    # The keys.log panel shows the recording's lines (its last two).
+    assert recorded.splitlines()[-1].split()[1] in "".join(result.stdout.split())
+    suggested = subprocess.run([sys.executable, "-m", "gponsim", "analyze", "capture.pcapng", "--keylog",
+                                "gponlab/keys.log", "--credentials"], capture_output=True,
+                               text=True, timeout=120, cwd=out, env={**os.environ, "COLUMNS": "200"})
+    assert suggested.returncode == 0, suggested.stderr[-3000:]
+    assert "IMAP  PLAIN      user2  pass  inside TLS" in suggested.stdout, suggested.stdout
+    found = analyze(out / "capture.pcapng", keylog=out / "gponlab" / "keys.log").credentials
+    assert sorted((c.proto, c.inside_tls) for c in found) == [("imap", True), ("pop3", False)], found
+
+
+@pytest.mark.slow
 @pytest.mark.root("only root can take CAP_NET_RAW away (setpriv) to play a student without it")
 @pytest.mark.skipif(NO_NAMESPACE is not None, reason=f"no user + network namespace here: {NO_NAMESPACE}")
 def test_without_cap_net_raw_auto_moves_the_lesson_into_a_namespace(tmp_path):

@@ -380,7 +380,7 @@ def do_capture(ctx: Context, o: dict) -> None:
         if plan is not None and plan.mode == "recorded":
             from gponsim.lessons.capturing import RecordedCapture
 
-            ctx.results["sniffer"] = RecordedCapture(plan, ctx.out)
+            ctx.results["sniffer"] = RecordedCapture(plan, ctx.out, ctx.lab_root / "keys.log")
             return
         try:
             if ctx.network is not None:     # the server's own interface, as tcpdump -i enp0s3 on it
