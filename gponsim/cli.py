@@ -637,7 +637,9 @@ def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student,
     except OutputFolderError as exc:
         raise _config_error(exc)
     except LabError as exc:
-        raise click.ClickException(str(exc))
+        from gponsim.lessons.runner import lab_error_text
+
+        raise click.ClickException(lab_error_text(exc, _lang(lang), port_offset))
     except LessonInterrupted as exc:              # the runner said so; exit as a shell expects
         raise SystemExit(128 + exc.signum)
     except KeyboardInterrupt:                     # before the lab started (or a second Ctrl-C)

@@ -254,6 +254,13 @@ def _check_packets_lesson(result, out, lang):
     details = {c["says"]: c["detail"] for c in points}
     assert any(d.startswith("SYN #") for d in details.values())
     assert any("AUTH in packet #" in d and "ApplicationData" in d for d in details.values())
+    # The "Packet by packet" panels speak the lesson's language, and count bytes right.
+    if lang == "es":
+        for english in ("ClientHello: offers", "with TLS_", "TLS decrypted with the key log", "[message:",
+                        "· connection ", "Subject:"):
+            assert english not in text, english
+        assert "ClientHello: ofrece" in text and "[mensaje: " in text and "asunto: " in text
+    assert " 1 bytes" not in text and "→ 🔒 [TLS" not in text
 
 
 def test_packets_lesson_recording_shows_every_fact():
@@ -264,3 +271,19 @@ def test_packets_lesson_recording_shows_every_fact():
     for fact in FACTS:
         ok, detail = check(fact, data, 1)
         assert ok, (fact, detail)
+
+
+def test_a_lessons_packet_panel_gives_the_analyzers_own_lines_in_spanish():
+    from gponsim.capture import steps_from_capture
+    from gponsim.lessons.capture_lines import capture_line
+
+    steps = steps_from_capture(RECORDINGS / "lesson-packets.pcapng", RECORDINGS / "lesson-packets.keys")
+    ours = [s for s in steps if s.verb in ("ClientHello", "ServerHello", "DECRYPTED")
+            or (s.verb == "CONNECT" and s.kind == "event") or s.shown_line().startswith("[message:")]
+    assert {s.verb for s in ours} >= {"ClientHello", "ServerHello", "DECRYPTED", "CONNECT"}
+    for step in ours:
+        es, en = capture_line(step, "es"), capture_line(step, "en")
+        assert en == step.shown_line()
+        assert es != en, es
+        for english in ("offers", " with ", "decrypted", "message:", "connection", "packet", "Subject"):
+            assert english not in es, (english, es)

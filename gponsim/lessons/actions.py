@@ -424,6 +424,7 @@ def do_capture(ctx: Context, o: dict) -> None:
 def do_packets(ctx: Context, o: dict) -> None:
     """Show the capture packet by packet (``gponsim analyze capture.pcapng --packets``): the
     session that sent the mail (with ``session = "mail"``, the default) or every packet."""
+    from gponsim.lessons.capture_lines import capture_line
     from gponsim.packets.lesson import PacketRows
     from gponsim.packets.view import Renderer
 
@@ -433,7 +434,8 @@ def do_packets(ctx: Context, o: dict) -> None:
         ctx.results["packet_rows"] = PacketRows(*ctx.results["capture_files"])
     data = ctx.results["packet_rows"]
     lines: list[str] = []
-    renderer = Renderer(lines.append, ctx.lang, explain=o.get("explain", "first"), width=84, compact=True)
+    renderer = Renderer(lines.append, ctx.lang, explain=o.get("explain", "first"), width=84, compact=True,
+                        line_of=lambda step, reveal: capture_line(step, ctx.lang, reveal))
     renderer.header()
     for row in data.rows[:o.get("rows")]:           # the session's first rows, or all of them
         renderer.row(row)

@@ -50,6 +50,29 @@ class _Stopped(Exception):
     """Raised in the lesson's thread once the lesson is interrupted."""
 
 
+def lab_error_text(exc: Exception, lang: str, port_offset: int | None) -> str:
+    """A lab that could not start (:class:`gponsim.server.lab.LabError`), said in ``lang``:
+    a port in use or privileged gets a remedy that fits the options given."""
+    import errno
+    import re
+
+    from twisted.internet.error import CannotListenError
+
+    cause = exc.__cause__
+    found = re.match(r"port (\d+) \(([\w-]+)\)", str(exc))
+    if not isinstance(cause, CannotListenError) or found is None:
+        return str(exc)
+    port, name = found[1], found[2]
+    code = getattr(cause.socketError, "errno", None)
+    if code == errno.EADDRINUSE:
+        remedy = word("port_offset_other" if port_offset is not None else "port_offset_add", lang,
+                      offset=(port_offset or 0) + 1000)
+        return word("port_in_use", lang, port=port, name=name, address=cause.interface or "*", remedy=remedy)
+    if code == errno.EACCES:
+        return word("port_privileged", lang, port=port, name=name)
+    return str(exc)
+
+
 def reflow(paragraphs: str) -> str:
     """Lesson texts are wrapped in the TOML file; let the terminal wrap them instead."""
     return "\n\n".join(" ".join(p.split()) for p in paragraphs.strip().split("\n\n"))
@@ -202,8 +225,7 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
         out.mkdir(parents=True, exist_ok=True)
         recorder = JsonlRecorder(out / "steps.jsonl", append=False)
     except OSError as exc:
-        raise OutputFolderError(f"cannot write the lesson's results in {out}: "
-                                f"{exc.strerror or exc} (choose another folder with --out)") from exc
+        raise OutputFolderError(word("out_unwritable", lang, out=out, why=exc.strerror or exc)) from exc
     summary = Summary(lesson=lesson.id, out=out, student=options.student)
     view = LessonView(console, lang=lang, explain=options.explain, narrate=options.narrate,
                       show_startup=options.show_startup)

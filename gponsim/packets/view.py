@@ -261,9 +261,11 @@ class Renderer:
     """Rows as text: the header, each row, what it carries, its notes (explained once)."""
 
     def __init__(self, write, lang: str = "en", *, explain: str = "first", reveal: bool = False,
-                 color: bool = False, width: int = 100, compact: bool = False) -> None:
+                 color: bool = False, width: int = 100, compact: bool = False, line_of=None) -> None:
         """``compact``: rows for a narrow panel (a lesson's): who sent it instead of the
-        endpoints, no header."""
+        endpoints, no header. ``line_of(step, reveal)``: a Step's text (default its
+        ``shown_line``)."""
+        self.line_of = line_of or (lambda step, reveal: step.shown_line(reveal))
         self.write = write
         self.lang = lang
         self.explain = explain
@@ -310,17 +312,19 @@ class Renderer:
         self.write(self._c(line, style))
         pad = " " * (4 if self.compact else 8)
         for step, part, total in row.steps:
-            text = step.shown_line(self.reveal).split("\n")
+            text = self.line_of(step, self.reveal).split("\n")
             first = text[0] if len(text[0]) <= 110 else text[0][:107] + "..."
             more = f" (+{len(text) - 1})" if len(text) > 1 else ""
-            arrow = "→" if step.dir == "c2s" else "←" if step.dir == "s2c" else "·"
+            # (gponsim's own notes about the decryption are no one's words: no arrow)
+            arrow = "·" if step.verb in ("DECRYPTED", "UNDECRYPTABLE") else \
+                "→" if step.dir == "c2s" else "←" if step.dir == "s2c" else "·"
             lock = "🔒 " if step.tls else ""
             where = "" if total == 1 else f"  [{word('part', lang, part=part, total=total)}]"
             self.write(self._c(f"{pad}{arrow} {lock}{first}{more}{where}", "step"))
         for record in row.records:
             detail = f" · {record.message}" if record.message else ""
             self.write(self._c(f"{pad}▪ TLS {record.name}{detail} · {record.length} "
-                               f"{word('bytes', lang)}", "tls"))
+                               f"{word('byte' if record.length == 1 else 'bytes', lang)}", "tls"))
         seen_tags = set()
         for key, values in row.notes:
             values = dict(values)
