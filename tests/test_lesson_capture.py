@@ -287,3 +287,28 @@ def test_a_lessons_packet_panel_gives_the_analyzers_own_lines_in_spanish():
         assert es != en, es
         for english in ("offers", " with ", "decrypted", "message:", "connection", "packet", "Subject"):
             assert english not in es, (english, es)
+
+
+@pytest.mark.slow          # runs a lesson as a process
+@pytest.mark.parametrize("columns", [60, 80])
+def test_packet_panels_are_wrapped_once_to_the_terminals_width(tmp_path, columns):
+    from rich.cells import cell_len
+
+    result = subprocess.run([sys.executable, "-m", "gponsim", "lesson", "packets", "--lang", "en", "--quiet",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=240,
+                            cwd=tmp_path, env={**os.environ, "COLUMNS": str(columns)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert max(cell_len(x) for x in lines) <= columns
+    inside, panels = False, 0
+    for line in lines:
+        if line.startswith("╭─ Packet by packet"):
+            inside, panels = True, panels + 1
+        elif line.startswith("╰"):
+            inside = False
+        elif inside:
+            content = line[2:-1].rstrip()
+            # Every line of a packet panel is a packet's row (#N) or indented under one: a line
+            # the panel had to wrap again would start at its left edge.
+            assert content.startswith(("#", " ")), line
+    assert panels >= 2

@@ -42,6 +42,8 @@ class Context:
     hinted: Callable[[str, str], None] = lambda key, said: None
     #: On the lab network (--network): its hosts (gponsim.lessons.network.LessonNetwork)
     network: object = None
+    #: The width of the text inside a ``show_text`` panel (the terminal's, less the borders).
+    text_width: int = 96
 
     @property
     def connect_host(self) -> str:
@@ -434,8 +436,8 @@ def do_packets(ctx: Context, o: dict) -> None:
         ctx.results["packet_rows"] = PacketRows(*ctx.results["capture_files"])
     data = ctx.results["packet_rows"]
     lines: list[str] = []
-    renderer = Renderer(lines.append, ctx.lang, explain=o.get("explain", "first"), width=84, compact=True,
-                        line_of=lambda step, reveal: capture_line(step, ctx.lang, reveal))
+    renderer = Renderer(lines.append, ctx.lang, explain=o.get("explain", "first"), width=ctx.text_width,
+                        compact=True, line_of=lambda step, reveal: capture_line(step, ctx.lang, reveal))
     renderer.header()
     for row in data.rows[:o.get("rows")]:           # the session's first rows, or all of them
         renderer.row(row)

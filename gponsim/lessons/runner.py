@@ -290,7 +290,8 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
                       host=network.server if network is not None else options.listen,
                       profile=profile, network=network,
                       reload=lambda: threads.blockingCallFromThread(reactor, lab.reload),
-                      replay_startup=view.replay_startup, hinted=hinted)
+                      replay_startup=view.replay_startup, hinted=hinted,
+                      text_width=view.console.width - 4)     # a panel's borders and padding
         ctx.results["capture_plan"] = capture_plan
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")
