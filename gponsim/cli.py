@@ -689,7 +689,7 @@ def lesson():
 @lesson.command("list")
 @click.option("--lang", type=LANG, help="Language of the titles.")
 def lesson_list(lang):
-    """The lessons of the course."""
+    """The lessons of the course, each with the lab document's section it follows."""
     from gponsim.lessons.model import LessonError, lesson_files, load_lesson
 
     for n, path in enumerate(lesson_files(), 1):
@@ -698,7 +698,9 @@ def lesson_list(lang):
         except LessonError as exc:
             click.echo(f"{n:>2}. {path.stem:18} (broken: {exc})")
             continue
-        click.echo(f"{n:>2}. {les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
+        # (sections are the lab document's own titles, in Spanish: quoted as such)
+        where = {"es": "documento del laboratorio", "en": "lab document"}[_lang(lang)]
+        click.echo(f"{n:>2}. {les.id:18} {les.title[_lang(lang)]}  [{where}: «{les.section}»]")
 
 
 @lesson.command("run")

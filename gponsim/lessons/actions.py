@@ -51,6 +51,11 @@ class Context:
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
+DEFAULT_BODY = {"es": "Hola,\n\nMensaje de la lección de gponsim.\n",
+                "en": "Hello,\n\nA message from a gponsim lesson.\n"}
+IDLE_SUBJECT = {"es": "Llega mientras esperas", "en": "Arrives while you wait"}
+
+
 def do_send(ctx: Context, o: dict) -> None:
     """Send a mail like Thunderbird (587 + STARTTLS + AUTH) or an MTA (port 25)."""
     user = o.get("as", "user1")
@@ -65,7 +70,7 @@ def do_send(ctx: Context, o: dict) -> None:
             target = probe.getsockname()[1]
     else:
         target = ctx.ports[service]
-    body = o.get("body", "Hola,\n\nMensaje de la lección de gponsim.\n")
+    body = o.get("body", DEFAULT_BODY[ctx.lang])
     if o.get("size"):
         body += "x" * int(o["size"]) + "\n"
     message = build_message(sender, recipients, o.get("subject", "gponsim"), body)
@@ -291,7 +296,7 @@ def _idle_until_new_mail(ctx: Context, client, o: dict) -> None:
     if not client.readline().startswith(b"+"):
         raise RuntimeError("the server did not accept IDLE")
     message = build_message("alice@example.org", [f"{o.get('user', 'user2')}@gponlab.local"],
-                            o.get("idle_subject", "Llega mientras esperas"), "IDLE push\n")
+                            o.get("idle_subject", IDLE_SUBJECT[ctx.lang]), "IDLE push\n")
     send_mail(host=ctx.connect_host, port=ctx.ports["smtp"], sender="alice@example.org",
               recipients=[f"{o.get('user', 'user2')}@gponlab.local"], message=message, starttls=False)
     line = client.readline()             # the server pushes "* n EXISTS" without being asked

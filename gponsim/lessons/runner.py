@@ -25,7 +25,7 @@ from rich.text import Text
 
 from gponsim.lessons.actions import Context, run_action
 from gponsim.lessons.checks import Outcome, evaluate
-from gponsim.lessons.model import Lesson, text
+from gponsim.lessons.model import Action, Lesson, in_lang, text
 from gponsim.lessons.quiz import QuizResult, ask_quiz
 from gponsim.lessons.words import word
 from gponsim.sinks.jsonl import JsonlRecorder
@@ -315,6 +315,8 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
             try:
                 for action in step.actions:
                     go_on()
+                    # (the lesson's own words in a mail, say its subject, in the lesson's language)
+                    action = Action(action.do, {k: in_lang(v, lang) for k, v in action.options.items()})
                     if network is not None:
                         with network.acting(ctx, action.do, action.options):
                             run_action(ctx, action)
@@ -328,7 +330,8 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
             for check in step.checks:
                 go_on()
                 scope = record.steps if check.scope == "lesson" else record.steps[mark:]
-                outcome = evaluate(check, list(scope), lab.root, ctx.results, every=list(record.steps))
+                outcome = evaluate(check, list(scope), lab.root, ctx.results, every=list(record.steps),
+                                   lang=lang)
                 summary.outcomes.append((step.id, outcome))
                 key = {True: "passed", False: "failed", None: "skipped"}[outcome.passed]
                 view.print(Text(word(key, lang, says=text(check.says, lang), detail=outcome.detail),
