@@ -862,12 +862,34 @@ def users():
     """The lab's mail users (a Dovecot passwd-file with hashed passwords)."""
 
 
-def _users(lab_root: Path):
+NO_LAB_USERS = {
+    "es": "gponsim: no hay ningún laboratorio en {root} (ni {users} ni su cola): indica el --lab-root "
+          "que usó `gponsim serve` (los usuarios se crean al arrancar el laboratorio por primera vez, "
+          "o con `gponsim users add`).",
+    "en": "gponsim: no lab in {root} (neither {users} nor its queue): give the --lab-root that "
+          "`gponsim serve` used (the users appear when a lab first starts, or with `gponsim users add`).",
+}
+NEW_LAB_USERS = {
+    "es": "gponsim: laboratorio nuevo en {root}: su archivo de usuarios {users} empieza con user1 y user2.",
+    "en": "gponsim: a new lab in {root}: its users file {users} starts with user1 and user2.",
+}
+
+
+def _users(lab_root: Path, create: bool = False):
+    """The lab's users file. Only ``users add`` may start a lab's folder (to prepare
+    accounts before its first start); elsewhere a folder with no lab (a typo) is an error."""
     from gponsim.config import load_profile
     from gponsim.server.dovecot.passwd import Users
 
     profile = load_profile(None)
-    return Users.ensure_default(profile.path(profile.passwd_file(), lab_root.resolve()))
+    root = lab_root.resolve()
+    path = profile.path(profile.passwd_file(), root)
+    if not path.exists() and not (root / "var" / "spool" / "postfix").is_dir():
+        if not create:
+            click.echo(NO_LAB_USERS[_lang(None)].format(root=root, users=path), err=True)
+            raise SystemExit(2)
+        click.echo(NEW_LAB_USERS[_lang(None)].format(root=root, users=path), err=True)
+    return Users.ensure_default(path)
 
 
 lab_root_option = click.option("--lab-root", type=click.Path(file_okay=False, path_type=Path),
@@ -899,7 +921,7 @@ def users_add(name, password, lab_root):
     """Add a user (mail for NAME@gponlab.local lands in var/mail/NAME)."""
     from gponsim.server import accounts
 
-    _users_call(lambda: _users(lab_root).add(name, password))
+    _users_call(lambda: _users(lab_root, create=True).add(name, password))
     accounts.ensure(lab_root, [name])       # and a Unix account, as adduser makes
     click.echo(f"user {name} added")
 

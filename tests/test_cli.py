@@ -220,8 +220,17 @@ def test_slides_from_a_folder_that_is_no_lesson_run(tmp_path):
 @pytest.mark.slow          # end to end: a `gponsim` process
 def test_users_commands(tmp_path):
     root = tmp_path / "lab"
+    # A folder with no lab (a typo, say) is said so, as `gponsim queue` does, and nothing is made...
+    for command in (["list"], ["del", "user1"], ["passwd", "user1", "--password", "x"]):
+        out = run("users", *command, "--lab-root", str(root))
+        assert out.returncode == 2 and f"gponsim: no lab in {root}" in out.stderr, (command, out.stderr)
+    assert not root.exists()
+    # ...but `users add` may prepare a lab's accounts before its first start, and says so.
+    added = run("users", "add", "user3", "--password", "s3creto", "--lab-root", str(root))
+    assert added.returncode == 0 and f"a new lab in {root}" in added.stderr
     out = run("users", "list", "--lab-root", str(root))
-    assert out.stdout.split() == ["user1", "user2"]
+    assert out.stdout.split() == ["user1", "user2", "user3"]
+    assert run("users", "del", "user3", "--lab-root", str(root)).returncode == 0
     assert run("users", "add", "user3", "--password", "s3creto", "--lab-root", str(root)).returncode == 0
     assert "user3" in run("users", "list", "--lab-root", str(root)).stdout.split()
     dup = run("users", "add", "user3", "--password", "x", "--lab-root", str(root))
