@@ -58,9 +58,12 @@ def test_every_lesson_that_captures_ships_its_recording():
 def test_capture_lesson_in_a_namespace_of_its_own(tmp_path):
     """What a student without root gets (as root too, when asked for)."""
     out = tmp_path / "run"
-    result = lesson("capture", "--capture", "namespace", "--lang", "en", "--quiet", "--out", str(out), cwd=tmp_path)
+    result = lesson("capture", "--capture", "namespace", "--lang", "en", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert NAMESPACE_NOTE in result.stdout
+    # Said once, and first: the lab itself runs in the namespace.
+    assert result.stdout.count(NAMESPACE_NOTE) == 1
+    assert result.stdout.index(NAMESPACE_NOTE) < result.stdout.index("The lab is ready")
     assert all(c["passed"] for c in checkpoints(out))
     # The capture is this run's own, not the recording; its files belong to the student.
     capture = out / "capture.pcapng"
@@ -151,6 +154,7 @@ def test_capture_here_without_permission_says_why_and_goes_on(tmp_path):
                     cwd=tmp_path, prefix=prefix)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "No se puede capturar aquí" in result.stdout and "CAP_NET_RAW" in result.stdout
+    assert "3 de 5 comprobaciones superadas; 2 no se pudieron comprobar aquí" in " ".join(result.stdout.split())
     captured = [c for c in checkpoints(out) if c["what"] == "capture"]
     assert captured and all(c["passed"] is None for c in captured), captured
     assert all(c["passed"] for c in checkpoints(out) if c["what"] != "capture")

@@ -382,7 +382,7 @@ def do_capture(ctx: Context, o: dict) -> None:
 
     plan = ctx.results.get("capture_plan")          # how: see gponsim.lessons.capturing
     if o.get("action", "start") == "start":
-        if plan is not None and plan.note:
+        if plan is not None and plan.note and not plan.told:
             ctx.say(plan.note)
         if plan is not None and plan.mode == "recorded":
             from gponsim.lessons.capturing import RecordedCapture

@@ -71,6 +71,7 @@ class CapturePlan:
     note: str = ""                 # what the lesson tells the student when the capture starts
     recording: Path | None = None  # mode "recorded": the shipped capture and its keys
     keys: Path | None = None
+    told: bool = False             # the note was said already (before the lab started)
 
 
 class RecordedCapture:

@@ -295,6 +295,10 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
         ctx.results["capture_plan"] = capture_plan
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")
+        if capture_plan is not None and capture_plan.mode == "namespace":
+            # The whole lesson, its lab too, runs in the namespace: say so before the lab is ready.
+            view.print(Text(capture_plan.note))
+            capture_plan.told = True
         view.started()
         if network is not None:
             view.print(Text(network.note(lang), style="dim"))
@@ -431,9 +435,12 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
         raise LessonInterrupted(summary, interrupted["signum"])
     write_summary(summary, lang)
     ok = sum(1 for _, o in summary.outcomes if o.passed)
+    unchecked = sum(1 for _, o in summary.outcomes if o.passed is None)
     console.rule(style="dim")
-    console.print(Text(word("summary", lang, ok=ok, total=len(summary.outcomes), out=out),
-                       style="bold green" if summary.checks_passed else "bold red"))
+    said = word("summary", lang, ok=ok, total=len(summary.outcomes), out=out)
+    if unchecked:
+        said = word("summary_unchecked", lang, ok=ok, total=len(summary.outcomes), out=out, n=unchecked)
+    console.print(Text(said, style="bold green" if summary.checks_passed else "bold red"))
     if summary.quiz is not None and summary.quiz.graded:
         console.print(Text(summary.quiz.score_text(lang), style="bold green" if summary.quiz.passed else "bold red"))
     if summary.quiz is not None and not summary.quiz.passed:
