@@ -62,12 +62,15 @@ def narration_options(f):
 
 class _MainGroup(click.Group):
     """A file or folder the user named that cannot be read or written ends the
-    command with one line naming it (exit 2), not a traceback.
+    command with one line naming it (exit 2), not a traceback; Ctrl-C exits 130.
     ``GPONSIM_DEBUG=1`` shows the traceback instead."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:       # Ctrl-C: exit 130 as shells and other tools do
+            click.echo("", err=True)
+            raise SystemExit(130)
         except OSError as exc:
             if exc.filename is None or os.environ.get("GPONSIM_DEBUG"):
                 raise
@@ -640,7 +643,8 @@ def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student,
     from gponsim.lessons.capturing import CaptureModeError
     from gponsim.lessons.network import NetworkUnavailable
     from gponsim.net.build import BuildError
-    from gponsim.lessons.runner import OutputFolderError, RunOptions, run_lesson
+    from gponsim.lessons.runner import LessonInterrupted, OutputFolderError, RunOptions, run_lesson
+    from gponsim.lessons.words import word
     from gponsim.server.lab import LabError
     from gponsim.steps import StepBus
 
@@ -659,7 +663,14 @@ def _run_lesson(lesson, lang, quiet, explain, show_startup, pace, quiz, student,
     except OutputFolderError as exc:
         raise _config_error(exc)
     except LabError as exc:
-        raise click.ClickException(str(exc))
+        from gponsim.lessons.runner import lab_error_text
+
+        raise click.ClickException(lab_error_text(exc, _lang(lang), port_offset))
+    except LessonInterrupted as exc:              # the runner said so; exit as a shell expects
+        raise SystemExit(128 + exc.signum)
+    except KeyboardInterrupt:                     # before the lab started (or a second Ctrl-C)
+        click.echo(word("interrupted_early", _lang(lang)), err=True)
+        raise SystemExit(130)
     if not summary.passed:
         raise SystemExit(1)
 
@@ -704,7 +715,7 @@ def lesson():
 @lesson.command("list")
 @click.option("--lang", type=LANG, help="Language of the titles.")
 def lesson_list(lang):
-    """The lessons of the course."""
+    """The lessons of the course, each with the lab document's section it follows."""
     from gponsim.lessons.model import LessonError, lesson_files, load_lesson
 
     for n, path in enumerate(lesson_files(), 1):
@@ -713,7 +724,9 @@ def lesson_list(lang):
         except LessonError as exc:
             click.echo(f"{n:>2}. {path.stem:18} (broken: {exc})")
             continue
-        click.echo(f"{n:>2}. {les.id:18} {les.title[_lang(lang)]}  [{les.section}]")
+        # (sections are the lab document's own titles, in Spanish: quoted as such)
+        where = {"es": "documento del laboratorio", "en": "lab document"}[_lang(lang)]
+        click.echo(f"{n:>2}. {les.id:18} {les.title[_lang(lang)]}  [{where}: «{les.section}»]")
 
 
 @lesson.command("run")
@@ -878,12 +891,34 @@ def users():
     """The lab's mail users (a Dovecot passwd-file with hashed passwords)."""
 
 
-def _users(lab_root: Path):
+NO_LAB_USERS = {
+    "es": "gponsim: no hay ningún laboratorio en {root} (ni {users} ni su cola): indica el --lab-root "
+          "que usó `gponsim serve` (los usuarios se crean al arrancar el laboratorio por primera vez, "
+          "o con `gponsim users add`).",
+    "en": "gponsim: no lab in {root} (neither {users} nor its queue): give the --lab-root that "
+          "`gponsim serve` used (the users appear when a lab first starts, or with `gponsim users add`).",
+}
+NEW_LAB_USERS = {
+    "es": "gponsim: laboratorio nuevo en {root}: su archivo de usuarios {users} empieza con user1 y user2.",
+    "en": "gponsim: a new lab in {root}: its users file {users} starts with user1 and user2.",
+}
+
+
+def _users(lab_root: Path, create: bool = False):
+    """The lab's users file. Only ``users add`` may start a lab's folder (to prepare
+    accounts before its first start); elsewhere a folder with no lab (a typo) is an error."""
     from gponsim.config import load_profile
     from gponsim.server.dovecot.passwd import Users
 
     profile = load_profile(None)
-    return Users.ensure_default(profile.path(profile.passwd_file(), lab_root.resolve()))
+    root = lab_root.resolve()
+    path = profile.path(profile.passwd_file(), root)
+    if not path.exists() and not (root / "var" / "spool" / "postfix").is_dir():
+        if not create:
+            click.echo(NO_LAB_USERS[_lang(None)].format(root=root, users=path), err=True)
+            raise SystemExit(2)
+        click.echo(NEW_LAB_USERS[_lang(None)].format(root=root, users=path), err=True)
+    return Users.ensure_default(path)
 
 
 lab_root_option = click.option("--lab-root", type=click.Path(file_okay=False, path_type=Path),
@@ -915,7 +950,7 @@ def users_add(name, password, lab_root):
     """Add a user (mail for NAME@gponlab.local lands in var/mail/NAME)."""
     from gponsim.server import accounts
 
-    _users_call(lambda: _users(lab_root).add(name, password))
+    _users_call(lambda: _users(lab_root, create=True).add(name, password))
     accounts.ensure(lab_root, [name])       # and a Unix account, as adduser makes
     click.echo(f"user {name} added")
 

@@ -156,6 +156,34 @@ def test_output_folders_that_cannot_be_made_are_named(tmp_path):
     assert f"cannot write the profile in {blocker / 'conf'}: Not a directory" in out.stderr
 
 
+@pytest.mark.slow          # end to end: `gponsim lesson` processes
+def test_a_lessons_errors_speak_its_language_and_fit_the_options_given(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    out = run("lesson", "mbox", "--lang", "es", "--quiet", "--out", str(blocker / "run"))
+    assert out.returncode == 2, out.stderr
+    assert f"no se pueden escribir los resultados de la lección en {blocker / 'run'}" in out.stderr
+    assert "(elige otra carpeta con --out)" in out.stderr
+    with socket.socket() as busy:                   # the lesson's submission port, taken
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        offset = busy.getsockname()[1] - 587
+        if not 0 <= offset <= 64000:
+            pytest.skip(f"the free port {busy.getsockname()[1]} is out of --port-offset's reach")
+        for lang in ("es", "en"):
+            out = run("lesson", "send-mail", "--lang", lang, "--quiet", "--port-offset", str(offset),
+                      "--out", str(tmp_path / f"run-{lang}"))
+            assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+            port = busy.getsockname()[1]
+            said = " ".join(out.stderr.split())
+            if lang == "es":
+                assert f"el puerto {port} (submission) en 127.0.0.1 ya lo usa otro programa" in said, said
+                assert "elige otro --port-offset, o quítalo" in said
+            else:
+                assert f"port {port} (submission) on 127.0.0.1 is already in use" in said, said
+                assert "choose another --port-offset, or leave it out" in said
+
+
 @pytest.mark.slow          # end to end: a `gponsim` process
 def test_output_files_that_cannot_be_written_are_named_not_a_traceback(tmp_path):
     blocker = tmp_path / "a-file"
@@ -192,8 +220,17 @@ def test_slides_from_a_folder_that_is_no_lesson_run(tmp_path):
 @pytest.mark.slow          # end to end: a `gponsim` process
 def test_users_commands(tmp_path):
     root = tmp_path / "lab"
+    # A folder with no lab (a typo, say) is said so, as `gponsim queue` does, and nothing is made...
+    for command in (["list"], ["del", "user1"], ["passwd", "user1", "--password", "x"]):
+        out = run("users", *command, "--lab-root", str(root))
+        assert out.returncode == 2 and f"gponsim: no lab in {root}" in out.stderr, (command, out.stderr)
+    assert not root.exists()
+    # ...but `users add` may prepare a lab's accounts before its first start, and says so.
+    added = run("users", "add", "user3", "--password", "s3creto", "--lab-root", str(root))
+    assert added.returncode == 0 and f"a new lab in {root}" in added.stderr
     out = run("users", "list", "--lab-root", str(root))
-    assert out.stdout.split() == ["user1", "user2"]
+    assert out.stdout.split() == ["user1", "user2", "user3"]
+    assert run("users", "del", "user3", "--lab-root", str(root)).returncode == 0
     assert run("users", "add", "user3", "--password", "s3creto", "--lab-root", str(root)).returncode == 0
     assert "user3" in run("users", "list", "--lab-root", str(root)).stdout.split()
     dup = run("users", "add", "user3", "--password", "x", "--lab-root", str(root))

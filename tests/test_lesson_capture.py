@@ -58,9 +58,12 @@ def test_every_lesson_that_captures_ships_its_recording():
 def test_capture_lesson_in_a_namespace_of_its_own(tmp_path):
     """What a student without root gets (as root too, when asked for)."""
     out = tmp_path / "run"
-    result = lesson("capture", "--capture", "namespace", "--lang", "en", "--quiet", "--out", str(out), cwd=tmp_path)
+    result = lesson("capture", "--capture", "namespace", "--lang", "en", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert NAMESPACE_NOTE in result.stdout
+    # Said once, and first: the lab itself runs in the namespace.
+    assert result.stdout.count(NAMESPACE_NOTE) == 1
+    assert result.stdout.index(NAMESPACE_NOTE) < result.stdout.index("The lab is ready")
     assert all(c["passed"] for c in checkpoints(out))
     # The capture is this run's own, not the recording; its files belong to the student.
     capture = out / "capture.pcapng"
@@ -81,6 +84,28 @@ def test_tls_lesson_with_the_recorded_capture(tmp_path):
     assert "".join(named.split()) in "".join(text.split())
     assert all(c["passed"] for c in checkpoints(out))
     assert (out / "capture.pcapng").read_bytes() == (RECORDINGS / "lesson-tls.pcapng").read_bytes()
+
+
+@pytest.mark.slow
+def test_capture_lesson_recorded_keeps_the_recordings_keys_in_its_folder(tmp_path):
+    """The lesson's own suggestion, `gponsim analyze capture.pcapng --keylog gponlab/keys.log
+    --credentials` in its folder, must open the recording it analyzed (not only POP3)."""
+    out = tmp_path / "run"
+    result = lesson("capture", "--capture", "recorded", "--lang", "en", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert all(c["passed"] for c in checkpoints(out))
+    keys = (out / "gponlab" / "keys.log").read_text()
+    recorded = (RECORDINGS / "lesson-capture.keys").read_text()
+    assert keys.endswith(recorded)
+    # The keys.log panel shows the recording's lines (its last two).
+    assert recorded.splitlines()[-1].split()[1] in "".join(result.stdout.split())
+    suggested = subprocess.run([sys.executable, "-m", "gponsim", "analyze", "capture.pcapng", "--keylog",
+                                "gponlab/keys.log", "--credentials"], capture_output=True,
+                               text=True, timeout=120, cwd=out, env={**os.environ, "COLUMNS": "200"})
+    assert suggested.returncode == 0, suggested.stderr[-3000:]
+    assert "IMAP  PLAIN      user2  pass  inside TLS" in suggested.stdout, suggested.stdout
+    found = analyze(out / "capture.pcapng", keylog=out / "gponlab" / "keys.log").credentials
+    assert sorted((c.proto, c.inside_tls) for c in found) == [("imap", True), ("pop3", False)], found
 
 
 @pytest.mark.slow
@@ -129,6 +154,7 @@ def test_capture_here_without_permission_says_why_and_goes_on(tmp_path):
                     cwd=tmp_path, prefix=prefix)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "No se puede capturar aquí" in result.stdout and "CAP_NET_RAW" in result.stdout
+    assert "3 de 5 comprobaciones superadas; 2 no se pudieron comprobar aquí" in " ".join(result.stdout.split())
     captured = [c for c in checkpoints(out) if c["what"] == "capture"]
     assert captured and all(c["passed"] is None for c in captured), captured
     assert all(c["passed"] for c in checkpoints(out) if c["what"] != "capture")
@@ -232,6 +258,13 @@ def _check_packets_lesson(result, out, lang):
     details = {c["says"]: c["detail"] for c in points}
     assert any(d.startswith("SYN #") for d in details.values())
     assert any("AUTH in packet #" in d and "ApplicationData" in d for d in details.values())
+    # The "Packet by packet" panels speak the lesson's language, and count bytes right.
+    if lang == "es":
+        for english in ("ClientHello: offers", "with TLS_", "TLS decrypted with the key log", "[message:",
+                        "· connection ", "Subject:"):
+            assert english not in text, english
+        assert "ClientHello: ofrece" in text and "[mensaje: " in text and "asunto: " in text
+    assert " 1 bytes" not in text and "→ 🔒 [TLS" not in text
 
 
 def test_packets_lesson_recording_shows_every_fact():
@@ -242,3 +275,44 @@ def test_packets_lesson_recording_shows_every_fact():
     for fact in FACTS:
         ok, detail = check(fact, data, 1)
         assert ok, (fact, detail)
+
+
+def test_a_lessons_packet_panel_gives_the_analyzers_own_lines_in_spanish():
+    from gponsim.capture import steps_from_capture
+    from gponsim.sinks.phrases import localize
+
+    steps = steps_from_capture(RECORDINGS / "lesson-packets.pcapng", RECORDINGS / "lesson-packets.keys")
+    ours = [s for s in steps if s.verb in ("ClientHello", "ServerHello", "DECRYPTED")
+            or (s.verb == "CONNECT" and s.kind == "event") or s.shown_line().startswith("[message:")]
+    assert {s.verb for s in ours} >= {"ClientHello", "ServerHello", "DECRYPTED", "CONNECT"}
+    for step in ours:
+        es, en = localize(step.shown_line(), "es"), localize(step.shown_line(), "en")
+        assert en == step.shown_line()
+        assert es != en, es
+        for english in ("offers", " with ", "decrypted", "message:", "connection", "packet", "Subject"):
+            assert english not in es, (english, es)
+
+
+@pytest.mark.slow          # runs a lesson as a process
+@pytest.mark.parametrize("columns", [60, 80])
+def test_packet_panels_are_wrapped_once_to_the_terminals_width(tmp_path, columns):
+    from rich.cells import cell_len
+
+    result = subprocess.run([sys.executable, "-m", "gponsim", "lesson", "packets", "--lang", "en", "--quiet",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=240,
+                            cwd=tmp_path, env={**os.environ, "COLUMNS": str(columns)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert max(cell_len(x) for x in lines) <= columns
+    inside, panels = False, 0
+    for line in lines:
+        if line.startswith("╭─ Packet by packet"):
+            inside, panels = True, panels + 1
+        elif line.startswith("╰"):
+            inside = False
+        elif inside:
+            content = line[2:-1].rstrip()
+            # Every line of a packet panel is a packet's row (#N) or indented under one: a line
+            # the panel had to wrap again would start at its left edge.
+            assert content.startswith(("#", " ")), line
+    assert panels >= 2

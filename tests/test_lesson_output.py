@@ -285,3 +285,95 @@ def test_min_score_without_a_terminal_cannot_pass(tmp_path):
     assert "Sin terminal no se pueden hacer las preguntas" in result.stdout
     quiz = json.loads((tmp_path / "o" / "summary.json").read_text())["quiz"]
     assert quiz["graded"] is False and quiz["passed"] is False and quiz["answers"][0]["given"] is None
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_lesson_without_grading_what_is_left(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gponsim", "lesson", "troubleshooting", "--lang", "en",
+                             "--out", str(out)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "COLUMNS": "100", "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:                         # Ctrl-C as soon as step 2 begins
+        seen.append(line)
+        if "Step 2 of 5" in line:
+            proc.send_signal(__import__("signal").SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=30)
+    text = "".join(seen) + rest
+    assert proc.returncode == 130, text[-3000:]
+    assert "Lesson interrupted" in text
+    # Nothing after it ran against the stopped lab, and nothing was graded as if it had.
+    assert "Connection refused" not in text and "Step 3 of 5" not in text
+    assert "checkpoints passed" not in text and "✘" not in text, text[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] == "bad-password" and summary["passed"] is False
+    assert {c["step"] for c in summary["checkpoints"]} <= {"no-tls", "bad-password"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_quiz_ends_at_once(tmp_path):
+    lesson = tmp_path / "tiny.toml"
+    lesson.write_text(QUIZ_LESSON, encoding="utf-8")
+    out = tmp_path / "run"
+    term = Terminal(["lesson", "run", str(lesson), "--lang", "es", "--out", str(out), "--quiz"], tmp_path)
+    term.wait_for("Tu respuesta (1-")
+    started = time.monotonic()
+    os.kill(term.pid, __import__("signal").SIGINT)   # the lesson's thread is blocked in input()
+    assert term.exit_code(timeout=20) == 130, term.text[-3000:]
+    assert time.monotonic() - started < 5
+    assert "Lección interrumpida" in term.text
+    assert json.loads((out / "summary.json").read_text())["interrupted"] == "quiz"
+
+
+# ---------------------------------------------------------------- order within a step
+
+def test_a_waiting_delivery_does_not_hold_back_the_clients_session():
+    from gponsim.lessons.runner import DELIVERY_PROTOS
+    from gponsim.sinks.lesson import LessonView
+
+    out = io.StringIO()
+    view = LessonView(Console(file=out, width=100), lang="en", explain="none")
+    view.started()
+    view.defer(DELIVERY_PROTOS)                      # the step that sends; a later one delivers
+    view.print("STEP 2")
+    reply = dict(dir="s2c", kind="reply", src="smtpd", dst="client")
+    view.step(_step("RCPT TO:<user2@gponlab.local>"))
+    view.step(_step("4F17E: client=localhost[127.0.0.1]", proto="queue", src="smtpd", dst="cleanup",
+                    kind="event", verb="client"))
+    view.step(_step("250 2.1.5 Ok", verb="RCPT", code=250, **reply))
+    view.step(_step("DATA"))
+    view.step(_step("250 2.0.0 Ok: queued as 4F17E", verb="DATA", code=250, **reply))
+    view.print("CHECKPOINT queued as")
+    view.hold()
+    view.step(_step("QUIT"))                         # while the student reads
+    view.defer(())
+    view.print("STEP 3")
+    view.release()
+    view.close()
+    text = out.getvalue()
+    order = ["STEP 2", "RCPT TO", "250 2.1.5 Ok", "DATA", "queued as 4F17E", "CHECKPOINT", "STEP 3",
+             "client=localhost", "QUIT"]
+    at = [text.find(x) for x in order]
+    assert -1 not in at and at == sorted(at), list(zip(order, at))
+
+
+@pytest.mark.slow
+def test_send_mail_shows_the_clients_session_whole_inside_its_step(tmp_path):
+    result = run("lesson", "send-mail", "--lang", "en", "--explain", "none", "--out", str(tmp_path / "r"),
+                 cwd=tmp_path, columns=140)
+    assert result.returncode == 0, result.stdout[-3000:]
+    text = result.stdout
+    step2, step3 = text.index("Step 2 of 5"), text.index("Step 3 of 5")
+    session = ["RCPT TO:<user2@gponlab.local>", "250 2.1.5 Ok", "DATA", "354 End data",
+               "250 2.0.0 Ok: queued as", "QUIT", "221 2.0.0 Bye"]
+    at = [text.index(session[0], step2)]
+    for line in session[1:]:                        # one after another, all before step 3
+        at.append(text.index(line, at[-1]))
+    assert at[-1] < step3, list(zip(session, at))
+    # each checkpoint after the lines it checks
+    assert at[4] < text.index("✔ The server answered '250 2.0.0 Ok: queued as") < step3
+    # the queue's lines wait for the step that explains them
+    assert text.index("client=localhost", step2) > step3

@@ -134,6 +134,10 @@ def test_lesson_list_and_unknown_lesson(tmp_path):
     result = run("lesson", "list", "--lang", "es", cwd=tmp_path)
     assert result.returncode == 0
     assert "send-mail" in result.stdout and "Enviar un correo" in result.stdout
+    # The section is the lab document's own title (in Spanish), quoted as such in English too.
+    assert "[documento del laboratorio: «Flujo de Envío de Correo»]" in result.stdout
+    english = run("lesson", "list", "--lang", "en", cwd=tmp_path).stdout
+    assert "[lab document: «Flujo de Envío de Correo»]" in english
     result = run("lesson", "no-such-lesson", cwd=tmp_path)
     assert result.returncode == 2 and "No such command 'no-such-lesson'" in result.stderr
 
@@ -161,7 +165,7 @@ def test_interactive_mode_with_a_real_client_playing_the_student(tmp_path):
                    what="the lesson to ask the student")
         swaks = ["swaks", "--server", "127.0.0.1", "--port", port, "--from", "user1@gponlab.local",
                  "--to", "user2@gponlab.local",
-                 "--header", "Subject: =?utf-8?q?Hola_desde_la_lecci=C3=B3n_send-mail?="]
+                 "--header", "Subject: Hello from the send-mail lesson"]
         # First the student's client gives up after EHLO: no AUTH is offered before STARTTLS.
         gave_up = subprocess.run(swaks + ["--quit-after", "EHLO"], capture_output=True, text=True, timeout=60)
         assert "250-STARTTLS" in gave_up.stdout and "AUTH" not in gave_up.stdout.split("<~")[0]
@@ -270,3 +274,59 @@ def test_interactive_thunderbird_lesson_with_settings_typed_by_hand(tmp_path):
     [autoconfig] = [c for c in summary["checkpoints"] if c["what"] == "autoconfig"]
     assert autoconfig["passed"] is None and autoconfig["detail"] == "the settings were typed by hand"
     assert all(c["passed"] for c in summary["checkpoints"] if c["what"] != "autoconfig"), summary
+
+
+@pytest.mark.parametrize("replace, by, message, key", [
+    ('as = "user1"', "as = 5", "step 'submit': send's 'as' must be a text, not 5", "as = 5"),
+    ('as = "user1"', 'as = "user1"\nsize = "big"', "send's 'size' must be a whole number", 'size = "big"'),
+    ('subject = { es = "Hola desde la lección send-mail", en = "Hello from the send-mail lesson" }',
+     'subject = { es = "Hola" }', "send's 'subject' needs both an 'es' and an 'en' text", "subject = {"),
+    ('subject = { es = "Hola desde la lección send-mail", en = "Hello from the send-mail lesson" }',
+     "subject = 7", "send's 'subject' must be a text, or", "subject = 7"),
+])
+def test_an_action_option_of_the_wrong_type_is_named_with_its_line(tmp_path, replace, by, message, key):
+    source = (LESSONS_DIR / "send-mail.toml").read_text()
+    assert replace in source
+    bad = tmp_path / "bad.toml"
+    bad.write_text(source.replace(replace, by, 1))
+    with pytest.raises(LessonError) as err:
+        load_lesson(bad)
+    line = next(n for n, text in enumerate(bad.read_text().splitlines(), 1) if text.startswith(key))
+    assert str(err.value).startswith(f"{bad}:{line}: ") and message in str(err.value), str(err.value)
+
+
+def test_a_lessons_own_words_in_a_mail_follow_its_language():
+    from gponsim.lessons.checks import evaluate
+    from gponsim.lessons.model import Action, in_lang
+
+    les = load_lesson(LESSONS_DIR / "tls.toml")
+    sends = [a for s in les.steps for a in s.actions if a.do == "send"]
+    assert [in_lang(a.options["subject"], "en") for a in sends] == ["Visible to everyone", "Only for user2"]
+    assert [in_lang(a.options["subject"], "es") for a in sends] == ["Visible para todos", "Solo para user2"]
+    assert in_lang("gponsim", "en") == "gponsim" and isinstance(Action("send", {}), Action)
+    # A mailbox check wants the lesson's language; a capture check either (a recording has one).
+    import mailbox as mb
+    from pathlib import Path
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "var" / "mail").mkdir(parents=True)
+        box = mb.mbox(str(root / "var" / "mail" / "user2"))
+        box.add(b"From: a@b\nSubject: Visible para todos\n\nx\n")
+        box.close()
+        check = next(c for s in les.steps for c in s.checks if c.what == "capture" and not c.keys)
+        mailbox_check = type(check)(what="mailbox", says=check.says, user="user2", contains=check.contains)
+        assert evaluate(mailbox_check, [], root, lang="es").passed is True
+        assert evaluate(mailbox_check, [], root, lang="en").passed is False
+
+
+@pytest.mark.slow          # end to end: a lesson run by `gponsim`
+def test_a_lessons_mails_are_in_its_language(tmp_path):
+    out = tmp_path / "run"
+    result = run("lesson", "mbox", "--lang", "en", "--quiet", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    box = (out / "gponlab" / "var" / "mail" / "user2").read_text()
+    assert "Subject: Second" in box and "this line starts with From." in box
+    assert "Segundo" not in box and "Hola" not in box and "esta línea" not in box
+    assert "\n>From the lab with love" in box

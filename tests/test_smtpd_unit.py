@@ -286,3 +286,16 @@ def test_anvil_forgets_clients_a_time_unit_after_their_last_connection(tmp_path)
     assert len(anvil) == 200
     clock.now += 60
     assert len(anvil) == 0
+
+
+def test_a_message_summary_shows_encoded_words_as_text():
+    """Subject and From as a mail client shows them (RFC 2047), not as they were encoded."""
+    from gponsim.wire.smtp import message_step, message_summary
+
+    step = message_step(b"From: =?utf-8?q?=C3=81lvaro?= <alvaro@x>\nSubject: Hola desde la "
+                        b"=?utf-8?q?lecci=C3=B3n?= send-mail\n\nHola\n", session="submission-1")
+    assert step.line.endswith(", Subject: Hola desde la lección send-mail]"), step.line
+    assert step.meta["from"] == "Álvaro <alvaro@x>"
+    # What cannot be decoded stays as it came; a hidden line break does not reach the line.
+    assert message_summary(b"Subject: =?nosuchcharset?q?x?=\n\n")["subject"] == "=?nosuchcharset?q?x?="
+    assert message_summary(b"Subject: =?utf-8?q?a=0Ab?=\n\n")["subject"] == "a b"

@@ -42,11 +42,18 @@ class Context:
     hinted: Callable[[str, str], None] = lambda key, said: None
     #: On the lab network (--network): its hosts (gponsim.lessons.network.LessonNetwork)
     network: object = None
+    #: The width of the text inside a ``show_text`` panel (the terminal's, less the borders).
+    text_width: int = 96
 
     @property
     def connect_host(self) -> str:
         """Where a scripted client connects: the lab's address, or loopback if it listens on all."""
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+
+DEFAULT_BODY = {"es": "Hola,\n\nMensaje de la lección de gponsim.\n",
+                "en": "Hello,\n\nA message from a gponsim lesson.\n"}
+IDLE_SUBJECT = {"es": "Llega mientras esperas", "en": "Arrives while you wait"}
 
 
 def do_send(ctx: Context, o: dict) -> None:
@@ -63,7 +70,7 @@ def do_send(ctx: Context, o: dict) -> None:
             target = probe.getsockname()[1]
     else:
         target = ctx.ports[service]
-    body = o.get("body", "Hola,\n\nMensaje de la lección de gponsim.\n")
+    body = o.get("body", DEFAULT_BODY[ctx.lang])
     if o.get("size"):
         body += "x" * int(o["size"]) + "\n"
     message = build_message(sender, recipients, o.get("subject", "gponsim"), body)
@@ -289,7 +296,7 @@ def _idle_until_new_mail(ctx: Context, client, o: dict) -> None:
     if not client.readline().startswith(b"+"):
         raise RuntimeError("the server did not accept IDLE")
     message = build_message("alice@example.org", [f"{o.get('user', 'user2')}@gponlab.local"],
-                            o.get("idle_subject", "Llega mientras esperas"), "IDLE push\n")
+                            o.get("idle_subject", IDLE_SUBJECT[ctx.lang]), "IDLE push\n")
     send_mail(host=ctx.connect_host, port=ctx.ports["smtp"], sender="alice@example.org",
               recipients=[f"{o.get('user', 'user2')}@gponlab.local"], message=message, starttls=False)
     line = client.readline()             # the server pushes "* n EXISTS" without being asked
@@ -375,12 +382,12 @@ def do_capture(ctx: Context, o: dict) -> None:
 
     plan = ctx.results.get("capture_plan")          # how: see gponsim.lessons.capturing
     if o.get("action", "start") == "start":
-        if plan is not None and plan.note:
+        if plan is not None and plan.note and not plan.told:
             ctx.say(plan.note)
         if plan is not None and plan.mode == "recorded":
             from gponsim.lessons.capturing import RecordedCapture
 
-            ctx.results["sniffer"] = RecordedCapture(plan, ctx.out)
+            ctx.results["sniffer"] = RecordedCapture(plan, ctx.out, ctx.lab_root / "keys.log")
             return
         try:
             if ctx.network is not None:     # the server's own interface, as tcpdump -i enp0s3 on it
@@ -433,7 +440,8 @@ def do_packets(ctx: Context, o: dict) -> None:
         ctx.results["packet_rows"] = PacketRows(*ctx.results["capture_files"])
     data = ctx.results["packet_rows"]
     lines: list[str] = []
-    renderer = Renderer(lines.append, ctx.lang, explain=o.get("explain", "first"), width=84, compact=True)
+    renderer = Renderer(lines.append, ctx.lang, explain=o.get("explain", "first"), width=ctx.text_width,
+                        compact=True)
     renderer.header()
     for row in data.rows[:o.get("rows")]:           # the session's first rows, or all of them
         renderer.row(row)

@@ -49,10 +49,12 @@ NOTES = {
     "recorded": {
         "es": ("{why}se analiza en su lugar la captura que grabó esta misma lección, incluida en gponsim: "
                "{recording} (sus claves TLS: {keys}). Las sesiones narradas son en vivo; los paquetes "
-               "analizados, los de la grabación."),
+               "analizados, los de la grabación. Al parar la captura, la grabación queda en la carpeta de "
+               "la lección como capture.pcapng y sus claves se añaden al final de gponlab/keys.log."),
         "en": ("{why}the capture that this same lesson recorded, shipped with gponsim, is analyzed instead: "
                "{recording} (its TLS keys: {keys}). The sessions narrated are live; the packets analyzed "
-               "are the recording's."),
+               "are the recording's. When the capture stops, the recording is put in the lesson's folder as "
+               "capture.pcapng and its keys are added at the end of gponlab/keys.log."),
     },
     "why": {
         "es": "Aquí no se puede capturar ({here}) ni crear un espacio de red propio para la lección ({namespace}): ",
@@ -69,17 +71,25 @@ class CapturePlan:
     note: str = ""                 # what the lesson tells the student when the capture starts
     recording: Path | None = None  # mode "recorded": the shipped capture and its keys
     keys: Path | None = None
+    told: bool = False             # the note was said already (before the lab started)
 
 
 class RecordedCapture:
     """Stands in for a live :class:`~gponsim.capture.live.Sniffer`: ``stop()`` puts the
-    recording in the run folder as ``capture.pcapng``; ``keys`` is its key log."""
+    recording in the run folder as ``capture.pcapng`` and appends its TLS keys to the
+    lab's key log (``keys``), so that the run folder's ``capture.pcapng`` and
+    ``gponlab/keys.log`` go together, as they do with a live capture."""
 
-    def __init__(self, plan: CapturePlan, out: Path) -> None:
-        self.recording, self.keys, self.path = plan.recording, plan.keys, out / "capture.pcapng"
+    def __init__(self, plan: CapturePlan, out: Path, lab_keys: Path) -> None:
+        self.recording, self.recorded_keys, self.path = plan.recording, plan.keys, out / "capture.pcapng"
+        self.keys = lab_keys
 
     def stop(self) -> Path:
         shutil.copyfile(self.recording, self.path)
+        recorded = self.recorded_keys.read_text(encoding="ascii")
+        with open(self.keys, "a", encoding="ascii") as keys:
+            keys.write(f"# The TLS keys of the recording analyzed as capture.pcapng ({self.recorded_keys.name})\n")
+            keys.write(recorded if recorded.endswith("\n") else recorded + "\n")
         return self.path
 
 

@@ -8,7 +8,7 @@ from email.header import decode_header, make_header
 from dataclasses import dataclass
 from pathlib import Path
 
-from gponsim.lessons.model import Check, text
+from gponsim.lessons.model import Check, is_text, text
 from gponsim.steps import Step
 
 
@@ -42,10 +42,21 @@ def _matches(step: Step, check: Check) -> bool:
     return not check.line_contains or check.line_contains in step.line
 
 
+def _wanted(check: Check, lang: str) -> list[str]:
+    """The texts ``contains`` asks for: the lesson's language's; a capture may also be the
+    lesson's recording, made in either language, so either of its texts will do."""
+    if not is_text(check.contains):
+        return [check.contains] if check.contains else []
+    if check.what == "capture":
+        return list(dict.fromkeys([text(check.contains, lang), *check.contains.values()]))
+    return [text(check.contains, lang)]
+
+
 def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | None = None,
-             every: list[Step] | None = None) -> Outcome:
+             every: list[Step] | None = None, lang: str = "en") -> Outcome:
     """``steps``: the Steps in the check's scope; ``every``: all of the lesson's (to know
-    who logged in on a session that began earlier)."""
+    who logged in on a session that began earlier); ``lang``: the lesson's language."""
+    wanted = _wanted(check, lang)
     if check.what in ("step", "no_step"):
         found = [s for s in steps if _matches(s, check)]
         if check.user:
@@ -67,7 +78,7 @@ def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | No
             subjects = [str(make_header(decode_header(m.get("Subject", "")))) for m in box]
         finally:
             box.close()
-        ok = any(check.contains in s for s in subjects) if check.contains else bool(subjects)
+        ok = any(w in s for w in wanted for s in subjects) if wanted else bool(subjects)
         return Outcome(check, ok, f"{len(subjects)} message(s) in var/mail/{check.user}")
     if check.what == "log":
         path = lab_root / "var" / "log" / "mail.log"
@@ -89,7 +100,7 @@ def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | No
         inside = sum(1 for c in analysis.credentials if c.inside_tls)
         ok = (check.in_clear is None or in_clear == check.in_clear) and \
              (check.inside_tls is None or inside == check.inside_tls) and \
-             (not check.contains or any(check.contains in m.get("subject", "") for m in analysis.messages))
+             (not wanted or any(w in m.get("subject", "") for w in wanted for m in analysis.messages))
         return Outcome(check, ok, f"credentials in clear: {in_clear}, inside TLS: {inside}; "
                                   f"messages: {len(analysis.messages)}")
     if check.what == "packets":
@@ -115,6 +126,6 @@ def evaluate(check: Check, steps: list[Step], lab_root: Path, results: dict | No
         path = (lab_root / check.file).resolve()
         if lab_root.resolve() not in path.parents or not path.exists():
             return Outcome(check, False, f"{check.file} is not a file of the lab")
-        found = check.contains in path.read_text(errors="replace")
-        return Outcome(check, found, f"{check.file}: {'found' if found else 'not found'}: {check.contains!r}")
+        found = all(w in path.read_text(errors="replace") for w in wanted)
+        return Outcome(check, found, f"{check.file}: {'found' if found else 'not found'}: {' '.join(map(repr, wanted))}")
     raise ValueError(f"unknown check {check.what}")

@@ -35,6 +35,18 @@ ACTIONS = {"dns", "net", "send", "show", "diagram", "wait_delivery", "wait_step"
 CHECKS = {"step", "no_step", "mailbox", "log", "file", "capture", "autoconfig", "packets"}
 STEP_FIELDS = {"proto", "kind", "verb", "code", "enhanced", "status", "src", "dst", "tls", "dir"}
 
+#: The type each action option must have (docs/lessons.md), where there is one.
+OPTION_TYPES = {
+    **dict.fromkeys(("as", "user", "password", "from", "domain", "port", "mech", "expect", "file",
+                     "replace", "with", "grep", "action", "address", "host", "hostname", "name",
+                     "flag", "flow", "kind", "proto", "type", "show", "explain", "line_contains",
+                     "fault", "idle_subject"), (str, "a text")),
+    **dict.fromkeys(("count", "size", "tail", "rows", "family"), (int, "a whole number")),
+    **dict.fromkeys(("timeout", "delay"), ((int, float), "a number")),
+    **dict.fromkeys(("remote", "idle", "fetch", "delete", "auth", "notes"), (bool, "true or false")),
+    "where": (dict, "a table of Step fields"),
+}
+
 
 class LessonError(Exception):
     """A lesson file that cannot be used; ``str()`` is ``file:line: message``."""
@@ -54,6 +66,16 @@ def text(value: Text | None, lang: str) -> str:
     return value.get(lang) or value.get("en") or ""
 
 
+def is_text(value) -> bool:
+    """A value given in both languages (``{ es = "…", en = "…" }``)."""
+    return isinstance(value, dict) and set(value) == set(LANGS)
+
+
+def in_lang(value, lang: str):
+    """``value`` in ``lang`` when given in both languages; else as it is."""
+    return text(value, lang) if is_text(value) else value
+
+
 @dataclass
 class Check:
     what: str
@@ -62,7 +84,7 @@ class Check:
     line_contains: str = ""
     count: int = 1
     user: str = ""
-    contains: str = ""
+    contains: str | Text = ""     # a text, or {es, en}: the lesson's own words in each language
     pattern: str = ""
     file: str = ""                 # a path inside the lab root (check "file")
     keys: bool = False             # check "capture": read with the TLS key log
@@ -127,10 +149,11 @@ class _Locator:
                     return n
         return None
 
-    def key(self, key: str) -> int | None:
+    def key(self, key: str, after: int | None = None) -> int | None:
+        """The line of the first ``key = …`` (from line ``after`` on)."""
         pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
         for n, line in enumerate(self.lines, 1):
-            if pattern.match(line):
+            if n >= (after or 0) and pattern.match(line):
                 return n
         return None
 
@@ -140,6 +163,15 @@ def _need_text(value, path: Path, line: int | None, what: str) -> Text:
                                               for lang in LANGS):
         raise LessonError(path, line, f"{what} needs both an 'es' and an 'en' text")
     return value
+
+
+def _need_str_or_text(value, path: Path, line: int | None, what: str) -> None:
+    if isinstance(value, dict):
+        _need_text(value, path, line, what)
+        if not is_text(value):
+            raise LessonError(path, line, f"{what}: a table in both languages has only 'es' and 'en'")
+    elif not isinstance(value, str):
+        raise LessonError(path, line, f"{what} must be a text, or {{ es = \"…\", en = \"…\" }}")
 
 
 def load_lesson(path: str | Path) -> Lesson:
@@ -180,7 +212,19 @@ def load_lesson(path: str | Path) -> Lesson:
             if do not in ACTIONS:
                 raise LessonError(path, line, f"step '{sid}': unknown action {do!r} "
                                               f"(known: {', '.join(sorted(ACTIONS))})")
-            actions.append(Action(do=do, options={k: v for k, v in a.items() if k != "do"}))
+            options = {k: v for k, v in a.items() if k != "do"}
+            for name, value in options.items():
+                what, at = f"step '{sid}': {do}'s '{name}'", loc.key(name, after=line) or line
+                if name in ("subject", "body"):
+                    _need_str_or_text(value, path, at, what)
+                elif name == "to" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise LessonError(path, at, f"{what} must be a list of addresses")
+                elif name in OPTION_TYPES:
+                    kind, said = OPTION_TYPES[name]
+                    # (true and false are no numbers here, though Python counts them as ints)
+                    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                        raise LessonError(path, at, f"{what} must be {said}, not {value!r}")
+            actions.append(Action(do=do, options=options))
         checks = []
         for c in raw_step.get("checks", []):
             what = c.get("what")
@@ -188,6 +232,8 @@ def load_lesson(path: str | Path) -> Lesson:
                 raise LessonError(path, line, f"step '{sid}': unknown check {what!r} "
                                               f"(known: {', '.join(sorted(CHECKS))})")
             says = _need_text(c.get("says"), path, line, f"step '{sid}': a check's 'says'")
+            if "contains" in c:
+                _need_str_or_text(c["contains"], path, line, f"step '{sid}': a {what} check's 'contains'")
             where = c.get("where", {})
             unknown = {k for k in where if not k.startswith("meta.")} - STEP_FIELDS   # meta.host ...
             if unknown:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from rich.text import Text
 
 from gponsim.lessons.actions import Context, run_action
 from gponsim.lessons.checks import Outcome, evaluate
-from gponsim.lessons.model import Lesson, text
+from gponsim.lessons.model import Action, Lesson, in_lang, text
 from gponsim.lessons.quiz import QuizResult, ask_quiz
 from gponsim.lessons.words import word
 from gponsim.sinks.jsonl import JsonlRecorder
@@ -34,6 +36,41 @@ from gponsim.steps import Step, StepBus
 
 class OutputFolderError(Exception):
     """The lesson's results folder cannot be made or written (a bad ``--out``)."""
+
+
+class LessonInterrupted(Exception):
+    """The student stopped the lesson (Ctrl-C, or SIGTERM): nothing after it was graded."""
+
+    def __init__(self, summary: "Summary", signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.summary, self.signum = summary, signum
+
+
+class _Stopped(Exception):
+    """Raised in the lesson's thread once the lesson is interrupted."""
+
+
+def lab_error_text(exc: Exception, lang: str, port_offset: int | None) -> str:
+    """A lab that could not start (:class:`gponsim.server.lab.LabError`), said in ``lang``:
+    a port in use or privileged gets a remedy that fits the options given."""
+    import errno
+    import re
+
+    from twisted.internet.error import CannotListenError
+
+    cause = exc.__cause__
+    found = re.match(r"port (\d+) \(([\w-]+)\)", str(exc))
+    if not isinstance(cause, CannotListenError) or found is None:
+        return str(exc)
+    port, name = found[1], found[2]
+    code = getattr(cause.socketError, "errno", None)
+    if code == errno.EADDRINUSE:
+        remedy = word("port_offset_other" if port_offset is not None else "port_offset_add", lang,
+                      offset=(port_offset or 0) + 1000)
+        return word("port_in_use", lang, port=port, name=name, address=cause.interface or "*", remedy=remedy)
+    if code == errno.EACCES:
+        return word("port_privileged", lang, port=port, name=name)
+    return str(exc)
 
 
 def reflow(paragraphs: str) -> str:
@@ -80,6 +117,8 @@ class Summary:
     artifacts: dict[str, list[str]] = field(default_factory=dict)
     #: What each lesson step showed on the terminal (``show``): [{"title", "file"}], by step id.
     shown: dict[str, list[dict]] = field(default_factory=dict)
+    #: The lesson was stopped (Ctrl-C) at this step: the checkpoints after it were not graded.
+    interrupted: str | None = None
 
     @property
     def checks_passed(self) -> bool:
@@ -92,7 +131,7 @@ class Summary:
     @property
     def passed(self) -> bool:
         """Every checkpoint passed (or could not be checked) and the quiz reached --min-score."""
-        return self.checks_passed and self.quiz_passed
+        return self.interrupted is None and self.checks_passed and self.quiz_passed
 
 
 class Transcript:
@@ -171,7 +210,8 @@ def lesson_net_captures(lesson: Lesson) -> bool:
 
 
 def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_plan, network) -> Summary:
-    from twisted.internet import reactor, threads
+    from twisted.internet import defer, reactor, threads
+    from twisted.python import failure
 
     from gponsim.server.lab import Lab, LabOptions
 
@@ -185,15 +225,14 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
         out.mkdir(parents=True, exist_ok=True)
         recorder = JsonlRecorder(out / "steps.jsonl", append=False)
     except OSError as exc:
-        raise OutputFolderError(f"cannot write the lesson's results in {out}: "
-                                f"{exc.strerror or exc} (choose another folder with --out)") from exc
+        raise OutputFolderError(word("out_unwritable", lang, out=out, why=exc.strerror or exc)) from exc
     summary = Summary(lesson=lesson.id, out=out, student=options.student)
     view = LessonView(console, lang=lang, explain=options.explain, narrate=options.narrate,
                       show_startup=options.show_startup)
+    bus.add(view)       # first: a Step is on the terminal before a checkpoint can find it in the record
     record = bus.add(ListSink())
     bus.add(recorder)
     transcript = bus.add(Transcript(out / "transcript.txt"))
-    bus.add(view)
     profile = _profile_for(lesson, out)
     lab_options = LabOptions(lab_root=out / "gponlab", config_dir=profile,
                              keylog=out / "gponlab" / "keys.log",
@@ -211,6 +250,12 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
         lab = Lab(lab_options, emit=bus.emit, reactor=reactor)
     started = time.monotonic()
     current = {"step": ""}
+    interrupted: dict = {}          # {"signum": n} once the student pressed Ctrl-C
+
+    def go_on() -> None:
+        """In the lesson's thread: stop here if the lesson was interrupted."""
+        if interrupted:
+            raise _Stopped()
 
     def show_text(title: str, body: str) -> None:
         view.print(Panel(Text(body or word("empty", lang)), title=title, title_align="left",
@@ -245,15 +290,21 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
                       host=network.server if network is not None else options.listen,
                       profile=profile, network=network,
                       reload=lambda: threads.blockingCallFromThread(reactor, lab.reload),
-                      replay_startup=view.replay_startup, hinted=hinted)
+                      replay_startup=view.replay_startup, hinted=hinted,
+                      text_width=view.console.width - 4)     # a panel's borders and padding
         ctx.results["capture_plan"] = capture_plan
         # Where the lab listens, for a student's client (and for tests playing one).
         (out / "lab.json").write_text(json.dumps({"ports": ports, "listen": options.listen}) + "\n")
+        if capture_plan is not None and capture_plan.mode == "namespace":
+            # The whole lesson, its lab too, runs in the namespace: say so before the lab is ready.
+            view.print(Text(capture_plan.note))
+            capture_plan.told = True
         view.started()
         if network is not None:
             view.print(Text(network.note(lang), style="dim"))
         shows_delivery = [any(a.do == "wait_delivery" for a in s.actions) for s in lesson.steps]
         for n, step in enumerate(lesson.steps, 1):
+            go_on()
             current["step"] = step.id
             # The step's explanation first, then what the lab did meanwhile and does now;
             # the queue's events wait for the step that explains the delivery.
@@ -267,18 +318,24 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
             made = len(ctx.artifacts)
             try:
                 for action in step.actions:
+                    go_on()
+                    # (the lesson's own words in a mail, say its subject, in the lesson's language)
+                    action = Action(action.do, {k: in_lang(v, lang) for k, v in action.options.items()})
                     if network is not None:
                         with network.acting(ctx, action.do, action.options):
                             run_action(ctx, action)
                     else:
                         run_action(ctx, action)
             except Exception as exc:  # noqa: BLE001 - told to the student, run goes on
+                go_on()         # (an action cut short by the interruption is no failure)
                 msg = word("action_failed", lang, do=action.do, error=exc)
                 summary.errors.append(f"{step.id}: {msg}")
                 view.print(Text(msg, style="bold red"))
             for check in step.checks:
+                go_on()
                 scope = record.steps if check.scope == "lesson" else record.steps[mark:]
-                outcome = evaluate(check, list(scope), lab.root, ctx.results, every=list(record.steps))
+                outcome = evaluate(check, list(scope), lab.root, ctx.results, every=list(record.steps),
+                                   lang=lang)
                 summary.outcomes.append((step.id, outcome))
                 key = {True: "passed", False: "failed", None: "skipped"}[outcome.passed]
                 view.print(Text(word(key, lang, says=text(check.says, lang), detail=outcome.detail),
@@ -297,21 +354,68 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
         view.release()
         summary.attempts = list(ctx.results.get("attempts", []))
         if options.quiz or options.min_score is not None:
+            current["step"] = "quiz"
             summary.quiz = ask_quiz(lesson, lang, view, min_score=options.min_score)
+            current["step"] = ""
         if options.interactive and sys.stdin.isatty():
             view.ask(word("stop", lang))      # the student's Thunderbird is still connected
 
     outcome: dict = {}
+    finished: list = []
+    lesson_thread: list[threading.Thread] = []
+
+    def in_thread(ports):
+        # A daemon thread, not the reactor's pool: an interrupted run must not wait
+        # for a step that blocks (the quiz's input(), a client's timeout).
+        done = defer.Deferred()
+
+        def work():
+            try:
+                teach(ports)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reactor's thread
+                reactor.callFromThread(done.errback, failure.Failure(exc))
+            else:
+                reactor.callFromThread(done.callback, None)
+        lesson_thread.append(threading.Thread(target=work, name="lesson", daemon=True))
+        lesson_thread[0].start()
+        return done
+
+    def finish(_=None):
+        if finished:
+            return None
+        finished.append(True)
+        d = defer.maybeDeferred(lab.stop)
+        d.addBoth(lambda _: reactor.stop())
+        return d
+
+    def on_signal(signum, _frame):
+        # Ctrl-C: stop at once, and grade nothing the stopped lab could not do.
+        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+        interrupted.setdefault("signum", signum)
+        interrupted.setdefault("at", current["step"] or "start")
+        view.mute()
+        record.stop_waiting()
+        reactor.callFromThread(finish)
 
     def go():
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, on_signal)
         d = lab.start()
-        d.addCallback(lambda ports: threads.deferToThread(teach, ports))
-        d.addErrback(lambda f: outcome.setdefault("error", f.value))
-        d.addBoth(lambda _: lab.stop())
-        d.addBoth(lambda _: reactor.stop())
+        d.addCallback(lambda ports: None if interrupted else in_thread(ports))
+        d.addErrback(lambda f: None if interrupted or f.check(_Stopped)
+                     else outcome.setdefault("error", f.value))
+        d.addBoth(finish)
 
     reactor.callWhenRunning(go)
-    reactor.run()
+    try:
+        reactor.run()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if interrupted and lesson_thread:
+        lesson_thread[0].join(timeout=2)      # its client, refused by the stopped lab, gives up
     for sink in (record, recorder, transcript, view):
         bus.remove(sink)
     recorder.close()
@@ -323,11 +427,20 @@ def _run(lesson: Lesson, options: RunOptions, bus: StepBus, out: Path, capture_p
     log = lab.root / "var" / "log" / "mail.log"
     if log.exists():
         shutil.copyfile(log, out / "mail.log")
+    if interrupted:
+        summary.interrupted = interrupted["at"]
+        write_summary(summary, lang)
+        console.print()
+        console.print(Text(word("interrupted", lang, out=out), style="bold yellow"))
+        raise LessonInterrupted(summary, interrupted["signum"])
     write_summary(summary, lang)
     ok = sum(1 for _, o in summary.outcomes if o.passed)
+    unchecked = sum(1 for _, o in summary.outcomes if o.passed is None)
     console.rule(style="dim")
-    console.print(Text(word("summary", lang, ok=ok, total=len(summary.outcomes), out=out),
-                       style="bold green" if summary.checks_passed else "bold red"))
+    said = word("summary", lang, ok=ok, total=len(summary.outcomes), out=out)
+    if unchecked:
+        said = word("summary_unchecked", lang, ok=ok, total=len(summary.outcomes), out=out, n=unchecked)
+    console.print(Text(said, style="bold green" if summary.checks_passed else "bold red"))
     if summary.quiz is not None and summary.quiz.graded:
         console.print(Text(summary.quiz.score_text(lang), style="bold green" if summary.quiz.passed else "bold red"))
     if summary.quiz is not None and not summary.quiz.passed:
@@ -340,6 +453,7 @@ def write_summary(summary: Summary, lang: str) -> None:
         "lesson": summary.lesson,
         "student": summary.student,
         "passed": summary.passed,
+        "interrupted": summary.interrupted,
         "checkpoints_passed": summary.checks_passed,
         "seconds": round(summary.seconds, 2),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

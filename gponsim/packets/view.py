@@ -23,6 +23,7 @@ from gponsim.packets import dissect, headers
 from gponsim.packets.facts import Facts, Record, collect
 from gponsim.packets.flows import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Flows
 from gponsim.sinks.escape import visible
+from gponsim.sinks.phrases import localize
 
 #: Flag names in Wireshark's order.
 FLAG_NAMES = ((FIN, "FIN"), (SYN, "SYN"), (RST, "RST"), (PSH, "PSH"), (ACK, "ACK"), (URG, "URG"),
@@ -275,7 +276,7 @@ class Renderer:
         self.explain = explain
         self.reveal = reveal
         self.color = color
-        self.width = max(60, width)
+        self.width = max(30, width)
         self.explained: set[str] = set()
         self.count = 0
         self.compact = compact
@@ -313,20 +314,23 @@ class Renderer:
             line += "  " + opts
         style = "rst" if row.flags & RST else "syn" if row.flags & (SYN | FIN) else \
             "data" if row.length else "plain"
-        self.write(self._c(line, style))
+        self._line(line, style, " " * 6)
         pad = " " * (4 if self.compact else 8)
         for step, part, total in row.steps:
-            text = visible(step.shown_line(self.reveal)).split("\n")
+            # (gponsim's own words in a line, as the narrator gives them: in its language)
+            text = visible(localize(step.shown_line(self.reveal), self.lang)).split("\n")
             first = text[0] if len(text[0]) <= 110 else text[0][:107] + "..."
             more = f" (+{len(text) - 1})" if len(text) > 1 else ""
-            arrow = "→" if step.dir == "c2s" else "←" if step.dir == "s2c" else "·"
+            # (gponsim's own notes about the decryption are no one's words: no arrow)
+            arrow = "·" if step.verb in ("DECRYPTED", "UNDECRYPTABLE") else \
+                "→" if step.dir == "c2s" else "←" if step.dir == "s2c" else "·"
             lock = "🔒 " if step.tls else ""
             where = "" if total == 1 else f"  [{word('part', lang, part=part, total=total)}]"
-            self.write(self._c(f"{pad}{arrow} {lock}{first}{more}{where}", "step"))
+            self._line(f"{pad}{arrow} {lock}{first}{more}{where}", "step", pad + "  ")
         for record in row.records:
             detail = f" · {record.message}" if record.message else ""
             self.write(self._c(f"{pad}▪ TLS {record.name}{detail} · {record.length} "
-                               f"{word('bytes', lang)}", "tls"))
+                               f"{word('byte' if record.length == 1 else 'bytes', lang)}", "tls"))
         seen_tags = set()
         for key, values in row.notes:
             values = dict(values)
@@ -339,11 +343,23 @@ class Renderer:
             if tag in seen_tags:
                 continue
             seen_tags.add(tag)
-            self.write(self._c(f"{pad}• {tag}", "note"))
+            self._line(f"{pad}• {tag}", "note", pad + "  ")
             if self.explain == "all" or (self.explain != "none" and key not in self.explained):
                 self.explained.add(key)
-                for text_line in _wrap(note_text(key, lang, values, tag=False), self.width - 10):
+                # (wrapped once, to the width given: no line of it is longer)
+                for text_line in _wrap(note_text(key, lang, values, tag=False), self.width - len(pad) - 2):
                     self.write(self._c(f"{pad}  {text_line}", "explain"))
+
+
+    def _line(self, text: str, style: str, indent: str) -> None:
+        """One line of a row; in a narrow (compact) panel wrapped to its width, the rest indented."""
+        if not self.compact or len(text) <= self.width:
+            self.write(self._c(text, style))
+            return
+        import textwrap
+
+        for part in textwrap.wrap(text, self.width, subsequent_indent=indent, drop_whitespace=True):
+            self.write(self._c(part, style))
 
 
 def style_of(name: str) -> dict:

@@ -11,6 +11,9 @@ they never interleave mid-line and come out in teaching order:
 - Between lesson steps the view is *held*: what the lab does meanwhile (a
   delivery finishing while the student reads) waits, and is shown after the
   next step's explanation, when the runner releases it.
+- Within a step, the Steps of *deferred* protocols (the queue and delivery,
+  while a later step explains them) wait too; everything else, the client's
+  own session above all, is narrated as it happens.
 """
 
 from __future__ import annotations
@@ -40,16 +43,19 @@ class LessonView:
         self._deferred: frozenset[str] = frozenset()
         self.startup: list[Step] = []
         self._waiting: list[Step] = []
+        self._muted = False
 
     # ------------------------------------------------------------------ the sink
 
     def step(self, step: Step) -> None:
         with self._lock:
+            if self._muted:
+                return
             if self._starting:
                 self.startup.append(step)
-            elif self._held or step.proto in self._deferred or self._waiting:
-                self._waiting.append(step)      # (behind what waits already: order kept)
-            elif self.narrator is not None:
+            elif self._held or step.proto in self._deferred:
+                self._waiting.append(step)
+            elif self.narrator is not None:     # (a client's session goes on past a delivery that waits)
                 self.narrator.step(step)
 
     # ------------------------------------------------------------------ the runner's side
@@ -58,13 +64,17 @@ class LessonView:
         """Print the runner's own text (a rich renderable) after the narration so far."""
         options.setdefault("markup", False)
         with self._lock:
+            if self._muted:
+                return
             if self.narrator is not None:
                 self.narrator.flush()
             self.console.print(*renderables, **options)
 
     def ask(self, prompt: str) -> str:
-        """``input(prompt)`` after everything shown so far."""
+        """``input(prompt)`` after everything shown so far (EOFError once muted)."""
         with self._lock:
+            if self._muted:
+                raise EOFError("the lesson was interrupted")
             if self.narrator is not None:
                 self.narrator.flush()
             self.console.file.flush()
@@ -124,16 +134,24 @@ class LessonView:
             self._deferred = frozenset(protos)
 
     def release(self) -> None:
-        """Show what waited (but what is deferred), then narrate live again."""
+        """Show what waited, in order, but what is deferred (it goes on waiting), then
+        narrate live again."""
         with self._lock:
             self._held = False
             waiting, self._waiting = self._waiting, []
-            for n, step in enumerate(waiting):
-                if step.proto in self._deferred:      # it waits, and so does what came after
-                    self._waiting = waiting[n:]
-                    break
-                if self.narrator is not None:
+            for step in waiting:
+                if step.proto in self._deferred:
+                    self._waiting.append(step)
+                elif self.narrator is not None:
                     self.narrator.step(step)
+
+    def mute(self) -> None:
+        """The run was interrupted: nothing more is shown (what waits is dropped)."""
+        with self._lock:
+            self._muted = True
+            self._waiting = []
+            if self.narrator is not None:
+                self.narrator.flush()
 
     def close(self) -> None:
         self._deferred = frozenset()

@@ -15,10 +15,17 @@ class ListSink:
     def __init__(self) -> None:
         self.steps: list[Step] = []
         self._cond = threading.Condition()
+        self._stopped = False
 
     def step(self, step: Step) -> None:
         with self._cond:
             self.steps.append(step)
+            self._cond.notify_all()
+
+    def stop_waiting(self) -> None:
+        """Every :meth:`wait_for`, now and later, returns at once (the run is interrupted)."""
+        with self._cond:
+            self._stopped = True
             self._cond.notify_all()
 
     def wait_for(self, predicate: Callable[[Step], bool], timeout: float = 10.0,
@@ -34,6 +41,6 @@ class ListSink:
                         return s
                 seen = len(self.steps)
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._stopped:
                     return None
                 self._cond.wait(left)

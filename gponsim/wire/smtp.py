@@ -130,6 +130,9 @@ def message_summary(message: bytes) -> dict:
             meta[current] = value.strip().decode("utf-8", "replace")
         elif current:
             current = None          # keep the first occurrence only
+    for name in ("from", "to", "subject"):
+        if "=?" in meta.get(name, ""):
+            meta[name] = decoded_header(meta[name])
     return meta
 
 
@@ -153,6 +156,20 @@ def wire_size(message: bytes) -> int:
     """The message's size on the wire as a server counts it: CRLF line ends, dot-stuffing
     undone (what BDAT would announce for it)."""
     return sum(len(ln) + 2 for ln in crlf_lines(message))
+
+
+def decoded_header(value: str) -> str:
+    """A header's encoded words (RFC 2047, ``=?utf-8?q?lecci=C3=B3n?=``) as the text they
+    stand for, as a mail client shows it; ``value`` as it is when they cannot be decoded."""
+    from email.errors import HeaderParseError
+    from email.header import decode_header, make_header
+
+    try:
+        text = str(make_header(decode_header(value)))
+    except (HeaderParseError, LookupError, ValueError):
+        return value
+    # (an encoded word may hide a line break or a control character: not in a Step's line)
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def message_step(message: bytes, *, session: str, verb: str = "DATA", src: str = "client",
