@@ -492,3 +492,13 @@ def test_a_roster_not_saved_as_utf8_says_how_to_save_it(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{path}:3: the roster is not UTF-8 text; save the CSV as UTF-8")
     assert "guarda el CSV como UTF-8" in message and "codec" not in message
+
+
+def test_an_unknown_lesson_names_the_folder_it_looked_in_not_a_file():
+    from gponsim.lessons.model import LESSONS_DIR
+
+    with pytest.raises(LessonError) as caught:
+        find_lesson("nope")
+    text = str(caught.value)
+    assert text.startswith(f"{LESSONS_DIR}: no lesson 'nope' in this folder (lessons: ")
+    assert "nope.toml" not in text and "send-mail" in text

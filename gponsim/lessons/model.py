@@ -306,4 +306,4 @@ def find_lesson(lesson_id: str, folder: Path = LESSONS_DIR) -> Lesson:
         if path.stem == lesson_id:
             return load_lesson(path)
     known = ", ".join(p.stem for p in lesson_files(folder)) or "none"
-    raise LessonError(folder / f"{lesson_id}.toml", None, f"no lesson '{lesson_id}' (lessons: {known})")
+    raise LessonError(folder, None, f"no lesson '{lesson_id}' in this folder (lessons: {known})")
