@@ -51,6 +51,17 @@ def test_lesson_runs_and_every_checkpoint_passes(lesson, lang, lesson_runs):
         assert "AHVzZXIxAHBhc3M" not in (out / name).read_text(), name
 
 
+@pytest.mark.slow
+def test_tls_lesson_shows_the_greeting_before_the_certificate_panel(lesson_runs):
+    """On port 993 Dovecot greets once the handshake is done: the lesson waits for that
+    greeting, so it is told with its connection, before the certificate's panel."""
+    result, _out = lesson_runs("tls", "en")
+    text = result.stdout
+    panel = text.index("The server's certificate (imaps")
+    shake = text.rindex("TLS connection established: TLSv1.3", 0, panel)
+    assert shake < text.rindex("Dovecot (Debian) ready.", 0, panel)
+
+
 @pytest.mark.slow          # end to end: a lesson run by `gponsim`
 def test_send_mail_leaves_the_promised_artifacts(tmp_path):
     result = run("lesson", "send-mail", "--lang", "es", "--quiet", cwd=tmp_path)

@@ -502,9 +502,13 @@ def do_certificate(ctx: Context, o: dict) -> None:
     with socket.create_connection((ctx.connect_host, port), timeout=10) as raw:
         with ssl._create_unverified_context().wrap_socket(raw) as tls:   # accept it, to look at it
             der = tls.getpeercert(binary_form=True)
-            # the server's side of the handshake is narrated a moment later: wait for it
-            ctx.record.wait_for(lambda s: s.proto == "tls"
-                                and s.verb == "IMPLICIT", 10, start=ctx.mark)
+            # the server's side of the handshake, then its greeting (sent once the handshake
+            # is done, as Dovecot does), are narrated a moment later: wait for them
+            shake = ctx.record.wait_for(lambda s: s.proto == "tls"
+                                        and s.verb == "IMPLICIT", 10, start=ctx.mark)
+            if shake is not None:
+                ctx.record.wait_for(lambda s: s.session == shake.session and (
+                    s.kind == "reply" or s.verb == "DISCONNECT"), 10, start=ctx.mark)
     cert = x509.load_der_x509_certificate(der)
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
