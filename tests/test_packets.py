@@ -404,7 +404,8 @@ def test_narration_names_each_steps_packets():
 
     assert packet_numbers([5]) == "#5" and packet_numbers([5, 6]) == "#5,6"
     assert packet_numbers([22, 23, 24, 25, 36, 38, 39, 40]) == "#22–25,36,38–40"
-    assert packet_numbers([1, 3, 5, 7, 9]) == "#1–9"
+    assert packet_numbers([1, 3, 5, 7, 9]) == "#1,3,5…9"
+    assert packet_numbers([49, 51, 53, 54, 55, 56, 57, 58, 62, 63, 64]) == "#49,51,53–58…64"
     path = CAPTURES / "swaks-submission-starttls-plain-auth.pcap"
     out = subprocess.run([sys.executable, "-m", "gponsim", "analyze", str(path), "--keylog",
                           str(path.with_suffix(".keys")), "--explain", "none"],

@@ -88,17 +88,18 @@ def _narrow(text: str) -> bool:
 
 
 def packet_numbers(packets: list[int]) -> str:
-    """Packet numbers, compactly: ``#5``, ``#5,6``, ``#22–25,36,38–45``; more than three
-    runs of them as first–last (``#22–145``)."""
+    """Packet numbers, compactly: ``#5``, ``#5,6``, ``#22–25,36,38–45``; of more than
+    three runs, the first three and the last number (``#49,51,53–58…64``: not a range
+    that would claim the packets between, which may carry other Steps)."""
     runs: list[list[int]] = []
     for p in packets:
         if runs and p == runs[-1][1] + 1:
             runs[-1][1] = p
         else:
             runs.append([p, p])
-    if len(runs) > 3:
-        return f"#{min(packets)}–{max(packets)}"
-    return "#" + ",".join(str(a) if a == b else f"{a},{b}" if b == a + 1 else f"{a}–{b}" for a, b in runs)
+    text = "#" + ",".join(str(a) if a == b else f"{a},{b}" if b == a + 1 else f"{a}–{b}"
+                          for a, b in runs[:3])
+    return text if len(runs) <= 3 else f"{text}…{max(packets)}"
 
 
 class Narrator:
