@@ -56,6 +56,17 @@ def test_broken_main_cf_names_file_and_line(tmp_path):
 
 
 @pytest.mark.slow          # end to end: a `gponsim` process
+def test_a_lab_root_that_cannot_hold_the_labs_folders_is_named(tmp_path):
+    (tmp_path / "afile").write_text("not a folder\n")
+    root = tmp_path / "afile" / "lab"
+    out = run("serve", "--lab-root", str(root), "--port", "smtp=0", "--port", "submission=0",
+              "--quiet")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert f"cannot create the lab's folders in {root} ({root}: Not a directory)" in out.stderr
+    assert "--lab-root" in out.stderr
+
+
+@pytest.mark.slow          # end to end: a `gponsim` process
 def test_port_in_use_is_named(tmp_path):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

@@ -26,8 +26,10 @@ complete.
 from __future__ import annotations
 
 import collections
+import os
 import socket
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -235,7 +237,8 @@ def _open(iface: str, bpf: str):
     except PermissionError as exc:
         raise CapturePermission(
             "capturing packets needs root or the CAP_NET_RAW capability: run as root, or "
-            "`sudo setcap cap_net_raw+ep $(readlink -f $(which python3))`") from exc
+            f"`sudo setcap cap_net_raw+ep {os.path.realpath(sys.executable)}` (the interpreter "
+            "that runs gponsim)") from exc
     except ImportError as exc:
         raise CapturePermission(f"capturing needs Linux and Scapy's AF_PACKET sockets ({exc})") from exc
     except Scapy_Exception as exc:

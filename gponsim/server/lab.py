@@ -158,7 +158,9 @@ class Lab:
             for sub in ("var/mail", "var/log", "var/spool/postfix"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LabError(f"cannot create the lab root {self.root}: {exc.strerror}") from exc
+            where = exc.filename or self.root
+            raise LabError(f"cannot create the lab's folders in {self.root} ({where}: "
+                           f"{exc.strerror}): choose a folder you can write with --lab-root") from exc
         hostname = profile.main("myhostname")
         self.log = MailLog(self.root / "var/log/mail.log", hostname=hostname.split(".")[0])
         self._remove_stale_temporaries()
