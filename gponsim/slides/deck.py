@@ -18,7 +18,7 @@ from pathlib import Path
 from gponsim.commentary import catalog
 from gponsim.diagrams import draw_architecture, draw_sequence
 from gponsim.lessons.checks import _matches
-from gponsim.lessons.model import Lesson, text
+from gponsim.lessons.model import Lesson, is_text, text
 from gponsim.lessons.runner import reflow
 from gponsim.slides.words import word
 from gponsim.steps import Step, read_jsonl
@@ -255,7 +255,9 @@ def build_deck(lesson: Lesson, run_dir: Path, lang: str, work: Path | None = Non
         if part:
             slides.append(Slide("excerpt", f"{n}. " + word("transcript", lang),
                                 transcript=_transcript(part, highlight, lang), notes=_notes(part, lang)))
-        wanted = [c.contains or c.pattern for c in checks_by_step[lstep.id] if c.what in ("file", "mailbox")]
+        # (a text given in both languages: the run may have been made in either)
+        wanted = [w for c in checks_by_step[lstep.id] if c.what in ("file", "mailbox")
+                  for w in (c.contains.values() if is_text(c.contains) else [c.contains or c.pattern])]
         for shown in summary.get("shown", {}).get(lstep.id, []):
             path = run_dir / shown["file"]
             if path.exists():
