@@ -53,24 +53,16 @@ class _Stopped(Exception):
 def lab_error_text(exc: Exception, lang: str, port_offset: int | None) -> str:
     """A lab that could not start (:class:`gponsim.server.lab.LabError`), said in ``lang``:
     a port in use or privileged gets a remedy that fits the options given."""
-    import errno
-    import re
+    from gponsim.server.lab import PortError
 
-    from twisted.internet.error import CannotListenError
-
-    cause = exc.__cause__
-    found = re.match(r"port (\d+) \(([\w-]+)\)", str(exc))
-    if not isinstance(cause, CannotListenError) or found is None:
+    if not isinstance(exc, PortError):
         return str(exc)
-    port, name = found[1], found[2]
-    code = getattr(cause.socketError, "errno", None)
-    if code == errno.EADDRINUSE:
+    if exc.why == "in use":
         remedy = word("port_offset_other" if port_offset is not None else "port_offset_add", lang,
                       offset=(port_offset or 0) + 1000)
-        return word("port_in_use", lang, port=port, name=name, address=cause.interface or "*", remedy=remedy)
-    if code == errno.EACCES:
-        return word("port_privileged", lang, port=port, name=name)
-    return str(exc)
+        return word("port_in_use", lang, port=exc.port, name=exc.name, address=exc.address,
+                    remedy=remedy)
+    return word("port_privileged", lang, port=exc.port, name=exc.name)
 
 
 def reflow(paragraphs: str) -> str:

@@ -51,6 +51,15 @@ class LabError(Exception):
     """Something that keeps the lab from starting, told in plain words."""
 
 
+class PortError(LabError):
+    """A port the lab cannot listen on: ``why`` is "in use" or "privileged" (the words
+    are English; a caller may say it again in another language from these fields)."""
+
+    def __init__(self, text: str, *, port: int, name: str, address: str, why: str) -> None:
+        super().__init__(text)
+        self.port, self.name, self.address, self.why = port, name, address, why
+
+
 @dataclass
 class LabOptions:
     lab_root: Path = Path("gponlab")
@@ -428,15 +437,15 @@ class Lab:
         except CannotListenError as exc:
             code = getattr(exc.socketError, "errno", None)
             if code == errno.EACCES:
-                raise LabError(
+                raise PortError(
                     f"port {port} ({name}) needs root: ports below 1024 are privileged. "
-                    f"Run as root, or add --port-offset 10000 (then {name} is on port {port + 10000})."
-                ) from exc
+                    f"Run as root, or add --port-offset 10000 (then {name} is on port {port + 10000}).",
+                    port=port, name=name, address=address, why="privileged") from exc
             if code == errno.EADDRINUSE:
-                raise LabError(
+                raise PortError(
                     f"port {port} ({name}) on {address} is already in use by another "
-                    f"program (a real Postfix, or another gponsim?). Stop it, or use --port-offset."
-                ) from exc
+                    f"program (a real Postfix, or another gponsim?). Stop it, or use --port-offset.",
+                    port=port, name=name, address=address, why="in use") from exc
             raise LabError(f"cannot listen on {address} port {port} ({name}): "
                            f"{exc.socketError}") from exc
         self._listeners.append(listener)
