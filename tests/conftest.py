@@ -14,6 +14,12 @@ from labproc import LabProcess  # noqa: E402
 from reactor_thread import reactor, reactor_thread  # noqa: E402,F401  (fixtures for every test)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: Real captures of mail traffic beside the project (../shared/pcaps); tests that read
+#: them are skipped where that folder is not (it is not part of the repository).
+PCAPS = SHARED / "pcaps"
+needs_pcaps = pytest.mark.skipif(not PCAPS.is_dir(), reason=f"no shared captures at {PCAPS}")
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
+                                  reason="tshark is not installed (Debian package tshark)")
 
 
 def pytest_collection_modifyitems(config, items):

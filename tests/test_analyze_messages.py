@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from pcapgen import Conversation, smtp_session, write_pcap  # noqa: E402
 
+from conftest import PCAPS, needs_pcaps  # noqa: E402
 from gponsim.cli import main  # noqa: E402
 
 CAPTURE = Path(__file__).resolve().parents[1] / "captures" / "swaks-smtp25-plain.pcap"
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
 
 
 def analyze(*args: str):
@@ -142,7 +142,7 @@ def test_a_server_that_does_not_name_itself_reads_naturally(tmp_path):
     assert "Este servidor es ," not in es and "()" not in es
 
 
-@pytest.mark.skipif(not PCAPS.is_dir(), reason="the shared captures are not here")
+@needs_pcaps
 def test_named_and_nameless_servers_of_real_captures():
     pop3 = analyze(PCAPS / "ndpi" / "pop3.pcap", "--lang", "en").stdout
     assert "This server is ," not in pop3 and "This server does not say which" in pop3
@@ -181,7 +181,7 @@ def test_control_bytes_are_escaped_on_the_terminal_and_kept_in_json(tmp_path):
     assert "\\u001b[31mRED\\u0000NUL\\f" in data
 
 
-@pytest.mark.skipif(not PCAPS.is_dir(), reason="the shared captures are not here")
+@needs_pcaps
 def test_a_real_capture_of_binary_junk_reaches_the_terminal_escaped():
     out = analyze(PCAPS / "suricata-verify" / "smtp-errors-smtperr.pcap", "--lang", "en").stdout
     assert not _RAW.search(out) and "\\udc" not in out

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from gponsim.capture.analyze import analyze
 from gponsim.capture.servers import identify
 from gponsim.commentary import catalog
 from gponsim.sinks.memory import ListSink
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+from conftest import PCAPS, needs_pcaps
+
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
-needs_pcaps = pytest.mark.skipif(not PCAPS.is_dir(), reason=f"no shared captures at {PCAPS}")
 #: What only the lab's own configuration would say.
 LAB_WORDS = ("smtpd_banner", "Debian/GNU", "message_size_limit", "Dovecot announces", "587",
              "main.cf", "mynetworks", "10-auth.conf", "the lab's 10-")

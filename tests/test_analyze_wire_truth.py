@@ -10,7 +10,6 @@ The numbers below were checked against tshark 4.x on the shared captures
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +18,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from conftest import PCAPS, needs_pcaps, needs_tshark  # noqa: E402
 from gponsim.capture.analyze import analyze  # noqa: E402
 from gponsim.sinks.memory import ListSink  # noqa: E402
-
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
-needs_pcaps = pytest.mark.skipif(not PCAPS.is_dir(), reason=f"no shared captures at {PCAPS}")
-needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 
 
 def _steps(name: str):

@@ -6,15 +6,14 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from conftest import PCAPS
 from gponsim.cli import main
 from gponsim.diagrams import build_sequence, load_steps
 
 
 def analyzed(tmp_path_factory, name):
     """The Steps `gponsim analyze` records for a shared capture, and their file."""
-    from conftest import SHARED
-
-    pcap = SHARED / "pcaps" / name
+    pcap = PCAPS / name
     if not pcap.exists():
         pytest.skip(f"{pcap} is absent (the shared captures are not beside the project)")
     out = tmp_path_factory.mktemp("cap") / "steps.jsonl"
@@ -74,10 +73,9 @@ def test_the_architecture_does_not_put_a_foreign_capture_on_the_lab(zeek_smtp):
 
 
 def test_the_packet_ladder_names_a_foreign_servers_client(tmp_path):
-    from conftest import SHARED
     from gponsim.diagrams.ladder import build_ladder
 
-    pcap = SHARED / "pcaps" / "zeek" / "smtp.pcap"
+    pcap = PCAPS / "zeek" / "smtp.pcap"
     if not pcap.exists():
         pytest.skip(f"{pcap} is absent (the shared captures are not beside the project)")
     pages, _ = build_ladder(pcap, session="2", lang="en")
