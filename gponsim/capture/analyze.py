@@ -57,6 +57,16 @@ class Analysis:
     def connection_count(self) -> int:
         return len(self.connections) + sum(self.more_connections.values())
 
+    def connection(self, key: str) -> "ConnInfo | None":
+        """The connection numbered ``key`` (from 1, as the summary lists them) or with
+        that session id; None when there is none."""
+        return next((c for c in self.connections if key in (str(c.number), c.session)), None)
+
+    def connections_text(self, most: int = 12) -> str:
+        """The connections, for a message that names them: ``1 (capture-…-1), 2 (…)``."""
+        shown = ", ".join(f"{c.number} ({c.session})" for c in self.connections[:most])
+        return shown + (f" … ({len(self.connections)} in all)" if len(self.connections) > most else "")
+
     @property
     def readable(self) -> bool:
         """False when not a single packet could be understood."""

@@ -114,11 +114,10 @@ def build_ladder(path: str | Path, *, session: str | None = None, keylog: str | 
     if session is None:
         conn = conns[0]
     else:
-        conn = next((c for c in conns if session in (str(c.number), c.session)), None)
+        conn = facts.analysis.connection(session)
         if conn is None:
-            known = ", ".join(f"{c.number} ({c.session})" for c in conns[:12])
-            more = f" … ({len(conns)} in all)" if len(conns) > 12 else ""
-            raise NoConnection(f"{path}: no connection {session!r} (connections: {known}{more})")
+            raise NoConnection(f"{path}: no connection {session!r} "
+                               f"(connections: {facts.analysis.connections_text()})")
     from gponsim.diagrams.parties import parties
 
     server = {"smtp": "smtpd", "imap": "imap", "pop3": "pop3"}.get(conn.proto, "smtpd")

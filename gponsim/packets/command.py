@@ -39,13 +39,11 @@ def run(file: Path, *, keylog: Path | None, as_json: bool, lang: str, explain: s
     if select.first > total and facts.analysis.readable:
         return error("no_packet", file=file, number=select.first, total=total)
     if session is not None:
-        conns = facts.analysis.connections
-        if not conns:
+        if not facts.analysis.connections:
             return error("no_connections", file=file, session=session)
-        if not any(session in (str(c.number), c.session) for c in conns):
-            known = ", ".join(f"{c.number} ({c.session})" for c in conns[:12])
+        if facts.analysis.connection(session) is None:
             return error("no_connection", file=file, session=session,
-                         known=known + (f", … ({len(conns)})" if len(conns) > 12 else ""))
+                         known=facts.analysis.connections_text())
     out = sys.stdout
     if hasattr(out, "reconfigure"):
         out.reconfigure(errors="backslashreplace")
