@@ -23,14 +23,16 @@ def _run(tmp_path, lesson_id: str, lang: str):
     steps = [Step(t=1.0, session="s-1", proto="smtp", src="client", dst="smtpd", dir="c2s",
                   kind="command", line="EHLO pc", verb="EHLO", key="smtp.cmd.EHLO"),
              Step(t=1.1, session="s-1", proto="smtp", src="smtpd", dir="s2c", dst="client",
-                  kind="reply", line="250 mail.gponlab.local", verb="EHLO", code=250)]
+                  kind="reply", line="250 mail.gponlab.local", verb="EHLO", code=250),
+             Step(t=1.2, session="s-1", proto="smtp", src="client", dst="smtpd", dir="c2s",
+                  kind="data", line="[message: 386 bytes, 13 lines, Subject: Hola]", verb="DATA")]
     (run / "steps.jsonl").write_text("".join(s.to_json() + "\n" for s in steps))
     first = lesson.steps[0]
     results = [{"step": first.id, "what": c.what, "says": c.says[lang], "passed": True, "detail": ""}
                for c in first.checks]
     (run / "summary.json").write_text(json.dumps({
         "lesson": lesson_id, "lang": lang, "seconds": 1.0, "checkpoints": results,
-        "ranges": {first.id: [0, 2]}}))
+        "ranges": {first.id: [0, 3]}}))
     return run, lesson
 
 
@@ -44,6 +46,7 @@ def test_a_deck_in_spanish_from_a_run_made_in_english_speaks_spanish(tmp_path):
     lines = [ln.text for slide in deck.slides for ln in slide.transcript]
     assert any(t.startswith("cliente → smtpd: EHLO pc") for t in lines), lines
     assert any(t.startswith("smtpd → cliente: 250") for t in lines), lines
+    assert any(t.startswith("cliente → smtpd: [mensaje: 386 bytes, 13 líneas") for t in lines), lines
     english = build_deck(lesson, run, "en", work=tmp_path / "work-en")
     assert any(ln.text.startswith("client → smtpd") for s in english.slides for ln in s.transcript)
 

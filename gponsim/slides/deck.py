@@ -20,6 +20,7 @@ from gponsim.diagrams import draw_architecture, draw_sequence
 from gponsim.lessons.checks import _matches
 from gponsim.lessons.model import Lesson, is_text, text
 from gponsim.lessons.runner import reflow
+from gponsim.sinks.phrases import localize
 from gponsim.slides.words import word
 from gponsim.steps import Step, read_jsonl
 
@@ -111,7 +112,8 @@ def _transcript(steps: list[Step], highlight: set[int], lang: str) -> list[Line]
     kept_command = False
     for i, step in enumerate(steps):
         head = f"{actor(step.src, lang)} → {actor(step.dst, lang)}{' [TLS]' if step.tls else ''}: "
-        first = step.shown_line().replace("\t", " ").split("\n")[0]
+        # (gponsim's own words in a line, a message's summary: in the deck's language)
+        first = localize(step.shown_line(), lang).replace("\t", " ").split("\n")[0]
         extra = step.line.count("\n")
         failed = step.failed or step.meta.get("status") in ("bounced", "deferred")
         lines.append(Line(_fit(head + first + (f"  (+{extra})" if extra else "")), _speaker(step),
