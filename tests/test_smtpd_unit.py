@@ -299,3 +299,17 @@ def test_a_message_summary_shows_encoded_words_as_text():
     # What cannot be decoded stays as it came; a hidden line break does not reach the line.
     assert message_summary(b"Subject: =?nosuchcharset?q?x?=\n\n")["subject"] == "=?nosuchcharset?q?x?="
     assert message_summary(b"Subject: =?utf-8?q?a=0Ab?=\n\n")["subject"] == "a b"
+
+
+@pytest.mark.parametrize("message, end", [
+    (b"Subject: x\n\nbody\n", 10),                      # LF, as the lab stores it
+    (b"Subject: x\r\n\r\nbody\r\n\r\nmore\r\n", 11),   # CRLF, as on the wire: the first blank line
+    (b"A: 1\n\nB: 2\r\n\r\n", 4),                       # a bare LF blank line before a CRLF one
+    (b"A: 1\r\n\r\nB\n\n", 5),                          # and the other way round
+    (b"A: 1\r\nB: 2\r\n", -1),                          # no body at all
+    (b"", -1),
+])
+def test_the_header_section_ends_at_the_first_blank_line(message, end):
+    from gponsim.wire.smtp import header_end
+
+    assert header_end(message) == end

@@ -104,8 +104,11 @@ _SUMMARY_HEADERS = {b"from": "from", b"to": "to", b"subject": "subject", b"messa
 
 def header_end(message: bytes) -> int:
     """Where the header section of a message ends (its blank line, LF or CRLF), or -1."""
-    lf, crlf = message.find(b"\n\n"), message.find(b"\n\r\n")
-    return min(lf, crlf) if lf >= 0 and crlf >= 0 else max(lf, crlf)
+    crlf = message.find(b"\n\r\n")
+    if crlf < 0:
+        return message.find(b"\n\n")
+    lf = message.find(b"\n\n", 0, crlf + 1)     # only an earlier blank line can come first
+    return lf if lf >= 0 else crlf
 
 
 def message_summary(message: bytes) -> dict:
