@@ -27,7 +27,6 @@ from gponsim.steps import Step
 from gponsim.wire import smtp as wire
 
 _DOT_STUFFED = re.compile(rb"(?m)^\.")
-_MAILER = re.compile(rb"(?im)^(?:user-agent|x-mailer):[ \t]*(.+(?:\n[ \t].+)*)")
 _TLS_FIRST = frozenset((20, 21, 22, 23))
 #: The largest message kept whole for --extract and the summary (the rest is counted).
 MAX_MESSAGE = 64 << 20
@@ -114,16 +113,6 @@ def _b64(text: str) -> bytes | None:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
-
-
-def mailer_of(message: bytes) -> str | None:
-    """User-Agent or X-Mailer of a message (header section only)."""
-    head = message[:32768]
-    end = wire.header_end(head)
-    if end >= 0:
-        head = head[:end]
-    m = _MAILER.search(head)
-    return " ".join(_text(m.group(1)).split()) if m else None
 
 
 #: Commentary that speaks of the capture itself or of TLS, true whatever the server.
@@ -650,7 +639,7 @@ class SmtpDecoder(Decoder):
         if verb == "DATA":        # BDAT's reply answers the command and its chunk at once
             self.pending.append((verb, "msg"))
         self.info.messages += 1
-        mailer = mailer_of(raw)
+        mailer = step.meta.get("mailer")          # User-Agent or X-Mailer, as the Step shows it
         if mailer and mailer not in self.info.software:
             self.info.software.append(mailer)
         self.ctx.on_message(Message(self.session, "smtp", verb, raw, step.meta, self.t,
@@ -937,11 +926,12 @@ class ImapDecoder(_ConversationDecoder):
     def _message(self, verb: str, data: bytes, truncated: bool) -> None:
         message = data                    # the literal, as it crossed the wire
         self.info.messages += 1
-        mailer = mailer_of(message) if verb == "APPEND" else None   # not one it downloaded
+        meta = wire.message_summary(message)
+        mailer = meta.get("mailer") if verb == "APPEND" else None   # not one it downloaded
         if mailer and mailer not in self.info.software:
             self.info.software.append(mailer)
-        self.ctx.on_message(Message(self.session, "imap", verb, message,
-                                    wire.message_summary(message), self.t, truncated=truncated))
+        self.ctx.on_message(Message(self.session, "imap", verb, message, meta, self.t,
+                                    truncated=truncated))
 
     def text_gap(self, direction: str) -> None:
         super().text_gap(direction)
