@@ -91,6 +91,8 @@ def parse_mechanisms(value: str) -> list[str]:
 
 
 def _b64decode(text: str) -> bytes | None:
+    if text and not text.strip("="):
+        return b""                       # Dovecot's decoder: padding alone is empty data
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):

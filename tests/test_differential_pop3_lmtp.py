@@ -1,0 +1,247 @@
+"""Differential tests of POP3 clients the lesson scenarios do not cover:
+commands before login, USER/PASS/APOP/AUTH in odd orders, bad arguments,
+DELE/RSET, failed commands in a row, against gponsim and Debian's Dovecot 2.3
+configured from the same lab profile (see test_differential.py).
+
+The client is poplib, driven command by command (``_shortcmd``/``_longcmd``
+and ``_getline`` where Dovecot says one more line): every line either server
+sent is compared, and so is mail.log.
+
+Two values depend on the clock's phase, not on the program: the whole
+seconds in login-common's ``(... in N secs)``/``(... waited N secs)``
+(both ends of the interval are whole seconds, so 1.9 s can read 1 or 2 on
+either server); they are read as ``N`` here, and ``whole_secs`` is tested in
+tests/test_pop3_unit.py. Scenarios that fail a login use their own client
+address (127.0.0.x on 995) so that Dovecot's auth penalty of one does not
+delay the next.
+"""
+
+from __future__ import annotations
+
+import poplib
+import re
+import socket
+
+import pytest
+
+import differential as diff
+from reallab import available
+from test_differential import (HOST, IMAP_CAPABILITIES, figures, lab,  # noqa: F401 (fixtures)
+                               send_mail, unverified)
+
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.slow,
+    pytest.mark.skipif(available() is not None, reason=str(available())),
+]
+
+_SECS = re.compile(r"\b(in|waited) \d+ secs\b")
+
+
+def check(pair, name: str, script, deliberate=()) -> None:
+    replies, log = pair.run(name, script, deliberate)
+    for c in (replies, log):
+        c.real = [_SECS.sub(r"\1 N secs", line) for line in c.real]
+        c.gponsim = [_SECS.sub(r"\1 N secs", line) for line in c.gponsim]
+    diff.assert_same(replies, log)
+
+
+@pytest.fixture(scope="module")
+def two_messages(lab):  # noqa: F811 (the imported fixture)
+    """user2's INBOX holds two messages on both servers (the same ones)."""
+    for ports, read in ((lab.gponsim.ports, lambda: diff.log_since(lab.maillog, 0)),
+                        (lab.real.ports, lab.real.maillog)):
+        lab.real.settle()
+        send_mail(ports)
+        send_mail(ports)
+        diff.quiet(read, until=lambda lines: sum(line.endswith(": removed")
+                                                 for line in lines) >= 2)
+    return lab
+
+
+class SourcePOP3_SSL(diff.RecordingPOP3_SSL):
+    """poplib on 995 from a given address of 127/8 (its own auth penalty)."""
+
+    def __init__(self, host, port, source: str, **kw) -> None:
+        self.source = source
+        super().__init__(host, port, **kw)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+        return self.context.wrap_socket(sock, server_hostname=self.host)
+
+
+def ask(client, line: str, multi: bool = False) -> None:
+    """Send one command, read its answer (a -ERR is an answer too)."""
+    try:
+        if multi:
+            client._longcmd(line)
+        else:
+            client._shortcmd(line)
+    except poplib.error_proto:
+        pass
+
+
+def hangs_up(client) -> None:
+    """The server closed the connection: poplib reads nothing more."""
+    with pytest.raises((poplib.error_proto, OSError, EOFError)):
+        client._getline()
+    client.received.append("<closed>")
+
+
+def session(ports, commands, *, login: bool = True, source: str | None = None,
+            quit: bool = True) -> poplib.POP3:
+    client = (SourcePOP3_SSL(HOST, ports["pop3s"], source, context=unverified()) if source
+              else diff.RecordingPOP3(HOST, ports["pop3"]))
+    if login:
+        client.user("user2")
+        client.pass_("pass")
+    for command in commands:
+        multi = command.endswith("…")
+        ask(client, command.rstrip("…"), multi)
+    if quit:
+        ask(client, "QUIT")
+        client.close()
+    return client
+
+
+# ------------------------------------------------------------ before login
+
+def test_commands_before_login_and_the_third_unknown_one(two_messages):
+    """STAT, LIST, RETR are unknown to pop3-login; a valid command in
+    between starts the count again; the third in a row is answered, then
+    the client is dropped with one more line."""
+    def script(ports):
+        client = session(ports, ["STAT", "LIST", "CAPA…", "RETR 1", "NOOP"], login=False,
+                         quit=False)
+        ask(client, "foo bar")
+        client._getline()                      # -ERR Too many invalid bad commands.
+        hangs_up(client)
+        return client.received
+    check(two_messages, "POP3 commands before login (110)", script)
+
+
+def test_user_pass_orders_apop_and_empty_user(two_messages):
+    def script(ports):
+        client = session(ports, ["PASS pass", "USER user1", "USER user2", "APOP",
+                                 "APOP user2 0123456789abcdef0123456789abcdef",
+                                 "PASS pass", "CAPA…", "APOP x", "USER", "NOOP"], login=False)
+        return client.received
+    check(two_messages, "POP3 USER/PASS orders, APOP (110)", script)
+
+
+def test_empty_user_name_is_refused_by_the_auth_server(two_messages):
+    def script(ports):
+        return session(ports, ["USER", "PASS pass"], login=False, source="127.0.0.21").received
+    check(two_messages, "POP3 USER without a name (995)", script)
+
+
+# ------------------------------------------------------------------- AUTH
+
+def test_auth_unsupported_mechanism(two_messages):
+    def script(ports):
+        return session(ports, ["AUTH…", "AUTH FOO"], login=False).received
+    check(two_messages, "POP3 AUTH FOO (110)", script)
+
+
+def test_auth_bad_base64_initial_response(two_messages):
+    def script(ports):
+        return session(ports, ["AUTH PLAIN !!!"], login=False).received
+    check(two_messages, "POP3 AUTH PLAIN with bad base64 (110)", script)
+
+
+def test_auth_cancelled_with_a_star(two_messages):
+    def script(ports):
+        return session(ports, ["AUTH LOGIN", "*"], login=False).received
+    check(two_messages, "POP3 AUTH LOGIN cancelled (110)", script)
+
+
+def test_auth_cancelled_twice(two_messages):
+    def script(ports):
+        return session(ports, ["AUTH PLAIN", "*", "AUTH LOGIN", "*"], login=False).received
+    check(two_messages, "POP3 AUTH cancelled twice (110)", script)
+
+
+def test_auth_answer_that_is_not_base64_then_a_login(two_messages):
+    def script(ports):
+        first = session(ports, ["AUTH PLAIN", "!!!"], login=False)
+        second = session(ports, ["AUTH PLAIN", "!!!", "AUTH LOGIN dXNlcjI=", "cGFzcw==",
+                                 "STAT"], login=False)
+        return first.received + second.received
+    check(two_messages, "POP3 AUTH answer not base64 (110)", script)
+
+
+def test_auth_plain_with_an_empty_initial_response(two_messages):
+    """``AUTH PLAIN =``: an empty response, which PLAIN refuses (after the
+    failure delay); not a request for a challenge."""
+    def script(ports):
+        return session(ports, ["AUTH PLAIN ="], login=False, source="127.0.0.22").received
+    check(two_messages, "POP3 AUTH PLAIN = (995)", script)
+
+
+# ------------------------------------------------------------- logged in
+
+def test_message_numbers_and_sizes_as_dovecot_parses_them(two_messages):
+    def script(ports):
+        return session(ports, [
+            "LIST 1", "LIST 0", "LIST 3", "LIST x", "LIST 1 2", "LIST -1", "LIST  1", "LIST 1 ",
+            "LIST 01", "LIST 4294967295", "LIST 4294967296", "LIST 4294967296x", "LIST …",
+            "UIDL 0", "UIDL +1", "UIDL 1 2", "UIDL 2", "STAT x",
+            "RETR", "RETR 9", "RETR 1 2", "TOP", "TOP 1", "TOP x 1", "TOP 1 x", "TOP 1 -1",
+            "TOP 9 1", "TOP 1 1 1", "TOP 1 18446744073709551616", " LIST", "", "LAST", "noop",
+            "USER user1", "APOP a b"]).received
+    check(two_messages, "POP3 message numbers and sizes (110)", script)
+
+
+def test_top_beyond_the_body_and_with_no_limit(two_messages):
+    """TOP n 0, TOP with more lines than the body has (no extra empty line),
+    and TOP n 18446744073709551615, which is RETR (top= counts it)."""
+    def script(ports):
+        return session(ports, ["TOP 1 0…", "TOP 1 1…", "TOP 2 1000…",
+                               "TOP 1 18446744073709551615…"]).received
+    check(two_messages, "POP3 TOP (110)", script)
+
+
+def test_dele_then_the_same_message_and_rset(two_messages):
+    """A message marked with DELE is "deleted" for every command; RSET
+    undoes it, and QUIT then says no message was deleted."""
+    def script(ports):
+        return session(ports, ["DELE 1", "RETR 1", "LIST 1", "UIDL 1", "TOP 1 0", "DELE 1",
+                               "STAT", "LIST…", "UIDL…", "RSET", "STAT", "DELE 2", "RSET x",
+                               "NOOP x"]).received
+    check(two_messages, "POP3 DELE and RSET (110)", script)
+
+
+def test_rset_forgets_what_retr_would_mark_seen(two_messages):
+    """RETR, RSET, QUIT: the message stays unread. A second session's TOP
+    shows no difference, the flags do: IMAP sees no \\Seen."""
+    def script(ports):
+        first = session(ports, ["RETR 2…", "RSET"])
+        imap = diff.RecordingIMAP4(HOST, ports["imap"])
+        imap.login("user2", "pass")
+        imap.select("INBOX", readonly=True)
+        imap.fetch("2", "(FLAGS)")
+        imap.logout()
+        return first.received + [line for line in imap.received if "FLAGS (" in line
+                                 and line.startswith("* 2 FETCH")]
+    check(two_messages, "POP3 RSET after RETR (110)", script, [IMAP_CAPABILITIES])
+
+
+def test_twenty_one_failed_commands_in_a_row(two_messages):
+    """pop3 drops a client at its 21st failed command in a row; a command
+    that succeeds starts the count again."""
+    def script(ports):
+        client = session(ports, ["FOO"] * 19 + ["NOOP"] + ["LIST 9"] * 20, quit=False)
+        ask(client, "FOO")
+        client._getline()                      # -ERR Too many bad commands.
+        hangs_up(client)
+        return client.received
+    check(two_messages, "POP3 too many bad commands (110)", script)
+
+
+def test_quit_after_dele_expunges(two_messages):
+    """Runs last: it removes a message on both servers."""
+    def script(ports):
+        return session(ports, ["RETR 1…", "TOP 2 0…", "DELE 2"]).received
+    check(two_messages, "POP3 QUIT after DELE (110)", script)
