@@ -245,3 +245,150 @@ def test_quit_after_dele_expunges(two_messages):
     def script(ports):
         return session(ports, ["RETR 1…", "TOP 2 0…", "DELE 2"]).received
     check(two_messages, "POP3 QUIT after DELE (110)", script)
+
+
+# ------------------------------------------------------------------- LMTP
+# Dovecot's LMTP service as the profile's LMTP switch enables it, spoken to
+# on its Unix socket. Normalised besides differential.LOG_RULES: the lmtp
+# process id, the session ids with their :R<n>/:T<n> suffixes, and the real
+# instance's host name (Dovecot's default ``hostname`` is the machine's; the
+# lab server's is mail.gponlab.local, what gponsim says).
+
+LMTP_SOCKET = "/var/spool/postfix/private/dovecot-lmtp"
+MESSAGE = ["Subject: hola", "Message-ID: <lmtp-diff@pc1>", "", "Hola", "."]
+
+
+@pytest.fixture(scope="module")
+def lmtp_lab(figures):  # noqa: F811 (the imported fixture)
+    import shutil
+
+    from gponsim.config import apply_switch, init_config
+    from gponsim.config.profile import LMTP_SWITCH
+    from test_differential import Pair, _new_base
+
+    base = _new_base()
+    profile = base / "profile"
+    init_config(profile)
+    apply_switch(profile, LMTP_SWITCH)
+    pair = Pair(base, profile).start()
+    yield pair
+    pair.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class LmtpClient:
+    """A scripted LMTP client on a Unix socket, keeping every line it read."""
+
+    def __init__(self, path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(30)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rb")
+        self.received: list[str] = []
+        self.read()
+
+    def read(self, replies: int = 1) -> None:
+        for _ in range(replies):
+            while True:
+                line = self.file.readline().decode("utf-8", "replace").rstrip("\r\n")
+                self.received.append(line)
+                if len(line) < 4 or line[3] != "-":
+                    break
+
+    def send(self, line: str, replies: int = 1) -> None:
+        self.sock.sendall(line.encode() + b"\r\n")
+        self.read(replies)
+
+    def starttls(self) -> None:
+        self.send("STARTTLS")
+        self.file.close()
+        self.sock = unverified().wrap_socket(self.sock)
+        self.file = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+_LMTP_IDS = [(re.compile(r"lmtp\(\d+\)"), "lmtp(PID)"),
+             (re.compile(r"lmtp\((\w+)\)<(?:\d+|PID\d+)><(?:[A-Za-z0-9+/]{22}|S)"), r"lmtp(\1)<PID><S"),
+             (re.compile(r"(2\.0\.0 <[^>]*> )[A-Za-z0-9+/]{22}"), r"\1SID")]
+
+
+def check_lmtp(pair, name: str, script) -> None:
+    def run(ports):
+        side = pair.gponsim.root if ports is pair.gponsim.ports else pair.real.root
+        return script(side / LMTP_SOCKET.lstrip("/"))
+    replies, log = pair.run(name, run)
+    greeting = re.match(r"220 (\S+) ", replies.real[0]) if replies.real else None
+    for c in (replies, log):
+        if greeting:
+            c.real = [re.sub(rf"(?<=^220 |^250-){re.escape(greeting.group(1))}$|"
+                             rf"(?<=^220 ){re.escape(greeting.group(1))}(?= )",
+                             "mail.gponlab.local", line) for line in c.real]
+        for pattern, replacement in _LMTP_IDS:
+            c.real = [pattern.sub(replacement, line) for line in c.real]
+            c.gponsim = [pattern.sub(replacement, line) for line in c.gponsim]
+    diff.assert_same(replies, log)
+
+
+def test_lmtp_vrfy_and_a_client_that_never_says_lhlo(lmtp_lab):
+    """VRFY's parameter is checked; without LHLO (or MAIL, RSET) the
+    connection's state is still GREETING when it ends."""
+    def script(path):
+        client = LmtpClient(path)
+        for line in ("VRFY", "VRFY user2", "VRFY a b", "NOOP", "HELO x", "QUIT"):
+            client.send(line)
+        client.close()
+        return client.received
+    check_lmtp(lmtp_lab, "LMTP VRFY, no LHLO", script)
+
+
+def test_lmtp_lhlo_offers_starttls_and_delivery_under_tls(lmtp_lab):
+    """Dovecot has a certificate (ssl = yes): LHLO offers STARTTLS, and
+    after the handshake it does not, and a second STARTTLS is refused."""
+    def script(path):
+        client = LmtpClient(path)
+        client.send("LHLO pc1")
+        client.starttls()
+        client.send("LHLO pc1")
+        client.send("STARTTLS")
+        client.send("MAIL FROM:<user1@gponlab.local>")
+        client.send("RCPT TO:<user2@gponlab.local>")
+        client.send("DATA")
+        for line in MESSAGE[:-1]:
+            client.sock.sendall(line.encode() + b"\r\n")
+        client.send(MESSAGE[-1])
+        client.send("QUIT")
+        client.close()
+        return client.received
+    check_lmtp(lmtp_lab, "LMTP STARTTLS", script)
+
+
+def test_lmtp_recipients_rset_and_one_reply_each(lmtp_lab):
+    def script(path):
+        client = LmtpClient(path)
+        for line in ("LHLO pc1", "RCPT TO:<user2@gponlab.local>", "MAIL FROM:<>",
+                     "RCPT TO:<user2@gponlab.local>", "RCPT TO:<nadie@gponlab.local>",
+                     "RCPT TO:<User1@Other.Org>", "RCPT TO:<user2+x@gponlab.local>", "DATA"):
+            client.send(line)
+        for line in MESSAGE[:-1]:
+            client.sock.sendall(line.encode() + b"\r\n")
+        client.send(MESSAGE[-1], replies=3)
+        for line in ("MAIL FROM:<user1@gponlab.local>", "RCPT TO:<user1@gponlab.local>",
+                     "RSET", "DATA", "QUIT"):
+            client.send(line)
+        client.close()
+        return client.received
+    check_lmtp(lmtp_lab, "LMTP several recipients, RSET", script)
+
+
+def test_lmtp_client_hanging_up_in_data(lmtp_lab):
+    def script(path):
+        client = LmtpClient(path)
+        for line in ("LHLO pc1", "MAIL FROM:<a@b>", "RCPT TO:<user2@gponlab.local>", "DATA"):
+            client.send(line)
+        client.sock.sendall(b"Subject: sin terminar\r\n")
+        client.close()
+        return client.received
+    check_lmtp(lmtp_lab, "LMTP hang-up in DATA", script)
