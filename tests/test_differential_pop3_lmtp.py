@@ -137,6 +137,28 @@ def test_empty_user_name_is_refused_by_the_auth_server(two_messages):
     check(two_messages, "POP3 USER without a name (995)", script)
 
 
+def test_user_keeps_its_spaces(two_messages):
+    """``USER  user2`` (two spaces): pop3-login keeps the name as typed."""
+    def script(ports):
+        return session(ports, ["USER  user2", "PASS pass"], login=False,
+                       source="127.0.0.23").received
+    check(two_messages, "POP3 USER with two spaces (995)", script)
+
+
+def test_long_lines_before_and_after_login(two_messages):
+    """pop3-login takes 1024 bytes after the command name; pop3 a line of
+    2046 bytes. Longer: the last word, and the connection is closed."""
+    def script(ports):
+        first = session(ports, ["NOOP " + "y" * 1024], login=False, quit=False)
+        ask(first, "AB " + "y" * 1025)
+        hangs_up(first)
+        second = session(ports, ["NOOP " + "y" * 2041], quit=False)
+        ask(second, "NOOP " + "y" * 2042)
+        hangs_up(second)
+        return first.received + second.received
+    check(two_messages, "POP3 long lines (110)", script)
+
+
 # ------------------------------------------------------------------- AUTH
 
 def test_auth_unsupported_mechanism(two_messages):

@@ -402,3 +402,32 @@ def test_login_common_counts_whole_seconds():
     assert whole_secs(11.2, 10.9) == 1          # ioloop_time - created.tv_sec
     assert whole_secs(11.9, 11.0) == 0
     assert whole_secs(13.0, 10.99) == 3
+
+
+def test_line_limits_before_and_after_login(mem, inbox):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send("NOOP " + "y" * 1024) == ["-ERR Unknown command."]
+    assert c.send("AB " + "y" * 1025) == ["-ERR Input buffer full, aborting"]
+    assert c.closed
+    c.drop()
+    assert re.fullmatch(r"pop3-login: Disconnected: Input buffer full \(no auth attempts in 0 "
+                        r"secs\): user=<>, .*", mem.log_lines[-1])
+    c = logged_in(mem)
+    assert c.send("NOOP " + "y" * 2041) == ["+OK"]               # 2046 bytes
+    assert c.send("NOOP " + "y" * 2042) == ["-ERR Input line too long."]
+    assert c.closed
+    c.drop()
+    assert re.fullmatch(r"pop3\(user2\)<\d+><[^>]+>: Disconnected: Input line too long "
+                        r"top=0/0, retr=0/0, del=0/2, size=\d+", mem.log_lines[-1])
+
+
+def test_pop3_login_keeps_the_spaces_of_user(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send("USER  user2") == ["+OK"]
+    assert c.send("PASS pass", seconds=3) == ["-ERR [AUTH] Authentication failed."]
+    assert c.send("QUIT") == ["+OK Logging out"]
+    c.drop()
+    assert re.search(r"\(auth failed, 1 attempts in \d+ secs\): user=< user2>, method=PLAIN, ",
+                     mem.log_lines[-1]), mem.log_lines[-1]

@@ -84,7 +84,12 @@ class _Tap:
 class Pop3Server(MailWork, LoginCommon, pop3.POP3):
     ACTOR, STARTTLS_VERB = "pop3", "STLS"
     BYE_PREFIX = b"-ERR "
-    MAX_LENGTH = 16384
+    #: the longest command line (without CRLF) pop3 takes once logged in;
+    #: 2047 bytes get "-ERR Input line too long." (measured on Dovecot 2.3.19)
+    MAX_LENGTH = 2046
+    #: before login, pop3-login takes at most this many bytes after the
+    #: command name and its space; more: "-ERR Input buffer full, aborting"
+    MAX_LOGIN_ARGS = 1024
     delimiter = b"\r\n"
 
     def __init__(self, ctx: ImapContext, tls_options=None, implicit_tls: bool = False) -> None:
@@ -186,7 +191,11 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line):
+        if self.user is None:
+            self._login_disconnect("Input buffer full", b"-ERR Input buffer full, aborting")
+            return
         self.err("Input line too long.")
+        self._end_reason = "Input line too long"
         self.transport.loseConnection()
 
     # -------------------------------------------------------------- dispatch
@@ -202,7 +211,11 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         # the arguments are skipped, anything else is kept ("LIST 1 " is noise)
         verb, _, args = text.partition(" ")
         verb = verb.upper()
-        args = args.lstrip(" ")
+        if self.user is None and len(line) - len(verb) - 1 > self.MAX_LOGIN_ARGS:
+            self.lineLengthExceeded(line)
+            return
+        if self.user is not None:           # (pop3-login keeps them: "USER  x" is " x")
+            args = args.lstrip(" ")
         if self.blocked is not None:
             self.blocked.append((verb, (args,)))
             return
@@ -338,8 +351,9 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             self.err("[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
                      "connections.")
             return
-        # (an empty name is accepted too: the auth server refuses it at PASS)
-        self.pending_user = args.strip()
+        # as typed, spaces included; an empty name is accepted too (the auth
+        # server refuses both at PASS)
+        self.pending_user = args
         self.ok()
 
     def cmd_APOP(self, args: str) -> None:
