@@ -26,8 +26,8 @@ import pytest
 
 import differential as diff
 from reallab import available
-from test_differential import (HOST, IMAP_CAPABILITIES, figures, lab,  # noqa: F401 (fixtures)
-                               send_mail, unverified)
+from test_differential import (HOST, IMAP_CAPABILITIES, edited, figures,  # noqa: F401
+                               lab, send_mail, unverified)
 
 pytestmark = [
     pytest.mark.postfix,
@@ -200,6 +200,31 @@ def test_auth_plain_with_an_empty_initial_response(two_messages):
     def script(ports):
         return session(ports, ["AUTH PLAIN ="], login=False, source="127.0.0.22").received
     check(two_messages, "POP3 AUTH PLAIN = (995)", script)
+
+
+# ---------------------------------------- auth_verbose = yes (the lesson's edit)
+
+def test_auth_verbose_why_the_auth_process_refused(edited):  # noqa: F811
+    """The auth process names what its mechanism refused: an empty user
+    name, a character outside auth_username_chars, an empty PLAIN response,
+    a login as another user (no master passdb), bad base64."""
+    def script(ports):
+        received = []
+        for source, commands in (("127.0.0.51", ["USER", "PASS pass"]),
+                                 ("127.0.0.52", ["USER us er", "PASS pass"]),
+                                 ("127.0.0.53", ["AUTH PLAIN ="]),
+                                 ("127.0.0.54", ["AUTH PLAIN dXNlcjEAdXNlcjIAcGFzcw=="]),
+                                 ("127.0.0.55", ["AUTH PLAIN !!!"])):
+            received += session(ports, commands, login=False, source=source).received
+        return received
+    check(edited, "auth_verbose: refused by the mechanism (POP3 995)", script)
+
+
+def test_auth_verbose_what_pop3_login_refused(edited):  # noqa: F811
+    def script(ports):
+        return session(ports, ["APOP a b", "AUTH FOO", "APOP a b", "AUTH PLAIN", "*",
+                               "AUTH LOGIN", "!!!"], login=False, source="127.0.0.56").received
+    check(edited, "auth_verbose: refused by pop3-login (POP3 995)", script)
 
 
 # ------------------------------------------------------------- logged in

@@ -431,3 +431,33 @@ def test_pop3_login_keeps_the_spaces_of_user(mem):
     c.drop()
     assert re.search(r"\(auth failed, 1 attempts in \d+ secs\): user=< user2>, method=PLAIN, ",
                      mem.log_lines[-1]), mem.log_lines[-1]
+
+
+def test_auth_verbose_lines_of_the_mechanism_and_of_pop3_login(tmp_path, utc):
+    from gponsim.server.dovecot.imap import ImapSettings
+
+    lab = MemoryLab(tmp_path, settings=ImapSettings(auth_verbose=True))
+    lab.auth_server.verbose, lab.auth_server.log = True, lab.log_lines.append
+    try:
+        c = lab.pop3(local=True)
+        c.lines()
+        assert c.send("APOP a b") == ["-ERR APOP not enabled."]
+        assert c.send("AUTH FOO") == ["-ERR [AUTH] Unsupported authentication mechanism."]
+        assert c.send("AUTH PLAIN") == ["+ "]
+        assert c.send("!!!") == ["-ERR [AUTH] Invalid base64 in response"]
+        assert c.send("USER us er") == ["+OK"]
+        assert c.send("PASS pass", seconds=3) == ["-ERR [AUTH] Authentication failed."]
+        addr = r"rip=192\.168\.1\.1, lip=192\.168\.1\.1, secured, session=<[^>]+>"
+        # (as the real pop3-login and auth wrote them: tests/test_differential_pop3_lmtp.py)
+        expected = [r"pop3-login: APOP failed: APOP not enabled: user=<>, " + addr,
+                    r"pop3-login: Authenticate FOO failed: Unsupported authentication "
+                    r"mechanism\.: user=<>, method=FOO, " + addr,
+                    r"pop3-login: Authenticate PLAIN failed: Invalid base64 in response: "
+                    r"user=<>, method=PLAIN, " + addr,
+                    r"auth: plain\(\?,192\.168\.1\.1,<[^>]+>\): Username character disallowed "
+                    r"by auth_username_chars: 0x20 \(username: us er\)"]
+        assert len(lab.log_lines) == len(expected), lab.log_lines
+        for line, pattern in zip(lab.log_lines, expected):
+            assert re.fullmatch(pattern, line), line
+    finally:
+        lab.close()

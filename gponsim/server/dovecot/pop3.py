@@ -359,7 +359,17 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
     def cmd_APOP(self, args: str) -> None:
         # no passdb of the lab gives plaintext passwords: pop3-login sent no
         # APOP challenge in its greeting
+        self._verbose_failure("APOP failed: APOP not enabled")
         self.err("APOP not enabled.")
+
+    def _verbose_failure(self, text: str) -> None:
+        """auth_verbose = yes: pop3-login says why an attempt failed, in its
+        log format (an element whose value is empty, as method= before any
+        AUTH, is left out)."""
+        if not self.settings.auth_verbose:
+            return
+        who = f"user=<{self._last_user or ''}>, " + (f"method={self._mech}, " if self._mech else "")
+        self.lab.log(f"pop3-login: {text}: {who}{self._addr_text()}")
 
     def cmd_PASS(self, args: str) -> None:
         if self.pending_user is None:
@@ -385,6 +395,8 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             self._login_started = self._login_started or time.time()
             self._mech = mech
             self._last_auth_fail = "tried to use unsupported auth mechanism"
+            self._verbose_failure(f"Authenticate {mech} failed: Unsupported authentication "
+                                  "mechanism.")
             self.err("[AUTH] Unsupported authentication mechanism.")
             return
         if not self.plaintext_ok:
@@ -396,11 +408,17 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         initial = words[1] if len(words) > 1 else None
         self._mech = mech
         if initial is not None and not _base64(initial):
-            # login-common checks it before asking the auth server
+            # the auth server refuses it at once, without delay or penalty
+            # (the lab's client checks it itself, as Postfix's does); with
+            # auth_verbose it says so in the auth process's words
             self.conv.in_auth = False
             self._login_attempts += 1
             self._login_started = self._login_started or time.time()
             self._last_auth_fail = "sent invalid base64 in response"
+            if self.settings.auth_verbose:
+                self.lab.log(f"auth: {mech.lower()}(?,{self.client_ip},"
+                             f"<{self._dovecot_session}>): Invalid base64 data in initial "
+                             "response")
             self.err("[AUTH] Invalid base64 data in initial response")
             return
         self._start_sasl(mech, initial)
@@ -411,6 +429,7 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             return
         self._login_attempts += 1
         self._login_started = self._login_started or time.time()
+        self._last_auth_fail = None
         self._hold()
         d = self.lab.auth.start(mech, service="pop3", lip=self.server_ip, rip=self.client_ip,
                                 secured=self.secured, resp_b64=resp, session=self.session,
@@ -463,6 +482,9 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             self._failed += 1
             self._auth_abandoned = True
             self.conv.in_auth = False
+            if text != "*":
+                self._verbose_failure(f"Authenticate {self._mech} failed: Invalid base64 in "
+                                      "response")
             self.err("Authentication aborted by client." if text == "*"
                      else "[AUTH] Invalid base64 in response")
             return
