@@ -92,7 +92,7 @@ LOG_RULES = [
     _numbered(_QID.pattern, "QID"),
     _fixed(r"delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+", "delay=D, delays=D/D/D/D"),
     _fixed(r"session=<[A-Za-z0-9+/]+>", "session=<S>"),
-    _fixed(r"(passwd-file\([^)]*,)<[A-Za-z0-9+/]+>\)", r"\1<S>)"),   # auth_verbose
+    _fixed(r"(auth: [\w-]+\([^)]*,)<[A-Za-z0-9+/]+>\)", r"\1<S>)"),   # auth_verbose
     _numbered(r"\((\w+)\)<(\d+)><[A-Za-z0-9+/]+>", "PID", 2),        # imap(user)<pid><session>
     _fixed(r"(\(\w+\)<PID\d+>)<[A-Za-z0-9+/]+>", r"\1<S>"),
     _numbered(r"mpid=(\d+)", "MPID", 1),

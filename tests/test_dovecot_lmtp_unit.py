@@ -177,6 +177,9 @@ def test_several_recipients_one_reply_each(s):
     ("NOOP x", "250 2.0.0 OK"),
     ("noop", "250 2.0.0 OK"),
     ("VRFY user2", "252 2.3.3 Try RCPT instead"),
+    ("VRFY", "501 5.5.4 Invalid parameters"),
+    ("VRFY a b", "501 5.5.4 Invalid string parameter: Invalid character in string"),
+    ("STARTTLS", "500 5.5.1 Unknown command"),           # (no certificate: ssl = no)
     ("RSET x", "501 5.5.4 Invalid parameters"),
     ("QUIT x", "501 5.5.4 Invalid parameters"),
     ("DATA", "503 5.5.0 MAIL needed first"),
@@ -283,3 +286,51 @@ def test_idle_timeout(s):
     s.proto.connectionLost(None)
     assert s.log()[-1] == (f"lmtp({s.service.pid}): Disconnect from local: Disconnected for "
                            "inactivity (state=READY)")
+
+
+def test_a_client_that_never_greets_leaves_in_state_greeting(tmp_path):
+    session = Session(tmp_path)
+    session.out()
+    assert session.cmd("VRFY user2") == ["252 2.3.3 Try RCPT instead"]
+    assert session.cmd("QUIT") == ["221 2.0.0 Bye"]
+    session.proto.connectionLost(None)
+    assert session.log()[-1] == (f"lmtp({session.service.pid}): Disconnect from local: "
+                                 "Logged out (state=GREETING)")
+
+
+def test_client_hangs_up_in_data(s):
+    assert s.send("MAIL FROM:<a@b>\r\nRCPT TO:<user2@gponlab.local>\r\nDATA\r\n"
+                  "Subject: x\r\n") == ["250 2.1.0 OK", "250 2.1.5 OK", "354 OK"]
+    s.proto.connectionLost(None)
+    assert s.log()[-1] == (f"lmtp({s.service.pid}): Disconnect from local: Connection closed "
+                           "(unfinished DATA command) (state=DATA)")
+
+
+class _TLSTransport(StringTransport):
+    """A transport that can start TLS (what a Unix socket of Twisted's can)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.tls_started = None
+
+    def startTLS(self, ctx):
+        self.tls_started = ctx
+
+
+def test_starttls_when_dovecot_has_a_certificate(tmp_path):
+    from zope.interface import directlyProvides
+    from twisted.internet.interfaces import ITLSTransport
+
+    session = Session(tmp_path)
+    session.service.tls_options = options = object()
+    session.proto = DovecotLmtp(session.service, session.path)
+    session.transport = _TLSTransport(peerAddress=UNIXAddress(None),
+                                      hostAddress=UNIXAddress(str(session.path)))
+    directlyProvides(session.transport, ITLSTransport)
+    session.proto.makeConnection(session.transport)
+    session.out()
+    assert session.cmd("LHLO pc1") == LHLO[:-1] + ["250-PIPELINING", "250 STARTTLS"]
+    assert session.cmd("STARTTLS") == ["220 2.0.0 Begin TLS negotiation now."]
+    assert session.transport.tls_started is options
+    assert session.cmd("LHLO pc1") == LHLO
+    assert session.cmd("STARTTLS") == ["502 5.5.1 TLS is already active."]

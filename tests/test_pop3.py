@@ -91,7 +91,7 @@ def test_retr_top_uidl_dele_rset_quit(lab):
     assert p.dele(1) == b"+OK Marked to be deleted."
     with pytest.raises(poplib.error_proto) as err:
         p.retr(1)
-    assert err.value.args[0] == b"-ERR There's no message 1."
+    assert err.value.args[0] == b"-ERR Message is deleted."
     assert p.rset() == b"+OK"
     p.dele(1)
     assert p.quit() == b"+OK Logging out, messages deleted."

@@ -154,7 +154,7 @@ def test_auth_plain_login_abort_and_mechanism_list(mem):
     c = mem.pop3(local=True)
     c.lines()
     assert c.send("AUTH") == ["+OK", "PLAIN", "LOGIN", "."]
-    assert c.send("AUTH CRAM-MD5") == ["-ERR Unsupported authentication mechanism."]
+    assert c.send("AUTH CRAM-MD5") == ["-ERR [AUTH] Unsupported authentication mechanism."]
     assert c.send("AUTH PLAIN") == ["+ "]
     assert c.send("*") == ["-ERR Authentication aborted by client."]
     assert c.send("AUTH LOGIN") == ["+ VXNlcm5hbWU6"]
@@ -222,14 +222,16 @@ def test_top(mem, inbox):
     mem.reactor.drive()
     head, _, body = FIRST.partition(b"\r\n\r\n")
     assert c.read() == b"+OK\r\n" + head + b"\r\n\r\n..punto al principio\r\n.\r\n"
-    assert c.send("TOP 1") == ["-ERR Invalid number of arguments."]
-    assert c.send("TOP 1 -1") == ["-ERR Invalid number of lines: -1"]
+    # Dovecot's get_msgnum/get_size texts (compared with the real pop3 in
+    # test_differential_pop3_lmtp.py)
+    assert c.send("TOP 1") == ["-ERR Noise after message number: "]
+    assert c.send("TOP 1 -1") == ["-ERR Invalid size: -1"]
 
 
 def test_dele_rset_and_quit_removes_the_deleted(mem, inbox):
     c = logged_in(mem)
     assert c.send("DELE 1") == ["+OK Marked to be deleted."]
-    assert c.send("RETR 1") == ["-ERR There's no message 1."]
+    assert c.send("RETR 1") == ["-ERR Message is deleted."]
     assert c.send("STAT") == [f"+OK 1 {len(SECOND_MESSAGE)}"]
     assert c.send("RSET") == ["+OK"]
     assert c.send("STAT")[0].startswith("+OK 2 ")
@@ -270,12 +272,15 @@ def test_login_timeout(mem):
                         r"user=<>, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
 
 
-def test_a_fourth_unknown_command_before_login_drops_the_client(mem):
+def test_a_third_unknown_command_in_a_row_before_login_drops_the_client(mem):
+    """pop3-login answers it, then drops the client at once; a valid command
+    in between starts the count again (as the real pop3-login does)."""
     c = mem.pop3(local=True)
     c.lines()
-    for verb in ("BOGUS", "CAPA", "BOGUS", "BOGUS"):
+    for verb in ("BOGUS", "BOGUS", "CAPA", "BOGUS", "BOGUS"):
         assert c.send(verb)[0] in ("-ERR Unknown command.", "+OK")
-    assert c.send("BOGUS") == ["-ERR Too many invalid bad commands."]
+    assert not c.closed
+    assert c.send("BOGUS") == ["-ERR Unknown command.", "-ERR Too many invalid bad commands."]
     assert c.closed
     assert re.fullmatch(r"pop3-login: Disconnected: Disconnected: Too many bad commands \(no auth "
                         r"attempts in 0 secs\): user=<>, rip=192\.168\.1\.1, .*", mem.log_lines[-1])
@@ -293,3 +298,166 @@ def test_logins_whose_client_left_at_once_do_not_count_for_the_userip_limit(mem)
     assert mem.ctx.open_sessions(("pop3", "192.168.1.1", "user2")) == 1
     c.drop()
     assert mem.ctx.sessions == {}
+
+
+# ------------------------------------------------ as the real pop3 answers (differential)
+
+def test_message_numbers_are_parsed_as_dovecot_does(mem, inbox):
+    c = logged_in(mem)
+    assert c.send("LIST  1") == [f"+OK 1 {len(FIRST)}"]           # leading spaces skipped
+    assert c.send("LIST 1 ") == ["-ERR Noise after message number:  "]
+    assert c.send("LIST 1 2") == ["-ERR Noise after message number:  2"]
+    assert c.send("LIST -1") == ["-ERR Invalid message number: -1"]
+    assert c.send("UIDL +1") == ["-ERR Invalid message number: +1"]
+    assert c.send("LIST 4294967296x") == ["-ERR Message number too large: x"]
+    assert c.send("RETR") == ["-ERR Invalid message number: "]
+    assert c.send("TOP x 1") == ["-ERR Invalid message number: x 1"]
+    assert c.send("TOP 1 1 1") == ["-ERR Noise after size:  1"]
+    assert c.send("TOP 1 18446744073709551616") == ["-ERR Size too large: 18446744073709551616"]
+    assert c.send(" LIST") == ["-ERR Unknown command."]
+    assert c.send("DELE 2") == ["+OK Marked to be deleted."]
+    assert c.send("UIDL 2") == ["-ERR Message is deleted."]
+    assert c.send("DELE 2") == ["-ERR Message is deleted."]
+
+
+def test_top_past_the_end_of_the_body_and_without_limit(mem, inbox):
+    c = logged_in(mem)
+    c.server.dataReceived(b"TOP 2 50\r\n")
+    mem.reactor.drive()
+    assert c.read() == b"+OK\r\n" + SECOND_MESSAGE + b".\r\n"      # no line added
+    c.server.dataReceived(b"TOP 2 18446744073709551615\r\n")       # (uoff_t)-1: no limit
+    mem.reactor.drive()
+    assert c.read() == b"+OK %d octets\r\n" % len(SECOND_MESSAGE) + SECOND_MESSAGE + b".\r\n"
+    assert c.send("QUIT") == ["+OK Logging out."]
+    top = 2 * len(b"+OK\r\n" + SECOND_MESSAGE) + len(b"%d octets" % len(SECOND_MESSAGE)) + 1
+    assert f"top=2/{top}, retr=0/0" in mem.log_lines[-1]
+    assert b"X-UID: 2\nStatus: RO\n" in inbox.read_bytes()      # like RETR: \\Seen
+
+
+def test_rset_forgets_the_messages_retr_would_mark_seen(mem, inbox):
+    c = logged_in(mem)
+    c.server.dataReceived(b"RETR 1\r\n")
+    mem.reactor.drive()
+    c.read()
+    assert c.send("RSET") == ["+OK"]
+    assert c.send("QUIT") == ["+OK Logging out."]
+    assert b"Status: RO" not in inbox.read_bytes()
+
+
+def test_the_21st_failed_command_in_a_row_drops_a_logged_in_client(mem, inbox):
+    c = logged_in(mem)
+    for _ in range(19):
+        assert c.send("FOO") == ["-ERR Unknown command: FOO"]
+    assert c.send("NOOP") == ["+OK"]                              # starts the count again
+    for _ in range(20):
+        assert c.send("LIST 9") == ["-ERR There's no message 9."]
+    assert not c.closed
+    assert c.send("RETR 0") == ["-ERR There's no message 0.", "-ERR Too many bad commands."]
+    assert c.closed
+    c.drop()
+    assert re.fullmatch(r"pop3\(user2\)<\d+><[^>]+>: Disconnected: Too many bad commands\. "
+                        r"top=0/0, retr=0/0, del=0/2, size=\d+", mem.log_lines[-1])
+
+
+def test_apop_empty_user_and_auth_errors_before_login(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    for _ in range(3):                                   # not counted as bad commands
+        assert c.send("APOP user2 0123456789abcdef") == ["-ERR APOP not enabled."]
+    assert c.send("USER") == ["+OK"]
+    assert c.send("PASS pass", seconds=3) == ["-ERR [AUTH] Authentication failed."]
+    # checked by pop3-login itself: no failure delay, no auth penalty
+    assert c.send("AUTH PLAIN !!!") == ["-ERR [AUTH] Invalid base64 data in initial response"]
+    # an empty initial response, refused by PLAIN (after the penalty and the delay)
+    assert c.send("AUTH PLAIN =", seconds=5) == []
+    assert c.send(b"", seconds=2) == ["-ERR [AUTH] Authentication failed."]
+    assert c.send("AUTH PLAIN", seconds=10) == ["+ "]
+    assert c.send("!!!") == ["-ERR [AUTH] Invalid base64 in response"]
+    assert c.send("AUTH FOO") == ["-ERR [AUTH] Unsupported authentication mechanism."]
+    assert c.send("QUIT") == ["+OK Logging out"]
+    c.drop()
+    assert re.fullmatch(r"pop3-login: Disconnected: Aborted login by logging out \(tried to use "
+                        r"unsupported auth mechanism\): user=<>, method=FOO, .*", mem.log_lines[-1])
+
+
+@pytest.mark.parametrize("answers, why", [
+    (["AUTH LOGIN", "*"], r"client didn't finish SASL auth, waited 0 secs"),
+    (["AUTH PLAIN", "!!!"], r"client didn't finish SASL auth, waited 0 secs"),
+    (["AUTH PLAIN", "*", "AUTH PLAIN", "*"], r"auth failed, 2 attempts in 0 secs"),
+    (["AUTH PLAIN !!!"], r"sent invalid base64 in response"),
+])
+def test_why_pop3_login_says_a_client_left(mem, answers, why):
+    c = mem.pop3(local=True)
+    c.lines()
+    for line in answers:
+        c.send(line)
+    assert c.send("QUIT") == ["+OK Logging out"]
+    c.drop()
+    assert re.fullmatch(rf"pop3-login: Disconnected: Aborted login by logging out \({why}\): "
+                        r"user=<>, method=\w+, .*", mem.log_lines[-1]), mem.log_lines[-1]
+
+
+def test_login_common_counts_whole_seconds():
+    from gponsim.server.dovecot.login import whole_secs
+    assert whole_secs(11.2, 10.9) == 1          # ioloop_time - created.tv_sec
+    assert whole_secs(11.9, 11.0) == 0
+    assert whole_secs(13.0, 10.99) == 3
+
+
+def test_line_limits_before_and_after_login(mem, inbox):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send("NOOP " + "y" * 1024) == ["-ERR Unknown command."]
+    assert c.send("AB " + "y" * 1025) == ["-ERR Input buffer full, aborting"]
+    assert c.closed
+    c.drop()
+    assert re.fullmatch(r"pop3-login: Disconnected: Input buffer full \(no auth attempts in 0 "
+                        r"secs\): user=<>, .*", mem.log_lines[-1])
+    c = logged_in(mem)
+    assert c.send("NOOP " + "y" * 2041) == ["+OK"]               # 2046 bytes
+    assert c.send("NOOP " + "y" * 2042) == ["-ERR Input line too long."]
+    assert c.closed
+    c.drop()
+    assert re.fullmatch(r"pop3\(user2\)<\d+><[^>]+>: Disconnected: Input line too long "
+                        r"top=0/0, retr=0/0, del=0/2, size=\d+", mem.log_lines[-1])
+
+
+def test_pop3_login_keeps_the_spaces_of_user(mem):
+    c = mem.pop3(local=True)
+    c.lines()
+    assert c.send("USER  user2") == ["+OK"]
+    assert c.send("PASS pass", seconds=3) == ["-ERR [AUTH] Authentication failed."]
+    assert c.send("QUIT") == ["+OK Logging out"]
+    c.drop()
+    assert re.search(r"\(auth failed, 1 attempts in \d+ secs\): user=< user2>, method=PLAIN, ",
+                     mem.log_lines[-1]), mem.log_lines[-1]
+
+
+def test_auth_verbose_lines_of_the_mechanism_and_of_pop3_login(tmp_path, utc):
+    from gponsim.server.dovecot.imap import ImapSettings
+
+    lab = MemoryLab(tmp_path, settings=ImapSettings(auth_verbose=True))
+    lab.auth_server.verbose, lab.auth_server.log = True, lab.log_lines.append
+    try:
+        c = lab.pop3(local=True)
+        c.lines()
+        assert c.send("APOP a b") == ["-ERR APOP not enabled."]
+        assert c.send("AUTH FOO") == ["-ERR [AUTH] Unsupported authentication mechanism."]
+        assert c.send("AUTH PLAIN") == ["+ "]
+        assert c.send("!!!") == ["-ERR [AUTH] Invalid base64 in response"]
+        assert c.send("USER us er") == ["+OK"]
+        assert c.send("PASS pass", seconds=3) == ["-ERR [AUTH] Authentication failed."]
+        addr = r"rip=192\.168\.1\.1, lip=192\.168\.1\.1, secured, session=<[^>]+>"
+        # (as the real pop3-login and auth wrote them: tests/test_differential_pop3_lmtp.py)
+        expected = [r"pop3-login: APOP failed: APOP not enabled: user=<>, " + addr,
+                    r"pop3-login: Authenticate FOO failed: Unsupported authentication "
+                    r"mechanism\.: user=<>, method=FOO, " + addr,
+                    r"pop3-login: Authenticate PLAIN failed: Invalid base64 in response: "
+                    r"user=<>, method=PLAIN, " + addr,
+                    r"auth: plain\(\?,192\.168\.1\.1,<[^>]+>\): Username character disallowed "
+                    r"by auth_username_chars: 0x20 \(username: us er\)"]
+        assert len(lab.log_lines) == len(expected), lab.log_lines
+        for line, pattern in zip(lab.log_lines, expected):
+            assert re.fullmatch(pattern, line), line
+    finally:
+        lab.close()

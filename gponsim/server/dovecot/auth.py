@@ -91,6 +91,8 @@ def parse_mechanisms(value: str) -> list[str]:
 
 
 def _b64decode(text: str) -> bytes | None:
+    if text and not text.strip("="):
+        return b""                       # Dovecot's decoder: padding alone is empty data
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
@@ -280,6 +282,8 @@ class AuthConnection(LineOnlyReceiver):
         if resp:                                 # an empty resp= is no response
             data = _b64decode(resp)
             if data is None:
+                request.rip = params.get("rip") or None
+                self._verbose(request, "Invalid base64 data in initial response")
                 self._fail_now(request, "Invalid base64 data in initial response")
                 return
         self._wait_penalty(request, params, data)
@@ -361,11 +365,27 @@ class AuthConnection(LineOnlyReceiver):
         request.accept_cont = True
         self.send(f"CONT\t{request.id}\t{base64.b64encode(challenge).decode('ascii')}")
 
+    def _verbose(self, request: _Request, text: str) -> None:
+        """auth_verbose = yes: why the mechanism refused the request
+        (``auth: plain(?,<rip>,<session>): Empty username``)."""
+        if not self.factory.verbose:
+            return
+        where = ",".join(x for x in (request.user or "?", request.rip) if x)
+        if request.session:
+            where += f",<{request.session}>"
+        self.factory.log(f"auth: {request.mech.lower()}({where}): {text}")
+
     def _set_username(self, request: _Request, raw: bytes) -> bool:
         original = raw.decode("utf-8", "replace")
         if original:
             request.original = original
-        if not original or not set(original) <= USERNAME_CHARS:
+        if not original:
+            self._verbose(request, "Empty username")
+            return False
+        bad = next((ch for ch in original if ch not in USERNAME_CHARS), None)
+        if bad is not None:
+            self._verbose(request, "Username character disallowed by auth_username_chars: "
+                                   f"0x{ord(bad):02x} (username: {original})")
             return False
         request.user = original.lower()          # auth_username_format = %Lu
         return True
@@ -376,7 +396,8 @@ class AuthConnection(LineOnlyReceiver):
             return
         parts = data.split(b"\0", 2)
         if len(parts) != 3:
-            self._fail(request)                  # "invalid input"
+            self._verbose(request, "invalid input")
+            self._fail(request)
             return
         authzid, authcid, password = parts
         if not self._set_username(request, authcid):
@@ -384,6 +405,8 @@ class AuthConnection(LineOnlyReceiver):
             return
         if authzid and authzid != authcid:
             # master-user login; the lab has no master passdb
+            self._verbose(request, "login user: Master user login attempted without "
+                                   "master passdbs")
             self._fail(request)
             return
         self._verify(request, password.split(b"\0", 1)[0])

@@ -191,7 +191,8 @@ class LmtpService:
     def __init__(self, lab_root: str | os.PathLike, settings: LmtpSettings, *,
                  user_exists: Callable[[str], bool], log: MailLog | None = None,
                  emit: Emit = null_emit, reactor: Any = None,
-                 clock: Callable[[], float] = time.time, save_in_thread: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, save_in_thread: bool = True,
+                 tls_options=None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -203,6 +204,8 @@ class LmtpService:
         self.reactor = reactor
         self.clock = clock
         self.save_in_thread = save_in_thread
+        #: Dovecot's ssl_cert/ssl_key when ``ssl`` is not ``no``: LHLO offers STARTTLS
+        self.tls_options = tls_options
         self.pid = pid_for("dovecot/lmtp")
         self.ports: list = []
         self.paths: list[Path] = []
@@ -295,7 +298,8 @@ class DovecotLmtp(SmtpServer):
     client_actor = "lmtp"
 
     def __init__(self, service: LmtpService, path: Path) -> None:
-        super().__init__("lmtp", timeout=service.settings.timeout)
+        super().__init__("lmtp", timeout=service.settings.timeout,
+                         tls_options=service.tls_options)
         self.service = service
         self.path = path
         self.settings = service.settings
@@ -309,6 +313,8 @@ class DovecotLmtp(SmtpServer):
         self.timed_out = False
         self._bdat_last = False
         self._bdat_failed = False
+        #: smtp-server's state stays GREETING until LHLO, MAIL, RSET or STARTTLS
+        self.greeted = False
         self._reset()
 
     def _reset(self) -> None:
@@ -337,7 +343,7 @@ class DovecotLmtp(SmtpServer):
             return "RCPT TO"
         if self.sender is not None:
             return "MAIL FROM"
-        return "READY"
+        return "READY" if self.greeted else "GREETING"
 
     def transaction_id(self) -> str:
         return self.base_id if self.transactions <= 1 else f"{self.base_id}:T{self.transactions}"
@@ -363,7 +369,8 @@ class DovecotLmtp(SmtpServer):
     def lost(self) -> None:
         why = "Logged out" if self.quitting else "Disconnected for inactivity" \
             if self.timed_out else "Connection closed (unfinished BDAT command)" \
-            if self._raw_remaining else "Connection closed"
+            if self._raw_remaining else "Connection closed (unfinished DATA command)" \
+            if self.mode == DATA else "Connection closed"
         self.log_event("DISCONNECTED", f"lmtp({self.service.pid}): Disconnect from local: "
                                        f"{why} (state={self.state()})")
 
@@ -407,8 +414,24 @@ class DovecotLmtp(SmtpServer):
             self.reply(501, "Missing hostname", "LHLO")
             return
         self.lhlo = args.strip()
+        self.greeted = True
         self._reset()
-        self.reply(250, [self.settings.hostname, *CAPABILITIES], "LHLO")
+        # STARTTLS while Dovecot has a certificate (ssl = yes) and TLS is not on yet
+        tls = ["STARTTLS"] if self.ctx is not None and not self.tls else []
+        self.reply(250, [self.settings.hostname, *CAPABILITIES, *tls], "LHLO")
+
+    def cmd_STARTTLS(self, args: str) -> None:
+        if self.ctx is None:
+            self.reply(500, "5.5.1 Unknown command", "STARTTLS")
+            return
+        if not self._no_params("STARTTLS", args):
+            return
+        if self.tls:
+            self.reply(502, "5.5.1 TLS is already active.", "STARTTLS")
+            return
+        self.greeted = True
+        self.reply(220, "2.0.0 Begin TLS negotiation now.", "STARTTLS")
+        self.start_tls()
 
     def cmd_MAIL(self, args: str) -> None:
         if self.sender is not None:
@@ -427,6 +450,7 @@ class DovecotLmtp(SmtpServer):
                        else "5.5.4 Unsupported parameters", "MAIL")
             return
         self.sender = sender
+        self.greeted = True
         self.transactions += 1
         self.reply(250, "2.1.0 OK", "MAIL")
 
@@ -496,6 +520,7 @@ class DovecotLmtp(SmtpServer):
     def cmd_RSET(self, args: str) -> None:
         if self._no_params("RSET", args):
             self._bdat_failed = False
+            self.greeted = True
             self._reset()
             self.reply(250, "2.0.0 OK", "RSET")
 
@@ -503,7 +528,13 @@ class DovecotLmtp(SmtpServer):
         self.reply(250, "2.0.0 OK", "NOOP")
 
     def cmd_VRFY(self, args: str) -> None:
-        self.reply(252, "2.3.3 Try RCPT instead", "VRFY")
+        if not args:
+            self.reply(501, "5.5.4 Invalid parameters", "VRFY")
+        elif " " in args and not (args.startswith('"') and args.endswith('"')):
+            # the parameter is one SMTP string (an atom or a quoted string)
+            self.reply(501, "5.5.4 Invalid string parameter: Invalid character in string", "VRFY")
+        else:
+            self.reply(252, "2.3.3 Try RCPT instead", "VRFY")
 
     def cmd_QUIT(self, args: str) -> None:
         if self._no_params("QUIT", args):
@@ -601,9 +632,12 @@ def start_lmtp(lab, emit: Emit | None = None) -> LmtpService | None:
     profile = lab.profile
     if not profile.lmtp_enabled():
         return None
+    ssl = profile.dovecot("ssl").strip().lower()
     service = LmtpService(lab.root, settings_from_profile(profile),
                           user_exists=lab.users.exists, log=lab.log,
-                          emit=emit or lab.emit, reactor=lab.reactor)
+                          emit=emit or lab.emit, reactor=lab.reactor,
+                          tls_options=getattr(lab, "dovecot_tls_options", None)
+                          if ssl in ("yes", "required") else None)
     for path, listener in profile.lmtp_socket_paths():
         service.listen(profile.path(path, lab.root), listener.mode, listener.user,
                        listener.group)

@@ -25,6 +25,13 @@ def next_mpid() -> int:
     return next(_MPIDS)
 
 
+def whole_secs(now: float, since: float) -> int:
+    """Seconds between two moments as login-common counts them: both are
+    whole seconds (``ioloop_time - client->created.tv_sec``), so 10.9 s to
+    11.2 s is 1 s, not 0."""
+    return int(now) - int(since)
+
+
 class LoginCommon:
     """Mixed into the IMAP and POP3 servers (before their Twisted base class).
 
@@ -65,16 +72,28 @@ class LoginCommon:
     _login_end = "Connection closed"
     _login_attempts = 0
     _login_started = 0.0
+    #: the only authentication was left unfinished by the client (``*``, or
+    #: an answer that was not base64): "client didn't finish SASL auth"
+    _auth_abandoned = False
+    #: why the last attempt failed, when login-common names it instead of
+    #: counting attempts (``last_auth_fail``: "tried to use unsupported auth
+    #: mechanism", "sent invalid base64 in response"); None: a plain failure
+    _last_auth_fail: str | None = None
 
     def _login_disconnect_line(self, user: str | None, method: str | None) -> str:
         """login-common's line for a client that leaves before logging in
         (``client_get_extra_disconnect_reason``)."""
         now = time.time()
         if not self._login_attempts:
-            extra = f"no auth attempts in {int(now - self._connected_at)} secs"
+            extra = f"no auth attempts in {whole_secs(now, self._connected_at)} secs"
         else:
-            secs = int(now - (self._login_started or self._connected_at))
-            extra = f"auth failed, {self._login_attempts} attempts in {secs} secs"
+            secs = whole_secs(now, self._login_started or self._connected_at)
+            if self._login_attempts == 1 and self._auth_abandoned:
+                extra = f"client didn't finish SASL auth, waited {secs} secs"
+            elif self._last_auth_fail is not None:
+                extra = self._last_auth_fail
+            else:
+                extra = f"auth failed, {self._login_attempts} attempts in {secs} secs"
         who = f"user=<{user or ''}>, "
         if method and self._login_attempts:
             who += f"method={method}, "
@@ -171,7 +190,7 @@ class LoginCommon:
         log line (``imap-login: Disconnected: <reason> (<what it did>)``), close."""
         if not self._greeting_waits:      # (under a handshake nothing gets through)
             self.sendLine(reply)
-        secs = int(self._clock() - self._login_clock_start)
+        secs = whole_secs(self._clock(), self._login_clock_start)
         attempts = self._auth_attempts()
         if attempts:
             what = f"auth failed, {attempts} attempts in {secs} secs"

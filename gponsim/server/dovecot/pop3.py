@@ -15,6 +15,7 @@ line is a Step (:mod:`gponsim.wire.pop3`).
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import time
 
@@ -34,6 +35,26 @@ from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.pop3 import Pop3Conversation
 
 PRE_AUTH = frozenset({"CAPA", "USER", "PASS", "AUTH", "STLS", "QUIT", "APOP"})
+#: pop3's CLIENT_MAX_BAD_COMMANDS: a logged-in client whose failed commands
+#: in a row pass this is dropped ("-ERR Too many bad commands.")
+MAX_BAD_COMMANDS = 20
+#: the largest message number (an unsigned int) and TOP line count (uoff_t)
+_MAX_UINT = 2 ** 32 - 1
+_MAX_UOFF = 2 ** 64 - 1
+_DIGITS = re.compile(r"[0-9]+")
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _base64(text: str) -> bool:
+    """Whether an AUTH argument or answer is base64 as Dovecot's decoder
+    takes it ("=" alone is an empty initial response)."""
+    return bool(_BASE64.fullmatch(text)) and (len(text) % 4 == 0 or text == "=")
+
+
+class _Refused(Exception):
+    """A command's argument was refused (the -ERR has been sent)."""
 
 
 class _Tap:
@@ -63,7 +84,12 @@ class _Tap:
 class Pop3Server(MailWork, LoginCommon, pop3.POP3):
     ACTOR, STARTTLS_VERB = "pop3", "STLS"
     BYE_PREFIX = b"-ERR "
-    MAX_LENGTH = 16384
+    #: the longest command line (without CRLF) pop3 takes once logged in;
+    #: 2047 bytes get "-ERR Input line too long." (measured on Dovecot 2.3.19)
+    MAX_LENGTH = 2046
+    #: before login, pop3-login takes at most this many bytes after the
+    #: command name and its space; more: "-ERR Input buffer full, aborting"
+    MAX_LOGIN_ARGS = 1024
     delimiter = b"\r\n"
 
     def __init__(self, ctx: ImapContext, tls_options=None, implicit_tls: bool = False) -> None:
@@ -86,6 +112,10 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         self._failed = 0
         self._last_user = None
         self._logged_out = False
+        self._failed_command = False
+        self._bad_in_a_row = 0
+        #: why a logged-in session ended, for its "Disconnected:" line
+        self._end_reason = "Connection closed"
         self._connected_at = time.time()
         self._dovecot_session = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
         self.mpid = next_mpid()
@@ -112,6 +142,7 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         self.sendLine(("+OK " + text if text else "+OK").encode("utf-8"))
 
     def err(self, text: str) -> None:
+        self._failed_command = True
         self.sendLine(("-ERR " + text).encode("utf-8"))
 
     def connectionMade(self) -> None:
@@ -137,7 +168,7 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             self._handshake_lost(reason)
         if self.user and not self._logged_out:
             self.lab.log(f"pop3({self.user})<{self.mpid}><{self._dovecot_session}>: "
-                         f"Disconnected: Connection closed {self._stats()}")
+                         f"Disconnected: {self._end_reason} {self._stats()}")
         elif not self.user and not self._refused:     # (a refusal logged its own line)
             self.lab.log(self._login_disconnect_line(self._last_user, self._mech))
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
@@ -160,7 +191,11 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line):
+        if self.user is None:
+            self._login_disconnect("Input buffer full", b"-ERR Input buffer full, aborting")
+            return
         self.err("Input line too long.")
+        self._end_reason = "Input line too long"
         self.transport.loseConnection()
 
     # -------------------------------------------------------------- dispatch
@@ -172,8 +207,15 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             self._auth_line(line)
             return
         text = line.decode("utf-8", "replace")
-        verb, _, args = text.strip().partition(" ")
+        # Dovecot: the command name ends at the first space; leading spaces of
+        # the arguments are skipped, anything else is kept ("LIST 1 " is noise)
+        verb, _, args = text.partition(" ")
         verb = verb.upper()
+        if self.user is None and len(line) - len(verb) - 1 > self.MAX_LOGIN_ARGS:
+            self.lineLengthExceeded(line)
+            return
+        if self.user is not None:           # (pop3-login keeps them: "USER  x" is " x")
+            args = args.lstrip(" ")
         if self.blocked is not None:
             self.blocked.append((verb, (args,)))
             return
@@ -189,13 +231,43 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         handler = getattr(self, "cmd_" + verb, None) if verb.isalpha() else None
         if self.user is None:
             if handler is None or verb not in PRE_AUTH:
-                if not self._invalid_command():
-                    self.err("Unknown command.")
+                self.err("Unknown command.")
+                self._invalid_command()
                 return
-        elif handler is None or verb in ("USER", "PASS", "AUTH", "STLS", "APOP"):
-            self.err(f"Unknown command: {verb}")
+            self._bad_commands = 0          # pop3-login: a valid command starts the count again
+            handler(args_text)
             return
-        handler(args_text)
+        self._failed_command = False
+        if handler is None or verb in ("USER", "PASS", "AUTH", "STLS", "APOP"):
+            # (a line starting with a space has an empty name)
+            self.err(f"Unknown command: {verb}" if verb else "Unknown command.")
+        else:
+            try:
+                handler(args_text)
+            except _Refused:
+                pass
+        self._count_command()
+
+    def _count_command(self) -> None:
+        """pop3's bad_counter: failed commands in a row; the 21st drops the client."""
+        if not self._failed_command:
+            self._bad_in_a_row = 0
+            return
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row > MAX_BAD_COMMANDS and not self._logged_out:
+            self.err("Too many bad commands.")
+            self._end_reason = "Too many bad commands."
+            self.transport.loseConnection()
+
+    def _invalid_command(self) -> bool:
+        """pop3-login answers every unknown command; at the third in a row it
+        adds its last word and drops the client."""
+        self._bad_commands += 1
+        if self._bad_commands >= self.MAX_BAD_COMMANDS:
+            self._login_disconnect("Disconnected: Too many bad commands",
+                                   b"-ERR Too many invalid bad commands.")
+            return True
+        return False
 
     def _hold(self):
         self.blocked = []
@@ -279,11 +351,25 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             self.err("[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
                      "connections.")
             return
-        if not args.strip():
-            self.err("No username given.")
-            return
-        self.pending_user = args.strip()
+        # as typed, spaces included; an empty name is accepted too (the auth
+        # server refuses both at PASS)
+        self.pending_user = args
         self.ok()
+
+    def cmd_APOP(self, args: str) -> None:
+        # no passdb of the lab gives plaintext passwords: pop3-login sent no
+        # APOP challenge in its greeting
+        self._verbose_failure("APOP failed: APOP not enabled")
+        self.err("APOP not enabled.")
+
+    def _verbose_failure(self, text: str) -> None:
+        """auth_verbose = yes: pop3-login says why an attempt failed, in its
+        log format (an element whose value is empty, as method= before any
+        AUTH, is left out)."""
+        if not self.settings.auth_verbose:
+            return
+        who = f"user=<{self._last_user or ''}>, " + (f"method={self._mech}, " if self._mech else "")
+        self.lab.log(f"pop3-login: {text}: {who}{self._addr_text()}")
 
     def cmd_PASS(self, args: str) -> None:
         if self.pending_user is None:
@@ -305,7 +391,13 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         mech = words[0].upper()
         if mech not in self.settings.mechanisms:
             self.conv.in_auth = False
-            self.err("Unsupported authentication mechanism.")
+            self._login_attempts += 1
+            self._login_started = self._login_started or time.time()
+            self._mech = mech
+            self._last_auth_fail = "tried to use unsupported auth mechanism"
+            self._verbose_failure(f"Authenticate {mech} failed: Unsupported authentication "
+                                  "mechanism.")
+            self.err("[AUTH] Unsupported authentication mechanism.")
             return
         if not self.plaintext_ok:
             self.conv.in_auth = False
@@ -314,9 +406,21 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
                      "connections.")
             return
         initial = words[1] if len(words) > 1 else None
-        if initial == "=":
-            initial = ""
         self._mech = mech
+        if initial is not None and not _base64(initial):
+            # the auth server refuses it at once, without delay or penalty
+            # (the lab's client checks it itself, as Postfix's does); with
+            # auth_verbose it says so in the auth process's words
+            self.conv.in_auth = False
+            self._login_attempts += 1
+            self._login_started = self._login_started or time.time()
+            self._last_auth_fail = "sent invalid base64 in response"
+            if self.settings.auth_verbose:
+                self.lab.log(f"auth: {mech.lower()}(?,{self.client_ip},"
+                             f"<{self._dovecot_session}>): Invalid base64 data in initial "
+                             "response")
+            self.err("[AUTH] Invalid base64 data in initial response")
+            return
         self._start_sasl(mech, initial)
 
     def _start_sasl(self, mech: str, resp: str | None) -> None:
@@ -325,6 +429,7 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             return
         self._login_attempts += 1
         self._login_started = self._login_started or time.time()
+        self._last_auth_fail = None
         self._hold()
         d = self.lab.auth.start(mech, service="pop3", lip=self.server_ip, rip=self.client_ip,
                                 secured=self.secured, resp_b64=resp, session=self.session,
@@ -349,12 +454,14 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
             self._open_inbox(reply.user)
         else:
             self._failed += 1
+            self._last_auth_fail = None
             if reply.user:
                 self._last_user = reply.user
             if reply.reason and "aborted" in reply.reason.lower():
                 self.err("Authentication aborted by client.")
             else:
-                self.err("[AUTH] Authentication failed.")
+                # login-common shows the auth server's reason, when it gives one
+                self.err(f"[AUTH] {reply.reason or 'Authentication failed.'}")
         self._release()
 
     def _sasl_error(self, failure) -> None:
@@ -368,11 +475,18 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
     def _auth_line(self, line: bytes) -> None:
         rid, self._auth = self._auth, None
         text = line.decode("ascii", "replace").strip()
-        if text == "*":
+        if text == "*" or not _base64(text):
+            # the client gave up, or answered with what is not base64:
+            # login-common ends the request itself
             self.lab.auth.abort(rid)
             self._failed += 1
+            self._auth_abandoned = True
             self.conv.in_auth = False
-            self.err("Authentication aborted by client.")
+            if text != "*":
+                self._verbose_failure(f"Authenticate {self._mech} failed: Invalid base64 in "
+                                      "response")
+            self.err("Authentication aborted by client." if text == "*"
+                     else "[AUTH] Invalid base64 in response")
             return
         self._hold()
         self.lab.auth.respond(rid, text, session=self.session).addCallbacks(
@@ -427,27 +541,51 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
 
     # ------------------------------------------------------------- logged in
 
-    def _index(self, text: str) -> int | None:
-        text = text.strip()
-        try:
-            n = int(text)
-        except ValueError:
-            self.err(f"Invalid message number: {text}")
-            return None
-        if n < 1 or n > len(self.messages) or (n - 1) in self.deleted:
-            self.err(f"There's no message {n}.")
-            return None
-        return n - 1
+    def _msgnum(self, args: str, then_space: bool = False) -> tuple[int, str]:
+        """Dovecot's get_msgnum: a message number (digits first), then either
+        the end of the arguments or a space (``then_space``); returns the
+        0-based index and what follows, its leading spaces skipped. Refused
+        with Dovecot's -ERR text (``_Refused``)."""
+        m = _DIGITS.match(args)
+        if m is None:
+            self._refuse(f"Invalid message number: {args}")
+        rest = args[m.end():]
+        n = int(m.group())
+        if n > _MAX_UINT:
+            self._refuse(f"Message number too large: {rest}")
+        if rest[:1] != (" " if then_space else ""):
+            self._refuse(f"Noise after message number: {rest}")
+        if n == 0 or n > len(self.messages):
+            self._refuse(f"There's no message {n}.")
+        if n - 1 in self.deleted:
+            self._refuse("Message is deleted.")
+        return n - 1, rest.lstrip(" ")
+
+    def _size(self, args: str) -> int:
+        """Dovecot's get_size (TOP's line count): digits, then nothing."""
+        m = _DIGITS.match(args)
+        if m is None:
+            self._refuse(f"Invalid size: {args}")
+        rest = args[m.end():]
+        n = int(m.group())
+        if n > _MAX_UOFF:
+            self._refuse(f"Size too large: {args}")
+        if rest:
+            self._refuse(f"Noise after size: {rest}")
+        return n
+
+    def _refuse(self, text: str):
+        self.err(text)
+        raise _Refused(text)
 
     def cmd_STAT(self, args: str) -> None:
         alive = [m for i, m in enumerate(self.messages) if i not in self.deleted]
         self.ok(f"{len(alive)} {sum(m.size for m in alive)}")
 
     def cmd_LIST(self, args: str) -> None:
-        if args.strip():
-            i = self._index(args)
-            if i is not None:
-                self.ok(f"{i + 1} {self.messages[i].size}")
+        if args:
+            i, _ = self._msgnum(args)
+            self.ok(f"{i + 1} {self.messages[i].size}")
             return
         alive = [(i, m) for i, m in enumerate(self.messages) if i not in self.deleted]
         lines = [f"+OK {len(alive)} messages:"] + [f"{i + 1} {m.size}" for i, m in alive] + ["."]
@@ -459,10 +597,9 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         return f"{msg.uid:08x}{self.uidvalidity:08x}"
 
     def cmd_UIDL(self, args: str) -> None:
-        if args.strip():
-            i = self._index(args)
-            if i is not None:
-                self.ok(f"{i + 1} {self._uidl(self.messages[i])}")
+        if args:
+            i, _ = self._msgnum(args)
+            self.ok(f"{i + 1} {self._uidl(self.messages[i])}")
             return
         lines = ["+OK"] + [f"{i + 1} {self._uidl(m)}" for i, m in enumerate(self.messages)
                            if i not in self.deleted] + ["."]
@@ -482,46 +619,42 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         return len(head) + len(body)
 
     def cmd_RETR(self, args: str) -> None:
-        i = self._index(args)
-        if i is None:
-            return
-        msg = self.messages[i]
-        data = msg.wire()
-        self.retrieved.add(i)
-        self.stats["retr"][0] += 1
-        self.stats["retr"][1] += self._send_message(data, f"+OK {len(data)} octets")
+        i, _ = self._msgnum(args)
+        self._fetch(i, None, "retr")
+
+    def _fetch(self, i: int, lines: int | None, counter: str) -> None:
+        """Send message ``i``: whole (``lines`` None: "+OK n octets", and it
+        becomes \\Seen at QUIT), or its header and first ``lines`` body lines."""
+        data = self.messages[i].wire()
+        if lines is None:
+            self.retrieved.add(i)
+            first = f"+OK {len(data)} octets"
+        else:
+            cut = data.find(b"\r\n\r\n")
+            head, body = (data[:cut + 4], data[cut + 4:]) if cut >= 0 else (data, b"")
+            kept = body.split(b"\r\n")
+            if kept[-1] == b"":
+                kept.pop()                   # (the last line's CRLF is not a line of its own)
+            data = head + b"".join(line + b"\r\n" for line in kept[:lines])
+            first = "+OK"
+        self.stats[counter][0] += 1
+        self.stats[counter][1] += self._send_message(data, first)
 
     def cmd_TOP(self, args: str) -> None:
-        words = args.split()
-        if len(words) != 2:
-            self.err("Invalid number of arguments.")
-            return
-        i = self._index(words[0])
-        if i is None:
-            return
-        try:
-            n = int(words[1])
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            self.err(f"Invalid number of lines: {words[1]}")
-            return
-        data = self.messages[i].wire()
-        cut = data.find(b"\r\n\r\n")
-        head, body = (data[:cut + 4], data[cut + 4:]) if cut >= 0 else (data, b"")
-        kept = b"".join(line + b"\r\n" for line in body.split(b"\r\n")[:n]) if n else b""
-        part = head + kept
-        self.stats["top"][0] += 1
-        self.stats["top"][1] += self._send_message(part, "+OK")
+        i, rest = self._msgnum(args, then_space=True)
+        lines = self._size(rest)
+        # the largest count, (uoff_t)-1, is Dovecot's "no limit": RETR's answer
+        self._fetch(i, None if lines == _MAX_UOFF else lines, "top")
 
     def cmd_DELE(self, args: str) -> None:
-        i = self._index(args)
-        if i is not None:
-            self.deleted.add(i)
-            self.ok("Marked to be deleted.")
+        i, _ = self._msgnum(args)
+        self.deleted.add(i)
+        self.ok("Marked to be deleted.")
 
     def cmd_RSET(self, args: str) -> None:
+        # Dovecot forgets the deletions and the messages RETR would mark \\Seen
         self.deleted.clear()
+        self.retrieved.clear()
         self.ok()
 
     def cmd_NOOP(self, args: str) -> None:
