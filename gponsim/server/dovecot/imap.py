@@ -97,8 +97,6 @@ _EXTRA_ITEM = re.compile(rb"(?i)(?<![\w.\[])(?:PREVIEW(?:\s*\(\s*(?P<lazy>LAZY)\
 _BINARY_ITEM = re.compile(
     rb"(?i)\bBINARY(?P<size>\.SIZE)?(?P<peek>\.PEEK)?\[(?P<section>[0-9.]*)\]"
     rb"(?:<(?P<start>\d+)\.(?P<length>\d+)>)?")
-#: Listed in a BADCHARSET reply (any charset Python knows is accepted).
-SEARCH_CHARSETS = ("UTF-8", "US-ASCII")
 
 
 @dataclass
@@ -956,8 +954,18 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._ok(tag, "Namespace completed.")
 
     def do_ENABLE(self, tag, line):
-        if line.strip():
-            self._untagged("ENABLED")
+        """cmd-enable.c: only CONDSTORE and QRESYNC can be enabled, and gponsim
+        implements neither (docs/fidelity.md), so nothing is: no untagged
+        ENABLED at all (Dovecot leaves it out when its list is empty). Every
+        argument must be an atom."""
+        try:
+            args = tokenize(line or b"")
+        except imap4.IllegalClientResponse as exc:
+            self._bad(tag, f"Error in IMAP command ENABLE: {exc}.")
+            return
+        if any(isinstance(a, list) for a in args) or b'"' in (line or b""):
+            self._bad(tag, "Error in IMAP command ENABLE: Invalid arguments.")
+            return
         self._ok(tag, "Enabled.")
 
     auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
@@ -977,7 +985,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         try:
             return True, fn(*args)
         except StoreError as exc:
-            if exc.code == "NONEXISTENT" and self._command not in USE_NONEXISTENT:
+            if not exc.code or exc.code == "NONEXISTENT" \
+                    and self._command not in USE_NONEXISTENT:
                 self._no(tag, str(exc))
             else:
                 self._no(tag, f"[{exc.code}] {exc}")
@@ -1052,7 +1061,13 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._ok(tag, "Rename completed.")
 
     def do_SUBSCRIBE(self, tag, name):
-        if self._store_call(tag, self.store.subscribe, self._name(name))[0]:
+        name = self._name(name)
+        if not self.store.exists(name):
+            # cmd-subscribe.c: a mailbox that is not there cannot be
+            # subscribed to (UNSUBSCRIBE of one is fine: it may be a stale entry)
+            self._no(tag, f"Mailbox doesn't exist: {name}")
+            return
+        if self._store_call(tag, self.store.subscribe, name)[0]:
             self._ok(tag, "Subscribe completed.")
 
     def do_UNSUBSCRIBE(self, tag, name):
@@ -1187,9 +1202,12 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             "UNSEEN": sum(1 for m in state.messages if SEEN not in m.flags),
             "SIZE": sum(m.size for m in state.messages),
         }
+        if not items:
+            raise imap4.IllegalClientResponse("Empty status list")
         for item in items:
             if item not in values:
-                raise imap4.IllegalClientResponse(f"Unknown STATUS item {item}")
+                # cmd-status.c: the item as the client wrote it (upper case)
+                raise imap4.IllegalClientResponse(f"Invalid status item {item}")
         # Dovecot's order, whatever the order asked.
         parts = [f"{item} {values[item]}" for item in values if item in items]
         self._untagged(f"STATUS {quote(name)} ({' '.join(parts)})")
@@ -1781,7 +1799,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return True
         except LookupError:
             pass
-        self._no(tag, f"[BADCHARSET ({' '.join(SEARCH_CHARSETS)})] Unsupported charset: {name}")
+        # imap-search-args.c: Dovecot names no charsets in the code
+        self._no(tag, "[BADCHARSET] Unknown charset.")
         return False
 
     def do_SEARCH(self, tag, line, uid=0):

@@ -957,7 +957,7 @@ class MboxStore(interface.MailStore):
         for parent in reversed(path.relative_to(self.mail_dir).parents):
             p = self.mail_dir / parent
             if p.is_file():
-                raise StoreError(f"Mailbox doesn't allow inferior mailboxes: {parent}", "CANNOT")
+                raise StoreError("Mailbox doesn't allow inferior mailboxes", "CANNOT")
         path.parent.mkdir(parents=True, exist_ok=True)
         if directory:
             path.mkdir()
@@ -967,7 +967,9 @@ class MboxStore(interface.MailStore):
 
     def delete(self, name: str) -> None:
         if is_inbox(name):
-            raise StoreError("INBOX can't be deleted.", "CANNOT")
+            # (no resp-code: Dovecot's mailbox_delete() sets MAIL_ERROR_NOTPOSSIBLE
+            # with this text, and cmd-delete.c sends it as a plain NO)
+            raise StoreError("INBOX can't be deleted.", "")
         path = self.path_for(name)
         if path.is_dir():
             if any(path.iterdir()):
@@ -980,12 +982,14 @@ class MboxStore(interface.MailStore):
         self.unsubscribe(name)
 
     def rename(self, old: str, new: str) -> None:
-        if is_inbox(old) or is_inbox(new):
-            raise StoreError("Renaming INBOX isn't supported.", "CANNOT")
+        if is_inbox(old):
+            # Dovecot's mbox renames the spool file itself: /var/mail (root:mail
+            # 2775) does not let the user do it
+            raise StoreError("Permission denied", "NOPERM")
         src, dst = self.path_for(old), self.path_for(new)
         if not src.exists():
             raise StoreError(f"Mailbox doesn't exist: {old}", "NONEXISTENT")
-        if dst.exists():
+        if is_inbox(new) or dst.exists():      # (INBOX always exists)
             raise StoreError("Target mailbox already exists", "ALREADYEXISTS")
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.rename(src, dst)

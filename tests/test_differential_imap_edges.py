@@ -1,0 +1,123 @@
+"""Differential tests of IMAP edge cases: what a client typing by hand (or a
+buggy one) sends, against gponsim and Debian's Dovecot 2.3 from the same lab
+profile (:mod:`test_differential` starts both and compares).
+
+The client is a raw TLS socket on 993: each line is sent as it is, and the
+server's lines are read up to the tagged reply of that line's tag (or until
+the server is quiet, for a line that gets no tagged reply). Both servers get
+the same lines in the same order, so their mailboxes stay alike.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+import pytest
+
+from test_differential import (  # noqa: F401  (fixtures)
+    HOST, IMAP_CAPABILITIES, check, figures, lab, mail_for_user2, unverified,
+)
+from reallab import available
+
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.slow,
+    pytest.mark.skipif(available() is not None, reason=str(available())),
+]
+
+LOGIN = "a0 LOGIN user2 pass"
+
+
+class RawSession:
+    """A TLS socket to port 993 that records every line the server sends."""
+
+    def __init__(self, port: int) -> None:
+        raw = socket.create_connection((HOST, port), 10)
+        self.sock = unverified().wrap_socket(raw, server_hostname=HOST)
+        self.buffer = b""
+        self.received: list[str] = []
+        self.closed = False
+        self._read(lambda line: line.startswith(b"* OK"), 10)
+
+    def _read(self, done, timeout: float, quiet: float | None = None) -> None:
+        """Lines until ``done(line)`` holds for one of them, or (``quiet``)
+        until the server has said nothing for that long, or the connection ends."""
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        self.sock.settimeout(0.05)
+        while time.monotonic() < deadline and not self.closed:
+            try:
+                data = self.sock.recv(65536)
+            except (socket.timeout, ssl.SSLWantReadError):
+                data = None
+            except (OSError, ssl.SSLError):
+                data = b""
+            if data == b"":
+                self.closed = True
+            elif data:
+                self.buffer += data
+                last = time.monotonic()
+            *lines, self.buffer = self.buffer.split(b"\r\n")
+            self.received += [line.decode("utf-8", "replace") for line in lines]
+            if done is not None and any(done(line) for line in lines):
+                return
+            if quiet is not None and time.monotonic() - last >= quiet:
+                return
+
+    def send(self, line: str, wait_tag: bool = True) -> None:
+        data = line.encode() + b"\r\n"
+        self.sock.sendall(data)
+        tag = line.split(" ", 1)[0].encode()
+        if wait_tag and tag and tag not in (b"*", b"+"):
+            self._read(lambda got: got.startswith(tag + b" "), 15)
+        else:
+            self._read(None, 5, quiet=0.5)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def session(*lines, wait_tag: bool = True):
+    """A script: the lines, each sent after the previous one's reply."""
+    def script(ports) -> list[str]:
+        s = RawSession(ports["imaps"])
+        try:
+            for line in lines:
+                if s.closed:
+                    break
+                s.send(line, wait_tag)
+        finally:
+            s.close()
+        return s.received
+    return script
+
+
+def test_mailbox_management_replies(mail_for_user2):
+    """CREATE, RENAME, SUBSCRIBE, DELETE: the NO texts of Dovecot's mbox
+    storage (a folder is a file and holds no others; INBOX is /var/mail/user2,
+    which the user cannot rename; a mailbox that is not there cannot be
+    subscribed to)."""
+    check(mail_for_user2, "IMAP edges: CREATE/RENAME/SUBSCRIBE/DELETE refusals", session(
+        LOGIN, "b1 CREATE Edge1", "b2 CREATE Edge1/Sub", "b3 SUBSCRIBE Nope", "b4 UNSUBSCRIBE Nope",
+        "b5 DELETE INBOX", "b6 RENAME INBOX Old", "b7 RENAME Edge1 INBOX", "b8 DELETE Edge1",
+        "z LOGOUT"), [IMAP_CAPABILITIES])
+
+
+def test_status_and_enable_arguments(mail_for_user2):
+    """STATUS with an empty or unknown item list; ENABLE of what is not
+    enabled (no untagged ENABLED), and ENABLE with a string."""
+    check(mail_for_user2, "IMAP edges: STATUS items, ENABLE", session(
+        LOGIN, "b1 STATUS INBOX ()", "b2 STATUS INBOX (FOO)", "b3 STATUS INBOX (messages)",
+        "b4 ENABLE UTF8=ACCEPT", "b5 ENABLE FOO BAR", 'b6 ENABLE "FOO"', "b7 ENABLE (FOO)",
+        "z LOGOUT"), [IMAP_CAPABILITIES])
+
+
+def test_search_with_an_unknown_charset(mail_for_user2):
+    check(mail_for_user2, "IMAP edges: SEARCH/SORT CHARSET unknown", session(
+        LOGIN, "b1 EXAMINE INBOX", "b2 SEARCH CHARSET X-NONE ALL", "b3 SORT (DATE) X-NONE ALL",
+        "b4 SEARCH CHARSET UTF-8 ALL", "z LOGOUT"), [IMAP_CAPABILITIES])
