@@ -232,6 +232,9 @@ _TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
 _ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\\]]+')
 #: Commands that take no arguments: Dovecot ignores any that come.
 _NO_ARGUMENTS = frozenset({"NOOP", "NAMESPACE", "EXPUNGE"})
+_EMPTY_FIELDS = re.compile(rb"(?i)HEADER\.FIELDS(?:\.NOT)?\s*\(\s*\)")
+#: The system flags STORE takes (lower case); \Recent and others are refused.
+_SYSTEM_FLAG_NAMES = frozenset({"\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft"})
 #: Commands whose arguments cannot be left out, and Dovecot's words when they are.
 _NEEDS_ARGUMENTS = {
     "SELECT": "Invalid arguments", "EXAMINE": "Invalid arguments",
@@ -425,7 +428,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._logged_out = False
         self._dovecot_session = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
         self.mpid = next_mpid()
-        self.counts = {"expunged": 0, "deleted": 0, "hdr_count": 0, "hdr_bytes": 0,
+        self.counts = {"expunged": 0, "deleted": 0, "trashed": 0, "hdr_count": 0, "hdr_bytes": 0,
                        "body_count": 0, "body_bytes": 0}
         #: imap-login's client_ignores_capability_resp_code: the client asked
         #: CAPABILITY before STARTTLS, so it gets an untagged CAPABILITY at login
@@ -547,7 +550,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         """imap_logout_format's default (10-logging.conf)."""
         c = self.counts
         return (f"in={self._bytes_in} out={self._bytes_out} deleted={c['deleted']} "
-                f"expunged={c['expunged']} trashed=0 hdr_count={c['hdr_count']} "
+                f"expunged={c['expunged']} trashed={c['trashed']} hdr_count={c['hdr_count']} "
                 f"hdr_bytes={c['hdr_bytes']} body_count={c['body_count']} "
                 f"body_bytes={c['body_bytes']}")
 
@@ -995,6 +998,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         return False, None
 
     def do_SELECT(self, tag, name, readonly=False):
+        if self.folder is not None:
+            # cmd-select.c: the mailbox selected before is closed first, and
+            # said so, whether or not the new one can be opened
+            self._untagged("OK [CLOSED] Previous mailbox closed.")
         self._close_folder()
         name = self._name(name)
         ok, folder = self._store_call(tag, self.store.folder, name)
@@ -1382,11 +1389,13 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return True
         uids = [m.uid for m in state.messages]
         present = set(uids)
+        recent_before = len(self.recent)
         if expunges:
             seq = 0
             while seq < len(self.view):
                 if self.view[seq] not in present:
                     self._untagged(f"{seq + 1} EXPUNGE")
+                    self.recent.discard(self.view[seq])
                     del self.view[seq]
                 else:
                     seq += 1
@@ -1397,6 +1406,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self.view.extend(m.uid for m in new)
             self.recent |= {m.uid for m in new if m.recent}
             self._untagged(f"{len(self.view)} EXISTS")
+            self._untagged(f"{len(self.recent)} RECENT")
+        elif len(self.recent) != recent_before:
+            # imap-sync.c: the RECENT count is told again when expunges changed it
             self._untagged(f"{len(self.recent)} RECENT")
         return True
 
@@ -1426,7 +1438,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     def _expunge(self, tag, uids=None) -> None:
         if self.readonly:
-            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
+            # cmd-expunge.c: an EXAMINEd mailbox is only synced; nothing goes
+            self._refresh(expunges=True)
+            self._ok(tag, "Expunge completed.")
             return
         ok, gone = self._store_call(tag, self.folder.expunge, uids)
         if not ok:
@@ -1470,6 +1484,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         """Twisted's FETCH attribute parser (see :meth:`_arg_fetchatt_twisted`), its
         failures told in Dovecot's words instead of as server errors."""
         text = (line or b"").strip()
+        if not text:                    # FETCH 1: a sequence set and no items
+            raise imap4.IllegalClientResponse("Invalid arguments")
+        if _EMPTY_FIELDS.search(text):  # imap-msgpart.c: a field list cannot be empty
+            raise imap4.IllegalClientResponse("Invalid BODY[..] section")
         if text.count(b"(") > text.count(b")"):
             raise imap4.IllegalClientResponse("Missing ')'")
         if text.count(b"[") > text.count(b"]"):
@@ -1568,7 +1586,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                         self._extra_item(b["extra"], msg))
                     continue
                 try:
-                    others.append(_binary_item(b, msg))
+                    item = _binary_item(b, msg)
+                    if not b["size"]:
+                        self._counted(item.partition(b"}\r\n")[2], header=False)
+                    others.append(item)
                 except _UnknownCTE:
                     self._no(tag, "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding.")
                     return
@@ -1674,7 +1695,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             start = q.partialBegin
             source = source[start:start + q.partialLength]
             out += b"<%d>" % start
-        return out + b" " + _lit(self._counted(source, header=bool(q.header or q.mime)))
+        return out + b" " + _lit(self._counted(source, header=bool(q.header)))
 
     def _counted(self, data: bytes, header: bool) -> bytes:
         """imap-fetch-body.c's statistics for the logout line: a part without
@@ -1689,9 +1710,6 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
     # ---- STORE
 
     def do_STORE(self, tag, seqset, mode, flags, uid=0):
-        if self.readonly:
-            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
-            return
         mode = mode.upper()
         silent = mode.endswith(b".SILENT")
         how = 1 if mode.startswith(b"+") else -1 if mode.startswith(b"-") else 0
@@ -1699,11 +1717,23 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._bad(tag, "Error in IMAP command STORE: Invalid arguments.")
             return
         flag_list = [f.decode() for f in flags]
+        for flag in flag_list:
+            if flag.startswith("\\") and flag.lower() not in _SYSTEM_FLAG_NAMES:
+                # imap-util.c: \Recent and unknown system flags are refused
+                self._bad(tag, f"Error in IMAP command {self._command}: "
+                               f"Invalid system flag {flag.upper()}.")
+                return
         try:
             state = self._current()
             chosen = self._messages(state, seqset.decode("ascii", "replace"), bool(uid))
         except imap4.IllegalClientResponse:
             self._bad(tag, "Error in IMAP command STORE: Invalid messageset")
+            return
+        if self.readonly:
+            # cmd-store.c: an EXAMINEd mailbox's flags are not changed, and
+            # that is not an error
+            self._refresh(expunges=False)
+            self._ok(tag, "Store ignored with read-only mailbox.")
             return
         ok, result = self._store_call(tag, self.folder.store, [m.uid for _s, m in chosen],
                                       flag_list, how)
@@ -1744,9 +1774,6 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if not self.store.exists(name):
             self._no(tag, f"[TRYCREATE] Mailbox doesn't exist: {name}")
             return
-        if move and self.readonly:
-            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
-            return
         if not chosen:
             self._ok(tag, "No messages found.")
             return
@@ -1755,6 +1782,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if not ok:
             return
         validity, new_uids = result
+        if self._is_trash(name):
+            # cmd-copy.c: copies into a \Trash special-use mailbox count as trashed
+            self.counts["trashed"] += len(new_uids)
         src = ",".join(str(m.uid) for _s, m in chosen)
         dst = ",".join(str(u) for u in new_uids)
         code = f"[COPYUID {validity} {src} {dst}]"
@@ -1767,6 +1797,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         else:
             self._refresh(expunges=False)
             self._ok(tag, f"{code} Copy completed.")
+
+    def _is_trash(self, name: str) -> bool:
+        return any(n == name and "\\trash" in (use or "").lower().split()
+                   for n, use, _a in self.settings.special_use)
 
     def do_COPY(self, tag, seqset, name, uid=0):
         self._copy(tag, seqset, name, uid, move=False)

@@ -732,9 +732,9 @@ class MboxFolder(interface.Folder):
                 for kw in keywords:
                     if kw not in state.keywords:
                         state.keywords.append(kw)
-                state.messages.append(StoredMessage(
+                state.messages.append(StoredMessage(        # new here: \Recent
                     uid=uid, from_line=from_line, headers=headers, body=body,
-                    flags=set(system), keywords=keywords))
+                    flags=set(system), keywords=keywords, recent=True))
                 uids.append(uid)
             state.changed = True
             return uids
@@ -784,7 +784,7 @@ class MboxFolder(interface.Folder):
         return self._locked(mutate)[1]
 
     def add_messages(self, messages: list) -> tuple[int, list[int]]:
-        """Copy messages in (COPY/MOVE): new UIDs here, flags kept, not \\Recent.
+        """Copy messages in (COPY/MOVE): new UIDs here, flags kept, \\Recent.
         A message from an mbox keeps its From_ line; one from another format
         gets Dovecot's, dated with its internal date."""
         copies = [(getattr(src, "from_line", None)
@@ -796,9 +796,9 @@ class MboxFolder(interface.Folder):
             for from_line_, src in copies:
                 uid = state.uidnext
                 state.uidnext += 1
-                state.messages.append(StoredMessage(
+                state.messages.append(StoredMessage(        # new here: \Recent
                     uid=uid, from_line=from_line_, headers=src.headers, body=src.body,
-                    flags=set(src.flags), keywords=list(src.keywords)))
+                    flags=set(src.flags), keywords=list(src.keywords), recent=True))
                 uids.append(uid)
             state.changed = True
             return uids
