@@ -79,7 +79,11 @@ class RawSession:
         self.sock.sendall(data)
         tag = line.split(" ", 1)[0].encode()
         if wait_tag and tag and tag not in (b"*", b"+"):
-            self._read(lambda got: got.startswith(tag + b" "), 15)
+            # its tagged reply, or the untagged one that answers an invalid tag
+            self._read(lambda got: got.startswith((tag + b" ", b"* BAD ", b"* BYE ")), 15)
+            if not any(line.startswith(tag.decode("utf-8", "replace") + " ")
+                       for line in self.received[-3:]):
+                self._read(None, 2, quiet=0.3)     # (a tagged line after the BYE)
         else:
             self._read(None, 5, quiet=0.5)
 
@@ -156,4 +160,58 @@ def test_appended_and_copied_messages_are_recent(mail_for_user2):
         "b4 FETCH 1:* (UID FLAGS)", "b5 UNSELECT",
         "b6 APPEND Reciente (\\Seen) {18+}\r\nSubject: z\r\n\r\nhola", "b7 EXAMINE Reciente",
         "b8 FETCH 1:* (FLAGS)", "b9 UNSELECT", "c1 DELETE Reciente", "z LOGOUT"),
+        [IMAP_CAPABILITIES, APPEND_IN_BYTES])
+
+
+def test_syntax_errors_before_login(mail_for_user2):
+    """imap-login never echoes an invalid tag (``*`` instead), counts it as an
+    invalid command, answers a parser error (an unclosed quote) in the
+    parser's own words without counting it, and takes escaped quotes; a
+    CAPABILITY with arguments is still answered. Each client gets its own
+    connection: the third invalid command ends one."""
+    lab = mail_for_user2
+    for name, lines in (
+            ("leading space, '*' tag", (" NOOP", "* NOOP", "z LOGOUT")),
+            ("tab, two spaces", ("a\tNOOP", "a  NOOP", "z LOGOUT")),
+            ("']' and '/' in a tag", ("a] NOOP", "a/ NOOP", "z LOGOUT")),
+            ("LOGIN quoting", ('a LOGIN "us\\"er" pass', "b LOGIN (user2) pass",
+                               'c LOGIN "user2" "pass', "d CAPABILITY now", "z LOGOUT"))):
+        check(lab, f"IMAP edges before login: {name}", session(*lines), [IMAP_CAPABILITIES])
+
+
+def test_syntax_errors_after_login(mail_for_user2):
+    """The imap process: 'Invalid tag' (untagged, with the timing) for an
+    empty or invalid tag, 'Invalid command name' for a tag alone; arguments
+    after the last one a command reads are ignored; a list where a mailbox
+    name goes is 'Invalid arguments' (SELECT closes the selected mailbox
+    first); quoted names take backslash escapes."""
+    check(mail_for_user2, "IMAP edges after login: tags, extra and bad arguments", session(
+        LOGIN, " NOOP", "* NOOP", "", "a1", "a\tNOOP", "a] NOOP", "a} NOOP",
+        "b1 CREATE Tx extra", "b2 SUBSCRIBE Tx extra", "b3 UNSUBSCRIBE Tx extra",
+        "b4 RENAME Tx Ty extra", "b5 STATUS Ty (MESSAGES) extra", "b6 DELETE Ty extra",
+        "b7 EXAMINE INBOX extra", "b8 CHECK extra", "b9 CAPABILITY extra", "c1 CLOSE extra",
+        'c2 CREATE "a\\"b"', 'c3 SELECT "a\\"b"', 'c4 SELECT "INBOX', "c5 SELECT (INBOX)",
+        "c6 RENAME (a) b", 'c7 DELETE "a\\"b"', 'c8 LSUB "" * extra', "c9 LOGOUT extra"),
+        [IMAP_CAPABILITIES])
+
+
+#: The BYE line's byte count: the capability list Dovecot announces is longer.
+DELETED_OUT = Deliberate(
+    "imap-extensions-not-implemented", IMAP_CAPABILITIES.reason,
+    both=((r"(have to disconnect\. in=\d+ out=)\d+", r"\1N"),))
+
+
+def test_deleting_the_selected_mailbox_ends_the_session(mail_for_user2):
+    check(mail_for_user2, "IMAP edges: DELETE of the selected mailbox", session(
+        LOGIN, "b1 CREATE Borrar", "b2 SELECT Borrar", "b3 DELETE Borrar", "z LOGOUT"),
+        [IMAP_CAPABILITIES, DELETED_OUT])
+
+
+def test_append_to_a_missing_mailbox_is_refused_before_the_literal(mail_for_user2):
+    """cmd-append.c opens the mailbox first: NO [TRYCREATE] instead of '+ OK'
+    (the message then reaches the server as lines: commands it refuses); a
+    LITERAL+ message, already sent, is read and dropped."""
+    check(mail_for_user2, "IMAP edges: APPEND to a missing mailbox", session(
+        LOGIN, "b1 APPEND Nope {18}", "Subject: y", "", "hola",
+        "b2 APPEND Nope {18+}\r\nSubject: y\r\n\r\nhola", "b3 NOOP", "z LOGOUT"),
         [IMAP_CAPABILITIES, APPEND_IN_BYTES])

@@ -608,8 +608,15 @@ def test_bad_commands(mem):
     c = mem.imap(local=True)
     c.lines()
     assert c.send("a FOO") == ["a BAD Error in IMAP command received by server."]
-    assert c.send("a+b NOOP") == ["* BAD Error in IMAP tag: Invalid tag."]
+    # imap-login never echoes an invalid tag (checked against Dovecot 2.3.19)
+    assert c.send("a+b NOOP") == ["* BAD Error in IMAP command received by server."]
     c = logged_in(mem)
+    for line in (" NOOP", "", "a]b NOOP", "a\tNOOP"):       # the imap process says why
+        got = c.send(line)
+        assert len(got) == 1 and re.fullmatch(r"\* BAD Error in IMAP tag: Invalid tag" + TIMING,
+                                              got[0]), (line, got)
+    assert done(c.send("a1")[0], "a1", "BAD Error in IMAP command: Invalid command name")
+    assert done(c.send("b} NOOP")[0], "b}", "OK NOOP completed")      # '}' may be in a tag
     assert done(c.send("d BLAH")[0], "d", "BAD Error in IMAP command BLAH: Unknown command")
     assert done(c.send("e SELECT")[0], "e", "BAD Error in IMAP command SELECT: Invalid arguments")
 

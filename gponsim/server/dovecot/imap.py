@@ -227,11 +227,12 @@ def _message_part(msg: Message) -> _Part:
 # What Dovecot checks before parsing a command
 
 #: A tag: ASTRING-CHARs except "+" (RFC 3501 §9); no 8-bit, no CTL.
-_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
+_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+\]]+')
 #: A command name: an atom.
 _ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\\]]+')
 #: Commands that take no arguments: Dovecot ignores any that come.
-_NO_ARGUMENTS = frozenset({"NOOP", "NAMESPACE", "EXPUNGE"})
+_NO_ARGUMENTS = frozenset({"NOOP", "NAMESPACE", "EXPUNGE", "CAPABILITY", "LOGOUT", "CHECK",
+                           "CLOSE", "UNSELECT", "IDLE", "STARTTLS"})
 _EMPTY_FIELDS = re.compile(rb"(?i)HEADER\.FIELDS(?:\.NOT)?\s*\(\s*\)")
 #: The system flags STORE takes (lower case); \Recent and others are refused.
 _SYSTEM_FLAG_NAMES = frozenset({"\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft"})
@@ -346,6 +347,12 @@ def _arg_rawset(server, line: bytes):
     if not head:
         raise imap4.IllegalClientResponse("Missing messageset")
     return head, rest
+
+
+def _astring_arg(server, line):
+    """The server's own astring parser (:meth:`ImapServer.arg_astring`), for
+    the command tables, which name their parsers as plain functions."""
+    return server.arg_astring(line)
 
 
 class _Tap:
@@ -568,6 +575,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     _idle_in = 0
     _idle_out = 0
+    _unread = 0          # bytes of arguments a command ignored (not in Dovecot's in=)
 
     def timeoutConnection(self) -> None:
         if self.user is None:
@@ -659,11 +667,35 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         if self.parseState == "command":
             self._cmd_start = time.monotonic()
+            if self._bad_tag_or_name(line):
+                return
             if self._start_literal(line):
                 return
         elif self.parseState == "pending" and self._start_literal(line):
             return
         super().lineReceived(line)
+
+    def _bad_tag_or_name(self, line: bytes) -> bool:
+        """Dovecot's first two words of a command line, checked before Twisted
+        splits it (which would skip a leading space and take the next word as
+        the tag): an invalid or empty tag, or no command name after it. True
+        when the line has been answered."""
+        tag, _sp, rest = line.partition(b" ")
+        if not _TAG.fullmatch(tag):
+            if self.user is None:
+                # imap-login never sends an invalid tag back
+                self._bad(b"*", "Error in IMAP command received by server.")
+            else:
+                self.sendLine(b"* BAD " + self._timed(
+                    b"", "Error in IMAP tag: Invalid tag.").encode())
+            return True
+        if not rest[:1].strip():           # "a1", "a1 ", "a1  NOOP": no command name
+            if self.user is None:
+                self._bad(tag, "Error in IMAP command received by server.")
+            else:
+                self._bad(tag, "Error in IMAP command: Invalid command name.")
+            return True
+        return False
 
     def _start_literal(self, line: bytes) -> bool:
         """LITERAL+ (``{n+}``): no continuation request; too large: refused."""
@@ -726,6 +758,50 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             raise imap4.IllegalClientResponse("Literal too large.")
         return super()._stringLiteral(size)
 
+    def arg_astring(self, line, final=False):
+        """Twisted's astring, with what its quoted strings lack: backslash
+        escapes (``"a\\"b"`` is ``a"b``, RFC 9051 quoted-specials); and a
+        parenthesized list where a string goes is Dovecot's 'Invalid arguments'."""
+        text = line.lstrip(b" ")
+        if text[:1] == b"(":
+            raise imap4.IllegalClientResponse("Invalid arguments")
+        if text[:1] != b'"':
+            return super().arg_astring(line, final)
+        value = bytearray()
+        i = 1
+        while i < len(text):
+            c = text[i:i + 1]
+            if c == b"\\" and text[i + 1:i + 2] in (b"\\", b'"'):
+                value += text[i + 1:i + 2]
+                i += 2
+                continue
+            if c == b'"':
+                return bytes(value), text[i + 1:].lstrip(b" ")
+            value += c
+            i += 1
+        raise _ParserError("Missing '\"'")
+
+    def _IMAP4Server__doCommand(self, tag, handler, args, parseargs, line, uid):
+        """Twisted's argument loop (IMAP4Server.__doCommand, name-mangled), where
+        what follows a logged-in command's last argument is ignored, as
+        Dovecot's client_read_args() reads only the arguments it asked for,
+        instead of Twisted's 'Too many arguments for command'."""
+        if self.user is not None and not any(callable(a) for a in parseargs):
+            line = b""
+        return super()._IMAP4Server__doCommand(tag, handler, args, parseargs, line, uid)
+
+    def _IMAP4Server__ebDispatch(self, failure, tag):
+        """Twisted's handling of an argument parser's failure, plus a NO that
+        ends the command before its literal is asked for (:class:`_Refused`)."""
+        if failure.check(_Refused):
+            self._no(tag, str(failure.value))
+            return
+        if failure.check(_ParserError) and self.user is None:
+            # imap-login: the parser's own words, not counted as an invalid command
+            self.sendLine(_b(tag) + b" BAD " + str(failure.value).encode())
+            return
+        return super()._IMAP4Server__ebDispatch(failure, tag)
+
     def dispatchCommand(self, tag, cmd, rest, uid=None):
         # Dovecot's checks, in its order, before any parsing (src/imap/imap-client.c).
         if not _TAG.fullmatch(tag):
@@ -752,8 +828,11 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if self._held and not runs_along:
             self._flush_synced()      # this one waits for the earlier ones to finish
         shown = self._command = f"UID {name}" if uid else name
+        self._unread = 0
         if name in _NO_ARGUMENTS:
-            rest, empty = b"", True     # Dovecot does not look at what follows
+            # Dovecot does not look at what follows (nor counts it in in=)
+            self._unread = len((rest or b"").strip())
+            rest, empty = b"", True
         if empty:
             if name in _NEEDS_ARGUMENTS:
                 self._bad(tag, f"Error in IMAP command {shown}: {_NEEDS_ARGUMENTS[name]}.")
@@ -782,6 +861,16 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._refresh(expunges=True)
         self._ok(tag, "NOOP completed.")
 
+    def _disconnect(self, reason: str) -> None:
+        """The imap process ends the session: BYE with the reason, which the
+        log line repeats (client_disconnect_with_error)."""
+        self._untagged(f"BYE {reason}")
+        self._logged_out = True
+        self._bytes_in -= 2 if self._line_end == b"\r\n" else 1   # (as after LOGOUT)
+        self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
+                 f"Disconnected: {reason} {self._stats()}")
+        self.transport.loseConnection()
+
     def do_LOGOUT(self, tag):
         self._untagged("BYE Logging out")
         self._ok(tag, "Logout completed.")
@@ -790,7 +879,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             # Dovecot's parser stops at the end of the command's arguments and
             # skips the line end when the next command starts: after LOGOUT it
             # never does, so in= leaves out the last CRLF
-            self._bytes_in -= 2 if self._line_end == b"\r\n" else 1
+            self._bytes_in -= (2 if self._line_end == b"\r\n" else 1) + self._unread
             self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
                      f"Disconnected: Logged out {self._stats()}")
         else:
@@ -865,7 +954,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._sasl(mech, initial, tag)
 
     unauth_STARTTLS = (do_STARTTLS,)
-    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    unauth_LOGIN = (do_LOGIN, _astring_arg, imap4.IMAP4Server.arg_finalastring)
     unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_line)
 
     def _sasl(self, mech: str, resp: str | None, tag) -> None:
@@ -1039,8 +1128,16 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
     def do_EXAMINE(self, tag, name):
         self.do_SELECT(tag, name, readonly=True)
 
-    auth_SELECT = select_SELECT = (do_SELECT, imap4.IMAP4Server.arg_finalastring)
-    auth_EXAMINE = select_EXAMINE = (do_EXAMINE, imap4.IMAP4Server.arg_finalastring)
+    def _arg_select_mailbox(self, line):
+        """SELECT's mailbox: cmd-select.c closes the selected mailbox before it
+        looks at its arguments' types (a parse error leaves it open)."""
+        if line.lstrip(b" ")[:1] == b"(" and self.folder is not None:
+            self._untagged("OK [CLOSED] Previous mailbox closed.")
+            self._close_folder()
+        return self.arg_astring(line, final=True)
+
+    auth_SELECT = select_SELECT = (do_SELECT, _arg_select_mailbox)
+    auth_EXAMINE = select_EXAMINE = (do_EXAMINE, _arg_select_mailbox)
 
     def _close_folder(self) -> None:
         self._stop_watch()
@@ -1058,10 +1155,14 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     def do_DELETE(self, tag, name):
         name = self._name(name)
-        if self.folder is not None and self.folder.name == name:
+        selected = self.folder is not None and self.folder.name == name
+        if selected:
             self._close_folder()
         if self._store_call(tag, self.store.delete, name)[0]:
             self._ok(tag, "Delete completed.")
+            if selected:
+                # imap-sync: the selected mailbox is gone, and so is the session
+                self._disconnect("Selected mailbox was deleted, have to disconnect.")
 
     def do_RENAME(self, tag, old, new):
         if self._store_call(tag, self.store.rename, self._name(old), self._name(new))[0]:
@@ -1081,7 +1182,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if self._store_call(tag, self.store.unsubscribe, self._name(name))[0]:
             self._ok(tag, "Unsubscribe completed.")
 
-    _A = imap4.IMAP4Server.arg_astring
+    _A = _astring_arg
     _F = imap4.IMAP4Server.arg_finalastring
     auth_CREATE = select_CREATE = (do_CREATE, _F)
     auth_DELETE = select_DELETE = (do_DELETE, _F)
@@ -1104,6 +1205,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
             return
         ref, patterns = args[0], args[1]
+        if lsub and len(args) > 2:
+            self._bad(tag, "Error in IMAP command LSUB: Extra arguments.")
+            return
         if isinstance(ref, list):
             self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
             return
@@ -1222,7 +1326,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     def do_STATUS(self, tag, name, line):
         try:
-            items = tokenize(line)
+            items = tokenize(line)[:1]        # (what follows the list is ignored)
             if len(items) != 1 or not isinstance(items[0], list):
                 raise imap4.IllegalClientResponse("Invalid arguments")
             name = self._name(name)
@@ -1234,7 +1338,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         except imap4.IllegalClientResponse as exc:
             self._bad(tag, f"Error in IMAP command STATUS: {exc}")
 
-    auth_STATUS = select_STATUS = (do_STATUS, imap4.IMAP4Server.arg_astring,
+    auth_STATUS = select_STATUS = (do_STATUS, _astring_arg,
                                    imap4.IMAP4Server.arg_line)
 
     # ---- APPEND
@@ -1281,7 +1385,27 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return d.addCallback(got)
         return step(line)
 
-    auth_APPEND = select_APPEND = (do_APPEND, imap4.IMAP4Server.arg_astring,
+    def _arg_append_mailbox(self, line):
+        """APPEND's mailbox, which cmd-append.c opens before it asks for the
+        message: one that does not exist is refused at once, without the
+        '+ OK' (a LITERAL+ message, already on its way, is read and dropped)."""
+        name, rest = _astring_arg(self, line)
+        try:
+            mailbox = self._name(name)
+            missing = not self.store.exists(mailbox)
+        except (imap4.IllegalMailboxEncoding, StoreError, OSError):
+            return name, rest          # (do_APPEND says what is wrong with it)
+        if missing:
+            literal = _LITERAL_ANY.search(rest.rstrip())
+            if literal and self._literal_plus:
+                self._literal_plus -= 1
+                self.parseState = "discard"
+                self._pendingLiteral = _Discard(int(literal.group(1)))
+                self.setRawMode()
+            raise _Refused(f"[TRYCREATE] Mailbox doesn't exist: {mailbox}")
+        return name, rest
+
+    auth_APPEND = select_APPEND = (do_APPEND, _arg_append_mailbox,
                                    imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime,
                                    imap4.IMAP4Server.arg_literal, _arg_more_appends)
 
@@ -2045,6 +2169,14 @@ def _uid_set(uids) -> str:
         out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
         i = j + 1
     return ",".join(out)
+
+
+class _ParserError(imap4.IllegalClientResponse):
+    """Dovecot's IMAP parser refused the line (``Missing '"'``)."""
+
+
+class _Refused(Exception):
+    """An argument parser's NO: the command ends there (its text is the reply's)."""
 
 
 class _UnknownCTE(Exception):
