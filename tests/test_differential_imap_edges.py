@@ -94,8 +94,10 @@ class RawSession:
             pass
 
 
-def session(*lines, wait_tag: bool = True):
-    """A script: the lines, each sent after the previous one's reply."""
+def session(*lines, wait_tag: bool = True, after_bye: tuple = ()):
+    """A script: the lines, each sent after the previous one's reply; then
+    ``after_bye``, sent whether or not the server has closed (a client that
+    does not notice), without reading."""
     def script(ports) -> list[str]:
         s = RawSession(ports["imaps"])
         try:
@@ -103,6 +105,12 @@ def session(*lines, wait_tag: bool = True):
                 if s.closed:
                     break
                 s.send(line, wait_tag)
+            for line in after_bye:
+                try:
+                    s.sock.sendall(line.encode() + b"\r\n")
+                except OSError:
+                    break
+                time.sleep(0.3)
         finally:
             s.close()
         return s.received
@@ -215,3 +223,15 @@ def test_append_to_a_missing_mailbox_is_refused_before_the_literal(mail_for_user
         LOGIN, "b1 APPEND Nope {18}", "Subject: y", "", "hola",
         "b2 APPEND Nope {18+}\r\nSubject: y\r\n\r\nhola", "b3 NOOP", "z LOGOUT"),
         [IMAP_CAPABILITIES, APPEND_IN_BYTES])
+
+
+def test_unsupported_mechanism_and_lines_after_the_bye(mail_for_user2):
+    """AUTHENTICATE with a mechanism the server does not offer: an ALERT, and
+    the disconnect line names it. Then three invalid commands end the
+    session; lines the client sends after the BYE are not read (nor logged
+    again)."""
+    lab = mail_for_user2
+    check(lab, "IMAP edges before login: AUTHENTICATE CRAM-MD5", session(
+        "a AUTHENTICATE CRAM-MD5", "z LOGOUT"), [IMAP_CAPABILITIES])
+    check(lab, "IMAP edges before login: lines after the BYE", session(
+        "a FOO", "b BAR", "c BAZ", after_bye=("d QUX", "e NOOP")), [IMAP_CAPABILITIES])

@@ -149,7 +149,7 @@ def test_authenticate_mechanisms_through_the_auth_socket(lab):
     c.line()
     c.send("*\r\n")
     assert c.until("d1 ") == ["d1 BAD Authentication aborted by client."]
-    assert c.cmd("d2", "AUTHENTICATE CRAM-MD5") == ["d2 NO Unsupported authentication mechanism."]
+    assert c.cmd("d2", "AUTHENTICATE CRAM-MD5") == ["d2 NO [ALERT] Unsupported authentication mechanism."]
     c.close()
     steps = lab.steps()
     sasl = [s for s in steps if s.proto == "sasl" and s.line.startswith("AUTH\t")

@@ -259,7 +259,34 @@ def test_authenticate_abort_and_unknown_mechanism(mem):
     c.lines()
     assert c.send("d AUTHENTICATE PLAIN") == ["+ "]
     assert c.send("*") == ["d BAD Authentication aborted by client."]
-    assert c.send("e AUTHENTICATE CRAM-MD5") == ["e NO Unsupported authentication mechanism."]
+    assert c.send("e AUTHENTICATE CRAM-MD5") == ["e NO [ALERT] Unsupported authentication mechanism."]
+
+
+def test_an_unsupported_mechanism_is_an_attempt_the_log_names(mem):
+    """login-common (checked against Dovecot 2.3.19): an ALERT, and the
+    disconnect line's reason is the unsupported mechanism, which it names."""
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("e AUTHENTICATE FOO") == ["e NO [ALERT] Unsupported authentication mechanism."]
+    assert c.send("z LOGOUT")[-1] == "z OK Logout completed."
+    c.drop()
+    assert re.fullmatch(r"imap-login: Disconnected: Aborted login by logging out \(tried to use "
+                        r"unsupported auth mechanism\): user=<>, method=FOO, rip=192\.168\.1\.1, .*",
+                        mem.log_lines[-1])
+
+
+def test_lines_after_the_bye_are_not_read(mem):
+    """The third invalid command ends the session; what the client sends
+    while the connection closes is not answered, nor logged again."""
+    c = mem.imap(local=True)
+    c.lines()
+    c.send("a FOO")
+    c.send("b BAR")
+    assert c.send("c BAZ") == ["* BYE Too many invalid IMAP commands."]
+    mem.log_lines.clear()
+    c.server.dataReceived(b"d QUX\r\ne NOOP\r\n")
+    c.drop()
+    assert c.lines() == [] and mem.log_lines == []
 
 
 def test_auth_server_gone_is_a_temporary_failure(mem):

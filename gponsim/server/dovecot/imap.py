@@ -453,6 +453,11 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._emit_all(self.conv.server_data(data))
 
     def dataReceived(self, data: bytes) -> None:
+        if self._gone or self.transport.disconnecting:
+            # Dovecot reads nothing more from a client it has said BYE to;
+            # Twisted's TLS layer still hands over what arrives while it
+            # waits for the client's close_notify
+            return
         if self.user:
             self._bytes_in += len(data)
         self._emit_all(self.conv.client_data(data))
@@ -938,7 +943,13 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         mech = words[0].decode("ascii", "replace").upper()
         if mech not in self.settings.mechanisms:
-            self._no(tag, "Unsupported authentication mechanism.")
+            # sasl-server.c: an attempt that failed at once, with an ALERT,
+            # and the disconnect line says so (client_get_extra_disconnect_reason)
+            self._login_attempts += 1
+            self._login_started = self._login_started or time.time()
+            self._tried_unsupported_mech = True
+            self._auth_method = mech
+            self._no(tag, "[ALERT] Unsupported authentication mechanism.")
             return
         if not self.secured and self.settings.disable_plaintext_auth:
             self._plaintext_refused(None)

@@ -65,6 +65,8 @@ class LoginCommon:
     _login_end = "Connection closed"
     _login_attempts = 0
     _login_started = 0.0
+    #: the client named a SASL mechanism the server does not offer
+    _tried_unsupported_mech = False
 
     def _login_disconnect_line(self, user: str | None, method: str | None) -> str:
         """login-common's line for a client that leaves before logging in
@@ -72,6 +74,8 @@ class LoginCommon:
         now = time.time()
         if not self._login_attempts:
             extra = f"no auth attempts in {int(now - self._connected_at)} secs"
+        elif self._tried_unsupported_mech:
+            extra = "tried to use unsupported auth mechanism"
         else:
             secs = int(now - (self._login_started or self._connected_at))
             extra = f"auth failed, {self._login_attempts} attempts in {secs} secs"
