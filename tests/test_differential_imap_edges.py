@@ -235,3 +235,15 @@ def test_unsupported_mechanism_and_lines_after_the_bye(mail_for_user2):
         "a AUTHENTICATE CRAM-MD5", "z LOGOUT"), [IMAP_CAPABILITIES])
     check(lab, "IMAP edges before login: lines after the BYE", session(
         "a FOO", "b BAR", "c BAZ", after_bye=("d QUX", "e NOOP")), [IMAP_CAPABILITIES])
+
+
+def test_store_of_new_keywords_and_flag_order(mail_for_user2):
+    """A STORE that brings keywords new to the mailbox makes Dovecot send the
+    new FLAGS and PERMANENTFLAGS first; in a flag list \\Recent comes after
+    the system flags and before the keywords. BODY[1.HEADER] and [1.TEXT] of
+    a part that is not message/rfc822 are empty. The flags are put back."""
+    check(mail_for_user2, "IMAP edges: STORE keywords, flag order, part HEADER/TEXT", session(
+        LOGIN, "b1 SELECT INBOX", "b2 STORE 1 +FLAGS (\\Flagged foo $Label1)",
+        "b3 STORE 1 -FLAGS.SILENT (foo)", "b4 FETCH 1 FLAGS", "b5 STORE 1 FLAGS (bar)",
+        "b6 UID STORE 1 +FLAGS (baz)", "b7 FETCH 1 (BODY.PEEK[1.HEADER] BODY.PEEK[1.TEXT])",
+        "b8 STORE 1 FLAGS ()", "z LOGOUT"), [IMAP_CAPABILITIES])

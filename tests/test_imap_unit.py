@@ -397,8 +397,14 @@ def test_fetch_header_fields_and_internaldate(mem, inbox):
 
 def test_store_flags_are_written_as_dovecot_s_headers(mem, inbox):
     c = selected(mem)
-    assert c.send("s1 STORE 1 +FLAGS (\\Flagged \\Answered $Label1)")[0] == (
-        "* 1 FETCH (FLAGS (\\Answered \\Flagged $Label1 \\Recent))")
+    # $Label1 is new to the mailbox: FLAGS and PERMANENTFLAGS first; \Recent
+    # goes between the system flags and the keywords (checked against Dovecot 2.3.19)
+    got = c.send("s1 STORE 1 +FLAGS (\\Flagged \\Answered $Label1)")
+    assert done(got.pop(), "s1", "OK Store completed") and got == [
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)] "
+        "Flags permitted.",
+        "* 1 FETCH (FLAGS (\\Answered \\Flagged \\Recent $Label1))"]
     assert done(c.send("s2 STORE 1 -FLAGS.SILENT (\\Answered)")[0], "s2", "OK Store completed")
     assert c.send("s3 UID STORE 2 FLAGS (\\Seen)")[0] == "* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))"
     data = inbox.read_bytes()
@@ -406,7 +412,7 @@ def test_store_flags_are_written_as_dovecot_s_headers(mem, inbox):
     assert b"X-UID: 2\nStatus: RO\nContent-Length: 7\n" in data
     assert re.search(rb"X-IMAPbase: \d+ 0000000002 \$Label1\n", data)
     flags = c.send("s4 FETCH 1:2 FLAGS")
-    assert flags[:2] == ["* 1 FETCH (FLAGS (\\Flagged $Label1 \\Recent))",
+    assert flags[:2] == ["* 1 FETCH (FLAGS (\\Flagged \\Recent $Label1))",
                          "* 2 FETCH (FLAGS (\\Seen \\Recent))"]
 
 

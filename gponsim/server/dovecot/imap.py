@@ -417,6 +417,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.readonly = False
         self.view: list[int] = []            # UIDs, index = sequence number - 1
         self.recent: set[int] = set()
+        self.keywords: list[str] = []       # the selected mailbox's, as the client was told
         self.uidvalidity = 0
         self._idle_tag: bytes | None = None
         self._idle_timer = None
@@ -1115,12 +1116,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.view = [m.uid for m in state.messages]
         # EXAMINE reports \Recent too (as Dovecot does), without taking it away.
         self.recent = {m.uid for m in state.messages if m.recent}
-        flags = FLAGS_LIST + "".join(" " + k for k in state.keywords)
-        self._untagged(f"FLAGS ({flags})")
-        if readonly:
-            self._untagged("OK [PERMANENTFLAGS ()] Read-only mailbox.")
-        else:
-            self._untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
+        self.keywords = list(state.keywords)
+        self._flags_lines()
         self._untagged(f"{len(self.view)} EXISTS")
         self._untagged(f"{len(self.recent)} RECENT")
         for seq, msg in enumerate(state.messages, 1):
@@ -1135,6 +1132,23 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._ok(tag, "[READ-ONLY] Examine completed.")
         else:
             self._ok(tag, "[READ-WRITE] Select completed.")
+
+    def _flags_lines(self) -> None:
+        """FLAGS and PERMANENTFLAGS: the mailbox's keywords after the system flags."""
+        flags = FLAGS_LIST + "".join(" " + k for k in self.keywords)
+        self._untagged(f"FLAGS ({flags})")
+        if self.readonly:
+            self._untagged("OK [PERMANENTFLAGS ()] Read-only mailbox.")
+        else:
+            self._untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
+
+    def _new_keywords(self, keywords) -> None:
+        """Keywords the mailbox did not have: Dovecot tells the client the new
+        FLAGS and PERMANENTFLAGS at once (imap-sync.c), before anything else."""
+        new = [k for k in keywords if k not in self.keywords]
+        if new:
+            self.keywords = self.keywords + new
+            self._flags_lines()
 
     def do_EXAMINE(self, tag, name):
         self.do_SELECT(tag, name, readonly=True)
@@ -1155,6 +1169,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.folder = None
         self.view = []
         self.recent = set()
+        self.keywords = []
         self._saved = frozenset()        # RFC 5182: "$" is forgotten with the mailbox
         if self.state == "select":
             self.state = "auth"
@@ -1525,6 +1540,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         uids = [m.uid for m in state.messages]
         present = set(uids)
         recent_before = len(self.recent)
+        self._new_keywords(state.keywords)      # (another session, an APPEND...)
         if expunges:
             seq = 0
             while seq < len(self.view):
@@ -1749,10 +1765,16 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         return b"PREVIEW " + imap_string(text)
 
     def _flags_item(self, msg: Message) -> bytes:
-        flags = [f for f in SYSTEM_FLAGS if f in msg.flags] + list(msg.keywords)
-        if msg.uid in self.recent:
-            flags.append(RECENT)
-        return b"FLAGS (" + " ".join(flags).encode() + b")"
+        flags = [f for f in SYSTEM_FLAGS if f in msg.flags]
+        return b"FLAGS (" + " ".join(self._with_recent(msg.uid, flags + list(msg.keywords))
+                                     ).encode() + b")"
+
+    def _with_recent(self, uid: int, flags: list[str]) -> list[str]:
+        """imap-util.c's flag list: the system flags, \\Recent, then the keywords."""
+        if uid not in self.recent:
+            return flags
+        system = [f for f in flags if f.startswith("\\")]
+        return system + [RECENT] + [f for f in flags if not f.startswith("\\")]
 
     def _fetch_item(self, q, msg: Message) -> bytes:
         t = q.type
@@ -1802,6 +1824,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                         raise IndexError(p)
             except IndexError:
                 part = None
+        if q.part and (q.header or q.text) and part is not None \
+                and part.msg.get_content_type() != "message/rfc822":
+            part = None        # imap-msgpart.c: HEADER and TEXT of a part are a message's
         if q.header:
             name = "HEADER"
             source = head if not q.part else (part.header_bytes() if part else b"")
@@ -1876,11 +1901,11 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         if DELETED in flag_list and how >= 0:
             self.counts["deleted"] += len(chosen)
+        if how >= 0 and chosen:
+            self._new_keywords([f for f in flag_list if not f.startswith("\\")])
         if not silent:
             for seq, msg in chosen:
-                new = result.get(msg.uid, [])
-                if msg.uid in self.recent:
-                    new = new + [RECENT]
+                new = self._with_recent(msg.uid, result.get(msg.uid, []))
                 prefix = f"UID {msg.uid} " if uid else ""
                 self._untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(new)}))")
         self._refresh(expunges=False)
