@@ -247,3 +247,15 @@ def test_store_of_new_keywords_and_flag_order(mail_for_user2):
         "b3 STORE 1 -FLAGS.SILENT (foo)", "b4 FETCH 1 FLAGS", "b5 STORE 1 FLAGS (bar)",
         "b6 UID STORE 1 +FLAGS (baz)", "b7 FETCH 1 (BODY.PEEK[1.HEADER] BODY.PEEK[1.TEXT])",
         "b8 STORE 1 FLAGS ()", "z LOGOUT"), [IMAP_CAPABILITIES])
+
+
+def test_list_extended_options_and_children(mail_for_user2):
+    """Unknown LIST-EXTENDED options, a missing pattern; \\HasChildren only
+    for a plain LIST or RETURN (CHILDREN) (a list of patterns is extended
+    syntax); SEARCH CHARSET without a charset."""
+    check(mail_for_user2, "IMAP edges: LIST-EXTENDED options and children", session(
+        LOGIN, "b1 CREATE Dir/", "b2 CREATE Dir/Sub", 'b3 LIST (FOO) "" *',
+        'b4 LIST "" * RETURN (FOO)', 'b5 LIST ""', 'b6 LIST "" Dir', 'b7 LIST "" (Dir INBOX)',
+        'b8 LIST "" Dir RETURN (STATUS (MESSAGES))', 'b9 LIST "" Dir RETURN (CHILDREN)',
+        "c1 EXAMINE INBOX", "c2 SEARCH CHARSET", "c3 DELETE Dir/Sub", "c4 DELETE Dir",
+        "z LOGOUT"), [IMAP_CAPABILITIES])

@@ -557,6 +557,22 @@ def test_idle_pushes_a_delivery_and_ends_with_done(mem, inbox):
     assert done(c.send("DONE")[0], "i", "OK Idle completed")
 
 
+def test_idle_keepalive_comes_at_the_client_address_s_moments(mem, inbox):
+    """imap_keepalive_interval_msecs(): '* OK Still here' when (now + the
+    client address's hash) is a multiple of 120 s, not 120 s after the IDLE
+    (checked against Dovecot 2.3.19, both sending it within the same second)."""
+    c = selected(mem)            # from 192.168.1.1: its in_addr, little-endian
+    h = int.from_bytes(bytes([192, 168, 1, 1]), "little")
+    start = mem.reactor.seconds()
+    mem.reactor.advance((90 - h - int(start)) % 120)        # now + h = 90 (mod 120)
+    assert c.send("i IDLE") == ["+ idling"]
+    assert c.send(b"", seconds=29.5) == []
+    assert c.send(b"", seconds=1) == ["* OK Still here"]              # 30 s after
+    assert c.send(b"", seconds=119) == []
+    assert c.send(b"", seconds=1) == ["* OK Still here"]              # then every 120 s
+    assert done(c.send("DONE")[0], "i", "OK Idle completed")
+
+
 def test_idle_ends_only_with_done(mem, inbox):
     c = selected(mem)
     assert c.send("i IDLE") == ["+ idling"]
@@ -635,6 +651,29 @@ def test_examined_mailbox_takes_expunge_store_and_move(mem, inbox):
     assert moved[1:3] == ["* 1 EXPUNGE", "* 1 RECENT"] and done(moved[3], "m", "OK Move completed")
     assert c.send("z LOGOUT")[-1].startswith("z OK")
     assert " deleted=0 expunged=0 trashed=1 " in mem.log_lines[-1]
+
+
+def test_list_extended_options_and_errors(mem, inbox):
+    """Dovecot 2.3.19: unknown LIST-EXTENDED options are refused, a missing
+    pattern is 'Invalid pattern'; children are reported for a plain LIST or
+    when RETURN (CHILDREN) asks, not for other extended forms (a list of
+    patterns is one)."""
+    c = logged_in(mem)
+    c.send("c1 CREATE Dir/")
+    c.send("c2 CREATE Dir/Sub")
+    assert done(c.send('l1 LIST (FOO) "" *')[0], "l1",
+                "BAD Error in IMAP command LIST: Unknown select options")
+    assert done(c.send('l2 LIST "" * RETURN (FOO)')[0], "l2",
+                "BAD Error in IMAP command LIST: Unknown return options")
+    assert done(c.send('l3 LIST ""')[0], "l3", "BAD Error in IMAP command LIST: Invalid pattern")
+    assert c.send('l4 LIST "" Dir')[0] == '* LIST (\\Noselect \\HasChildren) "/" Dir'
+    assert c.send('l5 LIST "" (Dir INBOX)')[:2] == ['* LIST (\\Noselect) "/" Dir',
+                                                   '* LIST () "/" INBOX']
+    assert c.send('l6 LIST "" Dir RETURN (CHILDREN)')[0] == \
+        '* LIST (\\Noselect \\HasChildren) "/" Dir'
+    c.send("s SELECT INBOX")
+    assert done(c.send("s1 SEARCH CHARSET")[0], "s1",
+                "BAD Error in IMAP command SEARCH: Invalid charset argument")
 
 
 def test_bad_commands(mem):

@@ -35,7 +35,9 @@ import io
 import os
 import re
 import secrets
+import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -233,6 +235,10 @@ _ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\\]]+')
 #: Commands that take no arguments: Dovecot ignores any that come.
 _NO_ARGUMENTS = frozenset({"NOOP", "NAMESPACE", "EXPUNGE", "CAPABILITY", "LOGOUT", "CHECK",
                            "CLOSE", "UNSELECT", "IDLE", "STARTTLS"})
+#: LIST-EXTENDED options Dovecot 2.3 knows (RFC 5258, 6154, 5819).
+_LIST_SELECT_OPTIONS = frozenset({"SUBSCRIBED", "RECURSIVEMATCH", "REMOTE", "SPECIAL-USE"})
+_LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS",
+                                  "MYRIGHTS"})
 _EMPTY_FIELDS = re.compile(rb"(?i)HEADER\.FIELDS(?:\.NOT)?\s*\(\s*\)")
 #: The system flags STORE takes (lower case); \Recent and others are refused.
 _SYSTEM_FLAG_NAMES = frozenset({"\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft"})
@@ -1227,8 +1233,13 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         select_opts: list[str] = []
         if args and isinstance(args[0], list) and not lsub:
             select_opts = [_word(o) for o in args.pop(0)]
+            if any(o not in _LIST_SELECT_OPTIONS for o in select_opts):
+                self._bad(tag, "Error in IMAP command LIST: Unknown select options.")
+                return
         if len(args) < 2:
-            self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
+            # cmd-list.c: the reference was read, the pattern is missing
+            text = "Invalid pattern" if args else "Invalid arguments"
+            self._bad(tag, f"Error in IMAP command {'LSUB' if lsub else 'LIST'}: {text}.")
             return
         ref, patterns = args[0], args[1]
         if lsub and len(args) > 2:
@@ -1245,6 +1256,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if len(args) >= 4 and _word(args[2]) == "RETURN" and isinstance(args[3], list):
             return_opts = args[3]
         returns = {_word(o) for o in return_opts if not isinstance(o, list)}
+        if any(r not in _LIST_RETURN_OPTIONS for r in returns):
+            self._bad(tag, "Error in IMAP command LIST: Unknown return options.")
+            return
         status_items = None
         for i, o in enumerate(return_opts):
             if _word(o) == "STATUS" and i + 1 < len(return_opts) \
@@ -1262,7 +1276,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         # What Dovecot's LIST reports (cmd-list.c): CHILDREN information for a
         # plain LIST or when asked for; special-use for a plain LIST, LSUB, or
         # when asked for; \Marked/\UnMarked when the subscriptions are walked.
-        extended = bool(select_opts or return_opts)
+        # (a list of patterns is LIST-EXTENDED syntax too)
+        extended = bool(select_opts or return_opts) or isinstance(args[1], list)
         children = not lsub and (not extended or "CHILDREN" in returns)
         special_use = lsub or not extended or "SPECIAL-USE" in returns \
             or "SPECIAL-USE" in select_opts
@@ -1281,7 +1296,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                 attrs.append("\\Noselect")
             mbox = self._mbox()
             if not lsub:
-                if info.children:
+                if info.children and children:
                     attrs.append("\\HasChildren")
                 elif mbox and info.selectable and info.name != "INBOX":
                     attrs.append("\\NoInferiors")     # an mbox file holds no folders
@@ -1444,7 +1459,22 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         call_in_reactor(self._start_idle_timer)
 
     def _start_idle_timer(self) -> None:
-        self._idle_timer = self.lab.reactor.callLater(IDLE_NOTIFY_INTERVAL, self._still_here)
+        self._idle_timer = self.lab.reactor.callLater(self._keepalive_delay(), self._still_here)
+
+    def _keepalive_delay(self) -> float:
+        """imap_keepalive_interval_msecs(): Dovecot does not count the interval
+        from the IDLE but wakes every connection from one client address at
+        the same moments, when (now + a hash of the address) is a multiple of
+        imap_idle_notify_interval (one wake-up for all of a phone's folders).
+        The hash (net_ip_hash) of an IPv4 address is its in_addr as a native
+        (little-endian) integer, of an IPv6 one an ELF hash of its bytes;
+        without an address, the CRC-32 of the user name."""
+        interval = int(IDLE_NOTIFY_INTERVAL)
+        key = _ip_hash(self.client_ip)
+        if key is None:
+            key = zlib.crc32((self.user or "").encode())
+        now = int(self._clock())
+        return float(interval - (now + key) % interval)
 
     auth_IDLE = select_IDLE = (do_IDLE,)
 
@@ -1452,7 +1482,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._idle_timer = None
         if self._idle_tag is not None:
             self._untagged("OK Still here")
-            self._idle_timer = self.lab.reactor.callLater(IDLE_NOTIFY_INTERVAL, self._still_here)
+            self._idle_timer = self.lab.reactor.callLater(self._keepalive_delay(), self._still_here)
 
     def _stop_idle_timer(self) -> None:
         if self._idle_timer is not None and self._idle_timer.active():
@@ -2010,7 +2040,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                 keys = keys[2:]
             if keys and _word(keys[0]) == "CHARSET":
                 if len(keys) < 2:
-                    raise imap4.IllegalClientResponse("Missing charset")
+                    raise imap4.IllegalClientResponse("Invalid charset argument")
                 if isinstance(keys[1], list):
                     raise imap4.IllegalClientResponse("Invalid charset")
                 if not self._charset(tag, str(keys[1])):
@@ -2158,6 +2188,26 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.dispatchCommand(tag, command, line, uid=1)
 
     select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
+
+
+def _ip_hash(ip: str) -> int | None:
+    """Dovecot's net_ip_hash() of an address (None if it is not one)."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "little")
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, ip)
+    except OSError:
+        return None
+    h = 0
+    for byte in packed:
+        h = ((h << 4) + byte) & 0xFFFFFFFF
+        g = h & 0xF0000000
+        if g:
+            h ^= g >> 24
+            h ^= g
+    return h
 
 
 def _word(token) -> str | None:
