@@ -41,9 +41,10 @@ APPEND_IN_BYTES = Deliberate(
 class RawSession:
     """A TLS socket to port 993 that records every line the server sends."""
 
-    def __init__(self, port: int) -> None:
-        raw = socket.create_connection((HOST, port), 10)
-        self.sock = unverified().wrap_socket(raw, server_hostname=HOST)
+    def __init__(self, port: int, tls: bool = True, source: str | None = None) -> None:
+        raw = socket.create_connection((HOST, port), 10,
+                                       source_address=(source, 0) if source else None)
+        self.sock = unverified().wrap_socket(raw, server_hostname=HOST) if tls else raw
         self.buffer = b""
         self.received: list[str] = []
         self.closed = False
@@ -81,9 +82,10 @@ class RawSession:
         if wait_tag and tag and tag not in (b"*", b"+"):
             # its tagged reply, or the untagged one that answers an invalid tag
             self._read(lambda got: got.startswith((tag + b" ", b"* BAD ", b"* BYE ")), 15)
-            if not any(line.startswith(tag.decode("utf-8", "replace") + " ")
-                       for line in self.received[-3:]):
-                self._read(None, 2, quiet=0.3)     # (a tagged line after the BYE)
+            if "\r\n" in line or not any(line.startswith(tag.decode("utf-8", "replace") + " ")
+                                          for line in self.received[-3:]):
+                # (a tagged line after the BYE; the replies to pipelined commands)
+                self._read(None, 5, quiet=0.5)
         else:
             self._read(None, 5, quiet=0.5)
 
@@ -94,12 +96,16 @@ class RawSession:
             pass
 
 
-def session(*lines, wait_tag: bool = True, after_bye: tuple = ()):
+def session(*lines, wait_tag: bool = True, after_bye: tuple = (), plain_from: str | None = None):
     """A script: the lines, each sent after the previous one's reply; then
     ``after_bye``, sent whether or not the server has closed (a client that
-    does not notice), without reading."""
+    does not notice), without reading. ``plain_from``: on port 143 without
+    TLS, from that address instead (another computer: not secured)."""
     def script(ports) -> list[str]:
-        s = RawSession(ports["imaps"])
+        if plain_from:
+            s = RawSession(ports["imap"], tls=False, source=plain_from)
+        else:
+            s = RawSession(ports["imaps"])
         try:
             for line in lines:
                 if s.closed:
@@ -259,3 +265,16 @@ def test_list_extended_options_and_children(mail_for_user2):
         'b8 LIST "" Dir RETURN (STATUS (MESSAGES))', 'b9 LIST "" Dir RETURN (CHILDREN)',
         "c1 EXAMINE INBOX", "c2 SEARCH CHARSET", "c3 DELETE Dir/Sub", "c4 DELETE Dir",
         "z LOGOUT"), [IMAP_CAPABILITIES])
+
+
+def test_authenticate_in_clear_invalid_base64_and_pipelined_logout(mail_for_user2):
+    """AUTHENTICATE on 143 without TLS from another computer: sasl-server.c's
+    'Plaintext authentication disabled.', and the disconnect line says the
+    client tried. On 993: an answer that is not base64 is login-common's
+    ALERT; a LOGOUT sent right behind LOGIN counts in the imap process's in=."""
+    lab = mail_for_user2
+    check(lab, "IMAP edges: AUTHENTICATE in clear (143, another computer)", session(
+        "a AUTHENTICATE PLAIN AHVzZXIyAHBhc3M=", "b NOOP", plain_from="127.0.0.2"),
+        [IMAP_CAPABILITIES])
+    check(lab, "IMAP edges: invalid base64, LOGOUT pipelined after LOGIN", session(
+        "a AUTHENTICATE PLAIN", "!!!", "b LOGIN user2 pass\r\nz LOGOUT"), [IMAP_CAPABILITIES])

@@ -192,10 +192,27 @@ def test_plaintext_login_refused_before_tls(mem):
         "did it anyway. If anyone was listening, the password was exposed.",
         "a1 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
         "connections."]
+    # AUTHENTICATE has sasl-server.c's shorter words (checked against Dovecot 2.3.19)
     assert c.send(f"a2 AUTHENTICATE PLAIN {PLAIN_USER2}") == [
-        "a2 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
-        "connections."]
+        "a2 NO [PRIVACYREQUIRED] Plaintext authentication disabled."]
     assert mem.log_lines == []
+    c.drop()
+    assert re.fullmatch(r"imap-login: Disconnected: Connection closed \(tried to use disallowed "
+                        r"plaintext auth\): user=<user2>, method=PLAIN, rip=192\.168\.1\.50, .*",
+                        mem.log_lines[-1])
+
+
+def test_invalid_base64_answer_and_commands_pipelined_after_login(mem):
+    """A SASL answer that is not base64: login-common's own ALERT. Commands
+    the client sent while its login was being checked count in the imap
+    process's in= (Dovecot hands them over with the login)."""
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("a AUTHENTICATE PLAIN") == ["+ "]
+    assert c.send("!!!") == ["a NO [ALERT] Invalid base64 in response"]
+    got = c.send("b LOGIN user2 pass\r\nz LOGOUT\r\n".encode())
+    assert got[-2:][0] == "* BYE Logging out" and got[-1].startswith("z OK Logout completed")
+    assert " Logged out in=8 " in mem.log_lines[-1]
 
 
 def test_login_logs_like_imap_login(mem):

@@ -58,7 +58,7 @@ from gponsim.server.dovecot.imap_search import Context as SearchContext, compile
 from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
 from gponsim.server.dovecot.mailwork import ImapMailWork
 from gponsim.server.mailstore.worker import call_in_reactor, in_worker
-from gponsim.server.postfix.xsasl import AuthUnavailable
+from gponsim.server.postfix.xsasl import AuthUnavailable, valid_base64
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.imap import ImapConversation
@@ -959,9 +959,12 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._no(tag, "[ALERT] Unsupported authentication mechanism.")
             return
         if not self.secured and self.settings.disable_plaintext_auth:
+            # sasl-server.c's words for AUTHENTICATE (LOGIN has its own), and
+            # the disconnect line says the client tried
             self._plaintext_refused(None)
-            self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disallowed on "
-                          "non-secure (SSL/TLS) connections.")
+            self._tried_disabled_plaintext = True
+            self._auth_method = mech
+            self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disabled.")
             return
         initial = None
         if len(words) > 1:
@@ -1029,6 +1032,12 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self.lab.auth.abort(rid)
             self._bad(tag, "Authentication aborted by client.")
             return
+        if not valid_base64(text):
+            # login-common decodes the answer itself: the auth server never sees it
+            self._auth_pending = None
+            self.lab.auth.abort(rid)
+            self._no(tag, "[ALERT] Invalid base64 in response")
+            return
         self.blocked = []
         self.lab.auth.respond(rid, text, session=self.session).addCallbacks(
             self._sasl_reply, self._sasl_error, (tag,), None, (tag,), None)
@@ -1040,6 +1049,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._no(tag, f"[SERVERBUG] {exc}")
             return
         self.user = user
+        # what the client sent after its login command reaches the imap
+        # process with the login (Dovecot's in= counts it)
+        self._bytes_in += sum(len(line) + len(self.delimiter) for line in self.blocked or ()) \
+            + len(getattr(self, "_buffer", b""))
         self._anvil_connect(user)
         self.state = "auth"
         self.setTimeout(self.settings.timeout)

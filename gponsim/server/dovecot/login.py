@@ -67,6 +67,8 @@ class LoginCommon:
     _login_started = 0.0
     #: the client named a SASL mechanism the server does not offer
     _tried_unsupported_mech = False
+    #: the client tried AUTHENTICATE where plaintext authentication is disabled
+    _tried_disabled_plaintext = False
 
     def _login_disconnect_line(self, user: str | None, method: str | None) -> str:
         """login-common's line for a client that leaves before logging in
@@ -74,6 +76,8 @@ class LoginCommon:
         now = time.time()
         if not self._login_attempts:
             extra = f"no auth attempts in {int(now - self._connected_at)} secs"
+        elif self._tried_disabled_plaintext:
+            extra = "tried to use disallowed plaintext auth"
         elif self._tried_unsupported_mech:
             extra = "tried to use unsupported auth mechanism"
         else:
