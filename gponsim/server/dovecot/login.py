@@ -21,6 +21,12 @@ _MPIDS = itertools.count(os.getpid() + 1000)
 UNAUTHENTICATED_LOGOUT = "Aborted login by logging out"
 
 
+def _secs(start: float, now: float) -> int:
+    """login-common's '%u secs': ioloop_time - created.tv_sec, whole seconds of
+    the clock subtracted (a 0.2 s session that crosses a second is '1 secs')."""
+    return int(now) - int(start)
+
+
 def next_mpid() -> int:
     return next(_MPIDS)
 
@@ -75,13 +81,13 @@ class LoginCommon:
         (``client_get_extra_disconnect_reason``)."""
         now = time.time()
         if not self._login_attempts:
-            extra = f"no auth attempts in {int(now - self._connected_at)} secs"
+            extra = f"no auth attempts in {_secs(self._connected_at, now)} secs"
         elif self._tried_disabled_plaintext:
             extra = "tried to use disallowed plaintext auth"
         elif self._tried_unsupported_mech:
             extra = "tried to use unsupported auth mechanism"
         else:
-            secs = int(now - (self._login_started or self._connected_at))
+            secs = _secs(self._login_started or self._connected_at, now)
             extra = f"auth failed, {self._login_attempts} attempts in {secs} secs"
         who = f"user=<{user or ''}>, "
         if method and self._login_attempts:
@@ -179,7 +185,7 @@ class LoginCommon:
         log line (``imap-login: Disconnected: <reason> (<what it did>)``), close."""
         if not self._greeting_waits:      # (under a handshake nothing gets through)
             self.sendLine(reply)
-        secs = int(self._clock() - self._login_clock_start)
+        secs = _secs(self._login_clock_start, self._clock())
         attempts = self._auth_attempts()
         if attempts:
             what = f"auth failed, {attempts} attempts in {secs} secs"
