@@ -127,7 +127,8 @@ def test_dovecot_reads_what_gponsim_wrote(where):
     assert dove.fetch("INBOX") == ours == [
         (1, set(), "m0"), (2, {"\\Seen", "\\Flagged"}, "m1"), (3, {"\\Deleted", "$Work"}, "m2")]
     assert dove.status("INBOX") == {"messages": 3, "uidvalidity": state.uidvalidity, "uidnext": 5}
-    assert dove.fetch("Sent") == [(1, {"\\Seen", "\\Answered"}, "sent")]
+    # APPENDed: \Recent until a session has seen it (no "O" in Status:)
+    assert dove.fetch("Sent") == [(1, {"\\Seen", "\\Answered", "\\Recent"}, "sent")]
     # Dovecot found nothing to fix in the file.
     assert (root / "var/mail/user2").read_bytes() == before
 

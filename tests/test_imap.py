@@ -149,7 +149,7 @@ def test_authenticate_mechanisms_through_the_auth_socket(lab):
     c.line()
     c.send("*\r\n")
     assert c.until("d1 ") == ["d1 BAD Authentication aborted by client."]
-    assert c.cmd("d2", "AUTHENTICATE CRAM-MD5") == ["d2 NO Unsupported authentication mechanism."]
+    assert c.cmd("d2", "AUTHENTICATE CRAM-MD5") == ["d2 NO [ALERT] Unsupported authentication mechanism."]
     c.close()
     steps = lab.steps()
     sasl = [s for s in steps if s.proto == "sasl" and s.line.startswith("AUTH\t")
@@ -234,7 +234,8 @@ def test_select_responses_exactly_as_dovecot(lab):
     assert re.fullmatch(r"\* OK \[UIDNEXT \d+\] Predicted next UID", rest[1])
     assert re.fullmatch(r"b OK \[READ-WRITE\] Select completed" + TIMING, lines[-1])
     lines = c.cmd("c", "EXAMINE INBOX")
-    assert lines[1] == "* OK [PERMANENTFLAGS ()] Read-only mailbox."
+    assert lines[0] == "* OK [CLOSED] Previous mailbox closed."     # INBOX was selected
+    assert lines[2] == "* OK [PERMANENTFLAGS ()] Read-only mailbox."
     assert lines[-1].startswith("c OK [READ-ONLY] Examine completed (")
     assert c.cmd("d", "ID (\"name\" \"Thunderbird\")")[0] == '* ID ("name" "Dovecot")'
     assert c.cmd("e", "NAMESPACE")[0] == '* NAMESPACE (("" "/")) NIL NIL'

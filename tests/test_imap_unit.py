@@ -192,10 +192,27 @@ def test_plaintext_login_refused_before_tls(mem):
         "did it anyway. If anyone was listening, the password was exposed.",
         "a1 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
         "connections."]
+    # AUTHENTICATE has sasl-server.c's shorter words (checked against Dovecot 2.3.19)
     assert c.send(f"a2 AUTHENTICATE PLAIN {PLAIN_USER2}") == [
-        "a2 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
-        "connections."]
+        "a2 NO [PRIVACYREQUIRED] Plaintext authentication disabled."]
     assert mem.log_lines == []
+    c.drop()
+    assert re.fullmatch(r"imap-login: Disconnected: Connection closed \(tried to use disallowed "
+                        r"plaintext auth\): user=<user2>, method=PLAIN, rip=192\.168\.1\.50, .*",
+                        mem.log_lines[-1])
+
+
+def test_invalid_base64_answer_and_commands_pipelined_after_login(mem):
+    """A SASL answer that is not base64: login-common's own ALERT. Commands
+    the client sent while its login was being checked count in the imap
+    process's in= (Dovecot hands them over with the login)."""
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("a AUTHENTICATE PLAIN") == ["+ "]
+    assert c.send("!!!") == ["a NO [ALERT] Invalid base64 in response"]
+    got = c.send("b LOGIN user2 pass\r\nz LOGOUT\r\n".encode())
+    assert got[-2:][0] == "* BYE Logging out" and got[-1].startswith("z OK Logout completed")
+    assert " Logged out in=8 " in mem.log_lines[-1]
 
 
 def test_login_logs_like_imap_login(mem):
@@ -259,7 +276,34 @@ def test_authenticate_abort_and_unknown_mechanism(mem):
     c.lines()
     assert c.send("d AUTHENTICATE PLAIN") == ["+ "]
     assert c.send("*") == ["d BAD Authentication aborted by client."]
-    assert c.send("e AUTHENTICATE CRAM-MD5") == ["e NO Unsupported authentication mechanism."]
+    assert c.send("e AUTHENTICATE CRAM-MD5") == ["e NO [ALERT] Unsupported authentication mechanism."]
+
+
+def test_an_unsupported_mechanism_is_an_attempt_the_log_names(mem):
+    """login-common (checked against Dovecot 2.3.19): an ALERT, and the
+    disconnect line's reason is the unsupported mechanism, which it names."""
+    c = mem.imap(local=True)
+    c.lines()
+    assert c.send("e AUTHENTICATE FOO") == ["e NO [ALERT] Unsupported authentication mechanism."]
+    assert c.send("z LOGOUT")[-1] == "z OK Logout completed."
+    c.drop()
+    assert re.fullmatch(r"imap-login: Disconnected: Aborted login by logging out \(tried to use "
+                        r"unsupported auth mechanism\): user=<>, method=FOO, rip=192\.168\.1\.1, .*",
+                        mem.log_lines[-1])
+
+
+def test_lines_after_the_bye_are_not_read(mem):
+    """The third invalid command ends the session; what the client sends
+    while the connection closes is not answered, nor logged again."""
+    c = mem.imap(local=True)
+    c.lines()
+    c.send("a FOO")
+    c.send("b BAR")
+    assert c.send("c BAZ") == ["* BYE Too many invalid IMAP commands."]
+    mem.log_lines.clear()
+    c.server.dataReceived(b"d QUX\r\ne NOOP\r\n")
+    c.drop()
+    assert c.lines() == [] and mem.log_lines == []
 
 
 def test_auth_server_gone_is_a_temporary_failure(mem):
@@ -370,8 +414,14 @@ def test_fetch_header_fields_and_internaldate(mem, inbox):
 
 def test_store_flags_are_written_as_dovecot_s_headers(mem, inbox):
     c = selected(mem)
-    assert c.send("s1 STORE 1 +FLAGS (\\Flagged \\Answered $Label1)")[0] == (
-        "* 1 FETCH (FLAGS (\\Answered \\Flagged $Label1 \\Recent))")
+    # $Label1 is new to the mailbox: FLAGS and PERMANENTFLAGS first; \Recent
+    # goes between the system flags and the keywords (checked against Dovecot 2.3.19)
+    got = c.send("s1 STORE 1 +FLAGS (\\Flagged \\Answered $Label1)")
+    assert done(got.pop(), "s1", "OK Store completed") and got == [
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)] "
+        "Flags permitted.",
+        "* 1 FETCH (FLAGS (\\Answered \\Flagged \\Recent $Label1))"]
     assert done(c.send("s2 STORE 1 -FLAGS.SILENT (\\Answered)")[0], "s2", "OK Store completed")
     assert c.send("s3 UID STORE 2 FLAGS (\\Seen)")[0] == "* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))"
     data = inbox.read_bytes()
@@ -379,7 +429,7 @@ def test_store_flags_are_written_as_dovecot_s_headers(mem, inbox):
     assert b"X-UID: 2\nStatus: RO\nContent-Length: 7\n" in data
     assert re.search(rb"X-IMAPbase: \d+ 0000000002 \$Label1\n", data)
     flags = c.send("s4 FETCH 1:2 FLAGS")
-    assert flags[:2] == ["* 1 FETCH (FLAGS (\\Flagged $Label1 \\Recent))",
+    assert flags[:2] == ["* 1 FETCH (FLAGS (\\Flagged \\Recent $Label1))",
                          "* 2 FETCH (FLAGS (\\Seen \\Recent))"]
 
 
@@ -505,7 +555,8 @@ def test_copy_and_move_between_folders(mem, inbox):
                         c.send("b COPY 1 Archive")[0])
     moved = c.send("m UID MOVE 2 Archive")
     assert re.fullmatch(r"\* OK \[COPYUID \d+ 2 2\] Moved UIDs\.", moved[0])
-    assert moved[1] == "* 2 EXPUNGE" and done(moved[2], "m", "OK Move completed")
+    # both were \Recent in INBOX: one left, and the count is told again (imap-sync.c)
+    assert moved[1:3] == ["* 2 EXPUNGE", "* 1 RECENT"] and done(moved[3], "m", "OK Move completed")
     status = c.send("s STATUS Archive (MESSAGES UIDNEXT)")
     assert status[0] == "* STATUS Archive (MESSAGES 2 UIDNEXT 3)"
     archive = (mem.root / "home/user2/mail/Archive").read_bytes()
@@ -520,6 +571,22 @@ def test_idle_pushes_a_delivery_and_ends_with_done(mem, inbox):
     mem.deliver("user2", b"Subject: tres\n\nnew\n")
     assert c.send(b"", seconds=0.01) == ["* 3 EXISTS", "* 3 RECENT"]      # inotify, at once
     assert c.send(b"", seconds=120) == ["* OK Still here"]
+    assert done(c.send("DONE")[0], "i", "OK Idle completed")
+
+
+def test_idle_keepalive_comes_at_the_client_address_s_moments(mem, inbox):
+    """imap_keepalive_interval_msecs(): '* OK Still here' when (now + the
+    client address's hash) is a multiple of 120 s, not 120 s after the IDLE
+    (checked against Dovecot 2.3.19, both sending it within the same second)."""
+    c = selected(mem)            # from 192.168.1.1: its in_addr, little-endian
+    h = int.from_bytes(bytes([192, 168, 1, 1]), "little")
+    start = mem.reactor.seconds()
+    mem.reactor.advance((90 - h - int(start)) % 120)        # now + h = 90 (mod 120)
+    assert c.send("i IDLE") == ["+ idling"]
+    assert c.send(b"", seconds=29.5) == []
+    assert c.send(b"", seconds=1) == ["* OK Still here"]              # 30 s after
+    assert c.send(b"", seconds=119) == []
+    assert c.send(b"", seconds=1) == ["* OK Still here"]              # then every 120 s
     assert done(c.send("DONE")[0], "i", "OK Idle completed")
 
 
@@ -584,12 +651,61 @@ def test_three_invalid_commands_before_login_drop_the_client(mem):
     assert len(mem.log_lines) == 1
 
 
+def test_examined_mailbox_takes_expunge_store_and_move(mem, inbox):
+    """Dovecot 2.3 (checked against it): EXPUNGE and STORE in an EXAMINEd
+    mailbox answer OK and change nothing; MOVE is not refused and counts as
+    trashed= when it goes to a \\Trash special-use mailbox."""
+    mem.ctx.settings.special_use = [("Trash", "\\Trash", "no")]
+    c = logged_in(mem, caps=POST + " SPECIAL-USE")
+    c.send("c CREATE Trash")
+    c.send("e EXAMINE INBOX")
+    assert done(c.send("x EXPUNGE")[0], "x", "OK Expunge completed")
+    assert c.send("s STORE 1 +FLAGS (\\Deleted)")[0].startswith(
+        "s OK Store ignored with read-only mailbox (")
+    assert done(c.send("r STORE 1 FLAGS (\\Recent)")[0], "r",
+                "BAD Error in IMAP command STORE: Invalid system flag \\RECENT")
+    moved = c.send("m MOVE 1 Trash")
+    assert moved[1:3] == ["* 1 EXPUNGE", "* 1 RECENT"] and done(moved[3], "m", "OK Move completed")
+    assert c.send("z LOGOUT")[-1].startswith("z OK")
+    assert " deleted=0 expunged=0 trashed=1 " in mem.log_lines[-1]
+
+
+def test_list_extended_options_and_errors(mem, inbox):
+    """Dovecot 2.3.19: unknown LIST-EXTENDED options are refused, a missing
+    pattern is 'Invalid pattern'; children are reported for a plain LIST or
+    when RETURN (CHILDREN) asks, not for other extended forms (a list of
+    patterns is one)."""
+    c = logged_in(mem)
+    c.send("c1 CREATE Dir/")
+    c.send("c2 CREATE Dir/Sub")
+    assert done(c.send('l1 LIST (FOO) "" *')[0], "l1",
+                "BAD Error in IMAP command LIST: Unknown select options")
+    assert done(c.send('l2 LIST "" * RETURN (FOO)')[0], "l2",
+                "BAD Error in IMAP command LIST: Unknown return options")
+    assert done(c.send('l3 LIST ""')[0], "l3", "BAD Error in IMAP command LIST: Invalid pattern")
+    assert c.send('l4 LIST "" Dir')[0] == '* LIST (\\Noselect \\HasChildren) "/" Dir'
+    assert c.send('l5 LIST "" (Dir INBOX)')[:2] == ['* LIST (\\Noselect) "/" Dir',
+                                                   '* LIST () "/" INBOX']
+    assert c.send('l6 LIST "" Dir RETURN (CHILDREN)')[0] == \
+        '* LIST (\\Noselect \\HasChildren) "/" Dir'
+    c.send("s SELECT INBOX")
+    assert done(c.send("s1 SEARCH CHARSET")[0], "s1",
+                "BAD Error in IMAP command SEARCH: Invalid charset argument")
+
+
 def test_bad_commands(mem):
     c = mem.imap(local=True)
     c.lines()
     assert c.send("a FOO") == ["a BAD Error in IMAP command received by server."]
-    assert c.send("a+b NOOP") == ["* BAD Error in IMAP tag: Invalid tag."]
+    # imap-login never echoes an invalid tag (checked against Dovecot 2.3.19)
+    assert c.send("a+b NOOP") == ["* BAD Error in IMAP command received by server."]
     c = logged_in(mem)
+    for line in (" NOOP", "", "a]b NOOP", "a\tNOOP"):       # the imap process says why
+        got = c.send(line)
+        assert len(got) == 1 and re.fullmatch(r"\* BAD Error in IMAP tag: Invalid tag" + TIMING,
+                                              got[0]), (line, got)
+    assert done(c.send("a1")[0], "a1", "BAD Error in IMAP command: Invalid command name")
+    assert done(c.send("b} NOOP")[0], "b}", "OK NOOP completed")      # '}' may be in a tag
     assert done(c.send("d BLAH")[0], "d", "BAD Error in IMAP command BLAH: Unknown command")
     assert done(c.send("e SELECT")[0], "e", "BAD Error in IMAP command SELECT: Invalid arguments")
 

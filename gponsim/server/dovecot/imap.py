@@ -35,7 +35,9 @@ import io
 import os
 import re
 import secrets
+import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -56,7 +58,7 @@ from gponsim.server.dovecot.imap_search import Context as SearchContext, compile
 from gponsim.server.dovecot.login import UNAUTHENTICATED_LOGOUT, next_mpid, LoginCommon, LoginFactory
 from gponsim.server.dovecot.mailwork import ImapMailWork
 from gponsim.server.mailstore.worker import call_in_reactor, in_worker
-from gponsim.server.postfix.xsasl import AuthUnavailable
+from gponsim.server.postfix.xsasl import AuthUnavailable, valid_base64
 from gponsim.steps import new_session, null_emit
 from gponsim.wire import smtp as smtp_wire
 from gponsim.wire.imap import ImapConversation
@@ -97,8 +99,6 @@ _EXTRA_ITEM = re.compile(rb"(?i)(?<![\w.\[])(?:PREVIEW(?:\s*\(\s*(?P<lazy>LAZY)\
 _BINARY_ITEM = re.compile(
     rb"(?i)\bBINARY(?P<size>\.SIZE)?(?P<peek>\.PEEK)?\[(?P<section>[0-9.]*)\]"
     rb"(?:<(?P<start>\d+)\.(?P<length>\d+)>)?")
-#: Listed in a BADCHARSET reply (any charset Python knows is accepted).
-SEARCH_CHARSETS = ("UTF-8", "US-ASCII")
 
 
 @dataclass
@@ -229,11 +229,19 @@ def _message_part(msg: Message) -> _Part:
 # What Dovecot checks before parsing a command
 
 #: A tag: ASTRING-CHARs except "+" (RFC 3501 §9); no 8-bit, no CTL.
-_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
+_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+\]]+')
 #: A command name: an atom.
 _ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\\]]+')
 #: Commands that take no arguments: Dovecot ignores any that come.
-_NO_ARGUMENTS = frozenset({"NOOP", "NAMESPACE", "EXPUNGE"})
+_NO_ARGUMENTS = frozenset({"NOOP", "NAMESPACE", "EXPUNGE", "CAPABILITY", "LOGOUT", "CHECK",
+                           "CLOSE", "UNSELECT", "IDLE", "STARTTLS"})
+#: LIST-EXTENDED options Dovecot 2.3 knows (RFC 5258, 6154, 5819).
+_LIST_SELECT_OPTIONS = frozenset({"SUBSCRIBED", "RECURSIVEMATCH", "REMOTE", "SPECIAL-USE"})
+_LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS",
+                                  "MYRIGHTS"})
+_EMPTY_FIELDS = re.compile(rb"(?i)HEADER\.FIELDS(?:\.NOT)?\s*\(\s*\)")
+#: The system flags STORE takes (lower case); \Recent and others are refused.
+_SYSTEM_FLAG_NAMES = frozenset({"\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft"})
 #: Commands whose arguments cannot be left out, and Dovecot's words when they are.
 _NEEDS_ARGUMENTS = {
     "SELECT": "Invalid arguments", "EXAMINE": "Invalid arguments",
@@ -347,6 +355,12 @@ def _arg_rawset(server, line: bytes):
     return head, rest
 
 
+def _astring_arg(server, line):
+    """The server's own astring parser (:meth:`ImapServer.arg_astring`), for
+    the command tables, which name their parsers as plain functions."""
+    return server.arg_astring(line)
+
+
 class _Tap:
     """The transport as seen by the protocol: every write is also a Step."""
 
@@ -409,6 +423,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.readonly = False
         self.view: list[int] = []            # UIDs, index = sequence number - 1
         self.recent: set[int] = set()
+        self.keywords: list[str] = []       # the selected mailbox's, as the client was told
         self.uidvalidity = 0
         self._idle_tag: bytes | None = None
         self._idle_timer = None
@@ -427,7 +442,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._logged_out = False
         self._dovecot_session = base64.b64encode(secrets.token_bytes(12)).decode()[:16]
         self.mpid = next_mpid()
-        self.counts = {"expunged": 0, "deleted": 0, "hdr_count": 0, "hdr_bytes": 0,
+        self.counts = {"expunged": 0, "deleted": 0, "trashed": 0, "hdr_count": 0, "hdr_bytes": 0,
                        "body_count": 0, "body_bytes": 0}
         #: imap-login's client_ignores_capability_resp_code: the client asked
         #: CAPABILITY before STARTTLS, so it gets an untagged CAPABILITY at login
@@ -445,6 +460,11 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._emit_all(self.conv.server_data(data))
 
     def dataReceived(self, data: bytes) -> None:
+        if self._gone or self.transport.disconnecting:
+            # Dovecot reads nothing more from a client it has said BYE to;
+            # Twisted's TLS layer still hands over what arrives while it
+            # waits for the client's close_notify
+            return
         if self.user:
             self._bytes_in += len(data)
         self._emit_all(self.conv.client_data(data))
@@ -549,7 +569,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         """imap_logout_format's default (10-logging.conf)."""
         c = self.counts
         return (f"in={self._bytes_in} out={self._bytes_out} deleted={c['deleted']} "
-                f"expunged={c['expunged']} trashed=0 hdr_count={c['hdr_count']} "
+                f"expunged={c['expunged']} trashed={c['trashed']} hdr_count={c['hdr_count']} "
                 f"hdr_bytes={c['hdr_bytes']} body_count={c['body_count']} "
                 f"body_bytes={c['body_bytes']}")
 
@@ -567,6 +587,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     _idle_in = 0
     _idle_out = 0
+    _unread = 0          # bytes of arguments a command ignored (not in Dovecot's in=)
 
     def timeoutConnection(self) -> None:
         if self.user is None:
@@ -658,11 +679,35 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         if self.parseState == "command":
             self._cmd_start = time.monotonic()
+            if self._bad_tag_or_name(line):
+                return
             if self._start_literal(line):
                 return
         elif self.parseState == "pending" and self._start_literal(line):
             return
         super().lineReceived(line)
+
+    def _bad_tag_or_name(self, line: bytes) -> bool:
+        """Dovecot's first two words of a command line, checked before Twisted
+        splits it (which would skip a leading space and take the next word as
+        the tag): an invalid or empty tag, or no command name after it. True
+        when the line has been answered."""
+        tag, _sp, rest = line.partition(b" ")
+        if not _TAG.fullmatch(tag):
+            if self.user is None:
+                # imap-login never sends an invalid tag back
+                self._bad(b"*", "Error in IMAP command received by server.")
+            else:
+                self.sendLine(b"* BAD " + self._timed(
+                    b"", "Error in IMAP tag: Invalid tag.").encode())
+            return True
+        if not rest[:1].strip():           # "a1", "a1 ", "a1  NOOP": no command name
+            if self.user is None:
+                self._bad(tag, "Error in IMAP command received by server.")
+            else:
+                self._bad(tag, "Error in IMAP command: Invalid command name.")
+            return True
+        return False
 
     def _start_literal(self, line: bytes) -> bool:
         """LITERAL+ (``{n+}``): no continuation request; too large: refused."""
@@ -725,6 +770,50 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             raise imap4.IllegalClientResponse("Literal too large.")
         return super()._stringLiteral(size)
 
+    def arg_astring(self, line, final=False):
+        """Twisted's astring, with what its quoted strings lack: backslash
+        escapes (``"a\\"b"`` is ``a"b``, RFC 9051 quoted-specials); and a
+        parenthesized list where a string goes is Dovecot's 'Invalid arguments'."""
+        text = line.lstrip(b" ")
+        if text[:1] == b"(":
+            raise imap4.IllegalClientResponse("Invalid arguments")
+        if text[:1] != b'"':
+            return super().arg_astring(line, final)
+        value = bytearray()
+        i = 1
+        while i < len(text):
+            c = text[i:i + 1]
+            if c == b"\\" and text[i + 1:i + 2] in (b"\\", b'"'):
+                value += text[i + 1:i + 2]
+                i += 2
+                continue
+            if c == b'"':
+                return bytes(value), text[i + 1:].lstrip(b" ")
+            value += c
+            i += 1
+        raise _ParserError("Missing '\"'")
+
+    def _IMAP4Server__doCommand(self, tag, handler, args, parseargs, line, uid):
+        """Twisted's argument loop (IMAP4Server.__doCommand, name-mangled), where
+        what follows a logged-in command's last argument is ignored, as
+        Dovecot's client_read_args() reads only the arguments it asked for,
+        instead of Twisted's 'Too many arguments for command'."""
+        if self.user is not None and not any(callable(a) for a in parseargs):
+            line = b""
+        return super()._IMAP4Server__doCommand(tag, handler, args, parseargs, line, uid)
+
+    def _IMAP4Server__ebDispatch(self, failure, tag):
+        """Twisted's handling of an argument parser's failure, plus a NO that
+        ends the command before its literal is asked for (:class:`_Refused`)."""
+        if failure.check(_Refused):
+            self._no(tag, str(failure.value))
+            return
+        if failure.check(_ParserError) and self.user is None:
+            # imap-login: the parser's own words, not counted as an invalid command
+            self.sendLine(_b(tag) + b" BAD " + str(failure.value).encode())
+            return
+        return super()._IMAP4Server__ebDispatch(failure, tag)
+
     def dispatchCommand(self, tag, cmd, rest, uid=None):
         # Dovecot's checks, in its order, before any parsing (src/imap/imap-client.c).
         if not _TAG.fullmatch(tag):
@@ -751,8 +840,11 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if self._held and not runs_along:
             self._flush_synced()      # this one waits for the earlier ones to finish
         shown = self._command = f"UID {name}" if uid else name
+        self._unread = 0
         if name in _NO_ARGUMENTS:
-            rest, empty = b"", True     # Dovecot does not look at what follows
+            # Dovecot does not look at what follows (nor counts it in in=)
+            self._unread = len((rest or b"").strip())
+            rest, empty = b"", True
         if empty:
             if name in _NEEDS_ARGUMENTS:
                 self._bad(tag, f"Error in IMAP command {shown}: {_NEEDS_ARGUMENTS[name]}.")
@@ -781,6 +873,16 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._refresh(expunges=True)
         self._ok(tag, "NOOP completed.")
 
+    def _disconnect(self, reason: str) -> None:
+        """The imap process ends the session: BYE with the reason, which the
+        log line repeats (client_disconnect_with_error)."""
+        self._untagged(f"BYE {reason}")
+        self._logged_out = True
+        self._bytes_in -= 2 if self._line_end == b"\r\n" else 1   # (as after LOGOUT)
+        self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
+                 f"Disconnected: {reason} {self._stats()}")
+        self.transport.loseConnection()
+
     def do_LOGOUT(self, tag):
         self._untagged("BYE Logging out")
         self._ok(tag, "Logout completed.")
@@ -789,7 +891,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             # Dovecot's parser stops at the end of the command's arguments and
             # skips the line end when the next command starts: after LOGOUT it
             # never does, so in= leaves out the last CRLF
-            self._bytes_in -= 2 if self._line_end == b"\r\n" else 1
+            self._bytes_in -= (2 if self._line_end == b"\r\n" else 1) + self._unread
             self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
                      f"Disconnected: Logged out {self._stats()}")
         else:
@@ -848,12 +950,21 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         mech = words[0].decode("ascii", "replace").upper()
         if mech not in self.settings.mechanisms:
-            self._no(tag, "Unsupported authentication mechanism.")
+            # sasl-server.c: an attempt that failed at once, with an ALERT,
+            # and the disconnect line says so (client_get_extra_disconnect_reason)
+            self._login_attempts += 1
+            self._login_started = self._login_started or time.time()
+            self._last_auth_fail = "tried to use unsupported auth mechanism"
+            self._auth_method = mech
+            self._no(tag, "[ALERT] Unsupported authentication mechanism.")
             return
         if not self.secured and self.settings.disable_plaintext_auth:
+            # sasl-server.c's words for AUTHENTICATE (LOGIN has its own), and
+            # the disconnect line says the client tried
             self._plaintext_refused(None)
-            self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disallowed on "
-                          "non-secure (SSL/TLS) connections.")
+            self._last_auth_fail = "tried to use disallowed plaintext auth"
+            self._auth_method = mech
+            self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disabled.")
             return
         initial = None
         if len(words) > 1:
@@ -864,7 +975,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._sasl(mech, initial, tag)
 
     unauth_STARTTLS = (do_STARTTLS,)
-    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    unauth_LOGIN = (do_LOGIN, _astring_arg, imap4.IMAP4Server.arg_finalastring)
     unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_line)
 
     def _sasl(self, mech: str, resp: str | None, tag) -> None:
@@ -921,6 +1032,12 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self.lab.auth.abort(rid)
             self._bad(tag, "Authentication aborted by client.")
             return
+        if not valid_base64(text):
+            # login-common decodes the answer itself: the auth server never sees it
+            self._auth_pending = None
+            self.lab.auth.abort(rid)
+            self._no(tag, "[ALERT] Invalid base64 in response")
+            return
         self.blocked = []
         self.lab.auth.respond(rid, text, session=self.session).addCallbacks(
             self._sasl_reply, self._sasl_error, (tag,), None, (tag,), None)
@@ -932,6 +1049,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._no(tag, f"[SERVERBUG] {exc}")
             return
         self.user = user
+        # what the client sent after its login command reaches the imap
+        # process with the login (Dovecot's in= counts it)
+        self._bytes_in += sum(len(line) + len(self.delimiter) for line in self.blocked or ()) \
+            + len(getattr(self, "_buffer", b""))
         self._anvil_connect(user)
         self.state = "auth"
         self.setTimeout(self.settings.timeout)
@@ -956,8 +1077,18 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._ok(tag, "Namespace completed.")
 
     def do_ENABLE(self, tag, line):
-        if line.strip():
-            self._untagged("ENABLED")
+        """cmd-enable.c: only CONDSTORE and QRESYNC can be enabled, and gponsim
+        implements neither (docs/fidelity.md), so nothing is: no untagged
+        ENABLED at all (Dovecot leaves it out when its list is empty). Every
+        argument must be an atom."""
+        try:
+            args = tokenize(line or b"")
+        except imap4.IllegalClientResponse as exc:
+            self._bad(tag, f"Error in IMAP command ENABLE: {exc}.")
+            return
+        if any(isinstance(a, list) for a in args) or b'"' in (line or b""):
+            self._bad(tag, "Error in IMAP command ENABLE: Invalid arguments.")
+            return
         self._ok(tag, "Enabled.")
 
     auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
@@ -977,7 +1108,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         try:
             return True, fn(*args)
         except StoreError as exc:
-            if exc.code == "NONEXISTENT" and self._command not in USE_NONEXISTENT:
+            if not exc.code or exc.code == "NONEXISTENT" \
+                    and self._command not in USE_NONEXISTENT:
                 self._no(tag, str(exc))
             else:
                 self._no(tag, f"[{exc.code}] {exc}")
@@ -986,6 +1118,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         return False, None
 
     def do_SELECT(self, tag, name, readonly=False):
+        if self.folder is not None:
+            # cmd-select.c: the mailbox selected before is closed first, and
+            # said so, whether or not the new one can be opened
+            self._untagged("OK [CLOSED] Previous mailbox closed.")
         self._close_folder()
         name = self._name(name)
         ok, folder = self._store_call(tag, self.store.folder, name)
@@ -999,12 +1135,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.view = [m.uid for m in state.messages]
         # EXAMINE reports \Recent too (as Dovecot does), without taking it away.
         self.recent = {m.uid for m in state.messages if m.recent}
-        flags = FLAGS_LIST + "".join(" " + k for k in state.keywords)
-        self._untagged(f"FLAGS ({flags})")
-        if readonly:
-            self._untagged("OK [PERMANENTFLAGS ()] Read-only mailbox.")
-        else:
-            self._untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
+        self.keywords = list(state.keywords)
+        self._flags_lines()
         self._untagged(f"{len(self.view)} EXISTS")
         self._untagged(f"{len(self.recent)} RECENT")
         for seq, msg in enumerate(state.messages, 1):
@@ -1020,17 +1152,43 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         else:
             self._ok(tag, "[READ-WRITE] Select completed.")
 
+    def _flags_lines(self) -> None:
+        """FLAGS and PERMANENTFLAGS: the mailbox's keywords after the system flags."""
+        flags = FLAGS_LIST + "".join(" " + k for k in self.keywords)
+        self._untagged(f"FLAGS ({flags})")
+        if self.readonly:
+            self._untagged("OK [PERMANENTFLAGS ()] Read-only mailbox.")
+        else:
+            self._untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
+
+    def _new_keywords(self, keywords) -> None:
+        """Keywords the mailbox did not have: Dovecot tells the client the new
+        FLAGS and PERMANENTFLAGS at once (imap-sync.c), before anything else."""
+        new = [k for k in keywords if k not in self.keywords]
+        if new:
+            self.keywords = self.keywords + new
+            self._flags_lines()
+
     def do_EXAMINE(self, tag, name):
         self.do_SELECT(tag, name, readonly=True)
 
-    auth_SELECT = select_SELECT = (do_SELECT, imap4.IMAP4Server.arg_finalastring)
-    auth_EXAMINE = select_EXAMINE = (do_EXAMINE, imap4.IMAP4Server.arg_finalastring)
+    def _arg_select_mailbox(self, line):
+        """SELECT's mailbox: cmd-select.c closes the selected mailbox before it
+        looks at its arguments' types (a parse error leaves it open)."""
+        if line.lstrip(b" ")[:1] == b"(" and self.folder is not None:
+            self._untagged("OK [CLOSED] Previous mailbox closed.")
+            self._close_folder()
+        return self.arg_astring(line, final=True)
+
+    auth_SELECT = select_SELECT = (do_SELECT, _arg_select_mailbox)
+    auth_EXAMINE = select_EXAMINE = (do_EXAMINE, _arg_select_mailbox)
 
     def _close_folder(self) -> None:
         self._stop_watch()
         self.folder = None
         self.view = []
         self.recent = set()
+        self.keywords = []
         self._saved = frozenset()        # RFC 5182: "$" is forgotten with the mailbox
         if self.state == "select":
             self.state = "auth"
@@ -1042,24 +1200,34 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     def do_DELETE(self, tag, name):
         name = self._name(name)
-        if self.folder is not None and self.folder.name == name:
+        selected = self.folder is not None and self.folder.name == name
+        if selected:
             self._close_folder()
         if self._store_call(tag, self.store.delete, name)[0]:
             self._ok(tag, "Delete completed.")
+            if selected:
+                # imap-sync: the selected mailbox is gone, and so is the session
+                self._disconnect("Selected mailbox was deleted, have to disconnect.")
 
     def do_RENAME(self, tag, old, new):
         if self._store_call(tag, self.store.rename, self._name(old), self._name(new))[0]:
             self._ok(tag, "Rename completed.")
 
     def do_SUBSCRIBE(self, tag, name):
-        if self._store_call(tag, self.store.subscribe, self._name(name))[0]:
+        name = self._name(name)
+        if not self.store.exists(name):
+            # cmd-subscribe.c: a mailbox that is not there cannot be
+            # subscribed to (UNSUBSCRIBE of one is fine: it may be a stale entry)
+            self._no(tag, f"Mailbox doesn't exist: {name}")
+            return
+        if self._store_call(tag, self.store.subscribe, name)[0]:
             self._ok(tag, "Subscribe completed.")
 
     def do_UNSUBSCRIBE(self, tag, name):
         if self._store_call(tag, self.store.unsubscribe, self._name(name))[0]:
             self._ok(tag, "Unsubscribe completed.")
 
-    _A = imap4.IMAP4Server.arg_astring
+    _A = _astring_arg
     _F = imap4.IMAP4Server.arg_finalastring
     auth_CREATE = select_CREATE = (do_CREATE, _F)
     auth_DELETE = select_DELETE = (do_DELETE, _F)
@@ -1078,10 +1246,18 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         select_opts: list[str] = []
         if args and isinstance(args[0], list) and not lsub:
             select_opts = [_word(o) for o in args.pop(0)]
+            if any(o not in _LIST_SELECT_OPTIONS for o in select_opts):
+                self._bad(tag, "Error in IMAP command LIST: Unknown select options.")
+                return
         if len(args) < 2:
-            self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
+            # cmd-list.c: the reference was read, the pattern is missing
+            text = "Invalid pattern" if args else "Invalid arguments"
+            self._bad(tag, f"Error in IMAP command {'LSUB' if lsub else 'LIST'}: {text}.")
             return
         ref, patterns = args[0], args[1]
+        if lsub and len(args) > 2:
+            self._bad(tag, "Error in IMAP command LSUB: Extra arguments.")
+            return
         if isinstance(ref, list):
             self._bad(tag, "Error in IMAP command LIST: Invalid arguments.")
             return
@@ -1093,6 +1269,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if len(args) >= 4 and _word(args[2]) == "RETURN" and isinstance(args[3], list):
             return_opts = args[3]
         returns = {_word(o) for o in return_opts if not isinstance(o, list)}
+        if any(r not in _LIST_RETURN_OPTIONS for r in returns):
+            self._bad(tag, "Error in IMAP command LIST: Unknown return options.")
+            return
         status_items = None
         for i, o in enumerate(return_opts):
             if _word(o) == "STATUS" and i + 1 < len(return_opts) \
@@ -1110,7 +1289,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         # What Dovecot's LIST reports (cmd-list.c): CHILDREN information for a
         # plain LIST or when asked for; special-use for a plain LIST, LSUB, or
         # when asked for; \Marked/\UnMarked when the subscriptions are walked.
-        extended = bool(select_opts or return_opts)
+        # (a list of patterns is LIST-EXTENDED syntax too)
+        extended = bool(select_opts or return_opts) or isinstance(args[1], list)
         children = not lsub and (not extended or "CHILDREN" in returns)
         special_use = lsub or not extended or "SPECIAL-USE" in returns \
             or "SPECIAL-USE" in select_opts
@@ -1129,7 +1309,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                 attrs.append("\\Noselect")
             mbox = self._mbox()
             if not lsub:
-                if info.children:
+                if info.children and children:
                     attrs.append("\\HasChildren")
                 elif mbox and info.selectable and info.name != "INBOX":
                     attrs.append("\\NoInferiors")     # an mbox file holds no folders
@@ -1187,9 +1367,12 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             "UNSEEN": sum(1 for m in state.messages if SEEN not in m.flags),
             "SIZE": sum(m.size for m in state.messages),
         }
+        if not items:
+            raise imap4.IllegalClientResponse("Empty status list")
         for item in items:
             if item not in values:
-                raise imap4.IllegalClientResponse(f"Unknown STATUS item {item}")
+                # cmd-status.c: the item as the client wrote it (upper case)
+                raise imap4.IllegalClientResponse(f"Invalid status item {item}")
         # Dovecot's order, whatever the order asked.
         parts = [f"{item} {values[item]}" for item in values if item in items]
         self._untagged(f"STATUS {quote(name)} ({' '.join(parts)})")
@@ -1197,7 +1380,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     def do_STATUS(self, tag, name, line):
         try:
-            items = tokenize(line)
+            items = tokenize(line)[:1]        # (what follows the list is ignored)
             if len(items) != 1 or not isinstance(items[0], list):
                 raise imap4.IllegalClientResponse("Invalid arguments")
             name = self._name(name)
@@ -1209,7 +1392,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         except imap4.IllegalClientResponse as exc:
             self._bad(tag, f"Error in IMAP command STATUS: {exc}")
 
-    auth_STATUS = select_STATUS = (do_STATUS, imap4.IMAP4Server.arg_astring,
+    auth_STATUS = select_STATUS = (do_STATUS, _astring_arg,
                                    imap4.IMAP4Server.arg_line)
 
     # ---- APPEND
@@ -1256,7 +1439,27 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return d.addCallback(got)
         return step(line)
 
-    auth_APPEND = select_APPEND = (do_APPEND, imap4.IMAP4Server.arg_astring,
+    def _arg_append_mailbox(self, line):
+        """APPEND's mailbox, which cmd-append.c opens before it asks for the
+        message: one that does not exist is refused at once, without the
+        '+ OK' (a LITERAL+ message, already on its way, is read and dropped)."""
+        name, rest = _astring_arg(self, line)
+        try:
+            mailbox = self._name(name)
+            missing = not self.store.exists(mailbox)
+        except (imap4.IllegalMailboxEncoding, StoreError, OSError):
+            return name, rest          # (do_APPEND says what is wrong with it)
+        if missing:
+            literal = _LITERAL_ANY.search(rest.rstrip())
+            if literal and self._literal_plus:
+                self._literal_plus -= 1
+                self.parseState = "discard"
+                self._pendingLiteral = _Discard(int(literal.group(1)))
+                self.setRawMode()
+            raise _Refused(f"[TRYCREATE] Mailbox doesn't exist: {mailbox}")
+        return name, rest
+
+    auth_APPEND = select_APPEND = (do_APPEND, _arg_append_mailbox,
                                    imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime,
                                    imap4.IMAP4Server.arg_literal, _arg_more_appends)
 
@@ -1269,7 +1472,22 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         call_in_reactor(self._start_idle_timer)
 
     def _start_idle_timer(self) -> None:
-        self._idle_timer = self.lab.reactor.callLater(IDLE_NOTIFY_INTERVAL, self._still_here)
+        self._idle_timer = self.lab.reactor.callLater(self._keepalive_delay(), self._still_here)
+
+    def _keepalive_delay(self) -> float:
+        """imap_keepalive_interval_msecs(): Dovecot does not count the interval
+        from the IDLE but wakes every connection from one client address at
+        the same moments, when (now + a hash of the address) is a multiple of
+        imap_idle_notify_interval (one wake-up for all of a phone's folders).
+        The hash (net_ip_hash) of an IPv4 address is its in_addr as a native
+        (little-endian) integer, of an IPv6 one an ELF hash of its bytes;
+        without an address, the CRC-32 of the user name."""
+        interval = int(IDLE_NOTIFY_INTERVAL)
+        key = _ip_hash(self.client_ip)
+        if key is None:
+            key = zlib.crc32((self.user or "").encode())
+        now = int(self._clock())
+        return float(interval - (now + key) % interval)
 
     auth_IDLE = select_IDLE = (do_IDLE,)
 
@@ -1277,7 +1495,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._idle_timer = None
         if self._idle_tag is not None:
             self._untagged("OK Still here")
-            self._idle_timer = self.lab.reactor.callLater(IDLE_NOTIFY_INTERVAL, self._still_here)
+            self._idle_timer = self.lab.reactor.callLater(self._keepalive_delay(), self._still_here)
 
     def _stop_idle_timer(self) -> None:
         if self._idle_timer is not None and self._idle_timer.active():
@@ -1364,11 +1582,14 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return True
         uids = [m.uid for m in state.messages]
         present = set(uids)
+        recent_before = len(self.recent)
+        self._new_keywords(state.keywords)      # (another session, an APPEND...)
         if expunges:
             seq = 0
             while seq < len(self.view):
                 if self.view[seq] not in present:
                     self._untagged(f"{seq + 1} EXPUNGE")
+                    self.recent.discard(self.view[seq])
                     del self.view[seq]
                 else:
                     seq += 1
@@ -1379,6 +1600,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self.view.extend(m.uid for m in new)
             self.recent |= {m.uid for m in new if m.recent}
             self._untagged(f"{len(self.view)} EXISTS")
+            self._untagged(f"{len(self.recent)} RECENT")
+        elif len(self.recent) != recent_before:
+            # imap-sync.c: the RECENT count is told again when expunges changed it
             self._untagged(f"{len(self.recent)} RECENT")
         return True
 
@@ -1408,7 +1632,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
 
     def _expunge(self, tag, uids=None) -> None:
         if self.readonly:
-            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
+            # cmd-expunge.c: an EXAMINEd mailbox is only synced; nothing goes
+            self._refresh(expunges=True)
+            self._ok(tag, "Expunge completed.")
             return
         ok, gone = self._store_call(tag, self.folder.expunge, uids)
         if not ok:
@@ -1452,6 +1678,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         """Twisted's FETCH attribute parser (see :meth:`_arg_fetchatt_twisted`), its
         failures told in Dovecot's words instead of as server errors."""
         text = (line or b"").strip()
+        if not text:                    # FETCH 1: a sequence set and no items
+            raise imap4.IllegalClientResponse("Invalid arguments")
+        if _EMPTY_FIELDS.search(text):  # imap-msgpart.c: a field list cannot be empty
+            raise imap4.IllegalClientResponse("Invalid BODY[..] section")
         if text.count(b"(") > text.count(b")"):
             raise imap4.IllegalClientResponse("Missing ')'")
         if text.count(b"[") > text.count(b"]"):
@@ -1550,7 +1780,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                         self._extra_item(b["extra"], msg))
                     continue
                 try:
-                    others.append(_binary_item(b, msg))
+                    item = _binary_item(b, msg)
+                    if not b["size"]:
+                        self._counted(item.partition(b"}\r\n")[2], header=False)
+                    others.append(item)
                 except _UnknownCTE:
                     self._no(tag, "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding.")
                     return
@@ -1575,10 +1808,16 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         return b"PREVIEW " + imap_string(text)
 
     def _flags_item(self, msg: Message) -> bytes:
-        flags = [f for f in SYSTEM_FLAGS if f in msg.flags] + list(msg.keywords)
-        if msg.uid in self.recent:
-            flags.append(RECENT)
-        return b"FLAGS (" + " ".join(flags).encode() + b")"
+        flags = [f for f in SYSTEM_FLAGS if f in msg.flags]
+        return b"FLAGS (" + " ".join(self._with_recent(msg.uid, flags + list(msg.keywords))
+                                     ).encode() + b")"
+
+    def _with_recent(self, uid: int, flags: list[str]) -> list[str]:
+        """imap-util.c's flag list: the system flags, \\Recent, then the keywords."""
+        if uid not in self.recent:
+            return flags
+        system = [f for f in flags if f.startswith("\\")]
+        return system + [RECENT] + [f for f in flags if not f.startswith("\\")]
 
     def _fetch_item(self, q, msg: Message) -> bytes:
         t = q.type
@@ -1628,6 +1867,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                         raise IndexError(p)
             except IndexError:
                 part = None
+        if q.part and (q.header or q.text) and part is not None \
+                and part.msg.get_content_type() != "message/rfc822":
+            part = None        # imap-msgpart.c: HEADER and TEXT of a part are a message's
         if q.header:
             name = "HEADER"
             source = head if not q.part else (part.header_bytes() if part else b"")
@@ -1656,7 +1898,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             start = q.partialBegin
             source = source[start:start + q.partialLength]
             out += b"<%d>" % start
-        return out + b" " + _lit(self._counted(source, header=bool(q.header or q.mime)))
+        return out + b" " + _lit(self._counted(source, header=bool(q.header)))
 
     def _counted(self, data: bytes, header: bool) -> bytes:
         """imap-fetch-body.c's statistics for the logout line: a part without
@@ -1671,9 +1913,6 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
     # ---- STORE
 
     def do_STORE(self, tag, seqset, mode, flags, uid=0):
-        if self.readonly:
-            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
-            return
         mode = mode.upper()
         silent = mode.endswith(b".SILENT")
         how = 1 if mode.startswith(b"+") else -1 if mode.startswith(b"-") else 0
@@ -1681,11 +1920,23 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._bad(tag, "Error in IMAP command STORE: Invalid arguments.")
             return
         flag_list = [f.decode() for f in flags]
+        for flag in flag_list:
+            if flag.startswith("\\") and flag.lower() not in _SYSTEM_FLAG_NAMES:
+                # imap-util.c: \Recent and unknown system flags are refused
+                self._bad(tag, f"Error in IMAP command {self._command}: "
+                               f"Invalid system flag {flag.upper()}.")
+                return
         try:
             state = self._current()
             chosen = self._messages(state, seqset.decode("ascii", "replace"), bool(uid))
         except imap4.IllegalClientResponse:
             self._bad(tag, "Error in IMAP command STORE: Invalid messageset")
+            return
+        if self.readonly:
+            # cmd-store.c: an EXAMINEd mailbox's flags are not changed, and
+            # that is not an error
+            self._refresh(expunges=False)
+            self._ok(tag, "Store ignored with read-only mailbox.")
             return
         ok, result = self._store_call(tag, self.folder.store, [m.uid for _s, m in chosen],
                                       flag_list, how)
@@ -1693,11 +1944,11 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         if DELETED in flag_list and how >= 0:
             self.counts["deleted"] += len(chosen)
+        if how >= 0 and chosen:
+            self._new_keywords([f for f in flag_list if not f.startswith("\\")])
         if not silent:
             for seq, msg in chosen:
-                new = result.get(msg.uid, [])
-                if msg.uid in self.recent:
-                    new = new + [RECENT]
+                new = self._with_recent(msg.uid, result.get(msg.uid, []))
                 prefix = f"UID {msg.uid} " if uid else ""
                 self._untagged(f"{seq} FETCH ({prefix}FLAGS ({' '.join(new)}))")
         self._refresh(expunges=False)
@@ -1726,9 +1977,6 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if not self.store.exists(name):
             self._no(tag, f"[TRYCREATE] Mailbox doesn't exist: {name}")
             return
-        if move and self.readonly:
-            self._no(tag, "[READ-ONLY] Mailbox is read-only.")
-            return
         if not chosen:
             self._ok(tag, "No messages found.")
             return
@@ -1737,6 +1985,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         if not ok:
             return
         validity, new_uids = result
+        if self._is_trash(name):
+            # cmd-copy.c: copies into a \Trash special-use mailbox count as trashed
+            self.counts["trashed"] += len(new_uids)
         src = ",".join(str(m.uid) for _s, m in chosen)
         dst = ",".join(str(u) for u in new_uids)
         code = f"[COPYUID {validity} {src} {dst}]"
@@ -1749,6 +2000,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         else:
             self._refresh(expunges=False)
             self._ok(tag, f"{code} Copy completed.")
+
+    def _is_trash(self, name: str) -> bool:
+        return any(n == name and "\\trash" in (use or "").lower().split()
+                   for n, use, _a in self.settings.special_use)
 
     def do_COPY(self, tag, seqset, name, uid=0):
         self._copy(tag, seqset, name, uid, move=False)
@@ -1781,7 +2036,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return True
         except LookupError:
             pass
-        self._no(tag, f"[BADCHARSET ({' '.join(SEARCH_CHARSETS)})] Unsupported charset: {name}")
+        # imap-search-args.c: Dovecot names no charsets in the code
+        self._no(tag, "[BADCHARSET] Unknown charset.")
         return False
 
     def do_SEARCH(self, tag, line, uid=0):
@@ -1797,7 +2053,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                 keys = keys[2:]
             if keys and _word(keys[0]) == "CHARSET":
                 if len(keys) < 2:
-                    raise imap4.IllegalClientResponse("Missing charset")
+                    raise imap4.IllegalClientResponse("Invalid charset argument")
                 if isinstance(keys[1], list):
                     raise imap4.IllegalClientResponse("Invalid charset")
                 if not self._charset(tag, str(keys[1])):
@@ -1947,6 +2203,26 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
     select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
 
 
+def _ip_hash(ip: str) -> int | None:
+    """Dovecot's net_ip_hash() of an address (None if it is not one)."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "little")
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, ip)
+    except OSError:
+        return None
+    h = 0
+    for byte in packed:
+        h = ((h << 4) + byte) & 0xFFFFFFFF
+        g = h & 0xF0000000
+        if g:
+            h ^= g >> 24
+            h ^= g
+    return h
+
+
 def _word(token) -> str | None:
     """An atom, upper-cased; None for a parenthesized list (never printed:
     it may be nested thousands deep)."""
@@ -1992,6 +2268,14 @@ def _uid_set(uids) -> str:
         out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
         i = j + 1
     return ",".join(out)
+
+
+class _ParserError(imap4.IllegalClientResponse):
+    """Dovecot's IMAP parser refused the line (``Missing '"'``)."""
+
+
+class _Refused(Exception):
+    """An argument parser's NO: the command ends there (its text is the reply's)."""
 
 
 class _UnknownCTE(Exception):

@@ -77,7 +77,8 @@ class LoginCommon:
     _auth_abandoned = False
     #: why the last attempt failed, when login-common names it instead of
     #: counting attempts (``last_auth_fail``: "tried to use unsupported auth
-    #: mechanism", "sent invalid base64 in response"); None: a plain failure
+    #: mechanism", "tried to use disallowed plaintext auth", "sent invalid
+    #: base64 in response"); None: a plain failure
     _last_auth_fail: str | None = None
 
     def _login_disconnect_line(self, user: str | None, method: str | None) -> str:

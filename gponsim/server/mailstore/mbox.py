@@ -732,9 +732,9 @@ class MboxFolder(interface.Folder):
                 for kw in keywords:
                     if kw not in state.keywords:
                         state.keywords.append(kw)
-                state.messages.append(StoredMessage(
+                state.messages.append(StoredMessage(        # new here: \Recent
                     uid=uid, from_line=from_line, headers=headers, body=body,
-                    flags=set(system), keywords=keywords))
+                    flags=set(system), keywords=keywords, recent=True))
                 uids.append(uid)
             state.changed = True
             return uids
@@ -784,7 +784,7 @@ class MboxFolder(interface.Folder):
         return self._locked(mutate)[1]
 
     def add_messages(self, messages: list) -> tuple[int, list[int]]:
-        """Copy messages in (COPY/MOVE): new UIDs here, flags kept, not \\Recent.
+        """Copy messages in (COPY/MOVE): new UIDs here, flags kept, \\Recent.
         A message from an mbox keeps its From_ line; one from another format
         gets Dovecot's, dated with its internal date."""
         copies = [(getattr(src, "from_line", None)
@@ -796,9 +796,9 @@ class MboxFolder(interface.Folder):
             for from_line_, src in copies:
                 uid = state.uidnext
                 state.uidnext += 1
-                state.messages.append(StoredMessage(
+                state.messages.append(StoredMessage(        # new here: \Recent
                     uid=uid, from_line=from_line_, headers=src.headers, body=src.body,
-                    flags=set(src.flags), keywords=list(src.keywords)))
+                    flags=set(src.flags), keywords=list(src.keywords), recent=True))
                 uids.append(uid)
             state.changed = True
             return uids
@@ -957,7 +957,7 @@ class MboxStore(interface.MailStore):
         for parent in reversed(path.relative_to(self.mail_dir).parents):
             p = self.mail_dir / parent
             if p.is_file():
-                raise StoreError(f"Mailbox doesn't allow inferior mailboxes: {parent}", "CANNOT")
+                raise StoreError("Mailbox doesn't allow inferior mailboxes", "CANNOT")
         path.parent.mkdir(parents=True, exist_ok=True)
         if directory:
             path.mkdir()
@@ -967,7 +967,9 @@ class MboxStore(interface.MailStore):
 
     def delete(self, name: str) -> None:
         if is_inbox(name):
-            raise StoreError("INBOX can't be deleted.", "CANNOT")
+            # (no resp-code: Dovecot's mailbox_delete() sets MAIL_ERROR_NOTPOSSIBLE
+            # with this text, and cmd-delete.c sends it as a plain NO)
+            raise StoreError("INBOX can't be deleted.", "")
         path = self.path_for(name)
         if path.is_dir():
             if any(path.iterdir()):
@@ -980,12 +982,14 @@ class MboxStore(interface.MailStore):
         self.unsubscribe(name)
 
     def rename(self, old: str, new: str) -> None:
-        if is_inbox(old) or is_inbox(new):
-            raise StoreError("Renaming INBOX isn't supported.", "CANNOT")
+        if is_inbox(old):
+            # Dovecot's mbox renames the spool file itself: /var/mail (root:mail
+            # 2775) does not let the user do it
+            raise StoreError("Permission denied", "NOPERM")
         src, dst = self.path_for(old), self.path_for(new)
         if not src.exists():
             raise StoreError(f"Mailbox doesn't exist: {old}", "NONEXISTENT")
-        if dst.exists():
+        if is_inbox(new) or dst.exists():      # (INBOX always exists)
             raise StoreError("Target mailbox already exists", "ALREADYEXISTS")
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.rename(src, dst)
