@@ -124,6 +124,9 @@ class Smtpd(SmtpServer):
             qf.abort()
         self.sender: str | None = None
         self.mail_params: dict[str, str] = {}
+        #: the last MAIL's SIZE= (smtpd's msg_size: mail_reset() clears it, a
+        #: rejected MAIL does not)
+        self._msg_size = 0
         self.recipients: list[str] = []
         self.queue_file = None
         self.reset_message()
@@ -442,9 +445,9 @@ class Smtpd(SmtpServer):
             self._fail(501, "5.5.4 Syntax: AUTH mechanism", "AUTH")
             return
         mech = parts[0]   # forwarded to Dovecot as the client typed it, as Postfix does
+        # "=" (an empty initial response) goes to Dovecot as it came, resp==,
+        # as Postfix sends it: PLAIN then fails on the empty credentials.
         initial = parts[1] if len(parts) == 2 else None
-        if initial == "=":
-            initial = ""
         if mech.upper() not in self.lab.mechanisms:
             self._auth_failed(mech, "Invalid authentication mechanism")
             return
@@ -475,10 +478,9 @@ class Smtpd(SmtpServer):
 
     def _auth_failed(self, mech: str, reason: str, user: str | None = None) -> None:
         shown = reason or "(reason unavailable)"
-        text = f"warning: {self.client}: SASL {mech} authentication failed: {shown}"
-        if user:
-            text += f", sasl_username={user}"
-        self.log(text)
+        # Postfix 3.7.11 names the user Dovecot reported, or "(unavailable)"
+        self.log(f"warning: {self.client}: SASL {mech} authentication failed: {shown}, "
+                 f"sasl_username={user or '(unavailable)'}")
         self.sasl_method = None
         self._fail(535, f"5.7.8 Error: authentication failed: {shown}", "AUTH")
 
@@ -502,6 +504,7 @@ class Smtpd(SmtpServer):
         if line == "*":
             self.mode = COMMAND
             self.lab.auth.abort(self._auth_request)
+            self.log(f"warning: {self.client}: SASL {self.sasl_method} authentication aborted")
             self.sasl_method = None
             self._fail(501, "5.7.0 Authentication aborted", "AUTH")
             return
@@ -542,27 +545,47 @@ class Smtpd(SmtpServer):
             return
         params: dict[str, str] = {}
         for word in rest.split():
+            # smtpd.c mail_cmd: each parameter in turn, the first bad one answered
             name, _, value = word.partition("=")
             name = name.upper()
-            if name == "SIZE":
-                if not value.isdigit():
+            if word.upper() in ("BODY=8BITMIME", "BODY=7BIT"):
+                pass
+            elif name == "SIZE" and "=" in word:
+                if not (value.isascii() and value.isdigit()):
                     self._fail(501, "5.5.4 Bad message size syntax", "MAIL")
                     return
-                if s.message_size_limit and int(value) > s.message_size_limit:
-                    self._fail(552, "5.3.4 Message size exceeds fixed limit", "MAIL")
+                if int(value) > _OFF_T_MAX:
+                    self._msg_size = 0
+                    self._fail(552, "5.3.4 Message size exceeds file system imposed limit", "MAIL")
                     return
-            elif name == "BODY":
-                if value.upper() not in ("7BIT", "8BITMIME"):
-                    self._fail(501, "5.5.4 Bad BODY keyword value", "MAIL")
+                # kept even if this MAIL fails, until RSET, HELO/EHLO or QUIT
+                # (mail_reset): a later MAIL without SIZE= meets it again
+                self._msg_size = int(value)
+            elif name == "AUTH" and "=" in word:
+                pass
+            elif name == "RET" and "=" in word:
+                if "RET" in params or value.upper() not in ("FULL", "HDRS"):
+                    self._fail(501, "5.5.4 Bad RET parameter syntax", "MAIL")
                     return
-            elif name in ("SMTPUTF8",):
-                pass
-            elif name in ("RET", "ENVID", "AUTH"):
-                pass
+            elif name == "ENVID" and "=" in word:
+                envid = _xtext_unquote(value)
+                if "ENVID" in params or not envid or not envid.isprintable() \
+                        or not envid.isascii():
+                    self._fail(501, "5.5.4 Bad ENVID parameter syntax", "MAIL")
+                    return
+            elif word.upper() == "SMTPUTF8":
+                name, value = "SMTPUTF8", ""
             else:
                 self._fail(555, f"5.5.4 Unsupported option: {word}", "MAIL")
                 return
             params[name] = value
+        limit = s.message_size_limit
+        if limit and self._msg_size > limit:
+            # smtpd_check_size(): a policy reject, logged like one
+            self._log_reject("MAIL", "552 5.3.4 Message size exceeds fixed limit",
+                             sender=address)
+            self._fail(552, "5.3.4 Message size exceeds fixed limit", "MAIL")
+            return
         self.sender, self.mail_params = address, params
         self._ok(250, "2.1.0 Ok", "MAIL")
 
@@ -577,10 +600,28 @@ class Smtpd(SmtpServer):
         if parsed is None:
             self._fail(501, "5.5.4 Syntax: RCPT TO:<address>", "RCPT")
             return
-        address, _rest = parsed
+        address, rest = parsed
         if not address or not _valid_address(address, allow_empty=False):
             self._fail(501, "5.1.3 Bad recipient address syntax", "RCPT")
             return
+        notify = orcpt = False
+        for word in rest.split():
+            # smtpd.c rcpt_cmd: RFC 3461's NOTIFY= and ORCPT=, nothing else
+            name, eq, value = word.partition("=")
+            if name.upper() == "NOTIFY" and eq:
+                if notify or not _dsn_notify_mask(value, lambda text: self.log(f"warning: {text}")):
+                    self._fail(501, "5.5.4 Error: Bad NOTIFY parameter syntax", "RCPT")
+                    return
+                notify = True
+            elif name.upper() == "ORCPT" and eq:
+                kind, semi, coded = value.partition(";")
+                if orcpt or not semi or not kind or _xtext_unquote(coded) is None:
+                    self._fail(501, "5.5.4 Error: Bad ORCPT parameter syntax", "RCPT")
+                    return
+                orcpt = True
+            else:
+                self._fail(555, f"5.5.4 Unsupported option: {word}", "RCPT")
+                return
         if len(self.recipients) >= s.recipient_limit:
             self._fail(452, "4.5.3 Error: too many recipients", "RCPT")
             return
@@ -631,13 +672,21 @@ class Smtpd(SmtpServer):
         self._ok(250, "2.1.5 Ok", "RCPT")
 
     def _reject_rcpt(self, verdict: Verdict, address: str) -> None:
+        self._log_reject("RCPT", verdict.reply, sender=self.sender, recipient=address)
+        self._fail(verdict.code, f"{verdict.enhanced} {verdict.text}", "RCPT")
+
+    def _log_reject(self, where: str, reply: str, *, sender: str | None = None,
+                    recipient: str | None = None) -> None:
+        """smtpd_check.c log_whatsup(): ``QID: reject: WHERE from CLIENT: REPLY;
+        from=<...> to=<...> proto=... helo=<...>`` (from= and to= when known)."""
         proto = "ESMTP" if self.esmtp else "SMTP"
         helo = f" helo=<{self.helo_name}>" if self.helo_name else ""
         # once the queue file exists (a recipient was accepted) it has its id
         qid = self.queue_file.qid if self.queue_file is not None else "NOQUEUE"
-        self.log(f"{qid}: reject: RCPT from {self.client}: {verdict.reply}; "
-                 f"from=<{self.sender}> to=<{address}> proto={proto}{helo}")
-        self._fail(verdict.code, f"{verdict.enhanced} {verdict.text}", "RCPT")
+        envelope = (f" from=<{sender}>" if sender is not None else "") + \
+            (f" to=<{recipient}>" if recipient is not None else "")
+        self.log(f"{qid}: reject: {where} from {self.client}: {reply};"
+                 f"{envelope} proto={proto}{helo}")
 
     def _protocol(self) -> str:
         return ("ESMTP" if self.esmtp else "SMTP") + ("S" if self.tls else "") + \
@@ -667,10 +716,11 @@ class Smtpd(SmtpServer):
     def cmd_DATA(self, args: str) -> None:
         if self._after_bdat("DATA"):
             return
+        # data_cmd: the missing recipients are told before the syntax
+        if self._no_recipients("DATA"):
+            return
         if args.strip():
             self._fail(501, "5.5.4 Syntax: DATA", "DATA")
-            return
-        if self._no_recipients("DATA"):
             return
         self.start_data()
         self.reply(354, "End data with <CR><LF>.<CR><LF>", answers="DATA")
@@ -810,6 +860,46 @@ class Smtpd(SmtpServer):
         self._ok(221, "2.0.0 Bye", "QUIT")
         self.transport.loseConnection()
 
+
+
+#: the largest message size Postfix can hold (off_t); a bigger SIZE= overflows
+_OFF_T_MAX = (1 << 63) - 1
+
+
+def _xtext_unquote(text: str) -> str | None:
+    """RFC 3461 xtext decoded (``+XX`` in hex, either case), None when malformed."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "+":
+            pair = text[i + 1:i + 3]
+            if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
+                return None
+            out.append(chr(int(pair, 16)))
+            i += 3
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+_DSN_NOTIFY = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
+
+
+def _dsn_notify_mask(value: str, warn) -> int:
+    """dsn_mask.c dsn_notify_mask(): the NOTIFY= keywords (any case, separated
+    by commas or spaces) as a bit mask; 0 when one is unknown (``warn`` is told,
+    as name_mask does) or NEVER comes with another."""
+    mask = 0
+    for word in re.split(r"[, \t\r\n]+", value):
+        if not word:
+            continue
+        if word.upper() not in _DSN_NOTIFY:
+            warn(f'unknown DSN NOTIFY command value "{word}" in "{value}"')
+            return 0
+        mask |= 1 << _DSN_NOTIFY.index(word.upper())
+    if mask & 1 and mask & ~1:
+        return 0
+    return mask
 
 
 def _in_networks(ip: str, networks) -> bool:
