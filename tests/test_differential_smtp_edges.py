@@ -164,3 +164,70 @@ def test_auth_plain_with_an_empty_initial_response(lab):
     it came: PLAIN fails on empty credentials, there is no 334."""
     check(lab, "AUTH PLAIN = (587)", on("submission", dialogue(
         *TLS, "AUTH PLAIN =", "QUIT")))
+
+
+# ---------------------------------------------------------------- addresses
+
+def test_sender_addresses_postfix_finds_illegal(lab):
+    """What smtpd's address parser refuses (logged as Illegal address syntax)
+    and what it takes: an unterminated <, two addresses in one, a domain
+    that is no host name (empty, '..', a leading '-', all digits, a bad
+    literal); a source route, a comment, a quoted local part, '<<a>>' pass."""
+    items = [EHLO]
+    for address in ("<a b@x.org>", "<a,b@x.org>", "<a@>", "<@>", "<a@x..org>", "<a@-x.org>",
+                    "<a@123>", "<a@1.2.3.4>", "<a@x.org>x", "<alice@example.org",
+                    "<a@b@x.org>", "<@x.org:a@y.org>", "<a(c)@x.org>", '<"a b"@x.org>',
+                    "<<a@x.org>>", "a@x.org>", "<a@x.org.>", "<a@x_y.org>", "<a@[IPv6:::1]>",
+                    "<a@x.org> <b@x.org>", "a b@x.org"):
+        items += [f"MAIL FROM:{address}", "RSET"]
+    check(lab, "MAIL FROM: address syntax (25)", dialogue(*items, "QUIT"))
+
+
+def test_recipient_addresses_postfix_finds_illegal(lab):
+    """The same parser for RCPT TO (the null address is illegal here); a
+    quoted local part is the user's own name."""
+    check(lab, "RCPT TO: address syntax (25)", dialogue(
+        EHLO, MAIL, "RCPT TO:<>", "RCPT TO:<a b@x.org>", "RCPT TO:<user2@gponlab.local",
+        "RCPT TO:<a@>", "RCPT TO:<a@x..org>", "RCPT TO:<a@x.org> <b@x.org>",
+        'RCPT TO:<"user2"@gponlab.local>', "RCPT TO:<user2(Bob)@gponlab.local>",
+        "RCPT TO:user2@gponlab.local", "RCPT TO:<nadie>", "RSET", "QUIT"))
+
+
+# ---------------------------------------------------------------- other commands
+
+def test_vrfy_forms(lab):
+    """VRFY without an argument, with two words (one address for Postfix),
+    with SMTPUTF8, a user who does not exist (logged as a reject)."""
+    check(lab, "VRFY forms (25)", dialogue(
+        EHLO, "VRFY", "VRFY user2", "VRFY <user2@gponlab.local>", "VRFY user2 SMTPUTF8",
+        "VRFY a b", "VRFY nadie", "VRFY <nadie@gponlab.local>", "QUIT"))
+
+
+def test_etrn_forms(lab):
+    """ETRN: no fast flush domains in the lab, so every valid one is refused
+    and logged; two words, a bad name, the @ and # prefixes."""
+    check(lab, "ETRN forms (25)", dialogue(
+        EHLO, "ETRN", "ETRN a b", "ETRN -x", "ETRN @gponlab.local", "ETRN #gponlab.local",
+        "ETRN gponlab.local", MAIL, "ETRN gponlab.local", "QUIT"))
+
+
+def test_xclient_and_xforward_are_known_but_refused(lab):
+    check(lab, "XCLIENT, XFORWARD (25)", dialogue(
+        EHLO, "XCLIENT", "XFORWARD", "XCLIENT NAME=pc", "XFORWARD NAME=pc", MAIL,
+        "XCLIENT NAME=pc", "XFORWARD NAME=pc", "QUIT"))
+    check(lab, "XCLIENT, XFORWARD before STARTTLS (587)", on("submission", dialogue(
+        EHLO, "XCLIENT NAME=pc", "XFORWARD NAME=pc", "QUIT")))
+
+
+def test_empty_lines_are_not_commands(lab):
+    """An empty line is answered (500 bad syntax) but not counted in the
+    disconnect line's commands=."""
+    check(lab, "empty lines (25)", dialogue("", EHLO, "   ", "QUIT"))
+
+
+def test_malformed_bdat_is_logged(lab):
+    """BDAT without a valid size: 521 and Postfix hangs up, with a warning
+    naming the queue file if there is one."""
+    check(lab, "BDAT with a bad size, no queue file (25)", dialogue(EHLO, MAIL, "BDAT 1 x", "QUIT"))
+    check(lab, "BDAT with a bad size, queue file open (25)", dialogue(
+        EHLO, MAIL, RCPT, "BDAT x", "QUIT"))
