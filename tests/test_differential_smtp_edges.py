@@ -54,14 +54,20 @@ class Dialogue:
                 self.received.append(text)
                 if text[3:4] != "-":
                     return
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:        # the server hung up (after 521, 421)
+                data = b""
             if not data:
                 self.closed = True
                 return
             self.buffer += data
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.closed = True
 
     def starttls(self) -> None:
         self.sock = unverified().wrap_socket(self.sock)
@@ -87,7 +93,8 @@ def dialogue(*items):
                     client.starttls()
                     continue
                 client.send(item if isinstance(item, bytes) else item.encode() + b"\r\n")
-                client.reply()
+                if not client.closed:
+                    client.reply()
         finally:
             client.close()
         return client.received
@@ -228,6 +235,29 @@ def test_empty_lines_are_not_commands(lab):
 def test_malformed_bdat_is_logged(lab):
     """BDAT without a valid size: 521 and Postfix hangs up, with a warning
     naming the queue file if there is one."""
-    check(lab, "BDAT with a bad size, no queue file (25)", dialogue(EHLO, MAIL, "BDAT 1 x", "QUIT"))
-    check(lab, "BDAT with a bad size, queue file open (25)", dialogue(
-        EHLO, MAIL, RCPT, "BDAT x", "QUIT"))
+    check(lab, "BDAT with a bad size, no queue file (25)", dialogue(EHLO, MAIL, "BDAT 1 x"))
+    check(lab, "BDAT with a bad size, queue file open (25)", dialogue(EHLO, MAIL, RCPT, "BDAT x"))
+
+
+# ---------------------------------------------------------------- BDAT
+
+def test_bdat_error_state_until_the_last_chunk(lab):
+    """A chunk before any recipient is refused, and smtpd stays in its BDAT
+    error state: MAIL/RCPT/DATA refused, chunks discarded up to LAST."""
+    check(lab, "BDAT error state (25)", dialogue(
+        EHLO, b"BDAT 3\r\nabc", MAIL, RCPT, "DATA", b"BDAT 2\r\nab", b"BDAT 3 LAST\r\nabc",
+        MAIL, "QUIT"))
+
+
+def test_commands_after_a_bdat_chunk(lab):
+    check(lab, "commands after a BDAT chunk (25)", dialogue(
+        EHLO, MAIL, RCPT, b"BDAT 3\r\nabc", "DATA", "MAIL FROM:<bob@example.org>",
+        "RCPT TO:<user1@gponlab.local>", "RSET", "QUIT"))
+
+
+def test_bdat_total_with_bare_line_feeds(lab):
+    """'Ok: N bytes queued as' counts the message as CRLF lines: a bare LF
+    and the missing end of the last line count as CRLF."""
+    check(lab, "BDAT total with bare LF (25)", dialogue(
+        EHLO, MAIL, RCPT, b"BDAT 21\r\nSubject: bdat\n\nHola\r\n", b"BDAT 5 LAST\r\nadios",
+        "QUIT"), until=lambda lines: any("removed" in line for line in lines))

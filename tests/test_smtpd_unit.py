@@ -390,3 +390,36 @@ def test_malformed_bdat_warning(s):
     assert s.cmd("bdat 1 x") == ["521 5.5.4 Syntax: BDAT count [LAST]"]
     assert ("postfix/smtpd", "warning: NOQUEUE: malformed BDAT command syntax from "
             "unknown[192.168.1.50]: bdat 1 x") in s.logged
+
+
+def test_bdat_error_state_until_last(s):
+    """A refused chunk (no recipient yet) puts smtpd in its BDAT error state:
+    MAIL and DATA are refused after BDAT, chunks are discarded up to LAST."""
+    s.cmd("EHLO pc1")
+    assert s.send("BDAT 3\r\nabc") == ["503 5.5.1 Error: need RCPT command"]
+    assert s.cmd("MAIL FROM:<a@example.org>") == ["503 5.5.1 Error: MAIL after BDAT"]
+    assert s.cmd("RCPT TO:<user2@gponlab.local>") == ["503 5.5.1 Error: need MAIL command"]
+    assert s.cmd("DATA") == ["503 5.5.1 Error: DATA after BDAT"]
+    assert s.send("BDAT 2\r\nab") == ["551 5.0.0 Discarded 2 bytes after earlier error"]
+    assert s.send("BDAT 3 LAST\r\nabc") == ["551 5.0.0 Discarded 3 bytes after earlier error"]
+    assert s.cmd("MAIL FROM:<a@example.org>") == ["250 2.1.0 Ok"]
+
+
+def test_nested_mail_is_told_before_mail_after_bdat(s):
+    s.cmd("EHLO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    s.cmd("RCPT TO:<user2@gponlab.local>")
+    assert s.send("BDAT 3\r\nabc") == ["250 2.0.0 Ok: 3 bytes"]
+    assert s.cmd("MAIL FROM:<b@example.org>") == ["503 5.5.1 Error: nested MAIL command"]
+    assert s.cmd("RCPT TO:<user1@gponlab.local>") == ["503 5.5.1 Error: RCPT after BDAT"]
+
+
+@pytest.mark.parametrize("message, total", [
+    (b"Hola\n", 6), (b"abc", 5), (b"a\nb\nc\n\nd", 14), (b"x\n", 3), (b"", 0),
+])
+def test_bdat_total_counts_lines_as_crlf(message, total):
+    """The size in 'Ok: N bytes queued as' is the message (LF line ends, as
+    chunked_message() gives it) as CRLF lines, the last one ended."""
+    from gponsim.server.postfix.smtpd import _bdat_size
+
+    assert _bdat_size(message) == total

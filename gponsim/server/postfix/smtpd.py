@@ -131,6 +131,7 @@ class Smtpd(SmtpServer):
         self.reset_message()
         self._bdat_failed: tuple[int, str] | None = None
         self._bdat_active = False
+        self._bdat_error = False
         self._bdat_last = False
 
     @property
@@ -543,10 +544,10 @@ class Smtpd(SmtpServer):
 
     def cmd_MAIL(self, args: str) -> None:
         s = self.settings
-        if self._after_bdat("MAIL"):
-            return
         if self.in_transaction:
             self._fail(503, "5.5.1 Error: nested MAIL command", "MAIL")
+            return
+        if self._after_bdat("MAIL"):
             return
         parsed = self._parse_path(args, "from:", "MAIL", "5.1.7 Bad sender address syntax")
         if parsed is None:
@@ -600,10 +601,10 @@ class Smtpd(SmtpServer):
 
     def cmd_RCPT(self, args: str) -> None:
         s = self.settings
-        if self._after_bdat("RCPT"):
-            return
         if not self.in_transaction:
             self._fail(503, "5.5.1 Error: need MAIL command", "RCPT")
+            return
+        if self._after_bdat("RCPT"):
             return
         parsed = self._parse_path(args, "to:", "RCPT", "5.1.3 Bad recipient address syntax")
         if parsed is None:
@@ -778,6 +779,11 @@ class Smtpd(SmtpServer):
             self._hangup()
             return
         size, self._bdat_last = int(parts[0]), len(parts) == 2
+        if self._bdat_error:
+            # after a refused chunk, the rest up to LAST is read and thrown away
+            self._bdat_chunk_size = size
+            self.read_chunk(size, self._bdat_discarded)
+            return
         if self._bdat_failed is None and not self.recipients:
             self._bdat_failed = ((503, "5.5.1 Error: need RCPT command") if not self.in_transaction
                                  else (554, "5.5.1 Error: no valid recipients"))
@@ -790,8 +796,12 @@ class Smtpd(SmtpServer):
 
     def _bdat_done(self) -> None:
         failed, self._bdat_failed = self._bdat_failed, None
-        if failed or self._bdat_last:
+        if self._bdat_last:
             self._bdat_active = False
+        elif failed:
+            # smtpd's BDAT error state: MAIL, RCPT and DATA are refused "after
+            # BDAT", and later chunks discarded, until the LAST one
+            self._bdat_error = True
         if failed:
             self.reset_message()
             self._fail(*failed, "BDAT")
@@ -808,7 +818,14 @@ class Smtpd(SmtpServer):
         message = self.chunked_message()
         self.emit(wire.message_step(message, session=self.session, verb="BDAT", tls=self.tls,
                                     size=total))
-        self._finish_message(message, "BDAT", ok_text=f"2.0.0 Ok: {total} bytes queued as {{qid}}")
+        self._finish_message(message, "BDAT",
+                             ok_text=f"2.0.0 Ok: {_bdat_size(message)} bytes queued as {{qid}}")
+
+    def _bdat_discarded(self) -> None:
+        self.reset_message()
+        if self._bdat_last:
+            self._bdat_error = self._bdat_active = False
+        self._fail(551, f"5.0.0 Discarded {self._bdat_chunk_size} bytes after earlier error", "BDAT")
 
     def _after_bdat(self, verb: str) -> bool:
         """DATA, MAIL or RCPT while BDAT chunks are pending is refused."""
@@ -901,6 +918,15 @@ class Smtpd(SmtpServer):
         self._ok(221, "2.0.0 Bye", "QUIT")
         self.transport.loseConnection()
 
+
+
+def _bdat_size(message: bytes) -> int:
+    """The size in smtpd's "Ok: N bytes queued as": the message as lines each
+    ending in CRLF (a bare LF counts as CRLF, a last line without an end
+    gets one), as smtpd writes them to the queue file."""
+    if not message:
+        return 0
+    return len(message) + message.count(b"\n") + (0 if message.endswith(b"\n") else 2)
 
 
 #: the largest message size Postfix can hold (off_t); a bigger SIZE= overflows
