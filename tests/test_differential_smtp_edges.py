@@ -261,3 +261,10 @@ def test_bdat_total_with_bare_line_feeds(lab):
     check(lab, "BDAT total with bare LF (25)", dialogue(
         EHLO, MAIL, RCPT, b"BDAT 21\r\nSubject: bdat\n\nHola\r\n", b"BDAT 5 LAST\r\nadios",
         "QUIT"), until=lambda lines: any("removed" in line for line in lines))
+
+
+def test_auth_login_answered_with_a_command(lab):
+    """A client that sends RSET where AUTH LOGIN wants the user name: it is
+    taken as base64 (a user name with a control character, logged as '?')."""
+    check(lab, "AUTH LOGIN answered with RSET (587)", on("submission", dialogue(
+        *TLS, "AUTH LOGIN", "RSET", "QUIT")))

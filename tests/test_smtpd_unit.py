@@ -423,3 +423,10 @@ def test_bdat_total_counts_lines_as_crlf(message, total):
     from gponsim.server.postfix.smtpd import _bdat_size
 
     assert _bdat_size(message) == total
+
+
+def test_user_names_from_dovecot_are_made_printable():
+    from gponsim.server.postfix.smtpd import _printable
+
+    assert _printable("E!\x13") == "E!?"
+    assert _printable("usuario1") == "usuario1"

@@ -475,11 +475,12 @@ class Smtpd(SmtpServer):
             self.reply(334, reply.challenge or "", answers="AUTH")
         elif reply.kind == "OK":
             self.mode = COMMAND
-            self.sasl_username = reply.user
+            self.sasl_username = _printable(reply.user)
             self._ok(235, "2.7.0 Authentication successful", "AUTH")
         else:
             self.mode = COMMAND
-            self._auth_failed(self.sasl_method, reply.reason or "", user=reply.user)
+            self._auth_failed(self.sasl_method, reply.reason or "",
+                              user=_printable(reply.user) if reply.user else None)
 
     def _auth_failed(self, mech: str, reason: str, user: str | None = None) -> None:
         shown = reason or "(reason unavailable)"
@@ -918,6 +919,12 @@ class Smtpd(SmtpServer):
         self._ok(221, "2.0.0 Bye", "QUIT")
         self.transport.loseConnection()
 
+
+
+def _printable(text: str) -> str:
+    """Postfix's printable(text, '?'): xsasl_dovecot_server.c passes the user
+    name Dovecot sends through it, so control characters log as '?'."""
+    return "".join("?" if c < " " or c == "\x7f" else c for c in text)
 
 
 def _bdat_size(message: bytes) -> int:
