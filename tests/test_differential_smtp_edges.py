@@ -268,3 +268,12 @@ def test_auth_login_answered_with_a_command(lab):
     taken as base64 (a user name with a control character, logged as '?')."""
     check(lab, "AUTH LOGIN answered with RSET (587)", on("submission", dialogue(
         *TLS, "AUTH LOGIN", "RSET", "QUIT")))
+
+
+def test_non_ascii_addresses_with_and_without_smtputf8(lab):
+    """A non-ASCII local part always passes; a non-ASCII domain only when
+    the client asked for SMTPUTF8 in MAIL FROM (for the whole transaction)."""
+    check(lab, "non-ASCII addresses, SMTPUTF8 (25)", dialogue(
+        EHLO, "MAIL FROM:<josé@example.org>", "RSET", "MAIL FROM:<a@ñ.example>", "RSET",
+        "MAIL FROM:<a@ñ.example> SMTPUTF8", RCPT, "RCPT TO:<b@ñ.example>", "RSET",
+        "VRFY josé", "QUIT"))

@@ -48,3 +48,9 @@ def test_the_null_address_only_where_allowed():
 ])
 def test_valid_hostname(name, valid):
     assert valid_hostname(name) is valid
+
+
+def test_a_non_ascii_domain_needs_smtputf8():
+    assert extract_address("<a@ñ.org>", allow_empty=True) is None
+    assert extract_address("<a@ñ.org>", allow_empty=True, smtputf8=True) == "a@ñ.org"
+    assert extract_address("<josé@x.org>", allow_empty=True) == "josé@x.org"

@@ -181,8 +181,10 @@ def _valid_literal(literal: str) -> bool:
         return False
 
 
-def _valid_domain(address: str) -> bool:
-    """smtpd_check_addr(): the resolver must take the address's domain."""
+def _valid_domain(address: str, smtputf8: bool) -> bool:
+    """smtpd_check_addr(): the resolver must take the address's domain; a
+    non-ASCII one only in a transaction that asked for SMTPUTF8 (then as
+    its IDNA form, valid_utf8_hostname)."""
     if "@" not in address:
         return True
     domain = address.rsplit("@", 1)[1]
@@ -190,11 +192,17 @@ def _valid_domain(address: str) -> bool:
         domain = domain[:-1]
     if domain.startswith("["):
         return _valid_literal(domain)
+    if smtputf8 and not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
     return valid_hostname(domain)
 
 
-def extract_address(word: str, allow_empty: bool) -> str | None:
-    """The address in one command word, or None when Postfix finds it illegal."""
+def extract_address(word: str, allow_empty: bool, smtputf8: bool = False) -> str | None:
+    """The address in one command word, or None when Postfix finds it illegal
+    (``smtputf8``: the client asked for SMTPUTF8 in MAIL FROM or VRFY)."""
     text = word[1:-1] if len(word) >= 2 and word[0] == "<" and word[-1] == ">" else word
     if text.startswith("@") and ":" in text:
         text = text.split(":", 1)[1]            # a source route: dropped
@@ -204,4 +212,4 @@ def extract_address(word: str, allow_empty: bool) -> str | None:
     address = found[0] if found else ""
     if not address:
         return "" if allow_empty else None
-    return address if _valid_domain(address) else None
+    return address if _valid_domain(address, smtputf8) else None

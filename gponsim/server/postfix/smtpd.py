@@ -533,8 +533,12 @@ class Smtpd(SmtpServer):
         if len(words) < 2 or words[0].lower() != keyword:
             self._fail(501, f"5.5.4 Syntax: {verb} {keyword.upper()}<address>", verb)
             return None
+        # SMTPUTF8 (asked in this MAIL FROM, or in the transaction's) lets the
+        # domain be non-ASCII
+        utf8 = any(w.upper() == "SMTPUTF8" for w in words[2:]) if verb == "MAIL" \
+            else "SMTPUTF8" in self.mail_params
         address = None if unterminated == 1 else \
-            extract_address(words[1], allow_empty=verb == "MAIL")
+            extract_address(words[1], allow_empty=verb == "MAIL", smtputf8=utf8)
         if address is None:
             if unterminated != 1:
                 self.log(f"warning: Illegal address syntax from {self.client} in {verb} "
@@ -857,10 +861,12 @@ class Smtpd(SmtpServer):
         if not words:
             self._fail(501, "5.5.4 Syntax: VRFY address [SMTPUTF8]", "VRFY")
             return
-        if len(words) > 1 and words[-1].upper() == "SMTPUTF8":
+        utf8 = len(words) > 1 and words[-1].upper() == "SMTPUTF8"
+        if utf8:
             words = words[:-1]
         arg = " ".join(words)               # smtpd.c collapse_args()
-        address = None if unterminated is not None else extract_address(arg, allow_empty=False)
+        address = None if unterminated is not None else \
+            extract_address(arg, allow_empty=False, smtputf8=utf8)
         if address is None:
             if unterminated is None:
                 self.log(f"warning: Illegal address syntax from {self.client} in VRFY command: {arg}")
