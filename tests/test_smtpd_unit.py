@@ -313,3 +313,132 @@ def test_the_header_section_ends_at_the_first_blank_line(message, end):
     from gponsim.wire.smtp import header_end
 
     assert header_end(message) == end
+# ------------------------------------------- unusual clients (tests/test_differential_smtp_edges.py)
+
+def test_mail_parameters_as_postfix_reads_them(s):
+    s.cmd("EHLO pc1")
+    assert s.cmd("MAIL FROM:<a@example.org> BODY=BINARYMIME") == [
+        "555 5.5.4 Unsupported option: BODY=BINARYMIME"]
+    assert s.cmd("MAIL FROM:<a@example.org> SMTPUTF8=yes") == [
+        "555 5.5.4 Unsupported option: SMTPUTF8=yes"]
+    assert s.cmd("MAIL FROM:<a@example.org> RET=FULL RET=HDRS") == [
+        "501 5.5.4 Bad RET parameter syntax"]
+    assert s.cmd("MAIL FROM:<a@example.org> ENVID=a+ZZ") == ["501 5.5.4 Bad ENVID parameter syntax"]
+    assert s.cmd("MAIL FROM:<a@example.org> SIZE=99999999999999999999999") == [
+        "552 5.3.4 Message size exceeds file system imposed limit"]
+
+
+def test_a_refused_size_stays_until_rset(s):
+    s.cmd("EHLO pc1")
+    too_big = ["552 5.3.4 Message size exceeds fixed limit"]
+    assert s.cmd("MAIL FROM:<a@example.org> SIZE=10240001") == too_big
+    assert s.cmd("MAIL FROM:<a@example.org>") == too_big
+    assert s.logged.count(("postfix/smtpd", "NOQUEUE: reject: MAIL from unknown[192.168.1.50]: "
+                           "552 5.3.4 Message size exceeds fixed limit; from=<a@example.org> "
+                           "proto=ESMTP helo=<pc1>")) == 2
+    s.cmd("RSET")
+    assert s.cmd("MAIL FROM:<a@example.org>") == ["250 2.1.0 Ok"]
+
+
+def test_rcpt_dsn_parameters(s):
+    s.cmd("EHLO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    to = "RCPT TO:<user2@gponlab.local>"
+    assert s.cmd(f"{to} NOTIFY=FOO") == ["501 5.5.4 Error: Bad NOTIFY parameter syntax"]
+    assert ("postfix/smtpd", 'warning: unknown DSN NOTIFY command value "FOO" in "FOO"') in s.logged
+    assert s.cmd(f"{to} NOTIFY=NEVER,DELAY") == ["501 5.5.4 Error: Bad NOTIFY parameter syntax"]
+    assert s.cmd(f"{to} ORCPT=rfc822;a+4") == ["501 5.5.4 Error: Bad ORCPT parameter syntax"]
+    assert s.cmd(f"{to} FOO=bar") == ["555 5.5.4 Unsupported option: FOO=bar"]
+    assert s.cmd(f"{to} NOTIFY=success,delay ORCPT=rfc822;user2+40x") == ["250 2.1.5 Ok"]
+
+
+def test_data_argument_after_the_recipient_check(s):
+    s.cmd("EHLO pc1")
+    assert s.cmd("DATA x") == ["503 5.5.1 Error: need RCPT command"]
+    s.cmd("MAIL FROM:<a@example.org>")
+    assert s.cmd("DATA x") == ["554 5.5.1 Error: no valid recipients"]
+
+
+def test_illegal_addresses_are_logged(s):
+    s.cmd("EHLO pc1")
+    assert s.cmd("MAIL FROM:<a@x..org>") == ["501 5.1.7 Bad sender address syntax"]
+    assert ("postfix/smtpd", "warning: Illegal address syntax from unknown[192.168.1.50] in MAIL "
+            "command: <a@x..org>") in s.logged
+    before = len(s.logged)
+    assert s.cmd("MAIL FROM:<a@x.org") == ["501 5.1.7 Bad sender address syntax"]
+    assert len(s.logged) == before                  # a tokenizer error is not logged
+    assert s.cmd("MAIL FROM:<a(comment)@example.org>") == ["250 2.1.0 Ok"]
+    assert s.proto.sender == "a@example.org"
+    assert s.cmd("RCPT TO:<>") == ["501 5.1.3 Bad recipient address syntax"]
+    assert s.cmd('RCPT TO:<"user2"@gponlab.local>') == ["250 2.1.5 Ok"]
+
+
+def test_vrfy_etrn_xclient_and_empty_lines(s):
+    s.cmd("EHLO pc1")
+    assert s.cmd("VRFY") == ["501 5.5.4 Syntax: VRFY address [SMTPUTF8]"]
+    assert s.cmd("VRFY user2 SMTPUTF8") == ["252 2.0.0 user2"]
+    assert s.cmd("VRFY nadie") == [
+        "550 5.1.1 <nadie>: Recipient address rejected: User unknown in local recipient table"]
+    assert ("postfix/smtpd", "NOQUEUE: reject: VRFY from unknown[192.168.1.50]: 550 5.1.1 <nadie>: "
+            "Recipient address rejected: User unknown in local recipient table; to=<nadie> "
+            "proto=ESMTP helo=<pc1>") in s.logged
+    assert s.cmd("ETRN a b") == ["500 Syntax: ETRN domain"]
+    assert s.cmd("ETRN -x") == ["501 Error: invalid parameter syntax"]
+    assert s.cmd("ETRN @gponlab.local") == ["459 <gponlab.local>: service unavailable"]
+    assert ("postfix/smtpd", "warning: reject: ETRN gponlab.local... from "
+            "unknown[192.168.1.50]") in s.logged
+    assert s.cmd("XCLIENT NAME=pc") == ["550 5.7.0 Error: insufficient authorization"]
+    assert s.cmd("XFORWARD") == ["501 5.5.4 Syntax: XFORWARD attribute=value..."]
+    assert s.cmd("") == ["500 5.5.2 Error: bad syntax"]
+    s.cmd("QUIT")
+    s.proto.connectionLost()
+    assert s.logged[-1] == ("postfix/smtpd", "disconnect from unknown[192.168.1.50] ehlo=1 "
+                            "xclient=0/1 xforward=0/1 vrfy=1/3 etrn=0/3 quit=1 commands=3/10")
+
+
+def test_malformed_bdat_warning(s):
+    s.cmd("EHLO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    assert s.cmd("bdat 1 x") == ["521 5.5.4 Syntax: BDAT count [LAST]"]
+    assert ("postfix/smtpd", "warning: NOQUEUE: malformed BDAT command syntax from "
+            "unknown[192.168.1.50]: bdat 1 x") in s.logged
+
+
+def test_bdat_error_state_until_last(s):
+    """A refused chunk (no recipient yet) puts smtpd in its BDAT error state:
+    MAIL and DATA are refused after BDAT, chunks are discarded up to LAST."""
+    s.cmd("EHLO pc1")
+    assert s.send("BDAT 3\r\nabc") == ["503 5.5.1 Error: need RCPT command"]
+    assert s.cmd("MAIL FROM:<a@example.org>") == ["503 5.5.1 Error: MAIL after BDAT"]
+    assert s.cmd("RCPT TO:<user2@gponlab.local>") == ["503 5.5.1 Error: need MAIL command"]
+    assert s.cmd("DATA") == ["503 5.5.1 Error: DATA after BDAT"]
+    assert s.send("BDAT 2\r\nab") == ["551 5.0.0 Discarded 2 bytes after earlier error"]
+    assert s.send("BDAT 3 LAST\r\nabc") == ["551 5.0.0 Discarded 3 bytes after earlier error"]
+    assert s.cmd("MAIL FROM:<a@example.org>") == ["250 2.1.0 Ok"]
+
+
+def test_nested_mail_is_told_before_mail_after_bdat(s):
+    s.cmd("EHLO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    s.cmd("RCPT TO:<user2@gponlab.local>")
+    assert s.send("BDAT 3\r\nabc") == ["250 2.0.0 Ok: 3 bytes"]
+    assert s.cmd("MAIL FROM:<b@example.org>") == ["503 5.5.1 Error: nested MAIL command"]
+    assert s.cmd("RCPT TO:<user1@gponlab.local>") == ["503 5.5.1 Error: RCPT after BDAT"]
+
+
+@pytest.mark.parametrize("message, total", [
+    (b"Hola\n", 6), (b"abc", 5), (b"a\nb\nc\n\nd", 14), (b"x\n", 3), (b"", 0),
+])
+def test_bdat_total_counts_lines_as_crlf(message, total):
+    """The size in 'Ok: N bytes queued as' is the message (LF line ends, as
+    chunked_message() gives it) as CRLF lines, the last one ended."""
+    from gponsim.server.postfix.smtpd import _bdat_size
+
+    assert _bdat_size(message) == total
+
+
+def test_user_names_from_dovecot_are_made_printable():
+    from gponsim.server.postfix.smtpd import _printable
+
+    assert _printable("E!\x13") == "E!?"
+    assert _printable("usuario1") == "usuario1"

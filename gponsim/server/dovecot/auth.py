@@ -280,7 +280,8 @@ class AuthConnection(LineOnlyReceiver):
         self.requests[request_id] = request
         data: bytes | None = None
         if resp:                                 # an empty resp= is no response
-            data = _b64decode(resp)
+            # "=" is SASL's empty initial response (Postfix forwards AUTH PLAIN = as is)
+            data = b"" if resp == "=" else _b64decode(resp)
             if data is None:
                 request.rip = params.get("rip") or None
                 self._verbose(request, "Invalid base64 data in initial response")
