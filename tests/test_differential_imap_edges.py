@@ -280,3 +280,11 @@ def test_authenticate_in_clear_invalid_base64_and_pipelined_logout(mail_for_user
         [IMAP_CAPABILITIES])
     check(lab, "IMAP edges: invalid base64, LOGOUT pipelined after LOGIN", session(
         "a AUTHENTICATE PLAIN", "!!!", "b LOGIN user2 pass\r\nz LOGOUT"), [IMAP_CAPABILITIES])
+
+
+def test_an_empty_initial_response_is_a_failed_attempt(mail_for_user2):
+    """AUTHENTICATE PLAIN = (SASL-IR's empty response): the auth server gets
+    it as an empty response and PLAIN refuses it, with no '+ ' asking for
+    credentials; the disconnect line counts the attempt."""
+    check(mail_for_user2, "IMAP edges: AUTHENTICATE PLAIN =", session(
+        "a AUTHENTICATE PLAIN =", "z LOGOUT"), [IMAP_CAPABILITIES])

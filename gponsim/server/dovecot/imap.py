@@ -966,11 +966,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._auth_method = mech
             self._no(tag, "[PRIVACYREQUIRED] Plaintext authentication disabled.")
             return
-        initial = None
-        if len(words) > 1:
-            initial = words[1].decode("ascii", "replace")
-            if initial == "=":
-                initial = ""
+        # "=" (an empty SASL-IR) goes to the auth server as it came: an empty
+        # response, which PLAIN then refuses (no "+ " asking for one)
+        initial = words[1].decode("ascii", "replace") if len(words) > 1 else None
         self._auth_method = mech
         self._sasl(mech, initial, tag)
 
