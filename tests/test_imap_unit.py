@@ -499,6 +499,14 @@ def test_append_with_literal_and_literal_plus(mem):
     reply = c.send(b"b APPEND INBOX {%d+}\r\n" % len(message) + message + b"\r\n")
     assert re.fullmatch(r"b OK \[APPENDUID \d+ 2\] Append completed" + TIMING, reply[0])
     assert done(c.send('c APPEND Nope {1+}\r\nx')[0], "c", "NO [TRYCREATE] Mailbox doesn't exist: Nope")
+    # the mailbox's name itself a literal: checked once it has come (a fuzz input once
+    # crashed here: "Server error")
+    assert c.send("d APPEND {4}") == ["+ OK"]
+    assert done(c.send(b"Nope {1}\r\n")[0], "d", "NO [TRYCREATE] Mailbox doesn't exist: Nope")
+    assert c.send("e APPEND {5}") == ["+ OK"]
+    assert c.send(b"INBOX {%d}\r\n" % len(message)) == ["+ OK"]
+    assert re.fullmatch(r"e OK \[APPENDUID \d+ 3\] Append completed" + TIMING,
+                        c.send(message + b"\r\n")[0])
     data = (mem.root / "var/mail/user2").read_bytes()
     assert data.startswith(b"From user2  Mon Jan 01 12:00:00 2024\nSubject: borrador\n")
 

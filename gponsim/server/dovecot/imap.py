@@ -41,7 +41,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from twisted.internet import interfaces
+from twisted.internet import defer, interfaces
 from twisted.mail import imap4
 from twisted.python import log as twlog
 from zope.interface import implementer
@@ -1441,7 +1441,14 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         """APPEND's mailbox, which cmd-append.c opens before it asks for the
         message: one that does not exist is refused at once, without the
         '+ OK' (a LITERAL+ message, already on its way, is read and dropped)."""
-        name, rest = _astring_arg(self, line)
+        parsed = _astring_arg(self, line)
+        if isinstance(parsed, defer.Deferred):     # a {literal} name: checked once it came
+            return parsed.addCallback(self._append_mailbox_named)
+        return self._append_mailbox_named(parsed)
+
+    def _append_mailbox_named(self, parsed):
+        name, rest = parsed
+        rest = rest.lstrip(b" ")         # (after a {literal} name, the line goes on " {n}")
         try:
             mailbox = self._name(name)
             missing = not self.store.exists(mailbox)
