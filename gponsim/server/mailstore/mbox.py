@@ -545,12 +545,15 @@ class MboxFolder(interface.Folder):
                     return entry.state
         return decode(_read_all(fd))
 
-    def _remember(self, state: FolderState, fd: int | None, written: bytes | None = None) -> None:
-        """Cache ``state`` as what the file now holds (still under the lock)."""
-        try:
-            st = os.fstat(fd) if fd is not None else os.stat(self.path)
-        except OSError:
-            return
+    def _remember(self, state: FolderState, fd: int | None, written: bytes | None = None,
+                  st: os.stat_result | None = None) -> None:
+        """Cache ``state`` as what the file now holds (still under the lock);
+        ``st``: the file's status when it held exactly ``written``."""
+        if st is None:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                return
         if written is not None:
             tail = written[-_TAIL:]
         else:
@@ -603,14 +606,15 @@ class MboxFolder(interface.Folder):
                     result = mutate(state) if mutate is not None else None
                     if state.changed:
                         try:
-                            written = self._write(state, fd)
+                            written, st = self._write(state, fd)
                         except OSError as exc:
                             if exc.errno not in _NO_SPACE:
                                 raise
                             self._no_space(state, fd, may_wait)
                         else:
                             state.changed = False
-                            self._remember(state, None, written)
+                            if st is not None:
+                                self._remember(state, None, written, st)
                     else:
                         self._remember(state, fd)
                     return clone(state), result
@@ -644,7 +648,13 @@ class MboxFolder(interface.Folder):
         with _CACHE_LOCK:
             _CACHE[self._key()] = _Cached(_ident(os.fstat(fd)), state, b"\0", size)
 
-    def _write(self, state: FolderState, old_fd: int | None = None) -> bytes:
+    def _write(self, state: FolderState, old_fd: int | None = None
+               ) -> tuple[bytes, os.stat_result | None]:
+        """Write ``state`` as a new file renamed over the folder's. Returns the
+        bytes and the new file's status taken right after the rename, or None
+        when a delivery has already appended to it: its lock is not the one
+        this rewrite holds (that is on the old file), so the state written is
+        no longer all the file holds, and must not be cached as if it were."""
         data = encode(state)
         tmp = self.path.with_name(temporary_name(self.path))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -661,6 +671,9 @@ class MboxFolder(interface.Folder):
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
+            _keep_new_mail_mark(tmp, None if old_fd is None else os.fstat(old_fd))
+            os.replace(tmp, self.path)
+            st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             try:
@@ -669,14 +682,12 @@ class MboxFolder(interface.Folder):
                 pass
             raise
         os.close(fd)
-        _keep_new_mail_mark(tmp, None if old_fd is None else os.fstat(old_fd))
-        os.replace(tmp, self.path)
         dfd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        return data
+        return data, (st if st.st_size == len(data) else None)
 
     # ---------------------------------------------------------------- API
 

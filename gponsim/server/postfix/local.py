@@ -528,15 +528,22 @@ class LocalAgent:
             if not stat.S_ISREG(st.st_mode):
                 raise MailboxError("5.2.0", f"destination {display} is not a regular file")
             lock.acquire(fd)
-            if _replaced(fd, path):
+            for _attempt in range(REOPEN_ATTEMPTS):
+                if not _replaced(fd, path):
+                    break
                 # A reader (IMAP/POP3) rewrote the mailbox (new file renamed
-                # over it) while we waited for the lock: append to the new one.
+                # over it) while we waited for the lock: append to the new one,
+                # which may itself have been rewritten by the time it is ours.
                 lock.release()
                 os.close(fd)
                 fd = -1
                 fd = os.open(path, access | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
                              | getattr(os, "O_NOFOLLOW", 0), 0o600)
                 lock.acquire(fd)
+            else:
+                lock.release()
+                raise MailboxError("4.2.0", "unable to lock for exclusive access: "
+                                   "the mailbox keeps being replaced")
             try:
                 results += self._append(fd, user, display, jobs, check_delivered)
             finally:
@@ -624,6 +631,11 @@ def _per_recipient(results: list[LocalResult]) -> list[RecipientStatus]:
                 or next((r for r in rs if r.status == "sent"), None) or rs[0])
         out.append(RecipientStatus(index, pick.status, pick.dsn, pick.reason))
     return out
+
+
+#: How often local(8) follows a mailbox that a reader's rewrite replaced while
+#: it waited for the lock, before it defers the delivery (the next try succeeds).
+REOPEN_ATTEMPTS = 20
 
 
 def _replaced(fd: int, path: Path) -> bool:
