@@ -95,6 +95,13 @@ class RawSession:
             pass
 
 
+def _next_second() -> None:
+    """Until the clock's next whole second has just begun (at most a second)."""
+    start = int(time.time())
+    while int(time.time()) == start:
+        time.sleep(0.005)
+
+
 def session(*lines, wait_tag: bool = True, after_bye: tuple = (), plain_from: str | None = None):
     """A script: the lines, each sent after the previous one's reply; then
     ``after_bye``, sent whether or not the server has closed (a client that
@@ -103,7 +110,7 @@ def session(*lines, wait_tag: bool = True, after_bye: tuple = (), plain_from: st
     def script(ports) -> list[str]:
         # login-common's 'in N secs' subtracts whole seconds of the clock:
         # both servers' sessions start just after a second begins
-        time.sleep(1.02 - time.time() % 1)
+        _next_second()
         if plain_from:
             s = RawSession(ports["imap"], tls=False, source=plain_from)
         else:
@@ -118,7 +125,7 @@ def session(*lines, wait_tag: bool = True, after_bye: tuple = (), plain_from: st
                     s.sock.sendall(line.encode() + b"\r\n")
                 except OSError:
                     break
-                time.sleep(0.3)
+                s._read(None, 2, quiet=0.3)     # the server's close (or any answer it gives)
         finally:
             s.close()
         return s.received
