@@ -338,9 +338,15 @@ def quiet(read: Callable[[], list[str]], settle: float = 1.0, timeout: float = 2
 
 def settled(lines: list[str]) -> bool:
     """Every message the log speaks of has left the queue (``QID: removed``),
-    and every logged-in Dovecot session has been logged as disconnected."""
+    and every logged-in Dovecot session has been logged as disconnected.
+
+    A message is in the queue once cleanup has read it (``message-id=``) or
+    pickup has taken it (``uid=``); a queue id that smtpd opened for a
+    transaction the client never finished (``client=`` alone: RSET, a hang-up,
+    BDAT's errors) is removed without a ``removed`` line, by Postfix as by
+    gponsim, so it is waited for no longer."""
     qids = {m.group(1) for line in lines
-            if (m := re.search(r"\]: ([0-9A-F]{10,12}): (?:client=|message-id=|uid=)", line))}
+            if (m := re.search(r"\]: ([0-9A-F]{10,12}): (?:message-id=|uid=)", line))}
     removed = {m.group(1) for line in lines
                if (m := re.search(r"\]: ([0-9A-F]{10,12}): removed$", line))}
     logins = sum(1 for line in lines if "-login: Login: " in line)
