@@ -464,6 +464,71 @@ def test_search_criteria_nested_as_deep_as_a_command_line_allows(mem, inbox):
     assert not [s for s in mem.sink.steps if "Traceback" in (s.line or "")]
 
 
+def test_search_registers_the_keywords_it_names(mem, inbox):
+    """mail_search_args_init() creates a keyword the mailbox does not have:
+    FLAGS and PERMANENTFLAGS after the results, written to X-IMAPbase in a
+    read-write session; not one that differs only in case, is not a valid
+    keyword, or meets its own negation (checked against Dovecot 2.3.19)."""
+    c = selected(mem)
+    got = c.send("q1 SEARCH KEYWORD Nueva")
+    assert done(got.pop(), "q1", "OK Search completed") and got == [
+        "* SEARCH",
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Nueva)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Nueva \\*)] "
+        "Flags permitted."]
+    assert re.search(rb"X-IMAPbase: \d+ 0000000002 Nueva\n", inbox.read_bytes())
+    for criteria in ("KEYWORD NUEVA", "KEYWORD \\Seen", "KEYWORD x UNKEYWORD x",
+                     "OR KEYWORD y NOT KEYWORD y", "KEYWORD " + "z" * 51):
+        got = c.send(f"q2 SEARCH {criteria}")
+        assert len(got) == 2 and done(got[1], "q2", "OK Search completed"), criteria
+    # run alongside: the FLAGS go before the FETCH that shows a message's flags
+    got = c.send("q3 SEARCH KEYWORD otra\r\nq4 FETCH 1 FLAGS")
+    assert got[:3] == ["* SEARCH", "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft "
+                       "Nueva otra)", "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted "
+                       "\\Seen \\Draft Nueva otra \\*)] Flags permitted."]
+    assert got[3] == "* 1 FETCH (FLAGS (\\Recent))"
+    other = logged_in(mem)
+    assert other.send("e1 EXAMINE INBOX")[0] == (
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Nueva otra)")
+    # EXAMINEd: for this session only, until it SELECTs the mailbox
+    got = other.send("e2 SEARCH KEYWORD leida")
+    assert got[1:3] == ["* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Nueva otra leida)",
+                        "* OK [PERMANENTFLAGS ()] Read-only mailbox."]
+    assert b"leida" not in inbox.read_bytes()
+    assert other.send("e3 EXAMINE INBOX")[1] == (
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Nueva otra leida)")
+    other.send("e4 SELECT INBOX")
+    assert re.search(rb"X-IMAPbase: \d+ 0000000002 Nueva otra leida\n", inbox.read_bytes())
+
+
+@pytest.mark.parametrize("items,error", [
+    ("(UID) (x)", "Unknown FETCH modifier"), ("UID (VANISHED)", "Unknown FETCH modifier"),
+    ("(UID) ((x))", "FETCH modifiers contain non-atoms"),
+    ('(UID) ("x")', "FETCH modifiers contain non-atoms"),
+    ("(UID) (CHANGEDSINCE x)", "Invalid CHANGEDSINCE modseq"),
+    ("(UID) (CHANGEDSINCE)", "Invalid CHANGEDSINCE modseq"),
+    # gponsim does not implement CONDSTORE, which Dovecot enables here
+    ("(UID) (CHANGEDSINCE 1)", "Unknown FETCH modifier"),
+    ("(UID) (x) y", "Unknown FETCH modifier"), ("(UID) x", "Invalid arguments"),
+    ("BODY.PEEK[HEADER.FIELDS (SUBJECT)] (x)", "Unknown FETCH modifier"),
+    ("(FOO) (x)", "Unknown parameter: FOO"),
+])
+def test_fetch_modifiers_are_refused_in_dovecot_s_words(mem, inbox, items, error):
+    c = selected(mem)
+    (line,) = c.send(f"f FETCH 1 {items}")
+    assert done(line, "f", f"BAD Error in IMAP command FETCH: {error}"), line
+
+
+def test_fetch_modifiers_after_the_message_set_and_with_uid(mem, inbox):
+    c = selected(mem)
+    (line,) = c.send("f1 FETCH 9 (UID) (x)")
+    assert done(line, "f1", "BAD Error in IMAP command FETCH: Invalid messageset"), line
+    (line,) = c.send("f2 UID FETCH 1 (UID) (VANISHED)")
+    assert done(line, "f2", "BAD Error in IMAP command UID FETCH: QRESYNC not enabled"), line
+    got = c.send("f3 FETCH 1 (UID) () y")
+    assert got[0] == "* 1 FETCH (UID 1)" and done(got[1], "f3", "OK Fetch completed")
+
+
 @pytest.mark.parametrize("criteria,error", [
     ("FROM", "Missing parameter for search key (for search key: FROM)"),
     ("FOO", "Unknown argument FOO"), ("NOT", "Missing argument"), ("OR ALL", "Missing argument"),
@@ -509,6 +574,21 @@ def test_append_with_literal_and_literal_plus(mem):
                         c.send(message + b"\r\n")[0])
     data = (mem.root / "var/mail/user2").read_bytes()
     assert data.startswith(b"From user2  Mon Jan 01 12:00:00 2024\nSubject: borrador\n")
+
+
+def test_bytes_in_after_append_count_each_byte_once(mem):
+    """in= is Dovecot's input offset: a literal and what follows it on the
+    line are counted once (Twisted hands them back after the literal), as in
+    one packet as in several; only LOGOUT's CRLF is left out."""
+    c = logged_in(mem)
+    message = b"Subject: x\r\n\r\nhola"
+    sent = [b"b APPEND INBOX {%d}\r\n" % len(message), message + b"\r\n",
+            b"c APPEND INBOX {%d+}\r\n%s (\\Seen) {%d+}\r\n%s\r\n"
+            % (len(message), message, len(message), message),
+            b"z LOGOUT\r\n"]
+    for data in sent:
+        c.send(data)
+    assert f" Logged out in={sum(map(len, sent)) - 2} " in mem.log_lines[-1]
 
 
 def test_list_lsub_create_subscribe_and_special_use(tmp_path, utc):

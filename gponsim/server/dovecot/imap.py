@@ -47,7 +47,7 @@ from twisted.python import log as twlog
 from zope.interface import implementer
 
 from gponsim.server.mailstore.interface import (
-    DELETED, RECENT, SEEN, SYSTEM_FLAGS, Folder, MailStore, Message, StoreError,
+    DELETED, RECENT, SEEN, SYSTEM_FLAGS, Folder, MailStore, Message, StoreError, split_flags,
 )
 from gponsim.server.mailstore.location import DEFAULT_LOCATION, MailLocation, open_store
 from gponsim.server.dovecot import imap_sort
@@ -89,6 +89,8 @@ SAFETY_POLL = 2.0
 #: A change seen while a delivery holds the lock is looked at again after this.
 RETRY_DELAY = 0.02
 IDLE_NOTIFY_INTERVAL = 120.0
+#: mail_max_keyword_length's default (10-mail.conf): a longer keyword is not created.
+MAX_KEYWORD_LENGTH = 50
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}$")
 _LITERAL_ANY = re.compile(rb"\{(\d{1,20})\+?\}$")
 _LITERAL8 = re.compile(rb"~(\{\d{1,20}\+?\})$")
@@ -424,6 +426,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.view: list[int] = []            # UIDs, index = sequence number - 1
         self.recent: set[int] = set()
         self.keywords: list[str] = []       # the selected mailbox's, as the client was told
+        self._untold_keywords: list[str] = []  # registered by a search, FLAGS not sent yet
+        #: keywords a search registered in a mailbox EXAMINEd (not written), by
+        #: mailbox: Dovecot's index keeps them for this session's later SELECTs
+        self._unsaved_keywords: dict[str, list[str]] = {}
         self.uidvalidity = 0
         self._idle_tag: bytes | None = None
         self._idle_timer = None
@@ -465,10 +471,21 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             # Twisted's TLS layer still hands over what arrives while it
             # waits for the client's close_notify
             return
+        if self._feeding:
+            # LineReceiver.setLineMode() hands back what followed a literal
+            # (the rest of an APPEND line, the next messages of a MULTIAPPEND):
+            # bytes counted, and shown, when they arrived. Dovecot's in= is
+            # its input stream's offset: each byte once
+            super().dataReceived(data)
+            return
         if self.user:
             self._bytes_in += len(data)
         self._emit_all(self.conv.client_data(data))
-        super().dataReceived(data)
+        self._feeding = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._feeding = False
         if not self._worker_busy:
             # the input is used up: Dovecot syncs and answers (a command still
             # in the mail worker answers, held replies included, when it ends)
@@ -504,6 +521,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         sequence numbers first (no expunges may be sent while they run),
         then the UID commands (a full sync)."""
         held, self._held = self._held, []
+        if held and self._untold_keywords:
+            self._new_keywords([])          # (a search's new keywords: the sync tells them)
         for tag, text, _uid in sorted(held, key=lambda item: item[2]):
             self._ok(tag, text)
 
@@ -527,6 +546,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                        + self.settings.greeting).encode())
 
     _gone = False
+    _feeding = False       # in dataReceived: what comes back in (after a literal) is not new
     _command = ""          # the command being parsed, for Dovecot's "Error in IMAP command X:"
 
     def _unblock(self):
@@ -1133,7 +1153,15 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.view = [m.uid for m in state.messages]
         # EXAMINE reports \Recent too (as Dovecot does), without taking it away.
         self.recent = {m.uid for m in state.messages if m.recent}
-        self.keywords = list(state.keywords)
+        known = {k.lower() for k in state.keywords}
+        unsaved = [k for k in self._unsaved_keywords.get(folder.name, []) if k.lower() not in known]
+        if unsaved and not readonly:
+            # written now that the mailbox is open read-write
+            ok, _ = self._store_call(tag, folder.define_keywords, unsaved)
+            if not ok:
+                return
+            del self._unsaved_keywords[folder.name]
+        self.keywords = list(state.keywords) + unsaved
         self._flags_lines()
         self._untagged(f"{len(self.view)} EXISTS")
         self._untagged(f"{len(self.recent)} RECENT")
@@ -1160,9 +1188,14 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
 
     def _new_keywords(self, keywords) -> None:
-        """Keywords the mailbox did not have: Dovecot tells the client the new
-        FLAGS and PERMANENTFLAGS at once (imap-sync.c), before anything else."""
-        new = [k for k in keywords if k not in self.keywords]
+        """Keywords the mailbox did not have (and those a search registered):
+        Dovecot tells the client the new FLAGS and PERMANENTFLAGS at once
+        (imap-sync.c), before anything else."""
+        new = []
+        for k in self._untold_keywords + list(keywords):
+            if k not in self.keywords and k not in new:
+                new.append(k)
+        self._untold_keywords = []
         if new:
             self.keywords = self.keywords + new
             self._flags_lines()
@@ -1187,6 +1220,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self.view = []
         self.recent = set()
         self.keywords = []
+        self._untold_keywords = []
         self._saved = frozenset()        # RFC 5182: "$" is forgotten with the mailbox
         if self.state == "select":
             self.state = "auth"
@@ -1691,12 +1725,18 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             raise imap4.IllegalClientResponse("Missing ')'")
         if text.count(b"[") > text.count(b"]"):
             raise imap4.IllegalClientResponse("Invalid BODY[..] parameter: Missing ']'")
+        items, modifiers = _split_fetch_items(text)
+        if modifiers and modifiers[:1] != b"(":
+            # cmd-fetch.c: after the items, a list of modifiers or nothing
+            raise imap4.IllegalClientResponse("Invalid arguments")
         try:
-            return self._arg_fetchatt_twisted(line)
+            (query, binaries), rest = self._arg_fetchatt_twisted(items)
+            return (query, binaries, modifiers), rest
         except imap4.IllegalClientResponse:
             raise
         except Exception as exc:        # Twisted raises a bare Exception, or worse
-            unknown = re.match(rb"Nothing recognized in fetch_att: b'([^' ]*)", str(exc).encode())
+            unknown = re.match(rb"Nothing recognized in fetch_att: b'([^' )]*)",
+                               str(exc).encode())
             if unknown and unknown.group(1):
                 word = unknown.group(1).decode("ascii", "replace").upper()
                 raise imap4.IllegalClientResponse(f"Unknown parameter: {word}") from None
@@ -1741,7 +1781,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         return (query, binaries), rest
 
     def do_FETCH(self, tag, seqset, query, uid=0):
-        query, binaries = query
+        query, binaries, modifiers = query
         try:
             state = self._current()
             chosen = self._messages(state, seqset.decode("ascii", "replace"), bool(uid))
@@ -1750,6 +1790,10 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             return
         except (StoreError, OSError) as exc:
             self._no(tag, f"[SERVERBUG] {exc}")
+            return
+        error = _fetch_modifier_error(modifiers, bool(uid))
+        if error:
+            self._bad(tag, f"Error in IMAP command {self._command}: {error}")
             return
         wants_seen = any(
             (q.type == "body" and not q.peek and (q.header or q.text or q.mime or q.empty))
@@ -1794,6 +1838,9 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
                     return
             if msg.uid in seen_now and "flags" not in names:
                 items.append(self._flags_item(msg))
+            if self._untold_keywords and any(i.startswith(b"FLAGS ") for i in items):
+                # imap-fetch.c: a message's FLAGS first tells the mailbox's new keywords
+                self._new_keywords([])
             self.transport.write(b"* %d FETCH (" % seq + b" ".join(items + others) + b")\r\n")
         self._refresh(expunges=False)
         self._sync_ok(tag, "Fetch completed.")
@@ -2025,6 +2072,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         """(seq, message) of the view matching SEARCH criteria."""
         program = compile_search(keys)          # parsed once, without recursion
         state = self._current()
+        self._register_keywords(program.keywords, state.keywords)
         by_uid = {m.uid: m for m in state.messages}
         hits = []
         ctx = SearchContext(count=len(self.view), last_uid=self.view[-1] if self.view else 0,
@@ -2034,6 +2082,28 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             if msg is not None and program.matches(seq, msg, ctx):
                 hits.append((seq, msg))
         return hits
+
+    def _register_keywords(self, words: list[str], stored: list[str]) -> None:
+        """mail_search_args_init(): a valid keyword a search names that the
+        mailbox does not have (in any case) becomes one of its keywords, and
+        the client is told the new FLAGS when the command syncs, after its
+        results. EXAMINEd, the mailbox file is not written: Dovecot's index
+        keeps the keyword for this session only."""
+        known = {k.lower() for k in self.keywords + self._untold_keywords + list(stored)}
+        new = []
+        for word in words:
+            if word.lower() in known or len(word) > MAX_KEYWORD_LENGTH \
+                    or split_flags([word])[1] != [word]:
+                continue
+            known.add(word.lower())
+            new.append(word)
+        if not new:
+            return
+        if self.readonly:
+            self._unsaved_keywords.setdefault(self.folder.name, []).extend(new)
+        else:
+            self.folder.define_keywords(new)
+        self._untold_keywords += new
 
     def _charset(self, tag, name: str) -> bool:
         try:
@@ -2162,6 +2232,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
             self._untagged("SORT" + "".join(f" {n}" for n in numbers))
         else:
             self._untagged(self._esearch(tag, uid, numbers, returns, sort_order=True))
+        self._new_keywords([])
         self._ok(tag, "Sort completed.")
 
     def do_THREAD(self, tag, line, uid=0):
@@ -2176,7 +2247,8 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         else:
             roots = imap_sort.thread_references(items)
         threads = imap_sort.format_threads(roots)
-        self._untagged("THREAD" + (f" {threads}" if threads else ""))
+        self._untagged(f"THREAD {threads}")     # (cmd-thread.c: "* THREAD " even when empty)
+        self._new_keywords([])
         self._ok(tag, "Thread completed.")
 
     select_SORT = (do_SORT, imap4.IMAP4Server.arg_line)
@@ -2301,6 +2373,54 @@ def _find_part(msg: Message, section: str):
     except IndexError:
         return None
     return part
+
+
+def _split_fetch_items(text: bytes) -> tuple[bytes, bytes]:
+    """FETCH's items (an atom such as ``BODY[HEADER.FIELDS (A B)]``, or a
+    list) and what follows them (cmd-fetch.c: a list of modifiers, or nothing)."""
+    depth = 0
+    for i, byte in enumerate(text):
+        if byte in b"([":
+            depth += 1
+        elif byte in b")]":
+            depth -= 1
+        if depth <= 0 and (byte == 0x20 or (byte == 0x29 and text[:1] == b"(")):
+            end = i if byte == 0x20 else i + 1
+            return text[:end], text[end:].strip()
+    return text, b""
+
+
+def _fetch_modifier_error(modifiers: bytes, uid: bool) -> str | None:
+    """cmd-fetch.c fetch_parse_modifiers(): what Dovecot says of the first
+    modifier of ``(...)``, or None for an empty list. CHANGEDSINCE with a valid
+    value is an unknown modifier here: gponsim does not implement CONDSTORE
+    (Dovecot would enable it); VANISHED needs QRESYNC, never enabled."""
+    words: list[str | None] = []        # the list's atoms; None: something else
+    i = 1
+    while i < len(modifiers) and modifiers[i:i + 1] != b")":
+        c = modifiers[i:i + 1]
+        if c == b" ":
+            i += 1
+            continue
+        if c in (b'"', b"(", b"{"):
+            words.append(None)
+            break
+        j = i
+        while j < len(modifiers) and modifiers[j:j + 1] not in (b" ", b"(", b")"):
+            j += 1
+        words.append(modifiers[i:j].decode("ascii", "replace").upper())
+        i = j
+    if not words:
+        return None
+    if words[0] is None:
+        return "FETCH modifiers contain non-atoms."
+    if words[0] == "CHANGEDSINCE":
+        value = words[1] if len(words) > 1 else None
+        if value is None or not re.fullmatch(r"[0-9]+", value) or int(value) >= 2 ** 64:
+            return "Invalid CHANGEDSINCE modseq."
+    elif words[0] == "VANISHED" and uid:
+        return "QRESYNC not enabled"
+    return "Unknown FETCH modifier"
 
 
 def _binary_item(b: dict, msg: Message) -> bytes:

@@ -134,9 +134,10 @@ def _predicate(key: str, tokens: _Tokens) -> tuple:
         return ("pred", lambda seq, m, ctx: in_set(m.uid, parse_set(text, ctx.last_uid)))
     if k in ("KEYWORD", "UNKEYWORD"):
         word = _string(tokens, k)
+        # the third item names the keyword: a search registers it (SearchProgram.keywords)
         if k == "KEYWORD":
-            return ("pred", lambda seq, m, ctx: word in m.keywords)
-        return ("pred", lambda seq, m, ctx: word not in m.keywords)
+            return ("pred", lambda seq, m, ctx: word in m.keywords, (word, False))
+        return ("pred", lambda seq, m, ctx: word not in m.keywords, (word, True))
     if k in ("LARGER", "SMALLER"):
         text = _string(tokens, k)
         if not text.isdigit():
@@ -194,6 +195,13 @@ class SearchProgram:
 
     def __init__(self, program: list) -> None:
         self.program = program
+
+    @property
+    def keywords(self) -> list[str]:
+        """The keywords KEYWORD and UNKEYWORD name, those left after folding:
+        mail_search_args_init() registers each in the mailbox (a keyword it
+        did not have is a new one, told to the client as new FLAGS)."""
+        return [op[2][0] for op in self.program if op[0] == "pred" and len(op) > 2]
 
     @property
     def constant(self) -> bool | None:
@@ -273,6 +281,20 @@ def compile_search(keys: list) -> SearchProgram:
     return SearchProgram(out)
 
 
+def _opposite_keywords(out: list, starts: list[int], ends: list[int]) -> bool:
+    """Whether two operands are a keyword and its negation."""
+    seen: dict[str, bool] = {}
+    for start, end in zip(starts, ends):
+        item = out[start]
+        if item[0] != "pred" or len(item) < 3 or end - start > 2 or \
+                (end - start == 2 and out[start + 1] != ("not",)):
+            continue
+        word, negated = item[2][0].lower(), item[2][1] != (end - start == 2)
+        if seen.setdefault(word, negated) != negated:
+            return True
+    return False
+
+
 def _fold(out: list, op: str, starts: list[int]) -> int:
     """Emit ``op`` over the operands that begin at ``starts`` (the end of
     ``out``), simplified when a value is known; returns where the result
@@ -294,6 +316,12 @@ def _fold(out: list, op: str, starts: list[int]) -> int:
             del out[-1]                         # NOT NOT x is x
         else:
             out.append(("not",))
+        return begin
+    if _opposite_keywords(out, starts, ends):
+        # Dovecot 2.3.19 (checked against its imap binary): KEYWORD k with
+        # UNKEYWORD k (or NOT KEYWORD k) beside it makes the AND never match and
+        # the OR always, and neither registers its keywords
+        out[begin:] = [_TRUE if op == "or" else _FALSE]
         return begin
     if op == "or":
         a, b = const(0), const(1)

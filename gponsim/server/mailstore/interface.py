@@ -152,6 +152,11 @@ class Folder(ABC):
         {uid: its flags now} for the messages that exist."""
 
     @abstractmethod
+    def define_keywords(self, keywords: Iterable[str]) -> None:
+        """Make keywords known to the folder without setting them on any
+        message (a SEARCH KEYWORD names them): later sessions list them."""
+
+    @abstractmethod
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         """Remove the \\Deleted messages (only those in ``uids`` if given:
         UID EXPUNGE); returns the UIDs removed."""

@@ -781,6 +781,19 @@ class MboxFolder(interface.Folder):
         return {uid: [f for f in SYSTEM_FLAGS if f in m.flags] + list(m.keywords)
                 for uid, m in touched.items()}
 
+    def define_keywords(self, keywords: Iterable[str]) -> None:
+        """Add keywords to the folder's list (X-IMAPbase), set on no message."""
+        _system, wanted = split_flags(keywords)
+
+        def mutate(state: FolderState):
+            known = {k.lower() for k in state.keywords}
+            for kw in wanted:
+                if kw.lower() not in known:
+                    known.add(kw.lower())
+                    state.keywords.append(kw)
+                    state.changed = True
+        self._locked(mutate, may_wait=True)
+
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         """Remove the \\Deleted messages (only those in ``uids`` if given)."""
         only = set(uids) if uids is not None else None
