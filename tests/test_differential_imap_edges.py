@@ -71,18 +71,20 @@ class RawSession:
                 return
 
     def send(self, line: str, wait_tag: bool = True) -> None:
-        """One line; after a line ending in a {n} literal that the server
-        asked for ('+ '), the next line is that literal and the rest of the
-        command (its reply is the command's)."""
+        """One line; after a line ending in a {n} literal, or an AUTHENTICATE
+        without an initial response, that the server answered with '+ ', the
+        next line is that literal and the rest of the command, or the SASL
+        response (its reply is the command's)."""
         data = line.encode() + b"\r\n"
         self.sock.sendall(data)
         tag = self._continued or line.split(" ", 1)[0].encode()
         self._continued = None
         if wait_tag and tag and tag not in (b"*", b"+"):
-            literal = re.search(r"\{\d+\}$", line) is not None
+            literal = re.search(r"\{\d+\}$", line) is not None \
+                or re.fullmatch(r"\S+ AUTHENTICATE \S+", line, re.I) is not None
             seen = len(self.received)
             # its tagged reply, or the untagged one that answers an invalid
-            # tag, or the '+ ' that asks for a literal
+            # tag, or the '+ ' that asks for a literal or a SASL response
             self._read(lambda got: got.startswith((tag + b" ", b"* BAD ", b"* BYE Too many"))
                        or (literal and got.startswith(b"+ ")), 15)
             if literal and any(got.startswith("+ ") for got in self.received[seen:]):
