@@ -277,3 +277,61 @@ def test_non_ascii_addresses_with_and_without_smtputf8(lab):
         EHLO, "MAIL FROM:<josé@example.org>", "RSET", "MAIL FROM:<a@ñ.example>", "RSET",
         "MAIL FROM:<a@ñ.example> SMTPUTF8", RCPT, "RCPT TO:<b@ñ.example>", "RSET",
         "VRFY josé", "QUIT"))
+
+
+# ---------------------------------------------------------------- address literals
+
+def _last_delivery(mbox) -> list[str]:
+    """The X-Original-To: and Delivered-To: lines of a mailbox's last message."""
+    text = mbox.read_text(errors="replace") if mbox.exists() else ""
+    last = text[text.rfind("\nFrom ") + 1:] if "\nFrom " in text else text
+    return [line for line in last.split("\n\n", 1)[0].splitlines()
+            if line.startswith(("X-Original-To:", "Delivered-To:"))]
+
+
+def test_an_address_literal_of_the_server_is_a_local_domain(lab):
+    """``user@[127.0.0.1]``: with inet_interfaces = all an address literal
+    naming one of the server's own addresses is local, like mydestination
+    (delivered to the mailbox, or User unknown at RCPT); an IPv4 part with a
+    leading 0 is octal (0177 = 127); 127.0.0.2 is no interface address, so
+    that one is relayed (permit_mynetworks)."""
+    check(lab, "RCPT TO: address literals of the server (25)", dialogue(
+        EHLO, MAIL, "RCPT TO:<user2@[127.0.0.1]>", "RCPT TO:<nadie@[127.0.0.1]>",
+        "RCPT TO:<user1@[IPv6:::1]>", "RCPT TO:<nadie@[ipv6:0:0:0:0:0:0:0:1]>",
+        "RCPT TO:<nadie@[0177.0.0.1]>", "RCPT TO:<nadie@[127.0.0.1].>",
+        "RCPT TO:<user2@[127.0.0.2]>", "RCPT TO:<user2@[IPv6:::ffff:127.0.0.1]>",
+        "VRFY nadie@[127.0.0.1]", "VRFY user2@[127.0.0.1]",
+        "DATA", "Subject: literal\r\n\r\nHola\r\n.", "QUIT"))
+    for user in ("user1", "user2"):
+        ours = _last_delivery(lab.gponsim.root / "var/mail" / user)
+        assert ours and ours == _last_delivery(lab.real.path(f"/var/mail/{user}"))
+
+
+def test_a_recipient_without_local_part_is_mailer_daemon(lab):
+    """``<@gponlab.local>`` (or ``<""@...>``) resolves to MAILER-DAEMON, which
+    smtpd never looks up (nor double-bounce): accepted; local(8) finds no
+    alias for it and discards it with a warning, qmgr drops double-bounce."""
+    check(lab, "RCPT TO: no local part, MAILER-DAEMON, double-bounce (25)", dialogue(
+        EHLO, MAIL, "RCPT TO:<@gponlab.local>", 'RCPT TO:<""@localhost>',
+        "RCPT TO:<mailer-daemon@gponlab.local>", "RCPT TO:<double-bounce@gponlab.local>",
+        "RCPT TO:<@[127.0.0.1]>", "RCPT TO:<@>", "VRFY <@gponlab.local>",
+        "DATA", "Subject: nadie\r\n\r\nHola\r\n.", "QUIT"))
+    check(lab, "MAIL FROM and RCPT TO: no local part, a remote domain (25)", dialogue(
+        EHLO, "MAIL FROM:<@gponlab.local>", "RCPT TO:<@example.org>",
+        "DATA", "Subject: nadie\r\n\r\nHola\r\n.", "QUIT"))
+
+
+def test_bad_address_literals_are_logged_by_trivial_rewrite(lab):
+    """A literal that is no address: smtpd's 501 and Illegal address syntax,
+    after trivial-rewrite's own warning (resolve_local() parses it to see
+    whether it is one of the server's addresses). Octets are read as
+    valid_hostname.c reads them ([01.2.3.4] passes); no warning when the
+    brackets do not make the whole domain."""
+    items = [EHLO]
+    for literal in ("[foo]", "[1.2.3]", "[999.1.1.1]", "[IPv6:zz]", "[]", "[IPv6:]", "[::1]",
+                    "[0.1.2.3]", "[1.2.3.]", "[IPv6:1:2:3:4:5:6:7:8:9]", "[IPv6:1::2::3]",
+                    "[IPv6:12345::1]", "[IPv6::1]", "[IPv6:1:2:]", "[IPv6:1.2.3.4]",
+                    "[01.2.3.4]", "[IPv6:1::1.2.3.4]", "[1.2.3.4]x", "[foo].org", "[1.2.3.4"):
+        items += [f"MAIL FROM:<a@{literal}>", "RSET"]
+    check(lab, "address literals that are no address (25)", dialogue(
+        *items, "VRFY a@[foo]", MAIL, "RCPT TO:<b@[1.2.3.4.5]>", "QUIT"))

@@ -153,6 +153,20 @@ def test_unknown_user_bounces(tmp_path):
     assert r.line.endswith('dsn=5.1.1, status=bounced (unknown user: "nosuchuser+x")')
 
 
+def test_mailer_daemon_and_postmaster_without_alias_are_discarded(tmp_path):
+    """local(8) deliver_unknown(): required names are not bounced."""
+    agent = make_agent(tmp_path)
+    [r] = agent.deliver("mailer-daemon", [job(rcpt="MAILER-DAEMON@gponlab.local",
+                                             orig="@gponlab.local")])
+    assert (r.status, r.dsn, r.reason) == ("sent", "2.0.0", "discarded")
+    assert r.warning == "warning: required alias not found: mailer-daemon"
+    assert 'to=<MAILER-DAEMON@gponlab.local>, orig_to=<""@gponlab.local>, relay=local' in r.line
+    assert r.line.endswith("dsn=2.0.0, status=sent (discarded)")
+    [r] = agent.deliver("postmaster", [job(rcpt="postmaster@gponlab.local")])
+    assert (r.status, r.warning) == ("sent", "warning: required alias not found: postmaster")
+    assert not (tmp_path / "var/mail/mailer-daemon").exists()
+
+
 def test_path_tricks_are_unknown_users(tmp_path):
     agent = make_agent(tmp_path, users=("../etc/passwd", ".hidden"))
     for user in ("../etc/passwd", ".hidden"):

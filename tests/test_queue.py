@@ -135,6 +135,23 @@ def test_local_delivery_end_to_end(lab):
     assert texts[4] == f"{qid}: removed"
 
 
+def test_mailer_daemon_is_discarded_and_double_bounce_dropped_by_qmgr(lab):
+    """An empty local part in a local domain resolves to MAILER-DAEMON (local(8)
+    discards it: no alias), ``[127.0.0.1]`` is the server's; qmgr itself drops
+    double-bounce. Checked against Postfix by test_differential_smtp_edges."""
+    lab = lab()
+    qid = lab.send(["@[127.0.0.1]", "double-bounce@gponlab.local", "user2@[127.0.0.1]"])
+    lab.wait("REMOVED", qid)
+    log = lab.log()
+    assert (f"{qid}: to=<double-bounce@gponlab.local>, relay=none, delay=" in log
+            and "status=sent (undeliverable postmaster notification discarded)" in log)
+    assert "postfix/local[" in log and "warning: required alias not found: mailer-daemon" in log
+    assert f'{qid}: to=<MAILER-DAEMON@[127.0.0.1]>, orig_to=<""@[127.0.0.1]>, relay=local' in log
+    assert b"\nX-Original-To: user2@[127.0.0.1]\nDelivered-To: user2@[127.0.0.1]\n" \
+        in lab.mbox("user2")
+    assert not (lab.root / "var/mail/mailer-daemon").exists()
+
+
 def test_steps_follow_the_message_through_the_lab(lab):
     lab = lab()
     qid = lab.send(["user2@gponlab.local"], session="smtp-abc-7")
@@ -657,8 +674,10 @@ def test_every_event_the_queue_emits_has_commentary():
     from gponsim.commentary import catalog
 
     emitted = {("queue", v) for v in ("CLIENT", "RECEIVED", "QUEUED", "DELIVER", "RELAY",
-                                      "DEFERRED", "REMOVED", "EXPIRED", "RETRY", "RECOVERED")}
-    emitted |= {("delivery", v) for v in ("DELIVERED", "BOUNCED", "DEFERRED", "LOCKWAIT")}
+                                      "DEFERRED", "REMOVED", "EXPIRED", "RETRY", "RECOVERED",
+                                      "DROPPED")}
+    emitted |= {("delivery", v) for v in ("DELIVERED", "BOUNCED", "DEFERRED", "LOCKWAIT",
+                                          "DISCARDED")}
     from gponsim.server.postfix import cleanup, local, qmgr, transport
 
     source = "".join(Path(m.__file__).read_text() for m in (cleanup, local, qmgr, transport))

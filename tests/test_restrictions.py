@@ -2,6 +2,7 @@
 
 import pytest
 
+from gponsim.server.postfix.address import own_address_set
 from gponsim.server.postfix.restrictions import (
     RcptContext, UnsupportedRestriction, check_recipient, in_networks, parse_networks,
 )
@@ -66,3 +67,22 @@ def test_submission_client_restrictions():
 def test_unknown_restriction_is_reported():
     with pytest.raises(UnsupportedRestriction):
         check_recipient(ctx(), lists(relay=["check_policy_service inet:127.0.0.1:10023"]))
+
+
+def test_an_address_literal_of_the_server_is_a_local_destination():
+    own = own_address_set(["127.0.0.1", "::1"])
+    for rcpt, reply in (("user2@[127.0.0.1]", None),
+                        ("nadie@[IPv6:::1]", "550 5.1.1 <nadie@[IPv6:::1]>: Recipient address "
+                                             "rejected: User unknown in local recipient table"),
+                        ("user2@[127.0.0.2]", "454 4.7.1 <user2@[127.0.0.2]>: Relay access denied")):
+        c = ctx(rcpt=rcpt)
+        c.own_addresses = own
+        v = check_recipient(c, lists())
+        assert (v.reply if v else None) == reply
+
+
+def test_mailer_daemon_and_double_bounce_are_never_looked_up():
+    for rcpt in ("@gponlab.local", "MAILER-DAEMON@gponlab.local", "double-bounce@localhost"):
+        assert check_recipient(ctx(rcpt=rcpt), lists()) is None
+    v = check_recipient(ctx(rcpt="mailer-daemon+x@gponlab.local"), lists())
+    assert v.reply.startswith("550 5.1.1")

@@ -442,3 +442,42 @@ def test_user_names_from_dovecot_are_made_printable():
 
     assert _printable("E!\x13") == "E!?"
     assert _printable("usuario1") == "usuario1"
+
+
+def test_resolve_cache_lives_as_long_as_the_smtpd_process():
+    """smtpd asks trivial-rewrite once per (sender, address) while the
+    process lives: its warnings about a bad literal are not repeated."""
+    from gponsim.server.postfix.smtpd import ResolveCache
+
+    now = [0.0]
+    cache = ResolveCache(size=2, clock=lambda: now[0])
+    cache.opened()
+    assert not cache.seen(None, "a@[foo]")
+    assert cache.seen(None, "a@[foo]")
+    assert not cache.seen("alice@example.org", "a@[foo]")     # another sender: another key
+    assert not cache.seen(None, "b@[foo]")                    # the oldest one leaves
+    assert not cache.seen(None, "a@[foo]")
+    cache.closed()
+    now[0] = 50.0
+    cache.opened()                                            # the same process
+    assert cache.seen(None, "a@[foo]")
+    cache.closed()
+    now[0] = 150.0
+    cache.opened()                                            # idle 100 s: a new process
+    assert not cache.seen(None, "a@[foo]")
+
+
+def test_a_bad_literal_is_logged_by_trivial_rewrite_first(s):
+    """trivial-rewrite's warning, then smtpd's; no factory here (no cache):
+    asked every time. A literal of the server's own address is local."""
+    assert s.cmd("EHLO pc")[-1] == "250 CHUNKING"
+    assert s.cmd("MAIL FROM:<a@[foo]>") == ["501 5.1.7 Bad sender address syntax"]
+    assert s.logged[1:] == [
+        ("postfix/trivial-rewrite",
+         "warning: valid_ipv4_hostaddr: invalid character 102(decimal): foo"),
+        ("postfix/smtpd", "warning: Illegal address syntax from unknown[192.168.1.50] in MAIL "
+                          "command: <a@[foo]>")]
+    assert s.cmd("MAIL FROM:<alice@example.org>") == ["250 2.1.0 Ok"]
+    assert s.cmd("RCPT TO:<nadie@[127.0.0.1]>") == [
+        "550 5.1.1 <nadie@[127.0.0.1]>: Recipient address rejected: User unknown in local "
+        "recipient table"]

@@ -69,6 +69,7 @@ class NetworkServices:
         mail = self.topology.host("mail")
         options = LabOptions(lab_root=self.lab_root, config_dir=self.config_dir, listen="0.0.0.0",
                              listen_also=tuple(a for a in mail.addresses if ":" in a) + ("::1",),
+                             interfaces=(*mail.addresses, "127.0.0.1", "::1"),
                              port_offset=0, relay="dns", keylog=self.keylog)
         return Lab(options, emit=self.emit, reactor=self.reactor)
 

@@ -38,6 +38,7 @@ from gponsim.server.postfix.mta import Mta, QueueSettings
 from gponsim.server.postfix import postqueue as queue_control
 from gponsim.server.sims.gmail import GmailSimulator
 from gponsim.server.postfix.smtp import SmtpRelayClient, dns_resolver, ensure_hosts, settings_from_profile
+from gponsim.server.postfix.inet_addr import machine_addresses, own_addresses
 from gponsim.server.postfix.restrictions import parse_networks
 from gponsim.server.dovecot.auth import AuthServer
 from gponsim.server.postfix.xsasl import AuthClient, valid_base64
@@ -77,6 +78,9 @@ class LabOptions:
     listen_also: tuple[str, ...] = ()
     #: with relay = real and a listener other PCs reach, let mynetworks relay anyway
     allow_mynetworks_relay: bool = False
+    #: the server's interface addresses (``inet_interfaces = all``); None: this
+    #: computer's own (the lab network gives the mail host's)
+    interfaces: tuple[str, ...] | None = None
 
 
 def smtpd_settings(profile: LabProfile, service: str) -> SmtpdSettings:
@@ -147,6 +151,7 @@ class Lab:
         self.stop_signal = 15      # what `postfix stop` sends; Ctrl-C records 2
         self.auth_server = self.auth_client = self.mta = self.log = self.users = None
         self.lmtp = None          # Dovecot's LMTP service (protocols = ... lmtp)
+        self._own_addresses: tuple[str, ...] | None = None
 
     # ---------------------------------------------------------------- paths
 
@@ -228,7 +233,9 @@ class Lab:
                             local_user_exists=self.local_recipients().exists,
                             client_name=self.client_name,
                             received_header=self._received_header,
-                            anvil=Anvil(self.reactor.seconds, unit or 60.0))
+                            anvil=Anvil(self.reactor.seconds, unit or 60.0),
+                            own_addresses=self._interface_addresses(),
+                            rewrite_log_tag=f"{self.profile.main('syslog_name')}/trivial-rewrite")
 
     def _smtpd_factory(self, context: SmtpdContext, service: str, tls_options) -> SmtpdFactory:
         return SmtpdFactory(context, smtpd_settings(self.profile, service), tls_options,
@@ -240,8 +247,17 @@ class Lab:
         return self.profile.service_param(service, "smtpd_tls_wrappermode").strip().lower() == "yes"
 
     def _interface_addresses(self) -> tuple[str, ...]:
-        """The server's own addresses, for the queue's loop detection."""
-        return (self.options.listen, *self.options.listen_also, "127.0.0.1", "::1")
+        """The server's own addresses (``inet_interfaces``, ``proxy_interfaces``):
+        an address literal naming one is a local domain, and cleanup adds
+        missing headers for clients there (:mod:`~.postfix.inet_addr`)."""
+        if self._own_addresses is None:
+            o, profile = self.options, self.profile
+            machine = o.interfaces if o.interfaces is not None else machine_addresses()
+            self._own_addresses = own_addresses(
+                profile.list("inet_interfaces"), profile.list("proxy_interfaces"),
+                profile.main("inet_protocols"), machine=machine,
+                listening=(o.listen, *o.listen_also))
+        return self._own_addresses
 
     def check_open_relay(self) -> None:
         """Refuse ``--relay real`` when other computers could relay through the

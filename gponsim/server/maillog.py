@@ -201,10 +201,14 @@ def delivery_line(qid: str, to: str, *, relay: str, delays: tuple[float, float, 
     ``delays`` are: before the active queue, in the queue manager, connection
     setup, transmission; ``delay`` is their sum (end-to-end).
     ``orig_to`` is shown only when it differs from ``to`` (case-insensitive).
+    Both are written as RFC 5322 has them (a local part quoted when it needs
+    it: ``""@gponlab.local``).
     """
-    parts = [f"{qid}: to=<{to}>"]
+    from gponsim.server.postfix.cleanup import quote_822_local   # (cleanup imports this module)
+
+    parts = [f"{qid}: to=<{quote_822_local(to)}>"]
     if orig_to and orig_to.lower() != to.lower():
-        parts.append(f"orig_to=<{orig_to}>")
+        parts.append(f"orig_to=<{quote_822_local(orig_to)}>")
     parts.append(f"relay={relay}")
     parts.append(f"delay={format_delay(sum(delays))}")
     parts.append("delays=" + "/".join(format_delay(d) for d in delays))

@@ -13,15 +13,23 @@ Three steps, each with its own way to refuse (Postfix 3.7):
 - **Its domain** (``smtpd_check_addr`` through trivial-rewrite's resolver):
   after the last ``@``, less one trailing dot, it must be a valid host name
   (letters, digits, ``-`` and ``_``; no empty label; no ``-`` at a label's
-  ends; not all digits) or an address literal ``[1.2.3.4]``/``[IPv6:...]``.
+  ends; not all digits) or an address literal ``[1.2.3.4]``/``[IPv6:...]``
+  as ``valid_hostname.c`` reads them (dotted-quad decimal, each part at
+  most 255, so ``[01.2.3.4]`` passes; IPv6 as 16-bit hex fields).
 
 An illegal address is logged as ``warning: Illegal address syntax from
-CLIENT in MAIL command: WORD``.
+CLIENT in MAIL command: WORD``. When its domain is a bracketed literal whose
+inside is no address (``[foo]``, ``[1.2.3]``), trivial-rewrite, asked first,
+has already logged why (``resolve_local()`` checks whether the literal is
+one of the server's own addresses, complaining as it parses it):
+``warning: valid_ipv4_hostaddr: invalid character 102(decimal): foo``
+(:func:`literal_warning`).
 """
 
 from __future__ import annotations
 
-import ipaddress
+import socket
+from typing import Callable
 
 _SPECIALS = set('()<>@,;:\\".[]')
 
@@ -106,10 +114,13 @@ def _lex(text: str) -> list[tuple[str, str]]:
             out.append(("quoted", text[i:j + 1]))
             i = j + 1
         elif c == "[":
+            # tok822 keeps a literal's inside and writes it back bracketed:
+            # an unterminated one gets its "]"
             j = text.find("]", i)
-            j = n - 1 if j < 0 else j
-            out.append(("literal", text[i:j + 1]))
-            i = j + 1
+            j = n if j < 0 else j + 1
+            out.append(("literal", text[i:j] if text[j - 1] == "]" and j - 1 > i
+                        else text[i:j] + "]"))
+            i = j
         elif c in _SPECIALS and c != "\\":
             out.append((c, c))
             i += 1
@@ -169,16 +180,166 @@ def valid_hostname(name: str) -> bool:
     return not numeric
 
 
+def ipv4_hostaddr_problem(addr: str) -> str | None:
+    """valid_ipv4_hostaddr(): what is wrong with a dotted quad (its warning), or None."""
+    where = "valid_ipv4_hostaddr"
+    in_byte, count, value = False, 0, 0
+    for i, c in enumerate(addr):
+        if "0" <= c <= "9":
+            if not in_byte:
+                in_byte, count, value = True, count + 1, 0
+            value = value * 10 + int(c)
+            if value > 255:
+                return f"{where}: invalid octet value: {addr[:100]}"
+        elif c == ".":
+            if not in_byte or i == len(addr) - 1:
+                return f"{where}: misplaced dot: {addr[:100]}"
+            # 0.0.0.0 is allowed, 0.1.2.3 is not
+            if count == 1 and value == 0 and addr.lstrip("0.") != "":
+                return f"{where}: bad initial octet value: {addr[:100]}"
+            in_byte = False
+        else:
+            return f"{where}: invalid character {ord(c) if ord(c) < 128 else _byte(c)}" \
+                   f"(decimal): {addr[:100]}"
+    if count != 4:
+        return f"{where}: invalid octet count: {addr[:100]}"
+    return None
+
+
+def _byte(c: str) -> int:
+    """The first byte of a non-ASCII character (C reads the UTF-8 bytes)."""
+    return c.encode("utf-8", "surrogateescape")[0]
+
+
+_HEX = set("0123456789abcdefABCDEF")
+
+
+def ipv6_hostaddr_problem(addr: str) -> str | None:
+    """valid_ipv6_hostaddr(): eight 16-bit hex fields (one ``::`` at most, an
+    IPv4 tail allowed); what is wrong (its warning), or None."""
+    where, show = "valid_ipv6_hostaddr", addr[:100]
+    null_field = field = length = 0
+    i, n = 0, len(addr)
+    while True:
+        c = addr[i] if i < n else ""
+        if c == "":
+            if field < 2:
+                return f"{where}: too few `:' in IPv6 address: {show}"
+            if length == 0 and null_field != field - 1:
+                return f"{where}: bad null last field in IPv6 address: {show}"
+            return None
+        if c == ".":
+            if field < 2 or field > 6:
+                return f"{where}: malformed IPv4-in-IPv6 address: {show}"
+            return ipv4_hostaddr_problem(addr[i - length:])
+        if c == ":":
+            if field == 0 and length == 0 and i + 1 < n and addr[i + 1].isascii() \
+                    and addr[i + 1].isalnum():
+                return f"{where}: bad null first field in IPv6 address: {show}"
+            field += 1
+            if field > 7:
+                return f"{where}: too many `:' in IPv6 address: {show}"
+            i, length = i + 1, 0
+            if i < n and addr[i] == ":":
+                if null_field > 0:
+                    return f"{where}: too many `::' in IPv6 address: {show}"
+                null_field = field
+            continue
+        length = 0
+        while i + length < n and addr[i + length] in _HEX:
+            length += 1
+        if length > 4:
+            return f"{where}: malformed IPv6 address: {show}"
+        if length == 0:
+            code = ord(c) if ord(c) < 128 else _byte(c)
+            return f"{where}: invalid character {code}(decimal) in IPv6 address: {show}"
+        i += length
+
+
+def mailhost_addr_problem(text: str) -> str | None:
+    """valid_mailhost_addr(): the inside of a literal, ``IPv6:`` (any case)
+    then an IPv6 address, else an IPv4 one; what is wrong, or None."""
+    if text[:5].lower() == "ipv6:":
+        return ipv6_hostaddr_problem(text[5:])
+    return ipv4_hostaddr_problem(text)
+
+
+#: INET6_ADDRSTRLEN: the longest inside of a literal that valid_mailhost_literal() reads
+_HOSTADDR_MAX = 46
+
+
 def _valid_literal(literal: str) -> bool:
-    inner = literal[1:-1] if literal.startswith("[") and literal.endswith("]") else None
-    if not inner:
+    """valid_mailhost_literal(): ``[`` first, the first ``]`` last, an address inside."""
+    end = literal.find("]")
+    if not literal.startswith("[") or end != len(literal) - 1 or end - 1 >= _HOSTADDR_MAX:
         return False
+    return mailhost_addr_problem(literal[1:-1]) is None
+
+
+def _strip_dot(domain: str) -> str:
+    """resolve_local(): one trailing dot is dropped ("" when that is not enough)."""
+    if domain.endswith("."):
+        domain = domain[:-1]
+    return "" if not domain or domain.endswith(".") else domain
+
+
+def literal_warning(domain: str) -> str | None:
+    """What trivial-rewrite logs (``warning: ...``) when it resolves an address
+    in ``domain``: resolve_local() parses a bracketed domain as an address,
+    complaining about what is not one (``valid_ipv4_hostaddr: invalid
+    character 102(decimal): foo``)."""
+    domain = _strip_dot(domain)
+    if len(domain) < 2 or not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    problem = mailhost_addr_problem(domain[1:-1])
+    return f"warning: {problem}" if problem else None
+
+
+def literal_address(domain: str) -> tuple[int, bytes] | None:
+    """The address a bracketed domain names, as resolve_local() converts it
+    (``getaddrinfo()``, numeric: an IPv4 part with a leading 0 is octal, so
+    ``[0177.0.0.1]`` is 127.0.0.1): ``(family, packed)``, or None."""
+    domain = _strip_dot(domain)
+    if len(domain) < 2 or not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    text = domain[1:-1]
+    if mailhost_addr_problem(text) is not None:
+        return None
     try:
-        if inner[:5].upper() == "IPV6:":
-            return ipaddress.ip_address(inner[5:]).version == 6
-        return ipaddress.ip_address(inner).version == 4
-    except ValueError:
+        if text[:5].lower() == "ipv6:":
+            return socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text[5:])
+        return socket.AF_INET, socket.inet_aton(text)
+    except OSError:
+        return None          # [09.1.1.1]: valid syntax, no address (a remote domain)
+
+
+def resolve_local(domain: str, mydestination, own_addresses) -> bool:
+    """resolve_local(): whether ``domain`` is this server's: listed in
+    ``mydestination`` (lower case, one trailing dot dropped), or an address
+    literal naming one of the server's own addresses (``own_addresses``:
+    ``(family, packed)`` pairs, :func:`packed_address`)."""
+    domain = _strip_dot(domain.lower())
+    if not domain:
         return False
+    if domain in mydestination:
+        return True
+    named = literal_address(domain)
+    return named is not None and named in own_addresses
+
+
+def own_address_set(addresses) -> frozenset:
+    """The server's own addresses (text) as :func:`resolve_local` compares them."""
+    return frozenset(filter(None, map(packed_address, addresses)))
+
+
+def packed_address(ip: str) -> tuple[int, bytes] | None:
+    """``(family, packed)`` of an IP address as text (None when it is none)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return family, socket.inet_pton(family, ip)
+        except OSError:
+            continue
+    return None
 
 
 def _valid_domain(address: str, smtputf8: bool) -> bool:
@@ -200,9 +361,13 @@ def _valid_domain(address: str, smtputf8: bool) -> bool:
     return valid_hostname(domain)
 
 
-def extract_address(word: str, allow_empty: bool, smtputf8: bool = False) -> str | None:
+def extract_address(word: str, allow_empty: bool, smtputf8: bool = False,
+                    resolved: Callable[[str, str | None], None] | None = None) -> str | None:
     """The address in one command word, or None when Postfix finds it illegal
-    (``smtputf8``: the client asked for SMTPUTF8 in MAIL FROM or VRFY)."""
+    (``smtputf8``: the client asked for SMTPUTF8 in MAIL FROM or VRFY).
+    ``resolved(address, warning)``: called for the address smtpd has
+    trivial-rewrite resolve, with what trivial-rewrite logs about it
+    (:func:`literal_warning`, or None)."""
     text = word[1:-1] if len(word) >= 2 and word[0] == "<" and word[-1] == ">" else word
     if text.startswith("@") and ":" in text:
         text = text.split(":", 1)[1]            # a source route: dropped
@@ -212,4 +377,6 @@ def extract_address(word: str, allow_empty: bool, smtputf8: bool = False) -> str
     address = found[0] if found else ""
     if not address:
         return "" if allow_empty else None
+    if resolved is not None:
+        resolved(address, literal_warning(address.rsplit("@", 1)[1]) if "@" in address else None)
     return address if _valid_domain(address, smtputf8) else None

@@ -132,6 +132,8 @@ def quote_822_local(address: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at:
         local, domain = address, ""
+    if at and not local:
+        return f'""@{domain}'                   # an empty local part: <@gponlab.local>
     if not _needs_quoting(local):
         return address
     quoted = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'

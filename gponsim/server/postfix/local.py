@@ -79,6 +79,9 @@ from gponsim.steps import Emit
 
 #: postconf(5) defaults (Debian 12, Postfix 3.7).
 MAILBOX_SIZE_LIMIT = 51_200_000
+#: Names local(8) must not bounce (RFC 5321 §4.5.1): mail to one that is no
+#: alias nor account is discarded, with ``warning: required alias not found``.
+REQUIRED_ALIASES = ("mailer-daemon", "postmaster")
 DELIVER_LOCK_ATTEMPTS = 20
 DELIVER_LOCK_DELAY = 1.0
 STALE_LOCK_TIME = 500.0
@@ -362,6 +365,7 @@ class LocalResult:
     mailbox: str = ""          #: the lab path of the mailbox
     offset: int = -1           #: where the entry starts in the mailbox (sent)
     length: int = 0
+    warning: str = ""          #: a ``warning:`` line local(8) writes before ``line``
 
     @property
     def final(self) -> bool:
@@ -508,6 +512,12 @@ class LocalAgent:
         if not (self._valid_user(user) and self.user_exists(user)):
             for job in jobs:
                 local = self.split_recipient(job.recipient)[1]
+                if local in REQUIRED_ALIASES:
+                    # local(8) deliver_unknown(): no alias for a required name
+                    results.append(LocalResult(job, "sent", "2.0.0", "discarded",
+                                               warning=f"warning: required alias not found: "
+                                                       f"{local}"))
+                    continue
                 results.append(LocalResult(job, "bounced", "5.1.1", f'unknown user: "{local}"'))
             return self._lines(results, handoff)
         if not jobs:
@@ -755,8 +765,14 @@ class LocalTransport:
         """Reactor thread: local(8)'s log line and Step for each recipient."""
         for r in results:
             job = r.job
+            if r.warning:
+                self.agent.log.postfix("local", r.warning, self.agent.syslog_name)
             self.agent.log.postfix("local", r.line, self.agent.syslog_name)
-            if r.status == "sent":
+            if r.warning:
+                step = event("delivery", "local", "local", "DISCARDED", r.line, job.session,
+                             qid=job.qid, recipient=job.recipient, orig_to=job.orig_rcpt,
+                             status=r.status, dsn=r.dsn)
+            elif r.status == "sent":
                 step = event("delivery", "local", "mailbox", "DELIVERED", r.line, job.session,
                              qid=job.qid, recipient=job.recipient, orig_to=job.orig_rcpt,
                              mailbox=r.mailbox, status="sent", dsn=r.dsn, length=r.length)

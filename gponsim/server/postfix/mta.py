@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gponsim.server.maillog import MailLog
+from gponsim.server.postfix.address import own_address_set, resolve_local
 from gponsim.server.postfix.bounce import Bouncer
 from gponsim.server.postfix.cleanup import Cleanup
 from gponsim.server.postfix.lmtp import MailboxTransport
@@ -45,7 +46,8 @@ class QueueSettings:
     always_add_missing_headers: bool = False
     syslog_name: str = "postfix"
     times: QueueTimes = field(default_factory=QueueTimes)
-    #: the server's own addresses (cleanup adds missing headers for these clients)
+    #: the server's own addresses (cleanup adds missing headers for these clients;
+    #: ``[address]`` is a local domain)
     interface_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @classmethod
@@ -90,7 +92,8 @@ class Mta:
         self.log = log if log is not None else MailLog(self.root / "var/log/mail.log",
                                                        hostname=s.myhostname)
         self.emit = emit
-        local_domain = is_local_domain or (lambda d: d in s.mydestination)
+        own = own_address_set(s.interface_addresses)
+        local_domain = is_local_domain or (lambda d: resolve_local(d, s.mydestination, own))
         self.agent = LocalAgent(self.root, user_exists=user_exists, syslog_name=s.syslog_name,
                                 aliases=aliases, myorigin=s.myorigin or s.myhostname,
                                 is_local_domain=local_domain,

@@ -43,8 +43,9 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from gponsim.server import workpool
-from gponsim.server.maillog import MailLog
+from gponsim.server.maillog import MailLog, delivery_line
 from gponsim.server.postfix import queuefile
+from gponsim.server.postfix.cleanup import quote_822_local
 from gponsim.server.postfix.queueid import hash_dir
 from gponsim.server.postfix.queuefile import Envelope, Parsed, record
 from gponsim.server.postfix.transport import (DeliveryRequest, RecipientStatus, Router,
@@ -54,6 +55,8 @@ from gponsim.steps import Emit
 
 #: Seconds before qmgr tries again to remove or defer a queue file after an error.
 FINISH_RETRY = 5.0
+#: double_bounce_sender: mail to it in a local domain is discarded by qmgr
+DOUBLE_BOUNCE = "double-bounce"
 
 
 @dataclass
@@ -157,7 +160,8 @@ class Qmgr:
     def _take(self, msg: _Message, verb: str, src: str = "qmgr") -> None:
         msg.active_arrival = self.clock()
         self._active.add(msg.qid)
-        self._logged(verb, msg, f"{msg.qid}: from=<{msg.env.sender}>, size={msg.size}, "
+        self._logged(verb, msg, f"{msg.qid}: from=<{quote_822_local(msg.env.sender)}>, "
+                     f"size={msg.size}, "
                      f"nrcpt={len(msg.pending())} (queue active)", src=src,
                      sender=msg.env.sender, size=msg.size, nrcpt=len(msg.pending()))
         try:
@@ -171,12 +175,19 @@ class Qmgr:
 
     def _route(self, msg: _Message) -> None:
         groups: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+        discarded: list[tuple[int, str, str]] = []
         for index in msg.pending():
             rcpt = msg.env.recipients[index]
+            final = self.router.recipient(rcpt)
+            if self.router.is_local(rcpt) and final.rpartition("@")[0].lower() == DOUBLE_BOUNCE:
+                discarded.append((index, final, msg.env.original(index)))
+                continue
             groups.setdefault(self.router.resolve(rcpt), []).append(
-                (index, rcpt, msg.env.original(index)))
-        msg.outstanding = len(groups)
-        if not groups:
+                (index, final, msg.env.original(index)))
+        msg.outstanding = len(groups) + bool(discarded)
+        if discarded:
+            self._discard(msg, discarded)
+        if not groups and not discarded:
             self._finish(msg)
             return
         for (name, nexthop), rcpts in groups.items():
@@ -188,6 +199,20 @@ class Qmgr:
             d.addErrback(lambda failure, rcpts=rcpts: self._transport_failed(msg, rcpts, failure))
             d.addCallback(self._delivered, msg, rcpts)
             d.addErrback(lambda failure: self._warn(f"{msg.qid}: {failure.getErrorMessage()}"))
+
+    def _discard(self, msg: _Message, rcpts: list[tuple[int, str, str]]) -> None:
+        """Mail to the local double-bounce address is dropped here, as
+        qmgr_message_resolve() does (so a system can run without local(8))."""
+        now = self.clock()
+        reason = "undeliverable postmaster notification discarded"
+        delays = (max(0.0, msg.active_arrival - msg.env.arrival),
+                  max(0.0, now - msg.active_arrival), 0.0, 0.0)
+        for _index, rcpt, orig in rcpts:
+            self._logged("DROPPED", msg, delivery_line(
+                msg.qid, rcpt, orig_to=orig, relay="none", delays=delays, dsn="2.0.0",
+                status="sent", reason=reason), recipient=rcpt, status="sent")
+        self._delivered([RecipientStatus(i, "sent", "2.0.0", reason) for i, _r, _o in rcpts],
+                        msg, rcpts)
 
     def _hand_over(self, msg: _Message, name: str, transport: Transport,
                    rcpts: list[tuple[int, str, str]]) -> None:
@@ -279,8 +304,8 @@ class Qmgr:
             self.reactor.callLater(FINISH_RETRY, self._finish, msg)
 
     def _expired(self, msg: _Message) -> None:
-        self._logged("EXPIRED", msg, f"{msg.qid}: from=<{msg.env.sender}>, status=expired, "
-                     f"returned to sender", status="expired")
+        self._logged("EXPIRED", msg, f"{msg.qid}: from=<{quote_822_local(msg.env.sender)}>, "
+                     f"status=expired, returned to sender", status="expired")
         for index, (dsn, why) in sorted(msg.deferred.items()):
             self._bounce(msg, index, "5" + dsn[1:], f"message expired: {why}")
         self._logged("REMOVED", msg, f"{msg.qid}: removed")

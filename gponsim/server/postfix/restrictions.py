@@ -14,6 +14,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from gponsim.server.postfix.address import resolve_local
+
 
 @dataclass(slots=True)
 class RcptContext:
@@ -27,6 +29,8 @@ class RcptContext:
     local_user_exists: object = None   # Callable[[str], bool]
     reject_unlisted: bool = True
     relay_domains: frozenset = frozenset()
+    #: the server's own addresses (address.own_address_set): ``[address]`` is local
+    own_addresses: frozenset = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,10 @@ def parse_networks(items) -> list:
 
 
 def is_local_destination(ctx: RcptContext) -> bool:
-    return ctx.recipient_domain == "" or ctx.recipient_domain in ctx.local_domains
+    """trivial-rewrite's resolve_local(): ``mydestination``, or an address
+    literal naming one of the server's own addresses."""
+    return ctx.recipient_domain == "" or resolve_local(ctx.recipient_domain, ctx.local_domains,
+                                                       ctx.own_addresses)
 
 
 def _auth_destination(ctx: RcptContext) -> bool:
@@ -134,10 +141,18 @@ def _where(list_name: str) -> str:
     }.get(list_name, "Recipient address")
 
 
+#: Local parts smtpd never looks up (smtpd_check.c check_rcpt_maps): the
+#: null local part resolves to MAILER-DAEMON (local(8) discards it when no
+#: alias names it), double-bounce is discarded by qmgr.
+UNLISTED_EXEMPT = ("mailer-daemon", "double-bounce")
+
+
 def unlisted_recipient(ctx: RcptContext) -> Verdict | None:
     if not is_local_destination(ctx) or ctx.local_user_exists is None:
         return None
     local = ctx.recipient.rsplit("@", 1)[0] if "@" in ctx.recipient else ctx.recipient
+    if (local or "MAILER-DAEMON").lower() in UNLISTED_EXEMPT:
+        return None
     local = local.split("+", 1)[0].lower()
     if ctx.local_user_exists(local):
         return None

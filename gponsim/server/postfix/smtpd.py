@@ -18,7 +18,8 @@ from twisted.internet import defer
 from twisted.python import log as twlog
 
 from gponsim.server.offline import smtp
-from gponsim.server.postfix.address import command_words, extract_address, valid_hostname
+from gponsim.server.postfix.address import (command_words, extract_address, own_address_set,
+                                            valid_hostname)
 from gponsim.server.postfix.restrictions import (
     RcptContext, UnsupportedRestriction, Verdict, check_recipient,
 )
@@ -155,6 +156,9 @@ class Smtpd(SmtpServer):
 
     def greet(self) -> None:
         self.canStartTLS = self.canStartTLS and self.settings.tls_level != "none"
+        cache = getattr(getattr(self, "factory", None), "resolved", None)
+        if cache is not None:
+            cache.opened()
         name = self.lab.client_name(self.client_ip, lambda text: self.log(f"warning: {text}"))
         if isinstance(name, defer.Deferred):      # the lab's DNS: the banner waits, as in smtpd
             name.addErrback(lambda _failure: "unknown").addCallback(self._greet_as)
@@ -241,6 +245,9 @@ class Smtpd(SmtpServer):
             self._banner()
 
     def lost(self) -> None:
+        cache = getattr(getattr(self, "factory", None), "resolved", None)
+        if cache is not None:
+            cache.closed()
         if self._anvil is not None:
             self._anvil.disconnect(self.settings.service, self.client_ip)
             self._anvil = None
@@ -538,7 +545,8 @@ class Smtpd(SmtpServer):
         utf8 = any(w.upper() == "SMTPUTF8" for w in words[2:]) if verb == "MAIL" \
             else "SMTPUTF8" in self.mail_params
         address = None if unterminated == 1 else \
-            extract_address(words[1], allow_empty=verb == "MAIL", smtputf8=utf8)
+            extract_address(words[1], allow_empty=verb == "MAIL", smtputf8=utf8,
+                            resolved=self._resolved)
         if address is None:
             if unterminated != 1:
                 self.log(f"warning: Illegal address syntax from {self.client} in {verb} "
@@ -546,6 +554,16 @@ class Smtpd(SmtpServer):
             self._fail(501, bad_syntax, verb)
             return None
         return address, words[2:]
+
+    def _resolved(self, address: str, warning: str | None) -> None:
+        """smtpd had trivial-rewrite resolve ``address``, unless the answer is
+        in its cache (:class:`ResolveCache`); trivial-rewrite logs ``warning``
+        when it is asked. The sender is the key's other half: none yet for
+        MAIL (and VRFY outside a transaction), the transaction's for RCPT."""
+        cache = getattr(getattr(self, "factory", None), "resolved", None)
+        asked = cache is None or not cache.seen(self.sender, address)
+        if warning and asked:
+            self.log(warning, program=self.lab.rewrite_log_tag)
 
     def cmd_MAIL(self, args: str) -> None:
         s = self.settings
@@ -641,6 +659,7 @@ class Smtpd(SmtpServer):
                           sasl_username=self.sasl_username, recipient=address,
                           recipient_domain=domain, mynetworks=s.mynetworks,
                           local_domains=s.local_domains, relay_domains=s.relay_domains,
+                          own_addresses=self.lab.own_addresses,
                           local_user_exists=self.lab.local_user_exists,
                           reject_unlisted=s.reject_unlisted_recipient)
         try:
@@ -866,7 +885,8 @@ class Smtpd(SmtpServer):
             words = words[:-1]
         arg = " ".join(words)               # smtpd.c collapse_args()
         address = None if unterminated is not None else \
-            extract_address(arg, allow_empty=False, smtputf8=utf8)
+            extract_address(arg, allow_empty=False, smtputf8=utf8,
+                            resolved=self._resolved)
         if address is None:
             if unterminated is None:
                 self.log(f"warning: Illegal address syntax from {self.client} in VRFY command: {arg}")
@@ -876,6 +896,7 @@ class Smtpd(SmtpServer):
         ctx = RcptContext(client_ip=self.client_ip, client_name=self.client_name, sasl_username=None,
                           recipient=address, recipient_domain=domain,
                           local_domains=self.settings.local_domains,
+                          own_addresses=self.lab.own_addresses,
                           local_user_exists=self.lab.local_user_exists)
         from gponsim.server.postfix.restrictions import unlisted_recipient
 
@@ -999,8 +1020,13 @@ class SmtpdContext:
 
     def __init__(self, *, emit=null_emit, log=None, auth=None, queue=None, mechanisms=(),
                  local_user_exists=None, received_header=None, client_name=None,
-                 anvil=None) -> None:
+                 anvil=None, own_addresses=("127.0.0.1", "::1"),
+                 rewrite_log_tag: str = "postfix/trivial-rewrite") -> None:
         self.emit = emit
+        #: the server's addresses (inet_interfaces): ``user@[address]`` is local
+        self.own_addresses = own_address_set(own_addresses)
+        #: trivial-rewrite, which smtpd asks to resolve each address (its warnings)
+        self.rewrite_log_tag = rewrite_log_tag
         self.anvil = anvil               # anvil(8): connection counts per client
         self._log = log
         self.auth = auth
@@ -1022,6 +1048,44 @@ class SmtpdContext:
         return self._received(session, qid)
 
 
+class ResolveCache:
+    """smtpd_resolve.c: the (sender, address) pairs one smtpd process had
+    trivial-rewrite resolve, kept across its sessions (the last 100); an
+    address met again is not asked about again, so trivial-rewrite's warning
+    about it is not repeated. The process, and its cache, ends after
+    ``max_idle`` seconds without a client or ``max_use`` sessions
+    (master.cf's defaults, 100 s and 100)."""
+
+    def __init__(self, size: int = 100, max_idle: float = 100.0, max_use: int = 100,
+                 clock=time.monotonic) -> None:
+        self.size, self.max_idle, self.max_use, self.clock = size, max_idle, max_use, clock
+        self._pairs: dict[tuple, None] = {}
+        self._open = self._uses = 0
+        self._idle_since = clock()
+
+    def opened(self) -> None:
+        if self._open == 0 and (self.clock() - self._idle_since >= self.max_idle
+                                or self._uses >= self.max_use):
+            self._pairs.clear()                 # a new smtpd process
+            self._uses = 0
+        self._open += 1
+        self._uses += 1
+
+    def closed(self) -> None:
+        self._open = max(0, self._open - 1)
+        self._idle_since = self.clock()
+
+    def seen(self, sender: str | None, address: str) -> bool:
+        """Whether the pair is cached (it is from now on, the newest)."""
+        key = (sender, address)
+        known = key in self._pairs
+        self._pairs.pop(key, None)
+        self._pairs[key] = None
+        while len(self._pairs) > self.size:
+            del self._pairs[next(iter(self._pairs))]
+        return known
+
+
 class SmtpdFactory(smtp.SMTPFactory):
     protocol = Smtpd
 
@@ -1031,6 +1095,8 @@ class SmtpdFactory(smtp.SMTPFactory):
         self.context, self.settings = context, settings
         self.tls_options, self.implicit_tls = tls_options, implicit_tls
         self.sessions: set[Smtpd] = set()
+        #: what "its" smtpd process had trivial-rewrite resolve
+        self.resolved = ResolveCache()
 
     def buildProtocol(self, addr):
         p = self.protocol(self.context, self.settings, self.tls_options, self.implicit_tls)

@@ -167,6 +167,21 @@ class Router:
             return True
         return bool(self.is_local_domain(address.rpartition("@")[2].lower()))
 
+    def recipient(self, address: str) -> str:
+        """The recipient as trivial-rewrite's resolver gives it back, which is
+        what qmgr hands the delivery agent (``to=<...>``): one trailing dot
+        of the domain dropped; in a local domain an empty local part is
+        ``MAILER-DAEMON`` (``<@gponlab.local>``: local(8) discards it unless
+        an alias names it)."""
+        local, at, domain = address.rpartition("@")
+        if not at:
+            return address
+        if domain.endswith(".") and not domain.endswith(".."):
+            domain = domain[:-1]
+        if not local and self.is_local(address):
+            local = "MAILER-DAEMON"
+        return f"{local}@{domain}"
+
     def resolve(self, address: str) -> tuple[str, str]:
         """``(transport, nexthop)`` for one recipient address."""
         if self.is_local(address):
