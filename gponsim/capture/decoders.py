@@ -212,7 +212,7 @@ class Decoder:
         # known to be the lab's: the RFCs explain, never the lab's configuration.
         if (server is None or not server.lab) and not (step.key or "").startswith(_GENERIC):
             step.meta["foreign"] = True
-            if server is not None:
+            if server is not None and server.name:     # (a server that never named itself: none)
                 step.meta["software"] = server.name
             if step.proto == "smtp" and step.kind == "reply" and step.verb == "EHLO" \
                     and step.code == 250:
