@@ -361,3 +361,19 @@ def test_append_literals_and_the_bytes_in(mail_for_user2):
         "b4 APPEND Cuenta {18}", "Subject: e\r\n\r\nhola {18}", "Subject: f\r\n\r\nhola",
         "b5 APPEND {6+}\r\nCuenta {18+}\r\nSubject: g\r\n\r\nhola", "b6 STATUS Cuenta (MESSAGES)",
         "b7 DELETE Cuenta", "z LOGOUT"), [IMAP_CAPABILITIES])
+
+
+def test_new_mailboxes_of_one_second_get_distinct_uidvalidities(mail_for_user2):
+    """A mailbox gets its UIDVALIDITY when first synced empty (SELECT, STATUS,
+    APPEND; not CREATE), the next of the user's counter
+    (~/mail/.imap/dovecot-uidvalidity, mailbox-uidvalidity.c): mailboxes
+    created and selected in one pipeline, within one second, get distinct
+    values, and one deleted and created again a new one. (The replies'
+    values are numbered in order of appearance: equal ones get one number.)"""
+    check(mail_for_user2, "IMAP edges: UIDVALIDITY of new mailboxes in one second", session(
+        LOGIN, "b1 CREATE Uno\r\nb2 CREATE Dos\r\nb3 SELECT Uno\r\nb4 SELECT Dos"
+        "\r\nb5 STATUS Uno (UIDVALIDITY)\r\nb6 CREATE Tres"
+        "\r\nb7 APPEND Tres {18+}\r\nSubject: y\r\n\r\nhola", "b8 STATUS Tres (UIDVALIDITY)",
+        "c1 DELETE Uno\r\nc2 CREATE Uno\r\nc3 SELECT Uno\r\nc4 STATUS Dos (UIDVALIDITY)",
+        "c5 UNSELECT", "c6 DELETE Uno", "c7 DELETE Dos", "c8 DELETE Tres", "z LOGOUT"),
+        [IMAP_CAPABILITIES])

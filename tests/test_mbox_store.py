@@ -170,6 +170,116 @@ def test_concurrent_delivery_while_a_reader_rewrites(tmp_path):
         (tmp_path / "var/mail").glob("*.lock"))
 
 
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """The UIDVALIDITY counter's clock stopped at one second (and its
+    fallback, a per-process counter in Dovecot, starting afresh)."""
+    from types import SimpleNamespace
+    from gponsim.server.mailstore import uidvalidity
+    monkeypatch.setattr(uidvalidity, "_fallback_last", 0)
+    monkeypatch.setattr(uidvalidity, "time", SimpleNamespace(time=lambda: 1700000000.25))
+    return 1700000000
+
+
+def test_empty_mailboxes_of_one_second_get_the_next_uidvalidity(tmp_path, frozen_clock):
+    """mailbox_uidvalidity_next(): an empty INBOX and new mailboxes, all in one
+    second, get distinct values counting up; ~/mail/.imap keeps the last one
+    as Dovecot writes it. A mailbox deleted and created again gets a new one."""
+    store = MboxStore(tmp_path, "user2")
+    values = [store.folder("INBOX").sync().uidvalidity]
+    for name in ("A", "B"):
+        store.create(name)
+        values.append(store.folder(name).sync().uidvalidity)
+    store.delete("A")
+    store.create("A")
+    values.append(store.folder("A").sync().uidvalidity)
+    assert values == [frozen_clock, frozen_clock + 1, frozen_clock + 2, frozen_clock + 3]
+    # a value once given stays (the file keeps it), and the counter is not asked again
+    assert MboxStore(tmp_path, "user2").folder("B").sync().uidvalidity == frozen_clock + 2
+    control = tmp_path / "home/user2/mail/.imap"
+    last = f"{frozen_clock + 3:08x}"
+    assert sorted(p.name for p in control.iterdir()) == [
+        "dovecot-uidvalidity", f"dovecot-uidvalidity.{last}"]
+    assert (control / "dovecot-uidvalidity").read_bytes() == last.encode()   # no newline
+    assert (control / f"dovecot-uidvalidity.{last}").read_bytes() == b""
+    assert (control / f"dovecot-uidvalidity.{last}").stat().st_mode & 0o777 == 0o444
+    mail_mode = (tmp_path / "home/user2/mail").stat().st_mode
+    assert (control / "dovecot-uidvalidity").stat().st_mode & 0o777 == mail_mode & 0o666
+    assert control.stat().st_mode & 0o777 == mail_mode & 0o777
+    # the control directory is no mailbox
+    assert [f.name for f in store.list()] == ["INBOX", "A", "B"]
+
+
+def test_a_first_delivery_takes_the_time_not_the_counter(tmp_path, frozen_clock):
+    """A file with messages but no X-IMAPbase (local(8)'s first delivery)
+    gets the current time, as mbox-sync-parse.c gives it; the counter is
+    neither asked nor created. An APPEND to an empty mailbox asks it."""
+    deliver(tmp_path, "user2", b"Subject: m\n\nbody\n")
+    store = MboxStore(tmp_path, "user2")
+    before = int(time.time())
+    assert before <= store.folder("INBOX").sync().uidvalidity <= time.time()
+    assert not (tmp_path / "home/user2/mail/.imap").exists()
+    store.create("Sent")
+    validity, _uid = store.folder("Sent").append(b"Subject: s\r\n\r\nx\r\n", [])
+    assert validity == frozen_clock          # the counter's first value: this second
+    store.create("Other")
+    assert store.folder("Other").sync().uidvalidity == frozen_clock + 1
+
+
+def test_uidvalidity_counter_recovers_as_dovecot_does(tmp_path, frozen_clock):
+    """The main file gone: the highest dovecot-uidvalidity.<hex> goes on (the
+    lowest of two is deleted); unreadable: the same; both gone: the clock
+    again; the main file alone: its renames fail, the clock again."""
+    from gponsim.server.mailstore.uidvalidity import uidvalidity_next
+    path = tmp_path / "home/user2/mail/.imap/dovecot-uidvalidity"
+    assert uidvalidity_next(path) == frozen_clock
+    path.unlink()
+    assert uidvalidity_next(path) == frozen_clock + 1
+    (path.parent / f"dovecot-uidvalidity.{frozen_clock + 10:08x}").touch()
+    assert uidvalidity_next(path) == frozen_clock + 2           # the main file's value goes on
+    path.write_bytes(b"zz")
+    assert uidvalidity_next(path) == frozen_clock + 11          # rescan: the highest
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "dovecot-uidvalidity", f"dovecot-uidvalidity.{frozen_clock + 11:08x}"]
+    for p in path.parent.iterdir():
+        p.unlink()
+    assert uidvalidity_next(path) == frozen_clock + 1           # the fallback counts on
+    (path.parent / f"dovecot-uidvalidity.{frozen_clock + 1:08x}").unlink()
+    assert uidvalidity_next(path) == frozen_clock + 2
+    assert path.read_bytes() == f"{frozen_clock + 2:08x}".encode()
+
+
+def test_sessions_creating_mailboxes_at_once_get_distinct_uidvalidities(tmp_path, frozen_clock):
+    """Sessions (threads, each with its own store) selecting new mailboxes at
+    the same moment: the counter's renames give each its own value."""
+    count = 12
+    for i in range(count):
+        MboxStore(tmp_path, "user2").create(f"M{i}")
+    MboxStore(tmp_path, "user2").folder("INBOX").sync()     # the counter exists
+    start = threading.Barrier(count)
+    got: dict[int, int] = {}
+    errors = []
+
+    def session(i):
+        try:
+            folder = MboxStore(tmp_path, "user2").folder(f"M{i}")
+            start.wait(10)
+            got[i] = folder.sync().uidvalidity
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert sorted(got.values()) == list(range(frozen_clock + 1, frozen_clock + 1 + count))
+    control = tmp_path / "home/user2/mail/.imap"
+    assert [p.name for p in control.glob("dovecot-uidvalidity.*")] == [
+        f"dovecot-uidvalidity.{frozen_clock + count:08x}"]
+
+
 def test_special_use_mailboxes_created_only_with_auto(tmp_path):
     from gponsim.server.dovecot.imap import ImapContext, ImapSettings
     settings = ImapSettings(special_use=[("Sent", "\\Sent", "subscribe"),

@@ -13,7 +13,8 @@ Under the lab root (the lab server's ``/``):
 
 UIDs, UIDVALIDITY and flags live in the mbox itself, in the private headers
 Dovecot writes (lab-facts §4.3), so they survive restarts and real Dovecot
-reads the same state:
+reads the same state (an empty folder's UIDVALIDITY comes from the user's
+counter, ``home/<user>/mail/.imap/dovecot-uidvalidity``: :mod:`.uidvalidity`):
 
 - ``X-IMAPbase: <uidvalidity> <last uid, %010u> [keywords]`` on the first
   message (or ``X-IMAP:`` on the "DON'T DELETE THIS MESSAGE" pseudo message
@@ -84,6 +85,8 @@ from gponsim.server.mailstore.leftovers import remove_stale_temporaries, tempora
 from gponsim.server.mailstore.location import MailLocation
 from gponsim.server.mailstore.mailwatch import MailWatch
 from gponsim.server.mailstore.mboxentry import from_line, mbox_entry, mboxo_quote
+from gponsim.server.mailstore.uidvalidity import CONTROL_DIR, uidvalidity_next
+from gponsim.server.mailstore.uidvalidity import FILE_NAME as UIDVALIDITY_FILE
 from gponsim.server.postfix.local import MailboxError, MailboxLock
 
 _XSTATUS = {"A": ANSWERED, "F": FLAGGED, "T": DRAFT, "D": DELETED}
@@ -306,7 +309,13 @@ def _assign_uids(messages: list[StoredMessage], last_uid: int, previous: int = 0
     return last_uid, changed
 
 
-def decode(data: bytes, now: Callable[[], float] = time.time) -> FolderState:
+def decode(data: bytes, now: Callable[[], float] = time.time,
+           next_uidvalidity: Callable[[], int] | None = None) -> FolderState:
+    """The folder's state from its file. A file without UIDVALIDITY gets one,
+    as Dovecot's mbox sync gives it: the current time when it holds messages
+    (a first delivery, ``mbox-sync-parse.c``), the user's next one
+    (``next_uidvalidity``, :mod:`.uidvalidity`) when it holds none (a new
+    mailbox, an empty INBOX, ``mbox-sync.c``)."""
     raws = parse_mbox(data)
     uidvalidity = 0
     last_uid = 0
@@ -329,7 +338,8 @@ def decode(data: bytes, now: Callable[[], float] = time.time) -> FolderState:
         messages.append(msg)
     changed = False
     if not uidvalidity:
-        uidvalidity = int(now())
+        uidvalidity = (next_uidvalidity() if next_uidvalidity is not None and not messages
+                       else int(now()))
         changed = True
     last_uid, assigned = _assign_uids(messages, last_uid)
     return FolderState(uidvalidity, last_uid + 1, messages, keywords, changed or assigned)
@@ -497,12 +507,15 @@ class MboxFolder(interface.Folder):
     (when something changed) writes it back safely."""
 
     def __init__(self, path: Path, name: str, *, lock_attempts: int = READER_LOCK_ATTEMPTS,
-                 lock_delay: float = READER_LOCK_DELAY, create: bool = True) -> None:
+                 lock_delay: float = READER_LOCK_DELAY, create: bool = True,
+                 next_uidvalidity: Callable[[], int] | None = None) -> None:
         self.path = Path(path)
         self.name = name
         self.lock_attempts = lock_attempts
         self.lock_delay = lock_delay
         self.create = create
+        #: the user's next UIDVALIDITY, for the folder while its file is empty
+        self.next_uidvalidity = next_uidvalidity
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -543,7 +556,7 @@ class MboxFolder(interface.Folder):
                 if tail.startswith(b"From "):
                     decode_appended(entry.state, tail)
                     return entry.state
-        return decode(_read_all(fd))
+        return decode(_read_all(fd), next_uidvalidity=self.next_uidvalidity)
 
     def _remember(self, state: FolderState, fd: int | None, written: bytes | None = None,
                   st: os.stat_result | None = None) -> None:
@@ -933,13 +946,13 @@ class MboxStore(interface.MailStore):
         path = self.path_for(name)
         if is_inbox(name):
             path.parent.mkdir(parents=True, exist_ok=True)
-            return MboxFolder(path, "INBOX", create=True)
+            return MboxFolder(path, "INBOX", create=True, next_uidvalidity=self.next_uidvalidity)
         if not path.is_file():
             if path.is_dir():
                 raise StoreError(f"Mailbox isn't selectable: {name}", "NONEXISTENT")
             if not create:
                 raise StoreError(f"Mailbox doesn't exist: {name}", "NONEXISTENT")
-        return MboxFolder(path, name, create=create)
+        return MboxFolder(path, name, create=create, next_uidvalidity=self.next_uidvalidity)
 
     # -------------------------------------------------------------- folders
 
@@ -1017,6 +1030,18 @@ class MboxStore(interface.MailStore):
             raise StoreError("Target mailbox already exists", "ALREADYEXISTS")
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.rename(src, dst)
+
+    # ---------------------------------------------------------- UIDVALIDITY
+
+    @property
+    def uidvalidity_path(self) -> Path:
+        """Dovecot's ``dovecot-uidvalidity`` in the list's control directory
+        (``~/mail/.imap`` for mbox)."""
+        return self.mail_dir / CONTROL_DIR / UIDVALIDITY_FILE
+
+    def next_uidvalidity(self) -> int:
+        """The UIDVALIDITY for the next of this user's mailboxes that needs one."""
+        return uidvalidity_next(self.uidvalidity_path)
 
     # --------------------------------------------------------- subscriptions
 
