@@ -273,7 +273,21 @@ class RealLab:
 
     # ---------------------------------------------------------- lifecycle
 
-    def start(self) -> "RealLab":
+    def start(self, attempts: int = 3) -> "RealLab":
+        """Start both; a port that another program took between :func:`free_port`
+        and the daemons' bind ("Address already in use") means new ports and
+        another try."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except AssertionError as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.ports = {name: free_port() for name in self.ports}
+                shutil.rmtree(self.root)          # (stopped: written again from the start)
+        raise AssertionError("unreachable")
+
+    def _start(self) -> "RealLab":
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         self._write_system_files()

@@ -71,8 +71,12 @@ class Pair:
 
     def start(self) -> "Pair":
         self.gponsim.start()
-        self.real = RealLab(self.base / "real", self.gponsim.root, self.profile,
-                            gmail_port=self.gponsim.ports["gmail"]).start()
+        try:
+            self.real = RealLab(self.base / "real", self.gponsim.root, self.profile,
+                                gmail_port=self.gponsim.ports["gmail"]).start()
+        except BaseException:
+            self.gponsim.stop()          # (the fixture's teardown does not run after this)
+            raise
         return self
 
     def stop(self) -> None:
