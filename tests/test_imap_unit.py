@@ -581,6 +581,7 @@ def test_bytes_in_after_append_count_each_byte_once(mem):
     line are counted once (Twisted hands them back after the literal), as in
     one packet as in several; only LOGOUT's CRLF is left out."""
     c = logged_in(mem)
+    before = len(mem.sink.steps)
     message = b"Subject: x\r\n\r\nhola"
     sent = [b"b APPEND INBOX {%d}\r\n" % len(message), message + b"\r\n",
             b"c APPEND INBOX {%d+}\r\n%s (\\Seen) {%d+}\r\n%s\r\n"
@@ -589,6 +590,11 @@ def test_bytes_in_after_append_count_each_byte_once(mem):
     for data in sent:
         c.send(data)
     assert f" Logged out in={sum(map(len, sent)) - 2} " in mem.log_lines[-1]
+    # and each command narrated once, its messages summarised where they go
+    summary = "[message: 18 bytes, 2 lines, Subject: x]"
+    assert [s.line for s in mem.sink.steps[before:] if s.dir == "c2s"] == [
+        "b APPEND INBOX {18}" + summary,
+        f"c APPEND INBOX {{18+}}{summary} (\\Seen) {{18+}}{summary}", "z LOGOUT"]
 
 
 def test_list_lsub_create_subscribe_and_special_use(tmp_path, utc):
