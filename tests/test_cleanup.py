@@ -9,8 +9,8 @@ import time
 import pytest
 
 from gponsim.server.postfix.cleanup import (CleanupRejected, cleanup_message, is_local_client,
-                                    mail_date, message_size, quote_822_local, received_header,
-                                    split_headers)
+                                    mail_date, message_size, partial_log_lines, quote_822_local,
+                                    received_header, split_headers)
 from gponsim.server.postfix.queueid import hash_dir, is_queue_id, short_queue_id
 
 JAN_1 = 1704110400.0        # Mon Jan  1 12:00:00 2024 UTC
@@ -209,6 +209,23 @@ def test_too_many_hops_is_rejected(tz):
     with pytest.raises(CleanupRejected) as info:
         run_cleanup(hop * 49 + MSG, local=False)
     assert info.value.reply == "554 5.4.0 Error: too many hops"
+
+
+@pytest.mark.parametrize("part, local, logged", [
+    (b"", True, []),
+    (b"Message-ID: <a@pc1>\n", True, []),                  # the header may go on
+    (b"Message-ID: <a@pc1>\n\tmore\n", True, []),
+    (b"Message-ID: <a@pc1>\nSubj", True, []),              # a partial line is not read
+    (b"Message-ID: <a@pc1>\r\nSubject: hi\r\n", True, ["message-id=<a@pc1>"]),
+    (b"Message-ID: <a@pc1>\n\nhel", True, ["message-id=<a@pc1>"]),
+    (b"Subject: hi\nSubj", True, []),
+    (b"Subject: hi\n\n", True, ["message-id=<20240101120000.4F1A2C0D9E@mail.gponlab.local>"]),
+    (b"Subject: hi\nnot a header\n", False, ["message-id=<>"]),
+])
+def test_a_partial_message_logs_the_message_ids_of_whole_headers(tz, part, local, logged):
+    assert partial_log_lines(part, qid="4F1A2C0D9E", sender="user1@gponlab.local",
+                             arrival=JAN_1, created=JAN_1 + 0.3, myhostname="mail.gponlab.local",
+                             add_missing_headers=local) == logged
 
 
 def test_split_headers_keeps_continuations():

@@ -82,7 +82,8 @@ class Dialogue:
 
 def dialogue(*items):
     """A script: each item a command line (its reply is read), raw bytes sent
-    as they are (one reply read), or ``("tls",)`` to start TLS."""
+    as they are (one reply read), ``("tls",)`` to start TLS, or ``("send",
+    bytes)`` sent without reading a reply (last, the client hanging up)."""
     def script(ports, service="smtp"):
         client = Dialogue(ports[service])
         try:
@@ -91,6 +92,9 @@ def dialogue(*items):
                     break
                 if item == ("tls",):
                     client.starttls()
+                    continue
+                if isinstance(item, tuple) and item[0] == "send":
+                    client.send(item[1])
                     continue
                 client.send(item if isinstance(item, bytes) else item.encode() + b"\r\n")
                 if not client.closed:
@@ -253,6 +257,32 @@ def test_commands_after_a_bdat_chunk(lab):
     check(lab, "commands after a BDAT chunk (25)", dialogue(
         EHLO, MAIL, RCPT, b"BDAT 3\r\nabc", "DATA", "MAIL FROM:<bob@example.org>",
         "RCPT TO:<user1@gponlab.local>", "RSET", "QUIT"))
+
+
+def test_hanging_up_in_the_message_after_its_headers(lab):
+    """A client that hangs up in the middle of its message: cleanup has read
+    the whole lines smtpd passed on, and logs the Message-ID of a header it
+    has whole (the next line has come) and, once the header block is
+    complete, the Message-ID it adds when there is none; with BDAT, only
+    chunks read whole reach it. Postfix removes the queue file without a
+    ``removed`` line: the scenarios wait for smtpd's ``disconnect``."""
+    def hang_up(*data: bytes):
+        return dialogue(EHLO, MAIL, RCPT, *data[:-1], ("send", data[-1]))
+    gone = dict(until=lambda lines: any("disconnect from" in line for line in lines))
+    check(lab, "hang-up in DATA after the header block (25)", hang_up(
+        "DATA", b"Subject: a\r\nMessage-ID: <partial@example.org>\r\n\r\nHola\r\nadi"),
+        **gone)
+    check(lab, "hang-up in DATA after the header block, no Message-ID (25)", hang_up(
+        "DATA", b"Subject: a\r\n\r\nHola\r\n"), **gone)
+    check(lab, "hang-up in DATA in the header block (25)", hang_up(
+        "DATA", b"Message-ID: <partial2@example.org>\r\nSubject: a\r\n"
+                b"Message-ID: <partial3@example.org>\r\nSubj"), **gone)
+    check(lab, "hang-up after a BDAT chunk (25)", dialogue(
+        EHLO, MAIL, RCPT, b"BDAT 44\r\nMessage-ID: <partial4@example.org>\r\n\r\nHola\r\n"),
+        **gone)
+    check(lab, "hang-up in a BDAT chunk (25)", hang_up(
+        b"BDAT 44\r\nMessage-ID: <partial5@example.org>\r\n\r\nHola\r\n",
+        b"BDAT 100\r\nSubject: a\r\nMessage-ID: <partial6@example.org>\r\n\r\n"), **gone)
 
 
 def test_bdat_total_with_bare_line_feeds(lab):

@@ -144,6 +144,24 @@ def test_lost_connection_is_logged_with_last_command(s):
     assert ("postfix/smtpd", "lost connection after MAIL from unknown[192.168.1.50]") in s.logged
 
 
+def test_hanging_up_in_the_message_logs_what_cleanup_had(s, tmp_path):
+    """cleanup logs the Message-ID of the partial message once its header is
+    whole (here the blank line came); a chunk not read whole never reached it."""
+    s.cmd("EHLO pc1")
+    s.cmd("MAIL FROM:<a@example.org>")
+    s.cmd("RCPT TO:<user2@gponlab.local>")
+    assert s.send("BDAT 25\r\nMessage-ID: <one@pc1>\r\n\r\n") == ["250 2.0.0 Ok: 25 bytes"]
+    s.send("BDAT 30\r\nMessage-ID: <two@pc1>\r\n")
+    s.proto.connectionLost()
+    assert s.logged[-2:] == [
+        ("postfix/smtpd", "lost connection after BDAT (48 bytes) from unknown[192.168.1.50]"),
+        ("postfix/smtpd", "disconnect from unknown[192.168.1.50] ehlo=1 mail=1 rcpt=1 bdat=1/2 "
+                          "commands=4/5")]
+    cleanup = [line.split(": ", 1)[1] for line in
+               (tmp_path / "lab/var/log/mail.log").read_text().splitlines() if "cleanup[" in line]
+    assert len(cleanup) == 1 and cleanup[0].endswith(": message-id=<one@pc1>")
+
+
 def test_submission_gates_everything_before_tls(tmp_path):
     s = Session(tmp_path, service="submission", syslog_name="postfix/submission", tls_level="encrypt",
                 sasl_enabled=True, client_restrictions=["permit_sasl_authenticated", "reject"],

@@ -384,6 +384,38 @@ def cleanup_message(content: bytes, *, qid: str, sender: str, arrival: float, cr
                          size=message_size(content), hops=hops, log_lines=log_lines)
 
 
+def partial_log_lines(content: bytes, **kw) -> list[str]:
+    """What cleanup logs of a message whose client hung up in the middle of it.
+
+    ``content``: the part of the message smtpd had passed on (LF line ends;
+    its ``Received:`` header would change nothing here); ``kw`` as for
+    :func:`cleanup_message`.
+    cleanup reads whole lines only, and logs a header's ``message-id=`` once
+    the header is complete, that is once the next line has come (another
+    header, the blank line or the body): a Message-ID that is the last whole
+    line is not logged. Once the header block is complete, it also logs what
+    it logs for a missing Message-ID (the one it adds, or ``message-id=<>``).
+    Then it sees the end of the stream and removes the queue file, without a
+    ``removed`` line. With BDAT, smtpd passes on only the chunks it has read
+    whole.
+    """
+    content = normalize_newlines(content)
+    content = content[:content.rfind(b"\n") + 1]       # whole lines only
+    block = split_headers(content)
+    ended = block.separator or bool(block.body)
+    if ended:
+        try:
+            return cleanup_message(content, **kw).log_lines
+        except CleanupRejected:
+            pass
+    lines = []
+    for raw in block.fields if ended else block.fields[:-1]:
+        name = HeaderBlock.name_of(raw)
+        if name in (b"message-id", b"resent-message-id"):
+            lines.append(f"{name.decode()}={HeaderBlock.value_of(raw)}")
+    return lines
+
+
 # --------------------------------------------------------------------------
 # The cleanup service: smtpd's (and bounce's) way into the queue
 
@@ -417,6 +449,12 @@ class QueueFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+    def lost(self, content: bytes) -> None:
+        """The client hung up after smtpd had passed on ``content`` (the
+        message so far): cleanup logs what it logs of that
+        (:func:`partial_log_lines`)."""
+        self._cleanup.partial(self, content)
 
     def commit(self, message: bytes) -> defer.Deferred:
         """Queue ``message`` (smtpd's Received header already on top).
@@ -538,6 +576,18 @@ class Cleanup:
                         added_headers=result.added or None, hops=result.hops))
         return queuefile.Parsed(qf.qid, qf.created, result.size, env, result.content, {}, {},
                                 0, 0)
+
+    def partial(self, qf: QueueFile, content: bytes) -> None:
+        """The client hung up in the middle of the message: log what cleanup
+        logged of the part it had read (:func:`partial_log_lines`)."""
+        env = qf.envelope
+        local_client = is_local_client(env.client_ip, self.interface_addresses)
+        for text in partial_log_lines(content, qid=qf.qid, sender=self._qualify(env.sender),
+                                      arrival=env.arrival, created=qf.created,
+                                      myhostname=self.myhostname,
+                                      add_missing_headers=local_client
+                                      or self.always_add_missing_headers):
+            self.log.postfix("cleanup", f"{qf.qid}: {text}", self.syslog_name)
 
     def write(self, qf: QueueFile, parsed: queuefile.Parsed) -> defer.Deferred:
         """Write and fsync the queue file in a worker thread, then hand it to qmgr."""

@@ -134,6 +134,8 @@ class Smtpd(SmtpServer):
         self._bdat_active = False
         self._bdat_error = False
         self._bdat_last = False
+        #: the bytes of the BDAT chunks read whole (what cleanup has)
+        self._bdat_whole = 0
 
     @property
     def in_transaction(self) -> bool:
@@ -269,13 +271,27 @@ class Smtpd(SmtpServer):
         elif self._last_verb == "BDAT" and self._bdat_active:
             self.log(f"lost connection after BDAT ({self.raw_message_bytes} bytes) "
                      f"from {self.client}")
-            self._count("bdat", False)
+            if self._raw_remaining:     # in a chunk (not between two: bdat=1)
+                self._count("bdat", False)
         elif self._last_verb not in ("QUIT", "END-OF-MESSAGE"):
             # Postfix does not log a client that hangs up right after its
             # message was accepted (Thunderbird does, without QUIT)
             self.log(f"lost connection after {self._last_verb} from {self.client}")
+        qf, passed = self.queue_file, self._passed_to_cleanup()
         self._reset_transaction()
         self._log_disconnect()
+        if qf is not None and passed:
+            # cleanup reads the end of its stream after smtpd has let it go
+            qf.lost(passed)
+
+    def _passed_to_cleanup(self) -> bytes:
+        """The part of an unfinished message smtpd had passed on to cleanup:
+        with DATA, what had come (cleanup keeps the whole lines);
+        with BDAT, the chunks read whole."""
+        if self.too_big or not (self.mode == DATA or self._bdat_active):
+            return b""
+        message = b"".join(self.message_parts)
+        return message[:self._bdat_whole] if self._bdat_active else message
 
     def _log_disconnect(self) -> None:
         parts, total = [], 0
@@ -820,6 +836,7 @@ class Smtpd(SmtpServer):
 
     def _bdat_done(self) -> None:
         failed, self._bdat_failed = self._bdat_failed, None
+        self._bdat_whole = self.wire_size
         if self._bdat_last:
             self._bdat_active = False
         elif failed:
