@@ -377,3 +377,36 @@ def test_new_mailboxes_of_one_second_get_distinct_uidvalidities(mail_for_user2):
         "c1 DELETE Uno\r\nc2 CREATE Uno\r\nc3 SELECT Uno\r\nc4 STATUS Dos (UIDVALIDITY)",
         "c5 UNSELECT", "c6 DELETE Uno", "c7 DELETE Dos", "c8 DELETE Tres", "z LOGOUT"),
         [IMAP_CAPABILITIES])
+
+
+#: Dovecot's ssl-iostream may try a handshake that failed once more, from its
+#: other stream: OpenSSL's error queue is empty then and errno is still the
+#: EINVAL the first failure set, so that attempt's text is "syscall failed:
+#: Invalid argument". Which of the two the line shows (the reason, the TLS
+#: state, or both) depends on the order the streams meet the failure, not
+#: on the client; gponsim always gives OpenSSL's error.
+SECOND_ATTEMPT = Deliberate(
+    "second handshake attempt", "Dovecot's race between its streams (docs/fidelity.md)",
+    rewrite=((r"SSL_accept\(\) syscall failed: Invalid argument",
+              "SSL_accept() failed: error:0A00010B:SSL routines::wrong version number"),))
+
+
+def _starttls_then_clear(ports) -> list[str]:
+    """STARTTLS on 143, then a line in clear where the ClientHello should be."""
+    _next_second()
+    s = RawSession(ports["imap"], tls=False)
+    try:
+        s.send("a STARTTLS")
+        s.sock.sendall(b"b NOOP\r\n")
+        s._read(None, 10)               # until the server hangs up
+    finally:
+        s.close()
+    return s.received + (["<closed>"] if s.closed else [])
+
+
+def test_a_failed_starttls_handshake_is_logged_with_its_error(mail_for_user2):
+    """A client that sends a line in clear after STARTTLS's OK: OpenSSL
+    refuses the record (wrong version number) and imap-login's line says so,
+    twice (the reason, and the TLS state that ends the line)."""
+    check(mail_for_user2, "IMAP edges: a line in clear after STARTTLS",
+          _starttls_then_clear, [IMAP_CAPABILITIES, SECOND_ATTEMPT])

@@ -439,3 +439,69 @@ def test_lmtp_client_hanging_up_in_data(lmtp_lab):
         client.close()
         return client.received
     check_lmtp(lmtp_lab, "LMTP hang-up in DATA", script)
+
+
+# ------------------------------------------------------------------ TLS
+
+def _raw(port: int) -> socket.socket:
+    sock = socket.create_connection((HOST, port), 10)
+    sock.settimeout(10)
+    return sock
+
+
+def _lines(sock, until: bytes) -> list[str]:
+    """What the server sends up to a line starting with ``until``, or its hang-up."""
+    data = b""
+    while not any(line.startswith(until) for line in data.split(b"\r\n")[:-1]):
+        try:
+            chunk = sock.recv(4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return data.decode("utf-8", "replace").split("\r\n")[:-1] + ["<closed>"]
+        data += chunk
+    return data.decode("utf-8", "replace").split("\r\n")[:-1]
+
+
+#: see test_differential_imap_edges.SECOND_ATTEMPT
+SECOND_ATTEMPT = diff.Deliberate(
+    "second handshake attempt", "Dovecot's race between its streams (docs/fidelity.md)",
+    rewrite=((r"SSL_accept\(\) syscall failed: Invalid argument",
+              "SSL_accept() failed: error:0A00010B:SSL routines::wrong version number"),))
+
+
+def test_a_line_in_clear_after_stls(two_messages):
+    """OpenSSL refuses a record that is not TLS (wrong version number):
+    pop3-login's line gives the error, as the reason and as the TLS state."""
+    def script(ports):
+        sock = _raw(ports["pop3"])
+        received = _lines(sock, b"+OK")
+        sock.sendall(b"STLS\r\n")
+        received += _lines(sock, b"+OK")
+        sock.sendall(b"NOOP\r\n")
+        received += _lines(sock, b"\0")           # (only its hang-up)
+        sock.close()
+        return received
+    check(two_messages, "POP3 a line in clear after STLS", script, [SECOND_ATTEMPT])
+
+
+def test_tls_clients_hanging_up_without_close_notify(two_messages):
+    """A client on TLS (STLS on 110, and 995) that closes its socket before
+    logging in, without QUIT and without TLS's close_notify: ssl-iostream's
+    last error is the closed connection, and the line's TLS state says it."""
+    def script(ports):
+        received = []
+        for port, stls in ((ports["pop3"], True), (ports["pop3s"], False)):
+            sock = _raw(port)
+            if stls:
+                received += _lines(sock, b"+OK")
+                sock.sendall(b"STLS\r\n")
+                received += _lines(sock, b"+OK")
+            tls = unverified().wrap_socket(sock, server_hostname=HOST)
+            if not stls:
+                received += _lines(tls, b"+OK")
+            tls.sendall(b"CAPA\r\n")
+            received += _lines(tls, b".")
+            tls.close()               # (not unwrap(): no close_notify)
+        return received
+    check(two_messages, "POP3 TLS hang-up without close_notify", script)

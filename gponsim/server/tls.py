@@ -214,6 +214,13 @@ ALERTS = {
     "tlsv1 unrecognized name": 112, "tlsv1 alert no application protocol": 120,
 }
 
+#: OpenSSL's reason codes (ssl/ssl_err.c) of what a client that is not
+#: speaking TLS, or not one the server accepts, makes a handshake fail with.
+REASONS = {
+    "http request": 156, "no shared cipher": 193, "packet length too long": 198,
+    "unsupported protocol": 258, "wrong version number": 267,
+}
+
 
 def handshake_failure(reason) -> tuple[str, list[str]]:
     """Why a server-side TLS handshake failed, as Postfix's ``tls_server.c``
@@ -237,7 +244,8 @@ def handshake_failure(reason) -> tuple[str, list[str]]:
                 lines.append(f"error:{code:08X}:{lib_name}::{text}:"
                              f"../ssl/record/rec_layer_s3.c:1601:SSL alert number {alert}:")
             else:
-                lines.append(f"error:0A000000:{lib_name}::{text}")
+                code = 0x0A000000 | REASONS.get(text, 0)
+                lines.append(f"error:{code:08X}:{lib_name}::{text}")
         return "-1", lines
     return "lost connection", []
 

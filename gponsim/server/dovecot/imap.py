@@ -571,16 +571,17 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         self._stop_watch()
         self._stop_idle_timer()
         self._anvil_disconnect()
-        if self._greeting_waits and not self._refused:
+        if self._handshaking and not self._refused:
             self._handshake_lost(reason)
         if self.user and not self._logged_out:
             self.log(f"imap({self.user})<{self.mpid}><{self._dovecot_session}>: "
                      f"Disconnected: Connection closed{self._command_status()} {self._stats()}")
         elif not self.user and not self._refused:     # (a refusal logged its own line)
+            self._note_tls_eof(reason)
             self.log(self._login_disconnect_line(self._last_user, self._auth_method))
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
                                            proto="imap", src="client", dst="imap",
-                                           tls=self.tls and not self._greeting_waits))
+                                           tls=self.tls and not self._handshaking))
         super().connectionLost(reason)
 
     _last_user = None
@@ -945,8 +946,7 @@ class ImapServer(ImapMailWork, LoginCommon, imap4.IMAP4Server):
         # Commands pipelined after STARTTLS came in clear: discard them, as
         # Dovecot does (no plaintext injection into the TLS session).
         self.clearLineBuffer()
-        self.transport.startTLS(self.ctx)
-        self.tls = self.conv.tls = self._starttls = True
+        self._start_tls()
         self.canStartTLS = False
 
     def do_LOGIN(self, tag, user, passwd):

@@ -116,10 +116,10 @@ class LoginCommon:
     def _addr_text(self) -> str:
         """How Dovecot's login processes end a log line: addresses, TLS, session."""
         text = f"rip={self.client_ip}, lip={self.server_ip}"
-        if self._greeting_waits:
+        if self._handshaking:
             text += ", TLS handshaking" + (f": {self._tls_error}" if self._tls_error else "")
         elif self.tls:
-            text += ", TLS"
+            text += ", TLS" + (": Connection closed" if self._tls_eof else "")
         elif self.secured:
             text += ", secured"
         return text + f", session=<{self._dovecot_session}>"
@@ -189,7 +189,7 @@ class LoginCommon:
     def _login_disconnect(self, reason: str, reply: bytes) -> None:
         """Dovecot's login process gives up on a client: its last word, the
         log line (``imap-login: Disconnected: <reason> (<what it did>)``), close."""
-        if not self._greeting_waits:      # (under a handshake nothing gets through)
+        if not self._handshaking:         # (under a handshake nothing gets through)
             self.sendLine(reply)
         secs = whole_secs(self._clock(), self._login_clock_start)
         attempts = self._auth_attempts()
@@ -237,6 +237,8 @@ class LoginCommon:
 
     #: an implicit-TLS connection whose handshake has not finished: the greeting waits
     _greeting_waits = False
+    #: a TLS handshake (implicit, or after STARTTLS/STLS) has begun and not finished
+    _handshaking = False
     #: why that handshake failed, as login-common's %c shows it
     _tls_error = ""
 
@@ -247,13 +249,14 @@ class LoginCommon:
     def _greet_when_secure(self) -> None:
         """Called from connectionMade: greet now, or after the implicit-TLS handshake."""
         if self.tls and not self._starttls:
-            self._greeting_waits = True
+            self._greeting_waits = self._handshaking = True
         else:
             self._greet()
 
     def handshakeCompleted(self) -> None:
         """Twisted's TLS layer says the handshake is done: a ``tls`` Step, then,
         on an implicit-TLS port, the greeting."""
+        self._handshaking = False
         info = describe_connection(self.transport)
         if info is not None:
             version, cipher, used, alg = info
@@ -266,13 +269,34 @@ class LoginCommon:
             self._greeting_waits = False
             self._greet()
 
+    #: the client closed the TCP connection under TLS without a close_notify:
+    #: ssl-iostream's last error, which login-common's %c shows
+    _tls_eof = False
+
+    def _note_tls_eof(self, reason) -> None:
+        """Twisted's TLS layer turns an EOF without close_notify into
+        ConnectionLost (a close_notify leaves the transport's ConnectionDone)."""
+        from twisted.internet.error import ConnectionLost
+        value = getattr(reason, "value", None)
+        self._tls_eof = (self.tls and not self._handshaking
+                         and self._login_end == "Connection closed"
+                         and isinstance(value, ConnectionLost))
+
+    def _start_tls(self) -> None:
+        """STARTTLS/STLS said OK: the handshake begins."""
+        self.transport.startTLS(self.ctx)
+        self.tls = self.conv.tls = self._starttls = self._handshaking = True
+
     def _handshake_lost(self, reason) -> None:
-        """The client went away during the implicit-TLS handshake (it refused
-        the certificate, or just hung up): no greeting was ever sent. A Step
-        says why, in the words login-common logs (``SSL_accept() failed: ...``)."""
+        """The client went away during the TLS handshake (it refused the
+        certificate, sent something that is not TLS, or just hung up): on an
+        implicit-TLS port no greeting was ever sent. A Step says why, in the
+        words login-common logs (``SSL_accept() failed: ...``)."""
         self._tls_error = accept_error(reason)
         if self._tls_error:
             self._login_end = f"Connection closed: {self._tls_error}"
+        if not self._greeting_waits:
+            return      # (the TLSFAIL commentary speaks of 993/995, where no greeting came)
         line = self._tls_error or "Connection closed during the TLS handshake"
         self.lab.emit(smtp_wire.event_step(
             "TLSFAIL", line, session=self.session, proto=self.ACTOR, src="client",

@@ -164,16 +164,17 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         self._gone = True
         self.setTimeout(None)
         self._anvil_disconnect()
-        if self._greeting_waits and not self._refused:
+        if self._handshaking and not self._refused:
             self._handshake_lost(reason)
         if self.user and not self._logged_out:
             self.lab.log(f"pop3({self.user})<{self.mpid}><{self._dovecot_session}>: "
                          f"Disconnected: {self._end_reason} {self._stats()}")
         elif not self.user and not self._refused:     # (a refusal logged its own line)
+            self._note_tls_eof(reason)
             self.lab.log(self._login_disconnect_line(self._last_user, self._mech))
         self.lab.emit(smtp_wire.event_step("DISCONNECT", "disconnect", session=self.session,
                                            proto="pop3", src="client", dst="pop3",
-                                           tls=self.tls and not self._greeting_waits))
+                                           tls=self.tls and not self._handshaking))
 
     def _stats(self) -> str:
         size = sum(m.size for m in self.messages)
@@ -315,8 +316,7 @@ class Pop3Server(MailWork, LoginCommon, pop3.POP3):
         # Lines pipelined after STLS came in clear: discard them, as Dovecot does.
         self._buffer = b""
         self._after_stls = True
-        self.transport.startTLS(self.ctx)
-        self.tls = self.conv.tls = self._starttls = True
+        self._start_tls()
 
     def cmd_QUIT(self, args: str) -> None:
         if self.user is None:
