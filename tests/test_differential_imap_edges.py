@@ -21,6 +21,7 @@ from test_differential import (  # noqa: F401  (fixtures)
     HOST, IMAP_CAPABILITIES, check, figures, lab, mail_for_user2, unverified,
 )
 from differential import Deliberate
+from labproc import wait_until
 from reallab import available
 
 pytestmark = [
@@ -105,8 +106,7 @@ class RawSession:
 def _next_second() -> None:
     """Until the clock's next whole second has just begun (at most a second)."""
     start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.005)
+    wait_until(lambda: int(time.time()) != start, 2.0, "the clock's next second")
 
 
 def session(*lines, wait_tag: bool = True, after_bye: tuple = (), plain_from: str | None = None):

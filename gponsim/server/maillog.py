@@ -33,6 +33,8 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
+from gponsim.server.postfix.address import quote_822_local
+
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -204,8 +206,6 @@ def delivery_line(qid: str, to: str, *, relay: str, delays: tuple[float, float, 
     Both are written as RFC 5322 has them (a local part quoted when it needs
     it: ``""@gponlab.local``).
     """
-    from gponsim.server.postfix.cleanup import quote_822_local   # (cleanup imports this module)
-
     parts = [f"{qid}: to=<{quote_822_local(to)}>"]
     if orig_to and orig_to.lower() != to.lower():
         parts.append(f"orig_to=<{quote_822_local(orig_to)}>")

@@ -199,16 +199,15 @@ def ipv4_hostaddr_problem(addr: str) -> str | None:
                 return f"{where}: bad initial octet value: {addr[:100]}"
             in_byte = False
         else:
-            return f"{where}: invalid character {ord(c) if ord(c) < 128 else _byte(c)}" \
-                   f"(decimal): {addr[:100]}"
+            return f"{where}: invalid character {_code(c)}(decimal): {addr[:100]}"
     if count != 4:
         return f"{where}: invalid octet count: {addr[:100]}"
     return None
 
 
-def _byte(c: str) -> int:
-    """The first byte of a non-ASCII character (C reads the UTF-8 bytes)."""
-    return c.encode("utf-8", "surrogateescape")[0]
+def _code(c: str) -> int:
+    """The character's code as C reads it: its first UTF-8 byte."""
+    return ord(c) if ord(c) < 128 else c.encode("utf-8", "surrogateescape")[0]
 
 
 _HEX = set("0123456789abcdefABCDEF")
@@ -251,8 +250,7 @@ def ipv6_hostaddr_problem(addr: str) -> str | None:
         if length > 4:
             return f"{where}: malformed IPv6 address: {show}"
         if length == 0:
-            code = ord(c) if ord(c) < 128 else _byte(c)
-            return f"{where}: invalid character {code}(decimal) in IPv6 address: {show}"
+            return f"{where}: invalid character {_code(c)}(decimal) in IPv6 address: {show}"
         i += length
 
 
@@ -283,15 +281,22 @@ def _strip_dot(domain: str) -> str:
     return "" if not domain or domain.endswith(".") else domain
 
 
+def _bracketed(domain: str) -> str | None:
+    """The inside of a domain that resolve_local() reads as an address literal
+    (``[...]``, after one trailing dot is dropped), or None."""
+    domain = _strip_dot(domain)
+    if len(domain) < 2 or not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    return domain[1:-1]
+
+
 def literal_warning(domain: str) -> str | None:
     """What trivial-rewrite logs (``warning: ...``) when it resolves an address
     in ``domain``: resolve_local() parses a bracketed domain as an address,
     complaining about what is not one (``valid_ipv4_hostaddr: invalid
     character 102(decimal): foo``)."""
-    domain = _strip_dot(domain)
-    if len(domain) < 2 or not (domain.startswith("[") and domain.endswith("]")):
-        return None
-    problem = mailhost_addr_problem(domain[1:-1])
+    text = _bracketed(domain)
+    problem = mailhost_addr_problem(text) if text is not None else None
     return f"warning: {problem}" if problem else None
 
 
@@ -299,11 +304,8 @@ def literal_address(domain: str) -> tuple[int, bytes] | None:
     """The address a bracketed domain names, as resolve_local() converts it
     (``getaddrinfo()``, numeric: an IPv4 part with a leading 0 is octal, so
     ``[0177.0.0.1]`` is 127.0.0.1): ``(family, packed)``, or None."""
-    domain = _strip_dot(domain)
-    if len(domain) < 2 or not (domain.startswith("[") and domain.endswith("]")):
-        return None
-    text = domain[1:-1]
-    if mailhost_addr_problem(text) is not None:
+    text = _bracketed(domain)
+    if text is None or mailhost_addr_problem(text) is not None:
         return None
     try:
         if text[:5].lower() == "ipv6:":
@@ -340,6 +342,36 @@ def packed_address(ip: str) -> tuple[int, bytes] | None:
         except OSError:
             continue
     return None
+
+
+#: RFC 5322 specials that make a local part quoted, less "." (checked apart)
+_QUOTED_SPECIALS = set('()<>@,;:\\"[]')
+
+
+def _needs_quoting(local: str) -> bool:
+    if not local:
+        return False
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        return True
+    return any(c in _QUOTED_SPECIALS or c == " " or ord(c) < 0x20 or ord(c) == 0x7F
+               for c in local)
+
+
+def quote_822_local(address: str) -> str:
+    """Quote the local part of ``address`` when RFC 5322 needs it.
+
+    ``john smith@example.org`` -> ``"john smith"@example.org``; an ordinary
+    address is returned unchanged (Postfix ``quote_822_local``).
+    """
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    if at and not local:
+        return f'""@{domain}'                   # an empty local part: <@gponlab.local>
+    if not _needs_quoting(local):
+        return address
+    quoted = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quoted + (f"@{domain}" if at else "")
 
 
 def _valid_domain(address: str, smtputf8: bool) -> bool:

@@ -53,6 +53,7 @@ from twisted.internet import defer
 from gponsim.server import workpool
 from gponsim.server.maillog import MailLog, pid_for
 from gponsim.server.postfix import queuefile
+from gponsim.server.postfix.address import quote_822_local
 from gponsim.server.postfix.queuefile import Envelope, QueueWriteError
 from gponsim.server.postfix.transport import event
 from gponsim.steps import Emit
@@ -75,7 +76,6 @@ _RESENT = frozenset({
 })
 #: Headers cleanup(8) removes (HDR_OPT_DROP in src/global/header_opts.c).
 _DROPPED = frozenset({b"return-path", b"content-length"})
-_SPECIALS = set('()<>@,;:\\"[]')     # RFC 5322 specials, less "." (checked apart)
 
 
 class CleanupRejected(Exception):
@@ -113,32 +113,6 @@ def mail_date(when: float) -> str:
 
 # --------------------------------------------------------------------------
 # Addresses
-
-def _needs_quoting(local: str) -> bool:
-    if not local:
-        return False
-    if local.startswith(".") or local.endswith(".") or ".." in local:
-        return True
-    return any(c in _SPECIALS or c == " " or ord(c) < 0x20 or ord(c) == 0x7F
-               for c in local)
-
-
-def quote_822_local(address: str) -> str:
-    """Quote the local part of ``address`` when RFC 5322 needs it.
-
-    ``john smith@example.org`` -> ``"john smith"@example.org``; an ordinary
-    address is returned unchanged (Postfix ``quote_822_local``).
-    """
-    local, at, domain = address.rpartition("@")
-    if not at:
-        local, domain = address, ""
-    if at and not local:
-        return f'""@{domain}'                   # an empty local part: <@gponlab.local>
-    if not _needs_quoting(local):
-        return address
-    quoted = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return quoted + (f"@{domain}" if at else "")
-
 
 def rfc_address_literal(ip: str) -> str:
     """The client address as smtpd writes it in brackets: ``IPv6:`` prefix for IPv6."""
@@ -563,13 +537,8 @@ class Cleanup:
             recipients.append(final)
             origs.append(orig if orig != final else "")
         env.recipients, env.orig_recipients = recipients, origs
-        local_client = is_local_client(env.client_ip, self.interface_addresses)
-        result = cleanup_message(message, qid=qf.qid, sender=env.sender,
-                                 arrival=env.arrival, created=qf.created,
-                                 myhostname=self.myhostname,
-                                 add_missing_headers=local_client or self.always_add_missing_headers)
-        for text in result.log_lines:
-            self.log.postfix("cleanup", f"{qf.qid}: {text}", self.syslog_name)
+        result = cleanup_message(message, **self._options(qf, env.sender))
+        self._log_lines(qf, result.log_lines)
         self.emit(event("queue", "smtpd", "cleanup", "RECEIVED",
                         f"{qf.qid}: message-id={result.message_id}", env.session,
                         qid=qf.qid, message_id=result.message_id, size=result.size,
@@ -580,13 +549,19 @@ class Cleanup:
     def partial(self, qf: QueueFile, content: bytes) -> None:
         """The client hung up in the middle of the message: log what cleanup
         logged of the part it had read (:func:`partial_log_lines`)."""
+        self._log_lines(qf, partial_log_lines(
+            content, **self._options(qf, self._qualify(qf.envelope.sender))))
+
+    def _options(self, qf: QueueFile, sender: str) -> dict:
+        """:func:`cleanup_message`'s arguments for this queue file's message."""
         env = qf.envelope
         local_client = is_local_client(env.client_ip, self.interface_addresses)
-        for text in partial_log_lines(content, qid=qf.qid, sender=self._qualify(env.sender),
-                                      arrival=env.arrival, created=qf.created,
-                                      myhostname=self.myhostname,
-                                      add_missing_headers=local_client
-                                      or self.always_add_missing_headers):
+        return dict(qid=qf.qid, sender=sender, arrival=env.arrival, created=qf.created,
+                    myhostname=self.myhostname,
+                    add_missing_headers=local_client or self.always_add_missing_headers)
+
+    def _log_lines(self, qf: QueueFile, lines: Iterable[str]) -> None:
+        for text in lines:
             self.log.postfix("cleanup", f"{qf.qid}: {text}", self.syslog_name)
 
     def write(self, qf: QueueFile, parsed: queuefile.Parsed) -> defer.Deferred:

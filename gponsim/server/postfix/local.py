@@ -72,7 +72,7 @@ from gponsim.server import workpool
 from gponsim.server.maillog import MailLog, delivery_line
 from gponsim.server.mailstore.leftovers import pid_alive, temporary_name
 from gponsim.server.mailstore.mboxentry import from_line, mbox_entry
-from gponsim.server.postfix.cleanup import quote_822_local
+from gponsim.server.postfix.address import quote_822_local
 from gponsim.server.postfix.queuefile import fault
 from gponsim.server.postfix.transport import DeliveryRequest, RecipientStatus, event
 from gponsim.steps import Emit

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from gponsim.server import workpool
 from gponsim.server.maillog import MailLog, delivery_line
 from gponsim.server.postfix import queuefile
-from gponsim.server.postfix.cleanup import quote_822_local
+from gponsim.server.postfix.address import quote_822_local
 from gponsim.server.postfix.queueid import hash_dir
 from gponsim.server.postfix.queuefile import Envelope, Parsed, record
 from gponsim.server.postfix.transport import (DeliveryRequest, RecipientStatus, Router,

@@ -138,6 +138,12 @@ class Smtpd(SmtpServer):
         self._bdat_whole = 0
 
     @property
+    def _resolve_cache(self) -> "ResolveCache | None":
+        """What this service's smtpd process had trivial-rewrite resolve (None
+        for a session without a factory, as in the unit tests)."""
+        return getattr(getattr(self, "factory", None), "resolved", None)
+
+    @property
     def in_transaction(self) -> bool:
         return self.sender is not None
 
@@ -158,7 +164,7 @@ class Smtpd(SmtpServer):
 
     def greet(self) -> None:
         self.canStartTLS = self.canStartTLS and self.settings.tls_level != "none"
-        cache = getattr(getattr(self, "factory", None), "resolved", None)
+        cache = self._resolve_cache
         if cache is not None:
             cache.opened()
         name = self.lab.client_name(self.client_ip, lambda text: self.log(f"warning: {text}"))
@@ -247,7 +253,7 @@ class Smtpd(SmtpServer):
             self._banner()
 
     def lost(self) -> None:
-        cache = getattr(getattr(self, "factory", None), "resolved", None)
+        cache = self._resolve_cache
         if cache is not None:
             cache.closed()
         if self._anvil is not None:
@@ -576,7 +582,7 @@ class Smtpd(SmtpServer):
         in its cache (:class:`ResolveCache`); trivial-rewrite logs ``warning``
         when it is asked. The sender is the key's other half: none yet for
         MAIL (and VRFY outside a transaction), the transaction's for RCPT."""
-        cache = getattr(getattr(self, "factory", None), "resolved", None)
+        cache = self._resolve_cache
         asked = cache is None or not cache.seen(self.sender, address)
         if warning and asked:
             self.log(warning, program=self.lab.rewrite_log_tag)
